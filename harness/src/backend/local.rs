@@ -1,0 +1,277 @@
+//! The local backend: hosts are network namespaces inside the private user,
+//! network, mount and PID namespace hubtrust re-executes itself in.
+//!
+//! The private PID namespace is what makes cleanup unconditional: hubtrust's
+//! inner process is its init, so when it dies, for whatever reason, the
+//! kernel kills everything else in it, and the host namespaces go with it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sched::{setns, CloneFlags};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::error::{HarnessError, Result};
+use crate::process::{LaunchSpec, ManagedProcess};
+
+/// Set in the re-executed process so it knows it is already inside.
+pub const INSIDE_ENV: &str = "HUBTRUST_INSIDE_NAMESPACE";
+
+/// True when this process runs inside hubtrust's private namespace.
+pub fn inside_private_namespace() -> bool {
+    std::env::var_os(INSIDE_ENV).is_some()
+}
+
+/// The command that re-runs `exe args` inside a fresh private user, network,
+/// mount and PID namespace.
+///
+/// `setpriv --pdeathsig KILL` ties `unshare` to its parent, and
+/// `unshare --kill-child` ties the namespace's init to `unshare`: SIGKILL of
+/// the outer hubtrust therefore takes the whole namespace down.
+pub fn private_namespace_command(exe: &Path, args: &[String]) -> std::process::Command {
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(["--pdeathsig", "KILL", "--"])
+        .args(["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid"])
+        .args(["--fork", "--kill-child", "--mount-proc", "--"])
+        .arg(exe)
+        .args(args)
+        .env(INSIDE_ENV, "1");
+    command
+}
+
+async fn run_ip(host: &str, wrapper: &[String], args: &[&str]) -> Result<()> {
+    let argv: Vec<&str> = wrapper.iter().map(String::as_str).chain(["ip"]).chain(args.iter().copied()).collect();
+    let output = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| HarnessError::Network {
+            host: host.into(),
+            message: format!("cannot run `ip`: {e} (fix: apt-get install -y iproute2)"),
+        })?;
+    if !output.status.success() {
+        return Err(HarnessError::Network {
+            host: host.into(),
+            message: format!(
+                "`ip {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// One host: a network namespace held open by an anchor process. Dropping
+/// the host closes the anchor's stdin, it exits, and the namespace is freed.
+pub struct Host {
+    pub name: String,
+    /// `None` for the operator's own namespace, which needs no anchor.
+    anchor: Option<Child>,
+    netns: File,
+    netns_path: String,
+}
+
+impl Host {
+    /// The namespace hubtrust itself runs in, where the operator's tools
+    /// (reqwest, the browser a developer points at `hubtrust up`) live.
+    pub async fn operator() -> Result<Self> {
+        let netns_path = "/proc/self/ns/net".to_string();
+        let netns = File::open(&netns_path).map_err(|e| HarnessError::io("open the operator netns", e))?;
+        let host = Self {
+            name: "operator".into(),
+            anchor: None,
+            netns,
+            netns_path,
+        };
+        run_ip("operator", &[], &["link", "set", "lo", "up"]).await?;
+        Ok(host)
+    }
+
+    pub async fn create(name: &str) -> Result<Self> {
+        let anchor = Command::new("unshare")
+            .args(["--net", "--", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| HarnessError::Network {
+                host: name.into(),
+                message: format!("cannot run `unshare`: {e} (fix: apt-get install -y util-linux)"),
+            })?;
+        let pid = anchor.id().ok_or_else(|| HarnessError::Network {
+            host: name.into(),
+            message: "the namespace anchor exited at once".into(),
+        })?;
+        let netns_path = format!("/proc/{pid}/ns/net");
+        // `unshare` execs `cat` only after entering the namespace; wait until
+        // the anchor's netns differs from ours before trusting the path.
+        let own = std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let theirs = std::fs::metadata(&netns_path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            if theirs.is_ok() && theirs.as_ref().ok() != own.as_ref().ok() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(HarnessError::Network {
+                    host: name.into(),
+                    message: "the namespace anchor never entered its own network namespace".into(),
+                });
+            }
+            tokio::task::yield_now().await;
+        }
+        let netns = File::open(&netns_path).map_err(|e| HarnessError::io(format!("open {netns_path}"), e))?;
+        let host = Self {
+            name: name.into(),
+            anchor: Some(anchor),
+            netns,
+            netns_path,
+        };
+        run_ip(name, &host.wrapper(), &["link", "set", "lo", "up"]).await?;
+        Ok(host)
+    }
+
+    /// The argv prefix that runs a program inside this host.
+    pub fn wrapper(&self) -> Vec<String> {
+        if self.name == "operator" {
+            return Vec::new();
+        }
+        vec!["nsenter".into(), format!("--net={}", self.netns_path), "--".into()]
+    }
+
+    pub fn anchor_pid(&self) -> Option<u32> {
+        self.anchor.as_ref().and_then(Child::id)
+    }
+
+    pub fn start(&self, spec: &LaunchSpec) -> Result<ManagedProcess> {
+        ManagedProcess::start(spec, &self.wrapper())
+    }
+
+    /// Connects to `addr` from inside this host. A short-lived thread enters
+    /// the namespace, so no pooled thread is ever left in the wrong one; the
+    /// socket stays in the namespace it was created in.
+    pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+        let netns = self.netns.try_clone()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let result = setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+                .and_then(|_| std::net::TcpStream::connect_timeout(&addr, timeout));
+            let _ = tx.send(result);
+        });
+        let stream = rx
+            .await
+            .map_err(|_| std::io::Error::other("the connecting thread died"))??;
+        stream.set_nonblocking(true)?;
+        TcpStream::from_std(stream)
+    }
+
+    /// Whether something already listens on `port` inside this host.
+    pub async fn port_in_use(&self, port: u16) -> bool {
+        self.connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(1))
+            .await
+            .is_ok()
+    }
+}
+
+/// A point-to-point veth link between two hosts, on a /30 that exists only
+/// inside the private namespace.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub name: String,
+    pub a: (String, Ipv4Addr),
+    pub b: (String, Ipv4Addr),
+}
+
+impl Link {
+    /// Creates the veth pair, moves each end into its host and brings it up.
+    pub async fn create(index: u8, a: &Host, b: &Host) -> Result<Self> {
+        let a_addr = Ipv4Addr::new(10, 77, index, 1);
+        let b_addr = Ipv4Addr::new(10, 77, index, 2);
+        let a_if = format!("ht{index}a");
+        let b_if = format!("ht{index}b");
+        let name = format!("{}--{}", a.name, b.name);
+        run_ip(&name, &[], &["link", "add", &a_if, "type", "veth", "peer", "name", &b_if]).await?;
+        for (host, ifname, addr) in [(a, &a_if, a_addr), (b, &b_if, b_addr)] {
+            if host.name != "operator" {
+                let pid = host.anchor_pid().ok_or_else(|| HarnessError::Network {
+                    host: host.name.clone(),
+                    message: "the namespace anchor is gone".into(),
+                })?;
+                run_ip(&host.name, &[], &["link", "set", ifname, "netns", &pid.to_string()]).await?;
+            }
+            let cidr = format!("{addr}/30");
+            run_ip(&host.name, &host.wrapper(), &["addr", "add", &cidr, "dev", ifname]).await?;
+            run_ip(&host.name, &host.wrapper(), &["link", "set", ifname, "up"]).await?;
+        }
+        Ok(Self {
+            name,
+            a: (a.name.clone(), a_addr),
+            b: (b.name.clone(), b_addr),
+        })
+    }
+}
+
+/// Stacks share the private namespace, so link subnets and interface names
+/// come from one counter.
+fn next_link_index() -> Result<u8> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let index = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    u8::try_from(index).map_err(|_| HarnessError::Network {
+        host: "operator".into(),
+        message: "more than 255 links in one run".into(),
+    })
+}
+
+/// The hosts and links of one stack on the local backend.
+pub struct LocalNetwork {
+    pub hosts: BTreeMap<String, Host>,
+    pub links: Vec<Link>,
+}
+
+impl LocalNetwork {
+    /// One namespace per host, each linked to the operator's namespace.
+    pub async fn build(host_names: &[String]) -> Result<Self> {
+        let mut hosts = BTreeMap::new();
+        hosts.insert("operator".to_string(), Host::operator().await?);
+        let mut links = Vec::new();
+        for name in host_names {
+            let host = Host::create(name).await?;
+            let link = Link::create(next_link_index()?, &hosts["operator"], &host).await?;
+            links.push(link);
+            hosts.insert(name.clone(), host);
+        }
+        Ok(Self { hosts, links })
+    }
+
+    pub fn host(&self, name: &str) -> Result<&Host> {
+        self.hosts.get(name).ok_or_else(|| HarnessError::Network {
+            host: name.into(),
+            message: "no such host in this topology".into(),
+        })
+    }
+
+    /// The address other hosts (and the operator) reach `host` at.
+    pub fn address_of(&self, host: &str) -> Option<Ipv4Addr> {
+        self.links.iter().find(|l| l.b.0 == host).map(|l| l.b.1)
+    }
+}
+
+impl super::HostNetwork for LocalNetwork {
+    async fn connect_from(&self, host: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let host = self
+            .hosts
+            .get(host)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no host `{host}`")))?;
+        host.connect(addr, Duration::from_secs(5)).await
+    }
+}

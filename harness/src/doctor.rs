@@ -1,0 +1,118 @@
+//! Prerequisites: what hubtrust needs on the machine, what is missing and
+//! the exact command that installs it.
+
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Prerequisite {
+    pub name: &'static str,
+    pub needed_for: &'static str,
+    pub found: Option<String>,
+    pub problem: Option<String>,
+    pub fix: &'static str,
+}
+
+impl Prerequisite {
+    pub fn ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+fn probe_command(program: &str, args: &[&str]) -> Result<String, String> {
+    match Command::new(program).args(args).stdin(Stdio::null()).output() {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            Ok(text.lines().next().unwrap_or("").trim().to_string())
+        }
+        Ok(out) => Err(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").trim()
+        )),
+        Err(e) => Err(format!("`{program}` not found ({e})")),
+    }
+}
+
+fn check(
+    name: &'static str,
+    needed_for: &'static str,
+    fix: &'static str,
+    result: Result<String, String>,
+) -> Prerequisite {
+    match result {
+        Ok(found) => Prerequisite {
+            name,
+            needed_for,
+            found: Some(found),
+            problem: None,
+            fix,
+        },
+        Err(problem) => Prerequisite {
+            name,
+            needed_for,
+            found: None,
+            problem: Some(problem),
+            fix,
+        },
+    }
+}
+
+fn node_at_least(major: u32) -> Result<String, String> {
+    let version = probe_command("node", &["--version"])?;
+    let found: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| format!("cannot read node version {version:?}"))?;
+    if found < major {
+        return Err(format!("node {version} is older than {major}, which configurable-http-proxy needs"));
+    }
+    Ok(version)
+}
+
+/// Every prerequisite, checked now.
+pub fn check_all() -> Vec<Prerequisite> {
+    vec![
+        check(
+            "python3 with venv",
+            "installing JupyterHub and JupyterLab",
+            "apt-get install -y python3 python3-venv",
+            probe_command("python3", &["-c", "import venv, ensurepip, sys; print(sys.version.split()[0])"]),
+        ),
+        check(
+            "node >= 18",
+            "running configurable-http-proxy",
+            "apt-get install -y nodejs",
+            node_at_least(18),
+        ),
+        check("npm", "installing configurable-http-proxy", "apt-get install -y npm", probe_command("npm", &["--version"])),
+        check("ip (iproute2)", "wiring hosts together", "apt-get install -y iproute2", probe_command("ip", &["-V"])),
+        check(
+            "unshare, nsenter, setpriv (util-linux)",
+            "the private namespace and its hosts",
+            "apt-get install -y util-linux",
+            probe_command("nsenter", &["--version"]).and(probe_command("setpriv", &["--version"])),
+        ),
+        check(
+            "user namespaces",
+            "running without touching the machine's own network",
+            "run as root, or allow unprivileged user namespaces: sysctl -w kernel.unprivileged_userns_clone=1",
+            probe_command("unshare", &["--user", "--map-root-user", "--net", "--", "true"]).map(|_| "allowed".into()),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_is_reported_with_its_fix() {
+        let p = check("nothing", "tests", "apt-get install -y nothing", probe_command("hubtrust-no-such-program", &[]));
+        assert!(!p.ok());
+        assert!(p.problem.unwrap().contains("not found"));
+    }
+}

@@ -1,0 +1,102 @@
+//! Typed errors of the engine. Messages are lowercase and read after "failed to …".
+
+use std::path::PathBuf;
+
+/// Every way the engine can fail. The `hint` fields tell an operator what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("read stack file {path}: {source}")]
+    StackFileUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parse stack file {path}: {message}")]
+    StackFileInvalid { path: PathBuf, message: String },
+    #[error("parse component manifest {name}: {message}")]
+    ManifestInvalid { name: String, message: String },
+    #[error("find prerequisite `{what}`: {why} (fix: {fix})")]
+    MissingPrerequisite {
+        what: String,
+        why: String,
+        fix: String,
+    },
+    #[error("provision {what}: {message}")]
+    Provision { what: String, message: String },
+    #[error("set up host network `{host}`: {message}")]
+    Network { host: String, message: String },
+    #[error("start component `{component}`: {message}")]
+    Spawn { component: String, message: String },
+    #[error("{}", exited_message(.component, .status, .last_lines))]
+    ComponentExited {
+        component: String,
+        status: String,
+        last_lines: Vec<String>,
+    },
+    #[error("{}", not_ready_message(.component, .check, .seconds, .last_lines))]
+    NotReady {
+        component: String,
+        check: String,
+        seconds: u64,
+        last_lines: Vec<String>,
+    },
+    #[error("bind port {port} on host `{host}`: it is already in use (fix: stop whatever listens there, or change the port in the stack file)")]
+    PortInUse { host: String, port: u16 },
+    #[error("generate certificates: {0}")]
+    Pki(String),
+    #[error("probe {endpoint}: {message}")]
+    Probe { endpoint: String, message: String },
+    #[error("call the hub API {call}: {message}")]
+    HubApi { call: String, message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl HarnessError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True when the failure lies in the operator's environment or input
+    /// rather than in the deployment under test (exit code 2, not 1).
+    pub fn is_environment(&self) -> bool {
+        matches!(
+            self,
+            Self::StackFileUnreadable { .. }
+                | Self::StackFileInvalid { .. }
+                | Self::ManifestInvalid { .. }
+                | Self::MissingPrerequisite { .. }
+                | Self::Provision { .. }
+                | Self::Network { .. }
+                | Self::PortInUse { .. }
+        )
+    }
+}
+
+fn tail(last_lines: &[String]) -> String {
+    if last_lines.is_empty() {
+        return "\n  (the component wrote no log lines)".into();
+    }
+    last_lines.iter().map(|l| format!("\n  | {l}")).collect()
+}
+
+fn exited_message(component: &str, status: &str, last_lines: &[String]) -> String {
+    format!(
+        "start `{component}`: it exited during start-up ({status}) (fix: read its last log lines below; for the hub this is usually a rejected config line){}",
+        tail(last_lines)
+    )
+}
+
+fn not_ready_message(component: &str, check: &str, seconds: &u64, last_lines: &[String]) -> String {
+    format!(
+        "wait for `{component}` to become ready: {check} did not pass within {seconds}s (fix: read its last log lines below){}",
+        tail(last_lines)
+    )
+}
+
+pub type Result<T, E = HarnessError> = std::result::Result<T, E>;

@@ -1,0 +1,22 @@
+//! hubtrust's engine: stacks of real JupyterHub components on a backend,
+//! PKI, TLS probes, the trust matrix and reports. Knows nothing of Gherkin.
+
+pub mod backend;
+pub mod component;
+pub mod doctor;
+pub mod error;
+pub mod inventory;
+pub mod matrix;
+pub mod pki;
+pub mod probe;
+pub mod process;
+pub mod provision;
+pub mod ready;
+pub mod report;
+pub mod secret;
+pub mod spec;
+pub mod stack;
+pub mod trust;
+
+pub use error::{HarnessError, Result};
+pub use stack::Stack;

@@ -1,0 +1,208 @@
+//! Processes the harness owns: each in its own process group, logging to a
+//! file, stopped with SIGTERM, a grace period, then SIGKILL.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::error::{HarnessError, Result};
+
+/// How a process is started: plain data, so a backend decides where.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The component's name, used in every message about it.
+    pub name: String,
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub log: PathBuf,
+}
+
+/// A running process. Dropping it kills its whole process group at once;
+/// [`ManagedProcess::stop`] is the graceful path.
+#[derive(Debug)]
+pub struct ManagedProcess {
+    pub name: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+    pgid: Option<Pid>,
+}
+
+impl ManagedProcess {
+    /// Starts `spec` through `wrapper` (such as `nsenter --net=…`), in a new
+    /// process group so the whole tree it forks can be signalled at once.
+    pub fn start(spec: &LaunchSpec, wrapper: &[String]) -> Result<Self> {
+        let log = File::create(&spec.log)
+            .map_err(|e| HarnessError::io(format!("create log {}", spec.log.display()), e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| HarnessError::io("duplicate a log handle", e))?;
+        let argv: Vec<&String> = wrapper.iter().chain(std::iter::once(&spec.program)).chain(&spec.args).collect();
+        let mut command = Command::new(argv[0]);
+        command
+            .args(&argv[1..])
+            .envs(&spec.env)
+            .current_dir(&spec.cwd)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false);
+        let child = command.spawn().map_err(|e| HarnessError::Spawn {
+            component: spec.name.clone(),
+            message: format!(
+                "cannot execute `{}`: {e} (fix: check the command in the component manifest or stack file)",
+                spec.program
+            ),
+        })?;
+        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        Ok(Self {
+            name: spec.name.clone(),
+            log: spec.log.clone(),
+            child: Some(child),
+            pgid,
+        })
+    }
+
+    /// If the process has exited, how.
+    pub fn exit_status(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown ({e})")),
+        }
+    }
+
+    /// The last `n` lines the process wrote.
+    pub fn last_lines(&self, n: usize) -> Vec<String> {
+        last_lines(&self.log, n)
+    }
+
+    /// SIGTERM to the group, up to `grace` for it to exit, then SIGKILL.
+    pub async fn stop(mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pgid) = self.pgid {
+            let _ = killpg(pgid, Signal::SIGTERM);
+        }
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            if let Some(pgid) = self.pgid {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+        }
+        // Whatever the leader left behind in its group goes too.
+        if let Some(pgid) = self.pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for ManagedProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            if let Some(pgid) = self.pgid {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Kills every process whose environment carries `marker=value`: the
+/// components a stack started, and anything they forked in new sessions
+/// (JupyterHub starts the proxy and the labs outside its own group).
+pub fn sweep_marked(marker: &str, value: &str) -> usize {
+    let needle = format!("{marker}={value}");
+    let own = std::process::id();
+    let mut killed = 0;
+    for pid in marked_processes(&needle) {
+        if pid != own {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// PIDs whose environment contains the exact `KEY=value` entry.
+pub fn marked_processes(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|entry| entry == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path, program: &str, args: &[&str]) -> LaunchSpec {
+        LaunchSpec {
+            name: "test".into(),
+            program: program.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::from([("HUBTRUST_TEST_MARK".to_string(), format!("{}", std::process::id()))]),
+            cwd: dir.to_path_buf(),
+            log: dir.join("test.log"),
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("hubtrust-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A shell that ignores SIGTERM and says when it is ready to be signalled.
+        let p = ManagedProcess::start(
+            // An ignored signal stays ignored across exec, so `tail` inherits it.
+            &spec(&dir, "sh", &["-c", "trap '' TERM; echo armed; exec tail -f /dev/null"]),
+            &[],
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !p.last_lines(5).iter().any(|l| l == "armed") {
+            assert!(std::time::Instant::now() < deadline, "shell never armed");
+            tokio::task::yield_now().await;
+        }
+        let needle = format!("HUBTRUST_TEST_MARK={}", std::process::id());
+        assert!(!marked_processes(&needle).is_empty());
+        p.stop(Duration::from_millis(200)).await;
+        assert!(marked_processes(&needle).is_empty(), "process survived stop");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn last_lines_returns_the_tail() {
+        let dir = std::env::temp_dir().join(format!("hubtrust-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        std::fs::write(&log, "a\nb\nc\nd\n").unwrap();
+        assert_eq!(last_lines(&log, 2), vec!["c", "d"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,177 @@
+//! Installs the pinned components into a cache keyed by the pins. A second
+//! run with the same pins installs nothing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{HarnessError, Result};
+
+pub const PYTHON_LOCK: &str = include_str!("../../fixtures/python/requirements.lock");
+pub const NPM_PACKAGE: &str = include_str!("../../fixtures/npm/package.json");
+pub const NPM_LOCK: &str = include_str!("../../fixtures/npm/package-lock.json");
+
+/// Where the provisioned components live.
+#[derive(Debug, Clone)]
+pub struct Components {
+    pub root: PathBuf,
+    pub venv: PathBuf,
+    pub node_modules: PathBuf,
+}
+
+impl Components {
+    fn at(root: PathBuf) -> Self {
+        Self {
+            venv: root.join("venv"),
+            node_modules: root.join("npm").join("node_modules"),
+            root,
+        }
+    }
+}
+
+/// `$HUBTRUST_CACHE`, else `$XDG_CACHE_HOME/hubtrust`, else `~/.cache/hubtrust`.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HUBTRUST_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("hubtrust");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".cache").join("hubtrust")
+}
+
+/// A short digest of every pin, so a changed pin gets a fresh install.
+pub fn pins_key() -> String {
+    let mut hasher = Sha256::new();
+    for part in [PYTHON_LOCK, NPM_PACKAGE, NPM_LOCK] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// The components for the current pins, if already installed.
+pub fn cached() -> Option<Components> {
+    let root = cache_root().join(format!("components-{}", pins_key()));
+    root.join(".complete").exists().then(|| Components::at(root))
+}
+
+/// Returns the cached components, installing them first when needed.
+/// `progress` receives one line per step.
+pub fn ensure(progress: &mut dyn Write) -> Result<Components> {
+    if let Some(components) = cached() {
+        return Ok(components);
+    }
+    let cache = cache_root();
+    let root = cache.join(format!("components-{}", pins_key()));
+    // Install beside the final place and rename at the end, so an
+    // interrupted install is never mistaken for a complete one.
+    let staging = cache.join(format!("components-{}.partial-{}", pins_key(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| HarnessError::io(format!("create {}", staging.display()), e))?;
+    let result = install(&staging, progress);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    std::fs::write(staging.join(".complete"), pins_key()).map_err(|e| HarnessError::io("mark the cache complete", e))?;
+    match std::fs::rename(&staging, &root) {
+        Ok(()) => {}
+        // Another run finished the same pins first; theirs is as good.
+        Err(_) if root.join(".complete").exists() => {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        Err(e) => return Err(HarnessError::io(format!("move the install to {}", root.display()), e)),
+    }
+    Ok(Components::at(root))
+}
+
+fn install(staging: &Path, progress: &mut dyn Write) -> Result<()> {
+    let started = Instant::now();
+    let _ = writeln!(progress, "provisioning components into {} (first use of these pins)", staging.display());
+    let venv = staging.join("venv");
+    step(progress, "1/3 python venv", || {
+        run("python venv", Command::new("python3").arg("-m").arg("venv").arg(&venv), "apt-get install -y python3-venv")
+    })?;
+    let lock = staging.join("requirements.lock");
+    std::fs::write(&lock, PYTHON_LOCK).map_err(|e| HarnessError::io("write requirements.lock", e))?;
+    step(progress, "2/3 pip install jupyterhub, jupyterlab (pinned)", || {
+        run(
+            "pip install",
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--no-deps", "--disable-pip-version-check", "--no-input", "-q", "-r"])
+                .arg(&lock),
+            "check network access to the Python package index",
+        )
+    })?;
+    let npm = staging.join("npm");
+    std::fs::create_dir_all(&npm).map_err(|e| HarnessError::io("create npm dir", e))?;
+    std::fs::write(npm.join("package.json"), NPM_PACKAGE).map_err(|e| HarnessError::io("write package.json", e))?;
+    std::fs::write(npm.join("package-lock.json"), NPM_LOCK).map_err(|e| HarnessError::io("write package-lock.json", e))?;
+    step(progress, "3/3 npm ci configurable-http-proxy (pinned)", || {
+        run(
+            "npm ci",
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&npm),
+            "apt-get install -y nodejs npm",
+        )
+    })?;
+    let _ = writeln!(progress, "provisioned in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn step(progress: &mut dyn Write, what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let started = Instant::now();
+    let _ = writeln!(progress, "  {what} …");
+    f()?;
+    let _ = writeln!(progress, "  {what} done in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn run(what: &str, command: &mut Command, fix: &str) -> Result<()> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| HarnessError::MissingPrerequisite {
+            what: what.into(),
+            why: e.to_string(),
+            fix: fix.into(),
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
+    Err(HarnessError::Provision {
+        what: what.into(),
+        message: format!(
+            "{} (fix: {fix})\n{}",
+            output.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_key_is_stable_and_short() {
+        assert_eq!(pins_key(), pins_key());
+        assert_eq!(pins_key().len(), 16);
+    }
+
+    #[test]
+    fn locks_pin_every_component() {
+        assert!(PYTHON_LOCK.lines().any(|l| l.starts_with("jupyterhub==")));
+        assert!(PYTHON_LOCK.lines().any(|l| l.starts_with("jupyterlab==")));
+        assert!(PYTHON_LOCK.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).all(|l| l.contains("==")));
+        assert!(NPM_LOCK.contains("\"node_modules/configurable-http-proxy\""));
+    }
+}

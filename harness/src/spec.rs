@@ -1,0 +1,219 @@
+//! Stack files: which topology, which components, and what a deployment or
+//! vendor changes about them. Plain serde data; unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{HarnessError, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StackSpec {
+    #[serde(default = "default_name")]
+    pub name: String,
+    #[serde(default)]
+    pub topology: Topology,
+    /// Users whose labs are spawned through the hub's REST API.
+    #[serde(default = "default_users")]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub ports: Ports,
+    #[serde(default)]
+    pub hub: ComponentOverride,
+    #[serde(default)]
+    pub proxy: ComponentOverride,
+    #[serde(default)]
+    pub lab: ComponentOverride,
+}
+
+fn default_name() -> String {
+    "default".into()
+}
+
+fn default_users() -> Vec<String> {
+    vec!["alice".into()]
+}
+
+impl Default for StackSpec {
+    fn default() -> Self {
+        Self {
+            name: default_name(),
+            topology: Topology::default(),
+            users: default_users(),
+            ports: Ports::default(),
+            hub: ComponentOverride::default(),
+            proxy: ComponentOverride::default(),
+            lab: ComponentOverride::default(),
+        }
+    }
+}
+
+/// The hosts of a stack. Every host is linked to the operator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub hosts: Vec<String>,
+    /// Host the hub (and the proxy it starts) runs on.
+    #[serde(default = "default_hub_host")]
+    pub hub_host: String,
+    /// Host the labs run on. A parameter because the HPC topology moves
+    /// labs to compute nodes.
+    #[serde(default = "default_hub_host")]
+    pub lab_host: String,
+    /// The name browsers use for the public proxy.
+    #[serde(default = "default_public_name")]
+    pub public_name: String,
+}
+
+fn default_hub_host() -> String {
+    "hub".into()
+}
+
+fn default_public_name() -> String {
+    "hub.hubtrust.test".into()
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            hosts: vec![default_hub_host()],
+            hub_host: default_hub_host(),
+            lab_host: default_hub_host(),
+            public_name: default_public_name(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ports {
+    pub public: u16,
+    pub hub: u16,
+    pub proxy_api: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            public: 8000,
+            hub: 8081,
+            proxy_api: 8001,
+        }
+    }
+}
+
+/// What a stack file may change about a component.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentOverride {
+    /// Replaces the manifest's command (a vendor's build, say).
+    pub command: Option<Vec<String>>,
+    /// Replaces the manifest's arguments.
+    pub args: Option<Vec<String>>,
+    /// Added to (and overriding) the manifest's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Lines appended to the rendered config (hub only).
+    #[serde(default)]
+    pub extra_config: Vec<String>,
+}
+
+impl StackSpec {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| HarnessError::StackFileUnreadable {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let spec: Self = toml::from_str(&text).map_err(|e| HarnessError::StackFileInvalid {
+            path: path.to_path_buf(),
+            message: format!("{} (fix: see fixtures/stacks/example.toml for every accepted key)", one_line(&e.to_string())),
+        })?;
+        spec.validate().map_err(|message| HarnessError::StackFileInvalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(spec)
+    }
+
+    /// Checks what serde cannot: references between fields.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.topology;
+        for (what, host) in [("hub_host", &t.hub_host), ("lab_host", &t.lab_host)] {
+            if !t.hosts.contains(host) {
+                return Err(format!("topology.{what} = {host:?} is not one of topology.hosts {:?}", t.hosts));
+            }
+        }
+        if t.lab_host != t.hub_host {
+            return Err(format!(
+                "labs on `{}` but the hub on `{}`: the local spawner starts labs on the hub's host; other lab hosts need the HPC topology",
+                t.lab_host, t.hub_host
+            ));
+        }
+        if t.hosts.iter().any(|h| h == "operator") {
+            return Err("`operator` is reserved for hubtrust's own namespace".into());
+        }
+        let p = self.ports;
+        let ports = [("public", p.public), ("hub", p.hub), ("proxy_api", p.proxy_api)];
+        for (i, (a, pa)) in ports.iter().enumerate() {
+            for (b, pb) in &ports[i + 1..] {
+                if pa == pb {
+                    return Err(format!("port {pa} is assigned to both ports.{a} and ports.{b}: the second component cannot bind it"));
+                }
+            }
+        }
+        if self.users.is_empty() {
+            return Err("`users` is empty: at least one lab is needed".into());
+        }
+        if let Some(bad) = self.users.iter().find(|u| u.is_empty() || !u.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
+            return Err(format!("user name {bad:?} must be ASCII letters, digits and dashes"));
+        }
+        Ok(())
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> std::result::Result<StackSpec, String> {
+        let spec: StackSpec = toml::from_str(text).map_err(|e| e.to_string())?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    #[test]
+    fn empty_file_is_the_default_stack() {
+        assert_eq!(parse("").unwrap(), StackSpec::default());
+    }
+
+    #[test]
+    fn example_stack_file_parses() {
+        let text = include_str!("../../fixtures/stacks/example.toml");
+        let spec = parse(text).unwrap();
+        assert!(!spec.hub.extra_config.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("[hub]\nextra_cofnig = []\n").unwrap_err();
+        assert!(err.contains("extra_cofnig"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_ports_are_rejected() {
+        let err = parse("[ports]\npublic = 8000\nhub = 8001\nproxy_api = 8001\n").unwrap_err();
+        assert!(err.contains("8001"), "{err}");
+    }
+
+    #[test]
+    fn lab_host_must_exist() {
+        let err = parse("[topology]\nhosts = [\"hub\"]\nlab_host = \"compute-1\"\n").unwrap_err();
+        assert!(err.contains("compute-1"), "{err}");
+    }
+}

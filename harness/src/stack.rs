@@ -1,0 +1,777 @@
+//! A running JupyterHub stack: hub with `internal_ssl`, the proxy the hub
+//! starts, and one lab per user spawned through the REST API.
+//!
+//! `StackSpec` is the data; `Stack` owns the running hosts and processes and
+//! tears them down on drop. Scenarios only ever talk to `Stack`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backend::local::{Host, LocalNetwork};
+use crate::backend::HostNetwork;
+use crate::component::{builtin, py, render, ComponentManifest};
+use crate::error::{HarnessError, Result};
+use crate::inventory::{file_mode, Inventory};
+use crate::pki::{CertificateAuthority, Identity, OrgPki, Usage, Validity, Zoo, ZooDefect};
+use crate::probe::{probe, HttpRequest, ProbeOutcome, ProbeSpec, Verdict};
+use crate::process::{sweep_marked, LaunchSpec, ManagedProcess};
+use crate::provision::Components;
+use crate::ready::{wait_ready, ReadyCheck, ReadyContext};
+use crate::secret::Secret;
+use crate::spec::StackSpec;
+use crate::trust::{ClientAuth, IdentityOrigin, InternalCa};
+
+/// Environment variable every process of a stack carries, so teardown and
+/// leak checks can find them all.
+pub const STACK_MARKER_ENV: &str = "HUBTRUST_STACK";
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Something a client connects to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub name: String,
+    /// The host the endpoint's real clients connect from.
+    pub from_host: String,
+    pub addr: SocketAddr,
+    /// The name real clients verify the certificate against.
+    pub server_name: String,
+    pub client_auth: ClientAuth,
+    #[serde(skip)]
+    pub request: HttpRequest,
+}
+
+/// A client identity the trust matrix presents.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub label: String,
+    pub origin: IdentityOrigin,
+    pub identity: Option<Identity>,
+}
+
+/// A real client of a server, for "chain verifies under the bundle its real
+/// clients use, for the name they use".
+#[derive(Debug, Clone, Serialize)]
+pub struct RealClientPath {
+    pub server: String,
+    pub client: String,
+    /// File name of the bundle the client verifies with.
+    pub bundle: String,
+    pub server_name: String,
+}
+
+/// A secret file and its mode, for the 0600 check.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretFile {
+    pub path: PathBuf,
+    pub mode: String,
+}
+
+#[derive(Debug, Clone)]
+struct Lab {
+    addr: SocketAddr,
+    identity: Identity,
+}
+
+pub struct Stack {
+    pub spec: StackSpec,
+    pub run_dir: PathBuf,
+    pub marker: String,
+    pub service_token: Secret,
+    pub proxy_token: Secret,
+    network: LocalNetwork,
+    hub: Option<ManagedProcess>,
+    hub_log: PathBuf,
+    org: OrgPki,
+    zoo: Zoo,
+    public_addr: SocketAddr,
+    http: reqwest::Client,
+    labs: BTreeMap<String, Lab>,
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> HarnessError {
+    move |e| HarnessError::io(context, e)
+}
+
+impl Stack {
+    /// Brings the stack up and waits until hub, proxy and every lab are
+    /// ready. On error everything started so far is torn down.
+    pub async fn up(
+        spec: StackSpec,
+        components: &Components,
+        run_dir: &Path,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Self> {
+        let marker = format!(
+            "{}-{}-{}",
+            spec.name,
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 4]>())
+        );
+        let run_dir = run_dir.to_path_buf();
+        for dir in ["hub", "pki", "logs", "home"] {
+            std::fs::create_dir_all(run_dir.join(dir)).map_err(io(format!("create {}/{dir}", run_dir.display())))?;
+        }
+
+        progress("generating the org PKI");
+        let org = OrgPki::generate()?;
+        let network = LocalNetwork::build(&spec.topology.hosts).await?;
+        let hub_host = spec.topology.hub_host.clone();
+        let hub_ip = network.address_of(&hub_host).ok_or_else(|| HarnessError::Network {
+            host: hub_host.clone(),
+            message: "no link to the operator".into(),
+        })?;
+        let public_addr = SocketAddr::new(IpAddr::V4(hub_ip), spec.ports.public);
+
+        let pki = run_dir.join("pki");
+        let public_name = spec.topology.public_name.clone();
+        let hub_ip_text = hub_ip.to_string();
+        let public_identity = org.issuing.issue(
+            "hub-public",
+            &[&public_name, &hub_ip_text, "localhost", "127.0.0.1"],
+            Usage::Server,
+            Validity::fresh(30),
+        )?;
+        let (public_cert, public_key) = public_identity.write_to(&pki.join("public"))?;
+        crate::pki::write_with_mode(&pki.join("org-root.crt"), org.root.cert_pem().as_bytes(), 0o644)?;
+
+        let service_token = Secret::generate();
+        let proxy_token = Secret::generate();
+        let http = operator_client(&org, &public_name, public_addr, &service_token)?;
+
+        let host = network.host(&hub_host)?;
+        for (what, port) in [("public", spec.ports.public), ("hub", spec.ports.hub), ("proxy_api", spec.ports.proxy_api)] {
+            if host.port_in_use(port).await {
+                let _ = what;
+                return Err(HarnessError::PortInUse {
+                    host: hub_host.clone(),
+                    port,
+                });
+            }
+        }
+
+        let hub_dir = run_dir.join("hub");
+        let config_path = hub_dir.join("jupyterhub_config.py");
+        let values = template_values(&spec, components, &run_dir, &config_path, &public_cert, &public_key, &marker);
+        let hub_manifest = manifest_with_overrides("jupyterhub", builtin::JUPYTERHUB, &values, &spec.hub)?;
+        let proxy_manifest = manifest_with_overrides("configurable-http-proxy", builtin::PROXY, &values, &spec.proxy)?;
+        let lab_manifest = manifest_with_overrides("jupyterlab", builtin::LAB, &values, &spec.lab)?;
+
+        let config = render_hub_config(&spec, &values, &proxy_manifest, &lab_manifest, &marker)?;
+        crate::pki::write_with_mode(&config_path, config.as_bytes(), 0o644)?;
+
+        let hub_log = run_dir.join("logs").join("jupyterhub.log");
+        let mut env = hub_manifest.env.clone();
+        env.insert("CONFIGPROXY_AUTH_TOKEN".into(), proxy_token.expose().into());
+        env.insert("HUBTRUST_SERVICE_TOKEN".into(), service_token.expose().into());
+        env.insert(STACK_MARKER_ENV.into(), marker.clone());
+        let launch = LaunchSpec {
+            name: "jupyterhub".into(),
+            program: hub_manifest.command[0].clone(),
+            args: hub_manifest.command[1..].iter().chain(&hub_manifest.args).cloned().collect(),
+            env,
+            cwd: hub_dir.clone(),
+            log: hub_log.clone(),
+        };
+        progress(&format!("starting jupyterhub {} on host `{hub_host}`", hub_manifest.version));
+        let hub = host.start(&launch)?;
+
+        let zoo_placeholder = Zoo { entries: Vec::new() };
+        let mut stack = Stack {
+            spec,
+            run_dir,
+            marker,
+            service_token,
+            proxy_token,
+            network,
+            hub: Some(hub),
+            hub_log,
+            org,
+            zoo: zoo_placeholder,
+            public_addr,
+            http,
+            labs: BTreeMap::new(),
+        };
+        // From here on, an early return drops `stack`, which tears down.
+        stack.await_ready("jupyterhub", &hub_manifest.ready).await?;
+        progress(&format!("hub ready; checking configurable-http-proxy {}", proxy_manifest.version));
+        stack.await_ready("configurable-http-proxy", &proxy_manifest.ready).await?;
+
+        let hub_ca = stack.internal_ca(InternalCa::Hub)?;
+        let zoo_dir = stack.run_dir.join("pki").join("zoo");
+        stack.zoo = Zoo::issue(&hub_ca, &["127.0.0.1", "localhost"])?;
+        for (_, identity) in &stack.zoo.entries {
+            identity.write_to(&zoo_dir)?;
+        }
+
+        for user in stack.spec.users.clone() {
+            progress(&format!("spawning a lab for `{user}` through the hub API"));
+            stack.spawn_lab(&user, &lab_manifest.version, &values).await?;
+        }
+        progress("stack ready");
+        Ok(stack)
+    }
+
+    async fn await_ready(&mut self, component: &str, checks: &[ReadyCheck]) -> Result<()> {
+        let Self {
+            network,
+            http,
+            hub,
+            hub_log,
+            ..
+        } = self;
+        let hub = hub.as_mut().ok_or_else(|| HarnessError::Spawn {
+            component: component.into(),
+            message: "the hub is not running".into(),
+        })?;
+        let ctx = ReadyContext {
+            network: &*network,
+            http: &*http,
+            log: hub_log.as_path(),
+        };
+        for check in checks {
+            wait_ready(component, check, &ctx, hub).await?;
+        }
+        Ok(())
+    }
+
+    async fn spawn_lab(&mut self, user: &str, _version: &str, values: &BTreeMap<&str, String>) -> Result<()> {
+        let base = format!("https://{}:{}/hub/api", self.spec.topology.public_name, self.spec.ports.public);
+        let create = self.http.post(format!("{base}/users/{user}")).send().await;
+        match create {
+            Ok(r) if r.status().is_success() || r.status().as_u16() == 409 => {}
+            Ok(r) => return Err(hub_api_error(&format!("POST /users/{user}"), r).await),
+            Err(e) => {
+                return Err(HarnessError::HubApi {
+                    call: format!("POST /users/{user}"),
+                    message: e.to_string(),
+                })
+            }
+        }
+        match self.http.post(format!("{base}/users/{user}/server")).send().await {
+            Ok(r) if r.status().is_success() || r.status().as_u16() == 400 => {}
+            Ok(r) => return Err(hub_api_error(&format!("POST /users/{user}/server"), r).await),
+            Err(e) => {
+                return Err(HarnessError::HubApi {
+                    call: format!("POST /users/{user}/server"),
+                    message: e.to_string(),
+                })
+            }
+        }
+        let mut values = values.clone();
+        values.insert("user", user.to_string());
+        let lab_manifest = manifest_with_overrides("jupyterlab", builtin::LAB, &values, &self.spec.lab)?;
+        self.await_ready(&format!("jupyterlab ({user})"), &lab_manifest.ready).await?;
+
+        let addr = self.lab_address(user).await?;
+        let identity = self.lab_identity(user)?;
+        self.labs.insert(user.to_string(), Lab { addr, identity });
+        Ok(())
+    }
+
+    /// The lab's real address, read from the proxy's routing table.
+    async fn lab_address(&self, user: &str) -> Result<SocketAddr> {
+        let hub_identity = self.internal_identity("hub-internal")?;
+        let outcome = self
+            .probe_at(
+                &self.spec.topology.hub_host,
+                SocketAddr::from((Ipv4Addr::LOCALHOST, self.spec.ports.proxy_api)),
+                "127.0.0.1",
+                &self.trust_bundle(InternalCa::Hub)?,
+                Some(hub_identity),
+                HttpRequest::get("/api/routes").with_token(self.proxy_token.clone()),
+            )
+            .await;
+        let body = outcome.http.as_ref().map(|h| h.body.clone()).unwrap_or_default();
+        let routes: serde_json::Value = serde_json::from_str(body.trim()).map_err(|e| HarnessError::Probe {
+            endpoint: "proxy API /api/routes".into(),
+            message: format!("{} ({}): {e}", outcome.verdict, outcome.detail),
+        })?;
+        let target = routes
+            .get(format!("/user/{user}/"))
+            .and_then(|r| r.get("target"))
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| HarnessError::Probe {
+                endpoint: "proxy API /api/routes".into(),
+                message: format!("no route for /user/{user}/"),
+            })?;
+        let authority = target
+            .split("://")
+            .nth(1)
+            .map(|rest| rest.split('/').next().unwrap_or(rest))
+            .unwrap_or(target);
+        authority.parse().map_err(|_| HarnessError::Probe {
+            endpoint: "proxy API /api/routes".into(),
+            message: format!("route target {target:?} is not an IP:port address"),
+        })
+    }
+
+    /// The certificate JupyterHub issued for a user's lab (`user-<name>`).
+    fn lab_identity(&self, user: &str) -> Result<Identity> {
+        let name = format!("user-{user}");
+        let cert = find_file(&self.run_dir, &format!("{name}.crt")).ok_or_else(|| HarnessError::Probe {
+            endpoint: format!("lab of {user}"),
+            message: format!("JupyterHub wrote no {name}.crt under {}", self.run_dir.display()),
+        })?;
+        Identity::load(&name, &cert, &cert.with_extension("key"))
+    }
+
+    pub fn internal_ssl_dir(&self) -> PathBuf {
+        self.run_dir.join("hub").join("internal-ssl")
+    }
+
+    pub fn hub_log(&self) -> &Path {
+        &self.hub_log
+    }
+
+    /// Adopts one of JupyterHub's CAs so the harness can issue under it.
+    fn internal_ca(&self, ca: InternalCa) -> Result<CertificateAuthority> {
+        let dir = self.internal_ssl_dir().join(ca.dir_name());
+        let read = |ext: &str| {
+            let path = dir.join(format!("{}.{ext}", ca.dir_name()));
+            std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))
+        };
+        CertificateAuthority::adopt(ca.dir_name(), &read("crt")?, &read("key")?)
+    }
+
+    /// A leaf JupyterHub generated (`hub-internal`, `proxy-api`, `proxy-client`).
+    pub fn internal_identity(&self, name: &str) -> Result<Identity> {
+        let dir = self.internal_ssl_dir().join(name);
+        Identity::load(name, &dir.join(format!("{name}.crt")), &dir.join(format!("{name}.key")))
+    }
+
+    /// The PEM of an internal `<ca>_trust.crt` bundle.
+    pub fn trust_bundle(&self, ca: InternalCa) -> Result<String> {
+        let path = self.internal_ssl_dir().join(ca.trust_bundle_file());
+        std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))
+    }
+
+    /// What browsers trust: the org root.
+    pub fn org_bundle(&self) -> String {
+        self.org.root.cert_pem()
+    }
+
+    fn bundle_by_file(&self, file: &str) -> Result<String> {
+        if file == "org-root.crt" {
+            return Ok(self.org_bundle());
+        }
+        let path = self.internal_ssl_dir().join(file);
+        std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))
+    }
+
+    pub fn users(&self) -> Vec<String> {
+        self.labs.keys().cloned().collect()
+    }
+
+    /// Every endpoint of the stack, as its real clients reach it.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let hub_host = self.spec.topology.hub_host.clone();
+        let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut endpoints = vec![
+            Endpoint {
+                name: "hub API".into(),
+                from_host: hub_host.clone(),
+                addr: local(self.spec.ports.hub),
+                server_name: "127.0.0.1".into(),
+                client_auth: ClientAuth::Required(InternalCa::Hub),
+                request: HttpRequest::get("/hub/api/"),
+            },
+            Endpoint {
+                name: "proxy API".into(),
+                from_host: hub_host.clone(),
+                addr: local(self.spec.ports.proxy_api),
+                server_name: "127.0.0.1".into(),
+                client_auth: ClientAuth::Required(InternalCa::ProxyApi),
+                request: HttpRequest::get("/api/routes"),
+            },
+            Endpoint {
+                name: "proxy public".into(),
+                from_host: "operator".into(),
+                addr: self.public_addr,
+                server_name: self.spec.topology.public_name.clone(),
+                client_auth: ClientAuth::NotRequested,
+                request: HttpRequest::get("/hub/health"),
+            },
+        ];
+        for (user, lab) in &self.labs {
+            endpoints.push(Endpoint {
+                name: format!("lab of {user}"),
+                from_host: self.spec.topology.lab_host.clone(),
+                addr: lab.addr,
+                server_name: "127.0.0.1".into(),
+                client_auth: ClientAuth::Required(InternalCa::Notebooks),
+                request: HttpRequest::get(format!("/user/{user}/api")),
+            });
+        }
+        endpoints
+    }
+
+    /// Every client identity of the trust matrix.
+    pub fn client_identities(&self) -> Result<Vec<ClientIdentity>> {
+        let mut ids = vec![ClientIdentity {
+            label: "none".into(),
+            origin: IdentityOrigin::Anonymous,
+            identity: None,
+        }];
+        for (name, ca) in [
+            ("hub-internal", InternalCa::Hub),
+            ("proxy-client", InternalCa::ProxyClient),
+            ("proxy-api", InternalCa::ProxyApi),
+        ] {
+            ids.push(ClientIdentity {
+                label: name.into(),
+                origin: IdentityOrigin::Internal(ca),
+                identity: Some(self.internal_identity(name)?),
+            });
+        }
+        if let Some((user, lab)) = self.labs.iter().next() {
+            ids.push(ClientIdentity {
+                label: format!("lab cert ({user})"),
+                origin: IdentityOrigin::Internal(InternalCa::Notebooks),
+                identity: Some(lab.identity.clone()),
+            });
+        }
+        let org_client = self.org.issuing.issue("org-client", &["client.hubtrust.test"], Usage::Client, Validity::fresh(1))?;
+        let foreign_client =
+            self.org.foreign.issue("foreign-client", &["client.hubtrust.test"], Usage::Client, Validity::fresh(1))?;
+        ids.push(ClientIdentity {
+            label: "org-CA cert".into(),
+            origin: IdentityOrigin::Org,
+            identity: Some(org_client),
+        });
+        ids.push(ClientIdentity {
+            label: "foreign-CA cert".into(),
+            origin: IdentityOrigin::Foreign,
+            identity: Some(foreign_client),
+        });
+        for defect in ZooDefect::ALL {
+            ids.push(ClientIdentity {
+                label: defect.label().into(),
+                origin: IdentityOrigin::Zoo(defect),
+                identity: Some(self.zoo.get(defect).clone()),
+            });
+        }
+        Ok(ids)
+    }
+
+    /// The trust anchors a probe of `endpoint` verifies the server with.
+    pub fn server_trust_for(&self, endpoint: &Endpoint) -> Result<String> {
+        match endpoint.client_auth {
+            ClientAuth::NotRequested => Ok(self.org_bundle()),
+            ClientAuth::Required(_) => self.trust_bundle(InternalCa::Hub),
+        }
+    }
+
+    /// Probes `endpoint` presenting `identity`.
+    pub async fn probe(&self, endpoint: &Endpoint, identity: Option<&Identity>) -> ProbeOutcome {
+        let trust = match self.server_trust_for(endpoint) {
+            Ok(t) => t,
+            Err(e) => return ProbeOutcome::failed(Verdict::Other, e.to_string()),
+        };
+        self.probe_at(
+            &endpoint.from_host,
+            endpoint.addr,
+            &endpoint.server_name,
+            &trust,
+            identity.cloned(),
+            endpoint.request.clone(),
+        )
+        .await
+    }
+
+    /// The lowest-level probe: from a host, to an address, with a trust
+    /// store, identity and request of the caller's choosing.
+    pub async fn probe_at(
+        &self,
+        from_host: &str,
+        addr: SocketAddr,
+        server_name: &str,
+        trust_pem: &str,
+        client: Option<Identity>,
+        request: HttpRequest,
+    ) -> ProbeOutcome {
+        let stream = match self.network.connect_from(from_host, addr).await {
+            Ok(s) => s,
+            Err(e) => return ProbeOutcome::failed(Verdict::ConnectFailed, format!("{addr} from {from_host}: {e}")),
+        };
+        let spec = ProbeSpec {
+            server_name: server_name.into(),
+            trust_pem: trust_pem.into(),
+            client,
+            request,
+            timeout: PROBE_TIMEOUT,
+        };
+        probe(stream, &spec).await
+    }
+
+    /// Each server with each of its real clients: the bundle that client
+    /// verifies with and the name it connects to.
+    pub fn real_client_paths(&self) -> Vec<RealClientPath> {
+        let path = |server: &str, client: &str, bundle: String, name: &str| RealClientPath {
+            server: server.into(),
+            client: client.into(),
+            bundle,
+            server_name: name.into(),
+        };
+        let mut paths = vec![
+            path("hub API", "proxy-client", InternalCa::ProxyClient.trust_bundle_file(), "127.0.0.1"),
+            path("proxy API", "hub-internal", InternalCa::Hub.trust_bundle_file(), "127.0.0.1"),
+            path("proxy public", "browser", "org-root.crt".into(), &self.spec.topology.public_name),
+        ];
+        for user in self.labs.keys() {
+            let lab = format!("lab of {user}");
+            paths.push(path("hub API", &format!("lab cert ({user})"), InternalCa::Notebooks.trust_bundle_file(), "127.0.0.1"));
+            paths.push(path(&lab, "hub-internal", InternalCa::Hub.trust_bundle_file(), "127.0.0.1"));
+            paths.push(path(&lab, "proxy-client", InternalCa::ProxyClient.trust_bundle_file(), "127.0.0.1"));
+        }
+        paths
+    }
+
+    /// Probes one real client path, as that client: its bundle, its name,
+    /// its own certificate.
+    pub async fn probe_real_client(&self, path: &RealClientPath) -> ProbeOutcome {
+        let Some(endpoint) = self.endpoints().into_iter().find(|e| e.name == path.server) else {
+            return ProbeOutcome::failed(Verdict::Other, format!("no endpoint named {}", path.server));
+        };
+        let trust = match self.bundle_by_file(&path.bundle) {
+            Ok(t) => t,
+            Err(e) => return ProbeOutcome::failed(Verdict::Other, e.to_string()),
+        };
+        let identity = match path.client.as_str() {
+            "browser" => None,
+            name => match self.client_identities() {
+                Ok(ids) => ids.into_iter().find(|i| i.label == name).and_then(|i| i.identity),
+                Err(e) => return ProbeOutcome::failed(Verdict::Other, e.to_string()),
+            },
+        };
+        self.probe_at(&endpoint.from_host, endpoint.addr, &path.server_name, &trust, identity, endpoint.request)
+            .await
+    }
+
+    /// The proxy's REST API, as the hub calls it (hub-internal certificate),
+    /// with or without the auth token.
+    pub async fn call_proxy_api(&self, token: Option<Secret>) -> ProbeOutcome {
+        let identity = self.internal_identity("hub-internal").ok();
+        let trust = self.trust_bundle(InternalCa::Hub).unwrap_or_default();
+        let mut request = HttpRequest::get("/api/routes");
+        request.token = token;
+        self.probe_at(
+            &self.spec.topology.hub_host,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, self.spec.ports.proxy_api)),
+            "127.0.0.1",
+            &trust,
+            identity,
+            request,
+        )
+        .await
+    }
+
+    /// GET a path on the public proxy as the operator (service token sent).
+    pub async fn get_via_proxy(&self, path: &str) -> Result<u16> {
+        let url = format!("https://{}:{}{path}", self.spec.topology.public_name, self.spec.ports.public);
+        let response = self.http.get(&url).send().await.map_err(|e| HarnessError::HubApi {
+            call: format!("GET {path}"),
+            message: e.to_string(),
+        })?;
+        Ok(response.status().as_u16())
+    }
+
+    /// Every certificate on disk: JupyterHub's `internal-ssl/` and ours.
+    pub fn inventory(&self) -> Result<Inventory> {
+        let pki = self.run_dir.join("pki");
+        let internal = self.internal_ssl_dir();
+        Inventory::scan(&[("internal-ssl", internal.as_path()), ("hubtrust-pki", pki.as_path())])
+    }
+
+    /// Private keys and the cookie secret, with their modes.
+    pub fn secret_files(&self) -> Vec<SecretFile> {
+        let mut files = Vec::new();
+        collect_secret_files(&self.run_dir, &mut files);
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
+    }
+
+    /// Stops the hub gracefully (it stops its proxy and labs), then removes
+    /// whatever of the stack is still alive, then the hosts.
+    pub async fn shutdown(mut self) {
+        if let Some(hub) = self.hub.take() {
+            hub.stop(STOP_GRACE).await;
+        }
+        sweep_marked(STACK_MARKER_ENV, &self.marker);
+    }
+
+    pub fn public_url(&self) -> String {
+        format!("https://{}:{}/", self.spec.topology.public_name, self.spec.ports.public)
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    pub fn hosts(&self) -> Vec<&Host> {
+        self.network.hosts.values().collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Dropping the hub kills its process group; the sweep catches the
+        // proxy and labs, which JupyterHub starts in sessions of their own.
+        drop(self.hub.take());
+        sweep_marked(STACK_MARKER_ENV, &self.marker);
+    }
+}
+
+fn collect_secret_files(dir: &Path, out: &mut Vec<SecretFile>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_secret_files(&path, out);
+            continue;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".key") || name == "jupyterhub_cookie_secret" {
+            out.push(SecretFile {
+                mode: file_mode(&path).unwrap_or_default(),
+                path,
+            });
+        }
+    }
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if path.file_name().and_then(|n| n.to_str()) == Some(name) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+async fn hub_api_error(call: &str, response: reqwest::Response) -> HarnessError {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    HarnessError::HubApi {
+        call: call.into(),
+        message: format!("HTTP {status}: {}", body.chars().take(300).collect::<String>()),
+    }
+}
+
+fn operator_client(org: &OrgPki, public_name: &str, public_addr: SocketAddr, token: &Secret) -> Result<reqwest::Client> {
+    let root = reqwest::Certificate::from_pem(org.root.cert_pem().as_bytes())
+        .map_err(|e| HarnessError::Pki(format!("load org root into the HTTP client: {e}")))?;
+    let mut auth = reqwest::header::HeaderValue::from_str(&format!("token {}", token.expose()))
+        .map_err(|e| HarnessError::Pki(format!("token header: {e}")))?;
+    auth.set_sensitive(true);
+    let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, auth)]);
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .resolve(public_name, public_addr)
+        .default_headers(headers)
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| HarnessError::Pki(format!("build the operator HTTP client: {e}")))
+}
+
+fn template_values(
+    spec: &StackSpec,
+    components: &Components,
+    run_dir: &Path,
+    config_path: &Path,
+    public_cert: &Path,
+    public_key: &Path,
+    marker: &str,
+) -> BTreeMap<&'static str, String> {
+    let d = |p: &Path| p.display().to_string();
+    BTreeMap::from([
+        ("venv", d(&components.venv)),
+        ("node_modules", d(&components.node_modules)),
+        ("config", d(config_path)),
+        ("run_dir", d(run_dir)),
+        ("public_name", spec.topology.public_name.clone()),
+        ("public_port", spec.ports.public.to_string()),
+        ("hub_port", spec.ports.hub.to_string()),
+        ("proxy_api_port", spec.ports.proxy_api.to_string()),
+        ("hub_host", spec.topology.hub_host.clone()),
+        ("stack_name", spec.name.clone()),
+        ("public_cert", d(public_cert)),
+        ("public_key", d(public_key)),
+        ("marker", marker.to_string()),
+        ("user", String::new()),
+    ])
+}
+
+fn manifest_with_overrides(
+    name: &str,
+    text: &str,
+    values: &BTreeMap<&str, String>,
+    overrides: &crate::spec::ComponentOverride,
+) -> Result<ComponentManifest> {
+    let mut manifest = ComponentManifest::load(name, text, values)?;
+    if let Some(command) = &overrides.command {
+        if command.is_empty() {
+            return Err(HarnessError::ManifestInvalid {
+                name: name.into(),
+                message: "the stack file's command is empty".into(),
+            });
+        }
+        manifest.command = command
+            .iter()
+            .map(|part| render(part, values, name))
+            .collect::<Result<_>>()?;
+    }
+    if let Some(args) = &overrides.args {
+        manifest.args = args.clone();
+    }
+    manifest.env.extend(overrides.env.clone());
+    Ok(manifest)
+}
+
+fn render_hub_config(
+    spec: &StackSpec,
+    values: &BTreeMap<&str, String>,
+    proxy: &ComponentManifest,
+    lab: &ComponentManifest,
+    marker: &str,
+) -> Result<String> {
+    let run_dir = PathBuf::from(&values["run_dir"]);
+    let hub_dir = run_dir.join("hub");
+    let mut config_values = values.clone();
+    let d = |p: PathBuf| py(&p.display().to_string());
+    let mut lab_env = lab.env.clone();
+    lab_env.insert(STACK_MARKER_ENV.into(), marker.into());
+    let proxy_command: Vec<String> = proxy.command.iter().chain(&proxy.args).cloned().collect();
+    for (key, value) in [
+        ("internal_certs", d(hub_dir.join("internal-ssl"))),
+        ("trusted_alt_names", py(&[format!("DNS:{}", spec.topology.public_name)])),
+        ("public_cert", py(&values["public_cert"])),
+        ("public_key", py(&values["public_key"])),
+        ("cookie_secret_file", d(hub_dir.join("jupyterhub_cookie_secret"))),
+        ("db_url", py(&format!("sqlite:///{}", hub_dir.join("jupyterhub.sqlite").display()))),
+        ("proxy_command", py(&proxy_command)),
+        ("home_template", py(&format!("{}/home/{{username}}", run_dir.display()))),
+        ("lab_command", py(&lab.command)),
+        ("lab_args", py(&lab.args)),
+        ("lab_env", py(&lab_env)),
+        ("extra_config", spec.hub.extra_config.join("\n")),
+    ] {
+        config_values.insert(key, value);
+    }
+    render(builtin::HUB_CONFIG_TEMPLATE, &config_values, "jupyterhub_config.py")
+}
