@@ -240,10 +240,28 @@ fn render_request(host: &str, request: &HttpRequest) -> String {
 
 fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
     let text = String::from_utf8_lossy(raw);
-    let status_line = text.lines().next()?;
-    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked { dechunk(body) } else { body.to_string() };
     Some(HttpResponse { status, body })
+}
+
+/// Decodes a chunked HTTP/1.1 body (sizes in hex, each chunk CRLF-ended).
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size_line, after)) = rest.split_once("\r\n") {
+        let size_hex = size_line.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size_hex, 16) else { break };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 fn classify_io_error(e: &std::io::Error, sent_client_cert: bool) -> (Verdict, String) {
@@ -606,6 +624,14 @@ mod tests {
         assert_eq!(bad.verdict, Verdict::ClientCertRejected, "{bad:?}");
         let expired = run(addr, "localhost", &f.ca.cert_pem(), Some(f.zoo.get(ZooDefect::Expired).clone())).await;
         assert_eq!(expired.verdict, Verdict::ClientCertRejected, "{expired:?}");
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
+        let response = parse_response(raw).unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, "{\"a\":1}");
     }
 
     #[tokio::test]

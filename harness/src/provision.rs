@@ -67,37 +67,36 @@ pub fn ensure(progress: &mut dyn Write) -> Result<Components> {
         return Ok(components);
     }
     let cache = cache_root();
+    std::fs::create_dir_all(&cache).map_err(|e| HarnessError::io(format!("create {}", cache.display()), e))?;
+    // Two runs provisioning at once would trample each other's venv.
+    let lock_path = cache.join(format!("components-{}.lock", pins_key()));
+    let lock_file = std::fs::File::create(&lock_path).map_err(|e| HarnessError::io(format!("create {}", lock_path.display()), e))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| HarnessError::io(format!("lock {}", lock_path.display()), e.into()))?;
+    if let Some(components) = cached() {
+        return Ok(components);
+    }
+    // Virtualenvs are not relocatable, so the install happens in place;
+    // the `.complete` marker, written last, is what makes it count.
     let root = cache.join(format!("components-{}", pins_key()));
-    // Install beside the final place and rename at the end, so an
-    // interrupted install is never mistaken for a complete one.
-    let staging = cache.join(format!("components-{}.partial-{}", pins_key(), std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| HarnessError::io(format!("create {}", staging.display()), e))?;
-    let result = install(&staging, progress);
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&staging);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).map_err(|e| HarnessError::io(format!("create {}", root.display()), e))?;
+    if let Err(e) = install(&root, progress) {
+        let _ = std::fs::remove_dir_all(&root);
         return Err(e);
     }
-    std::fs::write(staging.join(".complete"), pins_key()).map_err(|e| HarnessError::io("mark the cache complete", e))?;
-    match std::fs::rename(&staging, &root) {
-        Ok(()) => {}
-        // Another run finished the same pins first; theirs is as good.
-        Err(_) if root.join(".complete").exists() => {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        Err(e) => return Err(HarnessError::io(format!("move the install to {}", root.display()), e)),
-    }
+    std::fs::write(root.join(".complete"), pins_key()).map_err(|e| HarnessError::io("mark the cache complete", e))?;
     Ok(Components::at(root))
 }
 
-fn install(staging: &Path, progress: &mut dyn Write) -> Result<()> {
+fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
     let started = Instant::now();
-    let _ = writeln!(progress, "provisioning components into {} (first use of these pins)", staging.display());
-    let venv = staging.join("venv");
+    let _ = writeln!(progress, "provisioning components into {} (first use of these pins)", root.display());
+    let venv = root.join("venv");
     step(progress, "1/3 python venv", || {
         run("python venv", Command::new("python3").arg("-m").arg("venv").arg(&venv), "apt-get install -y python3-venv")
     })?;
-    let lock = staging.join("requirements.lock");
+    let lock = root.join("requirements.lock");
     std::fs::write(&lock, PYTHON_LOCK).map_err(|e| HarnessError::io("write requirements.lock", e))?;
     step(progress, "2/3 pip install jupyterhub, jupyterlab (pinned)", || {
         run(
@@ -108,7 +107,7 @@ fn install(staging: &Path, progress: &mut dyn Write) -> Result<()> {
             "check network access to the Python package index",
         )
     })?;
-    let npm = staging.join("npm");
+    let npm = root.join("npm");
     std::fs::create_dir_all(&npm).map_err(|e| HarnessError::io("create npm dir", e))?;
     std::fs::write(npm.join("package.json"), NPM_PACKAGE).map_err(|e| HarnessError::io("write package.json", e))?;
     std::fs::write(npm.join("package-lock.json"), NPM_LOCK).map_err(|e| HarnessError::io("write package-lock.json", e))?;

@@ -1,1 +1,234 @@
+//! The results model and its writers: JUnit XML (quick-junit), JSON and
+//! Markdown. Structured results stay apart from terminal output.
 
+use std::path::Path;
+use std::time::Duration;
+
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+use serde::Serialize;
+
+use crate::error::{HarnessError, Result};
+use crate::inventory::Inventory;
+use crate::matrix::TrustMatrix;
+use crate::probe::Verdict;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    pub feature: String,
+    pub scenario: String,
+    pub tags: Vec<String>,
+    pub status: Status,
+    /// The failing step and why, when it failed.
+    pub failure: Option<String>,
+    pub seconds: f64,
+    /// Where the scenario's artifacts were kept, if they were.
+    pub artifacts: Option<String>,
+}
+
+/// A server checked against one of its real clients.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainCheck {
+    pub server: String,
+    pub client: String,
+    pub bundle: String,
+    pub server_name: String,
+    pub verdict: Verdict,
+    pub detail: String,
+    pub protocol: Option<String>,
+    pub cipher: Option<String>,
+    pub chain: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunReport {
+    pub tool: String,
+    pub tags: Option<String>,
+    pub stack: String,
+    pub backend: String,
+    pub scenarios: Vec<ScenarioResult>,
+    pub trust_matrix: Option<TrustMatrix>,
+    pub chains: Vec<ChainCheck>,
+    pub inventory: Option<Inventory>,
+    pub seconds: f64,
+}
+
+impl RunReport {
+    pub fn failed(&self) -> usize {
+        self.scenarios.iter().filter(|s| s.status == Status::Failed).count()
+    }
+
+    pub fn passed(&self) -> usize {
+        self.scenarios.iter().filter(|s| s.status == Status::Passed).count()
+    }
+
+    /// Writes `report.xml`, `report.json` and `report.md` into `dir`.
+    pub fn write_all(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|e| HarnessError::io(format!("write {}", path.display()), e))
+        };
+        write("report.xml", self.to_junit())?;
+        write(
+            "report.json",
+            serde_json::to_string_pretty(self).map_err(|e| HarnessError::io("serialise the report", e.into()))?,
+        )?;
+        write("report.md", self.to_markdown())
+    }
+
+    pub fn to_junit(&self) -> String {
+        let mut report = Report::new("hubtrust");
+        let mut features: Vec<&str> = self.scenarios.iter().map(|s| s.feature.as_str()).collect();
+        features.dedup();
+        for feature in features {
+            let mut suite = TestSuite::new(feature);
+            for s in self.scenarios.iter().filter(|s| s.feature == feature) {
+                let status = match s.status {
+                    Status::Passed => TestCaseStatus::success(),
+                    Status::Skipped => TestCaseStatus::skipped(),
+                    Status::Failed => {
+                        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                        status.set_message(s.failure.clone().unwrap_or_default());
+                        status
+                    }
+                };
+                let mut case = TestCase::new(s.scenario.as_str(), status);
+                case.set_classname(feature);
+                case.set_time(Duration::from_secs_f64(s.seconds));
+                suite.add_test_case(case);
+            }
+            report.add_test_suite(suite);
+        }
+        report.set_time(Duration::from_secs_f64(self.seconds));
+        report.to_string().unwrap_or_default()
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::from("# hubtrust conformance report\n\n");
+        md += &format!(
+            "- stack: `{}` on the `{}` backend\n- tags: `{}`\n- result: **{} passed, {} failed** in {:.1}s\n\n",
+            self.stack,
+            self.backend,
+            self.tags.as_deref().unwrap_or("(all)"),
+            self.passed(),
+            self.failed(),
+            self.seconds
+        );
+        md += "## Scenarios\n\n| | feature | scenario | seconds |\n|---|---|---|---|\n";
+        for s in &self.scenarios {
+            let mark = match s.status {
+                Status::Passed => "✅",
+                Status::Failed => "❌",
+                Status::Skipped => "⏭",
+            };
+            md += &format!("| {mark} | {} | {} | {:.1} |\n", s.feature, s.scenario, s.seconds);
+        }
+        let failures: Vec<_> = self.scenarios.iter().filter(|s| s.failure.is_some()).collect();
+        if !failures.is_empty() {
+            md += "\n### Failures\n\n";
+            for s in failures {
+                md += &format!("**{} / {}**\n\n```text\n{}\n```\n\n", s.feature, s.scenario, s.failure.as_deref().unwrap_or(""));
+                if let Some(a) = &s.artifacts {
+                    md += &format!("Artifacts: `{a}`\n\n");
+                }
+            }
+        }
+        if let Some(matrix) = &self.trust_matrix {
+            md += "\n## Internal trust matrix\n\nRows are client identities, columns endpoints; ✅ means the observed verdict is the one JupyterHub's trust graph predicts.\n\n";
+            md += &matrix.to_markdown();
+        }
+        if !self.chains.is_empty() {
+            md += "\n## Server chains as their real clients see them\n\n| server | client | bundle | name | verdict | protocol | chain |\n|---|---|---|---|---|---|---|\n";
+            for c in &self.chains {
+                md += &format!(
+                    "| {} | {} | `{}` | {} | {} | {} | {} |\n",
+                    c.server,
+                    c.client,
+                    c.bundle,
+                    c.server_name,
+                    c.verdict,
+                    c.protocol.as_deref().unwrap_or("-"),
+                    c.chain.join(" ← ")
+                );
+            }
+        }
+        if let Some(inventory) = &self.inventory {
+            md += "\n## Certificate inventory\n\n| file | subject | issuer | SANs | key | EKU | CA | valid until | mode | key mode |\n|---|---|---|---|---|---|---|---|---|---|\n";
+            for c in &inventory.certificates {
+                md += &format!(
+                    "| {}/{} | {} | {} | {} | {} {} | {} | {} | {} | {} | {} |\n",
+                    c.source,
+                    c.path,
+                    c.subject,
+                    c.issuer,
+                    c.sans.join(", "),
+                    c.key_type,
+                    c.key_bits,
+                    c.eku.join(", "),
+                    if c.is_ca { "yes" } else { "no" },
+                    c.not_after,
+                    c.file_mode,
+                    c.key_file_mode.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RunReport {
+        RunReport {
+            tool: "hubtrust".into(),
+            stack: "default".into(),
+            backend: "local".into(),
+            scenarios: vec![
+                ScenarioResult {
+                    feature: "Internal trust".into(),
+                    scenario: "matrix".into(),
+                    tags: vec!["core".into()],
+                    status: Status::Passed,
+                    failure: None,
+                    seconds: 1.0,
+                    artifacts: None,
+                },
+                ScenarioResult {
+                    feature: "Internal trust".into(),
+                    scenario: "secrets <&>".into(),
+                    tags: vec!["core".into()],
+                    status: Status::Failed,
+                    failure: Some("key.pem is 0644".into()),
+                    seconds: 0.5,
+                    artifacts: None,
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn junit_counts_failures_and_escapes_names() {
+        let xml = sample().to_junit();
+        assert!(xml.contains("tests=\"2\""), "{xml}");
+        assert!(xml.contains("failures=\"1\""), "{xml}");
+        assert!(xml.contains("secrets &lt;&amp;&gt;"), "{xml}");
+    }
+
+    #[test]
+    fn markdown_names_the_failure() {
+        let md = sample().to_markdown();
+        assert!(md.contains("1 passed, 1 failed"));
+        assert!(md.contains("key.pem is 0644"));
+    }
+}

@@ -29,6 +29,10 @@ use crate::trust::{ClientAuth, IdentityOrigin, InternalCa};
 /// leak checks can find them all.
 pub const STACK_MARKER_ENV: &str = "HUBTRUST_STACK";
 
+/// Environment variable naming one whole `hubtrust` invocation; every
+/// process it starts, labs included, carries it.
+pub const RUN_MARKER_ENV: &str = "HUBTRUST_RUN_ID";
+
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -292,13 +296,15 @@ impl Stack {
             endpoint: "proxy API /api/routes".into(),
             message: format!("{} ({}): {e}", outcome.verdict, outcome.detail),
         })?;
+        // CHP may store the prefix with or without its trailing slash.
         let target = routes
-            .get(format!("/user/{user}/"))
-            .and_then(|r| r.get("target"))
+            .as_object()
+            .and_then(|all| all.iter().find(|(k, _)| k.trim_end_matches('/') == format!("/user/{user}")))
+            .and_then(|(_, r)| r.get("target"))
             .and_then(|t| t.as_str())
             .ok_or_else(|| HarnessError::Probe {
                 endpoint: "proxy API /api/routes".into(),
-                message: format!("no route for /user/{user}/"),
+                message: format!("no route for /user/{user}/ among {}", body.trim()),
             })?;
         let authority = target
             .split("://")
@@ -618,6 +624,16 @@ impl Stack {
     }
 }
 
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("name", &self.spec.name)
+            .field("run_dir", &self.run_dir)
+            .field("service_token", &self.service_token)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         // Dropping the hub kills its process group; the sweep catches the
@@ -756,6 +772,11 @@ fn render_hub_config(
     let d = |p: PathBuf| py(&p.display().to_string());
     let mut lab_env = lab.env.clone();
     lab_env.insert(STACK_MARKER_ENV.into(), marker.into());
+    // The spawner passes labs only the environment it is given, so the run
+    // marker every other process inherits is handed on explicitly.
+    if let Ok(run_id) = std::env::var(RUN_MARKER_ENV) {
+        lab_env.insert(RUN_MARKER_ENV.into(), run_id);
+    }
     let proxy_command: Vec<String> = proxy.command.iter().chain(&proxy.args).cloned().collect();
     for (key, value) in [
         ("internal_certs", d(hub_dir.join("internal-ssl"))),

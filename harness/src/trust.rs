@@ -107,11 +107,17 @@ pub fn expected_verdict(auth: ClientAuth, origin: IdentityOrigin) -> (Verdict, &
     }
 }
 
-/// Whether an observed verdict matches the expected one. A rejection is a
-/// rejection whether the server said "required" or "rejected", since TLS
-/// 1.2 and 1.3 servers word it differently.
+/// Whether an observed verdict matches the expected one.
+///
+/// A rejection is a rejection whether the server says "required" or
+/// "rejected" (TLS 1.2 and 1.3 servers word it differently), or, as
+/// configurable-http-proxy's node does, completes the TLS 1.3 handshake and
+/// then closes without an alert or an answer. A server that accepts a client
+/// answers the probe's HTTP request, so a silent close is never mistaken for
+/// acceptance; the report still shows the exact verdict.
 pub fn verdict_matches(expected: Verdict, observed: Verdict) -> bool {
-    expected == observed || (expected.is_client_rejection() && observed.is_client_rejection())
+    expected == observed
+        || (expected.is_client_rejection() && (observed.is_client_rejection() || observed == Verdict::PeerClosed))
 }
 
 #[cfg(test)]
@@ -144,5 +150,7 @@ mod tests {
         assert!(!verdict_matches(Verdict::Accepted, Verdict::Timeout));
         assert!(!verdict_matches(Verdict::ClientCertRejected, Verdict::Timeout));
         assert!(verdict_matches(Verdict::ClientCertRejected, Verdict::ClientCertRequired));
+        assert!(verdict_matches(Verdict::ClientCertRejected, Verdict::PeerClosed));
+        assert!(!verdict_matches(Verdict::Accepted, Verdict::PeerClosed));
     }
 }

@@ -1,1 +1,247 @@
-fn main(){}
+//! `hubtrust`: the conformance suite's command line. A thin edge over the
+//! harness: parse, validate, provision, then run inside the private
+//! namespace. Exit codes: 0 all passed, 1 a check failed, 2 usage or
+//! environment error.
+
+mod artifacts;
+mod features;
+mod progress;
+mod run;
+mod steps;
+mod world;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hubtrust_harness::backend::local::{inside_private_namespace, private_namespace_command};
+use hubtrust_harness::stack::RUN_MARKER_ENV;
+use hubtrust_harness::{doctor, provision, spec::StackSpec};
+
+#[derive(Parser, Debug)]
+#[command(name = "hubtrust", version, about = "Conformance suite for JupyterHub deployments: real components, real evidence.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum Command {
+    /// Run conformance scenarios against a stack brought up from real components.
+    Run(RunArgs),
+    /// List features and scenarios with their tags.
+    List {
+        #[arg(long)]
+        features: Option<PathBuf>,
+    },
+    /// Check every prerequisite and say how to install what is missing.
+    Doctor,
+    /// Bring a stack up, print its endpoints, and keep it until Ctrl-C.
+    Up(UpArgs),
+    /// Measure stack start-up against a plain baseline, and the core profile.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Tag expression selecting scenarios, e.g. `@core` or `@core and not @slow`.
+    #[arg(long)]
+    pub tags: Option<String>,
+    /// Stack file (TOML); the built-in default stack otherwise.
+    #[arg(long)]
+    pub stack: Option<PathBuf>,
+    /// Directory for report.xml, report.json, report.md and artifacts.
+    #[arg(long, default_value = "hubtrust-report")]
+    pub report: PathBuf,
+    /// Keep every scenario's artifacts, not only failed ones.
+    #[arg(long)]
+    pub keep: bool,
+    /// Directory of .feature files.
+    #[arg(long)]
+    pub features: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    #[arg(long)]
+    pub stack: Option<PathBuf>,
+    /// Print tokens in full instead of masked.
+    #[arg(long)]
+    pub show_secrets: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Rounds of each measurement; the report gives the median.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if inside_private_namespace() {
+        return run::inside(cli_command_inside(cli.command));
+    }
+    match cli.command {
+        Command::Doctor => doctor_command(),
+        Command::List { features } => list_command(features),
+        Command::Run(ref args) => match preflight_run(args) {
+            Ok(()) => relaunch_inside(),
+            Err(e) => usage_error(e),
+        },
+        Command::Up(ref args) => match preflight_stack(args.stack.as_ref()) {
+            Ok(()) => relaunch_inside(),
+            Err(e) => usage_error(e),
+        },
+        Command::Bench(_) => match preflight_stack(None) {
+            Ok(()) => relaunch_inside(),
+            Err(e) => usage_error(e),
+        },
+    }
+}
+
+fn cli_command_inside(command: Command) -> run::Inside {
+    match command {
+        Command::Run(args) => run::Inside::Run(args),
+        Command::Up(args) => run::Inside::Up(args),
+        Command::Bench(args) => run::Inside::Bench(args),
+        Command::Doctor | Command::List { .. } => run::Inside::Nothing,
+    }
+}
+
+fn usage_error(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(2)
+}
+
+fn doctor_command() -> ExitCode {
+    let checks = doctor::check_all();
+    for c in &checks {
+        match &c.problem {
+            None => println!("ok       {:<40} {}", c.name, c.found.as_deref().unwrap_or("")),
+            Some(problem) => println!("MISSING  {:<40} {problem}\n         needed for {}; install: {}", c.name, c.needed_for, c.fix),
+        }
+    }
+    let cache = provision::cached()
+        .map(|c| format!("provisioned at {}", c.root.display()))
+        .unwrap_or_else(|| format!("not provisioned yet (first `hubtrust run` installs into {})", provision::cache_root().display()));
+    println!("ok       {:<40} {cache}", "components (pins {})".replace("{}", &provision::pins_key()));
+    if checks.iter().all(|c| c.ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn list_command(features: Option<PathBuf>) -> ExitCode {
+    let dir = features::locate(features.as_deref());
+    match features::scenarios(&dir) {
+        Ok(scenarios) => {
+            let mut last_feature = String::new();
+            for s in scenarios {
+                if s.feature != last_feature {
+                    println!("{} ({})", s.feature, s.file.display());
+                    last_feature = s.feature.clone();
+                }
+                let tags: Vec<String> = s.tags.iter().map(|t| format!("@{t}")).collect();
+                println!("  {}  [{}]", s.name, tags.join(" "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(e),
+    }
+}
+
+/// Everything that can be checked before any component starts.
+fn preflight_run(args: &RunArgs) -> anyhow::Result<()> {
+    let dir = features::locate(args.features.as_deref());
+    let scenarios = features::scenarios(&dir)?;
+    let op = args.tags.as_deref().map(|t| features::parse_tags(t, &scenarios)).transpose()?;
+    let selected = features::selected(&scenarios, op.as_ref());
+    anyhow::ensure!(
+        !selected.is_empty(),
+        "the tag expression {:?} selects no scenario (fix: `hubtrust list` shows every scenario's tags)",
+        args.tags.as_deref().unwrap_or("")
+    );
+    preflight_stack(args.stack.as_ref())
+}
+
+fn preflight_stack(stack: Option<&PathBuf>) -> anyhow::Result<()> {
+    if let Some(path) = stack {
+        StackSpec::load(path)?;
+    }
+    let missing: Vec<String> = doctor::check_all()
+        .into_iter()
+        .filter(|c| !c.ok())
+        .map(|c| format!("missing prerequisite `{}`: {} (fix: {})", c.name, c.problem.unwrap_or_default(), c.fix))
+        .collect();
+    anyhow::ensure!(missing.is_empty(), "{}", missing.join("\n"));
+    provision::ensure(&mut std::io::stderr())?;
+    Ok(())
+}
+
+/// Re-runs this very command inside the private namespace and relays its
+/// exit code. Ctrl-C is forwarded to the inner process so it can tear down
+/// and write its reports; if hubtrust itself is killed, the namespace dies
+/// with it.
+fn relaunch_inside() -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return usage_error(anyhow::anyhow!("cannot find the hubtrust executable: {e}")),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return usage_error(e.into()),
+    };
+    runtime.block_on(async move {
+        let mut command = tokio::process::Command::from(private_namespace_command(&exe, &args));
+        if std::env::var_os(RUN_MARKER_ENV).is_none() {
+            command.env(RUN_MARKER_ENV, format!("{}-{}", std::process::id(), hubtrust_harness::secret::Secret::generate().masked().get(..4).unwrap_or("run")));
+        }
+        // Its own process group: a terminal's Ctrl-C reaches only us, and
+        // we decide how the inside hears of it.
+        command.process_group(0);
+        let mut child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return usage_error(anyhow::anyhow!(
+                    "cannot enter a private namespace with setpriv and unshare: {e} (fix: apt-get install -y util-linux)"
+                ))
+            }
+        };
+        let mut interrupts = 0;
+        loop {
+            tokio::select! {
+                status = child.wait() => {
+                    return match status.ok().and_then(|s| s.code()) {
+                        Some(code) => ExitCode::from(code as u8),
+                        None => ExitCode::from(2),
+                    };
+                }
+                _ = interrupted() => {
+                    interrupts += 1;
+                    if interrupts == 1 {
+                        eprintln!("interrupted: tearing the stack down (Ctrl-C again to kill at once)");
+                        run::signal_namespace_init(child.id(), nix::sys::signal::Signal::SIGINT);
+                    } else {
+                        let _ = child.start_kill();
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

@@ -1,0 +1,248 @@
+//! What runs inside the private namespace: the stack, the scenarios, the
+//! reports, and `up`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cucumber::World as _;
+use hubtrust_harness::provision;
+use hubtrust_harness::report::RunReport;
+use hubtrust_harness::spec::StackSpec;
+use hubtrust_harness::Stack;
+
+use crate::progress::ProgressWriter;
+use crate::world::{report, Operator, STACK};
+use crate::{artifacts, features, BenchArgs, RunArgs, UpArgs};
+
+pub enum Inside {
+    Run(RunArgs),
+    Up(UpArgs),
+    Bench(BenchArgs),
+    Nothing,
+}
+
+pub fn inside(what: Inside) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        match what {
+            Inside::Run(args) => run(args).await,
+            Inside::Up(args) => up(args).await,
+            Inside::Bench(args) => crate::run::bench(args).await,
+            Inside::Nothing => ExitCode::SUCCESS,
+        }
+    })
+}
+
+/// Sends `signal` to the init of the namespace `unshare` (pid `unshare_pid`)
+/// forked.
+pub fn signal_namespace_init(unshare_pid: Option<u32>, signal: nix::sys::signal::Signal) {
+    let Some(pid) = unshare_pid else { return };
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), signal);
+    }
+}
+
+fn load_spec(path: Option<&PathBuf>) -> anyhow::Result<StackSpec> {
+    Ok(match path {
+        Some(p) => StackSpec::load(p)?,
+        None => StackSpec::default(),
+    })
+}
+
+/// A private working directory for one stack, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("hubtrust-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{nanos:08x}")
+}
+
+pub async fn bring_up(spec: StackSpec, work: &Path) -> anyhow::Result<Stack> {
+    let components = provision::cached()
+        .ok_or_else(|| anyhow::anyhow!("components are not provisioned (fix: run `hubtrust doctor`, then `hubtrust run`)"))?;
+    let progress = |line: &str| eprintln!("· {line}");
+    Ok(Stack::up(spec, &components, work, &progress).await?)
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let started = Instant::now();
+    let features_dir = features::locate(args.features.as_deref());
+    let prepared = (|| -> anyhow::Result<_> {
+        let scenarios = features::scenarios(&features_dir)?;
+        let op = args.tags.as_deref().map(|t| features::parse_tags(t, &scenarios)).transpose()?;
+        Ok((op, load_spec(args.stack.as_ref())?))
+    })();
+    let (tags, spec) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let stack_name = spec.name.clone();
+    let work = match WorkDir::new() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: failed to create a working directory: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stack = tokio::select! {
+        stack = bring_up(spec, &work.0) => stack,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted while the stack was starting; nothing was checked");
+            return ExitCode::from(130);
+        }
+    };
+    let stack = match stack {
+        Ok(stack) => Arc::new(stack),
+        Err(e) => {
+            // Fail closed: without a stack no check ran, so nothing passed.
+            eprintln!("error: failed to bring the stack up: {e:#}");
+            eprintln!("no scenario ran; everything started so far has been stopped");
+            return ExitCode::from(2);
+        }
+    };
+    if let Ok(mut s) = STACK.lock() {
+        *s = Some(stack);
+    }
+
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let report_dir = args.report.clone();
+    let keep_all = args.keep;
+    let keep = Box::new(move |scenario: &str, failed: bool| {
+        if !(failed || keep_all) {
+            return None;
+        }
+        let stack = crate::world::shared_stack()?;
+        let dest = report_dir.join("artifacts").join(artifacts::slug(scenario));
+        artifacts::keep(&stack, &dest).ok().map(|p| p.display().to_string())
+    });
+    let mut cli = cucumber::cli::Opts::<_, _, _, cucumber::cli::Empty>::default();
+    cli.tags_filter = tags;
+    let cucumber_run = Operator::cucumber()
+        .with_writer(ProgressWriter::new(results.clone(), keep))
+        .fail_on_skipped()
+        .max_concurrent_scenarios(1)
+        .with_cli(cli)
+        .run(features_dir);
+    let interrupted = tokio::select! {
+        _ = cucumber_run => false,
+        _ = tokio::signal::ctrl_c() => true,
+    };
+
+    // Teardown before reporting, so a report never describes a stack that
+    // is still running.
+    let stack = STACK.lock().ok().and_then(|mut s| s.take());
+    if let Some(stack) = stack {
+        match Arc::try_unwrap(stack) {
+            Ok(stack) => stack.shutdown().await,
+            Err(shared) => drop(shared),
+        }
+    }
+
+    let mut report = report().lock().map(|r| r.clone()).unwrap_or_else(|_| RunReport::default());
+    report.tool = format!("hubtrust {}", env!("CARGO_PKG_VERSION"));
+    report.tags = args.tags.clone();
+    report.stack = stack_name;
+    report.backend = "local".into();
+    report.scenarios = results.lock().map(|r| r.clone()).unwrap_or_default();
+    report.seconds = started.elapsed().as_secs_f64();
+    if let Err(e) = report.write_all(&args.report) {
+        eprintln!("error: failed to write the reports: {e}");
+        return ExitCode::from(2);
+    }
+    let (passed, failed) = (report.passed(), report.failed());
+    let skipped = report.scenarios.len() - passed - failed;
+    eprintln!("reports written to {}", args.report.display());
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    if interrupted {
+        eprintln!("interrupted: the run is incomplete");
+        return ExitCode::from(130);
+    }
+    if report.scenarios.is_empty() {
+        eprintln!("error: no scenario ran, so nothing was shown to work");
+        return ExitCode::from(1);
+    }
+    if failed > 0 || skipped > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn up(args: UpArgs) -> ExitCode {
+    let spec = match load_spec(args.stack.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let work = match WorkDir::new() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: failed to create a working directory: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stack = match bring_up(spec, &work.0).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: failed to bring the stack up: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = |s: &hubtrust_harness::secret::Secret| {
+        if args.show_secrets {
+            s.expose().to_string()
+        } else {
+            s.masked()
+        }
+    };
+    println!("stack `{}` is up (Ctrl-C tears it down)", stack.spec.name);
+    println!("  public proxy   {} (at {})", stack.public_url(), stack.public_addr());
+    for e in stack.endpoints() {
+        println!("  {:<14} {} from host `{}` (verify as {})", e.name, e.addr, e.from_host, e.server_name);
+    }
+    println!("  service token  {}", token(&stack.service_token));
+    println!("  proxy token    {}", token(&stack.proxy_token));
+    println!("  org root CA    {}", stack.run_dir.join("pki/org-root.crt").display());
+    println!("  internal-ssl   {}", stack.internal_ssl_dir().display());
+    println!("  hub log        {}", stack.hub_log().display());
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("tearing down");
+    stack.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+pub async fn bench(_args: BenchArgs) -> ExitCode {
+    eprintln!("error: bench is not implemented yet");
+    ExitCode::from(2)
+}

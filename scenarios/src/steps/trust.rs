@@ -1,0 +1,102 @@
+use cucumber::{then, when};
+use hubtrust_harness::matrix::TrustMatrix;
+use hubtrust_harness::probe::Verdict;
+use hubtrust_harness::report::ChainCheck;
+
+use crate::world::{report, Operator};
+
+#[when("I probe every endpoint with every client identity")]
+async fn probe_the_matrix(world: &mut Operator) -> anyhow::Result<()> {
+    let matrix = TrustMatrix::observe(world.stack()?).await?;
+    if let Ok(mut r) = report().lock() {
+        r.trust_matrix = Some(matrix.clone());
+    }
+    world.matrix = Some(matrix);
+    Ok(())
+}
+
+#[then("every verdict matches JupyterHub's trust graph")]
+fn every_verdict_matches(world: &mut Operator) -> anyhow::Result<()> {
+    let matrix = world.matrix.as_ref().ok_or_else(|| anyhow::anyhow!("the matrix was not probed"))?;
+    anyhow::ensure!(!matrix.cells.is_empty(), "the matrix is empty: nothing was checked");
+    let unexpected: Vec<String> = matrix
+        .unexpected()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} × {}: observed {} ({}), expected {} because {}",
+                c.endpoint, c.identity, c.observed, c.detail, c.expected, c.reason
+            )
+        })
+        .collect();
+    anyhow::ensure!(
+        unexpected.is_empty(),
+        "{} of {} cells differ from the trust graph:\n  {}",
+        unexpected.len(),
+        matrix.cells.len(),
+        unexpected.join("\n  ")
+    );
+    Ok(())
+}
+
+#[when("each real client connects with its own bundle, name and certificate")]
+async fn real_clients_connect(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    let mut chains = Vec::new();
+    for path in stack.real_client_paths() {
+        let outcome = stack.probe_real_client(&path).await;
+        chains.push(ChainCheck {
+            server: path.server,
+            client: path.client,
+            bundle: path.bundle,
+            server_name: path.server_name,
+            verdict: outcome.verdict,
+            detail: outcome.detail,
+            protocol: outcome.protocol,
+            cipher: outcome.cipher,
+            chain: outcome.peer_chain.iter().map(|c| c.subject.clone()).collect(),
+        });
+    }
+    if let Ok(mut r) = report().lock() {
+        r.chains = chains.clone();
+    }
+    world.chains = chains;
+    Ok(())
+}
+
+#[then("every connection is accepted over TLS 1.2 or newer")]
+fn every_connection_accepted(world: &mut Operator) -> anyhow::Result<()> {
+    anyhow::ensure!(!world.chains.is_empty(), "no real client path was probed");
+    let bad: Vec<String> = world
+        .chains
+        .iter()
+        .filter(|c| c.verdict != Verdict::Accepted || !matches!(c.protocol.as_deref(), Some("TLSv1_2" | "TLSv1_3")))
+        .map(|c| format!("{} as seen by {} ({} for {}): {} {}", c.server, c.client, c.bundle, c.server_name, c.verdict, c.detail))
+        .collect();
+    anyhow::ensure!(bad.is_empty(), "some real clients cannot verify their server:\n  {}", bad.join("\n  "));
+    Ok(())
+}
+
+#[when(expr = "the hub's certificate calls the proxy API {word} the auth token")]
+async fn call_proxy_api(world: &mut Operator, with: String) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    let token = match with.as_str() {
+        "with" => Some(stack.proxy_token.clone()),
+        "without" => None,
+        other => anyhow::bail!("say `with` or `without` the auth token, not {other:?}"),
+    };
+    world.proxy_api = Some(stack.call_proxy_api(token).await);
+    Ok(())
+}
+
+#[then(expr = "the proxy API answers HTTP {int}")]
+fn proxy_api_answers(world: &mut Operator, status: u16) -> anyhow::Result<()> {
+    let outcome = world.proxy_api.as_ref().ok_or_else(|| anyhow::anyhow!("the proxy API was not called"))?;
+    let observed = outcome
+        .http
+        .as_ref()
+        .map(|h| h.status)
+        .ok_or_else(|| anyhow::anyhow!("no HTTP answer from the proxy API: {} ({})", outcome.verdict, outcome.detail))?;
+    anyhow::ensure!(observed == status, "the proxy API answered HTTP {observed}, expected {status}");
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! The cucumber World: what one scenario has seen so far. The stack itself
+//! is shared by every scenario of a run and owned by the run, not the World.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use hubtrust_harness::matrix::TrustMatrix;
+use hubtrust_harness::probe::ProbeOutcome;
+use hubtrust_harness::report::{ChainCheck, RunReport};
+use hubtrust_harness::Stack;
+
+/// The run's stack, brought up once before the first scenario and taken
+/// back by the run for teardown.
+pub static STACK: Mutex<Option<Arc<Stack>>> = Mutex::new(None);
+
+pub fn shared_stack() -> Option<Arc<Stack>> {
+    STACK.lock().ok().and_then(|s| s.clone())
+}
+
+/// What steps add to the run's report (matrix, chains, inventory).
+pub static REPORT: OnceLock<Arc<Mutex<RunReport>>> = OnceLock::new();
+
+pub fn report() -> Arc<Mutex<RunReport>> {
+    REPORT.get_or_init(|| Arc::new(Mutex::new(RunReport::default()))).clone()
+}
+
+#[derive(Debug, Default, cucumber::World)]
+pub struct Operator {
+    pub stack: Option<Arc<Stack>>,
+    pub http_status: Option<u16>,
+    pub proxy_api: Option<ProbeOutcome>,
+    pub matrix: Option<TrustMatrix>,
+    pub chains: Vec<ChainCheck>,
+    pub inventory: Option<hubtrust_harness::inventory::Inventory>,
+}
+
+impl Operator {
+    /// The stack, or a failure that says the Background never ran.
+    pub fn stack(&self) -> anyhow::Result<&Stack> {
+        self.stack
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("no stack: the Background step that brings it up did not run"))
+    }
+}
