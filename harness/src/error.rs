@@ -5,11 +5,8 @@ use std::path::PathBuf;
 /// Every way the engine can fail. The `hint` fields tell an operator what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
-    #[error("read stack file {path}: {source}")]
-    StackFileUnreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("read stack file {path}: {cause} (fix: check the path given to --stack)")]
+    StackFileUnreadable { path: PathBuf, cause: std::io::Error },
     #[error("parse stack file {path}: {message}")]
     StackFileInvalid { path: PathBuf, message: String },
     #[error("parse component manifest {name}: {message}")]
@@ -47,18 +44,15 @@ pub enum HarnessError {
     Probe { endpoint: String, message: String },
     #[error("call the hub API {call}: {message}")]
     HubApi { call: String, message: String },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: std::io::Error },
 }
 
 impl HarnessError {
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),
-            source,
+            cause,
         }
     }
 

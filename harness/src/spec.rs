@@ -122,9 +122,9 @@ pub struct ComponentOverride {
 
 impl StackSpec {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| HarnessError::StackFileUnreadable {
+        let text = std::fs::read_to_string(path).map_err(|cause| HarnessError::StackFileUnreadable {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let spec: Self = toml::from_str(&text).map_err(|e| HarnessError::StackFileInvalid {
             path: path.to_path_buf(),
@@ -132,7 +132,7 @@ impl StackSpec {
         })?;
         spec.validate().map_err(|message| HarnessError::StackFileInvalid {
             path: path.to_path_buf(),
-            message,
+            message: format!("{message} (fix: edit the stack file; fixtures/stacks/example.toml shows every key)"),
         })?;
         Ok(spec)
     }

@@ -197,7 +197,11 @@ fn relaunch_inside() -> ExitCode {
     runtime.block_on(async move {
         let mut command = tokio::process::Command::from(private_namespace_command(&exe, &args));
         if std::env::var_os(RUN_MARKER_ENV).is_none() {
-            command.env(RUN_MARKER_ENV, format!("{}-{}", std::process::id(), hubtrust_harness::secret::Secret::generate().masked().get(..4).unwrap_or("run")));
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            command.env(RUN_MARKER_ENV, format!("run-{}-{nanos:x}", std::process::id()));
         }
         // Its own process group: a terminal's Ctrl-C reaches only us, and
         // we decide how the inside hears of it.

@@ -1,0 +1,274 @@
+//! End-to-end tests of the `hubtrust` command against real components:
+//! the core profile, every bad input, and cleanup after Ctrl-C and SIGKILL.
+//!
+//! The first test to need components provisions them into the shared cache
+//! (a file lock serialises that); later ones reuse it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn hubtrust() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hubtrust"));
+    c.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    c.stdin(Stdio::null());
+    c
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hubtrust-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// PIDs of processes whose environment holds `KEY=value…` with that prefix.
+fn processes_marked(prefix: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|entry| entry.starts_with(prefix.as_bytes())))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Waits (bounded) until no process carries the marker.
+fn assert_nothing_left(prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = processes_marked(prefix);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let names: Vec<String> = left
+                .iter()
+                .map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " "))
+                .collect();
+            panic!("processes survived the run: {names:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_id(test: &str) -> String {
+    format!("test-{test}-{}", std::process::id())
+}
+
+#[test]
+fn core_profile_passes_against_the_real_stack_and_writes_every_report() {
+    let report = scratch("core");
+    let id = run_id("core");
+    let out = hubtrust()
+        .args(["run", "--tags", "@core", "--report"])
+        .arg(&report)
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "core profile failed:\n{}", text(&out));
+    assert!(text(&out).contains("7 passed, 0 failed"), "{}", text(&out));
+    for file in ["report.xml", "report.json", "report.md"] {
+        assert!(report.join(file).exists(), "{file} missing");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
+    let cells = json["trust_matrix"]["cells"].as_array().unwrap();
+    assert!(cells.len() >= 4 * 13, "matrix too small: {}", cells.len());
+    assert!(cells.iter().all(|c| c["matches"] == true));
+    // The matrix must hold both outcomes, or it proved nothing.
+    assert!(cells.iter().any(|c| c["observed"] == "accepted"));
+    assert!(cells.iter().any(|c| c["observed"] == "client-cert-rejected"));
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("## Internal trust matrix") && md.contains("## Certificate inventory"));
+    // Tokens never reach the reports.
+    let all_reports = std::fs::read_to_string(report.join("report.json")).unwrap() + &md;
+    assert!(!all_reports.contains("CONFIGPROXY_AUTH_TOKEN="));
+    insta_inventory_shape(&json);
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+/// The inventory's shape, per-run values redacted: which files exist, who
+/// issued them, key types, EKUs and modes.
+fn insta_inventory_shape(report: &serde_json::Value) {
+    let mut shape: Vec<serde_json::Value> = report["inventory"]["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["source"] == "internal-ssl")
+        .cloned()
+        .collect();
+    shape.sort_by_key(|c| c["path"].as_str().unwrap_or("").to_string());
+    insta::assert_json_snapshot!("internal_ssl_inventory", shape, {
+        "[].not_before" => "[not-before]",
+        "[].not_after" => "[not-after]",
+    });
+}
+
+fn expect_usage_error(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(2), "expected exit 2:\n{}", text(out));
+    let t = text(out);
+    assert!(t.contains(needle), "error does not mention {needle:?}:\n{t}");
+    assert!(t.contains("fix"), "error gives no fix hint:\n{t}");
+}
+
+#[test]
+fn an_unknown_tag_is_named_with_the_known_ones() {
+    let out = hubtrust().args(["run", "--tags", "@cor"]).output().unwrap();
+    expect_usage_error(&out, "unknown tag @cor");
+    assert!(text(&out).contains("@core"));
+}
+
+#[test]
+fn a_malformed_tag_expression_is_rejected() {
+    let out = hubtrust().args(["run", "--tags", "@core and and"]).output().unwrap();
+    expect_usage_error(&out, "invalid tag expression");
+}
+
+#[test]
+fn a_missing_stack_file_is_named() {
+    let out = hubtrust().args(["run", "--stack", "/nonexistent/stack.toml"]).output().unwrap();
+    expect_usage_error(&out, "/nonexistent/stack.toml");
+}
+
+#[test]
+fn unknown_keys_in_a_stack_file_are_named() {
+    let dir = scratch("unknown-keys");
+    let file = dir.join("stack.toml");
+    std::fs::write(&file, "[hub]\nextra_cofnig = []\n").unwrap();
+    let out = hubtrust().args(["run", "--stack"]).arg(&file).output().unwrap();
+    expect_usage_error(&out, "extra_cofnig");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ports_that_collide_are_rejected_before_anything_starts() {
+    let dir = scratch("ports");
+    let file = dir.join("stack.toml");
+    std::fs::write(&file, "[ports]\npublic = 8000\nhub = 8001\nproxy_api = 8001\n").unwrap();
+    let out = hubtrust().args(["run", "--stack"]).arg(&file).output().unwrap();
+    expect_usage_error(&out, "port 8001");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_missing_prerequisite_names_the_install_command() {
+    // A PATH with everything hubtrust needs except `ip`.
+    let bin = scratch("no-ip");
+    for tool in ["python3", "node", "npm", "unshare", "nsenter", "setpriv", "sh", "env"] {
+        if let Ok(path) = which(tool) {
+            std::os::unix::fs::symlink(path, bin.join(tool)).unwrap();
+        }
+    }
+    let out = hubtrust().arg("run").env("PATH", &bin).output().unwrap();
+    expect_usage_error(&out, "apt-get install -y iproute2");
+    let doctor = hubtrust().arg("doctor").env("PATH", &bin).output().unwrap();
+    assert_eq!(doctor.status.code(), Some(2));
+    assert!(text(&doctor).contains("MISSING  ip (iproute2)"), "{}", text(&doctor));
+    std::fs::remove_dir_all(&bin).unwrap();
+}
+
+fn which(tool: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+fn stack_file_run(name: &str, body: &str) -> (Output, String) {
+    let dir = scratch(name);
+    let file = dir.join("stack.toml");
+    std::fs::write(&file, body).unwrap();
+    let id = run_id(name);
+    let out = hubtrust()
+        .args(["run", "--tags", "@core", "--report"])
+        .arg(dir.join("report"))
+        .arg("--stack")
+        .arg(&file)
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (out, id)
+}
+
+#[test]
+fn a_hub_config_jupyterhub_rejects_shows_its_log_and_leaves_nothing() {
+    let (out, id) = stack_file_run("bad-config", "[hub]\nextra_config = [\"c.JupyterHub.hub_port = 'not a port'\"]\n");
+    expect_usage_error(&out, "exited during start-up");
+    assert!(text(&out).contains("not a port"), "the hub's own complaint is not shown:\n{}", text(&out));
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+}
+
+#[test]
+fn a_component_that_exits_during_start_up_is_named() {
+    let (out, id) = stack_file_run("proxy-exits", "[proxy]\ncommand = [\"false\"]\n");
+    expect_usage_error(&out, "`jupyterhub`");
+    assert!(text(&out).to_lowercase().contains("proxy"), "{}", text(&out));
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+}
+
+/// Starts `hubtrust up` and waits until it reports the stack is up.
+fn start_up(id: &str) -> Child {
+    let mut child = hubtrust()
+        .arg("up")
+        .env("HUBTRUST_RUN_ID", id)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("is up") => break,
+            Some(Ok(line)) => seen.push(line),
+            _ => panic!("`hubtrust up` ended before the stack was up: {seen:?}"),
+        }
+    }
+    assert!(!processes_marked(&format!("HUBTRUST_RUN_ID={id}")).is_empty());
+    // Keep reading so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+#[test]
+fn sigkill_of_hubtrust_mid_stack_leaves_no_component_running() {
+    let id = run_id("sigkill");
+    let mut child = start_up(&id);
+    // The hub, the proxy and the lab are all running now.
+    let marker = format!("HUBTRUST_RUN_ID={id}");
+    assert!(processes_marked(&marker).len() >= 4, "expected hub, proxy and lab to be running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_nothing_left(&marker);
+}
+
+#[test]
+fn ctrl_c_tears_the_stack_down_gracefully() {
+    let id = run_id("sigint");
+    let mut child = start_up(&id);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.code().is_some(), "hubtrust died by a signal instead of tearing down: {status}");
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+}
+
+#[test]
+fn list_shows_every_core_scenario_with_its_tag() {
+    let out = hubtrust().arg("list").output().unwrap();
+    assert!(out.status.success());
+    let t = text(&out);
+    assert_eq!(t.matches("[@core]").count(), 7, "{t}");
+}
