@@ -41,7 +41,8 @@ pub mod builtin {
     pub const JUPYTERHUB: &str = include_str!("../../fixtures/components/jupyterhub.toml");
     pub const PROXY: &str = include_str!("../../fixtures/components/configurable-http-proxy.toml");
     pub const LAB: &str = include_str!("../../fixtures/components/jupyterlab.toml");
-    pub const HUB_CONFIG_TEMPLATE: &str = include_str!("../../fixtures/components/jupyterhub_config.py");
+    pub const HUB_CONFIG_TEMPLATE: &str =
+        include_str!("../../fixtures/components/jupyterhub_config.py");
 }
 
 /// Fills `{{name}}` placeholders. A placeholder with no value is an error,
@@ -52,15 +53,19 @@ pub fn render(template: &str, values: &BTreeMap<&str, String>, what: &str) -> Re
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| HarnessError::ManifestInvalid {
-            name: what.into(),
-            message: "unclosed `{{` placeholder".into(),
-        })?;
+        let end = after
+            .find("}}")
+            .ok_or_else(|| HarnessError::ManifestInvalid {
+                name: what.into(),
+                message: "unclosed `{{` placeholder".into(),
+            })?;
         let key = after[..end].trim();
-        let value = values.get(key).ok_or_else(|| HarnessError::ManifestInvalid {
-            name: what.into(),
-            message: format!("unknown placeholder `{{{{{key}}}}}`"),
-        })?;
+        let value = values
+            .get(key)
+            .ok_or_else(|| HarnessError::ManifestInvalid {
+                name: what.into(),
+                message: format!("unknown placeholder `{{{{{key}}}}}`"),
+            })?;
         out.push_str(value);
         rest = &after[end + 2..];
     }
@@ -126,8 +131,12 @@ mod tests {
 
     #[test]
     fn unknown_manifest_keys_are_rejected() {
-        let err = ComponentManifest::load("x", "name='x'\nrole='hub'\nversion='1'\ncommand=['a']\nbogus=1", &values())
-            .unwrap_err();
+        let err = ComponentManifest::load(
+            "x",
+            "name='x'\nrole='hub'\nversion='1'\ncommand=['a']\nbogus=1",
+            &values(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }
 }

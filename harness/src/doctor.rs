@@ -21,15 +21,24 @@ impl Prerequisite {
 }
 
 fn probe_command(program: &str, args: &[&str]) -> Result<String, String> {
-    match Command::new(program).args(args).stdin(Stdio::null()).output() {
+    match Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+    {
         Ok(out) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
             Ok(text.lines().next().unwrap_or("").trim().to_string())
         }
         Ok(out) => Err(format!(
             "`{program} {}` failed: {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").trim()
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim()
         )),
         Err(e) => Err(format!("`{program}` not found ({e})")),
     }
@@ -68,7 +77,9 @@ fn node_at_least(major: u32) -> Result<String, String> {
         .and_then(|m| m.parse().ok())
         .ok_or_else(|| format!("cannot read node version {version:?}"))?;
     if found < major {
-        return Err(format!("node {version} is older than {major}, which configurable-http-proxy needs"));
+        return Err(format!(
+            "node {version} is older than {major}, which configurable-http-proxy needs"
+        ));
     }
     Ok(version)
 }
@@ -111,7 +122,12 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_reported_with_its_fix() {
-        let p = check("nothing", "tests", "apt-get install -y nothing", probe_command("hubtrust-no-such-program", &[]));
+        let p = check(
+            "nothing",
+            "tests",
+            "apt-get install -y nothing",
+            probe_command("hubtrust-no-such-program", &[]),
+        );
         assert!(!p.ok());
         assert!(p.problem.unwrap().contains("not found"));
     }

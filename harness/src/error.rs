@@ -6,7 +6,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     #[error("read stack file {path}: {cause} (fix: check the path given to --stack)")]
-    StackFileUnreadable { path: PathBuf, cause: std::io::Error },
+    StackFileUnreadable {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("parse stack file {path}: {message}")]
     StackFileInvalid { path: PathBuf, message: String },
     #[error("parse component manifest {name}: {message}")]
@@ -45,7 +48,10 @@ pub enum HarnessError {
     #[error("call the hub API {call}: {message}")]
     HubApi { call: String, message: String },
     #[error("{context}: {cause}")]
-    Io { context: String, cause: std::io::Error },
+    Io {
+        context: String,
+        cause: std::io::Error,
+    },
 }
 
 impl HarnessError {

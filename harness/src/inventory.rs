@@ -60,19 +60,24 @@ impl Inventory {
             .iter()
             .filter_map(|c| {
                 let mode = c.key_file_mode.as_ref()?;
-                (mode != "0600" && mode != "0400").then(|| (format!("{}/{}", c.source, c.path), mode.clone()))
+                (mode != "0600" && mode != "0400")
+                    .then(|| (format!("{}/{}", c.source, c.path), mode.clone()))
             })
             .collect()
     }
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(|e| HarnessError::io(format!("list {}", dir.display()), e))?;
+    let entries =
+        fs::read_dir(dir).map_err(|e| HarnessError::io(format!("list {}", dir.display()), e))?;
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
             collect_files(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("crt" | "pem")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("crt" | "pem")
+        ) {
             out.push(path);
         }
     }
@@ -86,8 +91,11 @@ pub fn file_mode(path: &Path) -> Option<String> {
 }
 
 fn describe_file(label: &str, root: &Path, file: &Path) -> Result<Option<CertificateRecord>> {
-    let text = fs::read(file).map_err(|e| HarnessError::io(format!("read {}", file.display()), e))?;
-    let ders: Vec<_> = rustls_pemfile::certs(&mut text.as_slice()).filter_map(|c| c.ok()).collect();
+    let text =
+        fs::read(file).map_err(|e| HarnessError::io(format!("read {}", file.display()), e))?;
+    let ders: Vec<_> = rustls_pemfile::certs(&mut text.as_slice())
+        .filter_map(|c| c.ok())
+        .collect();
     let Some(first) = ders.first() else {
         return Ok(None);
     };
@@ -98,7 +106,11 @@ fn describe_file(label: &str, root: &Path, file: &Path) -> Result<Option<Certifi
     let key_file = file.with_extension("key");
     Ok(Some(CertificateRecord {
         source: label.into(),
-        path: file.strip_prefix(root).unwrap_or(file).display().to_string(),
+        path: file
+            .strip_prefix(root)
+            .unwrap_or(file)
+            .display()
+            .to_string(),
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
         sans: subject_alt_names(&cert),
@@ -124,8 +136,14 @@ pub fn subject_alt_names(cert: &X509Certificate<'_>) -> Vec<String> {
         .map(|name| match name {
             GeneralName::DNSName(d) => format!("DNS:{d}"),
             GeneralName::IPAddress(bytes) => match bytes.len() {
-                4 => format!("IP:{}", std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).unwrap_or_default())),
-                16 => format!("IP:{}", std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).unwrap_or_default())),
+                4 => format!(
+                    "IP:{}",
+                    std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).unwrap_or_default())
+                ),
+                16 => format!(
+                    "IP:{}",
+                    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).unwrap_or_default())
+                ),
                 _ => "IP:?".into(),
             },
             other => format!("{other}"),
@@ -168,13 +186,19 @@ mod tests {
 
     #[test]
     fn inventory_shape_is_stable() {
-        let dir = std::env::temp_dir().join(format!("hubtrust-inventory-test-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("hubtrust-inventory-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let ca = CertificateAuthority::root("inventory CA").unwrap();
-        ca.issue("server", &["hub.example", "10.0.0.1"], Usage::Server, Validity::fresh(1))
-            .unwrap()
-            .write_to(&dir)
-            .unwrap();
+        ca.issue(
+            "server",
+            &["hub.example", "10.0.0.1"],
+            Usage::Server,
+            Validity::fresh(1),
+        )
+        .unwrap()
+        .write_to(&dir)
+        .unwrap();
         crate::pki::write_with_mode(&dir.join("ca.crt"), ca.cert_pem().as_bytes(), 0o644).unwrap();
         let inventory = Inventory::scan(&[("hubtrust-pki", &dir)]).unwrap();
         insta::assert_json_snapshot!(inventory, {

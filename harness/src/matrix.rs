@@ -69,7 +69,10 @@ impl TrustMatrix {
         for identity in &self.identities {
             out += &format!("| {identity} |");
             for endpoint in &self.endpoints {
-                let cell = self.cells.iter().find(|c| &c.endpoint == endpoint && &c.identity == identity);
+                let cell = self
+                    .cells
+                    .iter()
+                    .find(|c| &c.endpoint == endpoint && &c.identity == identity);
                 match cell {
                     Some(c) if c.matches => out += &format!(" ✅ {} |", c.observed),
                     Some(c) => out += &format!(" ❌ {} (expected {}) |", c.observed, c.expected),

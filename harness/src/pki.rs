@@ -92,7 +92,9 @@ pub struct Identity {
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The private key is deliberately left out.
-        f.debug_struct("Identity").field("name", &self.name).finish()
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -119,7 +121,8 @@ impl Identity {
 
     /// Writes `<name>.crt` (0644) and `<name>.key` (0600) into `dir`.
     pub fn write_to(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
-        fs::create_dir_all(dir).map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
         let cert = dir.join(format!("{}.crt", self.name));
         let key = dir.join(format!("{}.key", self.name));
         write_with_mode(&cert, self.chain_pem.as_bytes(), 0o644)?;
@@ -203,7 +206,13 @@ impl CertificateAuthority {
         self.cert.pem()
     }
 
-    pub fn issue(&self, name: &str, sans: &[&str], usage: Usage, validity: Validity) -> Result<Identity> {
+    pub fn issue(
+        &self,
+        name: &str,
+        sans: &[&str],
+        usage: Usage,
+        validity: Validity,
+    ) -> Result<Identity> {
         let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
         let params = leaf_params(name, sans, usage, validity)?;
         let cert = params
@@ -249,12 +258,20 @@ fn ca_params(name: &str, validity: Validity) -> CertificateParams {
     params
 }
 
-fn leaf_params(name: &str, sans: &[&str], usage: Usage, validity: Validity) -> Result<CertificateParams> {
+fn leaf_params(
+    name: &str,
+    sans: &[&str],
+    usage: Usage,
+    validity: Validity,
+) -> Result<CertificateParams> {
     let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(sans).map_err(|e| pki_err(name, e))?;
     params.distinguished_name = distinguished_name(name);
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = usage.purposes();
     params.not_before = validity.not_before;
     params.not_after = validity.not_after;
@@ -275,9 +292,12 @@ fn load_key_pair(key_pem: &str) -> std::result::Result<KeyPair, String> {
         rustls_pemfile::Item::Pkcs1Key(der) => {
             let pkcs8 = wrap_rsa_pkcs1_in_pkcs8(der.secret_pkcs1_der());
             let der = rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8);
-            KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_RSA_SHA256).map_err(|e| e.to_string())
+            KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_RSA_SHA256)
+                .map_err(|e| e.to_string())
         }
-        rustls_pemfile::Item::Sec1Key(_) => Err("SEC1 EC keys are not supported; convert to PKCS#8".into()),
+        rustls_pemfile::Item::Sec1Key(_) => {
+            Err("SEC1 EC keys are not supported; convert to PKCS#8".into())
+        }
         _ => Err("the PEM block is not a private key".into()),
     }
 }
@@ -299,7 +319,11 @@ fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     if len < 0x80 {
         out.push(len as u8);
     } else {
-        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
         out.push(0x80 | bytes.len() as u8);
         out.extend(bytes);
     }
@@ -355,10 +379,15 @@ impl Zoo {
         for defect in ZooDefect::ALL {
             let name = defect.label();
             let identity = match defect {
-                ZooDefect::Expired => signer.issue(name, sans, Usage::ServerAndClient, Validity::expired())?,
-                ZooDefect::NotYetValid => {
-                    signer.issue(name, sans, Usage::ServerAndClient, Validity::not_yet_valid())?
+                ZooDefect::Expired => {
+                    signer.issue(name, sans, Usage::ServerAndClient, Validity::expired())?
                 }
+                ZooDefect::NotYetValid => signer.issue(
+                    name,
+                    sans,
+                    Usage::ServerAndClient,
+                    Validity::not_yet_valid(),
+                )?,
                 ZooDefect::WrongSan => signer.issue(
                     name,
                     &["elsewhere.invalid"],
@@ -367,21 +396,29 @@ impl Zoo {
                 )?,
                 ZooDefect::SelfSigned => {
                     let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
-                    let cert = leaf_params(name, sans, Usage::ServerAndClient, Validity::fresh(30))?
-                        .self_signed(&key)
-                        .map_err(|e| pki_err(name, e))?;
+                    let cert =
+                        leaf_params(name, sans, Usage::ServerAndClient, Validity::fresh(30))?
+                            .self_signed(&key)
+                            .map_err(|e| pki_err(name, e))?;
                     Identity::new(name, cert.pem(), key.serialize_pem())
                 }
-                ZooDefect::ServerAuthOnlyEku => signer.issue(name, sans, Usage::Server, Validity::fresh(30))?,
+                ZooDefect::ServerAuthOnlyEku => {
+                    signer.issue(name, sans, Usage::Server, Validity::fresh(30))?
+                }
                 ZooDefect::SignedByNonCa => {
                     let (non_ca, non_ca_key) = signer.issue_non_ca_signer("zoo-non-ca-signer")?;
                     let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
-                    let cert = leaf_params(name, sans, Usage::ServerAndClient, Validity::fresh(30))?
-                        .signed_by(&key, &non_ca, &non_ca_key)
-                        .map_err(|e| pki_err(name, e))?;
+                    let cert =
+                        leaf_params(name, sans, Usage::ServerAndClient, Validity::fresh(30))?
+                            .signed_by(&key, &non_ca, &non_ca_key)
+                            .map_err(|e| pki_err(name, e))?;
                     // The non-CA signer travels with the leaf, as a
                     // misconfigured server would send it.
-                    Identity::new(name, format!("{}{}", cert.pem(), non_ca.pem()), key.serialize_pem())
+                    Identity::new(
+                        name,
+                        format!("{}{}", cert.pem(), non_ca.pem()),
+                        key.serialize_pem(),
+                    )
                 }
             };
             entries.push((defect, identity));
@@ -413,7 +450,11 @@ impl OrgPki {
         let root = CertificateAuthority::root("hubtrust org root CA")?;
         let issuing = root.intermediate("hubtrust org issuing CA")?;
         let foreign = CertificateAuthority::root("hubtrust foreign CA")?;
-        Ok(Self { root, issuing, foreign })
+        Ok(Self {
+            root,
+            issuing,
+            foreign,
+        })
     }
 }
 
@@ -436,17 +477,27 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("hubtrust-pki-test-{}", std::process::id()));
         let ca = CertificateAuthority::root("test CA").unwrap();
-        let id = ca.issue("leaf", &["localhost"], Usage::Server, Validity::fresh(1)).unwrap();
+        let id = ca
+            .issue("leaf", &["localhost"], Usage::Server, Validity::fresh(1))
+            .unwrap();
         let (crt, key) = id.write_to(&dir).unwrap();
-        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::metadata(&crt).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(&crt).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn debug_of_an_identity_hides_its_key() {
         let ca = CertificateAuthority::root("test CA").unwrap();
-        let id = ca.issue("leaf", &["localhost"], Usage::Server, Validity::fresh(1)).unwrap();
+        let id = ca
+            .issue("leaf", &["localhost"], Usage::Server, Validity::fresh(1))
+            .unwrap();
         assert!(!format!("{id:?}").contains("PRIVATE KEY"));
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{AlertDescription, CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    AlertDescription, CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -60,7 +62,10 @@ impl Verdict {
     /// Whether the verdict proves the server refused the client's identity
     /// (as opposed to the client refusing the server, or no answer at all).
     pub fn is_client_rejection(self) -> bool {
-        matches!(self, Verdict::ClientCertRequired | Verdict::ClientCertRejected)
+        matches!(
+            self,
+            Verdict::ClientCertRequired | Verdict::ClientCertRejected
+        )
     }
 }
 
@@ -179,7 +184,9 @@ async fn probe_inner(stream: TcpStream, spec: &ProbeSpec) -> ProbeOutcome {
     };
     let (_, conn) = tls.get_ref();
     let protocol = conn.protocol_version().map(|v| format!("{v:?}"));
-    let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()));
 
     // With TLS 1.3 a server judges the client certificate only after the
     // client considers the handshake done, so acceptance is proven by an
@@ -241,11 +248,21 @@ fn render_request(host: &str, request: &HttpRequest) -> String {
 fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let status = head
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     let chunked = head
         .lines()
         .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Some(HttpResponse { status, body })
 }
 
@@ -254,7 +271,9 @@ fn dechunk(mut rest: &str) -> String {
     let mut out = String::new();
     while let Some((size_line, after)) = rest.split_once("\r\n") {
         let size_hex = size_line.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_hex, 16) else { break };
+        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
+            break;
+        };
         if size == 0 || after.len() < size {
             break;
         }
@@ -265,7 +284,10 @@ fn dechunk(mut rest: &str) -> String {
 }
 
 fn classify_io_error(e: &std::io::Error, sent_client_cert: bool) -> (Verdict, String) {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(tls) => classify_tls_error(tls, sent_client_cert),
         None if e.kind() == std::io::ErrorKind::UnexpectedEof => (
             Verdict::PeerClosed,
@@ -284,7 +306,9 @@ pub fn classify_tls_error(e: &rustls::Error, sent_client_cert: bool) -> (Verdict
     let detail = e.to_string();
     let verdict = match e {
         rustls::Error::InvalidCertificate(cert_error) => match cert_error {
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => Verdict::UnknownIssuer,
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                Verdict::UnknownIssuer
+            }
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 Verdict::NameMismatch
             }
@@ -292,9 +316,13 @@ pub fn classify_tls_error(e: &rustls::Error, sent_client_cert: bool) -> (Verdict
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 Verdict::NotYetValid
             }
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => Verdict::BadEku,
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                Verdict::BadEku
+            }
             // webpki reports a leaf that signed another certificate this way.
-            CertificateError::Other(other) if format!("{other:?}").contains("EndEntityUsedAsCa") => {
+            CertificateError::Other(other)
+                if format!("{other:?}").contains("EndEntityUsedAsCa") =>
+            {
                 Verdict::IssuerNotCa
             }
             _ => Verdict::Other,
@@ -337,13 +365,17 @@ fn client_config(
         None => Ok(builder.with_no_client_auth()),
         Some(id) => {
             let (chain, key) = parse_identity(id)?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())
         }
     }
 }
 
 /// Parses an identity's PEM into rustls types.
-pub fn parse_identity(id: &Identity) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+pub fn parse_identity(
+    id: &Identity,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let chain = parse_certs(&id.chain_pem)?;
     let key = rustls_pemfile::private_key(&mut id.key_pem().as_bytes())
         .map_err(|e| format!("identity {}: {e}", id.name))?
@@ -361,7 +393,8 @@ pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 /// Readiness only: identity is judged by [`probe`].
 pub async fn handshake_completes(stream: TcpStream, server_name: &str) -> bool {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let Ok(builder) = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()
+    let Ok(builder) = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
     else {
         return false;
     };
@@ -372,7 +405,10 @@ pub async fn handshake_completes(stream: TcpStream, server_name: &str) -> bool {
     let Ok(name) = ServerName::try_from(server_name.to_string()) else {
         return false;
     };
-    TlsConnector::from(Arc::new(config)).connect(name, stream).await.is_ok()
+    TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .is_ok()
 }
 
 /// Accepts any server certificate (signatures still checked): readiness only.
@@ -397,7 +433,12 @@ impl ServerCertVerifier for AnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -406,7 +447,12 @@ impl ServerCertVerifier for AnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -513,9 +559,10 @@ mod tests {
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
                 roots.add_parsable_certificates(parse_certs(&ca).unwrap());
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .unwrap();
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .unwrap();
                 builder.with_client_cert_verifier(verifier)
             }
         };
@@ -531,7 +578,9 @@ mod tests {
                     if let Ok(mut tls) = acceptor.accept(tcp).await {
                         let mut buf = [0u8; 1024];
                         if tls.read(&mut buf).await.is_ok() {
-                            let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                            let _ = tls
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .await;
                             let _ = tls.shutdown().await;
                         }
                     }
@@ -541,7 +590,12 @@ mod tests {
         addr
     }
 
-    async fn run(addr: std::net::SocketAddr, name: &str, trust: &str, client: Option<Identity>) -> ProbeOutcome {
+    async fn run(
+        addr: std::net::SocketAddr,
+        name: &str,
+        trust: &str,
+        client: Option<Identity>,
+    ) -> ProbeOutcome {
         let stream = TcpStream::connect(addr).await.unwrap();
         let spec = ProbeSpec {
             server_name: name.into(),
@@ -569,7 +623,9 @@ mod tests {
     #[tokio::test]
     async fn good_server_is_accepted_with_protocol_cipher_and_chain() {
         let f = fixture();
-        let server = f.ca.issue("srv", &["localhost"], Usage::Server, Validity::fresh(1)).unwrap();
+        let server =
+            f.ca.issue("srv", &["localhost"], Usage::Server, Validity::fresh(1))
+                .unwrap();
         let addr = serve(server, None).await;
         let out = run(addr, "localhost", &f.ca.cert_pem(), None).await;
         assert_eq!(out.verdict, Verdict::Accepted, "{out:?}");
@@ -583,18 +639,46 @@ mod tests {
     async fn server_verification_failures_get_stable_codes() {
         let f = fixture();
         let cases = [
-            (f.zoo.get(ZooDefect::Expired).clone(), "localhost", Verdict::Expired),
-            (f.zoo.get(ZooDefect::NotYetValid).clone(), "localhost", Verdict::NotYetValid),
-            (f.zoo.get(ZooDefect::WrongSan).clone(), "localhost", Verdict::NameMismatch),
-            (f.zoo.get(ZooDefect::SelfSigned).clone(), "localhost", Verdict::UnknownIssuer),
-            (f.zoo.get(ZooDefect::SignedByNonCa).clone(), "localhost", Verdict::IssuerNotCa),
             (
-                f.ca.issue("client-only", &["localhost"], Usage::Client, Validity::fresh(1)).unwrap(),
+                f.zoo.get(ZooDefect::Expired).clone(),
+                "localhost",
+                Verdict::Expired,
+            ),
+            (
+                f.zoo.get(ZooDefect::NotYetValid).clone(),
+                "localhost",
+                Verdict::NotYetValid,
+            ),
+            (
+                f.zoo.get(ZooDefect::WrongSan).clone(),
+                "localhost",
+                Verdict::NameMismatch,
+            ),
+            (
+                f.zoo.get(ZooDefect::SelfSigned).clone(),
+                "localhost",
+                Verdict::UnknownIssuer,
+            ),
+            (
+                f.zoo.get(ZooDefect::SignedByNonCa).clone(),
+                "localhost",
+                Verdict::IssuerNotCa,
+            ),
+            (
+                f.ca.issue(
+                    "client-only",
+                    &["localhost"],
+                    Usage::Client,
+                    Validity::fresh(1),
+                )
+                .unwrap(),
                 "localhost",
                 Verdict::BadEku,
             ),
             (
-                f.foreign.issue("foreign", &["localhost"], Usage::Server, Validity::fresh(1)).unwrap(),
+                f.foreign
+                    .issue("foreign", &["localhost"], Usage::Server, Validity::fresh(1))
+                    .unwrap(),
                 "localhost",
                 Verdict::UnknownIssuer,
             ),
@@ -604,17 +688,27 @@ mod tests {
             let addr = serve(identity, None).await;
             let out = run(addr, name, &f.ca.cert_pem(), None).await;
             assert_eq!(out.verdict, expected, "{label}: {out:?}");
-            assert!(!out.peer_chain.is_empty(), "{label}: chain recorded even on failure");
+            assert!(
+                !out.peer_chain.is_empty(),
+                "{label}: chain recorded even on failure"
+            );
         }
     }
 
     #[tokio::test]
     async fn client_identity_verdicts_distinguish_missing_from_rejected() {
         let f = fixture();
-        let server = f.ca.issue("srv", &["localhost"], Usage::Server, Validity::fresh(1)).unwrap();
+        let server =
+            f.ca.issue("srv", &["localhost"], Usage::Server, Validity::fresh(1))
+                .unwrap();
         let addr = serve(server, Some(f.ca.cert_pem())).await;
-        let trusted = f.ca.issue("cli", &[], Usage::Client, Validity::fresh(1)).unwrap();
-        let foreign = f.foreign.issue("cli", &[], Usage::Client, Validity::fresh(1)).unwrap();
+        let trusted =
+            f.ca.issue("cli", &[], Usage::Client, Validity::fresh(1))
+                .unwrap();
+        let foreign = f
+            .foreign
+            .issue("cli", &[], Usage::Client, Validity::fresh(1))
+            .unwrap();
 
         let none = run(addr, "localhost", &f.ca.cert_pem(), None).await;
         assert_eq!(none.verdict, Verdict::ClientCertRequired, "{none:?}");
@@ -622,7 +716,13 @@ mod tests {
         assert_eq!(good.verdict, Verdict::Accepted, "{good:?}");
         let bad = run(addr, "localhost", &f.ca.cert_pem(), Some(foreign)).await;
         assert_eq!(bad.verdict, Verdict::ClientCertRejected, "{bad:?}");
-        let expired = run(addr, "localhost", &f.ca.cert_pem(), Some(f.zoo.get(ZooDefect::Expired).clone())).await;
+        let expired = run(
+            addr,
+            "localhost",
+            &f.ca.cert_pem(),
+            Some(f.zoo.get(ZooDefect::Expired).clone()),
+        )
+        .await;
         assert_eq!(expired.verdict, Verdict::ClientCertRejected, "{expired:?}");
     }
 

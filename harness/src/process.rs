@@ -44,7 +44,11 @@ impl ManagedProcess {
         let log_err = log
             .try_clone()
             .map_err(|e| HarnessError::io("duplicate a log handle", e))?;
-        let argv: Vec<&String> = wrapper.iter().chain(std::iter::once(&spec.program)).chain(&spec.args).collect();
+        let argv: Vec<&String> = wrapper
+            .iter()
+            .chain(std::iter::once(&spec.program))
+            .chain(&spec.args)
+            .collect();
         let mut command = Command::new(argv[0]);
         command
             .args(&argv[1..])
@@ -152,7 +156,10 @@ pub fn marked_processes(needle: &str) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|entry| entry == needle.as_bytes()))
+                .map(|env| {
+                    env.split(|b| *b == 0)
+                        .any(|entry| entry == needle.as_bytes())
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -167,7 +174,10 @@ mod tests {
             name: "test".into(),
             program: program.into(),
             args: args.iter().map(|s| s.to_string()).collect(),
-            env: BTreeMap::from([("HUBTRUST_TEST_MARK".to_string(), format!("{}", std::process::id()))]),
+            env: BTreeMap::from([(
+                "HUBTRUST_TEST_MARK".to_string(),
+                format!("{}", std::process::id()),
+            )]),
             cwd: dir.to_path_buf(),
             log: dir.join("test.log"),
         }
@@ -180,7 +190,11 @@ mod tests {
         // A shell that ignores SIGTERM and says when it is ready to be signalled.
         let p = ManagedProcess::start(
             // An ignored signal stays ignored across exec, so `tail` inherits it.
-            &spec(&dir, "sh", &["-c", "trap '' TERM; echo armed; exec tail -f /dev/null"]),
+            &spec(
+                &dir,
+                "sh",
+                &["-c", "trap '' TERM; echo armed; exec tail -f /dev/null"],
+            ),
             &[],
         )
         .unwrap();
@@ -192,7 +206,10 @@ mod tests {
         let needle = format!("HUBTRUST_TEST_MARK={}", std::process::id());
         assert!(!marked_processes(&needle).is_empty());
         p.stop(Duration::from_millis(200)).await;
-        assert!(marked_processes(&needle).is_empty(), "process survived stop");
+        assert!(
+            marked_processes(&needle).is_empty(),
+            "process survived stop"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -40,7 +40,9 @@ pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(dir).join("hubtrust");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache").join("hubtrust")
 }
 
@@ -57,7 +59,9 @@ pub fn pins_key() -> String {
 /// The components for the current pins, if already installed.
 pub fn cached() -> Option<Components> {
     let root = cache_root().join(format!("components-{}", pins_key()));
-    root.join(".complete").exists().then(|| Components::at(root))
+    root.join(".complete")
+        .exists()
+        .then(|| Components::at(root))
 }
 
 /// Returns the cached components, installing them first when needed.
@@ -67,10 +71,12 @@ pub fn ensure(progress: &mut dyn Write) -> Result<Components> {
         return Ok(components);
     }
     let cache = cache_root();
-    std::fs::create_dir_all(&cache).map_err(|e| HarnessError::io(format!("create {}", cache.display()), e))?;
+    std::fs::create_dir_all(&cache)
+        .map_err(|e| HarnessError::io(format!("create {}", cache.display()), e))?;
     // Two runs provisioning at once would trample each other's venv.
     let lock_path = cache.join(format!("components-{}.lock", pins_key()));
-    let lock_file = std::fs::File::create(&lock_path).map_err(|e| HarnessError::io(format!("create {}", lock_path.display()), e))?;
+    let lock_file = std::fs::File::create(&lock_path)
+        .map_err(|e| HarnessError::io(format!("create {}", lock_path.display()), e))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| HarnessError::io(format!("lock {}", lock_path.display()), e.into()))?;
     if let Some(components) = cached() {
@@ -80,47 +86,79 @@ pub fn ensure(progress: &mut dyn Write) -> Result<Components> {
     // the `.complete` marker, written last, is what makes it count.
     let root = cache.join(format!("components-{}", pins_key()));
     let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).map_err(|e| HarnessError::io(format!("create {}", root.display()), e))?;
+    std::fs::create_dir_all(&root)
+        .map_err(|e| HarnessError::io(format!("create {}", root.display()), e))?;
     if let Err(e) = install(&root, progress) {
         let _ = std::fs::remove_dir_all(&root);
         return Err(e);
     }
-    std::fs::write(root.join(".complete"), pins_key()).map_err(|e| HarnessError::io("mark the cache complete", e))?;
+    std::fs::write(root.join(".complete"), pins_key())
+        .map_err(|e| HarnessError::io("mark the cache complete", e))?;
     Ok(Components::at(root))
 }
 
 fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
     let started = Instant::now();
-    let _ = writeln!(progress, "provisioning components into {} (first use of these pins)", root.display());
+    let _ = writeln!(
+        progress,
+        "provisioning components into {} (first use of these pins)",
+        root.display()
+    );
     let venv = root.join("venv");
     step(progress, "1/3 python venv", || {
-        run("python venv", Command::new("python3").arg("-m").arg("venv").arg(&venv), "apt-get install -y python3-venv")
+        run(
+            "python venv",
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            "apt-get install -y python3-venv",
+        )
     })?;
     let lock = root.join("requirements.lock");
-    std::fs::write(&lock, PYTHON_LOCK).map_err(|e| HarnessError::io("write requirements.lock", e))?;
-    step(progress, "2/3 pip install jupyterhub, jupyterlab (pinned)", || {
-        run(
-            "pip install",
-            Command::new(venv.join("bin/pip"))
-                .args(["install", "--no-deps", "--disable-pip-version-check", "--no-input", "-q", "-r"])
-                .arg(&lock),
-            "check network access to the Python package index",
-        )
-    })?;
+    std::fs::write(&lock, PYTHON_LOCK)
+        .map_err(|e| HarnessError::io("write requirements.lock", e))?;
+    step(
+        progress,
+        "2/3 pip install jupyterhub, jupyterlab (pinned)",
+        || {
+            run(
+                "pip install",
+                Command::new(venv.join("bin/pip"))
+                    .args([
+                        "install",
+                        "--no-deps",
+                        "--disable-pip-version-check",
+                        "--no-input",
+                        "-q",
+                        "-r",
+                    ])
+                    .arg(&lock),
+                "check network access to the Python package index",
+            )
+        },
+    )?;
     let npm = root.join("npm");
     std::fs::create_dir_all(&npm).map_err(|e| HarnessError::io("create npm dir", e))?;
-    std::fs::write(npm.join("package.json"), NPM_PACKAGE).map_err(|e| HarnessError::io("write package.json", e))?;
-    std::fs::write(npm.join("package-lock.json"), NPM_LOCK).map_err(|e| HarnessError::io("write package-lock.json", e))?;
-    step(progress, "3/3 npm ci configurable-http-proxy (pinned)", || {
-        run(
-            "npm ci",
-            Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                .current_dir(&npm),
-            "apt-get install -y nodejs npm",
-        )
-    })?;
-    let _ = writeln!(progress, "provisioned in {:.1}s", started.elapsed().as_secs_f64());
+    std::fs::write(npm.join("package.json"), NPM_PACKAGE)
+        .map_err(|e| HarnessError::io("write package.json", e))?;
+    std::fs::write(npm.join("package-lock.json"), NPM_LOCK)
+        .map_err(|e| HarnessError::io("write package-lock.json", e))?;
+    step(
+        progress,
+        "3/3 npm ci configurable-http-proxy (pinned)",
+        || {
+            run(
+                "npm ci",
+                Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&npm),
+                "apt-get install -y nodejs npm",
+            )
+        },
+    )?;
+    let _ = writeln!(
+        progress,
+        "provisioned in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -128,19 +166,24 @@ fn step(progress: &mut dyn Write, what: &str, f: impl FnOnce() -> Result<()>) ->
     let started = Instant::now();
     let _ = writeln!(progress, "  {what} …");
     f()?;
-    let _ = writeln!(progress, "  {what} done in {:.1}s", started.elapsed().as_secs_f64());
+    let _ = writeln!(
+        progress,
+        "  {what} done in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn run(what: &str, command: &mut Command, fix: &str) -> Result<()> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| HarnessError::MissingPrerequisite {
-            what: what.into(),
-            why: e.to_string(),
-            fix: fix.into(),
-        })?;
+    let output =
+        command
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| HarnessError::MissingPrerequisite {
+                what: what.into(),
+                why: e.to_string(),
+                fix: fix.into(),
+            })?;
     if output.status.success() {
         return Ok(());
     }
@@ -170,7 +213,10 @@ mod tests {
     fn locks_pin_every_component() {
         assert!(PYTHON_LOCK.lines().any(|l| l.starts_with("jupyterhub==")));
         assert!(PYTHON_LOCK.lines().any(|l| l.starts_with("jupyterlab==")));
-        assert!(PYTHON_LOCK.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).all(|l| l.contains("==")));
+        assert!(PYTHON_LOCK
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .all(|l| l.contains("==")));
         assert!(NPM_LOCK.contains("\"node_modules/configurable-http-proxy\""));
     }
 }

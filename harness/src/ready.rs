@@ -16,12 +16,24 @@ use crate::process::{last_lines, ManagedProcess};
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ReadyCheck {
     /// A TCP connect from `host` succeeds.
-    Tcp { host: String, addr: SocketAddr, timeout_secs: u64 },
+    Tcp {
+        host: String,
+        addr: SocketAddr,
+        timeout_secs: u64,
+    },
     /// A TLS handshake from `host` completes (the server's identity is the
     /// probes' business, not readiness's).
-    TlsHandshake { host: String, addr: SocketAddr, timeout_secs: u64 },
+    TlsHandshake {
+        host: String,
+        addr: SocketAddr,
+        timeout_secs: u64,
+    },
     /// An HTTPS GET from the operator answers `status`.
-    Http { url: String, status: u16, timeout_secs: u64 },
+    Http {
+        url: String,
+        status: u16,
+        timeout_secs: u64,
+    },
     /// The component's log contains a line matching `pattern`.
     LogLine { pattern: String, timeout_secs: u64 },
 }
@@ -40,7 +52,9 @@ impl ReadyCheck {
     pub fn describe(&self) -> String {
         match self {
             ReadyCheck::Tcp { host, addr, .. } => format!("TCP connect to {addr} from {host}"),
-            ReadyCheck::TlsHandshake { host, addr, .. } => format!("TLS handshake with {addr} from {host}"),
+            ReadyCheck::TlsHandshake { host, addr, .. } => {
+                format!("TLS handshake with {addr} from {host}")
+            }
             ReadyCheck::Http { url, status, .. } => format!("GET {url} answering {status}"),
             ReadyCheck::LogLine { pattern, .. } => format!("a log line matching `{pattern}`"),
         }
@@ -66,15 +80,16 @@ pub async fn wait_ready<N: HostNetwork>(
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + check.timeout();
     let mut backoff = Duration::from_millis(25);
-    let pattern = match check {
-        ReadyCheck::LogLine { pattern, .. } => Some(regex::Regex::new(pattern).map_err(|e| {
-            HarnessError::ManifestInvalid {
-                name: component.into(),
-                message: format!("bad log-line pattern: {e}"),
-            }
-        })?),
-        _ => None,
-    };
+    let pattern =
+        match check {
+            ReadyCheck::LogLine { pattern, .. } => Some(regex::Regex::new(pattern).map_err(
+                |e| HarnessError::ManifestInvalid {
+                    name: component.into(),
+                    message: format!("bad log-line pattern: {e}"),
+                },
+            )?),
+            _ => None,
+        };
     loop {
         if attempt(check, ctx, pattern.as_ref()).await {
             return Ok(());
@@ -100,25 +115,40 @@ pub async fn wait_ready<N: HostNetwork>(
     }
 }
 
-async fn attempt<N: HostNetwork>(check: &ReadyCheck, ctx: &ReadyContext<'_, N>, pattern: Option<&regex::Regex>) -> bool {
+async fn attempt<N: HostNetwork>(
+    check: &ReadyCheck,
+    ctx: &ReadyContext<'_, N>,
+    pattern: Option<&regex::Regex>,
+) -> bool {
     let per_try = Duration::from_secs(3);
     match check {
         ReadyCheck::Tcp { host, addr, .. } => {
-            matches!(tokio::time::timeout(per_try, ctx.network.connect_from(host, *addr)).await, Ok(Ok(_)))
+            matches!(
+                tokio::time::timeout(per_try, ctx.network.connect_from(host, *addr)).await,
+                Ok(Ok(_))
+            )
         }
         ReadyCheck::TlsHandshake { host, addr, .. } => {
-            let Ok(Ok(stream)) = tokio::time::timeout(per_try, ctx.network.connect_from(host, *addr)).await else {
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(per_try, ctx.network.connect_from(host, *addr)).await
+            else {
                 return false;
             };
             matches!(
-                tokio::time::timeout(per_try, crate::probe::handshake_completes(stream, &addr.ip().to_string())).await,
+                tokio::time::timeout(
+                    per_try,
+                    crate::probe::handshake_completes(stream, &addr.ip().to_string())
+                )
+                .await,
                 Ok(true)
             )
         }
-        ReadyCheck::Http { url, status, .. } => match ctx.http.get(url).timeout(per_try).send().await {
-            Ok(response) => response.status().as_u16() == *status,
-            Err(_) => false,
-        },
+        ReadyCheck::Http { url, status, .. } => {
+            match ctx.http.get(url).timeout(per_try).send().await {
+                Ok(response) => response.status().as_u16() == *status,
+                Err(_) => false,
+            }
+        }
         ReadyCheck::LogLine { .. } => {
             let text = std::fs::read_to_string(ctx.log).unwrap_or_default();
             pattern.is_some_and(|p| text.lines().any(|line| p.is_match(line)))

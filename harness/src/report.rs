@@ -58,28 +58,39 @@ pub struct RunReport {
     pub chains: Vec<ChainCheck>,
     pub inventory: Option<Inventory>,
     pub seconds: f64,
+    /// Peak resident memory of the hubtrust process that ran the scenarios.
+    pub peak_rss_kb: u64,
 }
 
 impl RunReport {
     pub fn failed(&self) -> usize {
-        self.scenarios.iter().filter(|s| s.status == Status::Failed).count()
+        self.scenarios
+            .iter()
+            .filter(|s| s.status == Status::Failed)
+            .count()
     }
 
     pub fn passed(&self) -> usize {
-        self.scenarios.iter().filter(|s| s.status == Status::Passed).count()
+        self.scenarios
+            .iter()
+            .filter(|s| s.status == Status::Passed)
+            .count()
     }
 
     /// Writes `report.xml`, `report.json` and `report.md` into `dir`.
     pub fn write_all(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
         let write = |name: &str, text: String| {
             let path = dir.join(name);
-            std::fs::write(&path, text).map_err(|e| HarnessError::io(format!("write {}", path.display()), e))
+            std::fs::write(&path, text)
+                .map_err(|e| HarnessError::io(format!("write {}", path.display()), e))
         };
         write("report.xml", self.to_junit())?;
         write(
             "report.json",
-            serde_json::to_string_pretty(self).map_err(|e| HarnessError::io("serialise the report", e.into()))?,
+            serde_json::to_string_pretty(self)
+                .map_err(|e| HarnessError::io("serialise the report", e.into()))?,
         )?;
         write("report.md", self.to_markdown())
     }
@@ -129,13 +140,25 @@ impl RunReport {
                 Status::Failed => "❌",
                 Status::Skipped => "⏭",
             };
-            md += &format!("| {mark} | {} | {} | {:.1} |\n", s.feature, s.scenario, s.seconds);
+            md += &format!(
+                "| {mark} | {} | {} | {:.1} |\n",
+                s.feature, s.scenario, s.seconds
+            );
         }
-        let failures: Vec<_> = self.scenarios.iter().filter(|s| s.failure.is_some()).collect();
+        let failures: Vec<_> = self
+            .scenarios
+            .iter()
+            .filter(|s| s.failure.is_some())
+            .collect();
         if !failures.is_empty() {
             md += "\n### Failures\n\n";
             for s in failures {
-                md += &format!("**{} / {}**\n\n```text\n{}\n```\n\n", s.feature, s.scenario, s.failure.as_deref().unwrap_or(""));
+                md += &format!(
+                    "**{} / {}**\n\n```text\n{}\n```\n\n",
+                    s.feature,
+                    s.scenario,
+                    s.failure.as_deref().unwrap_or("")
+                );
                 if let Some(a) = &s.artifacts {
                     md += &format!("Artifacts: `{a}`\n\n");
                 }

@@ -122,13 +122,17 @@ pub struct ComponentOverride {
 
 impl StackSpec {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|cause| HarnessError::StackFileUnreadable {
-            path: path.to_path_buf(),
-            cause,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|cause| HarnessError::StackFileUnreadable {
+                path: path.to_path_buf(),
+                cause,
+            })?;
         let spec: Self = toml::from_str(&text).map_err(|e| HarnessError::StackFileInvalid {
             path: path.to_path_buf(),
-            message: format!("{} (fix: see fixtures/stacks/example.toml for every accepted key)", one_line(&e.to_string())),
+            message: format!(
+                "{} (fix: see fixtures/stacks/example.toml for every accepted key)",
+                one_line(&e.to_string())
+            ),
         })?;
         spec.validate().map_err(|message| HarnessError::StackFileInvalid {
             path: path.to_path_buf(),
@@ -142,7 +146,10 @@ impl StackSpec {
         let t = &self.topology;
         for (what, host) in [("hub_host", &t.hub_host), ("lab_host", &t.lab_host)] {
             if !t.hosts.contains(host) {
-                return Err(format!("topology.{what} = {host:?} is not one of topology.hosts {:?}", t.hosts));
+                return Err(format!(
+                    "topology.{what} = {host:?} is not one of topology.hosts {:?}",
+                    t.hosts
+                ));
             }
         }
         if t.lab_host != t.hub_host {
@@ -155,7 +162,11 @@ impl StackSpec {
             return Err("`operator` is reserved for hubtrust's own namespace".into());
         }
         let p = self.ports;
-        let ports = [("public", p.public), ("hub", p.hub), ("proxy_api", p.proxy_api)];
+        let ports = [
+            ("public", p.public),
+            ("hub", p.hub),
+            ("proxy_api", p.proxy_api),
+        ];
         for (i, (a, pa)) in ports.iter().enumerate() {
             for (b, pb) in &ports[i + 1..] {
                 if pa == pb {
@@ -166,8 +177,14 @@ impl StackSpec {
         if self.users.is_empty() {
             return Err("`users` is empty: at least one lab is needed".into());
         }
-        if let Some(bad) = self.users.iter().find(|u| u.is_empty() || !u.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
-            return Err(format!("user name {bad:?} must be ASCII letters, digits and dashes"));
+        if let Some(bad) = self
+            .users
+            .iter()
+            .find(|u| u.is_empty() || !u.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            return Err(format!(
+                "user name {bad:?} must be ASCII letters, digits and dashes"
+            ));
         }
         Ok(())
     }

@@ -119,17 +119,20 @@ impl Stack {
         );
         let run_dir = run_dir.to_path_buf();
         for dir in ["hub", "pki", "logs", "home"] {
-            std::fs::create_dir_all(run_dir.join(dir)).map_err(io(format!("create {}/{dir}", run_dir.display())))?;
+            std::fs::create_dir_all(run_dir.join(dir))
+                .map_err(io(format!("create {}/{dir}", run_dir.display())))?;
         }
 
         progress("generating the org PKI");
         let org = OrgPki::generate()?;
         let network = LocalNetwork::build(&spec.topology.hosts).await?;
         let hub_host = spec.topology.hub_host.clone();
-        let hub_ip = network.address_of(&hub_host).ok_or_else(|| HarnessError::Network {
-            host: hub_host.clone(),
-            message: "no link to the operator".into(),
-        })?;
+        let hub_ip = network
+            .address_of(&hub_host)
+            .ok_or_else(|| HarnessError::Network {
+                host: hub_host.clone(),
+                message: "no link to the operator".into(),
+            })?;
         let public_addr = SocketAddr::new(IpAddr::V4(hub_ip), spec.ports.public);
 
         let pki = run_dir.join("pki");
@@ -142,14 +145,22 @@ impl Stack {
             Validity::fresh(30),
         )?;
         let (public_cert, public_key) = public_identity.write_to(&pki.join("public"))?;
-        crate::pki::write_with_mode(&pki.join("org-root.crt"), org.root.cert_pem().as_bytes(), 0o644)?;
+        crate::pki::write_with_mode(
+            &pki.join("org-root.crt"),
+            org.root.cert_pem().as_bytes(),
+            0o644,
+        )?;
 
         let service_token = Secret::generate();
         let proxy_token = Secret::generate();
         let http = operator_client(&org, &public_name, public_addr, &service_token)?;
 
         let host = network.host(&hub_host)?;
-        for (what, port) in [("public", spec.ports.public), ("hub", spec.ports.hub), ("proxy_api", spec.ports.proxy_api)] {
+        for (what, port) in [
+            ("public", spec.ports.public),
+            ("hub", spec.ports.hub),
+            ("proxy_api", spec.ports.proxy_api),
+        ] {
             if host.port_in_use(port).await {
                 let _ = what;
                 return Err(HarnessError::PortInUse {
@@ -161,9 +172,23 @@ impl Stack {
 
         let hub_dir = run_dir.join("hub");
         let config_path = hub_dir.join("jupyterhub_config.py");
-        let values = template_values(&spec, components, &run_dir, &config_path, &public_cert, &public_key, &marker);
-        let hub_manifest = manifest_with_overrides("jupyterhub", builtin::JUPYTERHUB, &values, &spec.hub)?;
-        let proxy_manifest = manifest_with_overrides("configurable-http-proxy", builtin::PROXY, &values, &spec.proxy)?;
+        let values = template_values(
+            &spec,
+            components,
+            &run_dir,
+            &config_path,
+            &public_cert,
+            &public_key,
+            &marker,
+        );
+        let hub_manifest =
+            manifest_with_overrides("jupyterhub", builtin::JUPYTERHUB, &values, &spec.hub)?;
+        let proxy_manifest = manifest_with_overrides(
+            "configurable-http-proxy",
+            builtin::PROXY,
+            &values,
+            &spec.proxy,
+        )?;
         let lab_manifest = manifest_with_overrides("jupyterlab", builtin::LAB, &values, &spec.lab)?;
 
         let config = render_hub_config(&spec, &values, &proxy_manifest, &lab_manifest, &marker)?;
@@ -172,20 +197,32 @@ impl Stack {
         let hub_log = run_dir.join("logs").join("jupyterhub.log");
         let mut env = hub_manifest.env.clone();
         env.insert("CONFIGPROXY_AUTH_TOKEN".into(), proxy_token.expose().into());
-        env.insert("HUBTRUST_SERVICE_TOKEN".into(), service_token.expose().into());
+        env.insert(
+            "HUBTRUST_SERVICE_TOKEN".into(),
+            service_token.expose().into(),
+        );
         env.insert(STACK_MARKER_ENV.into(), marker.clone());
         let launch = LaunchSpec {
             name: "jupyterhub".into(),
             program: hub_manifest.command[0].clone(),
-            args: hub_manifest.command[1..].iter().chain(&hub_manifest.args).cloned().collect(),
+            args: hub_manifest.command[1..]
+                .iter()
+                .chain(&hub_manifest.args)
+                .cloned()
+                .collect(),
             env,
             cwd: hub_dir.clone(),
             log: hub_log.clone(),
         };
-        progress(&format!("starting jupyterhub {} on host `{hub_host}`", hub_manifest.version));
+        progress(&format!(
+            "starting jupyterhub {} on host `{hub_host}`",
+            hub_manifest.version
+        ));
         let hub = host.start(&launch)?;
 
-        let zoo_placeholder = Zoo { entries: Vec::new() };
+        let zoo_placeholder = Zoo {
+            entries: Vec::new(),
+        };
         let mut stack = Stack {
             spec,
             run_dir,
@@ -203,8 +240,13 @@ impl Stack {
         };
         // From here on, an early return drops `stack`, which tears down.
         stack.await_ready("jupyterhub", &hub_manifest.ready).await?;
-        progress(&format!("hub ready; checking configurable-http-proxy {}", proxy_manifest.version));
-        stack.await_ready("configurable-http-proxy", &proxy_manifest.ready).await?;
+        progress(&format!(
+            "hub ready; checking configurable-http-proxy {}",
+            proxy_manifest.version
+        ));
+        stack
+            .await_ready("configurable-http-proxy", &proxy_manifest.ready)
+            .await?;
 
         let hub_ca = stack.internal_ca(InternalCa::Hub)?;
         let zoo_dir = stack.run_dir.join("pki").join("zoo");
@@ -215,7 +257,9 @@ impl Stack {
 
         for user in stack.spec.users.clone() {
             progress(&format!("spawning a lab for `{user}` through the hub API"));
-            stack.spawn_lab(&user, &lab_manifest.version, &values).await?;
+            stack
+                .spawn_lab(&user, &lab_manifest.version, &values)
+                .await?;
         }
         progress("stack ready");
         Ok(stack)
@@ -244,8 +288,16 @@ impl Stack {
         Ok(())
     }
 
-    async fn spawn_lab(&mut self, user: &str, _version: &str, values: &BTreeMap<&str, String>) -> Result<()> {
-        let base = format!("https://{}:{}/hub/api", self.spec.topology.public_name, self.spec.ports.public);
+    async fn spawn_lab(
+        &mut self,
+        user: &str,
+        _version: &str,
+        values: &BTreeMap<&str, String>,
+    ) -> Result<()> {
+        let base = format!(
+            "https://{}:{}/hub/api",
+            self.spec.topology.public_name, self.spec.ports.public
+        );
         let create = self.http.post(format!("{base}/users/{user}")).send().await;
         match create {
             Ok(r) if r.status().is_success() || r.status().as_u16() == 409 => {}
@@ -257,7 +309,12 @@ impl Stack {
                 })
             }
         }
-        match self.http.post(format!("{base}/users/{user}/server")).send().await {
+        match self
+            .http
+            .post(format!("{base}/users/{user}/server"))
+            .send()
+            .await
+        {
             Ok(r) if r.status().is_success() || r.status().as_u16() == 400 => {}
             Ok(r) => return Err(hub_api_error(&format!("POST /users/{user}/server"), r).await),
             Err(e) => {
@@ -269,8 +326,10 @@ impl Stack {
         }
         let mut values = values.clone();
         values.insert("user", user.to_string());
-        let lab_manifest = manifest_with_overrides("jupyterlab", builtin::LAB, &values, &self.spec.lab)?;
-        self.await_ready(&format!("jupyterlab ({user})"), &lab_manifest.ready).await?;
+        let lab_manifest =
+            manifest_with_overrides("jupyterlab", builtin::LAB, &values, &self.spec.lab)?;
+        self.await_ready(&format!("jupyterlab ({user})"), &lab_manifest.ready)
+            .await?;
 
         let addr = self.lab_address(user).await?;
         let identity = self.lab_identity(user)?;
@@ -291,15 +350,23 @@ impl Stack {
                 HttpRequest::get("/api/routes").with_token(self.proxy_token.clone()),
             )
             .await;
-        let body = outcome.http.as_ref().map(|h| h.body.clone()).unwrap_or_default();
-        let routes: serde_json::Value = serde_json::from_str(body.trim()).map_err(|e| HarnessError::Probe {
-            endpoint: "proxy API /api/routes".into(),
-            message: format!("{} ({}): {e}", outcome.verdict, outcome.detail),
-        })?;
+        let body = outcome
+            .http
+            .as_ref()
+            .map(|h| h.body.clone())
+            .unwrap_or_default();
+        let routes: serde_json::Value =
+            serde_json::from_str(body.trim()).map_err(|e| HarnessError::Probe {
+                endpoint: "proxy API /api/routes".into(),
+                message: format!("{} ({}): {e}", outcome.verdict, outcome.detail),
+            })?;
         // CHP may store the prefix with or without its trailing slash.
         let target = routes
             .as_object()
-            .and_then(|all| all.iter().find(|(k, _)| k.trim_end_matches('/') == format!("/user/{user}")))
+            .and_then(|all| {
+                all.iter()
+                    .find(|(k, _)| k.trim_end_matches('/') == format!("/user/{user}"))
+            })
             .and_then(|(_, r)| r.get("target"))
             .and_then(|t| t.as_str())
             .ok_or_else(|| HarnessError::Probe {
@@ -320,9 +387,14 @@ impl Stack {
     /// The certificate JupyterHub issued for a user's lab (`user-<name>`).
     fn lab_identity(&self, user: &str) -> Result<Identity> {
         let name = format!("user-{user}");
-        let cert = find_file(&self.run_dir, &format!("{name}.crt")).ok_or_else(|| HarnessError::Probe {
-            endpoint: format!("lab of {user}"),
-            message: format!("JupyterHub wrote no {name}.crt under {}", self.run_dir.display()),
+        let cert = find_file(&self.run_dir, &format!("{name}.crt")).ok_or_else(|| {
+            HarnessError::Probe {
+                endpoint: format!("lab of {user}"),
+                message: format!(
+                    "JupyterHub wrote no {name}.crt under {}",
+                    self.run_dir.display()
+                ),
+            }
         })?;
         Identity::load(&name, &cert, &cert.with_extension("key"))
     }
@@ -333,6 +405,11 @@ impl Stack {
 
     pub fn hub_log(&self) -> &Path {
         &self.hub_log
+    }
+
+    /// The rendered `jupyterhub_config.py` (no secrets inside).
+    pub fn hub_config(&self) -> PathBuf {
+        self.run_dir.join("hub").join("jupyterhub_config.py")
     }
 
     /// Adopts one of JupyterHub's CAs so the harness can issue under it.
@@ -348,7 +425,11 @@ impl Stack {
     /// A leaf JupyterHub generated (`hub-internal`, `proxy-api`, `proxy-client`).
     pub fn internal_identity(&self, name: &str) -> Result<Identity> {
         let dir = self.internal_ssl_dir().join(name);
-        Identity::load(name, &dir.join(format!("{name}.crt")), &dir.join(format!("{name}.key")))
+        Identity::load(
+            name,
+            &dir.join(format!("{name}.crt")),
+            &dir.join(format!("{name}.key")),
+        )
     }
 
     /// The PEM of an internal `<ca>_trust.crt` bundle.
@@ -442,9 +523,18 @@ impl Stack {
                 identity: Some(lab.identity.clone()),
             });
         }
-        let org_client = self.org.issuing.issue("org-client", &["client.hubtrust.test"], Usage::Client, Validity::fresh(1))?;
-        let foreign_client =
-            self.org.foreign.issue("foreign-client", &["client.hubtrust.test"], Usage::Client, Validity::fresh(1))?;
+        let org_client = self.org.issuing.issue(
+            "org-client",
+            &["client.hubtrust.test"],
+            Usage::Client,
+            Validity::fresh(1),
+        )?;
+        let foreign_client = self.org.foreign.issue(
+            "foreign-client",
+            &["client.hubtrust.test"],
+            Usage::Client,
+            Validity::fresh(1),
+        )?;
         ids.push(ClientIdentity {
             label: "org-CA cert".into(),
             origin: IdentityOrigin::Org,
@@ -503,7 +593,12 @@ impl Stack {
     ) -> ProbeOutcome {
         let stream = match self.network.connect_from(from_host, addr).await {
             Ok(s) => s,
-            Err(e) => return ProbeOutcome::failed(Verdict::ConnectFailed, format!("{addr} from {from_host}: {e}")),
+            Err(e) => {
+                return ProbeOutcome::failed(
+                    Verdict::ConnectFailed,
+                    format!("{addr} from {from_host}: {e}"),
+                )
+            }
         };
         let spec = ProbeSpec {
             server_name: server_name.into(),
@@ -525,15 +620,45 @@ impl Stack {
             server_name: name.into(),
         };
         let mut paths = vec![
-            path("hub API", "proxy-client", InternalCa::ProxyClient.trust_bundle_file(), "127.0.0.1"),
-            path("proxy API", "hub-internal", InternalCa::Hub.trust_bundle_file(), "127.0.0.1"),
-            path("proxy public", "browser", "org-root.crt".into(), &self.spec.topology.public_name),
+            path(
+                "hub API",
+                "proxy-client",
+                InternalCa::ProxyClient.trust_bundle_file(),
+                "127.0.0.1",
+            ),
+            path(
+                "proxy API",
+                "hub-internal",
+                InternalCa::Hub.trust_bundle_file(),
+                "127.0.0.1",
+            ),
+            path(
+                "proxy public",
+                "browser",
+                "org-root.crt".into(),
+                &self.spec.topology.public_name,
+            ),
         ];
         for user in self.labs.keys() {
             let lab = format!("lab of {user}");
-            paths.push(path("hub API", &format!("lab cert ({user})"), InternalCa::Notebooks.trust_bundle_file(), "127.0.0.1"));
-            paths.push(path(&lab, "hub-internal", InternalCa::Hub.trust_bundle_file(), "127.0.0.1"));
-            paths.push(path(&lab, "proxy-client", InternalCa::ProxyClient.trust_bundle_file(), "127.0.0.1"));
+            paths.push(path(
+                "hub API",
+                &format!("lab cert ({user})"),
+                InternalCa::Notebooks.trust_bundle_file(),
+                "127.0.0.1",
+            ));
+            paths.push(path(
+                &lab,
+                "hub-internal",
+                InternalCa::Hub.trust_bundle_file(),
+                "127.0.0.1",
+            ));
+            paths.push(path(
+                &lab,
+                "proxy-client",
+                InternalCa::ProxyClient.trust_bundle_file(),
+                "127.0.0.1",
+            ));
         }
         paths
     }
@@ -542,7 +667,10 @@ impl Stack {
     /// its own certificate.
     pub async fn probe_real_client(&self, path: &RealClientPath) -> ProbeOutcome {
         let Some(endpoint) = self.endpoints().into_iter().find(|e| e.name == path.server) else {
-            return ProbeOutcome::failed(Verdict::Other, format!("no endpoint named {}", path.server));
+            return ProbeOutcome::failed(
+                Verdict::Other,
+                format!("no endpoint named {}", path.server),
+            );
         };
         let trust = match self.bundle_by_file(&path.bundle) {
             Ok(t) => t,
@@ -551,12 +679,22 @@ impl Stack {
         let identity = match path.client.as_str() {
             "browser" => None,
             name => match self.client_identities() {
-                Ok(ids) => ids.into_iter().find(|i| i.label == name).and_then(|i| i.identity),
+                Ok(ids) => ids
+                    .into_iter()
+                    .find(|i| i.label == name)
+                    .and_then(|i| i.identity),
                 Err(e) => return ProbeOutcome::failed(Verdict::Other, e.to_string()),
             },
         };
-        self.probe_at(&endpoint.from_host, endpoint.addr, &path.server_name, &trust, identity, endpoint.request)
-            .await
+        self.probe_at(
+            &endpoint.from_host,
+            endpoint.addr,
+            &path.server_name,
+            &trust,
+            identity,
+            endpoint.request,
+        )
+        .await
     }
 
     /// The proxy's REST API, as the hub calls it (hub-internal certificate),
@@ -579,11 +717,19 @@ impl Stack {
 
     /// GET a path on the public proxy as the operator (service token sent).
     pub async fn get_via_proxy(&self, path: &str) -> Result<u16> {
-        let url = format!("https://{}:{}{path}", self.spec.topology.public_name, self.spec.ports.public);
-        let response = self.http.get(&url).send().await.map_err(|e| HarnessError::HubApi {
-            call: format!("GET {path}"),
-            message: e.to_string(),
-        })?;
+        let url = format!(
+            "https://{}:{}{path}",
+            self.spec.topology.public_name, self.spec.ports.public
+        );
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| HarnessError::HubApi {
+                call: format!("GET {path}"),
+                message: e.to_string(),
+            })?;
         Ok(response.status().as_u16())
     }
 
@@ -591,7 +737,10 @@ impl Stack {
     pub fn inventory(&self) -> Result<Inventory> {
         let pki = self.run_dir.join("pki");
         let internal = self.internal_ssl_dir();
-        Inventory::scan(&[("internal-ssl", internal.as_path()), ("hubtrust-pki", pki.as_path())])
+        Inventory::scan(&[
+            ("internal-ssl", internal.as_path()),
+            ("hubtrust-pki", pki.as_path()),
+        ])
     }
 
     /// Private keys and the cookie secret, with their modes.
@@ -612,7 +761,10 @@ impl Stack {
     }
 
     pub fn public_url(&self) -> String {
-        format!("https://{}:{}/", self.spec.topology.public_name, self.spec.ports.public)
+        format!(
+            "https://{}:{}/",
+            self.spec.topology.public_name, self.spec.ports.public
+        )
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -682,11 +834,19 @@ async fn hub_api_error(call: &str, response: reqwest::Response) -> HarnessError 
     let body = response.text().await.unwrap_or_default();
     HarnessError::HubApi {
         call: call.into(),
-        message: format!("HTTP {status}: {}", body.chars().take(300).collect::<String>()),
+        message: format!(
+            "HTTP {status}: {}",
+            body.chars().take(300).collect::<String>()
+        ),
     }
 }
 
-fn operator_client(org: &OrgPki, public_name: &str, public_addr: SocketAddr, token: &Secret) -> Result<reqwest::Client> {
+fn operator_client(
+    org: &OrgPki,
+    public_name: &str,
+    public_addr: SocketAddr,
+    token: &Secret,
+) -> Result<reqwest::Client> {
     let root = reqwest::Certificate::from_pem(org.root.cert_pem().as_bytes())
         .map_err(|e| HarnessError::Pki(format!("load org root into the HTTP client: {e}")))?;
     let mut auth = reqwest::header::HeaderValue::from_str(&format!("token {}", token.expose()))
@@ -780,13 +940,28 @@ fn render_hub_config(
     let proxy_command: Vec<String> = proxy.command.iter().chain(&proxy.args).cloned().collect();
     for (key, value) in [
         ("internal_certs", d(hub_dir.join("internal-ssl"))),
-        ("trusted_alt_names", py(&[format!("DNS:{}", spec.topology.public_name)])),
+        (
+            "trusted_alt_names",
+            py(&[format!("DNS:{}", spec.topology.public_name)]),
+        ),
         ("public_cert", py(&values["public_cert"])),
         ("public_key", py(&values["public_key"])),
-        ("cookie_secret_file", d(hub_dir.join("jupyterhub_cookie_secret"))),
-        ("db_url", py(&format!("sqlite:///{}", hub_dir.join("jupyterhub.sqlite").display()))),
+        (
+            "cookie_secret_file",
+            d(hub_dir.join("jupyterhub_cookie_secret")),
+        ),
+        (
+            "db_url",
+            py(&format!(
+                "sqlite:///{}",
+                hub_dir.join("jupyterhub.sqlite").display()
+            )),
+        ),
         ("proxy_command", py(&proxy_command)),
-        ("home_template", py(&format!("{}/home/{{username}}", run_dir.display()))),
+        (
+            "home_template",
+            py(&format!("{}/home/{{username}}", run_dir.display())),
+        ),
         ("lab_command", py(&lab.command)),
         ("lab_args", py(&lab.args)),
         ("lab_env", py(&lab_env)),
@@ -794,5 +969,9 @@ fn render_hub_config(
     ] {
         config_values.insert(key, value);
     }
-    render(builtin::HUB_CONFIG_TEMPLATE, &config_values, "jupyterhub_config.py")
+    render(
+        builtin::HUB_CONFIG_TEMPLATE,
+        &config_values,
+        "jupyterhub_config.py",
+    )
 }

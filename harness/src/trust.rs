@@ -83,15 +83,28 @@ pub enum ClientAuth {
 /// The verdict the trust graph predicts, and why.
 pub fn expected_verdict(auth: ClientAuth, origin: IdentityOrigin) -> (Verdict, &'static str) {
     let ClientAuth::Required(bundle) = auth else {
-        return (Verdict::Accepted, "the endpoint does not request client certificates");
+        return (
+            Verdict::Accepted,
+            "the endpoint does not request client certificates",
+        );
     };
     match origin {
-        IdentityOrigin::Anonymous => (Verdict::ClientCertRequired, "internal_ssl endpoints require a client certificate"),
-        IdentityOrigin::Internal(ca) if bundle.trusts().contains(&ca) => {
-            (Verdict::Accepted, "the issuing CA is in the endpoint's trust bundle")
-        }
-        IdentityOrigin::Internal(_) => (Verdict::ClientCertRejected, "the issuing CA is not in the endpoint's trust bundle"),
-        IdentityOrigin::Org => (Verdict::ClientCertRejected, "the org CA must not gain internal access"),
+        IdentityOrigin::Anonymous => (
+            Verdict::ClientCertRequired,
+            "internal_ssl endpoints require a client certificate",
+        ),
+        IdentityOrigin::Internal(ca) if bundle.trusts().contains(&ca) => (
+            Verdict::Accepted,
+            "the issuing CA is in the endpoint's trust bundle",
+        ),
+        IdentityOrigin::Internal(_) => (
+            Verdict::ClientCertRejected,
+            "the issuing CA is not in the endpoint's trust bundle",
+        ),
+        IdentityOrigin::Org => (
+            Verdict::ClientCertRejected,
+            "the org CA must not gain internal access",
+        ),
         IdentityOrigin::Foreign => (Verdict::ClientCertRejected, "nobody trusts the foreign CA"),
         IdentityOrigin::Zoo(defect) => match defect {
             ZooDefect::WrongSan => (
@@ -100,8 +113,14 @@ pub fn expected_verdict(auth: ClientAuth, origin: IdentityOrigin) -> (Verdict, &
             ),
             ZooDefect::Expired => (Verdict::ClientCertRejected, "expired"),
             ZooDefect::NotYetValid => (Verdict::ClientCertRejected, "not yet valid"),
-            ZooDefect::SelfSigned => (Verdict::ClientCertRejected, "self-signed: no trusted issuer"),
-            ZooDefect::ServerAuthOnlyEku => (Verdict::ClientCertRejected, "its EKU does not allow clientAuth"),
+            ZooDefect::SelfSigned => (
+                Verdict::ClientCertRejected,
+                "self-signed: no trusted issuer",
+            ),
+            ZooDefect::ServerAuthOnlyEku => (
+                Verdict::ClientCertRejected,
+                "its EKU does not allow clientAuth",
+            ),
             ZooDefect::SignedByNonCa => (Verdict::ClientCertRejected, "its issuer is not a CA"),
         },
     }
@@ -117,7 +136,8 @@ pub fn expected_verdict(auth: ClientAuth, origin: IdentityOrigin) -> (Verdict, &
 /// acceptance; the report still shows the exact verdict.
 pub fn verdict_matches(expected: Verdict, observed: Verdict) -> bool {
     expected == observed
-        || (expected.is_client_rejection() && (observed.is_client_rejection() || observed == Verdict::PeerClosed))
+        || (expected.is_client_rejection()
+            && (observed.is_client_rejection() || observed == Verdict::PeerClosed))
 }
 
 #[cfg(test)]
@@ -128,7 +148,10 @@ mod tests {
     fn the_documented_graph() {
         // REFERENCE.md: proxy-api-ca_trust = hub, services, notebooks.
         let auth = ClientAuth::Required(InternalCa::ProxyApi);
-        assert_eq!(expected_verdict(auth, IdentityOrigin::Internal(InternalCa::Notebooks)).0, Verdict::Accepted);
+        assert_eq!(
+            expected_verdict(auth, IdentityOrigin::Internal(InternalCa::Notebooks)).0,
+            Verdict::Accepted
+        );
         assert_eq!(
             expected_verdict(auth, IdentityOrigin::Internal(InternalCa::ProxyClient)).0,
             Verdict::ClientCertRejected
@@ -139,18 +162,35 @@ mod tests {
             expected_verdict(lab, IdentityOrigin::Internal(InternalCa::Notebooks)).0,
             Verdict::ClientCertRejected
         );
-        assert_eq!(expected_verdict(lab, IdentityOrigin::Anonymous).0, Verdict::ClientCertRequired);
+        assert_eq!(
+            expected_verdict(lab, IdentityOrigin::Anonymous).0,
+            Verdict::ClientCertRequired
+        );
         // Every internal bundle trusts hub-ca, which signs the zoo.
-        assert!(InternalCa::ALL.iter().all(|ca| ca.trusts().contains(&InternalCa::Hub)));
+        assert!(InternalCa::ALL
+            .iter()
+            .all(|ca| ca.trusts().contains(&InternalCa::Hub)));
     }
 
     #[test]
     fn a_rejection_cannot_pass_as_acceptance() {
-        assert!(!verdict_matches(Verdict::ClientCertRejected, Verdict::Accepted));
+        assert!(!verdict_matches(
+            Verdict::ClientCertRejected,
+            Verdict::Accepted
+        ));
         assert!(!verdict_matches(Verdict::Accepted, Verdict::Timeout));
-        assert!(!verdict_matches(Verdict::ClientCertRejected, Verdict::Timeout));
-        assert!(verdict_matches(Verdict::ClientCertRejected, Verdict::ClientCertRequired));
-        assert!(verdict_matches(Verdict::ClientCertRejected, Verdict::PeerClosed));
+        assert!(!verdict_matches(
+            Verdict::ClientCertRejected,
+            Verdict::Timeout
+        ));
+        assert!(verdict_matches(
+            Verdict::ClientCertRejected,
+            Verdict::ClientCertRequired
+        ));
+        assert!(verdict_matches(
+            Verdict::ClientCertRejected,
+            Verdict::PeerClosed
+        ));
         assert!(!verdict_matches(Verdict::Accepted, Verdict::PeerClosed));
     }
 }

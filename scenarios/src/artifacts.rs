@@ -32,7 +32,9 @@ fn copy_tree(root: &Path, dir: &Path, dest: &Path, filter: Filter<'_>) -> std::i
         if file_type.is_dir() {
             copy_tree(root, &path, dest, filter)?;
         } else if file_type.is_file() {
-            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
             if let Some(kept) = filter(&path, &bytes) {
                 let target = dest.join(path.strip_prefix(root).unwrap_or(&path));
                 if let Some(parent) = target.parent() {
@@ -49,7 +51,16 @@ fn copy_tree(root: &Path, dir: &Path, dest: &Path, filter: Filter<'_>) -> std::i
 pub fn slug(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
-    s.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-")
+    s.split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
 }

@@ -19,7 +19,9 @@ pub fn locate(explicit: Option<&Path>) -> PathBuf {
     if local.is_dir() {
         return local;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("features")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("features")
 }
 
 pub struct ScenarioInfo {
@@ -42,8 +44,16 @@ pub fn scenarios(dir: &Path) -> anyhow::Result<Vec<ScenarioInfo>> {
     for file in files {
         let feature = gherkin::Feature::parse_path(&file, GherkinEnv::default())
             .map_err(|e| anyhow::anyhow!("cannot parse {}: {e}", file.display()))?;
-        let rule_scenarios = feature.rules.iter().flat_map(|r| r.scenarios.iter().map(move |s| (Some(r), s)));
-        for (rule, scenario) in feature.scenarios.iter().map(|s| (None, s)).chain(rule_scenarios) {
+        let rule_scenarios = feature
+            .rules
+            .iter()
+            .flat_map(|r| r.scenarios.iter().map(move |s| (Some(r), s)));
+        for (rule, scenario) in feature
+            .scenarios
+            .iter()
+            .map(|s| (None, s))
+            .chain(rule_scenarios)
+        {
             let tags = feature
                 .tags
                 .iter()
@@ -82,15 +92,29 @@ pub fn parse_tags(expr: &str, scenarios: &[ScenarioInfo]) -> anyhow::Result<TagO
     let op: TagOperation = expr
         .parse()
         .map_err(|e| anyhow::anyhow!("invalid tag expression {expr:?}: {e} (fix: write tags like `@core` or `@core and not @wire`)"))?;
-    let known: BTreeSet<&str> = scenarios.iter().flat_map(|s| s.tags.iter().map(String::as_str)).collect();
+    let known: BTreeSet<&str> = scenarios
+        .iter()
+        .flat_map(|s| s.tags.iter().map(String::as_str))
+        .collect();
     let mut named = Vec::new();
     tags_in(&op, &mut named);
-    let unknown: Vec<&String> = named.iter().filter(|t| !known.contains(t.as_str())).collect();
+    let unknown: Vec<&String> = named
+        .iter()
+        .filter(|t| !known.contains(t.as_str()))
+        .collect();
     anyhow::ensure!(
         unknown.is_empty(),
         "unknown tag {} (fix: use one of {}; `hubtrust list` shows them all)",
-        unknown.iter().map(|t| format!("@{t}")).collect::<Vec<_>>().join(", "),
-        known.iter().map(|t| format!("@{t}")).collect::<Vec<_>>().join(", ")
+        unknown
+            .iter()
+            .map(|t| format!("@{t}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        known
+            .iter()
+            .map(|t| format!("@{t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(op)
 }
@@ -106,7 +130,10 @@ fn tags_in(op: &TagOperation, out: &mut Vec<String>) {
     }
 }
 
-pub fn selected<'a>(scenarios: &'a [ScenarioInfo], op: Option<&TagOperation>) -> Vec<&'a ScenarioInfo> {
+pub fn selected<'a>(
+    scenarios: &'a [ScenarioInfo],
+    op: Option<&TagOperation>,
+) -> Vec<&'a ScenarioInfo> {
     scenarios
         .iter()
         .filter(|s| op.is_none_or(|op| op.eval(s.tags.iter())))

@@ -4,6 +4,7 @@
 //! environment error.
 
 mod artifacts;
+mod bench;
 mod features;
 mod progress;
 mod run;
@@ -19,7 +20,11 @@ use hubtrust_harness::stack::RUN_MARKER_ENV;
 use hubtrust_harness::{doctor, provision, spec::StackSpec};
 
 #[derive(Parser, Debug)]
-#[command(name = "hubtrust", version, about = "Conformance suite for JupyterHub deployments: real components, real evidence.")]
+#[command(
+    name = "hubtrust",
+    version,
+    about = "Conformance suite for JupyterHub deployments: real components, real evidence."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,14 +123,29 @@ fn doctor_command() -> ExitCode {
     let checks = doctor::check_all();
     for c in &checks {
         match &c.problem {
-            None => println!("ok       {:<40} {}", c.name, c.found.as_deref().unwrap_or("")),
-            Some(problem) => println!("MISSING  {:<40} {problem}\n         needed for {}; install: {}", c.name, c.needed_for, c.fix),
+            None => println!(
+                "ok       {:<40} {}",
+                c.name,
+                c.found.as_deref().unwrap_or("")
+            ),
+            Some(problem) => println!(
+                "MISSING  {:<40} {problem}\n         needed for {}; install: {}",
+                c.name, c.needed_for, c.fix
+            ),
         }
     }
     let cache = provision::cached()
         .map(|c| format!("provisioned at {}", c.root.display()))
-        .unwrap_or_else(|| format!("not provisioned yet (first `hubtrust run` installs into {})", provision::cache_root().display()));
-    println!("ok       {:<40} {cache}", "components (pins {})".replace("{}", &provision::pins_key()));
+        .unwrap_or_else(|| {
+            format!(
+                "not provisioned yet (first `hubtrust run` installs into {})",
+                provision::cache_root().display()
+            )
+        });
+    println!(
+        "ok       {:<40} {cache}",
+        "components (pins {})".replace("{}", &provision::pins_key())
+    );
     if checks.iter().all(|c| c.ok()) {
         ExitCode::SUCCESS
     } else {
@@ -156,7 +176,11 @@ fn list_command(features: Option<PathBuf>) -> ExitCode {
 fn preflight_run(args: &RunArgs) -> anyhow::Result<()> {
     let dir = features::locate(args.features.as_deref());
     let scenarios = features::scenarios(&dir)?;
-    let op = args.tags.as_deref().map(|t| features::parse_tags(t, &scenarios)).transpose()?;
+    let op = args
+        .tags
+        .as_deref()
+        .map(|t| features::parse_tags(t, &scenarios))
+        .transpose()?;
     let selected = features::selected(&scenarios, op.as_ref());
     anyhow::ensure!(
         !selected.is_empty(),
@@ -173,7 +197,14 @@ fn preflight_stack(stack: Option<&PathBuf>) -> anyhow::Result<()> {
     let missing: Vec<String> = doctor::check_all()
         .into_iter()
         .filter(|c| !c.ok())
-        .map(|c| format!("missing prerequisite `{}`: {} (fix: {})", c.name, c.problem.unwrap_or_default(), c.fix))
+        .map(|c| {
+            format!(
+                "missing prerequisite `{}`: {} (fix: {})",
+                c.name,
+                c.problem.unwrap_or_default(),
+                c.fix
+            )
+        })
         .collect();
     anyhow::ensure!(missing.is_empty(), "{}", missing.join("\n"));
     provision::ensure(&mut std::io::stderr())?;
@@ -190,7 +221,10 @@ fn relaunch_inside() -> ExitCode {
         Err(e) => return usage_error(anyhow::anyhow!("cannot find the hubtrust executable: {e}")),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return usage_error(e.into()),
     };
@@ -239,7 +273,10 @@ fn relaunch_inside() -> ExitCode {
 
 async fn interrupted() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(mut int), Ok(mut term)) => {
             tokio::select! {
                 _ = int.recv() => {}

@@ -35,7 +35,12 @@ impl ProgressWriter {
         }
     }
 
-    fn on_scenario(&mut self, feature: &gherkin::Feature, scenario: &gherkin::Scenario, ev: Scenario<Operator>) {
+    fn on_scenario(
+        &mut self,
+        feature: &gherkin::Feature,
+        scenario: &gherkin::Scenario,
+        ev: Scenario<Operator>,
+    ) {
         match ev {
             Scenario::Started => {
                 self.current = Some(Current {
@@ -52,7 +57,8 @@ impl ProgressWriter {
                     .or_else(|| info.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "panicked".into());
                 if let Some(c) = self.current.as_mut() {
-                    c.failure.get_or_insert(format!("{kind:?} hook failed: {message}"));
+                    c.failure
+                        .get_or_insert(format!("{kind:?} hook failed: {message}"));
                 }
             }
             Scenario::Finished => self.finish(feature, scenario),
@@ -74,9 +80,10 @@ impl ProgressWriter {
                         .unwrap_or_else(|| error.to_string()),
                     other => other.to_string(),
                 };
-                current
-                    .failure
-                    .get_or_insert(format!("step `{}{}` failed: {why}", step.keyword, step.value));
+                current.failure.get_or_insert(format!(
+                    "step `{}{}` failed: {why}",
+                    step.keyword, step.value
+                ));
             }
             Step::Skipped => current.skipped = true,
             _ => {}
@@ -102,7 +109,11 @@ impl ProgressWriter {
             Status::Skipped => "⏭",
         };
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{mark} {} / {} ({seconds:.1}s)", feature.name, scenario.name);
+        let _ = writeln!(
+            err,
+            "{mark} {} / {} ({seconds:.1}s)",
+            feature.name, scenario.name
+        );
         if let Some(failure) = &current.failure {
             for line in failure.lines() {
                 let _ = writeln!(err, "    {line}");
@@ -126,7 +137,10 @@ impl ProgressWriter {
     }
 
     fn record_parse_error(&mut self, error: String) {
-        let _ = writeln!(std::io::stderr(), "✘ a feature file could not be parsed: {error}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "✘ a feature file could not be parsed: {error}"
+        );
         if let Ok(mut results) = self.results.lock() {
             results.push(ScenarioResult {
                 feature: "(parse error)".into(),
@@ -152,7 +166,9 @@ impl cucumber::Writer<Operator> for ProgressWriter {
         if let Cucumber::Feature(feature, ev) = ev {
             match ev {
                 Feature::Scenario(scenario, ev) => self.on_scenario(&feature, &scenario, ev.event),
-                Feature::Rule(_, Rule::Scenario(scenario, ev)) => self.on_scenario(&feature, &scenario, ev.event),
+                Feature::Rule(_, Rule::Scenario(scenario, ev)) => {
+                    self.on_scenario(&feature, &scenario, ev.event)
+                }
                 _ => {}
             }
         }

@@ -15,6 +15,7 @@ use hubtrust_harness::Stack;
 use crate::progress::ProgressWriter;
 use crate::world::{report, Operator, STACK};
 use crate::{artifacts, features, BenchArgs, RunArgs, UpArgs};
+use crate::bench::peak_rss_kb;
 
 pub enum Inside {
     Run(RunArgs),
@@ -24,7 +25,10 @@ pub enum Inside {
 }
 
 pub fn inside(what: Inside) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: failed to start the async runtime: {e}");
@@ -35,7 +39,7 @@ pub fn inside(what: Inside) -> ExitCode {
         match what {
             Inside::Run(args) => run(args).await,
             Inside::Up(args) => up(args).await,
-            Inside::Bench(args) => crate::run::bench(args).await,
+            Inside::Bench(args) => crate::bench::bench(args).await,
             Inside::Nothing => ExitCode::SUCCESS,
         }
     })
@@ -45,8 +49,12 @@ pub fn inside(what: Inside) -> ExitCode {
 /// forked.
 pub fn signal_namespace_init(unshare_pid: Option<u32>, signal: nix::sys::signal::Signal) {
     let Some(pid) = unshare_pid else { return };
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+    {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), signal);
     }
 }
@@ -63,7 +71,8 @@ struct WorkDir(PathBuf);
 
 impl WorkDir {
     fn new() -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("hubtrust-{}-{}", std::process::id(), rand_suffix()));
+        let dir =
+            std::env::temp_dir().join(format!("hubtrust-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir)?;
         Ok(Self(dir))
     }
@@ -84,8 +93,11 @@ fn rand_suffix() -> String {
 }
 
 pub async fn bring_up(spec: StackSpec, work: &Path) -> anyhow::Result<Stack> {
-    let components = provision::cached()
-        .ok_or_else(|| anyhow::anyhow!("components are not provisioned (fix: run `hubtrust doctor`, then `hubtrust run`)"))?;
+    let components = provision::cached().ok_or_else(|| {
+        anyhow::anyhow!(
+            "components are not provisioned (fix: run `hubtrust doctor`, then `hubtrust run`)"
+        )
+    })?;
     let progress = |line: &str| eprintln!("· {line}");
     Ok(Stack::up(spec, &components, work, &progress).await?)
 }
@@ -95,7 +107,11 @@ async fn run(args: RunArgs) -> ExitCode {
     let features_dir = features::locate(args.features.as_deref());
     let prepared = (|| -> anyhow::Result<_> {
         let scenarios = features::scenarios(&features_dir)?;
-        let op = args.tags.as_deref().map(|t| features::parse_tags(t, &scenarios)).transpose()?;
+        let op = args
+            .tags
+            .as_deref()
+            .map(|t| features::parse_tags(t, &scenarios))
+            .transpose()?;
         Ok((op, load_spec(args.stack.as_ref())?))
     })();
     let (tags, spec) = match prepared {
@@ -142,10 +158,14 @@ async fn run(args: RunArgs) -> ExitCode {
         }
         let stack = crate::world::shared_stack()?;
         let dest = report_dir.join("artifacts").join(artifacts::slug(scenario));
-        artifacts::keep(&stack, &dest).ok().map(|p| p.display().to_string())
+        artifacts::keep(&stack, &dest)
+            .ok()
+            .map(|p| p.display().to_string())
     });
-    let mut cli = cucumber::cli::Opts::<_, _, _, cucumber::cli::Empty>::default();
-    cli.tags_filter = tags;
+    let cli = cucumber::cli::Opts::<_, _, _, cucumber::cli::Empty> {
+        tags_filter: tags,
+        ..Default::default()
+    };
     let cucumber_run = Operator::cucumber()
         .with_writer(ProgressWriter::new(results.clone(), keep))
         .fail_on_skipped()
@@ -167,13 +187,17 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     }
 
-    let mut report = report().lock().map(|r| r.clone()).unwrap_or_else(|_| RunReport::default());
+    let mut report = report()
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_else(|_| RunReport::default());
     report.tool = format!("hubtrust {}", env!("CARGO_PKG_VERSION"));
     report.tags = args.tags.clone();
     report.stack = stack_name;
     report.backend = "local".into();
     report.scenarios = results.lock().map(|r| r.clone()).unwrap_or_default();
     report.seconds = started.elapsed().as_secs_f64();
+    report.peak_rss_kb = peak_rss_kb();
     if let Err(e) = report.write_all(&args.report) {
         eprintln!("error: failed to write the reports: {e}");
         return ExitCode::from(2);
@@ -227,22 +251,27 @@ async fn up(args: UpArgs) -> ExitCode {
         }
     };
     println!("stack `{}` is up (Ctrl-C tears it down)", stack.spec.name);
-    println!("  public proxy   {} (at {})", stack.public_url(), stack.public_addr());
+    println!(
+        "  public proxy   {} (at {})",
+        stack.public_url(),
+        stack.public_addr()
+    );
     for e in stack.endpoints() {
-        println!("  {:<14} {} from host `{}` (verify as {})", e.name, e.addr, e.from_host, e.server_name);
+        println!(
+            "  {:<14} {} from host `{}` (verify as {})",
+            e.name, e.addr, e.from_host, e.server_name
+        );
     }
     println!("  service token  {}", token(&stack.service_token));
     println!("  proxy token    {}", token(&stack.proxy_token));
-    println!("  org root CA    {}", stack.run_dir.join("pki/org-root.crt").display());
+    println!(
+        "  org root CA    {}",
+        stack.run_dir.join("pki/org-root.crt").display()
+    );
     println!("  internal-ssl   {}", stack.internal_ssl_dir().display());
     println!("  hub log        {}", stack.hub_log().display());
     let _ = tokio::signal::ctrl_c().await;
     eprintln!("tearing down");
     stack.shutdown().await;
     ExitCode::SUCCESS
-}
-
-pub async fn bench(_args: BenchArgs) -> ExitCode {
-    eprintln!("error: bench is not implemented yet");
-    ExitCode::from(2)
 }

@@ -20,7 +20,9 @@ pub fn shared_stack() -> Option<Arc<Stack>> {
 pub static REPORT: OnceLock<Arc<Mutex<RunReport>>> = OnceLock::new();
 
 pub fn report() -> Arc<Mutex<RunReport>> {
-    REPORT.get_or_init(|| Arc::new(Mutex::new(RunReport::default()))).clone()
+    REPORT
+        .get_or_init(|| Arc::new(Mutex::new(RunReport::default())))
+        .clone()
 }
 
 #[derive(Debug, Default, cucumber::World)]
@@ -36,8 +38,8 @@ pub struct Operator {
 impl Operator {
     /// The stack, or a failure that says the Background never ran.
     pub fn stack(&self) -> anyhow::Result<&Stack> {
-        self.stack
-            .as_deref()
-            .ok_or_else(|| anyhow::anyhow!("no stack: the Background step that brings it up did not run"))
+        self.stack.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("no stack: the Background step that brings it up did not run")
+        })
     }
 }

@@ -4,6 +4,9 @@
 //! The first test to need components provisions them into the shared cache
 //! (a file lock serialises that); later ones reuse it.
 
+// Test helpers: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -24,7 +27,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// PIDs of processes whose environment holds `KEY=value…` with that prefix.
@@ -35,7 +42,10 @@ fn processes_marked(prefix: &str) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|entry| entry.starts_with(prefix.as_bytes())))
+                .map(|env| {
+                    env.split(|b| *b == 0)
+                        .any(|entry| entry.starts_with(prefix.as_bytes()))
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -52,7 +62,11 @@ fn assert_nothing_left(prefix: &str) {
         if Instant::now() > deadline {
             let names: Vec<String> = left
                 .iter()
-                .map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " "))
+                .map(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                        .unwrap_or_default()
+                        .replace('\0', " ")
+                })
                 .collect();
             panic!("processes survived the run: {names:?}");
         }
@@ -79,13 +93,17 @@ fn core_profile_passes_against_the_real_stack_and_writes_every_report() {
     for file in ["report.xml", "report.json", "report.md"] {
         assert!(report.join(file).exists(), "{file} missing");
     }
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
     let cells = json["trust_matrix"]["cells"].as_array().unwrap();
     assert!(cells.len() >= 4 * 13, "matrix too small: {}", cells.len());
     assert!(cells.iter().all(|c| c["matches"] == true));
     // The matrix must hold both outcomes, or it proved nothing.
     assert!(cells.iter().any(|c| c["observed"] == "accepted"));
-    assert!(cells.iter().any(|c| c["observed"] == "client-cert-rejected"));
+    assert!(cells
+        .iter()
+        .any(|c| c["observed"] == "client-cert-rejected"));
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("## Internal trust matrix") && md.contains("## Certificate inventory"));
     // Tokens never reach the reports.
@@ -114,9 +132,17 @@ fn insta_inventory_shape(report: &serde_json::Value) {
 }
 
 fn expect_usage_error(out: &Output, needle: &str) {
-    assert_eq!(out.status.code(), Some(2), "expected exit 2:\n{}", text(out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit 2:\n{}",
+        text(out)
+    );
     let t = text(out);
-    assert!(t.contains(needle), "error does not mention {needle:?}:\n{t}");
+    assert!(
+        t.contains(needle),
+        "error does not mention {needle:?}:\n{t}"
+    );
     assert!(t.contains("fix"), "error gives no fix hint:\n{t}");
 }
 
@@ -129,13 +155,19 @@ fn an_unknown_tag_is_named_with_the_known_ones() {
 
 #[test]
 fn a_malformed_tag_expression_is_rejected() {
-    let out = hubtrust().args(["run", "--tags", "@core and and"]).output().unwrap();
+    let out = hubtrust()
+        .args(["run", "--tags", "@core and and"])
+        .output()
+        .unwrap();
     expect_usage_error(&out, "invalid tag expression");
 }
 
 #[test]
 fn a_missing_stack_file_is_named() {
-    let out = hubtrust().args(["run", "--stack", "/nonexistent/stack.toml"]).output().unwrap();
+    let out = hubtrust()
+        .args(["run", "--stack", "/nonexistent/stack.toml"])
+        .output()
+        .unwrap();
     expect_usage_error(&out, "/nonexistent/stack.toml");
 }
 
@@ -144,7 +176,11 @@ fn unknown_keys_in_a_stack_file_are_named() {
     let dir = scratch("unknown-keys");
     let file = dir.join("stack.toml");
     std::fs::write(&file, "[hub]\nextra_cofnig = []\n").unwrap();
-    let out = hubtrust().args(["run", "--stack"]).arg(&file).output().unwrap();
+    let out = hubtrust()
+        .args(["run", "--stack"])
+        .arg(&file)
+        .output()
+        .unwrap();
     expect_usage_error(&out, "extra_cofnig");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -153,8 +189,16 @@ fn unknown_keys_in_a_stack_file_are_named() {
 fn ports_that_collide_are_rejected_before_anything_starts() {
     let dir = scratch("ports");
     let file = dir.join("stack.toml");
-    std::fs::write(&file, "[ports]\npublic = 8000\nhub = 8001\nproxy_api = 8001\n").unwrap();
-    let out = hubtrust().args(["run", "--stack"]).arg(&file).output().unwrap();
+    std::fs::write(
+        &file,
+        "[ports]\npublic = 8000\nhub = 8001\nproxy_api = 8001\n",
+    )
+    .unwrap();
+    let out = hubtrust()
+        .args(["run", "--stack"])
+        .arg(&file)
+        .output()
+        .unwrap();
     expect_usage_error(&out, "port 8001");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -163,7 +207,9 @@ fn ports_that_collide_are_rejected_before_anything_starts() {
 fn a_missing_prerequisite_names_the_install_command() {
     // A PATH with everything hubtrust needs except `ip`.
     let bin = scratch("no-ip");
-    for tool in ["python3", "node", "npm", "unshare", "nsenter", "setpriv", "sh", "env"] {
+    for tool in [
+        "python3", "node", "npm", "unshare", "nsenter", "setpriv", "sh", "env",
+    ] {
         if let Ok(path) = which(tool) {
             std::os::unix::fs::symlink(path, bin.join(tool)).unwrap();
         }
@@ -172,7 +218,11 @@ fn a_missing_prerequisite_names_the_install_command() {
     expect_usage_error(&out, "apt-get install -y iproute2");
     let doctor = hubtrust().arg("doctor").env("PATH", &bin).output().unwrap();
     assert_eq!(doctor.status.code(), Some(2));
-    assert!(text(&doctor).contains("MISSING  ip (iproute2)"), "{}", text(&doctor));
+    assert!(
+        text(&doctor).contains("MISSING  ip (iproute2)"),
+        "{}",
+        text(&doctor)
+    );
     std::fs::remove_dir_all(&bin).unwrap();
 }
 
@@ -204,9 +254,16 @@ fn stack_file_run(name: &str, body: &str) -> (Output, String) {
 
 #[test]
 fn a_hub_config_jupyterhub_rejects_shows_its_log_and_leaves_nothing() {
-    let (out, id) = stack_file_run("bad-config", "[hub]\nextra_config = [\"c.JupyterHub.hub_port = 'not a port'\"]\n");
+    let (out, id) = stack_file_run(
+        "bad-config",
+        "[hub]\nextra_config = [\"c.JupyterHub.hub_port = 'not a port'\"]\n",
+    );
     expect_usage_error(&out, "exited during start-up");
-    assert!(text(&out).contains("not a port"), "the hub's own complaint is not shown:\n{}", text(&out));
+    assert!(
+        text(&out).contains("not a port"),
+        "the hub's own complaint is not shown:\n{}",
+        text(&out)
+    );
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
 }
 
@@ -214,7 +271,11 @@ fn a_hub_config_jupyterhub_rejects_shows_its_log_and_leaves_nothing() {
 fn a_component_that_exits_during_start_up_is_named() {
     let (out, id) = stack_file_run("proxy-exits", "[proxy]\ncommand = [\"false\"]\n");
     expect_usage_error(&out, "`jupyterhub`");
-    assert!(text(&out).to_lowercase().contains("proxy"), "{}", text(&out));
+    assert!(
+        text(&out).to_lowercase().contains("proxy"),
+        "{}",
+        text(&out)
+    );
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
 }
 
@@ -249,7 +310,10 @@ fn sigkill_of_hubtrust_mid_stack_leaves_no_component_running() {
     let mut child = start_up(&id);
     // The hub, the proxy and the lab are all running now.
     let marker = format!("HUBTRUST_RUN_ID={id}");
-    assert!(processes_marked(&marker).len() >= 4, "expected hub, proxy and lab to be running");
+    assert!(
+        processes_marked(&marker).len() >= 4,
+        "expected hub, proxy and lab to be running"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert_nothing_left(&marker);
@@ -259,9 +323,16 @@ fn sigkill_of_hubtrust_mid_stack_leaves_no_component_running() {
 fn ctrl_c_tears_the_stack_down_gracefully() {
     let id = run_id("sigint");
     let mut child = start_up(&id);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
-    assert!(status.code().is_some(), "hubtrust died by a signal instead of tearing down: {status}");
+    assert!(
+        status.code().is_some(),
+        "hubtrust died by a signal instead of tearing down: {status}"
+    );
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
 }
 

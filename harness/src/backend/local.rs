@@ -38,7 +38,14 @@ pub fn private_namespace_command(exe: &Path, args: &[String]) -> std::process::C
     let mut command = std::process::Command::new("setpriv");
     command
         .args(["--pdeathsig", "KILL", "--"])
-        .args(["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid"])
+        .args([
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--net",
+            "--mount",
+            "--pid",
+        ])
         .args(["--fork", "--kill-child", "--mount-proc", "--"])
         .arg(exe)
         .args(args)
@@ -47,7 +54,12 @@ pub fn private_namespace_command(exe: &Path, args: &[String]) -> std::process::C
 }
 
 async fn run_ip(host: &str, wrapper: &[String], args: &[&str]) -> Result<()> {
-    let argv: Vec<&str> = wrapper.iter().map(String::as_str).chain(["ip"]).chain(args.iter().copied()).collect();
+    let argv: Vec<&str> = wrapper
+        .iter()
+        .map(String::as_str)
+        .chain(["ip"])
+        .chain(args.iter().copied())
+        .collect();
     let output = Command::new(argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -85,7 +97,8 @@ impl Host {
     /// (reqwest, the browser a developer points at `hubtrust up`) live.
     pub async fn operator() -> Result<Self> {
         let netns_path = "/proc/self/ns/net".to_string();
-        let netns = File::open(&netns_path).map_err(|e| HarnessError::io("open the operator netns", e))?;
+        let netns =
+            File::open(&netns_path).map_err(|e| HarnessError::io("open the operator netns", e))?;
         let host = Self {
             name: "operator".into(),
             anchor: None,
@@ -114,10 +127,12 @@ impl Host {
         let netns_path = format!("/proc/{pid}/ns/net");
         // `unshare` execs `cat` only after entering the namespace; wait until
         // the anchor's netns differs from ours before trusting the path.
-        let own = std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let own =
+            std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let theirs = std::fs::metadata(&netns_path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            let theirs =
+                std::fs::metadata(&netns_path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
             if theirs.is_ok() && theirs.as_ref().ok() != own.as_ref().ok() {
                 break;
             }
@@ -129,7 +144,8 @@ impl Host {
             }
             tokio::task::yield_now().await;
         }
-        let netns = File::open(&netns_path).map_err(|e| HarnessError::io(format!("open {netns_path}"), e))?;
+        let netns = File::open(&netns_path)
+            .map_err(|e| HarnessError::io(format!("open {netns_path}"), e))?;
         let host = Self {
             name: name.into(),
             anchor: Some(anchor),
@@ -145,7 +161,11 @@ impl Host {
         if self.name == "operator" {
             return Vec::new();
         }
-        vec!["nsenter".into(), format!("--net={}", self.netns_path), "--".into()]
+        vec![
+            "nsenter".into(),
+            format!("--net={}", self.netns_path),
+            "--".into(),
+        ]
     }
 
     pub fn anchor_pid(&self) -> Option<u32> {
@@ -177,9 +197,12 @@ impl Host {
 
     /// Whether something already listens on `port` inside this host.
     pub async fn port_in_use(&self, port: u16) -> bool {
-        self.connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(1))
-            .await
-            .is_ok()
+        self.connect(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            Duration::from_secs(1),
+        )
+        .await
+        .is_ok()
     }
 }
 
@@ -200,17 +223,32 @@ impl Link {
         let a_if = format!("ht{index}a");
         let b_if = format!("ht{index}b");
         let name = format!("{}--{}", a.name, b.name);
-        run_ip(&name, &[], &["link", "add", &a_if, "type", "veth", "peer", "name", &b_if]).await?;
+        run_ip(
+            &name,
+            &[],
+            &["link", "add", &a_if, "type", "veth", "peer", "name", &b_if],
+        )
+        .await?;
         for (host, ifname, addr) in [(a, &a_if, a_addr), (b, &b_if, b_addr)] {
             if host.name != "operator" {
                 let pid = host.anchor_pid().ok_or_else(|| HarnessError::Network {
                     host: host.name.clone(),
                     message: "the namespace anchor is gone".into(),
                 })?;
-                run_ip(&host.name, &[], &["link", "set", ifname, "netns", &pid.to_string()]).await?;
+                run_ip(
+                    &host.name,
+                    &[],
+                    &["link", "set", ifname, "netns", &pid.to_string()],
+                )
+                .await?;
             }
             let cidr = format!("{addr}/30");
-            run_ip(&host.name, &host.wrapper(), &["addr", "add", &cidr, "dev", ifname]).await?;
+            run_ip(
+                &host.name,
+                &host.wrapper(),
+                &["addr", "add", &cidr, "dev", ifname],
+            )
+            .await?;
             run_ip(&host.name, &host.wrapper(), &["link", "set", ifname, "up"]).await?;
         }
         Ok(Self {
@@ -223,7 +261,7 @@ impl Link {
 
 /// Stacks share the private namespace, so link subnets and interface names
 /// come from one counter.
-fn next_link_index() -> Result<u8> {
+pub fn next_link_index() -> Result<u8> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     let index = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     u8::try_from(index).map_err(|_| HarnessError::Network {
@@ -268,10 +306,9 @@ impl LocalNetwork {
 
 impl super::HostNetwork for LocalNetwork {
     async fn connect_from(&self, host: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        let host = self
-            .hosts
-            .get(host)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no host `{host}`")))?;
+        let host = self.hosts.get(host).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no host `{host}`"))
+        })?;
         host.connect(addr, Duration::from_secs(5)).await
     }
 }

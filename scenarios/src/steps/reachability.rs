@@ -10,8 +10,13 @@ async fn ask_the_proxy(world: &mut Operator, path: String) -> anyhow::Result<()>
 
 #[then(expr = "the answer is HTTP {int}")]
 fn the_answer_is(world: &mut Operator, status: u16) -> anyhow::Result<()> {
-    let observed = world.http_status.ok_or_else(|| anyhow::anyhow!("no request was made"))?;
-    anyhow::ensure!(observed == status, "the proxy answered HTTP {observed}, expected {status}");
+    let observed = world
+        .http_status
+        .ok_or_else(|| anyhow::anyhow!("no request was made"))?;
+    anyhow::ensure!(
+        observed == status,
+        "the proxy answered HTTP {observed}, expected {status}"
+    );
     Ok(())
 }
 
@@ -22,7 +27,10 @@ async fn every_lab_answers(world: &mut Operator) -> anyhow::Result<()> {
     anyhow::ensure!(!users.is_empty(), "the stack has no lab to check");
     for user in users {
         let status = stack.get_via_proxy(&format!("/user/{user}/api")).await?;
-        anyhow::ensure!(status == 200, "the lab of {user} answered HTTP {status} through the proxy");
+        anyhow::ensure!(
+            status == 200,
+            "the lab of {user} answered HTTP {status} through the proxy"
+        );
     }
     Ok(())
 }

@@ -6,16 +6,27 @@ use crate::world::{report, Operator};
 fn secrets_have_mode(world: &mut Operator, mode: String) -> anyhow::Result<()> {
     let files = world.stack()?.secret_files();
     anyhow::ensure!(
-        files.iter().any(|f| f.path.ends_with("jupyterhub_cookie_secret")),
+        files
+            .iter()
+            .any(|f| f.path.ends_with("jupyterhub_cookie_secret")),
         "the cookie secret file was not found, so its mode could not be checked"
     );
-    anyhow::ensure!(files.iter().any(|f| f.path.extension().is_some_and(|e| e == "key")), "no private key was found");
+    anyhow::ensure!(
+        files
+            .iter()
+            .any(|f| f.path.extension().is_some_and(|e| e == "key")),
+        "no private key was found"
+    );
     let exposed: Vec<String> = files
         .iter()
         .filter(|f| f.mode != mode)
         .map(|f| format!("{} is {}", f.path.display(), f.mode))
         .collect();
-    anyhow::ensure!(exposed.is_empty(), "secrets with the wrong mode:\n  {}", exposed.join("\n  "));
+    anyhow::ensure!(
+        exposed.is_empty(),
+        "secrets with the wrong mode:\n  {}",
+        exposed.join("\n  ")
+    );
     Ok(())
 }
 
@@ -31,7 +42,10 @@ fn take_inventory(world: &mut Operator) -> anyhow::Result<()> {
 
 #[then(expr = "it lists the internal CA {string}")]
 fn lists_internal_ca(world: &mut Operator, ca: String) -> anyhow::Result<()> {
-    let inventory = world.inventory.as_ref().ok_or_else(|| anyhow::anyhow!("no inventory was taken"))?;
+    let inventory = world
+        .inventory
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no inventory was taken"))?;
     let found = inventory
         .certificates
         .iter()
@@ -42,7 +56,10 @@ fn lists_internal_ca(world: &mut Operator, ca: String) -> anyhow::Result<()> {
 
 #[then(expr = "every internal leaf is RSA of at least {int} bits with serverAuth and clientAuth")]
 fn internal_leaves_are_strong(world: &mut Operator, bits: usize) -> anyhow::Result<()> {
-    let inventory = world.inventory.as_ref().ok_or_else(|| anyhow::anyhow!("no inventory was taken"))?;
+    let inventory = world
+        .inventory
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no inventory was taken"))?;
     let leaves: Vec<_> = inventory
         .certificates
         .iter()
@@ -59,6 +76,10 @@ fn internal_leaves_are_strong(world: &mut Operator, bits: usize) -> anyhow::Resu
         })
         .map(|c| format!("{}: {} {} EKU {:?}", c.path, c.key_type, c.key_bits, c.eku))
         .collect();
-    anyhow::ensure!(weak.is_empty(), "internal leaves that fall short:\n  {}", weak.join("\n  "));
+    anyhow::ensure!(
+        weak.is_empty(),
+        "internal leaves that fall short:\n  {}",
+        weak.join("\n  ")
+    );
     Ok(())
 }

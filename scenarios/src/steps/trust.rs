@@ -17,8 +17,14 @@ async fn probe_the_matrix(world: &mut Operator) -> anyhow::Result<()> {
 
 #[then("every verdict matches JupyterHub's trust graph")]
 fn every_verdict_matches(world: &mut Operator) -> anyhow::Result<()> {
-    let matrix = world.matrix.as_ref().ok_or_else(|| anyhow::anyhow!("the matrix was not probed"))?;
-    anyhow::ensure!(!matrix.cells.is_empty(), "the matrix is empty: nothing was checked");
+    let matrix = world
+        .matrix
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the matrix was not probed"))?;
+    anyhow::ensure!(
+        !matrix.cells.is_empty(),
+        "the matrix is empty: nothing was checked"
+    );
     let unexpected: Vec<String> = matrix
         .unexpected()
         .iter()
@@ -54,7 +60,11 @@ async fn real_clients_connect(world: &mut Operator) -> anyhow::Result<()> {
             detail: outcome.detail,
             protocol: outcome.protocol,
             cipher: outcome.cipher,
-            chain: outcome.peer_chain.iter().map(|c| c.subject.clone()).collect(),
+            chain: outcome
+                .peer_chain
+                .iter()
+                .map(|c| c.subject.clone())
+                .collect(),
         });
     }
     if let Ok(mut r) = report().lock() {
@@ -70,10 +80,22 @@ fn every_connection_accepted(world: &mut Operator) -> anyhow::Result<()> {
     let bad: Vec<String> = world
         .chains
         .iter()
-        .filter(|c| c.verdict != Verdict::Accepted || !matches!(c.protocol.as_deref(), Some("TLSv1_2" | "TLSv1_3")))
-        .map(|c| format!("{} as seen by {} ({} for {}): {} {}", c.server, c.client, c.bundle, c.server_name, c.verdict, c.detail))
+        .filter(|c| {
+            c.verdict != Verdict::Accepted
+                || !matches!(c.protocol.as_deref(), Some("TLSv1_2" | "TLSv1_3"))
+        })
+        .map(|c| {
+            format!(
+                "{} as seen by {} ({} for {}): {} {}",
+                c.server, c.client, c.bundle, c.server_name, c.verdict, c.detail
+            )
+        })
         .collect();
-    anyhow::ensure!(bad.is_empty(), "some real clients cannot verify their server:\n  {}", bad.join("\n  "));
+    anyhow::ensure!(
+        bad.is_empty(),
+        "some real clients cannot verify their server:\n  {}",
+        bad.join("\n  ")
+    );
     Ok(())
 }
 
@@ -91,12 +113,20 @@ async fn call_proxy_api(world: &mut Operator, with: String) -> anyhow::Result<()
 
 #[then(expr = "the proxy API answers HTTP {int}")]
 fn proxy_api_answers(world: &mut Operator, status: u16) -> anyhow::Result<()> {
-    let outcome = world.proxy_api.as_ref().ok_or_else(|| anyhow::anyhow!("the proxy API was not called"))?;
-    let observed = outcome
-        .http
+    let outcome = world
+        .proxy_api
         .as_ref()
-        .map(|h| h.status)
-        .ok_or_else(|| anyhow::anyhow!("no HTTP answer from the proxy API: {} ({})", outcome.verdict, outcome.detail))?;
-    anyhow::ensure!(observed == status, "the proxy API answered HTTP {observed}, expected {status}");
+        .ok_or_else(|| anyhow::anyhow!("the proxy API was not called"))?;
+    let observed = outcome.http.as_ref().map(|h| h.status).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no HTTP answer from the proxy API: {} ({})",
+            outcome.verdict,
+            outcome.detail
+        )
+    })?;
+    anyhow::ensure!(
+        observed == status,
+        "the proxy API answered HTTP {observed}, expected {status}"
+    );
     Ok(())
 }

@@ -1,0 +1,171 @@
+//! `hubtrust bench`: start-up under hubtrust against a plain baseline, the
+//! core profile's wall time, and hubtrust's own peak memory, all in one run
+//! so the ratios compare like with like on a noisy machine.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hubtrust_harness::backend::local::{next_link_index, Host, Link, INSIDE_ENV};
+use hubtrust_harness::process::{sweep_marked, LaunchSpec};
+use hubtrust_harness::provision;
+use hubtrust_harness::spec::StackSpec;
+use hubtrust_harness::stack::STACK_MARKER_ENV;
+
+use crate::run::bring_up;
+use crate::BenchArgs;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn epoch() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Peak resident memory of this process, from /proc (kB).
+pub fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub async fn bench(args: BenchArgs) -> ExitCode {
+    match measure(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: benchmark failed: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn measure(args: BenchArgs) -> anyhow::Result<()> {
+    let components = provision::cached().ok_or_else(|| anyhow::anyhow!("components are not provisioned"))?;
+    let baseline_script = locate_baseline()?;
+    let mut harness_secs = Vec::new();
+    let mut baseline_secs = Vec::new();
+    for round in 1..=args.rounds {
+        // (a) the stack under hubtrust: PKI, hosts, hub, proxy, one lab.
+        let work = tempdir("bench-a")?;
+        let started = Instant::now();
+        let stack = bring_up(StackSpec::default(), &work).await?;
+        harness_secs.push(started.elapsed().as_secs_f64());
+        let config = stack.hub_config();
+        let env = BTreeMap::from([
+            ("HUBTRUST_SERVICE_TOKEN".to_string(), stack.service_token.expose().to_string()),
+            ("CONFIGPROXY_AUTH_TOKEN".to_string(), stack.proxy_token.expose().to_string()),
+            (STACK_MARKER_ENV.to_string(), stack.marker.clone()),
+        ]);
+        let marker = stack.marker.clone();
+        stack.shutdown().await;
+
+        // (b) the same config and components, started by a plain script.
+        // JupyterHub regenerates internal-ssl and its database as on a
+        // first start, exactly as it did under hubtrust.
+        for stale in ["internal-ssl", "jupyterhub.sqlite", "jupyterhub_cookie_secret"] {
+            let path = work.join("hub").join(stale);
+            let _ = std::fs::remove_dir_all(&path);
+            let _ = std::fs::remove_file(&path);
+        }
+        let _ = std::fs::remove_dir_all(work.join("home"));
+        let host = Host::create("baseline").await?;
+        let operator = Host::operator().await?;
+        let _link = Link::create(next_link_index()?, &operator, &host).await?;
+        let log = work.join("logs").join("baseline.log");
+        let launch = LaunchSpec {
+            name: "baseline".into(),
+            program: components.venv.join("bin/python3").display().to_string(),
+            args: vec![
+                baseline_script.display().to_string(),
+                config.display().to_string(),
+                components.venv.join("bin/jupyterhub").display().to_string(),
+                "alice".into(),
+            ],
+            env,
+            cwd: work.join("hub"),
+            log: log.clone(),
+        };
+        let t0 = epoch();
+        let mut process = host.start(&launch)?;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let ready_epoch = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(v) = text.lines().find_map(|l| l.strip_prefix("ready_epoch=")) {
+                break v.trim().parse::<f64>()?;
+            }
+            if let Some(status) = process.exit_status() {
+                anyhow::bail!("the baseline exited ({status}) before it was ready: {:?}", process.last_lines(10));
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the baseline was not ready within 180s");
+            // Reading the baseline's own timestamp, so this poll interval
+            // does not enter the measurement.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        baseline_secs.push(ready_epoch - t0);
+        process.stop(Duration::from_secs(30)).await;
+        sweep_marked(STACK_MARKER_ENV, &marker);
+        let _ = std::fs::remove_dir_all(&work);
+        eprintln!(
+            "round {round}: hubtrust {:.2}s, baseline {:.2}s",
+            harness_secs.last().copied().unwrap_or(0.0),
+            baseline_secs.last().copied().unwrap_or(0.0)
+        );
+    }
+
+    // (c) the whole core profile, as a user runs it (its own namespace).
+    let report = tempdir("bench-c")?;
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let status = tokio::process::Command::new(exe)
+        .args(["run", "--tags", "@core", "--report"])
+        .arg(&report)
+        .env_remove(INSIDE_ENV)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await?;
+    let core_secs = started.elapsed().as_secs_f64();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report.join("report.json"))?)?;
+    let core_rss_mb = json["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0;
+    let _ = std::fs::remove_dir_all(&report);
+
+    let a = median(harness_secs);
+    let b = median(baseline_secs);
+    println!("stack ready under hubtrust (a)      {a:.2}s  (median of {} rounds)", args.rounds);
+    println!("stack ready by plain script (b)     {b:.2}s");
+    println!("ratio (a)/(b)                       {:.3}  (target ≤ 1.15)", a / b);
+    println!(
+        "core profile wall time (c)          {core_secs:.1}s  (target ≤ 60s){}",
+        if status.success() { "" } else { "  [the profile FAILED]" }
+    );
+    println!("peak RSS of hubtrust, core profile  {core_rss_mb:.1} MB  (target ≤ 150 MB)");
+    println!("peak RSS of hubtrust, this bench    {:.1} MB", peak_rss_kb() as f64 / 1024.0);
+    Ok(())
+}
+
+fn tempdir(what: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("hubtrust-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn locate_baseline() -> anyhow::Result<PathBuf> {
+    let candidates = [
+        PathBuf::from("scripts/baseline_stack.py"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/baseline_stack.py"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
+        .ok_or_else(|| anyhow::anyhow!("scripts/baseline_stack.py not found (fix: run from the repository root)"))
+}
