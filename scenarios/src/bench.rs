@@ -22,7 +22,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn epoch() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Peak resident memory of this process, from /proc (kB).
@@ -48,7 +51,8 @@ pub async fn bench(args: BenchArgs) -> ExitCode {
 }
 
 async fn measure(args: BenchArgs) -> anyhow::Result<()> {
-    let components = provision::cached().ok_or_else(|| anyhow::anyhow!("components are not provisioned"))?;
+    let components =
+        provision::cached().ok_or_else(|| anyhow::anyhow!("components are not provisioned"))?;
     let baseline_script = locate_baseline()?;
     let mut harness_secs = Vec::new();
     let mut baseline_secs = Vec::new();
@@ -60,8 +64,14 @@ async fn measure(args: BenchArgs) -> anyhow::Result<()> {
         harness_secs.push(started.elapsed().as_secs_f64());
         let config = stack.hub_config();
         let env = BTreeMap::from([
-            ("HUBTRUST_SERVICE_TOKEN".to_string(), stack.service_token.expose().to_string()),
-            ("CONFIGPROXY_AUTH_TOKEN".to_string(), stack.proxy_token.expose().to_string()),
+            (
+                "HUBTRUST_SERVICE_TOKEN".to_string(),
+                stack.service_token.expose().to_string(),
+            ),
+            (
+                "CONFIGPROXY_AUTH_TOKEN".to_string(),
+                stack.proxy_token.expose().to_string(),
+            ),
             (STACK_MARKER_ENV.to_string(), stack.marker.clone()),
         ]);
         let marker = stack.marker.clone();
@@ -70,7 +80,11 @@ async fn measure(args: BenchArgs) -> anyhow::Result<()> {
         // (b) the same config and components, started by a plain script.
         // JupyterHub regenerates internal-ssl and its database as on a
         // first start, exactly as it did under hubtrust.
-        for stale in ["internal-ssl", "jupyterhub.sqlite", "jupyterhub_cookie_secret"] {
+        for stale in [
+            "internal-ssl",
+            "jupyterhub.sqlite",
+            "jupyterhub_cookie_secret",
+        ] {
             let path = work.join("hub").join(stale);
             let _ = std::fs::remove_dir_all(&path);
             let _ = std::fs::remove_file(&path);
@@ -102,9 +116,15 @@ async fn measure(args: BenchArgs) -> anyhow::Result<()> {
                 break v.trim().parse::<f64>()?;
             }
             if let Some(status) = process.exit_status() {
-                anyhow::bail!("the baseline exited ({status}) before it was ready: {:?}", process.last_lines(10));
+                anyhow::bail!(
+                    "the baseline exited ({status}) before it was ready: {:?}",
+                    process.last_lines(10)
+                );
             }
-            anyhow::ensure!(Instant::now() < deadline, "the baseline was not ready within 180s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the baseline was not ready within 180s"
+            );
             // Reading the baseline's own timestamp, so this poll interval
             // does not enter the measurement.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -133,21 +153,35 @@ async fn measure(args: BenchArgs) -> anyhow::Result<()> {
         .status()
         .await?;
     let core_secs = started.elapsed().as_secs_f64();
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report.join("report.json"))?)?;
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json"))?)?;
     let core_rss_mb = json["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0;
     let _ = std::fs::remove_dir_all(&report);
 
     let a = median(harness_secs);
     let b = median(baseline_secs);
-    println!("stack ready under hubtrust (a)      {a:.2}s  (median of {} rounds)", args.rounds);
+    println!(
+        "stack ready under hubtrust (a)      {a:.2}s  (median of {} rounds)",
+        args.rounds
+    );
     println!("stack ready by plain script (b)     {b:.2}s");
-    println!("ratio (a)/(b)                       {:.3}  (target ≤ 1.15)", a / b);
+    println!(
+        "ratio (a)/(b)                       {:.3}  (target ≤ 1.15)",
+        a / b
+    );
     println!(
         "core profile wall time (c)          {core_secs:.1}s  (target ≤ 60s){}",
-        if status.success() { "" } else { "  [the profile FAILED]" }
+        if status.success() {
+            ""
+        } else {
+            "  [the profile FAILED]"
+        }
     );
     println!("peak RSS of hubtrust, core profile  {core_rss_mb:.1} MB  (target ≤ 150 MB)");
-    println!("peak RSS of hubtrust, this bench    {:.1} MB", peak_rss_kb() as f64 / 1024.0);
+    println!(
+        "peak RSS of hubtrust, this bench    {:.1} MB",
+        peak_rss_kb() as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -167,5 +201,9 @@ fn locate_baseline() -> anyhow::Result<PathBuf> {
         .into_iter()
         .find(|p| p.is_file())
         .and_then(|p| p.canonicalize().ok())
-        .ok_or_else(|| anyhow::anyhow!("scripts/baseline_stack.py not found (fix: run from the repository root)"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "scripts/baseline_stack.py not found (fix: run from the repository root)"
+            )
+        })
 }

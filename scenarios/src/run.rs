@@ -12,10 +12,10 @@ use hubtrust_harness::report::RunReport;
 use hubtrust_harness::spec::StackSpec;
 use hubtrust_harness::Stack;
 
+use crate::bench::peak_rss_kb;
 use crate::progress::ProgressWriter;
 use crate::world::{report, Operator, STACK};
 use crate::{artifacts, features, BenchArgs, RunArgs, UpArgs};
-use crate::bench::peak_rss_kb;
 
 pub enum Inside {
     Run(RunArgs),
