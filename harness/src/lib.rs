@@ -2,10 +2,12 @@
 //! PKI, TLS probes, the trust matrix and reports. Knows nothing of Gherkin.
 
 pub mod backend;
+pub mod capture;
 pub mod component;
 pub mod doctor;
 pub mod error;
 pub mod inventory;
+pub mod lab;
 pub mod matrix;
 pub mod pki;
 pub mod probe;

@@ -47,6 +47,28 @@ pub struct ChainCheck {
     pub chain: Vec<String>,
 }
 
+/// One scenario's wire census.
+#[derive(Debug, Clone, Serialize)]
+pub struct WireSection {
+    pub scenario: String,
+    pub links: Vec<crate::capture::LinkEvidence>,
+    pub flows: Vec<crate::capture::Flow>,
+    pub mermaid: String,
+    pub svg: Option<std::path::PathBuf>,
+}
+
+impl WireSection {
+    pub fn new(scenario: &str, census: &crate::capture::WireCensus, svg: Option<std::path::PathBuf>) -> Self {
+        Self {
+            scenario: scenario.into(),
+            links: census.links.clone(),
+            flows: census.flows.clone(),
+            mermaid: census.to_mermaid(),
+            svg,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunReport {
     pub tool: String,
@@ -57,6 +79,7 @@ pub struct RunReport {
     pub trust_matrix: Option<TrustMatrix>,
     pub chains: Vec<ChainCheck>,
     pub inventory: Option<Inventory>,
+    pub wire: Vec<WireSection>,
     pub seconds: f64,
     /// Peak resident memory of the hubtrust process that ran the scenarios.
     pub peak_rss_kb: u64,
@@ -180,6 +203,30 @@ impl RunReport {
                     c.verdict,
                     c.protocol.as_deref().unwrap_or("-"),
                     c.chain.join(" ← ")
+                );
+            }
+        }
+        for w in &self.wire {
+            md += &format!("\n## Wire: {}\n\n", w.scenario);
+            for l in &w.links {
+                md += &format!(
+                    "- link `{}`: {} packets captured, {} crossed the interface{} — `{}`\n",
+                    l.link,
+                    l.packets_captured.map(|n| n.to_string()).unwrap_or("?".into()),
+                    l.packets_on_interface.map(|n| n.to_string()).unwrap_or("?".into()),
+                    l.inconclusive.as_ref().map(|w| format!(" (**inconclusive**: {w})")).unwrap_or_default(),
+                    l.pcap.display()
+                );
+            }
+            md += &format!("\n```mermaid\n{}```\n\n", w.mermaid);
+            if let Some(svg) = &w.svg {
+                md += &format!("Rendered: `{}`\n\n", svg.display());
+            }
+            md += "| link | from | to | bytes → | bytes ← | what |\n|---|---|---|---|---|---|\n";
+            for f in &w.flows {
+                md += &format!(
+                    "| {} | {}:{} | {}:{} | {} | {} | {} |\n",
+                    f.link, f.client_host, f.client_port, f.server_host, f.server_port, f.bytes_to_server, f.bytes_to_client, f.label
                 );
             }
         }

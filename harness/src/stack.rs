@@ -88,6 +88,8 @@ pub struct Stack {
     pub marker: String,
     pub service_token: Secret,
     pub proxy_token: Secret,
+    /// The password every user logs in with (DummyAuthenticator).
+    pub user_password: Secret,
     network: LocalNetwork,
     hub: Option<ManagedProcess>,
     hub_log: PathBuf,
@@ -153,6 +155,7 @@ impl Stack {
 
         let service_token = Secret::generate();
         let proxy_token = Secret::generate();
+        let user_password = Secret::generate();
         let http = operator_client(&org, &public_name, public_addr, &service_token)?;
 
         let host = network.host(&hub_host)?;
@@ -201,6 +204,7 @@ impl Stack {
             "HUBTRUST_SERVICE_TOKEN".into(),
             service_token.expose().into(),
         );
+        env.insert("HUBTRUST_USER_PASSWORD".into(), user_password.expose().into());
         env.insert(STACK_MARKER_ENV.into(), marker.clone());
         let launch = LaunchSpec {
             name: "jupyterhub".into(),
@@ -229,6 +233,7 @@ impl Stack {
             marker,
             service_token,
             proxy_token,
+            user_password,
             network,
             hub: Some(hub),
             hub_log,
@@ -776,6 +781,212 @@ impl Stack {
     }
 }
 
+/// Captures of every link of a stack, running.
+pub struct WireCapture {
+    captures: Vec<crate::capture::LinkCapture>,
+    hosts: BTreeMap<Ipv4Addr, String>,
+}
+
+impl WireCapture {
+    /// Stops every capture and builds the census.
+    pub async fn finish(self) -> crate::capture::WireCensus {
+        let mut evidence = Vec::new();
+        for capture in self.captures {
+            evidence.push(capture.finish().await);
+        }
+        crate::capture::WireCensus::build(evidence, &self.hosts)
+    }
+}
+
+impl Stack {
+    /// Every address of the topology, named by host.
+    pub fn host_addresses(&self) -> BTreeMap<Ipv4Addr, String> {
+        self.network
+            .links
+            .iter()
+            .flat_map(|l| [(l.a.1, l.a.0.clone()), (l.b.1, l.b.0.clone())])
+            .collect()
+    }
+
+    /// Flows the topology declares may cross a link in plaintext, by server
+    /// port, with the reason. The single-host topology declares none.
+    pub fn plaintext_exceptions(&self) -> Vec<(u16, String)> {
+        Vec::new()
+    }
+
+    /// Starts capturing every link into `dir`, one pcap per link.
+    pub async fn start_wire_capture(&self, dir: &Path) -> Result<WireCapture> {
+        let mut captures = Vec::new();
+        for link in &self.network.links {
+            let host = self.network.host(&link.a.0)?;
+            captures.push(crate::capture::LinkCapture::start(host, link, &link.interfaces.0, dir).await?);
+        }
+        Ok(WireCapture {
+            captures,
+            hosts: self.host_addresses(),
+        })
+    }
+
+    fn public_base(&self) -> String {
+        format!("https://{}:{}", self.spec.topology.public_name, self.spec.ports.public)
+    }
+
+    /// Runs `code` in a fresh kernel of `user`'s lab, through the proxy.
+    pub async fn run_cell(&self, user: &str, code: &str) -> Result<crate::lab::CellRun> {
+        let stream = self
+            .network
+            .connect_from("operator", self.public_addr)
+            .await
+            .map_err(|e| HarnessError::io("connect to the public proxy", e))?;
+        crate::lab::LabSession {
+            http: &self.http,
+            base_url: self.public_base(),
+            public_name: self.spec.topology.public_name.clone(),
+            trust_pem: self.org_bundle(),
+            token: self.service_token.clone(),
+            user: user.to_string(),
+            stream,
+        }
+        .run_cell(code)
+        .await
+    }
+
+    /// Logs `user` in through the login form, as a browser does, then opens
+    /// the hub's home page with the session. Returns the login cookie.
+    pub async fn log_in(&self, user: &str) -> Result<Secret> {
+        let err = |call: &str, e: &dyn std::fmt::Display| HarnessError::HubApi {
+            call: call.into(),
+            message: e.to_string(),
+        };
+        let root = reqwest::Certificate::from_pem(self.org_bundle().as_bytes()).map_err(|e| err("login client", &e))?;
+        let browser = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root)
+            .resolve(&self.spec.topology.public_name, self.public_addr)
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| err("login client", &e))?;
+        let base = self.public_base();
+        let page = browser
+            .get(format!("{base}/hub/login"))
+            .send()
+            .await
+            .map_err(|e| err("GET /hub/login", &e))?
+            .text()
+            .await
+            .map_err(|e| err("GET /hub/login", &e))?;
+        let xsrf = regex::Regex::new(r#"name="_xsrf"\s+value="([^"]+)""#)
+            .ok()
+            .and_then(|re| re.captures(&page).map(|c| c[1].to_string()))
+            .ok_or_else(|| err("GET /hub/login", &"the login form carries no _xsrf value"))?;
+        let response = browser
+            .post(format!("{base}/hub/login"))
+            .form(&[("username", user), ("password", self.user_password.expose()), ("_xsrf", &xsrf)])
+            .send()
+            .await
+            .map_err(|e| err("POST /hub/login", &e))?;
+        let cookie = response
+            .cookies()
+            .find(|c| c.name() == "jupyterhub-hub-login")
+            .map(|c| Secret::new(c.value()))
+            .ok_or_else(|| err("POST /hub/login", &format!("HTTP {}: no login cookie was set", response.status())))?;
+        let home = browser.get(format!("{base}/hub/home")).send().await.map_err(|e| err("GET /hub/home", &e))?;
+        if !home.status().is_success() {
+            return Err(err("GET /hub/home", &format!("HTTP {} with the login cookie", home.status())));
+        }
+        Ok(cookie)
+    }
+
+    /// The self-test: a plain HTTP request carrying `canary` from the
+    /// operator to a listener on the hub's host, across their link.
+    pub async fn send_plaintext_canary(&self, canary: &str) -> Result<SocketAddr> {
+        let hub_host = &self.spec.topology.hub_host;
+        let host = self.network.host(hub_host)?;
+        let listener = host
+            .listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+            .await
+            .map_err(|e| HarnessError::io("bind the self-test listener", e))?;
+        let port = listener.local_addr().map_err(|e| HarnessError::io("self-test listener", e))?.port();
+        let ip = self.network.address_of(hub_host).ok_or_else(|| HarnessError::Network {
+            host: hub_host.clone(),
+            message: "no address".into(),
+        })?;
+        let target = SocketAddr::from((ip, port));
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
+            }
+        });
+        let mut stream = self
+            .network
+            .connect_from("operator", target)
+            .await
+            .map_err(|e| HarnessError::io("connect to the self-test listener", e))?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!("POST /hubtrust-self-test HTTP/1.1\r\nHost: {target}\r\nContent-Length: {}\r\n\r\n{canary}", canary.len());
+        stream.write_all(request.as_bytes()).await.map_err(|e| HarnessError::io("send the self-test request", e))?;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let _ = server.await;
+        Ok(target)
+    }
+
+    /// The ZeroMQ ports of a running kernel, from its connection file.
+    pub fn kernel_ports(&self, kernel_id: &str) -> Result<(String, Vec<(String, u16)>)> {
+        let name = format!("kernel-{kernel_id}.json");
+        let path = find_file(&self.run_dir, &name).ok_or_else(|| HarnessError::Probe {
+            endpoint: format!("kernel {kernel_id}"),
+            message: format!("no connection file {name} under {}", self.run_dir.display()),
+        })?;
+        let text = std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))?;
+        let info: serde_json::Value = serde_json::from_str(&text).map_err(|e| HarnessError::Probe {
+            endpoint: format!("kernel {kernel_id}"),
+            message: e.to_string(),
+        })?;
+        let ports = ["shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"]
+            .iter()
+            .filter_map(|k| Some((k.trim_end_matches("_port").to_string(), u16::try_from(info[k].as_u64()?).ok()?)))
+            .collect();
+        Ok((info["ip"].as_str().unwrap_or("").to_string(), ports))
+    }
+
+    /// Tries each kernel port from `from_host` at the lab host's address. A
+    /// port that answers gets a ZMTP greeting, so the wire shows what an
+    /// attacker on the link would see. Returns the ports that answered.
+    pub async fn kernel_ports_reachable(&self, kernel_id: &str, from_host: &str) -> Result<Vec<String>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_, ports) = self.kernel_ports(kernel_id)?;
+        let lab_host = &self.spec.topology.lab_host;
+        let ip = self.network.address_of(lab_host).ok_or_else(|| HarnessError::Network {
+            host: lab_host.clone(),
+            message: "no address".into(),
+        })?;
+        let mut reachable = Vec::new();
+        for (channel, port) in ports {
+            let addr = SocketAddr::from((ip, port));
+            let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(3), self.network.connect_from(from_host, addr)).await
+            else {
+                continue;
+            };
+            let mut greeting = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 1];
+            greeting.extend(b"NULL");
+            greeting.resize(64, 0);
+            let _ = stream.write_all(&greeting).await;
+            let mut answer = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer)).await;
+            reachable.push(format!("{channel} port {port} at {addr}"));
+        }
+        Ok(reachable)
+    }
+}
+
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stack")
@@ -859,6 +1070,9 @@ fn operator_client(
         .add_root_certificate(root)
         .resolve(public_name, public_addr)
         .default_headers(headers)
+        // A fresh connection per request: every handshake then happens
+        // while a wire capture can see it.
+        .pool_max_idle_per_host(0)
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()

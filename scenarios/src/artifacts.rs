@@ -15,7 +15,7 @@ pub fn keep(stack: &Stack, dest: &Path) -> std::io::Result<PathBuf> {
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         match ext {
             "log" => Some(mask_all(&String::from_utf8_lossy(bytes), &secrets).into_bytes()),
-            "crt" | "pem" => Some(bytes.to_vec()),
+            "crt" | "pem" | "pcap" => Some(bytes.to_vec()),
             "py" if name == "jupyterhub_config.py" => Some(bytes.to_vec()),
             _ => None,
         }

@@ -166,7 +166,14 @@ async fn run(args: RunArgs) -> ExitCode {
         tags_filter: tags,
         ..Default::default()
     };
+    let _ = crate::world::REPORT_DIR.set(std::path::absolute(&args.report).unwrap_or(args.report.clone()));
     let cucumber_run = Operator::cucumber()
+        .before(|_, _, scenario, world| {
+            // Only names the scenario's artifact directory; setup readers
+            // need to see stays in Background steps.
+            world.scenario = scenario.name.clone();
+            Box::pin(async {})
+        })
         .with_writer(ProgressWriter::new(results.clone(), keep))
         .fail_on_skipped()
         .max_concurrent_scenarios(1)

@@ -25,8 +25,19 @@ pub fn report() -> Arc<Mutex<RunReport>> {
         .clone()
 }
 
+/// Where reports (and so scenario artifacts) go.
+pub static REPORT_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+
 #[derive(Debug, Default, cucumber::World)]
 pub struct Operator {
+    /// Set by a Before hook, to name the scenario's artifact directory.
+    pub scenario: String,
+    pub capture: Option<WireCaptureHandle>,
+    pub census: Option<hubtrust_harness::capture::WireCensus>,
+    /// Canaries planted so far: (what, value).
+    pub canaries: Vec<(String, String)>,
+    pub kernel_id: Option<String>,
+    pub kernel_ports_answering: Option<Vec<String>>,
     pub stack: Option<Arc<Stack>>,
     pub http_status: Option<u16>,
     pub proxy_api: Option<ProbeOutcome>,
@@ -41,5 +52,22 @@ impl Operator {
         self.stack.as_deref().ok_or_else(|| {
             anyhow::anyhow!("no stack: the Background step that brings it up did not run")
         })
+    }
+}
+
+/// A running capture; opaque in debug output.
+pub struct WireCaptureHandle(pub hubtrust_harness::stack::WireCapture);
+
+impl std::fmt::Debug for WireCaptureHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireCapture")
+    }
+}
+
+impl Operator {
+    /// This scenario's artifact directory.
+    pub fn artifact_dir(&self) -> std::path::PathBuf {
+        let report = REPORT_DIR.get().cloned().unwrap_or_else(|| std::path::PathBuf::from("hubtrust-report"));
+        report.join("artifacts").join(crate::artifacts::slug(&self.scenario))
     }
 }

@@ -168,6 +168,11 @@ impl Host {
         ]
     }
 
+    /// A handle on this host's network namespace, for threads that enter it.
+    pub fn netns(&self) -> std::io::Result<File> {
+        self.netns.try_clone()
+    }
+
     pub fn anchor_pid(&self) -> Option<u32> {
         self.anchor.as_ref().and_then(Child::id)
     }
@@ -195,6 +200,24 @@ impl Host {
         TcpStream::from_std(stream)
     }
 
+    /// Binds a listener inside this host (the same namespace trick as
+    /// [`Host::connect`]).
+    pub async fn listen(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+        let netns = self.netns.try_clone()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let result = setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+                .and_then(|_| std::net::TcpListener::bind(addr));
+            let _ = tx.send(result);
+        });
+        let listener = rx
+            .await
+            .map_err(|_| std::io::Error::other("the binding thread died"))??;
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
+    }
+
     /// Whether something already listens on `port` inside this host.
     pub async fn port_in_use(&self, port: u16) -> bool {
         self.connect(
@@ -211,6 +234,8 @@ impl Host {
 #[derive(Debug, Clone)]
 pub struct Link {
     pub name: String,
+    /// Interface names of the `a` and `b` ends.
+    pub interfaces: (String, String),
     pub a: (String, Ipv4Addr),
     pub b: (String, Ipv4Addr),
 }
@@ -253,6 +278,7 @@ impl Link {
         }
         Ok(Self {
             name,
+            interfaces: (a_if, b_if),
             a: (a.name.clone(), a_addr),
             b: (b.name.clone(), b_addr),
         })

@@ -5,3 +5,4 @@ pub mod reachability;
 pub mod secrets;
 pub mod stack;
 pub mod trust;
+pub mod wire;

@@ -1,0 +1,259 @@
+//! What a flow is, from its first bytes each way.
+
+use serde::Serialize;
+
+use super::flows::TcpFlow;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum FlowClass {
+    Tls {
+        /// Negotiated version ("TLS 1.3"), from the ServerHello.
+        version: String,
+        sni: Option<String>,
+        /// Whether the client sent a certificate; `None` under TLS 1.3,
+        /// which encrypts it.
+        client_certificate: Option<bool>,
+    },
+    Ssh {
+        banner: String,
+    },
+    PlaintextHttp {
+        method: String,
+        path: String,
+    },
+    Zmtp {
+        version: String,
+    },
+    /// Connection attempts that carried no data either way.
+    Empty,
+    Unknown {
+        first_bytes: String,
+    },
+}
+
+impl FlowClass {
+    pub fn label(&self) -> String {
+        match self {
+            FlowClass::Tls { version, client_certificate, .. } => match client_certificate {
+                Some(true) => format!("{version} mTLS"),
+                _ => version.clone(),
+            },
+            FlowClass::Ssh { .. } => "SSH".into(),
+            FlowClass::PlaintextHttp { method, path } => format!("plaintext HTTP {method} {path}"),
+            FlowClass::Zmtp { version } => format!("plaintext ZMTP {version}"),
+            FlowClass::Empty => "no data".into(),
+            FlowClass::Unknown { .. } => "unknown".into(),
+        }
+    }
+
+    /// TLS 1.2 or newer, or SSH.
+    pub fn is_protected(&self) -> bool {
+        match self {
+            FlowClass::Tls { version, .. } => version == "TLS 1.2" || version == "TLS 1.3",
+            FlowClass::Ssh { .. } => true,
+            FlowClass::Empty => true,
+            _ => false,
+        }
+    }
+}
+
+const HTTP_METHODS: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"];
+
+pub fn classify(flow: &TcpFlow) -> FlowClass {
+    let c = flow.to_server.as_slice();
+    let s = flow.to_client.as_slice();
+    if c.is_empty() && s.is_empty() {
+        return FlowClass::Empty;
+    }
+    if c.len() >= 3 && c[0] == 0x16 && c[1] == 0x03 {
+        return tls(c, s);
+    }
+    // TLS records, but the handshake happened before the capture started:
+    // encrypted for all we can see, yet the version is unknown, so it does
+    // not count as protected.
+    if c.len() >= 3 && (0x14..=0x17).contains(&c[0]) && c[1] == 0x03 {
+        return FlowClass::Tls {
+            version: "TLS (handshake before the capture)".into(),
+            sni: None,
+            client_certificate: None,
+        };
+    }
+    for stream in [c, s] {
+        if stream.starts_with(b"SSH-") {
+            let banner = stream.split(|b| *b == b'\n').next().unwrap_or(stream);
+            return FlowClass::Ssh {
+                banner: String::from_utf8_lossy(banner).trim().to_string(),
+            };
+        }
+    }
+    if let Some(line) = c.split(|b| *b == b'\n').next() {
+        let text = String::from_utf8_lossy(line);
+        let mut parts = text.split_whitespace();
+        if let (Some(method), Some(path), Some(proto)) = (parts.next(), parts.next(), parts.next()) {
+            if HTTP_METHODS.contains(&method) && proto.starts_with("HTTP/") {
+                return FlowClass::PlaintextHttp {
+                    method: method.into(),
+                    path: path.into(),
+                };
+            }
+        }
+    }
+    for stream in [c, s] {
+        // ZMTP 3 greeting: signature 0xFF, 8 bytes padding, 0x7F, version.
+        if stream.len() >= 10 && stream[0] == 0xff && stream[9] == 0x7f {
+            let version = match (stream.get(10), stream.get(11)) {
+                (Some(major), Some(minor)) => format!("{major}.{minor}"),
+                (Some(major), None) => format!("{major}.x"),
+                _ => "?".into(),
+            };
+            return FlowClass::Zmtp { version };
+        }
+    }
+    FlowClass::Unknown {
+        first_bytes: c.iter().chain(s).take(16).map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+/// Handshake messages in a stream of TLS records (plaintext part only).
+fn handshake_messages(stream: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut messages = Vec::new();
+    let mut at = 0;
+    while at + 5 <= stream.len() {
+        let content_type = stream[at];
+        let len = usize::from(u16::from_be_bytes([stream[at + 3], stream[at + 4]]));
+        let Some(body) = stream.get(at + 5..at + 5 + len) else { break };
+        if content_type == 0x16 {
+            // Assumes one message per record or several whole ones, which
+            // is what OpenSSL, node and rustls send for hellos.
+            let mut m = 0;
+            while m + 4 <= body.len() {
+                let kind = body[m];
+                let mlen = (usize::from(body[m + 1]) << 16) | (usize::from(body[m + 2]) << 8) | usize::from(body[m + 3]);
+                let Some(msg) = body.get(m + 4..m + 4 + mlen) else { break };
+                messages.push((kind, msg));
+                m += 4 + mlen;
+            }
+        } else if content_type == 0x17 {
+            // Application data: everything after is encrypted.
+            break;
+        }
+        at += 5 + len;
+    }
+    messages
+}
+
+/// Walks hello extensions: returns (type, data) pairs.
+fn extensions(data: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= data.len() {
+        let kind = u16::from_be_bytes([data[at], data[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]]));
+        let Some(body) = data.get(at + 4..at + 4 + len) else { break };
+        out.push((kind, body));
+        at += 4 + len;
+    }
+    out
+}
+
+fn client_hello_sni(hello: &[u8]) -> Option<String> {
+    // version(2) random(32) session_id cipher_suites compression extensions
+    let mut at = 34;
+    at += 1 + usize::from(*hello.get(at)?);
+    at += 2 + usize::from(u16::from_be_bytes([*hello.get(at)?, *hello.get(at + 1)?]));
+    at += 1 + usize::from(*hello.get(at)?);
+    let ext_len = usize::from(u16::from_be_bytes([*hello.get(at)?, *hello.get(at + 1)?]));
+    let exts = hello.get(at + 2..at + 2 + ext_len)?;
+    let (_, sni) = extensions(exts).into_iter().find(|(k, _)| *k == 0)?;
+    // server_name_list(2) type(1) len(2) name
+    let len = usize::from(u16::from_be_bytes([*sni.get(3)?, *sni.get(4)?]));
+    Some(String::from_utf8_lossy(sni.get(5..5 + len)?).into_owned())
+}
+
+fn server_hello_version(hello: &[u8]) -> Option<u16> {
+    let legacy = u16::from_be_bytes([*hello.first()?, *hello.get(1)?]);
+    let mut at = 34;
+    at += 1 + usize::from(*hello.get(at)?);
+    at += 2 + 1; // cipher suite, compression
+    let Some(len_bytes) = hello.get(at..at + 2) else {
+        return Some(legacy);
+    };
+    let ext_len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
+    let exts = hello.get(at + 2..at + 2 + ext_len).unwrap_or(&[]);
+    // supported_versions (43) carries the real version under TLS 1.3.
+    match extensions(exts).into_iter().find(|(k, _)| *k == 43) {
+        Some((_, v)) if v.len() >= 2 => Some(u16::from_be_bytes([v[0], v[1]])),
+        _ => Some(legacy),
+    }
+}
+
+fn version_name(v: u16) -> String {
+    match v {
+        0x0300 => "SSL 3.0".into(),
+        0x0301 => "TLS 1.0".into(),
+        0x0302 => "TLS 1.1".into(),
+        0x0303 => "TLS 1.2".into(),
+        0x0304 => "TLS 1.3".into(),
+        other => format!("TLS {other:#06x}"),
+    }
+}
+
+fn tls(c: &[u8], s: &[u8]) -> FlowClass {
+    let client = handshake_messages(c);
+    let server = handshake_messages(s);
+    let sni = client.iter().find(|(k, _)| *k == 1).and_then(|(_, m)| client_hello_sni(m));
+    let version = server
+        .iter()
+        .find(|(k, _)| *k == 2)
+        .and_then(|(_, m)| server_hello_version(m))
+        .map(version_name)
+        .unwrap_or_else(|| "TLS (no ServerHello seen)".into());
+    let client_certificate = if version == "TLS 1.3" {
+        None
+    } else {
+        // Certificate (11): a 3-byte list length of zero means "none".
+        Some(client.iter().any(|(k, m)| *k == 11 && m.len() > 3 && m[..3] != [0, 0, 0]))
+    };
+    FlowClass::Tls {
+        version,
+        sni,
+        client_certificate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn flow(c: &[u8], s: &[u8]) -> TcpFlow {
+        TcpFlow {
+            client: (Ipv4Addr::LOCALHOST, 40000),
+            server: (Ipv4Addr::LOCALHOST, 1),
+            to_server: c.to_vec(),
+            to_client: s.to_vec(),
+            saw_handshake: true,
+            gaps: 0,
+        }
+    }
+
+    #[test]
+    fn plaintext_protocols_are_recognised() {
+        assert_eq!(
+            classify(&flow(b"GET /hub/api HTTP/1.1\r\nHost: x\r\n\r\n", b"")),
+            FlowClass::PlaintextHttp {
+                method: "GET".into(),
+                path: "/hub/api".into()
+            }
+        );
+        assert_eq!(
+            classify(&flow(b"SSH-2.0-OpenSSH_9.2\r\n", b"SSH-2.0-OpenSSH_9.2\r\n")).label(),
+            "SSH"
+        );
+        let greeting = [0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 1];
+        assert_eq!(classify(&flow(&greeting, &greeting)).label(), "plaintext ZMTP 3.1");
+        assert!(!classify(&flow(&greeting, &greeting)).is_protected());
+        assert!(matches!(classify(&flow(b"\x01\x02garbage", b"")), FlowClass::Unknown { .. }));
+    }
+}
