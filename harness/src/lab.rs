@@ -55,7 +55,10 @@ impl LabSession<'_> {
             .await
             .map_err(|e| lab_err("POST kernels", e))?;
         let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(|e| lab_err("POST kernels", e))?;
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| lab_err("POST kernels", e))?;
         let kernel_id = body["id"]
             .as_str()
             .ok_or_else(|| lab_err("POST kernels", format!("HTTP {status}: {body}")))?
@@ -63,13 +66,16 @@ impl LabSession<'_> {
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(parse_certs(&self.trust_pem).map_err(|e| lab_err("websocket TLS", e))?);
+        roots.add_parsable_certificates(
+            parse_certs(&self.trust_pem).map_err(|e| lab_err("websocket TLS", e))?,
+        );
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| lab_err("websocket TLS", e))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let name = ServerName::try_from(self.public_name.clone()).map_err(|e| lab_err("websocket TLS", e))?;
+        let name = ServerName::try_from(self.public_name.clone())
+            .map_err(|e| lab_err("websocket TLS", e))?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, self.stream)
             .await
@@ -80,16 +86,24 @@ impl LabSession<'_> {
             self.base_url.trim_start_matches("https://"),
             self.user
         );
-        let mut request = url.into_client_request().map_err(|e| lab_err("websocket", e))?;
-        let mut auth = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&format!("token {}", self.token.expose()))
+        let mut request = url
+            .into_client_request()
             .map_err(|e| lab_err("websocket", e))?;
+        let mut auth = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&format!(
+            "token {}",
+            self.token.expose()
+        ))
+        .map_err(|e| lab_err("websocket", e))?;
         auth.set_sensitive(true);
         request.headers_mut().insert("Authorization", auth);
         let (mut ws, upgrade) = tokio_tungstenite::client_async(request, tls)
             .await
             .map_err(|e| lab_err("websocket upgrade", e))?;
         if upgrade.status().as_u16() != 101 {
-            return Err(lab_err("websocket upgrade", format!("HTTP {}", upgrade.status())));
+            return Err(lab_err(
+                "websocket upgrade",
+                format!("HTTP {}", upgrade.status()),
+            ));
         }
 
         let msg_id = hex::encode(rand::random::<[u8; 16]>());
@@ -124,17 +138,23 @@ impl LabSession<'_> {
         let mut idle = false;
         let collect = async {
             while let Some(message) = ws.next().await {
-                let Message::Text(text) = message.map_err(|e| lab_err("kernel channels", e))? else {
+                let Message::Text(text) = message.map_err(|e| lab_err("kernel channels", e))?
+                else {
                     continue;
                 };
-                let msg: serde_json::Value = serde_json::from_str(&text).map_err(|e| lab_err("kernel message", e))?;
+                let msg: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| lab_err("kernel message", e))?;
                 if msg["parent_header"]["msg_id"] != msg_id.as_str() {
                     continue;
                 }
                 match msg["header"]["msg_type"].as_str() {
-                    Some("stream") => stdout.push_str(msg["content"]["text"].as_str().unwrap_or("")),
+                    Some("stream") => {
+                        stdout.push_str(msg["content"]["text"].as_str().unwrap_or(""))
+                    }
                     Some("error") => stdout.push_str(&msg["content"]["evalue"].to_string()),
-                    Some("execute_reply") => reply_status = msg["content"]["status"].as_str().map(str::to_string),
+                    Some("execute_reply") => {
+                        reply_status = msg["content"]["status"].as_str().map(str::to_string)
+                    }
                     Some("status") if msg["content"]["execution_state"] == "idle" => idle = true,
                     _ => {}
                 }
@@ -142,7 +162,10 @@ impl LabSession<'_> {
                     return Ok(());
                 }
             }
-            Err(lab_err("kernel channels", "the websocket closed before the cell finished"))
+            Err(lab_err(
+                "kernel channels",
+                "the websocket closed before the cell finished",
+            ))
         };
         tokio::time::timeout(Duration::from_secs(60), collect)
             .await

@@ -58,7 +58,11 @@ pub struct WireSection {
 }
 
 impl WireSection {
-    pub fn new(scenario: &str, census: &crate::capture::WireCensus, svg: Option<std::path::PathBuf>) -> Self {
+    pub fn new(
+        scenario: &str,
+        census: &crate::capture::WireCensus,
+        svg: Option<std::path::PathBuf>,
+    ) -> Self {
         Self {
             scenario: scenario.into(),
             links: census.links.clone(),
@@ -212,9 +216,16 @@ impl RunReport {
                 md += &format!(
                     "- link `{}`: {} packets captured, {} crossed the interface{} — `{}`\n",
                     l.link,
-                    l.packets_captured.map(|n| n.to_string()).unwrap_or("?".into()),
-                    l.packets_on_interface.map(|n| n.to_string()).unwrap_or("?".into()),
-                    l.inconclusive.as_ref().map(|w| format!(" (**inconclusive**: {w})")).unwrap_or_default(),
+                    l.packets_captured
+                        .map(|n| n.to_string())
+                        .unwrap_or("?".into()),
+                    l.packets_on_interface
+                        .map(|n| n.to_string())
+                        .unwrap_or("?".into()),
+                    l.inconclusive
+                        .as_ref()
+                        .map(|w| format!(" (**inconclusive**: {w})"))
+                        .unwrap_or_default(),
                     l.pcap.display()
                 );
             }
@@ -226,7 +237,14 @@ impl RunReport {
             for f in &w.flows {
                 md += &format!(
                     "| {} | {}:{} | {}:{} | {} | {} | {} |\n",
-                    f.link, f.client_host, f.client_port, f.server_host, f.server_port, f.bytes_to_server, f.bytes_to_client, f.label
+                    f.link,
+                    f.client_host,
+                    f.client_port,
+                    f.server_host,
+                    f.server_port,
+                    f.bytes_to_server,
+                    f.bytes_to_client,
+                    f.label
                 );
             }
         }

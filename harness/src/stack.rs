@@ -204,7 +204,10 @@ impl Stack {
             "HUBTRUST_SERVICE_TOKEN".into(),
             service_token.expose().into(),
         );
-        env.insert("HUBTRUST_USER_PASSWORD".into(), user_password.expose().into());
+        env.insert(
+            "HUBTRUST_USER_PASSWORD".into(),
+            user_password.expose().into(),
+        );
         env.insert(STACK_MARKER_ENV.into(), marker.clone());
         let launch = LaunchSpec {
             name: "jupyterhub".into(),
@@ -819,7 +822,9 @@ impl Stack {
         let mut captures = Vec::new();
         for link in &self.network.links {
             let host = self.network.host(&link.a.0)?;
-            captures.push(crate::capture::LinkCapture::start(host, link, &link.interfaces.0, dir).await?);
+            captures.push(
+                crate::capture::LinkCapture::start(host, link, &link.interfaces.0, dir).await?,
+            );
         }
         Ok(WireCapture {
             captures,
@@ -828,7 +833,10 @@ impl Stack {
     }
 
     fn public_base(&self) -> String {
-        format!("https://{}:{}", self.spec.topology.public_name, self.spec.ports.public)
+        format!(
+            "https://{}:{}",
+            self.spec.topology.public_name, self.spec.ports.public
+        )
     }
 
     /// Runs `code` in a fresh kernel of `user`'s lab, through the proxy.
@@ -858,7 +866,8 @@ impl Stack {
             call: call.into(),
             message: e.to_string(),
         };
-        let root = reqwest::Certificate::from_pem(self.org_bundle().as_bytes()).map_err(|e| err("login client", &e))?;
+        let root = reqwest::Certificate::from_pem(self.org_bundle().as_bytes())
+            .map_err(|e| err("login client", &e))?;
         let browser = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
@@ -885,7 +894,11 @@ impl Stack {
             .ok_or_else(|| err("GET /hub/login", &"the login form carries no _xsrf value"))?;
         let response = browser
             .post(format!("{base}/hub/login"))
-            .form(&[("username", user), ("password", self.user_password.expose()), ("_xsrf", &xsrf)])
+            .form(&[
+                ("username", user),
+                ("password", self.user_password.expose()),
+                ("_xsrf", &xsrf),
+            ])
             .send()
             .await
             .map_err(|e| err("POST /hub/login", &e))?;
@@ -893,10 +906,22 @@ impl Stack {
             .cookies()
             .find(|c| c.name() == "jupyterhub-hub-login")
             .map(|c| Secret::new(c.value()))
-            .ok_or_else(|| err("POST /hub/login", &format!("HTTP {}: no login cookie was set", response.status())))?;
-        let home = browser.get(format!("{base}/hub/home")).send().await.map_err(|e| err("GET /hub/home", &e))?;
+            .ok_or_else(|| {
+                err(
+                    "POST /hub/login",
+                    &format!("HTTP {}: no login cookie was set", response.status()),
+                )
+            })?;
+        let home = browser
+            .get(format!("{base}/hub/home"))
+            .send()
+            .await
+            .map_err(|e| err("GET /hub/home", &e))?;
         if !home.status().is_success() {
-            return Err(err("GET /hub/home", &format!("HTTP {} with the login cookie", home.status())));
+            return Err(err(
+                "GET /hub/home",
+                &format!("HTTP {} with the login cookie", home.status()),
+            ));
         }
         Ok(cookie)
     }
@@ -910,18 +935,26 @@ impl Stack {
             .listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
             .await
             .map_err(|e| HarnessError::io("bind the self-test listener", e))?;
-        let port = listener.local_addr().map_err(|e| HarnessError::io("self-test listener", e))?.port();
-        let ip = self.network.address_of(hub_host).ok_or_else(|| HarnessError::Network {
-            host: hub_host.clone(),
-            message: "no address".into(),
-        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| HarnessError::io("self-test listener", e))?
+            .port();
+        let ip = self
+            .network
+            .address_of(hub_host)
+            .ok_or_else(|| HarnessError::Network {
+                host: hub_host.clone(),
+                message: "no address".into(),
+            })?;
         let target = SocketAddr::from((ip, port));
         let server = tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             if let Ok((mut socket, _)) = listener.accept().await {
                 let mut buf = vec![0u8; 4096];
                 let _ = socket.read(&mut buf).await;
-                let _ = socket.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                    .await;
             }
         });
         let mut stream = self
@@ -931,7 +964,10 @@ impl Stack {
             .map_err(|e| HarnessError::io("connect to the self-test listener", e))?;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let request = format!("POST /hubtrust-self-test HTTP/1.1\r\nHost: {target}\r\nContent-Length: {}\r\n\r\n{canary}", canary.len());
-        stream.write_all(request.as_bytes()).await.map_err(|e| HarnessError::io("send the self-test request", e))?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| HarnessError::io("send the self-test request", e))?;
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
         let _ = server.await;
@@ -945,33 +981,57 @@ impl Stack {
             endpoint: format!("kernel {kernel_id}"),
             message: format!("no connection file {name} under {}", self.run_dir.display()),
         })?;
-        let text = std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))?;
-        let info: serde_json::Value = serde_json::from_str(&text).map_err(|e| HarnessError::Probe {
-            endpoint: format!("kernel {kernel_id}"),
-            message: e.to_string(),
-        })?;
-        let ports = ["shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"]
-            .iter()
-            .filter_map(|k| Some((k.trim_end_matches("_port").to_string(), u16::try_from(info[k].as_u64()?).ok()?)))
-            .collect();
+        let text =
+            std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))?;
+        let info: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| HarnessError::Probe {
+                endpoint: format!("kernel {kernel_id}"),
+                message: e.to_string(),
+            })?;
+        let ports = [
+            "shell_port",
+            "iopub_port",
+            "stdin_port",
+            "control_port",
+            "hb_port",
+        ]
+        .iter()
+        .filter_map(|k| {
+            Some((
+                k.trim_end_matches("_port").to_string(),
+                u16::try_from(info[k].as_u64()?).ok()?,
+            ))
+        })
+        .collect();
         Ok((info["ip"].as_str().unwrap_or("").to_string(), ports))
     }
 
     /// Tries each kernel port from `from_host` at the lab host's address. A
     /// port that answers gets a ZMTP greeting, so the wire shows what an
     /// attacker on the link would see. Returns the ports that answered.
-    pub async fn kernel_ports_reachable(&self, kernel_id: &str, from_host: &str) -> Result<Vec<String>> {
+    pub async fn kernel_ports_reachable(
+        &self,
+        kernel_id: &str,
+        from_host: &str,
+    ) -> Result<Vec<String>> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (_, ports) = self.kernel_ports(kernel_id)?;
         let lab_host = &self.spec.topology.lab_host;
-        let ip = self.network.address_of(lab_host).ok_or_else(|| HarnessError::Network {
-            host: lab_host.clone(),
-            message: "no address".into(),
-        })?;
+        let ip = self
+            .network
+            .address_of(lab_host)
+            .ok_or_else(|| HarnessError::Network {
+                host: lab_host.clone(),
+                message: "no address".into(),
+            })?;
         let mut reachable = Vec::new();
         for (channel, port) in ports {
             let addr = SocketAddr::from((ip, port));
-            let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(3), self.network.connect_from(from_host, addr)).await
+            let Ok(Ok(mut stream)) = tokio::time::timeout(
+                Duration::from_secs(3),
+                self.network.connect_from(from_host, addr),
+            )
+            .await
             else {
                 continue;
             };

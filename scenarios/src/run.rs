@@ -166,7 +166,8 @@ async fn run(args: RunArgs) -> ExitCode {
         tags_filter: tags,
         ..Default::default()
     };
-    let _ = crate::world::REPORT_DIR.set(std::path::absolute(&args.report).unwrap_or(args.report.clone()));
+    let _ = crate::world::REPORT_DIR
+        .set(std::path::absolute(&args.report).unwrap_or(args.report.clone()));
     let cucumber_run = Operator::cucumber()
         .before(|_, _, scenario, world| {
             // Only names the scenario's artifact directory; setup readers

@@ -67,7 +67,12 @@ impl std::fmt::Debug for WireCaptureHandle {
 impl Operator {
     /// This scenario's artifact directory.
     pub fn artifact_dir(&self) -> std::path::PathBuf {
-        let report = REPORT_DIR.get().cloned().unwrap_or_else(|| std::path::PathBuf::from("hubtrust-report"));
-        report.join("artifacts").join(crate::artifacts::slug(&self.scenario))
+        let report = REPORT_DIR
+            .get()
+            .cloned()
+            .unwrap_or_else(|| std::path::PathBuf::from("hubtrust-report"));
+        report
+            .join("artifacts")
+            .join(crate::artifacts::slug(&self.scenario))
     }
 }

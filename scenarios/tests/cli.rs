@@ -342,4 +342,91 @@ fn list_shows_every_core_scenario_with_its_tag() {
     assert!(out.status.success());
     let t = text(&out);
     assert_eq!(t.matches("[@core]").count(), 7, "{t}");
+    assert_eq!(t.matches("[@wire]").count(), 3, "{t}");
+}
+
+#[test]
+fn wire_profile_passes_and_its_pcaps_read_back_in_tshark() {
+    let report = scratch("wire");
+    let id = run_id("wire");
+    let out = hubtrust()
+        .args(["run", "--tags", "@wire", "--report"])
+        .arg(&report)
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "wire profile failed:\n{}", text(&out));
+    assert!(text(&out).contains("3 passed, 0 failed"), "{}", text(&out));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let sections = json["wire"].as_array().unwrap();
+    assert_eq!(sections.len(), 3);
+    // The real traffic: TLS 1.3 to the public proxy, and nothing unknown.
+    let flows = sections[0]["flows"].as_array().unwrap();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["label"] == "TLS 1.3" && f["server_port"] == 8000),
+        "{flows:?}"
+    );
+    for section in sections {
+        for link in section["links"].as_array().unwrap() {
+            assert!(link["inconclusive"].is_null(), "{link}");
+            let pcap = PathBuf::from(link["pcap"].as_str().unwrap());
+            assert!(pcap.exists());
+            if which("tshark").is_ok() {
+                let read = Command::new("tshark")
+                    .arg("-r")
+                    .arg(&pcap)
+                    .args(["-Y", "tcp.flags.syn == 1"])
+                    .output()
+                    .unwrap();
+                assert!(
+                    read.status.success(),
+                    "tshark cannot read {}: {}",
+                    pcap.display(),
+                    text(&read)
+                );
+                assert!(
+                    !read.stdout.is_empty(),
+                    "tshark saw no TCP handshake in {}",
+                    pcap.display()
+                );
+            }
+        }
+    }
+    assert!(std::fs::read_to_string(report.join("report.md"))
+        .unwrap()
+        .contains("```mermaid"));
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
+fn kernels_bound_to_every_interface_are_caught_on_the_wire() {
+    let report = scratch("zmtp");
+    let out = hubtrust()
+        .args([
+            "run",
+            "--tags",
+            "@wire",
+            "--stack",
+            "fixtures/stacks/kernels-on-all-interfaces.toml",
+            "--report",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("kernel channels leave the lab host in plaintext"),
+        "{t}"
+    );
+    assert!(
+        t.contains("plaintext ZMTP 3."),
+        "the flow is not named: {t}"
+    );
+    std::fs::remove_dir_all(&report).unwrap();
 }

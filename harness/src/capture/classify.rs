@@ -35,7 +35,11 @@ pub enum FlowClass {
 impl FlowClass {
     pub fn label(&self) -> String {
         match self {
-            FlowClass::Tls { version, client_certificate, .. } => match client_certificate {
+            FlowClass::Tls {
+                version,
+                client_certificate,
+                ..
+            } => match client_certificate {
                 Some(true) => format!("{version} mTLS"),
                 _ => version.clone(),
             },
@@ -58,7 +62,9 @@ impl FlowClass {
     }
 }
 
-const HTTP_METHODS: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"];
+const HTTP_METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
 
 pub fn classify(flow: &TcpFlow) -> FlowClass {
     let c = flow.to_server.as_slice();
@@ -90,7 +96,8 @@ pub fn classify(flow: &TcpFlow) -> FlowClass {
     if let Some(line) = c.split(|b| *b == b'\n').next() {
         let text = String::from_utf8_lossy(line);
         let mut parts = text.split_whitespace();
-        if let (Some(method), Some(path), Some(proto)) = (parts.next(), parts.next(), parts.next()) {
+        if let (Some(method), Some(path), Some(proto)) = (parts.next(), parts.next(), parts.next())
+        {
             if HTTP_METHODS.contains(&method) && proto.starts_with("HTTP/") {
                 return FlowClass::PlaintextHttp {
                     method: method.into(),
@@ -99,7 +106,8 @@ pub fn classify(flow: &TcpFlow) -> FlowClass {
             }
         }
     }
-    for stream in [c, s] {
+    // The server's greeting first: it names the version the peer speaks.
+    for stream in [s, c] {
         // ZMTP 3 greeting: signature 0xFF, 8 bytes padding, 0x7F, version.
         if stream.len() >= 10 && stream[0] == 0xff && stream[9] == 0x7f {
             let version = match (stream.get(10), stream.get(11)) {
@@ -111,7 +119,12 @@ pub fn classify(flow: &TcpFlow) -> FlowClass {
         }
     }
     FlowClass::Unknown {
-        first_bytes: c.iter().chain(s).take(16).map(|b| format!("{b:02x}")).collect(),
+        first_bytes: c
+            .iter()
+            .chain(s)
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect(),
     }
 }
 
@@ -122,15 +135,21 @@ fn handshake_messages(stream: &[u8]) -> Vec<(u8, &[u8])> {
     while at + 5 <= stream.len() {
         let content_type = stream[at];
         let len = usize::from(u16::from_be_bytes([stream[at + 3], stream[at + 4]]));
-        let Some(body) = stream.get(at + 5..at + 5 + len) else { break };
+        let Some(body) = stream.get(at + 5..at + 5 + len) else {
+            break;
+        };
         if content_type == 0x16 {
             // Assumes one message per record or several whole ones, which
             // is what OpenSSL, node and rustls send for hellos.
             let mut m = 0;
             while m + 4 <= body.len() {
                 let kind = body[m];
-                let mlen = (usize::from(body[m + 1]) << 16) | (usize::from(body[m + 2]) << 8) | usize::from(body[m + 3]);
-                let Some(msg) = body.get(m + 4..m + 4 + mlen) else { break };
+                let mlen = (usize::from(body[m + 1]) << 16)
+                    | (usize::from(body[m + 2]) << 8)
+                    | usize::from(body[m + 3]);
+                let Some(msg) = body.get(m + 4..m + 4 + mlen) else {
+                    break;
+                };
                 messages.push((kind, msg));
                 m += 4 + mlen;
             }
@@ -150,7 +169,9 @@ fn extensions(data: &[u8]) -> Vec<(u16, &[u8])> {
     while at + 4 <= data.len() {
         let kind = u16::from_be_bytes([data[at], data[at + 1]]);
         let len = usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]]));
-        let Some(body) = data.get(at + 4..at + 4 + len) else { break };
+        let Some(body) = data.get(at + 4..at + 4 + len) else {
+            break;
+        };
         out.push((kind, body));
         at += 4 + len;
     }
@@ -202,7 +223,10 @@ fn version_name(v: u16) -> String {
 fn tls(c: &[u8], s: &[u8]) -> FlowClass {
     let client = handshake_messages(c);
     let server = handshake_messages(s);
-    let sni = client.iter().find(|(k, _)| *k == 1).and_then(|(_, m)| client_hello_sni(m));
+    let sni = client
+        .iter()
+        .find(|(k, _)| *k == 1)
+        .and_then(|(_, m)| client_hello_sni(m));
     let version = server
         .iter()
         .find(|(k, _)| *k == 2)
@@ -213,7 +237,11 @@ fn tls(c: &[u8], s: &[u8]) -> FlowClass {
         None
     } else {
         // Certificate (11): a 3-byte list length of zero means "none".
-        Some(client.iter().any(|(k, m)| *k == 11 && m.len() > 3 && m[..3] != [0, 0, 0]))
+        Some(
+            client
+                .iter()
+                .any(|(k, m)| *k == 11 && m.len() > 3 && m[..3] != [0, 0, 0]),
+        )
     };
     FlowClass::Tls {
         version,
@@ -248,12 +276,22 @@ mod tests {
             }
         );
         assert_eq!(
-            classify(&flow(b"SSH-2.0-OpenSSH_9.2\r\n", b"SSH-2.0-OpenSSH_9.2\r\n")).label(),
+            classify(&flow(
+                b"SSH-2.0-OpenSSH_9.2\r\n",
+                b"SSH-2.0-OpenSSH_9.2\r\n"
+            ))
+            .label(),
             "SSH"
         );
         let greeting = [0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 1];
-        assert_eq!(classify(&flow(&greeting, &greeting)).label(), "plaintext ZMTP 3.1");
+        assert_eq!(
+            classify(&flow(&greeting, &greeting)).label(),
+            "plaintext ZMTP 3.1"
+        );
         assert!(!classify(&flow(&greeting, &greeting)).is_protected());
-        assert!(matches!(classify(&flow(b"\x01\x02garbage", b"")), FlowClass::Unknown { .. }));
+        assert!(matches!(
+            classify(&flow(b"\x01\x02garbage", b"")),
+            FlowClass::Unknown { .. }
+        ));
     }
 }

@@ -40,7 +40,9 @@ impl Direction {
         }
         let base = *self.base.get_or_insert(segment.seq);
         let offset = segment.seq.wrapping_sub(base);
-        self.segments.entry(offset).or_insert_with(|| segment.payload.clone());
+        self.segments
+            .entry(offset)
+            .or_insert_with(|| segment.payload.clone());
     }
 
     fn stream(&self) -> (Vec<u8>, usize) {
@@ -88,7 +90,11 @@ pub fn reassemble(segments: &[Segment]) -> Vec<TcpFlow> {
         if segment.syn && !segment.ack {
             connection.client = Some(segment.src);
         }
-        connection.directions.entry(segment.src).or_default().add(segment);
+        connection
+            .directions
+            .entry(segment.src)
+            .or_default()
+            .add(segment);
     }
     order
         .into_iter()
@@ -96,10 +102,21 @@ pub fn reassemble(segments: &[Segment]) -> Vec<TcpFlow> {
             let connection = connections.remove(&key)?;
             let saw_handshake = connection.client.is_some();
             // Without a SYN, guess: the side with the lower port is the server.
-            let client = connection.client.unwrap_or(if key.0 .1 > key.1 .1 { key.0 } else { key.1 });
+            let client =
+                connection
+                    .client
+                    .unwrap_or(if key.0 .1 > key.1 .1 { key.0 } else { key.1 });
             let server = if client == key.0 { key.1 } else { key.0 };
-            let (to_server, gaps_a) = connection.directions.get(&client).map(Direction::stream).unwrap_or_default();
-            let (to_client, gaps_b) = connection.directions.get(&server).map(Direction::stream).unwrap_or_default();
+            let (to_server, gaps_a) = connection
+                .directions
+                .get(&client)
+                .map(Direction::stream)
+                .unwrap_or_default();
+            let (to_client, gaps_b) = connection
+                .directions
+                .get(&server)
+                .map(Direction::stream)
+                .unwrap_or_default();
             Some(TcpFlow {
                 client,
                 server,
@@ -116,7 +133,14 @@ pub fn reassemble(segments: &[Segment]) -> Vec<TcpFlow> {
 mod tests {
     use super::*;
 
-    fn seg(src: Endpoint, dst: Endpoint, seq: u32, syn: bool, ack: bool, payload: &[u8]) -> Segment {
+    fn seg(
+        src: Endpoint,
+        dst: Endpoint,
+        seq: u32,
+        syn: bool,
+        ack: bool,
+        payload: &[u8],
+    ) -> Segment {
         Segment {
             src,
             dst,
@@ -154,7 +178,11 @@ mod tests {
     fn a_lost_segment_is_counted_not_glued() {
         let c = (Ipv4Addr::new(10, 77, 1, 1), 40000);
         let s = (Ipv4Addr::new(10, 77, 1, 2), 8000);
-        let segments = vec![seg(c, s, 100, true, false, b""), seg(c, s, 101, false, true, b"ab"), seg(c, s, 105, false, true, b"ef")];
+        let segments = vec![
+            seg(c, s, 100, true, false, b""),
+            seg(c, s, 101, false, true, b"ab"),
+            seg(c, s, 105, false, true, b"ef"),
+        ];
         let flows = reassemble(&segments);
         assert_eq!(flows[0].gaps, 2);
         assert_eq!(flows[0].to_server, b"ab\0\0ef");

@@ -20,9 +20,9 @@ use serde::Serialize;
 
 use crate::backend::local::{Host, Link};
 use crate::error::{HarnessError, Result};
+pub use classify::FlowClass;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-pub use classify::FlowClass;
 
 /// A running capture of one link: an AF_PACKET socket on the link's
 /// interface, read by a dedicated thread that writes a pcap file.
@@ -70,7 +70,12 @@ impl Flow {
     pub fn describe(&self) -> String {
         format!(
             "{}:{} → {}:{} on {} ({})",
-            self.client_host, self.client_port, self.server_host, self.server_port, self.link, self.label
+            self.client_host,
+            self.client_port,
+            self.server_host,
+            self.server_port,
+            self.link,
+            self.label
         )
     }
 
@@ -98,9 +103,12 @@ impl LinkCapture {
     /// Starts capturing `interface` inside `host` and returns once the
     /// socket is open, so nothing sent afterwards can be missed unseen.
     pub async fn start(host: &Host, link: &Link, interface: &str, dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
         let pcap = dir.join(format!("{}.pcap", link.name));
-        let netns = host.netns().map_err(|e| HarnessError::io("open the host's namespace", e))?;
+        let netns = host
+            .netns()
+            .map_err(|e| HarnessError::io("open the host's namespace", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let thread = {
@@ -109,7 +117,9 @@ impl LinkCapture {
             let interface = interface.to_string();
             std::thread::spawn(move || packet::capture(netns, &interface, &pcap, &stop, ready_tx))
         };
-        let ready: std::io::Result<()> = ready_rx.await.unwrap_or_else(|_| Err(std::io::Error::other("the capture thread died")));
+        let ready: std::io::Result<()> = ready_rx
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the capture thread died")));
         ready.map_err(|e| HarnessError::Network {
             host: host.name.clone(),
             message: format!("cannot capture {interface}: {e}"),
@@ -137,12 +147,14 @@ impl LinkCapture {
             .ok()
             .and_then(|joined| joined.ok())
             .and_then(|r| r.ok());
-        let on_interface = after
-            .ok()
-            .map(|(rx, tx)| rx.saturating_sub(self.counters_before.0) + tx.saturating_sub(self.counters_before.1));
+        let on_interface = after.ok().map(|(rx, tx)| {
+            rx.saturating_sub(self.counters_before.0) + tx.saturating_sub(self.counters_before.1)
+        });
         let inconclusive = match (captured, on_interface) {
             (Some(c), Some(expected)) if c >= expected => None,
-            (Some(c), Some(expected)) => Some(format!("captured {c} packets but {expected} crossed the interface")),
+            (Some(c), Some(expected)) => Some(format!(
+                "captured {c} packets but {expected} crossed the interface"
+            )),
             (None, _) => Some("the capture thread failed".into()),
             (_, None) => Some("the interface's packet counters could not be read".into()),
         };
@@ -158,18 +170,26 @@ impl LinkCapture {
 
 /// (rx packets, tx packets) of an interface, from `ip -s -j link`.
 async fn interface_counters(wrapper: &[String], interface: &str) -> Result<(u64, u64)> {
-    let argv: Vec<&str> = wrapper.iter().map(String::as_str).chain(["ip", "-s", "-j", "link", "show", "dev", interface]).collect();
+    let argv: Vec<&str> = wrapper
+        .iter()
+        .map(String::as_str)
+        .chain(["ip", "-s", "-j", "link", "show", "dev", interface])
+        .collect();
     let output = tokio::process::Command::new(argv[0])
         .args(&argv[1..])
         .output()
         .await
         .map_err(|e| HarnessError::io("run `ip -s link`", e))?;
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| HarnessError::Network {
-        host: interface.into(),
-        message: format!("unreadable `ip -s -j link` output: {e}"),
-    })?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| HarnessError::Network {
+            host: interface.into(),
+            message: format!("unreadable `ip -s -j link` output: {e}"),
+        })?;
     let stats = &json[0]["stats64"];
-    match (stats["rx"]["packets"].as_u64(), stats["tx"]["packets"].as_u64()) {
+    match (
+        stats["rx"]["packets"].as_u64(),
+        stats["tx"]["packets"].as_u64(),
+    ) {
         (Some(rx), Some(tx)) => Ok((rx, tx)),
         _ => Err(HarnessError::Network {
             host: interface.into(),
@@ -185,10 +205,16 @@ impl WireCensus {
         let mut links = Vec::new();
         let mut flows = Vec::new();
         for mut link in evidence {
-            match std::fs::read(&link.pcap).map_err(|e| e.to_string()).and_then(|b| pcap::parse(&b)) {
+            match std::fs::read(&link.pcap)
+                .map_err(|e| e.to_string())
+                .and_then(|b| pcap::parse(&b))
+            {
                 Ok(contents) => {
                     if contents.truncated_frames > 0 && link.inconclusive.is_none() {
-                        link.inconclusive = Some(format!("{} frames were cut short by the snap length", contents.truncated_frames));
+                        link.inconclusive = Some(format!(
+                            "{} frames were cut short by the snap length",
+                            contents.truncated_frames
+                        ));
                     }
                     for flow in flows::reassemble(&contents.segments) {
                         if flow.gaps > 0 && flow.saw_handshake && link.inconclusive.is_none() {
@@ -197,7 +223,9 @@ impl WireCensus {
                                 flow.gaps, flow.server.0, flow.server.1
                             ));
                         }
-                        let name = |ip: &Ipv4Addr| hosts.get(ip).cloned().unwrap_or_else(|| ip.to_string());
+                        let name = |ip: &Ipv4Addr| {
+                            hosts.get(ip).cloned().unwrap_or_else(|| ip.to_string())
+                        };
                         let class = classify::classify(&flow);
                         flows.push(Flow {
                             link: link.link.clone(),
@@ -214,7 +242,9 @@ impl WireCensus {
                         });
                     }
                 }
-                Err(e) => link.inconclusive = Some(format!("cannot read {}: {e}", link.pcap.display())),
+                Err(e) => {
+                    link.inconclusive = Some(format!("cannot read {}: {e}", link.pcap.display()))
+                }
             }
             links.push(link);
         }
@@ -225,7 +255,11 @@ impl WireCensus {
     pub fn inconclusive(&self) -> Vec<String> {
         self.links
             .iter()
-            .filter_map(|l| l.inconclusive.as_ref().map(|why| format!("{}: {why}", l.link)))
+            .filter_map(|l| {
+                l.inconclusive
+                    .as_ref()
+                    .map(|why| format!("{}: {why}", l.link))
+            })
             .collect()
     }
 
@@ -234,7 +268,10 @@ impl WireCensus {
     pub fn unprotected(&self, exceptions: &[(u16, String)]) -> Vec<&Flow> {
         self.flows
             .iter()
-            .filter(|f| !f.class.is_protected() && !exceptions.iter().any(|(port, _)| *port == f.server_port))
+            .filter(|f| {
+                !f.class.is_protected()
+                    && !exceptions.iter().any(|(port, _)| *port == f.server_port)
+            })
             .collect()
     }
 
@@ -262,11 +299,17 @@ impl WireCensus {
                 continue;
             }
             let label = format!("{} :{}", protection(&f.class), f.server_port);
-            *edges.entry((f.client_host.clone(), f.server_host.clone(), label)).or_default() += 1;
+            *edges
+                .entry((f.client_host.clone(), f.server_host.clone(), label))
+                .or_default() += 1;
         }
         let mut out = String::from("flowchart LR\n");
         for (i, ((from, to, label), count)) in edges.iter().enumerate() {
-            out += &format!("  {}[{from}] -->|\"{label} ×{count}\"| {}[{to}]\n", node(from), node(to));
+            out += &format!(
+                "  {}[{from}] -->|\"{label} ×{count}\"| {}[{to}]\n",
+                node(from),
+                node(to)
+            );
             out += &format!("  linkStyle {i} stroke:{}\n", colour(label));
         }
         out
@@ -275,7 +318,11 @@ impl WireCensus {
     /// The same map as Graphviz DOT.
     pub fn to_dot(&self) -> String {
         let mut out = String::from("digraph flows {\n  rankdir=LR;\n  node [shape=box];\n");
-        for f in self.flows.iter().filter(|f| !matches!(f.class, FlowClass::Empty)) {
+        for f in self
+            .flows
+            .iter()
+            .filter(|f| !matches!(f.class, FlowClass::Empty))
+        {
             let label = format!("{} :{}", protection(&f.class), f.server_port);
             out += &format!(
                 "  \"{}\" -> \"{}\" [label=\"{label}\", color=\"{}\"];\n",
@@ -289,12 +336,17 @@ impl WireCensus {
 }
 
 fn node(host: &str) -> String {
-    host.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    host.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 fn protection(class: &FlowClass) -> &'static str {
     match class {
-        FlowClass::Tls { client_certificate: Some(true), .. } => "mTLS",
+        FlowClass::Tls {
+            client_certificate: Some(true),
+            ..
+        } => "mTLS",
         FlowClass::Tls { .. } => "TLS",
         FlowClass::Ssh { .. } => "SSH",
         FlowClass::PlaintextHttp { .. } | FlowClass::Zmtp { .. } => "PLAINTEXT",
@@ -330,7 +382,11 @@ mod tests {
     use super::*;
 
     fn census_of(frames: Vec<Vec<u8>>) -> WireCensus {
-        let dir = std::env::temp_dir().join(format!("hubtrust-census-{}-{}", std::process::id(), frames.len()));
+        let dir = std::env::temp_dir().join(format!(
+            "hubtrust-census-{}-{}",
+            std::process::id(),
+            frames.len()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let pcap_path = dir.join("l.pcap");
         std::fs::write(&pcap_path, pcap::write(&frames)).unwrap();
@@ -362,7 +418,10 @@ mod tests {
         ]);
         assert_eq!(census.flows.len(), 1);
         let flow = &census.flows[0];
-        assert_eq!((flow.client_host.as_str(), flow.server_host.as_str()), ("operator", "hub"));
+        assert_eq!(
+            (flow.client_host.as_str(), flow.server_host.as_str()),
+            ("operator", "hub")
+        );
         assert_eq!(flow.label, "plaintext HTTP POST /x");
         let hits = census.canary_hits(&[("token", b"CANARY-42")]);
         assert_eq!(hits.len(), 1, "{hits:?}");

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sched::{setns, CloneFlags};
-use nix::sys::socket::{recvfrom, setsockopt, socket, sockopt, AddressFamily, LinkAddr, SockFlag, SockProtocol, SockType};
+use nix::sys::socket::{
+    recvfrom, setsockopt, socket, sockopt, AddressFamily, LinkAddr, SockFlag, SockProtocol,
+    SockType,
+};
 use nix::sys::time::TimeVal;
 
 const SNAPLEN: usize = 262_144;
@@ -26,7 +29,12 @@ pub fn capture(
     let opened = (|| -> std::io::Result<_> {
         setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)?;
         let index = nix::net::if_::if_nametoindex(interface)? as usize;
-        let fd = socket(AddressFamily::Packet, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::EthAll)?;
+        let fd = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::EthAll,
+        )?;
         // Wake up regularly to notice `stop`; a large buffer rides out bursts.
         setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 50_000))?;
         let _ = setsockopt(&fd, sockopt::RcvBufForce, &(8 << 20));
@@ -80,7 +88,9 @@ fn pcap_header() -> Vec<u8> {
 }
 
 fn write_record(out: &mut impl Write, frame: &[u8], original_len: usize) -> std::io::Result<()> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     out.write_all(&(now.as_secs() as u32).to_le_bytes())?;
     out.write_all(&now.subsec_micros().to_le_bytes())?;
     out.write_all(&(frame.len() as u32).to_le_bytes())?;

@@ -48,7 +48,11 @@ pub fn parse(bytes: &[u8]) -> Result<PcapContents, String> {
     };
     let read_u32 = |b: &[u8], at: usize| -> Option<u32> {
         let raw: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-        Some(if little { u32::from_le_bytes(raw) } else { u32::from_be_bytes(raw) })
+        Some(if little {
+            u32::from_le_bytes(raw)
+        } else {
+            u32::from_be_bytes(raw)
+        })
     };
     let linktype = read_u32(header, 20).ok_or("bad header")?;
     if linktype != ETHERNET {
@@ -125,7 +129,13 @@ pub fn write(frames: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// An Ethernet/IPv4/TCP frame, for tests.
-pub fn tcp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub fn tcp_frame(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    seq: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut f = vec![0u8; 12];
     f.extend(0x0800u16.to_be_bytes());
     let total = (20 + 20 + payload.len()) as u16;

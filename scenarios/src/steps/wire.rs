@@ -5,7 +5,13 @@ use hubtrust_harness::report::WireSection;
 use crate::world::{report, Operator, WireCaptureHandle};
 
 fn canary(what: &str) -> String {
-    format!("HUBTRUST-{what}-{}", hubtrust_harness::secret::Secret::generate().expose().get(..16).unwrap_or("0"))
+    format!(
+        "HUBTRUST-{what}-{}",
+        hubtrust_harness::secret::Secret::generate()
+            .expose()
+            .get(..16)
+            .unwrap_or("0")
+    )
 }
 
 #[given("every link between hosts is being captured")]
@@ -18,17 +24,34 @@ async fn capture_every_link(world: &mut Operator) -> anyhow::Result<()> {
 
 #[when("a user logs in, opens their lab and runs a notebook cell")]
 async fn log_in_and_run_a_cell(world: &mut Operator) -> anyhow::Result<()> {
-    let stack = world.stack.clone().ok_or_else(|| anyhow::anyhow!("no stack"))?;
-    let user = stack.users().into_iter().next().ok_or_else(|| anyhow::anyhow!("the stack has no user"))?;
+    let stack = world
+        .stack
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no stack"))?;
+    let user = stack
+        .users()
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the stack has no user"))?;
     let cookie = stack.log_in(&user).await?;
-    world.canaries.push(("the hub API token".into(), stack.service_token.expose().into()));
-    world.canaries.push(("the user's login cookie".into(), cookie.expose().into()));
+    world.canaries.push((
+        "the hub API token".into(),
+        stack.service_token.expose().into(),
+    ));
+    world
+        .canaries
+        .push(("the user's login cookie".into(), cookie.expose().into()));
     run_a_cell(world, &user).await
 }
 
 #[when("a user runs a notebook cell through the kernel websocket")]
 async fn run_a_cell_step(world: &mut Operator) -> anyhow::Result<()> {
-    let user = world.stack()?.users().into_iter().next().ok_or_else(|| anyhow::anyhow!("the stack has no user"))?;
+    let user = world
+        .stack()?
+        .users()
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the stack has no user"))?;
     run_a_cell(world, &user).await
 }
 
@@ -39,18 +62,39 @@ async fn run_a_cell(world: &mut Operator, user: &str) -> anyhow::Result<()> {
     let (head, tail) = output.split_at(8);
     let code = format!("cell_text = {cell_text:?}\nprint({head:?} + {tail:?})");
     let run = world.stack()?.run_cell(user, &code).await?;
-    anyhow::ensure!(run.status == "ok", "the cell ended with status {:?}: {}", run.status, run.stdout);
-    anyhow::ensure!(run.stdout.contains(&output), "the kernel printed {:?}, not the expected output", run.stdout);
-    world.canaries.push(("the notebook cell's text".into(), cell_text));
-    world.canaries.push(("the notebook cell's output".into(), output));
+    anyhow::ensure!(
+        run.status == "ok",
+        "the cell ended with status {:?}: {}",
+        run.status,
+        run.stdout
+    );
+    anyhow::ensure!(
+        run.stdout.contains(&output),
+        "the kernel printed {:?}, not the expected output",
+        run.stdout
+    );
+    world
+        .canaries
+        .push(("the notebook cell's text".into(), cell_text));
+    world
+        .canaries
+        .push(("the notebook cell's output".into(), output));
     world.kernel_id = Some(run.kernel_id);
     Ok(())
 }
 
 #[when("another host tries the kernel's ZeroMQ ports")]
 async fn try_kernel_ports(world: &mut Operator) -> anyhow::Result<()> {
-    let kernel = world.kernel_id.clone().ok_or_else(|| anyhow::anyhow!("no kernel was started"))?;
-    world.kernel_ports_answering = Some(world.stack()?.kernel_ports_reachable(&kernel, "operator").await?);
+    let kernel = world
+        .kernel_id
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no kernel was started"))?;
+    world.kernel_ports_answering = Some(
+        world
+            .stack()?
+            .kernel_ports_reachable(&kernel, "operator")
+            .await?,
+    );
     Ok(())
 }
 
@@ -65,7 +109,10 @@ async fn send_plaintext_canary(world: &mut Operator) -> anyhow::Result<()> {
 /// Stops the capture (once) and records the census in the report.
 async fn census(world: &mut Operator) -> anyhow::Result<&hubtrust_harness::capture::WireCensus> {
     if world.census.is_none() {
-        let capture = world.capture.take().ok_or_else(|| anyhow::anyhow!("the links were not being captured"))?;
+        let capture = world
+            .capture
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the links were not being captured"))?;
         let census = capture.0.finish().await;
         let dir = world.artifact_dir();
         let dot = census.to_dot();
@@ -76,7 +123,10 @@ async fn census(world: &mut Operator) -> anyhow::Result<&hubtrust_harness::captu
         }
         world.census = Some(census);
     }
-    world.census.as_ref().ok_or_else(|| anyhow::anyhow!("no census"))
+    world
+        .census
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no census"))
 }
 
 fn conclusive(census: &hubtrust_harness::capture::WireCensus) -> anyhow::Result<()> {
@@ -95,24 +145,48 @@ async fn only_protected_flows(world: &mut Operator) -> anyhow::Result<()> {
     let census = census(world).await?;
     conclusive(census)?;
     anyhow::ensure!(
-        census.flows.iter().any(|f| matches!(f.class, FlowClass::Tls { .. })),
+        census
+            .flows
+            .iter()
+            .any(|f| matches!(f.class, FlowClass::Tls { .. })),
         "the capture saw no TLS flow at all, so it proved nothing"
     );
-    let bad: Vec<String> = census.unprotected(&exceptions).iter().map(|f| f.describe()).collect();
-    anyhow::ensure!(bad.is_empty(), "unprotected flows cross hosts:\n  {}", bad.join("\n  "));
+    let bad: Vec<String> = census
+        .unprotected(&exceptions)
+        .iter()
+        .map(|f| f.describe())
+        .collect();
+    anyhow::ensure!(
+        bad.is_empty(),
+        "unprotected flows cross hosts:\n  {}",
+        bad.join("\n  ")
+    );
     Ok(())
 }
 
 #[then("no canary appears in plaintext on any link")]
 async fn no_canary(world: &mut Operator) -> anyhow::Result<()> {
-    anyhow::ensure!(!world.canaries.is_empty(), "no canary was planted, so nothing was checked");
+    anyhow::ensure!(
+        !world.canaries.is_empty(),
+        "no canary was planted, so nothing was checked"
+    );
     let canaries = world.canaries.clone();
     let census = census(world).await?;
     conclusive(census)?;
-    let planted: Vec<(&str, &[u8])> = canaries.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+    let planted: Vec<(&str, &[u8])> = canaries
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
     let hits = census.canary_hits(&planted);
-    let named: Vec<String> = hits.iter().map(|h| format!("{} in {}", h.canary, h.flow)).collect();
-    anyhow::ensure!(named.is_empty(), "canaries readable on the wire:\n  {}", named.join("\n  "));
+    let named: Vec<String> = hits
+        .iter()
+        .map(|h| format!("{} in {}", h.canary, h.flow))
+        .collect();
+    anyhow::ensure!(
+        named.is_empty(),
+        "canaries readable on the wire:\n  {}",
+        named.join("\n  ")
+    );
     Ok(())
 }
 
@@ -126,7 +200,11 @@ async fn no_zmtp(world: &mut Operator) -> anyhow::Result<()> {
         .filter(|f| matches!(f.class, FlowClass::Zmtp { .. }))
         .map(|f| f.describe())
         .collect();
-    anyhow::ensure!(zmtp.is_empty(), "kernel channels leave the lab host in plaintext:\n  {}", zmtp.join("\n  "));
+    anyhow::ensure!(
+        zmtp.is_empty(),
+        "kernel channels leave the lab host in plaintext:\n  {}",
+        zmtp.join("\n  ")
+    );
     Ok(())
 }
 
@@ -136,7 +214,11 @@ fn no_kernel_port_answered(world: &mut Operator) -> anyhow::Result<()> {
         .kernel_ports_answering
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("the kernel's ports were not tried"))?;
-    anyhow::ensure!(answering.is_empty(), "kernel ports reachable from another host:\n  {}", answering.join("\n  "));
+    anyhow::ensure!(
+        answering.is_empty(),
+        "kernel ports reachable from another host:\n  {}",
+        answering.join("\n  ")
+    );
     Ok(())
 }
 
@@ -145,12 +227,20 @@ async fn census_catches_the_canary(world: &mut Operator) -> anyhow::Result<()> {
     let canaries = world.canaries.clone();
     let census = census(world).await?;
     conclusive(census)?;
-    let planted: Vec<(&str, &[u8])> = canaries.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+    let planted: Vec<(&str, &[u8])> = canaries
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
     let hits = census.canary_hits(&planted);
-    anyhow::ensure!(!hits.is_empty(), "the detector missed a canary sent in plaintext: it cannot be trusted");
+    anyhow::ensure!(
+        !hits.is_empty(),
+        "the detector missed a canary sent in plaintext: it cannot be trusted"
+    );
     let flagged = census.unprotected(&[]);
     anyhow::ensure!(
-        flagged.iter().any(|f| matches!(f.class, FlowClass::PlaintextHttp { .. })),
+        flagged
+            .iter()
+            .any(|f| matches!(f.class, FlowClass::PlaintextHttp { .. })),
         "the plaintext flow was not classified as plaintext HTTP"
     );
     Ok(())
