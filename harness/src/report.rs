@@ -51,6 +51,8 @@ pub struct ChainCheck {
 #[derive(Debug, Clone, Serialize)]
 pub struct WireSection {
     pub scenario: String,
+    /// Plaintext flows the topology declares, by server port, with why.
+    pub declared_exceptions: Vec<(u16, String)>,
     pub links: Vec<crate::capture::LinkEvidence>,
     pub flows: Vec<crate::capture::Flow>,
     pub mermaid: String,
@@ -61,10 +63,12 @@ impl WireSection {
     pub fn new(
         scenario: &str,
         census: &crate::capture::WireCensus,
+        declared_exceptions: Vec<(u16, String)>,
         svg: Option<std::path::PathBuf>,
     ) -> Self {
         Self {
             scenario: scenario.into(),
+            declared_exceptions,
             links: census.links.clone(),
             flows: census.flows.clone(),
             mermaid: census.to_mermaid(),
@@ -228,6 +232,12 @@ impl RunReport {
                         .unwrap_or_default(),
                     l.pcap.display()
                 );
+            }
+            if w.declared_exceptions.is_empty() {
+                md += "- declared plaintext exceptions: none\n";
+            }
+            for (port, why) in &w.declared_exceptions {
+                md += &format!("- declared plaintext exception, port {port}: {why}\n");
             }
             md += &format!("\n```mermaid\n{}```\n\n", w.mermaid);
             if let Some(svg) = &w.svg {

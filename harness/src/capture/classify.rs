@@ -266,6 +266,103 @@ mod tests {
         }
     }
 
+    /// A real rustls handshake, in memory, recording each direction's bytes.
+    fn handshake(version: &'static rustls::SupportedProtocolVersion, client_cert: bool) -> TcpFlow {
+        use crate::pki::{CertificateAuthority, Usage, Validity};
+        use crate::probe::{parse_certs, parse_identity};
+        use std::sync::Arc;
+        let ca = CertificateAuthority::root("classify CA").unwrap();
+        let server_id = ca
+            .issue("srv", &["hub.example"], Usage::Server, Validity::fresh(1))
+            .unwrap();
+        let client_id = ca
+            .issue("cli", &[], Usage::Client, Validity::fresh(1))
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(parse_certs(&ca.cert_pem()).unwrap());
+        let roots = Arc::new(roots);
+        let server_builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[version])
+            .unwrap();
+        let server_builder = if client_cert {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            )
+            .build()
+            .unwrap();
+            server_builder.with_client_cert_verifier(verifier)
+        } else {
+            server_builder.with_no_client_auth()
+        };
+        let (chain, key) = parse_identity(&server_id).unwrap();
+        let server_config = Arc::new(server_builder.with_single_cert(chain, key).unwrap());
+        let client_builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots);
+        let client_config = if client_cert {
+            let (chain, key) = parse_identity(&client_id).unwrap();
+            client_builder.with_client_auth_cert(chain, key).unwrap()
+        } else {
+            client_builder.with_no_client_auth()
+        };
+        let name = rustls::pki_types::ServerName::try_from("hub.example").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+        let mut server = rustls::ServerConnection::new(server_config).unwrap();
+        let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            to_server.extend(&buf);
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            to_client.extend(&buf);
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        TcpFlow {
+            to_server,
+            to_client,
+            ..flow(b"", b"")
+        }
+    }
+
+    #[test]
+    fn tls_version_sni_and_client_certificates_are_read_from_real_handshakes() {
+        let tls13 = classify(&handshake(&rustls::version::TLS13, true));
+        assert_eq!(
+            tls13,
+            FlowClass::Tls {
+                version: "TLS 1.3".into(),
+                sni: Some("hub.example".into()),
+                client_certificate: None,
+            }
+        );
+        let tls12_mutual = classify(&handshake(&rustls::version::TLS12, true));
+        assert_eq!(tls12_mutual.label(), "TLS 1.2 mTLS");
+        let tls12 = classify(&handshake(&rustls::version::TLS12, false));
+        assert!(
+            matches!(
+                tls12,
+                FlowClass::Tls {
+                    client_certificate: Some(false),
+                    ..
+                }
+            ),
+            "{tls12:?}"
+        );
+        assert!(tls12.is_protected());
+    }
+
     #[test]
     fn plaintext_protocols_are_recognised() {
         assert_eq!(

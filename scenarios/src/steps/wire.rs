@@ -109,6 +109,7 @@ async fn send_plaintext_canary(world: &mut Operator) -> anyhow::Result<()> {
 /// Stops the capture (once) and records the census in the report.
 async fn census(world: &mut Operator) -> anyhow::Result<&hubtrust_harness::capture::WireCensus> {
     if world.census.is_none() {
+        let exceptions = world.stack()?.plaintext_exceptions();
         let capture = world
             .capture
             .take()
@@ -119,7 +120,8 @@ async fn census(world: &mut Operator) -> anyhow::Result<&hubtrust_harness::captu
         let _ = std::fs::write(dir.join("flows.dot"), &dot);
         let svg = render_svg(&dot, &dir.join("flows.svg"));
         if let Ok(mut r) = report().lock() {
-            r.wire.push(WireSection::new(&world.scenario, &census, svg));
+            r.wire
+                .push(WireSection::new(&world.scenario, &census, exceptions, svg));
         }
         world.census = Some(census);
     }
