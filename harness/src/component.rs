@@ -43,6 +43,8 @@ pub mod builtin {
     pub const LAB: &str = include_str!("../../fixtures/components/jupyterlab.toml");
     pub const HUB_CONFIG_TEMPLATE: &str =
         include_str!("../../fixtures/components/jupyterhub_config.py");
+    pub const REMOTE_KERNEL_MODULE: &str =
+        include_str!("../../fixtures/remote-kernel/hubtrust_remote_kernel.py");
 }
 
 /// Fills `{{name}}` placeholders. A placeholder with no value is an error,

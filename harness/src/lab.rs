@@ -50,7 +50,8 @@ impl LabSession<'_> {
         let response = self
             .http
             .post(&kernels)
-            .json(&json!({"name": "python3"}))
+            // No name: the lab's default kernel, wherever the stack puts it.
+            .json(&json!({}))
             .send()
             .await
             .map_err(|e| lab_err("POST kernels", e))?;

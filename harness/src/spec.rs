@@ -65,6 +65,13 @@ pub struct Topology {
     /// The name browsers use for the public proxy.
     #[serde(default = "default_public_name")]
     pub public_name: String,
+    /// Direct links between hosts, beside each host's link to the operator.
+    #[serde(default)]
+    pub links: Vec<[String; 2]>,
+    /// Host the labs' kernels run on, when not the lab's own host (a remote
+    /// kernel deployment). Needs a link to the lab host.
+    #[serde(default)]
+    pub kernel_host: Option<String>,
 }
 
 fn default_hub_host() -> String {
@@ -82,6 +89,8 @@ impl Default for Topology {
             hub_host: default_hub_host(),
             lab_host: default_hub_host(),
             public_name: default_public_name(),
+            links: Vec::new(),
+            kernel_host: None,
         }
     }
 }
@@ -158,6 +167,30 @@ impl StackSpec {
                 t.lab_host, t.hub_host
             ));
         }
+        for [a, b] in &t.links {
+            for end in [a, b] {
+                if !t.hosts.contains(end) {
+                    return Err(format!(
+                        "topology.links names {end:?}, which is not one of topology.hosts {:?}",
+                        t.hosts
+                    ));
+                }
+            }
+            if a == b {
+                return Err(format!("topology.links links {a:?} to itself"));
+            }
+        }
+        if let Some(kernel_host) = &t.kernel_host {
+            let linked = t.links.iter().any(|[a, b]| {
+                (a == kernel_host && b == &t.lab_host) || (b == kernel_host && a == &t.lab_host)
+            });
+            if kernel_host != &t.lab_host && !linked {
+                return Err(format!(
+                    "topology.kernel_host = {kernel_host:?} has no link to the lab host {:?}: add [{kernel_host:?}, {:?}] to topology.links",
+                    t.lab_host, t.lab_host
+                ));
+            }
+        }
         if t.hosts.iter().any(|h| h == "operator") {
             return Err("`operator` is reserved for hubtrust's own namespace".into());
         }
@@ -226,6 +259,18 @@ mod tests {
     fn duplicate_ports_are_rejected() {
         let err = parse("[ports]\npublic = 8000\nhub = 8001\nproxy_api = 8001\n").unwrap_err();
         assert!(err.contains("8001"), "{err}");
+    }
+
+    #[test]
+    fn a_kernel_host_needs_a_link_to_the_lab_host() {
+        let err = parse("[topology]\nhosts = [\"hub\", \"kernels\"]\nkernel_host = \"kernels\"\n")
+            .unwrap_err();
+        assert!(err.contains("topology.links"), "{err}");
+        let text = include_str!("../../fixtures/stacks/kernel-on-another-host.toml");
+        assert_eq!(
+            parse(text).unwrap().topology.kernel_host.as_deref(),
+            Some("kernels")
+        );
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Stack {
 
         progress("generating the org PKI");
         let org = OrgPki::generate()?;
-        let network = LocalNetwork::build(&spec.topology.hosts).await?;
+        let network = LocalNetwork::build(&spec.topology.hosts, &spec.topology.links).await?;
         let hub_host = spec.topology.hub_host.clone();
         let hub_ip = network
             .address_of(&hub_host)
@@ -192,7 +192,23 @@ impl Stack {
             &values,
             &spec.proxy,
         )?;
-        let lab_manifest = manifest_with_overrides("jupyterlab", builtin::LAB, &values, &spec.lab)?;
+        let mut lab_manifest =
+            manifest_with_overrides("jupyterlab", builtin::LAB, &values, &spec.lab)?;
+        if let Some(kernel_host) = spec
+            .topology
+            .kernel_host
+            .as_ref()
+            .filter(|k| **k != spec.topology.lab_host)
+        {
+            place_kernels_on(
+                kernel_host,
+                &spec,
+                &network,
+                components,
+                &run_dir,
+                &mut lab_manifest,
+            )?;
+        }
 
         let config = render_hub_config(&spec, &values, &proxy_manifest, &lab_manifest, &marker)?;
         crate::pki::write_with_mode(&config_path, config.as_bytes(), 0o644)?;
@@ -1064,6 +1080,66 @@ impl Drop for Stack {
         drop(self.hub.take());
         sweep_marked(STACK_MARKER_ENV, &self.marker);
     }
+}
+
+/// Makes the labs start their kernels on `kernel_host`: a kernelspec whose
+/// argv enters that host, bound to its address on the link to the lab host.
+fn place_kernels_on(
+    kernel_host: &str,
+    spec: &StackSpec,
+    network: &LocalNetwork,
+    components: &Components,
+    run_dir: &Path,
+    lab: &mut ComponentManifest,
+) -> Result<()> {
+    let lab_host = &spec.topology.lab_host;
+    let no_link = || HarnessError::Network {
+        host: kernel_host.into(),
+        message: format!("no link to the lab host `{lab_host}`"),
+    };
+    let link = network
+        .link_between(lab_host, kernel_host)
+        .ok_or_else(no_link)?;
+    let kernel_ip = if link.a.0 == kernel_host {
+        link.a.1
+    } else {
+        link.b.1
+    };
+    let netns = network.netns_path(kernel_host).ok_or_else(no_link)?;
+    let data = run_dir.join("jupyter-data");
+    let spec_dir = data.join("kernels").join("remote-python");
+    std::fs::create_dir_all(&spec_dir).map_err(io(format!("create {}", spec_dir.display())))?;
+    let kernel_json = serde_json::json!({
+        "argv": [
+            "nsenter", format!("--net={netns}"), "--",
+            components.venv.join("bin/python3").display().to_string(),
+            "-m", "ipykernel_launcher", "-f", "{connection_file}",
+        ],
+        "display_name": format!("Python 3 on {kernel_host}"),
+        "language": "python",
+    });
+    crate::pki::write_with_mode(
+        &spec_dir.join("kernel.json"),
+        kernel_json.to_string().as_bytes(),
+        0o644,
+    )?;
+    let python = run_dir.join("python");
+    std::fs::create_dir_all(&python).map_err(io(format!("create {}", python.display())))?;
+    crate::pki::write_with_mode(
+        &python.join("hubtrust_remote_kernel.py"),
+        builtin::REMOTE_KERNEL_MODULE.as_bytes(),
+        0o644,
+    )?;
+    lab.args.extend([
+        "--AsyncMappingKernelManager.kernel_manager_class=hubtrust_remote_kernel.RemoteKernelManager".to_string(),
+        "--AsyncMappingKernelManager.default_kernel_name=remote-python".to_string(),
+        format!("--KernelManager.ip={kernel_ip}"),
+    ]);
+    lab.env
+        .insert("PYTHONPATH".into(), python.display().to_string());
+    lab.env
+        .insert("JUPYTER_PATH".into(), data.display().to_string());
+    Ok(())
 }
 
 fn collect_secret_files(dir: &Path, out: &mut Vec<SecretFile>) {

@@ -403,18 +403,12 @@ fn wire_profile_passes_and_its_pcaps_read_back_in_tshark() {
     std::fs::remove_dir_all(&report).unwrap();
 }
 
-#[test]
-fn kernels_bound_to_every_interface_are_caught_on_the_wire() {
-    let report = scratch("zmtp");
+/// Runs the wire profile on a deliberately broken stack: it must fail, and
+/// name plaintext ZMTP flows on `link`.
+fn wire_profile_catches_kernel_traffic(stack_file: &str, link: &str) {
+    let report = scratch(&format!("zmtp-{link}"));
     let out = hubtrust()
-        .args([
-            "run",
-            "--tags",
-            "@wire",
-            "--stack",
-            "fixtures/stacks/kernels-on-all-interfaces.toml",
-            "--report",
-        ])
+        .args(["run", "--tags", "@wire", "--stack", stack_file, "--report"])
         .arg(&report)
         .output()
         .unwrap();
@@ -425,8 +419,24 @@ fn kernels_bound_to_every_interface_are_caught_on_the_wire() {
         "{t}"
     );
     assert!(
-        t.contains("plaintext ZMTP 3."),
+        t.contains(&format!("on {link} (plaintext ZMTP 3.")),
         "the flow is not named: {t}"
     );
     std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
+fn kernels_bound_to_every_interface_are_caught_on_the_wire() {
+    wire_profile_catches_kernel_traffic(
+        "fixtures/stacks/kernels-on-all-interfaces.toml",
+        "operator--hub",
+    );
+}
+
+#[test]
+fn a_kernel_on_another_host_is_caught_on_the_wire() {
+    wire_profile_catches_kernel_traffic(
+        "fixtures/stacks/kernel-on-another-host.toml",
+        "hub--kernels",
+    );
 }

@@ -303,8 +303,9 @@ pub struct LocalNetwork {
 }
 
 impl LocalNetwork {
-    /// One namespace per host, each linked to the operator's namespace.
-    pub async fn build(host_names: &[String]) -> Result<Self> {
+    /// One namespace per host, each linked to the operator's namespace,
+    /// plus the direct host-to-host `extra_links`.
+    pub async fn build(host_names: &[String], extra_links: &[[String; 2]]) -> Result<Self> {
         let mut hosts = BTreeMap::new();
         hosts.insert("operator".to_string(), Host::operator().await?);
         let mut links = Vec::new();
@@ -314,7 +315,29 @@ impl LocalNetwork {
             links.push(link);
             hosts.insert(name.clone(), host);
         }
+        for [a, b] in extra_links {
+            let (Some(a), Some(b)) = (hosts.get(a), hosts.get(b)) else {
+                return Err(HarnessError::Network {
+                    host: format!("{a}--{b}"),
+                    message: "a link names a host that does not exist".into(),
+                });
+            };
+            links.push(Link::create(next_link_index()?, a, b).await?);
+        }
         Ok(Self { hosts, links })
+    }
+
+    /// The link directly joining `a` and `b`, if there is one.
+    pub fn link_between(&self, a: &str, b: &str) -> Option<&Link> {
+        self.links
+            .iter()
+            .find(|l| (l.a.0 == a && l.b.0 == b) || (l.a.0 == b && l.b.0 == a))
+    }
+
+    /// The netns path programs use to enter `host` (for kernel launchers).
+    pub fn netns_path(&self, host: &str) -> Option<String> {
+        let pid = self.hosts.get(host)?.anchor_pid()?;
+        Some(format!("/proc/{pid}/ns/net"))
     }
 
     pub fn host(&self, name: &str) -> Result<&Host> {
@@ -324,9 +347,12 @@ impl LocalNetwork {
         })
     }
 
-    /// The address other hosts (and the operator) reach `host` at.
+    /// The address the operator reaches `host` at.
     pub fn address_of(&self, host: &str) -> Option<Ipv4Addr> {
-        self.links.iter().find(|l| l.b.0 == host).map(|l| l.b.1)
+        self.links
+            .iter()
+            .find(|l| l.a.0 == "operator" && l.b.0 == host)
+            .map(|l| l.b.1)
     }
 }
 
