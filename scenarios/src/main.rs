@@ -249,6 +249,13 @@ fn relaunch_inside() -> ExitCode {
             }
         };
         let mut interrupts = 0;
+        let (mut int, mut term) = match (
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+        ) {
+            (Ok(i), Ok(t)) => (i, t),
+            _ => return usage_error(anyhow::anyhow!("cannot listen for Ctrl-C")),
+        };
         loop {
             tokio::select! {
                 status = child.wait() => {
@@ -257,7 +264,7 @@ fn relaunch_inside() -> ExitCode {
                         None => ExitCode::from(2),
                     };
                 }
-                _ = interrupted() => {
+                _ = async { tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} } } => {
                     interrupts += 1;
                     if interrupts == 1 {
                         eprintln!("interrupted: tearing the stack down (Ctrl-C again to kill at once)");
@@ -269,20 +276,4 @@ fn relaunch_inside() -> ExitCode {
             }
         }
     })
-}
-
-async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }

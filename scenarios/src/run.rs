@@ -36,13 +36,46 @@ pub fn inside(what: Inside) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let mut interrupts = match Interrupts::listen() {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("error: failed to listen for signals: {e}");
+                return ExitCode::from(2);
+            }
+        };
         match what {
-            Inside::Run(args) => run(args).await,
-            Inside::Up(args) => up(args).await,
+            Inside::Run(args) => run(args, &mut interrupts).await,
+            Inside::Up(args) => up(args, &mut interrupts).await,
             Inside::Bench(args) => crate::bench::bench(args).await,
             Inside::Nothing => ExitCode::SUCCESS,
         }
     })
+}
+
+/// SIGINT (the outer hubtrust forwards Ctrl-C as SIGINT) and SIGTERM,
+/// listened for from the very start: this process is PID 1 of its
+/// namespace, which drops any signal it has no handler for, so a listener
+/// created late could miss one for good.
+pub struct Interrupts {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 /// Sends `signal` to the init of the namespace `unshare` (pid `unshare_pid`)
@@ -102,7 +135,7 @@ pub async fn bring_up(spec: StackSpec, work: &Path) -> anyhow::Result<Stack> {
     Ok(Stack::up(spec, &components, work, &progress).await?)
 }
 
-async fn run(args: RunArgs) -> ExitCode {
+async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
     let started = Instant::now();
     let features_dir = features::locate(args.features.as_deref());
     let prepared = (|| -> anyhow::Result<_> {
@@ -131,7 +164,7 @@ async fn run(args: RunArgs) -> ExitCode {
     };
     let stack = tokio::select! {
         stack = bring_up(spec, &work.0) => stack,
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupts.recv() => {
             eprintln!("interrupted while the stack was starting; nothing was checked");
             return ExitCode::from(130);
         }
@@ -182,7 +215,7 @@ async fn run(args: RunArgs) -> ExitCode {
         .run(features_dir);
     let interrupted = tokio::select! {
         _ = cucumber_run => false,
-        _ = tokio::signal::ctrl_c() => true,
+        _ = interrupts.recv() => true,
     };
 
     // Teardown before reporting, so a report never describes a stack that
@@ -229,7 +262,7 @@ async fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-async fn up(args: UpArgs) -> ExitCode {
+async fn up(args: UpArgs, interrupts: &mut Interrupts) -> ExitCode {
     let spec = match load_spec(args.stack.as_ref()) {
         Ok(s) => s,
         Err(e) => {
@@ -244,7 +277,14 @@ async fn up(args: UpArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let stack = match bring_up(spec, &work.0).await {
+    let brought_up = tokio::select! {
+        stack = bring_up(spec, &work.0) => stack,
+        _ = interrupts.recv() => {
+            eprintln!("interrupted while the stack was starting");
+            return ExitCode::from(130);
+        }
+    };
+    let stack = match brought_up {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: failed to bring the stack up: {e:#}");
@@ -278,7 +318,7 @@ async fn up(args: UpArgs) -> ExitCode {
     );
     println!("  internal-ssl   {}", stack.internal_ssl_dir().display());
     println!("  hub log        {}", stack.hub_log().display());
-    let _ = tokio::signal::ctrl_c().await;
+    interrupts.recv().await;
     eprintln!("tearing down");
     stack.shutdown().await;
     ExitCode::SUCCESS
