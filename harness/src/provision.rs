@@ -131,7 +131,7 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
                         "-r",
                     ])
                     .arg(&lock),
-                "check network access to the Python package index",
+                "check access to the Python package index, and that python3 meets the pins' Requires-Python (scripts/relock resolves them for Debian 12's 3.11.2)",
             )
         },
     )?;

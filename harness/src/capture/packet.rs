@@ -16,6 +16,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 const SNAPLEN: usize = 262_144;
+const DRAIN_GRACE: Duration = Duration::from_millis(300);
 
 /// Runs on a dedicated thread until `stop` is set, then drains what is
 /// already queued. Returns the number of frames written.
@@ -56,6 +57,10 @@ pub fn capture(
     };
     let mut frames = 0u64;
     let mut buf = vec![0u8; SNAPLEN];
+    // Interface counters can run ahead of packet delivery (the receive side
+    // taps frames in softirq context), so after a stop request the queue is
+    // drained for a grace period, not just until it is first empty.
+    let mut stop_seen: Option<std::time::Instant> = None;
     loop {
         match recvfrom::<LinkAddr>(fd.as_raw_fd(), &mut buf) {
             Ok((len, Some(addr))) if addr.ifindex() == index => {
@@ -66,7 +71,10 @@ pub fn capture(
             Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {
                 // Queue empty: only now may a requested stop take effect.
                 if stop.load(Ordering::SeqCst) {
-                    break;
+                    let since = *stop_seen.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= DRAIN_GRACE {
+                        break;
+                    }
                 }
             }
             Err(e) => return Err(e.into()),
