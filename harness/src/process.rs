@@ -187,24 +187,22 @@ mod tests {
     async fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
         let dir = std::env::temp_dir().join(format!("hubtrust-proc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        // A shell that ignores SIGTERM and says when it is ready to be signalled.
+        // A shell that ignores SIGTERM, then execs `tail`: an ignored signal
+        // stays ignored across exec, so `tail` inherits it.
         let p = ManagedProcess::start(
-            // An ignored signal stays ignored across exec, so `tail` inherits it.
-            &spec(
-                &dir,
-                "sh",
-                &["-c", "trap '' TERM; echo armed; exec tail -f /dev/null"],
-            ),
+            &spec(&dir, "sh", &["-c", "trap '' TERM; exec tail -f /dev/null"]),
             &[],
         )
         .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !p.last_lines(5).iter().any(|l| l == "armed") {
-            assert!(std::time::Instant::now() < deadline, "shell never armed");
-            tokio::task::yield_now().await;
-        }
         let needle = format!("HUBTRUST_TEST_MARK={}", std::process::id());
-        assert!(!marked_processes(&needle).is_empty());
+        // Armed once the exec has happened (reading /proc mid-exec can race).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !marked_processes(&needle).iter().any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "tail")
+        }) {
+            assert!(std::time::Instant::now() < deadline, "tail never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         p.stop(Duration::from_millis(200)).await;
         assert!(
             marked_processes(&needle).is_empty(),
