@@ -72,6 +72,19 @@ pub struct Topology {
     /// kernel deployment). Needs a link to the lab host.
     #[serde(default)]
     pub kernel_host: Option<String>,
+    /// Plaintext flows this topology is designed to carry across a link
+    /// (the cleartext last hop of an HPC tunnel, say), each with its reason.
+    /// The wire checks allow exactly these and name them in the report.
+    #[serde(default)]
+    pub plaintext_exceptions: Vec<PlaintextException>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlaintextException {
+    /// The server port of the allowed flow.
+    pub port: u16,
+    pub reason: String,
 }
 
 fn default_hub_host() -> String {
@@ -91,6 +104,7 @@ impl Default for Topology {
             public_name: default_public_name(),
             links: Vec::new(),
             kernel_host: None,
+            plaintext_exceptions: Vec::new(),
         }
     }
 }
@@ -191,6 +205,16 @@ impl StackSpec {
                 ));
             }
         }
+        if let Some(bad) = t
+            .plaintext_exceptions
+            .iter()
+            .find(|e| e.reason.trim().is_empty())
+        {
+            return Err(format!(
+                "topology.plaintext_exceptions for port {} gives no reason",
+                bad.port
+            ));
+        }
         if t.hosts.iter().any(|h| h == "operator") {
             return Err("`operator` is reserved for hubtrust's own namespace".into());
         }
@@ -271,6 +295,17 @@ mod tests {
             parse(text).unwrap().topology.kernel_host.as_deref(),
             Some("kernels")
         );
+    }
+
+    #[test]
+    fn a_plaintext_exception_needs_a_reason() {
+        let err =
+            parse("[topology]\nhosts = [\"hub\"]\n[[topology.plaintext_exceptions]]\nport = 9000\nreason = \"\"\n").unwrap_err();
+        assert!(err.contains("9000"), "{err}");
+        let ok =
+            parse("[topology]\nhosts = [\"hub\"]\n[[topology.plaintext_exceptions]]\nport = 9000\nreason = \"tunnel last hop\"\n")
+                .unwrap();
+        assert_eq!(ok.topology.plaintext_exceptions[0].port, 9000);
     }
 
     #[test]

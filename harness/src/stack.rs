@@ -828,9 +828,14 @@ impl Stack {
     }
 
     /// Flows the topology declares may cross a link in plaintext, by server
-    /// port, with the reason. The single-host topology declares none.
+    /// port, with the reason. The default topology declares none.
     pub fn plaintext_exceptions(&self) -> Vec<(u16, String)> {
-        Vec::new()
+        self.spec
+            .topology
+            .plaintext_exceptions
+            .iter()
+            .map(|e| (e.port, e.reason.clone()))
+            .collect()
     }
 
     /// Starts capturing every link into `dir`, one pcap per link.
