@@ -1,6 +1,7 @@
 //! `hubtrust bench`: start-up under hubtrust against a plain baseline, the
-//! core profile's wall time, and hubtrust's own peak memory, all in one run
-//! so the ratios compare like with like on a noisy machine.
+//! core profile's wall time, hubtrust's own peak memory, the cost of wire
+//! capture, and the census's throughput, all in one run so the ratios
+//! compare like with like on a noisy machine.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,9 +15,9 @@ use hubtrust_harness::spec::StackSpec;
 use hubtrust_harness::stack::STACK_MARKER_ENV;
 
 use crate::run::bring_up;
-use crate::BenchArgs;
+use crate::{BenchArgs, BenchGroup};
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -51,6 +52,21 @@ pub async fn bench(args: BenchArgs) -> ExitCode {
 }
 
 async fn measure(args: BenchArgs) -> anyhow::Result<()> {
+    if args.only != Some(BenchGroup::Wire) {
+        measure_startup(&args).await?;
+    }
+    if args.only != Some(BenchGroup::Startup) {
+        crate::bench_wire::capture_overhead(args.rounds).await?;
+        crate::bench_wire::census_throughput(args.census_bytes).await?;
+    }
+    println!(
+        "peak RSS of hubtrust, this bench    {:.1} MB",
+        peak_rss_kb() as f64 / 1024.0
+    );
+    Ok(())
+}
+
+async fn measure_startup(args: &BenchArgs) -> anyhow::Result<()> {
     let components =
         provision::cached().ok_or_else(|| anyhow::anyhow!("components are not provisioned"))?;
     let baseline_script = locate_baseline()?;
@@ -178,14 +194,10 @@ async fn measure(args: BenchArgs) -> anyhow::Result<()> {
         }
     );
     println!("peak RSS of hubtrust, core profile  {core_rss_mb:.1} MB  (target ≤ 150 MB)");
-    println!(
-        "peak RSS of hubtrust, this bench    {:.1} MB",
-        peak_rss_kb() as f64 / 1024.0
-    );
     Ok(())
 }
 
-fn tempdir(what: &str) -> anyhow::Result<PathBuf> {
+pub fn tempdir(what: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("hubtrust-{what}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

@@ -5,6 +5,7 @@
 
 mod artifacts;
 mod bench;
+mod bench_wire;
 mod features;
 mod progress;
 mod run;
@@ -43,7 +44,8 @@ enum Command {
     Doctor,
     /// Bring a stack up, print its endpoints, and keep it until Ctrl-C.
     Up(UpArgs),
-    /// Measure stack start-up against a plain baseline, and the core profile.
+    /// Measure start-up against a plain baseline, the core profile, and the
+    /// cost of wire capture.
     Bench(BenchArgs),
 }
 
@@ -80,6 +82,20 @@ pub struct BenchArgs {
     /// Rounds of each measurement; the report gives the median.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Run only one group: `startup` (stack ready against a plain
+    /// baseline, core profile, memory) or `wire` (capture overhead, census
+    /// throughput).
+    #[arg(long, value_enum)]
+    pub only: Option<BenchGroup>,
+    /// Bytes of bulk traffic for the census throughput measurement.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub census_bytes: u64,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchGroup {
+    Startup,
+    Wire,
 }
 
 fn main() -> ExitCode {

@@ -173,6 +173,15 @@ impl Host {
         self.netns.try_clone()
     }
 
+    /// This host's `/proc/…/net/dev`: interface counters of its namespace,
+    /// readable without spawning anything.
+    pub fn net_dev_path(&self) -> String {
+        match self.anchor_pid() {
+            Some(pid) => format!("/proc/{pid}/net/dev"),
+            None => "/proc/self/net/dev".into(),
+        }
+    }
+
     pub fn anchor_pid(&self) -> Option<u32> {
         self.anchor.as_ref().and_then(Child::id)
     }

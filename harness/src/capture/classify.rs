@@ -3,6 +3,11 @@
 use serde::Serialize;
 
 use super::flows::TcpFlow;
+use super::pcap::Capture;
+
+/// How much of each stream classification reads: hellos and certificate
+/// chains fit with room to spare.
+const PREFIX: usize = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -66,9 +71,14 @@ const HTTP_METHODS: [&str; 9] = [
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
 ];
 
-pub fn classify(flow: &TcpFlow) -> FlowClass {
-    let c = flow.to_server.as_slice();
-    let s = flow.to_client.as_slice();
+pub fn classify(flow: &TcpFlow, capture: &Capture) -> std::io::Result<FlowClass> {
+    let c = flow.to_server.prefix(capture, PREFIX)?;
+    let s = flow.to_client.prefix(capture, PREFIX)?;
+    Ok(classify_streams(&c, &s))
+}
+
+/// Classifies from each direction's first bytes.
+pub fn classify_streams(c: &[u8], s: &[u8]) -> FlowClass {
     if c.is_empty() && s.is_empty() {
         return FlowClass::Empty;
     }
@@ -253,21 +263,20 @@ fn tls(c: &[u8], s: &[u8]) -> FlowClass {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
-    fn flow(c: &[u8], s: &[u8]) -> TcpFlow {
-        TcpFlow {
-            client: (Ipv4Addr::LOCALHOST, 40000),
-            server: (Ipv4Addr::LOCALHOST, 1),
-            to_server: c.to_vec(),
-            to_client: s.to_vec(),
-            saw_handshake: true,
-            gaps: 0,
-        }
+    fn flow(c: &[u8], s: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        (c.to_vec(), s.to_vec())
+    }
+
+    fn classify((c, s): &(Vec<u8>, Vec<u8>)) -> FlowClass {
+        classify_streams(c, s)
     }
 
     /// A real rustls handshake, in memory, recording each direction's bytes.
-    fn handshake(version: &'static rustls::SupportedProtocolVersion, client_cert: bool) -> TcpFlow {
+    fn handshake(
+        version: &'static rustls::SupportedProtocolVersion,
+        client_cert: bool,
+    ) -> (Vec<u8>, Vec<u8>) {
         use crate::pki::{CertificateAuthority, Usage, Validity};
         use crate::probe::{parse_certs, parse_identity};
         use std::sync::Arc;
@@ -329,11 +338,7 @@ mod tests {
             client.process_new_packets().unwrap();
         }
         assert!(!client.is_handshaking() && !server.is_handshaking());
-        TcpFlow {
-            to_server,
-            to_client,
-            ..flow(b"", b"")
-        }
+        (to_server, to_client)
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! TCP reassembly: segments become flows with one byte stream each way, so
-//! a canary split across segments is still found.
+//! a canary split across segments is still found. Streams are lists of
+//! byte ranges of the capture, read back only to classify or search.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::ops::Range;
 
-use super::pcap::Segment;
+use memchr::memmem::Finder;
+
+use super::pcap::{Capture, Segment};
 
 pub type Endpoint = (Ipv4Addr, u16);
 
@@ -13,8 +17,8 @@ pub type Endpoint = (Ipv4Addr, u16);
 pub struct TcpFlow {
     pub client: Endpoint,
     pub server: Endpoint,
-    pub to_server: Vec<u8>,
-    pub to_client: Vec<u8>,
+    pub to_server: Stream,
+    pub to_client: Stream,
     /// The capture saw the connection's SYN (so both streams are complete
     /// from their first byte).
     pub saw_handshake: bool,
@@ -22,11 +26,124 @@ pub struct TcpFlow {
     pub gaps: usize,
 }
 
+/// One direction of a connection: its payload pieces in stream order,
+/// overlaps trimmed. A piece that follows lost bytes is marked, so nothing
+/// is ever matched across a gap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stream {
+    pub pieces: Vec<Piece>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub range: Range<u64>,
+    pub after_gap: bool,
+}
+
+impl Stream {
+    /// Bytes present (gaps excluded).
+    pub fn len(&self) -> usize {
+        self.pieces
+            .iter()
+            .map(|p| (p.range.end - p.range.start) as usize)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `limit` bytes from the stream's start, stopping at the first
+    /// gap: what classification reads.
+    pub fn prefix(&self, capture: &Capture, limit: usize) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for (i, piece) in self.pieces.iter().enumerate() {
+            if (i > 0 && piece.after_gap) || out.len() >= limit {
+                break;
+            }
+            let take = ((piece.range.end - piece.range.start) as usize).min(limit - out.len());
+            let range = piece.range.start..piece.range.start + take as u64;
+            out.extend_from_slice(capture.read(range, &mut buf)?);
+        }
+        Ok(out)
+    }
+
+    /// Feeds the whole stream, piece by piece, to `searcher`.
+    pub fn search(&self, capture: &Capture, searcher: &mut Searcher<'_>) -> std::io::Result<()> {
+        searcher.start_stream();
+        let mut buf = Vec::new();
+        for piece in &self.pieces {
+            searcher.feed(
+                capture.read(piece.range.clone(), &mut buf)?,
+                piece.after_gap,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Looks for several needles in a stream fed in pieces, without joining
+/// them: each piece on its own, then each boundary through the last
+/// `longest needle - 1` bytes before it.
+pub struct Searcher<'n> {
+    finders: Vec<Finder<'n>>,
+    keep: usize,
+    carry: Vec<u8>,
+    /// Per needle: seen in any stream fed since [`Searcher::new`].
+    pub found: Vec<bool>,
+}
+
+impl<'n> Searcher<'n> {
+    pub fn new(needles: &[&'n [u8]]) -> Self {
+        Self {
+            finders: needles.iter().map(|n| Finder::new(*n)).collect(),
+            keep: needles.iter().map(|n| n.len()).max().unwrap_or(1).max(1) - 1,
+            carry: Vec::new(),
+            found: vec![false; needles.len()],
+        }
+    }
+
+    /// A new stream begins: nothing carries over from the previous one.
+    pub fn start_stream(&mut self) {
+        self.carry.clear();
+    }
+
+    pub fn feed(&mut self, bytes: &[u8], after_gap: bool) {
+        if after_gap {
+            self.carry.clear();
+        }
+        let tail = self.carry.len();
+        if tail > 0 {
+            self.carry
+                .extend_from_slice(&bytes[..bytes.len().min(self.keep)]);
+        }
+        for (finder, found) in self.finders.iter().zip(self.found.iter_mut()) {
+            // An empty needle names nothing, so it is never found.
+            if *found || finder.needle().is_empty() {
+                continue;
+            }
+            *found =
+                finder.find(bytes).is_some() || (tail > 0 && finder.find(&self.carry).is_some());
+        }
+        self.carry.truncate(tail);
+        if bytes.len() >= self.keep {
+            self.carry.clear();
+            self.carry
+                .extend_from_slice(&bytes[bytes.len() - self.keep..]);
+        } else {
+            self.carry.extend_from_slice(bytes);
+            let excess = self.carry.len().saturating_sub(self.keep);
+            self.carry.drain(..excess);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Direction {
     base: Option<u32>,
     /// Relative offset → payload, first copy wins (retransmissions repeat it).
-    segments: BTreeMap<u32, Vec<u8>>,
+    segments: BTreeMap<u32, Range<u64>>,
 }
 
 impl Direction {
@@ -35,33 +152,44 @@ impl Direction {
             // The SYN consumes one sequence number before the first byte.
             self.base = Some(segment.seq.wrapping_add(1));
         }
-        if segment.payload.is_empty() {
+        if segment.payload_len() == 0 {
             return;
         }
         let base = *self.base.get_or_insert(segment.seq);
         let offset = segment.seq.wrapping_sub(base);
+        // A sequence number before the stream's start (a retransmission of
+        // pre-capture data, a keepalive probe) wraps around to a huge
+        // offset; it carries nothing new.
+        if offset > u32::MAX / 2 {
+            return;
+        }
         self.segments
             .entry(offset)
             .or_insert_with(|| segment.payload.clone());
     }
 
-    fn stream(&self) -> (Vec<u8>, usize) {
-        let mut out: Vec<u8> = Vec::new();
+    fn stream(&self) -> (Stream, usize) {
+        let mut pieces = Vec::with_capacity(self.segments.len());
+        let mut position = 0u64;
         let mut gaps = 0;
         for (offset, payload) in &self.segments {
-            let offset = *offset as usize;
-            if offset > out.len() {
-                gaps += offset - out.len();
-                // Keep positions honest: a gap is not glued shut, so bytes
-                // either side of it never form a false match.
-                out.resize(offset, 0);
+            let offset = u64::from(*offset);
+            let after_gap = offset > position;
+            if after_gap {
+                gaps += (offset - position) as usize;
+                position = offset;
             }
-            let overlap = out.len() - offset;
-            if overlap < payload.len() {
-                out.extend_from_slice(&payload[overlap..]);
+            let overlap = position - offset;
+            let len = payload.end - payload.start;
+            if overlap < len {
+                pieces.push(Piece {
+                    range: payload.start + overlap..payload.end,
+                    after_gap,
+                });
+                position = offset + len;
             }
         }
-        (out, gaps)
+        (Stream { pieces }, gaps)
     }
 }
 
@@ -133,58 +261,107 @@ pub fn reassemble(segments: &[Segment]) -> Vec<TcpFlow> {
 mod tests {
     use super::*;
 
-    fn seg(
-        src: Endpoint,
-        dst: Endpoint,
-        seq: u32,
-        syn: bool,
-        ack: bool,
-        payload: &[u8],
-    ) -> Segment {
-        Segment {
-            src,
-            dst,
-            seq,
-            syn,
-            ack,
-            fin: false,
-            rst: false,
-            payload: payload.to_vec(),
+    /// Builds segments whose payloads live in one in-memory capture.
+    #[derive(Default)]
+    struct Wire {
+        bytes: Vec<u8>,
+        segments: Vec<Segment>,
+    }
+
+    impl Wire {
+        fn seg(&mut self, src: Endpoint, dst: Endpoint, seq: u32, syn: bool, ack: bool, p: &[u8]) {
+            let start = self.bytes.len() as u64;
+            self.bytes.extend_from_slice(p);
+            self.segments.push(Segment {
+                src,
+                dst,
+                seq,
+                syn,
+                ack,
+                fin: false,
+                rst: false,
+                payload: start..self.bytes.len() as u64,
+            });
+        }
+
+        fn done(self) -> (Vec<TcpFlow>, Capture) {
+            (reassemble(&self.segments), Capture::from(self.bytes))
         }
     }
 
+    const C: Endpoint = (Ipv4Addr::new(10, 77, 1, 1), 40000);
+    const S: Endpoint = (Ipv4Addr::new(10, 77, 1, 2), 8000);
+
     #[test]
     fn out_of_order_and_retransmitted_segments_reassemble() {
-        let c = (Ipv4Addr::new(10, 77, 1, 1), 40000);
-        let s = (Ipv4Addr::new(10, 77, 1, 2), 8000);
-        let segments = vec![
-            seg(c, s, 100, true, false, b""),
-            seg(s, c, 500, true, true, b""),
-            seg(c, s, 106, false, true, b"world"),
-            seg(c, s, 101, false, true, b"hello"),
-            seg(c, s, 101, false, true, b"hello"),
-            seg(s, c, 501, false, true, b"ok"),
-        ];
-        let flows = reassemble(&segments);
+        let mut wire = Wire::default();
+        wire.seg(C, S, 100, true, false, b"");
+        wire.seg(S, C, 500, true, true, b"");
+        wire.seg(C, S, 106, false, true, b"world");
+        wire.seg(C, S, 101, false, true, b"hello");
+        wire.seg(C, S, 101, false, true, b"hello");
+        wire.seg(S, C, 501, false, true, b"ok");
+        let (flows, capture) = wire.done();
         assert_eq!(flows.len(), 1);
-        assert_eq!(flows[0].client, c);
-        assert_eq!(flows[0].to_server, b"helloworld");
-        assert_eq!(flows[0].to_client, b"ok");
+        assert_eq!(flows[0].client, C);
+        assert_eq!(
+            flows[0].to_server.prefix(&capture, 100).unwrap(),
+            b"helloworld"
+        );
+        assert_eq!(flows[0].to_client.prefix(&capture, 100).unwrap(), b"ok");
+        assert_eq!(flows[0].to_server.len(), 10);
         assert_eq!(flows[0].gaps, 0);
         assert!(flows[0].saw_handshake);
     }
 
     #[test]
     fn a_lost_segment_is_counted_not_glued() {
-        let c = (Ipv4Addr::new(10, 77, 1, 1), 40000);
-        let s = (Ipv4Addr::new(10, 77, 1, 2), 8000);
-        let segments = vec![
-            seg(c, s, 100, true, false, b""),
-            seg(c, s, 101, false, true, b"ab"),
-            seg(c, s, 105, false, true, b"ef"),
-        ];
-        let flows = reassemble(&segments);
+        let mut wire = Wire::default();
+        wire.seg(C, S, 100, true, false, b"");
+        wire.seg(C, S, 101, false, true, b"ab");
+        wire.seg(C, S, 105, false, true, b"ef");
+        let (flows, capture) = wire.done();
         assert_eq!(flows[0].gaps, 2);
-        assert_eq!(flows[0].to_server, b"ab\0\0ef");
+        let pieces = &flows[0].to_server.pieces;
+        assert!(pieces.len() == 2 && !pieces[0].after_gap && pieces[1].after_gap);
+        // Classification stops at the gap; a search never spans it.
+        assert_eq!(flows[0].to_server.prefix(&capture, 100).unwrap(), b"ab");
+        let mut searcher = Searcher::new(&[b"bef", b"ef"]);
+        flows[0].to_server.search(&capture, &mut searcher).unwrap();
+        assert_eq!(searcher.found, [false, true]);
+    }
+
+    #[test]
+    fn needles_split_across_many_small_pieces_are_found() {
+        let parts: [&[u8]; 5] = [b"xxHUB", b"T", b"R", b"UST-canary", b"yy"];
+        let joined: Vec<u8> = parts.concat();
+        let needles: [&[u8]; 7] = [
+            b"HUBTRUST-canary",
+            b"Tr",
+            b"TRUST",
+            b"xxH",
+            b"ryy",
+            b"",
+            b"zz",
+        ];
+        let mut searcher = Searcher::new(&needles);
+        searcher.start_stream();
+        for part in parts {
+            searcher.feed(part, false);
+        }
+        for (needle, found) in needles.iter().zip(&searcher.found) {
+            let expected = !needle.is_empty() && memchr::memmem::find(&joined, needle).is_some();
+            assert_eq!(*found, expected, "{:?}", String::from_utf8_lossy(needle));
+        }
+    }
+
+    #[test]
+    fn nothing_carries_over_between_streams() {
+        let mut searcher = Searcher::new(&[b"abcd"]);
+        searcher.start_stream();
+        searcher.feed(b"xxab", false);
+        searcher.start_stream();
+        searcher.feed(b"cdxx", false);
+        assert_eq!(searcher.found, [false]);
     }
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::backend::local::{Host, Link};
 use crate::error::{HarnessError, Result};
 pub use classify::FlowClass;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A running capture of one link: an AF_PACKET socket on the link's
@@ -29,10 +29,12 @@ use std::sync::Arc;
 pub struct LinkCapture {
     pub link: Link,
     pub pcap: PathBuf,
-    wrapper: Vec<String>,
+    net_dev: String,
     interface: String,
     counters_before: (u64, u64),
-    stop: Arc<AtomicBool>,
+    stop_at: Arc<AtomicU64>,
+    /// Written once to wake the capture thread for its final drain.
+    wake: std::os::fd::OwnedFd,
     thread: std::thread::JoinHandle<std::io::Result<u64>>,
 }
 
@@ -60,10 +62,14 @@ pub struct Flow {
     pub bytes_to_client: usize,
     pub class: FlowClass,
     pub label: String,
+    /// The link's capture; the streams are byte ranges of it, read back
+    /// only when searched.
     #[serde(skip)]
-    to_server: Vec<u8>,
+    capture: pcap::Capture,
     #[serde(skip)]
-    to_client: Vec<u8>,
+    to_server: flows::Stream,
+    #[serde(skip)]
+    to_client: flows::Stream,
 }
 
 impl Flow {
@@ -79,10 +85,12 @@ impl Flow {
         )
     }
 
-    pub fn contains(&self, needle: &[u8]) -> bool {
-        !needle.is_empty()
-            && (self.to_server.windows(needle.len()).any(|w| w == needle)
-                || self.to_client.windows(needle.len()).any(|w| w == needle))
+    /// Which of `needles` occur in either direction.
+    fn search(&self, needles: &[&[u8]]) -> std::io::Result<Vec<bool>> {
+        let mut searcher = flows::Searcher::new(needles);
+        self.to_server.search(&self.capture, &mut searcher)?;
+        self.to_client.search(&self.capture, &mut searcher)?;
+        Ok(searcher.found)
     }
 }
 
@@ -109,13 +117,17 @@ impl LinkCapture {
         let netns = host
             .netns()
             .map_err(|e| HarnessError::io("open the host's namespace", e))?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop_at = Arc::new(AtomicU64::new(packet::RUNNING));
+        let (wake_rx, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| HarnessError::io("create the capture's wake pipe", e.into()))?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let thread = {
-            let stop = stop.clone();
+            let stop_at = stop_at.clone();
             let pcap = pcap.clone();
             let interface = interface.to_string();
-            std::thread::spawn(move || packet::capture(netns, &interface, &pcap, &stop, ready_tx))
+            std::thread::spawn(move || {
+                packet::capture(netns, &interface, &pcap, &stop_at, wake_rx, ready_tx)
+            })
         };
         let ready: std::io::Result<()> = ready_rx
             .await
@@ -124,15 +136,16 @@ impl LinkCapture {
             host: host.name.clone(),
             message: format!("cannot capture {interface}: {e}"),
         })?;
-        let wrapper = host.wrapper();
-        let counters_before = interface_counters(&wrapper, interface).await?;
+        let net_dev = host.net_dev_path();
+        let counters_before = interface_counters(&net_dev, interface)?;
         Ok(Self {
             link: link.clone(),
             pcap,
-            wrapper,
+            net_dev,
             interface: interface.to_string(),
             counters_before,
-            stop,
+            stop_at,
+            wake,
             thread,
         })
     }
@@ -140,16 +153,22 @@ impl LinkCapture {
     /// Stops the capture and checks it against the interface's counters:
     /// fewer packets captured than crossed the interface is inconclusive.
     pub async fn finish(self) -> LinkEvidence {
-        let after = interface_counters(&self.wrapper, &self.interface).await;
-        self.stop.store(true, Ordering::SeqCst);
+        let after = interface_counters(&self.net_dev, &self.interface);
+        let on_interface = after.as_ref().ok().map(|(rx, tx)| {
+            rx.saturating_sub(self.counters_before.0) + tx.saturating_sub(self.counters_before.1)
+        });
+        // Unreadable counters stop at once; the evidence is then
+        // inconclusive anyway.
+        self.stop_at
+            .store(on_interface.unwrap_or(0), Ordering::SeqCst);
+        // If the wake byte cannot be written the thread still stops: at the
+        // next frame, or when the link goes down with the stack.
+        let _ = nix::unistd::write(&self.wake, &[1]);
         let captured = tokio::task::spawn_blocking(move || self.thread.join())
             .await
             .ok()
             .and_then(|joined| joined.ok())
             .and_then(|r| r.ok());
-        let on_interface = after.ok().map(|(rx, tx)| {
-            rx.saturating_sub(self.counters_before.0) + tx.saturating_sub(self.counters_before.1)
-        });
         let inconclusive = match (captured, on_interface) {
             (Some(c), Some(expected)) if c >= expected => None,
             (Some(c), Some(expected)) => Some(format!(
@@ -168,34 +187,29 @@ impl LinkCapture {
     }
 }
 
-/// (rx packets, tx packets) of an interface, from `ip -s -j link`.
-async fn interface_counters(wrapper: &[String], interface: &str) -> Result<(u64, u64)> {
-    let argv: Vec<&str> = wrapper
-        .iter()
-        .map(String::as_str)
-        .chain(["ip", "-s", "-j", "link", "show", "dev", interface])
-        .collect();
-    let output = tokio::process::Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .await
-        .map_err(|e| HarnessError::io("run `ip -s link`", e))?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&output.stdout).map_err(|e| HarnessError::Network {
-            host: interface.into(),
-            message: format!("unreadable `ip -s -j link` output: {e}"),
-        })?;
-    let stats = &json[0]["stats64"];
-    match (
-        stats["rx"]["packets"].as_u64(),
-        stats["tx"]["packets"].as_u64(),
-    ) {
-        (Some(rx), Some(tx)) => Ok((rx, tx)),
-        _ => Err(HarnessError::Network {
-            host: interface.into(),
-            message: "no packet counters in `ip -s -j link`".into(),
-        }),
-    }
+/// (rx packets, tx packets) of an interface, from its namespace's
+/// `/proc/…/net/dev`: read in place, nothing spawned.
+fn interface_counters(net_dev: &str, interface: &str) -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string(net_dev)
+        .map_err(|e| HarnessError::io(format!("read {net_dev}"), e))?;
+    parse_net_dev(&text, interface).ok_or_else(|| HarnessError::Network {
+        host: interface.into(),
+        message: format!("no packet counters for {interface} in {net_dev}"),
+    })
+}
+
+fn parse_net_dev(text: &str, interface: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find_map(|l| {
+        let (name, rest) = l.split_once(':')?;
+        (name.trim() == interface).then_some(rest)
+    })?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    // Receive: bytes packets …(8 fields); transmit: bytes packets …
+    Some((*fields.get(1)?, *fields.get(9)?))
 }
 
 impl WireCensus {
@@ -205,11 +219,11 @@ impl WireCensus {
         let mut links = Vec::new();
         let mut flows = Vec::new();
         for mut link in evidence {
-            match std::fs::read(&link.pcap)
+            let parsed = pcap::Capture::open(&link.pcap)
                 .map_err(|e| e.to_string())
-                .and_then(|b| pcap::parse(&b))
-            {
-                Ok(contents) => {
+                .and_then(|capture| Ok((pcap::parse(&capture)?, capture)));
+            match parsed {
+                Ok((contents, capture)) => {
                     if contents.truncated_frames > 0 && link.inconclusive.is_none() {
                         link.inconclusive = Some(format!(
                             "{} frames were cut short by the snap length",
@@ -226,7 +240,14 @@ impl WireCensus {
                         let name = |ip: &Ipv4Addr| {
                             hosts.get(ip).cloned().unwrap_or_else(|| ip.to_string())
                         };
-                        let class = classify::classify(&flow);
+                        let class = match classify::classify(&flow, &capture) {
+                            Ok(class) => class,
+                            Err(e) => {
+                                link.inconclusive =
+                                    Some(format!("cannot read {}: {e}", link.pcap.display()));
+                                continue;
+                            }
+                        };
                         flows.push(Flow {
                             link: link.link.clone(),
                             client_host: name(&flow.client.0),
@@ -237,6 +258,7 @@ impl WireCensus {
                             bytes_to_client: flow.to_client.len(),
                             label: class.label(),
                             class,
+                            capture: capture.clone(),
                             to_server: flow.to_server,
                             to_client: flow.to_client,
                         });
@@ -276,11 +298,17 @@ impl WireCensus {
     }
 
     /// Every place a canary appears in plaintext.
-    pub fn canary_hits(&self, canaries: &[(&str, &[u8])]) -> Vec<CanaryHit> {
+    pub fn canary_hits(&self, canaries: &[(&str, &[u8])]) -> Result<Vec<CanaryHit>> {
+        let needles: Vec<&[u8]> = canaries.iter().map(|(_, value)| *value).collect();
         let mut hits = Vec::new();
         for flow in &self.flows {
-            for (name, value) in canaries {
-                if flow.contains(value) {
+            // A stream that cannot be read back fails the search: a canary
+            // could be hiding in it.
+            let found = flow.search(&needles).map_err(|e| {
+                HarnessError::io(format!("read back the capture of {}", flow.describe()), e)
+            })?;
+            for ((name, _), found) in canaries.iter().zip(found) {
+                if found {
                     hits.push(CanaryHit {
                         canary: name.to_string(),
                         flow: flow.describe(),
@@ -288,7 +316,7 @@ impl WireCensus {
                 }
             }
         }
-        hits
+        Ok(hits)
     }
 
     /// The flow map as Mermaid: hosts and arrows coloured by protection.
@@ -381,6 +409,13 @@ pub fn render_svg(dot: &str, svg: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn interface_counters_come_from_proc_net_dev() {
+        let text = "Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n  ht1a: 1234  17    0    0    0     0          0         0     5678  23    0    0    0     0       0          0\n";
+        assert_eq!(parse_net_dev(text, "ht1a"), Some((17, 23)));
+        assert_eq!(parse_net_dev(text, "ht9z"), None);
+    }
+
     fn census_of(frames: Vec<Vec<u8>>) -> WireCensus {
         let dir = std::env::temp_dir().join(format!(
             "hubtrust-census-{}-{}",
@@ -423,7 +458,7 @@ mod tests {
             ("operator", "hub")
         );
         assert_eq!(flow.label, "plaintext HTTP POST /x");
-        let hits = census.canary_hits(&[("token", b"CANARY-42")]);
+        let hits = census.canary_hits(&[("token", b"CANARY-42")]).unwrap();
         assert_eq!(hits.len(), 1, "{hits:?}");
         assert_eq!(census.unprotected(&[]).len(), 1);
         assert!(census.unprotected(&[(8080, "declared".into())]).is_empty());

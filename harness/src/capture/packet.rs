@@ -3,28 +3,38 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{
     recvfrom, setsockopt, socket, sockopt, AddressFamily, LinkAddr, SockFlag, SockProtocol,
     SockType,
 };
-use nix::sys::time::TimeVal;
 
 const SNAPLEN: usize = 262_144;
-const DRAIN_GRACE: Duration = Duration::from_millis(300);
+/// Socket receive buffer asked for: room for bursts of 64 KiB GSO frames.
+const RECEIVE_BUFFER: usize = 64 << 20;
+/// How long a stopped capture keeps draining while it still has fewer
+/// frames than the interface says crossed it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
-/// Runs on a dedicated thread until `stop` is set, then drains what is
-/// already queued. Returns the number of frames written.
+/// Still capturing: no stop target has been set.
+pub const RUNNING: u64 = u64::MAX;
+
+/// Runs on a dedicated thread until `stop_at` holds a frame count and
+/// `wake` is readable, then drains the queue until it has written at least
+/// that many frames (or the drain limit passes). Returns the number of
+/// frames written.
 pub fn capture(
     netns: File,
     interface: &str,
     pcap: &Path,
-    stop: &AtomicBool,
+    stop_at: &AtomicU64,
+    wake: OwnedFd,
     ready: tokio::sync::oneshot::Sender<std::io::Result<()>>,
 ) -> std::io::Result<u64> {
     let opened = (|| -> std::io::Result<_> {
@@ -33,13 +43,15 @@ pub fn capture(
         let fd = socket(
             AddressFamily::Packet,
             SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             SockProtocol::EthAll,
         )?;
-        // Wake up regularly to notice `stop`; a large buffer rides out bursts.
-        setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 50_000))?;
-        let _ = setsockopt(&fd, sockopt::RcvBufForce, &(8 << 20));
-        let mut out = BufWriter::new(File::create(pcap)?);
+        // SO_RCVBUFFORCE needs CAP_NET_ADMIN over the initial namespace,
+        // which a rootless run lacks; then take what net.core.rmem_max allows.
+        if setsockopt(&fd, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+            let _ = setsockopt(&fd, sockopt::RcvBuf, &RECEIVE_BUFFER);
+        }
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(pcap)?);
         out.write_all(&pcap_header())?;
         Ok((index, fd, out))
     })();
@@ -58,25 +70,43 @@ pub fn capture(
     let mut frames = 0u64;
     let mut buf = vec![0u8; SNAPLEN];
     // Interface counters can run ahead of packet delivery (the receive side
-    // taps frames in softirq context), so after a stop request the queue is
-    // drained for a grace period, not just until it is first empty.
+    // taps frames in softirq context), so a stopped capture drains until it
+    // holds as many frames as the counters say crossed, not just until the
+    // queue is first empty.
     let mut stop_seen: Option<std::time::Instant> = None;
     loop {
-        match recvfrom::<LinkAddr>(fd.as_raw_fd(), &mut buf) {
-            Ok((len, Some(addr))) if addr.ifindex() == index => {
-                write_record(&mut out, &buf[..len.min(SNAPLEN)], len)?;
-                frames += 1;
-            }
-            Ok(_) => {}
-            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {
-                // Queue empty: only now may a requested stop take effect.
-                if stop.load(Ordering::SeqCst) {
-                    let since = *stop_seen.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() >= DRAIN_GRACE {
-                        break;
-                    }
+        // Everything queued, until the socket would block.
+        loop {
+            match recvfrom::<LinkAddr>(fd.as_raw_fd(), &mut buf) {
+                Ok((len, Some(addr))) if addr.ifindex() == index => {
+                    write_record(&mut out, &buf[..len.min(SNAPLEN)], len)?;
+                    frames += 1;
                 }
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => return Err(e.into()),
             }
+        }
+        let target = stop_at.load(Ordering::SeqCst);
+        let wait = if target == RUNNING {
+            // Sleep until a frame arrives or the stop request wakes us.
+            PollTimeout::NONE
+        } else {
+            let since = *stop_seen.get_or_insert_with(std::time::Instant::now);
+            let left = DRAIN_LIMIT.saturating_sub(since.elapsed());
+            if frames >= target || left.is_zero() {
+                break;
+            }
+            // Frames still due: wait for them, within the drain limit.
+            PollTimeout::try_from(left.as_millis().max(1) as i32).unwrap_or(PollTimeout::ZERO)
+        };
+        let mut fds = [
+            PollFd::new(fd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+        ];
+        let watched = if target == RUNNING { 2 } else { 1 };
+        match poll(&mut fds[..watched], wait) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
     }

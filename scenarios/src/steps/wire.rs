@@ -179,7 +179,7 @@ async fn no_canary(world: &mut Operator) -> anyhow::Result<()> {
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_bytes()))
         .collect();
-    let hits = census.canary_hits(&planted);
+    let hits = census.canary_hits(&planted)?;
     let named: Vec<String> = hits
         .iter()
         .map(|h| format!("{} in {}", h.canary, h.flow))
@@ -233,7 +233,7 @@ async fn census_catches_the_canary(world: &mut Operator) -> anyhow::Result<()> {
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_bytes()))
         .collect();
-    let hits = census.canary_hits(&planted);
+    let hits = census.canary_hits(&planted)?;
     anyhow::ensure!(
         !hits.is_empty(),
         "the detector missed a canary sent in plaintext: it cannot be trusted"
