@@ -37,11 +37,14 @@ def poll(method, path, ok=(200,), timeout=120):
     while time.monotonic() < deadline:
         if call(method, path, ok):
             return
+        if hub.poll() is not None:
+            raise SystemExit(f"baseline: jupyterhub exited ({hub.returncode}) before {path} answered")
         time.sleep(0.05)
     raise SystemExit(f"baseline: {path} not ready within {timeout}s")
 
 
-hub = subprocess.Popen([jupyterhub, "-f", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+# The hub logs to stderr, which lands in the baseline log hubtrust shows on failure.
+hub = subprocess.Popen([jupyterhub, "-f", config], stdout=subprocess.DEVNULL)
 try:
     poll("GET", "/hub/health")
     poll("POST", f"/hub/api/users/{user}", ok=(201, 409))

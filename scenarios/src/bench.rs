@@ -88,6 +88,10 @@ async fn measure_startup(args: &BenchArgs) -> anyhow::Result<()> {
                 "CONFIGPROXY_AUTH_TOKEN".to_string(),
                 stack.proxy_token.expose().to_string(),
             ),
+            (
+                "HUBTRUST_USER_PASSWORD".to_string(),
+                stack.user_password.expose().to_string(),
+            ),
             (STACK_MARKER_ENV.to_string(), stack.marker.clone()),
         ]);
         let marker = stack.marker.clone();
@@ -134,7 +138,7 @@ async fn measure_startup(args: &BenchArgs) -> anyhow::Result<()> {
             if let Some(status) = process.exit_status() {
                 anyhow::bail!(
                     "the baseline exited ({status}) before it was ready: {:?}",
-                    process.last_lines(10)
+                    process.last_lines(25)
                 );
             }
             anyhow::ensure!(
