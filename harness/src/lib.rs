@@ -5,6 +5,7 @@ pub mod backend;
 pub mod capture;
 pub mod component;
 pub mod doctor;
+pub mod enterprise;
 pub mod error;
 pub mod inventory;
 pub mod lab;

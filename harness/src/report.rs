@@ -47,6 +47,15 @@ pub struct ChainCheck {
     pub chain: Vec<String>,
 }
 
+/// The enterprise-trust results: the merged bundle's check and the
+/// discriminator table.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct EnterpriseSection {
+    pub bundle: Option<crate::enterprise::BundleCheck>,
+    pub targets: Vec<crate::enterprise::Target>,
+    pub runs: Vec<crate::enterprise::ToolRun>,
+}
+
 /// One scenario's wire census.
 #[derive(Debug, Clone, Serialize)]
 pub struct WireSection {
@@ -88,6 +97,9 @@ pub struct RunReport {
     pub chains: Vec<ChainCheck>,
     pub inventory: Option<Inventory>,
     pub wire: Vec<WireSection>,
+    /// The enterprise discriminator: tool × target × bundle.
+    #[serde(default)]
+    pub enterprise: Option<EnterpriseSection>,
     pub seconds: f64,
     /// Peak resident memory of the hubtrust process that ran the scenarios.
     pub peak_rss_kb: u64,
@@ -212,6 +224,24 @@ impl RunReport {
                     c.protocol.as_deref().unwrap_or("-"),
                     c.chain.join(" ← ")
                 );
+            }
+        }
+        if let Some(e) = &self.enterprise {
+            md += "\n## Enterprise trust\n\n";
+            if let Some(b) = &e.bundle {
+                md += &format!(
+                    "Merged bundle: {} system + {} org certificates → {} in the merged file{}.\n\n",
+                    b.system_certs,
+                    b.org_certs,
+                    b.merged_certs,
+                    b.problem
+                        .as_ref()
+                        .map_or(String::new(), |p| format!(" — **{p}**"))
+                );
+            }
+            if !e.runs.is_empty() {
+                md += "Each tool ran in the lab; a cell shows `ok` or the error class, in bold where it differs from the expected table.\n\n";
+                md += &crate::enterprise::table_markdown(&e.targets, &e.runs);
             }
         }
         for w in &self.wire {

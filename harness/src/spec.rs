@@ -26,6 +26,29 @@ pub struct StackSpec {
     pub proxy: ComponentOverride,
     #[serde(default)]
     pub lab: ComponentOverride,
+    /// Enterprise trust: outbound endpoints and the org-bundle merge step.
+    #[serde(default)]
+    pub enterprise: Option<EnterpriseSpec>,
+}
+
+/// The enterprise-trust setup: an `internet` host with hubtrust's outbound
+/// test servers, and the init step that merges the org CA bundle into the
+/// labs' trust.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnterpriseSpec {
+    /// The host serving the org-CA, public and foreign endpoints; it needs
+    /// a link to the lab host.
+    pub internet_host: String,
+    /// Run the merge step and point the labs' five CA variables at the
+    /// merged bundle. Off by default: then the labs' environment is exactly
+    /// what it is without this section.
+    #[serde(default)]
+    pub merge_org_bundle: bool,
+    /// The org bundle's source (a ConfigMap's equivalent); by default the
+    /// run's org root CA. A missing file degrades to the system bundle.
+    #[serde(default)]
+    pub org_bundle: Option<std::path::PathBuf>,
 }
 
 fn default_name() -> String {
@@ -46,6 +69,7 @@ impl Default for StackSpec {
             hub: ComponentOverride::default(),
             proxy: ComponentOverride::default(),
             lab: ComponentOverride::default(),
+            enterprise: None,
         }
     }
 }
@@ -214,6 +238,19 @@ impl StackSpec {
                 "topology.plaintext_exceptions for port {} gives no reason",
                 bad.port
             ));
+        }
+        if let Some(e) = &self.enterprise {
+            let host = &e.internet_host;
+            let linked = t
+                .links
+                .iter()
+                .any(|[a, b]| (a == host && b == &t.lab_host) || (b == host && a == &t.lab_host));
+            if !t.hosts.contains(host) || !linked {
+                return Err(format!(
+                    "enterprise.internet_host = {host:?} needs to be one of topology.hosts and linked to the lab host: add {host:?} to hosts and [{:?}, {host:?}] to topology.links",
+                    t.lab_host
+                ));
+            }
         }
         if t.hosts.iter().any(|h| h == "operator") {
             return Err("`operator` is reserved for hubtrust's own namespace".into());

@@ -98,6 +98,8 @@ pub struct Stack {
     public_addr: SocketAddr,
     http: reqwest::Client,
     labs: BTreeMap<String, Lab>,
+    /// Outbound endpoints and bundles of an enterprise stack.
+    outbound: Option<crate::enterprise::Outbound>,
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> HarnessError {
@@ -210,7 +212,23 @@ impl Stack {
             )?;
         }
 
-        let config = render_hub_config(&spec, &values, &proxy_manifest, &lab_manifest, &marker)?;
+        let outbound = match &spec.enterprise {
+            Some(enterprise) => {
+                progress("starting the outbound endpoints and the org-bundle merge step");
+                Some(start_outbound(enterprise, &spec, &org, &network, &run_dir).await?)
+            }
+            None => None,
+        };
+
+        let merge = outbound.as_ref().and_then(|o| o.merge.as_ref());
+        let config = hub_config_for(
+            &spec,
+            &values,
+            &proxy_manifest,
+            &lab_manifest,
+            &marker,
+            merge,
+        )?;
         crate::pki::write_with_mode(&config_path, config.as_bytes(), 0o644)?;
 
         let hub_log = run_dir.join("logs").join("jupyterhub.log");
@@ -261,6 +279,7 @@ impl Stack {
             public_addr,
             http,
             labs: BTreeMap::new(),
+            outbound,
         };
         // From here on, an early return drops `stack`, which tears down.
         stack.await_ready("jupyterhub", &hub_manifest.ready).await?;
@@ -818,6 +837,11 @@ impl WireCapture {
 }
 
 impl Stack {
+    /// The enterprise stack's outbound endpoints and bundles, if any.
+    pub fn outbound(&self) -> Option<&crate::enterprise::Outbound> {
+        self.outbound.as_ref()
+    }
+
     /// Every address of the topology, named by host.
     pub fn host_addresses(&self) -> BTreeMap<Ipv4Addr, String> {
         self.network
@@ -1274,6 +1298,61 @@ fn manifest_with_overrides(
     Ok(manifest)
 }
 
+/// The hub's config for `spec`. When the enterprise merge step ran, the
+/// labs' environment gains the five CA variables; nothing else changes, so
+/// with the step off the config is byte for byte the plain stack's.
+fn hub_config_for(
+    spec: &StackSpec,
+    values: &BTreeMap<&str, String>,
+    proxy: &ComponentManifest,
+    lab: &ComponentManifest,
+    marker: &str,
+    merge: Option<&crate::enterprise::MergeOutcome>,
+) -> Result<String> {
+    let mut lab = lab.clone();
+    lab.env.extend(crate::enterprise::lab_environment(merge));
+    render_hub_config(spec, values, proxy, &lab, marker)
+}
+
+/// Starts the enterprise stack's outbound side on its internet host; the
+/// merge step, when asked for, runs on the lab's host.
+async fn start_outbound(
+    enterprise: &crate::spec::EnterpriseSpec,
+    spec: &StackSpec,
+    org: &OrgPki,
+    network: &LocalNetwork,
+    run_dir: &Path,
+) -> Result<crate::enterprise::Outbound> {
+    let lab_host = &spec.topology.lab_host;
+    let internet = &enterprise.internet_host;
+    let link = network
+        .link_between(lab_host, internet)
+        .ok_or_else(|| HarnessError::Network {
+            host: internet.clone(),
+            message: format!("no link to the lab host `{lab_host}`"),
+        })?;
+    let internet_ip = if &link.a.0 == internet {
+        link.a.1
+    } else {
+        link.b.1
+    };
+    let dir = run_dir.join("enterprise");
+    std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+    // The init step is the script in fixtures/, written out and run as is.
+    let script = dir.join("merge-ca-bundle.sh");
+    crate::pki::write_with_mode(&script, builtin::MERGE_CA_BUNDLE.as_bytes(), 0o755)?;
+    crate::enterprise::Outbound::start(
+        enterprise,
+        org,
+        network.host(internet)?,
+        internet_ip,
+        network.host(lab_host)?,
+        &dir,
+        &script,
+    )
+    .await
+}
+
 fn render_hub_config(
     spec: &StackSpec,
     values: &BTreeMap<&str, String>,
@@ -1329,4 +1408,57 @@ fn render_hub_config(
         &config_values,
         "jupyterhub_config.py",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(spec: &StackSpec, merge: Option<&crate::enterprise::MergeOutcome>) -> String {
+        let components = Components {
+            root: "/c".into(),
+            venv: "/c/venv".into(),
+            node_modules: "/c/node_modules".into(),
+        };
+        let run = Path::new("/run/x");
+        let values = template_values(
+            spec,
+            &components,
+            run,
+            &run.join("hub/jupyterhub_config.py"),
+            &run.join("pki/public.crt"),
+            &run.join("pki/public.key"),
+            "marker",
+        );
+        let proxy = manifest_with_overrides("proxy", builtin::PROXY, &values, &spec.proxy).unwrap();
+        let lab = manifest_with_overrides("lab", builtin::LAB, &values, &spec.lab).unwrap();
+        hub_config_for(spec, &values, &proxy, &lab, "marker", merge).unwrap()
+    }
+
+    #[test]
+    fn with_the_merge_off_the_hub_config_is_byte_for_byte_the_plain_one() {
+        let plain = StackSpec::default();
+        let enterprise = StackSpec {
+            enterprise: Some(crate::spec::EnterpriseSpec {
+                internet_host: "internet".into(),
+                merge_org_bundle: false,
+                org_bundle: None,
+            }),
+            ..StackSpec::default()
+        };
+        assert_eq!(config(&plain, None), config(&enterprise, None));
+        let merged = crate::enterprise::MergeOutcome {
+            merged: "/run/x/enterprise/certs-extra/ca-bundle.crt".into(),
+            degraded: None,
+        };
+        let on = config(&enterprise, Some(&merged));
+        for variable in crate::enterprise::CA_VARIABLES {
+            assert!(
+                on.contains(&format!(
+                    "{variable:?}:\"/run/x/enterprise/certs-extra/ca-bundle.crt\""
+                )),
+                "{variable} missing:\n{on}"
+            );
+        }
+    }
 }

@@ -44,6 +44,7 @@ pub struct Operator {
     pub matrix: Option<TrustMatrix>,
     pub chains: Vec<ChainCheck>,
     pub inventory: Option<hubtrust_harness::inventory::Inventory>,
+    pub tool_runs: Option<Vec<hubtrust_harness::enterprise::ToolRun>>,
 }
 
 impl Operator {

@@ -440,3 +440,98 @@ fn a_kernel_on_another_host_is_caught_on_the_wire() {
         "hub--kernels",
     );
 }
+
+/// Runs the enterprise profile on `stack` (a path), returning the output
+/// and the report directory.
+fn enterprise_run(name: &str, stack: &std::path::Path) -> (Output, PathBuf, String) {
+    let report = scratch(&format!("{name}-report"));
+    let id = run_id(name);
+    let out = hubtrust()
+        .args(["run", "--tags", "@enterprise", "--report"])
+        .arg(&report)
+        .arg("--stack")
+        .arg(stack)
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    (out, report, id)
+}
+
+/// The enterprise stack file with `org_bundle` pointing at `source`.
+fn enterprise_stack_with_org_bundle(name: &str, source: &std::path::Path) -> PathBuf {
+    let dir = scratch(name);
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/stacks/enterprise.toml"),
+    )
+    .unwrap();
+    let file = dir.join("stack.toml");
+    std::fs::write(
+        &file,
+        format!("{base}org_bundle = {:?}\n", source.display().to_string()),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn enterprise_profile_passes_and_reports_the_tool_table() {
+    let (out, report, id) = enterprise_run(
+        "enterprise",
+        std::path::Path::new("fixtures/stacks/enterprise.toml"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("## Enterprise trust"), "{md}");
+    assert!(
+        md.contains("| curl | org-CA server | ok | unknown-issuer |"),
+        "{md}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        json["enterprise"]["runs"].as_array().unwrap().len(),
+        6 * 3 * 2
+    );
+    assert_eq!(json["enterprise"]["bundle"]["merged_certs"], 2);
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
+fn a_missing_org_bundle_degrades_and_the_table_shows_the_org_ca_untrusted() {
+    let stack = enterprise_stack_with_org_bundle(
+        "enterprise-missing-org",
+        std::path::Path::new("/nonexistent/org-ca-bundle.crt"),
+    );
+    let (out, report, id) = enterprise_run("enterprise-missing-org", &stack);
+    let t = text(&out);
+    // The spawn succeeded on the system bundle alone; the discriminator
+    // then catches that the org CA is not trusted.
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("✔ Labs trust the organisation's CA for outbound traffic, and only there / The merged bundle is exactly"),
+        "{t}"
+    );
+    assert!(
+        t.contains("curl → org-CA server with the merged bundle: expected ok, got unknown-issuer"),
+        "{t}"
+    );
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&report).unwrap();
+    std::fs::remove_dir_all(stack.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn a_malformed_org_bundle_is_a_clear_error_and_leaves_nothing() {
+    let dir = scratch("enterprise-bad-org-source");
+    let source = dir.join("org.crt");
+    std::fs::write(&source, "not a certificate\n").unwrap();
+    let stack = enterprise_stack_with_org_bundle("enterprise-bad-org", &source);
+    let (out, report, id) = enterprise_run("enterprise-bad-org", &stack);
+    expect_usage_error(&out, "holds no PEM certificate");
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    let _ = std::fs::remove_dir_all(&report);
+    std::fs::remove_dir_all(stack.parent().unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,6 +1,7 @@
 //! Step definitions, one file per domain concept. Steps parse, call one
 //! harness API, and assert; nothing else lives here.
 
+pub mod enterprise;
 pub mod reachability;
 pub mod secrets;
 pub mod stack;

@@ -1,0 +1,646 @@
+//! Enterprise trust: hubtrust's outbound test servers on an `internet`
+//! host, the org-bundle merge step (run for real, as the init step would),
+//! byte-level checks of the merged bundle, and the in-lab discriminator that
+//! runs each user tool against each target with and without the org CA.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::backend::local::Host;
+use crate::error::{HarnessError, Result};
+use crate::pki::{CertificateAuthority, OrgPki, Usage, Validity};
+use crate::probe::{parse_certs, parse_identity};
+use crate::spec::EnterpriseSpec;
+
+/// The five variables the init step points at the merged bundle.
+pub const CA_VARIABLES: [&str; 5] = [
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+];
+
+/// Who signed an outbound endpoint's certificate, which decides whether a
+/// bundle should trust it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Signer {
+    /// The org CA, through its issuing intermediate.
+    Org,
+    /// The per-run "public root" that stands in for the system store's roots.
+    Public,
+    /// A CA nobody trusts.
+    Foreign,
+}
+
+/// One outbound endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub url: String,
+    pub signer: Signer,
+}
+
+/// Which bundle a tool ran with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bundle {
+    /// The lab's default environment: the merged bundle.
+    Merged,
+    /// The tool's variable overridden to the system bundle alone.
+    System,
+}
+
+impl Bundle {
+    pub fn label(self) -> &'static str {
+        match self {
+            Bundle::Merged => "merged bundle",
+            Bundle::System => "system bundle alone",
+        }
+    }
+}
+
+/// What the merge step did.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeOutcome {
+    pub merged: PathBuf,
+    /// Set when the step degraded (no org bundle), with its own words.
+    pub degraded: Option<String>,
+}
+
+/// The outbound side of an enterprise stack: servers on the internet host,
+/// the system and org bundles, and the merged bundle when the step ran.
+/// The servers stop when this is dropped.
+pub struct Outbound {
+    pub targets: Vec<Target>,
+    pub system_bundle: PathBuf,
+    pub org_bundle: PathBuf,
+    pub merge: Option<MergeOutcome>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        for server in &self.servers {
+            server.abort();
+        }
+    }
+}
+
+impl Outbound {
+    /// Generates the public root and the endpoints' leaves, writes the
+    /// bundles, starts the servers on `internet` and, when the spec asks
+    /// for it, runs the merge step on `lab_host`.
+    pub async fn start(
+        spec: &EnterpriseSpec,
+        org: &OrgPki,
+        internet: &Host,
+        internet_ip: Ipv4Addr,
+        lab_host: &Host,
+        dir: &Path,
+        merge_script: &Path,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
+        let public_root = CertificateAuthority::root("hubtrust public root")?;
+        let system_bundle = dir.join("system-ca-bundle.crt");
+        crate::pki::write_with_mode(&system_bundle, public_root.cert_pem().as_bytes(), 0o644)?;
+        let org_bundle = match &spec.org_bundle {
+            Some(source) => source.clone(),
+            None => {
+                let path = dir.join("org-ca-bundle.crt");
+                crate::pki::write_with_mode(&path, org.root.cert_pem().as_bytes(), 0o644)?;
+                path
+            }
+        };
+
+        let ip = internet_ip.to_string();
+        let mut targets = Vec::new();
+        let mut servers = Vec::new();
+        for (name, signer, ca, port) in [
+            ("org-CA server", Signer::Org, &org.issuing, 8443),
+            ("public endpoint", Signer::Public, &public_root, 8444),
+            ("foreign-CA server", Signer::Foreign, &org.foreign, 8445),
+        ] {
+            let identity = ca.issue(name, &[&ip], Usage::Server, Validity::fresh(30))?;
+            let (chain, key) = parse_identity(&identity)
+                .map_err(|e| HarnessError::Pki(format!("the {name}'s identity: {e}")))?;
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+            .map_err(|e| HarnessError::Pki(format!("the {name}'s TLS config: {e}")))?;
+            let addr = SocketAddr::from((internet_ip, port));
+            let listener = internet
+                .listen(addr)
+                .await
+                .map_err(|e| HarnessError::Network {
+                    host: internet.name.clone(),
+                    message: format!("cannot serve the {name} on {addr}: {e}"),
+                })?;
+            servers.push(tokio::spawn(serve(
+                listener,
+                tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+                name,
+            )));
+            targets.push(Target {
+                name: name.into(),
+                url: format!("https://{ip}:{port}"),
+                signer,
+            });
+        }
+
+        let merge = if spec.merge_org_bundle {
+            let merged = dir.join("certs-extra").join("ca-bundle.crt");
+            Some(
+                run_merge_step(lab_host, merge_script, &system_bundle, &org_bundle, &merged)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            targets,
+            system_bundle,
+            org_bundle,
+            merge,
+            servers,
+        })
+    }
+}
+
+/// The variables the labs get: the five CA variables at the merged bundle
+/// when the merge step ran, nothing otherwise.
+pub fn lab_environment(merge: Option<&MergeOutcome>) -> Vec<(String, String)> {
+    merge
+        .iter()
+        .flat_map(|m| {
+            CA_VARIABLES
+                .iter()
+                .map(|v| (v.to_string(), m.merged.display().to_string()))
+        })
+        .collect()
+}
+
+/// A minimal HTTPS server: enough of HTTP for urllib, requests, curl, node,
+/// `git ls-remote` (smart-HTTP ref advertisement) and `pip index` (a PEP 503
+/// simple index).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    name: &'static str,
+) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            // Clients that refuse the certificate end here: expected.
+            let Ok(Ok(mut tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 64 * 1024 {
+                match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let text = String::from_utf8_lossy(&request);
+            let path = text.split_whitespace().nth(1).unwrap_or("/");
+            let (content_type, body) = respond(name, path);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = tls.write_all(head.as_bytes()).await;
+            let _ = tls.write_all(&body).await;
+            let _ = tls.shutdown().await;
+        });
+    }
+}
+
+fn respond(name: &str, path: &str) -> (&'static str, Vec<u8>) {
+    if path.contains("/info/refs") {
+        let pkt = |s: &str| format!("{:04x}{s}", s.len() + 4);
+        let sha = "1b1e5e7a0c4a4f4bbf6f3c3b2a1d0e9f8a7b6c5d";
+        let body = format!(
+            "{}0000{}{}0000",
+            pkt("# service=git-upload-pack\n"),
+            pkt(&format!("{sha} HEAD\0symref=HEAD:refs/heads/main\n")),
+            pkt(&format!("{sha} refs/heads/main\n")),
+        );
+        return (
+            "application/x-git-upload-pack-advertisement",
+            body.into_bytes(),
+        );
+    }
+    if path.starts_with("/simple") {
+        let body = if path.trim_end_matches('/') == "/simple" {
+            "<!DOCTYPE html><html><body><a href=\"hubtrust-probe/\">hubtrust-probe</a></body></html>"
+        } else {
+            "<!DOCTYPE html><html><body><a href=\"/files/hubtrust_probe-1.0.tar.gz\">hubtrust_probe-1.0.tar.gz</a></body></html>"
+        };
+        return ("text/html", body.as_bytes().to_vec());
+    }
+    ("text/plain", format!("hubtrust {name}\n").into_bytes())
+}
+
+/// Runs the real merge script on the lab's host, as the init step would.
+pub async fn run_merge_step(
+    host: &Host,
+    script: &Path,
+    system: &Path,
+    org: &Path,
+    merged: &Path,
+) -> Result<MergeOutcome> {
+    let argv: Vec<String> = host
+        .wrapper()
+        .into_iter()
+        .chain(["sh".to_string(), script.display().to_string()])
+        .chain([system, org, merged].map(|p| p.display().to_string()))
+        .collect();
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| HarnessError::Spawn {
+        component: "org-bundle merge step".into(),
+        message: format!("`{}` did not finish within 30s", argv.join(" ")),
+    })?
+    .map_err(|e| HarnessError::io("run the org-bundle merge step", e))?;
+    let said = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    if !output.status.success() {
+        return Err(HarnessError::Spawn {
+            component: "org-bundle merge step".into(),
+            message: format!("{} ({})", said, output.status),
+        });
+    }
+    Ok(MergeOutcome {
+        merged: merged.to_path_buf(),
+        degraded: (!said.is_empty()).then_some(said),
+    })
+}
+
+/// The byte-level check of a merged bundle.
+#[derive(Debug, Clone, Serialize)]
+pub struct BundleCheck {
+    pub system_certs: usize,
+    pub org_certs: usize,
+    pub merged_certs: usize,
+    /// Why the merged file is not exactly system + org, if it is not.
+    pub problem: Option<String>,
+}
+
+/// Whether `merged` parses into exactly the system bundle's certificates
+/// followed by the org bundle's (none if it is missing), in order.
+pub fn check_merged(system: &Path, org: &Path, merged: &Path) -> BundleCheck {
+    let read = |p: &Path| -> std::result::Result<Vec<Vec<u8>>, String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(parse_certs(&text)?.iter().map(|c| c.to_vec()).collect())
+    };
+    let system_certs = read(system);
+    let org_certs = if org.exists() {
+        read(org)
+    } else {
+        Ok(Vec::new())
+    };
+    let merged_certs = read(merged);
+    let counts = |r: &std::result::Result<Vec<Vec<u8>>, String>| r.as_ref().map_or(0, Vec::len);
+    let problem = match (&system_certs, &org_certs, &merged_certs) {
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Some(e.clone()),
+        (Ok(s), Ok(o), Ok(m)) => {
+            let expected: Vec<&Vec<u8>> = s.iter().chain(o).collect();
+            let got: Vec<&Vec<u8>> = m.iter().collect();
+            (expected != got).then(|| {
+                format!(
+                    "expected {} certificates ({} system + {} org) in order, found {}",
+                    expected.len(),
+                    s.len(),
+                    o.len(),
+                    m.len()
+                )
+            })
+        }
+    };
+    BundleCheck {
+        system_certs: counts(&system_certs),
+        org_certs: counts(&org_certs),
+        merged_certs: counts(&merged_certs),
+        problem,
+    }
+}
+
+/// The user tools the discriminator runs, in table order.
+pub const TOOLS: [&str; 6] = ["python urllib", "requests", "curl", "git", "node", "pip"];
+
+/// One tool run in the lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolRun {
+    pub tool: String,
+    pub target: String,
+    pub bundle: Bundle,
+    /// `ok`, `absent`, `timeout`, or `failed` (then see `detail`).
+    pub outcome: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl ToolRun {
+    /// The stable code of the run: `ok`, `absent`, or an error class.
+    pub fn code(&self) -> &'static str {
+        match self.outcome.as_str() {
+            "ok" => "ok",
+            "absent" => "absent",
+            "timeout" => "timeout",
+            _ => error_code(&self.detail),
+        }
+    }
+}
+
+/// Maps a tool's error text to a stable code.
+pub fn error_code(text: &str) -> &'static str {
+    let t = text.to_ascii_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|n| t.contains(n));
+    if any(&[
+        "hostname mismatch",
+        "ip address mismatch",
+        "err_tls_cert_altname_invalid",
+        "no alternative certificate subject name",
+        "doesn't match",
+    ]) {
+        "name-mismatch"
+    } else if any(&["certificate has expired", "cert_has_expired"]) {
+        "expired"
+    } else if any(&[
+        "unable to get local issuer certificate",
+        "unable_to_get_issuer_cert",
+        "self-signed certificate in certificate chain",
+        "self signed certificate in certificate chain",
+        "self_signed_cert_in_chain",
+        "unable to verify the first certificate",
+        "unable_to_verify_leaf_signature",
+        "certificate verify failed",
+        "server certificate verification failed",
+        "ssl certificate problem",
+        "confirming the ssl certificate",
+    ]) {
+        "unknown-issuer"
+    } else if any(&["connection refused", "econnrefused"]) {
+        "connect-refused"
+    } else if any(&["timed out", "etimedout"]) {
+        "timeout"
+    } else {
+        "error"
+    }
+}
+
+/// What a bundle should make of a target: `ok` or the error code.
+pub fn expected(signer: Signer, bundle: Bundle) -> &'static str {
+    match (signer, bundle) {
+        (Signer::Org, Bundle::Merged) | (Signer::Public, _) => "ok",
+        (Signer::Org, Bundle::System) | (Signer::Foreign, _) => "unknown-issuer",
+    }
+}
+
+/// The marker the driver prints before its JSON results.
+pub const RESULTS_MARKER: &str = "HUBTRUST-DISCRIMINATOR ";
+
+/// Python for one kernel cell: runs every tool × target × bundle
+/// concurrently as subprocesses of the kernel, so they see exactly the
+/// lab's environment, and prints the results as JSON.
+pub fn driver_code(targets: &[Target], system_bundle: &Path) -> String {
+    let targets = serde_json::to_string(
+        &targets
+            .iter()
+            .map(|t| serde_json::json!({"name": t.name, "url": t.url}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap_or_else(|_| "[]".into());
+    let system = serde_json::to_string(&system_bundle.display().to_string())
+        .unwrap_or_else(|_| "\"\"".into());
+    DRIVER
+        .replace("@TARGETS@", &targets)
+        .replace("@SYSTEM@", &system)
+        .replace("@MARKER@", RESULTS_MARKER)
+}
+
+const DRIVER: &str = r#"
+import json, os, shutil, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
+
+TARGETS = json.loads(r'''@TARGETS@''')
+SYSTEM = @SYSTEM@
+NODE = ("require('https').get(process.argv[1], r => { r.resume(); r.on('end', () => process.exit(0)); })"
+        ".on('error', e => { console.error(e.code + ': ' + e.message); process.exit(1); })")
+PY = sys.executable
+TOOLS = {
+    "python urllib": ("SSL_CERT_FILE", lambda u: [PY, "-c", "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10).read()", u]),
+    "requests": ("REQUESTS_CA_BUNDLE", lambda u: [PY, "-c", "import sys, requests; requests.get(sys.argv[1], timeout=10).raise_for_status()", u]),
+    "curl": ("CURL_CA_BUNDLE", lambda u: ["curl", "-sS", "-f", "-o", "/dev/null", "--max-time", "10", u]),
+    "git": ("GIT_SSL_CAINFO", lambda u: ["git", "ls-remote", u + "/probe.git"]),
+    "node": ("NODE_EXTRA_CA_CERTS", lambda u: ["node", "-e", NODE, u]),
+    "pip": ("REQUESTS_CA_BUNDLE", lambda u: [PY, "-m", "pip", "index", "versions", "hubtrust-probe", "--index-url", u + "/simple/", "--retries", "0", "--timeout", "10", "--disable-pip-version-check", "--no-cache-dir", "--no-color", "-v"]),
+}
+
+def present(tool, argv):
+    if tool == "requests":
+        return subprocess.run([PY, "-c", "import requests"], capture_output=True).returncode == 0
+    return argv[0] == PY or shutil.which(argv[0]) is not None
+
+def run(job):
+    tool, target, bundle = job
+    var, make = TOOLS[tool]
+    argv = make(target["url"])
+    row = {"tool": tool, "target": target["name"], "bundle": bundle}
+    if not present(tool, argv):
+        return dict(row, outcome="absent", detail=argv[0] + " is not installed in the lab")
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
+    if bundle == "system":
+        env[var] = SYSTEM
+    try:
+        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=40)
+    except subprocess.TimeoutExpired as e:
+        partial = (e.stderr or b"") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return dict(row, outcome="timeout", detail=" ".join(argv) + ": " + str(partial)[-400:])
+    # pip -v logs the underlying TLS error to stdout, the verdict to stderr.
+    detail = (p.stdout.strip() + "\n" + p.stderr.strip()).strip()[-4000:]
+    return dict(row, outcome="ok" if p.returncode == 0 else "failed", detail=detail)
+
+jobs = [(tool, target, bundle) for tool in TOOLS for target in TARGETS for bundle in ("merged", "system")]
+with ThreadPoolExecutor(max_workers=8) as pool:
+    results = list(pool.map(run, jobs))
+print("@MARKER@" + json.dumps(results))
+"#;
+
+/// Reads the driver's results out of the cell's stdout.
+pub fn parse_results(stdout: &str) -> std::result::Result<Vec<ToolRun>, String> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(RESULTS_MARKER))
+        .ok_or_else(|| {
+            format!(
+                "the discriminator printed no results; its output: {}",
+                stdout.chars().take(800).collect::<String>()
+            )
+        })?;
+    serde_json::from_str(line).map_err(|e| format!("unreadable discriminator results: {e}"))
+}
+
+/// The discriminator's table as Markdown: tool × target × bundle.
+pub fn table_markdown(targets: &[Target], runs: &[ToolRun]) -> String {
+    let mut out = String::from(
+        "| tool | target | merged bundle | system bundle alone |\n|---|---|---|---|\n",
+    );
+    for tool in TOOLS {
+        for target in targets {
+            let cell = |bundle: Bundle| {
+                runs.iter()
+                    .find(|r| r.tool == tool && r.target == target.name && r.bundle == bundle)
+                    .map_or("not run".to_string(), |r| {
+                        let code = r.code();
+                        let want = expected(target.signer, bundle);
+                        if code == want || code == "absent" {
+                            code.to_string()
+                        } else {
+                            format!("**{code}** (expected {want})")
+                        }
+                    })
+            };
+            out.push_str(&format!(
+                "| {tool} | {} | {} | {} |\n",
+                target.name,
+                cell(Bundle::Merged),
+                cell(Bundle::System)
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_errors_map_to_stable_codes() {
+        for (text, code) in [
+            ("curl: (60) SSL certificate problem: unable to get local issuer certificate", "unknown-issuer"),
+            ("urllib.error.URLError: <urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate in certificate chain (_ssl.c:992)>", "unknown-issuer"),
+            ("fatal: unable to access 'https://10.77.2.2:8443/probe.git/': server certificate verification failed. CAfile: /x CRLfile: none", "unknown-issuer"),
+            ("UNABLE_TO_GET_ISSUER_CERT_LOCALLY: unable to get local issuer certificate", "unknown-issuer"),
+            ("SELF_SIGNED_CERT_IN_CHAIN: self-signed certificate in certificate chain", "unknown-issuer"),
+            ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: IP address mismatch", "name-mismatch"),
+            ("ECONNREFUSED: connect ECONNREFUSED 10.77.2.2:8443", "connect-refused"),
+            ("something else entirely", "error"),
+        ] {
+            assert_eq!(error_code(text), code, "{text}");
+        }
+    }
+
+    #[test]
+    fn expectations_follow_the_trust_table() {
+        assert_eq!(expected(Signer::Org, Bundle::Merged), "ok");
+        assert_eq!(expected(Signer::Org, Bundle::System), "unknown-issuer");
+        assert_eq!(expected(Signer::Public, Bundle::System), "ok");
+        assert_eq!(expected(Signer::Foreign, Bundle::Merged), "unknown-issuer");
+    }
+
+    fn run_script(
+        system: &str,
+        org: Option<&str>,
+    ) -> (std::process::Output, PathBuf, PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "hubtrust-merge-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (s, o, m) = (
+            dir.join("system.crt"),
+            dir.join("org.crt"),
+            dir.join("out/ca-bundle.crt"),
+        );
+        std::fs::write(&s, system).unwrap();
+        if let Some(org) = org {
+            std::fs::write(&o, org).unwrap();
+        }
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/enterprise/merge-ca-bundle.sh");
+        let output = std::process::Command::new("sh")
+            .arg(script)
+            .args([&s, &o, &m])
+            .output()
+            .unwrap();
+        (output, s, o, m)
+    }
+
+    #[test]
+    fn the_merge_script_keeps_every_certificate_across_a_missing_newline() {
+        let a = CertificateAuthority::root("a").unwrap().cert_pem();
+        let b = CertificateAuthority::root("b").unwrap().cert_pem();
+        let c = CertificateAuthority::root("c").unwrap().cert_pem();
+        // The system bundle and the org bundle both lack their final newline.
+        let system = format!("{a}{}", b.trim_end());
+        let (output, s, o, m) = run_script(&system, Some(c.trim_end()));
+        assert!(output.status.success(), "{output:?}");
+        let check = check_merged(&s, &o, &m);
+        assert_eq!(
+            (check.system_certs, check.org_certs, check.merged_certs),
+            (2, 1, 3)
+        );
+        assert!(check.problem.is_none(), "{check:?}");
+    }
+
+    #[test]
+    fn a_missing_org_bundle_degrades_to_the_system_bundle() {
+        let a = CertificateAuthority::root("a").unwrap().cert_pem();
+        let (output, s, o, m) = run_script(&a, None);
+        assert!(output.status.success(), "{output:?}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("system bundle alone"));
+        let check = check_merged(&s, &o, &m);
+        assert_eq!(check.merged_certs, 1);
+        assert!(check.problem.is_none());
+    }
+
+    #[test]
+    fn a_malformed_org_bundle_is_refused_and_writes_nothing() {
+        let a = CertificateAuthority::root("a").unwrap().cert_pem();
+        let (output, _, _, m) = run_script(&a, Some("this is not PEM\n"));
+        assert!(!output.status.success());
+        assert!(String::from_utf8_lossy(&output.stderr).contains("no PEM certificate"));
+        assert!(!m.exists());
+        let (output, _, _, m) = run_script(&a, Some(""));
+        assert!(
+            !output.status.success(),
+            "an empty org bundle is an error, not a silent degrade"
+        );
+        assert!(!m.exists());
+    }
+
+    #[test]
+    fn a_check_catches_a_lost_certificate() {
+        let dir = std::env::temp_dir().join(format!("hubtrust-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = CertificateAuthority::root("a").unwrap().cert_pem();
+        let b = CertificateAuthority::root("b").unwrap().cert_pem();
+        std::fs::write(dir.join("s"), &a).unwrap();
+        std::fs::write(dir.join("o"), &b).unwrap();
+        // Glued without a newline: the org certificate is lost to parsers.
+        std::fs::write(dir.join("m"), format!("{}{b}", a.trim_end())).unwrap();
+        let check = check_merged(&dir.join("s"), &dir.join("o"), &dir.join("m"));
+        assert!(check.problem.is_some(), "{check:?}");
+    }
+}

@@ -1,0 +1,153 @@
+use cucumber::{given, then, when};
+use hubtrust_harness::enterprise::{self, CA_VARIABLES};
+use hubtrust_harness::report::EnterpriseSection;
+
+use crate::world::{report, Operator};
+
+fn outbound(world: &Operator) -> anyhow::Result<&enterprise::Outbound> {
+    world.stack()?.outbound().ok_or_else(|| {
+        anyhow::anyhow!(
+            "this stack has no [enterprise] section, so there is nothing to check (fix: --stack fixtures/stacks/enterprise.toml, or add [enterprise] to your stack file)"
+        )
+    })
+}
+
+fn merged_bundle(world: &Operator) -> anyhow::Result<&enterprise::MergeOutcome> {
+    outbound(world)?.merge.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "the stack does not merge the org bundle (fix: enterprise.merge_org_bundle = true)"
+        )
+    })
+}
+
+fn first_user(world: &Operator) -> anyhow::Result<String> {
+    world
+        .stack()?
+        .users()
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the stack has no user"))
+}
+
+fn record(update: impl FnOnce(&mut EnterpriseSection)) {
+    if let Ok(mut r) = report().lock() {
+        update(r.enterprise.get_or_insert_with(Default::default));
+    }
+}
+
+#[given("the stack merges the organisation's CA bundle into the labs' trust")]
+fn merges_the_org_bundle(world: &mut Operator) -> anyhow::Result<()> {
+    merged_bundle(world).map(|_| ())
+}
+
+#[then("the merged bundle holds every system certificate, then every org certificate, none lost at the seam")]
+fn merged_bundle_is_exact(world: &mut Operator) -> anyhow::Result<()> {
+    let outbound = outbound(world)?;
+    let merge = merged_bundle(world)?;
+    let check =
+        enterprise::check_merged(&outbound.system_bundle, &outbound.org_bundle, &merge.merged);
+    record(|e| e.bundle = Some(check.clone()));
+    if let Some(problem) = &check.problem {
+        anyhow::bail!("{}: {problem}", merge.merged.display());
+    }
+    Ok(())
+}
+
+#[then("the lab's environment points all five CA variables at the merged bundle")]
+async fn lab_environment_points_at_the_bundle(world: &mut Operator) -> anyhow::Result<()> {
+    let merged = merged_bundle(world)?.merged.display().to_string();
+    let user = first_user(world)?;
+    let code = format!(
+        "import json, os\nprint('HUBTRUST-ENV ' + json.dumps({{v: os.environ.get(v) for v in {CA_VARIABLES:?}}}))"
+    );
+    let run = world.stack()?.run_cell(&user, &code).await?;
+    let line = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("HUBTRUST-ENV "))
+        .ok_or_else(|| anyhow::anyhow!("the lab printed no environment: {}", run.stdout))?;
+    let env: std::collections::BTreeMap<String, Option<String>> = serde_json::from_str(line)?;
+    let wrong: Vec<String> = CA_VARIABLES
+        .iter()
+        .filter(|v| env.get(**v).cloned().flatten().as_deref() != Some(merged.as_str()))
+        .map(|v| format!("{v}={:?}", env.get(*v).cloned().flatten()))
+        .collect();
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "in the lab, these do not point at {merged}: {}",
+        wrong.join(", ")
+    );
+    Ok(())
+}
+
+#[when("each tool in the lab fetches each outbound endpoint, with the merged bundle and with the system bundle alone")]
+async fn run_the_discriminator(world: &mut Operator) -> anyhow::Result<()> {
+    let outbound = outbound(world)?;
+    let code = enterprise::driver_code(&outbound.targets, &outbound.system_bundle);
+    let targets = outbound.targets.clone();
+    let user = first_user(world)?;
+    let run = world.stack()?.run_cell(&user, &code).await?;
+    let runs = enterprise::parse_results(&run.stdout).map_err(anyhow::Error::msg)?;
+    record(|e| {
+        e.targets = targets;
+        e.runs = runs.clone();
+    });
+    world.tool_runs = Some(runs);
+    Ok(())
+}
+
+#[then("every result matches the enterprise trust table")]
+fn results_match_the_table(world: &mut Operator) -> anyhow::Result<()> {
+    let outbound = outbound(world)?;
+    let runs = world
+        .tool_runs
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the tools were not run"))?;
+    let mut wrong = Vec::new();
+    let mut absent = std::collections::BTreeSet::new();
+    for run in runs {
+        let target = outbound
+            .targets
+            .iter()
+            .find(|t| t.name == run.target)
+            .ok_or_else(|| anyhow::anyhow!("a result for an unknown target {:?}", run.target))?;
+        let want = enterprise::expected(target.signer, run.bundle);
+        match run.code() {
+            "absent" => {
+                absent.insert(run.tool.clone());
+            }
+            got if got != want => wrong.push(format!(
+                "{} → {} with the {}: expected {want}, got {got} ({})",
+                run.tool,
+                run.target,
+                run.bundle.label(),
+                run.detail.lines().last().unwrap_or("")
+            )),
+            _ => {}
+        }
+    }
+    let expected_runs = enterprise::TOOLS.len() * outbound.targets.len() * 2;
+    anyhow::ensure!(
+        runs.len() == expected_runs,
+        "inconclusive: {} of {expected_runs} tool runs reported",
+        runs.len()
+    );
+    anyhow::ensure!(
+        absent.len() < enterprise::TOOLS.len(),
+        "inconclusive: no tool is present in the lab"
+    );
+    if !absent.is_empty() {
+        // Reported as absent in the table, never as passed.
+        eprintln!(
+            "note: absent from the lab, so not judged: {}",
+            absent.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "{} results differ from the enterprise trust table:\n  {}",
+        wrong.len(),
+        wrong.join("\n  ")
+    );
+    Ok(())
+}
