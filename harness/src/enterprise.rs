@@ -37,6 +37,8 @@ pub enum Signer {
     Public,
     /// A CA nobody trusts.
     Foreign,
+    /// The inspecting proxy, re-signing with the org's issuing intermediate.
+    InspectingProxy,
 }
 
 /// One outbound endpoint.
@@ -45,6 +47,8 @@ pub struct Target {
     pub name: String,
     pub url: String,
     pub signer: Signer,
+    /// The proxy the lab's tools go through for this target, if any.
+    pub proxy: Option<String>,
 }
 
 /// Which bundle a tool ran with.
@@ -74,6 +78,30 @@ pub struct MergeOutcome {
     pub degraded: Option<String>,
 }
 
+/// Where the outbound side runs.
+pub struct Placement<'a> {
+    pub internet: &'a Host,
+    /// The internet host's address on its link with the lab's host.
+    pub internet_ip: Ipv4Addr,
+    pub lab_host: &'a Host,
+    /// Names the labs reach without a proxy (hub, loopback).
+    pub local_names: Vec<String>,
+    pub egress: Option<EgressPlacement<'a>>,
+}
+
+/// The inspecting proxy's host and addresses.
+pub struct EgressPlacement<'a> {
+    pub host: &'a Host,
+    /// The egress host's address on its link with the lab's host.
+    pub listen_ip: Ipv4Addr,
+    /// The internet host's address on its link with the egress host: the
+    /// lab has no route to it except through the proxy.
+    pub internet_far_ip: Ipv4Addr,
+    pub mitmdump: PathBuf,
+    pub log: PathBuf,
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
 /// The outbound side of an enterprise stack: servers on the internet host,
 /// the system and org bundles, and the merged bundle when the step ran.
 /// The servers stop when this is dropped.
@@ -82,7 +110,11 @@ pub struct Outbound {
     pub system_bundle: PathBuf,
     pub org_bundle: PathBuf,
     pub merge: Option<MergeOutcome>,
+    /// `HTTPS_PROXY` and `NO_PROXY` for the labs, with an egress host.
+    pub proxy_env: Vec<(String, String)>,
     servers: Vec<tokio::task::JoinHandle<()>>,
+    /// The inspecting proxy (killed with its process group on drop).
+    proxy: Option<crate::process::ManagedProcess>,
 }
 
 impl Drop for Outbound {
@@ -100,12 +132,17 @@ impl Outbound {
     pub async fn start(
         spec: &EnterpriseSpec,
         org: &OrgPki,
-        internet: &Host,
-        internet_ip: Ipv4Addr,
-        lab_host: &Host,
+        placement: Placement<'_>,
         dir: &Path,
         merge_script: &Path,
     ) -> Result<Self> {
+        let Placement {
+            internet,
+            internet_ip,
+            lab_host,
+            local_names,
+            egress,
+        } = placement;
         std::fs::create_dir_all(dir)
             .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
         let public_root = CertificateAuthority::root("hubtrust public root")?;
@@ -121,6 +158,11 @@ impl Outbound {
         };
 
         let ip = internet_ip.to_string();
+        let far_ip = egress.as_ref().map(|e| e.internet_far_ip.to_string());
+        // Every address the internet host answers on, for the leaves' SANs.
+        let sans: Vec<&str> = std::iter::once(ip.as_str())
+            .chain(far_ip.as_deref())
+            .collect();
         let mut targets = Vec::new();
         let mut servers = Vec::new();
         for (name, signer, ca, port) in [
@@ -128,7 +170,7 @@ impl Outbound {
             ("public endpoint", Signer::Public, &public_root, 8444),
             ("foreign-CA server", Signer::Foreign, &org.foreign, 8445),
         ] {
-            let identity = ca.issue(name, &[&ip], Usage::Server, Validity::fresh(30))?;
+            let identity = ca.issue(name, &sans, Usage::Server, Validity::fresh(30))?;
             let (chain, key) = parse_identity(&identity)
                 .map_err(|e| HarnessError::Pki(format!("the {name}'s identity: {e}")))?;
             let config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -137,7 +179,7 @@ impl Outbound {
             .with_safe_default_protocol_versions()
             .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
             .map_err(|e| HarnessError::Pki(format!("the {name}'s TLS config: {e}")))?;
-            let addr = SocketAddr::from((internet_ip, port));
+            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
             let listener = internet
                 .listen(addr)
                 .await
@@ -154,7 +196,36 @@ impl Outbound {
                 name: name.into(),
                 url: format!("https://{ip}:{port}"),
                 signer,
+                proxy: None,
             });
+        }
+
+        let mut proxy = None;
+        let mut proxy_env = Vec::new();
+        if let Some(egress) = egress {
+            let (process, url) = start_inspecting_proxy(&egress, org, &public_root, dir).await?;
+            let far = far_ip.clone().unwrap_or_default();
+            targets.push(Target {
+                name: "public endpoint via the inspecting proxy".into(),
+                url: format!("https://{far}:8444"),
+                signer: Signer::InspectingProxy,
+                proxy: Some(url.clone()),
+            });
+            let no_proxy = local_names
+                .iter()
+                .cloned()
+                .chain([ip.clone()])
+                .collect::<Vec<_>>()
+                .join(",");
+            for (name, value) in [
+                ("HTTPS_PROXY", &url),
+                ("https_proxy", &url),
+                ("NO_PROXY", &no_proxy),
+                ("no_proxy", &no_proxy),
+            ] {
+                proxy_env.push((name.to_string(), value.clone()));
+            }
+            proxy = Some(process);
         }
 
         let merge = if spec.merge_org_bundle {
@@ -171,8 +242,83 @@ impl Outbound {
             system_bundle,
             org_bundle,
             merge,
+            proxy_env,
             servers,
+            proxy,
         })
+    }
+}
+
+/// Starts real mitmproxy on the egress host, signing with the org's issuing
+/// intermediate (its key, then the intermediate and the root, so the chain
+/// is sent) and trusting the public root upstream. Returns the process and
+/// the proxy's URL once it accepts connections.
+async fn start_inspecting_proxy(
+    egress: &EgressPlacement<'_>,
+    org: &OrgPki,
+    public_root: &CertificateAuthority,
+    dir: &Path,
+) -> Result<(crate::process::ManagedProcess, String)> {
+    let confdir = dir.join("mitmproxy");
+    std::fs::create_dir_all(&confdir)
+        .map_err(|e| HarnessError::io(format!("create {}", confdir.display()), e))?;
+    let signing = format!("{}{}", org.issuing.signing_pem(), org.root.cert_pem());
+    crate::pki::write_with_mode(&confdir.join("mitmproxy-ca.pem"), signing.as_bytes(), 0o600)?;
+    let upstream = dir.join("egress-upstream-trust.crt");
+    crate::pki::write_with_mode(&upstream, public_root.cert_pem().as_bytes(), 0o644)?;
+    let addr = SocketAddr::from((egress.listen_ip, 8080));
+    let launch = crate::process::LaunchSpec {
+        name: "mitmproxy".into(),
+        program: egress.mitmdump.display().to_string(),
+        args: vec![
+            "--mode".into(),
+            "regular".into(),
+            "--listen-host".into(),
+            egress.listen_ip.to_string(),
+            "--listen-port".into(),
+            "8080".into(),
+            "--set".into(),
+            format!("confdir={}", confdir.display()),
+            "--set".into(),
+            format!("ssl_verify_upstream_trusted_ca={}", upstream.display()),
+        ],
+        env: egress.env.clone(),
+        cwd: dir.to_path_buf(),
+        log: egress.log.clone(),
+    };
+    let mut process = egress.host.start(&launch)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut backoff = Duration::from_millis(25);
+    loop {
+        if let Some(status) = process.exit_status() {
+            return Err(HarnessError::Spawn {
+                component: "mitmproxy".into(),
+                message: format!(
+                    "exited ({status}) before it accepted connections on {addr}; its last lines:\n  {}\n(fix: check the mitmproxy install in the component cache, or that {addr} is free)",
+                    process.last_lines(15).join("\n  ")
+                ),
+            });
+        }
+        if egress
+            .host
+            .connect(addr, Duration::from_secs(1))
+            .await
+            .is_ok()
+        {
+            return Ok((process, format!("http://{addr}")));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(HarnessError::Spawn {
+                component: "mitmproxy".into(),
+                message: format!(
+                    "not accepting connections on {addr} after 60s; its last lines:\n  {}",
+                    process.last_lines(15).join("\n  ")
+                ),
+            });
+        }
+        // Readiness polling, backing off; not a fixed wait.
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
     }
 }
 
@@ -187,6 +333,24 @@ pub fn lab_environment(merge: Option<&MergeOutcome>) -> Vec<(String, String)> {
                 .map(|v| (v.to_string(), m.merged.display().to_string()))
         })
         .collect()
+}
+
+impl Outbound {
+    /// Stops the inspecting proxy: SIGTERM, a grace period, then SIGKILL.
+    /// (Dropping it kills it outright.)
+    pub async fn stop(&mut self, grace: Duration) {
+        if let Some(proxy) = self.proxy.take() {
+            proxy.stop(grace).await;
+        }
+    }
+
+    /// Everything the labs' environment gains: the five CA variables when
+    /// the merge step ran, the proxy variables with an egress host.
+    pub fn lab_environment(&self) -> Vec<(String, String)> {
+        let mut env = lab_environment(self.merge.as_ref());
+        env.extend(self.proxy_env.iter().cloned());
+        env
+    }
 }
 
 /// A minimal HTTPS server: enough of HTTP for urllib, requests, curl, node,
@@ -410,8 +574,10 @@ pub fn error_code(text: &str) -> &'static str {
 /// What a bundle should make of a target: `ok` or the error code.
 pub fn expected(signer: Signer, bundle: Bundle) -> &'static str {
     match (signer, bundle) {
-        (Signer::Org, Bundle::Merged) | (Signer::Public, _) => "ok",
-        (Signer::Org, Bundle::System) | (Signer::Foreign, _) => "unknown-issuer",
+        (Signer::Org | Signer::InspectingProxy, Bundle::Merged) | (Signer::Public, _) => "ok",
+        (Signer::Org | Signer::InspectingProxy, Bundle::System) | (Signer::Foreign, _) => {
+            "unknown-issuer"
+        }
     }
 }
 
@@ -425,7 +591,7 @@ pub fn driver_code(targets: &[Target], system_bundle: &Path) -> String {
     let targets = serde_json::to_string(
         &targets
             .iter()
-            .map(|t| serde_json::json!({"name": t.name, "url": t.url}))
+            .map(|t| serde_json::json!({"name": t.name, "url": t.url, "proxy": t.proxy}))
             .collect::<Vec<_>>(),
     )
     .unwrap_or_else(|_| "[]".into());
@@ -443,15 +609,30 @@ from concurrent.futures import ThreadPoolExecutor
 
 TARGETS = json.loads(r'''@TARGETS@''')
 SYSTEM = @SYSTEM@
-NODE = ("require('https').get(process.argv[1], r => { r.resume(); r.on('end', () => process.exit(0)); })"
-        ".on('error', e => { console.error(e.code + ': ' + e.message); process.exit(1); })")
+# node's https ignores HTTPS_PROXY, so through a proxy the script opens the
+# CONNECT tunnel itself; TLS is verified by node either way.
+NODE = r"""
+const [url, proxy] = process.argv.slice(1);
+const fail = e => { console.error((e.code || 'ERROR') + ': ' + e.message); process.exit(1); };
+const get = options => require('https').get(url, options, r => { r.resume(); r.on('end', () => process.exit(0)); }).on('error', fail);
+if (!proxy) { get({}); } else {
+  const p = new URL(proxy), u = new URL(url);
+  require('http').request({ host: p.hostname, port: p.port, method: 'CONNECT', path: u.host })
+    .on('connect', (res, socket) => {
+      if (res.statusCode !== 200) fail({ message: 'the proxy answered ' + res.statusCode });
+      const agent = new (require('https').Agent)();
+      agent.createConnection = () => require('tls').connect({ socket, host: u.hostname });
+      get({ agent });
+    }).on('error', fail).end();
+}
+"""
 PY = sys.executable
 TOOLS = {
     "python urllib": ("SSL_CERT_FILE", lambda u: [PY, "-c", "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10).read()", u]),
     "requests": ("REQUESTS_CA_BUNDLE", lambda u: [PY, "-c", "import sys, requests; requests.get(sys.argv[1], timeout=10).raise_for_status()", u]),
     "curl": ("CURL_CA_BUNDLE", lambda u: ["curl", "-sS", "-f", "-o", "/dev/null", "--max-time", "10", u]),
     "git": ("GIT_SSL_CAINFO", lambda u: ["git", "ls-remote", u + "/probe.git"]),
-    "node": ("NODE_EXTRA_CA_CERTS", lambda u: ["node", "-e", NODE, u]),
+    "node": ("NODE_EXTRA_CA_CERTS", lambda u, p=None: ["node", "-e", NODE, u] + ([p] if p else [])),
     "pip": ("REQUESTS_CA_BUNDLE", lambda u: [PY, "-m", "pip", "index", "versions", "hubtrust-probe", "--index-url", u + "/simple/", "--retries", "0", "--timeout", "10", "--disable-pip-version-check", "--no-cache-dir", "--no-color", "-v"]),
 }
 
@@ -463,7 +644,7 @@ def present(tool, argv):
 def run(job):
     tool, target, bundle = job
     var, make = TOOLS[tool]
-    argv = make(target["url"])
+    argv = make(target["url"], target["proxy"]) if tool == "node" else make(target["url"])
     row = {"tool": tool, "target": target["name"], "bundle": bundle}
     if not present(tool, argv):
         return dict(row, outcome="absent", detail=argv[0] + " is not installed in the lab")

@@ -158,7 +158,7 @@ impl CertificateAuthority {
     /// A self-signed root.
     pub fn root(name: &str) -> Result<Self> {
         let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
-        let params = ca_params(name, Validity::fresh(3650));
+        let params = ca_params(name, &key, Validity::fresh(3650));
         let cert = params.self_signed(&key).map_err(|e| pki_err(name, e))?;
         Ok(Self {
             name: name.into(),
@@ -171,7 +171,7 @@ impl CertificateAuthority {
     /// An intermediate CA signed by this one.
     pub fn intermediate(&self, name: &str) -> Result<Self> {
         let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
-        let params = ca_params(name, Validity::fresh(1825));
+        let params = ca_params(name, &key, Validity::fresh(1825));
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(|e| pki_err(name, e))?;
@@ -199,6 +199,13 @@ impl CertificateAuthority {
             key,
             chain_pem: String::new(),
         })
+    }
+
+    /// The CA's private key and its chain up to (not including) the root,
+    /// for a tool that signs on the organisation's behalf: the inspecting
+    /// proxy. Written 0600 by whoever writes it.
+    pub fn signing_pem(&self) -> String {
+        format!("{}{}", self.key.serialize_pem(), self.chain_pem)
     }
 
     /// This CA's own certificate, as trust anchors take it.
@@ -244,8 +251,15 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
     dn
 }
 
-fn ca_params(name: &str, validity: Validity) -> CertificateParams {
+fn ca_params(name: &str, key: &KeyPair, validity: Validity) -> CertificateParams {
     let mut params = CertificateParams::default();
+    // RFC 5280's method 1 (SHA-1 of the public key bits) for the key
+    // identifier: tools that sign with this CA (mitmproxy) compute their
+    // leaves' authority key identifier that way, and chain building
+    // matches it against this CA's subject key identifier.
+    params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(
+        <sha1::Sha1 as sha1::Digest>::digest(key.public_key_raw()).to_vec(),
+    );
     params.distinguished_name = distinguished_name(name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
@@ -267,7 +281,10 @@ fn leaf_params(
     let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(sans).map_err(|e| pki_err(name, e))?;
     params.distinguished_name = distinguished_name(name);
-    params.is_ca = IsCa::ExplicitNoCa;
+    // No basicConstraints at all: rcgen's explicit `cA: FALSE` encodes a
+    // DEFAULT value, which strict DER parsers (python cryptography, hence
+    // mitmproxy) refuse to read.
+    params.is_ca = IsCa::NoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{HarnessError, Result};
 
 pub const PYTHON_LOCK: &str = include_str!("../../fixtures/python/requirements.lock");
+pub const MITMPROXY_LOCK: &str = include_str!("../../fixtures/python/mitmproxy.lock");
 pub const NPM_PACKAGE: &str = include_str!("../../fixtures/npm/package.json");
 pub const NPM_LOCK: &str = include_str!("../../fixtures/npm/package-lock.json");
 
@@ -20,6 +21,8 @@ pub struct Components {
     pub root: PathBuf,
     pub venv: PathBuf,
     pub node_modules: PathBuf,
+    /// mitmproxy's own venv (the enterprise profile's inspecting proxy).
+    pub mitmproxy_venv: PathBuf,
 }
 
 impl Components {
@@ -27,6 +30,7 @@ impl Components {
         Self {
             venv: root.join("venv"),
             node_modules: root.join("npm").join("node_modules"),
+            mitmproxy_venv: root.join("mitmproxy-venv"),
             root,
         }
     }
@@ -49,7 +53,7 @@ pub fn cache_root() -> PathBuf {
 /// A short digest of every pin, so a changed pin gets a fresh install.
 pub fn pins_key() -> String {
     let mut hasher = Sha256::new();
-    for part in [PYTHON_LOCK, NPM_PACKAGE, NPM_LOCK] {
+    for part in [PYTHON_LOCK, MITMPROXY_LOCK, NPM_PACKAGE, NPM_LOCK] {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
@@ -105,7 +109,7 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
         root.display()
     );
     let venv = root.join("venv");
-    step(progress, "1/3 python venv", || {
+    step(progress, "1/4 python venv", || {
         run(
             "python venv",
             Command::new("python3").arg("-m").arg("venv").arg(&venv),
@@ -117,23 +121,8 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
         .map_err(|e| HarnessError::io("write requirements.lock", e))?;
     step(
         progress,
-        "2/3 pip install jupyterhub, jupyterlab (pinned)",
-        || {
-            run(
-                "pip install",
-                Command::new(venv.join("bin/pip"))
-                    .args([
-                        "install",
-                        "--no-deps",
-                        "--disable-pip-version-check",
-                        "--no-input",
-                        "-q",
-                        "-r",
-                    ])
-                    .arg(&lock),
-                "check access to the Python package index, and that python3 meets the pins' Requires-Python (scripts/relock resolves them for Debian 12's 3.11.2)",
-            )
-        },
+        "2/4 pip install jupyterhub, jupyterlab (pinned)",
+        || pip_install_lock(&venv, &lock),
     )?;
     let npm = root.join("npm");
     std::fs::create_dir_all(&npm).map_err(|e| HarnessError::io("create npm dir", e))?;
@@ -143,7 +132,7 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
         .map_err(|e| HarnessError::io("write package-lock.json", e))?;
     step(
         progress,
-        "3/3 npm ci configurable-http-proxy (pinned)",
+        "3/4 npm ci configurable-http-proxy (pinned)",
         || {
             run(
                 "npm ci",
@@ -154,12 +143,46 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
             )
         },
     )?;
+    let mitmproxy = root.join("mitmproxy-venv");
+    let mitmproxy_lock = root.join("mitmproxy.lock");
+    std::fs::write(&mitmproxy_lock, MITMPROXY_LOCK)
+        .map_err(|e| HarnessError::io("write mitmproxy.lock", e))?;
+    step(progress, "4/4 mitmproxy in its own venv (pinned)", || {
+        run(
+            "python venv",
+            Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&mitmproxy),
+            "apt-get install -y python3-venv",
+        )?;
+        pip_install_lock(&mitmproxy, &mitmproxy_lock)
+    })?;
     let _ = writeln!(
         progress,
         "provisioned in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Installs exactly the pins of `lock` (every transitive dependency is
+/// pinned, so `--no-deps`) into `venv`.
+fn pip_install_lock(venv: &Path, lock: &Path) -> Result<()> {
+    run(
+        "pip install",
+        Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-q",
+                "-r",
+            ])
+            .arg(lock),
+        "check access to the Python package index, and that python3 meets the pins' Requires-Python (scripts/relock resolves them for Debian 12's 3.11.2)",
+    )
 }
 
 fn step(progress: &mut dyn Write, what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
@@ -218,5 +241,6 @@ mod tests {
             .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
             .all(|l| l.contains("==")));
         assert!(NPM_LOCK.contains("\"node_modules/configurable-http-proxy\""));
+        assert!(MITMPROXY_LOCK.lines().any(|l| l == "mitmproxy==11.0.2"));
     }
 }

@@ -49,6 +49,12 @@ pub struct EnterpriseSpec {
     /// run's org root CA. A missing file degrades to the system bundle.
     #[serde(default)]
     pub org_bundle: Option<std::path::PathBuf>,
+    /// A host running the TLS-inspecting proxy (real mitmproxy, re-signing
+    /// with the org's issuing intermediate). It needs links to the lab host
+    /// and to the internet host; the labs get HTTPS_PROXY pointing at it
+    /// and reach the internet host's far address only through it.
+    #[serde(default)]
+    pub egress_host: Option<String>,
 }
 
 fn default_name() -> String {
@@ -250,6 +256,19 @@ impl StackSpec {
                     "enterprise.internet_host = {host:?} needs to be one of topology.hosts and linked to the lab host: add {host:?} to hosts and [{:?}, {host:?}] to topology.links",
                     t.lab_host
                 ));
+            }
+            if let Some(egress) = &e.egress_host {
+                let has = |x: &String, y: &String| {
+                    t.links
+                        .iter()
+                        .any(|[a, b]| (a == x && b == y) || (a == y && b == x))
+                };
+                if !t.hosts.contains(egress) || !has(egress, &t.lab_host) || !has(egress, host) {
+                    return Err(format!(
+                        "enterprise.egress_host = {egress:?} needs to be one of topology.hosts, linked to the lab host {:?} and to the internet host {host:?}",
+                        t.lab_host
+                    ));
+                }
             }
         }
         if t.hosts.iter().any(|h| h == "operator") {

@@ -215,19 +215,27 @@ impl Stack {
         let outbound = match &spec.enterprise {
             Some(enterprise) => {
                 progress("starting the outbound endpoints and the org-bundle merge step");
-                Some(start_outbound(enterprise, &spec, &org, &network, &run_dir).await?)
+                Some(
+                    start_outbound(
+                        enterprise, &spec, &org, &network, components, &run_dir, &marker,
+                    )
+                    .await?,
+                )
             }
             None => None,
         };
 
-        let merge = outbound.as_ref().and_then(|o| o.merge.as_ref());
+        let lab_extra_env = outbound
+            .as_ref()
+            .map(crate::enterprise::Outbound::lab_environment)
+            .unwrap_or_default();
         let config = hub_config_for(
             &spec,
             &values,
             &proxy_manifest,
             &lab_manifest,
             &marker,
-            merge,
+            lab_extra_env,
         )?;
         crate::pki::write_with_mode(&config_path, config.as_bytes(), 0o644)?;
 
@@ -800,6 +808,9 @@ impl Stack {
         if let Some(hub) = self.hub.take() {
             hub.stop(STOP_GRACE).await;
         }
+        if let Some(outbound) = self.outbound.as_mut() {
+            outbound.stop(STOP_GRACE).await;
+        }
         sweep_marked(STACK_MARKER_ENV, &self.marker);
     }
 
@@ -1298,19 +1309,20 @@ fn manifest_with_overrides(
     Ok(manifest)
 }
 
-/// The hub's config for `spec`. When the enterprise merge step ran, the
-/// labs' environment gains the five CA variables; nothing else changes, so
-/// with the step off the config is byte for byte the plain stack's.
+/// The hub's config for `spec`. The enterprise setup adds to the labs'
+/// environment (the five CA variables when the merge step ran, the proxy
+/// variables with an egress host); nothing else changes, so with neither
+/// the config is byte for byte the plain stack's.
 fn hub_config_for(
     spec: &StackSpec,
     values: &BTreeMap<&str, String>,
     proxy: &ComponentManifest,
     lab: &ComponentManifest,
     marker: &str,
-    merge: Option<&crate::enterprise::MergeOutcome>,
+    lab_extra_env: Vec<(String, String)>,
 ) -> Result<String> {
     let mut lab = lab.clone();
-    lab.env.extend(crate::enterprise::lab_environment(merge));
+    lab.env.extend(lab_extra_env);
     render_hub_config(spec, values, proxy, &lab, marker)
 }
 
@@ -1321,36 +1333,50 @@ async fn start_outbound(
     spec: &StackSpec,
     org: &OrgPki,
     network: &LocalNetwork,
+    components: &Components,
     run_dir: &Path,
+    marker: &str,
 ) -> Result<crate::enterprise::Outbound> {
     let lab_host = &spec.topology.lab_host;
     let internet = &enterprise.internet_host;
-    let link = network
-        .link_between(lab_host, internet)
-        .ok_or_else(|| HarnessError::Network {
-            host: internet.clone(),
-            message: format!("no link to the lab host `{lab_host}`"),
-        })?;
-    let internet_ip = if &link.a.0 == internet {
-        link.a.1
-    } else {
-        link.b.1
+    // The address of `far` on its link with `near`.
+    let address = |near: &str, far: &str| -> Result<Ipv4Addr> {
+        let link = network
+            .link_between(near, far)
+            .ok_or_else(|| HarnessError::Network {
+                host: far.into(),
+                message: format!("no link to `{near}`"),
+            })?;
+        Ok(if link.a.0 == far { link.a.1 } else { link.b.1 })
     };
     let dir = run_dir.join("enterprise");
     std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
     // The init step is the script in fixtures/, written out and run as is.
     let script = dir.join("merge-ca-bundle.sh");
     crate::pki::write_with_mode(&script, builtin::MERGE_CA_BUNDLE.as_bytes(), 0o755)?;
-    crate::enterprise::Outbound::start(
-        enterprise,
-        org,
-        network.host(internet)?,
-        internet_ip,
-        network.host(lab_host)?,
-        &dir,
-        &script,
-    )
-    .await
+    let egress = match &enterprise.egress_host {
+        Some(egress) => Some(crate::enterprise::EgressPlacement {
+            host: network.host(egress)?,
+            listen_ip: address(lab_host, egress)?,
+            internet_far_ip: address(egress, internet)?,
+            mitmdump: components.mitmproxy_venv.join("bin/mitmdump"),
+            log: run_dir.join("logs").join("mitmproxy.log"),
+            env: BTreeMap::from([(STACK_MARKER_ENV.to_string(), marker.to_string())]),
+        }),
+        None => None,
+    };
+    let placement = crate::enterprise::Placement {
+        internet: network.host(internet)?,
+        internet_ip: address(lab_host, internet)?,
+        lab_host: network.host(lab_host)?,
+        local_names: vec![
+            "127.0.0.1".into(),
+            "localhost".into(),
+            spec.topology.public_name.clone(),
+        ],
+        egress,
+    };
+    crate::enterprise::Outbound::start(enterprise, org, placement, &dir, &script).await
 }
 
 fn render_hub_config(
@@ -1415,10 +1441,12 @@ mod tests {
     use super::*;
 
     fn config(spec: &StackSpec, merge: Option<&crate::enterprise::MergeOutcome>) -> String {
+        let extra = crate::enterprise::lab_environment(merge);
         let components = Components {
             root: "/c".into(),
             venv: "/c/venv".into(),
             node_modules: "/c/node_modules".into(),
+            mitmproxy_venv: "/c/mitmproxy-venv".into(),
         };
         let run = Path::new("/run/x");
         let values = template_values(
@@ -1432,7 +1460,7 @@ mod tests {
         );
         let proxy = manifest_with_overrides("proxy", builtin::PROXY, &values, &spec.proxy).unwrap();
         let lab = manifest_with_overrides("lab", builtin::LAB, &values, &spec.lab).unwrap();
-        hub_config_for(spec, &values, &proxy, &lab, "marker", merge).unwrap()
+        hub_config_for(spec, &values, &proxy, &lab, "marker", extra).unwrap()
     }
 
     #[test]
@@ -1443,6 +1471,7 @@ mod tests {
                 internet_host: "internet".into(),
                 merge_org_bundle: false,
                 org_bundle: None,
+                egress_host: None,
             }),
             ..StackSpec::default()
         };

@@ -15,12 +15,21 @@ pub fn keep(stack: &Stack, dest: &Path) -> std::io::Result<PathBuf> {
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         match ext {
             "log" => Some(mask_all(&String::from_utf8_lossy(bytes), &secrets).into_bytes()),
+            // A .pem may bundle a key with its certificates (mitmproxy's CA
+            // file does): such files never leave the run directory.
+            "crt" | "pem" if holds_a_private_key(bytes) => None,
             "crt" | "pem" | "pcap" => Some(bytes.to_vec()),
             "py" if name == "jupyterhub_config.py" => Some(bytes.to_vec()),
             _ => None,
         }
     })?;
     Ok(dest.to_path_buf())
+}
+
+fn holds_a_private_key(bytes: &[u8]) -> bool {
+    bytes
+        .windows(b"PRIVATE KEY-----".len())
+        .any(|w| w == b"PRIVATE KEY-----")
 }
 
 type Filter<'a> = &'a dyn Fn(&Path, &[u8]) -> Option<Vec<u8>>;

@@ -447,7 +447,7 @@ fn enterprise_run(name: &str, stack: &std::path::Path) -> (Output, PathBuf, Stri
     let report = scratch(&format!("{name}-report"));
     let id = run_id(name);
     let out = hubtrust()
-        .args(["run", "--tags", "@enterprise", "--report"])
+        .args(["run", "--tags", "@enterprise", "--keep", "--report"])
         .arg(&report)
         .arg("--stack")
         .arg(stack)
@@ -489,11 +489,36 @@ fn enterprise_profile_passes_and_reports_the_tool_table() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
             .unwrap();
+    // 6 tools × (org-CA, public, foreign, public via the inspecting proxy) × 2 bundles.
     assert_eq!(
         json["enterprise"]["runs"].as_array().unwrap().len(),
-        6 * 3 * 2
+        6 * 4 * 2
+    );
+    assert!(
+        md.contains("| node | public endpoint via the inspecting proxy | ok | unknown-issuer |"),
+        "{md}"
     );
     assert_eq!(json["enterprise"]["bundle"]["merged_certs"], 2);
+    // Kept artifacts hold no private key (mitmproxy's CA file bundles one).
+    let mut pending = vec![report.join("artifacts")];
+    let mut files = 0;
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files += 1;
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY"),
+                    "a private key was kept: {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 0, "--keep kept nothing");
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
     std::fs::remove_dir_all(&report).unwrap();
 }
