@@ -52,12 +52,16 @@ pub async fn bench(args: BenchArgs) -> ExitCode {
 }
 
 async fn measure(args: BenchArgs) -> anyhow::Result<()> {
-    if args.only != Some(BenchGroup::Wire) {
+    let runs = |group| args.only.is_none() || args.only == Some(group);
+    if runs(BenchGroup::Startup) {
         measure_startup(&args).await?;
     }
-    if args.only != Some(BenchGroup::Startup) {
+    if runs(BenchGroup::Wire) {
         crate::bench_wire::capture_overhead(args.rounds).await?;
         crate::bench_wire::census_throughput(args.census_bytes).await?;
+    }
+    if runs(BenchGroup::Enterprise) {
+        discriminator_table(args.rounds).await?;
     }
     println!(
         "peak RSS of hubtrust, this bench    {:.1} MB",
@@ -201,6 +205,54 @@ async fn measure_startup(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// (f) The enterprise discriminator's full table (every tool × target ×
+/// bundle, in one kernel cell of the lab) on the enterprise stack, once it
+/// is up.
+async fn discriminator_table(rounds: u32) -> anyhow::Result<()> {
+    use hubtrust_harness::enterprise;
+    let spec = StackSpec::load(&locate_fixture("fixtures/stacks/enterprise.toml")?)?;
+    let work = tempdir("bench-f")?;
+    let stack = bring_up(spec, &work).await?;
+    let measured = async {
+        let outbound = stack
+            .outbound()
+            .ok_or_else(|| anyhow::anyhow!("the enterprise stack has no outbound side"))?;
+        let code = enterprise::driver_code(&outbound.targets, &outbound.system_bundle);
+        let user = stack
+            .users()
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the stack has no user"))?;
+        let mut secs = Vec::new();
+        let mut cells = 0;
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let run = stack.run_cell(&user, &code).await?;
+            secs.push(started.elapsed().as_secs_f64());
+            let runs = enterprise::parse_results(&run.stdout).map_err(anyhow::Error::msg)?;
+            let wrong = runs
+                .iter()
+                .filter(|r| {
+                    outbound.targets.iter().any(|t| {
+                        t.name == r.target && r.code() != enterprise::expected(t.signer, r.bundle)
+                    })
+                })
+                .count();
+            anyhow::ensure!(wrong == 0, "{wrong} tool runs differ from the table");
+            cells = runs.len();
+        }
+        anyhow::Ok((median(secs), cells))
+    }
+    .await;
+    stack.shutdown().await;
+    let _ = std::fs::remove_dir_all(&work);
+    let (secs, cells) = measured?;
+    println!(
+        "enterprise table (f)                {secs:.2}s for {cells} tool runs  (median of {rounds}; target ≤ 20s)"
+    );
+    Ok(())
+}
+
 pub fn tempdir(what: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("hubtrust-{what}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -209,17 +261,20 @@ pub fn tempdir(what: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn locate_baseline() -> anyhow::Result<PathBuf> {
+    locate_fixture("scripts/baseline_stack.py")
+}
+
+/// A file of the repository, from its root or from this crate's source.
+fn locate_fixture(relative: &str) -> anyhow::Result<PathBuf> {
     let candidates = [
-        PathBuf::from("scripts/baseline_stack.py"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/baseline_stack.py"),
+        PathBuf::from(relative),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(relative),
     ];
     candidates
         .into_iter()
         .find(|p| p.is_file())
         .and_then(|p| p.canonicalize().ok())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "scripts/baseline_stack.py not found (fix: run from the repository root)"
-            )
-        })
+        .ok_or_else(|| anyhow::anyhow!("{relative} not found (fix: run from the repository root)"))
 }

@@ -83,8 +83,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
     /// Run only one group: `startup` (stack ready against a plain
-    /// baseline, core profile, memory) or `wire` (capture overhead, census
-    /// throughput).
+    /// baseline, core profile, memory), `wire` (capture overhead, census
+    /// throughput) or `enterprise` (the discriminator's full table).
     #[arg(long, value_enum)]
     pub only: Option<BenchGroup>,
     /// Bytes of bulk traffic for the census throughput measurement.
@@ -96,6 +96,7 @@ pub struct BenchArgs {
 pub enum BenchGroup {
     Startup,
     Wire,
+    Enterprise,
 }
 
 fn main() -> ExitCode {
