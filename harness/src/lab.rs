@@ -46,6 +46,12 @@ impl LabSession<'_> {
     /// returns its stdout. The kernel stays running (its ports are checked
     /// afterwards); the lab stops it on teardown.
     pub async fn run_cell(self, code: &str) -> Result<CellRun> {
+        self.run_cell_within(code, Duration::from_secs(60)).await
+    }
+
+    /// [`LabSession::run_cell`] with a deadline for the cell to finish. On
+    /// timeout the error shows the cell's start and whatever it printed.
+    pub async fn run_cell_within(self, code: &str, deadline: Duration) -> Result<CellRun> {
         let kernels = format!("{}/user/{}/api/kernels", self.base_url, self.user);
         let response = self
             .http
@@ -168,9 +174,31 @@ impl LabSession<'_> {
                 "the websocket closed before the cell finished",
             ))
         };
-        tokio::time::timeout(Duration::from_secs(60), collect)
-            .await
-            .map_err(|_| lab_err("kernel channels", "no execute_reply within 60s"))??;
+        let finished = tokio::time::timeout(deadline, collect).await;
+        if finished.is_err() {
+            let start: String = code.trim().chars().take(160).collect();
+            let partial: String = stdout
+                .chars()
+                .rev()
+                .take(1200)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            return Err(lab_err(
+                "kernel channels",
+                format!(
+                    "the cell did not finish within {}s\n  cell: {start}…\n  output so far: {}",
+                    deadline.as_secs(),
+                    if partial.is_empty() {
+                        "(none)"
+                    } else {
+                        &partial
+                    }
+                ),
+            ));
+        }
+        finished.map_err(|_| lab_err("kernel channels", "timeout"))??;
         let _ = ws.close(None).await;
         Ok(CellRun {
             kernel_id,

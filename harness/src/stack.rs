@@ -897,6 +897,20 @@ impl Stack {
 
     /// Runs `code` in a fresh kernel of `user`'s lab, through the proxy.
     pub async fn run_cell(&self, user: &str, code: &str) -> Result<crate::lab::CellRun> {
+        self.run_cell_within(user, code, Duration::from_secs(60))
+            .await
+    }
+
+    /// [`Stack::run_cell`] with a deadline for the cell. The session uses a
+    /// token of the user's own, minted through the hub API, as the user's
+    /// browser session would.
+    pub async fn run_cell_within(
+        &self,
+        user: &str,
+        code: &str,
+        deadline: Duration,
+    ) -> Result<crate::lab::CellRun> {
+        let token = self.user_token(user).await?;
         let stream = self
             .network
             .connect_from("operator", self.public_addr)
@@ -907,12 +921,49 @@ impl Stack {
             base_url: self.public_base(),
             public_name: self.spec.topology.public_name.clone(),
             trust_pem: self.org_bundle(),
-            token: self.service_token.clone(),
+            token,
             user: user.to_string(),
             stream,
         }
-        .run_cell(code)
+        .run_cell_within(code, deadline)
         .await
+    }
+
+    /// A short-lived API token of `user`'s own.
+    async fn user_token(&self, user: &str) -> Result<Secret> {
+        let call = format!("POST /users/{user}/tokens");
+        let response = self
+            .http
+            .post(format!(
+                "{}/hub/api/users/{user}/tokens",
+                self.public_base()
+            ))
+            // Only what a browser session needs: access to this user's servers.
+            .json(&serde_json::json!({
+                "expires_in": 3600,
+                "note": "hubtrust lab session",
+                "scopes": [format!("access:servers!user={user}")],
+            }))
+            .send()
+            .await
+            .map_err(|e| HarnessError::HubApi {
+                call: call.clone(),
+                message: e.to_string(),
+            })?;
+        if !response.status().is_success() {
+            return Err(hub_api_error(&call, response).await);
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| HarnessError::HubApi {
+            call: call.clone(),
+            message: e.to_string(),
+        })?;
+        body["token"]
+            .as_str()
+            .map(Secret::new)
+            .ok_or_else(|| HarnessError::HubApi {
+                call,
+                message: "the reply carries no token".into(),
+            })
     }
 
     /// Logs `user` in through the login form, as a browser does, then opens

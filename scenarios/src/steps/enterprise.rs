@@ -86,7 +86,12 @@ async fn run_the_discriminator(world: &mut Operator) -> anyhow::Result<()> {
     let code = enterprise::driver_code(&outbound.targets, &outbound.system_bundle);
     let targets = outbound.targets.clone();
     let user = first_user(world)?;
-    let run = world.stack()?.run_cell(&user, &code).await?;
+    // Every tool bounds itself (40 s); the cell as a whole gets room for
+    // the slowest of them, then fails with what it printed so far.
+    let run = world
+        .stack()?
+        .run_cell_within(&user, &code, std::time::Duration::from_secs(120))
+        .await?;
     let runs = enterprise::parse_results(&run.stdout).map_err(anyhow::Error::msg)?;
     record(|e| {
         e.targets = targets;
