@@ -98,6 +98,8 @@ pub struct EgressPlacement<'a> {
     /// lab has no route to it except through the proxy.
     pub internet_far_ip: Ipv4Addr,
     pub mitmdump: PathBuf,
+    /// A replacement for mitmproxy, from the stack file.
+    pub command: Option<Vec<String>>,
     pub log: PathBuf,
     pub env: std::collections::BTreeMap<String, String>,
 }
@@ -264,25 +266,46 @@ async fn start_inspecting_proxy(
         .map_err(|e| HarnessError::io(format!("create {}", confdir.display()), e))?;
     let signing = format!("{}{}", org.issuing.signing_pem(), org.root.cert_pem());
     crate::pki::write_with_mode(&confdir.join("mitmproxy-ca.pem"), signing.as_bytes(), 0o600)?;
+    // mitmproxy reads its CA from confdir; the same file is offered to a
+    // replacement proxy through $HUBTRUST_PROXY_CA.
     let upstream = dir.join("egress-upstream-trust.crt");
     crate::pki::write_with_mode(&upstream, public_root.cert_pem().as_bytes(), 0o644)?;
     let addr = SocketAddr::from((egress.listen_ip, 8080));
+    let ca_file = confdir.join("mitmproxy-ca.pem");
+    let mut env = egress.env.clone();
+    for (name, value) in [
+        ("HUBTRUST_PROXY_LISTEN", addr.to_string()),
+        ("HUBTRUST_PROXY_CA", ca_file.display().to_string()),
+        (
+            "HUBTRUST_PROXY_UPSTREAM_TRUST",
+            upstream.display().to_string(),
+        ),
+    ] {
+        env.insert(name.into(), value);
+    }
+    let (program, args) = match &egress.command {
+        Some(command) if !command.is_empty() => (command[0].clone(), command[1..].to_vec()),
+        _ => (
+            egress.mitmdump.display().to_string(),
+            vec![
+                "--mode".into(),
+                "regular".into(),
+                "--listen-host".into(),
+                egress.listen_ip.to_string(),
+                "--listen-port".into(),
+                "8080".into(),
+                "--set".into(),
+                format!("confdir={}", confdir.display()),
+                "--set".into(),
+                format!("ssl_verify_upstream_trusted_ca={}", upstream.display()),
+            ],
+        ),
+    };
     let launch = crate::process::LaunchSpec {
-        name: "mitmproxy".into(),
-        program: egress.mitmdump.display().to_string(),
-        args: vec![
-            "--mode".into(),
-            "regular".into(),
-            "--listen-host".into(),
-            egress.listen_ip.to_string(),
-            "--listen-port".into(),
-            "8080".into(),
-            "--set".into(),
-            format!("confdir={}", confdir.display()),
-            "--set".into(),
-            format!("ssl_verify_upstream_trusted_ca={}", upstream.display()),
-        ],
-        env: egress.env.clone(),
+        name: "inspecting proxy".into(),
+        program,
+        args,
+        env,
         cwd: dir.to_path_buf(),
         log: egress.log.clone(),
     };
@@ -292,9 +315,10 @@ async fn start_inspecting_proxy(
     loop {
         if let Some(status) = process.exit_status() {
             return Err(HarnessError::Spawn {
-                component: "mitmproxy".into(),
+                component: "inspecting proxy".into(),
                 message: format!(
-                    "exited ({status}) before it accepted connections on {addr}; its last lines:\n  {}\n(fix: check the mitmproxy install in the component cache, or that {addr} is free)",
+                    "`{}` exited ({status}) before it accepted connections on {addr}; its last lines:\n  {}\n(fix: check enterprise.proxy_command, or the mitmproxy install in the component cache)",
+                    launch.program,
                     process.last_lines(15).join("\n  ")
                 ),
             });
@@ -309,9 +333,10 @@ async fn start_inspecting_proxy(
         }
         if tokio::time::Instant::now() > deadline {
             return Err(HarnessError::Spawn {
-                component: "mitmproxy".into(),
+                component: "inspecting proxy".into(),
                 message: format!(
-                    "not accepting connections on {addr} after 60s; its last lines:\n  {}",
+                    "`{}` is not accepting connections on {addr} after 60s; its last lines:\n  {}\n(fix: it must listen on $HUBTRUST_PROXY_LISTEN)",
+                    launch.program,
                     process.last_lines(15).join("\n  ")
                 ),
             });

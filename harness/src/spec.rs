@@ -55,6 +55,12 @@ pub struct EnterpriseSpec {
     /// and reach the internet host's far address only through it.
     #[serde(default)]
     pub egress_host: Option<String>,
+    /// Replaces mitmproxy with another inspecting proxy (a vendor's). It
+    /// must listen on `$HUBTRUST_PROXY_LISTEN` (host:port) and sign with the
+    /// key and chain in `$HUBTRUST_PROXY_CA` (PEM: key, intermediate, root),
+    /// trusting `$HUBTRUST_PROXY_UPSTREAM_TRUST` upstream.
+    #[serde(default)]
+    pub proxy_command: Option<Vec<String>>,
 }
 
 fn default_name() -> String {

@@ -1411,6 +1411,7 @@ async fn start_outbound(
             listen_ip: address(lab_host, egress)?,
             internet_far_ip: address(egress, internet)?,
             mitmdump: components.mitmproxy_venv.join("bin/mitmdump"),
+            command: enterprise.proxy_command.clone(),
             log: run_dir.join("logs").join("mitmproxy.log"),
             env: BTreeMap::from([(STACK_MARKER_ENV.to_string(), marker.to_string())]),
         }),
@@ -1523,6 +1524,7 @@ mod tests {
                 merge_org_bundle: false,
                 org_bundle: None,
                 egress_host: None,
+                proxy_command: None,
             }),
             ..StackSpec::default()
         };

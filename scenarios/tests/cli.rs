@@ -457,20 +457,24 @@ fn enterprise_run(name: &str, stack: &std::path::Path) -> (Output, PathBuf, Stri
     (out, report, id)
 }
 
-/// The enterprise stack file with `org_bundle` pointing at `source`.
-fn enterprise_stack_with_org_bundle(name: &str, source: &std::path::Path) -> PathBuf {
+/// The enterprise stack file with `line` added to its `[enterprise]` table.
+fn enterprise_stack_with(name: &str, line: &str) -> PathBuf {
     let dir = scratch(name);
     let base = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/stacks/enterprise.toml"),
     )
     .unwrap();
     let file = dir.join("stack.toml");
-    std::fs::write(
-        &file,
-        format!("{base}org_bundle = {:?}\n", source.display().to_string()),
-    )
-    .unwrap();
+    std::fs::write(&file, format!("{base}{line}\n")).unwrap();
     file
+}
+
+/// The enterprise stack file with `org_bundle` pointing at `source`.
+fn enterprise_stack_with_org_bundle(name: &str, source: &std::path::Path) -> PathBuf {
+    enterprise_stack_with(
+        name,
+        &format!("org_bundle = {:?}", source.display().to_string()),
+    )
 }
 
 #[test]
@@ -559,4 +563,15 @@ fn a_malformed_org_bundle_is_a_clear_error_and_leaves_nothing() {
     let _ = std::fs::remove_dir_all(&report);
     std::fs::remove_dir_all(stack.parent().unwrap()).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_inspecting_proxy_that_cannot_start_is_named_and_leaves_nothing() {
+    let stack = enterprise_stack_with("enterprise-proxy-fails", "proxy_command = [\"false\"]");
+    let (out, report, id) = enterprise_run("enterprise-proxy-fails", &stack);
+    expect_usage_error(&out, "`false` exited");
+    assert!(text(&out).contains("inspecting proxy"), "{}", text(&out));
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    let _ = std::fs::remove_dir_all(&report);
+    std::fs::remove_dir_all(stack.parent().unwrap()).unwrap();
 }
