@@ -20,5 +20,6 @@ Feature: Labs trust the organisation's CA for outbound traffic, and only there
     Then every result matches the enterprise trust table
 
   Scenario: Trusting the org CA outbound grants no inbound access
+    Given the hub carries the merged bundle exactly when the stack file puts it there
     When I probe every endpoint with every client identity
     Then every verdict matches JupyterHub's trust graph

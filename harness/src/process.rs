@@ -76,6 +76,11 @@ impl ManagedProcess {
     }
 
     /// If the process has exited, how.
+    /// The process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     pub fn exit_status(&mut self) -> Option<String> {
         let child = self.child.as_mut()?;
         match child.try_wait() {

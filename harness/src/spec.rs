@@ -45,6 +45,10 @@ pub struct EnterpriseSpec {
     /// what it is without this section.
     #[serde(default)]
     pub merge_org_bundle: bool,
+    /// Give the hub the merged bundle too (the five variables in its
+    /// environment), as some operators do.
+    #[serde(default)]
+    pub merge_into_hub: bool,
     /// The org bundle's source (a ConfigMap's equivalent); by default the
     /// run's org root CA. A missing file degrades to the system bundle.
     #[serde(default)]
@@ -262,6 +266,9 @@ impl StackSpec {
                     "enterprise.internet_host = {host:?} needs to be one of topology.hosts and linked to the lab host: add {host:?} to hosts and [{:?}, {host:?}] to topology.links",
                     t.lab_host
                 ));
+            }
+            if e.merge_into_hub && !e.merge_org_bundle {
+                return Err("enterprise.merge_into_hub needs enterprise.merge_org_bundle = true: there is no merged bundle otherwise".into());
             }
             if let Some(egress) = &e.egress_host {
                 let has = |x: &String, y: &String| {

@@ -241,6 +241,10 @@ impl Stack {
 
         let hub_log = run_dir.join("logs").join("jupyterhub.log");
         let mut env = hub_manifest.env.clone();
+        if spec.enterprise.as_ref().is_some_and(|e| e.merge_into_hub) {
+            let merge = outbound.as_ref().and_then(|o| o.merge.as_ref());
+            env.extend(crate::enterprise::lab_environment(merge));
+        }
         env.insert("CONFIGPROXY_AUTH_TOKEN".into(), proxy_token.expose().into());
         env.insert(
             "HUBTRUST_SERVICE_TOKEN".into(),
@@ -848,6 +852,28 @@ impl WireCapture {
 }
 
 impl Stack {
+    /// The running hub's environment, read from /proc.
+    pub fn hub_environment(&self) -> Result<BTreeMap<String, String>> {
+        let pid = self
+            .hub
+            .as_ref()
+            .and_then(ManagedProcess::pid)
+            .ok_or_else(|| HarnessError::Spawn {
+                component: "jupyterhub".into(),
+                message: "the hub is not running".into(),
+            })?;
+        let path = format!("/proc/{pid}/environ");
+        let bytes = std::fs::read(&path).map_err(io(format!("read {path}")))?;
+        Ok(bytes
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let text = String::from_utf8_lossy(kv);
+                let (k, v) = text.split_once('=')?;
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect())
+    }
+
     /// The enterprise stack's outbound endpoints and bundles, if any.
     pub fn outbound(&self) -> Option<&crate::enterprise::Outbound> {
         self.outbound.as_ref()
@@ -1522,6 +1548,7 @@ mod tests {
             enterprise: Some(crate::spec::EnterpriseSpec {
                 internet_host: "internet".into(),
                 merge_org_bundle: false,
+                merge_into_hub: false,
                 org_bundle: None,
                 egress_host: None,
                 proxy_command: None,

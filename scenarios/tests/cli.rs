@@ -575,3 +575,23 @@ fn an_inspecting_proxy_that_cannot_start_is_named_and_leaves_nothing() {
     let _ = std::fs::remove_dir_all(&report);
     std::fs::remove_dir_all(stack.parent().unwrap()).unwrap();
 }
+
+#[test]
+fn a_hub_given_the_merged_bundle_lets_org_ca_client_certificates_in() {
+    // JupyterHub 6.1.1's internal TLS context calls load_default_certs(),
+    // which honours SSL_CERT_FILE: the separation-of-trust check must
+    // catch it and name the cell.
+    let (out, report, id) = enterprise_run(
+        "enterprise-hub-trusts-org",
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/stacks/enterprise-hub-trusts-org.toml"),
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("hub API × org-CA cert: observed accepted"),
+        "the accepting cell is not named:\n{t}"
+    );
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&report).unwrap();
+}

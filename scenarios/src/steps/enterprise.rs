@@ -156,3 +156,36 @@ fn results_match_the_table(world: &mut Operator) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[given("the hub carries the merged bundle exactly when the stack file puts it there")]
+fn hub_environment_matches_the_stack_file(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    let wanted = stack
+        .spec
+        .enterprise
+        .as_ref()
+        .is_some_and(|e| e.merge_into_hub);
+    let merged = merged_bundle(world)?.merged.display().to_string();
+    // Only the five variables are looked at: the hub's environment also
+    // holds its tokens.
+    let env = stack.hub_environment()?;
+    let wrong: Vec<String> = CA_VARIABLES
+        .iter()
+        .filter(|v| {
+            let points_at_merged = env.get(**v) == Some(&merged);
+            points_at_merged != wanted
+        })
+        .map(|v| format!("{v}={:?}", env.get(*v)))
+        .collect();
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "the hub's environment {} the merged bundle, but: {}",
+        if wanted {
+            "should point every CA variable at"
+        } else {
+            "should not point any CA variable at"
+        },
+        wrong.join(", ")
+    );
+    Ok(())
+}
