@@ -14,6 +14,7 @@ Feature: Labs trust the organisation's CA for outbound traffic, and only there
   Scenario: The merged bundle is exactly the system bundle plus the org bundle
     Then the merged bundle holds every system certificate, then every org certificate, none lost at the seam
     And the lab's environment points all five CA variables at the merged bundle
+    And the lab's own system store trusts the public endpoint and not the org CA
 
   Scenario: User tools trust the org CA with the merged bundle, and not without it
     When each tool in the lab fetches each outbound endpoint, with the merged bundle and with the system bundle alone

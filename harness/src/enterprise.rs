@@ -26,6 +26,10 @@ pub const CA_VARIABLES: [&str; 5] = [
     "GIT_SSL_CAINFO",
 ];
 
+/// Where the distribution keeps its CA bundle: the store tools (OpenSSL,
+/// curl, git's gnutls, python's ssl) use by default.
+pub const SYSTEM_STORE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// Who signed an outbound endpoint's certificate, which decides whether a
 /// bundle should trust it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -369,6 +373,28 @@ impl Outbound {
         }
     }
 
+    /// The lab's command, wrapped so the lab starts in a mount namespace of
+    /// its own with the system bundle bind-mounted over [`SYSTEM_STORE`]:
+    /// a per-lab system store holding the public root and not the org CA,
+    /// which the lab's tools use by default.
+    pub fn lab_command(&self, command: &[String]) -> Vec<String> {
+        let mut wrapped: Vec<String> = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+        ]
+        .map(String::from)
+        .to_vec();
+        wrapped.push(format!("mount --bind \"$0\" {SYSTEM_STORE} && exec \"$@\""));
+        wrapped.push(self.system_bundle.display().to_string());
+        wrapped.extend(command.iter().cloned());
+        wrapped
+    }
+
     /// Everything the labs' environment gains: the five CA variables when
     /// the merge step ran, the proxy variables with an egress host.
     pub fn lab_environment(&self) -> Vec<(String, String)> {
@@ -689,6 +715,37 @@ jobs = [(tool, target, bundle) for tool in TOOLS for target in TARGETS for bundl
 with ThreadPoolExecutor(max_workers=8) as pool:
     results = list(pool.map(run, jobs))
 print("@MARKER@" + json.dumps(results))
+"#;
+
+/// The marker the default-store probe prints before its JSON results.
+pub const STORE_MARKER: &str = "HUBTRUST-STORE ";
+
+/// Python for one kernel cell: python's urllib with none of the CA
+/// variables set (and no proxy), so it trusts exactly the lab's default
+/// system store, against each direct target. Prints `{target: outcome}`.
+pub fn default_store_probe_code(targets: &[Target]) -> String {
+    let direct: Vec<serde_json::Value> = targets
+        .iter()
+        .filter(|t| t.proxy.is_none())
+        .map(|t| serde_json::json!({"name": t.name, "url": t.url}))
+        .collect();
+    let targets = serde_json::to_string(&direct).unwrap_or_else(|_| "[]".into());
+    let variables = serde_json::to_string(&CA_VARIABLES).unwrap_or_else(|_| "[]".into());
+    STORE_PROBE
+        .replace("@TARGETS@", &targets)
+        .replace("@VARIABLES@", &variables)
+        .replace("@MARKER@", STORE_MARKER)
+}
+
+const STORE_PROBE: &str = r#"
+import json, os, subprocess, sys
+hide = set(@VARIABLES@) | {"HTTPS_PROXY", "https_proxy"}
+env = {k: v for k, v in os.environ.items() if k not in hide}
+out = {}
+for t in json.loads(r'''@TARGETS@'''):
+    p = subprocess.run([sys.executable, "-c", "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10).read()", t["url"]], env=env, capture_output=True, text=True, timeout=30)
+    out[t["name"]] = "ok" if p.returncode == 0 else p.stderr.strip()[-600:]
+print("@MARKER@" + json.dumps(out))
 "#;
 
 /// Reads the driver's results out of the cell's stdout.

@@ -229,6 +229,9 @@ impl Stack {
             .as_ref()
             .map(crate::enterprise::Outbound::lab_environment)
             .unwrap_or_default();
+        if let Some(outbound) = &outbound {
+            lab_manifest.command = outbound.lab_command(&lab_manifest.command);
+        }
         let config = hub_config_for(
             &spec,
             &values,

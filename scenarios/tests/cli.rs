@@ -552,17 +552,20 @@ fn a_missing_org_bundle_degrades_and_the_table_shows_the_org_ca_untrusted() {
 }
 
 #[test]
-fn a_malformed_org_bundle_is_a_clear_error_and_leaves_nothing() {
-    let dir = scratch("enterprise-bad-org-source");
-    let source = dir.join("org.crt");
-    std::fs::write(&source, "not a certificate\n").unwrap();
-    let stack = enterprise_stack_with_org_bundle("enterprise-bad-org", &source);
-    let (out, report, id) = enterprise_run("enterprise-bad-org", &stack);
-    expect_usage_error(&out, "holds no PEM certificate");
-    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
-    let _ = std::fs::remove_dir_all(&report);
-    std::fs::remove_dir_all(stack.parent().unwrap()).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+fn a_malformed_or_empty_org_bundle_is_a_clear_error_and_leaves_nothing() {
+    for (case, content) in [("garbage", "not a certificate\n"), ("empty", "")] {
+        let name = format!("enterprise-bad-org-{case}");
+        let dir = scratch(&format!("{name}-source"));
+        let source = dir.join("org.crt");
+        std::fs::write(&source, content).unwrap();
+        let stack = enterprise_stack_with_org_bundle(&name, &source);
+        let (out, report, id) = enterprise_run(&name, &stack);
+        expect_usage_error(&out, "holds no PEM certificate");
+        assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+        let _ = std::fs::remove_dir_all(&report);
+        std::fs::remove_dir_all(stack.parent().unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[test]

@@ -83,7 +83,11 @@ async fn lab_environment_points_at_the_bundle(world: &mut Operator) -> anyhow::R
 #[when("each tool in the lab fetches each outbound endpoint, with the merged bundle and with the system bundle alone")]
 async fn run_the_discriminator(world: &mut Operator) -> anyhow::Result<()> {
     let outbound = outbound(world)?;
-    let code = enterprise::driver_code(&outbound.targets, &outbound.system_bundle);
+    // "System bundle alone" is the lab's own default store.
+    let code = enterprise::driver_code(
+        &outbound.targets,
+        std::path::Path::new(enterprise::SYSTEM_STORE),
+    );
     let targets = outbound.targets.clone();
     let user = first_user(world)?;
     // Every tool bounds itself (40 s); the cell as a whole gets room for
@@ -186,6 +190,46 @@ fn hub_environment_matches_the_stack_file(world: &mut Operator) -> anyhow::Resul
             "should not point any CA variable at"
         },
         wrong.join(", ")
+    );
+    Ok(())
+}
+
+#[then("the lab's own system store trusts the public endpoint and not the org CA")]
+async fn lab_default_store(world: &mut Operator) -> anyhow::Result<()> {
+    let outbound = outbound(world)?;
+    let code = enterprise::default_store_probe_code(&outbound.targets);
+    let targets = outbound.targets.clone();
+    let user = first_user(world)?;
+    let run = world.stack()?.run_cell(&user, &code).await?;
+    let line = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(enterprise::STORE_MARKER))
+        .ok_or_else(|| anyhow::anyhow!("the lab printed no result: {}", run.stdout))?;
+    let outcomes: std::collections::BTreeMap<String, String> = serde_json::from_str(line)?;
+    let mut wrong = Vec::new();
+    for target in targets.iter().filter(|t| t.proxy.is_none()) {
+        let outcome = outcomes
+            .get(&target.name)
+            .ok_or_else(|| anyhow::anyhow!("no result for the {}", target.name))?;
+        let got = if outcome == "ok" {
+            "ok"
+        } else {
+            enterprise::error_code(outcome)
+        };
+        let want = enterprise::expected(target.signer, enterprise::Bundle::System);
+        if got != want {
+            wrong.push(format!(
+                "{}: expected {want}, got {got} ({outcome})",
+                target.name
+            ));
+        }
+    }
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "with no CA variable set, python in the lab does not trust exactly its system store {}:\n  {}",
+        enterprise::SYSTEM_STORE,
+        wrong.join("\n  ")
     );
     Ok(())
 }
