@@ -21,6 +21,9 @@
           pkgs.iproute2
           pkgs.util-linux
           pkgs.cacert
+          # User tools the enterprise profile runs inside the lab.
+          pkgs.curl
+          pkgs.git
         ];
         hubtrust = pkgs.rustPlatform.buildRustPackage {
           pname = "hubtrust";
