@@ -27,6 +27,8 @@ pub struct CellRun {
     pub kernel_id: String,
     pub stdout: String,
     pub status: String,
+    /// The token the session used: a canary for the wire checks.
+    pub token: Secret,
 }
 
 /// Where a lab is reached and who may use it.
@@ -204,6 +206,7 @@ impl LabSession<'_> {
             kernel_id,
             stdout,
             status: reply_status.unwrap_or_default(),
+            token: self.token,
         })
     }
 }

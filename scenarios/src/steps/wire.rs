@@ -79,6 +79,9 @@ async fn run_a_cell(world: &mut Operator, user: &str) -> anyhow::Result<()> {
     world
         .canaries
         .push(("the notebook cell's output".into(), output));
+    world
+        .canaries
+        .push(("the user's API token".into(), run.token.expose().into()));
     world.kernel_id = Some(run.kernel_id);
     Ok(())
 }
