@@ -355,6 +355,31 @@ mod tests {
     }
 
     #[test]
+    fn a_link_to_an_unknown_host_is_named() {
+        let err =
+            parse("[topology]\nhosts = [\"hub\"]\nlinks = [[\"hub\", \"login-9\"]]\n").unwrap_err();
+        assert!(
+            err.contains("\"login-9\"") && err.contains("topology.hosts"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn enterprise_hosts_must_be_linked_as_the_design_needs() {
+        let err = parse("[topology]\nhosts = [\"hub\", \"internet\"]\n[enterprise]\ninternet_host = \"internet\"\n")
+            .unwrap_err();
+        assert!(err.contains("linked to the lab host"), "{err}");
+        let err = parse("[topology]\nhosts = [\"hub\", \"internet\", \"egress\"]\nlinks = [[\"hub\", \"internet\"]]\n[enterprise]\ninternet_host = \"internet\"\negress_host = \"egress\"\n")
+            .unwrap_err();
+        assert!(err.contains("enterprise.egress_host"), "{err}");
+        let err = parse("[topology]\nhosts = [\"hub\", \"internet\"]\nlinks = [[\"hub\", \"internet\"]]\n[enterprise]\ninternet_host = \"internet\"\nmerge_into_hub = true\n")
+            .unwrap_err();
+        assert!(err.contains("merge_org_bundle"), "{err}");
+        let ok = include_str!("../../fixtures/stacks/enterprise.toml");
+        parse(ok).unwrap();
+    }
+
+    #[test]
     fn a_kernel_host_needs_a_link_to_the_lab_host() {
         let err = parse("[topology]\nhosts = [\"hub\", \"kernels\"]\nkernel_host = \"kernels\"\n")
             .unwrap_err();
