@@ -13,6 +13,37 @@ use tokio::process::{Child, Command};
 
 use crate::error::{HarnessError, Result};
 
+/// Variables that change whom a component trusts or where its traffic
+/// goes. Inherited from the operator's shell they would make results depend
+/// on the machine (JupyterHub's internal TLS servers, for one, trust
+/// whatever SSL_CERT_FILE names), so components get them only from their
+/// manifest or stack file.
+pub const AMBIENT_TRUST_VARIABLES: [&str; 14] = [
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// The environment a component starts with: the operator's, minus the
+/// ambient trust variables, plus its own.
+fn set_environment(command: &mut Command, env: &BTreeMap<String, String>) {
+    for name in AMBIENT_TRUST_VARIABLES {
+        command.env_remove(name);
+    }
+    command.envs(env);
+}
+
 /// How a process is started: plain data, so a backend decides where.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
@@ -50,9 +81,9 @@ impl ManagedProcess {
             .chain(&spec.args)
             .collect();
         let mut command = Command::new(argv[0]);
+        set_environment(&mut command, &spec.env);
         command
             .args(&argv[1..])
-            .envs(&spec.env)
             .current_dir(&spec.cwd)
             .stdin(Stdio::null())
             .stdout(log)
@@ -173,6 +204,26 @@ pub fn marked_processes(needle: &str) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn components_get_trust_variables_only_from_their_own_spec() {
+        let mut command = Command::new("true");
+        let own = BTreeMap::from([("REQUESTS_CA_BUNDLE".to_string(), "/merged.crt".to_string())]);
+        set_environment(&mut command, &own);
+        let envs: BTreeMap<String, Option<String>> = command
+            .as_std()
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        assert_eq!(envs["SSL_CERT_FILE"], None, "inherited: {envs:?}");
+        assert_eq!(envs["https_proxy"], None);
+        assert_eq!(envs["REQUESTS_CA_BUNDLE"].as_deref(), Some("/merged.crt"));
+    }
 
     fn spec(dir: &Path, program: &str, args: &[&str]) -> LaunchSpec {
         LaunchSpec {
