@@ -865,6 +865,7 @@ mod tests {
             (2, 1, 3)
         );
         assert!(check.problem.is_none(), "{check:?}");
+        std::fs::remove_dir_all(s.parent().unwrap()).unwrap();
     }
 
     #[test]
@@ -876,21 +877,24 @@ mod tests {
         let check = check_merged(&s, &o, &m);
         assert_eq!(check.merged_certs, 1);
         assert!(check.problem.is_none());
+        std::fs::remove_dir_all(s.parent().unwrap()).unwrap();
     }
 
     #[test]
     fn a_malformed_org_bundle_is_refused_and_writes_nothing() {
         let a = CertificateAuthority::root("a").unwrap().cert_pem();
-        let (output, _, _, m) = run_script(&a, Some("this is not PEM\n"));
+        let (output, s, _, m) = run_script(&a, Some("this is not PEM\n"));
         assert!(!output.status.success());
         assert!(String::from_utf8_lossy(&output.stderr).contains("no PEM certificate"));
         assert!(!m.exists());
-        let (output, _, _, m) = run_script(&a, Some(""));
+        std::fs::remove_dir_all(s.parent().unwrap()).unwrap();
+        let (output, s, _, m) = run_script(&a, Some(""));
         assert!(
             !output.status.success(),
             "an empty org bundle is an error, not a silent degrade"
         );
         assert!(!m.exists());
+        std::fs::remove_dir_all(s.parent().unwrap()).unwrap();
     }
 
     #[test]
@@ -905,5 +909,6 @@ mod tests {
         std::fs::write(dir.join("m"), format!("{}{b}", a.trim_end())).unwrap();
         let check = check_merged(&dir.join("s"), &dir.join("o"), &dir.join("m"));
         assert!(check.problem.is_some(), "{check:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,6 +20,7 @@ pub mod secret;
 pub mod spec;
 pub mod stack;
 pub mod trust;
+pub mod workdir;
 
 pub use error::{HarnessError, Result};
 pub use stack::Stack;

@@ -99,32 +99,6 @@ fn load_spec(path: Option<&PathBuf>) -> anyhow::Result<StackSpec> {
     })
 }
 
-/// A private working directory for one stack, removed when dropped.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new() -> anyhow::Result<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("hubtrust-{}-{}", std::process::id(), rand_suffix()));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn rand_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{nanos:08x}")
-}
-
 pub async fn bring_up(spec: StackSpec, work: &Path) -> anyhow::Result<Stack> {
     let components = provision::cached().ok_or_else(|| {
         anyhow::anyhow!(
@@ -155,7 +129,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
         }
     };
     let stack_name = spec.name.clone();
-    let work = match WorkDir::new() {
+    let work = match hubtrust_harness::workdir::RunDir::create(&std::env::temp_dir()) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("error: failed to create a working directory: {e}");
@@ -163,7 +137,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
         }
     };
     let stack = tokio::select! {
-        stack = bring_up(spec, &work.0) => stack,
+        stack = bring_up(spec, work.path()) => stack,
         _ = interrupts.recv() => {
             eprintln!("interrupted while the stack was starting; nothing was checked");
             return ExitCode::from(130);
@@ -270,7 +244,7 @@ async fn up(args: UpArgs, interrupts: &mut Interrupts) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let work = match WorkDir::new() {
+    let work = match hubtrust_harness::workdir::RunDir::create(&std::env::temp_dir()) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("error: failed to create a working directory: {e}");
@@ -278,7 +252,7 @@ async fn up(args: UpArgs, interrupts: &mut Interrupts) -> ExitCode {
         }
     };
     let brought_up = tokio::select! {
-        stack = bring_up(spec, &work.0) => stack,
+        stack = bring_up(spec, work.path()) => stack,
         _ = interrupts.recv() => {
             eprintln!("interrupted while the stack was starting");
             return ExitCode::from(130);
