@@ -11,10 +11,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::backend::local::Host;
+use crate::backend::local::{Host, LocalNetwork};
 use crate::error::{HarnessError, Result};
 use crate::pki::{CertificateAuthority, OrgPki, Usage, Validity};
 use crate::probe::{parse_certs, parse_identity};
+use crate::ready::{wait_ready, ReadyCheck, ReadyContext};
 use crate::spec::EnterpriseSpec;
 
 /// The five variables the init step points at the merged bundle.
@@ -102,6 +103,9 @@ pub struct EgressPlacement<'a> {
     /// lab has no route to it except through the proxy.
     pub internet_far_ip: Ipv4Addr,
     pub mitmdump: PathBuf,
+    /// For the readiness check: the stack's network and HTTP client.
+    pub network: &'a LocalNetwork,
+    pub http: &'a reqwest::Client,
     /// A replacement for mitmproxy, from the stack file.
     pub command: Option<Vec<String>>,
     pub log: PathBuf,
@@ -314,41 +318,39 @@ async fn start_inspecting_proxy(
         log: egress.log.clone(),
     };
     let mut process = egress.host.start(&launch)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut backoff = Duration::from_millis(25);
-    loop {
-        if let Some(status) = process.exit_status() {
-            return Err(HarnessError::Spawn {
+    let check = ReadyCheck::Tcp {
+        host: egress.host.name.clone(),
+        addr,
+        timeout_secs: 60,
+    };
+    let ready = ReadyContext {
+        network: egress.network,
+        http: egress.http,
+        log: &egress.log,
+    };
+    let program = &launch.program;
+    wait_ready("inspecting proxy", &check, &ready, &mut process)
+        .await
+        .map_err(|e| match e {
+            HarnessError::ComponentExited {
+                status, last_lines, ..
+            } => HarnessError::Spawn {
                 component: "inspecting proxy".into(),
                 message: format!(
-                    "`{}` exited ({status}) before it accepted connections on {addr}; its last lines:\n  {}\n(fix: check enterprise.proxy_command, or the mitmproxy install in the component cache)",
-                    launch.program,
-                    process.last_lines(15).join("\n  ")
+                    "`{program}` exited ({status}) before it accepted connections on {addr}; its last lines:\n  {}\n(fix: check enterprise.proxy_command, or the mitmproxy install in the component cache)",
+                    last_lines.join("\n  ")
                 ),
-            });
-        }
-        if egress
-            .host
-            .connect(addr, Duration::from_secs(1))
-            .await
-            .is_ok()
-        {
-            return Ok((process, format!("http://{addr}")));
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(HarnessError::Spawn {
+            },
+            HarnessError::NotReady { last_lines, .. } => HarnessError::Spawn {
                 component: "inspecting proxy".into(),
                 message: format!(
-                    "`{}` is not accepting connections on {addr} after 60s; its last lines:\n  {}\n(fix: it must listen on $HUBTRUST_PROXY_LISTEN)",
-                    launch.program,
-                    process.last_lines(15).join("\n  ")
+                    "`{program}` is not accepting connections on {addr} after 60s; its last lines:\n  {}\n(fix: it must listen on $HUBTRUST_PROXY_LISTEN)",
+                    last_lines.join("\n  ")
                 ),
-            });
-        }
-        // Readiness polling, backing off; not a fixed wait.
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(500));
-    }
+            },
+            other => other,
+        })?;
+    Ok((process, format!("http://{addr}")))
 }
 
 /// The variables the labs get: the five CA variables at the merged bundle
@@ -630,6 +632,75 @@ pub fn expected(signer: Signer, bundle: Bundle) -> &'static str {
             "unknown-issuer"
         }
     }
+}
+
+/// How a discriminator run compares with the expected table.
+#[derive(Debug, Default)]
+pub struct Judgement {
+    /// One line per run that differs from the table, naming the cell.
+    pub differences: Vec<String>,
+    /// Tools missing from the lab: reported, never passed.
+    pub absent: std::collections::BTreeSet<String>,
+}
+
+/// Compares `runs` with the expected table for `targets`. A result for a
+/// target that does not exist is an error: the run cannot be judged.
+pub fn judge(targets: &[Target], runs: &[ToolRun]) -> std::result::Result<Judgement, String> {
+    let mut judgement = Judgement::default();
+    for run in runs {
+        let target = targets
+            .iter()
+            .find(|t| t.name == run.target)
+            .ok_or_else(|| format!("a result for an unknown target {:?}", run.target))?;
+        let want = expected(target.signer, run.bundle);
+        match run.code() {
+            "absent" => {
+                judgement.absent.insert(run.tool.clone());
+            }
+            got if got != want => judgement.differences.push(format!(
+                "{} → {} with the {}: expected {want}, got {got} ({})",
+                run.tool,
+                run.target,
+                run.bundle.label(),
+                run.detail.lines().last().unwrap_or("")
+            )),
+            _ => {}
+        }
+    }
+    Ok(judgement)
+}
+
+/// How many runs a full table has for `targets`.
+pub fn full_table_runs(targets: &[Target]) -> usize {
+    TOOLS.len() * targets.len() * 2
+}
+
+/// Compares the default-store probe's outcomes (`{target: "ok" or error
+/// text}`) with what the system bundle alone should trust; one line per
+/// difference.
+pub fn judge_default_store(
+    targets: &[Target],
+    outcomes: &std::collections::BTreeMap<String, String>,
+) -> std::result::Result<Vec<String>, String> {
+    let mut differences = Vec::new();
+    for target in targets.iter().filter(|t| t.proxy.is_none()) {
+        let outcome = outcomes
+            .get(&target.name)
+            .ok_or_else(|| format!("no result for the {}", target.name))?;
+        let got = if outcome == "ok" {
+            "ok"
+        } else {
+            error_code(outcome)
+        };
+        let want = expected(target.signer, Bundle::System);
+        if got != want {
+            differences.push(format!(
+                "{}: expected {want}, got {got} ({outcome})",
+                target.name
+            ));
+        }
+    }
+    Ok(differences)
 }
 
 /// The marker the driver prints before its JSON results.

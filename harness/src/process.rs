@@ -257,6 +257,7 @@ mod tests {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "tail")
         }) {
             assert!(std::time::Instant::now() < deadline, "tail never started");
+            // Polling interval of a wait bounded by the deadline above.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         p.stop(Duration::from_millis(200)).await;

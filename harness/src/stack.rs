@@ -212,18 +212,11 @@ impl Stack {
             )?;
         }
 
-        let outbound = match &spec.enterprise {
-            Some(enterprise) => {
-                progress("starting the outbound endpoints and the org-bundle merge step");
-                Some(
-                    start_outbound(
-                        enterprise, &spec, &org, &network, components, &run_dir, &marker,
-                    )
-                    .await?,
-                )
-            }
-            None => None,
-        };
+        if spec.enterprise.is_some() {
+            progress("starting the outbound endpoints and the org-bundle merge step");
+        }
+        let outbound =
+            start_outbound(&spec, &org, &network, &http, components, &run_dir, &marker).await?;
 
         let lab_extra_env = outbound
             .as_ref()
@@ -1406,17 +1399,21 @@ fn hub_config_for(
     render_hub_config(spec, values, proxy, &lab, marker)
 }
 
-/// Starts the enterprise stack's outbound side on its internet host; the
-/// merge step, when asked for, runs on the lab's host.
+/// Starts an enterprise stack's outbound side on its internet host (none
+/// without an `[enterprise]` section); the merge step, when asked for, runs
+/// on the lab's host.
 async fn start_outbound(
-    enterprise: &crate::spec::EnterpriseSpec,
     spec: &StackSpec,
     org: &OrgPki,
     network: &LocalNetwork,
+    http: &reqwest::Client,
     components: &Components,
     run_dir: &Path,
     marker: &str,
-) -> Result<crate::enterprise::Outbound> {
+) -> Result<Option<crate::enterprise::Outbound>> {
+    let Some(enterprise) = &spec.enterprise else {
+        return Ok(None);
+    };
     let lab_host = &spec.topology.lab_host;
     let internet = &enterprise.internet_host;
     // The address of `far` on its link with `near`.
@@ -1440,6 +1437,8 @@ async fn start_outbound(
             listen_ip: address(lab_host, egress)?,
             internet_far_ip: address(egress, internet)?,
             mitmdump: components.mitmproxy_venv.join("bin/mitmdump"),
+            network,
+            http,
             command: enterprise.proxy_command.clone(),
             log: run_dir.join("logs").join("mitmproxy.log"),
             env: BTreeMap::from([(STACK_MARKER_ENV.to_string(), marker.to_string())]),
@@ -1457,7 +1456,9 @@ async fn start_outbound(
         ],
         egress,
     };
-    crate::enterprise::Outbound::start(enterprise, org, placement, &dir, &script).await
+    crate::enterprise::Outbound::start(enterprise, org, placement, &dir, &script)
+        .await
+        .map(Some)
 }
 
 fn render_hub_config(

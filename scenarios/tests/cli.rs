@@ -70,6 +70,8 @@ fn assert_nothing_left(prefix: &str) {
                 .collect();
             panic!("processes survived the run: {names:?}");
         }
+        // Polling interval of a wait bounded by the deadline above: teardown
+        // may still be reaping the last process.
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -112,46 +112,25 @@ fn results_match_the_table(world: &mut Operator) -> anyhow::Result<()> {
         .tool_runs
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("the tools were not run"))?;
-    let mut wrong = Vec::new();
-    let mut absent = std::collections::BTreeSet::new();
-    for run in runs {
-        let target = outbound
-            .targets
-            .iter()
-            .find(|t| t.name == run.target)
-            .ok_or_else(|| anyhow::anyhow!("a result for an unknown target {:?}", run.target))?;
-        let want = enterprise::expected(target.signer, run.bundle);
-        match run.code() {
-            "absent" => {
-                absent.insert(run.tool.clone());
-            }
-            got if got != want => wrong.push(format!(
-                "{} → {} with the {}: expected {want}, got {got} ({})",
-                run.tool,
-                run.target,
-                run.bundle.label(),
-                run.detail.lines().last().unwrap_or("")
-            )),
-            _ => {}
-        }
-    }
-    let expected_runs = enterprise::TOOLS.len() * outbound.targets.len() * 2;
+    let judgement = enterprise::judge(&outbound.targets, runs).map_err(anyhow::Error::msg)?;
+    let expected_runs = enterprise::full_table_runs(&outbound.targets);
     anyhow::ensure!(
         runs.len() == expected_runs,
         "inconclusive: {} of {expected_runs} tool runs reported",
         runs.len()
     );
     anyhow::ensure!(
-        absent.len() < enterprise::TOOLS.len(),
+        judgement.absent.len() < enterprise::TOOLS.len(),
         "inconclusive: no tool is present in the lab"
     );
-    if !absent.is_empty() {
+    if !judgement.absent.is_empty() {
         // Reported as absent in the table, never as passed.
         eprintln!(
             "note: absent from the lab, so not judged: {}",
-            absent.into_iter().collect::<Vec<_>>().join(", ")
+            judgement.absent.into_iter().collect::<Vec<_>>().join(", ")
         );
     }
+    let wrong = judgement.differences;
     anyhow::ensure!(
         wrong.is_empty(),
         "{} results differ from the enterprise trust table:\n  {}",
@@ -207,24 +186,7 @@ async fn lab_default_store(world: &mut Operator) -> anyhow::Result<()> {
         .find_map(|l| l.strip_prefix(enterprise::STORE_MARKER))
         .ok_or_else(|| anyhow::anyhow!("the lab printed no result: {}", run.stdout))?;
     let outcomes: std::collections::BTreeMap<String, String> = serde_json::from_str(line)?;
-    let mut wrong = Vec::new();
-    for target in targets.iter().filter(|t| t.proxy.is_none()) {
-        let outcome = outcomes
-            .get(&target.name)
-            .ok_or_else(|| anyhow::anyhow!("no result for the {}", target.name))?;
-        let got = if outcome == "ok" {
-            "ok"
-        } else {
-            enterprise::error_code(outcome)
-        };
-        let want = enterprise::expected(target.signer, enterprise::Bundle::System);
-        if got != want {
-            wrong.push(format!(
-                "{}: expected {want}, got {got} ({outcome})",
-                target.name
-            ));
-        }
-    }
+    let wrong = enterprise::judge_default_store(&targets, &outcomes).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         wrong.is_empty(),
         "with no CA variable set, python in the lab does not trust exactly its system store {}:\n  {}",
