@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::backend::local::{Host, LocalNetwork};
 use crate::error::{HarnessError, Result};
 use crate::pki::{CertificateAuthority, OrgPki, Usage, Validity};
-use crate::probe::{parse_certs, parse_identity};
+use crate::probe::parse_certs;
 use crate::ready::{wait_ready, ReadyCheck, ReadyContext};
 use crate::spec::EnterpriseSpec;
 
@@ -181,14 +181,7 @@ impl Outbound {
             ("foreign-CA server", Signer::Foreign, &org.foreign, 8445),
         ] {
             let identity = ca.issue(name, &sans, Usage::Server, Validity::fresh(30))?;
-            let (chain, key) = parse_identity(&identity)
-                .map_err(|e| HarnessError::Pki(format!("the {name}'s identity: {e}")))?;
-            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
-            .map_err(|e| HarnessError::Pki(format!("the {name}'s TLS config: {e}")))?;
+            let config = crate::probe::server_tls_config(&identity)?;
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
             let listener = internet
                 .listen(addr)

@@ -90,7 +90,7 @@ pub fn file_mode(path: &Path) -> Option<String> {
         .map(|m| format!("{:04o}", m.permissions().mode() & 0o7777))
 }
 
-fn describe_file(label: &str, root: &Path, file: &Path) -> Result<Option<CertificateRecord>> {
+pub fn describe_file(label: &str, root: &Path, file: &Path) -> Result<Option<CertificateRecord>> {
     let text =
         fs::read(file).map_err(|e| HarnessError::io(format!("read {}", file.display()), e))?;
     let ders: Vec<_> = rustls_pemfile::certs(&mut text.as_slice())

@@ -7,6 +7,7 @@ pub mod component;
 pub mod doctor;
 pub mod enterprise;
 pub mod error;
+pub mod hpc;
 pub mod inventory;
 pub mod lab;
 pub mod matrix;

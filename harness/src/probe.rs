@@ -383,6 +383,16 @@ pub fn parse_identity(
     Ok((chain, key))
 }
 
+/// A TLS server configuration presenting `identity`, no client certificates.
+pub fn server_tls_config(identity: &Identity) -> crate::Result<rustls::ServerConfig> {
+    let (chain, key) = parse_identity(identity)
+        .map_err(|e| crate::HarnessError::Pki(format!("the {}'s identity: {e}", identity.name)))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| crate::HarnessError::Pki(format!("the {}'s TLS config: {e}", identity.name)))
+}
+
 pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()

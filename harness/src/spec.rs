@@ -29,6 +29,77 @@ pub struct StackSpec {
     /// Enterprise trust: outbound endpoints and the org-bundle merge step.
     #[serde(default)]
     pub enterprise: Option<EnterpriseSpec>,
+    /// A topology file (`fixtures/topologies/*.toml`), relative to the
+    /// stack file, used instead of an inline `[topology]`.
+    #[serde(default)]
+    pub topology_file: Option<std::path::PathBuf>,
+    /// HPC settings: tunnel ports, the broker, reused CAs. Used when the
+    /// topology has login and compute nodes.
+    #[serde(default)]
+    pub hpc: HpcSpec,
+}
+
+/// How the HPC path is run: the login nodes' tunnel port, the broker, the
+/// internal CAs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HpcSpec {
+    /// The port each login node exposes the proxy on (the remote tunnel's
+    /// bind port); labs call the hub at `https://<login node>:<port>`.
+    #[serde(default = "default_login_port")]
+    pub login_port: u16,
+    /// The tunnel broker's HTTPS port on the hub host.
+    #[serde(default = "default_broker_port")]
+    pub broker_port: u16,
+    /// Replaces hubtrust's reference broker (a vendor's). It must serve the
+    /// REST contract of REFERENCE.md over HTTPS on `$HUBTRUST_BROKER_LISTEN`
+    /// with the certificate and key in `$HUBTRUST_BROKER_CERT` and
+    /// `$HUBTRUST_BROKER_KEY`, accept the token in `$HUBTRUST_BROKER_TOKEN`,
+    /// and read its login nodes and SSH files from `$HUBTRUST_BROKER_CONFIG`.
+    #[serde(default)]
+    pub broker_command: Option<Vec<String>>,
+    /// An earlier run's `ca_certs.tar.gz`: reuse its internal CAs instead
+    /// of generating new ones.
+    #[serde(default)]
+    pub ca_certs: Option<std::path::PathBuf>,
+    /// The uid of the first user's lab on the compute nodes; the next user
+    /// gets the next uid.
+    #[serde(default = "default_first_lab_uid")]
+    pub first_lab_uid: u32,
+}
+
+fn default_login_port() -> u16 {
+    8443
+}
+
+fn default_broker_port() -> u16 {
+    9443
+}
+
+fn default_first_lab_uid() -> u32 {
+    2001
+}
+
+impl Default for HpcSpec {
+    fn default() -> Self {
+        Self {
+            login_port: default_login_port(),
+            broker_port: default_broker_port(),
+            broker_command: None,
+            ca_certs: None,
+            first_lab_uid: default_first_lab_uid(),
+        }
+    }
+}
+
+/// The HPC part of a topology: login nodes (each linked to the hub and to
+/// every compute node) and compute nodes (linked to nothing else). Adding a
+/// node is adding a name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HpcNodes {
+    pub login_nodes: Vec<String>,
+    pub compute_nodes: Vec<String>,
 }
 
 /// The enterprise-trust setup: an `internet` host with hubtrust's outbound
@@ -86,6 +157,8 @@ impl Default for StackSpec {
             proxy: ComponentOverride::default(),
             lab: ComponentOverride::default(),
             enterprise: None,
+            topology_file: None,
+            hpc: HpcSpec::default(),
         }
     }
 }
@@ -117,6 +190,49 @@ pub struct Topology {
     /// The wire checks allow exactly these and name them in the report.
     #[serde(default)]
     pub plaintext_exceptions: Vec<PlaintextException>,
+    /// Login and compute nodes of an HPC site.
+    #[serde(default)]
+    pub hpc: Option<HpcNodes>,
+}
+
+impl Topology {
+    /// Every host: the listed ones, then the HPC nodes.
+    pub fn all_hosts(&self) -> Vec<String> {
+        let mut hosts = self.hosts.clone();
+        if let Some(hpc) = &self.hpc {
+            hosts.extend(hpc.login_nodes.iter().cloned());
+            hosts.extend(hpc.compute_nodes.iter().cloned());
+        }
+        hosts
+    }
+
+    /// Every link: the listed ones, then those the HPC roles imply.
+    pub fn all_links(&self) -> Vec<[String; 2]> {
+        let mut links = self.links.clone();
+        if let Some(hpc) = &self.hpc {
+            for login in &hpc.login_nodes {
+                links.extend(self.links_of_login_node(login, hpc));
+            }
+        }
+        links
+    }
+
+    /// A login node's links: to the hub and to every compute node.
+    pub fn links_of_login_node(&self, login: &str, hpc: &HpcNodes) -> Vec<[String; 2]> {
+        std::iter::once([self.hub_host.clone(), login.to_string()])
+            .chain(
+                hpc.compute_nodes
+                    .iter()
+                    .map(|compute| [compute.clone(), login.to_string()]),
+            )
+            .collect()
+    }
+
+    pub fn is_hpc_node(&self, host: &str) -> bool {
+        self.hpc.as_ref().is_some_and(|hpc| {
+            hpc.login_nodes.iter().any(|h| h == host) || hpc.compute_nodes.iter().any(|h| h == host)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -145,6 +261,7 @@ impl Default for Topology {
             links: Vec::new(),
             kernel_host: None,
             plaintext_exceptions: Vec::new(),
+            hpc: None,
         }
     }
 }
@@ -190,13 +307,33 @@ impl StackSpec {
                 path: path.to_path_buf(),
                 cause,
             })?;
-        let spec: Self = toml::from_str(&text).map_err(|e| HarnessError::StackFileInvalid {
+        let invalid = |path: &Path, e: toml::de::Error| HarnessError::StackFileInvalid {
             path: path.to_path_buf(),
             message: format!(
                 "{} (fix: see fixtures/stacks/example.toml for every accepted key)",
                 one_line(&e.to_string())
             ),
-        })?;
+        };
+        let mut spec: Self = toml::from_str(&text).map_err(|e| invalid(path, e))?;
+        if let Some(file) = spec.topology_file.clone() {
+            let inline = toml::from_str::<toml::Table>(&text)
+                .map(|t| t.contains_key("topology"))
+                .unwrap_or(false);
+            if inline {
+                return Err(HarnessError::StackFileInvalid {
+                    path: path.to_path_buf(),
+                    message: "both `topology_file` and a `[topology]` table: keep one".into(),
+                });
+            }
+            let topology_path = path.parent().unwrap_or(Path::new(".")).join(file);
+            let text = std::fs::read_to_string(&topology_path).map_err(|cause| {
+                HarnessError::StackFileUnreadable {
+                    path: topology_path.clone(),
+                    cause,
+                }
+            })?;
+            spec.topology = toml::from_str(&text).map_err(|e| invalid(&topology_path, e))?;
+        }
         spec.validate().map_err(|message| HarnessError::StackFileInvalid {
             path: path.to_path_buf(),
             message: format!("{message} (fix: edit the stack file; fixtures/stacks/example.toml shows every key)"),
@@ -207,15 +344,41 @@ impl StackSpec {
     /// Checks what serde cannot: references between fields.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.topology;
+        let all_hosts = t.all_hosts();
         for (what, host) in [("hub_host", &t.hub_host), ("lab_host", &t.lab_host)] {
-            if !t.hosts.contains(host) {
+            if !all_hosts.contains(host) {
                 return Err(format!(
                     "topology.{what} = {host:?} is not one of topology.hosts {:?}",
-                    t.hosts
+                    all_hosts
                 ));
             }
         }
-        if t.lab_host != t.hub_host {
+        if let Some(hpc) = &t.hpc {
+            if hpc.login_nodes.is_empty() || hpc.compute_nodes.is_empty() {
+                return Err(
+                    "topology.hpc needs at least one login node and one compute node".into(),
+                );
+            }
+            if !hpc.compute_nodes.contains(&t.lab_host) {
+                return Err(format!(
+                    "topology.lab_host = {:?} is not one of topology.hpc.compute_nodes {:?}: on an HPC site labs run on compute nodes",
+                    t.lab_host, hpc.compute_nodes
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(dup) = all_hosts.iter().find(|h| !seen.insert(*h)) {
+                return Err(format!("host {dup:?} is named twice in the topology"));
+            }
+            if let Some(bad) = all_hosts.iter().find(|h| {
+                h.is_empty()
+                    || h.len() > 12
+                    || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }) {
+                return Err(format!(
+                    "host name {bad:?} must be 1-12 ASCII letters, digits and dashes"
+                ));
+            }
+        } else if t.lab_host != t.hub_host {
             return Err(format!(
                 "labs on `{}` but the hub on `{}`: the local spawner starts labs on the hub's host; other lab hosts need the HPC topology",
                 t.lab_host, t.hub_host
@@ -284,7 +447,7 @@ impl StackSpec {
                 }
             }
         }
-        if t.hosts.iter().any(|h| h == "operator") {
+        if all_hosts.iter().any(|h| h == "operator") {
             return Err("`operator` is reserved for hubtrust's own namespace".into());
         }
         let p = self.ports;
@@ -400,6 +563,35 @@ mod tests {
             parse("[topology]\nhosts = [\"hub\"]\n[[topology.plaintext_exceptions]]\nport = 9000\nreason = \"tunnel last hop\"\n")
                 .unwrap();
         assert_eq!(ok.topology.plaintext_exceptions[0].port, 9000);
+    }
+
+    #[test]
+    fn the_hpc_topology_derives_its_links_and_a_login_node_is_one_name() {
+        let text = include_str!("../../fixtures/topologies/hpc.toml");
+        let topology: Topology = toml::from_str(text).unwrap();
+        let spec = StackSpec {
+            topology: topology.clone(),
+            ..StackSpec::default()
+        };
+        spec.validate().unwrap();
+        assert_eq!(
+            topology.all_hosts(),
+            ["hub", "login-1", "login-2", "compute-1"]
+        );
+        let links = topology.all_links();
+        assert!(links.contains(&["hub".into(), "login-1".into()]));
+        assert!(links.contains(&["compute-1".into(), "login-2".into()]));
+        assert!(!links
+            .iter()
+            .any(|[a, b]| (a == "hub" && b == "compute-1") || (a == "compute-1" && b == "hub")));
+        let mut grown = topology.clone();
+        if let Some(hpc) = grown.hpc.as_mut() {
+            hpc.login_nodes.push("login-3".into());
+        }
+        assert_eq!(grown.all_links().len(), links.len() + 2);
+        let mut wrong = spec.clone();
+        wrong.topology.lab_host = "hub".into();
+        assert!(wrong.validate().unwrap_err().contains("compute nodes"));
     }
 
     #[test]

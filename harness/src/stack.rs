@@ -18,7 +18,7 @@ use crate::error::{HarnessError, Result};
 use crate::inventory::{file_mode, Inventory};
 use crate::pki::{CertificateAuthority, Identity, OrgPki, Usage, Validity, Zoo, ZooDefect};
 use crate::probe::{probe, HttpRequest, ProbeOutcome, ProbeSpec, Verdict};
-use crate::process::{sweep_marked, LaunchSpec, ManagedProcess};
+use crate::process::{last_lines, sweep_marked, LaunchSpec, ManagedProcess};
 use crate::provision::Components;
 use crate::ready::{wait_ready, ReadyCheck, ReadyContext};
 use crate::secret::Secret;
@@ -82,6 +82,16 @@ struct Lab {
     identity: Identity,
 }
 
+/// What a connection attempt between hosts proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    Connected,
+    /// Something answered with a reset: there is a route.
+    Refused,
+    /// No route, or nothing answered at all.
+    NoRoute(String),
+}
+
 pub struct Stack {
     pub spec: StackSpec,
     pub run_dir: PathBuf,
@@ -90,7 +100,7 @@ pub struct Stack {
     pub proxy_token: Secret,
     /// The password every user logs in with (DummyAuthenticator).
     pub user_password: Secret,
-    network: LocalNetwork,
+    pub(crate) network: LocalNetwork,
     hub: Option<ManagedProcess>,
     hub_log: PathBuf,
     org: OrgPki,
@@ -100,6 +110,14 @@ pub struct Stack {
     labs: BTreeMap<String, Lab>,
     /// Outbound endpoints and bundles of an enterprise stack.
     outbound: Option<crate::enterprise::Outbound>,
+    /// Login and compute nodes, sshd and the tunnel broker of an HPC stack.
+    pub(crate) hpc: Option<crate::hpc::HpcSite>,
+    broker: Option<crate::hpc::BrokerClient>,
+    /// A CA browsers trust beside the org root (HPC: proxy-client-ca).
+    browser_extra_root: Option<String>,
+    /// The capture running since the links were made (HPC stacks), until
+    /// a wire scenario takes it.
+    life_capture: std::sync::Mutex<Option<WireCapture>>,
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> HarnessError {
@@ -129,7 +147,18 @@ impl Stack {
 
         progress("generating the org PKI");
         let org = OrgPki::generate()?;
-        let network = LocalNetwork::build(&spec.topology.hosts, &spec.topology.links).await?;
+        let network = LocalNetwork::build(
+            &crate::hpc::host_plans(&spec.topology, components),
+            &spec.topology.all_links(),
+        )
+        .await?;
+        // An HPC stack's tunnels are long-lived SSH connections opened
+        // during start-up: capture every link from the start, so the wire
+        // checks see them begin.
+        let life_capture = match spec.topology.hpc {
+            Some(_) => Some(capture_links(&network, &run_dir.join("capture")).await?),
+            None => None,
+        };
         let hub_host = spec.topology.hub_host.clone();
         let hub_ip = network
             .address_of(&hub_host)
@@ -142,23 +171,56 @@ impl Stack {
         let pki = run_dir.join("pki");
         let public_name = spec.topology.public_name.clone();
         let hub_ip_text = hub_ip.to_string();
-        let public_identity = org.issuing.issue(
-            "hub-public",
-            &[&public_name, &hub_ip_text, "localhost", "127.0.0.1"],
-            Usage::Server,
-            Validity::fresh(30),
-        )?;
-        let (public_cert, public_key) = public_identity.write_to(&pki.join("public"))?;
         crate::pki::write_with_mode(
             &pki.join("org-root.crt"),
             org.root.cert_pem().as_bytes(),
             0o644,
         )?;
+        // On an HPC site the proxy's certificate comes from the internal
+        // proxy-client-ca (labs trust it through their client CA bundle);
+        // elsewhere from the organisation's CA.
+        let (hpc, public_cert, public_key) = if spec.topology.hpc.is_some() {
+            let site = crate::hpc::HpcSite::prepare(
+                &spec,
+                &network,
+                components,
+                &reqwest::Client::new(),
+                &run_dir,
+                progress,
+            )
+            .await?;
+            let (cert, key) = (site.proxy_cert.clone(), site.proxy_key.clone());
+            (Some(site), cert, key)
+        } else {
+            let public_identity = org.issuing.issue(
+                "hub-public",
+                &[&public_name, &hub_ip_text, "localhost", "127.0.0.1"],
+                Usage::Server,
+                Validity::fresh(30),
+            )?;
+            let (cert, key) = public_identity.write_to(&pki.join("public"))?;
+            (None, cert, key)
+        };
+        let extra_root = match &hpc {
+            Some(_) => Some(
+                std::fs::read_to_string(
+                    run_dir.join("hub/internal-ssl/proxy-client-ca/proxy-client-ca.crt"),
+                )
+                .map_err(io("read proxy-client-ca".into()))?,
+            ),
+            None => None,
+        };
 
         let service_token = Secret::generate();
         let proxy_token = Secret::generate();
         let user_password = Secret::generate();
-        let http = operator_client(&org, &public_name, public_addr, &service_token)?;
+        let http = operator_client(
+            &org,
+            extra_root.as_deref(),
+            &public_name,
+            public_addr,
+            &service_token,
+        )?;
 
         let host = network.host(&hub_host)?;
         for (what, port) in [
@@ -217,6 +279,24 @@ impl Stack {
         }
         let outbound =
             start_outbound(&spec, &org, &network, &http, components, &run_dir, &marker).await?;
+        let mut hpc = hpc;
+        let mut render_spec = spec.clone();
+        let mut broker = None;
+        if let Some(site) = hpc.as_mut() {
+            // Labs run on compute nodes as their own users, from the
+            // components' read-only mount there.
+            lab_manifest.command =
+                crate::hpc::lab_command_on_nodes(&lab_manifest.command, components);
+            lab_manifest.args.retain(|a| a != "--allow-root");
+            let env = BTreeMap::from([(STACK_MARKER_ENV.to_string(), marker.clone())]);
+            broker = Some(
+                site.start_broker(&spec, &network, &org, &http, env, progress)
+                    .await?,
+            );
+            let mut lines = site.hub_config_lines(components);
+            lines.append(&mut render_spec.hub.extra_config);
+            render_spec.hub.extra_config = lines;
+        }
 
         let lab_extra_env = outbound
             .as_ref()
@@ -226,7 +306,7 @@ impl Stack {
             lab_manifest.command = outbound.lab_command(&lab_manifest.command);
         }
         let config = hub_config_for(
-            &spec,
+            &render_spec,
             &values,
             &proxy_manifest,
             &lab_manifest,
@@ -251,6 +331,16 @@ impl Stack {
             user_password.expose().into(),
         );
         env.insert(STACK_MARKER_ENV.into(), marker.clone());
+        if let Some(site) = &hpc {
+            env.insert(
+                "PYTHONPATH".into(),
+                site.dir.join("bin").display().to_string(),
+            );
+            env.insert(
+                "HUBTRUST_BROKER_TOKEN".into(),
+                site.broker_token.expose().into(),
+            );
+        }
         let launch = LaunchSpec {
             name: "jupyterhub".into(),
             program: hub_manifest.command[0].clone(),
@@ -288,6 +378,10 @@ impl Stack {
             http,
             labs: BTreeMap::new(),
             outbound,
+            hpc,
+            broker,
+            browser_extra_root: extra_root,
+            life_capture: std::sync::Mutex::new(life_capture),
         };
         // From here on, an early return drops `stack`, which tears down.
         stack.await_ready("jupyterhub", &hub_manifest.ready).await?;
@@ -308,12 +402,27 @@ impl Stack {
 
         for user in stack.spec.users.clone() {
             progress(&format!("spawning a lab for `{user}` through the hub API"));
-            stack
-                .spawn_lab(&user, &lab_manifest.version, &values)
-                .await?;
+            if let Err(e) = stack.spawn_lab(&user, &lab_manifest.version, &values).await {
+                return Err(stack.with_hub_log(e));
+            }
         }
         progress("stack ready");
         Ok(stack)
+    }
+
+    /// A hub API failure is explained by the hub's log, which is gone once
+    /// the run is torn down: its last lines go into the error.
+    fn with_hub_log(&self, e: HarnessError) -> HarnessError {
+        match e {
+            HarnessError::HubApi { call, message } => HarnessError::HubApi {
+                call,
+                message: format!(
+                    "{message}\n  last lines of the hub's log:\n    {}",
+                    last_lines(&self.hub_log, 15).join("\n    ")
+                ),
+            },
+            other => other,
+        }
     }
 
     async fn await_ready(&mut self, component: &str, checks: &[ReadyCheck]) -> Result<()> {
@@ -489,9 +598,14 @@ impl Stack {
         std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))
     }
 
-    /// What browsers trust: the org root.
+    /// What browsers trust: the org root, and on an HPC site the internal
+    /// proxy-client-ca that signs the proxy's certificate.
     pub fn org_bundle(&self) -> String {
-        self.org.root.cert_pem()
+        let mut pem = self.org.root.cert_pem();
+        if let Some(extra) = &self.browser_extra_root {
+            pem.push_str(extra);
+        }
+        pem
     }
 
     fn bundle_by_file(&self, file: &str) -> Result<String> {
@@ -504,6 +618,44 @@ impl Stack {
 
     pub fn users(&self) -> Vec<String> {
         self.labs.keys().cloned().collect()
+    }
+
+    /// Where the hub and proxy reach labs from: the lab's host, or on an
+    /// HPC site the hub's host, where the broker's tunnels end.
+    fn lab_reached_from(&self) -> String {
+        match &self.hpc {
+            Some(_) => self.spec.topology.hub_host.clone(),
+            None => self.spec.topology.lab_host.clone(),
+        }
+    }
+
+    /// The HPC site of an HPC stack.
+    pub fn hpc(&self) -> Option<&crate::hpc::HpcSite> {
+        self.hpc.as_ref()
+    }
+
+    /// A client of the tunnel broker's REST contract (HPC stacks).
+    pub fn broker(&self) -> Option<&crate::hpc::BrokerClient> {
+        self.broker.as_ref()
+    }
+
+    /// Tries `port` on every address `to` has, from `from`, as a process on
+    /// `from` would. A refused connection still proves a route.
+    pub async fn reach(&self, from: &str, to: &str, port: u16) -> Result<Vec<(Ipv4Addr, Reach)>> {
+        let source = self.network.host(from)?;
+        let mut results = Vec::new();
+        for addr in self.network.addresses_of(to) {
+            let outcome = source
+                .connect(SocketAddr::from((addr, port)), Duration::from_secs(2))
+                .await;
+            let reach = match outcome {
+                Ok(_) => Reach::Connected,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
+                Err(e) => Reach::NoRoute(e.to_string()),
+            };
+            results.push((addr, reach));
+        }
+        Ok(results)
     }
 
     /// Every endpoint of the stack, as its real clients reach it.
@@ -539,7 +691,7 @@ impl Stack {
         for (user, lab) in &self.labs {
             endpoints.push(Endpoint {
                 name: format!("lab of {user}"),
-                from_host: self.spec.topology.lab_host.clone(),
+                from_host: self.lab_reached_from(),
                 addr: lab.addr,
                 server_name: "127.0.0.1".into(),
                 client_auth: ClientAuth::Required(InternalCa::Notebooks),
@@ -834,6 +986,9 @@ impl Stack {
 pub struct WireCapture {
     captures: Vec<crate::capture::LinkCapture>,
     hosts: BTreeMap<Ipv4Addr, String>,
+    /// Where the pcaps go once stopped, when they were written elsewhere
+    /// (a capture started with the stack).
+    deliver_to: Option<PathBuf>,
 }
 
 impl WireCapture {
@@ -841,10 +996,45 @@ impl WireCapture {
     pub async fn finish(self) -> crate::capture::WireCensus {
         let mut evidence = Vec::new();
         for capture in self.captures {
-            evidence.push(capture.finish().await);
+            let mut link = capture.finish().await;
+            if let Some(dir) = &self.deliver_to {
+                let target = dir.join(link.pcap.file_name().unwrap_or_default());
+                let moved =
+                    std::fs::create_dir_all(dir).and_then(|_| std::fs::rename(&link.pcap, &target));
+                match moved {
+                    Ok(()) => link.pcap = target,
+                    Err(e) => {
+                        link.inconclusive =
+                            Some(format!("cannot move the pcap into {}: {e}", dir.display()))
+                    }
+                }
+            }
+            evidence.push(link);
         }
         crate::capture::WireCensus::build(evidence, &self.hosts)
     }
+}
+
+fn host_addresses(network: &LocalNetwork) -> BTreeMap<Ipv4Addr, String> {
+    network
+        .links
+        .iter()
+        .flat_map(|l| [(l.a.1, l.a.0.clone()), (l.b.1, l.b.0.clone())])
+        .collect()
+}
+
+async fn capture_links(network: &LocalNetwork, dir: &Path) -> Result<WireCapture> {
+    let mut captures = Vec::new();
+    for link in &network.links {
+        let host = network.host(&link.a.0)?;
+        captures
+            .push(crate::capture::LinkCapture::start(host, link, &link.interfaces.0, dir).await?);
+    }
+    Ok(WireCapture {
+        captures,
+        hosts: host_addresses(network),
+        deliver_to: None,
+    })
 }
 
 impl Stack {
@@ -877,11 +1067,7 @@ impl Stack {
 
     /// Every address of the topology, named by host.
     pub fn host_addresses(&self) -> BTreeMap<Ipv4Addr, String> {
-        self.network
-            .links
-            .iter()
-            .flat_map(|l| [(l.a.1, l.a.0.clone()), (l.b.1, l.b.0.clone())])
-            .collect()
+        host_addresses(&self.network)
     }
 
     /// Flows the topology declares may cross a link in plaintext, by server
@@ -896,18 +1082,22 @@ impl Stack {
     }
 
     /// Starts capturing every link into `dir`, one pcap per link.
+    ///
+    /// On an HPC stack the first call hands over the capture that has run
+    /// since the links were made: the SSH connections of the tunnels are
+    /// opened at start-up and live on, and only a capture that saw them
+    /// begin can classify them. Later calls capture from now on.
     pub async fn start_wire_capture(&self, dir: &Path) -> Result<WireCapture> {
-        let mut captures = Vec::new();
-        for link in &self.network.links {
-            let host = self.network.host(&link.a.0)?;
-            captures.push(
-                crate::capture::LinkCapture::start(host, link, &link.interfaces.0, dir).await?,
-            );
+        let since_start = self
+            .life_capture
+            .lock()
+            .ok()
+            .and_then(|mut life| life.take());
+        if let Some(mut capture) = since_start {
+            capture.deliver_to = Some(dir.to_path_buf());
+            return Ok(capture);
         }
-        Ok(WireCapture {
-            captures,
-            hosts: self.host_addresses(),
-        })
+        capture_links(&self.network, dir).await
     }
 
     fn public_base(&self) -> String {
@@ -1303,6 +1493,7 @@ async fn hub_api_error(call: &str, response: reqwest::Response) -> HarnessError 
 
 fn operator_client(
     org: &OrgPki,
+    extra_root: Option<&str>,
     public_name: &str,
     public_addr: SocketAddr,
     token: &Secret,
@@ -1313,10 +1504,16 @@ fn operator_client(
         .map_err(|e| HarnessError::Pki(format!("token header: {e}")))?;
     auth.set_sensitive(true);
     let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, auth)]);
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(root)
+        .add_root_certificate(root);
+    if let Some(pem) = extra_root {
+        let extra = reqwest::Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| HarnessError::Pki(format!("load a root into the HTTP client: {e}")))?;
+        builder = builder.add_root_certificate(extra);
+    }
+    builder
         .resolve(public_name, public_addr)
         .default_headers(headers)
         // A fresh connection per request: every handshake then happens

@@ -47,6 +47,13 @@ enum Command {
     /// Measure start-up against a plain baseline, the core profile, and the
     /// cost of wire capture.
     Bench(BenchArgs),
+    /// Serve hubtrust's reference HPC tunnel broker (HPC stacks start it on
+    /// the hub's host). The token comes from $HUBTRUST_BROKER_TOKEN.
+    Broker {
+        /// The broker's JSON config (login nodes, SSH files, certificate).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -101,6 +108,9 @@ pub enum BenchGroup {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Broker { config } = &cli.command {
+        return broker_command(config);
+    }
     if inside_private_namespace() {
         return run::inside(cli_command_inside(cli.command));
     }
@@ -119,6 +129,7 @@ fn main() -> ExitCode {
             Ok(()) => relaunch_inside(),
             Err(e) => usage_error(e),
         },
+        Command::Broker { .. } => unreachable!("served before the namespace check"),
     }
 }
 
@@ -127,13 +138,37 @@ fn cli_command_inside(command: Command) -> run::Inside {
         Command::Run(args) => run::Inside::Run(args),
         Command::Up(args) => run::Inside::Up(args),
         Command::Bench(args) => run::Inside::Bench(args),
-        Command::Doctor | Command::List { .. } => run::Inside::Nothing,
+        Command::Doctor | Command::List { .. } | Command::Broker { .. } => run::Inside::Nothing,
     }
 }
 
 fn usage_error(e: anyhow::Error) -> ExitCode {
     eprintln!("error: {e:#}");
     ExitCode::from(2)
+}
+
+fn broker_command(config: &std::path::Path) -> ExitCode {
+    let run = || -> anyhow::Result<()> {
+        let text = std::fs::read(config)
+            .map_err(|e| anyhow::anyhow!("read the broker config {}: {e}", config.display()))?;
+        let config: hubtrust_harness::hpc::broker::BrokerConfig = serde_json::from_slice(&text)
+            .map_err(|e| anyhow::anyhow!("parse the broker config {}: {e}", config.display()))?;
+        let token = std::env::var("HUBTRUST_BROKER_TOKEN").map_err(|_| {
+            anyhow::anyhow!(
+                "HUBTRUST_BROKER_TOKEN is not set (fix: export the token clients will send)"
+            )
+        })?;
+        tokio::runtime::Runtime::new()?
+            .block_on(hubtrust_harness::hpc::broker::serve(config, token))?;
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hubtrust broker: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn doctor_command() -> ExitCode {

@@ -45,6 +45,12 @@ pub struct Operator {
     pub chains: Vec<ChainCheck>,
     pub inventory: Option<hubtrust_harness::inventory::Inventory>,
     pub tool_runs: Option<Vec<hubtrust_harness::enterprise::ToolRun>>,
+    /// What the lab saw of each login node: (user, views, its environment).
+    pub hpc_lab_view: Option<(
+        String,
+        Vec<hubtrust_harness::hpc::checks::LoginNodeView>,
+        hubtrust_harness::hpc::checks::LabEnvironment,
+    )>,
 }
 
 impl Operator {

@@ -34,18 +34,20 @@ pub fn inside_private_namespace() -> bool {
 /// `setpriv --pdeathsig KILL` ties `unshare` to its parent, and
 /// `unshare --kill-child` ties the namespace's init to `unshare`: SIGKILL of
 /// the outer hubtrust therefore takes the whole namespace down.
+///
+/// Run by real root, no user namespace is made: OpenSSH's `sshd` calls
+/// `setgroups`, which a `--map-root-user` namespace refuses, and the HPC
+/// topology needs real `sshd`. The network, mount and PID namespaces still
+/// confine everything hubtrust starts. Run by anyone else, the user
+/// namespace maps them to root inside.
 pub fn private_namespace_command(exe: &Path, args: &[String]) -> std::process::Command {
     let mut command = std::process::Command::new("setpriv");
+    command.args(["--pdeathsig", "KILL", "--", "unshare"]);
+    if !nix::unistd::geteuid().is_root() {
+        command.args(["--user", "--map-root-user"]);
+    }
     command
-        .args(["--pdeathsig", "KILL", "--"])
-        .args([
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--net",
-            "--mount",
-            "--pid",
-        ])
+        .args(["--net", "--mount", "--pid"])
         .args(["--fork", "--kill-child", "--mount-proc", "--"])
         .arg(exe)
         .args(args)
@@ -90,6 +92,41 @@ pub struct Host {
     anchor: Option<Child>,
     netns: File,
     netns_path: String,
+    /// Set when the host has its own mount namespace ([`HostFilesystem`]).
+    mntns_path: Option<String>,
+}
+
+/// A host's own view of the filesystem, for hosts that play separate
+/// machines (HPC login and compute nodes): fresh, empty `/run`, `/home` and
+/// `/opt`, with directories of the operator's bound in read-only. Everything
+/// else is shared with the operator, so run directories stay reachable.
+#[derive(Debug, Clone, Default)]
+pub struct HostFilesystem {
+    /// `(source on the operator's side, target inside the host)`; targets
+    /// must lie under `/opt`.
+    pub read_only_binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl HostFilesystem {
+    /// The shell that prepares the mounts, run by the anchor inside its new
+    /// mount namespace before it reports ready.
+    fn setup_script(&self) -> String {
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        let mut script = String::from(
+            "set -e; mount --make-rprivate /; \
+             for d in /run /home /opt; do mount -t tmpfs -o mode=0755 hubtrust \"$d\"; done; \
+             mkdir -m 0755 /run/sshd; ",
+        );
+        for (source, target) in &self.read_only_binds {
+            script.push_str(&format!(
+                "mkdir -p {t}; mount --bind {s} {t}; mount -o remount,bind,ro {t}; ",
+                s = quote(source),
+                t = quote(target)
+            ));
+        }
+        script.push_str("echo ready; exec cat");
+        script
+    }
 }
 
 impl Host {
@@ -104,16 +141,32 @@ impl Host {
             anchor: None,
             netns,
             netns_path,
+            mntns_path: None,
         };
         run_ip("operator", &[], &["link", "set", "lo", "up"]).await?;
         Ok(host)
     }
 
     pub async fn create(name: &str) -> Result<Self> {
-        let anchor = Command::new("unshare")
-            .args(["--net", "--", "cat"])
+        Self::create_with(name, None).await
+    }
+
+    /// A host with its own network namespace and, given a filesystem, its
+    /// own mount namespace too.
+    pub async fn create_with(name: &str, filesystem: Option<&HostFilesystem>) -> Result<Self> {
+        let mut command = Command::new("unshare");
+        match filesystem {
+            None => command.args(["--net", "--", "cat"]),
+            Some(fs) => command.args(["--net", "--mount", "--", "sh", "-c", &fs.setup_script()]),
+        };
+        let mut anchor = command
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(if filesystem.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| HarnessError::Network {
@@ -124,6 +177,9 @@ impl Host {
             host: name.into(),
             message: "the namespace anchor exited at once".into(),
         })?;
+        if filesystem.is_some() {
+            await_mounts(name, &mut anchor).await?;
+        }
         let netns_path = format!("/proc/{pid}/ns/net");
         // `unshare` execs `cat` only after entering the namespace; wait until
         // the anchor's netns differs from ours before trusting the path.
@@ -151,6 +207,7 @@ impl Host {
             anchor: Some(anchor),
             netns,
             netns_path,
+            mntns_path: filesystem.map(|_| format!("/proc/{pid}/ns/mnt")),
         };
         run_ip(name, &host.wrapper(), &["link", "set", "lo", "up"]).await?;
         Ok(host)
@@ -158,14 +215,24 @@ impl Host {
 
     /// The argv prefix that runs a program inside this host.
     pub fn wrapper(&self) -> Vec<String> {
+        self.wrapper_in(None)
+    }
+
+    /// [`Host::wrapper`], starting in `cwd`: entering a mount namespace
+    /// resets the working directory, so nsenter sets it again afterwards.
+    pub fn wrapper_in(&self, cwd: Option<&Path>) -> Vec<String> {
         if self.name == "operator" {
             return Vec::new();
         }
-        vec![
-            "nsenter".into(),
-            format!("--net={}", self.netns_path),
-            "--".into(),
-        ]
+        let mut argv = vec!["nsenter".to_string(), format!("--net={}", self.netns_path)];
+        if let Some(mntns) = &self.mntns_path {
+            argv.push(format!("--mount={mntns}"));
+            if let Some(cwd) = cwd {
+                argv.push(format!("--wd={}", cwd.display()));
+            }
+        }
+        argv.push("--".into());
+        argv
     }
 
     /// A handle on this host's network namespace, for threads that enter it.
@@ -187,7 +254,7 @@ impl Host {
     }
 
     pub fn start(&self, spec: &LaunchSpec) -> Result<ManagedProcess> {
-        ManagedProcess::start(spec, &self.wrapper())
+        ManagedProcess::start(spec, &self.wrapper_in(Some(&spec.cwd)))
     }
 
     /// Connects to `addr` from inside this host. A short-lived thread enters
@@ -236,6 +303,33 @@ impl Host {
         .await
         .is_ok()
     }
+}
+
+/// Waits for a filesystem anchor's "ready" line; its mounts are in place
+/// once it is printed. A failed mount ends the anchor, and its stderr says why.
+async fn await_mounts(host: &str, anchor: &mut Child) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let stdout = anchor.stdout.take().ok_or_else(|| HarnessError::Network {
+        host: host.into(),
+        message: "the namespace anchor has no stdout".into(),
+    })?;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await;
+    if matches!(read, Ok(Ok(_))) && line.trim() == "ready" {
+        return Ok(());
+    }
+    let mut stderr = String::new();
+    if let Some(mut err) = anchor.stderr.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), err.read_to_string(&mut stderr)).await;
+    }
+    Err(HarnessError::Network {
+        host: host.into(),
+        message: format!(
+            "could not prepare the host's own /run, /home and /opt: {}",
+            stderr.trim()
+        ),
+    })
 }
 
 /// A point-to-point veth link between two hosts, on a /30 that exists only
@@ -311,29 +405,79 @@ pub struct LocalNetwork {
     pub links: Vec<Link>,
 }
 
+/// How one host of a stack is made.
+#[derive(Debug, Clone)]
+pub struct HostPlan {
+    pub name: String,
+    /// Its own `/run`, `/home` and `/opt` (HPC nodes); `None` shares the
+    /// operator's.
+    pub filesystem: Option<HostFilesystem>,
+    /// Whether the operator has a direct link to it. Hosts without one are
+    /// reached only through other hosts, as an HPC compute node is.
+    pub operator_link: bool,
+}
+
+impl HostPlan {
+    pub fn plain(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            filesystem: None,
+            operator_link: true,
+        }
+    }
+}
+
 impl LocalNetwork {
-    /// One namespace per host, each linked to the operator's namespace,
-    /// plus the direct host-to-host `extra_links`.
-    pub async fn build(host_names: &[String], extra_links: &[[String; 2]]) -> Result<Self> {
-        let mut hosts = BTreeMap::new();
-        hosts.insert("operator".to_string(), Host::operator().await?);
-        let mut links = Vec::new();
-        for name in host_names {
-            let host = Host::create(name).await?;
-            let link = Link::create(next_link_index()?, &hosts["operator"], &host).await?;
-            links.push(link);
-            hosts.insert(name.clone(), host);
+    /// One namespace per host, linked to the operator's namespace where the
+    /// plan says so, plus the direct host-to-host `extra_links`.
+    pub async fn build(plans: &[HostPlan], extra_links: &[[String; 2]]) -> Result<Self> {
+        let mut network = Self {
+            hosts: BTreeMap::new(),
+            links: Vec::new(),
+        };
+        network
+            .hosts
+            .insert("operator".to_string(), Host::operator().await?);
+        for plan in plans {
+            network.add_host(plan, &[]).await?;
         }
-        for [a, b] in extra_links {
-            let (Some(a), Some(b)) = (hosts.get(a), hosts.get(b)) else {
-                return Err(HarnessError::Network {
-                    host: format!("{a}--{b}"),
-                    message: "a link names a host that does not exist".into(),
-                });
-            };
-            links.push(Link::create(next_link_index()?, a, b).await?);
+        for link in extra_links {
+            network.add_link(link).await?;
         }
-        Ok(Self { hosts, links })
+        Ok(network)
+    }
+
+    /// Adds a host to a running network, with its links: a login node
+    /// joining an HPC cluster is one call, nothing restarts.
+    pub async fn add_host(&mut self, plan: &HostPlan, links: &[[String; 2]]) -> Result<()> {
+        if self.hosts.contains_key(&plan.name) {
+            return Err(HarnessError::Network {
+                host: plan.name.clone(),
+                message: "a host of that name already exists".into(),
+            });
+        }
+        let host = Host::create_with(&plan.name, plan.filesystem.as_ref()).await?;
+        if plan.operator_link {
+            let link = Link::create(next_link_index()?, &self.hosts["operator"], &host).await?;
+            self.links.push(link);
+        }
+        self.hosts.insert(plan.name.clone(), host);
+        for link in links {
+            self.add_link(link).await?;
+        }
+        Ok(())
+    }
+
+    async fn add_link(&mut self, [a, b]: &[String; 2]) -> Result<()> {
+        let (Some(host_a), Some(host_b)) = (self.hosts.get(a), self.hosts.get(b)) else {
+            return Err(HarnessError::Network {
+                host: format!("{a}--{b}"),
+                message: "a link names a host that does not exist".into(),
+            });
+        };
+        let link = Link::create(next_link_index()?, host_a, host_b).await?;
+        self.links.push(link);
+        Ok(())
     }
 
     /// The link directly joining `a` and `b`, if there is one.
@@ -354,6 +498,23 @@ impl LocalNetwork {
             host: name.into(),
             message: "no such host in this topology".into(),
         })
+    }
+
+    /// `host`'s address on its direct link to `peer`: where a process on
+    /// `peer` reaches it.
+    pub fn address_towards(&self, host: &str, peer: &str) -> Option<Ipv4Addr> {
+        let link = self.link_between(host, peer)?;
+        Some(if link.a.0 == host { link.a.1 } else { link.b.1 })
+    }
+
+    /// Every address `host` has on its links.
+    pub fn addresses_of(&self, host: &str) -> Vec<Ipv4Addr> {
+        self.links
+            .iter()
+            .flat_map(|l| [&l.a, &l.b])
+            .filter(|(h, _)| h == host)
+            .map(|(_, addr)| *addr)
+            .collect()
     }
 
     /// The address the operator reaches `host` at.

@@ -109,6 +109,15 @@ pub fn capture(
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
+        // The capture was dropped unfinished (its stack went away): the
+        // wake pipe's writer is gone, so no stop request can ever come.
+        if watched == 2
+            && fds[1]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP))
+        {
+            break;
+        }
     }
     out.flush()?;
     Ok(frames)

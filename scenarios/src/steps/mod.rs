@@ -2,6 +2,7 @@
 //! harness API, and assert; nothing else lives here.
 
 pub mod enterprise;
+pub mod hpc;
 pub mod reachability;
 pub mod secrets;
 pub mod stack;

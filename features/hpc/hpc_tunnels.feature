@@ -1,0 +1,43 @@
+@hpc
+Feature: Labs on an HPC compute node, reached only through SSH tunnels
+  An HPC site runs each lab on a compute node that has no route to the hub.
+  The lab reaches the hub through a login node's remote tunnel; the hub
+  reaches the lab through a tunnel the broker holds on a login node. The
+  operator wants proof that this works, that every hop is protected, and
+  that the keys and certificates involved allow exactly what they should.
+
+  Background:
+    Given the JupyterHub stack is up with internal SSL
+
+  Scenario: The compute node and the hub cannot reach each other directly
+    Then every compute node reaches the login nodes and nothing on the hub's host
+    And the hub's host reaches the login nodes and no compute node
+
+  Scenario: A lab on the compute node runs a cell and answers through the proxy
+    Then every user's lab answers through the proxy
+    And the broker reports every lab's tunnel as running
+    When the lab looks at the hub through every login node
+    Then the lab runs as its own user and calls the hub through a login node
+    And the lab's certificates on the compute node are 0600 and owned by its user
+
+  Scenario: The proxy's certificate covers every login node
+    Then the proxy's certificate lists every login node's bind address
+    When the lab looks at the hub through every login node
+    Then every login node verifies with the lab's own client CA bundle
+
+  Scenario: Every hop between hosts is TLS or SSH
+    Given every link between hosts is being captured
+    When a user logs in, opens their lab and runs a notebook cell
+    Then every flow that crosses hosts is TLS 1.2 or newer, or SSH
+    And no canary appears in plaintext on any link
+
+  Scenario: Tunnel keys start, check and stop tunnels and never get a shell
+    Then the broker's key can ask each login node for its tunnel's status
+    And the broker's key gets no shell and no other command on any login node
+    And the spawner's key gets no shell on a login node or the compute node
+
+  Scenario: The broker speaks the tunnel REST contract and wants its token
+    Then the broker answers its health check
+    And the broker refuses calls without its token or with a wrong one
+    And the broker refuses a tunnel through a login node it does not know
+    And the broker answers 404 for a servername it does not know

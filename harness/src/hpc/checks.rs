@@ -1,0 +1,427 @@
+//! What the HPC scenarios check, as data: reachability between nodes, what
+//! the tunnel keys may do, where the lab's certificates landed, and what
+//! the lab itself sees through the login nodes.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::Deserialize;
+
+use super::HpcSite;
+use crate::backend::local::LocalNetwork;
+use crate::error::{HarnessError, Result};
+
+/// Whose SSH key a command is run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SshRole {
+    /// The tunnel broker's key (forced command: start, status, stop).
+    Broker,
+    /// The hub spawner's key (jump through login nodes; batch actions on
+    /// compute nodes).
+    Spawner,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshOutcome {
+    pub exit: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl SshOutcome {
+    pub fn describe(&self) -> String {
+        format!(
+            "exit {:?}, stdout {:?}, stderr {:?}",
+            self.exit,
+            self.stdout.trim(),
+            self.stderr.trim()
+        )
+    }
+}
+
+/// One staged file on a compute node.
+#[derive(Debug, Clone)]
+pub struct StagedFile {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub uid: u32,
+}
+
+/// What the lab reported about one login node, from inside a kernel.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoginNodeView {
+    pub bind: String,
+    /// "ok", or the TLS error the lab's own client raised.
+    pub tls: String,
+    /// The hub API's answer for the lab's own user through this node.
+    pub hub_api: String,
+}
+
+impl HpcSite {
+    /// Runs `ssh` from the hub's host with `role`'s key to `node`;
+    /// `command = None` asks for a shell.
+    pub async fn ssh(
+        &self,
+        network: &LocalNetwork,
+        hub_host: &str,
+        role: SshRole,
+        node: &str,
+        command: Option<&str>,
+    ) -> Result<SshOutcome> {
+        let mut argv = network.host(hub_host)?.wrapper();
+        argv.push("ssh".into());
+        argv.push("-T".into());
+        match role {
+            SshRole::Spawner => {
+                argv.extend(["-F".into(), self.spawner_ssh_config.display().to_string()]);
+                argv.push(node.into());
+            }
+            SshRole::Broker => {
+                let login = self
+                    .login_nodes
+                    .iter()
+                    .find(|l| l.name == node)
+                    .ok_or_else(|| HarnessError::Network {
+                        host: node.into(),
+                        message: "the broker's key is for login nodes only".into(),
+                    })?;
+                argv.extend(
+                    [
+                        "-F",
+                        "/dev/null",
+                        "-o",
+                        "BatchMode=yes",
+                        "-o",
+                        "StrictHostKeyChecking=yes",
+                        "-o",
+                        "IdentitiesOnly=yes",
+                    ]
+                    .map(String::from),
+                );
+                argv.extend([
+                    "-o".into(),
+                    format!("UserKnownHostsFile={}", self.known_hosts.display()),
+                    "-o".into(),
+                    format!("HostKeyAlias={node}"),
+                    "-i".into(),
+                    self.broker_key.display().to_string(),
+                    format!("root@{}", login.hub_facing),
+                ]);
+            }
+        }
+        if let Some(command) = command {
+            argv.push(command.into());
+        }
+        let output = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            tokio::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .map_err(|_| HarnessError::Network {
+            host: node.into(),
+            message: "ssh did not finish within 30 s".into(),
+        })?
+        .map_err(|e| HarnessError::io("run ssh", e))?;
+        Ok(SshOutcome {
+            exit: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+
+    /// The files staged for `user`'s lab on `compute`, as that node sees
+    /// them (through its own mount namespace).
+    pub fn staged_files(
+        &self,
+        network: &LocalNetwork,
+        compute: &str,
+        user: &str,
+    ) -> Result<Vec<StagedFile>> {
+        let pid = network
+            .host(compute)?
+            .anchor_pid()
+            .ok_or_else(|| HarnessError::Network {
+                host: compute.into(),
+                message: "the node is gone".into(),
+            })?;
+        let inside = PathBuf::from(format!("/home/{user}/.jupyterhub-ssl"));
+        let dir = Path::new(&format!("/proc/{pid}/root"))
+            .join(inside.strip_prefix("/").unwrap_or(&inside));
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| HarnessError::io(format!("list {} on {compute}", inside.display()), e))?;
+        let mut files = Vec::new();
+        for entry in entries.flatten() {
+            let meta = entry
+                .metadata()
+                .map_err(|e| HarnessError::io("stat a staged file", e))?;
+            files.push(StagedFile {
+                path: inside.join(entry.file_name()),
+                mode: meta.permissions().mode() & 0o7777,
+                uid: meta.uid(),
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(files)
+    }
+}
+
+/// Kernel code that, from inside the lab, connects to every login node's
+/// bind address with the lab's own TLS settings (the client CA bundle the
+/// hub gave it, the address as the server name) and asks the hub API who
+/// the lab's token belongs to. One JSON line per login node.
+pub fn lab_view_code(binds: &[Ipv4Addr], port: u16) -> String {
+    let binds: Vec<String> = binds
+        .iter()
+        .map(|b| format!("{:?}", b.to_string()))
+        .collect();
+    format!(
+        r#"
+import json, os, ssl, urllib.request
+ctx = ssl.create_default_context(cafile=os.environ["JUPYTERHUB_SSL_CLIENT_CA"])
+ctx.load_cert_chain(os.environ["JUPYTERHUB_SSL_CERTFILE"], os.environ["JUPYTERHUB_SSL_KEYFILE"])
+for bind in [{binds}]:
+    view = {{"bind": bind, "tls": "ok", "hub_api": ""}}
+    try:
+        req = urllib.request.Request(
+            f"https://{{bind}}:{port}/hub/api/user",
+            headers={{"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}},
+        )
+        with urllib.request.urlopen(req, context=ctx, timeout=15) as r:
+            view["hub_api"] = json.loads(r.read()).get("name", "")
+    except ssl.SSLCertVerificationError as e:
+        view["tls"] = "name-mismatch" if "match" in (e.verify_message or "") else f"untrusted: {{e.verify_message}}"
+    except Exception as e:
+        reason = getattr(e, "reason", e)
+        view["tls"] = "name-mismatch" if "match" in str(reason) else f"error: {{reason}}"
+    print("HPCVIEW " + json.dumps(view))
+print("HPCENV " + json.dumps({{"uid": os.getuid(), "api_url": os.environ.get("JUPYTERHUB_API_URL", "")}}))
+"#,
+        binds = binds.join(", ")
+    )
+}
+
+/// The lab's environment as the probe cell saw it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LabEnvironment {
+    pub uid: u32,
+    pub api_url: String,
+}
+
+pub fn parse_lab_view(
+    stdout: &str,
+) -> std::result::Result<(Vec<LoginNodeView>, LabEnvironment), String> {
+    let mut views = Vec::new();
+    let mut env = None;
+    for line in stdout.lines() {
+        if let Some(json) = line.strip_prefix("HPCVIEW ") {
+            views.push(serde_json::from_str(json).map_err(|e| format!("{e}: {line}"))?);
+        } else if let Some(json) = line.strip_prefix("HPCENV ") {
+            env = Some(serde_json::from_str(json).map_err(|e| format!("{e}: {line}"))?);
+        }
+    }
+    let env = env.ok_or_else(|| format!("the probe cell printed no environment: {stdout}"))?;
+    Ok((views, env))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lab_view_parses_and_a_missing_environment_is_an_error() {
+        let out = "HPCVIEW {\"bind\": \"10.0.0.1\", \"tls\": \"ok\", \"hub_api\": \"alice\"}\nHPCENV {\"uid\": 2001, \"api_url\": \"https://10.0.0.1:8443/hub/api\"}\n";
+        let (views, env) = parse_lab_view(out).unwrap();
+        assert_eq!(views[0].hub_api, "alice");
+        assert_eq!(env.uid, 2001);
+        assert!(parse_lab_view("HPCVIEW {}\n").is_err());
+    }
+
+    #[test]
+    fn the_lab_view_code_names_every_bind_address() {
+        let code = lab_view_code(
+            &[Ipv4Addr::new(10, 77, 3, 2), Ipv4Addr::new(10, 77, 5, 2)],
+            8443,
+        );
+        assert!(code.contains("\"10.77.3.2\", \"10.77.5.2\""), "{code}");
+        assert!(code.contains(":8443/hub/api/user"));
+    }
+}
+
+/// One reachability probe between HPC hosts and what the design expects.
+#[derive(Debug, Clone)]
+pub struct ReachFinding {
+    pub from: String,
+    pub to: String,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub reach: crate::stack::Reach,
+    /// The design's expectation: a route (login nodes) or none.
+    pub must_route: bool,
+}
+
+impl ReachFinding {
+    pub fn as_designed(&self) -> bool {
+        let routed = !matches!(self.reach, crate::stack::Reach::NoRoute(_));
+        routed == self.must_route
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} → {} ({}:{}): {:?}, expected {}",
+            self.from,
+            self.to,
+            self.addr,
+            self.port,
+            self.reach,
+            if self.must_route {
+                "a route"
+            } else {
+                "no route"
+            }
+        )
+    }
+}
+
+fn site(stack: &crate::Stack) -> Result<&HpcSite> {
+    stack.hpc.as_ref().ok_or_else(|| HarnessError::Network {
+        host: stack.spec.topology.lab_host.clone(),
+        message: "this stack has no HPC site (fix: run @hpc with --stack fixtures/stacks/hpc.toml)"
+            .into(),
+    })
+}
+
+impl crate::Stack {
+    /// Probes from `from` to every address of the login nodes (sshd, must
+    /// connect: the positive control) and of `forbidden` hosts on `ports`
+    /// (must find no route).
+    pub async fn hpc_reachability_from(&self, from: &str) -> Result<Vec<ReachFinding>> {
+        let site = site(self)?;
+        let hub = self.spec.topology.hub_host.clone();
+        let forbidden: Vec<(String, Vec<u16>)> = if from == hub {
+            site.compute_nodes
+                .iter()
+                .map(|c| (c.clone(), vec![22, 8888]))
+                .collect()
+        } else {
+            vec![(
+                hub,
+                vec![
+                    self.spec.ports.public,
+                    self.spec.ports.hub,
+                    site.broker_port,
+                ],
+            )]
+        };
+        let mut findings = Vec::new();
+        let mut plan: Vec<(String, u16, bool)> = site
+            .login_nodes
+            .iter()
+            .map(|l| (l.name.clone(), 22, true))
+            .collect();
+        for (host, ports) in forbidden {
+            plan.extend(ports.into_iter().map(|p| (host.clone(), p, false)));
+        }
+        for (to, port, must_route) in plan {
+            // A login node is probed where the host's own link reaches it;
+            // forbidden hosts on every address they have.
+            let only = must_route
+                .then(|| self.network.address_towards(&to, from))
+                .flatten();
+            for (addr, reach) in self.reach(from, &to, port).await? {
+                if only.is_some_and(|a| a != addr) {
+                    continue;
+                }
+                findings.push(ReachFinding {
+                    from: from.into(),
+                    to: to.clone(),
+                    addr,
+                    port,
+                    reach,
+                    must_route,
+                });
+            }
+        }
+        Ok(findings)
+    }
+
+    pub fn hpc_compute_nodes(&self) -> Result<Vec<String>> {
+        Ok(site(self)?.compute_nodes.clone())
+    }
+
+    pub fn hpc_login_nodes(&self) -> Result<Vec<String>> {
+        Ok(site(self)?
+            .login_nodes
+            .iter()
+            .map(|l| l.name.clone())
+            .collect())
+    }
+
+    pub async fn hpc_ssh(
+        &self,
+        role: SshRole,
+        node: &str,
+        command: Option<&str>,
+    ) -> Result<SshOutcome> {
+        site(self)?
+            .ssh(
+                &self.network,
+                &self.spec.topology.hub_host,
+                role,
+                node,
+                command,
+            )
+            .await
+    }
+
+    /// The lab's staged certificates on its compute node, and the uid it
+    /// should run as.
+    pub fn hpc_staged_files(&self, user: &str) -> Result<(Vec<StagedFile>, u32)> {
+        let site = site(self)?;
+        let uid = *site
+            .lab_uids
+            .get(user)
+            .ok_or_else(|| HarnessError::Network {
+                host: self.spec.topology.lab_host.clone(),
+                message: format!("no lab uid for {user}"),
+            })?;
+        Ok((
+            site.staged_files(&self.network, &self.spec.topology.lab_host, user)?,
+            uid,
+        ))
+    }
+
+    /// Every login node's bind address, and the SANs of the proxy's
+    /// certificate.
+    pub fn hpc_proxy_certificate(&self) -> Result<(Vec<Ipv4Addr>, Vec<String>)> {
+        let site = site(self)?;
+        let record = crate::inventory::describe_file("hpc", &site.dir, &site.proxy_cert)?
+            .ok_or_else(|| {
+                HarnessError::Pki(format!(
+                    "{} holds no certificate",
+                    site.proxy_cert.display()
+                ))
+            })?;
+        Ok((site.bind_addresses(), record.sans))
+    }
+
+    /// From inside `user`'s lab: every login node's bind address with the
+    /// lab's own TLS settings, and the hub API through each.
+    pub async fn hpc_lab_view(&self, user: &str) -> Result<(Vec<LoginNodeView>, LabEnvironment)> {
+        let site = site(self)?;
+        let code = lab_view_code(&site.bind_addresses(), site.login_port);
+        let run = self.run_cell(user, &code).await?;
+        parse_lab_view(&run.stdout).map_err(|message| HarnessError::Probe {
+            endpoint: format!("lab of {user}"),
+            message,
+        })
+    }
+
+    pub fn hpc_bind_addresses(&self) -> Result<Vec<Ipv4Addr>> {
+        Ok(site(self)?.bind_addresses())
+    }
+}

@@ -1,0 +1,957 @@
+//! The HPC site: login nodes running real OpenSSH `sshd`, compute nodes the
+//! hub cannot reach, the tunnel broker between them, and the internal CAs
+//! prepared before the hub starts so the proxy's certificate can list every
+//! login node (REFERENCE.md flows 8 and 9).
+
+pub mod broker;
+pub mod checks;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::backend::local::{HostFilesystem, HostPlan, LocalNetwork};
+use crate::error::{HarnessError, Result};
+use crate::pki::{write_with_mode, CertificateAuthority, OrgPki, Usage, Validity};
+use crate::process::{LaunchSpec, ManagedProcess};
+use crate::provision::Components;
+use crate::ready::{wait_ready, ReadyCheck, ReadyContext};
+use crate::secret::Secret;
+use crate::spec::{HpcNodes, StackSpec, Topology};
+
+/// Where HPC nodes see hubtrust's components (read-only): their own `/opt`,
+/// so a lab user can reach them whoever owns the operator's cache.
+pub const COMPONENTS_ON_NODES: &str = "/opt/hubtrust";
+
+const TUNNEL_ACTION: &str = include_str!("../../../fixtures/hpc/tunnel-action.sh");
+const COMPUTE_BATCH: &str = include_str!("../../../fixtures/hpc/compute-batch.py");
+const SPAWNER: &str = include_str!("../../../fixtures/hpc/hubtrust_hpc_spawner.py");
+
+/// How each host of `topology` is made: HPC nodes get their own filesystem
+/// view and no link to the operator.
+pub fn host_plans(topology: &Topology, components: &Components) -> Vec<HostPlan> {
+    topology
+        .all_hosts()
+        .iter()
+        .map(|name| {
+            if topology.is_hpc_node(name) {
+                node_plan(name, components)
+            } else {
+                HostPlan::plain(name)
+            }
+        })
+        .collect()
+}
+
+fn node_plan(name: &str, components: &Components) -> HostPlan {
+    HostPlan {
+        name: name.into(),
+        filesystem: Some(HostFilesystem {
+            read_only_binds: vec![(components.root.clone(), COMPONENTS_ON_NODES.into())],
+        }),
+        operator_link: false,
+    }
+}
+
+/// `path` under the components root, as HPC nodes see it.
+pub fn on_nodes(path: &str, components: &Components) -> String {
+    let root = components.root.display().to_string();
+    match path.strip_prefix(&root) {
+        Some(rest) => format!("{COMPONENTS_ON_NODES}{rest}"),
+        None => path.to_string(),
+    }
+}
+
+/// The lab's command as compute nodes run it. The venv's console scripts
+/// carry the operator's cache path in their shebang, which a lab user may
+/// not be able to traverse (root's home is 0700), so the venv's own
+/// `jupyterhub-singleuser` becomes `python -m jupyterhub.singleuser`.
+pub fn lab_command_on_nodes(command: &[String], components: &Components) -> Vec<String> {
+    let singleuser = components.venv.join("bin").join("jupyterhub-singleuser");
+    match command.split_first() {
+        Some((program, rest)) if Path::new(program) == singleuser => {
+            let python = components.venv.join("bin").join("python");
+            [
+                on_nodes(&python.display().to_string(), components),
+                "-m".into(),
+                "jupyterhub.singleuser".into(),
+            ]
+            .into_iter()
+            .chain(rest.iter().cloned())
+            .collect()
+        }
+        _ => command
+            .iter()
+            .map(|part| on_nodes(part, components))
+            .collect(),
+    }
+}
+
+/// One login node as the rest of the site sees it.
+#[derive(Debug, Clone)]
+pub struct LoginNodeInfo {
+    pub name: String,
+    /// Where the hub's host reaches its sshd.
+    pub hub_facing: Ipv4Addr,
+    /// Per compute node: (login node's address there = the bind address
+    /// labs call, the compute node's own address on that link).
+    pub towards_compute: BTreeMap<String, (Ipv4Addr, Ipv4Addr)>,
+}
+
+/// SSH material of one run: keys generated per run, host keys pinned.
+struct SshMaterial {
+    broker_key: PathBuf,
+    spawner_key: PathBuf,
+    known_hosts: PathBuf,
+}
+
+/// The running HPC site. Dropping it kills its sshds and broker.
+pub struct HpcSite {
+    pub dir: PathBuf,
+    pub login_nodes: Vec<LoginNodeInfo>,
+    pub compute_nodes: Vec<String>,
+    sshd: BTreeMap<String, ManagedProcess>,
+    broker: Option<ManagedProcess>,
+    pub broker_log: PathBuf,
+    pub broker_port: u16,
+    pub broker_token: Secret,
+    /// The CA that signed the broker's certificate (the org root).
+    pub broker_ca: PathBuf,
+    /// The internal CAs, packed as operators keep them (`ca_certs.tar.gz`).
+    pub ca_certs: PathBuf,
+    /// The proxy's public certificate and key, signed by proxy-client-ca.
+    pub proxy_cert: PathBuf,
+    pub proxy_key: PathBuf,
+    pub spawner_ssh_config: PathBuf,
+    pub known_hosts: PathBuf,
+    pub broker_key: PathBuf,
+    pub spawner_key: PathBuf,
+    pub lab_uids: BTreeMap<String, u32>,
+    pub login_port: u16,
+}
+
+impl HpcSite {
+    /// Keys, sshd on every login and compute node, the internal CAs and the
+    /// proxy's certificate. The broker starts later ([`HpcSite::start_broker`])
+    /// because it needs the hub host's address only.
+    pub async fn prepare(
+        spec: &StackSpec,
+        network: &LocalNetwork,
+        components: &Components,
+        http: &reqwest::Client,
+        run_dir: &Path,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Self> {
+        let topology = &spec.topology;
+        let nodes = topology.hpc.as_ref().ok_or_else(|| HarnessError::Network {
+            host: topology.lab_host.clone(),
+            message: "not an HPC topology".into(),
+        })?;
+        lab_users_can_run(components)?;
+        let dir = run_dir.join("hpc");
+        for sub in ["bin", "ssh", "broker"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| HarnessError::io(format!("create {}/{sub}", dir.display()), e))?;
+        }
+        for (name, text) in [
+            ("tunnel-action.sh", TUNNEL_ACTION),
+            ("compute-batch.py", COMPUTE_BATCH),
+            ("hubtrust_hpc_spawner.py", SPAWNER),
+        ] {
+            write_with_mode(&dir.join("bin").join(name), text.as_bytes(), 0o755)?;
+        }
+        let login_nodes = login_node_infos(topology, nodes, network)?;
+
+        progress("generating SSH host and client keys for this run");
+        let all_nodes: Vec<&String> = nodes
+            .login_nodes
+            .iter()
+            .chain(&nodes.compute_nodes)
+            .collect();
+        let ssh = generate_ssh_material(&dir.join("ssh"), &all_nodes).await?;
+
+        let lab_uids = spec
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.clone(), spec.hpc.first_lab_uid + i as u32))
+            .collect();
+        let mut site = Self {
+            broker_log: run_dir.join("logs").join("tunnel-broker.log"),
+            dir: dir.clone(),
+            login_nodes,
+            compute_nodes: nodes.compute_nodes.clone(),
+            sshd: BTreeMap::new(),
+            broker: None,
+            broker_port: spec.hpc.broker_port,
+            broker_token: Secret::generate(),
+            broker_ca: run_dir.join("pki").join("org-root.crt"),
+            ca_certs: dir.join("ca_certs.tar.gz"),
+            proxy_cert: PathBuf::new(),
+            proxy_key: PathBuf::new(),
+            spawner_ssh_config: dir.join("ssh").join("spawner_config"),
+            known_hosts: ssh.known_hosts.clone(),
+            broker_key: ssh.broker_key.clone(),
+            spawner_key: ssh.spawner_key.clone(),
+            lab_uids,
+            login_port: spec.hpc.login_port,
+        };
+        site.write_spawner_ssh_config()?;
+        for node in all_nodes {
+            progress(&format!("starting sshd on `{node}`"));
+            site.start_sshd(node, &ssh, network, http, run_dir).await?;
+        }
+
+        progress("preparing the internal CAs (ca_certs.tar.gz)");
+        let internal = run_dir.join("hub").join("internal-ssl");
+        match &spec.hpc.ca_certs {
+            Some(tarball) => unpack_ca_certs(tarball, &internal).await?,
+            None => generate_internal_cas(spec, components, run_dir, &internal).await?,
+        }
+        pack_ca_certs(&internal, &site.ca_certs).await?;
+        let (cert, key) =
+            site.issue_proxy_cert(spec, network, &internal, &site.bind_addresses())?;
+        site.proxy_cert = cert;
+        site.proxy_key = key;
+        Ok(site)
+    }
+
+    /// Every login node's bind address, as labs call them.
+    pub fn bind_addresses(&self) -> Vec<Ipv4Addr> {
+        self.login_nodes
+            .iter()
+            .flat_map(|l| l.towards_compute.values().map(|(bind, _)| *bind))
+            .collect()
+    }
+
+    /// Issues the proxy's public certificate from the internal
+    /// proxy-client-ca: the public name, the hub's addresses and every
+    /// login node's bind address (`extra` lets a re-issue add or omit one).
+    pub fn issue_proxy_cert(
+        &self,
+        spec: &StackSpec,
+        network: &LocalNetwork,
+        internal: &Path,
+        binds: &[Ipv4Addr],
+    ) -> Result<(PathBuf, PathBuf)> {
+        let ca = load_internal_ca(internal, "proxy-client-ca")?;
+        self.issue_proxy_cert_from(&ca, spec, network, binds)
+    }
+
+    pub fn issue_proxy_cert_from(
+        &self,
+        ca: &CertificateAuthority,
+        spec: &StackSpec,
+        network: &LocalNetwork,
+        binds: &[Ipv4Addr],
+    ) -> Result<(PathBuf, PathBuf)> {
+        let mut sans: Vec<String> = vec![
+            spec.topology.public_name.clone(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ];
+        sans.extend(
+            network
+                .addresses_of(&spec.topology.hub_host)
+                .iter()
+                .map(ToString::to_string),
+        );
+        sans.extend(binds.iter().map(ToString::to_string));
+        let refs: Vec<&str> = sans.iter().map(String::as_str).collect();
+        let identity = ca.issue("proxy", &refs, Usage::ServerAndClient, Validity::fresh(365))?;
+        identity.write_to(&self.dir.join("proxy"))
+    }
+
+    fn write_spawner_ssh_config(&self) -> Result<()> {
+        let mut text = String::from(
+            "# Written by hubtrust: the hub's spawner reaches compute nodes through login nodes.\n",
+        );
+        let first = &self.login_nodes[0];
+        for login in &self.login_nodes {
+            text.push_str(&format!(
+                "Host {name}\n  HostName {addr}\n  HostKeyAlias {name}\n",
+                name = login.name,
+                addr = login.hub_facing
+            ));
+        }
+        for compute in &self.compute_nodes {
+            let (_, compute_addr) = first.towards_compute[compute];
+            text.push_str(&format!(
+                "Host {compute}\n  HostName {compute_addr}\n  HostKeyAlias {compute}\n  ProxyJump {}\n",
+                first.name
+            ));
+        }
+        text.push_str(&format!(
+            "Host *\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n",
+            self.spawner_key.display(),
+            self.known_hosts.display()
+        ));
+        write_with_mode(&self.spawner_ssh_config, text.as_bytes(), 0o644)
+    }
+
+    /// sshd on `node` with a config and authorized_keys of this run.
+    async fn start_sshd(
+        &mut self,
+        node: &str,
+        ssh: &SshMaterial,
+        network: &LocalNetwork,
+        http: &reqwest::Client,
+        run_dir: &Path,
+    ) -> Result<()> {
+        let node_dir = self.dir.join("ssh").join(node);
+        std::fs::create_dir_all(&node_dir)
+            .map_err(|e| HarnessError::io(format!("create {}", node_dir.display()), e))?;
+        let host_key = node_dir.join("ssh_host_ed25519_key");
+        std::fs::copy(
+            self.dir.join("ssh").join(format!("{node}_host_key")),
+            &host_key,
+        )
+        .map_err(|e| HarnessError::io("stage a host key", e))?;
+        set_mode(&host_key, 0o600)?;
+        let bin = self.dir.join("bin");
+        let read_pub = |key: &Path| {
+            std::fs::read_to_string(key.with_extension("pub"))
+                .map(|s| s.trim().to_string())
+                .map_err(|e| HarnessError::io(format!("read {}.pub", key.display()), e))
+        };
+        let (broker_pub, spawner_pub) = (read_pub(&ssh.broker_key)?, read_pub(&ssh.spawner_key)?);
+        let (authorized, forwarding) = if let Some(login) =
+            self.login_nodes.iter().find(|l| l.name == node)
+        {
+            let opens: Vec<String> = login
+                .towards_compute
+                .values()
+                .map(|(_, compute)| format!("permitopen=\"{compute}:*\""))
+                .collect();
+            let jumps: Vec<String> = login
+                .towards_compute
+                .values()
+                .map(|(_, compute)| format!("permitopen=\"{compute}:22\""))
+                .collect();
+            (
+                format!(
+                    "restrict,port-forwarding,{},permitlisten=\"0.0.0.0:{}\",command=\"{}\" {broker_pub}\n\
+                     restrict,port-forwarding,{},command=\"/bin/false\" {spawner_pub}\n",
+                    opens.join(","),
+                    self.login_port,
+                    bin.join("tunnel-action.sh").display(),
+                    jumps.join(","),
+                ),
+                "AllowTcpForwarding yes\nGatewayPorts clientspecified\n",
+            )
+        } else {
+            let from: Vec<String> = self
+                .login_nodes
+                .iter()
+                .filter_map(|l| {
+                    l.towards_compute
+                        .get(node)
+                        .map(|(bind, _)| bind.to_string())
+                })
+                .collect();
+            (
+                format!(
+                    "restrict,from=\"{}\",command=\"/usr/bin/python3 {}\" {spawner_pub}\n",
+                    from.join(","),
+                    bin.join("compute-batch.py").display()
+                ),
+                "AllowTcpForwarding no\n",
+            )
+        };
+        let authorized_keys = node_dir.join("authorized_keys");
+        write_with_mode(&authorized_keys, authorized.as_bytes(), 0o600)?;
+        // StrictModes would refuse files under /tmp (world-writable); the
+        // run directory is root's and 0700, which is what it protects.
+        let config = format!(
+            "# sshd of `{node}`, written by hubtrust for one run.\n\
+             ListenAddress 0.0.0.0:22\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PermitRootLogin forced-commands-only\nPubkeyAuthentication yes\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             StrictModes no\nPidFile none\nLogLevel VERBOSE\nX11Forwarding no\nPermitTunnel no\n\
+             ClientAliveInterval 5\nClientAliveCountMax 3\n{forwarding}",
+            host_key.display(),
+            authorized_keys.display()
+        );
+        let config_path = node_dir.join("sshd_config");
+        write_with_mode(&config_path, config.as_bytes(), 0o600)?;
+        let host = network.host(node)?;
+        let log = run_dir.join("logs").join(format!("sshd-{node}.log"));
+        let mut process = host.start(&LaunchSpec {
+            name: format!("sshd ({node})"),
+            program: "/usr/sbin/sshd".into(),
+            args: vec![
+                "-D".into(),
+                "-e".into(),
+                "-f".into(),
+                config_path.display().to_string(),
+            ],
+            env: BTreeMap::new(),
+            cwd: node_dir.clone(),
+            log: log.clone(),
+        })?;
+        let check = ReadyCheck::Tcp {
+            host: node.into(),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 22)),
+            timeout_secs: 10,
+        };
+        let ctx = ReadyContext {
+            network,
+            http,
+            log: &log,
+        };
+        wait_ready(&format!("sshd ({node})"), &check, &ctx, &mut process).await?;
+        self.sshd.insert(node.to_string(), process);
+        Ok(())
+    }
+}
+
+impl HpcSite {
+    /// Starts the tunnel broker on the hub's host (hubtrust's reference
+    /// broker, or the stack file's `hpc.broker_command`), waits for it,
+    /// and opens every login node's remote tunnel through its REST API.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_broker(
+        &mut self,
+        spec: &StackSpec,
+        network: &LocalNetwork,
+        org: &OrgPki,
+        http: &reqwest::Client,
+        env: BTreeMap<String, String>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<BrokerClient> {
+        let hub_host = &spec.topology.hub_host;
+        let mut sans = vec![
+            "tunnel-broker".to_string(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ];
+        sans.extend(
+            network
+                .addresses_of(hub_host)
+                .iter()
+                .map(ToString::to_string),
+        );
+        let refs: Vec<&str> = sans.iter().map(String::as_str).collect();
+        let identity =
+            org.issuing
+                .issue("tunnel-broker", &refs, Usage::Server, Validity::fresh(30))?;
+        let broker_dir = self.dir.join("broker");
+        let (cert, key) = identity.write_to(&broker_dir)?;
+        let listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.broker_port));
+        if network.host(hub_host)?.port_in_use(self.broker_port).await {
+            return Err(HarnessError::PortInUse {
+                host: hub_host.clone(),
+                port: self.broker_port,
+            });
+        }
+        let config = broker::BrokerConfig {
+            listen,
+            cert: cert.clone(),
+            key: key.clone(),
+            state_file: broker_dir.join("state.json"),
+            control_dir: broker_dir.join("control"),
+            identity: self.broker_key.clone(),
+            known_hosts: self.known_hosts.clone(),
+            login_nodes: self
+                .login_nodes
+                .iter()
+                .map(|l| self.broker_view(l, spec))
+                .collect(),
+        };
+        let config_path = broker_dir.join("config.json");
+        let text = serde_json::to_vec_pretty(&config).map_err(|e| HarnessError::Provision {
+            what: "broker config".into(),
+            message: e.to_string(),
+        })?;
+        write_with_mode(&config_path, &text, 0o600)?;
+        let (program, args) = match &spec.hpc.broker_command {
+            Some(command) if !command.is_empty() => (command[0].clone(), command[1..].to_vec()),
+            _ => (
+                std::env::current_exe()
+                    .map_err(|e| HarnessError::io("find hubtrust's own executable", e))?
+                    .display()
+                    .to_string(),
+                vec![
+                    "broker".into(),
+                    "--config".into(),
+                    config_path.display().to_string(),
+                ],
+            ),
+        };
+        let mut env = env;
+        for (name, value) in [
+            (
+                "HUBTRUST_BROKER_TOKEN",
+                self.broker_token.expose().to_string(),
+            ),
+            ("HUBTRUST_BROKER_LISTEN", listen.to_string()),
+            ("HUBTRUST_BROKER_CERT", cert.display().to_string()),
+            ("HUBTRUST_BROKER_KEY", key.display().to_string()),
+            ("HUBTRUST_BROKER_CONFIG", config_path.display().to_string()),
+        ] {
+            env.insert(name.into(), value);
+        }
+        let launch = LaunchSpec {
+            name: "tunnel broker".into(),
+            program,
+            args,
+            env,
+            cwd: broker_dir.clone(),
+            log: self.broker_log.clone(),
+        };
+        progress("starting the tunnel broker on the hub's host");
+        let mut process = network.host(hub_host)?.start(&launch)?;
+        let check = ReadyCheck::TlsHandshake {
+            host: hub_host.clone(),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, self.broker_port)),
+            timeout_secs: 15,
+        };
+        let ctx = ReadyContext {
+            network,
+            http,
+            log: &self.broker_log,
+        };
+        wait_ready("tunnel broker", &check, &ctx, &mut process).await?;
+        self.broker = Some(process);
+        let hub_ip = network
+            .address_of(hub_host)
+            .ok_or_else(|| HarnessError::Network {
+                host: hub_host.clone(),
+                message: "no link to the operator".into(),
+            })?;
+        let client = BrokerClient::new(
+            &format!("https://{hub_ip}:{}", self.broker_port),
+            &org.root.cert_pem(),
+            self.broker_token.clone(),
+        )?;
+        for login in &self.login_nodes {
+            progress(&format!("opening the remote tunnel on `{}`", login.name));
+            client
+                .post(
+                    "/api/remote/",
+                    &serde_json::json!({ "hostname": login.name }),
+                )
+                .await
+                .and_then(|r| r.expect_success())
+                .map_err(|message| self.tunnel_error(&login.name, message))?;
+        }
+        Ok(client)
+    }
+
+    /// How the broker sees a login node.
+    pub fn broker_view(&self, login: &LoginNodeInfo, spec: &StackSpec) -> broker::LoginNode {
+        broker::LoginNode {
+            name: login.name.clone(),
+            address: login.hub_facing,
+            user: "root".into(),
+            remote_bind: format!("0.0.0.0:{}", self.login_port),
+            remote_target: format!("127.0.0.1:{}", spec.ports.public),
+            remote_check: SocketAddr::from((login.hub_facing, self.login_port)),
+        }
+    }
+
+    /// A tunnel failure, with the broker's and the login node's sshd's
+    /// last log lines.
+    pub fn tunnel_error(&self, node: &str, message: String) -> HarnessError {
+        let mut last_lines: Vec<String> = crate::process::last_lines(&self.broker_log, 8)
+            .into_iter()
+            .map(|l| format!("broker: {l}"))
+            .collect();
+        if let Some(sshd) = self.sshd.get(node) {
+            last_lines.extend(
+                sshd.last_lines(8)
+                    .into_iter()
+                    .map(|l| format!("sshd ({node}): {l}")),
+            );
+        }
+        HarnessError::NotReady {
+            component: format!("tunnel through {node}"),
+            check: message,
+            seconds: 0,
+            last_lines,
+        }
+    }
+
+    /// The sshd log of `node`.
+    pub fn sshd_log(&self, node: &str) -> Option<&Path> {
+        self.sshd.get(node).map(|p| p.log.as_path())
+    }
+
+    /// Hub-side configuration lines for the batch spawner.
+    pub fn hub_config_lines(&self, components: &Components) -> Vec<String> {
+        let compute = &self.compute_nodes[0];
+        let logins: Vec<serde_json::Value> = self
+            .login_nodes
+            .iter()
+            .map(|l| {
+                let (bind, own) = l.towards_compute[compute];
+                serde_json::json!({
+                    "name": l.name,
+                    "bind": bind.to_string(),
+                    "compute_address": own.to_string(),
+                })
+            })
+            .collect();
+        let json = |v: serde_json::Value| v.to_string();
+        vec![
+            "# HPC: labs on a compute node, through login nodes and the tunnel broker.".into(),
+            "c.JupyterHub.spawner_class = \"hubtrust_hpc_spawner.TunnelBatchSpawner\"".into(),
+            format!(
+                "c.TunnelBatchSpawner.ssh_config = {}",
+                json(self.spawner_ssh_config.display().to_string().into())
+            ),
+            format!(
+                "c.TunnelBatchSpawner.compute_node = {}",
+                json(compute.as_str().into())
+            ),
+            format!("c.TunnelBatchSpawner.login_nodes = {}", json(logins.into())),
+            format!("c.TunnelBatchSpawner.login_port = {}", self.login_port),
+            format!(
+                "c.TunnelBatchSpawner.broker_url = \"https://127.0.0.1:{}\"",
+                self.broker_port
+            ),
+            format!(
+                "c.TunnelBatchSpawner.broker_ca = {}",
+                json(self.broker_ca.display().to_string().into())
+            ),
+            format!(
+                "c.TunnelBatchSpawner.lab_uids = {}",
+                json(serde_json::to_value(&self.lab_uids).unwrap_or_default())
+            ),
+            format!(
+                "c.TunnelBatchSpawner.lab_path = {}",
+                json(
+                    format!(
+                        "{}:/usr/bin:/bin",
+                        on_nodes(
+                            &components.venv.join("bin").display().to_string(),
+                            components
+                        )
+                    )
+                    .into()
+                )
+            ),
+        ]
+    }
+}
+
+/// A client of the broker's REST contract: what the stack and the scenarios
+/// use, so a vendor's broker is judged by the same calls.
+#[derive(Clone)]
+pub struct BrokerClient {
+    http: reqwest::Client,
+    base: String,
+    token: Secret,
+}
+
+/// One answer of the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerAnswer {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl BrokerAnswer {
+    pub fn expect_success(self) -> std::result::Result<Self, String> {
+        if (200..300).contains(&self.status) {
+            Ok(self)
+        } else {
+            Err(format!("HTTP {}: {}", self.status, self.body))
+        }
+    }
+}
+
+impl BrokerClient {
+    pub fn new(base: &str, ca_pem: &str, token: Secret) -> Result<Self> {
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+            .map_err(|e| HarnessError::Pki(format!("the broker's CA: {e}")))?;
+        let http = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| HarnessError::Pki(format!("the broker client: {e}")))?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// The same client with another token (to prove a wrong one is refused).
+    pub fn with_token(&self, token: Secret) -> Self {
+        Self {
+            token,
+            ..self.clone()
+        }
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> std::result::Result<BrokerAnswer, String> {
+        let response = request
+            .header("Authorization", format!("token {}", self.token.expose()))
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the broker: {e}"))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok(BrokerAnswer { status, body })
+    }
+
+    pub async fn get(&self, path: &str) -> std::result::Result<BrokerAnswer, String> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> std::result::Result<BrokerAnswer, String> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> std::result::Result<BrokerAnswer, String> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+}
+
+/// Labs run as unprivileged users, so the interpreter the components' venv
+/// links to must be reachable by anyone: a pyenv build under root's 0700
+/// home is not, and every kernel start would fail with "Permission denied".
+fn lab_users_can_run(components: &Components) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let python = components.venv.join("bin").join("python");
+    let real = std::fs::canonicalize(&python)
+        .map_err(|e| HarnessError::io(format!("resolve {}", python.display()), e))?;
+    let blocked = real
+        .ancestors()
+        .skip(1)
+        .find(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0));
+    match blocked {
+        None => Ok(()),
+        Some(dir) => Err(HarnessError::MissingPrerequisite {
+            what: "a python3 lab users can run".into(),
+            why: format!(
+                "the components' venv uses {}, inside {}, which users other than its owner cannot enter; labs on compute nodes run as their own users",
+                real.display(),
+                dir.display()
+            ),
+            fix: "provision the components with a system python3 (Debian's /usr/bin/python3), e.g. run hubtrust with PATH=/usr/bin:$PATH and a fresh HUBTRUST_CACHE".into(),
+        }),
+    }
+}
+
+fn login_node_infos(
+    topology: &Topology,
+    nodes: &HpcNodes,
+    network: &LocalNetwork,
+) -> Result<Vec<LoginNodeInfo>> {
+    nodes
+        .login_nodes
+        .iter()
+        .map(|login| {
+            let missing = |peer: &str| HarnessError::Network {
+                host: login.clone(),
+                message: format!("no link to `{peer}`"),
+            };
+            let hub_facing = network
+                .address_towards(login, &topology.hub_host)
+                .ok_or_else(|| missing(&topology.hub_host))?;
+            let mut towards_compute = BTreeMap::new();
+            for compute in &nodes.compute_nodes {
+                let bind = network
+                    .address_towards(login, compute)
+                    .ok_or_else(|| missing(compute))?;
+                let own = network
+                    .address_towards(compute, login)
+                    .ok_or_else(|| missing(compute))?;
+                towards_compute.insert(compute.clone(), (bind, own));
+            }
+            Ok(LoginNodeInfo {
+                name: login.clone(),
+                hub_facing,
+                towards_compute,
+            })
+        })
+        .collect()
+}
+
+async fn run_tool(what: &str, program: &str, args: &[&str]) -> Result<String> {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| HarnessError::MissingPrerequisite {
+            what: program.into(),
+            why: e.to_string(),
+            fix: "apt-get install -y openssh-client openssh-server tar".into(),
+        })?;
+    if !output.status.success() {
+        return Err(HarnessError::Provision {
+            what: what.into(),
+            message: format!(
+                "`{program}` failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+async fn generate_ssh_material(dir: &Path, nodes: &[&String]) -> Result<SshMaterial> {
+    let keygen = |path: PathBuf, comment: String| async move {
+        let path_text = path.display().to_string();
+        run_tool(
+            "SSH keys",
+            "ssh-keygen",
+            &[
+                "-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f", &path_text,
+            ],
+        )
+        .await
+        .map(|_| path)
+    };
+    let broker_key = keygen(dir.join("broker_key"), "hubtrust tunnel broker".into()).await?;
+    let spawner_key = keygen(dir.join("spawner_key"), "hubtrust hub spawner".into()).await?;
+    let mut known = String::new();
+    for node in nodes {
+        let key = keygen(
+            dir.join(format!("{node}_host_key")),
+            format!("host key of {node}"),
+        )
+        .await?;
+        let public = std::fs::read_to_string(key.with_extension("pub"))
+            .map_err(|e| HarnessError::io("read a host key", e))?;
+        let mut fields = public.split_whitespace();
+        let (kind, blob) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        known.push_str(&format!("{node} {kind} {blob}\n"));
+    }
+    let known_hosts = dir.join("known_hosts");
+    write_with_mode(&known_hosts, known.as_bytes(), 0o644)?;
+    Ok(SshMaterial {
+        broker_key,
+        spawner_key,
+        known_hosts,
+    })
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| HarnessError::io(format!("chmod {}", path.display()), e))
+}
+
+fn load_internal_ca(internal: &Path, name: &str) -> Result<CertificateAuthority> {
+    let read = |ext: &str| {
+        let path = internal.join(name).join(format!("{name}.{ext}"));
+        std::fs::read_to_string(&path)
+            .map_err(|e| HarnessError::io(format!("read {}", path.display()), e))
+    };
+    CertificateAuthority::adopt(name, &read("crt")?, &read("key")?)
+}
+
+/// JupyterHub's own `--generate-certs`, before the hub starts: the CAs an
+/// operator keeps (and reuses) exist up front.
+async fn generate_internal_cas(
+    spec: &StackSpec,
+    components: &Components,
+    run_dir: &Path,
+    internal: &Path,
+) -> Result<()> {
+    let config = run_dir.join("hub").join("generate_certs_config.py");
+    let text = format!(
+        "c = get_config()  # noqa: F821\nc.JupyterHub.internal_ssl = True\nc.JupyterHub.internal_certs_location = {:?}\nc.JupyterHub.trusted_alt_names = [{:?}]\n",
+        internal.display().to_string(),
+        format!("DNS:{}", spec.topology.public_name)
+    );
+    write_with_mode(&config, text.as_bytes(), 0o644)?;
+    let jupyterhub = components.venv.join("bin").join("jupyterhub");
+    let output = tokio::process::Command::new(&jupyterhub)
+        .args(["--generate-certs", "-f"])
+        .arg(&config)
+        .current_dir(run_dir.join("hub"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| HarnessError::io(format!("run {}", jupyterhub.display()), e))?;
+    if !output.status.success() {
+        return Err(HarnessError::Provision {
+            what: "internal CAs".into(),
+            message: format!(
+                "jupyterhub --generate-certs failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+async fn pack_ca_certs(internal: &Path, tarball: &Path) -> Result<()> {
+    let internal_text = internal.display().to_string();
+    let tar_text = tarball.display().to_string();
+    run_tool(
+        "ca_certs.tar.gz",
+        "tar",
+        &["-czf", &tar_text, "-C", &internal_text, "."],
+    )
+    .await?;
+    // It holds every CA's private key.
+    set_mode(tarball, 0o600)
+}
+
+async fn unpack_ca_certs(tarball: &Path, internal: &Path) -> Result<()> {
+    if !tarball.is_file() {
+        return Err(HarnessError::Provision {
+            what: "hpc.ca_certs".into(),
+            message: format!(
+                "{} does not exist (fix: point hpc.ca_certs at a ca_certs.tar.gz an earlier run wrote under its artifacts, or remove the key)",
+                tarball.display()
+            ),
+        });
+    }
+    std::fs::create_dir_all(internal)
+        .map_err(|e| HarnessError::io(format!("create {}", internal.display()), e))?;
+    let internal_text = internal.display().to_string();
+    let tar_text = tarball.display().to_string();
+    run_tool(
+        "hpc.ca_certs",
+        "tar",
+        &["-xzf", &tar_text, "-C", &internal_text],
+    )
+    .await?;
+    for ca in ["hub-ca", "proxy-client-ca", "notebooks-ca"] {
+        if !internal.join(ca).join(format!("{ca}.key")).is_file() {
+            return Err(HarnessError::Provision {
+                what: "hpc.ca_certs".into(),
+                message: format!(
+                    "{} holds no {ca}/{ca}.key: not a ca_certs.tar.gz",
+                    tarball.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Drop for HpcSite {
+    fn drop(&mut self) {
+        // ManagedProcess kills its group on drop; named here for the order:
+        // the broker's ssh clients first, then the sshds.
+        self.broker.take();
+        self.sshd.clear();
+    }
+}

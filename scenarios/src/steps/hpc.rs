@@ -1,0 +1,316 @@
+//! HPC steps: compute and login nodes, the tunnel keys, the broker's REST
+//! contract. Each calls one harness API and asserts on its answer.
+
+use cucumber::{then, when};
+use hubtrust_harness::hpc::checks::{ReachFinding, SshRole};
+use hubtrust_harness::secret::Secret;
+
+use crate::world::Operator;
+
+fn judge_reach(findings: &[ReachFinding]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        findings.iter().any(|f| f.must_route) && findings.iter().any(|f| !f.must_route),
+        "the probes cover no login node or no forbidden host: nothing was proved"
+    );
+    let wrong: Vec<String> = findings
+        .iter()
+        .filter(|f| !f.as_designed())
+        .map(ReachFinding::describe)
+        .collect();
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "not as designed:\n  {}",
+        wrong.join("\n  ")
+    );
+    Ok(())
+}
+
+#[then("every compute node reaches the login nodes and nothing on the hub's host")]
+async fn compute_reaches_only_login(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    for compute in stack.hpc_compute_nodes()? {
+        judge_reach(&stack.hpc_reachability_from(&compute).await?)?;
+    }
+    Ok(())
+}
+
+#[then("the hub's host reaches the login nodes and no compute node")]
+async fn hub_reaches_only_login(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    let hub = stack.spec.topology.hub_host.clone();
+    judge_reach(&stack.hpc_reachability_from(&hub).await?)
+}
+
+fn broker(world: &Operator) -> anyhow::Result<&hubtrust_harness::hpc::BrokerClient> {
+    world.stack()?.broker().ok_or_else(|| {
+        anyhow::anyhow!(
+            "this stack has no tunnel broker (run @hpc with --stack fixtures/stacks/hpc.toml)"
+        )
+    })
+}
+
+#[then("the broker reports every lab's tunnel as running")]
+async fn broker_reports_tunnels(world: &mut Operator) -> anyhow::Result<()> {
+    let users = world.stack()?.users();
+    anyhow::ensure!(!users.is_empty(), "no lab to check");
+    for user in users {
+        let answer = broker(world)?
+            .get(&format!("/api/tunnel/{user}-default/"))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            answer.status == 200 && answer.body["running"] == true,
+            "the broker says of {user}'s tunnel: HTTP {} {}",
+            answer.status,
+            answer.body
+        );
+    }
+    Ok(())
+}
+
+#[when("the lab looks at the hub through every login node")]
+async fn lab_looks(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    let user = stack
+        .users()
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no lab"))?;
+    let view = stack.hpc_lab_view(&user).await?;
+    world.hpc_lab_view = Some((user, view.0, view.1));
+    Ok(())
+}
+
+#[then("the lab runs as its own user and calls the hub through a login node")]
+fn lab_calls_through_login(world: &mut Operator) -> anyhow::Result<()> {
+    let (user, views, env) = world
+        .hpc_lab_view
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    let (_, expected_uid) = world.stack()?.hpc_staged_files(user)?;
+    anyhow::ensure!(
+        env.uid == expected_uid,
+        "the lab of {user} runs as uid {}, expected {expected_uid}",
+        env.uid
+    );
+    let binds = world.stack()?.hpc_bind_addresses()?;
+    let through_login = binds
+        .iter()
+        .any(|b| env.api_url.starts_with(&format!("https://{b}:")));
+    anyhow::ensure!(
+        through_login,
+        "the lab's JUPYTERHUB_API_URL is {}, not a login node's bind address {binds:?}",
+        env.api_url
+    );
+    let first = views
+        .iter()
+        .find(|v| env.api_url.contains(&v.bind))
+        .ok_or_else(|| anyhow::anyhow!("the lab did not try its own login node"))?;
+    anyhow::ensure!(
+        first.hub_api == *user,
+        "through {} the hub API answered {:?} ({}), expected the user {user}",
+        first.bind,
+        first.hub_api,
+        first.tls
+    );
+    Ok(())
+}
+
+#[then("the lab's certificates on the compute node are 0600 and owned by its user")]
+fn staged_certificates(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    for user in stack.users() {
+        let (files, uid) = stack.hpc_staged_files(&user)?;
+        anyhow::ensure!(
+            files
+                .iter()
+                .any(|f| f.path.extension().is_some_and(|e| e == "key")),
+            "no private key was staged for {user}: {files:?}"
+        );
+        let wrong: Vec<String> = files
+            .iter()
+            .filter(|f| f.mode != 0o600 || f.uid != uid)
+            .map(|f| format!("{} is {:04o} owned by {}", f.path.display(), f.mode, f.uid))
+            .collect();
+        anyhow::ensure!(
+            wrong.is_empty(),
+            "staged for {user} (uid {uid}):\n  {}",
+            wrong.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+#[then("the proxy's certificate lists every login node's bind address")]
+fn proxy_cert_lists_logins(world: &mut Operator) -> anyhow::Result<()> {
+    let (binds, sans) = world.stack()?.hpc_proxy_certificate()?;
+    let missing: Vec<String> = binds
+        .iter()
+        .map(|b| format!("IP:{b}"))
+        .filter(|b| !sans.contains(b))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "the proxy's certificate lacks {missing:?} (it lists {sans:?})"
+    );
+    Ok(())
+}
+
+#[then("every login node verifies with the lab's own client CA bundle")]
+fn every_login_verifies(world: &mut Operator) -> anyhow::Result<()> {
+    let (user, views, _) = world
+        .hpc_lab_view
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    let binds = world.stack()?.hpc_bind_addresses()?;
+    anyhow::ensure!(
+        views.len() == binds.len(),
+        "the lab tried {} of {} login nodes",
+        views.len(),
+        binds.len()
+    );
+    let failed: Vec<String> = views
+        .iter()
+        .filter(|v| v.tls != "ok" || v.hub_api != *user)
+        .map(|v| format!("{}: TLS {}, hub API {:?}", v.bind, v.tls, v.hub_api))
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "from the lab:\n  {}",
+        failed.join("\n  ")
+    );
+    Ok(())
+}
+
+#[then("the broker's key can ask each login node for its tunnel's status")]
+async fn broker_key_status(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    for login in stack.hpc_login_nodes()? {
+        let outcome = stack
+            .hpc_ssh(SshRole::Broker, &login, Some("status"))
+            .await?;
+        anyhow::ensure!(
+            outcome.exit == Some(0) && outcome.stdout.trim() == "running",
+            "`status` on {login}: {}",
+            outcome.describe()
+        );
+    }
+    Ok(())
+}
+
+/// A forced command's refusal: it exits non-zero and ran nothing asked.
+fn refused(outcome: &hubtrust_harness::hpc::checks::SshOutcome, marker: &str) -> bool {
+    outcome.exit != Some(0) && !outcome.stdout.contains(marker)
+}
+
+#[then("the broker's key gets no shell and no other command on any login node")]
+async fn broker_key_no_shell(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    for login in stack.hpc_login_nodes()? {
+        for command in [
+            None,
+            Some("echo HUBTRUST-SHELL"),
+            Some("sh -c 'echo HUBTRUST-SHELL'"),
+        ] {
+            let outcome = stack.hpc_ssh(SshRole::Broker, &login, command).await?;
+            anyhow::ensure!(
+                refused(&outcome, "HUBTRUST-SHELL") && outcome.stderr.contains("refused"),
+                "the broker's key on {login} with {command:?} was not refused by the forced command: {}",
+                outcome.describe()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[then("the spawner's key gets no shell on a login node or the compute node")]
+async fn spawner_key_no_shell(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    let nodes: Vec<String> = stack
+        .hpc_login_nodes()?
+        .into_iter()
+        .chain(stack.hpc_compute_nodes()?)
+        .collect();
+    for node in nodes {
+        for command in [None, Some("echo HUBTRUST-SHELL")] {
+            let outcome = stack.hpc_ssh(SshRole::Spawner, &node, command).await?;
+            anyhow::ensure!(
+                refused(&outcome, "HUBTRUST-SHELL"),
+                "the spawner's key on {node} with {command:?} was not refused: {}",
+                outcome.describe()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[then("the broker answers its health check")]
+async fn broker_health(world: &mut Operator) -> anyhow::Result<()> {
+    let answer = broker(world)?
+        .get("/api/health/")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        answer.status == 200,
+        "GET /api/health/: HTTP {} {}",
+        answer.status,
+        answer.body
+    );
+    Ok(())
+}
+
+#[then("the broker refuses calls without its token or with a wrong one")]
+async fn broker_wants_token(world: &mut Operator) -> anyhow::Result<()> {
+    let client = broker(world)?;
+    for (what, token) in [
+        ("no token", Secret::new("")),
+        ("a wrong token", Secret::generate()),
+    ] {
+        let answer = client
+            .with_token(token)
+            .get("/api/tunnel/")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            answer.status == 401 || answer.status == 403,
+            "with {what} the broker answered HTTP {} {}",
+            answer.status,
+            answer.body
+        );
+    }
+    Ok(())
+}
+
+#[then("the broker refuses a tunnel through a login node it does not know")]
+async fn broker_unknown_login(world: &mut Operator) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "servername": "hubtrust-probe", "hostname": "login-99",
+        "svc_name": "probe", "svc_port": 1, "target_node": "10.0.0.1", "target_port": 1,
+    });
+    let answer = broker(world)?
+        .post("/api/tunnel/", &body)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        answer.status == 400 && answer.body.to_string().contains("login-99"),
+        "a tunnel through login-99: HTTP {} {}",
+        answer.status,
+        answer.body
+    );
+    Ok(())
+}
+
+#[then("the broker answers 404 for a servername it does not know")]
+async fn broker_unknown_servername(world: &mut Operator) -> anyhow::Result<()> {
+    let answer = broker(world)?
+        .get("/api/tunnel/nobody-default/")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        answer.status == 404 && answer.body.to_string().contains("nobody-default"),
+        "GET /api/tunnel/nobody-default/: HTTP {} {}",
+        answer.status,
+        answer.body
+    );
+    Ok(())
+}
