@@ -41,3 +41,25 @@ Feature: Labs on an HPC compute node, reached only through SSH tunnels
     And the broker refuses calls without its token or with a wrong one
     And the broker refuses a tunnel through a login node it does not know
     And the broker answers 404 for a servername it does not know
+
+  Scenario: A killed ssh process shows in the broker's health, and the broker recovers
+    When the broker's ssh connection to "login-1" is killed
+    Then the broker's health reports "ssh master to login-1" as down
+    And the broker's health recovers
+    And every user's lab answers through the proxy
+
+  Scenario: After a broker restart, its tunnels come back through /api/restart/
+    When the tunnel broker restarts
+    Then the broker's health reports "ssh master to login-1" as down
+    And no user's lab answers through the proxy
+    When the broker is asked to re-create its tunnels
+    Then the broker's health recovers
+    And the broker reports every lab's tunnel as running
+    And every user's lab answers through the proxy
+
+  Scenario: The broker refuses a login node whose host key changed
+    When the host key of "login-2" changes
+    Then the broker refuses a tunnel through "login-2", naming the host key
+    When the host key of "login-2" is restored
+    Then the broker's health recovers
+    And the broker accepts a tunnel through "login-2"

@@ -106,7 +106,7 @@ pub struct Stack {
     org: OrgPki,
     zoo: Zoo,
     public_addr: SocketAddr,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     labs: BTreeMap<String, Lab>,
     /// Outbound endpoints and bundles of an enterprise stack.
     outbound: Option<crate::enterprise::Outbound>,

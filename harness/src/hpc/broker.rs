@@ -611,7 +611,6 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         running.masters.insert(node.name.clone(), child);
-        running.down.remove(&format!("ssh master to {}", node.name));
         Ok(())
     }
 
@@ -749,12 +748,15 @@ impl Broker {
     }
 }
 
-/// Every second: dead `ssh` processes are reported and re-created.
+/// Every second: `ssh` processes found dead are reported (on
+/// `/api/health/`, and in the log) and re-created on the next tick, so the
+/// outage is visible for at least a second rather than healed unseen.
 async fn monitor(broker: Arc<Broker>) {
     loop {
         // Bounded poll interval of the liveness monitor.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut running = broker.running.lock().await;
+        broker.recover(&mut running).await;
         let dead_masters: Vec<String> = running
             .masters
             .iter_mut()
@@ -762,29 +764,8 @@ async fn monitor(broker: Arc<Broker>) {
             .collect();
         for name in dead_masters {
             running.masters.remove(&name);
-            let what = format!("ssh master to {name}");
-            eprintln!("broker: {what} died; re-creating it and its tunnels");
-            running.down.insert(what.clone());
-            let Ok(node) = broker.login_node(&name).cloned() else {
-                continue;
-            };
-            if let Err(ApiError(_, e)) = broker.ensure_master(&mut running, &node).await {
-                eprintln!("broker: cannot re-create the {what}: {e}");
-                continue;
-            }
-            let tunnels: Vec<TunnelRecord> = running
-                .wanted
-                .tunnels
-                .values()
-                .filter(|t| t.request.hostname == name)
-                .cloned()
-                .collect();
-            for record in tunnels {
-                if let Err(ApiError(_, e)) = broker.forward(&node, &record).await {
-                    eprintln!("broker: {e}");
-                }
-            }
-            eprintln!("broker: {what} recovered");
+            eprintln!("broker: ssh master to {name} died; its tunnels are down");
+            running.down.insert(format!("ssh master to {name}"));
         }
         let dead_remotes: Vec<String> = running
             .remotes
@@ -793,21 +774,57 @@ async fn monitor(broker: Arc<Broker>) {
             .collect();
         for name in dead_remotes {
             running.remotes.remove(&name);
-            let what = format!("remote tunnel on {name}");
-            eprintln!("broker: {what} died; re-creating it");
-            running.down.insert(what.clone());
-            let Ok(node) = broker.login_node(&name).cloned() else {
-                continue;
+            eprintln!("broker: remote tunnel on {name} died");
+            running.down.insert(format!("remote tunnel on {name}"));
+        }
+    }
+}
+
+impl Broker {
+    /// Re-creates what the monitor found dead on an earlier tick.
+    async fn recover(&self, running: &mut Running) {
+        let down: Vec<String> = running.down.iter().cloned().collect();
+        for what in down {
+            let result = if let Some(name) = what.strip_prefix("ssh master to ") {
+                self.recover_master(running, name).await
+            } else if let Some(name) = what.strip_prefix("remote tunnel on ") {
+                match self.login_node(name).cloned() {
+                    Ok(node) => self.spawn_remote(&node).await.map(|child| {
+                        running.remotes.insert(node.name.clone(), child);
+                    }),
+                    Err(e) => Err(e),
+                }
+            } else {
+                Ok(())
             };
-            match broker.spawn_remote(&node).await {
-                Ok(child) => {
-                    running.remotes.insert(name.clone(), child);
+            match result {
+                Ok(()) => {
                     running.down.remove(&what);
                     eprintln!("broker: {what} recovered");
                 }
-                Err(ApiError(_, e)) => eprintln!("broker: {e}"),
+                Err(ApiError(_, e)) => eprintln!("broker: cannot re-create the {what}: {e}"),
             }
         }
+    }
+
+    async fn recover_master(
+        &self,
+        running: &mut Running,
+        name: &str,
+    ) -> std::result::Result<(), ApiError> {
+        let node = self.login_node(name)?.clone();
+        self.ensure_master(running, &node).await?;
+        let tunnels: Vec<TunnelRecord> = running
+            .wanted
+            .tunnels
+            .values()
+            .filter(|t| t.request.hostname == name)
+            .cloned()
+            .collect();
+        for record in tunnels {
+            self.forward(&node, &record).await?;
+        }
+        Ok(())
     }
 }
 

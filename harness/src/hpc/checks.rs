@@ -421,6 +421,51 @@ impl crate::Stack {
         })
     }
 
+    pub fn hpc_kill_ssh_master(&self, login: &str) -> Result<u32> {
+        site(self)?.kill_ssh_master(login)
+    }
+
+    pub async fn hpc_restart_broker(&self) -> Result<()> {
+        site(self)?
+            .restart_broker(&self.network, &self.http, &self.spec.topology.hub_host)
+            .await
+    }
+
+    /// A new host key for `node` (`fresh`), or its pinned one back.
+    pub async fn hpc_set_host_key(&self, node: &str, fresh: bool) -> Result<()> {
+        site(self)?
+            .set_host_key(&self.network, &self.http, node, fresh)
+            .await
+    }
+
+    /// A tunnel request for `user`'s lab through `login`.
+    pub fn hpc_tunnel_request(&self, user: &str, login: &str) -> Result<serde_json::Value> {
+        let site = site(self)?;
+        let node = site
+            .login_nodes
+            .iter()
+            .find(|l| l.name == login)
+            .ok_or_else(|| HarnessError::Network {
+                host: login.into(),
+                message: "no such login node".into(),
+            })?;
+        let (_, compute) = node
+            .towards_compute
+            .get(&self.spec.topology.lab_host)
+            .ok_or_else(|| HarnessError::Network {
+                host: login.into(),
+                message: "no link to the lab's compute node".into(),
+            })?;
+        Ok(serde_json::json!({
+            "servername": format!("{user}-via-{login}"),
+            "hostname": login,
+            "svc_name": "jupyterlab",
+            "svc_port": 8888,
+            "target_node": compute.to_string(),
+            "target_port": 8888,
+        }))
+    }
+
     pub fn hpc_bind_addresses(&self) -> Result<Vec<Ipv4Addr>> {
         Ok(site(self)?.bind_addresses())
     }

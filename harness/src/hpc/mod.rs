@@ -111,8 +111,11 @@ pub struct HpcSite {
     pub dir: PathBuf,
     pub login_nodes: Vec<LoginNodeInfo>,
     pub compute_nodes: Vec<String>,
-    sshd: BTreeMap<String, ManagedProcess>,
-    broker: Option<ManagedProcess>,
+    /// Each node's sshd, and how it was started (a fault restarts it).
+    sshd: std::sync::Mutex<BTreeMap<String, ManagedProcess>>,
+    sshd_launch: BTreeMap<String, LaunchSpec>,
+    broker: std::sync::Mutex<Option<ManagedProcess>>,
+    broker_launch: Option<LaunchSpec>,
     pub broker_log: PathBuf,
     pub broker_port: u16,
     pub broker_token: Secret,
@@ -182,8 +185,10 @@ impl HpcSite {
             dir: dir.clone(),
             login_nodes,
             compute_nodes: nodes.compute_nodes.clone(),
-            sshd: BTreeMap::new(),
-            broker: None,
+            sshd: std::sync::Mutex::new(BTreeMap::new()),
+            sshd_launch: BTreeMap::new(),
+            broker: std::sync::Mutex::new(None),
+            broker_launch: None,
             broker_port: spec.hpc.broker_port,
             broker_token: Secret::generate(),
             broker_ca: run_dir.join("pki").join("org-root.crt"),
@@ -375,9 +380,7 @@ impl HpcSite {
         );
         let config_path = node_dir.join("sshd_config");
         write_with_mode(&config_path, config.as_bytes(), 0o600)?;
-        let host = network.host(node)?;
-        let log = run_dir.join("logs").join(format!("sshd-{node}.log"));
-        let mut process = host.start(&LaunchSpec {
+        let launch = LaunchSpec {
             name: format!("sshd ({node})"),
             program: "/usr/sbin/sshd".into(),
             args: vec![
@@ -388,20 +391,13 @@ impl HpcSite {
             ],
             env: BTreeMap::new(),
             cwd: node_dir.clone(),
-            log: log.clone(),
-        })?;
-        let check = ReadyCheck::Tcp {
-            host: node.into(),
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 22)),
-            timeout_secs: 10,
+            log: run_dir.join("logs").join(format!("sshd-{node}.log")),
         };
-        let ctx = ReadyContext {
-            network,
-            http,
-            log: &log,
-        };
-        wait_ready(&format!("sshd ({node})"), &check, &ctx, &mut process).await?;
-        self.sshd.insert(node.to_string(), process);
+        let process = launch_sshd(network, http, node, &launch).await?;
+        self.sshd_launch.insert(node.to_string(), launch);
+        if let Ok(mut sshd) = self.sshd.lock() {
+            sshd.insert(node.to_string(), process);
+        }
         Ok(())
     }
 }
@@ -513,7 +509,10 @@ impl HpcSite {
             log: &self.broker_log,
         };
         wait_ready("tunnel broker", &check, &ctx, &mut process).await?;
-        self.broker = Some(process);
+        if let Ok(mut broker) = self.broker.lock() {
+            *broker = Some(process);
+        }
+        self.broker_launch = Some(launch);
         let hub_ip = network
             .address_of(hub_host)
             .ok_or_else(|| HarnessError::Network {
@@ -558,7 +557,7 @@ impl HpcSite {
             .into_iter()
             .map(|l| format!("broker: {l}"))
             .collect();
-        if let Some(sshd) = self.sshd.get(node) {
+        if let Some(sshd) = self.sshd.lock().ok().as_ref().and_then(|m| m.get(node)) {
             last_lines.extend(
                 sshd.last_lines(8)
                     .into_iter()
@@ -573,9 +572,118 @@ impl HpcSite {
         }
     }
 
-    /// The sshd log of `node`.
-    pub fn sshd_log(&self, node: &str) -> Option<&Path> {
-        self.sshd.get(node).map(|p| p.log.as_path())
+    /// Stops the broker and starts it again with the same configuration:
+    /// it comes back knowing its tunnels (state file) but running none.
+    pub async fn restart_broker(
+        &self,
+        network: &LocalNetwork,
+        http: &reqwest::Client,
+        hub_host: &str,
+    ) -> Result<()> {
+        let old = self.broker.lock().ok().and_then(|mut b| b.take());
+        if let Some(old) = old {
+            old.stop(Duration::from_secs(5)).await;
+        }
+        let launch = self
+            .broker_launch
+            .as_ref()
+            .ok_or_else(|| HarnessError::Spawn {
+                component: "tunnel broker".into(),
+                message: "it was never started".into(),
+            })?;
+        let mut process = network.host(hub_host)?.start(launch)?;
+        let check = ReadyCheck::TlsHandshake {
+            host: hub_host.into(),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, self.broker_port)),
+            timeout_secs: 15,
+        };
+        let ctx = ReadyContext {
+            network,
+            http,
+            log: &launch.log,
+        };
+        wait_ready("tunnel broker", &check, &ctx, &mut process).await?;
+        if let Ok(mut broker) = self.broker.lock() {
+            *broker = Some(process);
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the broker's ControlMaster to `login`, as an OOM killer or
+    /// an admin would. Returns its pid.
+    pub fn kill_ssh_master(&self, login: &str) -> Result<u32> {
+        let socket = format!("{login}.ctl");
+        let pid = find_process(|argv| {
+            argv.first().is_some_and(|a| a == "ssh")
+                && argv.iter().any(|a| a == "-M")
+                && argv.iter().any(|a| a.ends_with(&socket))
+        })
+        .ok_or_else(|| HarnessError::Spawn {
+            component: format!("ssh master to {login}"),
+            message: "no such process is running".into(),
+        })?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(|e| HarnessError::io("kill the ssh master", e.into()))?;
+        Ok(pid)
+    }
+
+    /// Gives `node` a new host key (`fresh`) or its pinned one back, and
+    /// restarts its sshd. Clients keep the pinned key in known_hosts.
+    pub async fn set_host_key(
+        &self,
+        network: &LocalNetwork,
+        http: &reqwest::Client,
+        node: &str,
+        fresh: bool,
+    ) -> Result<()> {
+        let ssh_dir = self.dir.join("ssh");
+        let staged = ssh_dir.join(node).join("ssh_host_ed25519_key");
+        let source = if fresh {
+            let replacement = ssh_dir.join(format!("{node}_replacement_host_key"));
+            let _ = std::fs::remove_file(&replacement);
+            let _ = std::fs::remove_file(replacement.with_extension("pub"));
+            let path = replacement.display().to_string();
+            run_tool(
+                "SSH keys",
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "replacement",
+                    "-f",
+                    &path,
+                ],
+            )
+            .await?;
+            replacement
+        } else {
+            ssh_dir.join(format!("{node}_host_key"))
+        };
+        std::fs::copy(&source, &staged).map_err(|e| HarnessError::io("stage a host key", e))?;
+        set_mode(&staged, 0o600)?;
+        let old = self.sshd.lock().ok().and_then(|mut m| m.remove(node));
+        if let Some(old) = old {
+            old.stop(Duration::from_secs(5)).await;
+        }
+        let launch = self
+            .sshd_launch
+            .get(node)
+            .ok_or_else(|| HarnessError::Network {
+                host: node.into(),
+                message: "no sshd runs there".into(),
+            })?;
+        let process = launch_sshd(network, http, node, launch).await?;
+        if let Ok(mut sshd) = self.sshd.lock() {
+            sshd.insert(node.to_string(), process);
+        }
+        Ok(())
     }
 
     /// Hub-side configuration lines for the batch spawner.
@@ -721,6 +829,37 @@ impl BrokerClient {
         self.send(self.http.delete(format!("{}{path}", self.base)))
             .await
     }
+
+    /// Polls `/api/health/` until `accept` likes an answer, within
+    /// `timeout`; the last answer otherwise.
+    pub async fn await_health(
+        &self,
+        accept: impl Fn(&BrokerAnswer) -> bool,
+        timeout: Duration,
+    ) -> std::result::Result<BrokerAnswer, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let answer = self.get("/api/health/").await;
+            if let Ok(answer) = &answer {
+                if accept(answer) {
+                    return Ok(answer.clone());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return match answer {
+                    Ok(a) => Err(format!(
+                        "after {} s the broker's health is HTTP {} {}",
+                        timeout.as_secs(),
+                        a.status,
+                        a.body
+                    )),
+                    Err(e) => Err(e),
+                };
+            }
+            // Bounded poll interval while waiting for the broker's state.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Labs run as unprivileged users, so the interpreter the components' venv
@@ -747,6 +886,44 @@ fn lab_users_can_run(components: &Components) -> Result<()> {
             fix: "provision the components with a system python3 (Debian's /usr/bin/python3), e.g. run hubtrust with PATH=/usr/bin:$PATH and a fresh HUBTRUST_CACHE".into(),
         }),
     }
+}
+
+async fn launch_sshd(
+    network: &LocalNetwork,
+    http: &reqwest::Client,
+    node: &str,
+    launch: &LaunchSpec,
+) -> Result<ManagedProcess> {
+    let mut process = network.host(node)?.start(launch)?;
+    let check = ReadyCheck::Tcp {
+        host: node.into(),
+        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 22)),
+        timeout_secs: 10,
+    };
+    let ctx = ReadyContext {
+        network,
+        http,
+        log: &launch.log,
+    };
+    wait_ready(&launch.name, &check, &ctx, &mut process).await?;
+    Ok(process)
+}
+
+/// The first process whose argv matches.
+fn find_process(matches: impl Fn(&[String]) -> bool) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let raw = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let argv: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            matches(&argv).then_some(pid)
+        })
 }
 
 fn login_node_infos(
@@ -951,7 +1128,11 @@ impl Drop for HpcSite {
     fn drop(&mut self) {
         // ManagedProcess kills its group on drop; named here for the order:
         // the broker's ssh clients first, then the sshds.
-        self.broker.take();
-        self.sshd.clear();
+        if let Ok(mut broker) = self.broker.lock() {
+            broker.take();
+        }
+        if let Ok(mut sshd) = self.sshd.lock() {
+            sshd.clear();
+        }
     }
 }

@@ -314,3 +314,127 @@ async fn broker_unknown_servername(world: &mut Operator) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[when(expr = "the broker's ssh connection to {string} is killed")]
+fn kill_master(world: &mut Operator, login: String) -> anyhow::Result<()> {
+    world.stack()?.hpc_kill_ssh_master(&login)?;
+    Ok(())
+}
+
+#[then(expr = "the broker's health reports {string} as down")]
+async fn health_reports_down(world: &mut Operator, what: String) -> anyhow::Result<()> {
+    broker(world)?
+        .await_health(
+            |a| a.status == 503 && a.body.to_string().contains(&what),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("the broker's health never named {what:?} as down: {e}"))?;
+    Ok(())
+}
+
+#[then("the broker's health recovers")]
+async fn health_recovers(world: &mut Operator) -> anyhow::Result<()> {
+    broker(world)?
+        .await_health(|a| a.status == 200, std::time::Duration::from_secs(30))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+#[when("the tunnel broker restarts")]
+async fn restart_broker(world: &mut Operator) -> anyhow::Result<()> {
+    world.stack()?.hpc_restart_broker().await?;
+    Ok(())
+}
+
+#[then("no user's lab answers through the proxy")]
+async fn no_lab_answers(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    for user in stack.users() {
+        let status = stack.get_via_proxy(&format!("/user/{user}/api")).await?;
+        anyhow::ensure!(
+            status != 200,
+            "the lab of {user} still answered through the proxy with its tunnel gone"
+        );
+    }
+    Ok(())
+}
+
+#[when("the broker is asked to re-create its tunnels")]
+async fn ask_restart(world: &mut Operator) -> anyhow::Result<()> {
+    let answer = broker(world)?
+        .post("/api/restart/", &serde_json::json!({}))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        answer.status == 200,
+        "POST /api/restart/: HTTP {} {}",
+        answer.status,
+        answer.body
+    );
+    Ok(())
+}
+
+#[when(expr = "the host key of {string} changes")]
+async fn host_key_changes(world: &mut Operator, node: String) -> anyhow::Result<()> {
+    world.stack()?.hpc_set_host_key(&node, true).await?;
+    Ok(())
+}
+
+#[when(expr = "the host key of {string} is restored")]
+async fn host_key_restored(world: &mut Operator, node: String) -> anyhow::Result<()> {
+    world.stack()?.hpc_set_host_key(&node, false).await?;
+    Ok(())
+}
+
+async fn tunnel_through(
+    world: &Operator,
+    login: &str,
+) -> anyhow::Result<hubtrust_harness::hpc::BrokerAnswer> {
+    let stack = world.stack()?;
+    let user = stack
+        .users()
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no lab"))?;
+    let request = stack.hpc_tunnel_request(&user, login)?;
+    broker(world)?
+        .post("/api/tunnel/", &request)
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+#[then(expr = "the broker refuses a tunnel through {string}, naming the host key")]
+async fn refuses_changed_key(world: &mut Operator, login: String) -> anyhow::Result<()> {
+    let answer = tunnel_through(world, &login).await?;
+    let body = answer.body.to_string();
+    anyhow::ensure!(
+        answer.status >= 400
+            && (body.contains("Host key verification failed")
+                || body.contains("IDENTIFICATION HAS CHANGED")),
+        "a tunnel through {login} after its host key changed: HTTP {} {body}",
+        answer.status
+    );
+    Ok(())
+}
+
+#[then(expr = "the broker accepts a tunnel through {string}")]
+async fn accepts_tunnel(world: &mut Operator, login: String) -> anyhow::Result<()> {
+    let answer = tunnel_through(world, &login).await?;
+    anyhow::ensure!(
+        answer.status == 201 && answer.body["running"] == true,
+        "a tunnel through {login}: HTTP {} {}",
+        answer.status,
+        answer.body
+    );
+    let name = answer.body["servername"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    broker(world)?
+        .delete(&format!("/api/tunnel/{name}/"))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
