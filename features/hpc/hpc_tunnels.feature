@@ -59,7 +59,14 @@ Feature: Labs on an HPC compute node, reached only through SSH tunnels
 
   Scenario: The broker refuses a login node whose host key changed
     When the host key of "login-2" changes
-    Then the broker refuses a tunnel through "login-2", naming the host key
+    Then the broker refuses a tunnel through "login-2", naming its host key
     When the host key of "login-2" is restored
+    Then the broker's health recovers
+    And the broker accepts a tunnel through "login-2"
+
+  Scenario: An unreachable login node is a clear error from the broker
+    When sshd on "login-2" stops
+    Then the broker refuses a tunnel through "login-2", naming the refused connection
+    When sshd on "login-2" starts again
     Then the broker's health recovers
     And the broker accepts a tunnel through "login-2"

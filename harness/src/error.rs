@@ -39,6 +39,12 @@ pub enum HarnessError {
         seconds: u64,
         last_lines: Vec<String>,
     },
+    #[error("{}", tunnel_message(.node, .message, .last_lines))]
+    Tunnel {
+        node: String,
+        message: String,
+        last_lines: Vec<String>,
+    },
     #[error("bind port {port} on host `{host}`: it is already in use (fix: stop whatever listens there, or change the port in the stack file)")]
     PortInUse { host: String, port: u16 },
     #[error("generate certificates: {0}")]
@@ -95,6 +101,13 @@ fn exited_message(component: &str, status: &str, last_lines: &[String]) -> Strin
 fn not_ready_message(component: &str, check: &str, seconds: &u64, last_lines: &[String]) -> String {
     format!(
         "wait for `{component}` to become ready: {check} did not pass within {seconds}s (fix: read its last log lines below){}",
+        tail(last_lines)
+    )
+}
+
+fn tunnel_message(node: &str, message: &str, last_lines: &[String]) -> String {
+    format!(
+        "open the tunnel through login node `{node}`: {message} (fix: the broker's and the login node's sshd's last log lines below name the cause){}",
         tail(last_lines)
     )
 }

@@ -600,3 +600,59 @@ fn a_hub_given_the_merged_bundle_lets_org_ca_client_certificates_in() {
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
     std::fs::remove_dir_all(&report).unwrap();
 }
+
+#[test]
+fn hpc_profile_passes_and_leaves_no_sshd_broker_or_lab() {
+    let report = scratch("hpc-report");
+    let id = run_id("hpc");
+    let out = hubtrust()
+        .args(["run", "--tags", "@hpc", "--report"])
+        .arg(&report)
+        .args(["--stack", "fixtures/stacks/hpc.toml"])
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "hpc profile failed:\n{}", text(&out));
+    assert!(text(&out).contains("10 passed, 0 failed"), "{}", text(&out));
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    // The wire map shows SSH to the login nodes and the lab's own TLS on
+    // the compute links.
+    assert!(md.contains("hub[hub] -->|\"SSH :22"), "{md}");
+    assert!(md.contains("-->|\"TLS :8888"), "{md}");
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
+fn a_port_collision_on_a_login_node_is_named_with_the_broker_and_sshd_logs() {
+    let dir = scratch("hpc-collision");
+    let topology = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/topologies/hpc.toml");
+    let file = dir.join("stack.toml");
+    // sshd itself listens on 22 on every login node.
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"collision\"\ntopology_file = {:?}\n[hpc]\nlogin_port = 22\n",
+            topology.display().to_string()
+        ),
+    )
+    .unwrap();
+    let id = run_id("hpc-collision");
+    let out = hubtrust()
+        .args(["run", "--tags", "@hpc", "--report"])
+        .arg(dir.join("report"))
+        .arg("--stack")
+        .arg(&file)
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    expect_usage_error(&out, "login-1");
+    let all = text(&out);
+    assert!(all.contains("listen port 22"), "{all}");
+    assert!(
+        all.contains("broker:") && all.contains("sshd (login-1)"),
+        "{all}"
+    );
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

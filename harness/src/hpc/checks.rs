@@ -438,6 +438,17 @@ impl crate::Stack {
             .await
     }
 
+    /// Stops (`running = false`) or starts again `node`'s sshd.
+    pub async fn hpc_set_sshd(&self, node: &str, running: bool) -> Result<()> {
+        let site = site(self)?;
+        if running {
+            site.start_sshd_again(&self.network, &self.http, node).await
+        } else {
+            site.stop_sshd(&self.network, node).await;
+            Ok(())
+        }
+    }
+
     /// A tunnel request for `user`'s lab through `login`.
     pub fn hpc_tunnel_request(&self, user: &str, login: &str) -> Result<serde_json::Value> {
         let site = site(self)?;

@@ -151,6 +151,7 @@ impl HpcSite {
             host: topology.lab_host.clone(),
             message: "not an HPC topology".into(),
         })?;
+        running_as_real_root()?;
         lab_users_can_run(components)?;
         let dir = run_dir.join("hpc");
         for sub in ["bin", "ssh", "broker"] {
@@ -564,10 +565,9 @@ impl HpcSite {
                     .map(|l| format!("sshd ({node}): {l}")),
             );
         }
-        HarnessError::NotReady {
-            component: format!("tunnel through {node}"),
-            check: message,
-            seconds: 0,
+        HarnessError::Tunnel {
+            node: node.into(),
+            message,
             last_lines,
         }
     }
@@ -630,6 +630,59 @@ impl HpcSite {
         Ok(pid)
     }
 
+    /// Stops `node`'s sshd and every session it holds (each session's
+    /// sshd runs in a session of its own, beyond the listener's group), as
+    /// a crashed login node would.
+    pub async fn stop_sshd(&self, network: &LocalNetwork, node: &str) {
+        let old = self.sshd.lock().ok().and_then(|mut m| m.remove(node));
+        if let Some(old) = old {
+            old.stop(Duration::from_secs(5)).await;
+        }
+        let Some(anchor) = network.host(node).ok().and_then(|h| h.anchor_pid()) else {
+            return;
+        };
+        let netns_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        let node_netns = netns_of(anchor);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let is_sshd = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe == Path::new("/usr/sbin/sshd"));
+            if is_sshd && netns_of(pid) == node_netns {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    /// Starts `node`'s sshd again, as it was first started.
+    pub async fn start_sshd_again(
+        &self,
+        network: &LocalNetwork,
+        http: &reqwest::Client,
+        node: &str,
+    ) -> Result<()> {
+        let launch = self
+            .sshd_launch
+            .get(node)
+            .ok_or_else(|| HarnessError::Network {
+                host: node.into(),
+                message: "no sshd runs there".into(),
+            })?;
+        let process = launch_sshd(network, http, node, launch).await?;
+        if let Ok(mut sshd) = self.sshd.lock() {
+            sshd.insert(node.to_string(), process);
+        }
+        Ok(())
+    }
+
     /// Gives `node` a new host key (`fresh`) or its pinned one back, and
     /// restarts its sshd. Clients keep the pinned key in known_hosts.
     pub async fn set_host_key(
@@ -668,22 +721,8 @@ impl HpcSite {
         };
         std::fs::copy(&source, &staged).map_err(|e| HarnessError::io("stage a host key", e))?;
         set_mode(&staged, 0o600)?;
-        let old = self.sshd.lock().ok().and_then(|mut m| m.remove(node));
-        if let Some(old) = old {
-            old.stop(Duration::from_secs(5)).await;
-        }
-        let launch = self
-            .sshd_launch
-            .get(node)
-            .ok_or_else(|| HarnessError::Network {
-                host: node.into(),
-                message: "no sshd runs there".into(),
-            })?;
-        let process = launch_sshd(network, http, node, launch).await?;
-        if let Ok(mut sshd) = self.sshd.lock() {
-            sshd.insert(node.to_string(), process);
-        }
-        Ok(())
+        self.stop_sshd(network, node).await;
+        self.start_sshd_again(network, http, node).await
     }
 
     /// Hub-side configuration lines for the batch spawner.
@@ -860,6 +899,24 @@ impl BrokerClient {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Real `sshd` calls setgroups(2) and switches users, which a user
+/// namespace mapping one uid refuses: the HPC topology needs real root.
+fn running_as_real_root() -> Result<()> {
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let identity =
+        map.split_whitespace()
+            .collect::<Vec<_>>()
+            .starts_with(&["0", "0", "4294967295"]);
+    if identity {
+        return Ok(());
+    }
+    Err(HarnessError::MissingPrerequisite {
+        what: "root".into(),
+        why: "the HPC topology runs real sshd on its login and compute nodes, and labs as their own users; a rootless run maps a single uid".into(),
+        fix: "run the @hpc profile as root (sudo), as CI does".into(),
+    })
 }
 
 /// Labs run as unprivileged users, so the interpreter the components' venv

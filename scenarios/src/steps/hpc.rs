@@ -405,17 +405,36 @@ async fn tunnel_through(
         .map_err(anyhow::Error::msg)
 }
 
-#[then(expr = "the broker refuses a tunnel through {string}, naming the host key")]
-async fn refuses_changed_key(world: &mut Operator, login: String) -> anyhow::Result<()> {
+#[then(
+    regex = r#"^the broker refuses a tunnel through "([^"]+)", naming (its host key|the refused connection)$"#
+)]
+async fn refuses_tunnel(world: &mut Operator, login: String, cause: String) -> anyhow::Result<()> {
     let answer = tunnel_through(world, &login).await?;
     let body = answer.body.to_string();
+    let named = match cause.as_str() {
+        "its host key" => {
+            body.contains("Host key verification failed")
+                || body.contains("IDENTIFICATION HAS CHANGED")
+        }
+        _ => body.contains(&login) && body.contains("Connection refused"),
+    };
     anyhow::ensure!(
-        answer.status >= 400
-            && (body.contains("Host key verification failed")
-                || body.contains("IDENTIFICATION HAS CHANGED")),
-        "a tunnel through {login} after its host key changed: HTTP {} {body}",
+        answer.status >= 400 && named,
+        "a tunnel through {login}: HTTP {} {body}",
         answer.status
     );
+    Ok(())
+}
+
+#[when(expr = "sshd on {string} stops")]
+async fn sshd_stops(world: &mut Operator, node: String) -> anyhow::Result<()> {
+    world.stack()?.hpc_set_sshd(&node, false).await?;
+    Ok(())
+}
+
+#[when(expr = "sshd on {string} starts again")]
+async fn sshd_starts(world: &mut Operator, node: String) -> anyhow::Result<()> {
+    world.stack()?.hpc_set_sshd(&node, true).await?;
     Ok(())
 }
 
