@@ -556,13 +556,13 @@ impl HpcSite {
     pub fn tunnel_error(&self, node: &str, message: String) -> HarnessError {
         let mut last_lines: Vec<String> = crate::process::last_lines(&self.broker_log, 8)
             .into_iter()
-            .map(|l| format!("broker: {l}"))
+            .map(|l| format!("[tunnel broker] {l}"))
             .collect();
         if let Some(sshd) = self.sshd.lock().ok().as_ref().and_then(|m| m.get(node)) {
             last_lines.extend(
                 sshd.last_lines(8)
                     .into_iter()
-                    .map(|l| format!("sshd ({node}): {l}")),
+                    .map(|l| format!("[sshd ({node})] {l}")),
             );
         }
         HarnessError::Tunnel {
