@@ -91,7 +91,7 @@ pub fn check_all() -> Vec<Prerequisite> {
             "python3 with venv",
             "installing JupyterHub and JupyterLab",
             "apt-get install -y python3 python3-venv",
-            probe_command("python3", &["-c", "import venv, ensurepip, sys; print(sys.version.split()[0])"]),
+            probe_command(&crate::provision::python().display().to_string(), &["-c", "import venv, ensurepip, sys; print(sys.version.split()[0])"]),
         ),
         check(
             "node >= 18",
@@ -112,6 +112,38 @@ pub fn check_all() -> Vec<Prerequisite> {
             "running without touching the machine's own network",
             "run as root, or allow unprivileged user namespaces: sysctl -w kernel.unprivileged_userns_clone=1",
             probe_command("unshare", &["--user", "--map-root-user", "--net", "--", "true"]).map(|_| "allowed".into()),
+        ),
+    ]
+}
+
+/// What the HPC profile needs besides: real OpenSSH on both sides, tar for
+/// ca_certs.tar.gz. Checked only for stacks with login and compute nodes.
+pub fn check_hpc() -> Vec<Prerequisite> {
+    vec![
+        check(
+            "ssh (openssh-client)",
+            "the tunnel broker and the HPC spawner (@hpc)",
+            "apt-get install -y openssh-client",
+            probe_command("ssh", &["-V"]),
+        ),
+        check(
+            "sshd (openssh-server)",
+            "login and compute nodes (@hpc)",
+            "apt-get install -y openssh-server",
+            probe_command("/usr/sbin/sshd", &["-V"]).or_else(|e| {
+                // `sshd -V` prints its version and exits 1 on older builds.
+                if e.contains("OpenSSH") {
+                    Ok(e)
+                } else {
+                    Err(e)
+                }
+            }),
+        ),
+        check(
+            "tar",
+            "ca_certs.tar.gz (@hpc)",
+            "apt-get install -y tar",
+            probe_command("tar", &["--version"]),
         ),
     ]
 }

@@ -50,10 +50,35 @@ pub fn cache_root() -> PathBuf {
     home.join(".cache").join("hubtrust")
 }
 
-/// A short digest of every pin, so a changed pin gets a fresh install.
+/// The interpreter the venvs are built with: `$HUBTRUST_PYTHON`, else the
+/// distribution's `/usr/bin/python3` (the pins are resolved for Debian 12's),
+/// else `python3` on PATH. A distribution python also lives where lab users
+/// on HPC compute nodes can run it, unlike a pyenv build in root's home.
+pub fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("HUBTRUST_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let system = Path::new("/usr/bin/python3");
+    if system.exists() {
+        return system.to_path_buf();
+    }
+    PathBuf::from("python3")
+}
+
+/// A short digest of every pin and of the interpreter, so a changed pin
+/// or python gets a fresh install.
 pub fn pins_key() -> String {
     let mut hasher = Sha256::new();
-    for part in [PYTHON_LOCK, MITMPROXY_LOCK, NPM_PACKAGE, NPM_LOCK] {
+    let interpreter = python();
+    let interpreter = std::fs::canonicalize(&interpreter).unwrap_or(interpreter);
+    let interpreter = interpreter.display().to_string();
+    for part in [
+        PYTHON_LOCK,
+        MITMPROXY_LOCK,
+        NPM_PACKAGE,
+        NPM_LOCK,
+        interpreter.as_str(),
+    ] {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
@@ -112,7 +137,7 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
     step(progress, "1/4 python venv", || {
         run(
             "python venv",
-            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            Command::new(python()).arg("-m").arg("venv").arg(&venv),
             "apt-get install -y python3-venv",
         )
     })?;
@@ -150,10 +175,7 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
     step(progress, "4/4 mitmproxy in its own venv (pinned)", || {
         run(
             "python venv",
-            Command::new("python3")
-                .arg("-m")
-                .arg("venv")
-                .arg(&mitmproxy),
+            Command::new(python()).arg("-m").arg("venv").arg(&mitmproxy),
             "apt-get install -y python3-venv",
         )?;
         pip_install_lock(&mitmproxy, &mitmproxy_lock)

@@ -172,7 +172,10 @@ fn broker_command(config: &std::path::Path) -> ExitCode {
 }
 
 fn doctor_command() -> ExitCode {
-    let checks = doctor::check_all();
+    let checks: Vec<_> = doctor::check_all()
+        .into_iter()
+        .chain(doctor::check_hpc())
+        .collect();
     for c in &checks {
         match &c.problem {
             None => println!(
@@ -243,10 +246,13 @@ fn preflight_run(args: &RunArgs) -> anyhow::Result<()> {
 }
 
 fn preflight_stack(stack: Option<&PathBuf>) -> anyhow::Result<()> {
+    let mut checks = doctor::check_all();
     if let Some(path) = stack {
-        StackSpec::load(path)?;
+        if StackSpec::load(path)?.topology.hpc.is_some() {
+            checks.extend(doctor::check_hpc());
+        }
     }
-    let missing: Vec<String> = doctor::check_all()
+    let missing: Vec<String> = checks
         .into_iter()
         .filter(|c| !c.ok())
         .map(|c| {
