@@ -70,3 +70,33 @@ Feature: Labs on an HPC compute node, reached only through SSH tunnels
     When sshd on "login-2" starts again
     Then the broker's health recovers
     And the broker accepts a tunnel through "login-2"
+
+  Scenario: Adding a login node takes a new proxy certificate and a proxy restart, nothing else
+    Given the lab's process is noted
+    When login node "login-3" joins the site
+    And the proxy's certificate is re-issued from the same CA for every login node
+    And only the proxy is restarted
+    Then every user's lab answers through the proxy
+    And the lab's process is the one noted
+    When the lab looks at the hub through every login node
+    Then every login node verifies with the lab's own client CA bundle
+
+  Scenario: A proxy certificate that misses a login node fails there with a name mismatch
+    Given login node "login-3" has joined the site
+    When the proxy's certificate is re-issued without "login-3" and only the proxy is restarted
+    And the lab looks at the hub through every login node
+    Then the lab's connection through "login-3" fails with a name mismatch and every other login node verifies
+    When the proxy's certificate is re-issued from the same CA for every login node
+    And only the proxy is restarted
+    Then every user's lab answers through the proxy
+
+  Scenario: A proxy certificate from a new CA breaks running labs, and the suite says so
+    # Nothing reaches the lab through the proxy now, so the look is taken
+    # on the compute node itself, as the lab's user with the lab's own
+    # environment.
+    When the proxy's certificate is re-issued from a new CA and only the proxy is restarted
+    And the lab looks at the hub through every login node, from its compute node
+    Then no login node verifies with the lab's own client CA bundle
+    When the proxy's certificate is re-issued from the same CA for every login node
+    And only the proxy is restarted
+    Then every user's lab answers through the proxy

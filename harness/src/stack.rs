@@ -498,7 +498,7 @@ impl Stack {
     }
 
     /// The lab's real address, read from the proxy's routing table.
-    async fn lab_address(&self, user: &str) -> Result<SocketAddr> {
+    pub(crate) async fn lab_address(&self, user: &str) -> Result<SocketAddr> {
         let hub_identity = self.internal_identity("hub-internal")?;
         let outcome = self
             .probe_at(

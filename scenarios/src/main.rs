@@ -148,6 +148,7 @@ fn usage_error(e: anyhow::Error) -> ExitCode {
 }
 
 fn broker_command(config: &std::path::Path) -> ExitCode {
+    let config_path = config;
     let run = || -> anyhow::Result<()> {
         let text = std::fs::read(config)
             .map_err(|e| anyhow::anyhow!("read the broker config {}: {e}", config.display()))?;
@@ -158,8 +159,11 @@ fn broker_command(config: &std::path::Path) -> ExitCode {
                 "HUBTRUST_BROKER_TOKEN is not set (fix: export the token clients will send)"
             )
         })?;
-        tokio::runtime::Runtime::new()?
-            .block_on(hubtrust_harness::hpc::broker::serve(config, token))?;
+        tokio::runtime::Runtime::new()?.block_on(hubtrust_harness::hpc::broker::serve(
+            config,
+            Some(config_path.to_path_buf()),
+            token,
+        ))?;
         Ok(())
     };
     match run() {

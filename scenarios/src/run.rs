@@ -182,6 +182,19 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
             world.scenario = scenario.name.clone();
             Box::pin(async {})
         })
+        .after(|_, _, _, _, world| {
+            // Fault scenarios change the shared stack (a stopped sshd, a
+            // rotated proxy certificate); put it back whether they passed
+            // or not, so the next scenario starts from the designed site.
+            let stack = world.and_then(|w| w.stack.clone());
+            Box::pin(async move {
+                if let Some(stack) = stack {
+                    if let Err(e) = stack.hpc_restore_site().await {
+                        eprintln!("warning: could not restore the HPC site after a scenario: {e}");
+                    }
+                }
+            })
+        })
         .with_writer(ProgressWriter::new(results.clone(), keep))
         .fail_on_skipped()
         .max_concurrent_scenarios(1)

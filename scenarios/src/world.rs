@@ -45,6 +45,8 @@ pub struct Operator {
     pub chains: Vec<ChainCheck>,
     pub inventory: Option<hubtrust_harness::inventory::Inventory>,
     pub tool_runs: Option<Vec<hubtrust_harness::enterprise::ToolRun>>,
+    /// The lab's (pid, start time) on its compute node, noted earlier.
+    pub hpc_lab_process: Option<(u32, u64)>,
     /// What the lab saw of each login node: (user, views, its environment).
     pub hpc_lab_view: Option<(
         String,

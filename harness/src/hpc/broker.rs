@@ -101,6 +101,10 @@ struct Running {
 
 struct Broker {
     config: BrokerConfig,
+    /// Where the config came from: re-read when a login node is asked for
+    /// that the broker does not know yet (an operator added one).
+    config_path: Option<PathBuf>,
+    login_nodes: std::sync::RwLock<Vec<LoginNode>>,
     token: String,
     running: Mutex<Running>,
 }
@@ -115,7 +119,11 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 /// Serves the broker until the process ends.
-pub async fn serve(config: BrokerConfig, token: String) -> Result<()> {
+pub async fn serve(
+    config: BrokerConfig,
+    config_path: Option<PathBuf>,
+    token: String,
+) -> Result<()> {
     let identity = crate::pki::Identity::load("tunnel-broker", &config.cert, &config.key)?;
     let tls = crate::probe::server_tls_config(&identity)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
@@ -139,7 +147,9 @@ pub async fn serve(config: BrokerConfig, token: String) -> Result<()> {
         .await
         .map_err(|e| HarnessError::io(format!("bind the broker to {}", config.listen), e))?;
     let broker = Arc::new(Broker {
+        login_nodes: std::sync::RwLock::new(config.login_nodes.clone()),
         config,
+        config_path,
         token,
         running: Mutex::new(Running {
             wanted,
@@ -240,7 +250,7 @@ impl Broker {
             | (&Method::GET, ["api", "remotecheck", node]) => self.remote_status(node).await,
             (&Method::GET, ["api", "remote"]) | (&Method::GET, ["api", "remotecheck"]) => {
                 let mut all = serde_json::Map::new();
-                for node in self.config.login_nodes.iter().map(|n| n.name.clone()) {
+                for node in self.login_node_names() {
                     all.insert(node.clone(), self.remote_status(&node).await?.1);
                 }
                 Ok((StatusCode::OK, all.into()))
@@ -254,20 +264,40 @@ impl Broker {
         }
     }
 
-    fn login_node(&self, name: &str) -> std::result::Result<&LoginNode, ApiError> {
-        self.config
+    fn login_node(&self, name: &str) -> std::result::Result<LoginNode, ApiError> {
+        let find = |nodes: &[LoginNode]| nodes.iter().find(|n| n.name == name).cloned();
+        if let Some(node) = self.login_nodes.read().ok().and_then(|n| find(&n)) {
+            return Ok(node);
+        }
+        if let Some(reloaded) = self.reload_login_nodes() {
+            if let Some(node) = find(&reloaded) {
+                eprintln!("broker: login node {name} added from the config file");
+                return Ok(node);
+            }
+        }
+        let known: Vec<String> = self
             .login_nodes
-            .iter()
-            .find(|n| n.name == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = self
-                    .config
-                    .login_nodes
-                    .iter()
-                    .map(|n| n.name.as_str())
-                    .collect();
-                bad_request(format!("unknown login node {name:?}; known: {known:?}"))
-            })
+            .read()
+            .map(|n| n.iter().map(|n| n.name.clone()).collect())
+            .unwrap_or_default();
+        Err(bad_request(format!(
+            "unknown login node {name:?}; known: {known:?}"
+        )))
+    }
+
+    fn reload_login_nodes(&self) -> Option<Vec<LoginNode>> {
+        let bytes = std::fs::read(self.config_path.as_ref()?).ok()?;
+        let config: BrokerConfig = serde_json::from_slice(&bytes).ok()?;
+        let mut nodes = self.login_nodes.write().ok()?;
+        *nodes = config.login_nodes;
+        Some(nodes.clone())
+    }
+
+    fn login_node_names(&self) -> Vec<String> {
+        self.login_nodes
+            .read()
+            .map(|n| n.iter().map(|n| n.name.clone()).collect())
+            .unwrap_or_default()
     }
 
     async fn health(&self) -> ApiResult {
@@ -315,7 +345,7 @@ impl Broker {
                 request.servername
             )));
         }
-        let node = self.login_node(&request.hostname)?.clone();
+        let node = self.login_node(&request.hostname)?;
         let mut running = self.running.lock().await;
         if let Some(old) = running.wanted.tunnels.remove(&request.servername) {
             let _ = self.cancel_forward(&node, &old).await;
@@ -374,7 +404,8 @@ impl Broker {
         };
         let node = self.login_node(&record.request.hostname)?;
         let running = master_alive
-            && self.control(node, &["-O", "check"]).await.is_ok()
+            && self.control(&node, &["-O", "check"]).await.is_ok()
+            && self.round_trip(&node).await
             && connects(SocketAddr::from((Ipv4Addr::LOCALHOST, record.local_port))).await;
         Ok((StatusCode::OK, describe(&record, running)))
     }
@@ -387,14 +418,14 @@ impl Broker {
                 format!("no tunnel for servername {name:?}"),
             )
         })?;
-        let node = self.login_node(&record.request.hostname)?.clone();
+        let node = self.login_node(&record.request.hostname)?;
         let _ = self.cancel_forward(&node, &record).await;
         self.persist(&running)?;
         Ok((StatusCode::NO_CONTENT, serde_json::Value::Null))
     }
 
     async fn start_remote(&self, name: &str) -> ApiResult {
-        let node = self.login_node(name)?.clone();
+        let node = self.login_node(name)?;
         let mut running = self.running.lock().await;
         if let Some(mut old) = running.remotes.remove(name) {
             let _ = old.kill().await;
@@ -413,7 +444,7 @@ impl Broker {
     }
 
     async fn remote_status(&self, name: &str) -> ApiResult {
-        let node = self.login_node(name)?.clone();
+        let node = self.login_node(name)?;
         let alive = {
             let mut running = self.running.lock().await;
             running
@@ -438,7 +469,7 @@ impl Broker {
     }
 
     async fn stop_remote(&self, name: &str) -> ApiResult {
-        let node = self.login_node(name)?.clone();
+        let node = self.login_node(name)?;
         let mut running = self.running.lock().await;
         running.wanted.remotes.remove(name);
         let _ = self.one_shot(&node, "stop").await;
@@ -461,14 +492,14 @@ impl Broker {
         let mut restored = 0;
         let tunnels: Vec<TunnelRecord> = running.wanted.tunnels.values().cloned().collect();
         for record in &tunnels {
-            let node = self.login_node(&record.request.hostname)?.clone();
+            let node = self.login_node(&record.request.hostname)?;
             self.ensure_master(&mut running, &node).await?;
             self.forward(&node, record).await?;
             restored += 1;
         }
         let remotes: Vec<String> = running.wanted.remotes.iter().cloned().collect();
         for name in &remotes {
-            let node = self.login_node(name)?.clone();
+            let node = self.login_node(name)?;
             let child = self.spawn_remote(&node).await?;
             running.remotes.insert(name.clone(), child);
         }
@@ -549,9 +580,7 @@ impl Broker {
         node: &LoginNode,
     ) -> std::result::Result<(), ApiError> {
         if let Some(child) = running.masters.get_mut(&node.name) {
-            if matches!(child.try_wait(), Ok(None))
-                && self.control(node, &["-O", "check"]).await.is_ok()
-            {
+            if matches!(child.try_wait(), Ok(None)) && self.round_trip(node).await {
                 return Ok(());
             }
             let _ = child.kill().await;
@@ -612,6 +641,26 @@ impl Broker {
         }
         running.masters.insert(node.name.clone(), child);
         Ok(())
+    }
+
+    /// Whether the login node answers through the master right now: its
+    /// forced command's `status` (any exit status means it ran). `-O check`
+    /// alone only proves the local master process is alive, not that the
+    /// connection behind it still reaches the node.
+    async fn round_trip(&self, node: &LoginNode) -> bool {
+        let output = tokio::time::timeout(
+            Duration::from_secs(5),
+            Command::new("ssh")
+                .arg("-S")
+                .arg(self.control_socket(node))
+                .args(self.ssh_options(node))
+                .arg(node.address.to_string())
+                .arg("status")
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await;
+        matches!(output, Ok(Ok(out)) if matches!(out.status.code(), Some(0) | Some(3)))
     }
 
     /// Runs `ssh -S <socket> <args> <node>` against the node's master.
@@ -788,7 +837,7 @@ impl Broker {
             let result = if let Some(name) = what.strip_prefix("ssh master to ") {
                 self.recover_master(running, name).await
             } else if let Some(name) = what.strip_prefix("remote tunnel on ") {
-                match self.login_node(name).cloned() {
+                match self.login_node(name) {
                     Ok(node) => self.spawn_remote(&node).await.map(|child| {
                         running.remotes.insert(node.name.clone(), child);
                     }),
@@ -812,7 +861,7 @@ impl Broker {
         running: &mut Running,
         name: &str,
     ) -> std::result::Result<(), ApiError> {
-        let node = self.login_node(name)?.clone();
+        let node = self.login_node(name)?;
         self.ensure_master(running, &node).await?;
         let tunnels: Vec<TunnelRecord> = running
             .wanted

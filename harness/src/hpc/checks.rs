@@ -79,14 +79,14 @@ impl HpcSite {
                 argv.push(node.into());
             }
             SshRole::Broker => {
-                let login = self
-                    .login_nodes
-                    .iter()
-                    .find(|l| l.name == node)
-                    .ok_or_else(|| HarnessError::Network {
-                        host: node.into(),
-                        message: "the broker's key is for login nodes only".into(),
-                    })?;
+                let all = self.all_login_nodes();
+                let login =
+                    all.iter()
+                        .find(|l| l.name == node)
+                        .ok_or_else(|| HarnessError::Network {
+                            host: node.into(),
+                            message: "the broker's key is for login nodes only".into(),
+                        })?;
                 argv.extend(
                     [
                         "-F",
@@ -193,11 +193,13 @@ for bind in [{binds}]:
         )
         with urllib.request.urlopen(req, context=ctx, timeout=15) as r:
             view["hub_api"] = json.loads(r.read()).get("name", "")
-    except ssl.SSLCertVerificationError as e:
-        view["tls"] = "name-mismatch" if "match" in (e.verify_message or "") else f"untrusted: {{e.verify_message}}"
     except Exception as e:
         reason = getattr(e, "reason", e)
-        view["tls"] = "name-mismatch" if "match" in str(reason) else f"error: {{reason}}"
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            message = reason.verify_message or str(reason)
+            view["tls"] = "name-mismatch" if "mismatch" in message else f"untrusted: {{message}}"
+        else:
+            view["tls"] = f"error: {{reason}}"
     print("HPCVIEW " + json.dumps(view))
 print("HPCENV " + json.dumps({{"uid": os.getuid(), "api_url": os.environ.get("JUPYTERHUB_API_URL", "")}}))
 "#,
@@ -287,6 +289,14 @@ impl ReachFinding {
     }
 }
 
+fn find_pid(matches: impl Fn(u32) -> bool) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| matches(*pid))
+}
+
 fn site(stack: &crate::Stack) -> Result<&HpcSite> {
     stack.hpc.as_ref().ok_or_else(|| HarnessError::Network {
         host: stack.spec.topology.lab_host.clone(),
@@ -355,7 +365,7 @@ impl crate::Stack {
 
     pub fn hpc_login_nodes(&self) -> Result<Vec<String>> {
         Ok(site(self)?
-            .login_nodes
+            .all_login_nodes()
             .iter()
             .map(|l| l.name.clone())
             .collect())
@@ -438,6 +448,132 @@ impl crate::Stack {
             .await
     }
 
+    /// Adds login node `name` to the running site (see
+    /// [`HpcSite::add_login_node`]).
+    pub async fn hpc_add_login_node(&self, name: &str) -> Result<()> {
+        let broker = self.broker().ok_or_else(|| HarnessError::Network {
+            host: name.into(),
+            message: "no tunnel broker".into(),
+        })?;
+        site(self)?
+            .add_login_node(name, &self.network, &self.http, &self.spec, broker)
+            .await
+            .map(|_| ())
+    }
+
+    /// Re-issues the proxy's certificate in place: for every login node
+    /// but `omit`, from the proxy-client-ca or (`new_ca`) a brand-new CA.
+    pub fn hpc_reissue_proxy_cert(&self, omit: Option<&str>, new_ca: bool) -> Result<()> {
+        let site = site(self)?;
+        let binds: Vec<Ipv4Addr> = site
+            .all_login_nodes()
+            .iter()
+            .filter(|l| Some(l.name.as_str()) != omit)
+            .flat_map(|l| l.towards_compute.values().map(|(bind, _)| *bind))
+            .collect();
+        let rotated = match new_ca {
+            true => Some(crate::pki::CertificateAuthority::root(
+                "rotated proxy-client-ca",
+            )?),
+            false => None,
+        };
+        site.reissue_proxy_cert(&self.spec, &self.network, &binds, rotated.as_ref())?;
+        site.proxy_cert_disturbed.store(
+            omit.is_some() || new_ca,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Ok(())
+    }
+
+    /// After a scenario: every sshd running with its pinned key, and the
+    /// standard proxy certificate served, whatever the scenario did or
+    /// where it failed. A no-op on stacks without an HPC site.
+    pub async fn hpc_restore_site(&self) -> Result<()> {
+        let Some(site) = self.hpc.as_ref() else {
+            return Ok(());
+        };
+        site.restore_sshds(&self.network, &self.http).await?;
+        if site
+            .proxy_cert_disturbed
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.hpc_reissue_proxy_cert(None, false)?;
+            self.hpc_restart_proxy().await?;
+        }
+        Ok(())
+    }
+
+    /// Restarts only the proxy: SIGTERM to configurable-http-proxy; the hub
+    /// notices within its check interval, starts it again (it then reads
+    /// the certificate anew) and restores the routes. Waits until the hub
+    /// and every lab answer through it again.
+    pub async fn hpc_restart_proxy(&self) -> Result<()> {
+        let marker = format!("{}={}", crate::stack::STACK_MARKER_ENV, self.marker);
+        let is_proxy = |pid: u32| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            memchr::memmem::find(&cmdline, b"configurable-http-proxy").is_some()
+                && environ.split(|b| *b == 0).any(|e| e == marker.as_bytes())
+        };
+        let old = find_pid(is_proxy).ok_or_else(|| HarnessError::Spawn {
+            component: "configurable-http-proxy".into(),
+            message: "no running proxy of this stack".into(),
+        })?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .map_err(|e| HarnessError::io("stop the proxy", e.into()))?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let restarted = find_pid(|pid| pid != old && is_proxy(pid)).is_some();
+            if restarted {
+                // Routes restored, read through the proxy API (its own CA,
+                // whatever certificate the public side now serves).
+                let mut routed = true;
+                for user in self.users() {
+                    routed &= self.lab_address(&user).await.is_ok();
+                }
+                if routed {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(HarnessError::NotReady {
+                    component: "configurable-http-proxy (restarted by the hub)".into(),
+                    check: "every lab's route back in the restarted proxy".into(),
+                    seconds: 60,
+                    last_lines: crate::process::last_lines(self.hub_log(), 15),
+                });
+            }
+            // Bounded readiness-poll interval while the hub restarts the proxy.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The pid and start time of `user`'s lab process on its compute node:
+    /// unchanged means the lab was not restarted.
+    pub fn hpc_lab_process(&self, user: &str) -> Option<(u32, u64)> {
+        let wanted = format!("JUPYTERHUB_USER={user}");
+        let marker = format!("{}={}", crate::stack::STACK_MARKER_ENV, self.marker);
+        let pid = find_pid(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            memchr::memmem::find(&cmdline, b"jupyterhub.singleuser").is_some()
+                && environ.split(|b| *b == 0).any(|e| e == wanted.as_bytes())
+                && environ.split(|b| *b == 0).any(|e| e == marker.as_bytes())
+        })?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let started = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(19)?
+            .parse()
+            .ok()?;
+        Some((pid, started))
+    }
+
     /// Stops (`running = false`) or starts again `node`'s sshd.
     pub async fn hpc_set_sshd(&self, node: &str, running: bool) -> Result<()> {
         let site = site(self)?;
@@ -452,8 +588,8 @@ impl crate::Stack {
     /// A tunnel request for `user`'s lab through `login`.
     pub fn hpc_tunnel_request(&self, user: &str, login: &str) -> Result<serde_json::Value> {
         let site = site(self)?;
-        let node = site
-            .login_nodes
+        let all = site.all_login_nodes();
+        let node = all
             .iter()
             .find(|l| l.name == login)
             .ok_or_else(|| HarnessError::Network {
@@ -475,6 +611,82 @@ impl crate::Stack {
             "target_node": compute.to_string(),
             "target_port": 8888,
         }))
+    }
+
+    /// The bind addresses of one login node.
+    pub fn hpc_bind_addresses_of(&self, login: &str) -> Result<Vec<Ipv4Addr>> {
+        Ok(site(self)?
+            .all_login_nodes()
+            .iter()
+            .filter(|l| l.name == login)
+            .flat_map(|l| l.towards_compute.values().map(|(bind, _)| *bind))
+            .collect())
+    }
+
+    /// [`Stack::hpc_lab_view`], run on the compute node itself as the lab's
+    /// user with the lab's own environment, for when nothing can reach the
+    /// lab through the proxy any more (a proxy certificate nobody trusts).
+    pub async fn hpc_lab_view_on_node(
+        &self,
+        user: &str,
+    ) -> Result<(Vec<LoginNodeView>, LabEnvironment)> {
+        let site = site(self)?;
+        let (pid, _) = self
+            .hpc_lab_process(user)
+            .ok_or_else(|| HarnessError::Probe {
+                endpoint: format!("lab of {user}"),
+                message: "no lab process on the compute node".into(),
+            })?;
+        let uid = site.lab_uids.get(user).copied().unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))
+            .map_err(|e| HarnessError::io("read the lab's environment", e))?;
+        let env: Vec<(String, String)> = environ
+            .split(|b| *b == 0)
+            .filter_map(|entry| {
+                let text = String::from_utf8_lossy(entry);
+                let (k, v) = text.split_once('=')?;
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect();
+        let python = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map_err(|e| HarnessError::io("find the lab's python", e))?;
+        let code = lab_view_code(&site.bind_addresses(), site.login_port);
+        let output = tokio::time::timeout(
+            std::time::Duration::from_secs(90),
+            tokio::process::Command::new("nsenter")
+                .args([
+                    "-t",
+                    &pid.to_string(),
+                    "-n",
+                    "-m",
+                    "--wd=/",
+                    "--",
+                    "setpriv",
+                ])
+                .args([format!("--reuid={uid}"), format!("--regid={uid}")])
+                .args(["--clear-groups", "--"])
+                .arg(python)
+                .args(["-c", &code])
+                .env_clear()
+                .envs(env)
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .map_err(|_| HarnessError::Probe {
+            endpoint: format!("lab of {user}"),
+            message: "the probe on the compute node did not finish within 90 s".into(),
+        })?
+        .map_err(|e| HarnessError::io("run the probe on the compute node", e))?;
+        parse_lab_view(&String::from_utf8_lossy(&output.stdout)).map_err(|message| {
+            HarnessError::Probe {
+                endpoint: format!("lab of {user}"),
+                message: format!(
+                    "{message}; stderr: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            }
+        })
     }
 
     pub fn hpc_bind_addresses(&self) -> Result<Vec<Ipv4Addr>> {

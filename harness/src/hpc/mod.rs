@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::local::{HostFilesystem, HostPlan, LocalNetwork};
+use crate::backend::local::{next_link_index, Host, HostFilesystem, HostPlan, Link, LocalNetwork};
 use crate::error::{HarnessError, Result};
 use crate::pki::{write_with_mode, CertificateAuthority, OrgPki, Usage, Validity};
 use crate::process::{LaunchSpec, ManagedProcess};
@@ -99,6 +99,28 @@ pub struct LoginNodeInfo {
     pub towards_compute: BTreeMap<String, (Ipv4Addr, Ipv4Addr)>,
 }
 
+/// A login node added while the stack runs: its own host and links, which
+/// live as long as the site.
+struct AddedLoginNode {
+    info: LoginNodeInfo,
+    host: std::sync::Arc<Host>,
+    _links: Vec<Link>,
+}
+
+/// One host as a [`crate::backend::HostNetwork`], for readiness checks on
+/// hosts the stack's network does not hold.
+struct SingleHost<'a>(&'a Host);
+
+impl crate::backend::HostNetwork for SingleHost<'_> {
+    async fn connect_from(
+        &self,
+        _host: &str,
+        addr: SocketAddr,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        self.0.connect(addr, Duration::from_secs(5)).await
+    }
+}
+
 /// SSH material of one run: keys generated per run, host keys pinned.
 struct SshMaterial {
     broker_key: PathBuf,
@@ -113,7 +135,16 @@ pub struct HpcSite {
     pub compute_nodes: Vec<String>,
     /// Each node's sshd, and how it was started (a fault restarts it).
     sshd: std::sync::Mutex<BTreeMap<String, ManagedProcess>>,
-    sshd_launch: BTreeMap<String, LaunchSpec>,
+    sshd_launch: std::sync::Mutex<BTreeMap<String, LaunchSpec>>,
+    /// Nodes whose sshd a fault scenario stopped or re-keyed, and whether
+    /// the proxy's certificate is not the standard one: what
+    /// [`HpcSite::restore_sshds`] and the stack put back after a scenario.
+    disturbed_sshd: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    pub(crate) proxy_cert_disturbed: std::sync::atomic::AtomicBool,
+    /// How HPC nodes see the filesystem (for nodes added later).
+    node_filesystem: HostFilesystem,
+    /// Login nodes added while the stack runs, with their own hosts.
+    added: std::sync::Mutex<Vec<AddedLoginNode>>,
     broker: std::sync::Mutex<Option<ManagedProcess>>,
     broker_launch: Option<LaunchSpec>,
     pub broker_log: PathBuf,
@@ -187,7 +218,11 @@ impl HpcSite {
             login_nodes,
             compute_nodes: nodes.compute_nodes.clone(),
             sshd: std::sync::Mutex::new(BTreeMap::new()),
-            sshd_launch: BTreeMap::new(),
+            sshd_launch: std::sync::Mutex::new(BTreeMap::new()),
+            added: std::sync::Mutex::new(Vec::new()),
+            disturbed_sshd: std::sync::Mutex::new(Default::default()),
+            proxy_cert_disturbed: std::sync::atomic::AtomicBool::new(false),
+            node_filesystem: node_plan("node", components).filesystem.unwrap_or_default(),
             broker: std::sync::Mutex::new(None),
             broker_launch: None,
             broker_port: spec.hpc.broker_port,
@@ -206,7 +241,7 @@ impl HpcSite {
         site.write_spawner_ssh_config()?;
         for node in all_nodes {
             progress(&format!("starting sshd on `{node}`"));
-            site.start_sshd(node, &ssh, network, http, run_dir).await?;
+            site.start_sshd(node, network, http).await?;
         }
 
         progress("preparing the internal CAs (ca_certs.tar.gz)");
@@ -225,10 +260,157 @@ impl HpcSite {
 
     /// Every login node's bind address, as labs call them.
     pub fn bind_addresses(&self) -> Vec<Ipv4Addr> {
-        self.login_nodes
+        self.all_login_nodes()
             .iter()
             .flat_map(|l| l.towards_compute.values().map(|(bind, _)| *bind))
             .collect()
+    }
+
+    /// The login nodes the site started with, then those added since.
+    pub fn all_login_nodes(&self) -> Vec<LoginNodeInfo> {
+        let mut all = self.login_nodes.clone();
+        if let Ok(added) = self.added.lock() {
+            all.extend(added.iter().map(|a| a.info.clone()));
+        }
+        all
+    }
+
+    fn added_host(&self, node: &str) -> Option<std::sync::Arc<Host>> {
+        self.added
+            .lock()
+            .ok()?
+            .iter()
+            .find(|a| a.info.name == node)
+            .map(|a| a.host.clone())
+    }
+
+    /// Adds a login node to the running site, as an operator would: a new
+    /// host linked to the hub and every compute node, its sshd with a host
+    /// key pinned in known_hosts, and the broker told through its config
+    /// file, then asked for the node's remote tunnel. Nothing else restarts.
+    pub async fn add_login_node(
+        &self,
+        name: &str,
+        network: &LocalNetwork,
+        http: &reqwest::Client,
+        spec: &StackSpec,
+        broker: &BrokerClient,
+    ) -> Result<LoginNodeInfo> {
+        if self.all_login_nodes().iter().any(|l| l.name == name) {
+            return Err(HarnessError::Network {
+                host: name.into(),
+                message: "a login node of that name already exists".into(),
+            });
+        }
+        let host = std::sync::Arc::new(Host::create_with(name, Some(&self.node_filesystem)).await?);
+        let hub = network.host(&spec.topology.hub_host)?;
+        let to_hub = Link::create(next_link_index()?, hub, &host).await?;
+        let mut links = vec![to_hub.clone()];
+        let mut towards_compute = BTreeMap::new();
+        for compute in &self.compute_nodes {
+            let link = Link::create(next_link_index()?, network.host(compute)?, &host).await?;
+            towards_compute.insert(compute.clone(), (link.b.1, link.a.1));
+            links.push(link);
+        }
+        let info = LoginNodeInfo {
+            name: name.into(),
+            hub_facing: to_hub.b.1,
+            towards_compute,
+        };
+        let ssh_dir = self.dir.join("ssh");
+        let key = ssh_dir.join(format!("{name}_host_key"));
+        let key_text = key.display().to_string();
+        run_tool(
+            "SSH keys",
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                &format!("host key of {name}"),
+                "-f",
+                &key_text,
+            ],
+        )
+        .await?;
+        append_known_host(&self.known_hosts, name, &key)?;
+        let launch = self.write_sshd_files(name, Some(&info))?;
+        let process = launch_sshd(&host, &SingleHost(&host), http, &launch).await?;
+        self.remember_sshd(name, launch, process);
+        if let Ok(mut added) = self.added.lock() {
+            added.push(AddedLoginNode {
+                info: info.clone(),
+                host,
+                _links: links,
+            });
+        }
+        self.rewrite_broker_config(spec)?;
+        broker
+            .post("/api/remote/", &serde_json::json!({ "hostname": name }))
+            .await
+            .and_then(|r| r.expect_success())
+            .map_err(|message| self.tunnel_error(name, message))?;
+        Ok(info)
+    }
+
+    /// The broker's config file, with every login node the site has now.
+    fn rewrite_broker_config(&self, spec: &StackSpec) -> Result<()> {
+        let path = self.dir.join("broker").join("config.json");
+        let text = std::fs::read(&path)
+            .map_err(|e| HarnessError::io(format!("read {}", path.display()), e))?;
+        let mut config: broker::BrokerConfig =
+            serde_json::from_slice(&text).map_err(|e| HarnessError::Provision {
+                what: "broker config".into(),
+                message: e.to_string(),
+            })?;
+        config.login_nodes = self
+            .all_login_nodes()
+            .iter()
+            .map(|l| self.broker_view(l, spec))
+            .collect();
+        let text = serde_json::to_vec_pretty(&config).map_err(|e| HarnessError::Provision {
+            what: "broker config".into(),
+            message: e.to_string(),
+        })?;
+        let tmp = path.with_extension("tmp");
+        write_with_mode(&tmp, &text, 0o600)?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| HarnessError::io(format!("replace {}", path.display()), e))
+    }
+
+    /// Re-issues the proxy's certificate in place for `binds`, signed by
+    /// the internal proxy-client-ca, or by `other_ca` (a rotation).
+    pub fn reissue_proxy_cert(
+        &self,
+        spec: &StackSpec,
+        network: &LocalNetwork,
+        binds: &[Ipv4Addr],
+        other_ca: Option<&CertificateAuthority>,
+    ) -> Result<()> {
+        let internal = self
+            .dir
+            .parent()
+            .unwrap_or(&self.dir)
+            .join("hub")
+            .join("internal-ssl");
+        let own;
+        let ca = match other_ca {
+            Some(ca) => ca,
+            None => {
+                own = load_internal_ca(&internal, "proxy-client-ca")?;
+                &own
+            }
+        };
+        let (cert, key) = self.issue_proxy_cert_from(ca, spec, network, binds)?;
+        if cert != self.proxy_cert || key != self.proxy_key {
+            return Err(HarnessError::Pki(
+                "the re-issued proxy certificate landed elsewhere".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Issues the proxy's public certificate from the internal
@@ -300,11 +482,32 @@ impl HpcSite {
     async fn start_sshd(
         &mut self,
         node: &str,
-        ssh: &SshMaterial,
         network: &LocalNetwork,
         http: &reqwest::Client,
-        run_dir: &Path,
     ) -> Result<()> {
+        let login = self.login_nodes.iter().find(|l| l.name == node).cloned();
+        let launch = self.write_sshd_files(node, login.as_ref())?;
+        let process = launch_sshd(network.host(node)?, network, http, &launch).await?;
+        self.remember_sshd(node, launch, process);
+        if let Ok(mut disturbed) = self.disturbed_sshd.lock() {
+            disturbed.remove(node);
+        }
+        Ok(())
+    }
+
+    fn remember_sshd(&self, node: &str, launch: LaunchSpec, process: ManagedProcess) {
+        if let Ok(mut launches) = self.sshd_launch.lock() {
+            launches.insert(node.to_string(), launch);
+        }
+        if let Ok(mut sshd) = self.sshd.lock() {
+            sshd.insert(node.to_string(), process);
+        }
+    }
+
+    /// Writes `node`'s sshd config and authorized_keys (a login node's when
+    /// `login` is given, else a compute node's) and says how to start it.
+    fn write_sshd_files(&self, node: &str, login: Option<&LoginNodeInfo>) -> Result<LaunchSpec> {
+        let run_dir = self.dir.parent().unwrap_or(&self.dir).to_path_buf();
         let node_dir = self.dir.join("ssh").join(node);
         std::fs::create_dir_all(&node_dir)
             .map_err(|e| HarnessError::io(format!("create {}", node_dir.display()), e))?;
@@ -321,10 +524,8 @@ impl HpcSite {
                 .map(|s| s.trim().to_string())
                 .map_err(|e| HarnessError::io(format!("read {}.pub", key.display()), e))
         };
-        let (broker_pub, spawner_pub) = (read_pub(&ssh.broker_key)?, read_pub(&ssh.spawner_key)?);
-        let (authorized, forwarding) = if let Some(login) =
-            self.login_nodes.iter().find(|l| l.name == node)
-        {
+        let (broker_pub, spawner_pub) = (read_pub(&self.broker_key)?, read_pub(&self.spawner_key)?);
+        let (authorized, forwarding) = if let Some(login) = login {
             let opens: Vec<String> = login
                 .towards_compute
                 .values()
@@ -394,12 +595,7 @@ impl HpcSite {
             cwd: node_dir.clone(),
             log: run_dir.join("logs").join(format!("sshd-{node}.log")),
         };
-        let process = launch_sshd(network, http, node, &launch).await?;
-        self.sshd_launch.insert(node.to_string(), launch);
-        if let Ok(mut sshd) = self.sshd.lock() {
-            sshd.insert(node.to_string(), process);
-        }
-        Ok(())
+        Ok(launch)
     }
 }
 
@@ -630,10 +826,31 @@ impl HpcSite {
         Ok(pid)
     }
 
+    /// Puts every sshd a fault scenario disturbed back as it was: running,
+    /// with its pinned host key.
+    pub async fn restore_sshds(
+        &self,
+        network: &LocalNetwork,
+        http: &reqwest::Client,
+    ) -> Result<()> {
+        let disturbed: Vec<String> = self
+            .disturbed_sshd
+            .lock()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default();
+        for node in disturbed {
+            self.set_host_key(network, http, &node, false).await?;
+        }
+        Ok(())
+    }
+
     /// Stops `node`'s sshd and every session it holds (each session's
     /// sshd runs in a session of its own, beyond the listener's group), as
     /// a crashed login node would.
     pub async fn stop_sshd(&self, network: &LocalNetwork, node: &str) {
+        if let Ok(mut disturbed) = self.disturbed_sshd.lock() {
+            disturbed.insert(node.to_string());
+        }
         let old = self.sshd.lock().ok().and_then(|mut m| m.remove(node));
         if let Some(old) = old {
             old.stop(Duration::from_secs(5)).await;
@@ -671,14 +888,21 @@ impl HpcSite {
     ) -> Result<()> {
         let launch = self
             .sshd_launch
-            .get(node)
+            .lock()
+            .ok()
+            .and_then(|l| l.get(node).cloned())
             .ok_or_else(|| HarnessError::Network {
                 host: node.into(),
                 message: "no sshd runs there".into(),
             })?;
-        let process = launch_sshd(network, http, node, launch).await?;
-        if let Ok(mut sshd) = self.sshd.lock() {
-            sshd.insert(node.to_string(), process);
+        let added = self.added_host(node);
+        let process = match added {
+            Some(host) => launch_sshd(&host, &SingleHost(&host), http, &launch).await?,
+            None => launch_sshd(network.host(node)?, network, http, &launch).await?,
+        };
+        self.remember_sshd(node, launch, process);
+        if let Ok(mut disturbed) = self.disturbed_sshd.lock() {
+            disturbed.remove(node);
         }
         Ok(())
     }
@@ -722,7 +946,13 @@ impl HpcSite {
         std::fs::copy(&source, &staged).map_err(|e| HarnessError::io("stage a host key", e))?;
         set_mode(&staged, 0o600)?;
         self.stop_sshd(network, node).await;
-        self.start_sshd_again(network, http, node).await
+        self.start_sshd_again(network, http, node).await?;
+        if fresh {
+            if let Ok(mut disturbed) = self.disturbed_sshd.lock() {
+                disturbed.insert(node.to_string());
+            }
+        }
+        Ok(())
     }
 
     /// Hub-side configuration lines for the batch spawner.
@@ -946,14 +1176,14 @@ fn lab_users_can_run(components: &Components) -> Result<()> {
 }
 
 async fn launch_sshd(
-    network: &LocalNetwork,
+    host: &Host,
+    network: &impl crate::backend::HostNetwork,
     http: &reqwest::Client,
-    node: &str,
     launch: &LaunchSpec,
 ) -> Result<ManagedProcess> {
-    let mut process = network.host(node)?.start(launch)?;
+    let mut process = host.start(launch)?;
     let check = ReadyCheck::Tcp {
-        host: node.into(),
+        host: host.name.clone(),
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 22)),
         timeout_secs: 10,
     };
@@ -1076,6 +1306,19 @@ async fn generate_ssh_material(dir: &Path, nodes: &[&String]) -> Result<SshMater
         spawner_key,
         known_hosts,
     })
+}
+
+fn append_known_host(known_hosts: &Path, node: &str, key: &Path) -> Result<()> {
+    use std::io::Write;
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .map_err(|e| HarnessError::io("read a host key", e))?;
+    let mut fields = public.split_whitespace();
+    let (kind, blob) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(known_hosts)
+        .and_then(|mut f| writeln!(f, "{node} {kind} {blob}"))
+        .map_err(|e| HarnessError::io(format!("pin {node}'s host key"), e))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {

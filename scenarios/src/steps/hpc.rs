@@ -1,7 +1,7 @@
 //! HPC steps: compute and login nodes, the tunnel keys, the broker's REST
 //! contract. Each calls one harness API and asserts on its answer.
 
-use cucumber::{then, when};
+use cucumber::{given, then, when};
 use hubtrust_harness::hpc::checks::{ReachFinding, SshRole};
 use hubtrust_harness::secret::Secret;
 
@@ -77,6 +77,14 @@ async fn lab_looks(world: &mut Operator) -> anyhow::Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("no lab"))?;
     let view = stack.hpc_lab_view(&user).await?;
+    world.hpc_lab_view = Some((user, view.0, view.1));
+    Ok(())
+}
+
+#[when("the lab looks at the hub through every login node, from its compute node")]
+async fn lab_looks_on_node(world: &mut Operator) -> anyhow::Result<()> {
+    let user = first_user(world)?;
+    let view = world.stack()?.hpc_lab_view_on_node(&user).await?;
     world.hpc_lab_view = Some((user, view.0, view.1));
     Ok(())
 }
@@ -455,5 +463,143 @@ async fn accepts_tunnel(world: &mut Operator, login: String) -> anyhow::Result<(
         .delete(&format!("/api/tunnel/{name}/"))
         .await
         .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+#[given("the lab's process is noted")]
+fn note_lab_process(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    let user = first_user(world)?;
+    world.hpc_lab_process =
+        Some(stack.hpc_lab_process(&user).ok_or_else(|| {
+            anyhow::anyhow!("no lab process of {user} found on the compute node")
+        })?);
+    Ok(())
+}
+
+#[then("the lab's process is the one noted")]
+fn lab_process_unchanged(world: &mut Operator) -> anyhow::Result<()> {
+    let noted = world
+        .hpc_lab_process
+        .ok_or_else(|| anyhow::anyhow!("the lab's process was not noted"))?;
+    let user = first_user(world)?;
+    let now = world.stack()?.hpc_lab_process(&user);
+    anyhow::ensure!(
+        now == Some(noted),
+        "the lab of {user} was restarted: (pid, start) was {noted:?}, is {now:?}"
+    );
+    Ok(())
+}
+
+fn first_user(world: &Operator) -> anyhow::Result<String> {
+    world
+        .stack()?
+        .users()
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the stack has no lab"))
+}
+
+#[when(expr = "login node {string} joins the site")]
+async fn login_node_joins(world: &mut Operator, name: String) -> anyhow::Result<()> {
+    world.stack()?.hpc_add_login_node(&name).await?;
+    Ok(())
+}
+
+#[given(expr = "login node {string} has joined the site")]
+async fn login_node_has_joined(world: &mut Operator, name: String) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    if !stack.hpc_login_nodes()?.contains(&name) {
+        stack.hpc_add_login_node(&name).await?;
+        stack.hpc_reissue_proxy_cert(None, false)?;
+        stack.hpc_restart_proxy().await?;
+    }
+    Ok(())
+}
+
+#[when("the proxy's certificate is re-issued from the same CA for every login node")]
+fn reissue_for_all(world: &mut Operator) -> anyhow::Result<()> {
+    world.stack()?.hpc_reissue_proxy_cert(None, false)?;
+    Ok(())
+}
+
+#[when("only the proxy is restarted")]
+async fn restart_proxy(world: &mut Operator) -> anyhow::Result<()> {
+    world.stack()?.hpc_restart_proxy().await?;
+    Ok(())
+}
+
+#[when(
+    expr = "the proxy's certificate is re-issued without {string} and only the proxy is restarted"
+)]
+async fn reissue_without(world: &mut Operator, omit: String) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    stack.hpc_reissue_proxy_cert(Some(&omit), false)?;
+    stack.hpc_restart_proxy().await?;
+    Ok(())
+}
+
+#[when("the proxy's certificate is re-issued from a new CA and only the proxy is restarted")]
+async fn reissue_from_new_ca(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    stack.hpc_reissue_proxy_cert(None, true)?;
+    stack.hpc_restart_proxy().await?;
+    Ok(())
+}
+
+#[then(
+    expr = "the lab's connection through {string} fails with a name mismatch and every other login node verifies"
+)]
+fn name_mismatch_there(world: &mut Operator, login: String) -> anyhow::Result<()> {
+    let (user, views, _) = world
+        .hpc_lab_view
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    let binds = world.stack()?.hpc_bind_addresses_of(&login)?;
+    let mut saw_login = false;
+    for view in views {
+        let ip: std::net::Ipv4Addr = view.bind.parse()?;
+        if binds.contains(&ip) {
+            saw_login = true;
+            anyhow::ensure!(
+                view.tls == "name-mismatch",
+                "through {login} ({}) the lab saw TLS {:?}, expected a name mismatch",
+                view.bind,
+                view.tls
+            );
+        } else {
+            anyhow::ensure!(
+                view.tls == "ok" && view.hub_api == *user,
+                "through {} the lab saw TLS {:?}, hub API {:?}",
+                view.bind,
+                view.tls,
+                view.hub_api
+            );
+        }
+    }
+    anyhow::ensure!(saw_login, "the lab did not try {login}");
+    Ok(())
+}
+
+#[then("no login node verifies with the lab's own client CA bundle")]
+fn none_verifies(world: &mut Operator) -> anyhow::Result<()> {
+    let (_, views, _) = world
+        .hpc_lab_view
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    anyhow::ensure!(!views.is_empty(), "the lab tried no login node");
+    let verified: Vec<&str> = views
+        .iter()
+        .filter(|v| v.tls == "ok")
+        .map(|v| v.bind.as_str())
+        .collect();
+    anyhow::ensure!(
+        verified.is_empty(),
+        "a proxy certificate from a CA the labs never saw still verified at {verified:?}"
+    );
+    anyhow::ensure!(
+        views.iter().all(|v| v.tls.starts_with("untrusted")),
+        "expected every login node to be untrusted: {views:?}"
+    );
     Ok(())
 }
