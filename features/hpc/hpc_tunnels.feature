@@ -100,3 +100,16 @@ Feature: Labs on an HPC compute node, reached only through SSH tunnels
     When the proxy's certificate is re-issued from the same CA for every login node
     And only the proxy is restarted
     Then every user's lab answers through the proxy
+
+  Scenario: A compute node whose clock runs 30 s behind accepts a freshly minted proxy certificate
+    When the proxy's certificate is re-issued from the same CA for every login node
+    And only the proxy is restarted
+    And the lab looks at the hub through every login node, from its compute node with its clock 30 seconds behind
+    Then every login node accepts the proxy's certificate on the lagging node, else the certificate's notBefore is flagged
+
+  Scenario: A certificate minted with no allowance for clock skew is refused by a lagging compute node
+    # The control for the scenario above: JupyterHub's certipy mints
+    # certificates valid from this very second.
+    When the proxy's certificate is re-issued valid from this very second and only the proxy is restarted
+    And the lab looks at the hub through every login node, from its compute node with its clock 30 seconds behind
+    Then the lagging node refuses the proxy's certificate as not yet valid, and the finding names its notBefore

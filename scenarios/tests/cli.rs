@@ -613,7 +613,7 @@ fn hpc_profile_passes_and_leaves_no_sshd_broker_or_lab() {
         .output()
         .unwrap();
     assert!(out.status.success(), "hpc profile failed:\n{}", text(&out));
-    assert!(text(&out).contains("13 passed, 0 failed"), "{}", text(&out));
+    assert!(text(&out).contains("15 passed, 0 failed"), "{}", text(&out));
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     // The wire map shows SSH to the login nodes and the lab's own TLS on
     // the compute links.

@@ -201,7 +201,8 @@ for bind in [{binds}]:
         else:
             view["tls"] = f"error: {{reason}}"
     print("HPCVIEW " + json.dumps(view))
-print("HPCENV " + json.dumps({{"uid": os.getuid(), "api_url": os.environ.get("JUPYTERHUB_API_URL", "")}}))
+import time
+print("HPCENV " + json.dumps({{"uid": os.getuid(), "api_url": os.environ.get("JUPYTERHUB_API_URL", ""), "time": time.time()}}))
 "#,
         binds = binds.join(", ")
     )
@@ -212,6 +213,9 @@ print("HPCENV " + json.dumps({{"uid": os.getuid(), "api_url": os.environ.get("JU
 pub struct LabEnvironment {
     pub uid: u32,
     pub api_url: String,
+    /// The lab's clock (seconds since the epoch) when it looked.
+    #[serde(default)]
+    pub time: f64,
 }
 
 pub fn parse_lab_view(
@@ -287,6 +291,22 @@ impl ReachFinding {
             }
         )
     }
+}
+
+/// libfaketime, which shifts a process's clock without touching the
+/// machine's (time namespaces shift only the monotonic clocks).
+fn faketime_library() -> Result<std::path::PathBuf> {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|dir| dir.path().join("faketime").join("libfaketime.so.1"))
+        .find(|p| p.is_file());
+    found.ok_or_else(|| HarnessError::MissingPrerequisite {
+        what: "libfaketime".into(),
+        why: "the clock-skew scenarios run the compute node's clock behind".into(),
+        fix: "apt-get install -y faketime".into(),
+    })
 }
 
 fn find_pid(matches: impl Fn(u32) -> bool) -> Option<u32> {
@@ -463,7 +483,14 @@ impl crate::Stack {
 
     /// Re-issues the proxy's certificate in place: for every login node
     /// but `omit`, from the proxy-client-ca or (`new_ca`) a brand-new CA.
-    pub fn hpc_reissue_proxy_cert(&self, omit: Option<&str>, new_ca: bool) -> Result<()> {
+    /// `skew_allowance = false` mints it valid from this very second, as
+    /// certipy does.
+    pub fn hpc_reissue_proxy_cert(
+        &self,
+        omit: Option<&str>,
+        new_ca: bool,
+        skew_allowance: bool,
+    ) -> Result<()> {
         let site = site(self)?;
         let binds: Vec<Ipv4Addr> = site
             .all_login_nodes()
@@ -477,9 +504,19 @@ impl crate::Stack {
             )?),
             false => None,
         };
-        site.reissue_proxy_cert(&self.spec, &self.network, &binds, rotated.as_ref())?;
+        let validity = match skew_allowance {
+            true => crate::pki::Validity::fresh(365),
+            false => crate::pki::Validity::from_this_second(365),
+        };
+        site.reissue_proxy_cert(
+            &self.spec,
+            &self.network,
+            &binds,
+            rotated.as_ref(),
+            validity,
+        )?;
         site.proxy_cert_disturbed.store(
-            omit.is_some() || new_ca,
+            omit.is_some() || new_ca || !skew_allowance,
             std::sync::atomic::Ordering::SeqCst,
         );
         Ok(())
@@ -497,7 +534,7 @@ impl crate::Stack {
             .proxy_cert_disturbed
             .load(std::sync::atomic::Ordering::SeqCst)
         {
-            self.hpc_reissue_proxy_cert(None, false)?;
+            self.hpc_reissue_proxy_cert(None, false, true)?;
             self.hpc_restart_proxy().await?;
         }
         Ok(())
@@ -613,6 +650,14 @@ impl crate::Stack {
         }))
     }
 
+    /// The proxy certificate's notBefore, as the inventory prints it.
+    pub fn hpc_proxy_not_before(&self) -> Result<String> {
+        let site = site(self)?;
+        crate::inventory::describe_file("hpc", &site.dir, &site.proxy_cert)?
+            .map(|r| r.not_before)
+            .ok_or_else(|| HarnessError::Pki("no proxy certificate".into()))
+    }
+
     /// The bind addresses of one login node.
     pub fn hpc_bind_addresses_of(&self, login: &str) -> Result<Vec<Ipv4Addr>> {
         Ok(site(self)?
@@ -626,9 +671,13 @@ impl crate::Stack {
     /// [`Stack::hpc_lab_view`], run on the compute node itself as the lab's
     /// user with the lab's own environment, for when nothing can reach the
     /// lab through the proxy any more (a proxy certificate nobody trusts).
+    ///
+    /// `clock_behind_secs` runs the probe with the node's clock that far
+    /// behind (libfaketime), as on a compute node whose clock lags.
     pub async fn hpc_lab_view_on_node(
         &self,
         user: &str,
+        clock_behind_secs: Option<u32>,
     ) -> Result<(Vec<LoginNodeView>, LabEnvironment)> {
         let site = site(self)?;
         let (pid, _) = self
@@ -648,6 +697,19 @@ impl crate::Stack {
                 Some((k.to_string(), v.to_string()))
             })
             .collect();
+        // The lagging clock is the lab's alone: `env` (already the lab's
+        // user) preloads libfaketime into python only, not into the root
+        // tools that enter the node, whose shared state the user could not
+        // open.
+        let mut clock: Vec<String> = Vec::new();
+        if let Some(secs) = clock_behind_secs {
+            clock = vec![
+                "env".into(),
+                format!("LD_PRELOAD={}", faketime_library()?.display()),
+                format!("FAKETIME=-{secs}s"),
+                "FAKETIME_DISABLE_SHM=1".into(),
+            ];
+        }
         let python = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map_err(|e| HarnessError::io("find the lab's python", e))?;
         let code = lab_view_code(&site.bind_addresses(), site.login_port);
@@ -665,6 +727,7 @@ impl crate::Stack {
                 ])
                 .args([format!("--reuid={uid}"), format!("--regid={uid}")])
                 .args(["--clear-groups", "--"])
+                .args(clock)
                 .arg(python)
                 .args(["-c", &code])
                 .env_clear()

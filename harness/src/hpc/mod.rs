@@ -389,6 +389,7 @@ impl HpcSite {
         network: &LocalNetwork,
         binds: &[Ipv4Addr],
         other_ca: Option<&CertificateAuthority>,
+        validity: Validity,
     ) -> Result<()> {
         let internal = self
             .dir
@@ -404,7 +405,7 @@ impl HpcSite {
                 &own
             }
         };
-        let (cert, key) = self.issue_proxy_cert_from(ca, spec, network, binds)?;
+        let (cert, key) = self.issue_proxy_cert_from(ca, spec, network, binds, validity)?;
         if cert != self.proxy_cert || key != self.proxy_key {
             return Err(HarnessError::Pki(
                 "the re-issued proxy certificate landed elsewhere".into(),
@@ -424,7 +425,7 @@ impl HpcSite {
         binds: &[Ipv4Addr],
     ) -> Result<(PathBuf, PathBuf)> {
         let ca = load_internal_ca(internal, "proxy-client-ca")?;
-        self.issue_proxy_cert_from(&ca, spec, network, binds)
+        self.issue_proxy_cert_from(&ca, spec, network, binds, Validity::fresh(365))
     }
 
     pub fn issue_proxy_cert_from(
@@ -433,6 +434,7 @@ impl HpcSite {
         spec: &StackSpec,
         network: &LocalNetwork,
         binds: &[Ipv4Addr],
+        validity: Validity,
     ) -> Result<(PathBuf, PathBuf)> {
         let mut sans: Vec<String> = vec![
             spec.topology.public_name.clone(),
@@ -447,7 +449,7 @@ impl HpcSite {
         );
         sans.extend(binds.iter().map(ToString::to_string));
         let refs: Vec<&str> = sans.iter().map(String::as_str).collect();
-        let identity = ca.issue("proxy", &refs, Usage::ServerAndClient, Validity::fresh(365))?;
+        let identity = ca.issue("proxy", &refs, Usage::ServerAndClient, validity)?;
         identity.write_to(&self.dir.join("proxy"))
     }
 

@@ -84,8 +84,93 @@ async fn lab_looks(world: &mut Operator) -> anyhow::Result<()> {
 #[when("the lab looks at the hub through every login node, from its compute node")]
 async fn lab_looks_on_node(world: &mut Operator) -> anyhow::Result<()> {
     let user = first_user(world)?;
-    let view = world.stack()?.hpc_lab_view_on_node(&user).await?;
+    let view = world.stack()?.hpc_lab_view_on_node(&user, None).await?;
     world.hpc_lab_view = Some((user, view.0, view.1));
+    Ok(())
+}
+
+#[when(
+    expr = "the lab looks at the hub through every login node, from its compute node with its clock {int} seconds behind"
+)]
+async fn lab_looks_skewed(world: &mut Operator, secs: u32) -> anyhow::Result<()> {
+    let user = first_user(world)?;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let view = world
+        .stack()?
+        .hpc_lab_view_on_node(&user, Some(secs))
+        .await?;
+    // The skew must be real, or the check proves nothing.
+    let behind = before - view.1.time;
+    anyhow::ensure!(
+        behind >= f64::from(secs) - 5.0,
+        "the compute node's clock was only {behind:.1} s behind, not {secs} s"
+    );
+    world.hpc_lab_view = Some((user, view.0, view.1));
+    Ok(())
+}
+
+#[when("the proxy's certificate is re-issued valid from this very second and only the proxy is restarted")]
+async fn reissue_without_allowance(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    stack.hpc_reissue_proxy_cert(None, false, false)?;
+    stack.hpc_restart_proxy().await?;
+    Ok(())
+}
+
+/// The proxy certificate's notBefore, for findings about clock skew.
+fn proxy_not_before(world: &Operator) -> String {
+    world
+        .stack()
+        .ok()
+        .and_then(|s| s.hpc_proxy_not_before().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[then("every login node accepts the proxy's certificate on the lagging node, else the certificate's notBefore is flagged")]
+fn skewed_accepts(world: &mut Operator) -> anyhow::Result<()> {
+    let (_, views, env) = world
+        .hpc_lab_view
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    anyhow::ensure!(!views.is_empty(), "the lab tried no login node");
+    let rejected: Vec<String> = views
+        .iter()
+        .filter(|v| v.tls != "ok")
+        .map(|v| format!("{}: {}", v.bind, v.tls))
+        .collect();
+    anyhow::ensure!(
+        rejected.is_empty(),
+        "FINDING notBefore: the proxy certificate's notBefore is {} and the compute node's clock read {:.0} (seconds since the epoch); it refused:\n  {}",
+        proxy_not_before(world),
+        env.time,
+        rejected.join("\n  ")
+    );
+    Ok(())
+}
+
+#[then("the lagging node refuses the proxy's certificate as not yet valid, and the finding names its notBefore")]
+fn skewed_refuses(world: &mut Operator) -> anyhow::Result<()> {
+    let (_, views, _) = world
+        .hpc_lab_view
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    anyhow::ensure!(!views.is_empty(), "the lab tried no login node");
+    let not_refused: Vec<String> = views
+        .iter()
+        .filter(|v| !v.tls.contains("not yet valid"))
+        .map(|v| format!("{}: {}", v.bind, v.tls))
+        .collect();
+    anyhow::ensure!(
+        not_refused.is_empty(),
+        "a certificate valid from this very second should be refused by a node 30 s behind: {not_refused:?}"
+    );
+    let not_before = proxy_not_before(world);
+    anyhow::ensure!(
+        not_before != "unknown",
+        "the certificate's notBefore could not be read"
+    );
     Ok(())
 }
 
@@ -511,7 +596,7 @@ async fn login_node_has_joined(world: &mut Operator, name: String) -> anyhow::Re
     let stack = world.stack()?;
     if !stack.hpc_login_nodes()?.contains(&name) {
         stack.hpc_add_login_node(&name).await?;
-        stack.hpc_reissue_proxy_cert(None, false)?;
+        stack.hpc_reissue_proxy_cert(None, false, true)?;
         stack.hpc_restart_proxy().await?;
     }
     Ok(())
@@ -519,7 +604,7 @@ async fn login_node_has_joined(world: &mut Operator, name: String) -> anyhow::Re
 
 #[when("the proxy's certificate is re-issued from the same CA for every login node")]
 fn reissue_for_all(world: &mut Operator) -> anyhow::Result<()> {
-    world.stack()?.hpc_reissue_proxy_cert(None, false)?;
+    world.stack()?.hpc_reissue_proxy_cert(None, false, true)?;
     Ok(())
 }
 
@@ -534,7 +619,7 @@ async fn restart_proxy(world: &mut Operator) -> anyhow::Result<()> {
 )]
 async fn reissue_without(world: &mut Operator, omit: String) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    stack.hpc_reissue_proxy_cert(Some(&omit), false)?;
+    stack.hpc_reissue_proxy_cert(Some(&omit), false, true)?;
     stack.hpc_restart_proxy().await?;
     Ok(())
 }
@@ -542,7 +627,7 @@ async fn reissue_without(world: &mut Operator, omit: String) -> anyhow::Result<(
 #[when("the proxy's certificate is re-issued from a new CA and only the proxy is restarted")]
 async fn reissue_from_new_ca(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    stack.hpc_reissue_proxy_cert(None, true)?;
+    stack.hpc_reissue_proxy_cert(None, true, true)?;
     stack.hpc_restart_proxy().await?;
     Ok(())
 }
