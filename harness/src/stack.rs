@@ -80,6 +80,8 @@ pub struct SecretFile {
 struct Lab {
     addr: SocketAddr,
     identity: Identity,
+    /// From the spawn request to the lab answering through the proxy.
+    ready_after: Duration,
 }
 
 /// What a connection attempt between hosts proved.
@@ -454,6 +456,7 @@ impl Stack {
         _version: &str,
         values: &BTreeMap<&str, String>,
     ) -> Result<()> {
+        let started = std::time::Instant::now();
         let base = format!(
             "https://{}:{}/hub/api",
             self.spec.topology.public_name, self.spec.ports.public
@@ -493,7 +496,14 @@ impl Stack {
 
         let addr = self.lab_address(user).await?;
         let identity = self.lab_identity(user)?;
-        self.labs.insert(user.to_string(), Lab { addr, identity });
+        self.labs.insert(
+            user.to_string(),
+            Lab {
+                addr,
+                identity,
+                ready_after: started.elapsed(),
+            },
+        );
         Ok(())
     }
 
@@ -627,6 +637,12 @@ impl Stack {
             Some(_) => self.spec.topology.hub_host.clone(),
             None => self.spec.topology.lab_host.clone(),
         }
+    }
+
+    /// How long `user`'s lab took from the spawn request to answering
+    /// through the proxy.
+    pub fn lab_ready_after(&self, user: &str) -> Option<Duration> {
+        self.labs.get(user).map(|l| l.ready_after)
     }
 
     /// The HPC site of an HPC stack.

@@ -63,6 +63,9 @@ async fn measure(args: BenchArgs) -> anyhow::Result<()> {
     if runs(BenchGroup::Enterprise) {
         discriminator_table(args.rounds).await?;
     }
+    if runs(BenchGroup::Hpc) {
+        crate::bench_hpc::first_ready_lab(args.rounds, args.tunnel_bytes).await?;
+    }
     println!(
         "peak RSS of hubtrust, this bench    {:.1} MB",
         peak_rss_kb() as f64 / 1024.0
@@ -261,7 +264,7 @@ fn locate_baseline() -> anyhow::Result<PathBuf> {
 }
 
 /// A file of the repository, from its root or from this crate's source.
-fn locate_fixture(relative: &str) -> anyhow::Result<PathBuf> {
+pub fn locate_fixture(relative: &str) -> anyhow::Result<PathBuf> {
     let candidates = [
         PathBuf::from(relative),
         Path::new(env!("CARGO_MANIFEST_DIR"))

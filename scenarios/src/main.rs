@@ -5,6 +5,7 @@
 
 mod artifacts;
 mod bench;
+mod bench_hpc;
 mod bench_wire;
 mod features;
 mod progress;
@@ -91,12 +92,16 @@ pub struct BenchArgs {
     pub rounds: u32,
     /// Run only one group: `startup` (stack ready against a plain
     /// baseline, core profile, memory), `wire` (capture overhead, census
-    /// throughput) or `enterprise` (the discriminator's full table).
+    /// throughput), `enterprise` (the discriminator's full table) or `hpc`
+    /// (first ready lab against the flat topology, tunnel throughput).
     #[arg(long, value_enum)]
     pub only: Option<BenchGroup>,
     /// Bytes of bulk traffic for the census throughput measurement.
     #[arg(long, default_value_t = 1 << 30)]
     pub census_bytes: u64,
+    /// Bytes of bulk traffic through the HPC tunnel and the direct link.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub tunnel_bytes: u64,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +109,7 @@ pub enum BenchGroup {
     Startup,
     Wire,
     Enterprise,
+    Hpc,
 }
 
 fn main() -> ExitCode {

@@ -554,6 +554,10 @@ impl Broker {
             "ServerAliveInterval=5",
             "-o",
             "ServerAliveCountMax=2",
+            // AES-GCM first: with AES-NI it moves bulk data through the
+            // tunnel faster than ChaCha20 on the machines CI runs on.
+            "-o",
+            "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com",
             "-F",
             "/dev/null",
         ]

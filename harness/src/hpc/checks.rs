@@ -293,6 +293,59 @@ impl ReachFinding {
     }
 }
 
+/// Sends `bytes` through `stream` to the next connection `sink` accepts;
+/// the rate is what the sink received, first byte to end of stream.
+async fn transfer(
+    sink: &tokio::net::TcpListener,
+    mut stream: tokio::net::TcpStream,
+    bytes: u64,
+) -> Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let send = async move {
+        let chunk = vec![0x5a_u8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            stream.write_all(&chunk[..n]).await?;
+            left -= n as u64;
+        }
+        stream.shutdown().await
+    };
+    let receive = async {
+        let (mut conn, _) = sink.accept().await?;
+        let mut buf = vec![0_u8; 1 << 20];
+        let mut got = 0_u64;
+        let mut first = None;
+        loop {
+            let n = conn.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            first.get_or_insert_with(std::time::Instant::now);
+            got += n as u64;
+        }
+        let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+        Ok::<_, std::io::Error>((got, secs))
+    };
+    let (sent, received) = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        tokio::join!(send, receive)
+    })
+    .await
+    .map_err(|_| HarnessError::Network {
+        host: "throughput".into(),
+        message: "the transfer did not finish within 120 s".into(),
+    })?;
+    sent.map_err(|e| HarnessError::io("send the bulk data", e))?;
+    let (got, secs) = received.map_err(|e| HarnessError::io("receive the bulk data", e))?;
+    if got != bytes {
+        return Err(HarnessError::Network {
+            host: "throughput".into(),
+            message: format!("the sink received {got} of {bytes} bytes"),
+        });
+    }
+    Ok(got as f64 / secs)
+}
+
 /// libfaketime, which shifts a process's clock without touching the
 /// machine's (time namespaces shift only the monotonic clocks).
 fn faketime_library() -> Result<std::path::PathBuf> {
@@ -648,6 +701,67 @@ impl crate::Stack {
             "target_node": compute.to_string(),
             "target_port": 8888,
         }))
+    }
+
+    /// Bulk TCP throughput to the lab's compute node (bytes per second):
+    /// through a broker tunnel from the hub's host (hub → SSH → login node →
+    /// compute node), and directly over the veth from the first login node,
+    /// measured back to back with the same sink.
+    pub async fn hpc_tunnel_throughput(&self, bytes: u64) -> Result<(f64, f64)> {
+        let site = site(self)?;
+        let broker = self.broker().ok_or_else(|| HarnessError::Network {
+            host: self.spec.topology.hub_host.clone(),
+            message: "no tunnel broker".into(),
+        })?;
+        let compute = &self.spec.topology.lab_host;
+        let login = &site.login_nodes[0];
+        let (_, compute_addr) = login.towards_compute[compute];
+        let sink = self
+            .network
+            .host(compute)?
+            .listen(std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+            .await
+            .map_err(|e| HarnessError::io("listen on the compute node", e))?;
+        let port = sink
+            .local_addr()
+            .map_err(|e| HarnessError::io("the sink's port", e))?
+            .port();
+        let direct = self
+            .network
+            .host(&login.name)?
+            .connect(
+                (compute_addr, port).into(),
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| HarnessError::io("connect directly to the compute node", e))?;
+        let direct_rate = transfer(&sink, direct, bytes).await?;
+        let request = serde_json::json!({
+            "servername": "hubtrust-throughput",
+            "hostname": login.name,
+            "svc_name": "bench",
+            "svc_port": port,
+            "target_node": compute_addr.to_string(),
+            "target_port": port,
+        });
+        let answer = broker
+            .post("/api/tunnel/", &request)
+            .await
+            .and_then(|a| a.expect_success())
+            .map_err(|m| site.tunnel_error(&login.name, m))?;
+        let local_port = answer.body["local_port"].as_u64().unwrap_or_default() as u16;
+        let tunnel = self
+            .network
+            .host(&self.spec.topology.hub_host)?
+            .connect(
+                (Ipv4Addr::LOCALHOST, local_port).into(),
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| HarnessError::io("connect to the tunnel", e))?;
+        let tunnel_rate = transfer(&sink, tunnel, bytes).await;
+        let _ = broker.delete("/api/tunnel/hubtrust-throughput/").await;
+        Ok((tunnel_rate?, direct_rate))
     }
 
     /// The proxy certificate's notBefore, as the inventory prints it.
