@@ -538,42 +538,13 @@ impl Broker {
             .join(format!("ssh-{what}-{}.log", node.name))
     }
 
-    /// Options every `ssh` the broker runs shares: host keys pinned by the
-    /// node's name, never asked about, never skipped.
     fn ssh_options(&self, node: &LoginNode) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=5",
-            "-o",
-            "ServerAliveInterval=5",
-            "-o",
-            "ServerAliveCountMax=2",
-            // AES-GCM first: with AES-NI it moves bulk data through the
-            // tunnel faster than ChaCha20 on the machines CI runs on.
-            "-o",
-            "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com",
-            "-F",
-            "/dev/null",
-        ]
-        .map(String::from)
-        .into();
-        args.extend([
-            "-o".into(),
-            format!("UserKnownHostsFile={}", self.config.known_hosts.display()),
-            "-o".into(),
-            format!("HostKeyAlias={}", node.name),
-            "-i".into(),
-            self.config.identity.display().to_string(),
-            "-l".into(),
-            node.user.clone(),
-        ]);
-        args
+        ssh_options(
+            &self.config.identity,
+            &self.config.known_hosts,
+            &node.name,
+            &node.user,
+        )
     }
 
     /// Starts the node's ControlMaster unless one is alive, and waits until
@@ -879,6 +850,49 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// Options every `ssh` with the broker's key shares: host keys pinned by
+/// the node's name, never asked about, never skipped.
+pub fn ssh_options(
+    identity: &std::path::Path,
+    known_hosts: &std::path::Path,
+    node: &str,
+    user: &str,
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "ServerAliveInterval=5",
+        "-o",
+        "ServerAliveCountMax=2",
+        // AES-GCM first: with AES-NI it moves bulk data through the
+        // tunnel a little faster than ChaCha20.
+        "-o",
+        "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com",
+        "-F",
+        "/dev/null",
+    ]
+    .map(String::from)
+    .into();
+    args.extend([
+        "-o".into(),
+        format!("UserKnownHostsFile={}", known_hosts.display()),
+        "-o".into(),
+        format!("HostKeyAlias={node}"),
+        "-i".into(),
+        identity.display().to_string(),
+        "-l".into(),
+        user.into(),
+    ]);
+    args
 }
 
 fn describe(record: &TunnelRecord, running: bool) -> serde_json::Value {

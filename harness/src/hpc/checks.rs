@@ -87,28 +87,13 @@ impl HpcSite {
                             host: node.into(),
                             message: "the broker's key is for login nodes only".into(),
                         })?;
-                argv.extend(
-                    [
-                        "-F",
-                        "/dev/null",
-                        "-o",
-                        "BatchMode=yes",
-                        "-o",
-                        "StrictHostKeyChecking=yes",
-                        "-o",
-                        "IdentitiesOnly=yes",
-                    ]
-                    .map(String::from),
-                );
-                argv.extend([
-                    "-o".into(),
-                    format!("UserKnownHostsFile={}", self.known_hosts.display()),
-                    "-o".into(),
-                    format!("HostKeyAlias={node}"),
-                    "-i".into(),
-                    self.broker_key.display().to_string(),
-                    format!("root@{}", login.hub_facing),
-                ]);
+                argv.extend(super::broker::ssh_options(
+                    &self.broker_key,
+                    &self.known_hosts,
+                    node,
+                    "root",
+                ));
+                argv.push(login.hub_facing.to_string());
             }
         }
         if let Some(command) = command {

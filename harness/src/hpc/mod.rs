@@ -319,23 +319,7 @@ impl HpcSite {
         };
         let ssh_dir = self.dir.join("ssh");
         let key = ssh_dir.join(format!("{name}_host_key"));
-        let key_text = key.display().to_string();
-        run_tool(
-            "SSH keys",
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                &format!("host key of {name}"),
-                "-f",
-                &key_text,
-            ],
-        )
-        .await?;
+        ssh_keygen(&key, &format!("host key of {name}")).await?;
         append_known_host(&self.known_hosts, name, &key)?;
         let launch = self.write_sshd_files(name, Some(&info))?;
         let process = launch_sshd(&host, &SingleHost(&host), http, &launch).await?;
@@ -696,21 +680,7 @@ impl HpcSite {
             log: self.broker_log.clone(),
         };
         progress("starting the tunnel broker on the hub's host");
-        let mut process = network.host(hub_host)?.start(&launch)?;
-        let check = ReadyCheck::TlsHandshake {
-            host: hub_host.clone(),
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, self.broker_port)),
-            timeout_secs: 15,
-        };
-        let ctx = ReadyContext {
-            network,
-            http,
-            log: &self.broker_log,
-        };
-        wait_ready("tunnel broker", &check, &ctx, &mut process).await?;
-        if let Ok(mut broker) = self.broker.lock() {
-            *broker = Some(process);
-        }
+        self.launch_broker(network, http, hub_host, &launch).await?;
         self.broker_launch = Some(launch);
         let hub_ip = network
             .address_of(hub_host)
@@ -789,6 +759,17 @@ impl HpcSite {
                 component: "tunnel broker".into(),
                 message: "it was never started".into(),
             })?;
+        self.launch_broker(network, http, hub_host, launch).await
+    }
+
+    /// Starts the broker and waits until it completes TLS handshakes.
+    async fn launch_broker(
+        &self,
+        network: &LocalNetwork,
+        http: &reqwest::Client,
+        hub_host: &str,
+        launch: &LaunchSpec,
+    ) -> Result<()> {
         let mut process = network.host(hub_host)?.start(launch)?;
         let check = ReadyCheck::TlsHandshake {
             host: hub_host.into(),
@@ -924,23 +905,7 @@ impl HpcSite {
             let replacement = ssh_dir.join(format!("{node}_replacement_host_key"));
             let _ = std::fs::remove_file(&replacement);
             let _ = std::fs::remove_file(replacement.with_extension("pub"));
-            let path = replacement.display().to_string();
-            run_tool(
-                "SSH keys",
-                "ssh-keygen",
-                &[
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    "replacement",
-                    "-f",
-                    &path,
-                ],
-            )
-            .await?;
+            ssh_keygen(&replacement, "replacement host key").await?;
             replacement
         } else {
             ssh_dir.join(format!("{node}_host_key"))
@@ -1273,36 +1238,32 @@ async fn run_tool(what: &str, program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// A fresh ed25519 key pair at `path` (private key 0600, by ssh-keygen).
+async fn ssh_keygen(path: &Path, comment: &str) -> Result<()> {
+    let path_text = path.display().to_string();
+    run_tool(
+        "SSH keys",
+        "ssh-keygen",
+        &[
+            "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", &path_text,
+        ],
+    )
+    .await
+    .map(|_| ())
+}
+
 async fn generate_ssh_material(dir: &Path, nodes: &[&String]) -> Result<SshMaterial> {
-    let keygen = |path: PathBuf, comment: String| async move {
-        let path_text = path.display().to_string();
-        run_tool(
-            "SSH keys",
-            "ssh-keygen",
-            &[
-                "-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f", &path_text,
-            ],
-        )
-        .await
-        .map(|_| path)
-    };
-    let broker_key = keygen(dir.join("broker_key"), "hubtrust tunnel broker".into()).await?;
-    let spawner_key = keygen(dir.join("spawner_key"), "hubtrust hub spawner".into()).await?;
-    let mut known = String::new();
-    for node in nodes {
-        let key = keygen(
-            dir.join(format!("{node}_host_key")),
-            format!("host key of {node}"),
-        )
-        .await?;
-        let public = std::fs::read_to_string(key.with_extension("pub"))
-            .map_err(|e| HarnessError::io("read a host key", e))?;
-        let mut fields = public.split_whitespace();
-        let (kind, blob) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-        known.push_str(&format!("{node} {kind} {blob}\n"));
-    }
+    let broker_key = dir.join("broker_key");
+    ssh_keygen(&broker_key, "hubtrust tunnel broker").await?;
+    let spawner_key = dir.join("spawner_key");
+    ssh_keygen(&spawner_key, "hubtrust hub spawner").await?;
     let known_hosts = dir.join("known_hosts");
-    write_with_mode(&known_hosts, known.as_bytes(), 0o644)?;
+    write_with_mode(&known_hosts, b"", 0o644)?;
+    for node in nodes {
+        let key = dir.join(format!("{node}_host_key"));
+        ssh_keygen(&key, &format!("host key of {node}")).await?;
+        append_known_host(&known_hosts, node, &key)?;
+    }
     Ok(SshMaterial {
         broker_key,
         spawner_key,

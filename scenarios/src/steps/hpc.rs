@@ -130,10 +130,7 @@ fn proxy_not_before(world: &Operator) -> String {
 
 #[then("every login node accepts the proxy's certificate on the lagging node, else the certificate's notBefore is flagged")]
 fn skewed_accepts(world: &mut Operator) -> anyhow::Result<()> {
-    let (_, views, env) = world
-        .hpc_lab_view
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    let (_, views, env) = lab_view(world)?;
     anyhow::ensure!(!views.is_empty(), "the lab tried no login node");
     let rejected: Vec<String> = views
         .iter()
@@ -152,10 +149,7 @@ fn skewed_accepts(world: &mut Operator) -> anyhow::Result<()> {
 
 #[then("the lagging node refuses the proxy's certificate as not yet valid, and the finding names its notBefore")]
 fn skewed_refuses(world: &mut Operator) -> anyhow::Result<()> {
-    let (_, views, _) = world
-        .hpc_lab_view
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    let (_, views, _) = lab_view(world)?;
     anyhow::ensure!(!views.is_empty(), "the lab tried no login node");
     let not_refused: Vec<String> = views
         .iter()
@@ -176,10 +170,7 @@ fn skewed_refuses(world: &mut Operator) -> anyhow::Result<()> {
 
 #[then("the lab runs as its own user and calls the hub through a login node")]
 fn lab_calls_through_login(world: &mut Operator) -> anyhow::Result<()> {
-    let (user, views, env) = world
-        .hpc_lab_view
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    let (user, views, env) = lab_view(world)?;
     let (_, expected_uid) = world.stack()?.hpc_staged_files(user)?;
     anyhow::ensure!(
         env.uid == expected_uid,
@@ -251,10 +242,7 @@ fn proxy_cert_lists_logins(world: &mut Operator) -> anyhow::Result<()> {
 
 #[then("every login node verifies with the lab's own client CA bundle")]
 fn every_login_verifies(world: &mut Operator) -> anyhow::Result<()> {
-    let (user, views, _) = world
-        .hpc_lab_view
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    let (user, views, _) = lab_view(world)?;
     let binds = world.stack()?.hpc_bind_addresses()?;
     anyhow::ensure!(
         views.len() == binds.len(),
@@ -469,15 +457,10 @@ async fn ask_restart(world: &mut Operator) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[when(expr = "the host key of {string} changes")]
-async fn host_key_changes(world: &mut Operator, node: String) -> anyhow::Result<()> {
-    world.stack()?.hpc_set_host_key(&node, true).await?;
-    Ok(())
-}
-
-#[when(expr = "the host key of {string} is restored")]
-async fn host_key_restored(world: &mut Operator, node: String) -> anyhow::Result<()> {
-    world.stack()?.hpc_set_host_key(&node, false).await?;
+#[when(regex = r#"^the host key of "([^"]+)" (changes|is restored)$"#)]
+async fn host_key(world: &mut Operator, node: String, what: String) -> anyhow::Result<()> {
+    let fresh = what == "changes";
+    world.stack()?.hpc_set_host_key(&node, fresh).await?;
     Ok(())
 }
 
@@ -519,15 +502,10 @@ async fn refuses_tunnel(world: &mut Operator, login: String, cause: String) -> a
     Ok(())
 }
 
-#[when(expr = "sshd on {string} stops")]
-async fn sshd_stops(world: &mut Operator, node: String) -> anyhow::Result<()> {
-    world.stack()?.hpc_set_sshd(&node, false).await?;
-    Ok(())
-}
-
-#[when(expr = "sshd on {string} starts again")]
-async fn sshd_starts(world: &mut Operator, node: String) -> anyhow::Result<()> {
-    world.stack()?.hpc_set_sshd(&node, true).await?;
+#[when(regex = r#"^sshd on "([^"]+)" (stops|starts again)$"#)]
+async fn sshd_state(world: &mut Operator, node: String, what: String) -> anyhow::Result<()> {
+    let running = what == "starts again";
+    world.stack()?.hpc_set_sshd(&node, running).await?;
     Ok(())
 }
 
@@ -574,6 +552,20 @@ fn lab_process_unchanged(world: &mut Operator) -> anyhow::Result<()> {
         "the lab of {user} was restarted: (pid, start) was {noted:?}, is {now:?}"
     );
     Ok(())
+}
+
+/// What the lab saw, from an earlier "looks at the hub" step.
+fn lab_view(
+    world: &Operator,
+) -> anyhow::Result<&(
+    String,
+    Vec<hubtrust_harness::hpc::checks::LoginNodeView>,
+    hubtrust_harness::hpc::checks::LabEnvironment,
+)> {
+    world
+        .hpc_lab_view
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the lab was not asked to look"))
 }
 
 fn first_user(world: &Operator) -> anyhow::Result<String> {
@@ -636,10 +628,7 @@ async fn reissue_from_new_ca(world: &mut Operator) -> anyhow::Result<()> {
     expr = "the lab's connection through {string} fails with a name mismatch and every other login node verifies"
 )]
 fn name_mismatch_there(world: &mut Operator, login: String) -> anyhow::Result<()> {
-    let (user, views, _) = world
-        .hpc_lab_view
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    let (user, views, _) = lab_view(world)?;
     let binds = world.stack()?.hpc_bind_addresses_of(&login)?;
     let mut saw_login = false;
     for view in views {
@@ -668,10 +657,7 @@ fn name_mismatch_there(world: &mut Operator, login: String) -> anyhow::Result<()
 
 #[then("no login node verifies with the lab's own client CA bundle")]
 fn none_verifies(world: &mut Operator) -> anyhow::Result<()> {
-    let (_, views, _) = world
-        .hpc_lab_view
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("the lab was not asked"))?;
+    let (_, views, _) = lab_view(world)?;
     anyhow::ensure!(!views.is_empty(), "the lab tried no login node");
     let verified: Vec<&str> = views
         .iter()
