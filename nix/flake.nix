@@ -24,6 +24,13 @@
           # User tools the enterprise profile runs inside the lab.
           pkgs.curl
           pkgs.git
+          # The HPC profile: sshd on login and compute nodes, ssh for the
+          # broker and spawner, tar for ca_certs.tar.gz, a lagging clock.
+          # On Nix, point $HUBTRUST_PYTHON at this python3 and run sshd as
+          # root; the HPC profile looks for sshd at /usr/sbin/sshd.
+          pkgs.openssh
+          pkgs.gnutar
+          pkgs.libfaketime
         ];
         hubtrust = pkgs.rustPlatform.buildRustPackage {
           pname = "hubtrust";
