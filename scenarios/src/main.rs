@@ -51,9 +51,20 @@ enum Command {
     /// Serve hubtrust's reference HPC tunnel broker (HPC stacks start it on
     /// the hub's host). The token comes from $HUBTRUST_BROKER_TOKEN.
     Broker {
-        /// The broker's JSON config (login nodes, SSH files, certificate).
-        #[arg(long)]
+        /// The broker's JSON config (login nodes, SSH files, certificate);
+        /// $HUBTRUST_BROKER_CONFIG when not given, as for a vendor's broker.
+        #[arg(long, env = "HUBTRUST_BROKER_CONFIG")]
         config: PathBuf,
+    },
+    /// Make the internal CAs an HPC site keeps and reuses: JupyterHub's own
+    /// `--generate-certs`, packed as ca_certs.tar.gz (mode 0600: it holds
+    /// the CA keys). Give it to a stack with `hpc.ca_certs`.
+    CaCerts {
+        /// Where to write ca_certs.tar.gz.
+        out: PathBuf,
+        /// A DNS name the internal certificates list besides the defaults.
+        #[arg(long, default_value = "hub.hubtrust.test")]
+        public_name: String,
     },
 }
 
@@ -117,6 +128,9 @@ fn main() -> ExitCode {
     if let Command::Broker { config } = &cli.command {
         return broker_command(config);
     }
+    if let Command::CaCerts { out, public_name } = &cli.command {
+        return ca_certs_command(out, public_name);
+    }
     if inside_private_namespace() {
         return run::inside(cli_command_inside(cli.command));
     }
@@ -135,7 +149,9 @@ fn main() -> ExitCode {
             Ok(()) => relaunch_inside(),
             Err(e) => usage_error(e),
         },
-        Command::Broker { .. } => unreachable!("served before the namespace check"),
+        Command::Broker { .. } | Command::CaCerts { .. } => {
+            unreachable!("served before the namespace check")
+        }
     }
 }
 
@@ -144,13 +160,33 @@ fn cli_command_inside(command: Command) -> run::Inside {
         Command::Run(args) => run::Inside::Run(args),
         Command::Up(args) => run::Inside::Up(args),
         Command::Bench(args) => run::Inside::Bench(args),
-        Command::Doctor | Command::List { .. } | Command::Broker { .. } => run::Inside::Nothing,
+        Command::Doctor
+        | Command::List { .. }
+        | Command::Broker { .. }
+        | Command::CaCerts { .. } => run::Inside::Nothing,
     }
 }
 
 fn usage_error(e: anyhow::Error) -> ExitCode {
     eprintln!("error: {e:#}");
     ExitCode::from(2)
+}
+
+fn ca_certs_command(out: &std::path::Path, public_name: &str) -> ExitCode {
+    let run = || -> anyhow::Result<()> {
+        let components = provision::ensure(&mut std::io::stderr())?;
+        tokio::runtime::Runtime::new()?.block_on(hubtrust_harness::hpc::make_ca_certs(
+            &components,
+            public_name,
+            out,
+        ))?;
+        println!("wrote {} (mode 0600)", out.display());
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => usage_error(e),
+    }
 }
 
 fn broker_command(config: &std::path::Path) -> ExitCode {

@@ -645,17 +645,8 @@ fn a_port_collision_on_a_login_node_is_named_with_the_broker_and_sshd_logs() {
         return;
     }
     let dir = scratch("hpc-collision");
-    let topology = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/topologies/hpc.toml");
-    let file = dir.join("stack.toml");
     // sshd itself listens on 22 on every login node.
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"collision\"\ntopology_file = {:?}\n[hpc]\nlogin_port = 22\n",
-            topology.display().to_string()
-        ),
-    )
-    .unwrap();
+    let file = hpc_stack_with(&dir, "login_port = 22");
     let id = run_id("hpc-collision");
     let out = hubtrust()
         .args(["run", "--tags", "@hpc", "--report"])
@@ -672,6 +663,106 @@ fn a_port_collision_on_a_login_node_is_named_with_the_broker_and_sshd_logs() {
         all.contains("broker:") && all.contains("sshd (login-1)"),
         "{all}"
     );
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An HPC stack file in `dir` with `extra` lines in its `[hpc]` table.
+fn hpc_stack_with(dir: &Path, extra: &str) -> PathBuf {
+    let topology = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/topologies/hpc.toml");
+    let file = dir.join("stack.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"hpc-variant\"\ntopology_file = {:?}\n[hpc]\n{extra}\n",
+            topology.display().to_string()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn a_vendor_broker_and_reused_ca_certs_pass_the_same_hpc_scenarios() {
+    if !real_root() {
+        return;
+    }
+    let dir = scratch("hpc-vendor");
+    // The operator's CAs, made once and kept (as a site keeps them in its
+    // vault), then reused by the stack.
+    let tarball = dir.join("ca_certs.tar.gz");
+    let made = hubtrust().arg("ca-certs").arg(&tarball).output().unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&tarball).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "ca_certs.tar.gz holds CA keys");
+    let unpacked = dir.join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let untar = Command::new("tar")
+        .arg("-xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    // A vendor's broker is any command serving the REST contract with the
+    // HUBTRUST_BROKER_* environment; hubtrust's own binary, started the
+    // vendor's way, stands in for one.
+    let file = hpc_stack_with(
+        &dir,
+        &format!(
+            "broker_command = [{:?}, \"broker\"]\nca_certs = {:?}",
+            env!("CARGO_BIN_EXE_hubtrust"),
+            tarball.display().to_string()
+        ),
+    );
+    let report = dir.join("report");
+    let id = run_id("hpc-vendor");
+    let out = hubtrust()
+        .args(["run", "--tags", "@hpc", "--keep", "--report"])
+        .arg(&report)
+        .arg("--stack")
+        .arg(&file)
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The stack's proxy-client-ca is the one from the tarball.
+    let kept = std::fs::read_dir(report.join("artifacts"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            e.path()
+                .join("hub/internal-ssl/proxy-client-ca/proxy-client-ca.crt")
+        })
+        .find(|p| p.exists())
+        .expect("the artifacts keep the internal CAs' certificates");
+    assert_eq!(
+        std::fs::read(kept).unwrap(),
+        std::fs::read(unpacked.join("proxy-client-ca/proxy-client-ca.crt")).unwrap()
+    );
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_vendor_broker_that_cannot_start_is_named_and_leaves_nothing() {
+    if !real_root() {
+        return;
+    }
+    let dir = scratch("hpc-bad-broker");
+    let file = hpc_stack_with(&dir, "broker_command = [\"false\"]");
+    let id = run_id("hpc-bad-broker");
+    let out = hubtrust()
+        .args(["run", "--tags", "@hpc", "--report"])
+        .arg(dir.join("report"))
+        .arg("--stack")
+        .arg(&file)
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    expect_usage_error(&out, "tunnel broker");
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

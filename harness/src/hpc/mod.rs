@@ -248,7 +248,9 @@ impl HpcSite {
         let internal = run_dir.join("hub").join("internal-ssl");
         match &spec.hpc.ca_certs {
             Some(tarball) => unpack_ca_certs(tarball, &internal).await?,
-            None => generate_internal_cas(spec, components, run_dir, &internal).await?,
+            None => {
+                generate_internal_cas(&spec.topology.public_name, components, &internal).await?
+            }
         }
         pack_ca_certs(&internal, &site.ca_certs).await?;
         let (cert, key) =
@@ -1301,24 +1303,42 @@ fn load_internal_ca(internal: &Path, name: &str) -> Result<CertificateAuthority>
 
 /// JupyterHub's own `--generate-certs`, before the hub starts: the CAs an
 /// operator keeps (and reuses) exist up front.
+/// `hubtrust ca-certs`: the internal CAs made once, packed for reuse.
+pub async fn make_ca_certs(components: &Components, public_name: &str, out: &Path) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("hubtrust-ca-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| HarnessError::io(format!("create {}", scratch.display()), e))?;
+    set_mode(&scratch, 0o700)?;
+    let internal = scratch.join("internal-ssl");
+    let made = async {
+        generate_internal_cas(public_name, components, &internal).await?;
+        pack_ca_certs(&internal, out).await
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    made
+}
+
 async fn generate_internal_cas(
-    spec: &StackSpec,
+    public_name: &str,
     components: &Components,
-    run_dir: &Path,
     internal: &Path,
 ) -> Result<()> {
-    let config = run_dir.join("hub").join("generate_certs_config.py");
+    let workdir = internal.parent().unwrap_or(internal).to_path_buf();
+    std::fs::create_dir_all(&workdir)
+        .map_err(|e| HarnessError::io(format!("create {}", workdir.display()), e))?;
+    let config = workdir.join("generate_certs_config.py");
     let text = format!(
         "c = get_config()  # noqa: F821\nc.JupyterHub.internal_ssl = True\nc.JupyterHub.internal_certs_location = {:?}\nc.JupyterHub.trusted_alt_names = [{:?}]\n",
         internal.display().to_string(),
-        format!("DNS:{}", spec.topology.public_name)
+        format!("DNS:{public_name}")
     );
     write_with_mode(&config, text.as_bytes(), 0o644)?;
     let jupyterhub = components.venv.join("bin").join("jupyterhub");
     let output = tokio::process::Command::new(&jupyterhub)
         .args(["--generate-certs", "-f"])
         .arg(&config)
-        .current_dir(run_dir.join("hub"))
+        .current_dir(&workdir)
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -1373,6 +1393,7 @@ async fn unpack_ca_certs(tarball: &Path, internal: &Path) -> Result<()> {
         &["-xzf", &tar_text, "-C", &internal_text],
     )
     .await?;
+    relocate_certipy_store(internal)?;
     for ca in ["hub-ca", "proxy-client-ca", "notebooks-ca"] {
         if !internal.join(ca).join(format!("{ca}.key")).is_file() {
             return Err(HarnessError::Provision {
@@ -1385,6 +1406,47 @@ async fn unpack_ca_certs(tarball: &Path, internal: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// certipy's store (`certipy.json`) records absolute paths, so a
+/// ca_certs.tar.gz made elsewhere points at files that are not there. Every
+/// recorded path is moved to the same `<name>/<file>` under `internal`.
+fn relocate_certipy_store(internal: &Path) -> Result<()> {
+    let store = internal.join("certipy.json");
+    let text = std::fs::read(&store).map_err(|e| HarnessError::Provision {
+        what: "hpc.ca_certs".into(),
+        message: format!("the tarball holds no certipy.json ({e}): not a ca_certs.tar.gz"),
+    })?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| HarnessError::Provision {
+            what: "hpc.ca_certs".into(),
+            message: format!("its certipy.json is not JSON: {e}"),
+        })?;
+    fn relocate(value: &mut serde_json::Value, internal: &Path) {
+        match value {
+            serde_json::Value::String(path) if path.starts_with('/') => {
+                let old = Path::new(path.as_str());
+                let (Some(file), Some(dir)) =
+                    (old.file_name(), old.parent().and_then(|p| p.file_name()))
+                else {
+                    return;
+                };
+                let moved = internal.join(dir).join(file);
+                if moved.exists() {
+                    *path = moved.display().to_string();
+                }
+            }
+            serde_json::Value::Object(map) => map.values_mut().for_each(|v| relocate(v, internal)),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| relocate(v, internal)),
+            _ => {}
+        }
+    }
+    relocate(&mut value, internal);
+    let text = serde_json::to_vec_pretty(&value).map_err(|e| HarnessError::Provision {
+        what: "hpc.ca_certs".into(),
+        message: e.to_string(),
+    })?;
+    write_with_mode(&store, &text, 0o600)
 }
 
 impl Drop for HpcSite {
