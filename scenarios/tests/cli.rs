@@ -766,3 +766,37 @@ fn a_vendor_broker_that_cannot_start_is_named_and_leaves_nothing() {
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_broken_tunnel_fails_the_scenario_with_the_brokers_and_sshds_last_lines() {
+    if !real_root() {
+        return;
+    }
+    let dir = scratch("hpc-broken-tunnel");
+    let features = dir.join("features");
+    std::fs::create_dir_all(&features).unwrap();
+    // The broker restarts and nobody asks it to re-create its tunnels.
+    std::fs::write(
+        features.join("broken.feature"),
+        "@hpc\nFeature: a broken tunnel\n  Scenario: the lab behind a broken tunnel\n    Given the JupyterHub stack is up with internal SSL\n    When the tunnel broker restarts\n    Then every user's lab answers through the proxy\n",
+    )
+    .unwrap();
+    let id = run_id("hpc-broken-tunnel");
+    let out = hubtrust()
+        .args(["run", "--tags", "@hpc", "--report"])
+        .arg(dir.join("report"))
+        .args(["--stack", "fixtures/stacks/hpc.toml", "--features"])
+        .arg(&features)
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("the tunnels' last log lines"), "{all}");
+    assert!(
+        all.contains("[tunnel broker]") && all.contains("[sshd (login-1)]"),
+        "{all}"
+    );
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

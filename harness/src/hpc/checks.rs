@@ -749,6 +749,32 @@ impl crate::Stack {
         Ok((tunnel_rate?, direct_rate))
     }
 
+    /// On an HPC stack, the broker's and every login node's sshd's last log
+    /// lines: what a failure that crossed a tunnel is explained by.
+    pub fn tunnel_log_tail(&self) -> Option<String> {
+        let site = self.hpc.as_ref()?;
+        let mut lines: Vec<String> = crate::process::last_lines(&site.broker_log, 8)
+            .into_iter()
+            .map(|l| format!("  [tunnel broker] {l}"))
+            .collect();
+        for login in site.all_login_nodes() {
+            let log = site
+                .dir
+                .parent()?
+                .join("logs")
+                .join(format!("sshd-{}.log", login.name));
+            lines.extend(
+                crate::process::last_lines(&log, 4)
+                    .into_iter()
+                    .map(|l| format!("  [sshd ({})] {l}", login.name)),
+            );
+        }
+        Some(format!(
+            "the tunnels' last log lines:\n{}",
+            lines.join("\n")
+        ))
+    }
+
     /// The proxy certificate's notBefore, as the inventory prints it.
     pub fn hpc_proxy_not_before(&self) -> Result<String> {
         let site = site(self)?;

@@ -60,9 +60,10 @@ async fn broker_reports_tunnels(world: &mut Operator) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             answer.status == 200 && answer.body["running"] == true,
-            "the broker says of {user}'s tunnel: HTTP {} {}",
+            "the broker says of {user}'s tunnel: HTTP {} {}\n{}",
             answer.status,
-            answer.body
+            answer.body,
+            world.stack()?.tunnel_log_tail().unwrap_or_default()
         );
     }
     Ok(())
@@ -76,7 +77,10 @@ async fn lab_looks(world: &mut Operator) -> anyhow::Result<()> {
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("no lab"))?;
-    let view = stack.hpc_lab_view(&user).await?;
+    let view = stack
+        .hpc_lab_view(&user)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", stack.tunnel_log_tail().unwrap_or_default()))?;
     world.hpc_lab_view = Some((user, view.0, view.1));
     Ok(())
 }

@@ -29,7 +29,11 @@ async fn every_lab_answers(world: &mut Operator) -> anyhow::Result<()> {
         let status = stack.get_via_proxy(&format!("/user/{user}/api")).await?;
         anyhow::ensure!(
             status == 200,
-            "the lab of {user} answered HTTP {status} through the proxy"
+            "the lab of {user} answered HTTP {status} through the proxy{}",
+            stack
+                .tunnel_log_tail()
+                .map(|t| format!("\n{t}"))
+                .unwrap_or_default()
         );
     }
     Ok(())
