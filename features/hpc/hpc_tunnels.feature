@@ -26,9 +26,12 @@ Feature: Labs on an HPC compute node, reached only through SSH tunnels
     Then every login node verifies with the lab's own client CA bundle
 
   Scenario: Every hop between hosts is TLS or SSH
+    # Login node to compute node is the one segment outside SSH: cleartext
+    # TCP by design, protected only by the lab's own TLS riding inside.
     Given every link between hosts is being captured
     When a user logs in, opens their lab and runs a notebook cell
     Then every flow that crosses hosts is TLS 1.2 or newer, or SSH
+    And the cleartext last hop between login and compute nodes carries only the lab's own TLS and SSH
     And no canary appears in plaintext on any link
 
   Scenario: Tunnel keys start, check and stop tunnels and never get a shell

@@ -243,6 +243,46 @@ mod tests {
     }
 }
 
+/// What crossed the cleartext last hop (login node ↔ compute node).
+#[derive(Debug, Clone, Default)]
+pub struct LastHop {
+    /// The lab's own TLS: login node → lab, and lab → login node's tunnel.
+    pub tls_to_lab: usize,
+    pub tls_to_login: usize,
+    pub ssh: usize,
+    /// Anything else, described.
+    pub other: Vec<String>,
+}
+
+impl crate::Stack {
+    /// Sorts every census flow between a login node and a compute node.
+    pub fn hpc_last_hop(&self, census: &crate::capture::WireCensus) -> Result<LastHop> {
+        let site = site(self)?;
+        let logins: Vec<String> = site.all_login_nodes().into_iter().map(|l| l.name).collect();
+        let is_login = |h: &str| logins.iter().any(|l| l == h);
+        let is_compute = |h: &str| site.compute_nodes.iter().any(|c| c == h);
+        let mut hop = LastHop::default();
+        for flow in &census.flows {
+            let (c, s) = (flow.client_host.as_str(), flow.server_host.as_str());
+            if !((is_login(c) && is_compute(s)) || (is_compute(c) && is_login(s))) {
+                continue;
+            }
+            let modern_tls = matches!(&flow.class, crate::capture::FlowClass::Tls { version, .. }
+                if version == "TLS 1.2" || version == "TLS 1.3");
+            match &flow.class {
+                crate::capture::FlowClass::Ssh { .. } if flow.server_port == 22 => hop.ssh += 1,
+                _ if modern_tls && is_compute(s) => hop.tls_to_lab += 1,
+                _ if modern_tls && is_login(s) && flow.server_port == site.login_port => {
+                    hop.tls_to_login += 1
+                }
+                crate::capture::FlowClass::Empty => {}
+                _ => hop.other.push(flow.describe()),
+            }
+        }
+        Ok(hop)
+    }
+}
+
 /// One reachability probe between HPC hosts and what the design expects.
 #[derive(Debug, Clone)]
 pub struct ReachFinding {

@@ -678,3 +678,25 @@ fn none_verifies(world: &mut Operator) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[then(
+    "the cleartext last hop between login and compute nodes carries only the lab's own TLS and SSH"
+)]
+async fn last_hop(world: &mut Operator) -> anyhow::Result<()> {
+    let census = crate::steps::wire::census(world).await?.clone();
+    let hop = world.stack()?.hpc_last_hop(&census)?;
+    anyhow::ensure!(
+        hop.other.is_empty(),
+        "on the last hop, besides the lab's TLS and SSH:\n  {}",
+        hop.other.join("\n  ")
+    );
+    // The hop must have carried the lab's traffic both ways, or this
+    // proved nothing.
+    anyhow::ensure!(
+        hop.tls_to_lab > 0 && hop.tls_to_login > 0,
+        "the last hop carried no TLS to the lab ({}) or to a login node's tunnel ({})",
+        hop.tls_to_lab,
+        hop.tls_to_login
+    );
+    Ok(())
+}

@@ -110,7 +110,9 @@ async fn send_plaintext_canary(world: &mut Operator) -> anyhow::Result<()> {
 }
 
 /// Stops the capture (once) and records the census in the report.
-async fn census(world: &mut Operator) -> anyhow::Result<&hubtrust_harness::capture::WireCensus> {
+pub async fn census(
+    world: &mut Operator,
+) -> anyhow::Result<&hubtrust_harness::capture::WireCensus> {
     if world.census.is_none() {
         let exceptions = world.stack()?.plaintext_exceptions();
         let capture = world
