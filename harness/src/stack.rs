@@ -645,6 +645,17 @@ impl Stack {
         self.labs.get(user).map(|l| l.ready_after)
     }
 
+    /// Every secret of the stack that must never reach a log or report:
+    /// the service and proxy tokens, the users' password, the broker's
+    /// token.
+    pub fn secrets(&self) -> Vec<&Secret> {
+        let mut all = vec![&self.service_token, &self.proxy_token, &self.user_password];
+        if let Some(site) = &self.hpc {
+            all.push(&site.broker_token);
+        }
+        all
+    }
+
     /// The HPC site of an HPC stack.
     pub fn hpc(&self) -> Option<&crate::hpc::HpcSite> {
         self.hpc.as_ref()

@@ -9,7 +9,7 @@ use hubtrust_harness::Stack;
 /// Copies the stack's evidence into `dest` and returns `dest`.
 pub fn keep(stack: &Stack, dest: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dest)?;
-    let secrets = [&stack.service_token, &stack.proxy_token];
+    let secrets = stack.secrets();
     copy_tree(&stack.run_dir, &stack.run_dir, dest, &|path, bytes| {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
