@@ -56,6 +56,33 @@ pub struct EnterpriseSection {
     pub runs: Vec<crate::enterprise::ToolRun>,
 }
 
+/// The HPC site as the run found it, and what labs saw of each login node.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct HpcSection {
+    pub login_nodes: Vec<HpcLoginNode>,
+    pub compute_nodes: Vec<String>,
+    /// The proxy's public certificate: its SANs and notBefore.
+    pub proxy_sans: Vec<String>,
+    pub proxy_not_before: String,
+    /// Per scenario that asked: one line per login node the lab tried.
+    pub lab_views: Vec<HpcLabView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HpcLoginNode {
+    pub name: String,
+    pub hub_facing: String,
+    pub bind_addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HpcLabView {
+    pub scenario: String,
+    pub bind: String,
+    pub tls: String,
+    pub hub_api_user: String,
+}
+
 /// One scenario's wire census.
 #[derive(Debug, Clone, Serialize)]
 pub struct WireSection {
@@ -100,6 +127,9 @@ pub struct RunReport {
     /// The enterprise discriminator: tool × target × bundle.
     #[serde(default)]
     pub enterprise: Option<EnterpriseSection>,
+    /// The HPC site: login nodes, the proxy's SANs, the labs' views.
+    #[serde(default)]
+    pub hpc: Option<HpcSection>,
     pub seconds: f64,
     /// Peak resident memory of the hubtrust process that ran the scenarios.
     pub peak_rss_kb: u64,
@@ -242,6 +272,32 @@ impl RunReport {
             if !e.runs.is_empty() {
                 md += "Each tool ran in the lab; a cell shows `ok` or the error class, in bold where it differs from the expected table.\n\n";
                 md += &crate::enterprise::table_markdown(&e.targets, &e.runs);
+            }
+        }
+        if let Some(h) = &self.hpc {
+            md += "\n## HPC site\n\n| login node | hub-facing | bind addresses (labs call) |\n|---|---|---|\n";
+            for l in &h.login_nodes {
+                md += &format!(
+                    "| {} | {} | {} |\n",
+                    l.name,
+                    l.hub_facing,
+                    l.bind_addresses.join(", ")
+                );
+            }
+            md += &format!(
+                "\nCompute nodes: {}. Proxy certificate notBefore {}; SANs: {}.\n",
+                h.compute_nodes.join(", "),
+                h.proxy_not_before,
+                h.proxy_sans.join(", ")
+            );
+            if !h.lab_views.is_empty() {
+                md += "\n| scenario | login node address | TLS from the lab | hub API says |\n|---|---|---|---|\n";
+                for v in &h.lab_views {
+                    md += &format!(
+                        "| {} | {} | {} | {} |\n",
+                        v.scenario, v.bind, v.tls, v.hub_api_user
+                    );
+                }
             }
         }
         for w in &self.wire {

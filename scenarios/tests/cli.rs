@@ -634,6 +634,13 @@ fn hpc_profile_passes_and_leaves_no_sshd_broker_or_lab() {
     // the compute links.
     assert!(md.contains("hub[hub] -->|\"SSH :22"), "{md}");
     assert!(md.contains("-->|\"TLS :8888"), "{md}");
+    // The HPC section shows what the lab saw, both outcomes included.
+    assert!(
+        md.contains("## HPC site") && md.contains("| login-3 |"),
+        "{md}"
+    );
+    assert!(md.contains("| name-mismatch |"), "{md}");
+    assert!(md.contains("certificate is not yet valid"), "{md}");
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
     std::fs::remove_dir_all(&report).unwrap();
 }

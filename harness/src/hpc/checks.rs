@@ -815,6 +815,31 @@ impl crate::Stack {
         ))
     }
 
+    /// The site as it stands, for the report.
+    pub fn hpc_report(&self) -> Result<crate::report::HpcSection> {
+        let site = site(self)?;
+        let (_, sans) = self.hpc_proxy_certificate()?;
+        Ok(crate::report::HpcSection {
+            login_nodes: site
+                .all_login_nodes()
+                .iter()
+                .map(|l| crate::report::HpcLoginNode {
+                    name: l.name.clone(),
+                    hub_facing: l.hub_facing.to_string(),
+                    bind_addresses: l
+                        .towards_compute
+                        .values()
+                        .map(|(bind, _)| bind.to_string())
+                        .collect(),
+                })
+                .collect(),
+            compute_nodes: site.compute_nodes.clone(),
+            proxy_sans: sans,
+            proxy_not_before: self.hpc_proxy_not_before()?,
+            lab_views: Vec::new(),
+        })
+    }
+
     /// The proxy certificate's notBefore, as the inventory prints it.
     pub fn hpc_proxy_not_before(&self) -> Result<String> {
         let site = site(self)?;

@@ -2,7 +2,7 @@
 //! contract. Each calls one harness API and asserts on its answer.
 
 use cucumber::{given, then, when};
-use hubtrust_harness::hpc::checks::{ReachFinding, SshRole};
+use hubtrust_harness::hpc::checks::{LabEnvironment, LoginNodeView, ReachFinding, SshRole};
 use hubtrust_harness::secret::Secret;
 
 use crate::world::Operator;
@@ -81,7 +81,7 @@ async fn lab_looks(world: &mut Operator) -> anyhow::Result<()> {
         .hpc_lab_view(&user)
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", stack.tunnel_log_tail().unwrap_or_default()))?;
-    world.hpc_lab_view = Some((user, view.0, view.1));
+    record_lab_view(world, (user, view.0, view.1));
     Ok(())
 }
 
@@ -89,7 +89,7 @@ async fn lab_looks(world: &mut Operator) -> anyhow::Result<()> {
 async fn lab_looks_on_node(world: &mut Operator) -> anyhow::Result<()> {
     let user = first_user(world)?;
     let view = world.stack()?.hpc_lab_view_on_node(&user, None).await?;
-    world.hpc_lab_view = Some((user, view.0, view.1));
+    record_lab_view(world, (user, view.0, view.1));
     Ok(())
 }
 
@@ -111,7 +111,7 @@ async fn lab_looks_skewed(world: &mut Operator, secs: u32) -> anyhow::Result<()>
         behind >= f64::from(secs) - 5.0,
         "the compute node's clock was only {behind:.1} s behind, not {secs} s"
     );
-    world.hpc_lab_view = Some((user, view.0, view.1));
+    record_lab_view(world, (user, view.0, view.1));
     Ok(())
 }
 
@@ -556,6 +556,26 @@ fn lab_process_unchanged(world: &mut Operator) -> anyhow::Result<()> {
         "the lab of {user} was restarted: (pid, start) was {noted:?}, is {now:?}"
     );
     Ok(())
+}
+
+/// Keeps what the lab saw in the run's report, with the site as it stands.
+fn record_lab_view(world: &mut Operator, view: (String, Vec<LoginNodeView>, LabEnvironment)) {
+    if let (Ok(mut report), Ok(stack)) = (crate::world::report().lock(), world.stack()) {
+        if let Ok(mut section) = stack.hpc_report() {
+            let earlier = report.hpc.take().map(|h| h.lab_views).unwrap_or_default();
+            section.lab_views = earlier;
+            section
+                .lab_views
+                .extend(view.1.iter().map(|v| hubtrust_harness::report::HpcLabView {
+                    scenario: world.scenario.clone(),
+                    bind: v.bind.clone(),
+                    tls: v.tls.clone(),
+                    hub_api_user: v.hub_api.clone(),
+                }));
+            report.hpc = Some(section);
+        }
+    }
+    world.hpc_lab_view = Some(view);
 }
 
 /// What the lab saw, from an earlier "looks at the hub" step.
