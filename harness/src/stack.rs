@@ -656,6 +656,21 @@ impl Stack {
         all
     }
 
+    /// Stops and discards the capture an HPC stack runs from its start
+    /// (benchmarks: recording every packet is not part of the system
+    /// under test). A later wire capture starts from then.
+    pub fn discard_start_up_capture(&self) {
+        let capture = self.life_capture.lock().ok().and_then(|mut c| c.take());
+        if let Some(capture) = capture {
+            let pcaps: Vec<PathBuf> = capture.captures.iter().map(|c| c.pcap.clone()).collect();
+            // Dropping the captures closes their wake pipes; the threads end.
+            drop(capture);
+            for pcap in pcaps {
+                let _ = std::fs::remove_file(pcap);
+            }
+        }
+    }
+
     /// The HPC site of an HPC stack.
     pub fn hpc(&self) -> Option<&crate::hpc::HpcSite> {
         self.hpc.as_ref()
