@@ -671,11 +671,6 @@ impl Stack {
         }
     }
 
-    /// The HPC site of an HPC stack.
-    pub fn hpc(&self) -> Option<&crate::hpc::HpcSite> {
-        self.hpc.as_ref()
-    }
-
     /// A client of the tunnel broker's REST contract (HPC stacks).
     pub fn broker(&self) -> Option<&crate::hpc::BrokerClient> {
         self.broker.as_ref()

@@ -56,6 +56,15 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// The first user with a lab: who the single-user steps act as.
+    pub fn first_user(&self) -> anyhow::Result<String> {
+        self.stack()?
+            .users()
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the stack has no user with a lab"))
+    }
+
     /// The stack, or a failure that says the Background never ran.
     pub fn stack(&self) -> anyhow::Result<&Stack> {
         self.stack.as_deref().ok_or_else(|| {

@@ -610,17 +610,31 @@ fn real_root() -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn hpc_profile_passes_and_leaves_no_sshd_broker_or_lab() {
-    let report = scratch("hpc-report");
-    let id = run_id("hpc");
+/// `hubtrust run --tags @hpc` on `stack`, reporting into `report`, with
+/// `extra` arguments; returns the output and the run id.
+fn hpc_run(
+    name: &str,
+    report: &Path,
+    stack: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> (Output, String) {
+    let id = run_id(name);
     let out = hubtrust()
         .args(["run", "--tags", "@hpc", "--report"])
-        .arg(&report)
-        .args(["--stack", "fixtures/stacks/hpc.toml"])
+        .arg(report)
+        .arg("--stack")
+        .arg(stack)
+        .args(extra)
         .env("HUBTRUST_RUN_ID", &id)
         .output()
         .unwrap();
+    (out, id)
+}
+
+#[test]
+fn hpc_profile_passes_and_leaves_no_sshd_broker_or_lab() {
+    let report = scratch("hpc-report");
+    let (out, id) = hpc_run("hpc", &report, Path::new("fixtures/stacks/hpc.toml"), &[]);
     if !real_root() {
         // Rootless, real sshd cannot run: the run must say so and stop.
         expect_usage_error(&out, "root");
@@ -654,15 +668,7 @@ fn a_port_collision_on_a_login_node_is_named_with_the_broker_and_sshd_logs() {
     let dir = scratch("hpc-collision");
     // sshd itself listens on 22 on every login node.
     let file = hpc_stack_with(&dir, "login_port = 22");
-    let id = run_id("hpc-collision");
-    let out = hubtrust()
-        .args(["run", "--tags", "@hpc", "--report"])
-        .arg(dir.join("report"))
-        .arg("--stack")
-        .arg(&file)
-        .env("HUBTRUST_RUN_ID", &id)
-        .output()
-        .unwrap();
+    let (out, id) = hpc_run("hpc-collision", &dir.join("report"), &file, &[]);
     expect_usage_error(&out, "login-1");
     let all = text(&out);
     assert!(all.contains("listen port 22"), "{all}");
@@ -725,15 +731,7 @@ fn a_vendor_broker_and_reused_ca_certs_pass_the_same_hpc_scenarios() {
         ),
     );
     let report = dir.join("report");
-    let id = run_id("hpc-vendor");
-    let out = hubtrust()
-        .args(["run", "--tags", "@hpc", "--keep", "--report"])
-        .arg(&report)
-        .arg("--stack")
-        .arg(&file)
-        .env("HUBTRUST_RUN_ID", &id)
-        .output()
-        .unwrap();
+    let (out, id) = hpc_run("hpc-vendor", &report, &file, &["--keep".as_ref()]);
     assert!(out.status.success(), "{}", text(&out));
     // The stack's proxy-client-ca is the one from the tarball.
     let kept = std::fs::read_dir(report.join("artifacts"))
@@ -760,15 +758,7 @@ fn a_vendor_broker_that_cannot_start_is_named_and_leaves_nothing() {
     }
     let dir = scratch("hpc-bad-broker");
     let file = hpc_stack_with(&dir, "broker_command = [\"false\"]");
-    let id = run_id("hpc-bad-broker");
-    let out = hubtrust()
-        .args(["run", "--tags", "@hpc", "--report"])
-        .arg(dir.join("report"))
-        .arg("--stack")
-        .arg(&file)
-        .env("HUBTRUST_RUN_ID", &id)
-        .output()
-        .unwrap();
+    let (out, id) = hpc_run("hpc-bad-broker", &dir.join("report"), &file, &[]);
     expect_usage_error(&out, "tunnel broker");
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -788,15 +778,12 @@ fn a_broken_tunnel_fails_the_scenario_with_the_brokers_and_sshds_last_lines() {
         "@hpc\nFeature: a broken tunnel\n  Scenario: the lab behind a broken tunnel\n    Given the JupyterHub stack is up with internal SSL\n    When the tunnel broker restarts\n    Then every user's lab answers through the proxy\n",
     )
     .unwrap();
-    let id = run_id("hpc-broken-tunnel");
-    let out = hubtrust()
-        .args(["run", "--tags", "@hpc", "--report"])
-        .arg(dir.join("report"))
-        .args(["--stack", "fixtures/stacks/hpc.toml", "--features"])
-        .arg(&features)
-        .env("HUBTRUST_RUN_ID", &id)
-        .output()
-        .unwrap();
+    let (out, id) = hpc_run(
+        "hpc-broken-tunnel",
+        &dir.join("report"),
+        Path::new("fixtures/stacks/hpc.toml"),
+        &["--features".as_ref(), features.as_os_str()],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let all = text(&out);
     assert!(all.contains("the tunnels' last log lines"), "{all}");

@@ -673,16 +673,9 @@ impl Broker {
         node: &LoginNode,
         record: &TunnelRecord,
     ) -> std::result::Result<(), ApiError> {
-        let spec = Self::forward_spec(record);
-        self.control(node, &["-O", "forward", "-L", &spec])
+        self.forward_op(node, record, "forward")
             .await
-            .map(|_| ())
-            .map_err(|e| {
-                ApiError(
-                    StatusCode::BAD_GATEWAY,
-                    format!("ssh -O forward -L {spec} via {} failed: {e}", node.name),
-                )
-            })
+            .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e))
     }
 
     async fn cancel_forward(
@@ -690,10 +683,21 @@ impl Broker {
         node: &LoginNode,
         record: &TunnelRecord,
     ) -> std::result::Result<(), String> {
+        self.forward_op(node, record, "cancel").await
+    }
+
+    /// `ssh -O <op> -L <spec>` on the node's master (`forward`, `cancel`).
+    async fn forward_op(
+        &self,
+        node: &LoginNode,
+        record: &TunnelRecord,
+        op: &str,
+    ) -> std::result::Result<(), String> {
         let spec = Self::forward_spec(record);
-        self.control(node, &["-O", "cancel", "-L", &spec])
+        self.control(node, &["-O", op, "-L", &spec])
             .await
             .map(|_| ())
+            .map_err(|e| format!("ssh -O {op} -L {spec} via {} failed: {e}", node.name))
     }
 
     /// `ssh -R` whose session is the login node's forced command `start`;
@@ -781,27 +785,27 @@ async fn monitor(broker: Arc<Broker>) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut running = broker.running.lock().await;
         broker.recover(&mut running).await;
-        let dead_masters: Vec<String> = running
-            .masters
-            .iter_mut()
-            .filter_map(|(n, c)| (!matches!(c.try_wait(), Ok(None))).then(|| n.clone()))
-            .collect();
-        for name in dead_masters {
-            running.masters.remove(&name);
+        for name in take_dead(&mut running.masters) {
             eprintln!("broker: ssh master to {name} died; its tunnels are down");
             running.down.insert(format!("ssh master to {name}"));
         }
-        let dead_remotes: Vec<String> = running
-            .remotes
-            .iter_mut()
-            .filter_map(|(n, c)| (!matches!(c.try_wait(), Ok(None))).then(|| n.clone()))
-            .collect();
-        for name in dead_remotes {
-            running.remotes.remove(&name);
+        for name in take_dead(&mut running.remotes) {
             eprintln!("broker: remote tunnel on {name} died");
             running.down.insert(format!("remote tunnel on {name}"));
         }
     }
+}
+
+/// Removes the children that have exited and names them.
+fn take_dead(children: &mut BTreeMap<String, Child>) -> Vec<String> {
+    let dead: Vec<String> = children
+        .iter_mut()
+        .filter_map(|(n, c)| (!matches!(c.try_wait(), Ok(None))).then(|| n.clone()))
+        .collect();
+    for name in &dead {
+        children.remove(name);
+    }
+    dead
 }
 
 impl Broker {

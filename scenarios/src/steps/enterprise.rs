@@ -20,15 +20,6 @@ fn merged_bundle(world: &Operator) -> anyhow::Result<&enterprise::MergeOutcome> 
     })
 }
 
-fn first_user(world: &Operator) -> anyhow::Result<String> {
-    world
-        .stack()?
-        .users()
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("the stack has no user"))
-}
-
 fn record(update: impl FnOnce(&mut EnterpriseSection)) {
     if let Ok(mut r) = report().lock() {
         update(r.enterprise.get_or_insert_with(Default::default));
@@ -56,7 +47,7 @@ fn merged_bundle_is_exact(world: &mut Operator) -> anyhow::Result<()> {
 #[then("the lab's environment points all five CA variables at the merged bundle")]
 async fn lab_environment_points_at_the_bundle(world: &mut Operator) -> anyhow::Result<()> {
     let merged = merged_bundle(world)?.merged.display().to_string();
-    let user = first_user(world)?;
+    let user = world.first_user()?;
     let code = format!(
         "import json, os\nprint('HUBTRUST-ENV ' + json.dumps({{v: os.environ.get(v) for v in {CA_VARIABLES:?}}}))"
     );
@@ -89,7 +80,7 @@ async fn run_the_discriminator(world: &mut Operator) -> anyhow::Result<()> {
         std::path::Path::new(enterprise::SYSTEM_STORE),
     );
     let targets = outbound.targets.clone();
-    let user = first_user(world)?;
+    let user = world.first_user()?;
     // Every tool bounds itself (40 s); the cell as a whole gets room for
     // the slowest of them, then fails with what it printed so far.
     let run = world
@@ -178,7 +169,7 @@ async fn lab_default_store(world: &mut Operator) -> anyhow::Result<()> {
     let outbound = outbound(world)?;
     let code = enterprise::default_store_probe_code(&outbound.targets);
     let targets = outbound.targets.clone();
-    let user = first_user(world)?;
+    let user = world.first_user()?;
     let run = world.stack()?.run_cell(&user, &code).await?;
     let line = run
         .stdout

@@ -72,11 +72,7 @@ async fn broker_reports_tunnels(world: &mut Operator) -> anyhow::Result<()> {
 #[when("the lab looks at the hub through every login node")]
 async fn lab_looks(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    let user = stack
-        .users()
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no lab"))?;
+    let user = world.first_user()?;
     let view = stack
         .hpc_lab_view(&user)
         .await
@@ -87,7 +83,7 @@ async fn lab_looks(world: &mut Operator) -> anyhow::Result<()> {
 
 #[when("the lab looks at the hub through every login node, from its compute node")]
 async fn lab_looks_on_node(world: &mut Operator) -> anyhow::Result<()> {
-    let user = first_user(world)?;
+    let user = world.first_user()?;
     let view = world.stack()?.hpc_lab_view_on_node(&user, None).await?;
     record_lab_view(world, (user, view.0, view.1));
     Ok(())
@@ -97,7 +93,7 @@ async fn lab_looks_on_node(world: &mut Operator) -> anyhow::Result<()> {
     expr = "the lab looks at the hub through every login node, from its compute node with its clock {int} seconds behind"
 )]
 async fn lab_looks_skewed(world: &mut Operator, secs: u32) -> anyhow::Result<()> {
-    let user = first_user(world)?;
+    let user = world.first_user()?;
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs_f64();
@@ -473,11 +469,7 @@ async fn tunnel_through(
     login: &str,
 ) -> anyhow::Result<hubtrust_harness::hpc::BrokerAnswer> {
     let stack = world.stack()?;
-    let user = stack
-        .users()
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no lab"))?;
+    let user = world.first_user()?;
     let request = stack.hpc_tunnel_request(&user, login)?;
     broker(world)?
         .post("/api/tunnel/", &request)
@@ -536,7 +528,7 @@ async fn accepts_tunnel(world: &mut Operator, login: String) -> anyhow::Result<(
 #[given("the lab's process is noted")]
 fn note_lab_process(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    let user = first_user(world)?;
+    let user = world.first_user()?;
     world.hpc_lab_process =
         Some(stack.hpc_lab_process(&user).ok_or_else(|| {
             anyhow::anyhow!("no lab process of {user} found on the compute node")
@@ -549,7 +541,7 @@ fn lab_process_unchanged(world: &mut Operator) -> anyhow::Result<()> {
     let noted = world
         .hpc_lab_process
         .ok_or_else(|| anyhow::anyhow!("the lab's process was not noted"))?;
-    let user = first_user(world)?;
+    let user = world.first_user()?;
     let now = world.stack()?.hpc_lab_process(&user);
     anyhow::ensure!(
         now == Some(noted),
@@ -590,15 +582,6 @@ fn lab_view(
         .hpc_lab_view
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("the lab was not asked to look"))
-}
-
-fn first_user(world: &Operator) -> anyhow::Result<String> {
-    world
-        .stack()?
-        .users()
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("the stack has no lab"))
 }
 
 #[when(expr = "login node {string} joins the site")]

@@ -28,11 +28,7 @@ async fn log_in_and_run_a_cell(world: &mut Operator) -> anyhow::Result<()> {
         .stack
         .clone()
         .ok_or_else(|| anyhow::anyhow!("no stack"))?;
-    let user = stack
-        .users()
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("the stack has no user"))?;
+    let user = world.first_user()?;
     let cookie = stack.log_in(&user).await?;
     world.canaries.push((
         "the hub API token".into(),
@@ -46,12 +42,7 @@ async fn log_in_and_run_a_cell(world: &mut Operator) -> anyhow::Result<()> {
 
 #[when("a user runs a notebook cell through the kernel websocket")]
 async fn run_a_cell_step(world: &mut Operator) -> anyhow::Result<()> {
-    let user = world
-        .stack()?
-        .users()
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("the stack has no user"))?;
+    let user = world.first_user()?;
     run_a_cell(world, &user).await
 }
 
