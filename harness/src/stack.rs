@@ -1395,8 +1395,12 @@ impl Stack {
             greeting.extend(b"NULL");
             greeting.resize(64, 0);
             let _ = stream.write_all(&greeting).await;
+            // The whole 64-byte greeting back (libzmq sends its signature
+            // first and the rest once it has seen ours), so the wire holds
+            // the server's version too.
             let mut answer = [0u8; 64];
-            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut answer)).await;
             reachable.push(format!("{channel} port {port} at {addr}"));
         }
         Ok(reachable)

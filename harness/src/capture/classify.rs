@@ -116,17 +116,22 @@ pub fn classify_streams(c: &[u8], s: &[u8]) -> FlowClass {
             }
         }
     }
-    // The server's greeting first: it names the version the peer speaks.
-    for stream in [s, c] {
-        // ZMTP 3 greeting: signature 0xFF, 8 bytes padding, 0x7F, version.
-        if stream.len() >= 10 && stream[0] == 0xff && stream[9] == 0x7f {
-            let version = match (stream.get(10), stream.get(11)) {
-                (Some(major), Some(minor)) => format!("{major}.{minor}"),
-                (Some(major), None) => format!("{major}.x"),
-                _ => "?".into(),
-            };
-            return FlowClass::Zmtp { version };
-        }
+    // ZMTP 3 greeting: signature 0xFF, 8 bytes padding, 0x7F, version. The
+    // server's greeting names the version the peer will speak, so it is
+    // preferred; but libzmq sends its signature before its version, and a
+    // peer that hangs up in between leaves only the client's version on the
+    // wire.
+    let is_zmtp = |stream: &[u8]| stream.len() >= 10 && stream[0] == 0xff && stream[9] == 0x7f;
+    if is_zmtp(s) || is_zmtp(c) {
+        let greetings = [s, c].into_iter().filter(|stream| is_zmtp(stream));
+        let complete = greetings
+            .clone()
+            .find_map(|g| Some(format!("{}.{}", g.get(10)?, g.get(11)?)));
+        let major_only = greetings
+            .clone()
+            .find_map(|g| Some(format!("{}.x", g.get(10)?)));
+        let version = complete.or(major_only).unwrap_or_else(|| "?".into());
+        return FlowClass::Zmtp { version };
     }
     FlowClass::Unknown {
         first_bytes: c
@@ -391,6 +396,11 @@ mod tests {
             "plaintext ZMTP 3.1"
         );
         assert!(!classify(&flow(&greeting, &greeting)).is_protected());
+        // The server hung up after its signature: the client's version counts.
+        assert_eq!(
+            classify(&flow(&greeting, &greeting[..10])).label(),
+            "plaintext ZMTP 3.1"
+        );
         assert!(matches!(
             classify(&flow(b"\x01\x02garbage", b"")),
             FlowClass::Unknown { .. }
