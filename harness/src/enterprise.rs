@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::backend::local::{Host, LocalNetwork};
+use crate::backend::local::{Host, StackNetwork};
 use crate::error::{HarnessError, Result};
 use crate::pki::{CertificateAuthority, OrgPki, Usage, Validity};
 use crate::probe::parse_certs;
@@ -104,7 +104,7 @@ pub struct EgressPlacement<'a> {
     pub internet_far_ip: Ipv4Addr,
     pub mitmdump: PathBuf,
     /// For the readiness check: the stack's network and HTTP client.
-    pub network: &'a LocalNetwork,
+    pub network: &'a StackNetwork,
     pub http: &'a reqwest::Client,
     /// A replacement for mitmproxy, from the stack file.
     pub command: Option<Vec<String>>,
@@ -310,7 +310,7 @@ async fn start_inspecting_proxy(
         cwd: dir.to_path_buf(),
         log: egress.log.clone(),
     };
-    let mut process = egress.host.start(&launch)?;
+    let mut process = egress.host.start(&launch).await?;
     let check = ReadyCheck::Tcp {
         host: egress.host.name.clone(),
         addr,

@@ -53,6 +53,8 @@ pub enum HarnessError {
     Probe { endpoint: String, message: String },
     #[error("call the hub API {call}: {message}")]
     HubApi { call: String, message: String },
+    #[error("{what}: {message}")]
+    Docker { what: String, message: String },
     #[error("{context}: {cause}")]
     Io {
         context: String,
@@ -80,6 +82,7 @@ impl HarnessError {
                 | Self::Provision { .. }
                 | Self::Network { .. }
                 | Self::PortInUse { .. }
+                | Self::Docker { .. }
         )
     }
 }

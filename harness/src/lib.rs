@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod enterprise;
 pub mod error;
 pub mod hpc;
+pub mod images;
 pub mod inventory;
 pub mod lab;
 pub mod matrix;

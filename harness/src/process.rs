@@ -64,6 +64,8 @@ pub struct ManagedProcess {
     pub log: PathBuf,
     child: Option<Child>,
     pgid: Option<Pid>,
+    /// Set instead of `child` for a process started in a container.
+    exec: Option<crate::backend::docker::ExecProcess>,
 }
 
 impl ManagedProcess {
@@ -103,16 +105,34 @@ impl ManagedProcess {
             log: spec.log.clone(),
             child: Some(child),
             pgid,
+            exec: None,
         })
+    }
+
+    /// A process the docker backend started in a container.
+    pub fn in_container(spec: &LaunchSpec, exec: crate::backend::docker::ExecProcess) -> Self {
+        Self {
+            name: spec.name.clone(),
+            log: spec.log.clone(),
+            child: None,
+            pgid: None,
+            exec: Some(exec),
+        }
     }
 
     /// If the process has exited, how.
     /// The process's id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(|c| c.id())
+        match &self.exec {
+            Some(exec) => exec.pid,
+            None => self.child.as_ref().and_then(|c| c.id()),
+        }
     }
 
     pub fn exit_status(&mut self) -> Option<String> {
+        if let Some(exec) = &self.exec {
+            return exec.exit_status();
+        }
         let child = self.child.as_mut()?;
         match child.try_wait() {
             Ok(Some(status)) => Some(status.to_string()),
@@ -128,6 +148,10 @@ impl ManagedProcess {
 
     /// SIGTERM to the group, up to `grace` for it to exit, then SIGKILL.
     pub async fn stop(mut self, grace: Duration) {
+        if let Some(exec) = self.exec.take() {
+            exec.stop(grace).await;
+            return;
+        }
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -149,6 +173,9 @@ impl ManagedProcess {
 
 impl Drop for ManagedProcess {
     fn drop(&mut self) {
+        if let Some(exec) = &self.exec {
+            exec.kill();
+        }
         if self.child.is_some() {
             if let Some(pgid) = self.pgid {
                 let _ = killpg(pgid, Signal::SIGKILL);

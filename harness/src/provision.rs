@@ -26,7 +26,7 @@ pub struct Components {
 }
 
 impl Components {
-    fn at(root: PathBuf) -> Self {
+    pub fn at(root: PathBuf) -> Self {
         Self {
             venv: root.join("venv"),
             node_modules: root.join("npm").join("node_modules"),

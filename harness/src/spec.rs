@@ -37,6 +37,21 @@ pub struct StackSpec {
     /// topology has login and compute nodes.
     #[serde(default)]
     pub hpc: HpcSpec,
+    /// The docker backend's images.
+    #[serde(default)]
+    pub docker: DockerSpec,
+}
+
+/// What the docker backend runs the stack's hosts from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSpec {
+    /// The image every host's container is made from (hub, proxy and lab
+    /// live in the hub's host). Unset: hubtrust's offline runtime image,
+    /// `hubtrust images build` makes it. A vendor's image must carry the
+    /// components at the paths the manifests name, or override commands.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// How the HPC path is run: the login nodes' tunnel port, the broker, the
@@ -159,6 +174,7 @@ impl Default for StackSpec {
             enterprise: None,
             topology_file: None,
             hpc: HpcSpec::default(),
+            docker: DockerSpec::default(),
         }
     }
 }
@@ -301,6 +317,25 @@ pub struct ComponentOverride {
 }
 
 impl StackSpec {
+    /// Why this stack cannot run on the docker backend yet, if it cannot.
+    pub fn docker_unsupported(&self) -> Option<&'static str> {
+        let topology = &self.topology;
+        if topology.hpc.is_some() {
+            Some("HPC login and compute nodes run on the local backend only so far")
+        } else if self.enterprise.is_some() {
+            Some("the enterprise profile's hosts run on the local backend only so far")
+        } else if topology.lab_host != topology.hub_host
+            || topology
+                .kernel_host
+                .as_ref()
+                .is_some_and(|k| *k != topology.lab_host)
+        {
+            Some("labs and kernels on a host other than the hub's run on the local backend only so far")
+        } else {
+            None
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).map_err(|cause| HarnessError::StackFileUnreadable {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::backend::local::{Host, LocalNetwork};
+use crate::backend::local::{Host, StackNetwork};
 use crate::backend::HostNetwork;
 use crate::component::{builtin, py, render, ComponentManifest};
 use crate::error::{HarnessError, Result};
@@ -102,7 +102,7 @@ pub struct Stack {
     pub proxy_token: Secret,
     /// The password every user logs in with (DummyAuthenticator).
     pub user_password: Secret,
-    pub(crate) network: LocalNetwork,
+    pub(crate) network: StackNetwork,
     hub: Option<ManagedProcess>,
     hub_log: PathBuf,
     org: OrgPki,
@@ -126,12 +126,24 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> HarnessError {
     move |e| HarnessError::io(context, e)
 }
 
+/// Where a stack's hosts are made.
+pub enum Backend {
+    /// Network namespaces inside hubtrust's private namespace.
+    Local,
+    /// A container per host, made from `image`, and a network per link.
+    Docker {
+        engine: crate::backend::docker::DockerEngine,
+        image: String,
+    },
+}
+
 impl Stack {
     /// Brings the stack up and waits until hub, proxy and every lab are
     /// ready. On error everything started so far is torn down.
     pub async fn up(
         spec: StackSpec,
         components: &Components,
+        backend: Backend,
         run_dir: &Path,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<Self> {
@@ -149,11 +161,15 @@ impl Stack {
 
         progress("generating the org PKI");
         let org = OrgPki::generate()?;
-        let network = LocalNetwork::build(
-            &crate::hpc::host_plans(&spec.topology, components),
-            &spec.topology.all_links(),
-        )
-        .await?;
+        let plans = crate::hpc::host_plans(&spec.topology, components);
+        let network = match backend {
+            Backend::Local => StackNetwork::build(&plans, &spec.topology.all_links()).await?,
+            Backend::Docker { engine, image } => {
+                progress(&format!("creating a container per host from {image}"));
+                StackNetwork::build_in_docker(engine, &image, &plans, &spec.topology.all_links())
+                    .await?
+            }
+        };
         // An HPC stack's tunnels are long-lived SSH connections opened
         // during start-up: capture every link from the start, so the wire
         // checks see them begin.
@@ -355,11 +371,14 @@ impl Stack {
             cwd: hub_dir.clone(),
             log: hub_log.clone(),
         };
+        // Docker hosts get the run directory (config, certificates, keys)
+        // copied in at the same path, modes kept.
+        host.copy_in(&run_dir).await?;
         progress(&format!(
             "starting jupyterhub {} on host `{hub_host}`",
             hub_manifest.version
         ));
-        let hub = host.start(&launch)?;
+        let hub = host.start(&launch).await?;
 
         let zoo_placeholder = Zoo {
             entries: Vec::new(),
@@ -394,6 +413,7 @@ impl Stack {
         stack
             .await_ready("configurable-http-proxy", &proxy_manifest.ready)
             .await?;
+        stack.copy_hub_files_out().await?;
 
         let hub_ca = stack.internal_ca(InternalCa::Hub)?;
         let zoo_dir = stack.run_dir.join("pki").join("zoo");
@@ -410,6 +430,23 @@ impl Stack {
         }
         progress("stack ready");
         Ok(stack)
+    }
+
+    /// On docker, leaves the run's containers and networks in place after
+    /// this stack is gone; returns the run id `hubtrust down` takes.
+    pub fn keep_docker_run(&self) -> Option<String> {
+        let run = self.network.docker.as_ref()?;
+        run.keep();
+        Some(run.engine().run.clone())
+    }
+
+    /// On docker, what the hub wrote (internal-ssl, the labs' certificates,
+    /// the cookie secret) is copied back here, where every check reads it.
+    async fn copy_hub_files_out(&self) -> Result<()> {
+        self.network
+            .host(&self.spec.topology.hub_host)?
+            .copy_out(&self.run_dir.join("hub"))
+            .await
     }
 
     /// A hub API failure is explained by the hub's log, which is gone once
@@ -495,6 +532,7 @@ impl Stack {
             .await?;
 
         let addr = self.lab_address(user).await?;
+        self.copy_hub_files_out().await?;
         let identity = self.lab_identity(user)?;
         self.labs.insert(
             user.to_string(),
@@ -1052,7 +1090,7 @@ impl WireCapture {
     }
 }
 
-fn host_addresses(network: &LocalNetwork) -> BTreeMap<Ipv4Addr, String> {
+fn host_addresses(network: &StackNetwork) -> BTreeMap<Ipv4Addr, String> {
     network
         .links
         .iter()
@@ -1060,7 +1098,7 @@ fn host_addresses(network: &LocalNetwork) -> BTreeMap<Ipv4Addr, String> {
         .collect()
 }
 
-async fn capture_links(network: &LocalNetwork, dir: &Path) -> Result<WireCapture> {
+async fn capture_links(network: &StackNetwork, dir: &Path) -> Result<WireCapture> {
     let mut captures = Vec::new();
     for link in &network.links {
         let host = network.host(&link.a.0)?;
@@ -1431,7 +1469,7 @@ impl Drop for Stack {
 fn place_kernels_on(
     kernel_host: &str,
     spec: &StackSpec,
-    network: &LocalNetwork,
+    network: &StackNetwork,
     components: &Components,
     run_dir: &Path,
     lab: &mut ComponentManifest,
@@ -1643,7 +1681,7 @@ fn hub_config_for(
 async fn start_outbound(
     spec: &StackSpec,
     org: &OrgPki,
-    network: &LocalNetwork,
+    network: &StackNetwork,
     http: &reqwest::Client,
     components: &Components,
     run_dir: &Path,

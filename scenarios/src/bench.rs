@@ -135,7 +135,7 @@ async fn measure_startup(args: &BenchArgs) -> anyhow::Result<()> {
             log: log.clone(),
         };
         let t0 = epoch();
-        let mut process = host.start(&launch)?;
+        let mut process = host.start(&launch).await?;
         let deadline = Instant::now() + Duration::from_secs(180);
         let ready_epoch = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -7,6 +7,7 @@ mod artifacts;
 mod bench;
 mod bench_hpc;
 mod bench_wire;
+mod docker;
 mod features;
 mod progress;
 mod run;
@@ -66,6 +67,40 @@ enum Command {
         #[arg(long, default_value = "hub.hubtrust.test")]
         public_name: String,
     },
+    /// The docker backend's images.
+    Images {
+        #[command(subcommand)]
+        action: ImagesAction,
+    },
+    /// Remove a docker run's containers, networks and volumes (a run kept
+    /// with --keep, or one whose reaper could not finish).
+    Down {
+        /// The run id hubtrust printed when the run started.
+        run: String,
+    },
+    /// The docker reaper (started by hubtrust itself): waits for its stdin
+    /// to close, then removes everything labelled with RUN.
+    #[command(hide = true)]
+    Reap { run: String },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum ImagesAction {
+    /// Build hubtrust's runtime image without any registry: Debian from its
+    /// mirror (debootstrap), the pinned PyPI and npm packages, `docker
+    /// import`. Reused while its inputs are unchanged.
+    Build,
+}
+
+/// Where a stack's hosts are made.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// Network namespaces in hubtrust's private namespace.
+    #[default]
+    Local,
+    /// A container per host and a network per link, on the docker daemon
+    /// at DOCKER_HOST or the default socket.
+    Docker,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -79,9 +114,13 @@ pub struct RunArgs {
     /// Directory for report.xml, report.json, report.md and artifacts.
     #[arg(long, default_value = "hubtrust-report")]
     pub report: PathBuf,
-    /// Keep every scenario's artifacts, not only failed ones.
+    /// Keep every scenario's artifacts, not only failed ones; on docker,
+    /// also keep a failed run's containers (`hubtrust down RUN` removes them).
     #[arg(long)]
     pub keep: bool,
+    /// Where the stack's hosts are made.
+    #[arg(long, value_enum, default_value_t)]
+    pub backend: BackendChoice,
     /// Directory of .feature files.
     #[arg(long)]
     pub features: Option<PathBuf>,
@@ -91,6 +130,9 @@ pub struct RunArgs {
 pub struct UpArgs {
     #[arg(long)]
     pub stack: Option<PathBuf>,
+    /// Where the stack's hosts are made.
+    #[arg(long, value_enum, default_value_t)]
+    pub backend: BackendChoice,
     /// Print tokens in full instead of masked.
     #[arg(long)]
     pub show_secrets: bool,
@@ -131,12 +173,31 @@ fn main() -> ExitCode {
     if let Command::CaCerts { out, public_name } = &cli.command {
         return ca_certs_command(out, public_name);
     }
+    match &cli.command {
+        Command::Reap { run } => return docker::reap_command(run),
+        Command::Down { run } => return docker::down_command(run),
+        Command::Images {
+            action: ImagesAction::Build,
+        } => return docker::images_build_command(),
+        _ => {}
+    }
     if inside_private_namespace() {
         return run::inside(cli_command_inside(cli.command));
     }
     match cli.command {
         Command::Doctor => doctor_command(),
         Command::List { features } => list_command(features),
+        // Containers are reached through this machine's network, and their
+        // reaper, not a private namespace, cleans up: docker runs stay out.
+        Command::Run(args) if args.backend == BackendChoice::Docker => {
+            match preflight_scenarios(&args) {
+                Ok(()) => run::inside(run::Inside::Run(args)),
+                Err(e) => usage_error(e),
+            }
+        }
+        Command::Up(args) if args.backend == BackendChoice::Docker => {
+            run::inside(run::Inside::Up(args))
+        }
         Command::Run(ref args) => match preflight_run(args) {
             Ok(()) => relaunch_inside(),
             Err(e) => usage_error(e),
@@ -149,7 +210,11 @@ fn main() -> ExitCode {
             Ok(()) => relaunch_inside(),
             Err(e) => usage_error(e),
         },
-        Command::Broker { .. } | Command::CaCerts { .. } => {
+        Command::Broker { .. }
+        | Command::CaCerts { .. }
+        | Command::Images { .. }
+        | Command::Down { .. }
+        | Command::Reap { .. } => {
             unreachable!("served before the namespace check")
         }
     }
@@ -163,7 +228,10 @@ fn cli_command_inside(command: Command) -> run::Inside {
         Command::Doctor
         | Command::List { .. }
         | Command::Broker { .. }
-        | Command::CaCerts { .. } => run::Inside::Nothing,
+        | Command::CaCerts { .. }
+        | Command::Images { .. }
+        | Command::Down { .. }
+        | Command::Reap { .. } => run::Inside::Nothing,
     }
 }
 
@@ -275,6 +343,12 @@ fn list_command(features: Option<PathBuf>) -> ExitCode {
 
 /// Everything that can be checked before any component starts.
 fn preflight_run(args: &RunArgs) -> anyhow::Result<()> {
+    preflight_scenarios(args)?;
+    preflight_stack(args.stack.as_ref())
+}
+
+/// The features exist and the tag expression selects some of them.
+fn preflight_scenarios(args: &RunArgs) -> anyhow::Result<()> {
     let dir = features::locate(args.features.as_deref());
     let scenarios = features::scenarios(&dir)?;
     let op = args
@@ -288,7 +362,7 @@ fn preflight_run(args: &RunArgs) -> anyhow::Result<()> {
         "the tag expression {:?} selects no scenario (fix: `hubtrust list` shows every scenario's tags)",
         args.tags.as_deref().unwrap_or("")
     );
-    preflight_stack(args.stack.as_ref())
+    Ok(())
 }
 
 fn preflight_stack(stack: Option<&PathBuf>) -> anyhow::Result<()> {

@@ -10,12 +10,13 @@ use cucumber::World as _;
 use hubtrust_harness::provision;
 use hubtrust_harness::report::RunReport;
 use hubtrust_harness::spec::StackSpec;
+use hubtrust_harness::stack::Backend;
 use hubtrust_harness::Stack;
 
 use crate::bench::peak_rss_kb;
 use crate::progress::ProgressWriter;
 use crate::world::{report, Operator, STACK};
-use crate::{artifacts, features, BenchArgs, RunArgs, UpArgs};
+use crate::{artifacts, features, BackendChoice, BenchArgs, RunArgs, UpArgs};
 
 pub enum Inside {
     Run(RunArgs),
@@ -100,13 +101,30 @@ fn load_spec(path: Option<&PathBuf>) -> anyhow::Result<StackSpec> {
 }
 
 pub async fn bring_up(spec: StackSpec, work: &Path) -> anyhow::Result<Stack> {
-    let components = provision::cached().ok_or_else(|| {
-        anyhow::anyhow!(
-            "components are not provisioned (fix: run `hubtrust doctor`, then `hubtrust run`)"
-        )
-    })?;
+    bring_up_on(spec, work, BackendChoice::Local).await
+}
+
+pub async fn bring_up_on(
+    spec: StackSpec,
+    work: &Path,
+    backend: BackendChoice,
+) -> anyhow::Result<Stack> {
     let progress = |line: &str| eprintln!("· {line}");
-    Ok(Stack::up(spec, &components, work, &progress).await?)
+    let (components, backend) = match backend {
+        BackendChoice::Local => {
+            let components = provision::cached().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "components are not provisioned (fix: run `hubtrust doctor`, then `hubtrust run`)"
+                )
+            })?;
+            (components, Backend::Local)
+        }
+        BackendChoice::Docker => (
+            hubtrust_harness::images::components_in_image(),
+            crate::docker::prepare(&spec).await?,
+        ),
+    };
+    Ok(Stack::up(spec, &components, backend, work, &progress).await?)
 }
 
 async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
@@ -137,7 +155,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
         }
     };
     let stack = tokio::select! {
-        stack = bring_up(spec, work.path()) => stack,
+        stack = bring_up_on(spec, work.path(), args.backend) => stack,
         _ = interrupts.recv() => {
             eprintln!("interrupted while the stack was starting; nothing was checked");
             return ExitCode::from(130);
@@ -207,11 +225,31 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
 
     // Teardown before reporting, so a report never describes a stack that
     // is still running.
+    let any_failed = results
+        .lock()
+        .map(|r| {
+            r.iter()
+                .any(|s| s.status != hubtrust_harness::report::Status::Passed)
+        })
+        .unwrap_or(true);
     let stack = STACK.lock().ok().and_then(|mut s| s.take());
     if let Some(stack) = stack {
-        match Arc::try_unwrap(stack) {
-            Ok(stack) => stack.shutdown().await,
-            Err(shared) => drop(shared),
+        let kept = (args.keep && any_failed)
+            .then(|| stack.keep_docker_run())
+            .flatten();
+        if let Some(run) = kept {
+            crate::docker::keep_run();
+            eprintln!(
+                "kept docker run {run} for inspection, its components still running (fix: `hubtrust down {run}` removes it)"
+            );
+            // Its processes live on in the containers; nothing here may
+            // stop them.
+            std::mem::forget(stack);
+        } else {
+            match Arc::try_unwrap(stack) {
+                Ok(stack) => stack.shutdown().await,
+                Err(shared) => drop(shared),
+            }
         }
     }
 
@@ -222,7 +260,11 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
     report.tool = format!("hubtrust {}", env!("CARGO_PKG_VERSION"));
     report.tags = args.tags.clone();
     report.stack = stack_name;
-    report.backend = "local".into();
+    report.backend = match args.backend {
+        BackendChoice::Local => "local",
+        BackendChoice::Docker => "docker",
+    }
+    .into();
     report.scenarios = results.lock().map(|r| r.clone()).unwrap_or_default();
     report.seconds = started.elapsed().as_secs_f64();
     report.peak_rss_kb = peak_rss_kb();
@@ -265,7 +307,7 @@ async fn up(args: UpArgs, interrupts: &mut Interrupts) -> ExitCode {
         }
     };
     let brought_up = tokio::select! {
-        stack = bring_up(spec, work.path()) => stack,
+        stack = bring_up_on(spec, work.path(), args.backend) => stack,
         _ = interrupts.recv() => {
             eprintln!("interrupted while the stack was starting");
             return ExitCode::from(130);

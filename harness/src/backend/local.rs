@@ -88,8 +88,11 @@ async fn run_ip(host: &str, wrapper: &[String], args: &[&str]) -> Result<()> {
 /// the host closes the anchor's stdin, it exits, and the namespace is freed.
 pub struct Host {
     pub name: String,
-    /// `None` for the operator's own namespace, which needs no anchor.
+    /// `None` for the operator's own namespace, which needs no anchor, and
+    /// for a docker host, whose container holds its namespaces.
     anchor: Option<Child>,
+    /// Set when the host is a container of the docker backend.
+    container: Option<ContainerHost>,
     netns: File,
     netns_path: String,
     /// Set when the host has its own mount namespace ([`HostFilesystem`]).
@@ -129,6 +132,15 @@ impl HostFilesystem {
     }
 }
 
+/// A docker host: its container, and the pid of the container's init as
+/// this machine sees it (the namespaces hubtrust enters).
+#[derive(Clone)]
+struct ContainerHost {
+    engine: super::docker::DockerEngine,
+    name: String,
+    pid: u32,
+}
+
 impl Host {
     /// The namespace hubtrust itself runs in, where the operator's tools
     /// (reqwest, the browser a developer points at `hubtrust up`) live.
@@ -139,6 +151,7 @@ impl Host {
         let host = Self {
             name: "operator".into(),
             anchor: None,
+            container: None,
             netns,
             netns_path,
             mntns_path: None,
@@ -205,12 +218,59 @@ impl Host {
         let host = Self {
             name: name.into(),
             anchor: Some(anchor),
+            container: None,
             netns,
             netns_path,
             mntns_path: filesystem.map(|_| format!("/proc/{pid}/ns/mnt")),
         };
         run_ip(name, &host.wrapper(), &["link", "set", "lo", "up"]).await?;
         Ok(host)
+    }
+
+    /// A running container of the docker backend as a host: its network
+    /// and mount namespaces are entered through its init's pid.
+    pub fn in_container(
+        name: &str,
+        engine: &super::docker::DockerEngine,
+        container: &str,
+        pid: u32,
+    ) -> Result<Self> {
+        let netns_path = format!("/proc/{pid}/ns/net");
+        let netns = File::open(&netns_path).map_err(|e| HarnessError::Docker {
+            what: format!("enter container {container}"),
+            message: format!(
+                "{e} (fix: the docker backend enters containers' namespaces, so it needs root and the daemon on this machine)"
+            ),
+        })?;
+        Ok(Self {
+            name: name.into(),
+            anchor: None,
+            container: Some(ContainerHost {
+                engine: engine.clone(),
+                name: container.into(),
+                pid,
+            }),
+            netns,
+            netns_path,
+            mntns_path: Some(format!("/proc/{pid}/ns/mnt")),
+        })
+    }
+
+    /// Copies `dir` into the host at the same path. Hosts of the local
+    /// backend share the operator's filesystem, so there it is a no-op.
+    pub async fn copy_in(&self, dir: &Path) -> Result<()> {
+        match &self.container {
+            Some(c) => c.engine.copy_in(&c.name, dir).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Copies `dir` of the host back to the same path here (no-op locally).
+    pub async fn copy_out(&self, dir: &Path) -> Result<()> {
+        match &self.container {
+            Some(c) => c.engine.copy_out(&c.name, dir).await,
+            None => Ok(()),
+        }
     }
 
     /// The argv prefix that runs a program inside this host.
@@ -250,11 +310,22 @@ impl Host {
     }
 
     pub fn anchor_pid(&self) -> Option<u32> {
-        self.anchor.as_ref().and_then(Child::id)
+        match &self.container {
+            Some(c) => Some(c.pid),
+            None => self.anchor.as_ref().and_then(Child::id),
+        }
     }
 
-    pub fn start(&self, spec: &LaunchSpec) -> Result<ManagedProcess> {
-        ManagedProcess::start(spec, &self.wrapper_in(Some(&spec.cwd)))
+    /// Starts a component in this host: through its namespaces locally,
+    /// by exec in its container on docker.
+    pub async fn start(&self, spec: &LaunchSpec) -> Result<ManagedProcess> {
+        match &self.container {
+            Some(c) => Ok(ManagedProcess::in_container(
+                spec,
+                c.engine.exec(&c.name, spec).await?,
+            )),
+            None => ManagedProcess::start(spec, &self.wrapper_in(Some(&spec.cwd))),
+        }
     }
 
     /// Connects to `addr` from inside this host. A short-lived thread enters
@@ -399,10 +470,13 @@ pub fn next_link_index() -> Result<u8> {
     })
 }
 
-/// The hosts and links of one stack on the local backend.
-pub struct LocalNetwork {
+/// The hosts and links of one stack.
+pub struct StackNetwork {
     pub hosts: BTreeMap<String, Host>,
     pub links: Vec<Link>,
+    /// On the docker backend, the run whose containers and networks these
+    /// are; dropping it removes them.
+    pub docker: Option<super::docker::DockerRun>,
 }
 
 /// How one host of a stack is made.
@@ -427,13 +501,14 @@ impl HostPlan {
     }
 }
 
-impl LocalNetwork {
+impl StackNetwork {
     /// One namespace per host, linked to the operator's namespace where the
     /// plan says so, plus the direct host-to-host `extra_links`.
     pub async fn build(plans: &[HostPlan], extra_links: &[[String; 2]]) -> Result<Self> {
         let mut network = Self {
             hosts: BTreeMap::new(),
             links: Vec::new(),
+            docker: None,
         };
         network
             .hosts
@@ -526,7 +601,7 @@ impl LocalNetwork {
     }
 }
 
-impl super::HostNetwork for LocalNetwork {
+impl super::HostNetwork for StackNetwork {
     async fn connect_from(&self, host: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
         let host = self.hosts.get(host).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, format!("no host `{host}`"))

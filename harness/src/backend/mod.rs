@@ -2,6 +2,7 @@
 //! docker or kind backend implements the same [`HostNetwork`] surface so
 //! that `Stack`, and everything above it, stays unchanged.
 
+pub mod docker;
 pub mod local;
 
 use std::net::SocketAddr;

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use serde::Deserialize;
 
 use super::HpcSite;
-use crate::backend::local::LocalNetwork;
+use crate::backend::local::StackNetwork;
 use crate::error::{HarnessError, Result};
 
 /// Whose SSH key a command is run with.
@@ -64,7 +64,7 @@ impl HpcSite {
     /// `command = None` asks for a shell.
     pub async fn ssh(
         &self,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         hub_host: &str,
         role: SshRole,
         node: &str,
@@ -123,7 +123,7 @@ impl HpcSite {
     /// them (through its own mount namespace).
     pub fn staged_files(
         &self,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         compute: &str,
         user: &str,
     ) -> Result<Vec<StagedFile>> {

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::local::{next_link_index, Host, HostFilesystem, HostPlan, Link, LocalNetwork};
+use crate::backend::local::{next_link_index, Host, HostFilesystem, HostPlan, Link, StackNetwork};
 use crate::error::{HarnessError, Result};
 use crate::pki::{write_with_mode, CertificateAuthority, OrgPki, Usage, Validity};
 use crate::process::{LaunchSpec, ManagedProcess};
@@ -171,7 +171,7 @@ impl HpcSite {
     /// because it needs the hub host's address only.
     pub async fn prepare(
         spec: &StackSpec,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         components: &Components,
         http: &reqwest::Client,
         run_dir: &Path,
@@ -293,7 +293,7 @@ impl HpcSite {
     pub async fn add_login_node(
         &self,
         name: &str,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         http: &reqwest::Client,
         spec: &StackSpec,
         broker: &BrokerClient,
@@ -372,7 +372,7 @@ impl HpcSite {
     pub fn reissue_proxy_cert(
         &self,
         spec: &StackSpec,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         binds: &[Ipv4Addr],
         other_ca: Option<&CertificateAuthority>,
         validity: Validity,
@@ -406,7 +406,7 @@ impl HpcSite {
     pub fn issue_proxy_cert(
         &self,
         spec: &StackSpec,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         internal: &Path,
         binds: &[Ipv4Addr],
     ) -> Result<(PathBuf, PathBuf)> {
@@ -418,7 +418,7 @@ impl HpcSite {
         &self,
         ca: &CertificateAuthority,
         spec: &StackSpec,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         binds: &[Ipv4Addr],
         validity: Validity,
     ) -> Result<(PathBuf, PathBuf)> {
@@ -470,7 +470,7 @@ impl HpcSite {
     async fn start_sshd(
         &mut self,
         node: &str,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         http: &reqwest::Client,
     ) -> Result<()> {
         let login = self.login_nodes.iter().find(|l| l.name == node).cloned();
@@ -595,7 +595,7 @@ impl HpcSite {
     pub async fn start_broker(
         &mut self,
         spec: &StackSpec,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         org: &OrgPki,
         http: &reqwest::Client,
         env: BTreeMap<String, String>,
@@ -746,7 +746,7 @@ impl HpcSite {
     /// it comes back knowing its tunnels (state file) but running none.
     pub async fn restart_broker(
         &self,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         http: &reqwest::Client,
         hub_host: &str,
     ) -> Result<()> {
@@ -767,12 +767,12 @@ impl HpcSite {
     /// Starts the broker and waits until it completes TLS handshakes.
     async fn launch_broker(
         &self,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         http: &reqwest::Client,
         hub_host: &str,
         launch: &LaunchSpec,
     ) -> Result<()> {
-        let mut process = network.host(hub_host)?.start(launch)?;
+        let mut process = network.host(hub_host)?.start(launch).await?;
         let check = ReadyCheck::TlsHandshake {
             host: hub_host.into(),
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, self.broker_port)),
@@ -815,7 +815,7 @@ impl HpcSite {
     /// with its pinned host key.
     pub async fn restore_sshds(
         &self,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         http: &reqwest::Client,
     ) -> Result<()> {
         let disturbed: Vec<String> = self
@@ -832,7 +832,7 @@ impl HpcSite {
     /// Stops `node`'s sshd and every session it holds (each session's
     /// sshd runs in a session of its own, beyond the listener's group), as
     /// a crashed login node would.
-    pub async fn stop_sshd(&self, network: &LocalNetwork, node: &str) {
+    pub async fn stop_sshd(&self, network: &StackNetwork, node: &str) {
         if let Ok(mut disturbed) = self.disturbed_sshd.lock() {
             disturbed.insert(node.to_string());
         }
@@ -867,7 +867,7 @@ impl HpcSite {
     /// Starts `node`'s sshd again, as it was first started.
     pub async fn start_sshd_again(
         &self,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         http: &reqwest::Client,
         node: &str,
     ) -> Result<()> {
@@ -896,7 +896,7 @@ impl HpcSite {
     /// restarts its sshd. Clients keep the pinned key in known_hosts.
     pub async fn set_host_key(
         &self,
-        network: &LocalNetwork,
+        network: &StackNetwork,
         http: &reqwest::Client,
         node: &str,
         fresh: bool,
@@ -1150,7 +1150,7 @@ async fn launch_sshd(
     http: &reqwest::Client,
     launch: &LaunchSpec,
 ) -> Result<ManagedProcess> {
-    let mut process = host.start(launch)?;
+    let mut process = host.start(launch).await?;
     let check = ReadyCheck::Tcp {
         host: host.name.clone(),
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 22)),
@@ -1185,7 +1185,7 @@ fn find_process(matches: impl Fn(&[String]) -> bool) -> Option<u32> {
 fn login_node_infos(
     topology: &Topology,
     nodes: &HpcNodes,
-    network: &LocalNetwork,
+    network: &StackNetwork,
 ) -> Result<Vec<LoginNodeInfo>> {
     nodes
         .login_nodes

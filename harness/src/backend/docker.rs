@@ -1,0 +1,769 @@
+//! The docker backend: each host of a topology is a container, each link a
+//! user-defined network (internal, so it routes nowhere else), every object
+//! labelled with the run it belongs to. Talks to the daemon through bollard,
+//! at `DOCKER_HOST` or the default socket.
+//!
+//! Probes and readiness checks open their connections from inside a host by
+//! entering the container's network namespace, exactly as on the local
+//! backend; that needs the daemon on this machine and root.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkingConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+
+use crate::error::{HarnessError, Result};
+use crate::process::LaunchSpec;
+
+/// The label every container, network and volume of a run carries.
+pub const RUN_LABEL: &str = "hubtrust.run";
+
+/// A connection to the daemon, scoped to one run.
+#[derive(Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    pub run: String,
+}
+
+fn docker_error(what: impl Into<String>, e: impl std::fmt::Display) -> HarnessError {
+    HarnessError::Docker {
+        what: what.into(),
+        message: e.to_string(),
+    }
+}
+
+/// Docker answers 409 when a name is taken.
+fn is_conflict(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            ..
+        }
+    )
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl DockerEngine {
+    /// Connects to `DOCKER_HOST`, else the default socket, and checks that a
+    /// daemon answers.
+    pub async fn connect(run: &str) -> Result<Self> {
+        let at =
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        let no_daemon = |e: &dyn std::fmt::Display| {
+            HarnessError::MissingPrerequisite {
+            what: "a docker daemon".into(),
+            why: format!("nothing answers at {at}: {e}"),
+            fix: "start one (`dockerd &`, or `systemctl start docker`), or point DOCKER_HOST at yours".into(),
+        }
+        };
+        let docker = Docker::connect_with_defaults().map_err(|e| no_daemon(&e))?;
+        let docker = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            docker.negotiate_version(),
+        )
+        .await
+        .map_err(|_| no_daemon(&"no answer within 10 s"))?
+        .map_err(|e| no_daemon(&e))?;
+        docker.ping().await.map_err(|e| no_daemon(&e))?;
+        Ok(Self {
+            docker,
+            run: run.into(),
+        })
+    }
+
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn labels(&self, host: Option<&str>) -> HashMap<String, String> {
+        let mut labels = HashMap::from([(RUN_LABEL.to_string(), self.run.clone())]);
+        if let Some(host) = host {
+            labels.insert("hubtrust.host".into(), host.into());
+        }
+        labels
+    }
+
+    /// The object name of `what` in this run.
+    pub fn name(&self, what: &str) -> String {
+        format!("hubtrust-{}-{what}", self.run)
+    }
+
+    /// Fails with the fix when `image` is not in the daemon.
+    pub async fn require_image(&self, image: &str) -> Result<()> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(HarnessError::MissingPrerequisite {
+                what: format!("docker image {image}"),
+                why: "the daemon does not have it".into(),
+                fix: "run `hubtrust images build` (offline), or `docker pull` it, or name another image in the stack file's [docker] section".into(),
+            }),
+            Err(e) => Err(docker_error(format!("inspect image {image}"), e)),
+        }
+    }
+
+    /// A network for one link. `internal` networks reach nothing beyond
+    /// their members; the others are bridged to this machine, which plays
+    /// the operator. Returns the operator's (gateway) address on it.
+    pub async fn create_network(&self, link: &str, internal: bool) -> Result<Option<Ipv4Addr>> {
+        let name = self.name(link);
+        let request = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(internal),
+            labels: Some(self.labels(None)),
+            ..Default::default()
+        };
+        let clash = || {
+            HarnessError::Docker {
+            what: format!("create network {name}"),
+            message: "a network of that name already exists (fix: `hubtrust down <run>` removes a kept run's objects, or `docker network rm` it)".into(),
+        }
+        };
+        // Docker itself lets two networks share a name (and then cannot
+        // tell them apart), so the name is checked first.
+        let same_name = HashMap::from([("name".to_string(), vec![name.clone()])]);
+        let existing = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&same_name)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| docker_error("list networks", e))?;
+        if existing
+            .iter()
+            .any(|n| n.name.as_deref() == Some(name.as_str()))
+        {
+            return Err(clash());
+        }
+        let id = match self.docker.create_network(request).await {
+            Ok(created) => created.id,
+            Err(e) if is_conflict(&e) => return Err(clash()),
+            Err(e) => return Err(docker_error(format!("create network {name}"), e)),
+        };
+        let inspected = self
+            .docker
+            .inspect_network(
+                &id,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .map_err(|e| docker_error(format!("inspect network {name}"), e))?;
+        let gateway = inspected
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.gateway?.parse().ok());
+        Ok(if internal { None } else { gateway })
+    }
+
+    /// Creates and starts the container for `host` on its first network.
+    /// It only keeps the host alive; components are started in it by exec.
+    pub async fn create_host(
+        &self,
+        host: &str,
+        image: &str,
+        first_network: &str,
+    ) -> Result<String> {
+        let name = self.name(host);
+        let body = ContainerCreateBody {
+            image: Some(image.into()),
+            hostname: Some(host.into()),
+            cmd: Some(vec!["sleep".into(), "infinity".into()]),
+            labels: Some(self.labels(Some(host))),
+            host_config: Some(HostConfig {
+                // docker-init reaps the orphans components leave behind.
+                init: Some(true),
+                network_mode: Some(self.name(first_network)),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    self.name(first_network),
+                    EndpointSettings::default(),
+                )])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        match self.docker.create_container(Some(options), body).await {
+            Ok(_) => {}
+            Err(e) if is_conflict(&e) => {
+                return Err(HarnessError::Docker {
+                    what: format!("create container {name}"),
+                    message: "a container of that name already exists (fix: `hubtrust down <run>`, or `docker rm -f` it)".into(),
+                })
+            }
+            Err(e) => return Err(docker_error(format!("create container {name} from {image}"), e)),
+        }
+        self.docker
+            .start_container(&name, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(|e| HarnessError::Docker {
+                what: format!("start container {name} from {image}"),
+                message: format!(
+                    "{e} (fix: the image's entrypoint must be able to run `sleep infinity`; check the image named in the stack file's [docker] section)"
+                ),
+            })?;
+        Ok(name)
+    }
+
+    /// Attaches a running container to another link's network.
+    pub async fn attach(&self, container: &str, link: &str) -> Result<()> {
+        let request = NetworkConnectRequest {
+            container: container.into(),
+            endpoint_config: Some(EndpointSettings::default()),
+        };
+        self.docker
+            .connect_network(&self.name(link), request)
+            .await
+            .map_err(|e| docker_error(format!("attach {container} to {}", self.name(link)), e))
+    }
+
+    /// The container's main pid on this machine and its address per link.
+    pub async fn inspect_host(&self, container: &str) -> Result<(u32, HashMap<String, Ipv4Addr>)> {
+        let inspected = self
+            .docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(|e| docker_error(format!("inspect container {container}"), e))?;
+        let state = inspected.state.unwrap_or_default();
+        let pid = state
+            .pid
+            .filter(|pid| *pid > 0 && state.running == Some(true))
+            .ok_or_else(|| HarnessError::Docker {
+                what: format!("start container {container}"),
+                message: format!(
+                    "it is not running ({}) (fix: the image's entrypoint must be able to run `sleep infinity`; `docker logs {container}` while the run is kept shows why it ended)",
+                    state.error.filter(|e| !e.is_empty()).unwrap_or_else(|| format!("exit code {}", state.exit_code.unwrap_or(-1)))
+                ),
+            })?;
+        let prefix = format!("hubtrust-{}-", self.run);
+        let addresses = inspected
+            .network_settings
+            .and_then(|s| s.networks)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(network, endpoint)| {
+                let link = network.strip_prefix(&prefix)?.to_string();
+                Some((link, endpoint.ip_address?.parse().ok()?))
+            })
+            .collect();
+        Ok((pid as u32, addresses))
+    }
+
+    /// Copies `dir` of this machine into the container at the same path,
+    /// owners and modes as they are here (a 0600 key stays 0600).
+    pub async fn copy_in(&self, container: &str, dir: &Path) -> Result<()> {
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        let name = dir.file_name().map(Path::new).unwrap_or(Path::new("."));
+        let mut archive = tar::Builder::new(Vec::new());
+        archive.follow_symlinks(false);
+        archive
+            .append_dir_all(name, dir)
+            .map_err(|e| HarnessError::io(format!("pack {}", dir.display()), e))?;
+        let tar = archive
+            .into_inner()
+            .map_err(|e| HarnessError::io(format!("pack {}", dir.display()), e))?;
+        self.mkdir(container, parent).await?;
+        let options = UploadToContainerOptionsBuilder::default()
+            .path(&parent.display().to_string())
+            .build();
+        self.docker
+            .upload_to_container(container, Some(options), bollard::body_full(tar.into()))
+            .await
+            .map_err(|e| docker_error(format!("copy {} into {container}", dir.display()), e))
+    }
+
+    /// Copies `dir` of the container back to the same path here, replacing
+    /// files of the same names, modes as they are in the container.
+    pub async fn copy_out(&self, container: &str, dir: &Path) -> Result<()> {
+        let options = DownloadFromContainerOptionsBuilder::default()
+            .path(&dir.display().to_string())
+            .build();
+        let mut stream = self
+            .docker
+            .download_from_container(container, Some(options));
+        let mut tar = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            tar.extend_from_slice(&chunk.map_err(|e| {
+                docker_error(format!("copy {} out of {container}", dir.display()), e)
+            })?);
+        }
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        let mut archive = tar::Archive::new(tar.as_slice());
+        archive.set_preserve_permissions(true);
+        archive.set_overwrite(true);
+        archive
+            .unpack(parent)
+            .map_err(|e| HarnessError::io(format!("unpack {} from {container}", dir.display()), e))
+    }
+
+    async fn mkdir(&self, container: &str, dir: &Path) -> Result<()> {
+        let (code, output) = self
+            .run_to_end(container, &["mkdir", "-p", &dir.display().to_string()])
+            .await?;
+        if code != 0 {
+            return Err(HarnessError::Docker {
+                what: format!("create {} in {container}", dir.display()),
+                message: output,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs a short command in the container; its exit code and output.
+    pub async fn run_to_end(&self, container: &str, argv: &[&str]) -> Result<(i64, String)> {
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(argv.iter().map(|a| a.to_string()).collect()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| docker_error(format!("exec {argv:?} in {container}"), e))?;
+        let mut text = String::new();
+        if let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| docker_error(format!("exec {argv:?} in {container}"), e))?
+        {
+            while let Some(Ok(chunk)) = output.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        }
+        let code = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| docker_error(format!("exec {argv:?} in {container}"), e))?
+            .exit_code
+            .unwrap_or(-1);
+        Ok((code, text))
+    }
+
+    /// Starts `spec` in the container, its output streamed into its log.
+    pub async fn exec(&self, container: &str, spec: &LaunchSpec) -> Result<ExecProcess> {
+        let spawn_error = |e: &dyn std::fmt::Display| HarnessError::Spawn {
+            component: spec.name.clone(),
+            message: format!("exec in container {container}: {e}"),
+        };
+        let mut log = std::fs::File::create(&spec.log)
+            .map_err(|e| HarnessError::io(format!("create log {}", spec.log.display()), e))?;
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(
+                        std::iter::once(&spec.program)
+                            .chain(&spec.args)
+                            .cloned()
+                            .collect(),
+                    ),
+                    env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+                    working_dir: Some(spec.cwd.display().to_string()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| spawn_error(&e))?;
+        let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| spawn_error(&e))?
+        else {
+            return Err(spawn_error(&"the exec started detached"));
+        };
+        let pid = self.exec_pid(&exec.id).await.map_err(|e| spawn_error(&e))?;
+        let exit = Arc::new(Mutex::new(None));
+        let (docker, exec_id, recorded) = (self.docker.clone(), exec.id.clone(), exit.clone());
+        tokio::spawn(async move {
+            use std::io::Write;
+            while let Some(Ok(chunk)) = output.next().await {
+                let _ = log.write_all(&chunk.into_bytes());
+            }
+            // An exec that could not even start (no such program) ends at
+            // once with code 126/127 and says why on its output.
+            let code = match docker.inspect_exec(&exec_id).await {
+                Ok(inspected) => inspected
+                    .exit_code
+                    .map_or("exited".to_string(), |c| format!("exit status: {c}")),
+                Err(e) => format!("unknown ({e})"),
+            };
+            if let Ok(mut exit) = recorded.lock() {
+                *exit = Some(code);
+            }
+        });
+        Ok(ExecProcess { pid, exit })
+    }
+}
+
+impl DockerEngine {
+    /// The exec's pid as this machine sees it. Docker reports 0 until the
+    /// process runs, and 0 must never reach kill(2) (it means "my whole
+    /// process group"), so this waits, bounded, for a real one.
+    async fn exec_pid(
+        &self,
+        exec_id: &str,
+    ) -> std::result::Result<Option<u32>, bollard::errors::Error> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let inspected = self.docker.inspect_exec(exec_id).await?;
+            let pid = inspected
+                .pid
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p > 1);
+            if pid.is_some() || inspected.running == Some(false) && inspected.exit_code.is_some() {
+                return Ok(pid);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            // Bounded poll interval until the exec's process exists.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A process started in a container. Its pid is the one this machine sees,
+/// so it can be signalled like any other; removing the container ends it
+/// in any case.
+#[derive(Debug)]
+pub struct ExecProcess {
+    pub pid: Option<u32>,
+    exit: Arc<Mutex<Option<String>>>,
+}
+
+impl ExecProcess {
+    pub fn exit_status(&self) -> Option<String> {
+        self.exit.lock().ok()?.clone()
+    }
+
+    /// SIGTERM, up to `grace` for it to end, then SIGKILL.
+    pub async fn stop(self, grace: Duration) {
+        self.signal(Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.exit_status().is_none() && tokio::time::Instant::now() < deadline {
+            // Bounded poll: the exec's end is only seen through its stream.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+    }
+
+    pub fn kill(&self) {
+        if self.exit_status().is_none() {
+            self.signal(Signal::SIGKILL);
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        // Never 0 or 1: kill(0) is our own process group, 1 this machine's init.
+        if let Some(pid) = self
+            .pid
+            .filter(|p| *p > 1)
+            .and_then(|p| i32::try_from(p).ok())
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+}
+
+/// What [`remove_run`] removed.
+#[derive(Debug, Default, PartialEq)]
+pub struct Removed {
+    pub containers: usize,
+    pub networks: usize,
+    pub volumes: usize,
+}
+
+/// Removes every container, network and volume labelled with `run`
+/// (containers first: a network in use cannot go). What is already gone
+/// is not an error, so two reapers of one run never fight.
+pub async fn remove_run(docker: &Docker, run: &str) -> Result<Removed> {
+    let filter = || HashMap::from([("label".to_string(), vec![format!("{RUN_LABEL}={run}")])]);
+    let mut removed = Removed::default();
+    let containers = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filter())
+                .build(),
+        ))
+        .await
+        .map_err(|e| docker_error("list the run's containers", e))?;
+    for id in containers.into_iter().filter_map(|c| c.id) {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match docker.remove_container(&id, Some(options)).await {
+            Ok(()) => removed.containers += 1,
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(docker_error(format!("remove container {id}"), e)),
+        }
+    }
+    let networks = docker
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::default()
+                .filters(&filter())
+                .build(),
+        ))
+        .await
+        .map_err(|e| docker_error("list the run's networks", e))?;
+    for id in networks.into_iter().filter_map(|n| n.id) {
+        match docker.remove_network(&id).await {
+            Ok(()) => removed.networks += 1,
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(docker_error(format!("remove network {id}"), e)),
+        }
+    }
+    let volumes = docker
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::default()
+                .filters(&filter())
+                .build(),
+        ))
+        .await
+        .map_err(|e| docker_error("list the run's volumes", e))?;
+    for volume in volumes.volumes.unwrap_or_default() {
+        match docker
+            .remove_volume(
+                &volume.name,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => removed.volumes += 1,
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(docker_error(format!("remove volume {}", volume.name), e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// Runs labelled with hubtrust's label that still have objects: what
+/// `hubtrust down` can remove.
+pub async fn runs_with_objects(docker: &Docker) -> Result<Vec<String>> {
+    let filter = HashMap::from([("label".to_string(), vec![RUN_LABEL.to_string()])]);
+    let containers = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+        .map_err(|e| docker_error("list hubtrust's containers", e))?;
+    let networks = docker
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::default()
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+        .map_err(|e| docker_error("list hubtrust's networks", e))?;
+    let mut runs: Vec<String> = containers
+        .into_iter()
+        .filter_map(|c| c.labels?.get(RUN_LABEL).cloned())
+        .chain(
+            networks
+                .into_iter()
+                .filter_map(|n| n.labels?.get(RUN_LABEL).cloned()),
+        )
+        .collect();
+    runs.sort();
+    runs.dedup();
+    Ok(runs)
+}
+
+/// The docker objects of one run, owned: dropping it removes every one of
+/// them, unless the run is kept for inspection (`hubtrust down` removes it
+/// then). The out-of-process reaper covers the paths where no drop runs.
+pub struct DockerRun {
+    engine: DockerEngine,
+    keep: std::sync::atomic::AtomicBool,
+}
+
+impl DockerRun {
+    pub fn new(engine: DockerEngine) -> Self {
+        Self {
+            engine,
+            keep: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn engine(&self) -> &DockerEngine {
+        &self.engine
+    }
+
+    /// Leaves the run's containers and networks in place.
+    pub fn keep(&self) {
+        self.keep.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for DockerRun {
+    fn drop(&mut self) {
+        if self.keep.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        // Drop cannot await, and the caller's runtime may be shutting down:
+        // a thread with a runtime and a connection of its own removes them.
+        let run = self.engine.run.clone();
+        let removal = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let engine = DockerEngine::connect(&run).await.ok()?;
+                remove_run(engine.client(), &run).await.ok()
+            })
+        });
+        if let Ok(None) | Err(_) = removal.join() {
+            eprintln!(
+                "warning: could not remove the docker objects of run {} (fix: `hubtrust down {}`)",
+                self.engine.run, self.engine.run
+            );
+        }
+    }
+}
+
+impl super::local::StackNetwork {
+    /// One container per host, from `image`, each on a network of its own
+    /// bridged to this machine (the operator's link), plus an internal
+    /// network per direct link. On error, what was made is removed.
+    pub async fn build_in_docker(
+        engine: DockerEngine,
+        image: &str,
+        plans: &[super::local::HostPlan],
+        extra_links: &[[String; 2]],
+    ) -> Result<Self> {
+        use super::local::{Host, Link};
+        let mut network = Self {
+            hosts: std::collections::BTreeMap::new(),
+            links: Vec::new(),
+            docker: Some(DockerRun::new(engine.clone())),
+        };
+        network
+            .hosts
+            .insert("operator".to_string(), Host::operator().await?);
+        let mut containers = Vec::new();
+        let mut gateways = HashMap::new();
+        for plan in plans {
+            if plan.filesystem.is_some() || !plan.operator_link {
+                return Err(HarnessError::Docker {
+                    what: format!("place host `{}` in a container", plan.name),
+                    message: "HPC login and compute nodes run on the local backend only so far (fix: drop --backend docker for HPC stacks)".into(),
+                });
+            }
+            let link = format!("operator--{}", plan.name);
+            let gateway =
+                engine
+                    .create_network(&link, false)
+                    .await?
+                    .ok_or_else(|| HarnessError::Docker {
+                        what: format!("create network {}", engine.name(&link)),
+                        message: "docker gave the network no gateway address".into(),
+                    })?;
+            gateways.insert(plan.name.clone(), gateway);
+            let container = engine.create_host(&plan.name, image, &link).await?;
+            containers.push((plan.name.clone(), container));
+        }
+        for [a, b] in extra_links {
+            let link = format!("{a}--{b}");
+            engine.create_network(&link, true).await?;
+            for host in [a, b] {
+                let (_, container) = containers
+                    .iter()
+                    .find(|(name, _)| name == host)
+                    .ok_or_else(|| HarnessError::Network {
+                        host: link.clone(),
+                        message: "a link names a host that does not exist".into(),
+                    })?;
+                engine.attach(container, &link).await?;
+            }
+        }
+        let mut addresses = HashMap::new();
+        for (name, container) in &containers {
+            let (pid, by_link) = engine.inspect_host(container).await?;
+            let host = match Host::in_container(name, &engine, container, pid) {
+                Ok(host) => host,
+                // It ran for a moment, then its entrypoint died: the
+                // container's state says so better than a missing /proc.
+                Err(e) => return Err(engine.inspect_host(container).await.err().unwrap_or(e)),
+            };
+            network.hosts.insert(name.clone(), host);
+            addresses.insert(name.clone(), by_link);
+        }
+        let address = |host: &str, link: &str| {
+            addresses
+                .get(host)
+                .and_then(|by_link| by_link.get(link))
+                .copied()
+                .ok_or_else(|| HarnessError::Network {
+                    host: host.into(),
+                    message: format!("docker gave it no address on {link}"),
+                })
+        };
+        for (name, _) in &containers {
+            let link = format!("operator--{name}");
+            network.links.push(Link {
+                interfaces: (String::new(), String::new()),
+                a: ("operator".into(), gateways[name]),
+                b: (name.clone(), address(name, &link)?),
+                name: link,
+            });
+        }
+        for [a, b] in extra_links {
+            let link = format!("{a}--{b}");
+            network.links.push(Link {
+                interfaces: (String::new(), String::new()),
+                a: (a.clone(), address(a, &link)?),
+                b: (b.clone(), address(b, &link)?),
+                name: link,
+            });
+        }
+        Ok(network)
+    }
+}

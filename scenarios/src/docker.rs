@@ -1,0 +1,175 @@
+//! The command line's side of the docker backend: bringing a stack up in
+//! containers with a reaper watching, `images build`, `down` and the reaper
+//! itself.
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{ChildStdin, ExitCode, Stdio};
+use std::sync::Mutex;
+
+use hubtrust_harness::backend::docker::{remove_run, runs_with_objects, DockerEngine};
+use hubtrust_harness::images;
+use hubtrust_harness::spec::StackSpec;
+use hubtrust_harness::stack::Backend;
+
+/// The write end of the reaper's stdin. It is closed when this process
+/// ends, however it ends (SIGKILL included), and that is what wakes the
+/// reaper.
+static REAPER: Mutex<Option<ChildStdin>> = Mutex::new(None);
+
+/// What the reaper reads to stand down: a kept run stays for `down`.
+const KEEP: &[u8] = b"keep\n";
+
+/// The run id every docker object of the run carries as a label:
+/// `$HUBTRUST_RUN_ID` when the caller chose one, else a fresh one.
+pub fn new_run_id() -> String {
+    if let Ok(run) = std::env::var(hubtrust_harness::stack::RUN_MARKER_ENV) {
+        return run;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("run-{}-{:x}", std::process::id(), nanos & 0xffff_ffff)
+}
+
+/// Connects to docker, checks the stack and its image, and starts the
+/// reaper: what a docker run needs before its first container.
+pub async fn prepare(spec: &StackSpec) -> anyhow::Result<Backend> {
+    if let Some(why) = spec.docker_unsupported() {
+        anyhow::bail!(
+            "stack `{}` cannot run on the docker backend: {why} (fix: run it without --backend docker)",
+            spec.name
+        );
+    }
+    let run = new_run_id();
+    let engine = DockerEngine::connect(&run).await?;
+    let image = spec
+        .docker
+        .image
+        .clone()
+        .unwrap_or_else(images::runtime_image);
+    engine.require_image(&image).await?;
+    spawn_reaper(&run)?;
+    eprintln!("· docker run {run} (`hubtrust down {run}` removes it if it is ever left)");
+    Ok(Backend::Docker { engine, image })
+}
+
+fn spawn_reaper(run: &str) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut child = std::process::Command::new(exe)
+        .args(["reap", run])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        // Its own process group: the terminal's Ctrl-C must not end it
+        // before the run it watches has ended.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("start the docker reaper: {e}"))?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the docker reaper has no stdin"))?;
+    if let Ok(mut reaper) = REAPER.lock() {
+        *reaper = Some(stdin);
+    }
+    Ok(())
+}
+
+/// Tells the reaper to leave this run's containers for inspection.
+pub fn keep_run() {
+    if let Ok(mut reaper) = REAPER.lock() {
+        if let Some(stdin) = reaper.as_mut() {
+            let _ = stdin.write_all(KEEP);
+        }
+    }
+}
+
+/// `hubtrust reap RUN`: waits until its stdin closes (the run's hubtrust
+/// has ended), then removes everything labelled with the run, unless told
+/// to keep it.
+pub fn reap_command(run: &str) -> ExitCode {
+    let mut said = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut said);
+    if said.ends_with(KEEP) {
+        return ExitCode::SUCCESS;
+    }
+    match remove(run) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hubtrust reaper: {e:#} (fix: `hubtrust down {run}`)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `hubtrust down RUN`: removes a kept (or leaked) run's containers,
+/// networks and volumes.
+pub fn down_command(run: &str) -> ExitCode {
+    match remove(run) {
+        Ok(removed) if removed.containers + removed.networks + removed.volumes > 0 => {
+            println!(
+                "removed run {run}: {} containers, {} networks, {} volumes",
+                removed.containers, removed.networks, removed.volumes
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            let others = runtime()
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let engine = DockerEngine::connect(run).await?;
+                        Ok(runs_with_objects(engine.client()).await?)
+                    })
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "error: docker has nothing labelled with run {run} (runs that have: {})",
+                if others.is_empty() {
+                    "none".to_string()
+                } else {
+                    others.join(", ")
+                }
+            );
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn remove(run: &str) -> anyhow::Result<hubtrust_harness::backend::docker::Removed> {
+    runtime()?.block_on(async {
+        let engine = DockerEngine::connect(run).await?;
+        Ok(remove_run(engine.client(), run).await?)
+    })
+}
+
+/// `hubtrust images build`: the offline runtime image, unless present.
+pub fn images_build_command() -> ExitCode {
+    let built = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let engine = DockerEngine::connect("images").await?;
+            Ok(images::build_runtime(&engine, &mut std::io::stderr()).await?)
+        })
+    });
+    match built {
+        Ok(built) => {
+            println!("{}", built.image);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

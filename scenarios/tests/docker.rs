@@ -1,0 +1,282 @@
+//! End-to-end tests of the docker backend against a real daemon: the core
+//! profile in containers, cleanup by the reaper after SIGKILL, `down`, and
+//! every bad input the backend names.
+//!
+//! They need a running daemon and the offline image (`hubtrust images
+//! build`, which they run themselves and which is quick once built). Without
+//! a daemon they say so and return, unless HUBTRUST_REQUIRE_DOCKER=1 (CI
+//! sets it), which makes a missing daemon a failure.
+
+// Test helpers: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{hubtrust, scratch, text};
+
+fn docker_ready() -> bool {
+    let up = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !up {
+        assert!(
+            std::env::var("HUBTRUST_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "HUBTRUST_REQUIRE_DOCKER=1 but no docker daemon answers"
+        );
+        eprintln!("no docker daemon: this docker test did not run");
+        return false;
+    }
+    let built = hubtrust().args(["images", "build"]).output().unwrap();
+    assert!(built.status.success(), "{}", text(&built));
+    true
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Containers, networks and volumes labelled with `run`.
+fn labelled(run: &str) -> Vec<String> {
+    let filter = format!("label=hubtrust.run={run}");
+    ["container", "network", "volume"]
+        .iter()
+        .flat_map(|kind| {
+            let mut args = vec![*kind, "ls", "-q", "--filter", &filter];
+            if *kind == "container" {
+                args.push("-a");
+            }
+            docker(&args)
+                .lines()
+                .map(|id| format!("{kind} {id}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Waits (bounded) until nothing labelled with `run` is left.
+fn assert_nothing_labelled(run: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = labelled(run);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}");
+        // Bounded poll interval while the reaper works.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn run_id(test: &str) -> String {
+    format!("test-{test}-{}", std::process::id())
+}
+
+#[test]
+fn core_profile_passes_on_docker_and_leaves_nothing_behind() {
+    if !docker_ready() {
+        return;
+    }
+    let run = run_id("core");
+    let report = scratch("docker-core");
+    let out = hubtrust()
+        .args(["run", "--backend", "docker", "--tags", "@core", "--report"])
+        .arg(&report)
+        .env("HUBTRUST_RUN_ID", &run)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("7 passed, 0 failed"), "{t}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["backend"], "docker");
+    assert_nothing_labelled(&run);
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
+fn sigkill_of_a_docker_run_mid_stack_leaves_no_container_network_or_volume() {
+    if !docker_ready() {
+        return;
+    }
+    let run = run_id("sigkill");
+    let report = scratch("docker-sigkill");
+    let mut child = hubtrust()
+        .args(["run", "--backend", "docker", "--tags", "@core", "--report"])
+        .arg(&report)
+        .env("HUBTRUST_RUN_ID", &run)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Mid-stack: once the hub's container is running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !labelled(&run).iter().any(|o| o.starts_with("container")) {
+        assert!(Instant::now() < deadline, "no container appeared");
+        // Bounded poll interval while the run starts.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_nothing_labelled(&run);
+    let _ = std::fs::remove_dir_all(&report);
+}
+
+#[test]
+fn down_removes_a_runs_objects_and_names_runs_it_does_not_know() {
+    if !docker_ready() {
+        return;
+    }
+    let run = run_id("down");
+    let label = format!("hubtrust.run={run}");
+    let built = hubtrust().args(["images", "build"]).output().unwrap();
+    let image = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    docker(&[
+        "network",
+        "create",
+        "--label",
+        &label,
+        &format!("{run}-net"),
+    ]);
+    docker(&["volume", "create", "--label", &label, &format!("{run}-vol")]);
+    docker(&[
+        "create",
+        "--label",
+        &label,
+        "--name",
+        &format!("{run}-c"),
+        &image,
+    ]);
+    let out = hubtrust().args(["down", &run]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 containers, 1 networks, 1 volumes"),
+        "{}",
+        text(&out)
+    );
+    assert!(labelled(&run).is_empty());
+    let again = hubtrust().args(["down", &run]).output().unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again).contains(&format!("nothing labelled with run {run}")));
+}
+
+#[test]
+fn no_docker_daemon_is_named_with_the_fix() {
+    let run = run_id("nodaemon");
+    let out = hubtrust()
+        .args(["run", "--backend", "docker", "--tags", "@core"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env("HUBTRUST_RUN_ID", &run)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("a docker daemon"), "{t}");
+    assert!(t.contains("unix:///nonexistent/docker.sock"), "{t}");
+    assert!(t.contains("DOCKER_HOST"), "{t}");
+}
+
+fn run_with_stack(name: &str, stack: &str, run: &str) -> (Option<i32>, String) {
+    let dir = scratch(name);
+    let stack_file = dir.join("stack.toml");
+    std::fs::write(&stack_file, stack).unwrap();
+    let out = hubtrust()
+        .args(["run", "--backend", "docker", "--tags", "@core", "--stack"])
+        .arg(&stack_file)
+        .arg("--report")
+        .arg(dir.join("report"))
+        .env("HUBTRUST_RUN_ID", run)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (out.status.code(), text(&out))
+}
+
+#[test]
+fn a_missing_image_is_named_with_the_fix() {
+    if !docker_ready() {
+        return;
+    }
+    let run = run_id("noimage");
+    let (code, t) = run_with_stack(
+        "docker-noimage",
+        "[docker]\nimage = \"hubtrust/no-such-image:0\"\n",
+        &run,
+    );
+    assert_eq!(code, Some(2), "{t}");
+    assert!(t.contains("hubtrust/no-such-image:0"), "{t}");
+    assert!(t.contains("hubtrust images build"), "{t}");
+    assert_nothing_labelled(&run);
+}
+
+#[test]
+fn an_image_whose_entrypoint_fails_is_named_and_nothing_is_left() {
+    if !docker_ready() {
+        return;
+    }
+    // An image with nothing in it: `sleep` cannot start.
+    let image = "hubtrust/test-empty:0";
+    let empty = scratch("docker-empty-image");
+    let tar = empty.join("empty.tar");
+    let packed = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-T")
+        .arg("/dev/null")
+        .status()
+        .unwrap();
+    assert!(packed.success());
+    docker(&["import", tar.to_str().unwrap(), image]);
+    let run = run_id("entrypoint");
+    let (code, t) = run_with_stack(
+        "docker-entrypoint",
+        &format!("[docker]\nimage = \"{image}\"\n"),
+        &run,
+    );
+    assert_eq!(code, Some(2), "{t}");
+    assert!(t.contains("start container"), "{t}");
+    assert!(t.contains("entrypoint"), "{t}");
+    assert_nothing_labelled(&run);
+    docker(&["image", "rm", image]);
+    std::fs::remove_dir_all(&empty).unwrap();
+}
+
+#[test]
+fn a_network_name_clash_is_named_and_nothing_is_left() {
+    if !docker_ready() {
+        return;
+    }
+    let run = run_id("clash");
+    // Someone else's network, under the name the run's hub link takes.
+    let taken = format!("hubtrust-{run}-operator--hub");
+    docker(&["network", "create", &taken]);
+    let (code, t) = run_with_stack("docker-clash", "", &run);
+    docker(&["network", "rm", &taken]);
+    assert_eq!(code, Some(2), "{t}");
+    assert!(t.contains(&taken), "{t}");
+    assert!(t.contains("already exists"), "{t}");
+    assert_nothing_labelled(&run);
+}
+
+#[test]
+fn stacks_the_docker_backend_cannot_run_yet_are_refused_up_front() {
+    let topology =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/topologies/hpc.toml");
+    let run = run_id("hpc");
+    let (code, t) = run_with_stack(
+        "docker-hpc",
+        &format!("topology_file = {:?}\n", topology.display().to_string()),
+        &run,
+    );
+    assert_eq!(code, Some(2), "{t}");
+    assert!(t.contains("cannot run on the docker backend"), "{t}");
+    assert!(t.contains("HPC"), "{t}");
+}
