@@ -31,6 +31,9 @@
           pkgs.openssh
           pkgs.gnutar
           pkgs.libfaketime
+          # The docker backend's offline image build (the daemon itself is
+          # the system's: virtualisation.docker on NixOS).
+          pkgs.debootstrap
         ];
         hubtrust = pkgs.rustPlatform.buildRustPackage {
           pname = "hubtrust";

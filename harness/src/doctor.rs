@@ -148,6 +148,25 @@ pub fn check_hpc() -> Vec<Prerequisite> {
     ]
 }
 
+/// What the docker backend needs besides a daemon (checked at run time,
+/// where DOCKER_HOST is known): the image builder's debootstrap.
+pub fn check_docker() -> Vec<Prerequisite> {
+    vec![
+        check(
+            "docker (client)",
+            "--backend docker (the daemon is found at DOCKER_HOST or the default socket)",
+            "apt-get install -y docker.io",
+            probe_command("docker", &["--version"]),
+        ),
+        check(
+            "debootstrap",
+            "`hubtrust images build` (--backend docker)",
+            "apt-get install -y debootstrap",
+            probe_command("debootstrap", &["--version"]),
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,6 +131,8 @@ pub struct RunReport {
     #[serde(default)]
     pub hpc: Option<HpcSection>,
     pub seconds: f64,
+    /// From the start of the run until hub, proxy and every lab were ready.
+    pub stack_ready_seconds: f64,
     /// Peak resident memory of the hubtrust process that ran the scenarios.
     pub peak_rss_kb: u64,
 }
@@ -198,13 +200,14 @@ impl RunReport {
     pub fn to_markdown(&self) -> String {
         let mut md = String::from("# hubtrust conformance report\n\n");
         md += &format!(
-            "- stack: `{}` on the `{}` backend\n- tags: `{}`\n- result: **{} passed, {} failed** in {:.1}s\n\n",
+            "- stack: `{}` on the `{}` backend\n- tags: `{}`\n- result: **{} passed, {} failed** in {:.1}s (stack ready after {:.1}s)\n\n",
             self.stack,
             self.backend,
             self.tags.as_deref().unwrap_or("(all)"),
             self.passed(),
             self.failed(),
-            self.seconds
+            self.seconds,
+            self.stack_ready_seconds
         );
         md += "## Scenarios\n\n| | feature | scenario | seconds |\n|---|---|---|---|\n";
         for s in &self.scenarios {

@@ -63,6 +63,9 @@ async fn measure(args: BenchArgs) -> anyhow::Result<()> {
     if runs(BenchGroup::Enterprise) {
         discriminator_table(args.rounds).await?;
     }
+    if args.only.is_none() {
+        eprintln!("(the docker comparison runs alone: `hubtrust bench --only docker`)");
+    }
     if runs(BenchGroup::Hpc) {
         crate::bench_hpc::first_ready_lab(args.rounds, args.tunnel_bytes).await?;
     }

@@ -5,6 +5,7 @@
 
 mod artifacts;
 mod bench;
+mod bench_docker;
 mod bench_hpc;
 mod bench_wire;
 mod docker;
@@ -146,7 +147,8 @@ pub struct BenchArgs {
     /// Run only one group: `startup` (stack ready against a plain
     /// baseline, core profile, memory), `wire` (capture overhead, census
     /// throughput), `enterprise` (the discriminator's full table) or `hpc`
-    /// (first ready lab against the flat topology, tunnel throughput).
+    /// (first ready lab against the flat topology, tunnel throughput) or
+    /// `docker` (stack ready on docker against the local backend).
     #[arg(long, value_enum)]
     pub only: Option<BenchGroup>,
     /// Bytes of bulk traffic for the census throughput measurement.
@@ -163,6 +165,7 @@ pub enum BenchGroup {
     Wire,
     Enterprise,
     Hpc,
+    Docker,
 }
 
 fn main() -> ExitCode {
@@ -197,6 +200,13 @@ fn main() -> ExitCode {
         }
         Command::Up(args) if args.backend == BackendChoice::Docker => {
             run::inside(run::Inside::Up(args))
+        }
+        // Each round is a whole `hubtrust run` per backend, started from here.
+        Command::Bench(args) if args.only == Some(BenchGroup::Docker) => {
+            match bench_docker::compare_backends(args.rounds) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => usage_error(e),
+            }
         }
         Command::Run(ref args) => match preflight_run(args) {
             Ok(()) => relaunch_inside(),
@@ -289,6 +299,7 @@ fn doctor_command() -> ExitCode {
     let checks: Vec<_> = doctor::check_all()
         .into_iter()
         .chain(doctor::check_hpc())
+        .chain(doctor::check_docker())
         .collect();
     for c in &checks {
         match &c.problem {

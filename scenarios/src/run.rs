@@ -161,6 +161,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
             return ExitCode::from(130);
         }
     };
+    let stack_ready_seconds = started.elapsed().as_secs_f64();
     let stack = match stack {
         Ok(stack) => Arc::new(stack),
         Err(e) => {
@@ -267,6 +268,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
     .into();
     report.scenarios = results.lock().map(|r| r.clone()).unwrap_or_default();
     report.seconds = started.elapsed().as_secs_f64();
+    report.stack_ready_seconds = stack_ready_seconds;
     report.peak_rss_kb = peak_rss_kb();
     if let Err(e) = report.write_all(&args.report) {
         eprintln!("error: failed to write the reports: {e}");

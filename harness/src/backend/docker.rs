@@ -128,8 +128,8 @@ impl DockerEngine {
 
     /// A network for one link. `internal` networks reach nothing beyond
     /// their members; the others are bridged to this machine, which plays
-    /// the operator. Returns the operator's (gateway) address on it.
-    pub async fn create_network(&self, link: &str, internal: bool) -> Result<Option<Ipv4Addr>> {
+    /// the operator.
+    pub async fn create_network(&self, link: &str, internal: bool) -> Result<CreatedNetwork> {
         let name = self.name(link);
         let request = NetworkCreateRequest {
             name: name.clone(),
@@ -181,7 +181,11 @@ impl DockerEngine {
             .into_iter()
             .flatten()
             .find_map(|c| c.gateway?.parse().ok());
-        Ok(if internal { None } else { gateway })
+        Ok(CreatedNetwork {
+            gateway: if internal { None } else { gateway },
+            // Docker names a user-defined network's bridge after its id.
+            bridge: format!("br-{}", id.get(..12).unwrap_or(&id)),
+        })
     }
 
     /// Creates and starts the container for `host` on its first network.
@@ -465,6 +469,14 @@ impl DockerEngine {
     }
 }
 
+/// A link's network as this machine sees it.
+pub struct CreatedNetwork {
+    /// The operator's address on it (bridged networks only).
+    pub gateway: Option<Ipv4Addr>,
+    /// Its bridge interface here, where every frame of the link passes.
+    pub bridge: String,
+}
+
 /// A process started in a container. Its pid is the one this machine sees,
 /// so it can be signalled like any other; removing the container ends it
 /// in any case.
@@ -698,15 +710,12 @@ impl super::local::StackNetwork {
                 });
             }
             let link = format!("operator--{}", plan.name);
-            let gateway =
-                engine
-                    .create_network(&link, false)
-                    .await?
-                    .ok_or_else(|| HarnessError::Docker {
-                        what: format!("create network {}", engine.name(&link)),
-                        message: "docker gave the network no gateway address".into(),
-                    })?;
-            gateways.insert(plan.name.clone(), gateway);
+            let created = engine.create_network(&link, false).await?;
+            let gateway = created.gateway.ok_or_else(|| HarnessError::Docker {
+                what: format!("create network {}", engine.name(&link)),
+                message: "docker gave the network no gateway address".into(),
+            })?;
+            gateways.insert(plan.name.clone(), (gateway, created.bridge));
             let container = engine.create_host(&plan.name, image, &link).await?;
             containers.push((plan.name.clone(), container));
         }
@@ -748,9 +757,12 @@ impl super::local::StackNetwork {
         };
         for (name, _) in &containers {
             let link = format!("operator--{name}");
+            let (gateway, bridge) = gateways[name].clone();
             network.links.push(Link {
-                interfaces: (String::new(), String::new()),
-                a: ("operator".into(), gateways[name]),
+                // The operator's end is the bridge: capture there sees the
+                // link whole. The container's end is its first interface.
+                interfaces: (bridge, "eth0".into()),
+                a: ("operator".into(), gateway),
                 b: (name.clone(), address(name, &link)?),
                 name: link,
             });
