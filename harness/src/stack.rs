@@ -1369,7 +1369,12 @@ impl Stack {
     }
 
     /// The ZeroMQ ports of a running kernel, from its connection file.
-    pub fn kernel_ports(&self, kernel_id: &str) -> Result<(String, Vec<(String, u16)>)> {
+    pub async fn kernel_ports(&self, kernel_id: &str) -> Result<(String, Vec<(String, u16)>)> {
+        // The connection file lies in the lab user's home, on the lab host.
+        self.network
+            .host(&self.spec.topology.lab_host)?
+            .copy_out(&self.run_dir.join("home"))
+            .await?;
         let name = format!("kernel-{kernel_id}.json");
         let path = find_file(&self.run_dir, &name).ok_or_else(|| HarnessError::Probe {
             endpoint: format!("kernel {kernel_id}"),
@@ -1409,7 +1414,7 @@ impl Stack {
         from_host: &str,
     ) -> Result<Vec<String>> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (_, ports) = self.kernel_ports(kernel_id)?;
+        let (_, ports) = self.kernel_ports(kernel_id).await?;
         let lab_host = &self.spec.topology.lab_host;
         let ip = self
             .network

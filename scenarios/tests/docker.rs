@@ -103,6 +103,46 @@ fn core_profile_passes_on_docker_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn wire_profile_passes_on_docker_and_catches_kernels_on_every_interface() {
+    if !docker_ready() {
+        return;
+    }
+    let wire = |stack: &str, test: &str| {
+        let run = run_id(test);
+        let report = scratch(&format!("docker-{test}"));
+        let out = hubtrust()
+            .args([
+                "run",
+                "--backend",
+                "docker",
+                "--tags",
+                "@wire",
+                "--stack",
+                stack,
+            ])
+            .arg("--report")
+            .arg(&report)
+            .env("HUBTRUST_RUN_ID", &run)
+            .output()
+            .unwrap();
+        assert_nothing_labelled(&run);
+        std::fs::remove_dir_all(&report).unwrap();
+        (out.status.code(), text(&out))
+    };
+    // Captured on the operator's bridge: the design passes...
+    let (code, t) = wire("fixtures/stacks/example.toml", "wire");
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("3 passed, 0 failed"), "{t}");
+    // ...and kernels listening on every interface are named on the wire.
+    let (code, t) = wire("fixtures/stacks/kernels-on-all-interfaces.toml", "zmtp");
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("on operator--hub (plaintext ZMTP 3."),
+        "the flow is not named: {t}"
+    );
+}
+
+#[test]
 fn sigkill_of_a_docker_run_mid_stack_leaves_no_container_network_or_volume() {
     if !docker_ready() {
         return;
