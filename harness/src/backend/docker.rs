@@ -126,15 +126,17 @@ impl DockerEngine {
         }
     }
 
-    /// A network for one link. `internal` networks reach nothing beyond
-    /// their members; the others are bridged to this machine, which plays
-    /// the operator.
-    pub async fn create_network(&self, link: &str, internal: bool) -> Result<CreatedNetwork> {
+    /// A network for one link. Every one is `internal`: it reaches nothing
+    /// beyond its members and this machine (the bridge's address, where
+    /// the operator is), since docker neither forwards nor masquerades out
+    /// of internal networks. A container has no route the topology does
+    /// not draw.
+    pub async fn create_network(&self, link: &str) -> Result<CreatedNetwork> {
         let name = self.name(link);
         let request = NetworkCreateRequest {
             name: name.clone(),
             driver: Some("bridge".into()),
-            internal: Some(internal),
+            internal: Some(true),
             labels: Some(self.labels(None)),
             ..Default::default()
         };
@@ -182,7 +184,7 @@ impl DockerEngine {
             .flatten()
             .find_map(|c| c.gateway?.parse().ok());
         Ok(CreatedNetwork {
-            gateway: if internal { None } else { gateway },
+            gateway,
             // Docker names a user-defined network's bridge after its id.
             bridge: format!("br-{}", id.get(..12).unwrap_or(&id)),
         })
@@ -471,7 +473,7 @@ impl DockerEngine {
 
 /// A link's network as this machine sees it.
 pub struct CreatedNetwork {
-    /// The operator's address on it (bridged networks only).
+    /// This machine's address on it: the operator's, on its links.
     pub gateway: Option<Ipv4Addr>,
     /// Its bridge interface here, where every frame of the link passes.
     pub bridge: String,
@@ -683,8 +685,8 @@ impl Drop for DockerRun {
 
 impl super::local::StackNetwork {
     /// One container per host, from `image`, each on a network of its own
-    /// bridged to this machine (the operator's link), plus an internal
-    /// network per direct link. On error, what was made is removed.
+    /// shared with this machine (the operator's link), plus a network per
+    /// direct link. On error, what was made is removed.
     pub async fn build_in_docker(
         engine: DockerEngine,
         image: &str,
@@ -710,7 +712,7 @@ impl super::local::StackNetwork {
                 });
             }
             let link = format!("operator--{}", plan.name);
-            let created = engine.create_network(&link, false).await?;
+            let created = engine.create_network(&link).await?;
             let gateway = created.gateway.ok_or_else(|| HarnessError::Docker {
                 what: format!("create network {}", engine.name(&link)),
                 message: "docker gave the network no gateway address".into(),
@@ -721,7 +723,7 @@ impl super::local::StackNetwork {
         }
         for [a, b] in extra_links {
             let link = format!("{a}--{b}");
-            engine.create_network(&link, true).await?;
+            engine.create_network(&link).await?;
             for host in [a, b] {
                 let (_, container) = containers
                     .iter()
