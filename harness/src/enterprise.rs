@@ -123,6 +123,9 @@ pub struct Outbound {
     /// `HTTPS_PROXY` and `NO_PROXY` for the labs, with an egress host.
     pub proxy_env: Vec<(String, String)>,
     servers: Vec<tokio::task::JoinHandle<()>>,
+    /// Set when the lab's host is a container whose own system store was
+    /// replaced by the system bundle: its labs need no wrapper then.
+    system_store_installed: bool,
     /// The inspecting proxy (killed with its process group on drop).
     proxy: Option<crate::process::ManagedProcess>,
 }
@@ -231,6 +234,15 @@ impl Outbound {
             proxy = Some(process);
         }
 
+        // A container is a machine of its own: the system bundle becomes
+        // its system store (the local backend bind-mounts it per lab).
+        let system_store_installed = match lab_host
+            .install_file(&system_bundle, Path::new(SYSTEM_STORE))
+            .await
+        {
+            Some(installed) => installed.map(|()| true)?,
+            None => false,
+        };
         let merge = if spec.merge_org_bundle {
             let merged = dir.join("certs-extra").join("ca-bundle.crt");
             Some(
@@ -247,6 +259,7 @@ impl Outbound {
             merge,
             proxy_env,
             servers,
+            system_store_installed,
             proxy,
         })
     }
@@ -310,6 +323,8 @@ async fn start_inspecting_proxy(
         cwd: dir.to_path_buf(),
         log: egress.log.clone(),
     };
+    // A docker egress host gets its config and keys copied in.
+    egress.host.copy_in(dir).await?;
     let mut process = egress.host.start(&launch).await?;
     let check = ReadyCheck::Tcp {
         host: egress.host.name.clone(),
@@ -373,6 +388,9 @@ impl Outbound {
     /// a per-lab system store holding the public root and not the org CA,
     /// which the lab's tools use by default.
     pub fn lab_command(&self, command: &[String]) -> Vec<String> {
+        if self.system_store_installed {
+            return command.to_vec();
+        }
         let mut wrapped: Vec<String> = [
             "unshare",
             "--mount",
@@ -472,6 +490,9 @@ pub async fn run_merge_step(
     org: &Path,
     merged: &Path,
 ) -> Result<MergeOutcome> {
+    if host.is_container() {
+        return run_merge_init_container(host, script, system, org, merged).await;
+    }
     let argv: Vec<String> = host
         .wrapper()
         .into_iter()
@@ -497,6 +518,63 @@ pub async fn run_merge_step(
             component: "org-bundle merge step".into(),
             message: format!("{} ({})", said, output.status),
         });
+    }
+    Ok(MergeOutcome {
+        merged: merged.to_path_buf(),
+        degraded: (!said.is_empty()).then_some(said),
+    })
+}
+
+/// On docker, the merge step is a real init container of the lab's host, as
+/// in a Kubernetes pod: the lab's image, no network, the script and the two
+/// bundles copied in, writing the merged bundle into the volume the lab's
+/// host mounts at the same path. The result is copied back here for the
+/// byte-level check.
+async fn run_merge_init_container(
+    host: &Host,
+    script: &Path,
+    system: &Path,
+    org: &Path,
+    merged: &Path,
+) -> Result<MergeOutcome> {
+    let inputs_dir = Path::new("/hubtrust-init");
+    let mut inputs = vec![
+        (script.to_path_buf(), inputs_dir.join("merge-ca-bundle.sh")),
+        (
+            system.to_path_buf(),
+            inputs_dir.join("system-ca-bundle.crt"),
+        ),
+    ];
+    // A missing org bundle stays missing: the script degrades on it.
+    if org.exists() {
+        inputs.push((org.to_path_buf(), inputs_dir.join("org-ca-bundle.crt")));
+    }
+    let input = |name: &str| inputs_dir.join(name).display().to_string();
+    let argv = vec![
+        "sh".to_string(),
+        input("merge-ca-bundle.sh"),
+        input("system-ca-bundle.crt"),
+        input("org-ca-bundle.crt"),
+        merged.display().to_string(),
+    ];
+    let (code, _, said) = host
+        .run_init_container("merge-ca-bundle", &argv, &inputs)
+        .await
+        .unwrap_or_else(|| {
+            Err(HarnessError::Spawn {
+                component: "org-bundle merge step".into(),
+                message: "the lab's host is not a container".into(),
+            })
+        })?;
+    let said = said.trim().to_string();
+    if code != 0 {
+        return Err(HarnessError::Spawn {
+            component: "org-bundle merge step (init container)".into(),
+            message: format!("{said} (exit status: {code})"),
+        });
+    }
+    if let Some(dir) = merged.parent() {
+        host.copy_out(dir).await?;
     }
     Ok(MergeOutcome {
         merged: merged.to_path_buf(),
@@ -715,6 +793,10 @@ pub fn driver_code(targets: &[Target], system_bundle: &Path) -> String {
     DRIVER
         .replace("@TARGETS@", &targets)
         .replace("@SYSTEM@", &system)
+        .replace(
+            "@CA_VARIABLES@",
+            &serde_json::to_string(&CA_VARIABLES).unwrap_or_else(|_| "[]".into()),
+        )
         .replace("@MARKER@", RESULTS_MARKER)
 }
 
@@ -724,6 +806,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 TARGETS = json.loads(r'''@TARGETS@''')
 SYSTEM = @SYSTEM@
+CA_VARIABLES = @CA_VARIABLES@
 # node's https ignores HTTPS_PROXY, so through a proxy the script opens the
 # CONNECT tunnel itself; TLS is verified by node either way.
 NODE = r"""
@@ -758,14 +841,18 @@ def present(tool, argv):
 
 def run(job):
     tool, target, bundle = job
-    var, make = TOOLS[tool]
+    make = TOOLS[tool][1]
     argv = make(target["url"], target["proxy"]) if tool == "node" else make(target["url"])
     row = {"tool": tool, "target": target["name"], "bundle": bundle}
     if not present(tool, argv):
         return dict(row, outcome="absent", detail=argv[0] + " is not installed in the lab")
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
     if bundle == "system":
-        env[var] = SYSTEM
+        # Without the merged bundle means no CA variable names it: a tool
+        # may read more than its own (Debian's node also honours
+        # SSL_CERT_FILE through OpenSSL's default store).
+        for name in CA_VARIABLES:
+            env[name] = SYSTEM
     try:
         p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=40)
     except subprocess.TimeoutExpired as e:

@@ -322,8 +322,6 @@ impl StackSpec {
         let topology = &self.topology;
         if topology.hpc.is_some() {
             Some("HPC login and compute nodes run on the local backend only so far")
-        } else if self.enterprise.is_some() {
-            Some("the enterprise profile's hosts run on the local backend only so far")
         } else if topology.lab_host != topology.hub_host
             || topology
                 .kernel_host

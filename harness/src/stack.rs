@@ -166,8 +166,26 @@ impl Stack {
             Backend::Local => StackNetwork::build(&plans, &spec.topology.all_links()).await?,
             Backend::Docker { engine, image } => {
                 progress(&format!("creating a container per host from {image}"));
-                StackNetwork::build_in_docker(engine, &image, &plans, &spec.topology.all_links())
-                    .await?
+                // The merge step's init container leaves the merged bundle in
+                // a volume the lab's host mounts at the same path.
+                let volumes: Vec<_> = spec
+                    .enterprise
+                    .iter()
+                    .filter(|e| e.merge_org_bundle)
+                    .map(|_| crate::backend::docker::SharedVolume {
+                        name: "certs-extra".into(),
+                        host: spec.topology.lab_host.clone(),
+                        path: run_dir.join("enterprise").join("certs-extra"),
+                    })
+                    .collect();
+                StackNetwork::build_in_docker(
+                    engine,
+                    &image,
+                    &plans,
+                    &spec.topology.all_links(),
+                    &volumes,
+                )
+                .await?
             }
         };
         // An HPC stack's tunnels are long-lived SSH connections opened

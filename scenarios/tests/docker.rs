@@ -143,6 +143,33 @@ fn wire_profile_passes_on_docker_and_catches_kernels_on_every_interface() {
 }
 
 #[test]
+fn enterprise_profile_passes_on_docker_with_a_real_init_container() {
+    if !docker_ready() {
+        return;
+    }
+    let run = run_id("enterprise");
+    let report = scratch("docker-enterprise");
+    let out = hubtrust()
+        .args(["run", "--backend", "docker", "--tags", "@enterprise"])
+        .args(["--stack", "fixtures/stacks/enterprise.toml", "--report"])
+        .arg(&report)
+        .env("HUBTRUST_RUN_ID", &run)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("3 passed, 0 failed"), "{t}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let table = &json["enterprise"];
+    assert_eq!(table["runs"].as_array().map(Vec::len), Some(48), "{table}");
+    // The init container's volume went with the run.
+    assert_nothing_labelled(&run);
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
 fn sigkill_of_a_docker_run_mid_stack_leaves_no_container_network_or_volume() {
     if !docker_ready() {
         return;

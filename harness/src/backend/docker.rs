@@ -197,6 +197,7 @@ impl DockerEngine {
         host: &str,
         image: &str,
         first_network: &str,
+        volumes: &[SharedVolume],
     ) -> Result<String> {
         let name = self.name(host);
         let body = ContainerCreateBody {
@@ -208,6 +209,7 @@ impl DockerEngine {
                 // docker-init reaps the orphans components leave behind.
                 init: Some(true),
                 network_mode: Some(self.name(first_network)),
+                mounts: Some(self.mounts(volumes)),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig {
@@ -239,6 +241,121 @@ impl DockerEngine {
                 ),
             })?;
         Ok(name)
+    }
+
+    fn mounts(&self, volumes: &[SharedVolume]) -> Vec<bollard::models::Mount> {
+        volumes
+            .iter()
+            .map(|v| bollard::models::Mount {
+                source: Some(self.name(&v.name)),
+                target: Some(v.path.display().to_string()),
+                typ: Some(bollard::models::MountType::VOLUME),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// A volume of this run, labelled like everything else.
+    pub async fn create_volume(&self, name: &str) -> Result<()> {
+        let request = bollard::models::VolumeCreateRequest {
+            name: Some(self.name(name)),
+            labels: Some(self.labels(None)),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(request)
+            .await
+            .map(|_| ())
+            .map_err(|e| docker_error(format!("create volume {}", self.name(name)), e))
+    }
+
+    /// Runs an init container to its end: `argv` in a fresh container of
+    /// `image` with `volumes` mounted, no network, `inputs` (files here)
+    /// copied in first. Returns its exit code, stdout and stderr.
+    pub async fn run_init_container(
+        &self,
+        name: &str,
+        image: &str,
+        argv: &[String],
+        inputs: &[(std::path::PathBuf, std::path::PathBuf)],
+        volumes: &[SharedVolume],
+    ) -> Result<(i64, String, String)> {
+        let container = self.name(name);
+        let body = ContainerCreateBody {
+            image: Some(image.into()),
+            cmd: Some(argv.to_vec()),
+            labels: Some(self.labels(None)),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                mounts: Some(self.mounts(volumes)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&container)
+            .build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| docker_error(format!("create init container {container}"), e))?;
+        for (source, target) in inputs {
+            self.copy_file_in(&container, source, target).await?;
+        }
+        self.docker
+            .start_container(
+                &container,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| docker_error(format!("start init container {container}"), e))?;
+        let mut waits = self.docker.wait_container(
+            &container,
+            None::<bollard::query_parameters::WaitContainerOptions>,
+        );
+        let code = match waits.next().await {
+            Some(Ok(answer)) => answer.status_code,
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(docker_error(format!("wait for {container}"), e)),
+            None => -1,
+        };
+        let options = bollard::query_parameters::LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut logs = self.docker.logs(&container, Some(options));
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        while let Some(Ok(chunk)) = logs.next().await {
+            match chunk {
+                bollard::container::LogOutput::StdErr { message } => {
+                    stderr.push_str(&String::from_utf8_lossy(&message))
+                }
+                other => stdout.push_str(&String::from_utf8_lossy(&other.into_bytes())),
+            }
+        }
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = self
+            .docker
+            .remove_container(&container, Some(options))
+            .await;
+        Ok((code, stdout, stderr))
+    }
+
+    /// Copies one file here into a (possibly not yet started) container.
+    pub async fn copy_file_in(&self, container: &str, source: &Path, target: &Path) -> Result<()> {
+        let mut archive = tar::Builder::new(Vec::new());
+        let relative = target.strip_prefix("/").unwrap_or(target);
+        archive
+            .append_path_with_name(source, relative)
+            .map_err(|e| HarnessError::io(format!("pack {}", source.display()), e))?;
+        let tar = archive
+            .into_inner()
+            .map_err(|e| HarnessError::io(format!("pack {}", source.display()), e))?;
+        let options = UploadToContainerOptionsBuilder::default().path("/").build();
+        self.docker
+            .upload_to_container(container, Some(options), bollard::body_full(tar.into()))
+            .await
+            .map_err(|e| docker_error(format!("copy {} into {container}", source.display()), e))
     }
 
     /// Attaches a running container to another link's network.
@@ -471,6 +588,15 @@ impl DockerEngine {
     }
 }
 
+/// A volume a host's containers share, mounted at the same path in each:
+/// what an init container leaves for the container it prepares.
+#[derive(Debug, Clone)]
+pub struct SharedVolume {
+    pub name: String,
+    pub host: String,
+    pub path: std::path::PathBuf,
+}
+
 /// A link's network as this machine sees it.
 pub struct CreatedNetwork {
     /// This machine's address on it: the operator's, on its links.
@@ -692,6 +818,7 @@ impl super::local::StackNetwork {
         image: &str,
         plans: &[super::local::HostPlan],
         extra_links: &[[String; 2]],
+        volumes: &[SharedVolume],
     ) -> Result<Self> {
         use super::local::{Host, Link};
         let mut network = Self {
@@ -704,6 +831,9 @@ impl super::local::StackNetwork {
             .insert("operator".to_string(), Host::operator().await?);
         let mut containers = Vec::new();
         let mut gateways = HashMap::new();
+        for volume in volumes {
+            engine.create_volume(&volume.name).await?;
+        }
         for plan in plans {
             if plan.filesystem.is_some() || !plan.operator_link {
                 return Err(HarnessError::Docker {
@@ -718,7 +848,12 @@ impl super::local::StackNetwork {
                 message: "docker gave the network no gateway address".into(),
             })?;
             gateways.insert(plan.name.clone(), (gateway, created.bridge));
-            let container = engine.create_host(&plan.name, image, &link).await?;
+            let own: Vec<SharedVolume> = volumes
+                .iter()
+                .filter(|v| v.host == plan.name)
+                .cloned()
+                .collect();
+            let container = engine.create_host(&plan.name, image, &link, &own).await?;
             containers.push((plan.name.clone(), container));
         }
         for [a, b] in extra_links {
@@ -738,7 +873,12 @@ impl super::local::StackNetwork {
         let mut addresses = HashMap::new();
         for (name, container) in &containers {
             let (pid, by_link) = engine.inspect_host(container).await?;
-            let host = match Host::in_container(name, &engine, container, pid) {
+            let own: Vec<SharedVolume> = volumes
+                .iter()
+                .filter(|v| v.host == *name)
+                .cloned()
+                .collect();
+            let host = match Host::in_container(name, &engine, container, pid, image, own) {
                 Ok(host) => host,
                 // It ran for a moment, then its entrypoint died: the
                 // container's state says so better than a missing /proc.

@@ -139,6 +139,9 @@ struct ContainerHost {
     engine: super::docker::DockerEngine,
     name: String,
     pid: u32,
+    /// The image it was made from, which its init containers use too.
+    image: String,
+    volumes: Vec<super::docker::SharedVolume>,
 }
 
 impl Host {
@@ -234,6 +237,8 @@ impl Host {
         engine: &super::docker::DockerEngine,
         container: &str,
         pid: u32,
+        image: &str,
+        volumes: Vec<super::docker::SharedVolume>,
     ) -> Result<Self> {
         let netns_path = format!("/proc/{pid}/ns/net");
         let netns = File::open(&netns_path).map_err(|e| HarnessError::Docker {
@@ -249,11 +254,43 @@ impl Host {
                 engine: engine.clone(),
                 name: container.into(),
                 pid,
+                image: image.into(),
+                volumes,
             }),
             netns,
             netns_path,
             mntns_path: Some(format!("/proc/{pid}/ns/mnt")),
         })
+    }
+
+    /// Whether this host is a container of the docker backend.
+    pub fn is_container(&self) -> bool {
+        self.container.is_some()
+    }
+
+    /// On a docker host, runs `argv` to its end in an init container of
+    /// this host (its image, its shared volumes, no network), with `inputs`
+    /// copied in first. `None` on the local backend, which has no such thing.
+    pub async fn run_init_container(
+        &self,
+        name: &str,
+        argv: &[String],
+        inputs: &[(std::path::PathBuf, std::path::PathBuf)],
+    ) -> Option<Result<(i64, String, String)>> {
+        let c = self.container.as_ref()?;
+        Some(
+            c.engine
+                .run_init_container(name, &c.image, argv, inputs, &c.volumes)
+                .await,
+        )
+    }
+
+    /// On a docker host, writes `source` (a file here) into it at
+    /// `target`. `None` on the local backend, whose hosts share this
+    /// machine's files.
+    pub async fn install_file(&self, source: &Path, target: &Path) -> Option<Result<()>> {
+        let c = self.container.as_ref()?;
+        Some(c.engine.copy_file_in(&c.name, source, target).await)
     }
 
     /// Copies `dir` into the host at the same path. Hosts of the local
