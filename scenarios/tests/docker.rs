@@ -198,6 +198,78 @@ fn sigkill_of_a_docker_run_mid_stack_leaves_no_container_network_or_volume() {
 }
 
 #[test]
+fn keep_leaves_a_failed_docker_run_running_until_down() {
+    if !docker_ready() {
+        return;
+    }
+    let run = run_id("keep");
+    let report = scratch("docker-keep");
+    // A deployment that fails a check: kernels on every interface.
+    let out = hubtrust()
+        .args(["run", "--backend", "docker", "--tags", "@wire", "--keep"])
+        .args(["--stack", "fixtures/stacks/kernels-on-all-interfaces.toml"])
+        .arg("--report")
+        .arg(&report)
+        .env("HUBTRUST_RUN_ID", &run)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains(&format!("`hubtrust down {run}`")), "{t}");
+    // The reaper stood down: the hub still answers in its container.
+    let hub = format!("hubtrust-{run}-hub");
+    let status = docker(&["inspect", "-f", "{{.State.Running}}", &hub]);
+    assert_eq!(status, "true");
+    let procs = docker(&["exec", &hub, "ps", "-eo", "args"]);
+    assert!(procs.contains("jupyterhub"), "{procs}");
+    let down = hubtrust().args(["down", &run]).output().unwrap();
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down));
+    assert!(labelled(&run).is_empty());
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
+fn up_on_docker_serves_the_stack_and_ctrl_c_removes_it() {
+    use std::io::{BufRead, BufReader};
+    if !docker_ready() {
+        return;
+    }
+    let run = run_id("up");
+    let mut child = hubtrust()
+        .args(["up", "--backend", "docker"])
+        .env("HUBTRUST_RUN_ID", &run)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("hub log")) {
+        match lines.next() {
+            Some(Ok(line)) => seen.push(line),
+            _ => panic!("`hubtrust up --backend docker` ended early: {seen:?}"),
+        }
+    }
+    // The public proxy is the hub container's address on the operator's link.
+    let public = seen.iter().find(|l| l.contains("public proxy")).unwrap();
+    let container_ip = docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &format!("hubtrust-{run}-hub"),
+    ]);
+    assert!(public.contains(&container_ip), "{public} vs {container_ip}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert_nothing_labelled(&run);
+}
+
+#[test]
 fn down_removes_a_runs_objects_and_names_runs_it_does_not_know() {
     if !docker_ready() {
         return;
