@@ -174,11 +174,11 @@ async fn import(engine: &DockerEngine, rootfs: &Path, image: &str) -> Result<()>
         what: format!("import {image}"),
         message: "tar has no output".into(),
     })?;
-    let (repo, tag) = image.split_once(':').unwrap_or((image, "latest"));
+    // The whole reference as `repo` (the API allows a tag in it): Podman's
+    // compatible API ignores a separate `tag` and would import as :latest.
     let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
         .from_src("-")
-        .repo(repo)
-        .tag(tag)
+        .repo(image)
         .changes(vec![
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
             "ENV LANG=C.UTF-8".to_string(),
