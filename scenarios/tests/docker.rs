@@ -78,28 +78,50 @@ fn run_id(test: &str) -> String {
     format!("test-{test}-{}", std::process::id())
 }
 
+/// What one `hubtrust run --backend docker` said and reported.
+struct DockerRun {
+    code: Option<i32>,
+    output: String,
+    report: Option<serde_json::Value>,
+}
+
+/// Runs `hubtrust run --backend docker ARGS` as run `run`, with a scratch
+/// report directory, and checks that nothing labelled with the run is left.
+fn run_on_docker(run: &str, args: &[&str], stack: Option<&str>) -> DockerRun {
+    let dir = scratch(run);
+    let mut command = hubtrust();
+    command.args(["run", "--backend", "docker"]).args(args);
+    if let Some(text) = stack {
+        std::fs::write(dir.join("stack.toml"), text).unwrap();
+        command.arg("--stack").arg(dir.join("stack.toml"));
+    }
+    let out = command
+        .arg("--report")
+        .arg(dir.join("report"))
+        .env("HUBTRUST_RUN_ID", run)
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(dir.join("report/report.json"))
+        .ok()
+        .map(|json| serde_json::from_str(&json).unwrap());
+    assert_nothing_labelled(run);
+    std::fs::remove_dir_all(&dir).unwrap();
+    DockerRun {
+        code: out.status.code(),
+        output: text(&out),
+        report,
+    }
+}
+
 #[test]
 fn core_profile_passes_on_docker_and_leaves_nothing_behind() {
     if !docker_ready() {
         return;
     }
-    let run = run_id("core");
-    let report = scratch("docker-core");
-    let out = hubtrust()
-        .args(["run", "--backend", "docker", "--tags", "@core", "--report"])
-        .arg(&report)
-        .env("HUBTRUST_RUN_ID", &run)
-        .output()
-        .unwrap();
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{t}");
-    assert!(t.contains("7 passed, 0 failed"), "{t}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
-            .unwrap();
-    assert_eq!(json["backend"], "docker");
-    assert_nothing_labelled(&run);
-    std::fs::remove_dir_all(&report).unwrap();
+    let run = run_on_docker(&run_id("core"), &["--tags", "@core"], None);
+    assert_eq!(run.code, Some(0), "{}", run.output);
+    assert!(run.output.contains("7 passed, 0 failed"), "{}", run.output);
+    assert_eq!(run.report.unwrap()["backend"], "docker");
 }
 
 #[test]
@@ -107,38 +129,26 @@ fn wire_profile_passes_on_docker_and_catches_kernels_on_every_interface() {
     if !docker_ready() {
         return;
     }
-    let wire = |stack: &str, test: &str| {
-        let run = run_id(test);
-        let report = scratch(&format!("docker-{test}"));
-        let out = hubtrust()
-            .args([
-                "run",
-                "--backend",
-                "docker",
-                "--tags",
-                "@wire",
-                "--stack",
-                stack,
-            ])
-            .arg("--report")
-            .arg(&report)
-            .env("HUBTRUST_RUN_ID", &run)
-            .output()
-            .unwrap();
-        assert_nothing_labelled(&run);
-        std::fs::remove_dir_all(&report).unwrap();
-        (out.status.code(), text(&out))
-    };
     // Captured on the operator's bridge: the design passes...
-    let (code, t) = wire("fixtures/stacks/example.toml", "wire");
-    assert_eq!(code, Some(0), "{t}");
-    assert!(t.contains("3 passed, 0 failed"), "{t}");
+    let run = run_on_docker(&run_id("wire"), &["--tags", "@wire"], None);
+    assert_eq!(run.code, Some(0), "{}", run.output);
+    assert!(run.output.contains("3 passed, 0 failed"), "{}", run.output);
     // ...and kernels listening on every interface are named on the wire.
-    let (code, t) = wire("fixtures/stacks/kernels-on-all-interfaces.toml", "zmtp");
-    assert_eq!(code, Some(1), "{t}");
+    let run = run_on_docker(
+        &run_id("zmtp"),
+        &[
+            "--tags",
+            "@wire",
+            "--stack",
+            "fixtures/stacks/kernels-on-all-interfaces.toml",
+        ],
+        None,
+    );
+    assert_eq!(run.code, Some(1), "{}", run.output);
     assert!(
-        t.contains("on operator--hub (plaintext ZMTP 3."),
-        "the flow is not named: {t}"
+        run.output.contains("on operator--hub (plaintext ZMTP 3."),
+        "the flow is not named: {}",
+        run.output
     );
 }
 
@@ -147,26 +157,22 @@ fn enterprise_profile_passes_on_docker_with_a_real_init_container() {
     if !docker_ready() {
         return;
     }
-    let run = run_id("enterprise");
-    let report = scratch("docker-enterprise");
-    let out = hubtrust()
-        .args(["run", "--backend", "docker", "--tags", "@enterprise"])
-        .args(["--stack", "fixtures/stacks/enterprise.toml", "--report"])
-        .arg(&report)
-        .env("HUBTRUST_RUN_ID", &run)
-        .output()
-        .unwrap();
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{t}");
-    assert!(t.contains("3 passed, 0 failed"), "{t}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
-            .unwrap();
-    let table = &json["enterprise"];
-    assert_eq!(table["runs"].as_array().map(Vec::len), Some(48), "{table}");
-    // The init container's volume went with the run.
-    assert_nothing_labelled(&run);
-    std::fs::remove_dir_all(&report).unwrap();
+    // The init container's volume goes with the run, as everything else.
+    let run = run_on_docker(
+        &run_id("enterprise"),
+        &[
+            "--tags",
+            "@enterprise",
+            "--stack",
+            "fixtures/stacks/enterprise.toml",
+        ],
+        None,
+    );
+    assert_eq!(run.code, Some(0), "{}", run.output);
+    assert!(run.output.contains("3 passed, 0 failed"), "{}", run.output);
+    let report = run.report.unwrap();
+    let runs = report["enterprise"]["runs"].as_array().map(Vec::len);
+    assert_eq!(runs, Some(48), "{}", report["enterprise"]);
 }
 
 #[test]
@@ -323,37 +329,27 @@ fn no_docker_daemon_is_named_with_the_fix() {
     assert!(t.contains("DOCKER_HOST"), "{t}");
 }
 
-fn run_with_stack(name: &str, stack: &str, run: &str) -> (Option<i32>, String) {
-    let dir = scratch(name);
-    let stack_file = dir.join("stack.toml");
-    std::fs::write(&stack_file, stack).unwrap();
-    let out = hubtrust()
-        .args(["run", "--backend", "docker", "--tags", "@core", "--stack"])
-        .arg(&stack_file)
-        .arg("--report")
-        .arg(dir.join("report"))
-        .env("HUBTRUST_RUN_ID", run)
-        .output()
-        .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
-    (out.status.code(), text(&out))
-}
-
 #[test]
 fn a_missing_image_is_named_with_the_fix() {
     if !docker_ready() {
         return;
     }
-    let run = run_id("noimage");
-    let (code, t) = run_with_stack(
-        "docker-noimage",
-        "[docker]\nimage = \"hubtrust/no-such-image:0\"\n",
-        &run,
+    let run = run_on_docker(
+        &run_id("noimage"),
+        &["--tags", "@core"],
+        Some("[docker]\nimage = \"hubtrust/no-such-image:0\"\n"),
     );
-    assert_eq!(code, Some(2), "{t}");
-    assert!(t.contains("hubtrust/no-such-image:0"), "{t}");
-    assert!(t.contains("hubtrust images build"), "{t}");
-    assert_nothing_labelled(&run);
+    assert_eq!(run.code, Some(2), "{}", run.output);
+    assert!(
+        run.output.contains("hubtrust/no-such-image:0"),
+        "{}",
+        run.output
+    );
+    assert!(
+        run.output.contains("hubtrust images build"),
+        "{}",
+        run.output
+    );
 }
 
 #[test]
@@ -374,16 +370,14 @@ fn an_image_whose_entrypoint_fails_is_named_and_nothing_is_left() {
         .unwrap();
     assert!(packed.success());
     docker(&["import", tar.to_str().unwrap(), image]);
-    let run = run_id("entrypoint");
-    let (code, t) = run_with_stack(
-        "docker-entrypoint",
-        &format!("[docker]\nimage = \"{image}\"\n"),
-        &run,
+    let run = run_on_docker(
+        &run_id("entrypoint"),
+        &["--tags", "@core"],
+        Some(&format!("[docker]\nimage = \"{image}\"\n")),
     );
-    assert_eq!(code, Some(2), "{t}");
-    assert!(t.contains("start container"), "{t}");
-    assert!(t.contains("entrypoint"), "{t}");
-    assert_nothing_labelled(&run);
+    assert_eq!(run.code, Some(2), "{}", run.output);
+    assert!(run.output.contains("start container"), "{}", run.output);
+    assert!(run.output.contains("entrypoint"), "{}", run.output);
     docker(&["image", "rm", image]);
     std::fs::remove_dir_all(&empty).unwrap();
 }
@@ -393,29 +387,34 @@ fn a_network_name_clash_is_named_and_nothing_is_left() {
     if !docker_ready() {
         return;
     }
-    let run = run_id("clash");
+    let run_id = run_id("clash");
     // Someone else's network, under the name the run's hub link takes.
-    let taken = format!("hubtrust-{run}-operator--hub");
+    let taken = format!("hubtrust-{run_id}-operator--hub");
     docker(&["network", "create", &taken]);
-    let (code, t) = run_with_stack("docker-clash", "", &run);
+    let run = run_on_docker(&run_id, &["--tags", "@core"], None);
     docker(&["network", "rm", &taken]);
-    assert_eq!(code, Some(2), "{t}");
-    assert!(t.contains(&taken), "{t}");
-    assert!(t.contains("already exists"), "{t}");
-    assert_nothing_labelled(&run);
+    assert_eq!(run.code, Some(2), "{}", run.output);
+    assert!(run.output.contains(&taken), "{}", run.output);
+    assert!(run.output.contains("already exists"), "{}", run.output);
 }
 
 #[test]
 fn stacks_the_docker_backend_cannot_run_yet_are_refused_up_front() {
     let topology =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/topologies/hpc.toml");
-    let run = run_id("hpc");
-    let (code, t) = run_with_stack(
-        "docker-hpc",
-        &format!("topology_file = {:?}\n", topology.display().to_string()),
-        &run,
-    );
-    assert_eq!(code, Some(2), "{t}");
+    // Refused before docker is even asked: no daemon needed.
+    let dir = scratch("docker-hpc");
+    let stack = dir.join("stack.toml");
+    let topology = format!("topology_file = {:?}\n", topology.display().to_string());
+    std::fs::write(&stack, topology).unwrap();
+    let out = hubtrust()
+        .args(["run", "--backend", "docker", "--tags", "@core", "--stack"])
+        .arg(&stack)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(t.contains("cannot run on the docker backend"), "{t}");
     assert!(t.contains("HPC"), "{t}");
 }
