@@ -52,6 +52,10 @@ pub struct DockerSpec {
     /// components at the paths the manifests name, or override commands.
     #[serde(default)]
     pub image: Option<String>,
+    /// Per host, the image its container is made from instead of `image`:
+    /// a vendor's hub image on `hub`, say, beside hubtrust's elsewhere.
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, String>,
 }
 
 /// How the HPC path is run: the login nodes' tunnel port, the broker, the
@@ -332,6 +336,31 @@ impl StackSpec {
         } else {
             None
         }
+    }
+
+    /// The image each host's container is made from: `[docker.hosts]`,
+    /// else `[docker] image`, else `default`. A host the topology does not
+    /// have is an error naming it.
+    pub fn docker_images(
+        &self,
+        default: &str,
+    ) -> std::result::Result<std::collections::BTreeMap<String, String>, String> {
+        let hosts = self.topology.all_hosts();
+        if let Some(unknown) = self.docker.hosts.keys().find(|h| !hosts.contains(h)) {
+            return Err(format!(
+                "[docker.hosts] names `{unknown}`, which is not a host of the topology (hosts: {})",
+                hosts.join(", ")
+            ));
+        }
+        let fallback = self.docker.image.as_deref().unwrap_or(default);
+        Ok(hosts
+            .into_iter()
+            .map(|h| {
+                let image = self.docker.hosts.get(&h).map_or(fallback, String::as_str);
+                let image = image.to_string();
+                (h, image)
+            })
+            .collect())
     }
 
     pub fn load(path: &Path) -> Result<Self> {
@@ -631,5 +660,24 @@ mod tests {
     fn lab_host_must_exist() {
         let err = parse("[topology]\nhosts = [\"hub\"]\nlab_host = \"compute-1\"\n").unwrap_err();
         assert!(err.contains("compute-1"), "{err}");
+    }
+
+    #[test]
+    fn each_docker_host_gets_its_own_image_else_the_stacks_else_the_default() {
+        let spec = parse(
+            "[topology]\nhosts = [\"hub\", \"internet\"]\n\
+             [docker]\nimage = \"vendor/all:1\"\n[docker.hosts]\nhub = \"vendor/hub:2\"\n",
+        )
+        .unwrap();
+        let images = spec.docker_images("hubtrust/runtime:x").unwrap();
+        assert_eq!(images["hub"], "vendor/hub:2");
+        assert_eq!(images["internet"], "vendor/all:1");
+        let images = StackSpec::default()
+            .docker_images("hubtrust/runtime:x")
+            .unwrap();
+        assert_eq!(images["hub"], "hubtrust/runtime:x");
+        let stray = parse("[docker.hosts]\nlogin-9 = \"vendor/hub:2\"\n").unwrap();
+        let err = stray.docker_images("hubtrust/runtime:x").unwrap_err();
+        assert!(err.contains("login-9"), "{err}");
     }
 }

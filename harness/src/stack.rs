@@ -130,10 +130,11 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> HarnessError {
 pub enum Backend {
     /// Network namespaces inside hubtrust's private namespace.
     Local,
-    /// A container per host, made from `image`, and a network per link.
+    /// A container per host, made from the image `images` names for it,
+    /// and a network per link.
     Docker {
         engine: crate::backend::docker::DockerEngine,
-        image: String,
+        images: BTreeMap<String, String>,
     },
 }
 
@@ -164,8 +165,14 @@ impl Stack {
         let plans = crate::hpc::host_plans(&spec.topology, components);
         let network = match backend {
             Backend::Local => StackNetwork::build(&plans, &spec.topology.all_links()).await?,
-            Backend::Docker { engine, image } => {
-                progress(&format!("creating a container per host from {image}"));
+            Backend::Docker { engine, images } => {
+                let mut distinct: Vec<&str> = images.values().map(String::as_str).collect();
+                distinct.sort();
+                distinct.dedup();
+                progress(&format!(
+                    "creating a container per host from {}",
+                    distinct.join(", ")
+                ));
                 // The merge step's init container leaves the merged bundle in
                 // a volume the lab's host mounts at the same path.
                 let volumes: Vec<_> = spec
@@ -180,7 +187,7 @@ impl Stack {
                     .collect();
                 StackNetwork::build_in_docker(
                     engine,
-                    &image,
+                    &images,
                     &plans,
                     &spec.topology.all_links(),
                     &volumes,

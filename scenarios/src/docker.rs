@@ -42,17 +42,20 @@ pub async fn prepare(spec: &StackSpec) -> anyhow::Result<Backend> {
             spec.name
         );
     }
+    let images = spec
+        .docker_images(&images::runtime_image())
+        .map_err(|e| anyhow::anyhow!("{e} (fix: correct the stack file's [docker.hosts])"))?;
     let run = new_run_id();
     let engine = DockerEngine::connect(&run).await?;
-    let image = spec
-        .docker
-        .image
-        .clone()
-        .unwrap_or_else(images::runtime_image);
-    engine.require_image(&image).await?;
+    let mut distinct: Vec<&String> = images.values().collect();
+    distinct.sort();
+    distinct.dedup();
+    for image in distinct {
+        engine.require_image(image).await?;
+    }
     spawn_reaper(&run)?;
     eprintln!("· docker run {run} (`hubtrust down {run}` removes it if it is ever left)");
-    Ok(Backend::Docker { engine, image })
+    Ok(Backend::Docker { engine, images })
 }
 
 fn spawn_reaper(run: &str) -> anyhow::Result<()> {

@@ -337,7 +337,7 @@ fn a_missing_image_is_named_with_the_fix() {
     let run = run_on_docker(
         &run_id("noimage"),
         &["--tags", "@core"],
-        Some("[docker]\nimage = \"hubtrust/no-such-image:0\"\n"),
+        Some("[docker.hosts]\nhub = \"hubtrust/no-such-image:0\"\n"),
     );
     assert_eq!(run.code, Some(2), "{}", run.output);
     assert!(
@@ -417,4 +417,21 @@ fn stacks_the_docker_backend_cannot_run_yet_are_refused_up_front() {
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(t.contains("cannot run on the docker backend"), "{t}");
     assert!(t.contains("HPC"), "{t}");
+}
+
+#[test]
+fn an_image_for_a_host_the_topology_lacks_is_named() {
+    let dir = scratch("docker-stray-host");
+    let stack = dir.join("stack.toml");
+    std::fs::write(&stack, "[docker.hosts]\nlogin-9 = \"vendor/hub:1\"\n").unwrap();
+    let out = hubtrust()
+        .args(["run", "--backend", "docker", "--tags", "@core", "--stack"])
+        .arg(&stack)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("`login-9`"), "{t}");
+    assert!(t.contains("[docker.hosts]"), "{t}");
 }

@@ -810,12 +810,13 @@ impl Drop for DockerRun {
 }
 
 impl super::local::StackNetwork {
-    /// One container per host, from `image`, each on a network of its own
+    /// One container per host, from the image `images` names for it, each
+    /// on a network of its own
     /// shared with this machine (the operator's link), plus a network per
     /// direct link. On error, what was made is removed.
     pub async fn build_in_docker(
         engine: DockerEngine,
-        image: &str,
+        images: &std::collections::BTreeMap<String, String>,
         plans: &[super::local::HostPlan],
         extra_links: &[[String; 2]],
         volumes: &[SharedVolume],
@@ -853,6 +854,10 @@ impl super::local::StackNetwork {
                 .filter(|v| v.host == plan.name)
                 .cloned()
                 .collect();
+            let image = images.get(&plan.name).ok_or_else(|| HarnessError::Docker {
+                what: format!("place host `{}` in a container", plan.name),
+                message: "no image is named for it".into(),
+            })?;
             let container = engine.create_host(&plan.name, image, &link, &own).await?;
             containers.push((plan.name.clone(), container));
         }
@@ -878,6 +883,7 @@ impl super::local::StackNetwork {
                 .filter(|v| v.host == *name)
                 .cloned()
                 .collect();
+            let image = images.get(name).map_or("", String::as_str);
             let host = match Host::in_container(name, &engine, container, pid, image, own) {
                 Ok(host) => host,
                 // It ran for a moment, then its entrypoint died: the
