@@ -228,6 +228,15 @@ fn keep_leaves_a_failed_docker_run_running_until_down() {
     assert_eq!(status, "true");
     let procs = docker(&["exec", &hub, "ps", "-eo", "args"]);
     assert!(procs.contains("jupyterhub"), "{procs}");
+    // Every network of the run is internal: no route, no NAT, beyond the
+    // topology's links.
+    let label = format!("label=hubtrust.run={run}");
+    let networks = docker(&["network", "ls", "-q", "--filter", &label]);
+    assert!(!networks.is_empty());
+    for network in networks.lines() {
+        let internal = docker(&["network", "inspect", "-f", "{{.Internal}}", network]);
+        assert_eq!(internal, "true", "network {network}");
+    }
     let down = hubtrust().args(["down", &run]).output().unwrap();
     assert_eq!(down.status.code(), Some(0), "{}", text(&down));
     assert!(labelled(&run).is_empty());
