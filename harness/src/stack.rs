@@ -166,12 +166,11 @@ impl Stack {
         let network = match backend {
             Backend::Local => StackNetwork::build(&plans, &spec.topology.all_links()).await?,
             Backend::Docker { engine, images } => {
-                let mut distinct: Vec<&str> = images.values().map(String::as_str).collect();
-                distinct.sort();
-                distinct.dedup();
+                let distinct: std::collections::BTreeSet<&str> =
+                    images.values().map(String::as_str).collect();
                 progress(&format!(
                     "creating a container per host from {}",
-                    distinct.join(", ")
+                    distinct.into_iter().collect::<Vec<_>>().join(", ")
                 ));
                 // The merge step's init container leaves the merged bundle in
                 // a volume the lab's host mounts at the same path.

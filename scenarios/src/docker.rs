@@ -47,9 +47,7 @@ pub async fn prepare(spec: &StackSpec) -> anyhow::Result<Backend> {
         .map_err(|e| anyhow::anyhow!("{e} (fix: correct the stack file's [docker.hosts])"))?;
     let run = new_run_id();
     let engine = DockerEngine::connect(&run).await?;
-    let mut distinct: Vec<&String> = images.values().collect();
-    distinct.sort();
-    distinct.dedup();
+    let distinct: std::collections::BTreeSet<&String> = images.values().collect();
     for image in distinct {
         engine.require_image(image).await?;
     }

@@ -411,36 +411,35 @@ fn a_network_name_clash_is_named_and_nothing_is_left() {
 fn stacks_the_docker_backend_cannot_run_yet_are_refused_up_front() {
     let topology =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/topologies/hpc.toml");
-    // Refused before docker is even asked: no daemon needed.
-    let dir = scratch("docker-hpc");
-    let stack = dir.join("stack.toml");
-    let topology = format!("topology_file = {:?}\n", topology.display().to_string());
-    std::fs::write(&stack, topology).unwrap();
-    let out = hubtrust()
-        .args(["run", "--backend", "docker", "--tags", "@core", "--stack"])
-        .arg(&stack)
-        .output()
-        .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{t}");
+    let (code, t) = refused_before_docker(
+        "hpc",
+        &format!("topology_file = {:?}\n", topology.display().to_string()),
+    );
+    assert_eq!(code, Some(2), "{t}");
     assert!(t.contains("cannot run on the docker backend"), "{t}");
     assert!(t.contains("HPC"), "{t}");
 }
 
 #[test]
 fn an_image_for_a_host_the_topology_lacks_is_named() {
-    let dir = scratch("docker-stray-host");
-    let stack = dir.join("stack.toml");
-    std::fs::write(&stack, "[docker.hosts]\nlogin-9 = \"vendor/hub:1\"\n").unwrap();
+    let (code, t) =
+        refused_before_docker("stray-host", "[docker.hosts]\nlogin-9 = \"vendor/hub:1\"\n");
+    assert_eq!(code, Some(2), "{t}");
+    assert!(t.contains("`login-9`"), "{t}");
+    assert!(t.contains("[docker.hosts]"), "{t}");
+}
+
+/// Runs a docker `@core` run on `stack` (its text), for stacks refused
+/// before docker is even asked: no daemon needed.
+fn refused_before_docker(name: &str, stack: &str) -> (Option<i32>, String) {
+    let dir = scratch(&format!("docker-{name}"));
+    let stack_file = dir.join("stack.toml");
+    std::fs::write(&stack_file, stack).unwrap();
     let out = hubtrust()
         .args(["run", "--backend", "docker", "--tags", "@core", "--stack"])
-        .arg(&stack)
+        .arg(&stack_file)
         .output()
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("`login-9`"), "{t}");
-    assert!(t.contains("[docker.hosts]"), "{t}");
+    (out.status.code(), text(&out))
 }

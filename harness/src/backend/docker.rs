@@ -859,15 +859,15 @@ impl super::local::StackNetwork {
                 message: "no image is named for it".into(),
             })?;
             let container = engine.create_host(&plan.name, image, &link, &own).await?;
-            containers.push((plan.name.clone(), container));
+            containers.push((plan.name.clone(), container, image, own));
         }
         for [a, b] in extra_links {
             let link = format!("{a}--{b}");
             engine.create_network(&link).await?;
             for host in [a, b] {
-                let (_, container) = containers
+                let (_, container, ..) = containers
                     .iter()
-                    .find(|(name, _)| name == host)
+                    .find(|(name, ..)| name == host)
                     .ok_or_else(|| HarnessError::Network {
                         host: link.clone(),
                         message: "a link names a host that does not exist".into(),
@@ -876,15 +876,9 @@ impl super::local::StackNetwork {
             }
         }
         let mut addresses = HashMap::new();
-        for (name, container) in &containers {
+        for (name, container, image, own) in &containers {
             let (pid, by_link) = engine.inspect_host(container).await?;
-            let own: Vec<SharedVolume> = volumes
-                .iter()
-                .filter(|v| v.host == *name)
-                .cloned()
-                .collect();
-            let image = images.get(name).map_or("", String::as_str);
-            let host = match Host::in_container(name, &engine, container, pid, image, own) {
+            let host = match Host::in_container(name, &engine, container, pid, image, own.clone()) {
                 Ok(host) => host,
                 // It ran for a moment, then its entrypoint died: the
                 // container's state says so better than a missing /proc.
@@ -903,7 +897,7 @@ impl super::local::StackNetwork {
                     message: format!("docker gave it no address on {link}"),
                 })
         };
-        for (name, _) in &containers {
+        for (name, ..) in &containers {
             let link = format!("operator--{name}");
             let (gateway, bridge) = gateways[name].clone();
             network.links.push(Link {
