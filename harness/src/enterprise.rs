@@ -322,6 +322,7 @@ async fn start_inspecting_proxy(
         env,
         cwd: dir.to_path_buf(),
         log: egress.log.clone(),
+        role: Some(crate::spec::ContainerRole::Mitmproxy),
     };
     // A docker egress host gets its config and keys copied in.
     egress.host.copy_in(dir).await?;

@@ -54,6 +54,8 @@ pub struct LaunchSpec {
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
     pub log: PathBuf,
+    /// On docker, the component container it runs in; `None`: its host's.
+    pub role: Option<crate::spec::ContainerRole>,
 }
 
 /// A running process. Dropping it kills its whole process group at once;
@@ -263,6 +265,7 @@ mod tests {
             )]),
             cwd: dir.to_path_buf(),
             log: dir.join("test.log"),
+            role: None,
         }
     }
 

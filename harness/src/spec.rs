@@ -42,20 +42,68 @@ pub struct StackSpec {
     pub docker: DockerSpec,
 }
 
-/// What the docker backend runs the stack's hosts from.
+/// What the docker backend runs the stack's hosts and components from.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DockerSpec {
-    /// The image every host's container is made from (hub, proxy and lab
-    /// live in the hub's host). Unset: hubtrust's offline runtime image,
-    /// `hubtrust images build` makes it. A vendor's image must carry the
-    /// components at the paths the manifests name, or override commands.
+    /// The image every container is made from unless a more specific key
+    /// names another. Unset: hubtrust's offline runtime image, which
+    /// `hubtrust images build` makes.
     #[serde(default)]
     pub image: Option<String>,
-    /// Per host, the image its container is made from instead of `image`:
-    /// a vendor's hub image on `hub`, say, beside hubtrust's elsewhere.
+    /// Per host, the image of the container that holds the host's network
+    /// namespace (and runs what has no component container of its own).
     #[serde(default)]
     pub hosts: std::collections::BTreeMap<String, String>,
+    /// Per component, the image of its own container: a vendor's hub,
+    /// proxy or mitmproxy image beside hubtrust's. Such an image must carry
+    /// the component where its manifest's command says, or the stack file
+    /// overrides the command (`[hub] command = ["jupyterhub", …]`).
+    #[serde(default)]
+    pub components: std::collections::BTreeMap<ContainerRole, String>,
+}
+
+/// A component that gets a container of its own on the docker backend,
+/// sharing its host's network namespace and run directory (a pod's
+/// containers, in Kubernetes' words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerRole {
+    /// JupyterHub, and the labs it spawns as its local processes.
+    Hub,
+    /// configurable-http-proxy, started by hubtrust as an external proxy.
+    Proxy,
+    /// The enterprise profile's TLS-inspecting proxy on the egress host.
+    Mitmproxy,
+}
+
+impl ContainerRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hub => "hub",
+            Self::Proxy => "proxy",
+            Self::Mitmproxy => "mitmproxy",
+        }
+    }
+}
+
+/// The images a docker run is made from: one per host, and one per
+/// component container with the host it joins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerImages {
+    pub hosts: std::collections::BTreeMap<String, String>,
+    pub components: std::collections::BTreeMap<ContainerRole, (String, String)>,
+}
+
+impl DockerImages {
+    /// Every image named, once.
+    pub fn distinct(&self) -> std::collections::BTreeSet<&str> {
+        self.hosts
+            .values()
+            .chain(self.components.values().map(|(_, image)| image))
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 /// How the HPC path is run: the login nodes' tunnel port, the broker, the
@@ -338,13 +386,11 @@ impl StackSpec {
         }
     }
 
-    /// The image each host's container is made from: `[docker.hosts]`,
-    /// else `[docker] image`, else `default`. A host the topology does not
-    /// have is an error naming it.
-    pub fn docker_images(
-        &self,
-        default: &str,
-    ) -> std::result::Result<std::collections::BTreeMap<String, String>, String> {
+    /// The images a docker run is made from: a host's container from
+    /// `[docker.hosts]`, a component's from `[docker.components]`, else
+    /// `[docker] image`, else `default`. A host the topology does not have
+    /// is an error naming it.
+    pub fn docker_images(&self, default: &str) -> std::result::Result<DockerImages, String> {
         let hosts = self.topology.all_hosts();
         if let Some(unknown) = self.docker.hosts.keys().find(|h| !hosts.contains(h)) {
             return Err(format!(
@@ -353,14 +399,55 @@ impl StackSpec {
             ));
         }
         let fallback = self.docker.image.as_deref().unwrap_or(default);
-        Ok(hosts
-            .into_iter()
-            .map(|h| {
-                let image = self.docker.hosts.get(&h).map_or(fallback, String::as_str);
-                let image = image.to_string();
-                (h, image)
-            })
-            .collect())
+        let component_image = |role: ContainerRole| {
+            self.docker
+                .components
+                .get(&role)
+                .map_or(fallback, String::as_str)
+                .to_string()
+        };
+        let hub_host = &self.topology.hub_host;
+        let mut components = std::collections::BTreeMap::from([
+            (
+                ContainerRole::Hub,
+                (hub_host.clone(), component_image(ContainerRole::Hub)),
+            ),
+            (
+                ContainerRole::Proxy,
+                (hub_host.clone(), component_image(ContainerRole::Proxy)),
+            ),
+        ]);
+        match self
+            .enterprise
+            .as_ref()
+            .and_then(|e| e.egress_host.as_ref())
+        {
+            Some(egress) => {
+                components.insert(
+                    ContainerRole::Mitmproxy,
+                    (egress.clone(), component_image(ContainerRole::Mitmproxy)),
+                );
+            }
+            None if self
+                .docker
+                .components
+                .contains_key(&ContainerRole::Mitmproxy) =>
+            {
+                return Err("[docker.components] names a mitmproxy image, but the stack has no enterprise.egress_host to run it on".into());
+            }
+            None => {}
+        }
+        Ok(DockerImages {
+            hosts: hosts
+                .into_iter()
+                .map(|h| {
+                    let image = self.docker.hosts.get(&h).map_or(fallback, String::as_str);
+                    let image = image.to_string();
+                    (h, image)
+                })
+                .collect(),
+            components,
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self> {
@@ -670,14 +757,47 @@ mod tests {
         )
         .unwrap();
         let images = spec.docker_images("hubtrust/runtime:x").unwrap();
-        assert_eq!(images["hub"], "vendor/hub:2");
-        assert_eq!(images["internet"], "vendor/all:1");
+        assert_eq!(images.hosts["hub"], "vendor/hub:2");
+        assert_eq!(images.hosts["internet"], "vendor/all:1");
         let images = StackSpec::default()
             .docker_images("hubtrust/runtime:x")
             .unwrap();
-        assert_eq!(images["hub"], "hubtrust/runtime:x");
+        assert_eq!(images.hosts["hub"], "hubtrust/runtime:x");
+        assert_eq!(images.distinct().len(), 1);
         let stray = parse("[docker.hosts]\nlogin-9 = \"vendor/hub:2\"\n").unwrap();
         let err = stray.docker_images("hubtrust/runtime:x").unwrap_err();
         assert!(err.contains("login-9"), "{err}");
+    }
+
+    #[test]
+    fn each_component_gets_its_own_image_on_its_host() {
+        let spec = parse(
+            "[topology]\nhosts = [\"hub\", \"internet\", \"egress\"]\n\
+             links = [[\"hub\", \"internet\"], [\"hub\", \"egress\"], [\"egress\", \"internet\"]]\n\
+             [enterprise]\ninternet_host = \"internet\"\negress_host = \"egress\"\n\
+             [docker]\nimage = \"vendor/all:1\"\n\
+             [docker.components]\nproxy = \"vendor/chp:5\"\nmitmproxy = \"vendor/mitm:11\"\n",
+        )
+        .unwrap();
+        let images = spec.docker_images("hubtrust/runtime:x").unwrap();
+        let component = |role| images.components[&role].clone();
+        assert_eq!(
+            component(ContainerRole::Hub),
+            ("hub".into(), "vendor/all:1".into())
+        );
+        assert_eq!(
+            component(ContainerRole::Proxy),
+            ("hub".into(), "vendor/chp:5".into())
+        );
+        assert_eq!(
+            component(ContainerRole::Mitmproxy),
+            ("egress".into(), "vendor/mitm:11".into())
+        );
+        assert_eq!(images.distinct().len(), 3);
+        let err = parse("[docker.components]\nlabs = \"x\"\n").unwrap_err();
+        assert!(err.contains("expected one of `hub`, `proxy`"), "{err}");
+        let nowhere = parse("[docker.components]\nmitmproxy = \"x\"\n").unwrap();
+        let err = nowhere.docker_images("hubtrust/runtime:x").unwrap_err();
+        assert!(err.contains("egress_host"), "{err}");
     }
 }

@@ -105,6 +105,9 @@ pub struct Stack {
     pub(crate) network: StackNetwork,
     hub: Option<ManagedProcess>,
     hub_log: PathBuf,
+    /// The proxy, when hubtrust starts it apart from the hub (docker: a
+    /// container of its own); otherwise the hub starts and owns it.
+    proxy: Option<ManagedProcess>,
     org: OrgPki,
     zoo: Zoo,
     public_addr: SocketAddr,
@@ -134,7 +137,7 @@ pub enum Backend {
     /// and a network per link.
     Docker {
         engine: crate::backend::docker::DockerEngine,
-        images: BTreeMap<String, String>,
+        images: crate::spec::DockerImages,
     },
 }
 
@@ -166,24 +169,31 @@ impl Stack {
         let network = match backend {
             Backend::Local => StackNetwork::build(&plans, &spec.topology.all_links()).await?,
             Backend::Docker { engine, images } => {
-                let distinct: std::collections::BTreeSet<&str> =
-                    images.values().map(String::as_str).collect();
                 progress(&format!(
-                    "creating a container per host from {}",
-                    distinct.into_iter().collect::<Vec<_>>().join(", ")
+                    "creating a container per host and per component from {}",
+                    images.distinct().into_iter().collect::<Vec<_>>().join(", ")
                 ));
+                use crate::backend::docker::SharedVolume;
+                // A host's containers share the run directory through a
+                // volume, as a pod's containers share an emptyDir: the
+                // proxy reads the certificates the hub writes.
+                let run_volumes = plans.iter().map(|plan| SharedVolume {
+                    name: format!("run-{}", plan.name),
+                    host: plan.name.clone(),
+                    path: run_dir.clone(),
+                });
                 // The merge step's init container leaves the merged bundle in
                 // a volume the lab's host mounts at the same path.
-                let volumes: Vec<_> = spec
-                    .enterprise
-                    .iter()
-                    .filter(|e| e.merge_org_bundle)
-                    .map(|_| crate::backend::docker::SharedVolume {
-                        name: "certs-extra".into(),
-                        host: spec.topology.lab_host.clone(),
-                        path: run_dir.join("enterprise").join("certs-extra"),
-                    })
-                    .collect();
+                let merge_volume =
+                    spec.enterprise
+                        .iter()
+                        .filter(|e| e.merge_org_bundle)
+                        .map(|_| SharedVolume {
+                            name: "certs-extra".into(),
+                            host: spec.topology.lab_host.clone(),
+                            path: run_dir.join("enterprise").join("certs-extra"),
+                        });
+                let volumes: Vec<_> = run_volumes.chain(merge_volume).collect();
                 StackNetwork::build_in_docker(
                     engine,
                     &images,
@@ -340,6 +350,16 @@ impl Stack {
             render_spec.hub.extra_config = lines;
         }
 
+        // On docker the proxy runs in a container of its own, started by
+        // hubtrust, as Zero to JupyterHub runs it: the hub only talks to its
+        // API, which it waits for.
+        let external_proxy = host.is_container();
+        if external_proxy {
+            render_spec
+                .hub
+                .extra_config
+                .insert(0, "c.ConfigurableHTTPProxy.should_start = False".into());
+        }
         let lab_extra_env = outbound
             .as_ref()
             .map(crate::enterprise::Outbound::lab_environment)
@@ -394,6 +414,7 @@ impl Stack {
             env,
             cwd: hub_dir.clone(),
             log: hub_log.clone(),
+            role: Some(crate::spec::ContainerRole::Hub),
         };
         // Docker hosts get the run directory (config, certificates, keys)
         // copied in at the same path, modes kept.
@@ -417,6 +438,7 @@ impl Stack {
             network,
             hub: Some(hub),
             hub_log,
+            proxy: None,
             org,
             zoo: zoo_placeholder,
             public_addr,
@@ -429,6 +451,52 @@ impl Stack {
             life_capture: std::sync::Mutex::new(life_capture),
         };
         // From here on, an early return drops `stack`, which tears down.
+        if external_proxy {
+            // The hub writes the proxy's certificates before it says this,
+            // then gives the proxy's API 30 s to answer.
+            let certificates_written = ReadyCheck::LogLine {
+                pattern: "Not starting proxy".into(),
+                timeout_secs: 90,
+            };
+            stack
+                .await_ready("jupyterhub", &[certificates_written])
+                .await?;
+            progress(&format!(
+                "starting configurable-http-proxy {} in its own container",
+                proxy_manifest.version
+            ));
+            let launch = LaunchSpec {
+                name: "configurable-http-proxy".into(),
+                program: proxy_manifest.command[0].clone(),
+                args: proxy_manifest.command[1..]
+                    .iter()
+                    .chain(&proxy_manifest.args)
+                    .cloned()
+                    .chain(external_proxy_args(
+                        &stack.spec,
+                        &stack.internal_ssl_dir(),
+                        &public_cert,
+                        &public_key,
+                    ))
+                    .collect(),
+                env: proxy_manifest
+                    .env
+                    .clone()
+                    .into_iter()
+                    .chain([(
+                        "CONFIGPROXY_AUTH_TOKEN".to_string(),
+                        stack.proxy_token.expose().to_string(),
+                    )])
+                    .collect(),
+                cwd: stack.run_dir.join("hub"),
+                log: stack
+                    .run_dir
+                    .join("logs")
+                    .join("configurable-http-proxy.log"),
+                role: Some(crate::spec::ContainerRole::Proxy),
+            };
+            stack.proxy = Some(stack.network.host(&hub_host)?.start(&launch).await?);
+        }
         stack.await_ready("jupyterhub", &hub_manifest.ready).await?;
         progress(&format!(
             "hub ready; checking configurable-http-proxy {}",
@@ -488,25 +556,32 @@ impl Stack {
         }
     }
 
+    /// Waits for `checks`, watching the process that runs `component`: the
+    /// proxy's own when hubtrust started it, else the hub (which starts
+    /// the proxy otherwise).
     async fn await_ready(&mut self, component: &str, checks: &[ReadyCheck]) -> Result<()> {
         let Self {
             network,
             http,
             hub,
-            hub_log,
+            proxy,
             ..
         } = self;
-        let hub = hub.as_mut().ok_or_else(|| HarnessError::Spawn {
-            component: component.into(),
-            message: "the hub is not running".into(),
-        })?;
+        let watched = match proxy {
+            Some(proxy) if component == "configurable-http-proxy" => proxy,
+            _ => hub.as_mut().ok_or_else(|| HarnessError::Spawn {
+                component: component.into(),
+                message: "the hub is not running".into(),
+            })?,
+        };
+        let log = watched.log.clone();
         let ctx = ReadyContext {
             network: &*network,
             http: &*http,
-            log: hub_log.as_path(),
+            log: log.as_path(),
         };
         for check in checks {
-            wait_ready(component, check, &ctx, hub).await?;
+            wait_ready(component, check, &ctx, watched).await?;
         }
         Ok(())
     }
@@ -1059,6 +1134,9 @@ impl Stack {
         if let Some(hub) = self.hub.take() {
             hub.stop(STOP_GRACE).await;
         }
+        if let Some(proxy) = self.proxy.take() {
+            proxy.stop(STOP_GRACE).await;
+        }
         if let Some(outbound) = self.outbound.as_mut() {
             outbound.stop(STOP_GRACE).await;
         }
@@ -1489,6 +1567,7 @@ impl Drop for Stack {
         // Dropping the hub kills its process group; the sweep catches the
         // proxy and labs, which JupyterHub starts in sessions of their own.
         drop(self.hub.take());
+        drop(self.proxy.take());
         sweep_marked(STACK_MARKER_ENV, &self.marker);
     }
 }
@@ -1659,6 +1738,52 @@ fn template_values(
         ("marker", marker.to_string()),
         ("user", String::new()),
     ])
+}
+
+/// The arguments the hub gives the proxy it starts under internal_ssl
+/// (`ConfigurableHTTPProxy.start`), for a proxy started apart from it:
+/// listeners, the public certificate, and mutual TLS on the API and
+/// towards the hub with the certificates the hub wrote.
+fn external_proxy_args(
+    spec: &StackSpec,
+    internal_ssl: &Path,
+    public_cert: &Path,
+    public_key: &Path,
+) -> Vec<String> {
+    let file = |relative: &str| internal_ssl.join(relative).display().to_string();
+    let mut args: Vec<String> = [
+        // The hub's bind_url names no address: every interface.
+        ("--ip", String::new()),
+        ("--port", spec.ports.public.to_string()),
+        ("--api-ip", "127.0.0.1".into()),
+        ("--api-port", spec.ports.proxy_api.to_string()),
+        (
+            "--error-target",
+            format!("https://127.0.0.1:{}/hub/error", spec.ports.hub),
+        ),
+        ("--log-level", "info".into()),
+        ("--ssl-key", public_key.display().to_string()),
+        ("--ssl-cert", public_cert.display().to_string()),
+        ("--api-ssl-key", file("proxy-api/proxy-api.key")),
+        ("--api-ssl-cert", file("proxy-api/proxy-api.crt")),
+        ("--api-ssl-ca", file("proxy-api-ca_trust.crt")),
+        ("--client-ssl-key", file("proxy-client/proxy-client.key")),
+        ("--client-ssl-cert", file("proxy-client/proxy-client.crt")),
+        ("--client-ssl-ca", file("proxy-client-ca_trust.crt")),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value])
+    .collect();
+    args.extend(
+        [
+            "--api-ssl-request-cert",
+            "--api-ssl-reject-unauthorized",
+            "--client-ssl-request-cert",
+            "--client-ssl-reject-unauthorized",
+        ]
+        .map(String::from),
+    );
+    args
 }
 
 fn manifest_with_overrides(

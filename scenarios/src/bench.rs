@@ -136,6 +136,7 @@ async fn measure_startup(args: &BenchArgs) -> anyhow::Result<()> {
             env,
             cwd: work.join("hub"),
             log: log.clone(),
+            role: None,
         };
         let t0 = epoch();
         let mut process = host.start(&launch).await?;

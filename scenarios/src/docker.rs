@@ -44,11 +44,10 @@ pub async fn prepare(spec: &StackSpec) -> anyhow::Result<Backend> {
     }
     let images = spec
         .docker_images(&images::runtime_image())
-        .map_err(|e| anyhow::anyhow!("{e} (fix: correct the stack file's [docker.hosts])"))?;
+        .map_err(|e| anyhow::anyhow!("{e} (fix: correct the stack file's [docker] section)"))?;
     let run = new_run_id();
     let engine = DockerEngine::connect(&run).await?;
-    let distinct: std::collections::BTreeSet<&String> = images.values().collect();
-    for image in distinct {
+    for image in images.distinct() {
         engine.require_image(image).await?;
     }
     spawn_reaper(&run)?;

@@ -222,12 +222,22 @@ fn keep_leaves_a_failed_docker_run_running_until_down() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains(&format!("`hubtrust down {run}`")), "{t}");
-    // The reaper stood down: the hub still answers in its container.
-    let hub = format!("hubtrust-{run}-hub");
-    let status = docker(&["inspect", "-f", "{{.State.Running}}", &hub]);
-    assert_eq!(status, "true");
-    let procs = docker(&["exec", &hub, "ps", "-eo", "args"]);
-    assert!(procs.contains("jupyterhub"), "{procs}");
+    // The reaper stood down: the hub still runs in its container, the
+    // proxy in one of its own beside it, in the hub host's namespaces.
+    let hub = format!("hubtrust-{run}-hub-hub");
+    let proxy = format!("hubtrust-{run}-hub-proxy");
+    for container in [&hub, &proxy] {
+        let status = docker(&["inspect", "-f", "{{.State.Running}}", container]);
+        assert_eq!(status, "true", "{container}");
+    }
+    let in_hub = docker(&["exec", &hub, "ps", "-eo", "args"]);
+    assert!(in_hub.contains("jupyterhub -f"), "{in_hub}");
+    assert!(!in_hub.contains("configurable-http-proxy"), "{in_hub}");
+    let in_proxy = docker(&["exec", &proxy, "ps", "-eo", "args"]);
+    assert!(in_proxy.contains("configurable-http-proxy"), "{in_proxy}");
+    let mode = docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &proxy]);
+    let host_id = docker(&["inspect", "-f", "{{.Id}}", &format!("hubtrust-{run}-hub")]);
+    assert_eq!(mode, format!("container:{host_id}"));
     // Every network of the run is internal: no route, no NAT, beyond the
     // topology's links.
     let label = format!("label=hubtrust.run={run}");

@@ -191,7 +191,8 @@ impl DockerEngine {
     }
 
     /// Creates and starts the container for `host` on its first network.
-    /// It only keeps the host alive; components are started in it by exec.
+    /// It holds the host's network namespace; components run in containers
+    /// of their own that join it ([`DockerEngine::create_component`]).
     pub async fn create_host(
         &self,
         host: &str,
@@ -200,27 +201,83 @@ impl DockerEngine {
         volumes: &[SharedVolume],
     ) -> Result<String> {
         let name = self.name(host);
+        let networking = NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                self.name(first_network),
+                EndpointSettings::default(),
+            )])),
+        };
+        self.create_sleeper(
+            &name,
+            image,
+            Some(host),
+            self.name(first_network),
+            Some(networking),
+            self.labels(Some(host)),
+            volumes,
+        )
+        .await?;
+        Ok(name)
+    }
+
+    /// Creates and starts a component's own container in `host`'s network
+    /// namespace, with the host's volumes mounted at the same paths: the
+    /// component sees the host's addresses and files, but runs from its
+    /// own image.
+    pub async fn create_component(
+        &self,
+        host: &str,
+        role: &str,
+        image: &str,
+        volumes: &[SharedVolume],
+    ) -> Result<String> {
+        let name = self.name(&format!("{host}-{role}"));
+        let mut labels = self.labels(Some(host));
+        labels.insert("hubtrust.component".into(), role.into());
+        self.create_sleeper(
+            &name,
+            image,
+            None,
+            format!("container:{}", self.name(host)),
+            None,
+            labels,
+            volumes,
+        )
+        .await?;
+        Ok(name)
+    }
+
+    /// A started container that only sleeps; what runs in it is exec'd.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_sleeper(
+        &self,
+        name: &str,
+        image: &str,
+        hostname: Option<&str>,
+        network_mode: String,
+        networking_config: Option<NetworkingConfig>,
+        labels: HashMap<String, String>,
+        volumes: &[SharedVolume],
+    ) -> Result<()> {
         let body = ContainerCreateBody {
             image: Some(image.into()),
-            hostname: Some(host.into()),
+            hostname: hostname.map(Into::into),
             cmd: Some(vec!["sleep".into(), "infinity".into()]),
-            labels: Some(self.labels(Some(host))),
+            // Components run as root, as they do in the local backend's
+            // namespace, whatever user a vendor's image defaults to.
+            user: Some("0".into()),
+            labels: Some(labels),
             host_config: Some(HostConfig {
                 // docker-init reaps the orphans components leave behind.
                 init: Some(true),
-                network_mode: Some(self.name(first_network)),
+                network_mode: Some(network_mode),
                 mounts: Some(self.mounts(volumes)),
                 ..Default::default()
             }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    self.name(first_network),
-                    EndpointSettings::default(),
-                )])),
-            }),
+            networking_config,
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
         match self.docker.create_container(Some(options), body).await {
             Ok(_) => {}
             Err(e) if is_conflict(&e) => {
@@ -232,15 +289,14 @@ impl DockerEngine {
             Err(e) => return Err(docker_error(format!("create container {name} from {image}"), e)),
         }
         self.docker
-            .start_container(&name, None::<bollard::query_parameters::StartContainerOptions>)
+            .start_container(name, None::<bollard::query_parameters::StartContainerOptions>)
             .await
             .map_err(|e| HarnessError::Docker {
                 what: format!("start container {name} from {image}"),
                 message: format!(
                     "{e} (fix: the image's entrypoint must be able to run `sleep infinity`; check the image named in the stack file's [docker] section)"
                 ),
-            })?;
-        Ok(name)
+            })
     }
 
     fn mounts(&self, volumes: &[SharedVolume]) -> Vec<bollard::models::Mount> {
@@ -810,13 +866,14 @@ impl Drop for DockerRun {
 }
 
 impl super::local::StackNetwork {
-    /// One container per host, from the image `images` names for it, each
-    /// on a network of its own
-    /// shared with this machine (the operator's link), plus a network per
-    /// direct link. On error, what was made is removed.
+    /// One container per host, from the image `images` names for it,
+    /// each on a network of its own shared with this machine (the
+    /// operator's link), plus a network per direct link; then each
+    /// component's own container in its host's namespaces. On error, what
+    /// was made is removed.
     pub async fn build_in_docker(
         engine: DockerEngine,
-        images: &std::collections::BTreeMap<String, String>,
+        images: &crate::spec::DockerImages,
         plans: &[super::local::HostPlan],
         extra_links: &[[String; 2]],
         volumes: &[SharedVolume],
@@ -854,10 +911,13 @@ impl super::local::StackNetwork {
                 .filter(|v| v.host == plan.name)
                 .cloned()
                 .collect();
-            let image = images.get(&plan.name).ok_or_else(|| HarnessError::Docker {
-                what: format!("place host `{}` in a container", plan.name),
-                message: "no image is named for it".into(),
-            })?;
+            let image = images
+                .hosts
+                .get(&plan.name)
+                .ok_or_else(|| HarnessError::Docker {
+                    what: format!("place host `{}` in a container", plan.name),
+                    message: "no image is named for it".into(),
+                })?;
             let container = engine.create_host(&plan.name, image, &link, &own).await?;
             containers.push((plan.name.clone(), container, image, own));
         }
@@ -886,6 +946,24 @@ impl super::local::StackNetwork {
             };
             network.hosts.insert(name.clone(), host);
             addresses.insert(name.clone(), by_link);
+        }
+        for (role, (host, image)) in &images.components {
+            let own: Vec<SharedVolume> = volumes
+                .iter()
+                .filter(|v| &v.host == host)
+                .cloned()
+                .collect();
+            let container = engine
+                .create_component(host, role.as_str(), image, &own)
+                .await?;
+            network
+                .hosts
+                .get_mut(host)
+                .ok_or_else(|| HarnessError::Docker {
+                    what: format!("place the {} container", role.as_str()),
+                    message: format!("its host `{host}` is not in the topology"),
+                })?
+                .add_component(*role, container, image.clone());
         }
         let address = |host: &str, link: &str| {
             addresses

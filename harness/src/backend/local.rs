@@ -19,6 +19,7 @@ use tokio::process::{Child, Command};
 
 use crate::error::{HarnessError, Result};
 use crate::process::{LaunchSpec, ManagedProcess};
+use crate::spec::ContainerRole;
 
 /// Set in the re-executed process so it knows it is already inside.
 pub const INSIDE_ENV: &str = "HUBTRUST_INSIDE_NAMESPACE";
@@ -139,9 +140,29 @@ struct ContainerHost {
     engine: super::docker::DockerEngine,
     name: String,
     pid: u32,
-    /// The image it was made from, which its init containers use too.
+    /// The image it was made from.
     image: String,
     volumes: Vec<super::docker::SharedVolume>,
+    /// The components with a container of their own in this host's
+    /// namespaces: the container's name and image.
+    components: BTreeMap<ContainerRole, (String, String)>,
+}
+
+impl ContainerHost {
+    /// The container a launch runs in: its component's own, else the
+    /// host's.
+    fn container_for(&self, role: Option<ContainerRole>) -> &str {
+        role.and_then(|r| self.components.get(&r))
+            .map_or(&self.name, |(container, _)| container)
+    }
+
+    /// The image labs run from: the hub's, which spawns them as its own
+    /// processes, else the host's.
+    fn lab_image(&self) -> &str {
+        self.components
+            .get(&ContainerRole::Hub)
+            .map_or(&self.image, |(_, image)| image)
+    }
 }
 
 impl Host {
@@ -256,11 +277,19 @@ impl Host {
                 pid,
                 image: image.into(),
                 volumes,
+                components: BTreeMap::new(),
             }),
             netns,
             netns_path,
             mntns_path: Some(format!("/proc/{pid}/ns/mnt")),
         })
+    }
+
+    /// Records a component's own container in this host (docker only).
+    pub fn add_component(&mut self, role: ContainerRole, container: String, image: String) {
+        if let Some(c) = self.container.as_mut() {
+            c.components.insert(role, (container, image));
+        }
     }
 
     /// Whether this host is a container of the docker backend.
@@ -269,7 +298,7 @@ impl Host {
     }
 
     /// On a docker host, runs `argv` to its end in an init container of
-    /// this host (its image, its shared volumes, no network), with `inputs`
+    /// this host's labs (their image, the host's volumes, no network), with `inputs`
     /// copied in first. `None` on the local backend, which has no such thing.
     pub async fn run_init_container(
         &self,
@@ -280,17 +309,23 @@ impl Host {
         let c = self.container.as_ref()?;
         Some(
             c.engine
-                .run_init_container(name, &c.image, argv, inputs, &c.volumes)
+                .run_init_container(name, c.lab_image(), argv, inputs, &c.volumes)
                 .await,
         )
     }
 
-    /// On a docker host, writes `source` (a file here) into it at
-    /// `target`. `None` on the local backend, whose hosts share this
-    /// machine's files.
+    /// On a docker host, writes `source` (a file here) into each of its
+    /// containers at `target`. `None` on the local backend, whose hosts
+    /// share this machine's files.
     pub async fn install_file(&self, source: &Path, target: &Path) -> Option<Result<()>> {
         let c = self.container.as_ref()?;
-        Some(c.engine.copy_file_in(&c.name, source, target).await)
+        let containers = std::iter::once(&c.name).chain(c.components.values().map(|(n, _)| n));
+        for container in containers {
+            if let Err(e) = c.engine.copy_file_in(container, source, target).await {
+                return Some(Err(e));
+            }
+        }
+        Some(Ok(()))
     }
 
     /// Copies `dir` into the host at the same path. Hosts of the local
@@ -359,7 +394,7 @@ impl Host {
         match &self.container {
             Some(c) => Ok(ManagedProcess::in_container(
                 spec,
-                c.engine.exec(&c.name, spec).await?,
+                c.engine.exec(c.container_for(spec.role), spec).await?,
             )),
             None => ManagedProcess::start(spec, &self.wrapper_in(Some(&spec.cwd))),
         }

@@ -582,6 +582,7 @@ impl HpcSite {
             env: BTreeMap::new(),
             cwd: node_dir.clone(),
             log: run_dir.join("logs").join(format!("sshd-{node}.log")),
+            role: None,
         };
         Ok(launch)
     }
@@ -680,6 +681,7 @@ impl HpcSite {
             env,
             cwd: broker_dir.clone(),
             log: self.broker_log.clone(),
+            role: None,
         };
         progress("starting the tunnel broker on the hub's host");
         self.launch_broker(network, http, hub_host, &launch).await?;
