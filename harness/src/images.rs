@@ -205,7 +205,7 @@ async fn import(engine: &DockerEngine, rootfs: &Path, image: &str) -> Result<()>
             message: format!("tar of the root filesystem failed ({status})"),
         });
     }
-    engine.require_image(image).await
+    engine.require_image(image).await.map(|_| ())
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {

@@ -119,6 +119,9 @@ pub struct RunReport {
     pub tags: Option<String>,
     pub stack: String,
     pub backend: String,
+    /// On docker, the image each component and host ran from, with its id.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub images: std::collections::BTreeMap<String, String>,
     pub scenarios: Vec<ScenarioResult>,
     pub trust_matrix: Option<TrustMatrix>,
     pub chains: Vec<ChainCheck>,
@@ -209,6 +212,13 @@ impl RunReport {
             self.seconds,
             self.stack_ready_seconds
         );
+        if !self.images.is_empty() {
+            md += "| ran from | image |\n|---|---|\n";
+            for (what, image) in &self.images {
+                md += &format!("| {what} | `{image}` |\n");
+            }
+            md += "\n";
+        }
         md += "## Scenarios\n\n| | feature | scenario | seconds |\n|---|---|---|---|\n";
         for s in &self.scenarios {
             let mark = match s.status {

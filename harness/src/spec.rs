@@ -93,6 +93,8 @@ impl ContainerRole {
 pub struct DockerImages {
     pub hosts: std::collections::BTreeMap<String, String>,
     pub components: std::collections::BTreeMap<ContainerRole, (String, String)>,
+    /// Each image's id (its content digest) in the daemon, once looked up.
+    pub ids: std::collections::BTreeMap<String, String>,
 }
 
 impl DockerImages {
@@ -103,6 +105,24 @@ impl DockerImages {
             .chain(self.components.values().map(|(_, image)| image))
             .map(String::as_str)
             .collect()
+    }
+
+    /// What a report says was tested: each component's and each host's
+    /// image, with its id when known.
+    pub fn table(&self) -> std::collections::BTreeMap<String, String> {
+        let with_id = |image: &str| match self.ids.get(image) {
+            Some(id) => format!("{image} ({id})"),
+            None => image.to_string(),
+        };
+        let components = self
+            .components
+            .iter()
+            .map(|(role, (_, image))| (role.as_str().to_string(), with_id(image)));
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|(host, image)| (format!("host {host}"), with_id(image)));
+        components.chain(hosts).collect()
     }
 }
 
@@ -447,6 +467,7 @@ impl StackSpec {
                 })
                 .collect(),
             components,
+            ids: std::collections::BTreeMap::new(),
         })
     }
 

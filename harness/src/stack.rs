@@ -105,6 +105,8 @@ pub struct Stack {
     pub(crate) network: StackNetwork,
     hub: Option<ManagedProcess>,
     hub_log: PathBuf,
+    /// The images a docker stack was made from.
+    docker_images: Option<crate::spec::DockerImages>,
     /// The proxy, when hubtrust starts it apart from the hub (docker: a
     /// container of its own); otherwise the hub starts and owns it.
     proxy: Option<ManagedProcess>,
@@ -166,6 +168,7 @@ impl Stack {
         progress("generating the org PKI");
         let org = OrgPki::generate()?;
         let plans = crate::hpc::host_plans(&spec.topology, components);
+        let mut docker_images = None;
         let network = match backend {
             Backend::Local => StackNetwork::build(&plans, &spec.topology.all_links()).await?,
             Backend::Docker { engine, images } => {
@@ -194,14 +197,16 @@ impl Stack {
                             path: run_dir.join("enterprise").join("certs-extra"),
                         });
                 let volumes: Vec<_> = run_volumes.chain(merge_volume).collect();
-                StackNetwork::build_in_docker(
+                let network = StackNetwork::build_in_docker(
                     engine,
                     &images,
                     &plans,
                     &spec.topology.all_links(),
                     &volumes,
                 )
-                .await?
+                .await?;
+                docker_images = Some(images);
+                network
             }
         };
         // An HPC stack's tunnels are long-lived SSH connections opened
@@ -438,6 +443,7 @@ impl Stack {
             network,
             hub: Some(hub),
             hub_log,
+            docker_images,
             proxy: None,
             org,
             zoo: zoo_placeholder,
@@ -522,6 +528,15 @@ impl Stack {
         }
         progress("stack ready");
         Ok(stack)
+    }
+
+    /// On docker, each component's and host's image, with its id: what a
+    /// conformance report says was tested. Empty on the local backend.
+    pub fn images_used(&self) -> BTreeMap<String, String> {
+        self.docker_images
+            .as_ref()
+            .map(crate::spec::DockerImages::table)
+            .unwrap_or_default()
     }
 
     /// On docker, leaves the run's containers and networks in place after

@@ -42,14 +42,16 @@ pub async fn prepare(spec: &StackSpec) -> anyhow::Result<Backend> {
             spec.name
         );
     }
-    let images = spec
+    let mut images = spec
         .docker_images(&images::runtime_image())
         .map_err(|e| anyhow::anyhow!("{e} (fix: correct the stack file's [docker] section)"))?;
     let run = new_run_id();
     let engine = DockerEngine::connect(&run).await?;
+    let mut ids = std::collections::BTreeMap::new();
     for image in images.distinct() {
-        engine.require_image(image).await?;
+        ids.insert(image.to_string(), engine.require_image(image).await?);
     }
+    images.ids = ids;
     spawn_reaper(&run)?;
     eprintln!("· docker run {run} (`hubtrust down {run}` removes it if it is ever left)");
     Ok(Backend::Docker { engine, images })

@@ -171,6 +171,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let images_used = stack.images_used();
     if let Ok(mut s) = STACK.lock() {
         *s = Some(stack);
     }
@@ -269,6 +270,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
     report.scenarios = results.lock().map(|r| r.clone()).unwrap_or_default();
     report.seconds = started.elapsed().as_secs_f64();
     report.stack_ready_seconds = stack_ready_seconds;
+    report.images = images_used;
     report.peak_rss_kb = peak_rss_kb();
     if let Err(e) = report.write_all(&args.report) {
         eprintln!("error: failed to write the reports: {e}");

@@ -176,6 +176,47 @@ fn enterprise_profile_passes_on_docker_with_a_real_init_container() {
 }
 
 #[test]
+fn a_vendors_proxy_image_runs_the_proxy_and_the_report_names_it() {
+    if !docker_ready() {
+        return;
+    }
+    // A vendor's proxy image: hubtrust's, with the proxy on PATH where
+    // hubtrust's own image has none, so the stack below only comes up if
+    // the proxy really runs from this image.
+    let base = docker(&["images", "-q", "--filter", "reference=hubtrust/runtime"]);
+    let base = base.lines().next().unwrap().to_string();
+    let (vendor, maker) = (
+        "hubtrust/test-vendor-proxy:1",
+        format!("{}-maker", run_id("vendor")),
+    );
+    docker(&[
+        "run",
+        "--name",
+        &maker,
+        &base,
+        "ln",
+        "-s",
+        "/opt/hubtrust/npm/node_modules/.bin/configurable-http-proxy",
+        "/usr/local/bin/configurable-http-proxy",
+    ]);
+    docker(&["commit", &maker, vendor]);
+    docker(&["rm", &maker]);
+    let run = run_on_docker(
+        &run_id("vendor"),
+        &["--tags", "@core"],
+        Some(&format!(
+            "[docker.components]\nproxy = \"{vendor}\"\n[proxy]\ncommand = [\"configurable-http-proxy\"]\n"
+        )),
+    );
+    docker(&["image", "rm", vendor]);
+    assert_eq!(run.code, Some(0), "{}", run.output);
+    let images = &run.report.unwrap()["images"];
+    let proxy = images["proxy"].as_str().unwrap();
+    assert!(proxy.starts_with(vendor), "{images}");
+    assert_ne!(proxy, images["hub"].as_str().unwrap(), "{images}");
+}
+
+#[test]
 fn sigkill_of_a_docker_run_mid_stack_leaves_no_container_network_or_volume() {
     if !docker_ready() {
         return;

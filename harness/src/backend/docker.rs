@@ -113,10 +113,11 @@ impl DockerEngine {
         format!("hubtrust-{}-{what}", self.run)
     }
 
-    /// Fails with the fix when `image` is not in the daemon.
-    pub async fn require_image(&self, image: &str) -> Result<()> {
+    /// The id of `image` in the daemon; fails with the fix when it is not
+    /// there.
+    pub async fn require_image(&self, image: &str) -> Result<String> {
         match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
+            Ok(inspected) => Ok(inspected.id.unwrap_or_default()),
             Err(e) if is_not_found(&e) => Err(HarnessError::MissingPrerequisite {
                 what: format!("docker image {image}"),
                 why: "the daemon does not have it".into(),
