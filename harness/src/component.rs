@@ -45,6 +45,7 @@ pub mod builtin {
         include_str!("../../fixtures/components/jupyterhub_config.py");
     pub const REMOTE_KERNEL_MODULE: &str =
         include_str!("../../fixtures/remote-kernel/hubtrust_remote_kernel.py");
+    pub const POD_SPAWNER: &str = include_str!("../../fixtures/docker/hubtrust_pod_spawner.py");
     pub const MERGE_CA_BUNDLE: &str = include_str!("../../fixtures/enterprise/merge-ca-bundle.sh");
 }
 

@@ -384,6 +384,13 @@ impl Outbound {
         }
     }
 
+    /// On docker, the labs' system store: (path in the lab, the run's
+    /// system bundle), copied into each lab's container before it starts.
+    pub fn lab_system_store(&self) -> Option<(PathBuf, PathBuf)> {
+        self.system_store_installed
+            .then(|| (PathBuf::from(SYSTEM_STORE), self.system_bundle.clone()))
+    }
+
     /// The lab's command, wrapped so the lab starts in a mount namespace of
     /// its own with the system bundle bind-mounted over [`SYSTEM_STORE`]:
     /// a per-lab system store holding the public root and not the org CA,

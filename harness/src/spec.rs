@@ -69,10 +69,12 @@ pub struct DockerSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ContainerRole {
-    /// JupyterHub, and the labs it spawns as its local processes.
+    /// JupyterHub.
     Hub,
     /// configurable-http-proxy, started by hubtrust as an external proxy.
     Proxy,
+    /// Each user's JupyterLab, in a container the hub's spawner makes.
+    Lab,
     /// The enterprise profile's TLS-inspecting proxy on the egress host.
     Mitmproxy,
 }
@@ -82,6 +84,7 @@ impl ContainerRole {
         match self {
             Self::Hub => "hub",
             Self::Proxy => "proxy",
+            Self::Lab => "lab",
             Self::Mitmproxy => "mitmproxy",
         }
     }
@@ -435,6 +438,13 @@ impl StackSpec {
             (
                 ContainerRole::Proxy,
                 (hub_host.clone(), component_image(ContainerRole::Proxy)),
+            ),
+            (
+                ContainerRole::Lab,
+                (
+                    self.topology.lab_host.clone(),
+                    component_image(ContainerRole::Lab),
+                ),
             ),
         ]);
         match self
@@ -816,7 +826,10 @@ mod tests {
         );
         assert_eq!(images.distinct().len(), 3);
         let err = parse("[docker.components]\nlabs = \"x\"\n").unwrap_err();
-        assert!(err.contains("expected one of `hub`, `proxy`"), "{err}");
+        assert!(
+            err.contains("expected one of `hub`, `proxy`, `lab`"),
+            "{err}"
+        );
         let nowhere = parse("[docker.components]\nmitmproxy = \"x\"\n").unwrap();
         let err = nowhere.docker_images("hubtrust/runtime:x").unwrap_err();
         assert!(err.contains("egress_host"), "{err}");

@@ -169,6 +169,7 @@ impl Stack {
         let org = OrgPki::generate()?;
         let plans = crate::hpc::host_plans(&spec.topology, components);
         let mut docker_images = None;
+        let mut docker_volumes = Vec::new();
         let network = match backend {
             Backend::Local => StackNetwork::build(&plans, &spec.topology.all_links()).await?,
             Backend::Docker { engine, images } => {
@@ -206,6 +207,7 @@ impl Stack {
                 )
                 .await?;
                 docker_images = Some(images);
+                docker_volumes = volumes;
                 network
             }
         };
@@ -364,6 +366,38 @@ impl Stack {
                 .hub
                 .extra_config
                 .insert(0, "c.ConfigurableHTTPProxy.should_start = False".into());
+        }
+        // On docker each lab gets a container of its own from the lab image,
+        // made by the hub's spawner in the lab host's namespaces.
+        if let (Some(run), Some(images)) = (network.docker.as_ref(), docker_images.as_ref()) {
+            let lab_host = &spec.topology.lab_host;
+            let image = images
+                .components
+                .get(&crate::spec::ContainerRole::Lab)
+                .map(|(_, image)| image.as_str())
+                .unwrap_or_default();
+            let spawner_dir = hub_dir.join("bin");
+            std::fs::create_dir_all(&spawner_dir)
+                .map_err(io(format!("create {}", spawner_dir.display())))?;
+            crate::pki::write_with_mode(
+                &spawner_dir.join("hubtrust_pod_spawner.py"),
+                builtin::POD_SPAWNER.as_bytes(),
+                0o644,
+            )?;
+            let files: Vec<_> = outbound
+                .iter()
+                .filter_map(crate::enterprise::Outbound::lab_system_store)
+                .collect();
+            let lines = crate::backend::docker::lab_spawner_config(
+                run.engine(),
+                lab_host,
+                image,
+                &docker_volumes,
+                &files,
+                &format!("{}/home/{{username}}", run_dir.display()),
+                &spawner_dir,
+            );
+            render_spec.hub.extra_config.splice(0..0, lines);
         }
         let lab_extra_env = outbound
             .as_ref()

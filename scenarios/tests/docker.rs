@@ -264,7 +264,8 @@ fn keep_leaves_a_failed_docker_run_running_until_down() {
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains(&format!("`hubtrust down {run}`")), "{t}");
     // The reaper stood down: the hub still runs in its container, the
-    // proxy in one of its own beside it, in the hub host's namespaces.
+    // proxy and the lab in their own beside it, in the hub host's
+    // namespaces.
     let hub = format!("hubtrust-{run}-hub-hub");
     let proxy = format!("hubtrust-{run}-hub-proxy");
     for container in [&hub, &proxy] {
@@ -274,6 +275,11 @@ fn keep_leaves_a_failed_docker_run_running_until_down() {
     let in_hub = docker(&["exec", &hub, "ps", "-eo", "args"]);
     assert!(in_hub.contains("jupyterhub -f"), "{in_hub}");
     assert!(!in_hub.contains("configurable-http-proxy"), "{in_hub}");
+    assert!(!in_hub.contains("jupyterhub-singleuser"), "{in_hub}");
+    // The hub's spawner put alice's lab in a container of its own.
+    let lab = format!("hubtrust-{run}-hub-lab-alice");
+    let in_lab = docker(&["exec", &lab, "ps", "-eo", "args"]);
+    assert!(in_lab.contains("jupyterhub-singleuser"), "{in_lab}");
     let in_proxy = docker(&["exec", &proxy, "ps", "-eo", "args"]);
     assert!(in_proxy.contains("configurable-http-proxy"), "{in_proxy}");
     let mode = docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &proxy]);

@@ -216,6 +216,7 @@ impl DockerEngine {
             Some(networking),
             self.labels(Some(host)),
             volumes,
+            None,
         )
         .await?;
         Ok(name)
@@ -231,6 +232,7 @@ impl DockerEngine {
         role: &str,
         image: &str,
         volumes: &[SharedVolume],
+        daemon_socket: Option<&Path>,
     ) -> Result<String> {
         let name = self.name(&format!("{host}-{role}"));
         let mut labels = self.labels(Some(host));
@@ -243,6 +245,7 @@ impl DockerEngine {
             None,
             labels,
             volumes,
+            daemon_socket,
         )
         .await?;
         Ok(name)
@@ -259,7 +262,18 @@ impl DockerEngine {
         networking_config: Option<NetworkingConfig>,
         labels: HashMap<String, String>,
         volumes: &[SharedVolume],
+        daemon_socket: Option<&Path>,
     ) -> Result<()> {
+        let mut mounts = self.mounts(volumes);
+        if let Some(socket) = daemon_socket {
+            let socket = socket.display().to_string();
+            mounts.push(bollard::models::Mount {
+                source: Some(socket.clone()),
+                target: Some(socket),
+                typ: Some(bollard::models::MountType::BIND),
+                ..Default::default()
+            });
+        }
         let body = ContainerCreateBody {
             image: Some(image.into()),
             hostname: hostname.map(Into::into),
@@ -272,7 +286,7 @@ impl DockerEngine {
                 // docker-init reaps the orphans components leave behind.
                 init: Some(true),
                 network_mode: Some(network_mode),
-                mounts: Some(self.mounts(volumes)),
+                mounts: Some(mounts),
                 ..Default::default()
             }),
             networking_config,
@@ -645,6 +659,74 @@ impl DockerEngine {
     }
 }
 
+/// The daemon's unix socket on this machine: `DOCKER_HOST`'s when it
+/// names one, else the default.
+pub fn daemon_socket() -> std::path::PathBuf {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|at| at.strip_prefix("unix://").map(std::path::PathBuf::from))
+        .unwrap_or_else(|| "/var/run/docker.sock".into())
+}
+
+/// The hub's config lines that make its spawner put each lab in a
+/// container of its own from `image`, joined to `lab_host`'s namespaces
+/// and volumes, labelled with the run, with `files` (target in the lab,
+/// source readable by the hub) copied in before it starts.
+pub fn lab_spawner_config(
+    engine: &DockerEngine,
+    lab_host: &str,
+    image: &str,
+    volumes: &[SharedVolume],
+    files: &[(std::path::PathBuf, std::path::PathBuf)],
+    home_template: &str,
+    spawner_dir: &Path,
+) -> Vec<String> {
+    let json = |value: serde_json::Value| value.to_string();
+    let labels = serde_json::json!({
+        RUN_LABEL: engine.run,
+        "hubtrust.host": lab_host,
+        "hubtrust.component": "lab",
+    });
+    let volumes: Vec<_> = volumes
+        .iter()
+        .filter(|v| v.host == lab_host)
+        .map(|v| serde_json::json!({"name": engine.name(&v.name), "path": v.path}))
+        .collect();
+    let files: serde_json::Map<_, _> = files
+        .iter()
+        .map(|(target, source)| {
+            (
+                target.display().to_string(),
+                source.display().to_string().into(),
+            )
+        })
+        .collect();
+    vec![
+        format!(
+            "import sys; sys.path.insert(0, {})",
+            json(spawner_dir.display().to_string().into())
+        ),
+        "c.JupyterHub.spawner_class = \"hubtrust_pod_spawner.PodSpawner\"".into(),
+        format!(
+            "c.PodSpawner.socket_path = {}",
+            json(daemon_socket().display().to_string().into())
+        ),
+        format!("c.PodSpawner.image = {}", json(image.into())),
+        format!("c.PodSpawner.pod = {}", json(engine.name(lab_host).into())),
+        format!(
+            "c.PodSpawner.name_prefix = {}",
+            json(engine.name(&format!("{lab_host}-lab-")).into())
+        ),
+        format!("c.PodSpawner.labels = {}", json(labels)),
+        format!("c.PodSpawner.volumes = {}", json(volumes.into())),
+        format!("c.PodSpawner.files = {}", json(files.into())),
+        format!(
+            "c.PodSpawner.home_dir_template = {}",
+            json(home_template.into())
+        ),
+    ]
+}
+
 /// A volume a host's containers share, mounted at the same path in each:
 /// what an init container leaves for the container it prepares.
 #[derive(Debug, Clone)]
@@ -949,13 +1031,23 @@ impl super::local::StackNetwork {
             addresses.insert(name.clone(), by_link);
         }
         for (role, (host, image)) in &images.components {
+            if *role == crate::spec::ContainerRole::Lab {
+                // The hub's spawner makes a lab's container when it spawns it.
+                if let Some(lab_host) = network.hosts.get_mut(host) {
+                    lab_host.set_lab_image(image.clone());
+                }
+                continue;
+            }
             let own: Vec<SharedVolume> = volumes
                 .iter()
                 .filter(|v| &v.host == host)
                 .cloned()
                 .collect();
+            // The hub's spawner makes the labs' containers through the
+            // daemon's socket, as DockerSpawner does.
+            let socket = (*role == crate::spec::ContainerRole::Hub).then(daemon_socket);
             let container = engine
-                .create_component(host, role.as_str(), image, &own)
+                .create_component(host, role.as_str(), image, &own, socket.as_deref())
                 .await?;
             network
                 .hosts

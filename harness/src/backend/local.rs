@@ -146,6 +146,8 @@ struct ContainerHost {
     /// The components with a container of their own in this host's
     /// namespaces: the container's name and image.
     components: BTreeMap<ContainerRole, (String, String)>,
+    /// The labs' image, when labs run on this host.
+    lab_image: Option<String>,
 }
 
 impl ContainerHost {
@@ -156,12 +158,9 @@ impl ContainerHost {
             .map_or(&self.name, |(container, _)| container)
     }
 
-    /// The image labs run from: the hub's, which spawns them as its own
-    /// processes, else the host's.
+    /// The image labs run from (their init containers too).
     fn lab_image(&self) -> &str {
-        self.components
-            .get(&ContainerRole::Hub)
-            .map_or(&self.image, |(_, image)| image)
+        self.lab_image.as_deref().unwrap_or(&self.image)
     }
 }
 
@@ -278,6 +277,7 @@ impl Host {
                 image: image.into(),
                 volumes,
                 components: BTreeMap::new(),
+                lab_image: None,
             }),
             netns,
             netns_path,
@@ -289,6 +289,13 @@ impl Host {
     pub fn add_component(&mut self, role: ContainerRole, container: String, image: String) {
         if let Some(c) = self.container.as_mut() {
             c.components.insert(role, (container, image));
+        }
+    }
+
+    /// Records the labs' image for a host labs run on (docker only).
+    pub fn set_lab_image(&mut self, image: String) {
+        if let Some(c) = self.container.as_mut() {
+            c.lab_image = Some(image);
         }
     }
 
