@@ -198,7 +198,7 @@ impl Stack {
                             path: run_dir.join("enterprise").join("certs-extra"),
                         });
                 let volumes: Vec<_> = run_volumes.chain(merge_volume).collect();
-                let network = StackNetwork::build_in_docker(
+                let mut network = StackNetwork::build_in_docker(
                     engine,
                     &images,
                     &plans,
@@ -206,6 +206,9 @@ impl Stack {
                     &volumes,
                 )
                 .await?;
+                if let Some(run) = network.docker.as_mut() {
+                    run.follow_lab_logs(run_dir.join("logs"));
+                }
                 docker_images = Some(images);
                 docker_volumes = volumes;
                 network
@@ -590,19 +593,48 @@ impl Stack {
             .await
     }
 
-    /// A hub API failure is explained by the hub's log, which is gone once
-    /// the run is torn down: its last lines go into the error.
+    /// A hub API failure is explained by the hub's log and, where labs log
+    /// apart from the hub (docker: `logs/lab-<user>.log`), by theirs, all
+    /// gone once the run is torn down: their last lines go into the error.
     fn with_hub_log(&self, e: HarnessError) -> HarnessError {
         match e {
-            HarnessError::HubApi { call, message } => HarnessError::HubApi {
-                call,
-                message: format!(
+            HarnessError::HubApi { call, message } => {
+                let mut message = format!(
                     "{message}\n  last lines of the hub's log:\n    {}",
                     last_lines(&self.hub_log, 15).join("\n    ")
-                ),
-            },
+                );
+                for (lab, log) in self.lab_logs() {
+                    message.push_str(&format!(
+                        "\n  last lines of {lab}'s log:\n    {}",
+                        last_lines(&log, 15).join("\n    ")
+                    ));
+                }
+                HarnessError::HubApi { call, message }
+            }
             other => other,
         }
+    }
+
+    /// The labs' own logs, named by lab, where they are kept apart from
+    /// the hub's.
+    fn lab_logs(&self) -> Vec<(String, PathBuf)> {
+        let logs = self
+            .hub_log
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut found: Vec<_> = std::fs::read_dir(&logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_str()?.to_string();
+                let lab = name.strip_prefix("lab-")?.strip_suffix(".log")?;
+                Some((format!("{lab}'s lab"), entry.path()))
+            })
+            .collect();
+        found.sort();
+        found
     }
 
     /// Waits for `checks`, watching the process that runs `component`: the

@@ -74,6 +74,20 @@ fn assert_nothing_labelled(run: &str) {
     }
 }
 
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 fn run_id(test: &str) -> String {
     format!("test-{test}-{}", std::process::id())
 }
@@ -263,6 +277,19 @@ fn keep_leaves_a_failed_docker_run_running_until_down() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains(&format!("`hubtrust down {run}`")), "{t}");
+    // The failed scenarios' artifacts hold the lab's own log, followed
+    // from its container.
+    let lab_logs: Vec<_> = walk(&report)
+        .into_iter()
+        .filter(|p| p.ends_with("logs/lab-alice.log"))
+        .collect();
+    assert!(
+        !lab_logs.is_empty(),
+        "no lab-alice.log under {}",
+        report.display()
+    );
+    let lab_log = std::fs::read_to_string(&lab_logs[0]).unwrap();
+    assert!(lab_log.contains("JupyterHubSingleUser"), "{lab_log}");
     // The reaper stood down: the hub still runs in its container, the
     // proxy and the lab in their own beside it, in the hub host's
     // namespaces.
@@ -446,6 +473,32 @@ fn an_image_whose_entrypoint_fails_is_named_and_nothing_is_left() {
     assert!(run.output.contains("entrypoint"), "{}", run.output);
     docker(&["image", "rm", image]);
     std::fs::remove_dir_all(&empty).unwrap();
+}
+
+#[test]
+fn a_lab_that_cannot_start_is_named_with_its_own_output() {
+    if !docker_ready() {
+        return;
+    }
+    // The lab runs in a container the hub's spawner makes; its output
+    // reaches hubtrust only through that container's log.
+    let run = run_on_docker(
+        &run_id("bad-lab"),
+        &["--tags", "@core"],
+        Some("[lab]\ncommand = [\"sh\", \"-c\", \"echo the-lab-says-why >&2; exit 3\"]\n"),
+    );
+    assert_eq!(run.code, Some(2), "{}", run.output);
+    assert!(
+        run.output.contains("POST /users/alice/server"),
+        "{}",
+        run.output
+    );
+    assert!(
+        run.output
+            .contains("last lines of alice's lab's log:\n    the-lab-says-why"),
+        "{}",
+        run.output
+    );
 }
 
 #[test]

@@ -32,6 +32,10 @@ use crate::process::LaunchSpec;
 
 /// The label every container, network and volume of a run carries.
 pub const RUN_LABEL: &str = "hubtrust.run";
+/// The label naming what a container runs (hub, proxy, lab, …).
+const COMPONENT_LABEL: &str = "hubtrust.component";
+/// The label naming the user a lab container serves.
+const USER_LABEL: &str = "hubtrust.user";
 
 /// A connection to the daemon, scoped to one run.
 #[derive(Clone)]
@@ -236,7 +240,7 @@ impl DockerEngine {
     ) -> Result<String> {
         let name = self.name(&format!("{host}-{role}"));
         let mut labels = self.labels(Some(host));
-        labels.insert("hubtrust.component".into(), role.into());
+        labels.insert(COMPONENT_LABEL.into(), role.into());
         self.create_sleeper(
             &name,
             image,
@@ -685,7 +689,7 @@ pub fn lab_spawner_config(
     let labels = serde_json::json!({
         RUN_LABEL: engine.run,
         "hubtrust.host": lab_host,
-        "hubtrust.component": "lab",
+        COMPONENT_LABEL: "lab",
     });
     let volumes: Vec<_> = volumes
         .iter()
@@ -718,6 +722,7 @@ pub fn lab_spawner_config(
             json(engine.name(&format!("{lab_host}-lab-")).into())
         ),
         format!("c.PodSpawner.labels = {}", json(labels)),
+        format!("c.PodSpawner.user_label = {}", json(USER_LABEL.into())),
         format!("c.PodSpawner.volumes = {}", json(volumes.into())),
         format!("c.PodSpawner.files = {}", json(files.into())),
         format!(
@@ -901,6 +906,7 @@ pub async fn runs_with_objects(docker: &Docker) -> Result<Vec<String>> {
 pub struct DockerRun {
     engine: DockerEngine,
     keep: std::sync::atomic::AtomicBool,
+    lab_logs: Option<LabLogs>,
 }
 
 impl DockerRun {
@@ -908,7 +914,16 @@ impl DockerRun {
         Self {
             engine,
             keep: std::sync::atomic::AtomicBool::new(false),
+            lab_logs: None,
         }
+    }
+
+    /// From now on, writes each lab container's output, from its start,
+    /// to `logs_dir/lab-<user>.log`. The hub's spawner makes those
+    /// containers, so their output would otherwise reach no log hubtrust
+    /// reads; the follower stops when the run is dropped.
+    pub fn follow_lab_logs(&mut self, logs_dir: std::path::PathBuf) {
+        self.lab_logs = Some(LabLogs::follow(self.engine.clone(), logs_dir));
     }
 
     pub fn engine(&self) -> &DockerEngine {
@@ -919,6 +934,94 @@ impl DockerRun {
     pub fn keep(&self) {
         self.keep.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// The task that follows a run's lab containers' logs; dropping it stops
+/// every follower.
+struct LabLogs(tokio::task::JoinHandle<()>);
+
+impl LabLogs {
+    fn follow(engine: DockerEngine, logs_dir: std::path::PathBuf) -> Self {
+        // Events are replayed from `since`, so a lab that starts before the
+        // subscription is answered is still seen.
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(1))
+            .unwrap_or(0)
+            .to_string();
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("event".to_string(), vec!["start".to_string()]),
+            (
+                "label".to_string(),
+                vec![
+                    format!("{RUN_LABEL}={}", engine.run),
+                    format!("{COMPONENT_LABEL}=lab"),
+                ],
+            ),
+        ]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::default()
+            .since(&since)
+            .filters(&filters)
+            .build();
+        Self(tokio::spawn(async move {
+            // Aborting this task drops the set, which aborts each follower.
+            let mut followers = tokio::task::JoinSet::new();
+            let mut events = engine.docker.events(Some(options));
+            while let Some(Ok(event)) = events.next().await {
+                let Some(actor) = event.actor else { continue };
+                let (Some(id), Some(attributes)) = (actor.id, actor.attributes) else {
+                    continue;
+                };
+                let user = attributes
+                    .get(USER_LABEL)
+                    .map(|u| file_safe(u))
+                    .unwrap_or_else(|| file_safe(&id));
+                let log = logs_dir.join(format!("lab-{user}.log"));
+                followers.spawn(follow_container_log(engine.docker.clone(), id, log));
+            }
+        }))
+    }
+}
+
+impl Drop for LabLogs {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Appends a container's output, from its start until it ends, to `log`.
+async fn follow_container_log(docker: Docker, container: String, log: std::path::PathBuf) {
+    use std::io::Write;
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    else {
+        return;
+    };
+    let options = bollard::query_parameters::LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut output = docker.logs(&container, Some(options));
+    while let Some(Ok(chunk)) = output.next().await {
+        let _ = file.write_all(&chunk.into_bytes());
+    }
+}
+
+/// `name` with anything but letters, digits, `-`, `_` and `.` replaced.
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl Drop for DockerRun {
