@@ -7,7 +7,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, ExitCode, Stdio};
 use std::sync::Mutex;
 
-use hubtrust_harness::backend::docker::{remove_run, runs_with_objects, DockerEngine};
+use hubtrust_harness::backend::docker::{
+    remove_run, require_daemon_socket, runs_with_objects, DockerEngine,
+};
 use hubtrust_harness::images;
 use hubtrust_harness::spec::StackSpec;
 use hubtrust_harness::stack::Backend;
@@ -47,6 +49,7 @@ pub async fn prepare(spec: &StackSpec) -> anyhow::Result<Backend> {
         .map_err(|e| anyhow::anyhow!("{e} (fix: correct the stack file's [docker] section)"))?;
     let run = new_run_id();
     let engine = DockerEngine::connect(&run).await?;
+    require_daemon_socket()?;
     let mut ids = std::collections::BTreeMap::new();
     for image in images.distinct() {
         ids.insert(image.to_string(), engine.require_image(image).await?);

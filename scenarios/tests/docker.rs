@@ -102,9 +102,20 @@ struct DockerRun {
 /// Runs `hubtrust run --backend docker ARGS` as run `run`, with a scratch
 /// report directory, and checks that nothing labelled with the run is left.
 fn run_on_docker(run: &str, args: &[&str], stack: Option<&str>) -> DockerRun {
+    run_on_docker_with(run, args, stack, &[])
+}
+
+/// [`run_on_docker`] with `env` added to hubtrust's environment.
+fn run_on_docker_with(
+    run: &str,
+    args: &[&str],
+    stack: Option<&str>,
+    env: &[(&str, &str)],
+) -> DockerRun {
     let dir = scratch(run);
     let mut command = hubtrust();
     command.args(["run", "--backend", "docker"]).args(args);
+    command.envs(env.iter().copied());
     if let Some(text) = stack {
         std::fs::write(dir.join("stack.toml"), text).unwrap();
         command.arg("--stack").arg(dir.join("stack.toml"));
@@ -136,6 +147,44 @@ fn core_profile_passes_on_docker_and_leaves_nothing_behind() {
     assert_eq!(run.code, Some(0), "{}", run.output);
     assert!(run.output.contains("7 passed, 0 failed"), "{}", run.output);
     assert_eq!(run.report.unwrap()["backend"], "docker");
+}
+
+#[test]
+fn core_profile_passes_with_docker_host_on_tcp() {
+    if !docker_ready() {
+        return;
+    }
+    // The daemon, reached over TCP on loopback: a forwarder to its socket,
+    // as `dockerd -H tcp://127.0.0.1:…` would listen. The hub's spawner
+    // still uses the daemon's unix socket.
+    let forwarder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let docker_host = format!("tcp://{}", forwarder.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for client in forwarder.incoming().flatten() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let daemon = std::os::unix::net::UnixStream::connect("/var/run/docker.sock").unwrap();
+            let (mut client_in, mut daemon_out) =
+                (client.try_clone().unwrap(), daemon.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut client_in, &mut daemon_out));
+            let (mut daemon_in, mut client_out) = (daemon, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut daemon_in, &mut client_out);
+                let _ = client_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    let run = run_on_docker_with(
+        &run_id("tcp"),
+        &["--tags", "@core"],
+        None,
+        &[("DOCKER_HOST", &docker_host)],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.output);
+    assert!(run.output.contains("7 passed, 0 failed"), "{}", run.output);
+    // hubtrust (and its reaper) went through TCP, not the socket.
+    assert!(connections.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
 
 #[test]

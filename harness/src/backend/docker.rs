@@ -672,6 +672,24 @@ pub fn daemon_socket() -> std::path::PathBuf {
         .unwrap_or_else(|| "/var/run/docker.sock".into())
 }
 
+/// The daemon's unix socket, which the hub's spawner needs (it makes each
+/// lab's container, as DockerSpawner does), or an error saying how to give
+/// it one when the daemon listens only on TCP.
+pub fn require_daemon_socket() -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let socket = daemon_socket();
+    match std::fs::metadata(&socket) {
+        Ok(m) if m.file_type().is_socket() => Ok(socket),
+        _ => Err(HarnessError::Docker {
+            what: "find the daemon's unix socket for the hub's spawner".into(),
+            message: format!(
+                "{} is not a socket; the hub's spawner makes each lab's container through the daemon's unix socket, even when hubtrust talks to it over TCP (fix: let dockerd listen on a unix socket too, e.g. `-H unix:///var/run/docker.sock -H tcp://127.0.0.1:2375`, or set DOCKER_HOST=unix://<its socket>)",
+                socket.display()
+            ),
+        }),
+    }
+}
+
 /// The hub's config lines that make its spawner put each lab in a
 /// container of its own from `image`, joined to `lab_host`'s namespaces
 /// and volumes, labelled with the run, with `files` (target in the lab,
