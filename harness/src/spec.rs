@@ -394,19 +394,12 @@ pub struct ComponentOverride {
 impl StackSpec {
     /// Why this stack cannot run on the docker backend yet, if it cannot.
     pub fn docker_unsupported(&self) -> Option<&'static str> {
-        let topology = &self.topology;
-        if topology.hpc.is_some() {
-            Some("HPC login and compute nodes run on the local backend only so far")
-        } else if topology.lab_host != topology.hub_host
-            || topology
-                .kernel_host
-                .as_ref()
-                .is_some_and(|k| *k != topology.lab_host)
-        {
-            Some("labs and kernels on a host other than the hub's run on the local backend only so far")
-        } else {
-            None
-        }
+        // Flat topologies keep labs on the hub's host (validation sees to
+        // it), with kernels anywhere linked to it: all of that runs.
+        self.topology
+            .hpc
+            .is_some()
+            .then_some("HPC login and compute nodes run on the local backend only so far")
     }
 
     /// The images a docker run is made from: a host's container from

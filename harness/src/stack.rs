@@ -320,13 +320,14 @@ impl Stack {
         )?;
         let mut lab_manifest =
             manifest_with_overrides("jupyterlab", builtin::LAB, &values, &spec.lab)?;
+        let mut kernel_netns_bind = None;
         if let Some(kernel_host) = spec
             .topology
             .kernel_host
             .as_ref()
             .filter(|k| **k != spec.topology.lab_host)
         {
-            place_kernels_on(
+            kernel_netns_bind = place_kernels_on(
                 kernel_host,
                 &spec,
                 &network,
@@ -387,16 +388,24 @@ impl Stack {
                 builtin::POD_SPAWNER.as_bytes(),
                 0o644,
             )?;
-            let files: Vec<_> = outbound
-                .iter()
-                .filter_map(crate::enterprise::Outbound::lab_system_store)
-                .collect();
+            let lab = crate::backend::docker::LabContainer {
+                image: image.to_string(),
+                files: outbound
+                    .iter()
+                    .filter_map(crate::enterprise::Outbound::lab_system_store)
+                    .collect(),
+                // Entering the kernel host's namespace takes CAP_SYS_ADMIN.
+                cap_add: kernel_netns_bind
+                    .iter()
+                    .map(|_| "SYS_ADMIN".to_string())
+                    .collect(),
+                binds: kernel_netns_bind.into_iter().collect(),
+            };
             let lines = crate::backend::docker::lab_spawner_config(
                 run.engine(),
                 lab_host,
-                image,
+                &lab,
                 &docker_volumes,
-                &files,
                 &format!("{}/home/{{username}}", run_dir.display()),
                 &spawner_dir,
             );
@@ -1654,7 +1663,9 @@ impl Drop for Stack {
 }
 
 /// Makes the labs start their kernels on `kernel_host`: a kernelspec whose
-/// argv enters that host, bound to its address on the link to the lab host.
+/// argv enters that host's network namespace, bound to its address on the
+/// link to the lab host. A lab in a container sees that namespace at a
+/// path of its own: the returned bind `(source here, target in the lab)`.
 fn place_kernels_on(
     kernel_host: &str,
     spec: &StackSpec,
@@ -1662,7 +1673,7 @@ fn place_kernels_on(
     components: &Components,
     run_dir: &Path,
     lab: &mut ComponentManifest,
-) -> Result<()> {
+) -> Result<Option<(PathBuf, PathBuf)>> {
     let lab_host = &spec.topology.lab_host;
     let no_link = || HarnessError::Network {
         host: kernel_host.into(),
@@ -1677,6 +1688,15 @@ fn place_kernels_on(
         link.b.1
     };
     let netns = network.netns_path(kernel_host).ok_or_else(no_link)?;
+    let (netns, bind) = if network.host(lab_host)?.is_container() {
+        let in_lab = PathBuf::from("/run/hubtrust-kernel-host-netns");
+        (
+            in_lab.display().to_string(),
+            Some((PathBuf::from(netns), in_lab)),
+        )
+    } else {
+        (netns, None)
+    };
     let data = run_dir.join("jupyter-data");
     let spec_dir = data.join("kernels").join("remote-python");
     std::fs::create_dir_all(&spec_dir).map_err(io(format!("create {}", spec_dir.display())))?;
@@ -1710,7 +1730,7 @@ fn place_kernels_on(
         .insert("PYTHONPATH".into(), python.display().to_string());
     lab.env
         .insert("JUPYTER_PATH".into(), data.display().to_string());
-    Ok(())
+    Ok(bind)
 }
 
 fn collect_secret_files(dir: &Path, out: &mut Vec<SecretFile>) {

@@ -216,6 +216,38 @@ fn wire_profile_passes_on_docker_and_catches_kernels_on_every_interface() {
 }
 
 #[test]
+fn a_kernel_on_another_host_is_caught_on_the_wire_on_docker() {
+    if !docker_ready() {
+        return;
+    }
+    // The lab's container starts its kernels in the `kernels` container's
+    // network namespace; capture runs on that link's own interface.
+    let run = run_on_docker(
+        &run_id("remote-kernel"),
+        &[
+            "--tags",
+            "@wire",
+            "--stack",
+            "fixtures/stacks/kernel-on-another-host.toml",
+        ],
+        None,
+    );
+    assert_eq!(run.code, Some(1), "{}", run.output);
+    assert!(
+        run.output
+            .contains("kernel channels leave the lab host in plaintext"),
+        "{}",
+        run.output
+    );
+    assert!(
+        run.output.contains("on hub--kernels (plaintext ZMTP 3."),
+        "the flow is not named: {}",
+        run.output
+    );
+    assert!(run.output.contains("1 passed, 2 failed"), "{}", run.output);
+}
+
+#[test]
 fn enterprise_profile_passes_on_docker_with_a_real_init_container() {
     if !docker_ready() {
         return;

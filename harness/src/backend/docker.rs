@@ -690,16 +690,28 @@ pub fn require_daemon_socket() -> Result<std::path::PathBuf> {
     }
 }
 
+/// What each lab's container is made of, beyond its host's namespaces and
+/// volumes.
+#[derive(Debug, Clone, Default)]
+pub struct LabContainer {
+    pub image: String,
+    /// `(target in the lab, source readable by the hub)`, copied in before
+    /// the lab starts.
+    pub files: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `(source on this machine, target in the lab)`, bound read-only.
+    pub binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Capabilities the lab's container gets beyond docker's defaults.
+    pub cap_add: Vec<String>,
+}
+
 /// The hub's config lines that make its spawner put each lab in a
-/// container of its own from `image`, joined to `lab_host`'s namespaces
-/// and volumes, labelled with the run, with `files` (target in the lab,
-/// source readable by the hub) copied in before it starts.
+/// container of its own, as `lab` says, joined to `lab_host`'s namespaces
+/// and volumes, labelled with the run.
 pub fn lab_spawner_config(
     engine: &DockerEngine,
     lab_host: &str,
-    image: &str,
+    lab: &LabContainer,
     volumes: &[SharedVolume],
-    files: &[(std::path::PathBuf, std::path::PathBuf)],
     home_template: &str,
     spawner_dir: &Path,
 ) -> Vec<String> {
@@ -714,9 +726,20 @@ pub fn lab_spawner_config(
         .filter(|v| v.host == lab_host)
         .map(|v| serde_json::json!({"name": engine.name(&v.name), "path": v.path}))
         .collect();
-    let files: serde_json::Map<_, _> = files
+    let files: serde_json::Map<_, _> = lab
+        .files
         .iter()
         .map(|(target, source)| {
+            (
+                target.display().to_string(),
+                source.display().to_string().into(),
+            )
+        })
+        .collect();
+    let binds: serde_json::Map<_, _> = lab
+        .binds
+        .iter()
+        .map(|(source, target)| {
             (
                 target.display().to_string(),
                 source.display().to_string().into(),
@@ -733,7 +756,7 @@ pub fn lab_spawner_config(
             "c.PodSpawner.socket_path = {}",
             json(daemon_socket().display().to_string().into())
         ),
-        format!("c.PodSpawner.image = {}", json(image.into())),
+        format!("c.PodSpawner.image = {}", json(lab.image.clone().into())),
         format!("c.PodSpawner.pod = {}", json(engine.name(lab_host).into())),
         format!(
             "c.PodSpawner.name_prefix = {}",
@@ -743,6 +766,11 @@ pub fn lab_spawner_config(
         format!("c.PodSpawner.user_label = {}", json(USER_LABEL.into())),
         format!("c.PodSpawner.volumes = {}", json(volumes.into())),
         format!("c.PodSpawner.files = {}", json(files.into())),
+        format!("c.PodSpawner.binds = {}", json(binds.into())),
+        format!(
+            "c.PodSpawner.cap_add = {}",
+            json(lab.cap_add.clone().into())
+        ),
         format!(
             "c.PodSpawner.home_dir_template = {}",
             json(home_template.into())
@@ -1203,10 +1231,29 @@ impl super::local::StackNetwork {
         }
         for [a, b] in extra_links {
             let link = format!("{a}--{b}");
+            let (a_address, b_address) = (address(a, &link)?, address(b, &link)?);
+            // Capture listens on the link's interface in its first host.
+            let interface = network
+                .host(a)?
+                .interface_with(a_address)
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| HarnessError::Network {
+                    host: a.clone(),
+                    message: format!("no interface of its container holds {a_address} ({link})"),
+                })?;
+            let other = network
+                .host(b)?
+                .interface_with(b_address)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             network.links.push(Link {
-                interfaces: (String::new(), String::new()),
-                a: (a.clone(), address(a, &link)?),
-                b: (b.clone(), address(b, &link)?),
+                interfaces: (interface, other),
+                a: (a.clone(), a_address),
+                b: (b.clone(), b_address),
                 name: link,
             });
         }

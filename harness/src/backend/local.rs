@@ -426,6 +426,33 @@ impl Host {
         TcpStream::from_std(stream)
     }
 
+    /// The name of this host's interface that holds `addr` (the same
+    /// namespace trick as [`Host::connect`]): docker names a container's
+    /// interfaces itself, in the order networks were attached.
+    pub async fn interface_with(&self, addr: Ipv4Addr) -> std::io::Result<Option<String>> {
+        let netns = self.netns.try_clone()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let result = setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .and_then(|_| nix::ifaddrs::getifaddrs())
+                .map(|addresses| {
+                    addresses
+                        .filter(|a| {
+                            a.address
+                                .as_ref()
+                                .and_then(|sa| sa.as_sockaddr_in())
+                                .is_some_and(|sin| sin.ip() == addr)
+                        })
+                        .map(|a| a.interface_name)
+                        .next()
+                })
+                .map_err(std::io::Error::from);
+            let _ = tx.send(result);
+        });
+        rx.await
+            .map_err(|_| std::io::Error::other("the looking-up thread died"))?
+    }
+
     /// Binds a listener inside this host (the same namespace trick as
     /// [`Host::connect`]).
     pub async fn listen(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
