@@ -572,6 +572,9 @@ impl Stack {
                 return Err(stack.with_hub_log(e));
             }
         }
+        if let Some(run) = stack.network.docker.as_ref() {
+            run.mark_started();
+        }
         progress("stack ready");
         Ok(stack)
     }

@@ -17,7 +17,7 @@ use hubtrust_harness::stack::Backend;
 /// The write end of the reaper's stdin. It is closed when this process
 /// ends, however it ends (SIGKILL included), and that is what wakes the
 /// reaper.
-static REAPER: Mutex<Option<ChildStdin>> = Mutex::new(None);
+static REAPER: Mutex<Option<(String, ChildStdin)>> = Mutex::new(None);
 
 /// What the reaper reads to stand down: a kept run stays for `down`.
 const KEEP: &[u8] = b"keep\n";
@@ -37,7 +37,9 @@ pub fn new_run_id() -> String {
 
 /// Connects to docker, checks the stack and its image, and starts the
 /// reaper: what a docker run needs before its first container.
-pub async fn prepare(spec: &StackSpec) -> anyhow::Result<Backend> {
+/// With `keep_if_start_fails`, a stack that fails to come up leaves its
+/// containers for inspection ([`keep_run`] then tells the reaper).
+pub async fn prepare(spec: &StackSpec, keep_if_start_fails: bool) -> anyhow::Result<Backend> {
     if let Some(why) = spec.docker_unsupported() {
         anyhow::bail!(
             "stack `{}` cannot run on the docker backend: {why} (fix: run it without --backend docker)",
@@ -48,7 +50,8 @@ pub async fn prepare(spec: &StackSpec) -> anyhow::Result<Backend> {
         .docker_images(&images::runtime_image())
         .map_err(|e| anyhow::anyhow!("{e} (fix: correct the stack file's [docker] section)"))?;
     let run = new_run_id();
-    let engine = DockerEngine::connect(&run).await?;
+    let mut engine = DockerEngine::connect(&run).await?;
+    engine.keep_if_start_fails = keep_if_start_fails;
     require_daemon_socket()?;
     let mut ids = std::collections::BTreeMap::new();
     for image in images.distinct() {
@@ -77,18 +80,18 @@ fn spawn_reaper(run: &str) -> anyhow::Result<()> {
         .take()
         .ok_or_else(|| anyhow::anyhow!("the docker reaper has no stdin"))?;
     if let Ok(mut reaper) = REAPER.lock() {
-        *reaper = Some(stdin);
+        *reaper = Some((run.to_string(), stdin));
     }
     Ok(())
 }
 
-/// Tells the reaper to leave this run's containers for inspection.
-pub fn keep_run() {
-    if let Ok(mut reaper) = REAPER.lock() {
-        if let Some(stdin) = reaper.as_mut() {
-            let _ = stdin.write_all(KEEP);
-        }
-    }
+/// Tells the reaper to leave this run's containers for inspection;
+/// returns the run's id, if a docker run was started.
+pub fn keep_run() -> Option<String> {
+    let mut reaper = REAPER.lock().ok()?;
+    let (run, stdin) = reaper.as_mut()?;
+    let _ = stdin.write_all(KEEP);
+    Some(run.clone())
 }
 
 /// `hubtrust reap RUN`: waits until its stdin closes (the run's hubtrust

@@ -101,13 +101,17 @@ fn load_spec(path: Option<&PathBuf>) -> anyhow::Result<StackSpec> {
 }
 
 pub async fn bring_up(spec: StackSpec, work: &Path) -> anyhow::Result<Stack> {
-    bring_up_on(spec, work, BackendChoice::Local).await
+    bring_up_on(spec, work, BackendChoice::Local, false).await
 }
 
+/// Brings `spec` up on `backend`. With `keep_if_start_fails`, a docker
+/// stack that fails to come up leaves its containers (the caller keeps
+/// them from the reaper with [`crate::docker::keep_run`]).
 pub async fn bring_up_on(
     spec: StackSpec,
     work: &Path,
     backend: BackendChoice,
+    keep_if_start_fails: bool,
 ) -> anyhow::Result<Stack> {
     let progress = |line: &str| eprintln!("· {line}");
     let (components, backend) = match backend {
@@ -121,7 +125,7 @@ pub async fn bring_up_on(
         }
         BackendChoice::Docker => (
             hubtrust_harness::images::components_in_image(),
-            crate::docker::prepare(&spec).await?,
+            crate::docker::prepare(&spec, keep_if_start_fails).await?,
         ),
     };
     Ok(Stack::up(spec, &components, backend, work, &progress).await?)
@@ -155,7 +159,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
         }
     };
     let stack = tokio::select! {
-        stack = bring_up_on(spec, work.path(), args.backend) => stack,
+        stack = bring_up_on(spec, work.path(), args.backend, args.keep) => stack,
         _ = interrupts.recv() => {
             eprintln!("interrupted while the stack was starting; nothing was checked");
             return ExitCode::from(130);
@@ -167,7 +171,14 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
         Err(e) => {
             // Fail closed: without a stack no check ran, so nothing passed.
             eprintln!("error: failed to bring the stack up: {e:#}");
-            eprintln!("no scenario ran; everything started so far has been stopped");
+            match args.keep.then(crate::docker::keep_run).flatten() {
+                Some(run) => eprintln!(
+                    "no scenario ran; docker run {run} is kept for inspection, its containers and volumes in place (fix: `hubtrust down {run}` removes it)"
+                ),
+                None => {
+                    eprintln!("no scenario ran; everything started so far has been stopped")
+                }
+            }
             return ExitCode::from(2);
         }
     };
@@ -240,7 +251,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
             .then(|| stack.keep_docker_run())
             .flatten();
         if let Some(run) = kept {
-            crate::docker::keep_run();
+            let _ = crate::docker::keep_run();
             eprintln!(
                 "kept docker run {run} for inspection, its components still running (fix: `hubtrust down {run}` removes it)"
             );
@@ -311,7 +322,7 @@ async fn up(args: UpArgs, interrupts: &mut Interrupts) -> ExitCode {
         }
     };
     let brought_up = tokio::select! {
-        stack = bring_up_on(spec, work.path(), args.backend) => stack,
+        stack = bring_up_on(spec, work.path(), args.backend, false) => stack,
         _ = interrupts.recv() => {
             eprintln!("interrupted while the stack was starting");
             return ExitCode::from(130);

@@ -557,29 +557,44 @@ fn an_image_whose_entrypoint_fails_is_named_and_nothing_is_left() {
 }
 
 #[test]
-fn a_lab_that_cannot_start_is_named_with_its_own_output() {
+fn a_lab_that_cannot_start_is_named_with_its_own_output_and_kept_with_keep() {
     if !docker_ready() {
         return;
     }
     // The lab runs in a container the hub's spawner makes; its output
     // reaches hubtrust only through that container's log.
-    let run = run_on_docker(
-        &run_id("bad-lab"),
-        &["--tags", "@core"],
-        Some("[lab]\ncommand = [\"sh\", \"-c\", \"echo the-lab-says-why >&2; exit 3\"]\n"),
-    );
-    assert_eq!(run.code, Some(2), "{}", run.output);
+    let run = run_id("bad-lab");
+    let dir = scratch(&run);
+    std::fs::write(
+        dir.join("stack.toml"),
+        "[lab]\ncommand = [\"sh\", \"-c\", \"echo the-lab-says-why >&2; exit 3\"]\n",
+    )
+    .unwrap();
+    let out = hubtrust()
+        .args(["run", "--backend", "docker", "--tags", "@core", "--keep"])
+        .arg("--stack")
+        .arg(dir.join("stack.toml"))
+        .arg("--report")
+        .arg(dir.join("report"))
+        .env("HUBTRUST_RUN_ID", &run)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("POST /users/alice/server"), "{t}");
     assert!(
-        run.output.contains("POST /users/alice/server"),
-        "{}",
-        run.output
+        t.contains("last lines of alice's lab's log:\n    the-lab-says-why"),
+        "{t}"
     );
-    assert!(
-        run.output
-            .contains("last lines of alice's lab's log:\n    the-lab-says-why"),
-        "{}",
-        run.output
-    );
+    // A run that failed to come up is a failed run: --keep leaves it, lab
+    // container and all, until `down`.
+    assert!(t.contains(&format!("`hubtrust down {run}`")), "{t}");
+    let lab = format!("hubtrust-{run}-hub-lab-alice");
+    assert_eq!(docker(&["inspect", "-f", "{{.State.ExitCode}}", &lab]), "3");
+    let down = hubtrust().args(["down", &run]).output().unwrap();
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down));
+    assert_nothing_labelled(&run);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -42,6 +42,9 @@ const USER_LABEL: &str = "hubtrust.user";
 pub struct DockerEngine {
     docker: Docker,
     pub run: String,
+    /// Leave the run's objects for inspection when its stack fails to
+    /// come up (`--keep`); the caller then tells the reaper to stand down.
+    pub keep_if_start_fails: bool,
 }
 
 fn docker_error(what: impl Into<String>, e: impl std::fmt::Display) -> HarnessError {
@@ -97,6 +100,7 @@ impl DockerEngine {
         Ok(Self {
             docker,
             run: run.into(),
+            keep_if_start_fails: false,
         })
     }
 
@@ -952,6 +956,9 @@ pub async fn runs_with_objects(docker: &Docker) -> Result<Vec<String>> {
 pub struct DockerRun {
     engine: DockerEngine,
     keep: std::sync::atomic::AtomicBool,
+    /// Set once the stack is up: before that, a failure keeps the run if
+    /// the engine says so.
+    started: std::sync::atomic::AtomicBool,
     lab_logs: Option<LabLogs>,
 }
 
@@ -960,8 +967,15 @@ impl DockerRun {
         Self {
             engine,
             keep: std::sync::atomic::AtomicBool::new(false),
+            started: std::sync::atomic::AtomicBool::new(false),
             lab_logs: None,
         }
+    }
+
+    /// The stack came up: from now on only [`DockerRun::keep`] keeps it.
+    pub fn mark_started(&self) {
+        self.started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// From now on, writes each lab container's output, from its start,
@@ -1072,7 +1086,9 @@ fn file_safe(name: &str) -> String {
 
 impl Drop for DockerRun {
     fn drop(&mut self) {
-        if self.keep.load(std::sync::atomic::Ordering::SeqCst) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let failed_to_start = !self.started.load(SeqCst);
+        if self.keep.load(SeqCst) || failed_to_start && self.engine.keep_if_start_fails {
             return;
         }
         // Drop cannot await, and the caller's runtime may be shutting down:
