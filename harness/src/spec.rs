@@ -402,6 +402,17 @@ impl StackSpec {
             .then_some("HPC login and compute nodes run on the local backend only so far")
     }
 
+    /// Why this stack cannot run on the local backend, if it cannot.
+    pub fn local_unsupported(&self) -> Option<String> {
+        let t = &self.topology;
+        (t.hpc.is_none() && t.lab_host != t.hub_host).then(|| {
+            format!(
+                "labs on `{}`, a host other than the hub's `{}`: the local backend's spawner starts labs on the hub's host",
+                t.lab_host, t.hub_host
+            )
+        })
+    }
+
     /// The images a docker run is made from: a host's container from
     /// `[docker.hosts]`, a component's from `[docker.components]`, else
     /// `[docker] image`, else `default`. A host the topology does not have
@@ -551,10 +562,14 @@ impl StackSpec {
                     "host name {bad:?} must be 1-12 ASCII letters, digits and dashes"
                 ));
             }
-        } else if t.lab_host != t.hub_host {
+        } else if t.lab_host != t.hub_host
+            && !t.links.iter().any(|[a, b]| {
+                (a == &t.lab_host && b == &t.hub_host) || (b == &t.lab_host && a == &t.hub_host)
+            })
+        {
             return Err(format!(
-                "labs on `{}` but the hub on `{}`: the local spawner starts labs on the hub's host; other lab hosts need the HPC topology",
-                t.lab_host, t.hub_host
+                "labs on `{}` but the hub on `{}`, with no link between them: add [{:?}, {:?}] to topology.links",
+                t.lab_host, t.hub_host, t.hub_host, t.lab_host
             ));
         }
         for [a, b] in &t.links {
@@ -765,6 +780,18 @@ mod tests {
         let mut wrong = spec.clone();
         wrong.topology.lab_host = "hub".into();
         assert!(wrong.validate().unwrap_err().contains("compute nodes"));
+    }
+
+    #[test]
+    fn labs_on_their_own_host_need_a_link_to_the_hub_and_the_docker_backend() {
+        let unlinked = "[topology]\nhosts = [\"hub\", \"labs\"]\nlab_host = \"labs\"\n";
+        let err = parse(unlinked).unwrap_err();
+        assert!(err.contains("[\"hub\", \"labs\"]"), "{err}");
+        let spec = parse(&format!("{unlinked}links = [[\"hub\", \"labs\"]]\n")).unwrap();
+        assert!(spec.docker_unsupported().is_none());
+        let why = spec.local_unsupported().unwrap();
+        assert!(why.contains("`labs`"), "{why}");
+        assert!(StackSpec::default().local_unsupported().is_none());
     }
 
     #[test]

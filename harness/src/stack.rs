@@ -388,7 +388,49 @@ impl Stack {
                 builtin::POD_SPAWNER.as_bytes(),
                 0o644,
             )?;
+            // A lab on a host of its own reaches the hub, and is reached,
+            // across their link, by addresses their certificates name.
+            let lab_ip = match lab_host != &spec.topology.hub_host {
+                true => {
+                    let link = network
+                        .link_between(&spec.topology.hub_host, lab_host)
+                        .ok_or_else(|| HarnessError::Network {
+                            host: lab_host.clone(),
+                            message: format!(
+                                "no link to the hub's host `{}`",
+                                spec.topology.hub_host
+                            ),
+                        })?;
+                    let (hub_end, lab_end) = if link.a.0 == *lab_host {
+                        (link.b.1, link.a.1)
+                    } else {
+                        (link.a.1, link.b.1)
+                    };
+                    render_spec.hub.extra_config.splice(
+                        0..0,
+                        [
+                            "c.JupyterHub.hub_ip = \"0.0.0.0\"".to_string(),
+                            format!("c.JupyterHub.hub_connect_ip = \"{hub_end}\""),
+                            format!("c.JupyterHub.trusted_alt_names.append(\"IP:{hub_end}\")"),
+                        ],
+                    );
+                    Some(lab_end)
+                }
+                false => None,
+            };
             let lab = crate::backend::docker::LabContainer {
+                ip: lab_ip,
+                // The hub calls the lab by its address; the proxy checks the
+                // lab's certificate against the public name it forwards.
+                alt_names: lab_ip
+                    .iter()
+                    .flat_map(|ip| {
+                        [
+                            format!("DNS:{}", spec.topology.public_name),
+                            format!("IP:{ip}"),
+                        ]
+                    })
+                    .collect(),
                 image: image.to_string(),
                 files: outbound
                     .iter()
@@ -627,6 +669,32 @@ impl Stack {
         }
     }
 
+    /// A lab that never became ready is explained by its own log too,
+    /// where it is kept apart from the hub's.
+    fn with_lab_log(&self, user: &str, e: HarnessError) -> HarnessError {
+        let own = format!("{user}'s lab");
+        match e {
+            HarnessError::NotReady {
+                component,
+                check,
+                seconds,
+                mut last_lines,
+            } => {
+                for (lab, log) in self.lab_logs().into_iter().filter(|(lab, _)| *lab == own) {
+                    last_lines.push(format!("— last lines of {lab}'s log:"));
+                    last_lines.extend(crate::process::last_lines(&log, 15));
+                }
+                HarnessError::NotReady {
+                    component,
+                    check,
+                    seconds,
+                    last_lines,
+                }
+            }
+            other => other,
+        }
+    }
+
     /// The labs' own logs, named by lab, where they are kept apart from
     /// the hub's.
     fn lab_logs(&self) -> Vec<(String, PathBuf)> {
@@ -721,7 +789,8 @@ impl Stack {
         let lab_manifest =
             manifest_with_overrides("jupyterlab", builtin::LAB, &values, &self.spec.lab)?;
         self.await_ready(&format!("jupyterlab ({user})"), &lab_manifest.ready)
-            .await?;
+            .await
+            .map_err(|e| self.with_lab_log(user, e))?;
 
         let addr = self.lab_address(user).await?;
         self.copy_hub_files_out().await?;

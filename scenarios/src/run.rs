@@ -116,6 +116,12 @@ pub async fn bring_up_on(
     let progress = |line: &str| eprintln!("· {line}");
     let (components, backend) = match backend {
         BackendChoice::Local => {
+            if let Some(why) = spec.local_unsupported() {
+                anyhow::bail!(
+                    "stack `{}` cannot run on the local backend: {why} (fix: run it with --backend docker, where each lab is a container of its own on its host, or use the HPC topology)",
+                    spec.name
+                );
+            }
             let components = provision::cached().ok_or_else(|| {
                 anyhow::anyhow!(
                     "components are not provisioned (fix: run `hubtrust doctor`, then `hubtrust run`)"

@@ -155,6 +155,17 @@ fn a_missing_stack_file_is_named() {
 }
 
 #[test]
+fn labs_on_their_own_host_are_refused_on_the_local_backend_with_the_way_out() {
+    let out = hubtrust()
+        .args(["run", "--tags", "@core", "--stack"])
+        .arg("fixtures/stacks/labs-on-their-own-host.toml")
+        .output()
+        .unwrap();
+    expect_usage_error(&out, "--backend docker");
+    assert!(text(&out).contains("labs on `labs`"), "{}", text(&out));
+}
+
+#[test]
 fn unknown_keys_in_a_stack_file_are_named() {
     let dir = scratch("unknown-keys");
     let file = dir.join("stack.toml");

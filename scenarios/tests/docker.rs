@@ -248,6 +248,47 @@ fn a_kernel_on_another_host_is_caught_on_the_wire_on_docker() {
 }
 
 #[test]
+fn labs_on_their_own_host_put_internal_tls_on_the_wire() {
+    if !docker_ready() {
+        return;
+    }
+    let run = run_on_docker(
+        &run_id("labs-host"),
+        &[
+            "--tags",
+            "@core or @wire",
+            "--stack",
+            "fixtures/stacks/labs-on-their-own-host.toml",
+        ],
+        None,
+    );
+    assert_eq!(run.code, Some(0), "{}", run.output);
+    assert!(run.output.contains("10 passed, 0 failed"), "{}", run.output);
+    // The lab calls the hub API, and the hub and proxy call the lab, across
+    // the hub--labs link, each in TLS 1.2 or newer.
+    let report = run.report.unwrap();
+    let crossing: Vec<&serde_json::Value> = report["wire"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["flows"].as_array().unwrap())
+        .filter(|f| f["link"] == "hub--labs")
+        .collect();
+    let to_hub_api = |f: &&serde_json::Value| f["server_host"] == "hub" && f["server_port"] == 8081;
+    assert!(crossing.iter().any(to_hub_api), "{crossing:?}");
+    // A pooled connection seen mid-stream may have its ends guessed the
+    // wrong way round; either way it is the hub's side calling the lab.
+    assert!(crossing.iter().any(|f| !to_hub_api(f)), "{crossing:?}");
+    for flow in &crossing {
+        assert_eq!(flow["class"]["kind"], "tls", "{flow}");
+        assert!(
+            flow["label"].as_str().unwrap().starts_with("TLS 1."),
+            "{flow}"
+        );
+    }
+}
+
+#[test]
 fn enterprise_profile_passes_on_docker_with_a_real_init_container() {
     if !docker_ready() {
         return;

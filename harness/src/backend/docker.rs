@@ -706,6 +706,12 @@ pub struct LabContainer {
     pub binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     /// Capabilities the lab's container gets beyond docker's defaults.
     pub cap_add: Vec<String>,
+    /// Where the lab listens and the hub reaches it: loopback when the lab
+    /// shares the hub's host, else the lab host's address towards the hub.
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The names its internal-ssl certificate carries beyond localhost,
+    /// when not JupyterHub's default (the hub's `trusted_alt_names`).
+    pub alt_names: Vec<String>,
 }
 
 /// The hub's config lines that make its spawner put each lab in a
@@ -750,7 +756,7 @@ pub fn lab_spawner_config(
             )
         })
         .collect();
-    vec![
+    let mut lines = vec![
         format!(
             "import sys; sys.path.insert(0, {})",
             json(spawner_dir.display().to_string().into())
@@ -779,7 +785,17 @@ pub fn lab_spawner_config(
             "c.PodSpawner.home_dir_template = {}",
             json(home_template.into())
         ),
-    ]
+    ];
+    if let Some(ip) = lab.ip {
+        lines.push(format!("c.PodSpawner.ip = {}", json(ip.to_string().into())));
+    }
+    if !lab.alt_names.is_empty() {
+        lines.push(format!(
+            "c.PodSpawner.ssl_alt_names = {}",
+            json(lab.alt_names.clone().into())
+        ));
+    }
+    lines
 }
 
 /// A volume a host's containers share, mounted at the same path in each:

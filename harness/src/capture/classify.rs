@@ -59,12 +59,43 @@ impl FlowClass {
     /// TLS 1.2 or newer, or SSH.
     pub fn is_protected(&self) -> bool {
         match self {
-            FlowClass::Tls { version, .. } => version == "TLS 1.2" || version == "TLS 1.3",
+            FlowClass::Tls { version, .. } => {
+                ["TLS 1.2", "TLS 1.3", MID_STREAM_TLS12_OR_NEWER].contains(&version.as_str())
+            }
             FlowClass::Ssh { .. } => true,
             FlowClass::Empty => true,
             _ => false,
         }
     }
+}
+
+/// A TLS flow seen from the middle: every record says TLS 1.2 or 1.3.
+const MID_STREAM_TLS12_OR_NEWER: &str = "TLS 1.2+ (handshake before the capture)";
+
+/// The largest TLS record body (TLS 1.2's ciphertext bound, 2^14 + 2048).
+const MAX_RECORD: usize = (1 << 14) + 2048;
+
+/// The record-layer version `stream` carries, if it is TLS records back to
+/// back, each of a known content type and the same version. The last record
+/// may be cut short where the read prefix ends.
+fn record_layer_version(stream: &[u8]) -> Option<u16> {
+    let mut version = None;
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let [kind, major, minor, high, low, ..] = *rest else {
+            return None;
+        };
+        let this = u16::from_be_bytes([major, minor]);
+        let length = usize::from(u16::from_be_bytes([high, low]));
+        if !(0x14..=0x17).contains(&kind) || major != 3 || length > MAX_RECORD {
+            return None;
+        }
+        if *version.get_or_insert(this) != this {
+            return None;
+        }
+        rest = rest.get(5 + length..).unwrap_or_default();
+    }
+    version
 }
 
 const HTTP_METHODS: [&str; 9] = [
@@ -85,12 +116,25 @@ pub fn classify_streams(c: &[u8], s: &[u8]) -> FlowClass {
     if c.len() >= 3 && c[0] == 0x16 && c[1] == 0x03 {
         return tls(c, s);
     }
-    // TLS records, but the handshake happened before the capture started:
-    // encrypted for all we can see, yet the version is unknown, so it does
-    // not count as protected.
+    // TLS records, but the handshake happened before the capture started (a
+    // pooled connection). The record layer still names the version: 3.3 on
+    // every record of TLS 1.2 and of TLS 1.3 (RFC 5246 6.2.1, RFC 8446
+    // 5.1), 3.1 or 3.2 under older ones. Only streams that parse as records
+    // end to end, each way, all saying 3.3, count as protected.
     if c.len() >= 3 && (0x14..=0x17).contains(&c[0]) && c[1] == 0x03 {
+        let versions = [c, s]
+            .iter()
+            .filter(|stream| !stream.is_empty())
+            .map(|stream| record_layer_version(stream))
+            .collect::<Option<std::collections::BTreeSet<_>>>();
+        let version = match versions.as_ref().map(|v| v.iter().collect::<Vec<_>>()) {
+            Some(v) if v == [&0x0303] => MID_STREAM_TLS12_OR_NEWER,
+            Some(v) if v == [&0x0301] => "TLS 1.0 (handshake before the capture)",
+            Some(v) if v == [&0x0302] => "TLS 1.1 (handshake before the capture)",
+            _ => "TLS (handshake before the capture; malformed records)",
+        };
         return FlowClass::Tls {
-            version: "TLS (handshake before the capture)".into(),
+            version: version.into(),
             sni: None,
             client_certificate: None,
         };
@@ -371,6 +415,41 @@ mod tests {
             "{tls12:?}"
         );
         assert!(tls12.is_protected());
+    }
+
+    /// TLS records of `version`, as a capture that began after the
+    /// handshake sees them.
+    fn records(version: [u8; 2], bodies: &[usize]) -> Vec<u8> {
+        bodies
+            .iter()
+            .flat_map(|len| {
+                let mut record = vec![0x17, version[0], version[1]];
+                record.extend((*len as u16).to_be_bytes());
+                record.extend(std::iter::repeat_n(0xa5, *len));
+                record
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pooled_tls_flow_counts_as_protected_only_if_every_record_says_tls_1_2_or_newer() {
+        let modern = classify(&flow(
+            &records([3, 3], &[300, 17000]),
+            &records([3, 3], &[40]),
+        ));
+        assert_eq!(modern.label(), MID_STREAM_TLS12_OR_NEWER);
+        assert!(modern.is_protected());
+        // Cut short where the prefix ends: still records.
+        let long = records([3, 3], &[18000]);
+        assert!(classify(&flow(&long[..1000], b"")).is_protected());
+        let old = classify(&flow(&records([3, 1], &[100]), &records([3, 1], &[60])));
+        assert_eq!(old.label(), "TLS 1.0 (handshake before the capture)");
+        assert!(!old.is_protected());
+        // One direction's records disagree, or stop being records.
+        assert!(!classify(&flow(&records([3, 3], &[10]), &records([3, 2], &[10]))).is_protected());
+        let mut broken = records([3, 3], &[10]);
+        broken.extend(b"GET / HTTP/1.1\r\n");
+        assert!(!classify(&flow(&broken, b"")).is_protected());
     }
 
     #[test]
