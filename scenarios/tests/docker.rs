@@ -429,6 +429,16 @@ fn keep_leaves_a_failed_docker_run_running_until_down() {
     let lab = format!("hubtrust-{run}-hub-lab-alice");
     let in_lab = docker(&["exec", &lab, "ps", "-eo", "args"]);
     assert!(in_lab.contains("jupyterhub-singleuser"), "{in_lab}");
+    // Its internal-ssl files were copied in by the spawner, the key 0600.
+    let key_mode = docker(&[
+        "exec",
+        &lab,
+        "stat",
+        "-c",
+        "%a %U",
+        "/srv/jupyterhub-internal-ssl/user-alice.key",
+    ]);
+    assert_eq!(key_mode, "600 root");
     let in_proxy = docker(&["exec", &proxy, "ps", "-eo", "args"]);
     assert!(in_proxy.contains("configurable-http-proxy"), "{in_proxy}");
     let mode = docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &proxy]);
