@@ -34,8 +34,14 @@ pub fn runtime_image() -> String {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
-    format!("hubtrust/runtime:{}", hex::encode(&hasher.finalize()[..8]))
+    let repository =
+        std::env::var(IMAGE_REPOSITORY_ENV).unwrap_or_else(|_| "hubtrust/runtime".into());
+    format!("{repository}:{}", hex::encode(&hasher.finalize()[..8]))
 }
+
+/// Names the runtime image's repository (default `hubtrust/runtime`), for
+/// a site that keeps its images under its own names.
+pub const IMAGE_REPOSITORY_ENV: &str = "HUBTRUST_IMAGE_REPOSITORY";
 
 /// The components as a container of the runtime image sees them.
 pub fn components_in_image() -> Components {
@@ -55,7 +61,17 @@ pub struct Built {
 pub async fn build_runtime(engine: &DockerEngine, progress: &mut dyn Write) -> Result<Built> {
     let started = Instant::now();
     let image = runtime_image();
+    let work = provision::cache_root().join("image-build");
+    let lock_path = provision::cache_root().join("image-build.lock");
     if engine.require_image(&image).await.is_ok() {
+        // A build killed half-way left its work directory: remove it,
+        // unless a build is running now (it holds the lock).
+        let idle = std::fs::File::open(&lock_path).ok().and_then(|f| {
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
+        });
+        if idle.is_some() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
         let _ = writeln!(progress, "{image} is already built");
         return Ok(Built {
             image,
@@ -66,10 +82,8 @@ pub async fn build_runtime(engine: &DockerEngine, progress: &mut dyn Write) -> R
     // The npm install is made on this machine from the same lock (pure
     // JavaScript); the python venvs are made inside the image.
     let components = provision::ensure(progress)?;
-    let work = provision::cache_root().join("image-build");
     std::fs::create_dir_all(provision::cache_root())
         .map_err(|e| HarnessError::io("create the cache directory", e))?;
-    let lock_path = provision::cache_root().join("image-build.lock");
     let lock_file = std::fs::File::create(&lock_path)
         .map_err(|e| HarnessError::io(format!("create {}", lock_path.display()), e))?;
     // Two builds at once would share one work directory.
@@ -112,8 +126,13 @@ async fn build_in(
         "  building the root filesystem (debootstrap, pip) …"
     );
     let step = Instant::now();
-    let output = tokio::process::Command::new("unshare")
-        .args(["--mount", "--fork", "bash"])
+    // Tied to this process as the local backend's namespace is: if hubtrust
+    // dies, even by SIGKILL, `setpriv`'s parent-death signal kills
+    // `unshare`, `--kill-child` kills the script, the PID namespace's init,
+    // and the kernel kills debootstrap, dpkg and pip with it.
+    let output = tokio::process::Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--", "unshare"])
+        .args(["--mount", "--pid", "--fork", "--kill-child", "bash"])
         .arg(inputs.join("build-rootfs.sh"))
         .arg(&rootfs)
         .arg(&inputs)
@@ -123,7 +142,7 @@ async fn build_in(
         .output()
         .await
         .map_err(|e| HarnessError::MissingPrerequisite {
-            what: "unshare".into(),
+            what: "setpriv and unshare".into(),
             why: e.to_string(),
             fix: "apt-get install -y util-linux".into(),
         })?;

@@ -538,6 +538,67 @@ fn down_removes_a_runs_objects_and_names_runs_it_does_not_know() {
     assert!(text(&again).contains(&format!("nothing labelled with run {run}")));
 }
 
+/// Pids of processes whose command line contains `needle`.
+fn processes_running(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn sigkill_of_an_image_build_leaves_no_build_process_behind() {
+    if !docker_ready() {
+        return;
+    }
+    // An image nobody has, so the build really starts (the other tests'
+    // image stays untouched).
+    let repository = format!("hubtrust/test-killed-build-{}", std::process::id());
+    let mut build = hubtrust()
+        .args(["images", "build"])
+        .env("HUBTRUST_IMAGE_REPOSITORY", &repository)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while processes_running("build-rootfs.sh").is_empty() {
+        assert!(
+            build.try_wait().unwrap().is_none(),
+            "the build ended before its root filesystem step"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the build never reached debootstrap"
+        );
+        // Bounded poll interval until the build script runs.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    build.kill().unwrap();
+    build.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<u32> = ["build-rootfs.sh", "debootstrap"]
+            .iter()
+            .flat_map(|n| processes_running(n))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left running: {left:?}");
+        // Bounded poll interval while the kernel ends the namespace.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!docker(&["images", "-q", &repository]).contains(char::is_alphanumeric));
+}
+
 #[test]
 fn no_docker_daemon_is_named_with_the_fix() {
     let run = run_id("nodaemon");
