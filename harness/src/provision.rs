@@ -137,7 +137,7 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
     step(progress, "1/4 python venv", || {
         run(
             "python venv",
-            Command::new(python()).arg("-m").arg("venv").arg(&venv),
+            tied(python()).arg("-m").arg("venv").arg(&venv),
             "apt-get install -y python3-venv",
         )
     })?;
@@ -161,7 +161,7 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
         || {
             run(
                 "npm ci",
-                Command::new("npm")
+                tied("npm")
                     .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
                     .current_dir(&npm),
                 "apt-get install -y nodejs npm",
@@ -175,7 +175,7 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
     step(progress, "4/4 mitmproxy in its own venv (pinned)", || {
         run(
             "python venv",
-            Command::new(python()).arg("-m").arg("venv").arg(&mitmproxy),
+            tied(python()).arg("-m").arg("venv").arg(&mitmproxy),
             "apt-get install -y python3-venv",
         )?;
         pip_install_lock(&mitmproxy, &mitmproxy_lock)
@@ -193,7 +193,7 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
 fn pip_install_lock(venv: &Path, lock: &Path) -> Result<()> {
     run(
         "pip install",
-        Command::new(venv.join("bin/pip"))
+        tied(venv.join("bin/pip"))
             .args([
                 "install",
                 "--no-deps",
@@ -217,6 +217,25 @@ fn step(progress: &mut dyn Write, what: &str, f: impl FnOnce() -> Result<()>) ->
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `program`, run so that it dies with hubtrust, children and all: an
+/// install killed half-way must not go on writing into the cache the next
+/// run installs into. `setpriv`'s parent-death signal kills `unshare`,
+/// `--kill-child` kills `program`, the init of a PID namespace of its own,
+/// and the kernel kills whatever it started (ensurepip, pip's builds, npm's
+/// scripts). Without root, a user namespace that maps only the caller's own
+/// uid makes the PID namespace possible and changes no file's owner.
+fn tied(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("setpriv");
+    command.args(["--pdeathsig", "KILL", "--", "unshare"]);
+    if !nix::unistd::geteuid().is_root() {
+        command.args(["--user", "--map-current-user"]);
+    }
+    command
+        .args(["--pid", "--fork", "--kill-child", "--"])
+        .arg(program);
+    command
 }
 
 fn run(what: &str, command: &mut Command, fix: &str) -> Result<()> {

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{hubtrust, scratch, text};
+use common::{hubtrust, processes_running, scratch, text};
 
 /// PIDs of processes whose environment holds `KEY=value…` with that prefix.
 fn processes_marked(prefix: &str) -> Vec<u32> {
@@ -127,6 +127,51 @@ fn expect_usage_error(out: &Output, needle: &str) {
         "error does not mention {needle:?}:\n{t}"
     );
     assert!(t.contains("fix"), "error gives no fix hint:\n{t}");
+}
+
+#[test]
+fn sigkill_during_provisioning_leaves_no_installer_running() {
+    // A cache of its own, so the components install from scratch.
+    let cache = scratch("provision-kill");
+    let mut run = hubtrust()
+        .args(["run", "--tags", "@core"])
+        .env("HUBTRUST_CACHE", &cache)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let installing = cache.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // ensurepip is a grandchild of hubtrust (the venv's python starts it)
+    // and runs for seconds: nothing but the namespace's end stops it soon.
+    let ensurepip = |pids: Vec<u32>| {
+        pids.into_iter().any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("ensurepip"))
+        })
+    };
+    while !ensurepip(processes_running(&installing)) {
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run ended before installing"
+        );
+        assert!(Instant::now() < deadline, "no installer started");
+        // Bounded poll interval until the install is under way.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !processes_running(&installing).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left running: {:?}",
+            processes_running(&installing)
+        );
+        // Bounded poll interval while the kernel ends the namespace.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_dir_all(&cache).unwrap();
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{hubtrust, scratch, text};
+use common::{hubtrust, processes_running, scratch, text};
 
 fn docker_ready() -> bool {
     let up = Command::new("docker")
@@ -536,21 +536,6 @@ fn down_removes_a_runs_objects_and_names_runs_it_does_not_know() {
     let again = hubtrust().args(["down", &run]).output().unwrap();
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again).contains(&format!("nothing labelled with run {run}")));
-}
-
-/// Pids of processes whose command line contains `needle`.
-fn processes_running(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(needle)
-                .then_some(pid)
-        })
-        .collect()
 }
 
 #[test]
