@@ -175,7 +175,10 @@ async fn measure_startup(args: &BenchArgs) -> anyhow::Result<()> {
     let report = tempdir("bench-c")?;
     let exe = std::env::current_exe()?;
     let started = Instant::now();
-    let status = tokio::process::Command::new(exe)
+    // Interrupted as by Ctrl-C if the bench dies, so it tears down.
+    let status = tokio::process::Command::new("setpriv")
+        .args(["--pdeathsig", "INT", "--"])
+        .arg(exe)
         .args(["run", "--tags", "@core", "--report"])
         .arg(&report)
         .env_remove(INSIDE_ENV)

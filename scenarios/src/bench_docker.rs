@@ -14,7 +14,11 @@ struct Timing {
 }
 
 fn core_run(backend: &str, report: &Path) -> anyhow::Result<Timing> {
-    let out = Command::new(std::env::current_exe()?)
+    // If the bench dies, the run it started is interrupted as by Ctrl-C,
+    // so it tears its stack down rather than running on alone.
+    let out = Command::new("setpriv")
+        .args(["--pdeathsig", "INT", "--"])
+        .arg(std::env::current_exe()?)
         .args(["run", "--tags", "@core", "--backend", backend, "--report"])
         .arg(report)
         .stdin(Stdio::null())
