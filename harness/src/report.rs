@@ -134,8 +134,9 @@ pub struct RunReport {
     #[serde(default)]
     pub hpc: Option<HpcSection>,
     pub seconds: f64,
-    /// From the start of the run until hub, proxy and every lab were ready.
-    pub stack_ready_seconds: f64,
+    /// From the start of the run until hub, proxy and every lab were ready;
+    /// `None` when the stack never came up.
+    pub stack_ready_seconds: Option<f64>,
     /// Peak resident memory of the hubtrust process that ran the scenarios.
     pub peak_rss_kb: u64,
 }
@@ -202,15 +203,18 @@ impl RunReport {
 
     pub fn to_markdown(&self) -> String {
         let mut md = String::from("# hubtrust conformance report\n\n");
+        let ready = match self.stack_ready_seconds {
+            Some(seconds) => format!("stack ready after {seconds:.1}s"),
+            None => "the stack did not come up".into(),
+        };
         md += &format!(
-            "- stack: `{}` on the `{}` backend\n- tags: `{}`\n- result: **{} passed, {} failed** in {:.1}s (stack ready after {:.1}s)\n\n",
+            "- stack: `{}` on the `{}` backend\n- tags: `{}`\n- result: **{} passed, {} failed** in {:.1}s ({ready})\n\n",
             self.stack,
             self.backend,
             self.tags.as_deref().unwrap_or("(all)"),
             self.passed(),
             self.failed(),
             self.seconds,
-            self.stack_ready_seconds
         );
         if !self.images.is_empty() {
             md += "| ran from | image |\n|---|---|\n";

@@ -7,11 +7,25 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
+/// Every secret this process generated: what is masked in whatever it
+/// writes out after the owner of a secret is gone (a stack that failed to
+/// come up leaves its logs, not its tokens).
+static GENERATED: std::sync::Mutex<Vec<Secret>> = std::sync::Mutex::new(Vec::new());
+
 impl Secret {
     /// A fresh random token: 32 bytes of OS randomness, hex encoded.
     pub fn generate() -> Self {
         let bytes: [u8; 32] = rand::random();
-        Self(hex::encode(bytes))
+        let secret = Self(hex::encode(bytes));
+        if let Ok(mut generated) = GENERATED.lock() {
+            generated.push(secret.clone());
+        }
+        secret
+    }
+
+    /// Every secret [`Secret::generate`] made in this process so far.
+    pub fn all_generated() -> Vec<Secret> {
+        GENERATED.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
     pub fn new(value: impl Into<String>) -> Self {
@@ -60,6 +74,12 @@ mod tests {
         assert!(!format!("{secret:?}").contains("0123456789"));
         assert!(!format!("{secret}").contains("0123456789"));
         assert_eq!(secret.masked(), "abcd…(16 chars)");
+    }
+
+    #[test]
+    fn generated_secrets_are_remembered_for_masking() {
+        let secret = Secret::generate();
+        assert!(Secret::all_generated().contains(&secret));
     }
 
     #[test]

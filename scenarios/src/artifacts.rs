@@ -3,18 +3,28 @@
 
 use std::path::{Path, PathBuf};
 
-use hubtrust_harness::secret::mask_all;
+use hubtrust_harness::secret::{mask_all, Secret};
 use hubtrust_harness::Stack;
 
 /// Copies the stack's evidence into `dest` and returns `dest`.
 pub fn keep(stack: &Stack, dest: &Path) -> std::io::Result<PathBuf> {
+    keep_from(&stack.run_dir, &stack.secrets(), dest)
+}
+
+/// The same, from a run directory whose stack never came up: logs are
+/// masked with every secret this process generated.
+pub fn keep_unstarted(run_dir: &Path, dest: &Path) -> std::io::Result<PathBuf> {
+    let generated = Secret::all_generated();
+    keep_from(run_dir, &generated.iter().collect::<Vec<_>>(), dest)
+}
+
+fn keep_from(run_dir: &Path, secrets: &[&Secret], dest: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dest)?;
-    let secrets = stack.secrets();
-    copy_tree(&stack.run_dir, &stack.run_dir, dest, &|path, bytes| {
+    copy_tree(run_dir, run_dir, dest, &|path, bytes| {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         match ext {
-            "log" => Some(mask_all(&String::from_utf8_lossy(bytes), &secrets).into_bytes()),
+            "log" => Some(mask_all(&String::from_utf8_lossy(bytes), secrets).into_bytes()),
             // A .pem may bundle a key with its certificates (mitmproxy's CA
             // file does): such files never leave the run directory.
             "crt" | "pem" if holds_a_private_key(bytes) => None,

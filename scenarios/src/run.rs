@@ -147,9 +147,9 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
             .as_deref()
             .map(|t| features::parse_tags(t, &scenarios))
             .transpose()?;
-        Ok((op, load_spec(args.stack.as_ref())?))
+        Ok((op, load_spec(args.stack.as_ref())?, scenarios))
     })();
-    let (tags, spec) = match prepared {
+    let (tags, spec, all_scenarios) = match prepared {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -184,6 +184,45 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
                 None => {
                     eprintln!("no scenario ran; everything started so far has been stopped")
                 }
+            }
+            // CI shows a report, not a terminal: every selected scenario is
+            // failed with the reason, and the logs are kept beside it.
+            let selected = features::selected(&all_scenarios, tags.as_ref());
+            let artifacts = artifacts::keep_unstarted(
+                work.path(),
+                &args.report.join("artifacts").join("stack-start-up"),
+            )
+            .ok()
+            .map(|p| p.display().to_string());
+            let report = RunReport {
+                tool: format!("hubtrust {}", env!("CARGO_PKG_VERSION")),
+                tags: args.tags.clone(),
+                stack: stack_name,
+                backend: backend_name(args.backend),
+                scenarios: selected
+                    .iter()
+                    .map(|s| hubtrust_harness::report::ScenarioResult {
+                        feature: s.feature.clone(),
+                        scenario: s.name.clone(),
+                        tags: s.tags.clone(),
+                        status: hubtrust_harness::report::Status::Failed,
+                        failure: Some(format!(
+                            "the stack did not come up, so this scenario could not run: {e:#}"
+                        )),
+                        seconds: 0.0,
+                        artifacts: artifacts.clone(),
+                    })
+                    .collect(),
+                seconds: started.elapsed().as_secs_f64(),
+                peak_rss_kb: peak_rss_kb(),
+                ..RunReport::default()
+            };
+            match report.write_all(&args.report) {
+                Ok(()) => eprintln!(
+                    "reports written to {} (every selected scenario failed: the stack did not come up)",
+                    args.report.display()
+                ),
+                Err(e) => eprintln!("error: failed to write the reports: {e}"),
             }
             return ExitCode::from(2);
         }
@@ -279,14 +318,10 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
     report.tool = format!("hubtrust {}", env!("CARGO_PKG_VERSION"));
     report.tags = args.tags.clone();
     report.stack = stack_name;
-    report.backend = match args.backend {
-        BackendChoice::Local => "local",
-        BackendChoice::Docker => "docker",
-    }
-    .into();
+    report.backend = backend_name(args.backend);
     report.scenarios = results.lock().map(|r| r.clone()).unwrap_or_default();
     report.seconds = started.elapsed().as_secs_f64();
-    report.stack_ready_seconds = stack_ready_seconds;
+    report.stack_ready_seconds = Some(stack_ready_seconds);
     report.images = images_used;
     report.peak_rss_kb = peak_rss_kb();
     if let Err(e) = report.write_all(&args.report) {
@@ -310,6 +345,14 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn backend_name(backend: BackendChoice) -> String {
+    match backend {
+        BackendChoice::Local => "local",
+        BackendChoice::Docker => "docker",
+    }
+    .into()
 }
 
 async fn up(args: UpArgs, interrupts: &mut Interrupts) -> ExitCode {

@@ -275,6 +275,15 @@ fn which(tool: &str) -> Result<PathBuf, ()> {
 }
 
 fn stack_file_run(name: &str, body: &str) -> (Output, String) {
+    let (out, id, _) = stack_file_run_with_report(name, body);
+    (out, id)
+}
+
+/// [`stack_file_run`], with the run's report.json when it wrote one.
+fn stack_file_run_with_report(
+    name: &str,
+    body: &str,
+) -> (Output, String, Option<serde_json::Value>) {
     let dir = scratch(name);
     let file = dir.join("stack.toml");
     std::fs::write(&file, body).unwrap();
@@ -287,8 +296,11 @@ fn stack_file_run(name: &str, body: &str) -> (Output, String) {
         .env("HUBTRUST_RUN_ID", &id)
         .output()
         .unwrap();
+    let report = std::fs::read_to_string(dir.join("report/report.json"))
+        .ok()
+        .map(|json| serde_json::from_str(&json).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
-    (out, id)
+    (out, id, report)
 }
 
 #[test]
@@ -308,7 +320,8 @@ fn a_hub_config_jupyterhub_rejects_shows_its_log_and_leaves_nothing() {
 
 #[test]
 fn a_component_that_exits_during_start_up_is_named() {
-    let (out, id) = stack_file_run("proxy-exits", "[proxy]\ncommand = [\"false\"]\n");
+    let (out, id, report) =
+        stack_file_run_with_report("proxy-exits", "[proxy]\ncommand = [\"false\"]\n");
     expect_usage_error(&out, "`jupyterhub`");
     assert!(
         text(&out).to_lowercase().contains("proxy"),
@@ -316,6 +329,21 @@ fn a_component_that_exits_during_start_up_is_named() {
         text(&out)
     );
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    // The report says so too: every selected scenario failed, none passed,
+    // with the reason and the start-up logs kept beside it.
+    let report = report.expect("a stack that did not come up still gets a report");
+    let scenarios = report["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 7, "{report}");
+    for scenario in scenarios {
+        assert_eq!(scenario["status"], "failed", "{scenario}");
+        let failure = scenario["failure"].as_str().unwrap();
+        assert!(failure.contains("the stack did not come up"), "{failure}");
+        assert!(scenario["artifacts"]
+            .as_str()
+            .unwrap()
+            .ends_with("stack-start-up"));
+    }
+    assert!(report["stack_ready_seconds"].is_null(), "{report}");
 }
 
 /// Starts `hubtrust up` and waits until it reports the stack is up.

@@ -683,6 +683,11 @@ fn a_lab_that_cannot_start_is_named_with_its_own_output_and_kept_with_keep() {
         t.contains("last lines of alice's lab's log:\n    the-lab-says-why"),
         "{t}"
     );
+    // The report's artifacts hold the lab's own log.
+    let lab_log =
+        std::fs::read_to_string(dir.join("report/artifacts/stack-start-up/logs/lab-alice.log"))
+            .unwrap();
+    assert!(lab_log.contains("the-lab-says-why"), "{lab_log}");
     // A run that failed to come up is a failed run: --keep leaves it, lab
     // container and all, until `down`.
     assert!(t.contains(&format!("`hubtrust down {run}`")), "{t}");
