@@ -224,16 +224,30 @@ pub fn reassemble(segments: &[Segment]) -> Vec<TcpFlow> {
             .or_default()
             .add(segment);
     }
+    // Endpoints seen accepting a connection (SYN to them) are listeners.
+    let listeners: std::collections::BTreeSet<Endpoint> = connections
+        .iter()
+        .filter_map(|(key, c)| {
+            let client = c.client?;
+            Some(if client == key.0 { key.1 } else { key.0 })
+        })
+        .collect();
     order
         .into_iter()
         .filter_map(|key| {
             let connection = connections.remove(&key)?;
             let saw_handshake = connection.client.is_some();
-            // Without a SYN, guess: the side with the lower port is the server.
-            let client =
-                connection
-                    .client
-                    .unwrap_or(if key.0 .1 > key.1 .1 { key.0 } else { key.1 });
+            // Without a SYN (a connection older than the capture), guess:
+            // the end seen listening elsewhere in the capture is the
+            // server, else the end with the lower port.
+            let lower_port_serves = if key.0 .1 > key.1 .1 { key.0 } else { key.1 };
+            let client = connection.client.unwrap_or(
+                match (listeners.contains(&key.0), listeners.contains(&key.1)) {
+                    (true, false) => key.1,
+                    (false, true) => key.0,
+                    _ => lower_port_serves,
+                },
+            );
             let server = if client == key.0 { key.1 } else { key.0 };
             let (to_server, gaps_a) = connection
                 .directions
@@ -291,6 +305,27 @@ mod tests {
 
     const C: Endpoint = (Ipv4Addr::new(10, 77, 1, 1), 40000);
     const S: Endpoint = (Ipv4Addr::new(10, 77, 1, 2), 8000);
+
+    #[test]
+    fn a_connection_older_than_the_capture_is_served_by_the_end_seen_listening() {
+        // A lab on a high port, called from a lower ephemeral port over a
+        // pooled connection, and once afresh.
+        let lab: Endpoint = (Ipv4Addr::new(10, 77, 1, 2), 58741);
+        let pooled: Endpoint = (Ipv4Addr::new(10, 77, 1, 1), 41000);
+        let fresh: Endpoint = (Ipv4Addr::new(10, 77, 1, 1), 42000);
+        let mut wire = Wire::default();
+        wire.seg(lab, pooled, 900, false, true, b"\x17\x03\x03");
+        wire.seg(pooled, lab, 300, false, true, b"\x17\x03\x03");
+        wire.seg(fresh, lab, 100, true, false, b"");
+        let (flows, _) = wire.done();
+        let old = flows.iter().find(|f| !f.saw_handshake).unwrap();
+        assert_eq!((old.client, old.server), (pooled, lab));
+        // Nobody seen listening: the lower port serves.
+        let mut wire = Wire::default();
+        wire.seg(S, C, 900, false, true, b"x");
+        let (flows, _) = wire.done();
+        assert_eq!((flows[0].client, flows[0].server), (C, S));
+    }
 
     #[test]
     fn out_of_order_and_retransmitted_segments_reassemble() {
