@@ -89,6 +89,15 @@ pub async fn build_runtime(engine: &DockerEngine, progress: &mut dyn Write) -> R
     // Two builds at once would share one work directory.
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| HarnessError::io(format!("lock {}", lock_path.display()), e.into()))?;
+    // Another build may have made it while this one waited for the lock.
+    if engine.require_image(&image).await.is_ok() {
+        let _ = writeln!(progress, "{image} was built meanwhile");
+        return Ok(Built {
+            image,
+            built: false,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
     // A build killed half-way leaves its work directory; it starts over.
     let _ = std::fs::remove_dir_all(&work);
     let result = build_in(engine, &components, &work, &image, progress).await;
