@@ -484,6 +484,22 @@ impl DockerEngine {
         Ok((pid as u32, addresses))
     }
 
+    /// The daemon's account of a container that has stopped running, once
+    /// it reports it stopped (bounded: `None` if it still says running).
+    async fn why_it_stopped(&self, container: &str) -> Option<HarnessError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Err(e) = self.inspect_host(container).await {
+                return Some(e);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            // Bounded poll interval until the daemon records the exit.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Copies `dir` of this machine into the container at the same path,
     /// owners and modes as they are here (a 0600 key stays 0600).
     pub async fn copy_in(&self, container: &str, dir: &Path) -> Result<()> {
@@ -1205,8 +1221,9 @@ impl super::local::StackNetwork {
             let host = match Host::in_container(name, &engine, container, pid, image, own.clone()) {
                 Ok(host) => host,
                 // It ran for a moment, then its entrypoint died: the
-                // container's state says so better than a missing /proc.
-                Err(e) => return Err(engine.inspect_host(container).await.err().unwrap_or(e)),
+                // container's state says so better than a missing /proc,
+                // once the daemon has noticed.
+                Err(e) => return Err(engine.why_it_stopped(container).await.unwrap_or(e)),
             };
             network.hosts.insert(name.clone(), host);
             addresses.insert(name.clone(), by_link);
