@@ -390,22 +390,19 @@ impl Stack {
             )?;
             // A lab on a host of its own reaches the hub, and is reached,
             // across their link, by addresses their certificates name.
-            let lab_ip = match lab_host != &spec.topology.hub_host {
+            let hub_host = &spec.topology.hub_host;
+            let lab_ip = match lab_host != hub_host {
                 true => {
-                    let link = network
-                        .link_between(&spec.topology.hub_host, lab_host)
-                        .ok_or_else(|| HarnessError::Network {
-                            host: lab_host.clone(),
-                            message: format!(
-                                "no link to the hub's host `{}`",
-                                spec.topology.hub_host
-                            ),
-                        })?;
-                    let (hub_end, lab_end) = if link.a.0 == *lab_host {
-                        (link.b.1, link.a.1)
-                    } else {
-                        (link.a.1, link.b.1)
+                    let no_link = || HarnessError::Network {
+                        host: lab_host.clone(),
+                        message: format!("no link to the hub's host `{hub_host}`"),
                     };
+                    let hub_end = network
+                        .address_towards(hub_host, lab_host)
+                        .ok_or_else(no_link)?;
+                    let lab_end = network
+                        .address_towards(lab_host, hub_host)
+                        .ok_or_else(no_link)?;
                     render_spec.hub.extra_config.splice(
                         0..0,
                         [
@@ -657,9 +654,9 @@ impl Stack {
                     "{message}\n  last lines of the hub's log:\n    {}",
                     last_lines(&self.hub_log, 15).join("\n    ")
                 );
-                for (lab, log) in self.lab_logs() {
+                for (user, log) in self.lab_logs() {
                     message.push_str(&format!(
-                        "\n  last lines of {lab}'s log:\n    {}",
+                        "\n  last lines of {user}'s lab's log:\n    {}",
                         last_lines(&log, 15).join("\n    ")
                     ));
                 }
@@ -672,7 +669,6 @@ impl Stack {
     /// A lab that never became ready is explained by its own log too,
     /// where it is kept apart from the hub's.
     fn with_lab_log(&self, user: &str, e: HarnessError) -> HarnessError {
-        let own = format!("{user}'s lab");
         match e {
             HarnessError::NotReady {
                 component,
@@ -680,8 +676,8 @@ impl Stack {
                 seconds,
                 mut last_lines,
             } => {
-                for (lab, log) in self.lab_logs().into_iter().filter(|(lab, _)| *lab == own) {
-                    last_lines.push(format!("— last lines of {lab}'s log:"));
+                for (_, log) in self.lab_logs().into_iter().filter(|(u, _)| u == user) {
+                    last_lines.push(format!("— last lines of {user}'s lab's log:"));
                     last_lines.extend(crate::process::last_lines(&log, 15));
                 }
                 HarnessError::NotReady {
@@ -695,8 +691,8 @@ impl Stack {
         }
     }
 
-    /// The labs' own logs, named by lab, where they are kept apart from
-    /// the hub's.
+    /// The labs' own logs, by user, where they are kept apart from the
+    /// hub's.
     fn lab_logs(&self) -> Vec<(String, PathBuf)> {
         let logs = self
             .hub_log
@@ -709,8 +705,8 @@ impl Stack {
             .flatten()
             .filter_map(|entry| {
                 let name = entry.file_name().to_str()?.to_string();
-                let lab = name.strip_prefix("lab-")?.strip_suffix(".log")?;
-                Some((format!("{lab}'s lab"), entry.path()))
+                let user = name.strip_prefix("lab-")?.strip_suffix(".log")?;
+                Some((user.to_string(), entry.path()))
             })
             .collect();
         found.sort();
@@ -1751,14 +1747,9 @@ fn place_kernels_on(
         host: kernel_host.into(),
         message: format!("no link to the lab host `{lab_host}`"),
     };
-    let link = network
-        .link_between(lab_host, kernel_host)
+    let kernel_ip = network
+        .address_towards(kernel_host, lab_host)
         .ok_or_else(no_link)?;
-    let kernel_ip = if link.a.0 == kernel_host {
-        link.a.1
-    } else {
-        link.b.1
-    };
     let netns = network.netns_path(kernel_host).ok_or_else(no_link)?;
     let (netns, bind) = if network.host(lab_host)?.is_container() {
         let in_lab = PathBuf::from("/run/hubtrust-kernel-host-netns");

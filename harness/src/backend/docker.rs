@@ -752,26 +752,8 @@ pub fn lab_spawner_config(
         .filter(|v| v.host == lab_host)
         .map(|v| serde_json::json!({"name": engine.name(&v.name), "path": v.path}))
         .collect();
-    let files: serde_json::Map<_, _> = lab
-        .files
-        .iter()
-        .map(|(target, source)| {
-            (
-                target.display().to_string(),
-                source.display().to_string().into(),
-            )
-        })
-        .collect();
-    let binds: serde_json::Map<_, _> = lab
-        .binds
-        .iter()
-        .map(|(source, target)| {
-            (
-                target.display().to_string(),
-                source.display().to_string().into(),
-            )
-        })
-        .collect();
+    let files = by_target(lab.files.iter().map(|(t, s)| (t, s)));
+    let binds = by_target(lab.binds.iter().map(|(s, t)| (t, s)));
     let mut lines = vec![
         format!(
             "import sys; sys.path.insert(0, {})",
@@ -812,6 +794,21 @@ pub fn lab_spawner_config(
         ));
     }
     lines
+}
+
+/// `{path in the lab: path outside}`, as the pod spawner takes files and
+/// binds.
+fn by_target<'a>(
+    pairs: impl Iterator<Item = (&'a std::path::PathBuf, &'a std::path::PathBuf)>,
+) -> serde_json::Map<String, serde_json::Value> {
+    pairs
+        .map(|(target, source)| {
+            (
+                target.display().to_string(),
+                source.display().to_string().into(),
+            )
+        })
+        .collect()
 }
 
 /// A volume a host's containers share, mounted at the same path in each:
