@@ -392,16 +392,6 @@ pub struct ComponentOverride {
 }
 
 impl StackSpec {
-    /// Why this stack cannot run on the docker backend yet, if it cannot.
-    pub fn docker_unsupported(&self) -> Option<&'static str> {
-        // Flat topologies keep labs on the hub's host (validation sees to
-        // it), with kernels anywhere linked to it: all of that runs.
-        self.topology
-            .hpc
-            .is_some()
-            .then_some("HPC login and compute nodes run on the local backend only so far")
-    }
-
     /// Why this stack cannot run on the local backend, if it cannot.
     pub fn local_unsupported(&self) -> Option<String> {
         let t = &self.topology;
@@ -434,23 +424,36 @@ impl StackSpec {
                 .to_string()
         };
         let hub_host = &self.topology.hub_host;
-        let mut components = std::collections::BTreeMap::from([
-            (
-                ContainerRole::Hub,
-                (hub_host.clone(), component_image(ContainerRole::Hub)),
-            ),
-            (
+        let mut components = std::collections::BTreeMap::from([(
+            ContainerRole::Hub,
+            (hub_host.clone(), component_image(ContainerRole::Hub)),
+        )]);
+        if self.topology.hpc.is_some() {
+            // An HPC site's hub starts the proxy itself, and its batch
+            // spawner runs labs as processes on the compute nodes: both
+            // come from the hub's and the nodes' images.
+            if let Some(role) = [ContainerRole::Proxy, ContainerRole::Lab]
+                .into_iter()
+                .find(|r| self.docker.components.contains_key(r))
+            {
+                return Err(format!(
+                    "[docker.components] names a {} image, but on an HPC stack the hub starts the proxy in its own container and labs run on the compute nodes (name their images under [docker.components] hub and [docker.hosts])",
+                    role.as_str()
+                ));
+            }
+        } else {
+            components.insert(
                 ContainerRole::Proxy,
                 (hub_host.clone(), component_image(ContainerRole::Proxy)),
-            ),
-            (
+            );
+            components.insert(
                 ContainerRole::Lab,
                 (
                     self.topology.lab_host.clone(),
                     component_image(ContainerRole::Lab),
                 ),
-            ),
-        ]);
+            );
+        }
         match self
             .enterprise
             .as_ref()
@@ -788,10 +791,34 @@ mod tests {
         let err = parse(unlinked).unwrap_err();
         assert!(err.contains("[\"hub\", \"labs\"]"), "{err}");
         let spec = parse(&format!("{unlinked}links = [[\"hub\", \"labs\"]]\n")).unwrap();
-        assert!(spec.docker_unsupported().is_none());
         let why = spec.local_unsupported().unwrap();
         assert!(why.contains("`labs`"), "{why}");
         assert!(StackSpec::default().local_unsupported().is_none());
+    }
+
+    #[test]
+    fn an_hpc_stack_on_docker_has_a_hub_container_and_node_hosts() {
+        let spec = parse(
+            "[topology]\nhosts = [\"hub\"]\nlab_host = \"compute-1\"\n\
+             [topology.hpc]\nlogin_nodes = [\"login-1\"]\ncompute_nodes = [\"compute-1\"]\n\
+             [docker.hosts]\ncompute-1 = \"site/compute:1\"\n",
+        )
+        .unwrap();
+        let images = spec.docker_images("hubtrust/runtime:x").unwrap();
+        // The hub starts the proxy; labs are processes on compute nodes.
+        assert_eq!(
+            images.components.keys().collect::<Vec<_>>(),
+            [&ContainerRole::Hub]
+        );
+        assert_eq!(images.hosts["compute-1"], "site/compute:1");
+        assert_eq!(images.hosts["login-1"], "hubtrust/runtime:x");
+        let mut with_proxy = spec.clone();
+        with_proxy
+            .docker
+            .components
+            .insert(ContainerRole::Proxy, "vendor/chp:5".into());
+        let err = with_proxy.docker_images("hubtrust/runtime:x").unwrap_err();
+        assert!(err.contains("names a proxy image"), "{err}");
     }
 
     #[test]

@@ -198,12 +198,21 @@ impl Stack {
                             path: run_dir.join("enterprise").join("certs-extra"),
                         });
                 let volumes: Vec<_> = run_volumes.chain(merge_volume).collect();
+                // An HPC site's tunnel broker is hubtrust's own executable,
+                // run on the hub's host.
+                let mut binds = BTreeMap::new();
+                if spec.topology.hpc.is_some() && spec.hpc.broker_command.is_none() {
+                    let exe = std::env::current_exe()
+                        .map_err(io("find hubtrust's own executable".into()))?;
+                    binds.insert(spec.topology.hub_host.clone(), vec![exe]);
+                }
                 let mut network = StackNetwork::build_in_docker(
                     engine,
                     &images,
                     &plans,
                     &spec.topology.all_links(),
                     &volumes,
+                    &binds,
                 )
                 .await?;
                 if let Some(run) = network.docker.as_mut() {
@@ -364,7 +373,9 @@ impl Stack {
         // On docker the proxy runs in a container of its own, started by
         // hubtrust, as Zero to JupyterHub runs it: the hub only talks to its
         // API, which it waits for.
-        let external_proxy = host.is_container();
+        // An HPC site's hub starts the proxy itself, as on the local
+        // backend: its fault scenarios restart the proxy through the hub.
+        let external_proxy = host.is_container() && hpc.is_none();
         if external_proxy {
             render_spec
                 .hub
@@ -373,7 +384,9 @@ impl Stack {
         }
         // On docker each lab gets a container of its own from the lab image,
         // made by the hub's spawner in the lab host's namespaces.
-        if let (Some(run), Some(images)) = (network.docker.as_ref(), docker_images.as_ref()) {
+        // (On an HPC site, the batch spawner starts labs on compute nodes.)
+        let lab_containers = network.docker.as_ref().filter(|_| hpc.is_none());
+        if let (Some(run), Some(images)) = (lab_containers, docker_images.as_ref()) {
             let lab_host = &spec.topology.lab_host;
             let image = images
                 .components

@@ -40,12 +40,6 @@ pub fn new_run_id() -> String {
 /// With `keep_if_start_fails`, a stack that fails to come up leaves its
 /// containers for inspection ([`keep_run`] then tells the reaper).
 pub async fn prepare(spec: &StackSpec, keep_if_start_fails: bool) -> anyhow::Result<Backend> {
-    if let Some(why) = spec.docker_unsupported() {
-        anyhow::bail!(
-            "stack `{}` cannot run on the docker backend: {why} (fix: run it without --backend docker)",
-            spec.name
-        );
-    }
     let mut images = spec
         .docker_images(&images::runtime_image())
         .map_err(|e| anyhow::anyhow!("{e} (fix: correct the stack file's [docker] section)"))?;

@@ -92,6 +92,16 @@ fn run_id(test: &str) -> String {
     format!("test-{test}-{}", std::process::id())
 }
 
+/// Every flow of every wire census in a report.
+fn wire_flows(report: &serde_json::Value) -> Vec<&serde_json::Value> {
+    report["wire"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["flows"].as_array().unwrap())
+        .collect()
+}
+
 /// What one `hubtrust run --backend docker` said and reported.
 struct DockerRun {
     code: Option<i32>,
@@ -267,11 +277,8 @@ fn labs_on_their_own_host_put_internal_tls_on_the_wire() {
     // The lab calls the hub API, and the hub and proxy call the lab, across
     // the hub--labs link, each in TLS 1.2 or newer.
     let report = run.report.unwrap();
-    let crossing: Vec<&serde_json::Value> = report["wire"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|w| w["flows"].as_array().unwrap())
+    let crossing: Vec<&serde_json::Value> = wire_flows(&report)
+        .into_iter()
         .filter(|f| f["link"] == "hub--labs")
         .collect();
     let to_hub_api = |f: &&serde_json::Value| f["server_host"] == "hub" && f["server_port"] == 8081;
@@ -286,6 +293,43 @@ fn labs_on_their_own_host_put_internal_tls_on_the_wire() {
             "{flow}"
         );
     }
+}
+
+#[test]
+fn hpc_profile_passes_on_docker_with_sshd_on_node_containers() {
+    if !docker_ready() {
+        return;
+    }
+    // Login and compute nodes are containers of their own running real
+    // sshd; the compute node has no link to the operator or the hub.
+    let run = run_on_docker(
+        &run_id("hpc"),
+        &["--tags", "@hpc", "--stack", "fixtures/stacks/hpc.toml"],
+        None,
+    );
+    assert_eq!(run.code, Some(0), "{}", run.output);
+    assert!(run.output.contains("15 passed, 0 failed"), "{}", run.output);
+    let report = run.report.unwrap();
+    let flows = wire_flows(&report);
+    let seen = |link: &str, server: &str, port: u16, kind: &str| {
+        flows.iter().any(|f| {
+            f["link"] == link
+                && f["server_host"] == server
+                && f["server_port"] == port
+                && f["class"]["kind"] == kind
+        })
+    };
+    // The broker's and the spawner's SSH to the login node, and the lab
+    // calling the hub through the login node's tunnel, in TLS.
+    assert!(seen("hub--login-1", "login-1", 22, "ssh"), "{flows:?}");
+    assert!(
+        seen("compute-1--login-1", "login-1", 8443, "tls"),
+        "{flows:?}"
+    );
+    assert!(
+        seen("compute-1--login-1", "compute-1", 8888, "tls"),
+        "{flows:?}"
+    );
 }
 
 #[test]
@@ -716,16 +760,21 @@ fn a_network_name_clash_is_named_and_nothing_is_left() {
 }
 
 #[test]
-fn stacks_the_docker_backend_cannot_run_yet_are_refused_up_front() {
+fn an_hpc_stack_refuses_a_lab_image_it_would_never_run() {
+    // Labs run on the compute nodes' own containers, started by the batch
+    // spawner over SSH: a lab image would silently go unused.
     let topology =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/topologies/hpc.toml");
     let (code, t) = refused_before_docker(
-        "hpc",
-        &format!("topology_file = {:?}\n", topology.display().to_string()),
+        "hpc-lab-image",
+        &format!(
+            "topology_file = {:?}\n[docker.components]\nlab = \"vendor/lab:1\"\n",
+            topology.display().to_string()
+        ),
     );
     assert_eq!(code, Some(2), "{t}");
-    assert!(t.contains("cannot run on the docker backend"), "{t}");
-    assert!(t.contains("HPC"), "{t}");
+    assert!(t.contains("names a lab image"), "{t}");
+    assert!(t.contains("[docker.hosts]"), "{t}");
 }
 
 #[test]

@@ -208,6 +208,7 @@ impl DockerEngine {
         image: &str,
         first_network: &str,
         volumes: &[SharedVolume],
+        binds: &[std::path::PathBuf],
     ) -> Result<String> {
         let name = self.name(host);
         let networking = NetworkingConfig {
@@ -224,7 +225,10 @@ impl DockerEngine {
             Some(networking),
             self.labels(Some(host)),
             volumes,
-            None,
+            &Binds {
+                read_only: binds,
+                daemon_socket: None,
+            },
         )
         .await?;
         Ok(name)
@@ -253,7 +257,10 @@ impl DockerEngine {
             None,
             labels,
             volumes,
-            daemon_socket,
+            &Binds {
+                read_only: &[],
+                daemon_socket,
+            },
         )
         .await?;
         Ok(name)
@@ -270,18 +277,21 @@ impl DockerEngine {
         networking_config: Option<NetworkingConfig>,
         labels: HashMap<String, String>,
         volumes: &[SharedVolume],
-        daemon_socket: Option<&Path>,
+        binds: &Binds<'_>,
     ) -> Result<()> {
         let mut mounts = self.mounts(volumes);
-        if let Some(socket) = daemon_socket {
-            let socket = socket.display().to_string();
-            mounts.push(bollard::models::Mount {
-                source: Some(socket.clone()),
-                target: Some(socket),
+        let bind = |path: &Path, read_only: bool| {
+            let path = path.display().to_string();
+            bollard::models::Mount {
+                source: Some(path.clone()),
+                target: Some(path),
                 typ: Some(bollard::models::MountType::BIND),
+                read_only: Some(read_only),
                 ..Default::default()
-            });
-        }
+            }
+        };
+        mounts.extend(binds.daemon_socket.map(|socket| bind(socket, false)));
+        mounts.extend(binds.read_only.iter().map(|path| bind(path, true)));
         let body = ContainerCreateBody {
             image: Some(image.into()),
             hostname: hostname.map(Into::into),
@@ -828,6 +838,15 @@ pub struct CreatedNetwork {
     pub bridge: String,
 }
 
+/// Files of this machine a container sees at the same paths.
+struct Binds<'a> {
+    /// Bound read-only (hubtrust's own executable, which serves the HPC
+    /// tunnel broker on the hub's host).
+    read_only: &'a [std::path::PathBuf],
+    /// The daemon's socket, for the hub's spawner.
+    daemon_socket: Option<&'a Path>,
+}
+
 /// A process started in a container. Its pid is the one this machine sees,
 /// so it can be signalled like any other; removing the container ends it
 /// in any case.
@@ -1145,15 +1164,17 @@ impl Drop for DockerRun {
 impl super::local::StackNetwork {
     /// One container per host, from the image `images` names for it,
     /// each on a network of its own shared with this machine (the
-    /// operator's link), plus a network per direct link; then each
-    /// component's own container in its host's namespaces. On error, what
-    /// was made is removed.
+    /// operator's link; HPC nodes have none), plus a network per direct
+    /// link; then each component's own container in its host's namespaces.
+    /// `binds` names files of this machine a host's container sees
+    /// read-only at the same paths. On error, what was made is removed.
     pub async fn build_in_docker(
         engine: DockerEngine,
         images: &crate::spec::DockerImages,
         plans: &[super::local::HostPlan],
         extra_links: &[[String; 2]],
         volumes: &[SharedVolume],
+        binds: &std::collections::BTreeMap<String, Vec<std::path::PathBuf>>,
     ) -> Result<Self> {
         use super::local::{Host, Link};
         let mut network = Self {
@@ -1169,20 +1190,32 @@ impl super::local::StackNetwork {
         for volume in volumes {
             engine.create_volume(&volume.name).await?;
         }
+        for [a, b] in extra_links {
+            engine.create_network(&format!("{a}--{b}")).await?;
+        }
         for plan in plans {
-            if plan.filesystem.is_some() || !plan.operator_link {
-                return Err(HarnessError::Docker {
-                    what: format!("place host `{}` in a container", plan.name),
-                    message: "HPC login and compute nodes run on the local backend only so far (fix: drop --backend docker for HPC stacks)".into(),
-                });
+            // A host starts on its link to the operator, or, if it has
+            // none (an HPC node), on its first link to another host. Its
+            // own filesystem ([`HostPlan::filesystem`]) is the container's.
+            let first = match plan.operator_link {
+                true => format!("operator--{}", plan.name),
+                false => extra_links
+                    .iter()
+                    .find(|link| link.contains(&plan.name))
+                    .map(|[a, b]| format!("{a}--{b}"))
+                    .ok_or_else(|| HarnessError::Network {
+                        host: plan.name.clone(),
+                        message: "it has no link to the operator or to any other host".into(),
+                    })?,
+            };
+            if plan.operator_link {
+                let created = engine.create_network(&first).await?;
+                let gateway = created.gateway.ok_or_else(|| HarnessError::Docker {
+                    what: format!("create network {}", engine.name(&first)),
+                    message: "docker gave the network no gateway address".into(),
+                })?;
+                gateways.insert(plan.name.clone(), (gateway, created.bridge));
             }
-            let link = format!("operator--{}", plan.name);
-            let created = engine.create_network(&link).await?;
-            let gateway = created.gateway.ok_or_else(|| HarnessError::Docker {
-                what: format!("create network {}", engine.name(&link)),
-                message: "docker gave the network no gateway address".into(),
-            })?;
-            gateways.insert(plan.name.clone(), (gateway, created.bridge));
             let own: Vec<SharedVolume> = volumes
                 .iter()
                 .filter(|v| v.host == plan.name)
@@ -1195,22 +1228,17 @@ impl super::local::StackNetwork {
                     what: format!("place host `{}` in a container", plan.name),
                     message: "no image is named for it".into(),
                 })?;
-            let container = engine.create_host(&plan.name, image, &link, &own).await?;
-            containers.push((plan.name.clone(), container, image, own));
-        }
-        for [a, b] in extra_links {
-            let link = format!("{a}--{b}");
-            engine.create_network(&link).await?;
-            for host in [a, b] {
-                let (_, container, ..) = containers
-                    .iter()
-                    .find(|(name, ..)| name == host)
-                    .ok_or_else(|| HarnessError::Network {
-                        host: link.clone(),
-                        message: "a link names a host that does not exist".into(),
-                    })?;
-                engine.attach(container, &link).await?;
+            let host_binds = binds.get(&plan.name).map_or(&[][..], Vec::as_slice);
+            let container = engine
+                .create_host(&plan.name, image, &first, &own, host_binds)
+                .await?;
+            for [a, b] in extra_links {
+                let link = format!("{a}--{b}");
+                if (a == &plan.name || b == &plan.name) && link != first {
+                    engine.attach(&container, &link).await?;
+                }
             }
+            containers.push((plan.name.clone(), container, image, own));
         }
         let mut addresses = HashMap::new();
         for (name, container, image, own) in &containers {
@@ -1264,8 +1292,10 @@ impl super::local::StackNetwork {
                 })
         };
         for (name, ..) in &containers {
+            let Some((gateway, bridge)) = gateways.get(name).cloned() else {
+                continue;
+            };
             let link = format!("operator--{name}");
-            let (gateway, bridge) = gateways[name].clone();
             network.links.push(Link {
                 // The operator's end is the bridge: capture there sees the
                 // link whole. The container's end is its first interface.
@@ -1278,31 +1308,117 @@ impl super::local::StackNetwork {
         for [a, b] in extra_links {
             let link = format!("{a}--{b}");
             let (a_address, b_address) = (address(a, &link)?, address(b, &link)?);
-            // Capture listens on the link's interface in its first host.
-            let interface = network
-                .host(a)?
-                .interface_with(a_address)
-                .await
-                .ok()
-                .flatten()
-                .ok_or_else(|| HarnessError::Network {
-                    host: a.clone(),
-                    message: format!("no interface of its container holds {a_address} ({link})"),
-                })?;
-            let other = network
-                .host(b)?
-                .interface_with(b_address)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            network.links.push(Link {
-                interfaces: (interface, other),
-                a: (a.clone(), a_address),
-                b: (b.clone(), b_address),
-                name: link,
-            });
+            let made = link_between(
+                (network.host(a)?, a_address),
+                (network.host(b)?, b_address),
+                link,
+            )
+            .await?;
+            network.links.push(made);
         }
         Ok(network)
+    }
+}
+
+/// A link between two containers on a network of their own, as capture
+/// sees it: named after its ends, on the interfaces holding their
+/// addresses (capture listens on `a`'s).
+async fn link_between(
+    (a, a_address): (&super::local::Host, Ipv4Addr),
+    (b, b_address): (&super::local::Host, Ipv4Addr),
+    name: String,
+) -> Result<super::local::Link> {
+    let interface = a
+        .interface_with(a_address)
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| HarnessError::Network {
+            host: a.name.clone(),
+            message: format!("no interface of its container holds {a_address} ({name})"),
+        })?;
+    let other = b
+        .interface_with(b_address)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    Ok(super::local::Link {
+        interfaces: (interface, other),
+        a: (a.name.clone(), a_address),
+        b: (b.name.clone(), b_address),
+        name,
+    })
+}
+
+impl super::local::StackNetwork {
+    /// Adds host `name` to a running docker stack, as a site adds a
+    /// machine: a container from `like`'s image with a run volume of its
+    /// own at the same path as `like`'s, on a new network to each of
+    /// `peers` (link `<peer>--<name>`), and no link to the operator. The
+    /// run's labels see to its removal.
+    pub async fn add_host_in_docker(
+        &self,
+        name: &str,
+        like: &str,
+        peers: &[String],
+    ) -> Result<(super::local::Host, Vec<super::local::Link>)> {
+        let (engine, image, like_volumes) =
+            self.host(like)?
+                .docker_parts()
+                .ok_or_else(|| HarnessError::Network {
+                    host: name.into(),
+                    message: "not a docker stack".into(),
+                })?;
+        let volumes: Vec<SharedVolume> = like_volumes
+            .iter()
+            .map(|v| SharedVolume {
+                name: format!("run-{name}"),
+                host: name.into(),
+                path: v.path.clone(),
+            })
+            .collect();
+        for volume in &volumes {
+            engine.create_volume(&volume.name).await?;
+        }
+        let links: Vec<String> = peers.iter().map(|peer| format!("{peer}--{name}")).collect();
+        for link in &links {
+            engine.create_network(link).await?;
+        }
+        let first = links.first().ok_or_else(|| HarnessError::Network {
+            host: name.into(),
+            message: "a host needs at least one link".into(),
+        })?;
+        let container = engine
+            .create_host(name, &image, first, &volumes, &[])
+            .await?;
+        for (peer, link) in peers.iter().zip(&links) {
+            if link != first {
+                engine.attach(&container, link).await?;
+            }
+            engine.attach(&engine.name(peer), link).await?;
+        }
+        let (pid, by_link) = engine.inspect_host(&container).await?;
+        let host =
+            super::local::Host::in_container(name, &engine, &container, pid, &image, volumes)?;
+        let mut made = Vec::new();
+        for (peer, link) in peers.iter().zip(links) {
+            let (_, peer_addresses) = engine.inspect_host(&engine.name(peer)).await?;
+            let no_address = |host: &str| HarnessError::Network {
+                host: host.into(),
+                message: format!("docker gave it no address on {link}"),
+            };
+            let peer_address = *peer_addresses.get(&link).ok_or_else(|| no_address(peer))?;
+            let own_address = *by_link.get(&link).ok_or_else(|| no_address(name))?;
+            made.push(
+                link_between(
+                    (self.host(peer)?, peer_address),
+                    (&host, own_address),
+                    link.clone(),
+                )
+                .await?,
+            );
+        }
+        Ok((host, made))
     }
 }

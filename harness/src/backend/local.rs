@@ -299,6 +299,19 @@ impl Host {
         }
     }
 
+    /// On docker: the engine, the host container's image and its volumes,
+    /// to make another host like it.
+    pub(super) fn docker_parts(
+        &self,
+    ) -> Option<(
+        super::docker::DockerEngine,
+        String,
+        Vec<super::docker::SharedVolume>,
+    )> {
+        let c = self.container.as_ref()?;
+        Some((c.engine.clone(), c.image.clone(), c.volumes.clone()))
+    }
+
     /// Whether this host is a container of the docker backend.
     pub fn is_container(&self) -> bool {
         self.container.is_some()
@@ -319,6 +332,18 @@ impl Host {
                 .run_init_container(name, c.lab_image(), argv, inputs, &c.volumes)
                 .await,
         )
+    }
+
+    /// On a docker host, runs `argv` to its end in `role`'s container (the
+    /// host's own without one): its exit code and output. `None` on the
+    /// local backend, whose callers run the tool here.
+    pub async fn run_to_end(
+        &self,
+        role: Option<ContainerRole>,
+        argv: &[&str],
+    ) -> Option<Result<(i64, String)>> {
+        let c = self.container.as_ref()?;
+        Some(c.engine.run_to_end(c.container_for(role), argv).await)
     }
 
     /// On a docker host, writes `source` (a file here) into each of its

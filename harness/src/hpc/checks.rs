@@ -623,6 +623,12 @@ impl crate::Stack {
     /// the certificate anew) and restores the routes. Waits until the hub
     /// and every lab answer through it again.
     pub async fn hpc_restart_proxy(&self) -> Result<()> {
+        // On docker the (re-issued) certificate is copied into the hub's
+        // host first, where the restarted proxy reads it.
+        self.network
+            .host(&self.spec.topology.hub_host)?
+            .copy_in(&site(self)?.dir.join("proxy"))
+            .await?;
         let marker = format!("{}={}", crate::stack::STACK_MARKER_ENV, self.marker);
         let is_proxy = |pid: u32| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

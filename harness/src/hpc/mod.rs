@@ -183,7 +183,11 @@ impl HpcSite {
             message: "not an HPC topology".into(),
         })?;
         running_as_real_root()?;
-        lab_users_can_run(components)?;
+        let hub_host = network.host(&topology.hub_host)?;
+        // On docker the nodes run the components from their image.
+        if !hub_host.is_container() {
+            lab_users_can_run(components)?;
+        }
         let dir = run_dir.join("hpc");
         for sub in ["bin", "ssh", "broker"] {
             std::fs::create_dir_all(dir.join(sub))
@@ -249,7 +253,13 @@ impl HpcSite {
         match &spec.hpc.ca_certs {
             Some(tarball) => unpack_ca_certs(tarball, &internal).await?,
             None => {
-                generate_internal_cas(&spec.topology.public_name, components, &internal).await?
+                generate_internal_cas(
+                    &spec.topology.public_name,
+                    components,
+                    &internal,
+                    Some(hub_host),
+                )
+                .await?
             }
         }
         pack_ca_certs(&internal, &site.ca_certs).await?;
@@ -304,19 +314,39 @@ impl HpcSite {
                 message: "a login node of that name already exists".into(),
             });
         }
-        let host = std::sync::Arc::new(Host::create_with(name, Some(&self.node_filesystem)).await?);
-        let hub = network.host(&spec.topology.hub_host)?;
-        let to_hub = Link::create(next_link_index()?, hub, &host).await?;
-        let mut links = vec![to_hub.clone()];
-        let mut towards_compute = BTreeMap::new();
-        for compute in &self.compute_nodes {
-            let link = Link::create(next_link_index()?, network.host(compute)?, &host).await?;
-            towards_compute.insert(compute.clone(), (link.b.1, link.a.1));
-            links.push(link);
-        }
+        let hub_host = &spec.topology.hub_host;
+        let (host, links) = if network.docker.is_some() {
+            let peers: Vec<String> = std::iter::once(hub_host.clone())
+                .chain(self.compute_nodes.iter().cloned())
+                .collect();
+            let like = &self.login_nodes[0].name;
+            network.add_host_in_docker(name, like, &peers).await?
+        } else {
+            let host = Host::create_with(name, Some(&self.node_filesystem)).await?;
+            let mut links = Vec::new();
+            for peer in std::iter::once(hub_host).chain(&self.compute_nodes) {
+                links.push(Link::create(next_link_index()?, network.host(peer)?, &host).await?);
+            }
+            (host, links)
+        };
+        let host = std::sync::Arc::new(host);
+        // Links run from each peer (the hub's host first) to the new node.
+        let towards_compute = links
+            .iter()
+            .filter(|l| self.compute_nodes.contains(&l.a.0))
+            .map(|l| (l.a.0.clone(), (l.b.1, l.a.1)))
+            .collect();
+        let hub_facing = links
+            .iter()
+            .find(|l| &l.a.0 == hub_host)
+            .map(|l| l.b.1)
+            .ok_or_else(|| HarnessError::Network {
+                host: name.into(),
+                message: format!("no link to the hub's host `{hub_host}`"),
+            })?;
         let info = LoginNodeInfo {
             name: name.into(),
-            hub_facing: to_hub.b.1,
+            hub_facing,
             towards_compute,
         };
         let ssh_dir = self.dir.join("ssh");
@@ -324,7 +354,14 @@ impl HpcSite {
         ssh_keygen(&key, &format!("host key of {name}")).await?;
         append_known_host(&self.known_hosts, name, &key)?;
         let launch = self.write_sshd_files(name, Some(&info))?;
-        let process = launch_sshd(&host, &SingleHost(&host), http, &launch).await?;
+        let process = launch_sshd(
+            &host,
+            &SingleHost(&host),
+            http,
+            &launch,
+            &self.node_files(name),
+        )
+        .await?;
         self.remember_sshd(name, launch, process);
         if let Ok(mut added) = self.added.lock() {
             added.push(AddedLoginNode {
@@ -334,6 +371,15 @@ impl HpcSite {
             });
         }
         self.rewrite_broker_config(spec)?;
+        // On docker the hub's host holds its own copies of both.
+        for file in [
+            self.dir.join("broker").join("config.json"),
+            self.known_hosts.clone(),
+        ] {
+            if let Some(installed) = network.host(hub_host)?.install_file(&file, &file).await {
+                installed?;
+            }
+        }
         broker
             .post("/api/remote/", &serde_json::json!({ "hostname": name }))
             .await
@@ -475,12 +521,26 @@ impl HpcSite {
     ) -> Result<()> {
         let login = self.login_nodes.iter().find(|l| l.name == node).cloned();
         let launch = self.write_sshd_files(node, login.as_ref())?;
-        let process = launch_sshd(network.host(node)?, network, http, &launch).await?;
+        let process = launch_sshd(
+            network.host(node)?,
+            network,
+            http,
+            &launch,
+            &self.node_files(node),
+        )
+        .await?;
         self.remember_sshd(node, launch, process);
         if let Ok(mut disturbed) = self.disturbed_sshd.lock() {
             disturbed.remove(node);
         }
         Ok(())
+    }
+
+    /// What a node's sshd needs of the site's files: its own directory
+    /// (config, host key, authorized_keys) and the forced commands. Keys
+    /// of the broker and the spawner stay on the hub's host.
+    fn node_files(&self, node: &str) -> [PathBuf; 2] {
+        [self.dir.join("bin"), self.dir.join("ssh").join(node)]
     }
 
     fn remember_sshd(&self, node: &str, launch: LaunchSpec, process: ManagedProcess) {
@@ -774,7 +834,9 @@ impl HpcSite {
         hub_host: &str,
         launch: &LaunchSpec,
     ) -> Result<()> {
-        let mut process = network.host(hub_host)?.start(launch).await?;
+        let host = network.host(hub_host)?;
+        host.copy_in(&self.dir).await?;
+        let mut process = host.start(launch).await?;
         let check = ReadyCheck::TlsHandshake {
             host: hub_host.into(),
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, self.broker_port)),
@@ -883,9 +945,10 @@ impl HpcSite {
                 message: "no sshd runs there".into(),
             })?;
         let added = self.added_host(node);
+        let files = self.node_files(node);
         let process = match added {
-            Some(host) => launch_sshd(&host, &SingleHost(&host), http, &launch).await?,
-            None => launch_sshd(network.host(node)?, network, http, &launch).await?,
+            Some(host) => launch_sshd(&host, &SingleHost(&host), http, &launch, &files).await?,
+            None => launch_sshd(network.host(node)?, network, http, &launch, &files).await?,
         };
         self.remember_sshd(node, launch, process);
         if let Ok(mut disturbed) = self.disturbed_sshd.lock() {
@@ -1146,12 +1209,18 @@ fn lab_users_can_run(components: &Components) -> Result<()> {
     }
 }
 
+/// Starts a node's sshd once the node has `files` (its sshd directory and
+/// the forced commands): copied in on docker, shared locally.
 async fn launch_sshd(
     host: &Host,
     network: &impl crate::backend::HostNetwork,
     http: &reqwest::Client,
     launch: &LaunchSpec,
+    files: &[PathBuf],
 ) -> Result<ManagedProcess> {
+    for dir in files {
+        host.copy_in(dir).await?;
+    }
     let mut process = host.start(launch).await?;
     let check = ReadyCheck::Tcp {
         host: host.name.clone(),
@@ -1313,7 +1382,7 @@ pub async fn make_ca_certs(components: &Components, public_name: &str, out: &Pat
     set_mode(&scratch, 0o700)?;
     let internal = scratch.join("internal-ssl");
     let made = async {
-        generate_internal_cas(public_name, components, &internal).await?;
+        generate_internal_cas(public_name, components, &internal, None).await?;
         pack_ca_certs(&internal, out).await
     }
     .await;
@@ -1321,10 +1390,13 @@ pub async fn make_ca_certs(components: &Components, public_name: &str, out: &Pat
     made
 }
 
+/// Runs it on `host` when that is a container (its hub's image holds the
+/// components), else here.
 async fn generate_internal_cas(
     public_name: &str,
     components: &Components,
     internal: &Path,
+    host: Option<&Host>,
 ) -> Result<()> {
     let workdir = internal.parent().unwrap_or(internal).to_path_buf();
     std::fs::create_dir_all(&workdir)
@@ -1336,28 +1408,43 @@ async fn generate_internal_cas(
         format!("DNS:{public_name}")
     );
     write_with_mode(&config, text.as_bytes(), 0o644)?;
-    let jupyterhub = components.venv.join("bin").join("jupyterhub");
-    let output = tokio::process::Command::new(&jupyterhub)
-        .args(["--generate-certs", "-f"])
-        .arg(&config)
+    let jupyterhub = components
+        .venv
+        .join("bin")
+        .join("jupyterhub")
+        .display()
+        .to_string();
+    let config = config.display().to_string();
+    let argv = [jupyterhub.as_str(), "--generate-certs", "-f", &config];
+    let failed = |output: &str| HarnessError::Provision {
+        what: "internal CAs".into(),
+        message: format!(
+            "jupyterhub --generate-certs failed: {}",
+            output.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        ),
+    };
+    if let Some(host) = host.filter(|h| h.is_container()) {
+        host.copy_in(&workdir).await?;
+        if let Some(ran) = host
+            .run_to_end(Some(crate::spec::ContainerRole::Hub), &argv)
+            .await
+        {
+            let (code, output) = ran?;
+            if code != 0 {
+                return Err(failed(&output));
+            }
+            return host.copy_out(internal).await;
+        }
+    }
+    let output = tokio::process::Command::new(argv[0])
+        .args(&argv[1..])
         .current_dir(&workdir)
         .stdin(std::process::Stdio::null())
         .output()
         .await
-        .map_err(|e| HarnessError::io(format!("run {}", jupyterhub.display()), e))?;
+        .map_err(|e| HarnessError::io(format!("run {jupyterhub}"), e))?;
     if !output.status.success() {
-        return Err(HarnessError::Provision {
-            what: "internal CAs".into(),
-            message: format!(
-                "jupyterhub --generate-certs failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-                    .lines()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            ),
-        });
+        return Err(failed(&String::from_utf8_lossy(&output.stderr)));
     }
     Ok(())
 }
