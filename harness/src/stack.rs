@@ -988,19 +988,24 @@ impl Stack {
     /// `from` would. A refused connection still proves a route.
     pub async fn reach(&self, from: &str, to: &str, port: u16) -> Result<Vec<(Ipv4Addr, Reach)>> {
         let source = self.network.host(from)?;
-        let mut results = Vec::new();
-        for addr in self.network.addresses_of(to) {
-            let outcome = source
-                .connect(SocketAddr::from((addr, port)), Duration::from_secs(2))
-                .await;
-            let reach = match outcome {
-                Ok(_) => Reach::Connected,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
-                Err(e) => Reach::NoRoute(e.to_string()),
-            };
-            results.push((addr, reach));
-        }
-        Ok(results)
+        // All addresses at once: where a network drops rather than refuses
+        // (docker's isolation rules), each probe waits out its timeout.
+        let probes = self
+            .network
+            .addresses_of(to)
+            .into_iter()
+            .map(|addr| async move {
+                let outcome = source
+                    .connect(SocketAddr::from((addr, port)), Duration::from_secs(2))
+                    .await;
+                let reach = match outcome {
+                    Ok(_) => Reach::Connected,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
+                    Err(e) => Reach::NoRoute(e.to_string()),
+                };
+                (addr, reach)
+            });
+        Ok(futures::future::join_all(probes).await)
     }
 
     /// Every endpoint of the stack, as its real clients reach it.

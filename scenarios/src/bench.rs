@@ -64,7 +64,7 @@ async fn measure(args: BenchArgs) -> anyhow::Result<()> {
         discriminator_table(args.rounds).await?;
     }
     if args.only.is_none() {
-        eprintln!("(the docker comparison runs alone: `hubtrust bench --only docker`)");
+        eprintln!("(the docker comparisons run alone: `hubtrust bench --only docker`, `--only docker-hpc`)");
     }
     if runs(BenchGroup::Hpc) {
         crate::bench_hpc::first_ready_lab(args.rounds, args.tunnel_bytes).await?;

@@ -1,4 +1,5 @@
-//! `hubtrust bench --only docker`: the same `@core` run on the local and the
+//! `hubtrust bench --only docker` (and `docker-hpc`): the same run (`@core`
+//! on the default stack, or `@hpc` on the HPC site) on the local and the
 //! docker backend, alternating round by round so both see the same machine
 //! state, each a real `hubtrust run` whose report says when its stack was
 //! ready.
@@ -13,19 +14,46 @@ struct Timing {
     whole_run: f64,
 }
 
-fn core_run(backend: &str, report: &Path) -> anyhow::Result<Timing> {
+/// What each round runs on both backends.
+pub struct Profile {
+    pub tags: &'static str,
+    /// A stack file under the repository's fixtures; the default stack
+    /// when `None`.
+    pub stack: Option<&'static str>,
+}
+
+pub const FLAT: Profile = Profile {
+    tags: "@core",
+    stack: None,
+};
+
+pub const HPC: Profile = Profile {
+    tags: "@hpc",
+    stack: Some("fixtures/stacks/hpc.toml"),
+};
+
+fn timed_run(profile: &Profile, backend: &str, report: &Path) -> anyhow::Result<Timing> {
     // If the bench dies, the run it started is interrupted as by Ctrl-C,
     // so it tears its stack down rather than running on alone.
-    let out = Command::new("setpriv")
+    let mut command = Command::new("setpriv");
+    command
         .args(["--pdeathsig", "INT", "--"])
         .arg(std::env::current_exe()?)
-        .args(["run", "--tags", "@core", "--backend", backend, "--report"])
+        .args(["run", "--tags", profile.tags, "--backend", backend]);
+    if let Some(stack) = profile.stack {
+        command
+            .arg("--stack")
+            .arg(crate::bench::locate_fixture(stack)?);
+    }
+    let out = command
+        .arg("--report")
         .arg(report)
         .stdin(Stdio::null())
         .output()?;
     anyhow::ensure!(
         out.status.success(),
-        "the @core run on {backend} failed:\n{}",
+        "the {} run on {backend} failed:\n{}",
+        profile.tags,
         String::from_utf8_lossy(&out.stderr)
     );
     let json: serde_json::Value =
@@ -41,15 +69,15 @@ fn core_run(backend: &str, report: &Path) -> anyhow::Result<Timing> {
     })
 }
 
-pub fn compare_backends(rounds: u32) -> anyhow::Result<()> {
+pub fn compare_backends(profile: &Profile, rounds: u32) -> anyhow::Result<()> {
     let scratch =
         std::env::temp_dir().join(format!("hubtrust-bench-docker-{}", std::process::id()));
     let mut local = Vec::new();
     let mut docker = Vec::new();
     let mut ratios = Vec::new();
     for round in 1..=rounds.max(1) {
-        let l = core_run("local", &scratch.join(format!("local-{round}")))?;
-        let d = core_run("docker", &scratch.join(format!("docker-{round}")))?;
+        let l = timed_run(profile, "local", &scratch.join(format!("local-{round}")))?;
+        let d = timed_run(profile, "docker", &scratch.join(format!("docker-{round}")))?;
         eprintln!(
             "round {round}: stack ready local {:.2}s, docker {:.2}s",
             l.stack_ready, d.stack_ready
@@ -70,10 +98,9 @@ pub fn compare_backends(rounds: u32) -> anyhow::Result<()> {
         "docker / local, stack ready         {:.2} (median of per-round ratios)",
         median(ratios)
     );
-    println!("@core run, local backend            {:.2} s", whole(&local));
-    println!(
-        "@core run, docker backend           {:.2} s",
-        whole(&docker)
-    );
+    for (backend, timings) in [("local", &local), ("docker", &docker)] {
+        let what = format!("{} run, {backend} backend", profile.tags);
+        println!("{what:<36}{:.2} s", whole(timings));
+    }
     Ok(())
 }

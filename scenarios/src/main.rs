@@ -166,6 +166,8 @@ pub enum BenchGroup {
     Enterprise,
     Hpc,
     Docker,
+    /// The HPC site's `@hpc` run on both backends.
+    DockerHpc,
 }
 
 fn main() -> ExitCode {
@@ -202,8 +204,14 @@ fn main() -> ExitCode {
             run::inside(run::Inside::Up(args))
         }
         // Each round is a whole `hubtrust run` per backend, started from here.
-        Command::Bench(args) if args.only == Some(BenchGroup::Docker) => {
-            match bench_docker::compare_backends(args.rounds) {
+        Command::Bench(args)
+            if matches!(args.only, Some(BenchGroup::Docker | BenchGroup::DockerHpc)) =>
+        {
+            let profile = match args.only {
+                Some(BenchGroup::DockerHpc) => &bench_docker::HPC,
+                _ => &bench_docker::FLAT,
+            };
+            match bench_docker::compare_backends(profile, args.rounds) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => usage_error(e),
             }

@@ -434,13 +434,18 @@ impl crate::Stack {
         for (host, ports) in forbidden {
             plan.extend(ports.into_iter().map(|p| (host.clone(), p, false)));
         }
-        for (to, port, must_route) in plan {
+        // Every probe at once (see [`crate::Stack::reach`]).
+        let probed = futures::future::try_join_all(
+            plan.iter().map(|(to, port, _)| self.reach(from, to, *port)),
+        )
+        .await?;
+        for ((to, port, must_route), results) in plan.into_iter().zip(probed) {
             // A login node is probed where the host's own link reaches it;
             // forbidden hosts on every address they have.
             let only = must_route
                 .then(|| self.network.address_towards(&to, from))
                 .flatten();
-            for (addr, reach) in self.reach(from, &to, port).await? {
+            for (addr, reach) in results {
                 if only.is_some_and(|a| a != addr) {
                     continue;
                 }

@@ -857,11 +857,19 @@ impl HpcSite {
     /// SIGKILLs the broker's ControlMaster to `login`, as an OOM killer or
     /// an admin would. Returns its pid.
     pub fn kill_ssh_master(&self, login: &str) -> Result<u32> {
-        let socket = format!("{login}.ctl");
+        // This run's own control socket (its run directory is unique), so
+        // a stack running beside it never loses its master.
+        let socket = self
+            .dir
+            .join("broker")
+            .join("control")
+            .join(format!("{login}.ctl"))
+            .display()
+            .to_string();
         let pid = find_process(|argv| {
             argv.first().is_some_and(|a| a == "ssh")
                 && argv.iter().any(|a| a == "-M")
-                && argv.iter().any(|a| a.ends_with(&socket))
+                && argv.contains(&socket)
         })
         .ok_or_else(|| HarnessError::Spawn {
             component: format!("ssh master to {login}"),
