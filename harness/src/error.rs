@@ -12,6 +12,12 @@ pub enum HarnessError {
     },
     #[error("parse stack file {path}: {message}")]
     StackFileInvalid { path: PathBuf, message: String },
+    #[error("read image list {path}: {message} (fix: {fix})")]
+    ImageList {
+        path: PathBuf,
+        message: String,
+        fix: String,
+    },
     #[error("parse component manifest {name}: {message}")]
     ManifestInvalid { name: String, message: String },
     #[error("find prerequisite `{what}`: {why} (fix: {fix})")]
@@ -55,6 +61,8 @@ pub enum HarnessError {
     HubApi { call: String, message: String },
     #[error("{what}: {message}")]
     Docker { what: String, message: String },
+    #[error("resolve image {reference}: {message}")]
+    Registry { reference: String, message: String },
     #[error("{context}: {cause}")]
     Io {
         context: String,
@@ -77,12 +85,14 @@ impl HarnessError {
             self,
             Self::StackFileUnreadable { .. }
                 | Self::StackFileInvalid { .. }
+                | Self::ImageList { .. }
                 | Self::ManifestInvalid { .. }
                 | Self::MissingPrerequisite { .. }
                 | Self::Provision { .. }
                 | Self::Network { .. }
                 | Self::PortInUse { .. }
                 | Self::Docker { .. }
+                | Self::Registry { .. }
         )
     }
 }

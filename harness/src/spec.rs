@@ -226,6 +226,11 @@ pub struct EnterpriseSpec {
     /// trusting `$HUBTRUST_PROXY_UPSTREAM_TRUST` upstream.
     #[serde(default)]
     pub proxy_command: Option<Vec<String>>,
+    /// The program run as mitmproxy's `mitmdump`, with hubtrust's
+    /// arguments: a mitmproxy image's own (`mitmdump` on its PATH) instead
+    /// of hubtrust's.
+    #[serde(default)]
+    pub mitmdump: Option<String>,
 }
 
 fn default_name() -> String {

@@ -2048,7 +2048,10 @@ async fn start_outbound(
             host: network.host(egress)?,
             listen_ip: address(lab_host, egress)?,
             internet_far_ip: address(egress, internet)?,
-            mitmdump: components.mitmproxy_venv.join("bin/mitmdump"),
+            mitmdump: enterprise.mitmdump.as_ref().map_or_else(
+                || components.mitmproxy_venv.join("bin/mitmdump"),
+                PathBuf::from,
+            ),
             network,
             http,
             command: enterprise.proxy_command.clone(),
@@ -2168,6 +2171,7 @@ mod tests {
                 org_bundle: None,
                 egress_host: None,
                 proxy_command: None,
+                mitmdump: None,
             }),
             ..StackSpec::default()
         };

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use hubtrust_harness::backend::docker::{
     remove_run, require_daemon_socket, runs_with_objects, DockerEngine,
 };
+use hubtrust_harness::image_list::{ImageList, ImageLock};
 use hubtrust_harness::images;
 use hubtrust_harness::spec::StackSpec;
 use hubtrust_harness::stack::Backend;
@@ -48,8 +49,12 @@ pub async fn prepare(spec: &StackSpec, keep_if_start_fails: bool) -> anyhow::Res
     engine.keep_if_start_fails = keep_if_start_fails;
     require_daemon_socket()?;
     let mut ids = std::collections::BTreeMap::new();
+    let progress = |line: &str| eprintln!("· {line}");
     for image in images.distinct() {
-        ids.insert(image.to_string(), engine.require_image(image).await?);
+        ids.insert(
+            image.to_string(),
+            engine.require_or_pull(image, &progress).await?,
+        );
     }
     images.ids = ids;
     spawn_reaper(&run)?;
@@ -168,6 +173,58 @@ pub fn images_build_command() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `hubtrust images pin LIST [--check]`: each listed image's digest from
+/// its registry, written to the lock beside the list, or (with `--check`)
+/// compared with it. Exit 0 when written or unchanged, 1 when `--check`
+/// finds an image that moved or is not pinned, 2 when a registry cannot
+/// answer or the list is bad.
+pub fn images_pin_command(list_path: &std::path::Path, check: bool) -> ExitCode {
+    let resolved = (|| -> anyhow::Result<_> {
+        let list = ImageList::load(list_path)?;
+        let locked = ImageLock::load_for(list_path)?;
+        let http = hubtrust_harness::registry::client()?;
+        let now = runtime()?.block_on(list.resolve(&http))?;
+        Ok((locked, now))
+    })();
+    let (locked, now) = match resolved {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let lock_path = ImageList::lock_path(list_path);
+    let moved = locked.moved(&now);
+    for (image, was, is) in &moved {
+        match was {
+            Some(was) => eprintln!("{image}: {was} -> {is}"),
+            None => eprintln!("{image}: not pinned, now {is}"),
+        }
+    }
+    if check {
+        if moved.is_empty() {
+            eprintln!("{} pins what the registries serve", lock_path.display());
+            return ExitCode::SUCCESS;
+        }
+        eprintln!(
+            "{} is stale for {} image(s) (fix: `hubtrust images pin {}`, then run the suite on the new digests before committing the lock)",
+            lock_path.display(),
+            moved.len(),
+            list_path.display()
+        );
+        return ExitCode::from(1);
+    }
+    if let Err(e) = std::fs::write(&lock_path, now.render(list_path)) {
+        eprintln!("error: write {}: {e}", lock_path.display());
+        return ExitCode::from(2);
+    }
+    for (image, digest) in &now.digests {
+        println!("{image} {digest}");
+    }
+    eprintln!("wrote {}", lock_path.display());
+    ExitCode::SUCCESS
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

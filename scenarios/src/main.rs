@@ -91,6 +91,17 @@ enum ImagesAction {
     /// mirror (debootstrap), the pinned PyPI and npm packages, `docker
     /// import`. Reused while its inputs are unchanged.
     Build,
+    /// Resolve each image of a list (e.g. fixtures/images/upstream.toml) to
+    /// the digest its registry serves now, and write the lock beside it
+    /// that `--images` runs use.
+    Pin {
+        /// The image list.
+        list: PathBuf,
+        /// Only compare: exit 1 naming every image whose registry now
+        /// serves another digest than the lock's, and write nothing.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 /// Where a stack's hosts are made.
@@ -122,6 +133,11 @@ pub struct RunArgs {
     /// Where the stack's hosts are made.
     #[arg(long, value_enum, default_value_t)]
     pub backend: BackendChoice,
+    /// An image list (e.g. fixtures/images/upstream.toml) whose images,
+    /// pinned by digest in the lock beside it, run the components instead
+    /// of hubtrust's runtime image (docker only; pulled when missing).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
     /// Directory of .feature files.
     #[arg(long)]
     pub features: Option<PathBuf>,
@@ -134,6 +150,11 @@ pub struct UpArgs {
     /// Where the stack's hosts are made.
     #[arg(long, value_enum, default_value_t)]
     pub backend: BackendChoice,
+    /// An image list (e.g. fixtures/images/upstream.toml) whose images,
+    /// pinned by digest in the lock beside it, run the components instead
+    /// of hubtrust's runtime image (docker only; pulled when missing).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
     /// Print tokens in full instead of masked.
     #[arg(long)]
     pub show_secrets: bool,
@@ -184,6 +205,23 @@ fn main() -> ExitCode {
         Command::Images {
             action: ImagesAction::Build,
         } => return docker::images_build_command(),
+        Command::Images {
+            action: ImagesAction::Pin { list, check },
+        } => return docker::images_pin_command(list, *check),
+        Command::Run(RunArgs {
+            images: Some(_),
+            backend: BackendChoice::Local,
+            ..
+        })
+        | Command::Up(UpArgs {
+            images: Some(_),
+            backend: BackendChoice::Local,
+            ..
+        }) => {
+            return usage_error(anyhow::anyhow!(
+                "--images names the docker backend's component images (fix: add --backend docker)"
+            ))
+        }
         _ => {}
     }
     if inside_private_namespace() {

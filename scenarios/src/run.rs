@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cucumber::World as _;
+use hubtrust_harness::image_list::{ImageList, ImageLock};
 use hubtrust_harness::provision;
 use hubtrust_harness::report::RunReport;
 use hubtrust_harness::spec::StackSpec;
@@ -93,11 +94,21 @@ pub fn signal_namespace_init(unshare_pid: Option<u32>, signal: nix::sys::signal:
     }
 }
 
-fn load_spec(path: Option<&PathBuf>) -> anyhow::Result<StackSpec> {
-    Ok(match path {
+/// The stack file (or the default stack), with an image list's pinned
+/// images put in when one is given.
+fn load_spec(path: Option<&PathBuf>, images: Option<&PathBuf>) -> anyhow::Result<StackSpec> {
+    let mut spec = match path {
         Some(p) => StackSpec::load(p)?,
         None => StackSpec::default(),
-    })
+    };
+    if let Some(list_path) = images {
+        let list = ImageList::load(list_path)?;
+        let lock = ImageLock::load_for(list_path)?;
+        for (role, image) in list.apply(&lock, list_path, &mut spec)? {
+            eprintln!("· {} from {image}", role.as_str());
+        }
+    }
+    Ok(spec)
 }
 
 pub async fn bring_up(spec: StackSpec, work: &Path) -> anyhow::Result<Stack> {
@@ -147,7 +158,11 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
             .as_deref()
             .map(|t| features::parse_tags(t, &scenarios))
             .transpose()?;
-        Ok((op, load_spec(args.stack.as_ref())?, scenarios))
+        Ok((
+            op,
+            load_spec(args.stack.as_ref(), args.images.as_ref())?,
+            scenarios,
+        ))
     })();
     let (tags, spec, all_scenarios) = match prepared {
         Ok(p) => p,
@@ -356,7 +371,7 @@ fn backend_name(backend: BackendChoice) -> String {
 }
 
 async fn up(args: UpArgs, interrupts: &mut Interrupts) -> ExitCode {
-    let spec = match load_spec(args.stack.as_ref()) {
+    let spec = match load_spec(args.stack.as_ref(), args.images.as_ref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -859,3 +859,61 @@ fn a_broken_tunnel_fails_the_scenario_with_the_brokers_and_sshds_last_lines() {
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_image_list_needs_the_docker_backend() {
+    let out = hubtrust()
+        .args(["run", "--tags", "@core", "--images"])
+        .arg("fixtures/images/upstream.toml")
+        .output()
+        .unwrap();
+    expect_usage_error(&out, "--backend docker");
+}
+
+#[test]
+fn the_upstream_list_without_its_lock_is_refused_before_anything_is_fetched() {
+    // No lock ships (no registry was reachable where hubtrust is built), so
+    // a run must refuse rather than pull by tag; nothing here needs a daemon.
+    let out = hubtrust()
+        .args(["run", "--backend", "docker", "--tags", "@core", "--images"])
+        .arg("fixtures/images/upstream.toml")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    expect_usage_error(&out, "does not pin quay.io/jupyterhub/k8s-hub:4.3.3");
+    assert!(
+        text(&out).contains("hubtrust images pin fixtures/images/upstream.toml"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_bad_image_list_is_named_and_nothing_is_resolved() {
+    let dir = scratch("bad-list");
+    for (list, expected) in [
+        (
+            "[kernel]\nimage = \"vendor/k:1\"\n",
+            "unknown variant `kernel`",
+        ),
+        (
+            "[hub]\nimage = \"vendor/hub\"\n",
+            "neither a tag nor a digest",
+        ),
+        (
+            "[mitmproxy]\nimage = \"vendor/m:1\"\ncommand = [\"mitmdump\", \"-q\"]\n",
+            "stands for mitmdump",
+        ),
+    ] {
+        let path = dir.join("list.toml");
+        std::fs::write(&path, list).unwrap();
+        let out = hubtrust()
+            .args(["images", "pin"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        expect_usage_error(&out, expected);
+        assert!(!dir.join("list.lock").exists());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -800,3 +800,194 @@ fn refused_before_docker(name: &str, stack: &str) -> (Option<i32>, String) {
     std::fs::remove_dir_all(&dir).unwrap();
     (out.status.code(), text(&out))
 }
+
+/// The shipped upstream list, each image pointed at `registry` under
+/// `repository_prefix` (the role's name as the repository), tag `1`.
+fn upstream_list_at(registry: &str, repository_prefix: &str) -> String {
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/images/upstream.toml"),
+    )
+    .unwrap();
+    let mut role = String::new();
+    shipped
+        .lines()
+        .map(|line| {
+            if let Some(table) = line.strip_prefix('[') {
+                role = table.trim_end_matches(']').to_string();
+            }
+            if line.starts_with("image = ") {
+                format!("image = \"{registry}/{repository_prefix}/{role}:1\"")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn images_pinned_from_a_registry_are_pulled_by_digest_and_pass_core_and_enterprise() {
+    if !docker_ready() {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = scratch("pinned");
+    let registry = runtime
+        .block_on(
+            hubtrust_harness::registry::loopback::LoopbackRegistry::start(
+                dir.join("registry"),
+                false,
+            ),
+        )
+        .unwrap();
+    let host = registry.host();
+    // Images laid out as upstream's are: each component's program on PATH
+    // (hubtrust's own image has none there), so the stack only comes up if
+    // the shipped list's commands are right for such a layout.
+    let base = docker(&["images", "-q", "--filter", "reference=hubtrust/runtime"]);
+    let base = base.lines().next().unwrap().to_string();
+    let maker = format!("{}-maker", run_id("pinned"));
+    docker(&[
+        "run",
+        "--name",
+        &maker,
+        &base,
+        "sh",
+        "-c",
+        "ln -s /opt/hubtrust/venv/bin/jupyterhub /opt/hubtrust/venv/bin/jupyterhub-singleuser \
+         /opt/hubtrust/npm/node_modules/.bin/configurable-http-proxy \
+         /opt/hubtrust/mitmproxy-venv/bin/mitmdump /usr/local/bin/",
+    ]);
+    let roles = ["hub", "proxy", "lab", "mitmproxy"];
+    let tags: Vec<String> = roles
+        .iter()
+        .map(|role| format!("{host}/upstream-like/{role}:1"))
+        .collect();
+    docker(&["commit", &maker, &tags[0]]);
+    docker(&["rm", &maker]);
+    for tag in &tags[1..] {
+        docker(&["tag", &tags[0], tag]);
+    }
+    for tag in &tags {
+        docker(&["push", "-q", tag]);
+        // Only the registry has it by this name now: the run must pull.
+        docker(&["image", "rm", tag]);
+    }
+
+    let list = dir.join("upstream.toml");
+    std::fs::write(&list, upstream_list_at(&host, "upstream-like")).unwrap();
+    // Not pinned yet: a run refuses, naming the fix, before any container.
+    let unpinned = run_on_docker(
+        &run_id("unpinned"),
+        &["--tags", "@core", "--images", list.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(unpinned.code, Some(2), "{}", unpinned.output);
+    assert!(
+        unpinned.output.contains("hubtrust images pin"),
+        "{}",
+        unpinned.output
+    );
+
+    let pinned = hubtrust()
+        .args(["images", "pin"])
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(pinned.status.success(), "{}", text(&pinned));
+    let lock = std::fs::read_to_string(dir.join("upstream.lock")).unwrap();
+    let requests_before_run = registry.manifest_requests();
+
+    let run = run_on_docker(
+        &run_id("pinned"),
+        &["--tags", "@core", "--images", list.to_str().unwrap()],
+        None,
+    );
+    let images = run
+        .report
+        .as_ref()
+        .map(|r| r["images"].clone())
+        .unwrap_or_default();
+    // The enterprise profile adds mitmproxy's image and the lab image's
+    // init container.
+    let enterprise = run_on_docker(
+        &run_id("pinned-ent"),
+        &[
+            "--tags",
+            "@enterprise",
+            "--stack",
+            "fixtures/stacks/enterprise.toml",
+            "--images",
+            list.to_str().unwrap(),
+        ],
+        None,
+    );
+    let pulled = docker(&[
+        "images",
+        "--digests",
+        "--format",
+        "{{.Repository}}@{{.Digest}}",
+    ]);
+    for reference in pulled.lines().filter(|r| r.starts_with(&host)) {
+        let _ = Command::new("docker")
+            .args(["image", "rm", reference])
+            .output();
+    }
+    assert_eq!(run.code, Some(0), "{}", run.output);
+    for role in ["hub", "proxy", "lab"] {
+        let image = images[role].as_str().unwrap_or_default();
+        let digest = image
+            .split_once('@')
+            .map(|(_, d)| d.split(' ').next().unwrap())
+            .unwrap_or_default();
+        assert!(
+            image.starts_with(&format!("{host}/upstream-like/{role}@sha256:")),
+            "{images}"
+        );
+        assert!(lock.contains(digest), "{digest} not in {lock}");
+    }
+    assert!(
+        run.output.contains("pinned by digest"),
+        "no pull: {}",
+        run.output
+    );
+    assert!(registry.manifest_requests() > requests_before_run);
+    assert_eq!(enterprise.code, Some(0), "{}", enterprise.output);
+    let mitmproxy = enterprise.report.as_ref().unwrap()["images"]["mitmproxy"].clone();
+    assert!(
+        mitmproxy
+            .as_str()
+            .is_some_and(|i| i.starts_with(&format!("{host}/upstream-like/mitmproxy@sha256:"))),
+        "{mitmproxy}"
+    );
+
+    // The hub's tag moves upstream: --check names it and leaves the lock.
+    registry.put_manifest(
+        "upstream-like/hub",
+        "1",
+        "application/vnd.oci.image.index.v1+json",
+        br#"{"schemaVersion":2,"manifests":[]}"#,
+    );
+    let check = hubtrust()
+        .args(["images", "pin", "--check"])
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    let said = text(&check);
+    assert!(
+        said.contains(&format!("{host}/upstream-like/hub:1")),
+        "{said}"
+    );
+    assert!(!said.contains("upstream-like/proxy:1"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("upstream.lock")).unwrap(),
+        lock
+    );
+    drop(registry);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -135,6 +135,34 @@ impl DockerEngine {
         }
     }
 
+    /// The id of `image`, pulled first when the daemon lacks it and it is
+    /// named by digest: content its name pins, so fetching it is safe where
+    /// fetching a tag (which can move) would not be. Anything else missing
+    /// fails as [`Self::require_image`] does.
+    pub async fn require_or_pull(&self, image: &str, progress: &dyn Fn(&str)) -> Result<String> {
+        match self.require_image(image).await {
+            Err(HarnessError::MissingPrerequisite { .. })
+                if image
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| crate::registry::is_digest(d)) =>
+            {
+                progress(&format!("pulling {image} (pinned by digest)"));
+                let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
+                    .from_image(image)
+                    .build();
+                let mut answers = self.docker.create_image(Some(options), None, None);
+                while let Some(answer) = answers.next().await {
+                    answer.map_err(|e| HarnessError::Docker {
+                        what: format!("pull {image}"),
+                        message: format!("{e} (fix: the daemon must reach the image's registry; `hubtrust images pin` names the digests a run pulls)"),
+                    })?;
+                }
+                self.require_image(image).await
+            }
+            other => other,
+        }
+    }
+
     /// A network for one link. Every one is `internal`: it reaches nothing
     /// beyond its members and this machine (the bridge's address, where
     /// the operator is), since docker neither forwards nor masquerades out
