@@ -704,9 +704,37 @@ impl Stack {
         }
     }
 
+    /// On an HPC site each lab logs on its compute node (`~/lab.log`, which
+    /// the batch script opens), outside the run directory: its content so
+    /// far is copied to `logs/lab-<user>.log`, beside the hub's log, so
+    /// errors and artifacts carry it as they carry a docker lab's.
+    pub fn gather_lab_logs(&self) {
+        let (Some(site), Some(logs)) = (&self.hpc, self.hub_log.parent()) else {
+            return;
+        };
+        for node in &site.compute_nodes {
+            let Some(pid) = self.network.host(node).ok().and_then(|h| h.anchor_pid()) else {
+                continue;
+            };
+            for user in &self.spec.users {
+                // The node's own view of its files, through its mount
+                // namespace, as the staged-files check reads them.
+                let on_node = format!("/proc/{pid}/root/home/{user}/lab.log");
+                if let Ok(bytes) = std::fs::read(&on_node) {
+                    let _ = crate::pki::write_with_mode(
+                        &logs.join(format!("lab-{user}.log")),
+                        &bytes,
+                        0o600,
+                    );
+                }
+            }
+        }
+    }
+
     /// The labs' own logs, by user, where they are kept apart from the
     /// hub's.
     fn lab_logs(&self) -> Vec<(String, PathBuf)> {
+        self.gather_lab_logs();
         let logs = self
             .hub_log
             .parent()

@@ -8,6 +8,7 @@ use hubtrust_harness::Stack;
 
 /// Copies the stack's evidence into `dest` and returns `dest`.
 pub fn keep(stack: &Stack, dest: &Path) -> std::io::Result<PathBuf> {
+    stack.gather_lab_logs();
     keep_from(&stack.run_dir, &stack.secrets(), dest)
 }
 

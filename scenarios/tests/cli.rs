@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{hubtrust, processes_running, scratch, text};
+use common::{hubtrust, processes_running, scratch, text, walk};
 
 /// PIDs of processes whose environment holds `KEY=value…` with that prefix.
 fn processes_marked(prefix: &str) -> Vec<u32> {
@@ -856,6 +856,14 @@ fn a_broken_tunnel_fails_the_scenario_with_the_brokers_and_sshds_last_lines() {
         all.contains("[tunnel broker]") && all.contains("[sshd (login-1)]"),
         "{all}"
     );
+    // The failed scenario's artifacts carry the lab's own log from its
+    // compute node, beside the hub's.
+    let lab_log = walk(&dir.join("report"))
+        .into_iter()
+        .find(|p| p.ends_with("logs/lab-alice.log"))
+        .unwrap_or_else(|| panic!("no lab-alice.log in the artifacts:\n{all}"));
+    let lab_log = std::fs::read_to_string(lab_log).unwrap();
+    assert!(lab_log.contains("JupyterHubSingleUser"), "{lab_log}");
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{hubtrust, processes_running, scratch, text};
+use common::{hubtrust, processes_running, scratch, text, walk};
 
 fn docker_ready() -> bool {
     let up = Command::new("docker")
@@ -72,20 +72,6 @@ fn assert_nothing_labelled(run: &str) {
         // Bounded poll interval while the reaper works.
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Every file under `dir`.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 fn run_id(test: &str) -> String {
