@@ -365,7 +365,15 @@ fn a_vendors_proxy_image_runs_the_proxy_and_the_report_names_it() {
         "/opt/hubtrust/npm/node_modules/.bin/configurable-http-proxy",
         "/usr/local/bin/configurable-http-proxy",
     ]);
-    docker(&["commit", &maker, vendor]);
+    // Its entrypoint starts the proxy, as upstream's proxy image's does:
+    // hubtrust must replace it, or two proxies would contend for the port.
+    docker(&[
+        "commit",
+        "--change",
+        r#"ENTRYPOINT ["configurable-http-proxy"]"#,
+        &maker,
+        vendor,
+    ]);
     docker(&["rm", &maker]);
     let run = run_on_docker(
         &run_id("vendor"),

@@ -323,7 +323,10 @@ impl DockerEngine {
         let body = ContainerCreateBody {
             image: Some(image.into()),
             hostname: hostname.map(Into::into),
-            cmd: Some(vec!["sleep".into(), "infinity".into()]),
+            // The image's own entrypoint is replaced, as a pod's `command`
+            // replaces it: upstream's proxy image, say, would otherwise
+            // start a proxy of its own beside the one hubtrust execs.
+            entrypoint: Some(vec!["sleep".into(), "infinity".into()]),
             // Components run as root, as they do in the local backend's
             // namespace, whatever user a vendor's image defaults to.
             user: Some("0".into()),
@@ -355,7 +358,7 @@ impl DockerEngine {
             .map_err(|e| HarnessError::Docker {
                 what: format!("start container {name} from {image}"),
                 message: format!(
-                    "{e} (fix: the image's entrypoint must be able to run `sleep infinity`; check the image named in the stack file's [docker] section)"
+                    "{e} (fix: the image must carry `sleep`, which hubtrust runs as each container's entrypoint; check the image named in the stack file's [docker] section)"
                 ),
             })
     }
@@ -400,7 +403,9 @@ impl DockerEngine {
         let container = self.name(name);
         let body = ContainerCreateBody {
             image: Some(image.into()),
-            cmd: Some(argv.to_vec()),
+            // An init container's `command`, replacing the image's
+            // entrypoint as Kubernetes does.
+            entrypoint: Some(argv.to_vec()),
             labels: Some(self.labels(None)),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
@@ -504,7 +509,7 @@ impl DockerEngine {
             .ok_or_else(|| HarnessError::Docker {
                 what: format!("start container {container}"),
                 message: format!(
-                    "it is not running ({}) (fix: the image's entrypoint must be able to run `sleep infinity`; `docker logs {container}` while the run is kept shows why it ended)",
+                    "it is not running ({}) (fix: the image must carry `sleep`, which hubtrust runs as each container's entrypoint; `docker logs {container}` while the run is kept shows why it ended)",
                     state.error.filter(|e| !e.is_empty()).unwrap_or_else(|| format!("exit code {}", state.exit_code.unwrap_or(-1)))
                 ),
             })?;
