@@ -10,7 +10,7 @@ Feature: Labs on an HPC compute node, reached only through SSH tunnels
     Given the JupyterHub stack is up with internal SSL
 
   Scenario: The compute node and the hub cannot reach each other directly
-    Then every compute node reaches the login nodes and nothing on the hub's host
+    Then every compute node reaches the login nodes and nothing on the hub's host or the machine running the site
     And the hub's host reaches the login nodes and no compute node
 
   Scenario: A lab on the compute node runs a cell and answers through the proxy

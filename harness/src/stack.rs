@@ -127,6 +127,15 @@ pub struct Stack {
     life_capture: std::sync::Mutex<Option<WireCapture>>,
 }
 
+/// Whether a process on `source` gets a connection to `target`.
+pub(crate) async fn probe_reach(source: &Host, target: SocketAddr) -> Reach {
+    match source.connect(target, Duration::from_secs(2)).await {
+        Ok(_) => Reach::Connected,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
+        Err(e) => Reach::NoRoute(e.to_string()),
+    }
+}
+
 fn io(context: String) -> impl FnOnce(std::io::Error) -> HarnessError {
     move |e| HarnessError::io(context, e)
 }
@@ -1023,15 +1032,10 @@ impl Stack {
             .addresses_of(to)
             .into_iter()
             .map(|addr| async move {
-                let outcome = source
-                    .connect(SocketAddr::from((addr, port)), Duration::from_secs(2))
-                    .await;
-                let reach = match outcome {
-                    Ok(_) => Reach::Connected,
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
-                    Err(e) => Reach::NoRoute(e.to_string()),
-                };
-                (addr, reach)
+                (
+                    addr,
+                    probe_reach(source, SocketAddr::from((addr, port))).await,
+                )
             });
         Ok(futures::future::join_all(probes).await)
     }

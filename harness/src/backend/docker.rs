@@ -206,25 +206,31 @@ impl DockerEngine {
             Err(e) if is_conflict(&e) => return Err(clash()),
             Err(e) => return Err(docker_error(format!("create network {name}"), e)),
         };
-        let inspected = self
-            .docker
-            .inspect_network(
-                &id,
-                None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
-            .await
-            .map_err(|e| docker_error(format!("inspect network {name}"), e))?;
-        let gateway = inspected
-            .ipam
-            .and_then(|ipam| ipam.config)
-            .into_iter()
-            .flatten()
-            .find_map(|c| c.gateway?.parse().ok());
+        let gateway = self.gateway_of(&id).await?;
         Ok(CreatedNetwork {
             gateway,
             // Docker names a user-defined network's bridge after its id.
             bridge: format!("br-{}", id.get(..12).unwrap_or(&id)),
         })
+    }
+
+    /// This machine's address on network `id_or_name` (its gateway), if
+    /// docker gave it one.
+    pub async fn gateway_of(&self, id_or_name: &str) -> Result<Option<Ipv4Addr>> {
+        let inspected = self
+            .docker
+            .inspect_network(
+                id_or_name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .map_err(|e| docker_error(format!("inspect network {id_or_name}"), e))?;
+        Ok(inspected
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.gateway?.parse().ok()))
     }
 
     /// Creates and starts the container for `host` on its first network.
@@ -1356,11 +1362,26 @@ impl super::local::StackNetwork {
 /// A link between two containers on a network of their own, as capture
 /// sees it: named after its ends, on the interfaces holding their
 /// addresses (capture listens on `a`'s).
+///
+/// Docker gives every network an address on this machine (its gateway),
+/// which a link between two hosts has no business reaching: a compute
+/// node could otherwise talk to the machine the whole site runs on. Both
+/// ends get an `unreachable` route to it, in their own namespaces, so it
+/// goes when their containers go.
 async fn link_between(
     (a, a_address): (&super::local::Host, Ipv4Addr),
     (b, b_address): (&super::local::Host, Ipv4Addr),
     name: String,
 ) -> Result<super::local::Link> {
+    let engine = a.docker_parts().map(|(engine, ..)| engine);
+    if let Some(engine) = engine {
+        if let Some(machine) = engine.gateway_of(&engine.name(&name)).await? {
+            for end in [a, b] {
+                end.ip(&["route", "add", "unreachable", &format!("{machine}/32")])
+                    .await?;
+            }
+        }
+    }
     let interface = a
         .interface_with(a_address)
         .await
@@ -1385,6 +1406,24 @@ async fn link_between(
 }
 
 impl super::local::StackNetwork {
+    /// This machine's addresses on `host`'s links to other hosts (docker
+    /// gives each network one); none on the local backend, whose links
+    /// between hosts are veth pairs with nothing of this machine on them.
+    pub async fn machine_addresses_near(&self, host: &str) -> Result<Vec<Ipv4Addr>> {
+        let Some(run) = &self.docker else {
+            return Ok(Vec::new());
+        };
+        let mut addresses = Vec::new();
+        for link in &self.links {
+            let ends = [&link.a.0, &link.b.0];
+            if ends.contains(&&host.to_string()) && !ends.contains(&&"operator".to_string()) {
+                let network = run.engine().name(&link.name);
+                addresses.extend(run.engine().gateway_of(&network).await?);
+            }
+        }
+        Ok(addresses)
+    }
+
     /// Adds host `name` to a running docker stack, as a site adds a
     /// machine: a container from `like`'s image with a run volume of its
     /// own at the same path as `like`'s, on a new network to each of

@@ -377,6 +377,20 @@ impl Host {
         }
     }
 
+    /// Runs this machine's `ip ARGS` in this host's network namespace
+    /// only (a container's own filesystem need not have `ip`).
+    pub async fn ip(&self, args: &[&str]) -> Result<()> {
+        let wrapper = match self.name.as_str() {
+            "operator" => Vec::new(),
+            _ => vec![
+                "nsenter".to_string(),
+                format!("--net={}", self.netns_path),
+                "--".into(),
+            ],
+        };
+        run_ip(&self.name, &wrapper, args).await
+    }
+
     /// The argv prefix that runs a program inside this host.
     pub fn wrapper(&self) -> Vec<String> {
         self.wrapper_in(None)

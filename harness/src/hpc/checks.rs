@@ -459,6 +459,37 @@ impl crate::Stack {
                 });
             }
         }
+        if from != self.spec.topology.hub_host {
+            findings.extend(self.machine_reachability_from(from).await?);
+        }
+        Ok(findings)
+    }
+
+    /// Probes from a node to this machine where docker puts it on the
+    /// node's links (their gateways): a listener of hubtrust's own there,
+    /// so a route would show as a connection, not depend on what else this
+    /// machine happens to run.
+    async fn machine_reachability_from(&self, from: &str) -> Result<Vec<ReachFinding>> {
+        let source = self.network.host(from)?;
+        let mut findings = Vec::new();
+        for addr in self.network.machine_addresses_near(from).await? {
+            let listener = tokio::net::TcpListener::bind((addr, 0))
+                .await
+                .map_err(|e| HarnessError::io(format!("listen on {addr} on this machine"), e))?;
+            let port = listener
+                .local_addr()
+                .map_err(|e| HarnessError::io("read a listener's port", e))?
+                .port();
+            let reach = crate::stack::probe_reach(source, (addr, port).into()).await;
+            findings.push(ReachFinding {
+                from: from.into(),
+                to: "this machine".into(),
+                addr,
+                port,
+                reach,
+                must_route: false,
+            });
+        }
         Ok(findings)
     }
 

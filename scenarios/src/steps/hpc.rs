@@ -25,7 +25,7 @@ fn judge_reach(findings: &[ReachFinding]) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[then("every compute node reaches the login nodes and nothing on the hub's host")]
+#[then("every compute node reaches the login nodes and nothing on the hub's host or the machine running the site")]
 async fn compute_reaches_only_login(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
     for compute in stack.hpc_compute_nodes()? {
