@@ -199,14 +199,17 @@ pub async fn resolve_digest(http: &reqwest::Client, reference: &ImageReference) 
             reference.registry
         ))
     };
-    let head = |token: Option<String>| {
-        let mut request = http.head(&url).header(ACCEPT, MANIFEST_KINDS);
+    // A manifest request, with the bearer token once there is one.
+    let manifest = |method: reqwest::Method, token: Option<&String>| {
+        let mut request = http.request(method, &url).header(ACCEPT, MANIFEST_KINDS);
         if let Some(token) = token {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
         }
         request.send()
     };
-    let mut answer = head(None).await.map_err(unreachable)?;
+    let mut answer = manifest(reqwest::Method::HEAD, None)
+        .await
+        .map_err(unreachable)?;
     let mut token = None;
     if answer.status() == StatusCode::UNAUTHORIZED {
         let challenge = bearer_challenge(answer.headers()).ok_or_else(|| {
@@ -217,7 +220,9 @@ pub async fn resolve_digest(http: &reqwest::Client, reference: &ImageReference) 
                 .await
                 .map_err(error)?,
         );
-        answer = head(token.clone()).await.map_err(unreachable)?;
+        answer = manifest(reqwest::Method::HEAD, token.as_ref())
+            .await
+            .map_err(unreachable)?;
     }
     match answer.status() {
         StatusCode::OK => {}
@@ -241,12 +246,7 @@ pub async fn resolve_digest(http: &reqwest::Client, reference: &ImageReference) 
         // Registries need not send the digest; it is then the hash of the
         // manifest's bytes, exactly as served.
         None => {
-            let mut request = http.get(&url).header(ACCEPT, MANIFEST_KINDS);
-            if let Some(token) = token {
-                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-            }
-            let body = request
-                .send()
+            let body = manifest(reqwest::Method::GET, token.as_ref())
                 .await
                 .and_then(|a| a.error_for_status())
                 .map_err(unreachable)?

@@ -1229,8 +1229,12 @@ impl super::local::StackNetwork {
         for volume in volumes {
             engine.create_volume(&volume.name).await?;
         }
+        // Each link's address on this machine, which its ends are kept from.
+        let mut machine_on_link = HashMap::new();
         for [a, b] in extra_links {
-            engine.create_network(&format!("{a}--{b}")).await?;
+            let link = format!("{a}--{b}");
+            let created = engine.create_network(&link).await?;
+            machine_on_link.insert(link, created.gateway);
         }
         for plan in plans {
             // A host starts on its link to the operator, or, if it has
@@ -1347,10 +1351,12 @@ impl super::local::StackNetwork {
         for [a, b] in extra_links {
             let link = format!("{a}--{b}");
             let (a_address, b_address) = (address(a, &link)?, address(b, &link)?);
+            let machine = machine_on_link.get(&link).copied().flatten();
             let made = link_between(
                 (network.host(a)?, a_address),
                 (network.host(b)?, b_address),
                 link,
+                machine,
             )
             .await?;
             network.links.push(made);
@@ -1363,23 +1369,21 @@ impl super::local::StackNetwork {
 /// sees it: named after its ends, on the interfaces holding their
 /// addresses (capture listens on `a`'s).
 ///
-/// Docker gives every network an address on this machine (its gateway),
-/// which a link between two hosts has no business reaching: a compute
-/// node could otherwise talk to the machine the whole site runs on. Both
-/// ends get an `unreachable` route to it, in their own namespaces, so it
-/// goes when their containers go.
+/// Docker gives every network an address on this machine (its gateway,
+/// `machine`), which a link between two hosts has no business reaching: a
+/// compute node could otherwise talk to the machine the whole site runs
+/// on. Both ends get an `unreachable` route to it, in their own
+/// namespaces, so it goes when their containers go.
 async fn link_between(
     (a, a_address): (&super::local::Host, Ipv4Addr),
     (b, b_address): (&super::local::Host, Ipv4Addr),
     name: String,
+    machine: Option<Ipv4Addr>,
 ) -> Result<super::local::Link> {
-    let engine = a.docker_parts().map(|(engine, ..)| engine);
-    if let Some(engine) = engine {
-        if let Some(machine) = engine.gateway_of(&engine.name(&name)).await? {
-            for end in [a, b] {
-                end.ip(&["route", "add", "unreachable", &format!("{machine}/32")])
-                    .await?;
-            }
+    if let Some(machine) = machine {
+        for end in [a, b] {
+            end.ip(&["route", "add", "unreachable", &format!("{machine}/32")])
+                .await?;
         }
     }
     let interface = a
@@ -1454,8 +1458,10 @@ impl super::local::StackNetwork {
             engine.create_volume(&volume.name).await?;
         }
         let links: Vec<String> = peers.iter().map(|peer| format!("{peer}--{name}")).collect();
+        let mut machine_on_link = HashMap::new();
         for link in &links {
-            engine.create_network(link).await?;
+            let created = engine.create_network(link).await?;
+            machine_on_link.insert(link.clone(), created.gateway);
         }
         let first = links.first().ok_or_else(|| HarnessError::Network {
             host: name.into(),
@@ -1482,11 +1488,13 @@ impl super::local::StackNetwork {
             };
             let peer_address = *peer_addresses.get(&link).ok_or_else(|| no_address(peer))?;
             let own_address = *by_link.get(&link).ok_or_else(|| no_address(name))?;
+            let machine = machine_on_link.get(&link).copied().flatten();
             made.push(
                 link_between(
                     (self.host(peer)?, peer_address),
                     (&host, own_address),
                     link.clone(),
+                    machine,
                 )
                 .await?,
             );
