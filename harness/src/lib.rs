@@ -19,6 +19,7 @@ pub mod process;
 pub mod provision;
 pub mod ready;
 pub mod registry;
+pub mod repeat;
 pub mod report;
 pub mod secret;
 pub mod spec;

@@ -231,7 +231,7 @@ impl CertificateAuthority {
         validity: Validity,
     ) -> Result<Identity> {
         let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
-        let params = leaf_params(name, sans, usage, validity)?;
+        let params = leaf_params(name, &key, sans, usage, validity)?;
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(|e| pki_err(name, e))?;
@@ -246,7 +246,7 @@ impl CertificateAuthority {
     /// zoo's "signed by a non-CA" entry needs the issuer too.
     fn issue_non_ca_signer(&self, name: &str) -> Result<(Certificate, KeyPair)> {
         let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
-        let params = leaf_params(name, &[], Usage::ServerAndClient, Validity::fresh(30))?;
+        let params = leaf_params(name, &key, &[], Usage::ServerAndClient, Validity::fresh(30))?;
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(|e| pki_err(name, e))?;
@@ -263,13 +263,10 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 
 fn ca_params(name: &str, key: &KeyPair, validity: Validity) -> CertificateParams {
     let mut params = CertificateParams::default();
-    // RFC 5280's method 1 (SHA-1 of the public key bits) for the key
-    // identifier: tools that sign with this CA (mitmproxy) compute their
-    // leaves' authority key identifier that way, and chain building
-    // matches it against this CA's subject key identifier.
-    params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(
-        <sha1::Sha1 as sha1::Digest>::digest(key.public_key_raw()).to_vec(),
-    );
+    params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(key_identifier(key));
+    // A self-signed root's names itself; RFC 5280 allows it there and
+    // requires it everywhere else.
+    params.use_authority_key_identifier_extension = true;
     params.distinguished_name = distinguished_name(name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
@@ -282,14 +279,34 @@ fn ca_params(name: &str, key: &KeyPair, validity: Validity) -> CertificateParams
     params
 }
 
+/// RFC 5280's method 1 (SHA-1 of the public key bits) for key
+/// identifiers: tools that sign with a hubtrust CA (mitmproxy) compute
+/// their leaves' authority key identifier that way, and chain building
+/// matches it against the CA's subject key identifier.
+fn key_identifier(key: &KeyPair) -> Vec<u8> {
+    <sha1::Sha1 as sha1::Digest>::digest(key.public_key_raw()).to_vec()
+}
+
 fn leaf_params(
     name: &str,
+    key: &KeyPair,
     sans: &[&str],
     usage: Usage,
     validity: Validity,
 ) -> Result<CertificateParams> {
     let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(sans).map_err(|e| pki_err(name, e))?;
+    // Strict RFC 5280 verifiers (sslyze, pyca/cryptography) want both key
+    // identifiers on a leaf. rcgen writes the subject's only on CAs and on
+    // an explicit `cA: FALSE`, which strict DER parsers refuse (see below),
+    // so the leaf's goes in as a plain extension.
+    let id = key_identifier(key);
+    params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+        &[2, 5, 29, 14],
+        der_tlv(0x04, &id),
+    )];
+    params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(id);
+    params.use_authority_key_identifier_extension = true;
     params.distinguished_name = distinguished_name(name);
     // No basicConstraints at all: rcgen's explicit `cA: FALSE` encodes a
     // DEFAULT value, which strict DER parsers (python cryptography, hence
@@ -423,10 +440,15 @@ impl Zoo {
                 )?,
                 ZooDefect::SelfSigned => {
                     let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
-                    let cert =
-                        leaf_params(name, sans, Usage::ServerAndClient, Validity::fresh(30))?
-                            .self_signed(&key)
-                            .map_err(|e| pki_err(name, e))?;
+                    let cert = leaf_params(
+                        name,
+                        &key,
+                        sans,
+                        Usage::ServerAndClient,
+                        Validity::fresh(30),
+                    )?
+                    .self_signed(&key)
+                    .map_err(|e| pki_err(name, e))?;
                     Identity::new(name, cert.pem(), key.serialize_pem())
                 }
                 ZooDefect::ServerAuthOnlyEku => {
@@ -435,10 +457,15 @@ impl Zoo {
                 ZooDefect::SignedByNonCa => {
                     let (non_ca, non_ca_key) = signer.issue_non_ca_signer("zoo-non-ca-signer")?;
                     let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
-                    let cert =
-                        leaf_params(name, sans, Usage::ServerAndClient, Validity::fresh(30))?
-                            .signed_by(&key, &non_ca, &non_ca_key)
-                            .map_err(|e| pki_err(name, e))?;
+                    let cert = leaf_params(
+                        name,
+                        &key,
+                        sans,
+                        Usage::ServerAndClient,
+                        Validity::fresh(30),
+                    )?
+                    .signed_by(&key, &non_ca, &non_ca_key)
+                    .map_err(|e| pki_err(name, e))?;
                     // The non-CA signer travels with the leaf, as a
                     // misconfigured server would send it.
                     Identity::new(

@@ -11,6 +11,7 @@ mod bench_wire;
 mod docker;
 mod features;
 mod progress;
+mod repeat;
 mod run;
 mod steps;
 mod world;
@@ -141,6 +142,10 @@ pub struct RunArgs {
     /// Directory of .feature files.
     #[arg(long)]
     pub features: Option<PathBuf>,
+    /// Run the selection N times, each round on a fresh stack, and report
+    /// each scenario's pass count; a failure in any round fails the run.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: Option<u32>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -221,6 +226,17 @@ fn main() -> ExitCode {
             return usage_error(anyhow::anyhow!(
                 "--images names the docker backend's component images (fix: add --backend docker)"
             ))
+        }
+        Command::Run(
+            args @ RunArgs {
+                repeat: Some(rounds),
+                ..
+            },
+        ) if !inside_private_namespace() => {
+            return match preflight_scenarios(args) {
+                Ok(()) => repeat::run(args, *rounds),
+                Err(e) => usage_error(e),
+            }
         }
         _ => {}
     }

@@ -280,8 +280,12 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
             let stack = world.and_then(|w| w.stack.clone());
             Box::pin(async move {
                 if let Some(stack) = stack {
-                    if let Err(e) = stack.hpc_restore_site().await {
-                        eprintln!("warning: could not restore the HPC site after a scenario: {e}");
+                    let outcome = stack.hpc_restore_site().await;
+                    if let Err(e) = &outcome {
+                        eprintln!("error: could not restore the HPC site after a scenario: {e}");
+                    }
+                    if let Ok(mut not_restored) = crate::world::NOT_RESTORED.lock() {
+                        *not_restored = outcome.err().map(|e| e.to_string());
                     }
                 }
             })

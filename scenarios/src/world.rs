@@ -16,6 +16,12 @@ pub fn shared_stack() -> Option<Arc<Stack>> {
     STACK.lock().ok().and_then(|s| s.clone())
 }
 
+/// Why the shared stack is not as designed: a disturbing scenario's undo
+/// failed. Every later scenario fails with it until an undo succeeds,
+/// since a check on a half-restored site could pass or fail for the wrong
+/// reason.
+pub static NOT_RESTORED: Mutex<Option<String>> = Mutex::new(None);
+
 /// What steps add to the run's report (matrix, chains, inventory).
 pub static REPORT: OnceLock<Arc<Mutex<RunReport>>> = OnceLock::new();
 

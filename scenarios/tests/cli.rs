@@ -182,6 +182,44 @@ fn an_unknown_tag_is_named_with_the_known_ones() {
 }
 
 #[test]
+fn repeat_needs_a_round_count_of_at_least_one() {
+    for args in [&["run", "--repeat"][..], &["run", "--repeat", "0"]] {
+        let out = hubtrust().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}:\n{}", text(&out));
+        assert!(text(&out).contains("--repeat"), "{}", text(&out));
+    }
+}
+
+#[test]
+fn repeat_runs_each_round_on_a_fresh_stack_and_counts_passes() {
+    let report = scratch("repeat");
+    let out = hubtrust()
+        .args(["run", "--tags", "@core", "--repeat", "2", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        text(&out).matches("· stack ready").count(),
+        2,
+        "{}",
+        text(&out)
+    );
+    let summary = std::fs::read_to_string(report.join("repeat.md")).unwrap();
+    assert!(
+        summary.contains("| The proxy API is guarded by its token, not only by TLS | 2/2 |"),
+        "{summary}"
+    );
+    for round in ["round-1", "round-2"] {
+        assert!(report.join(round).join("report.json").exists(), "{round}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("repeat.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["rounds"], 2);
+}
+
+#[test]
 fn a_malformed_tag_expression_is_rejected() {
     let out = hubtrust()
         .args(["run", "--tags", "@core and and"])

@@ -651,7 +651,64 @@ impl crate::Stack {
             self.hpc_reissue_proxy_cert(None, false, true)?;
             self.hpc_restart_proxy().await?;
         }
-        Ok(())
+        self.hpc_await_site_whole(std::time::Duration::from_secs(60))
+            .await
+    }
+
+    /// Waits until the site is whole: every login node's remote tunnel
+    /// answers from every compute node, and the broker reports healthy, in
+    /// the same look. A restarted sshd alone is not enough: the broker
+    /// notices a dead remote tunnel only on its next liveness tick and
+    /// re-creates it on the one after, and a scenario started in between
+    /// sees "connection refused" on that login node.
+    pub async fn hpc_await_site_whole(&self, timeout: std::time::Duration) -> Result<()> {
+        let site = site(self)?;
+        let broker = self.broker().ok_or_else(|| HarnessError::Network {
+            host: self.spec.topology.hub_host.clone(),
+            message: "the HPC site has no tunnel broker client".into(),
+        })?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut missing = Vec::new();
+            for login in site.all_login_nodes() {
+                for (compute, (bind, _)) in &login.towards_compute {
+                    let target = std::net::SocketAddr::from((*bind, site.login_port));
+                    let source = self.network.host(compute)?;
+                    if !matches!(
+                        crate::stack::probe_reach(source, target).await,
+                        crate::stack::Reach::Connected
+                    ) {
+                        missing.push(format!(
+                            "{} ({bind}) does not answer on its remote tunnel port {} from {compute}",
+                            login.name, site.login_port
+                        ));
+                    }
+                }
+            }
+            let health = broker.get("/api/health/").await;
+            let healthy = matches!(&health, Ok(answer) if answer.status == 200);
+            if missing.is_empty() && healthy {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let health = match health {
+                    Ok(answer) => format!("HTTP {} {}", answer.status, answer.body),
+                    Err(e) => e,
+                };
+                missing.push(format!("the broker's health answers {health}"));
+                return Err(HarnessError::NotReady {
+                    component: "HPC site (restored after a disturbing scenario)".into(),
+                    check: missing.join("; "),
+                    seconds: timeout.as_secs(),
+                    last_lines: crate::process::last_lines(&site.broker_log, 10)
+                        .into_iter()
+                        .map(|l| format!("[tunnel broker] {l}"))
+                        .collect(),
+                });
+            }
+            // Bounded poll interval while the broker re-creates its tunnels.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Restarts only the proxy: SIGTERM to configurable-http-proxy; the hub

@@ -1,10 +1,13 @@
 use cucumber::given;
 
-use crate::world::{shared_stack, Operator};
+use crate::world::{shared_stack, Operator, NOT_RESTORED};
 
 #[given("the JupyterHub stack is up with internal SSL")]
 fn stack_is_up(world: &mut Operator) -> anyhow::Result<()> {
     let stack = shared_stack().ok_or_else(|| anyhow::anyhow!("the run brought up no stack"))?;
+    if let Some(why) = NOT_RESTORED.lock().ok().and_then(|w| w.clone()) {
+        anyhow::bail!("an earlier scenario disturbed the site and it could not be restored, so this scenario cannot be judged: {why}");
+    }
     world.stack = Some(stack);
     Ok(())
 }
