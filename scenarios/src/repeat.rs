@@ -54,9 +54,11 @@ async fn run_rounds(args: &RunArgs, rounds: u32) -> ExitCode {
             .spawn()
         {
             Ok(c) => c,
-            Err(e) => return crate::usage_error(anyhow::anyhow!(
+            Err(e) => {
+                return crate::usage_error(anyhow::anyhow!(
                 "cannot start round {round} with setpriv: {e} (fix: apt-get install -y util-linux)"
-            )),
+            ))
+            }
         };
         let mut interrupted = false;
         let status = loop {

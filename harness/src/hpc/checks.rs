@@ -373,7 +373,7 @@ async fn transfer(
 
 /// libfaketime, which shifts a process's clock without touching the
 /// machine's (time namespaces shift only the monotonic clocks).
-fn faketime_library() -> Result<std::path::PathBuf> {
+pub(crate) fn faketime_library() -> Result<std::path::PathBuf> {
     let found = std::fs::read_dir("/usr/lib")
         .into_iter()
         .flatten()
@@ -945,6 +945,42 @@ impl crate::Stack {
         crate::inventory::describe_file("hpc", &site.dir, &site.proxy_cert)?
             .map(|r| r.not_before)
             .ok_or_else(|| HarnessError::Pki("no proxy certificate".into()))
+    }
+
+    /// The notBefore of every certificate a lab verifies the proxy with:
+    /// the proxy's own and its CA's, so a clock-skew finding names the one
+    /// that was not yet valid rather than assuming it was the leaf.
+    pub fn hpc_proxy_chain_not_before(&self) -> Result<String> {
+        let site = site(self)?;
+        let ca = site
+            .dir
+            .parent()
+            .unwrap_or(&site.dir)
+            .join("hub/internal-ssl/proxy-client-ca/proxy-client-ca.crt");
+        let ca_not_before = crate::inventory::describe_file("hpc", &site.dir, &ca)?
+            .map(|r| r.not_before)
+            .unwrap_or_else(|| "unknown".into());
+        Ok(format!(
+            "the proxy certificate's notBefore is {}, its CA proxy-client-ca's is {ca_not_before}",
+            self.hpc_proxy_not_before()?
+        ))
+    }
+
+    /// `login-2 (10.77.5.2)` for a bind address, as operators name nodes.
+    pub fn hpc_name_of(&self, addr: &str) -> String {
+        let Ok(site) = site(self) else {
+            return addr.to_string();
+        };
+        site.all_login_nodes()
+            .iter()
+            .find(|l| {
+                l.hub_facing.to_string() == addr
+                    || l.towards_compute
+                        .values()
+                        .any(|(b, _)| b.to_string() == addr)
+            })
+            .map(|l| format!("{} ({addr})", l.name))
+            .unwrap_or_else(|| addr.to_string())
     }
 
     /// The bind addresses of one login node.

@@ -1423,7 +1423,22 @@ async fn generate_internal_cas(
         .display()
         .to_string();
     let config = config.display().to_string();
-    let argv = [jupyterhub.as_str(), "--generate-certs", "-f", &config];
+    // certipy makes CAs valid from this very second. A site's CAs predate
+    // any run by days; made here seconds before the scenarios, a compute
+    // node whose clock lags (the clock-skew scenarios) would find the CA
+    // itself not yet valid, whatever the proxy's certificate allows. So
+    // they are made as of an hour ago.
+    let preload = format!("LD_PRELOAD={}", checks::faketime_library()?.display());
+    let argv = [
+        "env",
+        preload.as_str(),
+        "FAKETIME=-1h",
+        "FAKETIME_DISABLE_SHM=1",
+        jupyterhub.as_str(),
+        "--generate-certs",
+        "-f",
+        &config,
+    ];
     let failed = |output: &str| HarnessError::Provision {
         what: "internal CAs".into(),
         message: format!(

@@ -135,12 +135,24 @@ fn skewed_accepts(world: &mut Operator) -> anyhow::Result<()> {
     let rejected: Vec<String> = views
         .iter()
         .filter(|v| v.tls != "ok")
-        .map(|v| format!("{}: {}", v.bind, v.tls))
+        .map(|v| {
+            format!(
+                "{}: {}",
+                world
+                    .stack()
+                    .map(|s| s.hpc_name_of(&v.bind))
+                    .unwrap_or_default(),
+                v.tls
+            )
+        })
         .collect();
     anyhow::ensure!(
         rejected.is_empty(),
-        "FINDING notBefore: the proxy certificate's notBefore is {} and the compute node's clock read {:.0} (seconds since the epoch); it refused:\n  {}",
-        proxy_not_before(world),
+        "FINDING notBefore: {} and the compute node's clock read {:.0} (seconds since the epoch); it refused:\n  {}",
+        world
+            .stack()?
+            .hpc_proxy_chain_not_before()
+            .unwrap_or_else(|e| format!("the chain's notBefore could not be read ({e})")),
         env.time,
         rejected.join("\n  ")
     );
@@ -287,19 +299,29 @@ fn refused(outcome: &hubtrust_harness::hpc::checks::SshOutcome, marker: &str) ->
 #[then("the broker's key gets no shell and no other command on any login node")]
 async fn broker_key_no_shell(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
+    let mut attempts = Vec::new();
     for login in stack.hpc_login_nodes()? {
         for command in [
             None,
             Some("echo HUBTRUST-SHELL"),
             Some("sh -c 'echo HUBTRUST-SHELL'"),
         ] {
-            let outcome = stack.hpc_ssh(SshRole::Broker, &login, command).await?;
-            anyhow::ensure!(
-                refused(&outcome, "HUBTRUST-SHELL") && outcome.stderr.contains("refused"),
-                "the broker's key on {login} with {command:?} was not refused by the forced command: {}",
-                outcome.describe()
-            );
+            attempts.push((login.clone(), command));
         }
+    }
+    // Every attempt at once: each is a whole ssh handshake.
+    let outcomes = futures::future::try_join_all(
+        attempts
+            .iter()
+            .map(|(login, command)| stack.hpc_ssh(SshRole::Broker, login, *command)),
+    )
+    .await?;
+    for ((login, command), outcome) in attempts.iter().zip(outcomes) {
+        anyhow::ensure!(
+            refused(&outcome, "HUBTRUST-SHELL") && outcome.stderr.contains("refused"),
+            "the broker's key on {login} with {command:?} was not refused by the forced command: {}",
+            outcome.describe()
+        );
     }
     Ok(())
 }
@@ -307,20 +329,28 @@ async fn broker_key_no_shell(world: &mut Operator) -> anyhow::Result<()> {
 #[then("the spawner's key gets no shell on a login node or the compute node")]
 async fn spawner_key_no_shell(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    let nodes: Vec<String> = stack
+    let mut attempts = Vec::new();
+    for node in stack
         .hpc_login_nodes()?
         .into_iter()
         .chain(stack.hpc_compute_nodes()?)
-        .collect();
-    for node in nodes {
+    {
         for command in [None, Some("echo HUBTRUST-SHELL")] {
-            let outcome = stack.hpc_ssh(SshRole::Spawner, &node, command).await?;
-            anyhow::ensure!(
-                refused(&outcome, "HUBTRUST-SHELL"),
-                "the spawner's key on {node} with {command:?} was not refused: {}",
-                outcome.describe()
-            );
+            attempts.push((node.clone(), command));
         }
+    }
+    let outcomes = futures::future::try_join_all(
+        attempts
+            .iter()
+            .map(|(node, command)| stack.hpc_ssh(SshRole::Spawner, node, *command)),
+    )
+    .await?;
+    for ((node, command), outcome) in attempts.iter().zip(outcomes) {
+        anyhow::ensure!(
+            refused(&outcome, "HUBTRUST-SHELL"),
+            "the spawner's key on {node} with {command:?} was not refused: {}",
+            outcome.describe()
+        );
     }
     Ok(())
 }
