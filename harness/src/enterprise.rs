@@ -122,6 +122,8 @@ pub struct Outbound {
     pub merge: Option<MergeOutcome>,
     /// `HTTPS_PROXY` and `NO_PROXY` for the labs, with an egress host.
     pub proxy_env: Vec<(String, String)>,
+    /// The outbound test servers, for the TLS scan (from the internet host).
+    pub tls_servers: Vec<crate::tls_scan::ScanTarget>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     /// Set when the lab's host is a container whose own system store was
     /// replaced by the system bundle: its labs need no wrapper then.
@@ -178,6 +180,7 @@ impl Outbound {
             .collect();
         let mut targets = Vec::new();
         let mut servers = Vec::new();
+        let mut tls_servers = Vec::new();
         for (name, signer, ca, port) in [
             ("org-CA server", Signer::Org, &org.issuing, 8443),
             ("public endpoint", Signer::Public, &public_root, 8444),
@@ -193,6 +196,13 @@ impl Outbound {
                     host: internet.name.clone(),
                     message: format!("cannot serve the {name} on {addr}: {e}"),
                 })?;
+            tls_servers.push(crate::tls_scan::ScanTarget {
+                endpoint: name.into(),
+                from_host: internet.name.clone(),
+                addr: SocketAddr::from((internet_ip, port)),
+                server_name: ip.clone(),
+                client: None,
+            });
             servers.push(tokio::spawn(serve(
                 listener,
                 tokio_rustls::TlsAcceptor::from(Arc::new(config)),
@@ -258,6 +268,7 @@ impl Outbound {
             org_bundle,
             merge,
             proxy_env,
+            tls_servers,
             servers,
             system_store_installed,
             proxy,

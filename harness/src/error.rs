@@ -12,6 +12,8 @@ pub enum HarnessError {
     },
     #[error("parse stack file {path}: {message}")]
     StackFileInvalid { path: PathBuf, message: String },
+    #[error("read the known-defects list {0}")]
+    KnownDefects(String),
     #[error("read image list {path}: {message} (fix: {fix})")]
     ImageList {
         path: PathBuf,

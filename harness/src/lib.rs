@@ -11,6 +11,7 @@ pub mod hpc;
 pub mod image_list;
 pub mod images;
 pub mod inventory;
+pub mod known_defects;
 pub mod lab;
 pub mod matrix;
 pub mod pki;
@@ -24,6 +25,7 @@ pub mod report;
 pub mod secret;
 pub mod spec;
 pub mod stack;
+pub mod tls_scan;
 pub mod trust;
 pub mod workdir;
 

@@ -56,6 +56,18 @@ pub struct EnterpriseSection {
     pub runs: Vec<crate::enterprise::ToolRun>,
 }
 
+/// The TLS scan of every endpoint, with the policy it was judged by.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct TlsScanSection {
+    pub policy: String,
+    pub exceptions: Vec<crate::tls_scan::TlsException>,
+    pub endpoints: Vec<crate::tls_scan::EndpointScan>,
+    /// What the policy forbids and no known defect explains: failures.
+    pub violations: Vec<crate::tls_scan::PolicyViolation>,
+    /// What the policy forbids and a listed upstream defect explains.
+    pub known: Vec<crate::tls_scan::PolicyViolation>,
+}
+
 /// The HPC site as the run found it, and what labs saw of each login node.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct HpcSection {
@@ -133,6 +145,12 @@ pub struct RunReport {
     /// The HPC site: login nodes, the proxy's SANs, the labs' views.
     #[serde(default)]
     pub hpc: Option<HpcSection>,
+    /// The TLS scan: per endpoint, what it accepted and what the policy
+    /// forbade.
+    pub tls_scan: Option<TlsScanSection>,
+    /// Findings a listed upstream defect explains (not failures unless
+    /// the run was `--strict`).
+    pub known_defects: Vec<crate::known_defects::KnownDefectHit>,
     pub seconds: f64,
     /// From the start of the run until hub, proxy and every lab were ready;
     /// `None` when the stack never came up.
@@ -191,6 +209,19 @@ impl RunReport {
                     }
                 };
                 let mut case = TestCase::new(s.scenario.as_str(), status);
+                let known: Vec<String> = self
+                    .known_defects
+                    .iter()
+                    .filter(|k| k.scenario == s.scenario)
+                    .map(|k| format!("known defect {}: {} ({})", k.id, k.finding, k.upstream))
+                    .collect();
+                if !known.is_empty() {
+                    case.add_property(quick_junit::Property::new(
+                        "known-defects",
+                        known.len().to_string(),
+                    ));
+                    case.set_system_out(known.join("\n"));
+                }
                 case.set_classname(feature);
                 case.set_time(Duration::from_secs_f64(s.seconds));
                 suite.add_test_case(case);
@@ -270,6 +301,43 @@ impl RunReport {
                     c.verdict,
                     c.protocol.as_deref().unwrap_or("-"),
                     c.chain.join(" ← ")
+                );
+            }
+        }
+        if !self.known_defects.is_empty() {
+            md += "\n## Known defects\n\nFindings a listed upstream defect explains (`fixtures/known-defects.toml`); they do not fail the run unless it is `--strict`.\n\n| scenario | defect | finding | upstream |\n|---|---|---|---|\n";
+            for k in &self.known_defects {
+                md += &format!(
+                    "| {} | `{}`: {} | {} | {} |\n",
+                    k.scenario, k.id, k.reason, k.finding, k.upstream
+                );
+            }
+        }
+        if let Some(scan) = &self.tls_scan {
+            md += &format!(
+                "\n## TLS scan\n\nEvery TLS endpoint, offered each protocol version alone and every TLS 1.2 suite, judged against the `{}` policy.\n\n",
+                scan.policy
+            );
+            for e in &scan.exceptions {
+                md += &format!(
+                    "- exception at {}: {} ({})\n",
+                    e.endpoint,
+                    e.allow.join(", "),
+                    e.reason
+                );
+            }
+            for endpoint in &scan.endpoints {
+                let own = |list: &[crate::tls_scan::PolicyViolation]| -> Vec<_> {
+                    list.iter()
+                        .filter(|v| v.endpoint == endpoint.endpoint)
+                        .cloned()
+                        .collect()
+                };
+                md += "\n";
+                md += &crate::tls_scan::markdown_table(
+                    endpoint,
+                    &own(&scan.violations),
+                    &own(&scan.known),
                 );
             }
         }

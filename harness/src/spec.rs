@@ -40,6 +40,10 @@ pub struct StackSpec {
     /// The docker backend's images.
     #[serde(default)]
     pub docker: DockerSpec,
+    /// What the TLS scan holds every endpoint to: a named policy and
+    /// per-endpoint exceptions with their reasons.
+    #[serde(default)]
+    pub tls_policy: crate::tls_scan::TlsPolicySpec,
 }
 
 /// What the docker backend runs the stack's hosts and components from.
@@ -255,6 +259,7 @@ impl Default for StackSpec {
             topology_file: None,
             hpc: HpcSpec::default(),
             docker: DockerSpec::default(),
+            tls_policy: Default::default(),
         }
     }
 }

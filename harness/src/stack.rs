@@ -119,6 +119,8 @@ pub struct Stack {
     outbound: Option<crate::enterprise::Outbound>,
     /// Login and compute nodes, sshd and the tunnel broker of an HPC stack.
     pub(crate) hpc: Option<crate::hpc::HpcSite>,
+    /// Each stock component's version (see [`crate::known_defects`]).
+    pub component_versions: BTreeMap<String, String>,
     broker: Option<crate::hpc::BrokerClient>,
     /// A CA browsers trust beside the org root (HPC: proxy-client-ca).
     browser_extra_root: Option<String>,
@@ -338,6 +340,18 @@ impl Stack {
         )?;
         let mut lab_manifest =
             manifest_with_overrides("jupyterlab", builtin::LAB, &values, &spec.lab)?;
+        // What ran, for known-defect ranges: a component whose command the
+        // stack replaced has no version hubtrust can vouch for.
+        let mut component_versions = BTreeMap::new();
+        if spec.hub.command.is_none() && spec.lab.command.is_none() {
+            component_versions.insert("jupyterhub".to_string(), hub_manifest.version.clone());
+        }
+        if spec.proxy.command.is_none() {
+            component_versions.insert(
+                "configurable-http-proxy".to_string(),
+                proxy_manifest.version.clone(),
+            );
+        }
         let mut kernel_netns_bind = None;
         if let Some(kernel_host) = spec
             .topology
@@ -562,6 +576,7 @@ impl Stack {
             broker,
             browser_extra_root: extra_root,
             life_capture: std::sync::Mutex::new(life_capture),
+            component_versions,
         };
         // From here on, an early return drops `stack`, which tears down.
         if external_proxy {
@@ -1081,6 +1096,78 @@ impl Stack {
             });
         }
         endpoints
+    }
+
+    /// Every TLS endpoint the stack exposes, each with an identity it
+    /// accepts where it requires one: the endpoints of the trust matrix,
+    /// the HPC broker, the enterprise outbound servers.
+    pub fn tls_scan_targets(&self) -> Result<Vec<crate::tls_scan::ScanTarget>> {
+        let identities = self.client_identities()?;
+        let mut targets = Vec::new();
+        for endpoint in self.endpoints() {
+            let client = match endpoint.client_auth {
+                ClientAuth::NotRequested => None,
+                ClientAuth::Required(_) => identities
+                    .iter()
+                    .find(|id| {
+                        matches!(id.origin, IdentityOrigin::Internal(_))
+                            && crate::trust::expected_verdict(endpoint.client_auth, id.origin).0
+                                == crate::probe::Verdict::Accepted
+                    })
+                    .and_then(|id| id.identity.clone()),
+            };
+            targets.push(crate::tls_scan::ScanTarget {
+                endpoint: endpoint.name,
+                from_host: endpoint.from_host,
+                addr: endpoint.addr,
+                server_name: endpoint.server_name,
+                client,
+            });
+        }
+        if let Some(site) = &self.hpc {
+            targets.push(crate::tls_scan::ScanTarget {
+                endpoint: "tunnel broker".into(),
+                from_host: self.spec.topology.hub_host.clone(),
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, site.broker_port)),
+                server_name: "127.0.0.1".into(),
+                client: None,
+            });
+        }
+        if let Some(outbound) = &self.outbound {
+            targets.extend(outbound.tls_servers.iter().cloned());
+        }
+        Ok(targets)
+    }
+
+    /// Scans every TLS endpoint (all at once) and judges each against the
+    /// stack's policy.
+    pub async fn tls_scan(
+        &self,
+    ) -> Result<
+        Vec<(
+            crate::tls_scan::EndpointScan,
+            Vec<crate::tls_scan::PolicyViolation>,
+        )>,
+    > {
+        let targets = self.tls_scan_targets()?;
+        let mut hosts = Vec::new();
+        for target in &targets {
+            hosts.push(self.network.host(&target.from_host)?);
+        }
+        let scans = futures::future::join_all(
+            targets
+                .iter()
+                .zip(hosts)
+                .map(|(target, host)| crate::tls_scan::scan(host, target)),
+        )
+        .await;
+        Ok(scans
+            .into_iter()
+            .map(|scan| {
+                let violations = self.spec.tls_policy.judge(&scan);
+                (scan, violations)
+            })
+            .collect())
     }
 
     /// Every client identity of the trust matrix.

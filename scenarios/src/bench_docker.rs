@@ -9,9 +9,11 @@ use std::process::{Command, Stdio};
 
 use crate::bench::median;
 
-struct Timing {
-    stack_ready: f64,
-    whole_run: f64,
+pub struct Timing {
+    pub stack_ready: f64,
+    pub whole_run: f64,
+    /// The whole `hubtrust run` process, as a user waits for it.
+    pub wall: f64,
 }
 
 /// What each round runs on both backends.
@@ -32,7 +34,8 @@ pub const HPC: Profile = Profile {
     stack: Some("fixtures/stacks/hpc.toml"),
 };
 
-fn timed_run(profile: &Profile, backend: &str, report: &Path) -> anyhow::Result<Timing> {
+pub fn timed_run(profile: &Profile, backend: &str, report: &Path) -> anyhow::Result<Timing> {
+    let started = std::time::Instant::now();
     // If the bench dies, the run it started is interrupted as by Ctrl-C,
     // so it tears its stack down rather than running on alone.
     let mut command = Command::new("setpriv");
@@ -66,6 +69,7 @@ fn timed_run(profile: &Profile, backend: &str, report: &Path) -> anyhow::Result<
     Ok(Timing {
         stack_ready: seconds("stack_ready_seconds")?,
         whole_run: seconds("seconds")?,
+        wall: started.elapsed().as_secs_f64(),
     })
 }
 

@@ -7,6 +7,7 @@ mod artifacts;
 mod bench;
 mod bench_docker;
 mod bench_hpc;
+mod bench_profiles;
 mod bench_wire;
 mod docker;
 mod features;
@@ -142,6 +143,10 @@ pub struct RunArgs {
     /// Directory of .feature files.
     #[arg(long)]
     pub features: Option<PathBuf>,
+    /// Fail on known upstream defects too (fixtures/known-defects.toml),
+    /// instead of showing them as "known defect".
+    #[arg(long)]
+    pub strict: bool,
     /// Run the selection N times, each round on a fresh stack, and report
     /// each scenario's pass count; a failure in any round fails the run.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -194,6 +199,9 @@ pub enum BenchGroup {
     Docker,
     /// The HPC site's `@hpc` run on both backends.
     DockerHpc,
+    /// The four local profiles one after another, and `@core` with and
+    /// without its TLS scan.
+    Profiles,
 }
 
 fn main() -> ExitCode {
@@ -256,6 +264,12 @@ fn main() -> ExitCode {
         }
         Command::Up(args) if args.backend == BackendChoice::Docker => {
             run::inside(run::Inside::Up(args))
+        }
+        Command::Bench(args) if args.only == Some(BenchGroup::Profiles) => {
+            match bench_profiles::four_profiles(args.rounds) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => usage_error(e),
+            }
         }
         // Each round is a whole `hubtrust run` per backend, started from here.
         Command::Bench(args)

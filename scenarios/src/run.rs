@@ -264,6 +264,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
         tags_filter: tags,
         ..Default::default()
     };
+    crate::world::STRICT.store(args.strict, std::sync::atomic::Ordering::SeqCst);
     let _ = crate::world::REPORT_DIR
         .set(std::path::absolute(&args.report).unwrap_or(args.report.clone()));
     let cucumber_run = Operator::cucumber()

@@ -22,6 +22,9 @@ pub fn shared_stack() -> Option<Arc<Stack>> {
 /// reason.
 pub static NOT_RESTORED: Mutex<Option<String>> = Mutex::new(None);
 
+/// `--strict`: known defects fail like any other finding.
+pub static STRICT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// What steps add to the run's report (matrix, chains, inventory).
 pub static REPORT: OnceLock<Arc<Mutex<RunReport>>> = OnceLock::new();
 
@@ -51,6 +54,10 @@ pub struct Operator {
     pub chains: Vec<ChainCheck>,
     pub inventory: Option<hubtrust_harness::inventory::Inventory>,
     pub tool_runs: Option<Vec<hubtrust_harness::enterprise::ToolRun>>,
+    pub tls_scan: Option<hubtrust_harness::report::TlsScanSection>,
+    pub known_defects: Vec<hubtrust_harness::known_defects::KnownDefectHit>,
+    /// Known-defect entries that applied but did not reproduce.
+    pub stale_defects: Vec<String>,
     /// The lab's (pid, start time) on its compute node, noted earlier.
     pub hpc_lab_process: Option<(u32, u64)>,
     /// What the lab saw of each login node: (user, views, its environment).

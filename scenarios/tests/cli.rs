@@ -182,6 +182,79 @@ fn an_unknown_tag_is_named_with_the_known_ones() {
 }
 
 #[test]
+fn a_public_side_that_speaks_tls_1_0_fails_the_tls_scan_naming_endpoint_version_and_rule() {
+    let report = scratch("tls-1.0");
+    let out = hubtrust()
+        .args(["run", "--tags", "@tls", "--stack"])
+        .arg("fixtures/stacks/broken/public-side-speaks-tls1.0.toml")
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    for needle in [
+        "proxy public (",
+        "from host `operator`) accepts TLSv1.0",
+        "accepts TLSv1.1",
+        "Mozilla intermediate allows only TLS 1.2 and TLS 1.3",
+    ] {
+        assert!(t.contains(needle), "{needle:?} missing:\n{t}");
+    }
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        md.contains("| TLSv1.0 | accepted — forbidden by the policy |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn stock_jupyterhubs_internal_suites_show_as_known_defects_and_fail_only_under_strict() {
+    let report = scratch("known-defects");
+    let out = hubtrust()
+        .args(["run", "--tags", "@tls", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("known defect jupyterhub-internal-tls12-suites"),
+        "{}",
+        text(&out)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let ids: Vec<&str> = json["known_defects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"jupyterhub-internal-tls12-suites"), "{ids:?}");
+    assert!(ids.contains(&"singleuser-internal-tls12-suites"), "{ids:?}");
+    let junit = std::fs::read_to_string(report.join("report.xml")).unwrap();
+    assert!(
+        junit.contains("known defect jupyterhub-internal-tls12-suites"),
+        "{junit}"
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Known defects") && md.contains("accepted under TLS 1.2 — known defect")
+    );
+    // The public side and the proxy API conform: CHP is given its suites.
+    assert!(!ids.iter().any(|i| i.starts_with("chp")));
+
+    let strict = hubtrust()
+        .args(["run", "--tags", "@tls", "--strict", "--report"])
+        .arg(report.join("strict"))
+        .output()
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(1), "{}", text(&strict));
+    assert!(text(&strict).contains("(--strict)"), "{}", text(&strict));
+}
+
+#[test]
 fn repeat_needs_a_round_count_of_at_least_one() {
     for args in [&["run", "--repeat"][..], &["run", "--repeat", "0"]] {
         let out = hubtrust().args(args).output().unwrap();

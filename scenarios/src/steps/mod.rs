@@ -6,5 +6,6 @@ pub mod hpc;
 pub mod reachability;
 pub mod secrets;
 pub mod stack;
+pub mod tls;
 pub mod trust;
 pub mod wire;

@@ -1,0 +1,519 @@
+//! The TLS scan: which protocol versions each endpoint accepts, and which
+//! cipher suites under TLS 1.2, judged against a named policy.
+//!
+//! rustls cannot offer TLS 1.1 or older, nor any non-AEAD suite, so the
+//! scan speaks through the system's OpenSSL 3 with its security level
+//! lowered to 0: a real TLS library offering real ClientHellos. Trust is
+//! not judged here (the trust matrix does that); each handshake presents
+//! an identity the endpoint accepts, so a refusal means the version or
+//! suite, not the client.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::local::Host;
+use crate::error::{HarnessError, Result};
+use crate::pki::Identity;
+
+/// A protocol version the scan offers on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "SSLv3")]
+    Ssl3,
+    #[serde(rename = "TLSv1.0")]
+    Tls10,
+    #[serde(rename = "TLSv1.1")]
+    Tls11,
+    #[serde(rename = "TLSv1.2")]
+    Tls12,
+    #[serde(rename = "TLSv1.3")]
+    Tls13,
+}
+
+impl TlsVersion {
+    pub const ALL: [TlsVersion; 5] = [
+        TlsVersion::Ssl3,
+        TlsVersion::Tls10,
+        TlsVersion::Tls11,
+        TlsVersion::Tls12,
+        TlsVersion::Tls13,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsVersion::Ssl3 => "SSLv3",
+            TlsVersion::Tls10 => "TLSv1.0",
+            TlsVersion::Tls11 => "TLSv1.1",
+            TlsVersion::Tls12 => "TLSv1.2",
+            TlsVersion::Tls13 => "TLSv1.3",
+        }
+    }
+
+    fn openssl(self) -> SslVersion {
+        match self {
+            TlsVersion::Ssl3 => SslVersion::SSL3,
+            TlsVersion::Tls10 => SslVersion::TLS1,
+            TlsVersion::Tls11 => SslVersion::TLS1_1,
+            TlsVersion::Tls12 => SslVersion::TLS1_2,
+            TlsVersion::Tls13 => SslVersion::TLS1_3,
+        }
+    }
+}
+
+/// What one offer found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Offer {
+    Accepted,
+    Refused,
+    /// The scanner's own OpenSSL could not offer it (Debian builds no
+    /// SSLv3): explicitly inconclusive, never a pass.
+    CannotOffer,
+}
+
+/// One endpoint to scan, reached from `from_host` as its clients reach it.
+#[derive(Debug, Clone)]
+pub struct ScanTarget {
+    pub endpoint: String,
+    pub from_host: String,
+    pub addr: SocketAddr,
+    /// Sent as SNI when it is a DNS name.
+    pub server_name: String,
+    /// An identity the endpoint accepts, for endpoints that require one.
+    pub client: Option<Identity>,
+}
+
+/// What the scan found at one endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointScan {
+    pub endpoint: String,
+    pub addr: String,
+    pub from_host: String,
+    pub versions: BTreeMap<TlsVersion, Offer>,
+    /// IANA names of the suites accepted under TLS 1.2, in the order the
+    /// server chose them.
+    pub tls12_suites: Vec<String>,
+    /// Why the endpoint could not be scanned at all, if it could not.
+    pub error: Option<String>,
+}
+
+/// A named policy: the versions and TLS 1.2 suites it allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyName {
+    /// Mozilla's "intermediate": TLS 1.2 and 1.3; under 1.2 only ECDHE
+    /// key exchange with an AEAD cipher.
+    #[default]
+    Intermediate,
+    /// Mozilla's "modern": TLS 1.3 only.
+    Modern,
+}
+
+/// The stack file's `[tls_policy]`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPolicySpec {
+    #[serde(default)]
+    pub name: PolicyName,
+    #[serde(default)]
+    pub exceptions: Vec<TlsException>,
+}
+
+/// An endpoint allowed something the policy forbids, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsException {
+    /// The endpoint's name as the report shows it (`hub API`, `lab of alice`).
+    pub endpoint: String,
+    /// Versions (`TLSv1.1`) or IANA suite names allowed there.
+    pub allow: Vec<String>,
+    pub reason: String,
+}
+
+/// A policy rule broken at an endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyViolation {
+    pub endpoint: String,
+    pub addr: String,
+    /// The host the endpoint was reached from, by its topology name.
+    pub from_host: String,
+    /// The version or suite.
+    pub offered: String,
+    pub rule: String,
+}
+
+impl PolicyViolation {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}, from host `{}`) accepts {}, which the policy forbids: {}",
+            self.endpoint, self.addr, self.from_host, self.offered, self.rule
+        )
+    }
+}
+
+impl PolicyName {
+    pub fn label(self) -> &'static str {
+        match self {
+            PolicyName::Intermediate => "intermediate",
+            PolicyName::Modern => "modern",
+        }
+    }
+
+    fn version_rule(self, version: TlsVersion) -> Option<&'static str> {
+        match (self, version) {
+            (_, TlsVersion::Tls13) => None,
+            (PolicyName::Intermediate, TlsVersion::Tls12) => None,
+            (PolicyName::Intermediate, _) => {
+                Some("Mozilla intermediate allows only TLS 1.2 and TLS 1.3")
+            }
+            (PolicyName::Modern, _) => Some("Mozilla modern allows only TLS 1.3"),
+        }
+    }
+
+    fn suite_rule(self, suite: &str) -> Option<&'static str> {
+        let ecdhe = suite.starts_with("TLS_ECDHE_");
+        let aead = ["_GCM_", "_CHACHA20_POLY1305", "_CCM"]
+            .iter()
+            .any(|a| suite.contains(a));
+        match self {
+            PolicyName::Modern => None,
+            PolicyName::Intermediate if ecdhe && aead => None,
+            PolicyName::Intermediate => Some(
+                "Mozilla intermediate allows under TLS 1.2 only ECDHE key exchange with an AEAD cipher",
+            ),
+        }
+    }
+}
+
+impl TlsPolicySpec {
+    /// Every rule `scan` breaks, less the stack's own exceptions. An
+    /// endpoint that could not be scanned is a violation: nothing was shown.
+    pub fn judge(&self, scan: &EndpointScan) -> Vec<PolicyViolation> {
+        let excepted = |offered: &str| {
+            self.exceptions
+                .iter()
+                .any(|e| e.endpoint == scan.endpoint && e.allow.iter().any(|a| a == offered))
+        };
+        let violation = |offered: String, rule: &str| PolicyViolation {
+            endpoint: scan.endpoint.clone(),
+            addr: scan.addr.clone(),
+            from_host: scan.from_host.clone(),
+            offered,
+            rule: rule.to_string(),
+        };
+        if let Some(error) = &scan.error {
+            return vec![violation(
+                "nothing".into(),
+                &format!("the scan could not run there: {error}"),
+            )];
+        }
+        let mut found = Vec::new();
+        for (version, offer) in &scan.versions {
+            if *offer != Offer::Accepted || excepted(version.label()) {
+                continue;
+            }
+            if let Some(rule) = self.name.version_rule(*version) {
+                found.push(violation(version.label().into(), rule));
+            }
+        }
+        if scan.versions.get(&TlsVersion::Tls12) == Some(&Offer::Accepted) {
+            for suite in &scan.tls12_suites {
+                if excepted(suite) {
+                    continue;
+                }
+                if let Some(rule) = self.name.suite_rule(suite) {
+                    found.push(violation(format!("{suite} under TLS 1.2"), rule));
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Scans one endpoint: every version alone, then every TLS 1.2 suite.
+pub async fn scan(host: &Host, target: &ScanTarget) -> EndpointScan {
+    let mut result = EndpointScan {
+        endpoint: target.endpoint.clone(),
+        addr: target.addr.to_string(),
+        from_host: target.from_host.clone(),
+        versions: BTreeMap::new(),
+        tls12_suites: Vec::new(),
+        error: None,
+    };
+    for version in TlsVersion::ALL {
+        match handshake(host, target, version, None).await {
+            Ok(outcome) => {
+                result.versions.insert(version, outcome.offer);
+            }
+            Err(e) => {
+                result.error = Some(e.to_string());
+                return result;
+            }
+        }
+    }
+    if result.versions.get(&TlsVersion::Tls12) == Some(&Offer::Accepted) {
+        // Each suite the server picks is struck from the next offer, until
+        // it accepts none of what is left: one handshake per accepted
+        // suite, plus one.
+        let mut struck: Vec<String> = Vec::new();
+        for _ in 0..200 {
+            let list = std::iter::once("ALL:COMPLEMENTOFALL:@SECLEVEL=0".to_string())
+                .chain(struck.iter().map(|s| format!("!{s}")))
+                .collect::<Vec<_>>()
+                .join(":");
+            match handshake(host, target, TlsVersion::Tls12, Some(list)).await {
+                Ok(HandshakeOutcome {
+                    offer: Offer::Accepted,
+                    suite: Some((openssl_name, iana)),
+                }) => {
+                    struck.push(openssl_name);
+                    result.tls12_suites.push(iana);
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    result.error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+    }
+    result
+}
+
+struct HandshakeOutcome {
+    offer: Offer,
+    /// (OpenSSL name, IANA name) of the suite chosen.
+    suite: Option<(String, String)>,
+}
+
+/// One handshake offering only `version` (and, if given, only `ciphers`).
+/// A connection that cannot be made at all is an error, not a refusal.
+async fn handshake(
+    host: &Host,
+    target: &ScanTarget,
+    version: TlsVersion,
+    ciphers: Option<String>,
+) -> Result<HandshakeOutcome> {
+    let connector = match connector(target, version, ciphers.as_deref()) {
+        Ok(c) => c,
+        Err(_) => {
+            return Ok(HandshakeOutcome {
+                offer: Offer::CannotOffer,
+                suite: None,
+            })
+        }
+    };
+    let tcp = host
+        .connect(target.addr, Duration::from_secs(5))
+        .await
+        .map_err(|e| HarnessError::Network {
+            host: target.from_host.clone(),
+            message: format!(
+                "the TLS scan cannot connect to {} ({}): {e}",
+                target.endpoint, target.addr
+            ),
+        })?;
+    let tcp = tcp
+        .into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|_| s))
+        .map_err(|e| HarnessError::io("hand a scan connection to OpenSSL", e))?;
+    let server_name = target.server_name.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = tcp.set_write_timeout(Some(Duration::from_secs(5)));
+        let mut config = match connector.configure() {
+            Ok(c) => c,
+            Err(_) => return (Offer::CannotOffer, None),
+        };
+        config.set_verify_hostname(false);
+        config.set_use_server_name_indication(server_name.parse::<std::net::IpAddr>().is_err());
+        match config.connect(&server_name, tcp) {
+            Ok(stream) => {
+                let ssl = stream.ssl();
+                let chosen_right = ssl.version2() == Some(version.openssl());
+                let suite = ssl.current_cipher().map(|c| {
+                    (
+                        c.name().to_string(),
+                        c.standard_name().unwrap_or(c.name()).to_string(),
+                    )
+                });
+                match chosen_right {
+                    true => (Offer::Accepted, suite),
+                    false => (Offer::Refused, None),
+                }
+            }
+            Err(e) if could_not_offer(&e.to_string()) => (Offer::CannotOffer, None),
+            Err(_) => (Offer::Refused, None),
+        }
+    })
+    .await;
+    let (offer, suite) =
+        joined.map_err(|e| HarnessError::io("run a scan handshake", std::io::Error::other(e)))?;
+    Ok(HandshakeOutcome { offer, suite })
+}
+
+fn connector(
+    target: &ScanTarget,
+    version: TlsVersion,
+    ciphers: Option<&str>,
+) -> std::result::Result<SslConnector, openssl::error::ErrorStack> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client())?;
+    builder.set_verify(SslVerifyMode::NONE);
+    builder.set_security_level(0);
+    builder.set_cipher_list(ciphers.unwrap_or("ALL:COMPLEMENTOFALL:@SECLEVEL=0"))?;
+    builder.set_min_proto_version(Some(version.openssl()))?;
+    builder.set_max_proto_version(Some(version.openssl()))?;
+    if let Some(identity) = &target.client {
+        let mut certs = openssl::x509::X509::stack_from_pem(identity.chain_pem.as_bytes())?;
+        let key = openssl::pkey::PKey::private_key_from_pem(identity.key_pem().as_bytes())?;
+        if !certs.is_empty() {
+            builder.set_certificate(&certs.remove(0))?;
+        }
+        for intermediate in certs {
+            builder.add_extra_chain_cert(intermediate)?;
+        }
+        builder.set_private_key(&key)?;
+    }
+    Ok(builder.build())
+}
+
+/// Whether a failed handshake failed on this side, before any offer was
+/// made: this OpenSSL has no such protocol (Debian builds no SSLv3) or no
+/// suite for it.
+fn could_not_offer(error: &str) -> bool {
+    error.contains("no protocols available") || error.contains("no ciphers available")
+}
+
+/// The scan table of one endpoint, for report.md.
+pub fn markdown_table(
+    scan: &EndpointScan,
+    violations: &[PolicyViolation],
+    known: &[PolicyViolation],
+) -> String {
+    let mut out = format!(
+        "#### {} ({}, from `{}`)\n\n| offered | result |\n|---|---|\n",
+        scan.endpoint, scan.addr, scan.from_host
+    );
+    if let Some(error) = &scan.error {
+        out.push_str(&format!("| everything | not scanned: {error} |\n"));
+        return out;
+    }
+    let flagged = |offered: &str| violations.iter().any(|v| v.offered.starts_with(offered));
+    let explained = |offered: &str| known.iter().any(|v| v.offered.starts_with(offered));
+    for (version, offer) in &scan.versions {
+        let text = match offer {
+            Offer::Accepted if flagged(version.label()) => "accepted — forbidden by the policy",
+            Offer::Accepted if explained(version.label()) => "accepted — known defect",
+            Offer::Accepted => "accepted",
+            Offer::Refused => "refused",
+            Offer::CannotOffer => "inconclusive: the scanner's OpenSSL cannot offer it",
+        };
+        out.push_str(&format!("| {} | {text} |\n", version.label()));
+    }
+    for suite in &scan.tls12_suites {
+        let text = if flagged(suite) {
+            "accepted under TLS 1.2 — forbidden by the policy"
+        } else if explained(suite) {
+            "accepted under TLS 1.2 — known defect"
+        } else {
+            "accepted under TLS 1.2"
+        };
+        out.push_str(&format!("| {suite} | {text} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scanned(versions: &[(TlsVersion, Offer)], suites: &[&str]) -> EndpointScan {
+        EndpointScan {
+            endpoint: "hub API".into(),
+            addr: "127.0.0.1:8081".into(),
+            from_host: "hub".into(),
+            versions: versions.iter().copied().collect(),
+            tls12_suites: suites.iter().map(|s| s.to_string()).collect(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn intermediate_forbids_old_versions_and_non_aead_or_static_rsa_suites() {
+        let scan = scanned(
+            &[
+                (TlsVersion::Tls10, Offer::Accepted),
+                (TlsVersion::Tls12, Offer::Accepted),
+                (TlsVersion::Tls13, Offer::Accepted),
+            ],
+            &[
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+                "TLS_RSA_WITH_AES_256_CBC_SHA",
+                "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+            ],
+        );
+        let found = TlsPolicySpec::default().judge(&scan);
+        let offered: Vec<&str> = found.iter().map(|v| v.offered.as_str()).collect();
+        assert_eq!(
+            offered,
+            [
+                "TLSv1.0",
+                "TLS_RSA_WITH_AES_256_CBC_SHA under TLS 1.2",
+                "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA under TLS 1.2"
+            ]
+        );
+        assert!(found[0]
+            .describe()
+            .contains("hub API (127.0.0.1:8081, from host `hub`) accepts TLSv1.0"));
+        assert!(found[0].rule.contains("intermediate"));
+    }
+
+    #[test]
+    fn an_exception_allows_only_what_it_names_where_it_names_it() {
+        let scan = scanned(
+            &[(TlsVersion::Tls12, Offer::Accepted)],
+            &[
+                "TLS_RSA_WITH_AES_256_CBC_SHA",
+                "TLS_RSA_WITH_AES_128_CBC_SHA",
+            ],
+        );
+        let mut policy = TlsPolicySpec::default();
+        policy.exceptions.push(TlsException {
+            endpoint: "hub API".into(),
+            allow: vec!["TLS_RSA_WITH_AES_256_CBC_SHA".into()],
+            reason: "a legacy client".into(),
+        });
+        let found = policy.judge(&scan);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].offered.starts_with("TLS_RSA_WITH_AES_128_CBC_SHA"));
+        policy.exceptions[0].endpoint = "proxy API".into();
+        assert_eq!(policy.judge(&scan).len(), 2);
+    }
+
+    #[test]
+    fn modern_forbids_tls12_and_an_unscanned_endpoint_fails_closed() {
+        let policy = TlsPolicySpec {
+            name: PolicyName::Modern,
+            exceptions: vec![],
+        };
+        let scan = scanned(
+            &[
+                (TlsVersion::Ssl3, Offer::CannotOffer),
+                (TlsVersion::Tls12, Offer::Accepted),
+            ],
+            &[],
+        );
+        let found = policy.judge(&scan);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].offered, "TLSv1.2");
+        let mut broken = scanned(&[], &[]);
+        broken.error = Some("connection refused".into());
+        assert_eq!(policy.judge(&broken).len(), 1);
+        assert!(markdown_table(&broken, &[], &[]).contains("not scanned"));
+    }
+}

@@ -1,0 +1,82 @@
+use cucumber::{then, when};
+
+use hubtrust_harness::known_defects::{KnownDefectHit, KnownDefects};
+
+use crate::world::{report, Operator, STRICT};
+
+#[when("every TLS endpoint of the stack is scanned")]
+async fn scan_every_endpoint(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    let scans = stack.tls_scan().await?;
+    anyhow::ensure!(
+        !scans.is_empty(),
+        "the stack exposes no TLS endpoint to scan"
+    );
+    let scanned: Vec<String> = scans.iter().map(|(s, _)| s.endpoint.clone()).collect();
+    let sorted = KnownDefects::builtin()?.sort_tls_scan(
+        scans.iter().flat_map(|(_, v)| v.clone()).collect(),
+        &stack.component_versions,
+        &scanned,
+    );
+    let hits: Vec<KnownDefectHit> = sorted
+        .known
+        .iter()
+        .map(|(defect, finding)| KnownDefectHit {
+            scenario: world.scenario.clone(),
+            id: defect.id.clone(),
+            finding: finding.describe(),
+            reason: defect.reason.clone(),
+            upstream: defect.upstream.clone(),
+        })
+        .collect();
+    let section = hubtrust_harness::report::TlsScanSection {
+        policy: stack.spec.tls_policy.name.label().into(),
+        exceptions: stack.spec.tls_policy.exceptions.clone(),
+        violations: sorted.unknown.clone(),
+        known: sorted.known.iter().map(|(_, f)| f.clone()).collect(),
+        endpoints: scans.into_iter().map(|(scan, _)| scan).collect(),
+    };
+    if let Ok(mut r) = report().lock() {
+        r.tls_scan = Some(section.clone());
+        r.known_defects.extend(hits.iter().cloned());
+    }
+    world.tls_scan = Some(section);
+    world.known_defects = hits;
+    world.stale_defects = sorted.stale.iter().map(|d| d.id.clone()).collect();
+    Ok(())
+}
+
+#[then("no endpoint accepts a protocol version or TLS 1.2 suite the policy forbids")]
+fn nothing_forbidden(world: &mut Operator) -> anyhow::Result<()> {
+    let scan = world
+        .tls_scan
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no TLS scan ran in this scenario"))?;
+    let mut problems: Vec<String> = scan.violations.iter().map(|v| v.describe()).collect();
+    problems.extend(world.stale_defects.iter().map(|id| {
+        format!("known defect `{id}` no longer reproduces (fix: remove it from fixtures/known-defects.toml)")
+    }));
+    let strict = STRICT.load(std::sync::atomic::Ordering::SeqCst);
+    let mut by_entry: std::collections::BTreeMap<&str, usize> = Default::default();
+    for hit in &world.known_defects {
+        *by_entry.entry(hit.id.as_str()).or_default() += 1;
+        if strict {
+            problems.push(format!(
+                "known defect {} (--strict): {}",
+                hit.id, hit.finding
+            ));
+        }
+    }
+    if !strict {
+        for (id, count) in by_entry {
+            eprintln!("    known defect {id}: {count} finding(s), not failing (report.md lists them; --strict fails them)");
+        }
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "the TLS scan found what the `{}` policy forbids:\n  {}",
+        scan.policy,
+        problems.join("\n  ")
+    );
+    Ok(())
+}
