@@ -72,7 +72,7 @@ fn core_profile_passes_against_the_real_stack_and_writes_every_report() {
         .output()
         .unwrap();
     assert!(out.status.success(), "core profile failed:\n{}", text(&out));
-    assert!(text(&out).contains("7 passed, 0 failed"), "{}", text(&out));
+    assert!(text(&out).contains("8 passed, 0 failed"), "{}", text(&out));
     for file in ["report.xml", "report.json", "report.md"] {
         assert!(report.join(file).exists(), "{file} missing");
     }
@@ -444,7 +444,7 @@ fn a_component_that_exits_during_start_up_is_named() {
     // with the reason and the start-up logs kept beside it.
     let report = report.expect("a stack that did not come up still gets a report");
     let scenarios = report["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 7, "{report}");
+    assert_eq!(scenarios.len(), 8, "{report}");
     for scenario in scenarios {
         assert_eq!(scenario["status"], "failed", "{scenario}");
         let failure = scenario["failure"].as_str().unwrap();
@@ -534,7 +534,7 @@ fn wire_profile_passes_and_its_pcaps_read_back_in_tshark() {
         .output()
         .unwrap();
     assert!(out.status.success(), "wire profile failed:\n{}", text(&out));
-    assert!(text(&out).contains("3 passed, 0 failed"), "{}", text(&out));
+    assert!(text(&out).contains("4 passed, 0 failed"), "{}", text(&out));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
             .unwrap();
@@ -818,7 +818,7 @@ fn hpc_profile_passes_and_leaves_no_sshd_broker_or_lab() {
         return;
     }
     assert!(out.status.success(), "hpc profile failed:\n{}", text(&out));
-    assert!(text(&out).contains("15 passed, 0 failed"), "{}", text(&out));
+    assert!(text(&out).contains("16 passed, 0 failed"), "{}", text(&out));
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     // The wire map shows SSH to the login nodes and the lab's own TLS on
     // the compute links.
