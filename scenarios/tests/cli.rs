@@ -808,6 +808,47 @@ fn hpc_run(
 }
 
 #[test]
+fn hpc_fault_scenarios_pass_with_a_broker_that_runs_ssh_through_a_wrapper() {
+    if !real_root() {
+        return;
+    }
+    let dir = scratch("hpc-wrapped-ssh");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    // Not `exec`: the real ssh is the wrapper's child, with its own argv,
+    // as a vendor's wrapper (logging, a site's ssh build) would run it.
+    let wrapper = bin.join("ssh");
+    std::fs::write(&wrapper, "#!/bin/sh\n/usr/bin/ssh \"$@\"\n").unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let topology = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/topologies/hpc.toml");
+    let stack = dir.join("hpc-wrapped-ssh.toml");
+    std::fs::write(
+        &stack,
+        format!(
+            "name = \"hpc-wrapped-ssh\"\ntopology_file = {:?}\n\n[hpc]\nbroker_command = [\"sh\", \"-c\", \"PATH={}:$PATH exec {} broker\"]\n",
+            topology.display().to_string(),
+            bin.display(),
+            env!("CARGO_BIN_EXE_hubtrust"),
+        ),
+    )
+    .unwrap();
+    let report = dir.join("report");
+    let (out, id) = hpc_run("hpc-wrapped-ssh", &report, &stack, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("✔ Labs on an HPC compute node, reached only through SSH tunnels / A killed ssh process shows in the broker's health"),
+        "{}",
+        text(&out)
+    );
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn hpc_profile_passes_and_leaves_no_sshd_broker_or_lab() {
     let report = scratch("hpc-report");
     let (out, id) = hpc_run("hpc", &report, Path::new("fixtures/stacks/hpc.toml"), &[]);

@@ -565,8 +565,8 @@ impl crate::Stack {
         })
     }
 
-    pub fn hpc_kill_ssh_master(&self, login: &str) -> Result<u32> {
-        site(self)?.kill_ssh_master(login)
+    pub fn hpc_kill_ssh_master(&self, login: &str) -> Result<Vec<u32>> {
+        site(self)?.kill_ssh_master(&self.network, &self.spec.topology.hub_host, login)
     }
 
     pub async fn hpc_restart_broker(&self) -> Result<()> {

@@ -854,33 +854,62 @@ impl HpcSite {
         Ok(())
     }
 
-    /// SIGKILLs the broker's ControlMaster to `login`, as an OOM killer or
-    /// an admin would. Returns its pid.
-    pub fn kill_ssh_master(&self, login: &str) -> Result<u32> {
-        // This run's own control socket (its run directory is unique), so
-        // a stack running beside it never loses its master.
-        let socket = self
-            .dir
-            .join("broker")
-            .join("control")
-            .join(format!("{login}.ctl"))
-            .display()
-            .to_string();
-        let pid = find_process(|argv| {
-            argv.first().is_some_and(|a| a == "ssh")
-                && argv.iter().any(|a| a == "-M")
-                && argv.contains(&socket)
-        })
-        .ok_or_else(|| HarnessError::Spawn {
-            component: format!("ssh master to {login}"),
-            message: "no such process is running".into(),
-        })?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .map_err(|e| HarnessError::io("kill the ssh master", e.into()))?;
-        Ok(pid)
+    /// SIGKILLs the broker's SSH connections to `login`, as an OOM killer or
+    /// an admin would. They are found by the connections themselves, so
+    /// any broker's are: every ESTABLISHED TCP connection in the hub host's
+    /// network namespace to the node's sshd, owned by a process that
+    /// descends from the broker (through a wrapper script, say). Returns
+    /// the pids killed.
+    pub fn kill_ssh_master(
+        &self,
+        network: &StackNetwork,
+        hub_host: &str,
+        login: &str,
+    ) -> Result<Vec<u32>> {
+        let node = self
+            .all_login_nodes()
+            .into_iter()
+            .find(|l| l.name == login)
+            .ok_or_else(|| HarnessError::Network {
+                host: login.into(),
+                message: "no such login node".into(),
+            })?;
+        let broker = self
+            .broker
+            .lock()
+            .ok()
+            .and_then(|b| b.as_ref().and_then(ManagedProcess::pid))
+            .ok_or_else(|| HarnessError::Spawn {
+                component: "tunnel broker".into(),
+                message: "it is not running".into(),
+            })?;
+        let anchor = network
+            .host(hub_host)?
+            .anchor_pid()
+            .ok_or_else(|| HarnessError::Network {
+                host: hub_host.into(),
+                message: "the host has no process to read its connections through".into(),
+            })?;
+        let sshd = SocketAddr::from((node.hub_facing, 22));
+        let table = std::fs::read_to_string(format!("/proc/{anchor}/net/tcp"))
+            .map_err(|e| HarnessError::io(format!("read {hub_host}'s TCP connections"), e))?;
+        let inodes = established_to(&table, sshd);
+        let owners = socket_owners(&inodes, broker);
+        if owners.is_empty() {
+            return Err(HarnessError::Spawn {
+                component: format!("ssh connection to {login} ({})", node.hub_facing),
+                message: format!(
+                    "the broker (pid {broker}) holds no connection to {sshd} from `{hub_host}`"
+                ),
+            });
+        }
+        for pid in &owners {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Ok(owners)
     }
 
     /// Puts every sshd a fault scenario disturbed back as it was: running,
@@ -1244,23 +1273,6 @@ async fn launch_sshd(
     Ok(process)
 }
 
-/// The first process whose argv matches.
-fn find_process(matches: impl Fn(&[String]) -> bool) -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let raw = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let argv: Vec<String> = raw
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            matches(&argv).then_some(pid)
-        })
-}
-
 fn login_node_infos(
     topology: &Topology,
     nodes: &HpcNodes,
@@ -1571,5 +1583,108 @@ impl Drop for HpcSite {
         if let Ok(mut sshd) = self.sshd.lock() {
             sshd.clear();
         }
+    }
+}
+
+/// Socket inodes of the ESTABLISHED connections to `peer` in a
+/// `/proc/<pid>/net/tcp` table (addresses in hex, in the kernel's byte
+/// order).
+fn established_to(table: &str, peer: SocketAddr) -> Vec<u64> {
+    let SocketAddr::V4(peer) = peer else {
+        return Vec::new();
+    };
+    let wanted = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(peer.ip().octets()),
+        peer.port()
+    );
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 9 && fields[2] == wanted && fields[3] == "01")
+                .then(|| fields[9].parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Processes holding one of `inodes` open that are `ancestor` or descend
+/// from it.
+fn socket_owners(inodes: &[u64], ancestor: u32) -> Vec<u32> {
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let descends = |mut pid: u32| {
+        for _ in 0..64 {
+            if pid == ancestor {
+                return true;
+            }
+            match parent_of(pid) {
+                Some(parent) if parent > 1 => pid = parent,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut owners = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let holds = std::fs::read_dir(entry.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| wanted.iter().any(|w| target.as_os_str() == w.as_str()))
+            });
+        if holds && descends(pid) {
+            owners.push(pid);
+        }
+    }
+    owners
+}
+
+#[cfg(test)]
+mod connection_tests {
+    use super::*;
+
+    #[test]
+    fn an_established_connection_to_the_sshd_is_found_by_its_address() {
+        // 10.77.2.2:22 from 10.77.2.1:41234, then one listening, one to
+        // another port.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 01024D0A:A112 02024D0A:0016 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 20 4 30 10 -1
+   1: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4343 1 0 100 0 0 10 0
+   2: 01024D0A:A113 02024D0A:0050 01 00000000:00000000 00:00000000 00000000     0        0 4444 1 0 20 4 30 10 -1
+";
+        let sshd = SocketAddr::from((Ipv4Addr::new(10, 77, 2, 2), 22));
+        assert_eq!(established_to(table, sshd), vec![4242]);
+    }
+
+    #[test]
+    fn only_processes_under_the_ancestor_count_as_owners() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+        let inodes = established_to(&table, listener.local_addr().unwrap());
+        assert_eq!(inodes.len(), 1);
+        let me = std::process::id();
+        assert_eq!(socket_owners(&inodes, me), vec![me]);
+        assert!(socket_owners(&inodes, 1).is_empty() || me == 1);
     }
 }
