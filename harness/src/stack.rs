@@ -130,6 +130,48 @@ pub struct Stack {
 }
 
 /// Whether a process on `source` gets a connection to `target`.
+/// `<program> --version`, run where the component runs: the version it
+/// prints (`6.1.1`), or `None` when it prints none.
+async fn component_version(
+    host: &Host,
+    role: crate::spec::ContainerRole,
+    command: &[String],
+) -> Option<String> {
+    let program = command.first()?;
+    // `jupyterhub --version` imports the whole app (2 s); the venv's own
+    // python reads the installed distribution's version in milliseconds.
+    let python = Path::new(program).with_file_name("python");
+    let distribution = Path::new(program).file_name()?.to_str()?;
+    let script = format!("import importlib.metadata as m; print(m.version({distribution:?}))");
+    let python = python.display().to_string();
+    let argv: Vec<&str> = match role == crate::spec::ContainerRole::Hub && python.starts_with('/') {
+        true => vec![&python, "-c", &script],
+        false => vec![program, "--version"],
+    };
+    let output = match host.run_to_end(Some(role), &argv).await {
+        Some(ran) => ran.ok().filter(|(code, _)| *code == 0)?.1,
+        None => {
+            let out = tokio::process::Command::new(argv[0])
+                .args(&argv[1..])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .ok()
+                .filter(|o| o.status.success())?;
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    output
+        .split_whitespace()
+        .find(|word| {
+            word.contains('.')
+                && word
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(str::to_string)
+}
+
 pub(crate) async fn probe_reach(source: &Host, target: SocketAddr) -> Reach {
     match source.connect(target, Duration::from_secs(2)).await {
         Ok(_) => Reach::Connected,
@@ -340,18 +382,30 @@ impl Stack {
         )?;
         let mut lab_manifest =
             manifest_with_overrides("jupyterlab", builtin::LAB, &values, &spec.lab)?;
-        // What ran, for known-defect ranges: a component whose command the
-        // stack replaced has no version hubtrust can vouch for.
-        let mut component_versions = BTreeMap::new();
-        if spec.hub.command.is_none() && spec.lab.command.is_none() {
-            component_versions.insert("jupyterhub".to_string(), hub_manifest.version.clone());
-        }
-        if spec.proxy.command.is_none() {
-            component_versions.insert(
-                "configurable-http-proxy".to_string(),
-                proxy_manifest.version.clone(),
-            );
-        }
+        // What runs, for known-defect ranges: each component asked for its
+        // own version (a vendor's build or an upstream image answers for
+        // itself); one that cannot say has no version to match.
+        let hub_on = network.host(&hub_host)?;
+        let (hub_version, proxy_version) = futures::future::join(
+            component_version(
+                hub_on,
+                crate::spec::ContainerRole::Hub,
+                &hub_manifest.command,
+            ),
+            component_version(
+                hub_on,
+                crate::spec::ContainerRole::Proxy,
+                &proxy_manifest.command,
+            ),
+        )
+        .await;
+        let component_versions: BTreeMap<String, String> = [
+            ("jupyterhub", hub_version),
+            ("configurable-http-proxy", proxy_version),
+        ]
+        .into_iter()
+        .filter_map(|(name, version)| Some((name.to_string(), version?)))
+        .collect();
         let mut kernel_netns_bind = None;
         if let Some(kernel_host) = spec
             .topology
