@@ -47,6 +47,15 @@ pub enum HarnessError {
         seconds: u64,
         last_lines: Vec<String>,
     },
+    /// A component did not come up, and probing it found why: a defect of
+    /// the deployment, not of the machine (exit 1, a finding).
+    #[error("{}", defect_message(.component, .check, .finding, .last_lines))]
+    DeploymentDefect {
+        component: String,
+        check: String,
+        finding: String,
+        last_lines: Vec<String>,
+    },
     #[error("{}", tunnel_message(.node, .message, .last_lines))]
     Tunnel {
         node: String,
@@ -116,6 +125,13 @@ fn exited_message(component: &str, status: &str, last_lines: &[String]) -> Strin
 fn not_ready_message(component: &str, check: &str, seconds: &u64, last_lines: &[String]) -> String {
     format!(
         "wait for `{component}` to become ready: {check} did not pass within {seconds}s (fix: read its last log lines below){}",
+        tail(last_lines)
+    )
+}
+
+fn defect_message(component: &str, check: &str, finding: &str, last_lines: &[String]) -> String {
+    format!(
+        "`{component}` did not come up ({check}), because {finding}{}",
         tail(last_lines)
     )
 }

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod capture;
 pub mod component;
+pub mod diagnosis;
 pub mod doctor;
 pub mod enterprise;
 pub mod error;

@@ -399,6 +399,48 @@ pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
         .map_err(|e| format!("bad PEM certificate: {e}"))
 }
 
+/// Why a TLS handshake failed, whoever the server claims to be; `None`
+/// when it completed. Readiness only: identity is judged by [`probe`].
+pub async fn handshake_error(stream: TcpStream, server_name: &str) -> Option<String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+    {
+        Ok(b) => b,
+        Err(e) => return Some(e.to_string()),
+    };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    let name = match ServerName::try_from(server_name.to_string()) {
+        Ok(n) => n,
+        Err(e) => return Some(e.to_string()),
+    };
+    TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// The status line a server sends to a plaintext HTTP request, if it
+/// speaks plaintext HTTP at all.
+pub async fn plaintext_http_status(mut stream: TcpStream) -> Option<String> {
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: hubtrust\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let line = text.lines().next()?.trim().to_string();
+    line.starts_with("HTTP/").then_some(line)
+}
+
 /// Whether a TLS handshake completes, whoever the server claims to be.
 /// Readiness only: identity is judged by [`probe`].
 pub async fn handshake_completes(stream: TcpStream, server_name: &str) -> bool {

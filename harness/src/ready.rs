@@ -90,11 +90,39 @@ pub async fn wait_ready<N: HostNetwork>(
             )?),
             _ => None,
         };
+    let mut last_answer: String;
+    // A TLS server never answers in plaintext nor serves an expired
+    // certificate while it starts: the same such answer three times in a
+    // row is a verdict, not a reason to wait out the timeout.
+    let mut conclusive_streak = 0;
     loop {
-        if attempt(check, ctx, pattern.as_ref()).await {
-            return Ok(());
+        match attempt(check, ctx, pattern.as_ref()).await {
+            Ok(()) => return Ok(()),
+            Err(answer) => last_answer = answer,
+        }
+        match crate::diagnosis::cause_in_client_error("", &last_answer) {
+            Some(_) => conclusive_streak += 1,
+            None => conclusive_streak = 0,
+        }
+        if conclusive_streak >= 3 {
+            if let Some(finding) = diagnose(check, ctx, &last_answer).await {
+                return Err(HarnessError::DeploymentDefect {
+                    component: component.into(),
+                    check: check.describe(),
+                    finding,
+                    last_lines: last_lines(ctx.log, 20),
+                });
+            }
         }
         if let Some(status) = supervisor.exit_status() {
+            if let Some(cause) = crate::diagnosis::cause_in_log(&supervisor.last_lines(200)) {
+                return Err(HarnessError::DeploymentDefect {
+                    component: supervisor.name.clone(),
+                    check: format!("it exited during start-up ({status})"),
+                    finding: cause,
+                    last_lines: supervisor.last_lines(20),
+                });
+            }
             return Err(HarnessError::ComponentExited {
                 component: supervisor.name.clone(),
                 status,
@@ -102,11 +130,20 @@ pub async fn wait_ready<N: HostNetwork>(
             });
         }
         if tokio::time::Instant::now() >= deadline {
+            let lines = last_lines(ctx.log, 20);
+            if let Some(finding) = diagnose(check, ctx, &last_answer).await {
+                return Err(HarnessError::DeploymentDefect {
+                    component: component.into(),
+                    check: check.describe(),
+                    finding,
+                    last_lines: lines,
+                });
+            }
             return Err(HarnessError::NotReady {
                 component: component.into(),
-                check: check.describe(),
+                check: format!("{} (its last answer: {last_answer})", check.describe()),
                 seconds: check.timeout().as_secs(),
-                last_lines: last_lines(ctx.log, 20),
+                last_lines: lines,
             });
         }
         // Polling interval of a readiness loop, bounded by the deadline.
@@ -115,43 +152,87 @@ pub async fn wait_ready<N: HostNetwork>(
     }
 }
 
+/// What the endpoint and the component's log say about a check that
+/// never passed, when that names a deployment defect.
+async fn diagnose<N: HostNetwork>(
+    check: &ReadyCheck,
+    ctx: &ReadyContext<'_, N>,
+    last_answer: &str,
+) -> Option<String> {
+    let from_endpoint = match check {
+        ReadyCheck::TlsHandshake { host, addr, .. } => {
+            crate::diagnosis::probe_tls_endpoint(ctx.network, host, *addr)
+                .await
+                .ok()
+                .flatten()
+        }
+        ReadyCheck::Http { url, .. } => crate::diagnosis::cause_in_client_error(url, last_answer),
+        ReadyCheck::Tcp { .. } | ReadyCheck::LogLine { .. } => None,
+    };
+    let from_log = crate::diagnosis::cause_in_log(&last_lines(ctx.log, 5000));
+    match (from_endpoint, from_log) {
+        (Some(endpoint), Some(log)) => Some(format!("{endpoint}; and {log}")),
+        (endpoint, log) => endpoint.or(log),
+    }
+}
+
+/// One try; on failure, what the endpoint answered.
 async fn attempt<N: HostNetwork>(
     check: &ReadyCheck,
     ctx: &ReadyContext<'_, N>,
     pattern: Option<&regex::Regex>,
-) -> bool {
+) -> std::result::Result<(), String> {
     let per_try = Duration::from_secs(3);
-    match check {
-        ReadyCheck::Tcp { host, addr, .. } => {
-            matches!(
-                tokio::time::timeout(per_try, ctx.network.connect_from(host, *addr)).await,
-                Ok(Ok(_))
-            )
+    let connect = |host: &str, addr: SocketAddr| {
+        let host = host.to_string();
+        async move {
+            match tokio::time::timeout(per_try, ctx.network.connect_from(&host, addr)).await {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(e)) => Err(format!("connecting to {addr} from {host}: {e}")),
+                Err(_) => Err(format!("connecting to {addr} from {host} timed out")),
+            }
         }
+    };
+    match check {
+        ReadyCheck::Tcp { host, addr, .. } => connect(host, *addr).await.map(|_| ()),
         ReadyCheck::TlsHandshake { host, addr, .. } => {
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(per_try, ctx.network.connect_from(host, *addr)).await
-            else {
-                return false;
-            };
-            matches!(
-                tokio::time::timeout(
-                    per_try,
-                    crate::probe::handshake_completes(stream, &addr.ip().to_string())
-                )
-                .await,
-                Ok(true)
+            let stream = connect(host, *addr).await?;
+            match tokio::time::timeout(
+                per_try,
+                crate::probe::handshake_error(stream, &addr.ip().to_string()),
             )
+            .await
+            {
+                Ok(None) => Ok(()),
+                Ok(Some(error)) => Err(format!("the TLS handshake failed: {error}")),
+                Err(_) => Err("the TLS handshake timed out".into()),
+            }
         }
         ReadyCheck::Http { url, status, .. } => {
             match ctx.http.get(url).timeout(per_try).send().await {
-                Ok(response) => response.status().as_u16() == *status,
-                Err(_) => false,
+                Ok(response) if response.status().as_u16() == *status => Ok(()),
+                Ok(response) => Err(format!("HTTP {}", response.status())),
+                Err(e) => Err(error_chain(&e)),
             }
         }
         ReadyCheck::LogLine { .. } => {
             let text = std::fs::read_to_string(ctx.log).unwrap_or_default();
-            pattern.is_some_and(|p| text.lines().any(|line| p.is_match(line)))
+            match pattern.is_some_and(|p| text.lines().any(|line| p.is_match(line))) {
+                true => Ok(()),
+                false => Err("no such line yet".into()),
+            }
         }
     }
+}
+
+/// An error and its sources, as one line: reqwest's own message hides the
+/// TLS error that says why.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }

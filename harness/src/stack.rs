@@ -767,9 +767,20 @@ impl Stack {
                 seconds,
                 mut last_lines,
             } => {
+                // On the local backend the lab's output is in the hub's log.
+                let mut lab_lines = crate::process::last_lines(&self.hub_log, 5000);
                 for (_, log) in self.lab_logs().into_iter().filter(|(u, _)| u == user) {
+                    lab_lines.extend(crate::process::last_lines(&log, 5000));
                     last_lines.push(format!("— last lines of {user}'s lab's log:"));
                     last_lines.extend(crate::process::last_lines(&log, 15));
+                }
+                if let Some(cause) = crate::diagnosis::cause_in_log(&lab_lines) {
+                    return HarnessError::DeploymentDefect {
+                        component: format!("the lab of {user}"),
+                        check,
+                        finding: cause,
+                        last_lines,
+                    };
                 }
                 HarnessError::NotReady {
                     component,

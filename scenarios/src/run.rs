@@ -239,7 +239,9 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
                 ),
                 Err(e) => eprintln!("error: failed to write the reports: {e}"),
             }
-            return ExitCode::from(2);
+            // A deployment that was probed and found broken is a finding
+            // (exit 1); anything else kept the run from judging (exit 2).
+            return ExitCode::from(if is_deployment_defect(&e) { 1 } else { 2 });
         }
     };
     let images_used = stack.images_used();
@@ -367,6 +369,17 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
     }
 }
 
+/// A stack that was probed and found broken: a finding, not an environment
+/// problem.
+fn is_deployment_defect(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<hubtrust_harness::HarnessError>(),
+            Some(hubtrust_harness::HarnessError::DeploymentDefect { .. })
+        )
+    })
+}
+
 fn backend_name(backend: BackendChoice) -> String {
     match backend {
         BackendChoice::Local => "local",
@@ -401,7 +414,7 @@ async fn up(args: UpArgs, interrupts: &mut Interrupts) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: failed to bring the stack up: {e:#}");
-            return ExitCode::from(2);
+            return ExitCode::from(if is_deployment_defect(&e) { 1 } else { 2 });
         }
     };
     let token = |s: &hubtrust_harness::secret::Secret| {

@@ -254,6 +254,74 @@ fn stock_jupyterhubs_internal_suites_show_as_known_defects_and_fail_only_under_s
     assert!(text(&strict).contains("(--strict)"), "{}", text(&strict));
 }
 
+/// Runs `@core` on a broken stack file: it must exit 1 (a finding, not an
+/// environment problem), say `finding` on the terminal and in every
+/// scenario of the report, and leave nothing running.
+fn broken_stack_is_diagnosed(stack: &str, finding: &str) {
+    let name = Path::new(stack)
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let report = scratch(&name);
+    let id = run_id(&name);
+    let out = hubtrust()
+        .args(["run", "--tags", "@core", "--stack", stack, "--report"])
+        .arg(&report)
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(finding),
+        "{finding:?} missing:\n{}",
+        text(&out)
+    );
+    assert!(
+        !text(&out).contains("did not pass within"),
+        "{}",
+        text(&out)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    for scenario in json["scenarios"].as_array().unwrap() {
+        assert!(
+            scenario["failure"].as_str().unwrap().contains(finding),
+            "{scenario}"
+        );
+    }
+    assert!(std::fs::read_to_string(report.join("report.xml"))
+        .unwrap()
+        .contains(finding));
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
+fn a_public_side_in_plaintext_is_named_not_timed_out() {
+    broken_stack_is_diagnosed(
+        "fixtures/stacks/broken/public-side-in-plaintext.toml",
+        "answered plaintext where TLS was expected",
+    );
+}
+
+#[test]
+fn a_lab_that_cannot_verify_the_hub_is_named_from_its_own_log() {
+    broken_stack_is_diagnosed(
+        "fixtures/stacks/broken/lab-cannot-verify-the-hub.toml",
+        "could not verify a server's certificate",
+    );
+}
+
+#[test]
+fn internal_tls_turned_off_is_named_not_timed_out() {
+    broken_stack_is_diagnosed(
+        "fixtures/stacks/broken/internal-tls-off.toml",
+        "met a server that does not speak TLS",
+    );
+}
+
 #[test]
 fn repeat_needs_a_round_count_of_at_least_one() {
     for args in [&["run", "--repeat"][..], &["run", "--repeat", "0"]] {
