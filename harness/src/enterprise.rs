@@ -44,6 +44,13 @@ pub enum Signer {
     Foreign,
     /// The inspecting proxy, re-signing with the org's issuing intermediate.
     InspectingProxy,
+    /// Valid in every way but its dates, from the public root.
+    Expired,
+    /// Valid in every way but its names, from the public root.
+    WrongName,
+    /// A bad upstream (foreign CA, expired, wrong name) fetched through the
+    /// inspecting proxy, which must refuse it rather than re-sign it.
+    BadUpstreamViaProxy,
 }
 
 /// One outbound endpoint.
@@ -108,6 +115,8 @@ pub struct EgressPlacement<'a> {
     pub http: &'a reqwest::Client,
     /// A replacement for mitmproxy, from the stack file.
     pub command: Option<Vec<String>>,
+    /// Options appended to mitmproxy's, from the stack file.
+    pub extra_args: Vec<String>,
     pub log: PathBuf,
     pub env: std::collections::BTreeMap<String, String>,
 }
@@ -181,12 +190,52 @@ impl Outbound {
         let mut targets = Vec::new();
         let mut servers = Vec::new();
         let mut tls_servers = Vec::new();
-        for (name, signer, ca, port) in [
-            ("org-CA server", Signer::Org, &org.issuing, 8443),
-            ("public endpoint", Signer::Public, &public_root, 8444),
-            ("foreign-CA server", Signer::Foreign, &org.foreign, 8445),
+        let wrong_name = ["elsewhere.invalid"];
+        for (name, signer, ca, port, validity, names) in [
+            (
+                "org-CA server",
+                Signer::Org,
+                &org.issuing,
+                8443,
+                Validity::fresh(30),
+                &sans[..],
+            ),
+            (
+                "public endpoint",
+                Signer::Public,
+                &public_root,
+                8444,
+                Validity::fresh(30),
+                &sans[..],
+            ),
+            (
+                "foreign-CA server",
+                Signer::Foreign,
+                &org.foreign,
+                8445,
+                Validity::fresh(30),
+                &sans[..],
+            ),
+            // Bad only in one way each, from the root the system store
+            // trusts: what an inspecting proxy must refuse upstream.
+            (
+                "expired server",
+                Signer::Expired,
+                &public_root,
+                8446,
+                Validity::expired(),
+                &sans[..],
+            ),
+            (
+                "wrong-name server",
+                Signer::WrongName,
+                &public_root,
+                8447,
+                Validity::fresh(30),
+                &wrong_name[..],
+            ),
         ] {
-            let identity = ca.issue(name, &sans, Usage::Server, Validity::fresh(30))?;
+            let identity = ca.issue(name, names, Usage::Server, validity)?;
             let config = crate::probe::server_tls_config(&identity)?;
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
             let listener = internet
@@ -227,6 +276,18 @@ impl Outbound {
                 signer: Signer::InspectingProxy,
                 proxy: Some(url.clone()),
             });
+            for (name, port) in [
+                ("foreign-CA server", 8445),
+                ("expired server", 8446),
+                ("wrong-name server", 8447),
+            ] {
+                targets.push(Target {
+                    name: format!("{name} via the inspecting proxy"),
+                    url: format!("https://{far}:{port}"),
+                    signer: Signer::BadUpstreamViaProxy,
+                    proxy: Some(url.clone()),
+                });
+            }
             let no_proxy = local_names
                 .iter()
                 .cloned()
@@ -323,7 +384,10 @@ async fn start_inspecting_proxy(
                 format!("confdir={}", confdir.display()),
                 "--set".into(),
                 format!("ssl_verify_upstream_trusted_ca={}", upstream.display()),
-            ],
+            ]
+            .into_iter()
+            .chain(egress.extra_args.iter().cloned())
+            .collect(),
         ),
     };
     let launch = crate::process::LaunchSpec {
@@ -715,12 +779,15 @@ pub fn error_code(text: &str) -> &'static str {
 }
 
 /// What a bundle should make of a target: `ok` or the error code.
+/// `refused` means any failure: what a tool says when a proxy refuses an
+/// upstream varies (a 502, a reset, an alert).
 pub fn expected(signer: Signer, bundle: Bundle) -> &'static str {
     match (signer, bundle) {
         (Signer::Org | Signer::InspectingProxy, Bundle::Merged) | (Signer::Public, _) => "ok",
         (Signer::Org | Signer::InspectingProxy, Bundle::System) | (Signer::Foreign, _) => {
             "unknown-issuer"
         }
+        (Signer::Expired | Signer::WrongName | Signer::BadUpstreamViaProxy, _) => "refused",
     }
 }
 
@@ -747,6 +814,22 @@ pub fn judge(targets: &[Target], runs: &[ToolRun]) -> std::result::Result<Judgem
             "absent" => {
                 judgement.absent.insert(run.tool.clone());
             }
+            "ok" if want == "refused" && target.signer == Signer::BadUpstreamViaProxy => {
+                judgement.differences.push(format!(
+                    "{} → {} with the {}: the inspecting proxy re-signed a bad upstream instead of refusing it, and the tool accepted it ({})",
+                    run.tool,
+                    target.name,
+                    run.bundle.label(),
+                    target.url,
+                ))
+            }
+            "ok" if want == "refused" => judgement.differences.push(format!(
+                "{} → {} with the {}: expected a refusal, got ok",
+                run.tool,
+                run.target,
+                run.bundle.label()
+            )),
+            _ if want == "refused" => {}
             got if got != want => judgement.differences.push(format!(
                 "{} → {} with the {}: expected {want}, got {got} ({})",
                 run.tool,
@@ -783,7 +866,7 @@ pub fn judge_default_store(
             error_code(outcome)
         };
         let want = expected(target.signer, Bundle::System);
-        if got != want {
+        if !(got == want || (want == "refused" && got != "ok")) {
             differences.push(format!(
                 "{}: expected {want}, got {got} ({outcome})",
                 target.name
@@ -831,7 +914,11 @@ CA_VARIABLES = @CA_VARIABLES@
 NODE = r"""
 const [url, proxy] = process.argv.slice(1);
 const fail = e => { console.error((e.code || 'ERROR') + ': ' + e.message); process.exit(1); };
-const get = options => require('https').get(url, options, r => { r.resume(); r.on('end', () => process.exit(0)); }).on('error', fail);
+const get = options => require('https').get(url, options, r => {
+  // As curl -f and raise_for_status: an error page (a proxy's 502) is a failure.
+  if (r.statusCode >= 400) fail({ code: 'HTTP_' + r.statusCode, message: 'the server answered ' + r.statusCode });
+  r.resume(); r.on('end', () => process.exit(0));
+}).on('error', fail);
 if (!proxy) { get({}); } else {
   const p = new URL(proxy), u = new URL(url);
   require('http').request({ host: p.hostname, port: p.port, method: 'CONNECT', path: u.host })

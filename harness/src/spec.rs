@@ -235,6 +235,10 @@ pub struct EnterpriseSpec {
     /// of hubtrust's.
     #[serde(default)]
     pub mitmdump: Option<String>,
+    /// Options appended to hubtrust's own for mitmproxy (`--set
+    /// connection_strategy=lazy`, say); ignored with `proxy_command`.
+    #[serde(default)]
+    pub proxy_args: Vec<String>,
 }
 
 fn default_name() -> String {

@@ -2239,6 +2239,7 @@ async fn start_outbound(
             network,
             http,
             command: enterprise.proxy_command.clone(),
+            extra_args: enterprise.proxy_args.clone(),
             log: run_dir.join("logs").join("mitmproxy.log"),
             env: BTreeMap::from([(STACK_MARKER_ENV.to_string(), marker.to_string())]),
         }),
@@ -2356,6 +2357,7 @@ mod tests {
                 egress_host: None,
                 proxy_command: None,
                 mitmdump: None,
+                proxy_args: Vec::new(),
             }),
             ..StackSpec::default()
         };

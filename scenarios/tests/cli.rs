@@ -310,7 +310,7 @@ fn a_public_side_in_plaintext_is_named_not_timed_out() {
 fn a_lab_that_cannot_verify_the_hub_is_named_from_its_own_log() {
     broken_stack_is_diagnosed(
         "fixtures/stacks/broken/lab-cannot-verify-the-hub.toml",
-        "could not verify a server's certificate",
+        "could not verify a server",
     );
 }
 
@@ -742,7 +742,7 @@ fn enterprise_profile_passes_and_reports_the_tool_table() {
     // 6 tools × (org-CA, public, foreign, public via the inspecting proxy) × 2 bundles.
     assert_eq!(
         json["enterprise"]["runs"].as_array().unwrap().len(),
-        6 * 4 * 2
+        6 * 9 * 2
     );
     assert!(
         md.contains("| node | public endpoint via the inspecting proxy | ok | unknown-issuer |"),
@@ -769,6 +769,30 @@ fn enterprise_profile_passes_and_reports_the_tool_table() {
         }
     }
     assert!(files > 0, "--keep kept nothing");
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
+fn an_inspecting_proxy_that_re_signs_bad_upstreams_fails_naming_tool_and_target() {
+    let stack = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/stacks/broken/inspecting-proxy-skips-upstream-verification.toml");
+    let (out, report, id) = enterprise_run("enterprise-ssl-insecure", &stack);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for target in ["foreign-CA server", "expired server", "wrong-name server"] {
+        for tool in ["python urllib", "curl", "node", "git", "pip", "requests"] {
+            let line = format!(
+                "{tool} → {target} via the inspecting proxy with the merged bundle: the inspecting proxy re-signed a bad upstream"
+            );
+            assert!(t.contains(&line), "{line:?} missing:\n{t}");
+        }
+    }
+    // With the system bundle alone the re-signed answers are still refused.
+    assert!(
+        !t.contains("via the inspecting proxy with the system bundle alone"),
+        "{t}"
+    );
     assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
     std::fs::remove_dir_all(&report).unwrap();
 }
