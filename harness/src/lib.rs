@@ -19,6 +19,7 @@ pub mod pki;
 pub mod probe;
 pub mod process;
 pub mod provision;
+pub mod reachability;
 pub mod ready;
 pub mod registry;
 pub mod repeat;

@@ -151,6 +151,8 @@ pub struct RunReport {
     /// Findings a listed upstream defect explains (not failures unless
     /// the run was `--strict`).
     pub known_defects: Vec<crate::known_defects::KnownDefectHit>,
+    /// Who can reach what: internal endpoints × hosts.
+    pub reachability: Vec<crate::reachability::ReachCell>,
     pub seconds: f64,
     /// From the start of the run until hub, proxy and every lab were ready;
     /// `None` when the stack never came up.
@@ -303,6 +305,10 @@ impl RunReport {
                     c.chain.join(" ← ")
                 );
             }
+        }
+        if !self.reachability.is_empty() {
+            md += "\n## Who can reach what\n\nEach internal endpoint probed from every host at every address its host has; ✅ means as the topology's design says.\n\n";
+            md += &crate::reachability::markdown(&self.reachability);
         }
         if !self.known_defects.is_empty() {
             md += "\n## Known defects\n\nFindings a listed upstream defect explains (`fixtures/known-defects.toml`); they do not fail the run unless it is `--strict`.\n\n| scenario | defect | finding | upstream |\n|---|---|---|---|\n";

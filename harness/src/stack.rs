@@ -1193,8 +1193,8 @@ impl Stack {
             targets.push(crate::tls_scan::ScanTarget {
                 endpoint: "tunnel broker".into(),
                 from_host: self.spec.topology.hub_host.clone(),
-                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, site.broker_port)),
-                server_name: "127.0.0.1".into(),
+                addr: SocketAddr::from((site.broker_ip, site.broker_port)),
+                server_name: site.broker_ip.to_string(),
                 client: None,
             });
         }
@@ -1231,6 +1231,97 @@ impl Stack {
             .map(|scan| {
                 let violations = self.spec.tls_policy.judge(&scan);
                 (scan, violations)
+            })
+            .collect())
+    }
+
+    /// The internal endpoints and the hosts their clients run on, from the
+    /// topology's design.
+    pub fn internal_endpoints(&self) -> Vec<crate::reachability::InternalEndpoint> {
+        use crate::reachability::InternalEndpoint;
+        let topology = &self.spec.topology;
+        let hub = topology.hub_host.clone();
+        let only_hub: std::collections::BTreeSet<String> = [hub.clone()].into();
+        let labs_apart = topology.hpc.is_none() && topology.lab_host != hub;
+        let mut endpoints = vec![
+            InternalEndpoint {
+                name: "hub API".into(),
+                host: hub.clone(),
+                port: self.spec.ports.hub,
+                answers_from: match labs_apart {
+                    // The hub listens on every interface so labs on their
+                    // own host reach it (hub_connect_ip).
+                    true => self.network.hosts.keys().cloned().collect(),
+                    false => only_hub.clone(),
+                },
+                why: "the proxy and the labs on the hub's host are its clients".into(),
+            },
+            InternalEndpoint {
+                name: "proxy API".into(),
+                host: hub.clone(),
+                port: self.spec.ports.proxy_api,
+                answers_from: only_hub.clone(),
+                why: "the hub is its only client".into(),
+            },
+        ];
+        if let Some(site) = &self.hpc {
+            endpoints.push(InternalEndpoint {
+                name: "tunnel broker".into(),
+                host: hub.clone(),
+                port: site.broker_port,
+                answers_from: [hub.clone(), "operator".to_string()].into(),
+                why: "the hub's spawner and the operator (hubtrust's REST checks, an admin) are its clients, no login or compute node".into(),
+            });
+        }
+        if !labs_apart && topology.hpc.is_none() {
+            for (user, lab) in &self.labs {
+                endpoints.push(InternalEndpoint {
+                    name: format!("lab of {user}"),
+                    host: hub.clone(),
+                    port: lab.addr.port(),
+                    answers_from: only_hub.clone(),
+                    why: "the hub and the proxy are its clients".into(),
+                });
+            }
+        }
+        endpoints
+    }
+
+    /// Every internal endpoint probed from every host of the topology (all
+    /// at once: where a network drops rather than refuses, each probe waits
+    /// out its timeout).
+    pub async fn reachability_matrix(&self) -> Result<Vec<crate::reachability::ReachCell>> {
+        let mut plan = Vec::new();
+        for endpoint in self.internal_endpoints() {
+            for from in self.network.hosts.keys() {
+                let mut addrs = self.network.addresses_of(&endpoint.host);
+                if *from == endpoint.host {
+                    addrs.insert(0, Ipv4Addr::LOCALHOST);
+                }
+                for addr in addrs {
+                    plan.push((endpoint.clone(), from.clone(), addr));
+                }
+            }
+        }
+        let mut probes = Vec::new();
+        for (endpoint, from, addr) in &plan {
+            let source = self.network.host(from)?;
+            probes.push(async move {
+                probe_reach(source, SocketAddr::from((*addr, endpoint.port))).await
+            });
+        }
+        let seen = futures::future::join_all(probes).await;
+        Ok(plan
+            .iter()
+            .zip(seen)
+            .map(|((endpoint, from, addr), reach)| {
+                crate::reachability::ReachCell::new(
+                    endpoint,
+                    from,
+                    *addr,
+                    &reach,
+                    endpoint.answers_from.contains(from),
+                )
             })
             .collect())
     }

@@ -55,6 +55,7 @@ pub struct Operator {
     pub inventory: Option<hubtrust_harness::inventory::Inventory>,
     pub tool_runs: Option<Vec<hubtrust_harness::enterprise::ToolRun>>,
     pub tls_scan: Option<hubtrust_harness::report::TlsScanSection>,
+    pub reach_cells: Option<Vec<hubtrust_harness::reachability::ReachCell>>,
     pub known_defects: Vec<hubtrust_harness::known_defects::KnownDefectHit>,
     /// Known-defect entries that applied but did not reproduce.
     pub stale_defects: Vec<String>,

@@ -72,7 +72,7 @@ fn core_profile_passes_against_the_real_stack_and_writes_every_report() {
         .output()
         .unwrap();
     assert!(out.status.success(), "core profile failed:\n{}", text(&out));
-    assert!(text(&out).contains("8 passed, 0 failed"), "{}", text(&out));
+    assert!(text(&out).contains("9 passed, 0 failed"), "{}", text(&out));
     for file in ["report.xml", "report.json", "report.md"] {
         assert!(report.join(file).exists(), "{file} missing");
     }
@@ -323,6 +323,26 @@ fn internal_tls_turned_off_is_named_not_timed_out() {
 }
 
 #[test]
+fn a_hub_api_listening_on_every_interface_is_named_with_the_host_that_reached_it() {
+    let report = scratch("hub-api-everywhere");
+    let out = hubtrust()
+        .args(["run", "--tags", "@reachability", "--stack"])
+        .arg("fixtures/stacks/broken/hub-api-on-every-interface.toml")
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("hub API on `hub` answers at 10.77.1.2:8081 from host `operator`, where the design allows no client"),
+        "{t}"
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("| hub API | answers ✅ | answers ❌ |"), "{md}");
+}
+
+#[test]
 fn repeat_needs_a_round_count_of_at_least_one() {
     for args in [&["run", "--repeat"][..], &["run", "--repeat", "0"]] {
         let out = hubtrust().args(args).output().unwrap();
@@ -512,7 +532,7 @@ fn a_component_that_exits_during_start_up_is_named() {
     // with the reason and the start-up logs kept beside it.
     let report = report.expect("a stack that did not come up still gets a report");
     let scenarios = report["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 8, "{report}");
+    assert_eq!(scenarios.len(), 9, "{report}");
     for scenario in scenarios {
         assert_eq!(scenario["status"], "failed", "{scenario}");
         let failure = scenario["failure"].as_str().unwrap();
@@ -951,7 +971,7 @@ fn hpc_profile_passes_and_leaves_no_sshd_broker_or_lab() {
         return;
     }
     assert!(out.status.success(), "hpc profile failed:\n{}", text(&out));
-    assert!(text(&out).contains("16 passed, 0 failed"), "{}", text(&out));
+    assert!(text(&out).contains("17 passed, 0 failed"), "{}", text(&out));
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     // The wire map shows SSH to the login nodes and the lab's own TLS on
     // the compute links.

@@ -141,7 +141,7 @@ fn core_profile_passes_on_docker_and_leaves_nothing_behind() {
     }
     let run = run_on_docker(&run_id("core"), &["--tags", "@core"], None);
     assert_eq!(run.code, Some(0), "{}", run.output);
-    assert!(run.output.contains("8 passed, 0 failed"), "{}", run.output);
+    assert!(run.output.contains("9 passed, 0 failed"), "{}", run.output);
     assert_eq!(run.report.unwrap()["backend"], "docker");
 }
 
@@ -178,7 +178,7 @@ fn core_profile_passes_with_docker_host_on_tcp() {
         &[("DOCKER_HOST", &docker_host)],
     );
     assert_eq!(run.code, Some(0), "{}", run.output);
-    assert!(run.output.contains("8 passed, 0 failed"), "{}", run.output);
+    assert!(run.output.contains("9 passed, 0 failed"), "{}", run.output);
     // hubtrust (and its reaper) went through TCP, not the socket.
     assert!(connections.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
@@ -259,7 +259,7 @@ fn labs_on_their_own_host_put_internal_tls_on_the_wire() {
         None,
     );
     assert_eq!(run.code, Some(0), "{}", run.output);
-    assert!(run.output.contains("11 passed, 0 failed"), "{}", run.output);
+    assert!(run.output.contains("12 passed, 0 failed"), "{}", run.output);
     // The lab calls the hub API, and the hub and proxy call the lab, across
     // the hub--labs link, each in TLS 1.2 or newer.
     let report = run.report.unwrap();
@@ -294,7 +294,7 @@ fn hpc_profile_passes_on_docker_with_sshd_on_node_containers() {
         None,
     );
     assert_eq!(run.code, Some(0), "{}", run.output);
-    assert!(run.output.contains("16 passed, 0 failed"), "{}", run.output);
+    assert!(run.output.contains("17 passed, 0 failed"), "{}", run.output);
     let report = run.report.unwrap();
     let flows = wire_flows(&report);
     let seen = |link: &str, server: &str, port: u16, kind: &str| {
@@ -335,7 +335,7 @@ fn enterprise_profile_passes_on_docker_with_a_real_init_container() {
         None,
     );
     assert_eq!(run.code, Some(0), "{}", run.output);
-    assert!(run.output.contains("4 passed, 0 failed"), "{}", run.output);
+    assert!(run.output.contains("5 passed, 0 failed"), "{}", run.output);
     let report = run.report.unwrap();
     let runs = report["enterprise"]["runs"].as_array().map(Vec::len);
     assert_eq!(runs, Some(6 * 9 * 2), "{}", report["enterprise"]);

@@ -149,6 +149,8 @@ pub struct HpcSite {
     broker_launch: Option<LaunchSpec>,
     pub broker_log: PathBuf,
     pub broker_port: u16,
+    /// Where the broker listens: the hub's operator-facing address.
+    pub broker_ip: Ipv4Addr,
     pub broker_token: Secret,
     /// The CA that signed the broker's certificate (the org root).
     pub broker_ca: PathBuf,
@@ -230,6 +232,7 @@ impl HpcSite {
             broker: std::sync::Mutex::new(None),
             broker_launch: None,
             broker_port: spec.hpc.broker_port,
+            broker_ip: Ipv4Addr::LOCALHOST,
             broker_token: Secret::generate(),
             broker_ca: run_dir.join("pki").join("org-root.crt"),
             ca_certs: dir.join("ca_certs.tar.gz"),
@@ -680,7 +683,17 @@ impl HpcSite {
                 .issue("tunnel-broker", &refs, Usage::Server, Validity::fresh(30))?;
         let broker_dir = self.dir.join("broker");
         let (cert, key) = identity.write_to(&broker_dir)?;
-        let listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.broker_port));
+        // Its clients are the hub's spawner and the operator (hubtrust's
+        // REST checks, an admin): it listens on the hub's operator-facing
+        // address only, which no login or compute node can route to.
+        let hub_ip = network
+            .address_of(hub_host)
+            .ok_or_else(|| HarnessError::Network {
+                host: hub_host.clone(),
+                message: "no link to the operator".into(),
+            })?;
+        self.broker_ip = hub_ip;
+        let listen = SocketAddr::from((hub_ip, self.broker_port));
         if network.host(hub_host)?.port_in_use(self.broker_port).await {
             return Err(HarnessError::PortInUse {
                 host: hub_host.clone(),
@@ -746,12 +759,6 @@ impl HpcSite {
         progress("starting the tunnel broker on the hub's host");
         self.launch_broker(network, http, hub_host, &launch).await?;
         self.broker_launch = Some(launch);
-        let hub_ip = network
-            .address_of(hub_host)
-            .ok_or_else(|| HarnessError::Network {
-                host: hub_host.clone(),
-                message: "no link to the operator".into(),
-            })?;
         let client = BrokerClient::new(
             &format!("https://{hub_ip}:{}", self.broker_port),
             &org.root.cert_pem(),
@@ -839,7 +846,7 @@ impl HpcSite {
         let mut process = host.start(launch).await?;
         let check = ReadyCheck::TlsHandshake {
             host: hub_host.into(),
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, self.broker_port)),
+            addr: SocketAddr::from((self.broker_ip, self.broker_port)),
             timeout_secs: 15,
         };
         let ctx = ReadyContext {
@@ -1056,8 +1063,8 @@ impl HpcSite {
             format!("c.TunnelBatchSpawner.login_nodes = {}", json(logins.into())),
             format!("c.TunnelBatchSpawner.login_port = {}", self.login_port),
             format!(
-                "c.TunnelBatchSpawner.broker_url = \"https://127.0.0.1:{}\"",
-                self.broker_port
+                "c.TunnelBatchSpawner.broker_url = \"https://{}:{}\"",
+                self.broker_ip, self.broker_port
             ),
             format!(
                 "c.TunnelBatchSpawner.broker_ca = {}",

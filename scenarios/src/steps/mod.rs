@@ -3,6 +3,7 @@
 
 pub mod enterprise;
 pub mod hpc;
+pub mod reach_matrix;
 pub mod reachability;
 pub mod secrets;
 pub mod stack;
