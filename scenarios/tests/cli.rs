@@ -335,7 +335,8 @@ fn a_hub_api_listening_on_every_interface_is_named_with_the_host_that_reached_it
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
     assert!(
-        t.contains("hub API on `hub` answers at 10.77.1.2:8081 from host `operator`, where the design allows no client"),
+        t.lines().any(|l| l.contains("hub API on `hub` answers at ")
+            && l.contains(":8081 from host `operator`, where the design allows no client")),
         "{t}"
     );
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
