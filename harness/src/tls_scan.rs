@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use openssl::ssl::{Ssl, SslContext, SslMethod, SslVerifyMode, SslVersion};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::local::Host;
@@ -244,10 +244,18 @@ pub async fn scan(host: &Host, target: &ScanTarget) -> EndpointScan {
         tls12_suites: Vec::new(),
         error: None,
     };
-    for version in TlsVersion::ALL {
-        match handshake(host, target, version, None).await {
+    // Every version at once, then every family of suites at once: the
+    // scan's wall time is its longest chain of handshakes, not their sum.
+    let versions = futures::future::join_all(
+        TlsVersion::ALL
+            .iter()
+            .map(|version| handshake(host, target, *version, None)),
+    )
+    .await;
+    for (version, outcome) in TlsVersion::ALL.iter().zip(versions) {
+        match outcome {
             Ok(outcome) => {
-                result.versions.insert(version, outcome.offer);
+                result.versions.insert(*version, outcome.offer);
             }
             Err(e) => {
                 result.error = Some(e.to_string());
@@ -256,24 +264,15 @@ pub async fn scan(host: &Host, target: &ScanTarget) -> EndpointScan {
         }
     }
     if result.versions.get(&TlsVersion::Tls12) == Some(&Offer::Accepted) {
-        // Each suite the server picks is struck from the next offer, until
-        // it accepts none of what is left: one handshake per accepted
-        // suite, plus one.
-        let mut struck: Vec<String> = Vec::new();
-        for _ in 0..200 {
-            let list = std::iter::once("ALL:COMPLEMENTOFALL:@SECLEVEL=0".to_string())
-                .chain(struck.iter().map(|s| format!("!{s}")))
-                .collect::<Vec<_>>()
-                .join(":");
-            match handshake(host, target, TlsVersion::Tls12, Some(list)).await {
-                Ok(HandshakeOutcome {
-                    offer: Offer::Accepted,
-                    suite: Some((openssl_name, iana)),
-                }) => {
-                    struck.push(openssl_name);
-                    result.tls12_suites.push(iana);
-                }
-                Ok(_) => break,
+        let families = futures::future::join_all(
+            SUITE_FAMILIES
+                .iter()
+                .map(|family| accepted_suites(host, target, family)),
+        )
+        .await;
+        for family in families {
+            match family {
+                Ok(suites) => result.tls12_suites.extend(suites),
                 Err(e) => {
                     result.error = Some(e.to_string());
                     break;
@@ -282,6 +281,42 @@ pub async fn scan(host: &Host, target: &ScanTarget) -> EndpointScan {
         }
     }
     result
+}
+
+/// Disjoint families whose union is every suite OpenSSL knows: each is
+/// enumerated on its own chain of handshakes.
+const SUITE_FAMILIES: [&str; 5] = [
+    "kECDHE+aRSA",
+    "kECDHE+aECDSA",
+    "kRSA",
+    "kDHE",
+    "ALL:COMPLEMENTOFALL:!kECDHE:!kRSA:!kDHE",
+];
+
+/// The TLS 1.2 suites of `family` the endpoint accepts (IANA names). Each
+/// suite the server picks is struck from the next offer, until it accepts
+/// none of what is left: one handshake per accepted suite, plus one.
+async fn accepted_suites(host: &Host, target: &ScanTarget, family: &str) -> Result<Vec<String>> {
+    let mut struck: Vec<String> = Vec::new();
+    let mut accepted = Vec::new();
+    for _ in 0..200 {
+        let list = std::iter::once(family.to_string())
+            .chain(struck.iter().map(|s| format!("!{s}")))
+            .chain(std::iter::once("@SECLEVEL=0".to_string()))
+            .collect::<Vec<_>>()
+            .join(":");
+        match handshake(host, target, TlsVersion::Tls12, Some(list)).await? {
+            HandshakeOutcome {
+                offer: Offer::Accepted,
+                suite: Some((openssl_name, iana)),
+            } => {
+                struck.push(openssl_name);
+                accepted.push(iana);
+            }
+            _ => break,
+        }
+    }
+    Ok(accepted)
 }
 
 struct HandshakeOutcome {
@@ -325,13 +360,16 @@ async fn handshake(
     let joined = tokio::task::spawn_blocking(move || {
         let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = tcp.set_write_timeout(Some(Duration::from_secs(5)));
-        let mut config = match connector.configure() {
-            Ok(c) => c,
+        let mut ssl = match Ssl::new(&connector) {
+            Ok(ssl) => ssl,
             Err(_) => return (Offer::CannotOffer, None),
         };
-        config.set_verify_hostname(false);
-        config.set_use_server_name_indication(server_name.parse::<std::net::IpAddr>().is_err());
-        match config.connect(&server_name, tcp) {
+        if server_name.parse::<std::net::IpAddr>().is_err()
+            && ssl.set_hostname(&server_name).is_err()
+        {
+            return (Offer::CannotOffer, None);
+        }
+        match ssl.connect(tcp) {
             Ok(stream) => {
                 let ssl = stream.ssl();
                 let chosen_right = ssl.version2() == Some(version.openssl());
@@ -356,12 +394,15 @@ async fn handshake(
     Ok(HandshakeOutcome { offer, suite })
 }
 
+/// A client context offering only `version` (and `ciphers`). A bare
+/// context, not an `SslConnector`: that one loads the system's CA store for
+/// every handshake, and the scan verifies nothing.
 fn connector(
     target: &ScanTarget,
     version: TlsVersion,
     ciphers: Option<&str>,
-) -> std::result::Result<SslConnector, openssl::error::ErrorStack> {
-    let mut builder = SslConnector::builder(SslMethod::tls_client())?;
+) -> std::result::Result<SslContext, openssl::error::ErrorStack> {
+    let mut builder = SslContext::builder(SslMethod::tls_client())?;
     builder.set_verify(SslVerifyMode::NONE);
     builder.set_security_level(0);
     builder.set_cipher_list(ciphers.unwrap_or("ALL:COMPLEMENTOFALL:@SECLEVEL=0"))?;
