@@ -92,18 +92,21 @@ pub async fn wait_ready<N: HostNetwork>(
         };
     let mut last_answer: String;
     // A TLS server never answers in plaintext nor serves an expired
-    // certificate while it starts: the same such answer three times in a
-    // row is a verdict, not a reason to wait out the timeout.
+    // certificate while it starts: such an answer three times in a row is
+    // a verdict, not a reason to wait out the timeout.
     let mut conclusive_streak = 0;
     loop {
         match attempt(check, ctx, pattern.as_ref()).await {
             Ok(()) => return Ok(()),
             Err(answer) => last_answer = answer,
         }
-        match crate::diagnosis::cause_in_client_error("", &last_answer) {
-            Some(_) => conclusive_streak += 1,
-            None => conclusive_streak = 0,
-        }
+        // A 424 alone is not: the hub answers it while a slow spawn is
+        // still pending. Only beside a known cause in the log is it final.
+        let conclusive = match last_answer.starts_with("HTTP 424") {
+            true => crate::diagnosis::cause_in_log(&last_lines(ctx.log, 5000)).is_some(),
+            false => crate::diagnosis::cause_in_client_error("", &last_answer).is_some(),
+        };
+        conclusive_streak = if conclusive { conclusive_streak + 1 } else { 0 };
         if conclusive_streak >= 3 {
             if let Some(finding) = diagnose(check, ctx, &last_answer).await {
                 return Err(HarnessError::DeploymentDefect {
