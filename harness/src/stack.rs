@@ -789,6 +789,24 @@ impl Stack {
                     last_lines,
                 }
             }
+            HarnessError::DeploymentDefect {
+                component: _,
+                check,
+                finding,
+                mut last_lines,
+            } => {
+                let component = format!("the lab of {user}");
+                for (_, log) in self.lab_logs().into_iter().filter(|(u, _)| u == user) {
+                    last_lines.push(format!("— last lines of {user}'s lab's log:"));
+                    last_lines.extend(crate::process::last_lines(&log, 15));
+                }
+                HarnessError::DeploymentDefect {
+                    component,
+                    check,
+                    finding,
+                    last_lines,
+                }
+            }
             other => other,
         }
     }
@@ -902,6 +920,24 @@ impl Stack {
             .await
         {
             Ok(r) if r.status().is_success() || r.status().as_u16() == 400 => {}
+            // The hub tried and the lab failed: a defect of the deployment,
+            // as when the lab dies after a slow spawn (see with_lab_log).
+            Ok(r) if r.status().is_server_error() => {
+                let call = format!("POST /users/{user}/server");
+                let message = match hub_api_error(&call, r).await {
+                    HarnessError::HubApi { message, .. } => message,
+                    other => other.to_string(),
+                };
+                return Err(self.with_lab_log(
+                    user,
+                    HarnessError::DeploymentDefect {
+                        component: format!("the lab of {user}"),
+                        check: call,
+                        finding: format!("the hub could not start it: {message}"),
+                        last_lines: crate::process::last_lines(&self.hub_log, 15),
+                    },
+                ));
+            }
             Ok(r) => return Err(hub_api_error(&format!("POST /users/{user}/server"), r).await),
             Err(e) => {
                 return Err(HarnessError::HubApi {
