@@ -18,7 +18,8 @@ Feature: Labs trust the organisation's CA for outbound traffic, and only there
 
   Scenario: User tools trust the org CA with the merged bundle, and not without it
     When each tool in the lab fetches each outbound endpoint, with the merged bundle and with the system bundle alone
-    Then every result matches the enterprise trust table
+    Then every run through the inspecting proxy crossed it on the wire: lab to proxy, then proxy to internet
+    And every result matches the enterprise trust table
 
   Scenario: Trusting the org CA outbound grants no inbound access
     Given the hub carries the merged bundle exactly when the stack file puts it there

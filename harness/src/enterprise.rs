@@ -31,6 +31,9 @@ pub const CA_VARIABLES: [&str; 5] = [
 /// curl, git's gnutls, python's ssl) use by default.
 pub const SYSTEM_STORE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// Where the inspecting proxy listens on the egress host.
+const PROXY_PORT: u16 = 8080;
+
 /// Who signed an outbound endpoint's certificate, which decides whether a
 /// bundle should trust it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,6 +124,16 @@ pub struct EgressPlacement<'a> {
     pub env: std::collections::BTreeMap<String, String>,
 }
 
+/// The two legs proxied traffic must take on the wire: the lab's host to
+/// the proxy, then the proxy's host to the internet host's far address.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyRoute {
+    pub proxy_host: String,
+    pub proxy_addr: SocketAddr,
+    pub internet_host: String,
+    pub internet_far_ip: Ipv4Addr,
+}
+
 /// The outbound side of an enterprise stack: servers on the internet host,
 /// the system and org bundles, and the merged bundle when the step ran.
 /// The servers stop when this is dropped.
@@ -131,6 +144,8 @@ pub struct Outbound {
     pub merge: Option<MergeOutcome>,
     /// `HTTPS_PROXY` and `NO_PROXY` for the labs, with an egress host.
     pub proxy_env: Vec<(String, String)>,
+    /// Where proxied traffic must cross the wire, with an egress host.
+    pub proxy_route: Option<ProxyRoute>,
     /// The outbound test servers, for the TLS scan (from the internet host).
     pub tls_servers: Vec<crate::tls_scan::ScanTarget>,
     servers: Vec<tokio::task::JoinHandle<()>>,
@@ -267,8 +282,15 @@ impl Outbound {
 
         let mut proxy = None;
         let mut proxy_env = Vec::new();
+        let mut proxy_route = None;
         if let Some(egress) = egress {
             let (process, url) = start_inspecting_proxy(&egress, org, &public_root, dir).await?;
+            proxy_route = Some(ProxyRoute {
+                proxy_host: egress.host.name.clone(),
+                proxy_addr: SocketAddr::from((egress.listen_ip, PROXY_PORT)),
+                internet_host: internet.name.clone(),
+                internet_far_ip: egress.internet_far_ip,
+            });
             let far = far_ip.clone().unwrap_or_default();
             targets.push(Target {
                 name: "public endpoint via the inspecting proxy".into(),
@@ -329,6 +351,7 @@ impl Outbound {
             org_bundle,
             merge,
             proxy_env,
+            proxy_route,
             tls_servers,
             servers,
             system_store_installed,
@@ -356,7 +379,7 @@ async fn start_inspecting_proxy(
     // replacement proxy through $HUBTRUST_PROXY_CA.
     let upstream = dir.join("egress-upstream-trust.crt");
     crate::pki::write_with_mode(&upstream, public_root.cert_pem().as_bytes(), 0o644)?;
-    let addr = SocketAddr::from((egress.listen_ip, 8080));
+    let addr = SocketAddr::from((egress.listen_ip, PROXY_PORT));
     let ca_file = confdir.join("mitmproxy-ca.pem");
     let mut env = egress.env.clone();
     for (name, value) in [
@@ -379,7 +402,7 @@ async fn start_inspecting_proxy(
                 "--listen-host".into(),
                 egress.listen_ip.to_string(),
                 "--listen-port".into(),
-                "8080".into(),
+                PROXY_PORT.to_string(),
                 "--set".into(),
                 format!("confdir={}", confdir.display()),
                 "--set".into(),
@@ -727,6 +750,10 @@ pub struct ToolRun {
     pub outcome: String,
     #[serde(default)]
     pub detail: String,
+    /// For a run through the proxy: the user name the driver put in the
+    /// proxy URL, so the run's CONNECT can be told apart on the wire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 impl ToolRun {
@@ -771,6 +798,13 @@ pub fn error_code(text: &str) -> &'static str {
         "unknown-issuer"
     } else if any(&["connection refused", "econnrefused"]) {
         "connect-refused"
+    } else if any(&[
+        "network is unreachable",
+        "enetunreach",
+        "no route to host",
+        "ehostunreach",
+    ]) {
+        "network-unreachable"
     } else if any(&["timed out", "etimedout"]) {
         "timeout"
     } else {
@@ -876,6 +910,9 @@ pub fn judge_default_store(
     Ok(differences)
 }
 
+/// The marker before the lab's proxy variables, as the driver saw them.
+pub const PROXY_ENV_MARKER: &str = "HUBTRUST-PROXY-ENV ";
+
 /// The marker the driver prints before its JSON results.
 pub const RESULTS_MARKER: &str = "HUBTRUST-DISCRIMINATOR ";
 
@@ -900,6 +937,7 @@ pub fn driver_code(targets: &[Target], system_bundle: &Path) -> String {
             &serde_json::to_string(&CA_VARIABLES).unwrap_or_else(|_| "[]".into()),
         )
         .replace("@MARKER@", RESULTS_MARKER)
+        .replace("@PROXY_ENV_MARKER@", PROXY_ENV_MARKER)
 }
 
 const DRIVER: &str = r#"
@@ -912,16 +950,23 @@ CA_VARIABLES = @CA_VARIABLES@
 # node's https ignores HTTPS_PROXY, so through a proxy the script opens the
 # CONNECT tunnel itself; TLS is verified by node either way.
 NODE = r"""
-const [url, proxy] = process.argv.slice(1);
+const url = process.argv[1], u = new URL(url), env = process.env;
 const fail = e => { console.error((e.code || 'ERROR') + ': ' + e.message); process.exit(1); };
 const get = options => require('https').get(url, options, r => {
   // As curl -f and raise_for_status: an error page (a proxy's 502) is a failure.
   if (r.statusCode >= 400) fail({ code: 'HTTP_' + r.statusCode, message: 'the server answered ' + r.statusCode });
   r.resume(); r.on('end', () => process.exit(0));
 }).on('error', fail);
+// The lab's own proxy variables decide, as for the other tools.
+const noProxy = (env.NO_PROXY || env.no_proxy || '').split(',').map(s => s.trim().replace(/^\./, '')).filter(Boolean);
+const direct = noProxy.some(n => n === '*' || u.hostname === n || u.hostname.endsWith('.' + n));
+const proxy = direct ? null : (env.HTTPS_PROXY || env.https_proxy || null);
 if (!proxy) { get({}); } else {
-  const p = new URL(proxy), u = new URL(url);
-  require('http').request({ host: p.hostname, port: p.port, method: 'CONNECT', path: u.host })
+  const p = new URL(proxy);
+  const headers = p.username
+    ? { 'Proxy-Authorization': 'Basic ' + Buffer.from(decodeURIComponent(p.username) + ':' + decodeURIComponent(p.password)).toString('base64') }
+    : {};
+  require('http').request({ host: p.hostname, port: p.port, method: 'CONNECT', path: u.host, headers })
     .on('connect', (res, socket) => {
       if (res.statusCode !== 200) fail({ message: 'the proxy answered ' + res.statusCode });
       const agent = new (require('https').Agent)();
@@ -936,7 +981,7 @@ TOOLS = {
     "requests": ("REQUESTS_CA_BUNDLE", lambda u: [PY, "-c", "import sys, requests; requests.get(sys.argv[1], timeout=10).raise_for_status()", u]),
     "curl": ("CURL_CA_BUNDLE", lambda u: ["curl", "-sS", "-f", "-o", "/dev/null", "--max-time", "10", u]),
     "git": ("GIT_SSL_CAINFO", lambda u: ["git", "ls-remote", u + "/probe.git"]),
-    "node": ("NODE_EXTRA_CA_CERTS", lambda u, p=None: ["node", "-e", NODE, u] + ([p] if p else [])),
+    "node": ("NODE_EXTRA_CA_CERTS", lambda u: ["node", "-e", NODE, u]),
     "pip": ("REQUESTS_CA_BUNDLE", lambda u: [PY, "-m", "pip", "index", "versions", "hubtrust-probe", "--index-url", u + "/simple/", "--retries", "0", "--timeout", "10", "--disable-pip-version-check", "--no-cache-dir", "--no-color", "-v"]),
 }
 
@@ -945,14 +990,29 @@ def present(tool, argv):
         return subprocess.run([PY, "-c", "import requests"], capture_output=True).returncode == 0
     return argv[0] == PY or shutil.which(argv[0]) is not None
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")
+
+def tagged(proxy_url, tag):
+    # A user name in the proxy URL: each tool sends it as Proxy-Authorization
+    # in its CONNECT, which ties the tunnel on the wire to this run.
+    scheme, _, rest = proxy_url.partition("://")
+    return scheme + "://" + tag + ":x@" + rest.rsplit("@", 1)[-1]
+
 def run(job):
-    tool, target, bundle = job
-    make = TOOLS[tool][1]
-    argv = make(target["url"], target["proxy"]) if tool == "node" else make(target["url"])
+    index, (tool, target, bundle) = job
+    argv = TOOLS[tool][1](target["url"])
     row = {"tool": tool, "target": target["name"], "bundle": bundle}
     if not present(tool, argv):
         return dict(row, outcome="absent", detail=argv[0] + " is not installed in the lab")
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
+    if target["proxy"]:
+        row["tag"] = "hubtrust-run-%d" % index
+        for name in ("HTTPS_PROXY", "https_proxy"):
+            if env.get(name):
+                env[name] = tagged(env[name], row["tag"])
+        # git waits for a 407 before it sends proxy credentials; basic
+        # sends them at once (which proxy git uses is unchanged).
+        env["GIT_HTTP_PROXY_AUTHMETHOD"] = "basic"
     if bundle == "system":
         # Without the merged bundle means no CA variable names it: a tool
         # may read more than its own (Debian's node also honours
@@ -970,7 +1030,8 @@ def run(job):
 
 jobs = [(tool, target, bundle) for tool in TOOLS for target in TARGETS for bundle in ("merged", "system")]
 with ThreadPoolExecutor(max_workers=8) as pool:
-    results = list(pool.map(run, jobs))
+    results = list(pool.map(run, enumerate(jobs)))
+print("@PROXY_ENV_MARKER@" + json.dumps({name: os.environ.get(name) for name in PROXY_VARIABLES}))
 print("@MARKER@" + json.dumps(results))
 "#;
 
@@ -1019,6 +1080,180 @@ pub fn parse_results(stdout: &str) -> std::result::Result<Vec<ToolRun>, String> 
     serde_json::from_str(line).map_err(|e| format!("unreadable discriminator results: {e}"))
 }
 
+/// The lab's proxy variables as the driver saw them (unset ones absent).
+pub fn parse_proxy_env(
+    stdout: &str,
+) -> std::result::Result<std::collections::BTreeMap<String, String>, String> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(PROXY_ENV_MARKER))
+        .ok_or("the discriminator printed no proxy variables")?;
+    let env: std::collections::BTreeMap<String, Option<String>> =
+        serde_json::from_str(line).map_err(|e| format!("unreadable proxy variables: {e}"))?;
+    Ok(env.into_iter().filter_map(|(k, v)| Some((k, v?))).collect())
+}
+
+/// What the wire showed of the runs that should cross the inspecting proxy.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProxyPaths {
+    /// Runs whose own CONNECT was seen arriving at the proxy.
+    pub tunnelled_runs: usize,
+    /// Per port of the internet host: the lab's CONNECTs to it, and the
+    /// connections the proxy's host opened onward to it.
+    pub legs: std::collections::BTreeMap<u16, (usize, usize)>,
+    /// One line per run or port the wire contradicts.
+    pub problems: Vec<String>,
+}
+
+/// Checks on the wire that every run through the proxy took both legs: its
+/// CONNECT (told apart by its tag) from the lab to the proxy, then the
+/// proxy's own connection to the internet host. A run whose CONNECT never
+/// reached the proxy bypassed it, whatever the tool then answered.
+pub fn judge_proxy_paths(
+    targets: &[Target],
+    runs: &[ToolRun],
+    census: &crate::capture::WireCensus,
+    route: &ProxyRoute,
+    lab_env: &std::collections::BTreeMap<String, String>,
+) -> std::result::Result<ProxyPaths, String> {
+    use base64::Engine as _;
+    let inconclusive = census.inconclusive();
+    if !inconclusive.is_empty() {
+        return Err(format!(
+            "inconclusive: the capture cannot be trusted: {}",
+            inconclusive.join("; ")
+        ));
+    }
+    let tunnels: Vec<(String, Option<String>)> = census
+        .flows
+        .iter()
+        .filter(|f| {
+            f.server_host == route.proxy_host
+                && f.server_port == route.proxy_addr.port()
+                && f.client_host != route.proxy_host
+        })
+        .map(|f| {
+            let head = f
+                .request_head(4096)
+                .map_err(|e| format!("inconclusive: cannot read the capture: {e}"))?;
+            Ok(connect_request(&head).unwrap_or_default())
+        })
+        .collect::<std::result::Result<_, String>>()?;
+    let shown = |name: &str| {
+        let value = lab_env.get(name).map(|v| mask_userinfo(v));
+        format!("{name}={}", value.as_deref().unwrap_or("(unset)"))
+    };
+    let lab_proxy_env = format!(
+        "the lab has {}, {}",
+        shown("HTTPS_PROXY"),
+        shown("NO_PROXY")
+    );
+    let mut paths = ProxyPaths::default();
+    for run in runs.iter().filter(|r| r.code() != "absent") {
+        let Some(target) = targets.iter().find(|t| t.name == run.target) else {
+            return Err(format!("a result for an unknown target {:?}", run.target));
+        };
+        if target.proxy.is_none() {
+            continue;
+        }
+        let tag = run.tag.as_deref().ok_or_else(|| {
+            format!(
+                "inconclusive: {} → {} carries no tag to find on the wire",
+                run.tool, run.target
+            )
+        })?;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{tag}:x"));
+        let authority = target.url.trim_start_matches("https://");
+        let own: Vec<&String> = tunnels
+            .iter()
+            .filter(|(_, auth)| {
+                auth.as_deref().is_some_and(|a| {
+                    a.split_once(' ').is_some_and(|(scheme, value)| {
+                        scheme.eq_ignore_ascii_case("basic") && value.trim() == token
+                    })
+                })
+            })
+            .map(|(asked, _)| asked)
+            .collect();
+        if own.is_empty() {
+            paths.problems.push(format!(
+                "{} → {} with the {}: bypassed the inspecting proxy: no CONNECT of this run reached the proxy at {} ({}), and the tool answered {}; {lab_proxy_env}",
+                run.tool,
+                run.target,
+                run.bundle.label(),
+                route.proxy_host,
+                route.proxy_addr,
+                run.code(),
+            ));
+            continue;
+        }
+        paths.tunnelled_runs += 1;
+        for asked in own {
+            if asked != authority {
+                paths.problems.push(format!(
+                    "{} → {} with the {}: the CONNECT asked the proxy for {asked}, not {authority}",
+                    run.tool,
+                    run.target,
+                    run.bundle.label()
+                ));
+            }
+            if let Some(port) = authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) {
+                paths.legs.entry(port).or_insert((0, 0)).0 += 1;
+            }
+        }
+    }
+    for (port, (connects, onward)) in paths.legs.iter_mut() {
+        *onward = census
+            .flows
+            .iter()
+            .filter(|f| {
+                f.client_host == route.proxy_host
+                    && f.server_host == route.internet_host
+                    && f.server_port == *port
+            })
+            .count();
+        if *onward < *connects {
+            paths.problems.push(format!(
+                "the lab sent {connects} CONNECTs for {}:{port} to the proxy, but only {onward} connections left {} for {} ({}:{port}): traffic did not go on from the proxy to the internet",
+                route.internet_far_ip, route.proxy_host, route.internet_host, route.internet_far_ip
+            ));
+        }
+    }
+    Ok(paths)
+}
+
+/// A CONNECT request's authority and its Proxy-Authorization value.
+fn connect_request(head: &[u8]) -> Option<(String, Option<String>)> {
+    let text = String::from_utf8_lossy(head);
+    let head = text.split("\r\n\r\n").next()?;
+    let mut lines = head.split("\r\n");
+    let authority = lines
+        .next()?
+        .strip_prefix("CONNECT ")?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let auth = lines.find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("proxy-authorization")
+            .then(|| value.trim().to_string())
+    });
+    Some((authority, auth))
+}
+
+/// A proxy URL with any credentials in it masked.
+fn mask_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// The discriminator's table as Markdown: tool × target × bundle.
 pub fn table_markdown(targets: &[Target], runs: &[ToolRun]) -> String {
     let mut out = String::from(
@@ -1064,6 +1299,8 @@ mod tests {
             ("SELF_SIGNED_CERT_IN_CHAIN: self-signed certificate in certificate chain", "unknown-issuer"),
             ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: IP address mismatch", "name-mismatch"),
             ("ECONNREFUSED: connect ECONNREFUSED 10.77.2.2:8443", "connect-refused"),
+            ("curl: (7) Failed to connect to 10.77.3.2 port 8444: Network is unreachable", "network-unreachable"),
+            ("ENETUNREACH: connect ENETUNREACH 10.77.3.2:8444", "network-unreachable"),
             ("something else entirely", "error"),
         ] {
             assert_eq!(error_code(text), code, "{text}");
@@ -1167,5 +1404,36 @@ mod tests {
         let check = check_merged(&dir.join("s"), &dir.join("o"), &dir.join("m"));
         assert!(check.problem.is_some(), "{check:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_connect_request_gives_its_authority_and_proxy_credentials() {
+        let head = b"CONNECT 10.77.3.2:8444 HTTP/1.1\r\nHost: 10.77.3.2:8444\r\nproxy-authorization: Basic aHVidHJ1c3QtcnVuLTM6eA==\r\n\r\n\x16\x03\x01";
+        assert_eq!(
+            connect_request(head),
+            Some((
+                "10.77.3.2:8444".to_string(),
+                Some("Basic aHVidHJ1c3QtcnVuLTM6eA==".to_string())
+            ))
+        );
+        assert_eq!(
+            connect_request(b"CONNECT 10.77.3.2:8445 HTTP/1.1\r\n\r\n"),
+            Some(("10.77.3.2:8445".to_string(), None))
+        );
+        assert_eq!(connect_request(b"\x16\x03\x01\x02\x00"), None);
+        assert_eq!(connect_request(b"GET / HTTP/1.1\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn proxy_credentials_never_reach_a_message() {
+        assert_eq!(
+            mask_userinfo("http://alice:s3cret@proxy.corp:8080"),
+            "http://***@proxy.corp:8080"
+        );
+        assert_eq!(
+            mask_userinfo("http://10.77.2.2:8080/a@b"),
+            "http://10.77.2.2:8080/a@b"
+        );
+        assert_eq!(mask_userinfo("*"), "*");
     }
 }

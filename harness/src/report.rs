@@ -54,6 +54,7 @@ pub struct EnterpriseSection {
     pub bundle: Option<crate::enterprise::BundleCheck>,
     pub targets: Vec<crate::enterprise::Target>,
     pub runs: Vec<crate::enterprise::ToolRun>,
+    pub proxy_paths: Option<crate::enterprise::ProxyPaths>,
 }
 
 /// The TLS scan of every endpoint, with the policy it was judged by.
@@ -363,6 +364,19 @@ impl RunReport {
             if !e.runs.is_empty() {
                 md += "Each tool ran in the lab; a cell shows `ok` or the error class, in bold where it differs from the expected table.\n\n";
                 md += &crate::enterprise::table_markdown(&e.targets, &e.runs);
+            }
+            if let Some(paths) = &e.proxy_paths {
+                md += &format!(
+                    "\nOn the wire, {} runs sent their own CONNECT to the inspecting proxy.\n\n| internet port | CONNECTs from the lab | connections onward from the proxy |\n|---|---|---|\n",
+                    paths.tunnelled_runs
+                );
+                for (port, (connects, onward)) in &paths.legs {
+                    md += &format!("| {port} | {connects} | {onward} |\n");
+                }
+                for problem in &paths.problems {
+                    md += &format!("\n- **{problem}**");
+                }
+                md += "\n";
             }
         }
         if let Some(h) = &self.hpc {

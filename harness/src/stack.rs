@@ -2307,7 +2307,8 @@ fn manifest_with_overrides(
 
 /// The hub's config for `spec`. The enterprise setup adds to the labs'
 /// environment (the five CA variables when the merge step ran, the proxy
-/// variables with an egress host); nothing else changes, so with neither
+/// variables with an egress host) what the stack file's `[lab] env` does
+/// not set itself; nothing else changes, so with neither
 /// the config is byte for byte the plain stack's.
 fn hub_config_for(
     spec: &StackSpec,
@@ -2318,7 +2319,13 @@ fn hub_config_for(
     lab_extra_env: Vec<(String, String)>,
 ) -> Result<String> {
     let mut lab = lab.clone();
-    lab.env.extend(lab_extra_env);
+    // The stack file's own [lab] env wins: a deployment's NO_PROXY is what
+    // its labs run with, and what the checks then judge.
+    lab.env.extend(
+        lab_extra_env
+            .into_iter()
+            .filter(|(name, _)| !spec.lab.env.contains_key(name)),
+    );
     render_hub_config(spec, values, proxy, &lab, marker)
 }
 

@@ -54,6 +54,9 @@ pub struct Operator {
     pub chains: Vec<ChainCheck>,
     pub inventory: Option<hubtrust_harness::inventory::Inventory>,
     pub tool_runs: Option<Vec<hubtrust_harness::enterprise::ToolRun>>,
+    /// What the wire showed of the runs through the inspecting proxy, or
+    /// why it cannot tell.
+    pub proxy_paths: Option<Result<hubtrust_harness::enterprise::ProxyPaths, String>>,
     pub tls_scan: Option<hubtrust_harness::report::TlsScanSection>,
     pub reach_cells: Option<Vec<hubtrust_harness::reachability::ReachCell>>,
     pub known_defects: Vec<hubtrust_harness::known_defects::KnownDefectHit>,

@@ -819,6 +819,25 @@ fn an_inspecting_proxy_that_re_signs_bad_upstreams_fails_naming_tool_and_target(
 }
 
 #[test]
+fn labs_that_bypass_the_inspecting_proxy_fail_naming_tool_and_proxy_variables() {
+    let stack = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/stacks/broken/labs-bypass-the-inspecting-proxy.toml");
+    let (out, report, id) = enterprise_run("enterprise-bypass", &stack);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for tool in ["python urllib", "curl", "node", "git", "pip", "requests"] {
+        let line = format!(
+            "{tool} → public endpoint via the inspecting proxy with the merged bundle: bypassed the inspecting proxy"
+        );
+        assert!(t.contains(&line), "{line:?} missing:\n{t}");
+    }
+    assert!(t.contains("NO_PROXY=*"), "{t}");
+    assert!(t.contains("the tool answered network-unreachable"), "{t}");
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
 fn a_missing_org_bundle_degrades_and_the_table_shows_the_org_ca_untrusted() {
     let stack = enterprise_stack_with_org_bundle(
         "enterprise-missing-org",

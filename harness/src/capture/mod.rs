@@ -85,6 +85,12 @@ impl Flow {
         )
     }
 
+    /// Up to `limit` bytes of what the client sent first: a proxy's
+    /// CONNECT request, read back from the capture.
+    pub fn request_head(&self, limit: usize) -> std::io::Result<Vec<u8>> {
+        self.to_server.prefix(&self.capture, limit)
+    }
+
     /// Which of `needles` occur in either direction.
     fn search(&self, needles: &[&[u8]]) -> std::io::Result<Vec<bool>> {
         let mut searcher = flows::Searcher::new(needles);

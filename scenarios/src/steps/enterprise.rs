@@ -80,19 +80,67 @@ async fn run_the_discriminator(world: &mut Operator) -> anyhow::Result<()> {
         std::path::Path::new(enterprise::SYSTEM_STORE),
     );
     let targets = outbound.targets.clone();
+    let route = outbound.proxy_route.clone();
     let user = world.first_user()?;
+    // With an inspecting proxy, the egress links are captured meanwhile:
+    // the evidence that proxied runs crossed it.
+    let capture = match &route {
+        Some(_) => Some(
+            world
+                .stack()?
+                .start_wire_capture(&world.artifact_dir().join("pcap"))
+                .await?,
+        ),
+        None => None,
+    };
     // Every tool bounds itself (40 s); the cell as a whole gets room for
     // the slowest of them, then fails with what it printed so far.
     let run = world
         .stack()?
         .run_cell_within(&user, &code, std::time::Duration::from_secs(120))
-        .await?;
+        .await;
+    let census = match capture {
+        Some(capture) => Some(capture.finish().await),
+        None => None,
+    };
+    let run = run?;
     let runs = enterprise::parse_results(&run.stdout).map_err(anyhow::Error::msg)?;
+    let lab_env = enterprise::parse_proxy_env(&run.stdout).map_err(anyhow::Error::msg)?;
+    let paths = match (&route, &census) {
+        (Some(route), Some(census)) => Some(enterprise::judge_proxy_paths(
+            &targets, &runs, census, route, &lab_env,
+        )),
+        _ => None,
+    };
     record(|e| {
         e.targets = targets;
         e.runs = runs.clone();
+        e.proxy_paths = paths.as_ref().and_then(|p| p.as_ref().ok()).cloned();
     });
     world.tool_runs = Some(runs);
+    world.proxy_paths = paths;
+    Ok(())
+}
+
+#[then("every run through the inspecting proxy crossed it on the wire: lab to proxy, then proxy to internet")]
+fn proxied_runs_crossed_the_proxy(world: &mut Operator) -> anyhow::Result<()> {
+    let paths = match world.proxy_paths.take() {
+        Some(Ok(paths)) => paths,
+        Some(Err(inconclusive)) => anyhow::bail!(inconclusive),
+        None => anyhow::bail!(
+            "inconclusive: this stack has no inspecting proxy to cross (fix: enterprise.egress_host)"
+        ),
+    };
+    anyhow::ensure!(
+        paths.problems.is_empty(),
+        "{} runs or ports did not take the inspecting proxy's path:\n  {}",
+        paths.problems.len(),
+        paths.problems.join("\n  ")
+    );
+    anyhow::ensure!(
+        paths.tunnelled_runs > 0,
+        "inconclusive: no run through the inspecting proxy was seen on the wire"
+    );
     Ok(())
 }
 
