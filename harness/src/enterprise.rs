@@ -27,9 +27,7 @@ pub const CA_VARIABLES: [&str; 5] = [
     "GIT_SSL_CAINFO",
 ];
 
-/// Where the distribution keeps its CA bundle: the store tools (OpenSSL,
-/// curl, git's gnutls, python's ssl) use by default.
-pub const SYSTEM_STORE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub use crate::pki::SYSTEM_STORE;
 
 /// Where the inspecting proxy listens on the egress host.
 const PROXY_PORT: u16 = 8080;
@@ -149,9 +147,6 @@ pub struct Outbound {
     /// The outbound test servers, for the TLS scan (from the internet host).
     pub tls_servers: Vec<crate::tls_scan::ScanTarget>,
     servers: Vec<tokio::task::JoinHandle<()>>,
-    /// Set when the lab's host is a container whose own system store was
-    /// replaced by the system bundle: its labs need no wrapper then.
-    system_store_installed: bool,
     /// The inspecting proxy (killed with its process group on drop).
     proxy: Option<crate::process::ManagedProcess>,
 }
@@ -184,7 +179,7 @@ impl Outbound {
         } = placement;
         std::fs::create_dir_all(dir)
             .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
-        let public_root = CertificateAuthority::root("hubtrust public root")?;
+        let public_root = &org.public;
         let system_bundle = dir.join("system-ca-bundle.crt");
         crate::pki::write_with_mode(&system_bundle, public_root.cert_pem().as_bytes(), 0o644)?;
         let org_bundle = match &spec.org_bundle {
@@ -218,7 +213,7 @@ impl Outbound {
             (
                 "public endpoint",
                 Signer::Public,
-                &public_root,
+                public_root,
                 8444,
                 Validity::fresh(30),
                 &sans[..],
@@ -236,7 +231,7 @@ impl Outbound {
             (
                 "expired server",
                 Signer::Expired,
-                &public_root,
+                public_root,
                 8446,
                 Validity::expired(),
                 &sans[..],
@@ -244,7 +239,7 @@ impl Outbound {
             (
                 "wrong-name server",
                 Signer::WrongName,
-                &public_root,
+                public_root,
                 8447,
                 Validity::fresh(30),
                 &wrong_name[..],
@@ -284,7 +279,7 @@ impl Outbound {
         let mut proxy_env = Vec::new();
         let mut proxy_route = None;
         if let Some(egress) = egress {
-            let (process, url) = start_inspecting_proxy(&egress, org, &public_root, dir).await?;
+            let (process, url) = start_inspecting_proxy(&egress, org, public_root, dir).await?;
             proxy_route = Some(ProxyRoute {
                 proxy_host: egress.host.name.clone(),
                 proxy_addr: SocketAddr::from((egress.listen_ip, PROXY_PORT)),
@@ -327,15 +322,6 @@ impl Outbound {
             proxy = Some(process);
         }
 
-        // A container is a machine of its own: the system bundle becomes
-        // its system store (the local backend bind-mounts it per lab).
-        let system_store_installed = match lab_host
-            .install_file(&system_bundle, Path::new(SYSTEM_STORE))
-            .await
-        {
-            Some(installed) => installed.map(|()| true)?,
-            None => false,
-        };
         let merge = if spec.merge_org_bundle {
             let merged = dir.join("certs-extra").join("ca-bundle.crt");
             Some(
@@ -354,7 +340,6 @@ impl Outbound {
             proxy_route,
             tls_servers,
             servers,
-            system_store_installed,
             proxy,
         })
     }
@@ -480,38 +465,6 @@ impl Outbound {
         if let Some(proxy) = self.proxy.take() {
             proxy.stop(grace).await;
         }
-    }
-
-    /// On docker, the labs' system store: (path in the lab, the run's
-    /// system bundle), copied into each lab's container before it starts.
-    pub fn lab_system_store(&self) -> Option<(PathBuf, PathBuf)> {
-        self.system_store_installed
-            .then(|| (PathBuf::from(SYSTEM_STORE), self.system_bundle.clone()))
-    }
-
-    /// The lab's command, wrapped so the lab starts in a mount namespace of
-    /// its own with the system bundle bind-mounted over [`SYSTEM_STORE`]:
-    /// a per-lab system store holding the public root and not the org CA,
-    /// which the lab's tools use by default.
-    pub fn lab_command(&self, command: &[String]) -> Vec<String> {
-        if self.system_store_installed {
-            return command.to_vec();
-        }
-        let mut wrapped: Vec<String> = [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-        ]
-        .map(String::from)
-        .to_vec();
-        wrapped.push(format!("mount --bind \"$0\" {SYSTEM_STORE} && exec \"$@\""));
-        wrapped.push(self.system_bundle.display().to_string());
-        wrapped.extend(command.iter().cloned());
-        wrapped
     }
 
     /// Everything the labs' environment gains: the five CA variables when

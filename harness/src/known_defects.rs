@@ -18,11 +18,12 @@ pub const BUILTIN: &str = include_str!("../../fixtures/known-defects.toml");
 #[serde(deny_unknown_fields)]
 pub struct KnownDefect {
     pub id: String,
-    /// Which check produces it (`tls-scan`).
+    /// Which check produces it (`tls-scan`, `trust-matrix`).
     pub check: String,
     /// The endpoint it shows at; `*` matches anything.
     pub endpoint: String,
-    /// What is offered there (a version or suite); `*` matches anything.
+    /// What is offered there (a version or suite; for the trust matrix, the
+    /// client identity); `*` matches anything.
     pub offered: Vec<String>,
     /// The component whose version decides whether the entry applies.
     pub component: String,
@@ -50,10 +51,10 @@ pub struct KnownDefectHit {
 }
 
 /// One check's findings, sorted.
-#[derive(Debug, Default)]
-pub struct Sorted {
-    pub known: Vec<(KnownDefect, PolicyViolation)>,
-    pub unknown: Vec<PolicyViolation>,
+#[derive(Debug)]
+pub struct Sorted<F> {
+    pub known: Vec<(KnownDefect, F)>,
+    pub unknown: Vec<F>,
     /// Entries that apply to this run but matched nothing: fixed upstream.
     pub stale: Vec<KnownDefect>,
 }
@@ -85,25 +86,45 @@ impl KnownDefects {
         findings: Vec<PolicyViolation>,
         versions: &BTreeMap<String, String>,
         scanned: &[String],
-    ) -> Sorted {
+    ) -> Sorted<PolicyViolation> {
+        self.sort("tls-scan", findings, versions, scanned, |f| {
+            (
+                f.endpoint.clone(),
+                f.offered.trim_end_matches(" under TLS 1.2").to_string(),
+            )
+        })
+    }
+
+    /// Sorts `findings` of `check`; `key` gives each finding's endpoint and
+    /// what was offered there (a version, a suite, a client identity).
+    pub fn sort<F>(
+        &self,
+        check: &str,
+        findings: Vec<F>,
+        versions: &BTreeMap<String, String>,
+        scanned: &[String],
+        key: impl Fn(&F) -> (String, String),
+    ) -> Sorted<F> {
         let applies: Vec<&KnownDefect> = self
             .defect
             .iter()
-            .filter(|d| d.check == "tls-scan")
+            .filter(|d| d.check == check)
             .filter(|d| {
                 versions
                     .get(&d.component)
                     .is_some_and(|v| in_range(v, &d.versions))
             })
             .collect();
-        let mut sorted = Sorted::default();
+        let mut sorted = Sorted {
+            known: Vec::new(),
+            unknown: Vec::new(),
+            stale: Vec::new(),
+        };
         let mut matched: Vec<&str> = Vec::new();
         for finding in findings {
+            let (endpoint, offered) = key(&finding);
             let entry = applies.iter().find(|d| {
-                glob(&d.endpoint, &finding.endpoint)
-                    && d.offered
-                        .iter()
-                        .any(|o| glob(o, finding.offered.trim_end_matches(" under TLS 1.2")))
+                glob(&d.endpoint, &endpoint) && d.offered.iter().any(|o| glob(o, &offered))
             });
             match entry {
                 Some(d) => {

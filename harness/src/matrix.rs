@@ -18,6 +18,9 @@ pub struct MatrixCell {
     pub detail: String,
     pub protocol: Option<String>,
     pub matches: bool,
+    /// The known upstream defect that explains a mismatch, by its id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_defect: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -47,6 +50,7 @@ impl TrustMatrix {
                     matches: verdict_matches(expected, outcome.verdict),
                     detail: outcome.detail,
                     protocol: outcome.protocol,
+                    known_defect: None,
                 });
             }
         }
@@ -57,8 +61,27 @@ impl TrustMatrix {
         })
     }
 
-    pub fn unexpected(&self) -> Vec<&MatrixCell> {
+    /// Cells that differ from the trust graph, known defects included.
+    pub fn mismatches(&self) -> Vec<&MatrixCell> {
         self.cells.iter().filter(|c| !c.matches).collect()
+    }
+
+    /// Cells that differ from the trust graph with no known defect to
+    /// explain them: failures.
+    pub fn unexpected(&self) -> Vec<&MatrixCell> {
+        self.cells
+            .iter()
+            .filter(|c| !c.matches && c.known_defect.is_none())
+            .collect()
+    }
+
+    /// Marks the cell of `endpoint` × `identity` as explained by `defect`.
+    pub fn mark_known_defect(&mut self, endpoint: &str, identity: &str, defect: &str) {
+        for cell in &mut self.cells {
+            if cell.endpoint == endpoint && cell.identity == identity {
+                cell.known_defect = Some(defect.to_string());
+            }
+        }
     }
 
     /// Markdown: rows are identities, columns endpoints, each cell
@@ -75,6 +98,13 @@ impl TrustMatrix {
                     .find(|c| &c.endpoint == endpoint && &c.identity == identity);
                 match cell {
                     Some(c) if c.matches => out += &format!(" ✅ {} |", c.observed),
+                    Some(c) if c.known_defect.is_some() => {
+                        out += &format!(
+                            " ⚠️ {} (known defect {}) |",
+                            c.observed,
+                            c.known_defect.as_deref().unwrap_or_default()
+                        )
+                    }
                     Some(c) => out += &format!(" ❌ {} (expected {}) |", c.observed, c.expected),
                     None => out += " – |",
                 }

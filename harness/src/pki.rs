@@ -493,10 +493,23 @@ impl Zoo {
 
 /// The organisation's PKI: a root, an issuing intermediate, and a foreign CA
 /// that nobody in the stack trusts.
+/// Where the distribution keeps its CA bundle: the store tools (OpenSSL,
+/// curl, git's gnutls, python's ssl) use by default. Every host of a stack
+/// gets its own, holding the run's public root.
+pub const SYSTEM_STORE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Where a run keeps the system store its hosts get.
+pub fn system_store_file(run_dir: &Path) -> PathBuf {
+    run_dir.join("pki").join("system-store.crt")
+}
+
 pub struct OrgPki {
     pub root: CertificateAuthority,
     pub issuing: CertificateAuthority,
     pub foreign: CertificateAuthority,
+    /// The run's stand-in for the roots a distribution ships: the only
+    /// certificate in every host's system store.
+    pub public: CertificateAuthority,
 }
 
 impl OrgPki {
@@ -504,10 +517,12 @@ impl OrgPki {
         let root = CertificateAuthority::root("hubtrust org root CA")?;
         let issuing = root.intermediate("hubtrust org issuing CA")?;
         let foreign = CertificateAuthority::root("hubtrust foreign CA")?;
+        let public = CertificateAuthority::root("hubtrust public root")?;
         Ok(Self {
             root,
             issuing,
             foreign,
+            public,
         })
     }
 }

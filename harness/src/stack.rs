@@ -220,7 +220,9 @@ impl Stack {
 
         progress("generating the org PKI");
         let org = OrgPki::generate()?;
-        let plans = crate::hpc::host_plans(&spec.topology, components);
+        let system_store = crate::pki::system_store_file(&run_dir);
+        crate::pki::write_with_mode(&system_store, org.public.cert_pem().as_bytes(), 0o644)?;
+        let plans = crate::hpc::host_plans(&spec.topology, components, &system_store);
         let mut docker_images = None;
         let mut docker_volumes = Vec::new();
         let network = match backend {
@@ -276,6 +278,16 @@ impl Stack {
                 network
             }
         };
+        // Hosts that are machines of their own (containers) get the run's
+        // system store copied in; the others had it bound at creation.
+        for host in network.hosts.values() {
+            if let Some(installed) = host
+                .install_file(&system_store, Path::new(crate::pki::SYSTEM_STORE))
+                .await
+            {
+                installed?;
+            }
+        }
         // An HPC stack's tunnels are long-lived SSH connections opened
         // during start-up: capture every link from the start, so the wire
         // checks see them begin.
@@ -519,10 +531,10 @@ impl Stack {
                     })
                     .collect(),
                 image: image.to_string(),
-                files: outbound
-                    .iter()
-                    .filter_map(crate::enterprise::Outbound::lab_system_store)
-                    .collect(),
+                files: vec![(
+                    PathBuf::from(crate::pki::SYSTEM_STORE),
+                    system_store.clone(),
+                )],
                 // Entering the kernel host's namespace takes CAP_SYS_ADMIN.
                 cap_add: kernel_netns_bind
                     .iter()
@@ -544,9 +556,6 @@ impl Stack {
             .as_ref()
             .map(crate::enterprise::Outbound::lab_environment)
             .unwrap_or_default();
-        if let Some(outbound) = &outbound {
-            lab_manifest.command = outbound.lab_command(&lab_manifest.command);
-        }
         let config = hub_config_for(
             &render_spec,
             &values,
@@ -1403,6 +1412,16 @@ impl Stack {
             label: "org-CA cert".into(),
             origin: IdentityOrigin::Org,
             identity: Some(org_client),
+        });
+        ids.push(ClientIdentity {
+            label: "public-CA cert".into(),
+            origin: IdentityOrigin::Public,
+            identity: Some(self.org.public.issue(
+                "public-client",
+                &["client.hubtrust.test"],
+                Usage::Client,
+                Validity::fresh(1),
+            )?),
         });
         ids.push(ClientIdentity {
             label: "foreign-CA cert".into(),

@@ -64,6 +64,9 @@ pub enum IdentityOrigin {
     Internal(InternalCa),
     /// Signed by the organisation's CA (trusted by browsers, not internally).
     Org,
+    /// Signed by the run's public root, which every host's system store
+    /// holds: the kind of certificate anyone can buy.
+    Public,
     Foreign,
     /// A zoo certificate, signed by `hub-ca`, which every internal endpoint
     /// trusts, so only its defect decides.
@@ -104,6 +107,10 @@ pub fn expected_verdict(auth: ClientAuth, origin: IdentityOrigin) -> (Verdict, &
         IdentityOrigin::Org => (
             Verdict::ClientCertRejected,
             "the org CA must not gain internal access",
+        ),
+        IdentityOrigin::Public => (
+            Verdict::ClientCertRejected,
+            "the system store's roots must not gain internal access",
         ),
         IdentityOrigin::Foreign => (Verdict::ClientCertRejected, "nobody trusts the foreign CA"),
         IdentityOrigin::Zoo(defect) => match defect {

@@ -111,3 +111,33 @@ impl Operator {
             .join(crate::artifacts::slug(&self.scenario))
     }
 }
+
+/// What this scenario's known defects add to its failures: entries that no
+/// longer reproduce always, the defects themselves under `--strict`.
+/// Without it, each entry is named once as not failing.
+pub fn known_defect_problems(world: &Operator) -> Vec<String> {
+    let mut problems: Vec<String> = world
+        .stale_defects
+        .iter()
+        .map(|id| {
+            format!("known defect `{id}` no longer reproduces (fix: remove it from fixtures/known-defects.toml)")
+        })
+        .collect();
+    let strict = STRICT.load(std::sync::atomic::Ordering::SeqCst);
+    let mut by_entry: std::collections::BTreeMap<&str, usize> = Default::default();
+    for hit in &world.known_defects {
+        *by_entry.entry(hit.id.as_str()).or_default() += 1;
+        if strict {
+            problems.push(format!(
+                "known defect {} (--strict): {}",
+                hit.id, hit.finding
+            ));
+        }
+    }
+    if !strict {
+        for (id, count) in by_entry {
+            eprintln!("    known defect {id}: {count} finding(s), not failing (report.md lists them; --strict fails them)");
+        }
+    }
+    problems
+}

@@ -254,6 +254,51 @@ fn stock_jupyterhubs_internal_suites_show_as_known_defects_and_fail_only_under_s
     assert!(text(&strict).contains("(--strict)"), "{}", text(&strict));
 }
 
+#[test]
+fn the_hub_api_accepting_a_public_ca_client_shows_as_a_known_defect_and_fails_under_strict() {
+    let report = scratch("public-ca-cell");
+    let out = hubtrust()
+        .args(["run", "--tags", "@core", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        md.contains(
+            "| public-CA cert | ⚠️ accepted (known defect jupyterhub-hub-api-trusts-the-system-store) |"
+        ),
+        "{md}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let cells = json["trust_matrix"]["cells"].as_array().unwrap();
+    let public: Vec<&serde_json::Value> = cells
+        .iter()
+        .filter(|c| c["identity"] == "public-CA cert")
+        .collect();
+    assert!(public.len() >= 4, "{public:?}");
+    // Only the hub API lets it in; every other internal endpoint refuses.
+    for cell in &public {
+        let hub_api = cell["endpoint"] == "hub API";
+        assert_eq!(cell["known_defect"].is_string(), hub_api, "{cell}");
+    }
+
+    let strict = hubtrust()
+        .args(["run", "--tags", "@core", "--strict", "--report"])
+        .arg(report.join("strict"))
+        .output()
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(1), "{}", text(&strict));
+    assert!(
+        text(&strict).contains("known defect jupyterhub-hub-api-trusts-the-system-store (--strict): hub API × public-CA cert: accepted"),
+        "{}",
+        text(&strict)
+    );
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
 /// Runs `@core` on a broken stack file: it must exit 1 (a finding, not an
 /// environment problem), say `finding` on the terminal and in every
 /// scenario of the report, and leave nothing running.

@@ -100,15 +100,20 @@ pub struct Host {
     mntns_path: Option<String>,
 }
 
-/// A host's own view of the filesystem, for hosts that play separate
-/// machines (HPC login and compute nodes): fresh, empty `/run`, `/home` and
-/// `/opt`, with directories of the operator's bound in read-only. Everything
-/// else is shared with the operator, so run directories stay reachable.
+/// A host's own view of the filesystem. Every host gets its own system CA
+/// store, as separate machines have; HPC login and compute nodes also get
+/// fresh, empty `/run`, `/home` and `/opt`, with directories of the
+/// operator's bound in read-only. Everything else is shared with the
+/// operator, so run directories stay reachable.
 #[derive(Debug, Clone, Default)]
 pub struct HostFilesystem {
+    /// Fresh `/run`, `/home` and `/opt` (a node of its own).
+    pub fresh_dirs: bool,
     /// `(source on the operator's side, target inside the host)`; targets
     /// must lie under `/opt`.
     pub read_only_binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Bound read-only over the distribution's CA bundle.
+    pub system_store: Option<std::path::PathBuf>,
 }
 
 impl HostFilesystem {
@@ -116,16 +121,25 @@ impl HostFilesystem {
     /// mount namespace before it reports ready.
     fn setup_script(&self) -> String {
         let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
-        let mut script = String::from(
-            "set -e; mount --make-rprivate /; \
-             for d in /run /home /opt; do mount -t tmpfs -o mode=0755 hubtrust \"$d\"; done; \
-             mkdir -m 0755 /run/sshd; ",
-        );
+        let mut script = String::from("set -e; mount --make-rprivate /; ");
+        if self.fresh_dirs {
+            script.push_str(
+                "for d in /run /home /opt; do mount -t tmpfs -o mode=0755 hubtrust \"$d\"; done; \
+                 mkdir -m 0755 /run/sshd; ",
+            );
+        }
         for (source, target) in &self.read_only_binds {
             script.push_str(&format!(
                 "mkdir -p {t}; mount --bind {s} {t}; mount -o remount,bind,ro {t}; ",
                 s = quote(source),
                 t = quote(target)
+            ));
+        }
+        if let Some(store) = &self.system_store {
+            script.push_str(&format!(
+                "mount --bind {s} {t}; mount -o remount,bind,ro {t}; ",
+                s = quote(store),
+                t = crate::pki::SYSTEM_STORE
             ));
         }
         script.push_str("echo ready; exec cat");
@@ -628,8 +642,7 @@ pub struct StackNetwork {
 #[derive(Debug, Clone)]
 pub struct HostPlan {
     pub name: String,
-    /// Its own `/run`, `/home` and `/opt` (HPC nodes); `None` shares the
-    /// operator's.
+    /// Its own view of the filesystem; `None` shares the operator's.
     pub filesystem: Option<HostFilesystem>,
     /// Whether the operator has a direct link to it. Hosts without one are
     /// reached only through other hosts, as an HPC compute node is.

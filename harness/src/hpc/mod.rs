@@ -28,27 +28,40 @@ const TUNNEL_ACTION: &str = include_str!("../../../fixtures/hpc/tunnel-action.sh
 const COMPUTE_BATCH: &str = include_str!("../../../fixtures/hpc/compute-batch.py");
 const SPAWNER: &str = include_str!("../../../fixtures/hpc/hubtrust_hpc_spawner.py");
 
-/// How each host of `topology` is made: HPC nodes get their own filesystem
-/// view and no link to the operator.
-pub fn host_plans(topology: &Topology, components: &Components) -> Vec<HostPlan> {
+/// How each host of `topology` is made: each gets `system_store` as its
+/// own system CA store; HPC nodes also get their own filesystem view and
+/// no link to the operator.
+pub fn host_plans(
+    topology: &Topology,
+    components: &Components,
+    system_store: &Path,
+) -> Vec<HostPlan> {
     topology
         .all_hosts()
         .iter()
         .map(|name| {
             if topology.is_hpc_node(name) {
-                node_plan(name, components)
+                node_plan(name, components, system_store)
             } else {
-                HostPlan::plain(name)
+                HostPlan {
+                    filesystem: Some(HostFilesystem {
+                        system_store: Some(system_store.to_path_buf()),
+                        ..Default::default()
+                    }),
+                    ..HostPlan::plain(name)
+                }
             }
         })
         .collect()
 }
 
-fn node_plan(name: &str, components: &Components) -> HostPlan {
+fn node_plan(name: &str, components: &Components, system_store: &Path) -> HostPlan {
     HostPlan {
         name: name.into(),
         filesystem: Some(HostFilesystem {
+            fresh_dirs: true,
             read_only_binds: vec![(components.root.clone(), COMPONENTS_ON_NODES.into())],
+            system_store: Some(system_store.to_path_buf()),
         }),
         operator_link: false,
     }
@@ -228,7 +241,9 @@ impl HpcSite {
             added: std::sync::Mutex::new(Vec::new()),
             disturbed_sshd: std::sync::Mutex::new(Default::default()),
             proxy_cert_disturbed: std::sync::atomic::AtomicBool::new(false),
-            node_filesystem: node_plan("node", components).filesystem.unwrap_or_default(),
+            node_filesystem: node_plan("node", components, &crate::pki::system_store_file(run_dir))
+                .filesystem
+                .unwrap_or_default(),
             broker: std::sync::Mutex::new(None),
             broker_launch: None,
             broker_port: spec.hpc.broker_port,

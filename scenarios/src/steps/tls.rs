@@ -2,7 +2,7 @@ use cucumber::{then, when};
 
 use hubtrust_harness::known_defects::{KnownDefectHit, KnownDefects};
 
-use crate::world::{report, Operator, STRICT};
+use crate::world::{known_defect_problems, report, Operator};
 
 #[when("every TLS endpoint of the stack is scanned")]
 async fn scan_every_endpoint(world: &mut Operator) -> anyhow::Result<()> {
@@ -41,8 +41,10 @@ async fn scan_every_endpoint(world: &mut Operator) -> anyhow::Result<()> {
         r.known_defects.extend(hits.iter().cloned());
     }
     world.tls_scan = Some(section);
-    world.known_defects = hits;
-    world.stale_defects = sorted.stale.iter().map(|d| d.id.clone()).collect();
+    world.known_defects.extend(hits);
+    world
+        .stale_defects
+        .extend(sorted.stale.iter().map(|d| d.id.clone()));
     Ok(())
 }
 
@@ -53,25 +55,7 @@ fn nothing_forbidden(world: &mut Operator) -> anyhow::Result<()> {
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no TLS scan ran in this scenario"))?;
     let mut problems: Vec<String> = scan.violations.iter().map(|v| v.describe()).collect();
-    problems.extend(world.stale_defects.iter().map(|id| {
-        format!("known defect `{id}` no longer reproduces (fix: remove it from fixtures/known-defects.toml)")
-    }));
-    let strict = STRICT.load(std::sync::atomic::Ordering::SeqCst);
-    let mut by_entry: std::collections::BTreeMap<&str, usize> = Default::default();
-    for hit in &world.known_defects {
-        *by_entry.entry(hit.id.as_str()).or_default() += 1;
-        if strict {
-            problems.push(format!(
-                "known defect {} (--strict): {}",
-                hit.id, hit.finding
-            ));
-        }
-    }
-    if !strict {
-        for (id, count) in by_entry {
-            eprintln!("    known defect {id}: {count} finding(s), not failing (report.md lists them; --strict fails them)");
-        }
-    }
+    problems.extend(known_defect_problems(world));
     anyhow::ensure!(
         problems.is_empty(),
         "the TLS scan found what the `{}` policy forbids:\n  {}",

@@ -3,15 +3,44 @@ use hubtrust_harness::matrix::TrustMatrix;
 use hubtrust_harness::probe::Verdict;
 use hubtrust_harness::report::ChainCheck;
 
-use crate::world::{report, Operator};
+use hubtrust_harness::known_defects::{KnownDefectHit, KnownDefects};
+
+use crate::world::{known_defect_problems, report, Operator};
 
 #[when("I probe every endpoint with every client identity")]
 async fn probe_the_matrix(world: &mut Operator) -> anyhow::Result<()> {
-    let matrix = TrustMatrix::observe(world.stack()?).await?;
+    let stack = world.stack()?;
+    let mut matrix = TrustMatrix::observe(stack).await?;
+    let sorted = KnownDefects::builtin()?.sort(
+        "trust-matrix",
+        matrix.mismatches().into_iter().cloned().collect(),
+        &stack.component_versions,
+        &matrix.endpoints,
+        |c| (c.endpoint.clone(), c.identity.clone()),
+    );
+    let mut hits = Vec::new();
+    for (defect, cell) in &sorted.known {
+        matrix.mark_known_defect(&cell.endpoint, &cell.identity, &defect.id);
+        hits.push(KnownDefectHit {
+            scenario: world.scenario.clone(),
+            id: defect.id.clone(),
+            finding: format!(
+                "{} × {}: {} ({}), where the trust graph says {}",
+                cell.endpoint, cell.identity, cell.observed, cell.detail, cell.expected
+            ),
+            reason: defect.reason.clone(),
+            upstream: defect.upstream.clone(),
+        });
+    }
     if let Ok(mut r) = report().lock() {
         r.trust_matrix = Some(matrix.clone());
+        r.known_defects.extend(hits.iter().cloned());
     }
     world.matrix = Some(matrix);
+    world.known_defects.extend(hits);
+    world
+        .stale_defects
+        .extend(sorted.stale.iter().map(|d| d.id.clone()));
     Ok(())
 }
 
@@ -25,7 +54,7 @@ fn every_verdict_matches(world: &mut Operator) -> anyhow::Result<()> {
         !matrix.cells.is_empty(),
         "the matrix is empty: nothing was checked"
     );
-    let unexpected: Vec<String> = matrix
+    let mut unexpected: Vec<String> = matrix
         .unexpected()
         .iter()
         .map(|c| {
@@ -35,11 +64,12 @@ fn every_verdict_matches(world: &mut Operator) -> anyhow::Result<()> {
             )
         })
         .collect();
+    let cells = matrix.cells.len();
+    unexpected.extend(known_defect_problems(world));
     anyhow::ensure!(
         unexpected.is_empty(),
-        "{} of {} cells differ from the trust graph:\n  {}",
+        "{} of {cells} cells differ from the trust graph:\n  {}",
         unexpected.len(),
-        matrix.cells.len(),
         unexpected.join("\n  ")
     );
     Ok(())
