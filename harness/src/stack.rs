@@ -4,7 +4,7 @@
 //! `StackSpec` is the data; `Stack` owns the running hosts and processes and
 //! tears them down on drop. Scenarios only ever talk to `Stack`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -1318,26 +1318,82 @@ impl Stack {
                 why: "the hub's spawner and the operator (hubtrust's REST checks, an admin) are its clients, no login or compute node".into(),
             });
         }
-        if !labs_apart && topology.hpc.is_none() {
+        if topology.hpc.is_none() {
+            let lab_host = &topology.lab_host;
             for (user, lab) in &self.labs {
                 endpoints.push(InternalEndpoint {
                     name: format!("lab of {user}"),
-                    host: hub.clone(),
+                    host: lab_host.clone(),
                     port: lab.addr.port(),
-                    answers_from: only_hub.clone(),
+                    answers_from: [hub.clone(), lab_host.clone()].into(),
                     why: "the hub and the proxy are its clients".into(),
+                });
+            }
+        }
+        if let Some(site) = &self.hpc {
+            let login: BTreeSet<String> =
+                site.all_login_nodes().into_iter().map(|l| l.name).collect();
+            for node in &login {
+                let mut clients: BTreeSet<String> = site.compute_nodes.iter().cloned().collect();
+                clients.extend([hub.clone(), node.clone()]);
+                endpoints.push(InternalEndpoint {
+                    name: format!("sshd on {node}"),
+                    host: node.clone(),
+                    port: 22,
+                    answers_from: clients,
+                    why: "the broker and the spawner on the hub's host, and the compute nodes' users, log in there".into(),
+                });
+            }
+            for node in &site.compute_nodes {
+                let mut clients = login.clone();
+                clients.insert(node.clone());
+                endpoints.push(InternalEndpoint {
+                    name: format!("sshd on {node}"),
+                    host: node.clone(),
+                    port: 22,
+                    answers_from: clients,
+                    why: "the spawner reaches it only by jumping through a login node".into(),
                 });
             }
         }
         endpoints
     }
 
+    /// A running kernel's ZeroMQ ports as internal endpoints: the lab
+    /// server on the lab's host is their only client.
+    pub async fn kernel_endpoints(
+        &self,
+        user: &str,
+    ) -> Result<Vec<crate::reachability::InternalEndpoint>> {
+        let run = self.run_cell(user, "print('hubtrust')").await?;
+        let (_, ports) = self.kernel_ports(&run.kernel_id).await?;
+        let lab_host = &self.spec.topology.lab_host;
+        Ok(ports
+            .into_iter()
+            .map(|(channel, port)| crate::reachability::InternalEndpoint {
+                name: format!("kernel {channel} port of {user}"),
+                host: lab_host.clone(),
+                port,
+                answers_from: [lab_host.clone()].into(),
+                why: "the lab server next to the kernel is its only client".into(),
+            })
+            .collect())
+    }
+
     /// Every internal endpoint probed from every host of the topology (all
     /// at once: where a network drops rather than refuses, each probe waits
     /// out its timeout).
     pub async fn reachability_matrix(&self) -> Result<Vec<crate::reachability::ReachCell>> {
+        let mut endpoints = self.internal_endpoints();
+        // A kernel's connection file lies on the lab's host; HPC compute
+        // nodes keep it in their own /home, out of reach here.
+        if self.hpc.is_none() {
+            if let Some(user) = self.labs.keys().next() {
+                endpoints.extend(self.kernel_endpoints(user).await?);
+            }
+        }
         let mut plan = Vec::new();
-        for endpoint in self.internal_endpoints() {
+        for endpoint in endpoints {
             for from in self.network.hosts.keys() {
                 let mut addrs = self.network.addresses_of(&endpoint.host);
                 if *from == endpoint.host {

@@ -389,6 +389,30 @@ fn a_hub_api_listening_on_every_interface_is_named_with_the_host_that_reached_it
 }
 
 #[test]
+fn kernel_ports_on_every_interface_are_cells_of_the_reachability_matrix() {
+    let report = scratch("kernels-everywhere");
+    let out = hubtrust()
+        .args(["run", "--tags", "@reachability", "--stack"])
+        .arg("fixtures/stacks/kernels-on-all-interfaces.toml")
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    for channel in ["shell", "iopub", "stdin", "control", "hb"] {
+        assert!(
+            t.lines().any(|l| l.contains(&format!(
+                "kernel {channel} port of alice on `hub` answers at "
+            )) && l
+                .contains("from host `operator`, where the design allows no client")),
+            "{channel}: {t}"
+        );
+    }
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
 fn repeat_needs_a_round_count_of_at_least_one() {
     for args in [&["run", "--repeat"][..], &["run", "--repeat", "0"]] {
         let out = hubtrust().args(args).output().unwrap();
