@@ -53,16 +53,18 @@ pub fn cause_in_client_error(url: &str, error: &str) -> Option<String> {
     if error.contains("InvalidContentType") || error.contains("corrupt message") {
         return found("answered plaintext where TLS was expected");
     }
-    if error.contains("Expired") {
+    // rustls words these as Debug names or, with context, as sentences.
+    let lower = error.to_ascii_lowercase();
+    if error.contains("Expired") || lower.contains("certificate expired") {
         return found("served a certificate that has expired");
     }
-    if error.contains("NotValidYet") {
+    if error.contains("NotValidYet") || lower.contains("certificate not valid yet") {
         return found("served a certificate that is not yet valid");
     }
-    if error.contains("NotValidForName") {
+    if error.contains("NotValidForName") || lower.contains("certificate not valid for name") {
         return found("served a certificate for another name");
     }
-    if error.contains("UnknownIssuer") {
+    if error.contains("UnknownIssuer") || lower.contains("unknown issuer") {
         return found("served a certificate from a CA its clients do not trust");
     }
     if error.contains("CertificateRequired") || error.contains("BadCertificate") {
@@ -74,6 +76,40 @@ pub fn cause_in_client_error(url: &str, error: &str) -> Option<String> {
         ));
     }
     None
+}
+
+/// Whether a cause is about the certificate a server served.
+pub fn is_certificate_cause(cause: &str) -> bool {
+    cause.contains("served a certificate")
+}
+
+/// The dates and names of the certificate `url`'s server presents, read
+/// from the operator's side as the readiness check's client saw it.
+/// `names` resolves host names the way that client does.
+pub async fn describe_served_certificate<N: HostNetwork>(
+    network: &N,
+    url: &str,
+    names: &[(String, SocketAddr)],
+) -> Option<String> {
+    let authority = url.strip_prefix("https://")?.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let addr = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => names
+            .iter()
+            .find(|(name, _)| name == host)
+            .map(|(_, addr)| SocketAddr::new(addr.ip(), port))?,
+    };
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        network.connect_from("operator", addr),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let leaf = crate::probe::peer_leaf(stream, host).await?;
+    crate::probe::describe_validity_and_names(&leaf)
 }
 
 /// Probes a TLS endpoint that never completed a handshake: plaintext where
@@ -137,5 +173,81 @@ mod tests {
         let expired = cause_in_client_error("u", "invalid peer certificate: Expired");
         assert!(expired.unwrap().contains("expired"));
         assert!(cause_in_client_error("u", "connection refused").is_none());
+    }
+
+    struct Loopback;
+
+    impl HostNetwork for Loopback {
+        async fn connect_from(
+            &self,
+            _host: &str,
+            addr: SocketAddr,
+        ) -> std::io::Result<tokio::net::TcpStream> {
+            tokio::net::TcpStream::connect(addr).await
+        }
+    }
+
+    /// Serves a leaf from a fresh root on loopback; returns the root's PEM
+    /// and the address.
+    async fn serve_leaf(sans: &[&str], validity: crate::pki::Validity) -> (String, SocketAddr) {
+        use crate::pki::{CertificateAuthority, Usage};
+        let ca = CertificateAuthority::root("test root").unwrap();
+        let leaf = ca.issue("leaf", sans, Usage::Server, validity).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+            crate::probe::server_tls_config(&leaf).unwrap(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = acceptor.accept(stream).await;
+                });
+            }
+        });
+        (ca.cert_pem(), addr)
+    }
+
+    #[tokio::test]
+    async fn a_refused_certificate_is_diagnosed_with_its_dates_and_names() {
+        use crate::pki::Validity;
+        for (sans, validity, said, named) in [
+            (
+                ["hub.hubtrust.test"],
+                Validity::expired(),
+                "served a certificate that has expired",
+                "DNS:hub.hubtrust.test",
+            ),
+            (
+                ["elsewhere.invalid"],
+                Validity::fresh(1),
+                "served a certificate for another name",
+                "DNS:elsewhere.invalid",
+            ),
+        ] {
+            let (root, addr) = serve_leaf(&sans, validity).await;
+            let url = format!("https://hub.hubtrust.test:{}/hub/health", addr.port());
+            // The error the readiness check's own client gets.
+            let client = reqwest::Client::builder()
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(root.as_bytes()).unwrap())
+                .resolve("hub.hubtrust.test", addr)
+                .build()
+                .unwrap();
+            let error = client.get(&url).send().await.unwrap_err();
+            let error = crate::ready::error_chain(&error);
+            let cause = cause_in_client_error(&url, &error).expect(&error);
+            assert!(is_certificate_cause(&cause), "{cause}");
+            assert!(cause.contains(said), "{cause}");
+            let names = [("hub.hubtrust.test".to_string(), addr)];
+            let described = describe_served_certificate(&Loopback, &url, &names)
+                .await
+                .unwrap();
+            assert!(described.starts_with("it is valid from "), "{described}");
+            assert!(described.contains(" until "), "{described}");
+            assert!(described.contains(named), "{described}");
+        }
     }
 }

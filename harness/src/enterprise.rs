@@ -419,6 +419,7 @@ async fn start_inspecting_proxy(
         network: egress.network,
         http: egress.http,
         log: &egress.log,
+        names: &[],
     };
     let program = &launch.program;
     wait_ready("inspecting proxy", &check, &ready, &mut process)

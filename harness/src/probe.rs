@@ -424,6 +424,48 @@ pub async fn handshake_error(stream: TcpStream, server_name: &str) -> Option<Str
         .map(|e| e.to_string())
 }
 
+/// The leaf certificate a TLS server presents (DER), whatever it is: read
+/// with a verifier that accepts anything, so a certificate that its
+/// clients refuse can still be described.
+pub async fn peer_leaf(stream: TcpStream, server_name: &str) -> Option<Vec<u8>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    let name = ServerName::try_from(server_name.to_string()).ok()?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .ok()?;
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
+    Some(leaf)
+}
+
+/// A certificate's dates and names, as a diagnosis quotes them.
+pub fn describe_validity_and_names(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let validity = cert.validity();
+    let date = |t: &x509_parser::time::ASN1Time| {
+        t.to_datetime()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.to_string())
+    };
+    let sans = crate::inventory::subject_alt_names(&cert);
+    Some(format!(
+        "it is valid from {} until {}, for {}",
+        date(&validity.not_before),
+        date(&validity.not_after),
+        if sans.is_empty() {
+            "no subject alternative name".to_string()
+        } else {
+            sans.join(", ")
+        }
+    ))
+}
+
 /// The status line a server sends to a plaintext HTTP request, if it
 /// speaks plaintext HTTP at all.
 pub async fn plaintext_http_status(mut stream: TcpStream) -> Option<String> {

@@ -199,16 +199,22 @@ pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
 /// components a stack started, and anything they forked in new sessions
 /// (JupyterHub starts the proxy and the labs outside its own group).
 pub fn sweep_marked(marker: &str, value: &str) -> usize {
+    signal_marked(marker, value, Signal::SIGKILL, None)
+}
+
+/// Sends `signal` to every process carrying `marker=value` in its
+/// environment but this one and `spare`; returns how many it signalled.
+pub fn signal_marked(marker: &str, value: &str, signal: Signal, spare: Option<u32>) -> usize {
     let needle = format!("{marker}={value}");
     let own = std::process::id();
-    let mut killed = 0;
+    let mut signalled = 0;
     for pid in marked_processes(&needle) {
-        if pid != own {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            killed += 1;
+        if pid != own && Some(pid) != spare {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
+            signalled += 1;
         }
     }
-    killed
+    signalled
 }
 
 /// PIDs whose environment contains the exact `KEY=value` entry.

@@ -67,6 +67,8 @@ pub struct ReadyContext<'a, N: HostNetwork> {
     pub http: &'a reqwest::Client,
     /// Where the component writes its log (for log-line checks).
     pub log: &'a Path,
+    /// Host names the HTTP client resolves itself, for the diagnosis.
+    pub names: &'a [(String, std::net::SocketAddr)],
 }
 
 /// Polls `check` until it passes or times out. `supervisor` is the process
@@ -169,7 +171,20 @@ async fn diagnose<N: HostNetwork>(
                 .ok()
                 .flatten()
         }
-        ReadyCheck::Http { url, .. } => crate::diagnosis::cause_in_client_error(url, last_answer),
+        ReadyCheck::Http { url, .. } => {
+            match crate::diagnosis::cause_in_client_error(url, last_answer) {
+                Some(cause) if crate::diagnosis::is_certificate_cause(&cause) => {
+                    let certificate =
+                        crate::diagnosis::describe_served_certificate(ctx.network, url, ctx.names)
+                            .await;
+                    Some(match certificate {
+                        Some(described) => format!("{cause}; {described}"),
+                        None => cause,
+                    })
+                }
+                other => other,
+            }
+        }
         ReadyCheck::Tcp { .. } | ReadyCheck::LogLine { .. } => None,
     };
     let from_log = crate::diagnosis::cause_in_log(&last_lines(ctx.log, 5000));
@@ -230,7 +245,7 @@ async fn attempt<N: HostNetwork>(
 
 /// An error and its sources, as one line: reqwest's own message hides the
 /// TLS error that says why.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

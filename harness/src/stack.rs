@@ -879,6 +879,8 @@ impl Stack {
             http,
             hub,
             proxy,
+            spec,
+            public_addr,
             ..
         } = self;
         let watched = match proxy {
@@ -889,10 +891,12 @@ impl Stack {
             })?,
         };
         let log = watched.log.clone();
+        let names = [(spec.topology.public_name.clone(), *public_addr)];
         let ctx = ReadyContext {
             network: &*network,
             http: &*http,
             log: log.as_path(),
+            names: &names,
         };
         for check in checks {
             wait_ready(component, check, &ctx, watched).await?;
@@ -1693,6 +1697,15 @@ impl Stack {
     /// Stops the hub gracefully (it stops its proxy and labs), then removes
     /// whatever of the stack is still alive, then the hosts.
     pub async fn shutdown(mut self) {
+        // Labs, kernels and the proxy get SIGTERM together first: the hub's
+        // own cleanup stops labs one by one, waiting on each (1.5 s a lab).
+        let hub_pid = self.hub.as_ref().and_then(ManagedProcess::pid);
+        crate::process::signal_marked(
+            STACK_MARKER_ENV,
+            &self.marker,
+            nix::sys::signal::Signal::SIGTERM,
+            hub_pid,
+        );
         if let Some(hub) = self.hub.take() {
             hub.stop(STOP_GRACE).await;
         }

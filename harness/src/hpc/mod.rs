@@ -868,6 +868,7 @@ impl HpcSite {
             network,
             http,
             log: &launch.log,
+            names: &[],
         };
         wait_ready("tunnel broker", &check, &ctx, &mut process).await?;
         if let Ok(mut broker) = self.broker.lock() {
@@ -1290,6 +1291,7 @@ async fn launch_sshd(
         network,
         http,
         log: &launch.log,
+        names: &[],
     };
     wait_ready(&launch.name, &check, &ctx, &mut process).await?;
     Ok(process)
