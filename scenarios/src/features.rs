@@ -139,3 +139,80 @@ pub fn selected<'a>(
         .filter(|s| op.is_none_or(|op| op.eval(s.tags.iter())))
         .collect()
 }
+
+/// The profiles whose scenarios run only on a stack with their site.
+const SITE_PROFILES: [(&str, &str); 2] = [
+    (
+        "hpc",
+        "an HPC site ([topology.hpc] in the stack file; fix: --stack fixtures/stacks/hpc.toml)",
+    ),
+    (
+        "enterprise",
+        "an [enterprise] section (fix: --stack fixtures/stacks/enterprise.toml, or add [enterprise] to your stack file)",
+    ),
+];
+
+/// The profile tags: a scenario tagged only with a site's profile needs
+/// that site; one also tagged @core or @wire runs on any stack.
+const PROFILES: [&str; 4] = ["core", "wire", "enterprise", "hpc"];
+
+/// Why `selected` cannot run on a stack with (`has_hpc`, `has_enterprise`):
+/// the first scenario that needs a site the stack lacks, and that site.
+pub fn missing_site(
+    selected: &[&ScenarioInfo],
+    has_hpc: bool,
+    has_enterprise: bool,
+) -> Option<String> {
+    for scenario in selected {
+        let profiles: Vec<&str> = scenario
+            .tags
+            .iter()
+            .map(|t| t.trim_start_matches('@'))
+            .filter(|t| PROFILES.contains(t))
+            .collect();
+        let [only] = profiles[..] else { continue };
+        let Some((_, site)) = SITE_PROFILES.iter().find(|(p, _)| *p == only) else {
+            continue;
+        };
+        let present = match only {
+            "hpc" => has_hpc,
+            _ => has_enterprise,
+        };
+        if !present {
+            return Some(format!(
+                "scenario {:?} (@{only}) needs {site}, and this stack has none",
+                scenario.name
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(tags: &[&str]) -> ScenarioInfo {
+        ScenarioInfo {
+            feature: "f".into(),
+            file: PathBuf::from("f.feature"),
+            name: "s".into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_a_scenario_of_a_site_profile_alone_needs_the_site() {
+        let hpc_only = scenario(&["@hpc"]);
+        let everywhere = scenario(&["@core", "@wire", "@enterprise", "@hpc", "@tls"]);
+        let enterprise_only = scenario(&["@enterprise"]);
+        assert!(missing_site(&[&everywhere], false, false).is_none());
+        assert!(missing_site(&[&hpc_only], true, false).is_none());
+        assert!(missing_site(&[&hpc_only], false, true)
+            .unwrap()
+            .contains("fixtures/stacks/hpc.toml"));
+        assert!(missing_site(&[&everywhere, &enterprise_only], true, false)
+            .unwrap()
+            .contains("fixtures/stacks/enterprise.toml"));
+    }
+}

@@ -84,6 +84,11 @@ async fn run_rounds(args: &RunArgs, rounds: u32) -> ExitCode {
         let code = status.ok().and_then(|s| s.code());
         match read_round(&report) {
             Ok(results) => summary.add_round(round, &results),
+            // A usage or environment error is the same in every round.
+            Err(_) if code == Some(2) => {
+                eprintln!("round {round} could not run (exit 2, its error above); the remaining rounds were not run");
+                return ExitCode::from(2);
+            }
             Err(e) => summary.add_missing_round(
                 round,
                 format!("the run exited {code:?} and left no report: {e}"),

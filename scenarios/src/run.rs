@@ -171,6 +171,16 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Refused before anything starts: a flat stack would come up only to
+    // fail every scenario of a site it does not have.
+    if let Some(why) = features::missing_site(
+        &features::selected(&all_scenarios, tags.as_ref()),
+        spec.topology.hpc.is_some(),
+        spec.enterprise.is_some(),
+    ) {
+        eprintln!("error: stack `{}`: {why}", spec.name);
+        return ExitCode::from(2);
+    }
     let stack_name = spec.name.clone();
     let work = match hubtrust_harness::workdir::RunDir::create(&std::env::temp_dir()) {
         Ok(w) => w,

@@ -413,6 +413,55 @@ fn kernel_ports_on_every_interface_are_cells_of_the_reachability_matrix() {
 }
 
 #[test]
+fn a_site_profile_on_a_stack_without_its_site_is_refused_before_anything_starts() {
+    for (tags, stack, needs, fix) in [
+        (
+            "@hpc",
+            None,
+            "needs an HPC site",
+            "fixtures/stacks/hpc.toml",
+        ),
+        (
+            "@enterprise",
+            None,
+            "needs an [enterprise] section",
+            "fixtures/stacks/enterprise.toml",
+        ),
+        (
+            "@enterprise",
+            Some("fixtures/stacks/hpc.toml"),
+            "needs an [enterprise] section",
+            "fixtures/stacks/enterprise.toml",
+        ),
+    ] {
+        let id = run_id("site-missing");
+        let mut command = hubtrust();
+        command.args(["run", "--tags", tags]);
+        if let Some(stack) = stack {
+            command.args(["--stack", stack]);
+        }
+        let out = command.env("HUBTRUST_RUN_ID", &id).output().unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{tags}: {t}");
+        assert!(t.contains(needs) && t.contains(fix), "{tags}: {t}");
+        assert!(!t.contains("starting jupyterhub"), "{tags}: {t}");
+        assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    }
+    // --repeat stops at the first round that cannot run.
+    let out = hubtrust()
+        .args(["run", "--tags", "@hpc", "--repeat", "3", "--report"])
+        .arg(scratch("site-missing-repeat"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("round 1 could not run"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn repeat_needs_a_round_count_of_at_least_one() {
     for args in [&["run", "--repeat"][..], &["run", "--repeat", "0"]] {
         let out = hubtrust().args(args).output().unwrap();
