@@ -324,10 +324,11 @@ impl Outbound {
 
         let merge = if spec.merge_org_bundle {
             let merged = dir.join("certs-extra").join("ca-bundle.crt");
-            Some(
-                run_merge_step(lab_host, merge_script, &system_bundle, &org_bundle, &merged)
-                    .await?,
-            )
+            let step = match &spec.merge_command {
+                Some(command) if !command.is_empty() => MergeStep::Command(command),
+                _ => MergeStep::Script(merge_script),
+            };
+            Some(run_merge_step(lab_host, step, &system_bundle, &org_bundle, &merged).await?)
         } else {
             None
         };
@@ -542,21 +543,52 @@ fn respond(name: &str, path: &str) -> (&'static str, Vec<u8>) {
     ("text/plain", format!("hubtrust {name}\n").into_bytes())
 }
 
-/// Runs the real merge script on the lab's host, as the init step would.
+/// Which merge step runs: hubtrust's script, or a vendor's command. Either
+/// gets three arguments appended: the system bundle, the org bundle (which
+/// may be absent) and the output path.
+#[derive(Debug, Clone, Copy)]
+pub enum MergeStep<'a> {
+    Script(&'a Path),
+    Command(&'a [String]),
+}
+
+impl MergeStep<'_> {
+    /// The argv before the three paths; `script` is where the script lies
+    /// for the process that runs it.
+    fn program(&self, script: &Path) -> Vec<String> {
+        match self {
+            MergeStep::Script(_) => vec!["sh".into(), script.display().to_string()],
+            MergeStep::Command(command) => command.to_vec(),
+        }
+    }
+}
+
+/// Runs the merge step on the lab's host, as the init step would: in place
+/// on the local backend, as an init container on docker.
 pub async fn run_merge_step(
     host: &Host,
-    script: &Path,
+    step: MergeStep<'_>,
     system: &Path,
     org: &Path,
     merged: &Path,
 ) -> Result<MergeOutcome> {
     if host.is_container() {
-        return run_merge_init_container(host, script, system, org, merged).await;
+        return run_merge_init_container(host, step, system, org, merged).await;
+    }
+    let script = match step {
+        MergeStep::Script(script) => script.to_path_buf(),
+        MergeStep::Command(_) => PathBuf::new(),
+    };
+    // The output's directory exists for the step, as an emptyDir would
+    // (on docker it is a volume).
+    if let Some(dir) = merged.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
     }
     let argv: Vec<String> = host
         .wrapper()
         .into_iter()
-        .chain(["sh".to_string(), script.display().to_string()])
+        .chain(step.program(&script))
         .chain([system, org, merged].map(|p| p.display().to_string()))
         .collect();
     let output = tokio::time::timeout(
@@ -573,10 +605,31 @@ pub async fn run_merge_step(
     })?
     .map_err(|e| HarnessError::io("run the org-bundle merge step", e))?;
     let said = String::from_utf8_lossy(&output.stderr).trim().to_string();
-    if !output.status.success() {
+    merge_outcome(
+        "org-bundle merge step",
+        output.status.code().unwrap_or(-1) as i64,
+        said,
+        merged,
+    )
+}
+
+/// What a finished merge step did: an error when it failed or wrote
+/// nothing, else the output with whatever it said (a degraded merge).
+fn merge_outcome(step: &str, code: i64, said: String, merged: &Path) -> Result<MergeOutcome> {
+    if code != 0 {
         return Err(HarnessError::Spawn {
-            component: "org-bundle merge step".into(),
-            message: format!("{} ({})", said, output.status),
+            component: step.into(),
+            message: format!("it exited with status {code}: {said} (fix: check enterprise.merge_command, or the org bundle)"),
+        });
+    }
+    let written = std::fs::metadata(merged).map(|m| m.len()).unwrap_or(0);
+    if written == 0 {
+        return Err(HarnessError::Spawn {
+            component: step.into(),
+            message: format!(
+                "it exited 0 but wrote nothing to {} (fix: the step's third argument is where the merged bundle goes)",
+                merged.display()
+            ),
         });
     }
     Ok(MergeOutcome {
@@ -592,31 +645,33 @@ pub async fn run_merge_step(
 /// byte-level check.
 async fn run_merge_init_container(
     host: &Host,
-    script: &Path,
+    step: MergeStep<'_>,
     system: &Path,
     org: &Path,
     merged: &Path,
 ) -> Result<MergeOutcome> {
     let inputs_dir = Path::new("/hubtrust-init");
-    let mut inputs = vec![
-        (script.to_path_buf(), inputs_dir.join("merge-ca-bundle.sh")),
-        (
-            system.to_path_buf(),
-            inputs_dir.join("system-ca-bundle.crt"),
-        ),
-    ];
-    // A missing org bundle stays missing: the script degrades on it.
+    let mut inputs = vec![(
+        system.to_path_buf(),
+        inputs_dir.join("system-ca-bundle.crt"),
+    )];
+    if let MergeStep::Script(script) = step {
+        inputs.push((script.to_path_buf(), inputs_dir.join("merge-ca-bundle.sh")));
+    }
+    // A missing org bundle stays missing: the step degrades on it.
     if org.exists() {
         inputs.push((org.to_path_buf(), inputs_dir.join("org-ca-bundle.crt")));
     }
     let input = |name: &str| inputs_dir.join(name).display().to_string();
-    let argv = vec![
-        "sh".to_string(),
-        input("merge-ca-bundle.sh"),
-        input("system-ca-bundle.crt"),
-        input("org-ca-bundle.crt"),
-        merged.display().to_string(),
-    ];
+    let argv: Vec<String> = step
+        .program(&inputs_dir.join("merge-ca-bundle.sh"))
+        .into_iter()
+        .chain([
+            input("system-ca-bundle.crt"),
+            input("org-ca-bundle.crt"),
+            merged.display().to_string(),
+        ])
+        .collect();
     let (code, _, said) = host
         .run_init_container("merge-ca-bundle", &argv, &inputs)
         .await
@@ -626,20 +681,17 @@ async fn run_merge_init_container(
                 message: "the lab's host is not a container".into(),
             })
         })?;
-    let said = said.trim().to_string();
-    if code != 0 {
-        return Err(HarnessError::Spawn {
-            component: "org-bundle merge step (init container)".into(),
-            message: format!("{said} (exit status: {code})"),
-        });
-    }
     if let Some(dir) = merged.parent() {
-        host.copy_out(dir).await?;
+        if code == 0 {
+            host.copy_out(dir).await?;
+        }
     }
-    Ok(MergeOutcome {
-        merged: merged.to_path_buf(),
-        degraded: (!said.is_empty()).then_some(said),
-    })
+    merge_outcome(
+        "org-bundle merge step (init container)",
+        code,
+        said.trim().to_string(),
+        merged,
+    )
 }
 
 /// The byte-level check of a merged bundle.

@@ -239,6 +239,13 @@ pub struct EnterpriseSpec {
     /// connection_strategy=lazy`, say); ignored with `proxy_command`.
     #[serde(default)]
     pub proxy_args: Vec<String>,
+    /// A vendor's merge step instead of hubtrust's script, run where the
+    /// script runs (in place locally, as an init container in the lab's
+    /// image on docker), with three arguments appended: the system bundle,
+    /// the org bundle (which may be absent) and the output path. The checks
+    /// judge what it wrote.
+    #[serde(default)]
+    pub merge_command: Option<Vec<String>>,
 }
 
 fn default_name() -> String {

@@ -2580,6 +2580,7 @@ mod tests {
                 proxy_command: None,
                 mitmdump: None,
                 proxy_args: Vec::new(),
+                merge_command: None,
             }),
             ..StackSpec::default()
         };

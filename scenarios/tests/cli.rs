@@ -863,6 +863,66 @@ fn enterprise_stack_with_org_bundle(name: &str, source: &std::path::Path) -> Pat
 }
 
 #[test]
+fn a_vendors_merge_step_runs_instead_of_hubtrusts_and_is_judged_by_what_it_writes() {
+    // Nebari's init container, in one line: the system bundle, then the
+    // org bundle when the ConfigMap provides one.
+    let good = enterprise_stack_with(
+        "vendor-merge",
+        r#"merge_command = ["sh", "-c", "cat \"$1\" > \"$3\" && { [ ! -f \"$2\" ] || cat \"$2\" >> \"$3\"; }", "merge"]"#,
+    );
+    let (out, report, id) = enterprise_run("vendor-merge", &good);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&report).unwrap();
+
+    // A step that forgets the org bundle: the checks catch what it wrote.
+    let lossy = enterprise_stack_with(
+        "vendor-merge-lossy",
+        r#"merge_command = ["sh", "-c", "cp \"$1\" \"$3\"", "merge"]"#,
+    );
+    let (out, report, id) = enterprise_run("vendor-merge-lossy", &lossy);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("curl → org-CA server with the merged bundle: expected ok, got unknown-issuer"),
+        "{t}"
+    );
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
+fn a_merge_step_that_fails_or_writes_nothing_is_named_and_nothing_is_left() {
+    for (name, command, said) in [
+        (
+            "merge-fails",
+            r#"merge_command = ["sh", "-c", "echo the vendor step broke >&2; exit 3", "merge"]"#,
+            "it exited with status 3: the vendor step broke",
+        ),
+        (
+            "merge-writes-nothing",
+            r#"merge_command = ["true"]"#,
+            "it exited 0 but wrote nothing to",
+        ),
+    ] {
+        let stack = enterprise_stack_with(name, command);
+        let (out, report, id) = enterprise_run(name, &stack);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {t}");
+        assert!(
+            t.contains("org-bundle merge step") && t.contains(said),
+            "{name}: {t}"
+        );
+        assert!(
+            t.contains("enterprise.merge_command") || t.contains("third argument"),
+            "{t}"
+        );
+        assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+        std::fs::remove_dir_all(&report).ok();
+    }
+}
+
+#[test]
 fn enterprise_profile_passes_and_reports_the_tool_table() {
     let (out, report, id) = enterprise_run(
         "enterprise",
