@@ -410,6 +410,12 @@ pub struct ComponentOverride {
     /// Lines appended to the rendered config (hub only).
     #[serde(default)]
     pub extra_config: Vec<String>,
+    /// Replaces the manifest's readiness checks: `[[hub.ready]]` tables of
+    /// the same kinds (`tcp`, `tls-handshake`, `http`, `log-line`), with
+    /// the same placeholders, for a vendor's component that is ready
+    /// differently.
+    #[serde(default)]
+    pub ready: Option<Vec<toml::Table>>,
 }
 
 impl StackSpec {

@@ -2390,7 +2390,41 @@ fn manifest_with_overrides(
         manifest.args = args.clone();
     }
     manifest.env.extend(overrides.env.clone());
+    if let Some(ready) = &overrides.ready {
+        manifest.ready = stack_file_ready_checks(name, ready, values)?;
+    }
     Ok(manifest)
+}
+
+/// The stack file's readiness checks for `name`, placeholders filled in.
+fn stack_file_ready_checks(
+    name: &str,
+    ready: &[toml::Table],
+    values: &BTreeMap<&str, String>,
+) -> Result<Vec<ReadyCheck>> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Checks<T> {
+        ready: Vec<T>,
+    }
+    let invalid = |message: String| {
+        HarnessError::ManifestInvalid {
+        name: name.into(),
+        message: format!("the stack file's `ready` checks: {message} (fix: each needs `kind` = \"tcp\", \"tls-handshake\", \"http\" or \"log-line\" and that kind's keys, as in fixtures/components/)"),
+    }
+    };
+    if ready.is_empty() {
+        return Err(invalid(
+            "the list is empty, so nothing would prove the component is up".into(),
+        ));
+    }
+    let text = toml::to_string(&Checks {
+        ready: ready.to_vec(),
+    })
+    .map_err(|e| invalid(e.to_string()))?;
+    let rendered = render(&text, values, name)?;
+    toml::from_str::<Checks<ReadyCheck>>(&rendered)
+        .map(|c| c.ready)
+        .map_err(|e| invalid(e.to_string()))
 }
 
 /// The hub's config for `spec`. The enterprise setup adds to the labs'

@@ -462,6 +462,68 @@ fn a_site_profile_on_a_stack_without_its_site_is_refused_before_anything_starts(
 }
 
 #[test]
+fn readiness_checks_from_the_stack_file_replace_the_manifests() {
+    let dir = scratch("stack-ready");
+    let stack = |name: &str, body: &str| {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(&file, format!("name = \"{name}\"\n{body}")).unwrap();
+        file
+    };
+    // A vendor proxy that is ready when its API port accepts connections.
+    let good = stack(
+        "ready-tcp",
+        "[[proxy.ready]]\nkind = \"tcp\"\nhost = \"{{hub_host}}\"\naddr = \"127.0.0.1:{{proxy_api_port}}\"\ntimeout_secs = 30\n",
+    );
+    let out = hubtrust()
+        .args(["run", "--tags", "@tls", "--stack"])
+        .arg(&good)
+        .arg("--report")
+        .arg(dir.join("good"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The stack file's check is the one waited on, and named.
+    let never = stack(
+        "ready-never",
+        "[[hub.ready]]\nkind = \"log-line\"\npattern = \"a line this hub never writes\"\ntimeout_secs = 3\n",
+    );
+    let id = run_id("ready-never");
+    let out = hubtrust()
+        .args(["run", "--tags", "@tls", "--stack"])
+        .arg(&never)
+        .arg("--report")
+        .arg(dir.join("never"))
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("a log line matching `a line this hub never writes`"),
+        "{}",
+        text(&out)
+    );
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    let unknown = stack(
+        "ready-ping",
+        "[[proxy.ready]]\nkind = \"ping\"\ntimeout_secs = 3\n",
+    );
+    let out = hubtrust()
+        .args(["run", "--tags", "@tls", "--stack"])
+        .arg(&unknown)
+        .arg("--report")
+        .arg(dir.join("ping"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown variant `ping`") && text(&out).contains("`ready` checks"),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn repeat_needs_a_round_count_of_at_least_one() {
     for args in [&["run", "--repeat"][..], &["run", "--repeat", "0"]] {
         let out = hubtrust().args(args).output().unwrap();
