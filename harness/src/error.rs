@@ -12,6 +12,8 @@ pub enum HarnessError {
     },
     #[error("parse stack file {path}: {message}")]
     StackFileInvalid { path: PathBuf, message: String },
+    #[error("read the deployment's config file {path}: {message}")]
+    DeploymentConfigInvalid { path: PathBuf, message: String },
     #[error("read the known-defects list {0}")]
     KnownDefects(String),
     #[error("read image list {path}: {message} (fix: {fix})")]
@@ -96,6 +98,7 @@ impl HarnessError {
             self,
             Self::StackFileUnreadable { .. }
                 | Self::StackFileInvalid { .. }
+                | Self::DeploymentConfigInvalid { .. }
                 | Self::ImageList { .. }
                 | Self::ManifestInvalid { .. }
                 | Self::MissingPrerequisite { .. }

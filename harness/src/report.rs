@@ -158,6 +158,10 @@ pub struct RunReport {
     /// From the start of the run until hub, proxy and every lab were ready;
     /// `None` when the stack never came up.
     pub stack_ready_seconds: Option<f64>,
+    /// Settings of the deployment's own config files that ended up with
+    /// another value.
+    #[serde(default)]
+    pub deployment_overridden: Vec<crate::stack::OverriddenSetting>,
     /// Peak resident memory of the hubtrust process that ran the scenarios.
     pub peak_rss_kb: u64,
 }
@@ -345,6 +349,17 @@ impl RunReport {
                     endpoint,
                     &own(&scan.violations),
                     &own(&scan.known),
+                );
+            }
+        }
+        if !self.deployment_overridden.is_empty() {
+            md += "\n## The deployment's settings that run otherwise\n\nSet by the deployment's own config files, then given another value by hubtrust's required settings or the stack file's `extra_config`.\n\n| setting | the deployment's value | the value the hub ran with |\n|---|---|---|\n";
+            for o in &self.deployment_overridden {
+                md += &format!(
+                    "| `{}` | `{}` | `{}` |\n",
+                    o.setting,
+                    o.deployment.replace('|', "\\|"),
+                    o.final_value.replace('|', "\\|")
                 );
             }
         }

@@ -416,6 +416,12 @@ pub struct ComponentOverride {
     /// differently.
     #[serde(default)]
     pub ready: Option<Vec<toml::Table>>,
+    /// The deployment's own config files (hub only: its
+    /// `jupyterhub_config.py`), loaded in order before hubtrust's own
+    /// settings; relative to the stack file. Every setting of theirs that
+    /// ends up with another value is reported.
+    #[serde(default)]
+    pub config_files: Vec<std::path::PathBuf>,
 }
 
 impl StackSpec {
@@ -547,6 +553,30 @@ impl StackSpec {
                 }
             })?;
             spec.topology = toml::from_str(&text).map_err(|e| invalid(&topology_path, e))?;
+        }
+        let here = path.parent().unwrap_or(Path::new("."));
+        for (section, files) in [
+            ("proxy", &spec.proxy.config_files),
+            ("lab", &spec.lab.config_files),
+        ] {
+            if !files.is_empty() {
+                return Err(HarnessError::StackFileInvalid {
+                    path: path.to_path_buf(),
+                    message: format!("[{section}] config_files: only the hub takes config files (fix: put them under [hub]; the proxy takes command-line options, the lab its `args`)"),
+                });
+            }
+        }
+        for file in &mut spec.hub.config_files {
+            *file = here.join(&*file);
+            if !file.is_file() {
+                return Err(HarnessError::StackFileInvalid {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "[hub] config_files: {} does not exist (fix: a path relative to the stack file)",
+                        file.display()
+                    ),
+                });
+            }
         }
         spec.validate().map_err(|message| HarnessError::StackFileInvalid {
             path: path.to_path_buf(),

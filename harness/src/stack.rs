@@ -121,6 +121,9 @@ pub struct Stack {
     pub(crate) hpc: Option<crate::hpc::HpcSite>,
     /// Each stock component's version (see [`crate::known_defects`]).
     pub component_versions: BTreeMap<String, String>,
+    /// Settings of the deployment's own config files that ended up with
+    /// another value (`[hub] config_files`).
+    pub deployment_overridden: Vec<OverriddenSetting>,
     broker: Option<crate::hpc::BrokerClient>,
     /// A CA browsers trust beside the org root (HPC: proxy-client-ca).
     browser_extra_root: Option<String>,
@@ -218,6 +221,7 @@ impl Stack {
                 .map_err(io(format!("create {}/{dir}", run_dir.display())))?;
         }
 
+        check_deployment_config_files(&spec, components).await?;
         progress("generating the org PKI");
         let org = OrgPki::generate()?;
         let system_store = crate::pki::system_store_file(&run_dir);
@@ -565,6 +569,15 @@ impl Stack {
             lab_extra_env,
         )?;
         crate::pki::write_with_mode(&config_path, config.as_bytes(), 0o644)?;
+        for (source, copy) in deployment_config_copies(&spec, &run_dir) {
+            if let Some(dir) = copy.parent() {
+                std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+            }
+            std::fs::copy(&source, &copy).map_err(io(format!(
+                "copy the deployment's {} into the run",
+                source.display()
+            )))?;
+        }
 
         let hub_log = run_dir.join("logs").join("jupyterhub.log");
         let mut env = hub_manifest.env.clone();
@@ -640,6 +653,7 @@ impl Stack {
             browser_extra_root: extra_root,
             life_capture: std::sync::Mutex::new(life_capture),
             component_versions,
+            deployment_overridden: Vec::new(),
         };
         // From here on, an early return drops `stack`, which tears down.
         if external_proxy {
@@ -689,6 +703,21 @@ impl Stack {
             stack.proxy = Some(stack.network.host(&hub_host)?.start(&launch).await?);
         }
         stack.await_ready("jupyterhub", &hub_manifest.ready).await?;
+        if !stack.spec.hub.config_files.is_empty() {
+            stack.deployment_overridden =
+                overridden_settings(&stack.hub_log).ok_or_else(|| HarnessError::Spawn {
+                    component: "jupyterhub".into(),
+                    message: format!(
+                        "the hub ran the deployment's config files but logged no {OVERRIDDEN_MARKER}line, so what hubtrust overrode cannot be shown"
+                    ),
+                })?;
+            for o in &stack.deployment_overridden {
+                progress(&format!(
+                    "the deployment's config sets {} = {}; the hub runs with {}",
+                    o.setting, o.deployment, o.final_value
+                ));
+            }
+        }
         progress(&format!(
             "hub ready; checking configurable-http-proxy {}",
             proxy_manifest.version
@@ -2517,6 +2546,125 @@ async fn start_outbound(
         .map(Some)
 }
 
+/// Where the deployment's own hub config files are copied for the run
+/// (so a container's hub reads them too): `(source, copy)`, in order.
+fn deployment_config_copies(spec: &StackSpec, run_dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    spec.hub
+        .config_files
+        .iter()
+        .enumerate()
+        .map(|(i, source)| {
+            let name = source
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "config.py".into());
+            (
+                source.clone(),
+                run_dir
+                    .join("hub")
+                    .join("deployment")
+                    .join(format!("{i:02}-{name}")),
+            )
+        })
+        .collect()
+}
+
+/// Refuses a deployment config file that is not Python before anything
+/// starts, naming the file and the line.
+async fn check_deployment_config_files(spec: &StackSpec, components: &Components) -> Result<()> {
+    let python = components.venv.join("bin").join("python");
+    for file in &spec.hub.config_files {
+        let output = tokio::process::Command::new(&python)
+            .args([
+                "-c",
+                "import sys; f = sys.argv[1]; compile(open(f, encoding='utf-8').read(), f, 'exec')",
+            ])
+            .arg(file)
+            .output()
+            .await
+            .map_err(io(format!("run {}", python.display())))?;
+        if !output.status.success() {
+            let said = String::from_utf8_lossy(&output.stderr);
+            let lines: Vec<&str> = said.lines().collect();
+            let at = lines
+                .iter()
+                .rev()
+                .find(|l| l.trim_start().starts_with("File "))
+                .map(|l| l.trim())
+                .unwrap_or_default();
+            return Err(HarnessError::DeploymentConfigInvalid {
+                path: file.clone(),
+                message: format!(
+                    "not valid Python: {} ({at}) (fix: [hub] config_files takes jupyterhub_config.py files that `python -m py_compile` accepts)",
+                    lines.last().copied().unwrap_or("").trim()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Python that loads the deployment's config files before hubtrust's own
+/// settings, and keeps what they set for [`DEPLOYMENT_OVERRIDES`].
+fn deployment_config_loader(copies: &[(PathBuf, PathBuf)]) -> String {
+    if copies.is_empty() {
+        return String::new();
+    }
+    let files: Vec<String> = copies
+        .iter()
+        .map(|(_, copy)| copy.display().to_string())
+        .collect();
+    format!(
+        "# The deployment's own config files, in order; hubtrust's settings follow,\n\
+         # and every setting of theirs that ends up otherwise is reported.\n\
+         import copy as _hubtrust_copy\n\
+         for _hubtrust_file in {}:\n    load_subconfig(_hubtrust_file)  # noqa: F821\n\
+         _hubtrust_deployment = _hubtrust_copy.deepcopy(c)\n",
+        py(&files)
+    )
+}
+
+/// The marker of the hub's log line listing the deployment's settings that
+/// ended up with another value.
+pub const OVERRIDDEN_MARKER: &str = "HUBTRUST-OVERRIDDEN ";
+
+/// Python run last: every setting the deployment's files made whose final
+/// value differs, with both values; a value that may hold a secret is
+/// masked.
+const DEPLOYMENT_OVERRIDES: &str = r#"
+import json as _hubtrust_json, re as _hubtrust_re, sys as _hubtrust_sys
+def _hubtrust_shown(key, value):
+    text = repr(value)
+    secret = _hubtrust_re.compile("secret|token|password|api_key", _hubtrust_re.I)
+    return "(masked: may hold a secret)" if secret.search(key) or secret.search(text) else text
+_hubtrust_overridden = [
+    {"setting": "c.%s.%s" % (_s, _k), "deployment": _hubtrust_shown(_k, _v), "final": _hubtrust_shown(_k, c[_s][_k])}
+    for _s, _section in _hubtrust_deployment.items() if hasattr(_section, "items")
+    for _k, _v in _section.items()
+    if repr(c[_s][_k]) != repr(_v)
+]
+print("HUBTRUST-OVERRIDDEN " + _hubtrust_json.dumps(_hubtrust_overridden), file=_hubtrust_sys.stderr, flush=True)
+"#;
+
+/// One setting of the deployment's own config that hubtrust (or the stack
+/// file's `extra_config`) gave another value.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct OverriddenSetting {
+    pub setting: String,
+    pub deployment: String,
+    #[serde(rename = "final")]
+    pub final_value: String,
+}
+
+/// The overridden settings the hub's config logged, if it logged them.
+pub fn overridden_settings(log: &Path) -> Option<Vec<OverriddenSetting>> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .find_map(|l| l.split_once(OVERRIDDEN_MARKER).map(|(_, json)| json))?;
+    serde_json::from_str(line).ok()
+}
+
 fn render_hub_config(
     spec: &StackSpec,
     values: &BTreeMap<&str, String>,
@@ -2564,6 +2712,17 @@ fn render_hub_config(
         ("lab_args", py(&lab.args)),
         ("lab_env", py(&lab_env)),
         ("extra_config", spec.hub.extra_config.join("\n")),
+        (
+            "deployment_config",
+            deployment_config_loader(&deployment_config_copies(spec, &run_dir)),
+        ),
+        (
+            "deployment_overrides",
+            match spec.hub.config_files.is_empty() {
+                true => String::new(),
+                false => DEPLOYMENT_OVERRIDES.to_string(),
+            },
+        ),
     ] {
         config_values.insert(key, value);
     }

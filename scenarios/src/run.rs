@@ -255,6 +255,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
         }
     };
     let images_used = stack.images_used();
+    let deployment_overridden = stack.deployment_overridden.clone();
     if let Ok(mut s) = STACK.lock() {
         *s = Some(stack);
     }
@@ -355,6 +356,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
     report.seconds = started.elapsed().as_secs_f64();
     report.stack_ready_seconds = Some(stack_ready_seconds);
     report.images = images_used;
+    report.deployment_overridden = deployment_overridden;
     report.peak_rss_kb = peak_rss_kb();
     if let Err(e) = report.write_all(&args.report) {
         eprintln!("error: failed to write the reports: {e}");

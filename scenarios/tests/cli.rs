@@ -524,6 +524,109 @@ fn readiness_checks_from_the_stack_file_replace_the_manifests() {
 }
 
 #[test]
+fn a_deployments_own_config_is_loaded_and_every_setting_hubtrust_overrode_is_reported() {
+    let report = scratch("deployment-config");
+    let out = hubtrust()
+        .args(["run", "--tags", "@tls", "--stack"])
+        .arg("examples/deployment-repo/hubtrust.toml")
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("the deployment's config sets c.JupyterHub.hub_ip = '0.0.0.0'; the hub runs with '127.0.0.1'"),
+        "{t}"
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        md.contains("| `c.JupyterHub.hub_ip` | `'0.0.0.0'` | `'127.0.0.1'` |"),
+        "{md}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let settings: Vec<&str> = json["deployment_overridden"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["setting"].as_str())
+        .collect();
+    // What the deployment sets and hubtrust leaves alone is not listed.
+    assert!(settings.contains(&"c.JupyterHub.hub_ip"), "{settings:?}");
+    assert!(
+        !settings.contains(&"c.JupyterHub.template_vars"),
+        "{settings:?}"
+    );
+    std::fs::remove_dir_all(&report).unwrap();
+}
+
+#[test]
+fn a_deployment_config_that_is_missing_or_not_python_is_named_with_file_and_line() {
+    let dir = scratch("deployment-config-bad");
+    std::fs::write(
+        dir.join("broken.py"),
+        "c = get_config()\nc.JupyterHub.hub_ip = \n",
+    )
+    .unwrap();
+    for (config, said) in [
+        ("missing.py", "missing.py does not exist"),
+        ("broken.py", "broken.py\", line 2)"),
+    ] {
+        let stack = dir.join(format!("{config}.toml"));
+        std::fs::write(
+            &stack,
+            format!("name = \"bad-config\"\n[hub]\nconfig_files = [\"{config}\"]\n"),
+        )
+        .unwrap();
+        let id = run_id("deployment-config-bad");
+        let out = hubtrust()
+            .args(["run", "--tags", "@tls", "--stack"])
+            .arg(&stack)
+            .arg("--report")
+            .arg(dir.join("report"))
+            .env("HUBTRUST_RUN_ID", &id)
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{config}: {t}");
+        assert!(t.contains(said), "{config}: {t}");
+        assert!(!t.contains("starting jupyterhub"), "{config}: {t}");
+        assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_example_deployment_adopts_hubtrust_in_five_workflow_lines_through_the_action() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workflow = std::fs::read_to_string(
+        root.join("examples/deployment-repo/.github/workflows/hubtrust.yml"),
+    )
+    .unwrap();
+    assert!(workflow.lines().count() <= 5, "{workflow}");
+    assert!(workflow.contains("stack: hubtrust.toml"), "{workflow}");
+    // Every file of this repository the action reads exists.
+    let action = std::fs::read_to_string(root.join("action.yml")).unwrap();
+    for needed in [
+        "scripts/install-prerequisites",
+        "fixtures/python/requirements.lock",
+        "fixtures/npm/package-lock.json",
+        "fixtures/python/mitmproxy.lock",
+        "Cargo.toml",
+    ] {
+        assert!(action.contains(needed), "{needed}");
+        assert!(root.join(needed).exists(), "{needed}");
+    }
+    for input in ["stack:", "tags:", "backend:", "report:", "strict:"] {
+        assert!(action.contains(&format!("  {input}")), "{input}");
+    }
+    let ci = std::fs::read_to_string(root.join(".github/workflows/ci.yml")).unwrap();
+    assert!(ci.contains("uses: ./") && ci.contains("examples/deployment-repo/hubtrust.toml"));
+}
+
+#[test]
 fn repeat_needs_a_round_count_of_at_least_one() {
     for args in [&["run", "--repeat"][..], &["run", "--repeat", "0"]] {
         let out = hubtrust().args(args).output().unwrap();
