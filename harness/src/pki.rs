@@ -141,6 +141,93 @@ impl Identity {
     }
 }
 
+/// Checks the deployment's own public certificate before anything starts:
+/// both halves given, the key 0600, the key matching the leaf, the chain in
+/// order (each certificate issued by the next). Messages name the file.
+pub fn check_supplied_public(
+    pki: &crate::spec::PkiSpec,
+    hpc: bool,
+) -> std::result::Result<(), String> {
+    use openssl::x509::{X509VerifyResult, X509};
+    use std::os::unix::fs::PermissionsExt;
+    let (cert, key) = match (&pki.public_cert, &pki.public_key) {
+        (None, None) if pki.public_ca.is_none() => return Ok(()),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => {
+            return Err("[pki] public_cert and public_key go together, and public_ca needs them (fix: give both, or neither)".into())
+        }
+    };
+    if hpc {
+        return Err("[pki] public_cert: on an HPC site the proxy's certificate is the site's, covering every login node (fix: drop [pki] public_* from this stack)".into());
+    }
+    let read = |path: &Path| {
+        fs::read(path).map_err(|e| format!("[pki]: cannot read {}: {e}", path.display()))
+    };
+    let mode = fs::metadata(key)
+        .map_err(|e| format!("[pki] public_key: cannot read {}: {e}", key.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "[pki] public_key: {} has mode {mode:04o}; a private key must be readable by its owner only (fix: chmod 600 {})",
+            key.display(),
+            key.display()
+        ));
+    }
+    let chain = X509::stack_from_pem(&read(cert)?)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "[pki] public_cert: {} holds no PEM certificate",
+                cert.display()
+            )
+        })?;
+    let private = openssl::pkey::PKey::private_key_from_pem(&read(key)?).map_err(|_| {
+        format!(
+            "[pki] public_key: {} holds no PEM private key",
+            key.display()
+        )
+    })?;
+    let subject = |c: &X509| {
+        c.subject_name()
+            .entries()
+            .filter_map(|e| e.data().to_string().ok())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (i, pair) in chain.windows(2).enumerate() {
+        if pair[1].issued(&pair[0]) != X509VerifyResult::OK {
+            return Err(format!(
+                "[pki] public_cert: {}: certificate {} ({}) did not issue certificate {} ({}): the chain is out of order (fix: the leaf first, then each issuer in turn)",
+                cert.display(),
+                i + 2,
+                subject(&pair[1]),
+                i + 1,
+                subject(&pair[0])
+            ));
+        }
+    }
+    let leaf_key = chain[0]
+        .public_key()
+        .map_err(|e| format!("[pki] public_cert: {}: {e}", cert.display()))?;
+    if !leaf_key.public_eq(&private) {
+        return Err(format!(
+            "[pki]: the key in {} does not match the certificate in {} (fix: the key the leaf was issued for)",
+            key.display(),
+            cert.display()
+        ));
+    }
+    if let Some(ca) = &pki.public_ca {
+        X509::stack_from_pem(&read(ca)?)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| format!("[pki] public_ca: {} holds no PEM certificate", ca.display()))?;
+    }
+    Ok(())
+}
+
 /// Creates `path` with `mode` from the first byte, so a key is never briefly
 /// world-readable.
 pub fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {

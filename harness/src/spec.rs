@@ -44,6 +44,22 @@ pub struct StackSpec {
     /// per-endpoint exceptions with their reasons.
     #[serde(default)]
     pub tls_policy: crate::tls_scan::TlsPolicySpec,
+    /// The deployment's own certificates instead of hubtrust's minted ones.
+    #[serde(default)]
+    pub pki: PkiSpec,
+}
+
+/// The deployment's own certificates (paths relative to the stack file).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PkiSpec {
+    /// The public side's certificate: the leaf, then its chain (PEM).
+    pub public_cert: Option<std::path::PathBuf>,
+    /// Its private key: mode 0600 or the run refuses.
+    pub public_key: Option<std::path::PathBuf>,
+    /// The root(s) browsers trust for it (PEM), which hubtrust's own
+    /// clients of the public side then trust too.
+    pub public_ca: Option<std::path::PathBuf>,
 }
 
 /// What the docker backend runs the stack's hosts and components from.
@@ -271,6 +287,7 @@ impl Default for StackSpec {
             hpc: HpcSpec::default(),
             docker: DockerSpec::default(),
             tls_policy: Default::default(),
+            pki: PkiSpec::default(),
         }
     }
 }
@@ -566,6 +583,22 @@ impl StackSpec {
                 });
             }
         }
+        for file in [
+            &mut spec.pki.public_cert,
+            &mut spec.pki.public_key,
+            &mut spec.pki.public_ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *file = here.join(&*file);
+        }
+        crate::pki::check_supplied_public(&spec.pki, spec.topology.hpc.is_some()).map_err(
+            |message| HarnessError::StackFileInvalid {
+                path: path.to_path_buf(),
+                message,
+            },
+        )?;
         for file in &mut spec.hub.config_files {
             *file = here.join(&*file);
             if !file.is_file() {

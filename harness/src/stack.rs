@@ -331,6 +331,16 @@ impl Stack {
             .await?;
             let (cert, key) = (site.proxy_cert.clone(), site.proxy_key.clone());
             (Some(site), cert, key)
+        } else if let (Some(cert), Some(key)) = (&spec.pki.public_cert, &spec.pki.public_key) {
+            // The deployment's own, copied into the run (modes kept) so a
+            // container's proxy reads it too.
+            let dir = pki.join("public");
+            std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+            let (copy_cert, copy_key) = (dir.join("public.crt"), dir.join("public.key"));
+            let read = |p: &Path| std::fs::read(p).map_err(io(format!("read {}", p.display())));
+            crate::pki::write_with_mode(&copy_cert, &read(cert)?, 0o644)?;
+            crate::pki::write_with_mode(&copy_key, &read(key)?, 0o600)?;
+            (None, copy_cert, copy_key)
         } else {
             let public_identity = org.issuing.issue(
                 "hub-public",
@@ -341,6 +351,12 @@ impl Stack {
             let (cert, key) = public_identity.write_to(&pki.join("public"))?;
             (None, cert, key)
         };
+        let supplied_public_ca = match &spec.pki.public_ca {
+            Some(ca) => {
+                Some(std::fs::read_to_string(ca).map_err(io(format!("read {}", ca.display())))?)
+            }
+            None => None,
+        };
         let extra_root = match &hpc {
             Some(_) => Some(
                 std::fs::read_to_string(
@@ -348,7 +364,7 @@ impl Stack {
                 )
                 .map_err(io("read proxy-client-ca".into()))?,
             ),
-            None => None,
+            None => supplied_public_ca,
         };
 
         let service_token = Secret::generate();

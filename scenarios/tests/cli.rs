@@ -630,6 +630,125 @@ fn the_example_deployment_adopts_hubtrust_in_five_workflow_lines_through_the_act
     assert!(ci.contains("uses: ./") && ci.contains("examples/deployment-repo/hubtrust.toml"));
 }
 
+/// A deployment's own CA and public leaves for `hub.hubtrust.test`, made
+/// with the openssl CLI as an operator would: `leaf.crt` (fresh),
+/// `expired.crt` (issued 40 days ago for 10), `other.key` (matches
+/// nothing), keys 0600.
+fn deployment_pki(dir: &Path) {
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-ec", script])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", text(&out));
+    };
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -subj /CN=deploy-ca -days 30
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key -out leaf.csr -subj /CN=hub.hubtrust.test
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.key
+        printf 'subjectAltName=DNS:hub.hubtrust.test\\nextendedKeyUsage=serverAuth\\n' > ext
+        openssl x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -days 10 -extfile ext -out leaf.crt
+        faketime '-40 days' openssl x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -days 10 -extfile ext -out expired.crt
+        cat leaf.crt ca.crt > chain.crt
+        cat ca.crt leaf.crt > reversed.crt
+        chmod 600 ca.key leaf.key other.key");
+}
+
+#[test]
+fn a_deployments_own_public_certificate_is_served_and_judged_like_a_minted_one() {
+    let dir = scratch("own-pki");
+    deployment_pki(&dir);
+    let stack = |name: &str, cert: &str, key: &str| {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!("name = \"{name}\"\n[pki]\npublic_cert = \"{cert}\"\npublic_key = \"{key}\"\npublic_ca = \"ca.crt\"\n"),
+        )
+        .unwrap();
+        file
+    };
+    let out = hubtrust()
+        .args(["run", "--tags", "@core", "--stack"])
+        .arg(stack("own-public", "chain.crt", "leaf.key"))
+        .arg("--report")
+        .arg(dir.join("good"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("good/report.json")).unwrap())
+            .unwrap();
+    assert!(
+        json["inventory"]["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["subject"] == "CN=hub.hubtrust.test" && c["issuer"] == "CN=deploy-ca"),
+        "the inventory lacks the deployment's leaf"
+    );
+    // An expired one is a finding, quoted with its dates and names.
+    let id = run_id("own-pki-expired");
+    let out = hubtrust()
+        .args(["run", "--tags", "@core", "--stack"])
+        .arg(stack("own-expired", "expired.crt", "leaf.key"))
+        .arg("--report")
+        .arg(dir.join("expired"))
+        .env("HUBTRUST_RUN_ID", &id)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("served a certificate that has expired"), "{t}");
+    assert!(
+        t.contains("it is valid from ") && t.contains(", for DNS:hub.hubtrust.test"),
+        "{t}"
+    );
+    assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_deployments_certificate_with_a_bad_key_or_chain_is_refused_naming_the_file() {
+    let dir = scratch("own-pki-bad");
+    deployment_pki(&dir);
+    std::fs::copy(dir.join("leaf.key"), dir.join("open.key")).unwrap();
+    std::fs::set_permissions(
+        dir.join("open.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    for (cert, key, said) in [
+        ("leaf.crt", "open.key", "has mode 0644"),
+        ("leaf.crt", "other.key", "does not match the certificate"),
+        ("reversed.crt", "leaf.key", "the chain is out of order"),
+    ] {
+        let file = dir.join("stack.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"bad-pki\"\n[pki]\npublic_cert = \"{cert}\"\npublic_key = \"{key}\"\n"
+            ),
+        )
+        .unwrap();
+        let id = run_id("own-pki-bad");
+        let out = hubtrust()
+            .args(["run", "--tags", "@core", "--stack"])
+            .arg(&file)
+            .arg("--report")
+            .arg(dir.join("report"))
+            .env("HUBTRUST_RUN_ID", &id)
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{cert} {key}: {t}");
+        assert!(t.contains(said), "{cert} {key}: {t}");
+        assert!(t.contains(key) || t.contains(cert), "{t}");
+        assert!(!t.contains("starting jupyterhub"), "{t}");
+        assert_nothing_left(&format!("HUBTRUST_RUN_ID={id}"));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn repeat_needs_a_round_count_of_at_least_one() {
     for args in [&["run", "--repeat"][..], &["run", "--repeat", "0"]] {
