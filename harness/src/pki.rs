@@ -145,13 +145,15 @@ impl Identity {
 /// both halves given, the key 0600, the key matching the leaf, the chain in
 /// order (each certificate issued by the next). Messages name the file.
 pub fn check_supplied_public(
-    pki: &crate::spec::PkiSpec,
+    public_cert: Option<&Path>,
+    public_key: Option<&Path>,
+    public_ca: Option<&Path>,
     hpc: bool,
 ) -> std::result::Result<(), String> {
     use openssl::x509::{X509VerifyResult, X509};
     use std::os::unix::fs::PermissionsExt;
-    let (cert, key) = match (&pki.public_cert, &pki.public_key) {
-        (None, None) if pki.public_ca.is_none() => return Ok(()),
+    let (cert, key) = match (public_cert, public_key) {
+        (None, None) if public_ca.is_none() => return Ok(()),
         (Some(cert), Some(key)) => (cert, key),
         _ => {
             return Err("[pki] public_cert and public_key go together, and public_ca needs them (fix: give both, or neither)".into())
@@ -219,7 +221,7 @@ pub fn check_supplied_public(
             cert.display()
         ));
     }
-    if let Some(ca) = &pki.public_ca {
+    if let Some(ca) = public_ca {
         X509::stack_from_pem(&read(ca)?)
             .ok()
             .filter(|c| !c.is_empty())

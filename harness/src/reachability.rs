@@ -7,11 +7,30 @@
 //! listening on every interface shows wherever it answers.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::stack::Reach;
+use crate::backend::local::Host;
+
+/// What a connection attempt between hosts proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    Connected,
+    /// Something answered with a reset: there is a route.
+    Refused,
+    /// No route, or nothing answered at all.
+    NoRoute(String),
+}
+
+pub async fn probe_reach(source: &Host, target: SocketAddr) -> Reach {
+    match source.connect(target, Duration::from_secs(2)).await {
+        Ok(_) => Reach::Connected,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
+        Err(e) => Reach::NoRoute(e.to_string()),
+    }
+}
 
 /// An internal endpoint and where the design lets it answer.
 #[derive(Debug, Clone)]

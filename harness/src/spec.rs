@@ -593,12 +593,16 @@ impl StackSpec {
         {
             *file = here.join(&*file);
         }
-        crate::pki::check_supplied_public(&spec.pki, spec.topology.hpc.is_some()).map_err(
-            |message| HarnessError::StackFileInvalid {
-                path: path.to_path_buf(),
-                message,
-            },
-        )?;
+        crate::pki::check_supplied_public(
+            spec.pki.public_cert.as_deref(),
+            spec.pki.public_key.as_deref(),
+            spec.pki.public_ca.as_deref(),
+            spec.topology.hpc.is_some(),
+        )
+        .map_err(|message| HarnessError::StackFileInvalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
         for file in &mut spec.hub.config_files {
             *file = here.join(&*file);
             if !file.is_file() {

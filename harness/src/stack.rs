@@ -20,6 +20,7 @@ use crate::pki::{CertificateAuthority, Identity, OrgPki, Usage, Validity, Zoo, Z
 use crate::probe::{probe, HttpRequest, ProbeOutcome, ProbeSpec, Verdict};
 use crate::process::{last_lines, sweep_marked, LaunchSpec, ManagedProcess};
 use crate::provision::Components;
+use crate::reachability::{probe_reach, Reach};
 use crate::ready::{wait_ready, ReadyCheck, ReadyContext};
 use crate::secret::Secret;
 use crate::spec::StackSpec;
@@ -82,16 +83,6 @@ struct Lab {
     identity: Identity,
     /// From the spawn request to the lab answering through the proxy.
     ready_after: Duration,
-}
-
-/// What a connection attempt between hosts proved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reach {
-    Connected,
-    /// Something answered with a reset: there is a route.
-    Refused,
-    /// No route, or nothing answered at all.
-    NoRoute(String),
 }
 
 pub struct Stack {
@@ -173,14 +164,6 @@ async fn component_version(
                     .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
         })
         .map(str::to_string)
-}
-
-pub(crate) async fn probe_reach(source: &Host, target: SocketAddr) -> Reach {
-    match source.connect(target, Duration::from_secs(2)).await {
-        Ok(_) => Reach::Connected,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
-        Err(e) => Reach::NoRoute(e.to_string()),
-    }
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> HarnessError {
@@ -1309,15 +1292,13 @@ impl Stack {
         )>,
     > {
         let targets = self.tls_scan_targets()?;
-        let mut hosts = Vec::new();
         for target in &targets {
-            hosts.push(self.network.host(&target.from_host)?);
+            self.network.host(&target.from_host)?;
         }
         let scans = futures::future::join_all(
             targets
                 .iter()
-                .zip(hosts)
-                .map(|(target, host)| crate::tls_scan::scan(host, target)),
+                .map(|target| crate::tls_scan::scan(&self.network, target)),
         )
         .await;
         Ok(scans

@@ -15,7 +15,7 @@ use std::time::Duration;
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslVerifyMode, SslVersion};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::local::Host;
+use crate::backend::HostNetwork;
 use crate::error::{HarnessError, Result};
 use crate::pki::Identity;
 
@@ -235,7 +235,7 @@ impl TlsPolicySpec {
 }
 
 /// Scans one endpoint: every version alone, then every TLS 1.2 suite.
-pub async fn scan(host: &Host, target: &ScanTarget) -> EndpointScan {
+pub async fn scan<N: HostNetwork>(network: &N, target: &ScanTarget) -> EndpointScan {
     let mut result = EndpointScan {
         endpoint: target.endpoint.clone(),
         addr: target.addr.to_string(),
@@ -249,7 +249,7 @@ pub async fn scan(host: &Host, target: &ScanTarget) -> EndpointScan {
     let versions = futures::future::join_all(
         TlsVersion::ALL
             .iter()
-            .map(|version| handshake(host, target, *version, None)),
+            .map(|version| handshake(network, target, *version, None)),
     )
     .await;
     for (version, outcome) in TlsVersion::ALL.iter().zip(versions) {
@@ -267,7 +267,7 @@ pub async fn scan(host: &Host, target: &ScanTarget) -> EndpointScan {
         let families = futures::future::join_all(
             SUITE_FAMILIES
                 .iter()
-                .map(|family| accepted_suites(host, target, family)),
+                .map(|family| accepted_suites(network, target, family)),
         )
         .await;
         for family in families {
@@ -296,7 +296,11 @@ const SUITE_FAMILIES: [&str; 5] = [
 /// The TLS 1.2 suites of `family` the endpoint accepts (IANA names). Each
 /// suite the server picks is struck from the next offer, until it accepts
 /// none of what is left: one handshake per accepted suite, plus one.
-async fn accepted_suites(host: &Host, target: &ScanTarget, family: &str) -> Result<Vec<String>> {
+async fn accepted_suites<N: HostNetwork>(
+    network: &N,
+    target: &ScanTarget,
+    family: &str,
+) -> Result<Vec<String>> {
     let mut struck: Vec<String> = Vec::new();
     let mut accepted = Vec::new();
     for _ in 0..200 {
@@ -305,7 +309,7 @@ async fn accepted_suites(host: &Host, target: &ScanTarget, family: &str) -> Resu
             .chain(std::iter::once("@SECLEVEL=0".to_string()))
             .collect::<Vec<_>>()
             .join(":");
-        match handshake(host, target, TlsVersion::Tls12, Some(list)).await? {
+        match handshake(network, target, TlsVersion::Tls12, Some(list)).await? {
             HandshakeOutcome {
                 offer: Offer::Accepted,
                 suite: Some((openssl_name, iana)),
@@ -327,8 +331,8 @@ struct HandshakeOutcome {
 
 /// One handshake offering only `version` (and, if given, only `ciphers`).
 /// A connection that cannot be made at all is an error, not a refusal.
-async fn handshake(
-    host: &Host,
+async fn handshake<N: HostNetwork>(
+    network: &N,
     target: &ScanTarget,
     version: TlsVersion,
     ciphers: Option<String>,
@@ -342,16 +346,24 @@ async fn handshake(
             })
         }
     };
-    let tcp = host
-        .connect(target.addr, Duration::from_secs(5))
-        .await
-        .map_err(|e| HarnessError::Network {
-            host: target.from_host.clone(),
-            message: format!(
-                "the TLS scan cannot connect to {} ({}): {e}",
-                target.endpoint, target.addr
-            ),
-        })?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        network.connect_from(&target.from_host, target.addr),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out after 5s",
+        ))
+    })
+    .map_err(|e| HarnessError::Network {
+        host: target.from_host.clone(),
+        message: format!(
+            "the TLS scan cannot connect to {} ({}): {e}",
+            target.endpoint, target.addr
+        ),
+    })?;
     let tcp = tcp
         .into_std()
         .and_then(|s| s.set_nonblocking(false).map(|_| s))

@@ -4,7 +4,7 @@
 //! compare like with like on a noisy machine.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,31 +14,15 @@ use hubtrust_harness::provision;
 use hubtrust_harness::spec::StackSpec;
 use hubtrust_harness::stack::STACK_MARKER_ENV;
 
-use crate::run::bring_up;
+use crate::bring_up::bring_up;
+use crate::measure::{locate_fixture, median, peak_rss_kb, tempdir};
 use crate::{BenchArgs, BenchGroup};
-
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 fn epoch() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// Peak resident memory of this process, from /proc (kB).
-pub fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 pub async fn bench(args: BenchArgs) -> ExitCode {
@@ -259,28 +243,6 @@ async fn discriminator_table(rounds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn tempdir(what: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("hubtrust-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
 fn locate_baseline() -> anyhow::Result<PathBuf> {
     locate_fixture("scripts/baseline_stack.py")
-}
-
-/// A file of the repository, from its root or from this crate's source.
-pub fn locate_fixture(relative: &str) -> anyhow::Result<PathBuf> {
-    let candidates = [
-        PathBuf::from(relative),
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(relative),
-    ];
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .and_then(|p| p.canonicalize().ok())
-        .ok_or_else(|| anyhow::anyhow!("{relative} not found (fix: run from the repository root)"))
 }

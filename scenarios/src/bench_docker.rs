@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::bench::median;
+use crate::measure::median;
 
 pub struct Timing {
     pub stack_ready: f64,
@@ -46,7 +46,7 @@ pub fn timed_run(profile: &Profile, backend: &str, report: &Path) -> anyhow::Res
     if let Some(stack) = profile.stack {
         command
             .arg("--stack")
-            .arg(crate::bench::locate_fixture(stack)?);
+            .arg(crate::measure::locate_fixture(stack)?);
     }
     let out = command
         .arg("--report")

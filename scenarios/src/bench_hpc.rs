@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use hubtrust_harness::spec::StackSpec;
 
-use crate::bench::{locate_fixture, median, tempdir};
-use crate::run::bring_up;
+use crate::bring_up::bring_up;
+use crate::measure::{locate_fixture, median, tempdir};
 
 pub async fn first_ready_lab(rounds: u32, throughput_bytes: u64) -> anyhow::Result<()> {
     let hpc_spec = StackSpec::load(&locate_fixture("fixtures/stacks/hpc.toml")?)?;

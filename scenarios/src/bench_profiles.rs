@@ -3,8 +3,8 @@
 //! rounds `@core` without its TLS scan, so the scan's cost is a ratio
 //! taken on the same machine state.
 
-use crate::bench::median;
 use crate::bench_docker::{timed_run, Profile};
+use crate::measure::median;
 
 const PROFILES: [Profile; 4] = [
     Profile {

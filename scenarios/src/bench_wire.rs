@@ -10,8 +10,8 @@ use hubtrust_harness::capture::{LinkCapture, WireCensus};
 use hubtrust_harness::spec::StackSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bench::{median, tempdir};
-use crate::run::bring_up;
+use crate::bring_up::bring_up;
+use crate::measure::{median, tempdir};
 
 /// (d) The wire scenario's user journey (log in, run a cell in a real
 /// kernel through the proxy) with every link captured and the census

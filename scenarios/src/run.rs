@@ -1,20 +1,18 @@
 //! What runs inside the private namespace: the stack, the scenarios, the
 //! reports, and `up`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cucumber::World as _;
 use hubtrust_harness::image_list::{ImageList, ImageLock};
-use hubtrust_harness::provision;
 use hubtrust_harness::report::RunReport;
 use hubtrust_harness::spec::StackSpec;
-use hubtrust_harness::stack::Backend;
-use hubtrust_harness::Stack;
 
-use crate::bench::peak_rss_kb;
+use crate::bring_up::bring_up_on;
+use crate::measure::peak_rss_kb;
 use crate::progress::ProgressWriter;
 use crate::world::{report, Operator, STACK};
 use crate::{artifacts, features, BackendChoice, BenchArgs, RunArgs, UpArgs};
@@ -109,43 +107,6 @@ fn load_spec(path: Option<&PathBuf>, images: Option<&PathBuf>) -> anyhow::Result
         }
     }
     Ok(spec)
-}
-
-pub async fn bring_up(spec: StackSpec, work: &Path) -> anyhow::Result<Stack> {
-    bring_up_on(spec, work, BackendChoice::Local, false).await
-}
-
-/// Brings `spec` up on `backend`. With `keep_if_start_fails`, a docker
-/// stack that fails to come up leaves its containers (the caller keeps
-/// them from the reaper with [`crate::docker::keep_run`]).
-pub async fn bring_up_on(
-    spec: StackSpec,
-    work: &Path,
-    backend: BackendChoice,
-    keep_if_start_fails: bool,
-) -> anyhow::Result<Stack> {
-    let progress = |line: &str| eprintln!("· {line}");
-    let (components, backend) = match backend {
-        BackendChoice::Local => {
-            if let Some(why) = spec.local_unsupported() {
-                anyhow::bail!(
-                    "stack `{}` cannot run on the local backend: {why} (fix: run it with --backend docker, where each lab is a container of its own on its host, or use the HPC topology)",
-                    spec.name
-                );
-            }
-            let components = provision::cached().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "components are not provisioned (fix: run `hubtrust doctor`, then `hubtrust run`)"
-                )
-            })?;
-            (components, Backend::Local)
-        }
-        BackendChoice::Docker => (
-            hubtrust_harness::images::components_in_image(),
-            crate::docker::prepare(&spec, keep_if_start_fails).await?,
-        ),
-    };
-    Ok(Stack::up(spec, &components, backend, work, &progress).await?)
 }
 
 async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {

@@ -290,14 +290,14 @@ pub struct ReachFinding {
     pub to: String,
     pub addr: Ipv4Addr,
     pub port: u16,
-    pub reach: crate::stack::Reach,
+    pub reach: crate::reachability::Reach,
     /// The design's expectation: a route (login nodes) or none.
     pub must_route: bool,
 }
 
 impl ReachFinding {
     pub fn as_designed(&self) -> bool {
-        let routed = !matches!(self.reach, crate::stack::Reach::NoRoute(_));
+        let routed = !matches!(self.reach, crate::reachability::Reach::NoRoute(_));
         routed == self.must_route
     }
 
@@ -480,7 +480,7 @@ impl crate::Stack {
                 .local_addr()
                 .map_err(|e| HarnessError::io("read a listener's port", e))?
                 .port();
-            let reach = crate::stack::probe_reach(source, (addr, port).into()).await;
+            let reach = crate::reachability::probe_reach(source, (addr, port).into()).await;
             findings.push(ReachFinding {
                 from: from.into(),
                 to: "this machine".into(),
@@ -675,8 +675,8 @@ impl crate::Stack {
                     let target = std::net::SocketAddr::from((*bind, site.login_port));
                     let source = self.network.host(compute)?;
                     if !matches!(
-                        crate::stack::probe_reach(source, target).await,
-                        crate::stack::Reach::Connected
+                        crate::reachability::probe_reach(source, target).await,
+                        crate::reachability::Reach::Connected
                     ) {
                         missing.push(format!(
                             "{} ({bind}) does not answer on its remote tunnel port {} from {compute}",
