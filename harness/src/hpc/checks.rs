@@ -831,6 +831,108 @@ impl crate::Stack {
     /// through a broker tunnel from the hub's host (hub → SSH → login node →
     /// compute node), and directly over the veth from the first login node,
     /// measured back to back with the same sink.
+    /// Throughput of a bare `ssh -N -L` from the hub's host through the
+    /// first login node to the lab's compute node, with the broker's key
+    /// and options (the same cipher): what OpenSSH itself manages on the
+    /// path the broker's tunnels take.
+    pub async fn hpc_bare_ssh_throughput(&self, bytes: u64) -> Result<f64> {
+        use tokio::io::AsyncBufReadExt;
+        let site = site(self)?;
+        let compute = &self.spec.topology.lab_host;
+        let login = &site.login_nodes[0];
+        let (_, compute_addr) = login.towards_compute[compute];
+        let sink = self
+            .network
+            .host(compute)?
+            .listen(std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+            .await
+            .map_err(|e| HarnessError::io("listen on the compute node", e))?;
+        let port = sink
+            .local_addr()
+            .map_err(|e| HarnessError::io("the sink's port", e))?
+            .port();
+        let hub = self.network.host(&self.spec.topology.hub_host)?;
+        // A port free on the hub's loopback, for ssh to listen on.
+        let local_port = hub
+            .listen(std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .and_then(|l| l.local_addr())
+            .map_err(|e| HarnessError::io("find a free port on the hub's host", e))?
+            .port();
+        let mut argv = hub.wrapper();
+        argv.extend([
+            "ssh".to_string(),
+            "-v".into(),
+            "-N".into(),
+            "-o".into(),
+            "ExitOnForwardFailure=yes".into(),
+            "-L".into(),
+            format!("127.0.0.1:{local_port}:{compute_addr}:{port}"),
+        ]);
+        argv.extend(super::broker::ssh_options(
+            &site.broker_key,
+            &site.known_hosts,
+            &login.name,
+            "root",
+        ));
+        argv.push(login.hub_facing.to_string());
+        let mut ssh = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| HarnessError::io("run ssh -L", e))?;
+        let stderr = ssh.stderr.take().ok_or_else(|| HarnessError::Network {
+            host: login.name.clone(),
+            message: "ssh -L gave no stderr".into(),
+        })?;
+        // ssh -v says so once the forward listens (after authentication).
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut said = Vec::new();
+        let listening = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Local forwarding listening on") {
+                    return true;
+                }
+                said.push(line);
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !listening {
+            let _ = ssh.kill().await;
+            return Err(HarnessError::Network {
+                host: login.name.clone(),
+                message: format!(
+                    "a bare ssh -L to {compute} through {} never listened; it said:\n  {}",
+                    login.name,
+                    said.iter()
+                        .rev()
+                        .take(8)
+                        .rev()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                ),
+            });
+        }
+        // Keep draining ssh's chatter so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let stream = hub
+            .connect(
+                (Ipv4Addr::LOCALHOST, local_port).into(),
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| HarnessError::io("connect to the ssh -L forward", e))?;
+        let rate = transfer(&sink, stream, bytes).await;
+        let _ = ssh.kill().await;
+        rate
+    }
+
     pub async fn hpc_tunnel_throughput(&self, bytes: u64) -> Result<(f64, f64)> {
         let site = site(self)?;
         let broker = self.broker().ok_or_else(|| HarnessError::Network {
