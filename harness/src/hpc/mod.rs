@@ -261,25 +261,34 @@ impl HpcSite {
             login_port: spec.hpc.login_port,
         };
         site.write_spawner_ssh_config()?;
-        for node in all_nodes {
-            progress(&format!("starting sshd on `{node}`"));
-            site.start_sshd(node, network, http).await?;
-        }
-
+        // The internal CAs take JupyterHub a few seconds to make; the nodes'
+        // sshd start meanwhile.
         progress("preparing the internal CAs (ca_certs.tar.gz)");
         let internal = run_dir.join("hub").join("internal-ssl");
-        match &spec.hpc.ca_certs {
-            Some(tarball) => unpack_ca_certs(tarball, &internal).await?,
-            None => {
-                generate_internal_cas(
-                    &spec.topology.public_name,
-                    components,
-                    &internal,
-                    Some(hub_host),
-                )
-                .await?
+        let cas = async {
+            match &spec.hpc.ca_certs {
+                Some(tarball) => unpack_ca_certs(tarball, &internal).await,
+                None => {
+                    generate_internal_cas(
+                        &spec.topology.public_name,
+                        components,
+                        &internal,
+                        Some(hub_host),
+                    )
+                    .await
+                }
             }
-        }
+        };
+        let sshds = async {
+            for node in &all_nodes {
+                progress(&format!("starting sshd on `{node}`"));
+                site.start_sshd(node, network, http).await?;
+            }
+            Ok::<(), HarnessError>(())
+        };
+        let (cas, sshds) = tokio::join!(cas, sshds);
+        sshds?;
+        cas?;
         pack_ca_certs(&internal, &site.ca_certs).await?;
         let (cert, key) =
             site.issue_proxy_cert(spec, network, &internal, &site.bind_addresses())?;
@@ -779,16 +788,29 @@ impl HpcSite {
             &org.root.cert_pem(),
             self.broker_token.clone(),
         )?;
-        for login in &self.login_nodes {
-            progress(&format!("opening the remote tunnel on `{}`", login.name));
-            client
-                .post(
-                    "/api/remote/",
-                    &serde_json::json!({ "hostname": login.name }),
-                )
-                .await
-                .and_then(|r| r.expect_success())
-                .map_err(|message| self.tunnel_error(&login.name, message))?;
+        // One SSH connection per login node: opened at once, not in turn.
+        let names: Vec<&str> = self.login_nodes.iter().map(|l| l.name.as_str()).collect();
+        progress(&format!(
+            "opening the remote tunnels on {}",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let opened = futures::future::join_all(names.iter().map(|name| {
+            let client = &client;
+            async move {
+                client
+                    .post("/api/remote/", &serde_json::json!({ "hostname": name }))
+                    .await
+                    .and_then(|r| r.expect_success())
+                    .map_err(|message| (name.to_string(), message))
+            }
+        }))
+        .await;
+        for result in opened {
+            result.map_err(|(name, message)| self.tunnel_error(&name, message))?;
         }
         Ok(client)
     }
