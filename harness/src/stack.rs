@@ -204,7 +204,7 @@ impl Stack {
                 .map_err(io(format!("create {}/{dir}", run_dir.display())))?;
         }
 
-        check_deployment_config_files(&spec, components).await?;
+        check_deployment_config_files(&spec).await?;
         progress("generating the org PKI");
         let org = OrgPki::generate()?;
         let system_store = crate::pki::system_store_file(&run_dir);
@@ -2568,8 +2568,10 @@ fn deployment_config_copies(spec: &StackSpec, run_dir: &Path) -> Vec<(PathBuf, P
 
 /// Refuses a deployment config file that is not Python before anything
 /// starts, naming the file and the line.
-async fn check_deployment_config_files(spec: &StackSpec, components: &Components) -> Result<()> {
-    let python = components.venv.join("bin").join("python");
+async fn check_deployment_config_files(spec: &StackSpec) -> Result<()> {
+    // This machine's interpreter: on docker the components' lie in the
+    // image, and a syntax check needs no JupyterHub.
+    let python = crate::provision::python();
     for file in &spec.hub.config_files {
         let output = tokio::process::Command::new(&python)
             .args([
