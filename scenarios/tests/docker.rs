@@ -146,6 +146,46 @@ fn core_profile_passes_on_docker_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn a_deployments_own_config_and_merge_step_run_on_docker_too() {
+    if !docker_ready() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = root.join("examples/deployment-repo/jupyterhub_config.py");
+    let stack = format!(
+        "name = \"docker-deployment\"\n[hub]\nconfig_files = [{:?}]\n",
+        config.display().to_string()
+    );
+    let run = run_on_docker(&run_id("deployment"), &["--tags", "@tls"], Some(&stack));
+    assert_eq!(run.code, Some(0), "{}", run.output);
+    assert!(
+        run.output
+            .contains("the deployment's config sets c.JupyterHub.hub_ip = '0.0.0.0'; the hub runs with '127.0.0.1'"),
+        "{}",
+        run.output
+    );
+    // A vendor's merge step, as an init container in the lab's image.
+    let enterprise = std::fs::read_to_string(root.join("fixtures/stacks/enterprise.toml")).unwrap();
+    let stack = format!(
+        "{enterprise}merge_command = [\"sh\", \"-c\", \"cp \\\"$1\\\" \\\"$3\\\"\", \"merge\"]\n"
+    );
+    let run = run_on_docker(
+        &run_id("vendor-merge"),
+        &["--tags", "@enterprise"],
+        Some(&stack),
+    );
+    // It drops the org bundle: the discriminator catches what it wrote.
+    assert_eq!(run.code, Some(1), "{}", run.output);
+    assert!(
+        run.output.contains(
+            "curl → org-CA server with the merged bundle: expected ok, got unknown-issuer"
+        ),
+        "{}",
+        run.output
+    );
+}
+
+#[test]
 fn core_profile_passes_with_docker_host_on_tcp() {
     if !docker_ready() {
         return;
