@@ -624,6 +624,19 @@ impl StackSpec {
 
     /// Checks what serde cannot: references between fields.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        // The stack file's environment wins over hubtrust's defaults, but
+        // not over the variables hubtrust runs the stack by.
+        for (section, env) in [
+            ("hub", &self.hub.env),
+            ("proxy", &self.proxy.env),
+            ("lab", &self.lab.env),
+        ] {
+            if let Some(name) = env.keys().find(|k| k.starts_with("HUBTRUST_")) {
+                return Err(format!(
+                    "[{section}] env sets {name}: HUBTRUST_* variables are hubtrust's own (they mark the run's processes for cleanup and carry its tokens), so the stack cannot run with another value (fix: remove it)"
+                ));
+            }
+        }
         let t = &self.topology;
         let all_hosts = t.all_hosts();
         for (what, host) in [("hub_host", &t.hub_host), ("lab_host", &t.lab_host)] {
@@ -974,5 +987,14 @@ mod tests {
         let nowhere = parse("[docker.components]\nmitmproxy = \"x\"\n").unwrap();
         let err = nowhere.docker_images("hubtrust/runtime:x").unwrap_err();
         assert!(err.contains("egress_host"), "{err}");
+    }
+
+    #[test]
+    fn hubtrusts_own_variables_cannot_be_set_by_the_stack_file() {
+        let spec: StackSpec = toml::from_str("[lab.env]\nHUBTRUST_STACK = \"x\"\n").unwrap();
+        let err = spec.validate().unwrap_err();
+        assert!(err.contains("[lab] env sets HUBTRUST_STACK"), "{err}");
+        let ok: StackSpec = toml::from_str("[lab.env]\nNO_PROXY = \"*\"\n").unwrap();
+        assert!(ok.validate().is_ok());
     }
 }
