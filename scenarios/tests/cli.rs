@@ -61,6 +61,19 @@ fn run_id(test: &str) -> String {
     format!("test-{test}-{}", std::process::id())
 }
 
+/// `hubtrust run --tags TAGS --stack STACK --report REPORT`, marked as run
+/// `id` (so the cleanup checks can find anything it left).
+fn run_stack(tags: &str, stack: &Path, report: &Path, id: &str) -> Output {
+    hubtrust()
+        .args(["run", "--tags", tags, "--stack"])
+        .arg(stack)
+        .arg("--report")
+        .arg(report)
+        .env("HUBTRUST_RUN_ID", id)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn core_profile_passes_against_the_real_stack_and_writes_every_report() {
     let report = scratch("core");
@@ -492,14 +505,7 @@ fn readiness_checks_from_the_stack_file_replace_the_manifests() {
         "[[hub.ready]]\nkind = \"log-line\"\npattern = \"a line this hub never writes\"\ntimeout_secs = 3\n",
     );
     let id = run_id("ready-never");
-    let out = hubtrust()
-        .args(["run", "--tags", "@tls", "--stack"])
-        .arg(&never)
-        .arg("--report")
-        .arg(dir.join("never"))
-        .env("HUBTRUST_RUN_ID", &id)
-        .output()
-        .unwrap();
+    let out = run_stack("@tls", &never, &dir.join("never"), &id);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("a log line matching `a line this hub never writes`"),
@@ -585,14 +591,7 @@ fn a_deployment_config_that_is_missing_or_not_python_is_named_with_file_and_line
         )
         .unwrap();
         let id = run_id("deployment-config-bad");
-        let out = hubtrust()
-            .args(["run", "--tags", "@tls", "--stack"])
-            .arg(&stack)
-            .arg("--report")
-            .arg(dir.join("report"))
-            .env("HUBTRUST_RUN_ID", &id)
-            .output()
-            .unwrap();
+        let out = run_stack("@tls", &stack, &dir.join("report"), &id);
         let t = text(&out);
         assert_eq!(out.status.code(), Some(2), "{config}: {t}");
         assert!(t.contains(said), "{config}: {t}");
@@ -731,14 +730,7 @@ fn a_deployments_certificate_with_a_bad_key_or_chain_is_refused_naming_the_file(
         )
         .unwrap();
         let id = run_id("own-pki-bad");
-        let out = hubtrust()
-            .args(["run", "--tags", "@core", "--stack"])
-            .arg(&file)
-            .arg("--report")
-            .arg(dir.join("report"))
-            .env("HUBTRUST_RUN_ID", &id)
-            .output()
-            .unwrap();
+        let out = run_stack("@core", &file, &dir.join("report"), &id);
         let t = text(&out);
         assert_eq!(out.status.code(), Some(2), "{cert} {key}: {t}");
         assert!(t.contains(said), "{cert} {key}: {t}");

@@ -831,15 +831,13 @@ impl crate::Stack {
     /// through a broker tunnel from the hub's host (hub → SSH → login node →
     /// compute node), and directly over the veth from the first login node,
     /// measured back to back with the same sink.
-    /// Throughput of a bare `ssh -N -L` from the hub's host through the
-    /// first login node to the lab's compute node, with the broker's key
-    /// and options (the same cipher): what OpenSSH itself manages on the
-    /// path the broker's tunnels take.
-    pub async fn hpc_bare_ssh_throughput(&self, bytes: u64) -> Result<f64> {
-        use tokio::io::AsyncBufReadExt;
-        let site = site(self)?;
+    /// A listener on the lab's compute node for bulk transfers: the
+    /// listener, the node's address towards `login`, and its port.
+    async fn throughput_sink(
+        &self,
+        login: &crate::hpc::LoginNodeInfo,
+    ) -> Result<(tokio::net::TcpListener, Ipv4Addr, u16)> {
         let compute = &self.spec.topology.lab_host;
-        let login = &site.login_nodes[0];
         let (_, compute_addr) = login.towards_compute[compute];
         let sink = self
             .network
@@ -851,6 +849,18 @@ impl crate::Stack {
             .local_addr()
             .map_err(|e| HarnessError::io("the sink's port", e))?
             .port();
+        Ok((sink, compute_addr, port))
+    }
+
+    /// Throughput of a bare `ssh -N -L` from the hub's host through the
+    /// first login node to the lab's compute node, with the broker's key
+    /// and options (the same cipher): what OpenSSH itself manages on the
+    /// path the broker's tunnels take.
+    pub async fn hpc_bare_ssh_throughput(&self, bytes: u64) -> Result<f64> {
+        use tokio::io::AsyncBufReadExt;
+        let site = site(self)?;
+        let login = &site.login_nodes[0];
+        let (sink, compute_addr, port) = self.throughput_sink(login).await?;
         let hub = self.network.host(&self.spec.topology.hub_host)?;
         // A port free on the hub's loopback, for ssh to listen on.
         let local_port = hub
@@ -907,7 +917,7 @@ impl crate::Stack {
             return Err(HarnessError::Network {
                 host: login.name.clone(),
                 message: format!(
-                    "a bare ssh -L to {compute} through {} never listened; it said:\n  {}",
+                    "a bare ssh -L to {compute_addr} through {} never listened; it said:\n  {}",
                     login.name,
                     said.iter()
                         .rev()
@@ -919,15 +929,39 @@ impl crate::Stack {
                 ),
             });
         }
-        // Keep draining ssh's chatter so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let stream = hub
+        // Keep draining ssh's chatter so it never blocks on a full pipe,
+        // and keep the last of it for a failure.
+        let chatter = std::sync::Arc::new(std::sync::Mutex::new(said));
+        let drained = chatter.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut said) = drained.lock() {
+                    said.push(line);
+                }
+            }
+        });
+        let stream = match hub
             .connect(
                 (Ipv4Addr::LOCALHOST, local_port).into(),
                 std::time::Duration::from_secs(5),
             )
             .await
-            .map_err(|e| HarnessError::io("connect to the ssh -L forward", e))?;
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                let status = ssh.try_wait().ok().flatten();
+                let _ = ssh.kill().await;
+                let said = chatter.lock().map(|s| s.clone()).unwrap_or_default();
+                return Err(HarnessError::Network {
+                    host: login.name.clone(),
+                    message: format!(
+                        "connect to the ssh -L forward on 127.0.0.1:{local_port}: {e} (ssh {}); it said:\n  {}",
+                        status.map_or("still running".to_string(), |s| s.to_string()),
+                        said.iter().rev().take(12).rev().cloned().collect::<Vec<_>>().join("\n  ")
+                    ),
+                });
+            }
+        };
         let rate = transfer(&sink, stream, bytes).await;
         let _ = ssh.kill().await;
         rate
@@ -939,19 +973,8 @@ impl crate::Stack {
             host: self.spec.topology.hub_host.clone(),
             message: "no tunnel broker".into(),
         })?;
-        let compute = &self.spec.topology.lab_host;
         let login = &site.login_nodes[0];
-        let (_, compute_addr) = login.towards_compute[compute];
-        let sink = self
-            .network
-            .host(compute)?
-            .listen(std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
-            .await
-            .map_err(|e| HarnessError::io("listen on the compute node", e))?;
-        let port = sink
-            .local_addr()
-            .map_err(|e| HarnessError::io("the sink's port", e))?
-            .port();
+        let (sink, compute_addr, port) = self.throughput_sink(login).await?;
         let direct = self
             .network
             .host(&login.name)?
