@@ -45,11 +45,16 @@ pub async fn first_ready_lab(rounds: u32, throughput_bytes: u64) -> anyhow::Resu
                 // The stack's start-up capture would record every byte of
                 // the transfer: evidence-gathering, not the tunnel.
                 stack.discard_start_up_capture();
-                let (through_tunnel, over_veth) =
-                    stack.hpc_tunnel_throughput(throughput_bytes).await?;
-                tunnel.push(through_tunnel);
+                // Tunnel, bare, bare, tunnel: the order cancels the
+                // machine's drift within the round, and each side keeps
+                // its better transfer.
+                let (first, over_veth) = stack.hpc_tunnel_throughput(throughput_bytes).await?;
+                let bare_first = stack.hpc_bare_ssh_throughput(throughput_bytes).await?;
+                let bare_second = stack.hpc_bare_ssh_throughput(throughput_bytes).await?;
+                let (second, _) = stack.hpc_tunnel_throughput(throughput_bytes).await?;
+                tunnel.push(first.max(second));
+                bare.push(bare_first.max(bare_second));
                 direct.push(over_veth);
-                bare.push(stack.hpc_bare_ssh_throughput(throughput_bytes).await?);
             } else {
                 flat_up.push(up);
                 flat_lab.push(lab);
