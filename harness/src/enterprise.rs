@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::backend::local::{Host, StackNetwork};
+use crate::backend::{Host, InitArg, InitStep, StackNetwork};
 use crate::error::{HarnessError, Result};
 use crate::pki::{CertificateAuthority, OrgPki, Usage, Validity};
 use crate::probe::parse_certs;
@@ -552,19 +552,9 @@ pub enum MergeStep<'a> {
     Command(&'a [String]),
 }
 
-impl MergeStep<'_> {
-    /// The argv before the three paths; `script` is where the script lies
-    /// for the process that runs it.
-    fn program(&self, script: &Path) -> Vec<String> {
-        match self {
-            MergeStep::Script(_) => vec!["sh".into(), script.display().to_string()],
-            MergeStep::Command(command) => command.to_vec(),
-        }
-    }
-}
-
-/// Runs the merge step on the lab's host, as the init step would: in place
-/// on the local backend, as an init container on docker.
+/// Runs the merge step on the lab's host as its init step: the lab's
+/// image, the two bundles (and hubtrust's script) as inputs, writing the
+/// merged bundle where the lab reads it.
 pub async fn run_merge_step(
     host: &Host,
     step: MergeStep<'_>,
@@ -572,43 +562,36 @@ pub async fn run_merge_step(
     org: &Path,
     merged: &Path,
 ) -> Result<MergeOutcome> {
-    if host.is_container() {
-        return run_merge_init_container(host, step, system, org, merged).await;
-    }
-    let script = match step {
-        MergeStep::Script(script) => script.to_path_buf(),
-        MergeStep::Command(_) => PathBuf::new(),
+    let input = |name: &str| InitArg::Input(name.into());
+    let mut inputs = vec![
+        ("system-ca-bundle.crt".to_string(), system.to_path_buf()),
+        // A missing org bundle stays missing: the step degrades on it.
+        ("org-ca-bundle.crt".to_string(), org.to_path_buf()),
+    ];
+    let mut args = match step {
+        MergeStep::Script(script) => {
+            inputs.push(("merge-ca-bundle.sh".into(), script.to_path_buf()));
+            vec![InitArg::Literal("sh".into()), input("merge-ca-bundle.sh")]
+        }
+        MergeStep::Command(command) => command.iter().cloned().map(InitArg::Literal).collect(),
     };
-    // The output's directory exists for the step, as an emptyDir would
-    // (on docker it is a volume).
-    if let Some(dir) = merged.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
-    }
-    let argv: Vec<String> = host
-        .wrapper()
-        .into_iter()
-        .chain(step.program(&script))
-        .chain([system, org, merged].map(|p| p.display().to_string()))
-        .collect();
-    let output = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .map_err(|_| HarnessError::Spawn {
-        component: "org-bundle merge step".into(),
-        message: format!("`{}` did not finish within 30s", argv.join(" ")),
-    })?
-    .map_err(|e| HarnessError::io("run the org-bundle merge step", e))?;
-    let said = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    args.extend([
+        input("system-ca-bundle.crt"),
+        input("org-ca-bundle.crt"),
+        InitArg::Literal(merged.display().to_string()),
+    ]);
+    let init = InitStep {
+        name: "merge-ca-bundle".into(),
+        args,
+        inputs,
+        outputs: merged.parent().map(Path::to_path_buf).into_iter().collect(),
+        timeout: Duration::from_secs(30),
+    };
+    let ran = host.run_init_step(&init).await?;
     merge_outcome(
         "org-bundle merge step",
-        output.status.code().unwrap_or(-1) as i64,
-        said,
+        ran.code,
+        ran.stderr.trim().to_string(),
         merged,
     )
 }
@@ -636,62 +619,6 @@ fn merge_outcome(step: &str, code: i64, said: String, merged: &Path) -> Result<M
         merged: merged.to_path_buf(),
         degraded: (!said.is_empty()).then_some(said),
     })
-}
-
-/// On docker, the merge step is a real init container of the lab's host, as
-/// in a Kubernetes pod: the lab's image, no network, the script and the two
-/// bundles copied in, writing the merged bundle into the volume the lab's
-/// host mounts at the same path. The result is copied back here for the
-/// byte-level check.
-async fn run_merge_init_container(
-    host: &Host,
-    step: MergeStep<'_>,
-    system: &Path,
-    org: &Path,
-    merged: &Path,
-) -> Result<MergeOutcome> {
-    let inputs_dir = Path::new("/hubtrust-init");
-    let mut inputs = vec![(
-        system.to_path_buf(),
-        inputs_dir.join("system-ca-bundle.crt"),
-    )];
-    if let MergeStep::Script(script) = step {
-        inputs.push((script.to_path_buf(), inputs_dir.join("merge-ca-bundle.sh")));
-    }
-    // A missing org bundle stays missing: the step degrades on it.
-    if org.exists() {
-        inputs.push((org.to_path_buf(), inputs_dir.join("org-ca-bundle.crt")));
-    }
-    let input = |name: &str| inputs_dir.join(name).display().to_string();
-    let argv: Vec<String> = step
-        .program(&inputs_dir.join("merge-ca-bundle.sh"))
-        .into_iter()
-        .chain([
-            input("system-ca-bundle.crt"),
-            input("org-ca-bundle.crt"),
-            merged.display().to_string(),
-        ])
-        .collect();
-    let (code, _, said) = host
-        .run_init_container("merge-ca-bundle", &argv, &inputs)
-        .await
-        .unwrap_or_else(|| {
-            Err(HarnessError::Spawn {
-                component: "org-bundle merge step".into(),
-                message: "the lab's host is not a container".into(),
-            })
-        })?;
-    if let Some(dir) = merged.parent() {
-        if code == 0 {
-            host.copy_out(dir).await?;
-        }
-    }
-    merge_outcome(
-        "org-bundle merge step (init container)",
-        code,
-        said.trim().to_string(),
-        merged,
-    )
 }
 
 /// The byte-level check of a merged bundle.

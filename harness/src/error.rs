@@ -74,6 +74,12 @@ pub enum HarnessError {
     HubApi { call: String, message: String },
     #[error("{what}: {message}")]
     Docker { what: String, message: String },
+    #[error("{what}: not supported by the {backend} backend (fix: {fix})")]
+    NotSupported {
+        backend: &'static str,
+        what: String,
+        fix: String,
+    },
     #[error("resolve image {reference}: {message}")]
     Registry { reference: String, message: String },
     #[error("{context}: {cause}")]
@@ -106,6 +112,7 @@ impl HarnessError {
                 | Self::Network { .. }
                 | Self::PortInUse { .. }
                 | Self::Docker { .. }
+                | Self::NotSupported { .. }
                 | Self::Registry { .. }
         )
     }

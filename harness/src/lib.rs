@@ -27,6 +27,7 @@ pub mod report;
 pub mod secret;
 pub mod spec;
 pub mod stack;
+pub mod tls_policy;
 pub mod tls_scan;
 pub mod trust;
 pub mod workdir;

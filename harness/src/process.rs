@@ -54,7 +54,8 @@ pub struct LaunchSpec {
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
     pub log: PathBuf,
-    /// On docker, the component container it runs in; `None`: its host's.
+    /// The component it is, where a backend runs components apart (a
+    /// container each); `None`: a helper that runs on the host itself.
     pub role: Option<crate::spec::ContainerRole>,
 }
 
@@ -66,8 +67,23 @@ pub struct ManagedProcess {
     pub log: PathBuf,
     child: Option<Child>,
     pgid: Option<Pid>,
-    /// Set instead of `child` for a process started in a container.
-    exec: Option<crate::backend::docker::ExecProcess>,
+    /// Set instead of `child` for a process a backend started elsewhere
+    /// (in a container).
+    elsewhere: Option<Box<dyn StartedElsewhere>>,
+}
+
+/// A process a backend started somewhere other than this process's
+/// children: a backend's own handle on it.
+#[async_trait::async_trait]
+pub trait StartedElsewhere: std::fmt::Debug + Send + Sync {
+    /// Its pid as this machine sees it, while it runs.
+    fn pid(&self) -> Option<u32>;
+    /// If it has exited, how.
+    fn exit_status(&self) -> Option<String>;
+    /// SIGTERM, up to `grace` for it to end, then SIGKILL.
+    async fn stop(self: Box<Self>, grace: Duration);
+    /// SIGKILL at once, unless it has ended.
+    fn kill(&self);
 }
 
 impl ManagedProcess {
@@ -107,33 +123,33 @@ impl ManagedProcess {
             log: spec.log.clone(),
             child: Some(child),
             pgid,
-            exec: None,
+            elsewhere: None,
         })
     }
 
-    /// A process the docker backend started in a container.
-    pub fn in_container(spec: &LaunchSpec, exec: crate::backend::docker::ExecProcess) -> Self {
+    /// A process a backend started elsewhere, through its own handle.
+    pub fn started_elsewhere(spec: &LaunchSpec, handle: Box<dyn StartedElsewhere>) -> Self {
         Self {
             name: spec.name.clone(),
             log: spec.log.clone(),
             child: None,
             pgid: None,
-            exec: Some(exec),
+            elsewhere: Some(handle),
         }
     }
 
-    /// If the process has exited, how.
     /// The process's id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        match &self.exec {
-            Some(exec) => exec.pid,
+        match &self.elsewhere {
+            Some(handle) => handle.pid(),
             None => self.child.as_ref().and_then(|c| c.id()),
         }
     }
 
+    /// If the process has exited, how.
     pub fn exit_status(&mut self) -> Option<String> {
-        if let Some(exec) = &self.exec {
-            return exec.exit_status();
+        if let Some(handle) = &self.elsewhere {
+            return handle.exit_status();
         }
         let child = self.child.as_mut()?;
         match child.try_wait() {
@@ -150,8 +166,8 @@ impl ManagedProcess {
 
     /// SIGTERM to the group, up to `grace` for it to exit, then SIGKILL.
     pub async fn stop(mut self, grace: Duration) {
-        if let Some(exec) = self.exec.take() {
-            exec.stop(grace).await;
+        if let Some(handle) = self.elsewhere.take() {
+            handle.stop(grace).await;
             return;
         }
         let Some(mut child) = self.child.take() else {
@@ -175,8 +191,8 @@ impl ManagedProcess {
 
 impl Drop for ManagedProcess {
     fn drop(&mut self) {
-        if let Some(exec) = &self.exec {
-            exec.kill();
+        if let Some(handle) = &self.elsewhere {
+            handle.kill();
         }
         if self.child.is_some() {
             if let Some(pgid) = self.pgid {

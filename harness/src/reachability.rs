@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::backend::local::Host;
+use crate::backend::Host;
 
 /// What a connection attempt between hosts proved.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,7 +43,7 @@ pub struct StackSpec {
     /// What the TLS scan holds every endpoint to: a named policy and
     /// per-endpoint exceptions with their reasons.
     #[serde(default)]
-    pub tls_policy: crate::tls_scan::TlsPolicySpec,
+    pub tls_policy: crate::tls_policy::TlsPolicySpec,
     /// The deployment's own certificates instead of hubtrust's minted ones.
     #[serde(default)]
     pub pki: PkiSpec,

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::backend::local::{Host, StackNetwork};
 use crate::backend::HostNetwork;
+use crate::backend::{Backend, Host, LabPlacement, NetworkRequest, RunOutput, StackNetwork};
 use crate::component::{builtin, py, render, ComponentManifest};
 use crate::error::{HarnessError, Result};
 use crate::inventory::{file_mode, Inventory};
@@ -96,8 +96,6 @@ pub struct Stack {
     pub(crate) network: StackNetwork,
     hub: Option<ManagedProcess>,
     hub_log: PathBuf,
-    /// The images a docker stack was made from.
-    docker_images: Option<crate::spec::DockerImages>,
     /// The proxy, when hubtrust starts it apart from the hub (docker: a
     /// container of its own); otherwise the hub starts and owns it.
     proxy: Option<ManagedProcess>,
@@ -142,19 +140,13 @@ async fn component_version(
         true => vec![&python, "-c", &script],
         false => vec![program, "--version"],
     };
-    let output = match host.run_to_end(Some(role), &argv).await {
-        Some(ran) => ran.ok().filter(|(code, _)| *code == 0)?.1,
-        None => {
-            let out = tokio::process::Command::new(argv[0])
-                .args(&argv[1..])
-                .stdin(std::process::Stdio::null())
-                .output()
-                .await
-                .ok()
-                .filter(|o| o.status.success())?;
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-    };
+    let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+    let output = host
+        .run_to_end(Some(role), &argv, Path::new("/"))
+        .await
+        .ok()
+        .filter(RunOutput::succeeded)?
+        .stdout;
     output
         .split_whitespace()
         .find(|word| {
@@ -170,25 +162,13 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> HarnessError {
     move |e| HarnessError::io(context, e)
 }
 
-/// Where a stack's hosts are made.
-pub enum Backend {
-    /// Network namespaces inside hubtrust's private namespace.
-    Local,
-    /// A container per host, made from the image `images` names for it,
-    /// and a network per link.
-    Docker {
-        engine: crate::backend::docker::DockerEngine,
-        images: crate::spec::DockerImages,
-    },
-}
-
 impl Stack {
     /// Brings the stack up and waits until hub, proxy and every lab are
     /// ready. On error everything started so far is torn down.
     pub async fn up(
         spec: StackSpec,
         components: &Components,
-        backend: Backend,
+        backend: Box<dyn Backend>,
         run_dir: &Path,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<Self> {
@@ -210,69 +190,44 @@ impl Stack {
         let system_store = crate::pki::system_store_file(&run_dir);
         crate::pki::write_with_mode(&system_store, org.public.cert_pem().as_bytes(), 0o644)?;
         let plans = crate::hpc::host_plans(&spec.topology, components, &system_store);
-        let mut docker_images = None;
-        let mut docker_volumes = Vec::new();
-        let network = match backend {
-            Backend::Local => StackNetwork::build(&plans, &spec.topology.all_links()).await?,
-            Backend::Docker { engine, images } => {
-                progress(&format!(
-                    "creating a container per host and per component from {}",
-                    images.distinct().into_iter().collect::<Vec<_>>().join(", ")
-                ));
-                use crate::backend::docker::SharedVolume;
-                // A host's containers share the run directory through a
-                // volume, as a pod's containers share an emptyDir: the
-                // proxy reads the certificates the hub writes.
-                let run_volumes = plans.iter().map(|plan| SharedVolume {
-                    name: format!("run-{}", plan.name),
-                    host: plan.name.clone(),
-                    path: run_dir.clone(),
-                });
-                // The merge step's init container leaves the merged bundle in
-                // a volume the lab's host mounts at the same path.
-                let merge_volume =
-                    spec.enterprise
-                        .iter()
-                        .filter(|e| e.merge_org_bundle)
-                        .map(|_| SharedVolume {
-                            name: "certs-extra".into(),
-                            host: spec.topology.lab_host.clone(),
-                            path: run_dir.join("enterprise").join("certs-extra"),
-                        });
-                let volumes: Vec<_> = run_volumes.chain(merge_volume).collect();
-                // An HPC site's tunnel broker is hubtrust's own executable,
-                // run on the hub's host.
-                let mut binds = BTreeMap::new();
-                if spec.topology.hpc.is_some() && spec.hpc.broker_command.is_none() {
-                    let exe = std::env::current_exe()
-                        .map_err(io("find hubtrust's own executable".into()))?;
-                    binds.insert(spec.topology.hub_host.clone(), vec![exe]);
-                }
-                let mut network = StackNetwork::build_in_docker(
-                    engine,
-                    &images,
-                    &plans,
-                    &spec.topology.all_links(),
-                    &volumes,
-                    &binds,
-                )
-                .await?;
-                if let Some(run) = network.docker.as_mut() {
-                    run.follow_lab_logs(run_dir.join("logs"));
-                }
-                docker_images = Some(images);
-                docker_volumes = volumes;
-                network
-            }
+        progress(&format!(
+            "making the hosts and links ({} backend)",
+            backend.name()
+        ));
+        let request = NetworkRequest {
+            plans,
+            links: spec.topology.all_links(),
+            run_dir: run_dir.clone(),
+            // The merge step leaves the merged bundle where the lab's host
+            // reads it, as an init container leaves it in an emptyDir.
+            shared_dirs: spec
+                .enterprise
+                .iter()
+                .filter(|e| e.merge_org_bundle)
+                .map(|_| {
+                    (
+                        spec.topology.lab_host.clone(),
+                        run_dir.join("enterprise").join("certs-extra"),
+                    )
+                })
+                .collect(),
+            // An HPC site's tunnel broker is hubtrust's own executable,
+            // run on the hub's host.
+            operator_files: match spec.topology.hpc.is_some() && spec.hpc.broker_command.is_none() {
+                true => vec![(
+                    spec.topology.hub_host.clone(),
+                    std::env::current_exe().map_err(io("find hubtrust's own executable".into()))?,
+                )],
+                false => Vec::new(),
+            },
+            logs_dir: run_dir.join("logs"),
         };
-        // Hosts that are machines of their own (containers) get the run's
-        // system store copied in; the others had it bound at creation.
-        for host in network.hosts.values() {
-            if let Some(installed) = host
-                .install_file(&system_store, Path::new(crate::pki::SYSTEM_STORE))
-                .await
-            {
-                installed?;
+        let network = backend.build(&request).await?;
+        // Every host of the deployment has the run's system store.
+        for (name, host) in &network.hosts {
+            if name != "operator" {
+                host.install_file(&system_store, Path::new(crate::pki::SYSTEM_STORE))
+                    .await?;
             }
         }
         // An HPC stack's tunnels are long-lived SSH connections opened
@@ -421,21 +376,21 @@ impl Stack {
         .into_iter()
         .filter_map(|(name, version)| Some((name.to_string(), version?)))
         .collect();
-        let mut kernel_netns_bind = None;
+        let mut kernel_netns = None;
         if let Some(kernel_host) = spec
             .topology
             .kernel_host
             .as_ref()
             .filter(|k| **k != spec.topology.lab_host)
         {
-            kernel_netns_bind = place_kernels_on(
+            kernel_netns = Some(place_kernels_on(
                 kernel_host,
                 &spec,
                 &network,
                 components,
                 &run_dir,
                 &mut lab_manifest,
-            )?;
+            )?);
         }
 
         if spec.enterprise.is_some() {
@@ -467,92 +422,25 @@ impl Stack {
         // API, which it waits for.
         // An HPC site's hub starts the proxy itself, as on the local
         // backend: its fault scenarios restart the proxy through the hub.
-        let external_proxy = host.is_container() && hpc.is_none();
+        let external_proxy = network.run.components_apart() && hpc.is_none();
         if external_proxy {
             render_spec
                 .hub
                 .extra_config
                 .insert(0, "c.ConfigurableHTTPProxy.should_start = False".into());
         }
-        // On docker each lab gets a container of its own from the lab image,
-        // made by the hub's spawner in the lab host's namespaces.
         // (On an HPC site, the batch spawner starts labs on compute nodes.)
-        let lab_containers = network.docker.as_ref().filter(|_| hpc.is_none());
-        if let (Some(run), Some(images)) = (lab_containers, docker_images.as_ref()) {
-            let lab_host = &spec.topology.lab_host;
-            let image = images
-                .components
-                .get(&crate::spec::ContainerRole::Lab)
-                .map(|(_, image)| image.as_str())
-                .unwrap_or_default();
-            let spawner_dir = hub_dir.join("bin");
-            std::fs::create_dir_all(&spawner_dir)
-                .map_err(io(format!("create {}", spawner_dir.display())))?;
-            crate::pki::write_with_mode(
-                &spawner_dir.join("hubtrust_pod_spawner.py"),
-                builtin::POD_SPAWNER.as_bytes(),
-                0o644,
-            )?;
-            // A lab on a host of its own reaches the hub, and is reached,
-            // across their link, by addresses their certificates name.
-            let hub_host = &spec.topology.hub_host;
-            let lab_ip = match lab_host != hub_host {
-                true => {
-                    let no_link = || HarnessError::Network {
-                        host: lab_host.clone(),
-                        message: format!("no link to the hub's host `{hub_host}`"),
-                    };
-                    let hub_end = network
-                        .address_towards(hub_host, lab_host)
-                        .ok_or_else(no_link)?;
-                    let lab_end = network
-                        .address_towards(lab_host, hub_host)
-                        .ok_or_else(no_link)?;
-                    render_spec.hub.extra_config.splice(
-                        0..0,
-                        [
-                            "c.JupyterHub.hub_ip = \"0.0.0.0\"".to_string(),
-                            format!("c.JupyterHub.hub_connect_ip = \"{hub_end}\""),
-                            format!("c.JupyterHub.trusted_alt_names.append(\"IP:{hub_end}\")"),
-                        ],
-                    );
-                    Some(lab_end)
-                }
-                false => None,
+        if hpc.is_none() {
+            let labs = LabPlacement {
+                lab_host: spec.topology.lab_host.clone(),
+                hub_host: spec.topology.hub_host.clone(),
+                public_name: spec.topology.public_name.clone(),
+                system_store: system_store.clone(),
+                kernel_netns: kernel_netns.clone(),
+                home_template: format!("{}/home/{{username}}", run_dir.display()),
+                spawner_dir: hub_dir.join("bin"),
             };
-            let lab = crate::backend::docker::LabContainer {
-                ip: lab_ip,
-                // The hub calls the lab by its address; the proxy checks the
-                // lab's certificate against the public name it forwards.
-                alt_names: lab_ip
-                    .iter()
-                    .flat_map(|ip| {
-                        [
-                            format!("DNS:{}", spec.topology.public_name),
-                            format!("IP:{ip}"),
-                        ]
-                    })
-                    .collect(),
-                image: image.to_string(),
-                files: vec![(
-                    PathBuf::from(crate::pki::SYSTEM_STORE),
-                    system_store.clone(),
-                )],
-                // Entering the kernel host's namespace takes CAP_SYS_ADMIN.
-                cap_add: kernel_netns_bind
-                    .iter()
-                    .map(|_| "SYS_ADMIN".to_string())
-                    .collect(),
-                binds: kernel_netns_bind.into_iter().collect(),
-            };
-            let lines = crate::backend::docker::lab_spawner_config(
-                run.engine(),
-                lab_host,
-                &lab,
-                &docker_volumes,
-                &format!("{}/home/{{username}}", run_dir.display()),
-                &spawner_dir,
-            );
+            let lines = network.run.hub_config_for_labs(&network, &labs)?;
             render_spec.hub.extra_config.splice(0..0, lines);
         }
         let lab_extra_env = outbound
@@ -639,7 +527,6 @@ impl Stack {
             network,
             hub: Some(hub),
             hub_log,
-            docker_images,
             proxy: None,
             org,
             zoo: zoo_placeholder,
@@ -739,28 +626,21 @@ impl Stack {
                 return Err(stack.with_hub_log(e));
             }
         }
-        if let Some(run) = stack.network.docker.as_ref() {
-            run.mark_started();
-        }
+        stack.network.run.mark_started();
         progress("stack ready");
         Ok(stack)
     }
 
-    /// On docker, each component's and host's image, with its id: what a
-    /// conformance report says was tested. Empty on the local backend.
+    /// Each component's and host's image, with its id: what a conformance
+    /// report says was tested. Empty where nothing runs from an image.
     pub fn images_used(&self) -> BTreeMap<String, String> {
-        self.docker_images
-            .as_ref()
-            .map(crate::spec::DockerImages::table)
-            .unwrap_or_default()
+        self.network.run.images_used()
     }
 
-    /// On docker, leaves the run's containers and networks in place after
-    /// this stack is gone; returns the run id `hubtrust down` takes.
-    pub fn keep_docker_run(&self) -> Option<String> {
-        let run = self.network.docker.as_ref()?;
-        run.keep();
-        Some(run.engine().run.clone())
+    /// Leaves what the backend made in place after this stack is gone;
+    /// the run id `hubtrust down` takes, if anything outlives the process.
+    pub fn keep_backend_objects(&self) -> Option<String> {
+        self.network.run.keep()
     }
 
     /// On docker, what the hub wrote (internal-ssl, the labs' certificates,
@@ -2028,14 +1908,7 @@ impl Stack {
     pub async fn send_plaintext_canary(&self, canary: &str) -> Result<SocketAddr> {
         let hub_host = &self.spec.topology.hub_host;
         let host = self.network.host(hub_host)?;
-        let listener = host
-            .listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
-            .await
-            .map_err(|e| HarnessError::io("bind the self-test listener", e))?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| HarnessError::io("self-test listener", e))?
-            .port();
+        let (listener, port) = host.listen_on_free_port(Ipv4Addr::UNSPECIFIED).await?;
         let ip = self
             .network
             .address_of(hub_host)
@@ -2175,8 +2048,8 @@ impl Drop for Stack {
 
 /// Makes the labs start their kernels on `kernel_host`: a kernelspec whose
 /// argv enters that host's network namespace, bound to its address on the
-/// link to the lab host. A lab in a container sees that namespace at a
-/// path of its own: the returned bind `(source here, target in the lab)`.
+/// link to the lab host. Returns the namespace's path here; a lab sees it
+/// at [`crate::backend::BackendRun::path_in_labs`].
 fn place_kernels_on(
     kernel_host: &str,
     spec: &StackSpec,
@@ -2184,7 +2057,7 @@ fn place_kernels_on(
     components: &Components,
     run_dir: &Path,
     lab: &mut ComponentManifest,
-) -> Result<Option<(PathBuf, PathBuf)>> {
+) -> Result<String> {
     let lab_host = &spec.topology.lab_host;
     let no_link = || HarnessError::Network {
         host: kernel_host.into(),
@@ -2194,21 +2067,13 @@ fn place_kernels_on(
         .address_towards(kernel_host, lab_host)
         .ok_or_else(no_link)?;
     let netns = network.netns_path(kernel_host).ok_or_else(no_link)?;
-    let (netns, bind) = if network.host(lab_host)?.is_container() {
-        let in_lab = PathBuf::from("/run/hubtrust-kernel-host-netns");
-        (
-            in_lab.display().to_string(),
-            Some((PathBuf::from(netns), in_lab)),
-        )
-    } else {
-        (netns, None)
-    };
+    let in_labs = network.run.path_in_labs(Path::new(&netns));
     let data = run_dir.join("jupyter-data");
     let spec_dir = data.join("kernels").join("remote-python");
     std::fs::create_dir_all(&spec_dir).map_err(io(format!("create {}", spec_dir.display())))?;
     let kernel_json = serde_json::json!({
         "argv": [
-            "nsenter", format!("--net={netns}"), "--",
+            "nsenter", format!("--net={}", in_labs.display()), "--",
             components.venv.join("bin/python3").display().to_string(),
             "-m", "ipykernel_launcher", "-f", "{connection_file}",
         ],
@@ -2236,7 +2101,7 @@ fn place_kernels_on(
         .insert("PYTHONPATH".into(), python.display().to_string());
     lab.env
         .insert("JUPYTER_PATH".into(), data.display().to_string());
-    Ok(bind)
+    Ok(netns)
 }
 
 fn collect_secret_files(dir: &Path, out: &mut Vec<SecretFile>) {

@@ -13,66 +13,23 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslVerifyMode, SslVersion};
-use serde::{Deserialize, Serialize};
 
 use crate::backend::HostNetwork;
 use crate::error::{HarnessError, Result};
 use crate::pki::Identity;
+pub use crate::tls_policy::{
+    EndpointScan, Offer, PolicyName, PolicyViolation, TlsException, TlsPolicySpec, TlsVersion,
+};
 
-/// A protocol version the scan offers on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum TlsVersion {
-    #[serde(rename = "SSLv3")]
-    Ssl3,
-    #[serde(rename = "TLSv1.0")]
-    Tls10,
-    #[serde(rename = "TLSv1.1")]
-    Tls11,
-    #[serde(rename = "TLSv1.2")]
-    Tls12,
-    #[serde(rename = "TLSv1.3")]
-    Tls13,
-}
-
-impl TlsVersion {
-    pub const ALL: [TlsVersion; 5] = [
-        TlsVersion::Ssl3,
-        TlsVersion::Tls10,
-        TlsVersion::Tls11,
-        TlsVersion::Tls12,
-        TlsVersion::Tls13,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            TlsVersion::Ssl3 => "SSLv3",
-            TlsVersion::Tls10 => "TLSv1.0",
-            TlsVersion::Tls11 => "TLSv1.1",
-            TlsVersion::Tls12 => "TLSv1.2",
-            TlsVersion::Tls13 => "TLSv1.3",
-        }
+/// The OpenSSL constant for `version`.
+fn openssl_version(version: TlsVersion) -> SslVersion {
+    match version {
+        TlsVersion::Ssl3 => SslVersion::SSL3,
+        TlsVersion::Tls10 => SslVersion::TLS1,
+        TlsVersion::Tls11 => SslVersion::TLS1_1,
+        TlsVersion::Tls12 => SslVersion::TLS1_2,
+        TlsVersion::Tls13 => SslVersion::TLS1_3,
     }
-
-    fn openssl(self) -> SslVersion {
-        match self {
-            TlsVersion::Ssl3 => SslVersion::SSL3,
-            TlsVersion::Tls10 => SslVersion::TLS1,
-            TlsVersion::Tls11 => SslVersion::TLS1_1,
-            TlsVersion::Tls12 => SslVersion::TLS1_2,
-            TlsVersion::Tls13 => SslVersion::TLS1_3,
-        }
-    }
-}
-
-/// What one offer found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Offer {
-    Accepted,
-    Refused,
-    /// The scanner's own OpenSSL could not offer it (Debian builds no
-    /// SSLv3): explicitly inconclusive, never a pass.
-    CannotOffer,
 }
 
 /// One endpoint to scan, reached from `from_host` as its clients reach it.
@@ -85,153 +42,6 @@ pub struct ScanTarget {
     pub server_name: String,
     /// An identity the endpoint accepts, for endpoints that require one.
     pub client: Option<Identity>,
-}
-
-/// What the scan found at one endpoint.
-#[derive(Debug, Clone, Serialize)]
-pub struct EndpointScan {
-    pub endpoint: String,
-    pub addr: String,
-    pub from_host: String,
-    pub versions: BTreeMap<TlsVersion, Offer>,
-    /// IANA names of the suites accepted under TLS 1.2, in the order the
-    /// server chose them.
-    pub tls12_suites: Vec<String>,
-    /// Why the endpoint could not be scanned at all, if it could not.
-    pub error: Option<String>,
-}
-
-/// A named policy: the versions and TLS 1.2 suites it allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum PolicyName {
-    /// Mozilla's "intermediate": TLS 1.2 and 1.3; under 1.2 only ECDHE
-    /// key exchange with an AEAD cipher.
-    #[default]
-    Intermediate,
-    /// Mozilla's "modern": TLS 1.3 only.
-    Modern,
-}
-
-/// The stack file's `[tls_policy]`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsPolicySpec {
-    #[serde(default)]
-    pub name: PolicyName,
-    #[serde(default)]
-    pub exceptions: Vec<TlsException>,
-}
-
-/// An endpoint allowed something the policy forbids, and why.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsException {
-    /// The endpoint's name as the report shows it (`hub API`, `lab of alice`).
-    pub endpoint: String,
-    /// Versions (`TLSv1.1`) or IANA suite names allowed there.
-    pub allow: Vec<String>,
-    pub reason: String,
-}
-
-/// A policy rule broken at an endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PolicyViolation {
-    pub endpoint: String,
-    pub addr: String,
-    /// The host the endpoint was reached from, by its topology name.
-    pub from_host: String,
-    /// The version or suite.
-    pub offered: String,
-    pub rule: String,
-}
-
-impl PolicyViolation {
-    pub fn describe(&self) -> String {
-        format!(
-            "{} ({}, from host `{}`) accepts {}, which the policy forbids: {}",
-            self.endpoint, self.addr, self.from_host, self.offered, self.rule
-        )
-    }
-}
-
-impl PolicyName {
-    pub fn label(self) -> &'static str {
-        match self {
-            PolicyName::Intermediate => "intermediate",
-            PolicyName::Modern => "modern",
-        }
-    }
-
-    fn version_rule(self, version: TlsVersion) -> Option<&'static str> {
-        match (self, version) {
-            (_, TlsVersion::Tls13) => None,
-            (PolicyName::Intermediate, TlsVersion::Tls12) => None,
-            (PolicyName::Intermediate, _) => {
-                Some("Mozilla intermediate allows only TLS 1.2 and TLS 1.3")
-            }
-            (PolicyName::Modern, _) => Some("Mozilla modern allows only TLS 1.3"),
-        }
-    }
-
-    fn suite_rule(self, suite: &str) -> Option<&'static str> {
-        let ecdhe = suite.starts_with("TLS_ECDHE_");
-        let aead = ["_GCM_", "_CHACHA20_POLY1305", "_CCM"]
-            .iter()
-            .any(|a| suite.contains(a));
-        match self {
-            PolicyName::Modern => None,
-            PolicyName::Intermediate if ecdhe && aead => None,
-            PolicyName::Intermediate => Some(
-                "Mozilla intermediate allows under TLS 1.2 only ECDHE key exchange with an AEAD cipher",
-            ),
-        }
-    }
-}
-
-impl TlsPolicySpec {
-    /// Every rule `scan` breaks, less the stack's own exceptions. An
-    /// endpoint that could not be scanned is a violation: nothing was shown.
-    pub fn judge(&self, scan: &EndpointScan) -> Vec<PolicyViolation> {
-        let excepted = |offered: &str| {
-            self.exceptions
-                .iter()
-                .any(|e| e.endpoint == scan.endpoint && e.allow.iter().any(|a| a == offered))
-        };
-        let violation = |offered: String, rule: &str| PolicyViolation {
-            endpoint: scan.endpoint.clone(),
-            addr: scan.addr.clone(),
-            from_host: scan.from_host.clone(),
-            offered,
-            rule: rule.to_string(),
-        };
-        if let Some(error) = &scan.error {
-            return vec![violation(
-                "nothing".into(),
-                &format!("the scan could not run there: {error}"),
-            )];
-        }
-        let mut found = Vec::new();
-        for (version, offer) in &scan.versions {
-            if *offer != Offer::Accepted || excepted(version.label()) {
-                continue;
-            }
-            if let Some(rule) = self.name.version_rule(*version) {
-                found.push(violation(version.label().into(), rule));
-            }
-        }
-        if scan.versions.get(&TlsVersion::Tls12) == Some(&Offer::Accepted) {
-            for suite in &scan.tls12_suites {
-                if excepted(suite) {
-                    continue;
-                }
-                if let Some(rule) = self.name.suite_rule(suite) {
-                    found.push(violation(format!("{suite} under TLS 1.2"), rule));
-                }
-            }
-        }
-        found
-    }
 }
 
 /// Scans one endpoint: every version alone, then every TLS 1.2 suite.
@@ -384,7 +194,7 @@ async fn handshake<N: HostNetwork>(
         match ssl.connect(tcp) {
             Ok(stream) => {
                 let ssl = stream.ssl();
-                let chosen_right = ssl.version2() == Some(version.openssl());
+                let chosen_right = ssl.version2() == Some(openssl_version(version));
                 let suite = ssl.current_cipher().map(|c| {
                     (
                         c.name().to_string(),
@@ -418,8 +228,8 @@ fn connector(
     builder.set_verify(SslVerifyMode::NONE);
     builder.set_security_level(0);
     builder.set_cipher_list(ciphers.unwrap_or("ALL:COMPLEMENTOFALL:@SECLEVEL=0"))?;
-    builder.set_min_proto_version(Some(version.openssl()))?;
-    builder.set_max_proto_version(Some(version.openssl()))?;
+    builder.set_min_proto_version(Some(openssl_version(version)))?;
+    builder.set_max_proto_version(Some(openssl_version(version)))?;
     if let Some(identity) = &target.client {
         let mut certs = openssl::x509::X509::stack_from_pem(identity.chain_pem.as_bytes())?;
         let key = openssl::pkey::PKey::private_key_from_pem(identity.key_pem().as_bytes())?;

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hubtrust_harness::backend::local::{next_link_index, Host, Link, INSIDE_ENV};
+use hubtrust_harness::backend::local::{create_host, create_link, next_link_index, INSIDE_ENV};
+use hubtrust_harness::backend::Host;
 use hubtrust_harness::process::{sweep_marked, LaunchSpec};
 use hubtrust_harness::provision;
 use hubtrust_harness::spec::StackSpec;
@@ -104,9 +105,9 @@ async fn measure_startup(args: &BenchArgs) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(&path);
         }
         let _ = std::fs::remove_dir_all(work.join("home"));
-        let host = Host::create("baseline").await?;
+        let host = create_host("baseline", None).await?;
         let operator = Host::operator().await?;
-        let _link = Link::create(next_link_index()?, &operator, &host).await?;
+        let _link = create_link(next_link_index()?, &operator, &host).await?;
         let log = work.join("logs").join("baseline.log");
         let launch = LaunchSpec {
             name: "baseline".into(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hubtrust_harness::backend::local::{next_link_index, Host, Link};
+use hubtrust_harness::backend::local::{create_host, create_link, next_link_index};
 use hubtrust_harness::capture::{LinkCapture, WireCensus};
 use hubtrust_harness::spec::StackSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,9 +92,9 @@ const BULK_RATE: &str = "2gbit";
 /// then the census (read, reassemble, classify, search three canaries) is
 /// timed on the resulting pcap.
 pub async fn census_throughput(bytes: u64) -> anyhow::Result<()> {
-    let sender = Host::create("bulk-sender").await?;
-    let receiver = Host::create("bulk-receiver").await?;
-    let link = Link::create(next_link_index()?, &sender, &receiver).await?;
+    let sender = create_host("bulk-sender", None).await?;
+    let receiver = create_host("bulk-receiver", None).await?;
+    let link = create_link(next_link_index()?, &sender, &receiver).await?;
     // Pace the sender: on two cores a sender and a receiver at full speed
     // starve the capture thread, whose socket buffer (capped by
     // net.core.rmem_max) then overflows and the evidence is inconclusive.

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
+use hubtrust_harness::backend::local::LocalBackend;
+use hubtrust_harness::backend::Backend;
 use hubtrust_harness::provision;
 use hubtrust_harness::spec::StackSpec;
-use hubtrust_harness::stack::{Backend, Stack};
+use hubtrust_harness::stack::Stack;
 
 use crate::BackendChoice;
 
@@ -35,7 +37,7 @@ pub async fn bring_up_on(
                     "components are not provisioned (fix: run `hubtrust doctor`, then `hubtrust run`)"
                 )
             })?;
-            (components, Backend::Local)
+            (components, Box::new(LocalBackend) as Box<dyn Backend>)
         }
         BackendChoice::Docker => (
             hubtrust_harness::images::components_in_image(),

@@ -8,12 +8,12 @@ use std::process::{ChildStdin, ExitCode, Stdio};
 use std::sync::Mutex;
 
 use hubtrust_harness::backend::docker::{
-    remove_run, require_daemon_socket, runs_with_objects, DockerEngine,
+    remove_run, require_daemon_socket, runs_with_objects, DockerBackend, DockerEngine,
 };
+use hubtrust_harness::backend::Backend;
 use hubtrust_harness::image_list::{ImageList, ImageLock};
 use hubtrust_harness::images;
 use hubtrust_harness::spec::StackSpec;
-use hubtrust_harness::stack::Backend;
 
 /// The write end of the reaper's stdin. It is closed when this process
 /// ends, however it ends (SIGKILL included), and that is what wakes the
@@ -40,7 +40,10 @@ pub fn new_run_id() -> String {
 /// reaper: what a docker run needs before its first container.
 /// With `keep_if_start_fails`, a stack that fails to come up leaves its
 /// containers for inspection ([`keep_run`] then tells the reaper).
-pub async fn prepare(spec: &StackSpec, keep_if_start_fails: bool) -> anyhow::Result<Backend> {
+pub async fn prepare(
+    spec: &StackSpec,
+    keep_if_start_fails: bool,
+) -> anyhow::Result<Box<dyn Backend>> {
     let mut images = spec
         .docker_images(&images::runtime_image())
         .map_err(|e| anyhow::anyhow!("{e} (fix: correct the stack file's [docker] section)"))?;
@@ -59,7 +62,7 @@ pub async fn prepare(spec: &StackSpec, keep_if_start_fails: bool) -> anyhow::Res
     images.ids = ids;
     spawn_reaper(&run)?;
     eprintln!("· docker run {run} (`hubtrust down {run}` removes it if it is ever left)");
-    Ok(Backend::Docker { engine, images })
+    Ok(Box::new(DockerBackend { engine, images }))
 }
 
 fn spawn_reaper(run: &str) -> anyhow::Result<()> {

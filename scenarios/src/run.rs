@@ -287,7 +287,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
     let stack = STACK.lock().ok().and_then(|mut s| s.take());
     if let Some(stack) = stack {
         let kept = (args.keep && any_failed)
-            .then(|| stack.keep_docker_run())
+            .then(|| stack.keep_backend_objects())
             .flatten();
         if let Some(run) = kept {
             let _ = crate::docker::keep_run();

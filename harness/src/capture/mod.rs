@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::backend::local::{Host, Link};
+use crate::backend::{Host, Link};
 use crate::error::{HarnessError, Result};
 pub use classify::FlowClass;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use serde::Deserialize;
 
 use super::HpcSite;
-use crate::backend::local::StackNetwork;
+use crate::backend::StackNetwork;
 use crate::error::{HarnessError, Result};
 
 /// Whose SSH key a command is run with.
@@ -839,16 +839,11 @@ impl crate::Stack {
     ) -> Result<(tokio::net::TcpListener, Ipv4Addr, u16)> {
         let compute = &self.spec.topology.lab_host;
         let (_, compute_addr) = login.towards_compute[compute];
-        let sink = self
+        let (sink, port) = self
             .network
             .host(compute)?
-            .listen(std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
-            .await
-            .map_err(|e| HarnessError::io("listen on the compute node", e))?;
-        let port = sink
-            .local_addr()
-            .map_err(|e| HarnessError::io("the sink's port", e))?
-            .port();
+            .listen_on_free_port(Ipv4Addr::UNSPECIFIED)
+            .await?;
         Ok((sink, compute_addr, port))
     }
 
@@ -863,12 +858,7 @@ impl crate::Stack {
         let (sink, compute_addr, port) = self.throughput_sink(login).await?;
         let hub = self.network.host(&self.spec.topology.hub_host)?;
         // A port free on the hub's loopback, for ssh to listen on.
-        let local_port = hub
-            .listen(std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .and_then(|l| l.local_addr())
-            .map_err(|e| HarnessError::io("find a free port on the hub's host", e))?
-            .port();
+        let (_, local_port) = hub.listen_on_free_port(Ipv4Addr::LOCALHOST).await?;
         let mut argv = hub.wrapper();
         argv.extend([
             "ssh".to_string(),

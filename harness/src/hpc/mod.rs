@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::local::{next_link_index, Host, HostFilesystem, HostPlan, Link, StackNetwork};
+use crate::backend::{Host, HostFilesystem, HostPlan, Link, StackNetwork};
 use crate::error::{HarnessError, Result};
 use crate::pki::{write_with_mode, CertificateAuthority, OrgPki, Usage, Validity};
 use crate::process::{LaunchSpec, ManagedProcess};
@@ -199,8 +199,9 @@ impl HpcSite {
         })?;
         running_as_real_root()?;
         let hub_host = network.host(&topology.hub_host)?;
-        // On docker the nodes run the components from their image.
-        if !hub_host.is_container() {
+        // Nodes that run this machine's installation need its modes to
+        // let the lab users in.
+        if hub_host.runs_this_machines_files() {
             lab_users_can_run(components)?;
         }
         let dir = run_dir.join("hpc");
@@ -342,20 +343,16 @@ impl HpcSite {
             });
         }
         let hub_host = &spec.topology.hub_host;
-        let (host, links) = if network.docker.is_some() {
-            let peers: Vec<String> = std::iter::once(hub_host.clone())
-                .chain(self.compute_nodes.iter().cloned())
-                .collect();
-            let like = &self.login_nodes[0].name;
-            network.add_host_in_docker(name, like, &peers).await?
-        } else {
-            let host = Host::create_with(name, Some(&self.node_filesystem)).await?;
-            let mut links = Vec::new();
-            for peer in std::iter::once(hub_host).chain(&self.compute_nodes) {
-                links.push(Link::create(next_link_index()?, network.host(peer)?, &host).await?);
-            }
-            (host, links)
+        let peers: Vec<String> = std::iter::once(hub_host.clone())
+            .chain(self.compute_nodes.iter().cloned())
+            .collect();
+        let plan = HostPlan {
+            name: name.into(),
+            filesystem: Some(self.node_filesystem.clone()),
+            operator_link: false,
         };
+        let like = &self.login_nodes[0].name;
+        let (host, links) = network.add_host(&plan, like, &peers).await?;
         let host = std::sync::Arc::new(host);
         // Links run from each peer (the hub's host first) to the new node.
         let towards_compute = links
@@ -398,14 +395,11 @@ impl HpcSite {
             });
         }
         self.rewrite_broker_config(spec)?;
-        // On docker the hub's host holds its own copies of both.
         for file in [
             self.dir.join("broker").join("config.json"),
             self.known_hosts.clone(),
         ] {
-            if let Some(installed) = network.host(hub_host)?.install_file(&file, &file).await {
-                installed?;
-            }
+            network.host(hub_host)?.install_file(&file, &file).await?;
         }
         broker
             .post("/api/remote/", &serde_json::json!({ "hostname": name }))
@@ -1456,8 +1450,8 @@ pub async fn make_ca_certs(components: &Components, public_name: &str, out: &Pat
     made
 }
 
-/// Runs it on `host` when that is a container (its hub's image holds the
-/// components), else here.
+/// Runs it where the hub runs on `host` (its image holds the components
+/// on docker), else here.
 async fn generate_internal_cas(
     public_name: &str,
     components: &Components,
@@ -1504,30 +1498,23 @@ async fn generate_internal_cas(
             output.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
         ),
     };
-    if let Some(host) = host.filter(|h| h.is_container()) {
-        host.copy_in(&workdir).await?;
-        if let Some(ran) = host
-            .run_to_end(Some(crate::spec::ContainerRole::Hub), &argv)
-            .await
-        {
-            let (code, output) = ran?;
-            if code != 0 {
-                return Err(failed(&output));
-            }
-            return host.copy_out(internal).await;
+    let here;
+    let host = match host {
+        Some(host) => host,
+        None => {
+            here = Host::here()?;
+            &here
         }
+    };
+    let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+    host.copy_in(&workdir).await?;
+    let ran = host
+        .run_to_end(Some(crate::spec::ContainerRole::Hub), &argv, &workdir)
+        .await?;
+    if !ran.succeeded() {
+        return Err(failed(&ran.combined()));
     }
-    let output = tokio::process::Command::new(argv[0])
-        .args(&argv[1..])
-        .current_dir(&workdir)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| HarnessError::io(format!("run {jupyterhub}"), e))?;
-    if !output.status.success() {
-        return Err(failed(&String::from_utf8_lossy(&output.stderr)));
-    }
-    Ok(())
+    host.copy_out(internal).await
 }
 
 async fn pack_ca_certs(internal: &Path, tarball: &Path) -> Result<()> {

@@ -30,6 +30,9 @@ use nix::sys::signal::Signal;
 use crate::error::{HarnessError, Result};
 use crate::process::LaunchSpec;
 
+mod network;
+pub use network::{DockerBackend, DockerRun};
+
 /// The label every container, network and volume of a run carries.
 pub const RUN_LABEL: &str = "hubtrust.run";
 /// The label naming what a container runs (hub, proxy, lab, …).
@@ -598,7 +601,11 @@ impl DockerEngine {
 
     async fn mkdir(&self, container: &str, dir: &Path) -> Result<()> {
         let (code, output) = self
-            .run_to_end(container, &["mkdir", "-p", &dir.display().to_string()])
+            .run_to_end(
+                container,
+                &["mkdir", "-p", &dir.display().to_string()],
+                None,
+            )
             .await?;
         if code != 0 {
             return Err(HarnessError::Docker {
@@ -610,13 +617,19 @@ impl DockerEngine {
     }
 
     /// Runs a short command in the container; its exit code and output.
-    pub async fn run_to_end(&self, container: &str, argv: &[&str]) -> Result<(i64, String)> {
+    pub async fn run_to_end(
+        &self,
+        container: &str,
+        argv: &[&str],
+        cwd: Option<&Path>,
+    ) -> Result<(i64, String)> {
         let exec = self
             .docker
             .create_exec(
                 container,
                 CreateExecOptions {
                     cmd: Some(argv.iter().map(|a| a.to_string()).collect()),
+                    working_dir: cwd.map(|d| d.display().to_string()),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     ..Default::default()
@@ -895,13 +908,17 @@ pub struct ExecProcess {
     exit: Arc<Mutex<Option<String>>>,
 }
 
-impl ExecProcess {
-    pub fn exit_status(&self) -> Option<String> {
+#[async_trait::async_trait]
+impl crate::process::StartedElsewhere for ExecProcess {
+    fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    fn exit_status(&self) -> Option<String> {
         self.exit.lock().ok()?.clone()
     }
 
-    /// SIGTERM, up to `grace` for it to end, then SIGKILL.
-    pub async fn stop(self, grace: Duration) {
+    async fn stop(self: Box<Self>, grace: Duration) {
         self.signal(Signal::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
         while self.exit_status().is_none() && tokio::time::Instant::now() < deadline {
@@ -911,12 +928,14 @@ impl ExecProcess {
         self.kill();
     }
 
-    pub fn kill(&self) {
+    fn kill(&self) {
         if self.exit_status().is_none() {
             self.signal(Signal::SIGKILL);
         }
     }
+}
 
+impl ExecProcess {
     fn signal(&self, signal: Signal) {
         // Never 0 or 1: kill(0) is our own process group, 1 this machine's init.
         if let Some(pid) = self
@@ -1035,470 +1054,4 @@ pub async fn runs_with_objects(docker: &Docker) -> Result<Vec<String>> {
     runs.sort();
     runs.dedup();
     Ok(runs)
-}
-
-/// The docker objects of one run, owned: dropping it removes every one of
-/// them, unless the run is kept for inspection (`hubtrust down` removes it
-/// then). The out-of-process reaper covers the paths where no drop runs.
-pub struct DockerRun {
-    engine: DockerEngine,
-    keep: std::sync::atomic::AtomicBool,
-    /// Set once the stack is up: before that, a failure keeps the run if
-    /// the engine says so.
-    started: std::sync::atomic::AtomicBool,
-    lab_logs: Option<LabLogs>,
-}
-
-impl DockerRun {
-    pub fn new(engine: DockerEngine) -> Self {
-        Self {
-            engine,
-            keep: std::sync::atomic::AtomicBool::new(false),
-            started: std::sync::atomic::AtomicBool::new(false),
-            lab_logs: None,
-        }
-    }
-
-    /// The stack came up: from now on only [`DockerRun::keep`] keeps it.
-    pub fn mark_started(&self) {
-        self.started
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// From now on, writes each lab container's output, from its start,
-    /// to `logs_dir/lab-<user>.log`. The hub's spawner makes those
-    /// containers, so their output would otherwise reach no log hubtrust
-    /// reads; the follower stops when the run is dropped.
-    pub fn follow_lab_logs(&mut self, logs_dir: std::path::PathBuf) {
-        self.lab_logs = Some(LabLogs::follow(self.engine.clone(), logs_dir));
-    }
-
-    pub fn engine(&self) -> &DockerEngine {
-        &self.engine
-    }
-
-    /// Leaves the run's containers and networks in place.
-    pub fn keep(&self) {
-        self.keep.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// The task that follows a run's lab containers' logs; dropping it stops
-/// every follower.
-struct LabLogs(tokio::task::JoinHandle<()>);
-
-impl LabLogs {
-    fn follow(engine: DockerEngine, logs_dir: std::path::PathBuf) -> Self {
-        // Events are replayed from `since`, so a lab that starts before the
-        // subscription is answered is still seen.
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs().saturating_sub(1))
-            .unwrap_or(0)
-            .to_string();
-        let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            ("event".to_string(), vec!["start".to_string()]),
-            (
-                "label".to_string(),
-                vec![
-                    format!("{RUN_LABEL}={}", engine.run),
-                    format!("{COMPONENT_LABEL}=lab"),
-                ],
-            ),
-        ]);
-        let options = bollard::query_parameters::EventsOptionsBuilder::default()
-            .since(&since)
-            .filters(&filters)
-            .build();
-        Self(tokio::spawn(async move {
-            // Aborting this task drops the set, which aborts each follower.
-            let mut followers = tokio::task::JoinSet::new();
-            let mut events = engine.docker.events(Some(options));
-            while let Some(Ok(event)) = events.next().await {
-                let Some(actor) = event.actor else { continue };
-                let (Some(id), Some(attributes)) = (actor.id, actor.attributes) else {
-                    continue;
-                };
-                let user = attributes
-                    .get(USER_LABEL)
-                    .map(|u| file_safe(u))
-                    .unwrap_or_else(|| file_safe(&id));
-                let log = logs_dir.join(format!("lab-{user}.log"));
-                followers.spawn(follow_container_log(engine.docker.clone(), id, log));
-            }
-        }))
-    }
-}
-
-impl Drop for LabLogs {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Appends a container's output, from its start until it ends, to `log`.
-async fn follow_container_log(docker: Docker, container: String, log: std::path::PathBuf) {
-    use std::io::Write;
-    let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-    else {
-        return;
-    };
-    let options = bollard::query_parameters::LogsOptionsBuilder::default()
-        .follow(true)
-        .stdout(true)
-        .stderr(true)
-        .build();
-    let mut output = docker.logs(&container, Some(options));
-    while let Some(Ok(chunk)) = output.next().await {
-        let _ = file.write_all(&chunk.into_bytes());
-    }
-}
-
-/// `name` with anything but letters, digits, `-`, `_` and `.` replaced.
-fn file_safe(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-impl Drop for DockerRun {
-    fn drop(&mut self) {
-        use std::sync::atomic::Ordering::SeqCst;
-        let failed_to_start = !self.started.load(SeqCst);
-        if self.keep.load(SeqCst) || failed_to_start && self.engine.keep_if_start_fails {
-            return;
-        }
-        // Drop cannot await, and the caller's runtime may be shutting down:
-        // a thread with a runtime and a connection of its own removes them.
-        let run = self.engine.run.clone();
-        let removal = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let engine = DockerEngine::connect(&run).await.ok()?;
-                remove_run(engine.client(), &run).await.ok()
-            })
-        });
-        if let Ok(None) | Err(_) = removal.join() {
-            eprintln!(
-                "warning: could not remove the docker objects of run {} (fix: `hubtrust down {}`)",
-                self.engine.run, self.engine.run
-            );
-        }
-    }
-}
-
-impl super::local::StackNetwork {
-    /// One container per host, from the image `images` names for it,
-    /// each on a network of its own shared with this machine (the
-    /// operator's link; HPC nodes have none), plus a network per direct
-    /// link; then each component's own container in its host's namespaces.
-    /// `binds` names files of this machine a host's container sees
-    /// read-only at the same paths. On error, what was made is removed.
-    pub async fn build_in_docker(
-        engine: DockerEngine,
-        images: &crate::spec::DockerImages,
-        plans: &[super::local::HostPlan],
-        extra_links: &[[String; 2]],
-        volumes: &[SharedVolume],
-        binds: &std::collections::BTreeMap<String, Vec<std::path::PathBuf>>,
-    ) -> Result<Self> {
-        use super::local::{Host, Link};
-        let mut network = Self {
-            hosts: std::collections::BTreeMap::new(),
-            links: Vec::new(),
-            docker: Some(DockerRun::new(engine.clone())),
-        };
-        network
-            .hosts
-            .insert("operator".to_string(), Host::operator().await?);
-        let mut containers = Vec::new();
-        let mut gateways = HashMap::new();
-        for volume in volumes {
-            engine.create_volume(&volume.name).await?;
-        }
-        // Each link's address on this machine, which its ends are kept from.
-        let mut machine_on_link = HashMap::new();
-        for [a, b] in extra_links {
-            let link = format!("{a}--{b}");
-            let created = engine.create_network(&link).await?;
-            machine_on_link.insert(link, created.gateway);
-        }
-        for plan in plans {
-            // A host starts on its link to the operator, or, if it has
-            // none (an HPC node), on its first link to another host. Its
-            // own filesystem ([`HostPlan::filesystem`]) is the container's.
-            let first = match plan.operator_link {
-                true => format!("operator--{}", plan.name),
-                false => extra_links
-                    .iter()
-                    .find(|link| link.contains(&plan.name))
-                    .map(|[a, b]| format!("{a}--{b}"))
-                    .ok_or_else(|| HarnessError::Network {
-                        host: plan.name.clone(),
-                        message: "it has no link to the operator or to any other host".into(),
-                    })?,
-            };
-            if plan.operator_link {
-                let created = engine.create_network(&first).await?;
-                let gateway = created.gateway.ok_or_else(|| HarnessError::Docker {
-                    what: format!("create network {}", engine.name(&first)),
-                    message: "docker gave the network no gateway address".into(),
-                })?;
-                gateways.insert(plan.name.clone(), (gateway, created.bridge));
-            }
-            let own: Vec<SharedVolume> = volumes
-                .iter()
-                .filter(|v| v.host == plan.name)
-                .cloned()
-                .collect();
-            let image = images
-                .hosts
-                .get(&plan.name)
-                .ok_or_else(|| HarnessError::Docker {
-                    what: format!("place host `{}` in a container", plan.name),
-                    message: "no image is named for it".into(),
-                })?;
-            let host_binds = binds.get(&plan.name).map_or(&[][..], Vec::as_slice);
-            let container = engine
-                .create_host(&plan.name, image, &first, &own, host_binds)
-                .await?;
-            for [a, b] in extra_links {
-                let link = format!("{a}--{b}");
-                if (a == &plan.name || b == &plan.name) && link != first {
-                    engine.attach(&container, &link).await?;
-                }
-            }
-            containers.push((plan.name.clone(), container, image, own));
-        }
-        let mut addresses = HashMap::new();
-        for (name, container, image, own) in &containers {
-            let (pid, by_link) = engine.inspect_host(container).await?;
-            let host = match Host::in_container(name, &engine, container, pid, image, own.clone()) {
-                Ok(host) => host,
-                // It ran for a moment, then its entrypoint died: the
-                // container's state says so better than a missing /proc,
-                // once the daemon has noticed.
-                Err(e) => return Err(engine.why_it_stopped(container).await.unwrap_or(e)),
-            };
-            network.hosts.insert(name.clone(), host);
-            addresses.insert(name.clone(), by_link);
-        }
-        for (role, (host, image)) in &images.components {
-            if *role == crate::spec::ContainerRole::Lab {
-                // The hub's spawner makes a lab's container when it spawns it.
-                if let Some(lab_host) = network.hosts.get_mut(host) {
-                    lab_host.set_lab_image(image.clone());
-                }
-                continue;
-            }
-            let own: Vec<SharedVolume> = volumes
-                .iter()
-                .filter(|v| &v.host == host)
-                .cloned()
-                .collect();
-            // The hub's spawner makes the labs' containers through the
-            // daemon's socket, as DockerSpawner does.
-            let socket = (*role == crate::spec::ContainerRole::Hub).then(daemon_socket);
-            let container = engine
-                .create_component(host, role.as_str(), image, &own, socket.as_deref())
-                .await?;
-            network
-                .hosts
-                .get_mut(host)
-                .ok_or_else(|| HarnessError::Docker {
-                    what: format!("place the {} container", role.as_str()),
-                    message: format!("its host `{host}` is not in the topology"),
-                })?
-                .add_component(*role, container, image.clone());
-        }
-        let address = |host: &str, link: &str| {
-            addresses
-                .get(host)
-                .and_then(|by_link| by_link.get(link))
-                .copied()
-                .ok_or_else(|| HarnessError::Network {
-                    host: host.into(),
-                    message: format!("docker gave it no address on {link}"),
-                })
-        };
-        for (name, ..) in &containers {
-            let Some((gateway, bridge)) = gateways.get(name).cloned() else {
-                continue;
-            };
-            let link = format!("operator--{name}");
-            network.links.push(Link {
-                // The operator's end is the bridge: capture there sees the
-                // link whole. The container's end is its first interface.
-                interfaces: (bridge, "eth0".into()),
-                a: ("operator".into(), gateway),
-                b: (name.clone(), address(name, &link)?),
-                name: link,
-            });
-        }
-        for [a, b] in extra_links {
-            let link = format!("{a}--{b}");
-            let (a_address, b_address) = (address(a, &link)?, address(b, &link)?);
-            let machine = machine_on_link.get(&link).copied().flatten();
-            let made = link_between(
-                (network.host(a)?, a_address),
-                (network.host(b)?, b_address),
-                link,
-                machine,
-            )
-            .await?;
-            network.links.push(made);
-        }
-        Ok(network)
-    }
-}
-
-/// A link between two containers on a network of their own, as capture
-/// sees it: named after its ends, on the interfaces holding their
-/// addresses (capture listens on `a`'s).
-///
-/// Docker gives every network an address on this machine (its gateway,
-/// `machine`), which a link between two hosts has no business reaching: a
-/// compute node could otherwise talk to the machine the whole site runs
-/// on. Both ends get an `unreachable` route to it, in their own
-/// namespaces, so it goes when their containers go.
-async fn link_between(
-    (a, a_address): (&super::local::Host, Ipv4Addr),
-    (b, b_address): (&super::local::Host, Ipv4Addr),
-    name: String,
-    machine: Option<Ipv4Addr>,
-) -> Result<super::local::Link> {
-    if let Some(machine) = machine {
-        for end in [a, b] {
-            end.ip(&["route", "add", "unreachable", &format!("{machine}/32")])
-                .await?;
-        }
-    }
-    let interface = a
-        .interface_with(a_address)
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| HarnessError::Network {
-            host: a.name.clone(),
-            message: format!("no interface of its container holds {a_address} ({name})"),
-        })?;
-    let other = b
-        .interface_with(b_address)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    Ok(super::local::Link {
-        interfaces: (interface, other),
-        a: (a.name.clone(), a_address),
-        b: (b.name.clone(), b_address),
-        name,
-    })
-}
-
-impl super::local::StackNetwork {
-    /// This machine's addresses on `host`'s links to other hosts (docker
-    /// gives each network one); none on the local backend, whose links
-    /// between hosts are veth pairs with nothing of this machine on them.
-    pub async fn machine_addresses_near(&self, host: &str) -> Result<Vec<Ipv4Addr>> {
-        let Some(run) = &self.docker else {
-            return Ok(Vec::new());
-        };
-        let mut addresses = Vec::new();
-        for link in &self.links {
-            let ends = [&link.a.0, &link.b.0];
-            if ends.contains(&&host.to_string()) && !ends.contains(&&"operator".to_string()) {
-                let network = run.engine().name(&link.name);
-                addresses.extend(run.engine().gateway_of(&network).await?);
-            }
-        }
-        Ok(addresses)
-    }
-
-    /// Adds host `name` to a running docker stack, as a site adds a
-    /// machine: a container from `like`'s image with a run volume of its
-    /// own at the same path as `like`'s, on a new network to each of
-    /// `peers` (link `<peer>--<name>`), and no link to the operator. The
-    /// run's labels see to its removal.
-    pub async fn add_host_in_docker(
-        &self,
-        name: &str,
-        like: &str,
-        peers: &[String],
-    ) -> Result<(super::local::Host, Vec<super::local::Link>)> {
-        let (engine, image, like_volumes) =
-            self.host(like)?
-                .docker_parts()
-                .ok_or_else(|| HarnessError::Network {
-                    host: name.into(),
-                    message: "not a docker stack".into(),
-                })?;
-        let volumes: Vec<SharedVolume> = like_volumes
-            .iter()
-            .map(|v| SharedVolume {
-                name: format!("run-{name}"),
-                host: name.into(),
-                path: v.path.clone(),
-            })
-            .collect();
-        for volume in &volumes {
-            engine.create_volume(&volume.name).await?;
-        }
-        let links: Vec<String> = peers.iter().map(|peer| format!("{peer}--{name}")).collect();
-        let mut machine_on_link = HashMap::new();
-        for link in &links {
-            let created = engine.create_network(link).await?;
-            machine_on_link.insert(link.clone(), created.gateway);
-        }
-        let first = links.first().ok_or_else(|| HarnessError::Network {
-            host: name.into(),
-            message: "a host needs at least one link".into(),
-        })?;
-        let container = engine
-            .create_host(name, &image, first, &volumes, &[])
-            .await?;
-        for (peer, link) in peers.iter().zip(&links) {
-            if link != first {
-                engine.attach(&container, link).await?;
-            }
-            engine.attach(&engine.name(peer), link).await?;
-        }
-        let (pid, by_link) = engine.inspect_host(&container).await?;
-        let host =
-            super::local::Host::in_container(name, &engine, &container, pid, &image, volumes)?;
-        let mut made = Vec::new();
-        for (peer, link) in peers.iter().zip(links) {
-            let (_, peer_addresses) = engine.inspect_host(&engine.name(peer)).await?;
-            let no_address = |host: &str| HarnessError::Network {
-                host: host.into(),
-                message: format!("docker gave it no address on {link}"),
-            };
-            let peer_address = *peer_addresses.get(&link).ok_or_else(|| no_address(peer))?;
-            let own_address = *by_link.get(&link).ok_or_else(|| no_address(name))?;
-            let machine = machine_on_link.get(&link).copied().flatten();
-            made.push(
-                link_between(
-                    (self.host(peer)?, peer_address),
-                    (&host, own_address),
-                    link.clone(),
-                    machine,
-                )
-                .await?,
-            );
-        }
-        Ok((host, made))
-    }
 }
