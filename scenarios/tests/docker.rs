@@ -14,69 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{hubtrust, processes_running, scratch, text, walk};
-
-fn docker_ready() -> bool {
-    let up = Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !up {
-        assert!(
-            std::env::var("HUBTRUST_REQUIRE_DOCKER").as_deref() != Ok("1"),
-            "HUBTRUST_REQUIRE_DOCKER=1 but no docker daemon answers"
-        );
-        eprintln!("no docker daemon: this docker test did not run");
-        return false;
-    }
-    let built = hubtrust().args(["images", "build"]).output().unwrap();
-    assert!(built.status.success(), "{}", text(&built));
-    true
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert!(out.status.success(), "docker {args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Containers, networks and volumes labelled with `run`.
-fn labelled(run: &str) -> Vec<String> {
-    let filter = format!("label=hubtrust.run={run}");
-    ["container", "network", "volume"]
-        .iter()
-        .flat_map(|kind| {
-            let mut args = vec![*kind, "ls", "-q", "--filter", &filter];
-            if *kind == "container" {
-                args.push("-a");
-            }
-            docker(&args)
-                .lines()
-                .map(|id| format!("{kind} {id}"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-/// Waits (bounded) until nothing labelled with `run` is left.
-fn assert_nothing_labelled(run: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = labelled(run);
-        if left.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "left behind: {left:?}");
-        // Bounded poll interval while the reaper works.
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn run_id(test: &str) -> String {
-    format!("test-{test}-{}", std::process::id())
-}
+use common::{
+    assert_nothing_labelled, docker, docker_ready, hubtrust, labelled, processes_running, run_id,
+    scratch, text,
+};
 
 /// Every flow of every wire census in a report.
 fn wire_flows(report: &serde_json::Value) -> Vec<&serde_json::Value> {
@@ -132,17 +73,6 @@ fn run_on_docker_with(
         output: text(&out),
         report,
     }
-}
-
-#[test]
-fn core_profile_passes_on_docker_and_leaves_nothing_behind() {
-    if !docker_ready() {
-        return;
-    }
-    let run = run_on_docker(&run_id("core"), &["--tags", "@core"], None);
-    assert_eq!(run.code, Some(0), "{}", run.output);
-    assert!(run.output.contains("9 passed, 0 failed"), "{}", run.output);
-    assert_eq!(run.report.unwrap()["backend"], "docker");
 }
 
 #[test]
@@ -224,34 +154,6 @@ fn core_profile_passes_with_docker_host_on_tcp() {
 }
 
 #[test]
-fn wire_profile_passes_on_docker_and_catches_kernels_on_every_interface() {
-    if !docker_ready() {
-        return;
-    }
-    // Captured on the operator's bridge: the design passes...
-    let run = run_on_docker(&run_id("wire"), &["--tags", "@wire"], None);
-    assert_eq!(run.code, Some(0), "{}", run.output);
-    assert!(run.output.contains("4 passed, 0 failed"), "{}", run.output);
-    // ...and kernels listening on every interface are named on the wire.
-    let run = run_on_docker(
-        &run_id("zmtp"),
-        &[
-            "--tags",
-            "@wire",
-            "--stack",
-            "fixtures/stacks/kernels-on-all-interfaces.toml",
-        ],
-        None,
-    );
-    assert_eq!(run.code, Some(1), "{}", run.output);
-    assert!(
-        run.output.contains("on operator--hub (plaintext ZMTP 3."),
-        "the flow is not named: {}",
-        run.output
-    );
-}
-
-#[test]
 fn a_kernel_on_another_host_is_caught_on_the_wire_on_docker() {
     if !docker_ready() {
         return;
@@ -322,66 +224,6 @@ fn labs_on_their_own_host_put_internal_tls_on_the_wire() {
 }
 
 #[test]
-fn hpc_profile_passes_on_docker_with_sshd_on_node_containers() {
-    if !docker_ready() {
-        return;
-    }
-    // Login and compute nodes are containers of their own running real
-    // sshd; the compute node has no link to the operator or the hub.
-    let run = run_on_docker(
-        &run_id("hpc"),
-        &["--tags", "@hpc", "--stack", "fixtures/stacks/hpc.toml"],
-        None,
-    );
-    assert_eq!(run.code, Some(0), "{}", run.output);
-    assert!(run.output.contains("17 passed, 0 failed"), "{}", run.output);
-    let report = run.report.unwrap();
-    let flows = wire_flows(&report);
-    let seen = |link: &str, server: &str, port: u16, kind: &str| {
-        flows.iter().any(|f| {
-            f["link"] == link
-                && f["server_host"] == server
-                && f["server_port"] == port
-                && f["class"]["kind"] == kind
-        })
-    };
-    // The broker's and the spawner's SSH to the login node, and the lab
-    // calling the hub through the login node's tunnel, in TLS.
-    assert!(seen("hub--login-1", "login-1", 22, "ssh"), "{flows:?}");
-    assert!(
-        seen("compute-1--login-1", "login-1", 8443, "tls"),
-        "{flows:?}"
-    );
-    assert!(
-        seen("compute-1--login-1", "compute-1", 8888, "tls"),
-        "{flows:?}"
-    );
-}
-
-#[test]
-fn enterprise_profile_passes_on_docker_with_a_real_init_container() {
-    if !docker_ready() {
-        return;
-    }
-    // The init container's volume goes with the run, as everything else.
-    let run = run_on_docker(
-        &run_id("enterprise"),
-        &[
-            "--tags",
-            "@enterprise",
-            "--stack",
-            "fixtures/stacks/enterprise.toml",
-        ],
-        None,
-    );
-    assert_eq!(run.code, Some(0), "{}", run.output);
-    assert!(run.output.contains("5 passed, 0 failed"), "{}", run.output);
-    let report = run.report.unwrap();
-    let runs = report["enterprise"]["runs"].as_array().map(Vec::len);
-    assert_eq!(runs, Some(6 * 9 * 2), "{}", report["enterprise"]);
-}
-
-#[test]
 fn a_vendors_proxy_image_runs_the_proxy_and_the_report_names_it() {
     if !docker_ready() {
         return;
@@ -428,154 +270,6 @@ fn a_vendors_proxy_image_runs_the_proxy_and_the_report_names_it() {
     let proxy = images["proxy"].as_str().unwrap();
     assert!(proxy.starts_with(vendor), "{images}");
     assert_ne!(proxy, images["hub"].as_str().unwrap(), "{images}");
-}
-
-#[test]
-fn sigkill_of_a_docker_run_mid_stack_leaves_no_container_network_or_volume() {
-    if !docker_ready() {
-        return;
-    }
-    let run = run_id("sigkill");
-    let report = scratch("docker-sigkill");
-    let mut child = hubtrust()
-        .args(["run", "--backend", "docker", "--tags", "@core", "--report"])
-        .arg(&report)
-        .env("HUBTRUST_RUN_ID", &run)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Mid-stack: once the hub's container is running.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !labelled(&run).iter().any(|o| o.starts_with("container")) {
-        assert!(Instant::now() < deadline, "no container appeared");
-        // Bounded poll interval while the run starts.
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert_nothing_labelled(&run);
-    let _ = std::fs::remove_dir_all(&report);
-}
-
-#[test]
-fn keep_leaves_a_failed_docker_run_running_until_down() {
-    if !docker_ready() {
-        return;
-    }
-    let run = run_id("keep");
-    let report = scratch("docker-keep");
-    // A deployment that fails a check: kernels on every interface.
-    let out = hubtrust()
-        .args(["run", "--backend", "docker", "--tags", "@wire", "--keep"])
-        .args(["--stack", "fixtures/stacks/kernels-on-all-interfaces.toml"])
-        .arg("--report")
-        .arg(&report)
-        .env("HUBTRUST_RUN_ID", &run)
-        .output()
-        .unwrap();
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains(&format!("`hubtrust down {run}`")), "{t}");
-    // The failed scenarios' artifacts hold the lab's own log, followed
-    // from its container.
-    let lab_logs: Vec<_> = walk(&report)
-        .into_iter()
-        .filter(|p| p.ends_with("logs/lab-alice.log"))
-        .collect();
-    assert!(
-        !lab_logs.is_empty(),
-        "no lab-alice.log under {}",
-        report.display()
-    );
-    let lab_log = std::fs::read_to_string(&lab_logs[0]).unwrap();
-    assert!(lab_log.contains("JupyterHubSingleUser"), "{lab_log}");
-    // The reaper stood down: the hub still runs in its container, the
-    // proxy and the lab in their own beside it, in the hub host's
-    // namespaces.
-    let hub = format!("hubtrust-{run}-hub-hub");
-    let proxy = format!("hubtrust-{run}-hub-proxy");
-    for container in [&hub, &proxy] {
-        let status = docker(&["inspect", "-f", "{{.State.Running}}", container]);
-        assert_eq!(status, "true", "{container}");
-    }
-    let in_hub = docker(&["exec", &hub, "ps", "-eo", "args"]);
-    assert!(in_hub.contains("jupyterhub -f"), "{in_hub}");
-    assert!(!in_hub.contains("configurable-http-proxy"), "{in_hub}");
-    assert!(!in_hub.contains("jupyterhub-singleuser"), "{in_hub}");
-    // The hub's spawner put alice's lab in a container of its own.
-    let lab = format!("hubtrust-{run}-hub-lab-alice");
-    let in_lab = docker(&["exec", &lab, "ps", "-eo", "args"]);
-    assert!(in_lab.contains("jupyterhub-singleuser"), "{in_lab}");
-    // Its internal-ssl files were copied in by the spawner, the key 0600.
-    let key_mode = docker(&[
-        "exec",
-        &lab,
-        "stat",
-        "-c",
-        "%a %U",
-        "/srv/jupyterhub-internal-ssl/user-alice.key",
-    ]);
-    assert_eq!(key_mode, "600 root");
-    let in_proxy = docker(&["exec", &proxy, "ps", "-eo", "args"]);
-    assert!(in_proxy.contains("configurable-http-proxy"), "{in_proxy}");
-    let mode = docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &proxy]);
-    let host_id = docker(&["inspect", "-f", "{{.Id}}", &format!("hubtrust-{run}-hub")]);
-    assert_eq!(mode, format!("container:{host_id}"));
-    // Every network of the run is internal: no route, no NAT, beyond the
-    // topology's links.
-    let label = format!("label=hubtrust.run={run}");
-    let networks = docker(&["network", "ls", "-q", "--filter", &label]);
-    assert!(!networks.is_empty());
-    for network in networks.lines() {
-        let internal = docker(&["network", "inspect", "-f", "{{.Internal}}", network]);
-        assert_eq!(internal, "true", "network {network}");
-    }
-    let down = hubtrust().args(["down", &run]).output().unwrap();
-    assert_eq!(down.status.code(), Some(0), "{}", text(&down));
-    assert!(labelled(&run).is_empty());
-    std::fs::remove_dir_all(&report).unwrap();
-}
-
-#[test]
-fn up_on_docker_serves_the_stack_and_ctrl_c_removes_it() {
-    use std::io::{BufRead, BufReader};
-    if !docker_ready() {
-        return;
-    }
-    let run = run_id("up");
-    let mut child = hubtrust()
-        .args(["up", "--backend", "docker"])
-        .env("HUBTRUST_RUN_ID", &run)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains("hub log")) {
-        match lines.next() {
-            Some(Ok(line)) => seen.push(line),
-            _ => panic!("`hubtrust up --backend docker` ended early: {seen:?}"),
-        }
-    }
-    // The public proxy is the hub container's address on the operator's link.
-    let public = seen.iter().find(|l| l.contains("public proxy")).unwrap();
-    let container_ip = docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &format!("hubtrust-{run}-hub"),
-    ]);
-    assert!(public.contains(&container_ip), "{public} vs {container_ip}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "{status}");
-    assert_nothing_labelled(&run);
 }
 
 #[test]
