@@ -40,7 +40,7 @@ pub async fn bring_up_on(
             (components, Box::new(LocalBackend) as Box<dyn Backend>)
         }
         BackendChoice::Docker => (
-            hubtrust_harness::images::components_in_image(),
+            hubtrust_harness::backend::docker::images::components_in_image(),
             crate::docker::prepare(&spec, keep_if_start_fails).await?,
         ),
     };

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cucumber::World as _;
-use hubtrust_harness::image_list::{ImageList, ImageLock};
+use hubtrust_harness::backend::docker::image_list::{ImageList, ImageLock};
 use hubtrust_harness::report::RunReport;
 use hubtrust_harness::spec::StackSpec;
 

@@ -11,11 +11,11 @@ use std::time::Instant;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::backend::docker::DockerEngine;
+use super::DockerEngine;
 use crate::error::{HarnessError, Result};
 use crate::provision::{self, Components};
 
-const BUILD_ROOTFS: &str = include_str!("../../fixtures/images/build-rootfs.sh");
+const BUILD_ROOTFS: &str = include_str!("../../../../fixtures/images/build-rootfs.sh");
 
 /// Where the components live inside the image.
 pub const COMPONENTS_IN_IMAGE: &str = "/opt/hubtrust";

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::registry::{self, ImageReference};
 use crate::error::{HarnessError, Result};
-use crate::registry::{self, ImageReference};
 use crate::spec::{ContainerRole, StackSpec};
 
 /// One component's image, by tag, and how to run the component in it.
