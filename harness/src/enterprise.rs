@@ -468,7 +468,9 @@ impl Outbound {
             proxy.stop(grace).await;
         }
     }
+}
 
+impl Outbound {
     /// Everything the labs' environment gains: the five CA variables when
     /// the merge step ran, the proxy variables with an egress host.
     pub fn lab_environment(&self) -> Vec<(String, String)> {

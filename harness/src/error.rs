@@ -74,6 +74,8 @@ pub enum HarnessError {
     HubApi { call: String, message: String },
     #[error("{what}: {message}")]
     Docker { what: String, message: String },
+    #[error("restore the {site} after a scenario: {message}")]
+    SiteNotRestored { site: String, message: String },
     #[error("{what}: not supported by the {backend} backend (fix: {fix})")]
     NotSupported {
         backend: &'static str,

@@ -255,9 +255,9 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
             let stack = world.and_then(|w| w.stack.clone());
             Box::pin(async move {
                 if let Some(stack) = stack {
-                    let outcome = stack.hpc_restore_site().await;
+                    let outcome = stack.restore_sites().await;
                     if let Err(e) = &outcome {
-                        eprintln!("error: could not restore the HPC site after a scenario: {e}");
+                        eprintln!("error: {e}");
                     }
                     if let Ok(mut not_restored) = crate::world::NOT_RESTORED.lock() {
                         *not_restored = outcome.err().map(|e| e.to_string());

@@ -4,7 +4,10 @@
 //! `StackSpec` is the data; `Stack` owns the running hosts and processes and
 //! tears them down on drop. Scenarios only ever talk to `Stack`.
 
+mod sites;
 mod up;
+
+pub use sites::Site;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -565,10 +568,31 @@ impl Stack {
     /// token.
     pub fn secrets(&self) -> Vec<&Secret> {
         let mut all = vec![&self.service_token, &self.proxy_token, &self.user_password];
-        if let Some(site) = &self.hpc {
-            all.push(&site.broker_token);
+        for site in self.sites() {
+            all.extend(site.secrets());
         }
         all
+    }
+
+    /// The site add-ons this stack holds.
+    pub fn sites(&self) -> Vec<&dyn Site> {
+        let hpc = self.hpc.iter().map(|s| s as &dyn Site);
+        let outbound = self.outbound.iter().map(|s| s as &dyn Site);
+        hpc.chain(outbound).collect()
+    }
+
+    /// Restores every site a scenario may have disturbed; the first
+    /// failure names its site.
+    pub async fn restore_sites(&self) -> Result<()> {
+        for site in self.sites() {
+            site.restore(self)
+                .await
+                .map_err(|e| HarnessError::SiteNotRestored {
+                    site: site.name().into(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
     }
 
     /// Stops and discards the capture an HPC stack runs from its start

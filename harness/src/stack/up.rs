@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use super::sites::Site;
 use super::{
     capture_links, check_deployment_config_files, component_version, deployment_config_copies,
     external_proxy_args, hub_config_for, io, manifest_with_overrides, operator_client,
@@ -588,10 +589,11 @@ async fn write_hub_config(
         let lines = network.run.hub_config_for_labs(network, &labs)?;
         render_spec.hub.extra_config.splice(0..0, lines);
     }
-    let lab_extra_env = outbound
-        .as_ref()
-        .map(crate::enterprise::Outbound::lab_environment)
-        .unwrap_or_default();
+    let sites = hpc
+        .iter()
+        .map(|s| s as &dyn Site)
+        .chain(outbound.iter().map(|s| s as &dyn Site));
+    let lab_extra_env: Vec<(String, String)> = sites.flat_map(|s| s.lab_environment()).collect();
     let config = hub_config_for(
         &render_spec,
         &manifests.values,
