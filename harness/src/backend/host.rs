@@ -597,6 +597,14 @@ impl StackNetwork {
             .collect()
     }
 
+    /// [`StackNetwork::address_of`], or an error naming the host.
+    pub fn operator_reaches(&self, host: &str) -> Result<Ipv4Addr> {
+        self.address_of(host).ok_or_else(|| HarnessError::Network {
+            host: host.into(),
+            message: "no link to the operator".into(),
+        })
+    }
+
     /// The address the operator reaches `host` at.
     pub fn address_of(&self, host: &str) -> Option<Ipv4Addr> {
         self.links

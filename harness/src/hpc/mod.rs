@@ -704,12 +704,7 @@ impl HpcSite {
         // Its clients are the hub's spawner and the operator (hubtrust's
         // REST checks, an admin): it listens on the hub's operator-facing
         // address only, which no login or compute node can route to.
-        let hub_ip = network
-            .address_of(hub_host)
-            .ok_or_else(|| HarnessError::Network {
-                host: hub_host.clone(),
-                message: "no link to the operator".into(),
-            })?;
+        let hub_ip = network.operator_reaches(hub_host)?;
         self.broker_ip = hub_ip;
         let listen = SocketAddr::from((hub_ip, self.broker_port));
         if network.host(hub_host)?.port_in_use(self.broker_port).await {

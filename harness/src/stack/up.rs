@@ -372,12 +372,7 @@ async fn public_side(
     progress: Progress<'_>,
 ) -> Result<PublicSide> {
     let hub_host = &spec.topology.hub_host;
-    let hub_ip = network
-        .address_of(hub_host)
-        .ok_or_else(|| HarnessError::Network {
-            host: hub_host.clone(),
-            message: "no link to the operator".into(),
-        })?;
+    let hub_ip = network.operator_reaches(hub_host)?;
     let pki = run_dir.join("pki");
     crate::pki::write_with_mode(
         &pki.join("org-root.crt"),
