@@ -48,10 +48,10 @@ pub async fn first_ready_lab(rounds: u32, throughput_bytes: u64) -> anyhow::Resu
                 // Tunnel, bare, bare, tunnel: the order cancels the
                 // machine's drift within the round, and each side keeps
                 // its better transfer.
-                let (first, over_veth) = stack.hpc_tunnel_throughput(throughput_bytes).await?;
-                let bare_first = stack.hpc_bare_ssh_throughput(throughput_bytes).await?;
-                let bare_second = stack.hpc_bare_ssh_throughput(throughput_bytes).await?;
-                let (second, _) = stack.hpc_tunnel_throughput(throughput_bytes).await?;
+                let (first, over_veth) = stack.hpc()?.tunnel_throughput(throughput_bytes).await?;
+                let bare_first = stack.hpc()?.bare_ssh_throughput(throughput_bytes).await?;
+                let bare_second = stack.hpc()?.bare_ssh_throughput(throughput_bytes).await?;
+                let (second, _) = stack.hpc()?.tunnel_throughput(throughput_bytes).await?;
                 tunnel.push(first.max(second));
                 bare.push(bare_first.max(bare_second));
                 direct.push(over_veth);

@@ -62,10 +62,17 @@ pub struct Operator {
     pub known_defects: Vec<hubtrust_harness::known_defects::KnownDefectHit>,
     /// Known-defect entries that applied but did not reproduce.
     pub stale_defects: Vec<String>,
+    /// What the HPC steps noted for later steps of their scenario.
+    pub hpc: HpcNotes,
+}
+
+/// What the HPC steps note between steps of one scenario.
+#[derive(Debug, Default)]
+pub struct HpcNotes {
     /// The lab's (pid, start time) on its compute node, noted earlier.
-    pub hpc_lab_process: Option<(u32, u64)>,
+    pub lab_process: Option<(u32, u64)>,
     /// What the lab saw of each login node: (user, views, its environment).
-    pub hpc_lab_view: Option<(
+    pub lab_view: Option<(
         String,
         Vec<hubtrust_harness::hpc::checks::LoginNodeView>,
         hubtrust_harness::hpc::checks::LabEnvironment,

@@ -254,10 +254,10 @@ pub struct LastHop {
     pub other: Vec<String>,
 }
 
-impl crate::Stack {
+impl HpcChecks<'_> {
     /// Sorts every census flow between a login node and a compute node.
-    pub fn hpc_last_hop(&self, census: &crate::capture::WireCensus) -> Result<LastHop> {
-        let site = site(self)?;
+    pub fn last_hop(&self, census: &crate::capture::WireCensus) -> Result<LastHop> {
+        let site = self.site;
         let logins: Vec<String> = site.all_login_nodes().into_iter().map(|l| l.name).collect();
         let is_login = |h: &str| logins.iter().any(|l| l == h);
         let is_compute = |h: &str| site.compute_nodes.iter().any(|c| c == h);
@@ -395,20 +395,40 @@ fn find_pid(matches: impl Fn(u32) -> bool) -> Option<u32> {
         .find(|pid| matches(*pid))
 }
 
-fn site(stack: &crate::Stack) -> Result<&HpcSite> {
-    stack.hpc.as_ref().ok_or_else(|| HarnessError::Network {
-        host: stack.spec.topology.lab_host.clone(),
-        message: "this stack has no HPC site (fix: run @hpc with --stack fixtures/stacks/hpc.toml)"
-            .into(),
-    })
+/// The HPC site's checks and faults on a running stack: what the HPC
+/// steps talk to (`stack.hpc()?`), apart from the stack itself.
+pub struct HpcChecks<'a> {
+    stack: &'a crate::Stack,
+    site: &'a HpcSite,
+}
+
+impl std::ops::Deref for HpcChecks<'_> {
+    type Target = crate::Stack;
+
+    fn deref(&self) -> &crate::Stack {
+        self.stack
+    }
 }
 
 impl crate::Stack {
+    /// The HPC site's checks, on a stack that has one.
+    pub fn hpc(&self) -> Result<HpcChecks<'_>> {
+        let site = self.hpc.as_ref().ok_or_else(|| HarnessError::Network {
+            host: self.spec.topology.lab_host.clone(),
+            message:
+                "this stack has no HPC site (fix: run @hpc with --stack fixtures/stacks/hpc.toml)"
+                    .into(),
+        })?;
+        Ok(HpcChecks { stack: self, site })
+    }
+}
+
+impl HpcChecks<'_> {
     /// Probes from `from` to every address of the login nodes (sshd, must
     /// connect: the positive control) and of `forbidden` hosts on `ports`
     /// (must find no route).
-    pub async fn hpc_reachability_from(&self, from: &str) -> Result<Vec<ReachFinding>> {
-        let site = site(self)?;
+    pub async fn reachability_from(&self, from: &str) -> Result<Vec<ReachFinding>> {
+        let site = self.site;
         let hub = self.spec.topology.hub_host.clone();
         let forbidden: Vec<(String, Vec<u16>)> = if from == hub {
             site.compute_nodes
@@ -493,25 +513,26 @@ impl crate::Stack {
         Ok(findings)
     }
 
-    pub fn hpc_compute_nodes(&self) -> Result<Vec<String>> {
-        Ok(site(self)?.compute_nodes.clone())
+    pub fn compute_nodes(&self) -> Result<Vec<String>> {
+        Ok(self.site.compute_nodes.clone())
     }
 
-    pub fn hpc_login_nodes(&self) -> Result<Vec<String>> {
-        Ok(site(self)?
+    pub fn login_nodes(&self) -> Result<Vec<String>> {
+        Ok(self
+            .site
             .all_login_nodes()
             .iter()
             .map(|l| l.name.clone())
             .collect())
     }
 
-    pub async fn hpc_ssh(
+    pub async fn ssh(
         &self,
         role: SshRole,
         node: &str,
         command: Option<&str>,
     ) -> Result<SshOutcome> {
-        site(self)?
+        self.site
             .ssh(
                 &self.network,
                 &self.spec.topology.hub_host,
@@ -524,8 +545,8 @@ impl crate::Stack {
 
     /// The lab's staged certificates on its compute node, and the uid it
     /// should run as.
-    pub fn hpc_staged_files(&self, user: &str) -> Result<(Vec<StagedFile>, u32)> {
-        let site = site(self)?;
+    pub fn staged_files(&self, user: &str) -> Result<(Vec<StagedFile>, u32)> {
+        let site = self.site;
         let uid = *site
             .lab_uids
             .get(user)
@@ -541,8 +562,8 @@ impl crate::Stack {
 
     /// Every login node's bind address, and the SANs of the proxy's
     /// certificate.
-    pub fn hpc_proxy_certificate(&self) -> Result<(Vec<Ipv4Addr>, Vec<String>)> {
-        let site = site(self)?;
+    pub fn proxy_certificate(&self) -> Result<(Vec<Ipv4Addr>, Vec<String>)> {
+        let site = self.site;
         let record = crate::inventory::describe_file("hpc", &site.dir, &site.proxy_cert)?
             .ok_or_else(|| {
                 HarnessError::Pki(format!(
@@ -555,8 +576,8 @@ impl crate::Stack {
 
     /// From inside `user`'s lab: every login node's bind address with the
     /// lab's own TLS settings, and the hub API through each.
-    pub async fn hpc_lab_view(&self, user: &str) -> Result<(Vec<LoginNodeView>, LabEnvironment)> {
-        let site = site(self)?;
+    pub async fn lab_view(&self, user: &str) -> Result<(Vec<LoginNodeView>, LabEnvironment)> {
+        let site = self.site;
         let code = lab_view_code(&site.bind_addresses(), site.login_port);
         let run = self.run_cell(user, &code).await?;
         parse_lab_view(&run.stdout).map_err(|message| HarnessError::Probe {
@@ -565,31 +586,32 @@ impl crate::Stack {
         })
     }
 
-    pub fn hpc_kill_ssh_master(&self, login: &str) -> Result<Vec<u32>> {
-        site(self)?.kill_ssh_master(&self.network, &self.spec.topology.hub_host, login)
+    pub fn kill_ssh_master(&self, login: &str) -> Result<Vec<u32>> {
+        self.site
+            .kill_ssh_master(&self.network, &self.spec.topology.hub_host, login)
     }
 
-    pub async fn hpc_restart_broker(&self) -> Result<()> {
-        site(self)?
+    pub async fn restart_broker(&self) -> Result<()> {
+        self.site
             .restart_broker(&self.network, &self.http, &self.spec.topology.hub_host)
             .await
     }
 
     /// A new host key for `node` (`fresh`), or its pinned one back.
-    pub async fn hpc_set_host_key(&self, node: &str, fresh: bool) -> Result<()> {
-        site(self)?
+    pub async fn set_host_key(&self, node: &str, fresh: bool) -> Result<()> {
+        self.site
             .set_host_key(&self.network, &self.http, node, fresh)
             .await
     }
 
     /// Adds login node `name` to the running site (see
     /// [`HpcSite::add_login_node`]).
-    pub async fn hpc_add_login_node(&self, name: &str) -> Result<()> {
+    pub async fn add_login_node(&self, name: &str) -> Result<()> {
         let broker = self.broker().ok_or_else(|| HarnessError::Network {
             host: name.into(),
             message: "no tunnel broker".into(),
         })?;
-        site(self)?
+        self.site
             .add_login_node(name, &self.network, &self.http, &self.spec, broker)
             .await
             .map(|_| ())
@@ -599,13 +621,13 @@ impl crate::Stack {
     /// but `omit`, from the proxy-client-ca or (`new_ca`) a brand-new CA.
     /// `skew_allowance = false` mints it valid from this very second, as
     /// certipy does.
-    pub fn hpc_reissue_proxy_cert(
+    pub fn reissue_proxy_cert(
         &self,
         omit: Option<&str>,
         new_ca: bool,
         skew_allowance: bool,
     ) -> Result<()> {
-        let site = site(self)?;
+        let site = self.site;
         let binds: Vec<Ipv4Addr> = site
             .all_login_nodes()
             .iter()
@@ -639,7 +661,7 @@ impl crate::Stack {
     /// After a scenario: every sshd running with its pinned key, and the
     /// standard proxy certificate served, whatever the scenario did or
     /// where it failed. A no-op on stacks without an HPC site.
-    pub async fn hpc_restore_site(&self) -> Result<()> {
+    pub async fn restore_site(&self) -> Result<()> {
         let Some(site) = self.hpc.as_ref() else {
             return Ok(());
         };
@@ -648,10 +670,10 @@ impl crate::Stack {
             .proxy_cert_disturbed
             .load(std::sync::atomic::Ordering::SeqCst)
         {
-            self.hpc_reissue_proxy_cert(None, false, true)?;
-            self.hpc_restart_proxy().await?;
+            self.reissue_proxy_cert(None, false, true)?;
+            self.restart_proxy().await?;
         }
-        self.hpc_await_site_whole(std::time::Duration::from_secs(60))
+        self.await_site_whole(std::time::Duration::from_secs(60))
             .await
     }
 
@@ -661,8 +683,8 @@ impl crate::Stack {
     /// notices a dead remote tunnel only on its next liveness tick and
     /// re-creates it on the one after, and a scenario started in between
     /// sees "connection refused" on that login node.
-    pub async fn hpc_await_site_whole(&self, timeout: std::time::Duration) -> Result<()> {
-        let site = site(self)?;
+    pub async fn await_site_whole(&self, timeout: std::time::Duration) -> Result<()> {
+        let site = self.site;
         let broker = self.broker().ok_or_else(|| HarnessError::Network {
             host: self.spec.topology.hub_host.clone(),
             message: "the HPC site has no tunnel broker client".into(),
@@ -715,12 +737,12 @@ impl crate::Stack {
     /// notices within its check interval, starts it again (it then reads
     /// the certificate anew) and restores the routes. Waits until the hub
     /// and every lab answer through it again.
-    pub async fn hpc_restart_proxy(&self) -> Result<()> {
+    pub async fn restart_proxy(&self) -> Result<()> {
         // On docker the (re-issued) certificate is copied into the hub's
         // host first, where the restarted proxy reads it.
         self.network
             .host(&self.spec.topology.hub_host)?
-            .copy_in(&site(self)?.dir.join("proxy"))
+            .copy_in(&self.site.dir.join("proxy"))
             .await?;
         let marker = format!("{}={}", crate::stack::STACK_MARKER_ENV, self.marker);
         let is_proxy = |pid: u32| {
@@ -767,7 +789,7 @@ impl crate::Stack {
 
     /// The pid and start time of `user`'s lab process on its compute node:
     /// unchanged means the lab was not restarted.
-    pub fn hpc_lab_process(&self, user: &str) -> Option<(u32, u64)> {
+    pub fn lab_process(&self, user: &str) -> Option<(u32, u64)> {
         let wanted = format!("JUPYTERHUB_USER={user}");
         let marker = format!("{}={}", crate::stack::STACK_MARKER_ENV, self.marker);
         let pid = find_pid(|pid| {
@@ -789,8 +811,8 @@ impl crate::Stack {
     }
 
     /// Stops (`running = false`) or starts again `node`'s sshd.
-    pub async fn hpc_set_sshd(&self, node: &str, running: bool) -> Result<()> {
-        let site = site(self)?;
+    pub async fn set_sshd(&self, node: &str, running: bool) -> Result<()> {
+        let site = self.site;
         if running {
             site.start_sshd_again(&self.network, &self.http, node).await
         } else {
@@ -800,8 +822,8 @@ impl crate::Stack {
     }
 
     /// A tunnel request for `user`'s lab through `login`.
-    pub fn hpc_tunnel_request(&self, user: &str, login: &str) -> Result<serde_json::Value> {
-        let site = site(self)?;
+    pub fn tunnel_request(&self, user: &str, login: &str) -> Result<serde_json::Value> {
+        let site = self.site;
         let all = site.all_login_nodes();
         let node = all
             .iter()
@@ -851,9 +873,9 @@ impl crate::Stack {
     /// first login node to the lab's compute node, with the broker's key
     /// and options (the same cipher): what OpenSSH itself manages on the
     /// path the broker's tunnels take.
-    pub async fn hpc_bare_ssh_throughput(&self, bytes: u64) -> Result<f64> {
+    pub async fn bare_ssh_throughput(&self, bytes: u64) -> Result<f64> {
         use tokio::io::AsyncBufReadExt;
-        let site = site(self)?;
+        let site = self.site;
         let login = &site.login_nodes[0];
         let (sink, compute_addr, port) = self.throughput_sink(login).await?;
         let hub = self.network.host(&self.spec.topology.hub_host)?;
@@ -957,8 +979,8 @@ impl crate::Stack {
         rate
     }
 
-    pub async fn hpc_tunnel_throughput(&self, bytes: u64) -> Result<(f64, f64)> {
-        let site = site(self)?;
+    pub async fn tunnel_throughput(&self, bytes: u64) -> Result<(f64, f64)> {
+        let site = self.site;
         let broker = self.broker().ok_or_else(|| HarnessError::Network {
             host: self.spec.topology.hub_host.clone(),
             message: "no tunnel broker".into(),
@@ -1006,7 +1028,7 @@ impl crate::Stack {
     /// On an HPC stack, the broker's and every login node's sshd's last log
     /// lines: what a failure that crossed a tunnel is explained by.
     pub fn tunnel_log_tail(&self) -> Option<String> {
-        let site = self.hpc.as_ref()?;
+        let site = self.site;
         let mut lines: Vec<String> = crate::process::last_lines(&site.broker_log, 8)
             .into_iter()
             .map(|l| format!("  [tunnel broker] {l}"))
@@ -1030,9 +1052,9 @@ impl crate::Stack {
     }
 
     /// The site as it stands, for the report.
-    pub fn hpc_report(&self) -> Result<crate::report::HpcSection> {
-        let site = site(self)?;
-        let (_, sans) = self.hpc_proxy_certificate()?;
+    pub fn report(&self) -> Result<crate::report::HpcSection> {
+        let site = self.site;
+        let (_, sans) = self.proxy_certificate()?;
         Ok(crate::report::HpcSection {
             login_nodes: site
                 .all_login_nodes()
@@ -1049,14 +1071,14 @@ impl crate::Stack {
                 .collect(),
             compute_nodes: site.compute_nodes.clone(),
             proxy_sans: sans,
-            proxy_not_before: self.hpc_proxy_not_before()?,
+            proxy_not_before: self.proxy_not_before()?,
             lab_views: Vec::new(),
         })
     }
 
     /// The proxy certificate's notBefore, as the inventory prints it.
-    pub fn hpc_proxy_not_before(&self) -> Result<String> {
-        let site = site(self)?;
+    pub fn proxy_not_before(&self) -> Result<String> {
+        let site = self.site;
         crate::inventory::describe_file("hpc", &site.dir, &site.proxy_cert)?
             .map(|r| r.not_before)
             .ok_or_else(|| HarnessError::Pki("no proxy certificate".into()))
@@ -1065,8 +1087,8 @@ impl crate::Stack {
     /// The notBefore of every certificate a lab verifies the proxy with:
     /// the proxy's own and its CA's, so a clock-skew finding names the one
     /// that was not yet valid rather than assuming it was the leaf.
-    pub fn hpc_proxy_chain_not_before(&self) -> Result<String> {
-        let site = site(self)?;
+    pub fn proxy_chain_not_before(&self) -> Result<String> {
+        let site = self.site;
         let ca = site
             .dir
             .parent()
@@ -1077,16 +1099,14 @@ impl crate::Stack {
             .unwrap_or_else(|| "unknown".into());
         Ok(format!(
             "the proxy certificate's notBefore is {}, its CA proxy-client-ca's is {ca_not_before}",
-            self.hpc_proxy_not_before()?
+            self.proxy_not_before()?
         ))
     }
 
     /// `login-2 (10.77.5.2)` for a bind address, as operators name nodes.
-    pub fn hpc_name_of(&self, addr: &str) -> String {
-        let Ok(site) = site(self) else {
-            return addr.to_string();
-        };
-        site.all_login_nodes()
+    pub fn name_of(&self, addr: &str) -> String {
+        self.site
+            .all_login_nodes()
             .iter()
             .find(|l| {
                 l.hub_facing.to_string() == addr
@@ -1099,8 +1119,9 @@ impl crate::Stack {
     }
 
     /// The bind addresses of one login node.
-    pub fn hpc_bind_addresses_of(&self, login: &str) -> Result<Vec<Ipv4Addr>> {
-        Ok(site(self)?
+    pub fn bind_addresses_of(&self, login: &str) -> Result<Vec<Ipv4Addr>> {
+        Ok(self
+            .site
             .all_login_nodes()
             .iter()
             .filter(|l| l.name == login)
@@ -1114,18 +1135,16 @@ impl crate::Stack {
     ///
     /// `clock_behind_secs` runs the probe with the node's clock that far
     /// behind (libfaketime), as on a compute node whose clock lags.
-    pub async fn hpc_lab_view_on_node(
+    pub async fn lab_view_on_node(
         &self,
         user: &str,
         clock_behind_secs: Option<u32>,
     ) -> Result<(Vec<LoginNodeView>, LabEnvironment)> {
-        let site = site(self)?;
-        let (pid, _) = self
-            .hpc_lab_process(user)
-            .ok_or_else(|| HarnessError::Probe {
-                endpoint: format!("lab of {user}"),
-                message: "no lab process on the compute node".into(),
-            })?;
+        let site = self.site;
+        let (pid, _) = self.lab_process(user).ok_or_else(|| HarnessError::Probe {
+            endpoint: format!("lab of {user}"),
+            message: "no lab process on the compute node".into(),
+        })?;
         let uid = site.lab_uids.get(user).copied().unwrap_or_default();
         let environ = std::fs::read(format!("/proc/{pid}/environ"))
             .map_err(|e| HarnessError::io("read the lab's environment", e))?;
@@ -1192,7 +1211,7 @@ impl crate::Stack {
         })
     }
 
-    pub fn hpc_bind_addresses(&self) -> Result<Vec<Ipv4Addr>> {
-        Ok(site(self)?.bind_addresses())
+    pub fn bind_addresses(&self) -> Result<Vec<Ipv4Addr>> {
+        Ok(self.site.bind_addresses())
     }
 }

@@ -581,6 +581,16 @@ impl Stack {
         hpc.chain(outbound).collect()
     }
 
+    /// What each site says explains a failure that crossed it, each on
+    /// lines of its own after a newline; empty when none says anything.
+    pub fn site_diagnoses(&self) -> String {
+        self.sites()
+            .iter()
+            .filter_map(|site| site.diagnosis(self))
+            .map(|d| format!("\n{d}"))
+            .collect()
+    }
+
     /// Restores every site a scenario may have disturbed; the first
     /// failure names its site.
     pub async fn restore_sites(&self) -> Result<()> {

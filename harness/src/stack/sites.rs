@@ -20,6 +20,10 @@ pub trait Site: Send + Sync {
     /// Secrets of the site that must never reach a log or report.
     fn secrets(&self) -> Vec<&Secret>;
 
+    /// What explains a failure that crossed the site (the tunnels' last
+    /// log lines), if anything.
+    fn diagnosis(&self, stack: &Stack) -> Option<String>;
+
     /// Puts the site back as designed after a scenario disturbed it, and
     /// waits until it is whole again; a site nothing disturbs has nothing
     /// to do.
@@ -41,10 +45,14 @@ impl Site for crate::hpc::HpcSite {
         vec![&self.broker_token]
     }
 
+    fn diagnosis(&self, stack: &Stack) -> Option<String> {
+        stack.hpc().ok()?.tunnel_log_tail()
+    }
+
     /// Restarts what a fault scenario stopped, puts a rotated proxy
     /// certificate back, and waits until every tunnel answers again.
     async fn restore(&self, stack: &Stack) -> Result<()> {
-        stack.hpc_restore_site().await
+        stack.hpc()?.restore_site().await
     }
 }
 
@@ -60,6 +68,10 @@ impl Site for crate::enterprise::Outbound {
 
     fn secrets(&self) -> Vec<&Secret> {
         Vec::new()
+    }
+
+    fn diagnosis(&self, _stack: &Stack) -> Option<String> {
+        None
     }
 
     /// No scenario changes the outbound side.

@@ -28,8 +28,8 @@ fn judge_reach(findings: &[ReachFinding]) -> anyhow::Result<()> {
 #[then("every compute node reaches the login nodes and nothing on the hub's host or the machine running the site")]
 async fn compute_reaches_only_login(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    for compute in stack.hpc_compute_nodes()? {
-        judge_reach(&stack.hpc_reachability_from(&compute).await?)?;
+    for compute in stack.hpc()?.compute_nodes()? {
+        judge_reach(&stack.hpc()?.reachability_from(&compute).await?)?;
     }
     Ok(())
 }
@@ -38,7 +38,7 @@ async fn compute_reaches_only_login(world: &mut Operator) -> anyhow::Result<()> 
 async fn hub_reaches_only_login(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
     let hub = stack.spec.topology.hub_host.clone();
-    judge_reach(&stack.hpc_reachability_from(&hub).await?)
+    judge_reach(&stack.hpc()?.reachability_from(&hub).await?)
 }
 
 fn broker(world: &Operator) -> anyhow::Result<&hubtrust_harness::hpc::BrokerClient> {
@@ -63,7 +63,7 @@ async fn broker_reports_tunnels(world: &mut Operator) -> anyhow::Result<()> {
             "the broker says of {user}'s tunnel: HTTP {} {}\n{}",
             answer.status,
             answer.body,
-            world.stack()?.tunnel_log_tail().unwrap_or_default()
+            world.stack()?.hpc()?.tunnel_log_tail().unwrap_or_default()
         );
     }
     Ok(())
@@ -73,10 +73,11 @@ async fn broker_reports_tunnels(world: &mut Operator) -> anyhow::Result<()> {
 async fn lab_looks(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
     let user = world.first_user()?;
-    let view = stack
-        .hpc_lab_view(&user)
+    let hpc = stack.hpc()?;
+    let view = hpc
+        .lab_view(&user)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", stack.tunnel_log_tail().unwrap_or_default()))?;
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", hpc.tunnel_log_tail().unwrap_or_default()))?;
     record_lab_view(world, (user, view.0, view.1));
     Ok(())
 }
@@ -84,7 +85,7 @@ async fn lab_looks(world: &mut Operator) -> anyhow::Result<()> {
 #[when("the lab looks at the hub through every login node, from its compute node")]
 async fn lab_looks_on_node(world: &mut Operator) -> anyhow::Result<()> {
     let user = world.first_user()?;
-    let view = world.stack()?.hpc_lab_view_on_node(&user, None).await?;
+    let view = world.stack()?.hpc()?.lab_view_on_node(&user, None).await?;
     record_lab_view(world, (user, view.0, view.1));
     Ok(())
 }
@@ -99,7 +100,8 @@ async fn lab_looks_skewed(world: &mut Operator, secs: u32) -> anyhow::Result<()>
         .as_secs_f64();
     let view = world
         .stack()?
-        .hpc_lab_view_on_node(&user, Some(secs))
+        .hpc()?
+        .lab_view_on_node(&user, Some(secs))
         .await?;
     // The skew must be real, or the check proves nothing.
     let behind = before - view.1.time;
@@ -114,8 +116,8 @@ async fn lab_looks_skewed(world: &mut Operator, secs: u32) -> anyhow::Result<()>
 #[when("the proxy's certificate is re-issued valid from this very second and only the proxy is restarted")]
 async fn reissue_without_allowance(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    stack.hpc_reissue_proxy_cert(None, false, false)?;
-    stack.hpc_restart_proxy().await?;
+    stack.hpc()?.reissue_proxy_cert(None, false, false)?;
+    stack.hpc()?.restart_proxy().await?;
     Ok(())
 }
 
@@ -124,7 +126,7 @@ fn proxy_not_before(world: &Operator) -> String {
     world
         .stack()
         .ok()
-        .and_then(|s| s.hpc_proxy_not_before().ok())
+        .and_then(|s| s.hpc().ok()?.proxy_not_before().ok())
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -140,7 +142,8 @@ fn skewed_accepts(world: &mut Operator) -> anyhow::Result<()> {
                 "{}: {}",
                 world
                     .stack()
-                    .map(|s| s.hpc_name_of(&v.bind))
+                    .ok()
+                    .and_then(|s| Some(s.hpc().ok()?.name_of(&v.bind)))
                     .unwrap_or_default(),
                 v.tls
             )
@@ -151,7 +154,7 @@ fn skewed_accepts(world: &mut Operator) -> anyhow::Result<()> {
         "FINDING notBefore: {} and the compute node's clock read {:.0} (seconds since the epoch); it refused:\n  {}",
         world
             .stack()?
-            .hpc_proxy_chain_not_before()
+            .hpc()?.proxy_chain_not_before()
             .unwrap_or_else(|e| format!("the chain's notBefore could not be read ({e})")),
         env.time,
         rejected.join("\n  ")
@@ -183,13 +186,13 @@ fn skewed_refuses(world: &mut Operator) -> anyhow::Result<()> {
 #[then("the lab runs as its own user and calls the hub through a login node")]
 fn lab_calls_through_login(world: &mut Operator) -> anyhow::Result<()> {
     let (user, views, env) = lab_view(world)?;
-    let (_, expected_uid) = world.stack()?.hpc_staged_files(user)?;
+    let (_, expected_uid) = world.stack()?.hpc()?.staged_files(user)?;
     anyhow::ensure!(
         env.uid == expected_uid,
         "the lab of {user} runs as uid {}, expected {expected_uid}",
         env.uid
     );
-    let binds = world.stack()?.hpc_bind_addresses()?;
+    let binds = world.stack()?.hpc()?.bind_addresses()?;
     let through_login = binds
         .iter()
         .any(|b| env.api_url.starts_with(&format!("https://{b}:")));
@@ -216,7 +219,7 @@ fn lab_calls_through_login(world: &mut Operator) -> anyhow::Result<()> {
 fn staged_certificates(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
     for user in stack.users() {
-        let (files, uid) = stack.hpc_staged_files(&user)?;
+        let (files, uid) = stack.hpc()?.staged_files(&user)?;
         anyhow::ensure!(
             files
                 .iter()
@@ -239,7 +242,7 @@ fn staged_certificates(world: &mut Operator) -> anyhow::Result<()> {
 
 #[then("the proxy's certificate lists every login node's bind address")]
 fn proxy_cert_lists_logins(world: &mut Operator) -> anyhow::Result<()> {
-    let (binds, sans) = world.stack()?.hpc_proxy_certificate()?;
+    let (binds, sans) = world.stack()?.hpc()?.proxy_certificate()?;
     let missing: Vec<String> = binds
         .iter()
         .map(|b| format!("IP:{b}"))
@@ -255,7 +258,7 @@ fn proxy_cert_lists_logins(world: &mut Operator) -> anyhow::Result<()> {
 #[then("every login node verifies with the lab's own client CA bundle")]
 fn every_login_verifies(world: &mut Operator) -> anyhow::Result<()> {
     let (user, views, _) = lab_view(world)?;
-    let binds = world.stack()?.hpc_bind_addresses()?;
+    let binds = world.stack()?.hpc()?.bind_addresses()?;
     anyhow::ensure!(
         views.len() == binds.len(),
         "the lab tried {} of {} login nodes",
@@ -278,9 +281,10 @@ fn every_login_verifies(world: &mut Operator) -> anyhow::Result<()> {
 #[then("the broker's key can ask each login node for its tunnel's status")]
 async fn broker_key_status(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    for login in stack.hpc_login_nodes()? {
+    for login in stack.hpc()?.login_nodes()? {
         let outcome = stack
-            .hpc_ssh(SshRole::Broker, &login, Some("status"))
+            .hpc()?
+            .ssh(SshRole::Broker, &login, Some("status"))
             .await?;
         anyhow::ensure!(
             outcome.exit == Some(0) && outcome.stdout.trim() == "running",
@@ -299,8 +303,9 @@ fn refused(outcome: &hubtrust_harness::hpc::checks::SshOutcome, marker: &str) ->
 #[then("the broker's key gets no shell and no other command on any login node")]
 async fn broker_key_no_shell(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
+    let hpc = stack.hpc()?;
     let mut attempts = Vec::new();
-    for login in stack.hpc_login_nodes()? {
+    for login in hpc.login_nodes()? {
         for command in [
             None,
             Some("echo HUBTRUST-SHELL"),
@@ -313,7 +318,7 @@ async fn broker_key_no_shell(world: &mut Operator) -> anyhow::Result<()> {
     let outcomes = futures::future::try_join_all(
         attempts
             .iter()
-            .map(|(login, command)| stack.hpc_ssh(SshRole::Broker, login, *command)),
+            .map(|(login, command)| hpc.ssh(SshRole::Broker, login, *command)),
     )
     .await?;
     for ((login, command), outcome) in attempts.iter().zip(outcomes) {
@@ -329,12 +334,9 @@ async fn broker_key_no_shell(world: &mut Operator) -> anyhow::Result<()> {
 #[then("the spawner's key gets no shell on a login node or the compute node")]
 async fn spawner_key_no_shell(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
+    let hpc = stack.hpc()?;
     let mut attempts = Vec::new();
-    for node in stack
-        .hpc_login_nodes()?
-        .into_iter()
-        .chain(stack.hpc_compute_nodes()?)
-    {
+    for node in hpc.login_nodes()?.into_iter().chain(hpc.compute_nodes()?) {
         for command in [None, Some("echo HUBTRUST-SHELL")] {
             attempts.push((node.clone(), command));
         }
@@ -342,7 +344,7 @@ async fn spawner_key_no_shell(world: &mut Operator) -> anyhow::Result<()> {
     let outcomes = futures::future::try_join_all(
         attempts
             .iter()
-            .map(|(node, command)| stack.hpc_ssh(SshRole::Spawner, node, *command)),
+            .map(|(node, command)| hpc.ssh(SshRole::Spawner, node, *command)),
     )
     .await?;
     for ((node, command), outcome) in attempts.iter().zip(outcomes) {
@@ -428,7 +430,7 @@ async fn broker_unknown_servername(world: &mut Operator) -> anyhow::Result<()> {
 
 #[when(expr = "the broker's ssh connection to {string} is killed")]
 fn kill_master(world: &mut Operator, login: String) -> anyhow::Result<()> {
-    world.stack()?.hpc_kill_ssh_master(&login)?;
+    world.stack()?.hpc()?.kill_ssh_master(&login)?;
     Ok(())
 }
 
@@ -455,7 +457,7 @@ async fn health_recovers(world: &mut Operator) -> anyhow::Result<()> {
 
 #[when("the tunnel broker restarts")]
 async fn restart_broker(world: &mut Operator) -> anyhow::Result<()> {
-    world.stack()?.hpc_restart_broker().await?;
+    world.stack()?.hpc()?.restart_broker().await?;
     Ok(())
 }
 
@@ -490,7 +492,7 @@ async fn ask_restart(world: &mut Operator) -> anyhow::Result<()> {
 #[when(regex = r#"^the host key of "([^"]+)" (changes|is restored)$"#)]
 async fn host_key(world: &mut Operator, node: String, what: String) -> anyhow::Result<()> {
     let fresh = what == "changes";
-    world.stack()?.hpc_set_host_key(&node, fresh).await?;
+    world.stack()?.hpc()?.set_host_key(&node, fresh).await?;
     Ok(())
 }
 
@@ -500,7 +502,7 @@ async fn tunnel_through(
 ) -> anyhow::Result<hubtrust_harness::hpc::BrokerAnswer> {
     let stack = world.stack()?;
     let user = world.first_user()?;
-    let request = stack.hpc_tunnel_request(&user, login)?;
+    let request = stack.hpc()?.tunnel_request(&user, login)?;
     broker(world)?
         .post("/api/tunnel/", &request)
         .await
@@ -531,7 +533,7 @@ async fn refuses_tunnel(world: &mut Operator, login: String, cause: String) -> a
 #[when(regex = r#"^sshd on "([^"]+)" (stops|starts again)$"#)]
 async fn sshd_state(world: &mut Operator, node: String, what: String) -> anyhow::Result<()> {
     let running = what == "starts again";
-    world.stack()?.hpc_set_sshd(&node, running).await?;
+    world.stack()?.hpc()?.set_sshd(&node, running).await?;
     Ok(())
 }
 
@@ -559,8 +561,8 @@ async fn accepts_tunnel(world: &mut Operator, login: String) -> anyhow::Result<(
 fn note_lab_process(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
     let user = world.first_user()?;
-    world.hpc_lab_process =
-        Some(stack.hpc_lab_process(&user).ok_or_else(|| {
+    world.hpc.lab_process =
+        Some(stack.hpc()?.lab_process(&user).ok_or_else(|| {
             anyhow::anyhow!("no lab process of {user} found on the compute node")
         })?);
     Ok(())
@@ -569,10 +571,11 @@ fn note_lab_process(world: &mut Operator) -> anyhow::Result<()> {
 #[then("the lab's process is the one noted")]
 fn lab_process_unchanged(world: &mut Operator) -> anyhow::Result<()> {
     let noted = world
-        .hpc_lab_process
+        .hpc
+        .lab_process
         .ok_or_else(|| anyhow::anyhow!("the lab's process was not noted"))?;
     let user = world.first_user()?;
-    let now = world.stack()?.hpc_lab_process(&user);
+    let now = world.stack()?.hpc()?.lab_process(&user);
     anyhow::ensure!(
         now == Some(noted),
         "the lab of {user} was restarted: (pid, start) was {noted:?}, is {now:?}"
@@ -583,7 +586,7 @@ fn lab_process_unchanged(world: &mut Operator) -> anyhow::Result<()> {
 /// Keeps what the lab saw in the run's report, with the site as it stands.
 fn record_lab_view(world: &mut Operator, view: (String, Vec<LoginNodeView>, LabEnvironment)) {
     if let (Ok(mut report), Ok(stack)) = (crate::world::report().lock(), world.stack()) {
-        if let Ok(mut section) = stack.hpc_report() {
+        if let Ok(mut section) = stack.hpc().and_then(|hpc| hpc.report()) {
             let earlier = report.hpc.take().map(|h| h.lab_views).unwrap_or_default();
             section.lab_views = earlier;
             section
@@ -597,7 +600,7 @@ fn record_lab_view(world: &mut Operator, view: (String, Vec<LoginNodeView>, LabE
             report.hpc = Some(section);
         }
     }
-    world.hpc_lab_view = Some(view);
+    world.hpc.lab_view = Some(view);
 }
 
 /// What the lab saw, from an earlier "looks at the hub" step.
@@ -609,37 +612,41 @@ fn lab_view(
     hubtrust_harness::hpc::checks::LabEnvironment,
 )> {
     world
-        .hpc_lab_view
+        .hpc
+        .lab_view
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("the lab was not asked to look"))
 }
 
 #[when(expr = "login node {string} joins the site")]
 async fn login_node_joins(world: &mut Operator, name: String) -> anyhow::Result<()> {
-    world.stack()?.hpc_add_login_node(&name).await?;
+    world.stack()?.hpc()?.add_login_node(&name).await?;
     Ok(())
 }
 
 #[given(expr = "login node {string} has joined the site")]
 async fn login_node_has_joined(world: &mut Operator, name: String) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    if !stack.hpc_login_nodes()?.contains(&name) {
-        stack.hpc_add_login_node(&name).await?;
-        stack.hpc_reissue_proxy_cert(None, false, true)?;
-        stack.hpc_restart_proxy().await?;
+    if !stack.hpc()?.login_nodes()?.contains(&name) {
+        stack.hpc()?.add_login_node(&name).await?;
+        stack.hpc()?.reissue_proxy_cert(None, false, true)?;
+        stack.hpc()?.restart_proxy().await?;
     }
     Ok(())
 }
 
 #[when("the proxy's certificate is re-issued from the same CA for every login node")]
 fn reissue_for_all(world: &mut Operator) -> anyhow::Result<()> {
-    world.stack()?.hpc_reissue_proxy_cert(None, false, true)?;
+    world
+        .stack()?
+        .hpc()?
+        .reissue_proxy_cert(None, false, true)?;
     Ok(())
 }
 
 #[when("only the proxy is restarted")]
 async fn restart_proxy(world: &mut Operator) -> anyhow::Result<()> {
-    world.stack()?.hpc_restart_proxy().await?;
+    world.stack()?.hpc()?.restart_proxy().await?;
     Ok(())
 }
 
@@ -648,16 +655,16 @@ async fn restart_proxy(world: &mut Operator) -> anyhow::Result<()> {
 )]
 async fn reissue_without(world: &mut Operator, omit: String) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    stack.hpc_reissue_proxy_cert(Some(&omit), false, true)?;
-    stack.hpc_restart_proxy().await?;
+    stack.hpc()?.reissue_proxy_cert(Some(&omit), false, true)?;
+    stack.hpc()?.restart_proxy().await?;
     Ok(())
 }
 
 #[when("the proxy's certificate is re-issued from a new CA and only the proxy is restarted")]
 async fn reissue_from_new_ca(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    stack.hpc_reissue_proxy_cert(None, true, true)?;
-    stack.hpc_restart_proxy().await?;
+    stack.hpc()?.reissue_proxy_cert(None, true, true)?;
+    stack.hpc()?.restart_proxy().await?;
     Ok(())
 }
 
@@ -666,7 +673,7 @@ async fn reissue_from_new_ca(world: &mut Operator) -> anyhow::Result<()> {
 )]
 fn name_mismatch_there(world: &mut Operator, login: String) -> anyhow::Result<()> {
     let (user, views, _) = lab_view(world)?;
-    let binds = world.stack()?.hpc_bind_addresses_of(&login)?;
+    let binds = world.stack()?.hpc()?.bind_addresses_of(&login)?;
     let mut saw_login = false;
     for view in views {
         let ip: std::net::Ipv4Addr = view.bind.parse()?;
@@ -717,7 +724,7 @@ fn none_verifies(world: &mut Operator) -> anyhow::Result<()> {
 )]
 async fn last_hop(world: &mut Operator) -> anyhow::Result<()> {
     let census = crate::steps::wire::census(world).await?.clone();
-    let hop = world.stack()?.hpc_last_hop(&census)?;
+    let hop = world.stack()?.hpc()?.last_hop(&census)?;
     anyhow::ensure!(
         hop.other.is_empty(),
         "on the last hop, besides the lab's TLS and SSH:\n  {}",

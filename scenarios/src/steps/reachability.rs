@@ -30,10 +30,7 @@ async fn every_lab_answers(world: &mut Operator) -> anyhow::Result<()> {
         anyhow::ensure!(
             status == 200,
             "the lab of {user} answered HTTP {status} through the proxy{}",
-            stack
-                .tunnel_log_tail()
-                .map(|t| format!("\n{t}"))
-                .unwrap_or_default()
+            stack.site_diagnoses()
         );
     }
     Ok(())
