@@ -21,6 +21,9 @@ const RECEIVE_BUFFER: usize = 64 << 20;
 /// How long a stopped capture keeps draining while it still has fewer
 /// frames than the interface says crossed it.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How long the link must stay silent, once the counters are met, before
+/// a stopped capture ends (see the loop below).
+const QUIET: Duration = Duration::from_millis(50);
 
 /// Still capturing: no stop target has been set.
 pub const RUNNING: u64 = u64::MAX;
@@ -73,7 +76,17 @@ pub fn capture(
     // taps frames in softirq context), so a stopped capture drains until it
     // holds as many frames as the counters say crossed, not just until the
     // queue is first empty.
+    //
+    // Meeting the counters is not enough on its own: the counters are read
+    // when the stop is asked for, but traffic may go on (connections
+    // closing), and a frame counted then can still sit in another CPU's
+    // receive backlog while a later one of the same flow, sent on this
+    // CPU, is already captured. Stopping at the count would then leave a
+    // hole in that flow (seen once as "73 bytes missing from a flow" on
+    // the enterprise capture). So once the counters are met, the capture
+    // also waits until the link has been silent for QUIET.
     let mut stop_seen: Option<std::time::Instant> = None;
+    let mut last_frame = std::time::Instant::now();
     loop {
         // Everything queued, until the socket would block.
         loop {
@@ -81,6 +94,7 @@ pub fn capture(
                 Ok((len, Some(addr))) if addr.ifindex() == index => {
                     write_record(&mut out, &buf[..len.min(SNAPLEN)], len)?;
                     frames += 1;
+                    last_frame = std::time::Instant::now();
                 }
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(nix::errno::Errno::EAGAIN) => break,
@@ -94,11 +108,17 @@ pub fn capture(
         } else {
             let since = *stop_seen.get_or_insert_with(std::time::Instant::now);
             let left = DRAIN_LIMIT.saturating_sub(since.elapsed());
-            if frames >= target || left.is_zero() {
+            let silent = last_frame.elapsed();
+            if left.is_zero() || frames >= target && silent >= QUIET {
                 break;
             }
-            // Frames still due: wait for them, within the drain limit.
-            PollTimeout::try_from(left.as_millis().max(1) as i32).unwrap_or(PollTimeout::ZERO)
+            // Frames still due, or the link not yet silent: wait, within
+            // the drain limit.
+            let wait = match frames >= target {
+                true => left.min(QUIET - silent),
+                false => left,
+            };
+            PollTimeout::try_from(wait.as_millis().max(1) as i32).unwrap_or(PollTimeout::ZERO)
         };
         let mut fds = [
             PollFd::new(fd.as_fd(), PollFlags::POLLIN),
