@@ -167,6 +167,41 @@ pub fn check_docker() -> Vec<Prerequisite> {
     ]
 }
 
+/// What the kind and kubernetes backends need: optional, since the local
+/// and docker backends run without them. Whether a cluster answers is
+/// asked of kubectl's current context, briefly.
+pub fn check_kubernetes() -> Vec<Prerequisite> {
+    use crate::backend::kubernetes::preflight::{self, HELM, KIND, KUBECTL};
+    use crate::backend::kubernetes::ClusterTarget;
+    let mut checks: Vec<Prerequisite> = [KIND, HELM, KUBECTL]
+        .into_iter()
+        .map(|tool| {
+            let version_args: &[&str] = match tool.program {
+                "kind" => &["version"],
+                "helm" => &["version", "--short"],
+                _ => &["version", "--client"],
+            };
+            let found = match preflight::find(tool) {
+                Some(path) => probe_command(&path.display().to_string(), version_args),
+                None => Err(format!("`{}` not found on PATH", tool.program)),
+            };
+            check(tool.program, tool.needed_for, tool.install, found)
+        })
+        .collect();
+    if checks.iter().any(|c| c.name == "kubectl" && c.ok()) {
+        let answered = preflight::cluster_answers(&ClusterTarget::Existing { kubeconfig: None })
+            .map(|said| format!("kubectl's current context answers /readyz: {said}"))
+            .map_err(|e| format!("no cluster answers on kubectl's current context ({e})"));
+        checks.push(check(
+            "a cluster (kubectl's current context)",
+            "--backend kubernetes without --kubeconfig",
+            "point KUBECONFIG at a cluster, or pass --kubeconfig; --backend kind makes its own",
+            answered,
+        ));
+    }
+    checks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,16 +18,7 @@ use crate::probe::parse_certs;
 use crate::ready::{wait_ready, ReadyCheck, ReadyContext};
 use crate::spec::EnterpriseSpec;
 
-/// The five variables the init step points at the merged bundle.
-pub const CA_VARIABLES: [&str; 5] = [
-    "REQUESTS_CA_BUNDLE",
-    "SSL_CERT_FILE",
-    "NODE_EXTRA_CA_CERTS",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-];
-
-pub use crate::pki::SYSTEM_STORE;
+pub use crate::pki::{CA_VARIABLES, SYSTEM_STORE};
 
 /// Where the inspecting proxy listens on the egress host.
 const PROXY_PORT: u16 = 8080;

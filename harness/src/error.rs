@@ -74,6 +74,12 @@ pub enum HarnessError {
     HubApi { call: String, message: String },
     #[error("{what}: {message}")]
     Docker { what: String, message: String },
+    #[error("{what}: {message} (fix: {fix})")]
+    Cluster {
+        what: String,
+        message: String,
+        fix: String,
+    },
     #[error("restore the {site} after a scenario: {message}")]
     SiteNotRestored { site: String, message: String },
     #[error("{what}: not supported by the {backend} backend (fix: {fix})")]
@@ -114,6 +120,7 @@ impl HarnessError {
                 | Self::Network { .. }
                 | Self::PortInUse { .. }
                 | Self::Docker { .. }
+                | Self::Cluster { .. }
                 | Self::NotSupported { .. }
                 | Self::Registry { .. }
         )

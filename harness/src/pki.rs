@@ -244,6 +244,22 @@ pub fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| HarnessError::io(format!("write {}", path.display()), e))
 }
 
+/// The five variables tools read their CA bundle from, which the merge
+/// step points at the merged bundle.
+pub const CA_VARIABLES: [&str; 5] = [
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+];
+
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| HarnessError::io(format!("chmod {}", path.display()), e))
+}
+
 /// A certificate authority that can issue leaves and intermediates.
 pub struct CertificateAuthority {
     pub name: String,

@@ -47,6 +47,37 @@ pub struct StackSpec {
     /// The deployment's own certificates instead of hubtrust's minted ones.
     #[serde(default)]
     pub pki: PkiSpec,
+    /// The kind and kubernetes backends: the chart version and the org
+    /// trust ConfigMap.
+    #[serde(default)]
+    pub kubernetes: KubernetesSpec,
+}
+
+/// What a Kubernetes run installs (fixtures/kubernetes/z2jh.toml holds
+/// the defaults).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSpec {
+    /// Another exact chart version than hubtrust's pin (never a range).
+    #[serde(default)]
+    pub chart_version: Option<String>,
+    /// Create the org trust ConfigMap (trust-manager's projection). Off, a
+    /// lab's spawn must still succeed with the system bundle alone.
+    #[serde(default = "yes")]
+    pub org_trust_configmap: bool,
+}
+
+impl Default for KubernetesSpec {
+    fn default() -> Self {
+        KubernetesSpec {
+            chart_version: None,
+            org_trust_configmap: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The deployment's own certificates (paths relative to the stack file).
@@ -288,6 +319,7 @@ impl Default for StackSpec {
             docker: DockerSpec::default(),
             tls_policy: Default::default(),
             pki: PkiSpec::default(),
+            kubernetes: KubernetesSpec::default(),
         }
     }
 }

@@ -43,6 +43,11 @@ pub async fn bring_up_on(
             hubtrust_harness::backend::docker::images::components_in_image(),
             crate::docker::prepare(&spec, keep_if_start_fails).await?,
         ),
+        BackendChoice::Kind | BackendChoice::Kubernetes => anyhow::bail!(
+            "the {} backend deploys the Zero to JupyterHub chart, which starts the components itself (fix: `hubtrust up --backend {}`)",
+            backend.name(),
+            backend.name()
+        ),
     };
     Ok(Stack::up(spec, &components, backend, work, &progress).await?)
 }

@@ -7,12 +7,12 @@ use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, ExitCode, Stdio};
 use std::sync::Mutex;
 
-use hubtrust_harness::backend::docker::image_list::{ImageList, ImageLock};
 use hubtrust_harness::backend::docker::images;
 use hubtrust_harness::backend::docker::{
     remove_run, require_daemon_socket, runs_with_objects, DockerBackend, DockerEngine,
 };
 use hubtrust_harness::backend::Backend;
+use hubtrust_harness::images::list::{ImageList, ImageLock};
 use hubtrust_harness::spec::StackSpec;
 
 /// The write end of the reaper's stdin. It is closed when this process
@@ -187,7 +187,7 @@ pub fn images_pin_command(list_path: &std::path::Path, check: bool) -> ExitCode 
     let resolved = (|| -> anyhow::Result<_> {
         let list = ImageList::load(list_path)?;
         let locked = ImageLock::load_for(list_path)?;
-        let http = hubtrust_harness::backend::docker::registry::client()?;
+        let http = hubtrust_harness::images::registry::client()?;
         let now = runtime()?.block_on(list.resolve(&http))?;
         Ok((locked, now))
     })();

@@ -12,6 +12,7 @@ mod bench_wire;
 mod bring_up;
 mod docker;
 mod features;
+mod kubernetes;
 mod measure;
 mod progress;
 mod repeat;
@@ -62,15 +63,25 @@ enum Command {
         #[arg(long, env = "HUBTRUST_BROKER_CONFIG")]
         config: PathBuf,
     },
-    /// Make the internal CAs an HPC site keeps and reuses: JupyterHub's own
+    /// Make the internal CAs a site keeps and reuses: JupyterHub's own
     /// `--generate-certs`, packed as ca_certs.tar.gz (mode 0600: it holds
-    /// the CA keys). Give it to a stack with `hpc.ca_certs`.
+    /// the CA keys). Give it to an HPC stack with `hpc.ca_certs`, or, with
+    /// --kubernetes-namespace, to a Zero to JupyterHub hub pod as a Secret.
     CaCerts {
         /// Where to write ca_certs.tar.gz.
         out: PathBuf,
         /// A DNS name the internal certificates list besides the defaults.
-        #[arg(long, default_value = "hub.hubtrust.test")]
+        #[arg(
+            long,
+            default_value = "hub.hubtrust.test",
+            conflicts_with = "kubernetes_namespace"
+        )]
         public_name: String,
+        /// Make them for z2jh in this namespace: every name of the hub and
+        /// proxy-api Services, checked after they are made, and the store's
+        /// paths those of the hub pod (/srv/jupyterhub/internal-ssl).
+        #[arg(long)]
+        kubernetes_namespace: Option<String>,
     },
     /// The docker backend's images.
     Images {
@@ -117,6 +128,45 @@ pub enum BackendChoice {
     /// A container per host and a network per link, on the docker daemon
     /// at DOCKER_HOST or the default socket.
     Docker,
+    /// A kind cluster made for the run and deleted after it, with the Zero
+    /// to JupyterHub chart (needs kind, docker, kubectl and helm).
+    Kind,
+    /// A fresh namespace of an existing cluster (--kubeconfig or kubectl's
+    /// current context), removed after the run; nothing else is touched.
+    Kubernetes,
+}
+
+impl BackendChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Local => "local",
+            BackendChoice::Docker => "docker",
+            BackendChoice::Kind => "kind",
+            BackendChoice::Kubernetes => "kubernetes",
+        }
+    }
+
+    /// The chart starts the components, not hubtrust host by host.
+    pub fn deploys_a_chart(self) -> bool {
+        matches!(self, BackendChoice::Kind | BackendChoice::Kubernetes)
+    }
+}
+
+/// The Kubernetes backends' options.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClusterArgs {
+    /// The cluster for --backend kubernetes; kubectl's default (KUBECONFIG,
+    /// ~/.kube/config) and its current context otherwise.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace to create and remove (--backend kind|kubernetes);
+    /// `hubtrust-<run id>` by default. One that exists is refused.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Print every file, command and manifest a kind or kubernetes run
+    /// would apply, in order, and run none of them.
+    #[arg(long)]
+    pub plan: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -153,6 +203,8 @@ pub struct RunArgs {
     /// each scenario's pass count; a failure in any round fails the run.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: Option<u32>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -170,6 +222,8 @@ pub struct UpArgs {
     /// Print tokens in full instead of masked.
     #[arg(long)]
     pub show_secrets: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -211,10 +265,41 @@ fn main() -> ExitCode {
     if let Command::Broker { config } = &cli.command {
         return broker_command(config);
     }
-    if let Command::CaCerts { out, public_name } = &cli.command {
-        return ca_certs_command(out, public_name);
+    if let Command::CaCerts {
+        out,
+        public_name,
+        kubernetes_namespace,
+    } = &cli.command
+    {
+        return match kubernetes_namespace {
+            Some(namespace) => kubernetes::ca_certs_command(out, namespace),
+            None => ca_certs_command(out, public_name),
+        };
     }
     match &cli.command {
+        Command::Run(args) if args.backend.deploys_a_chart() => {
+            return kubernetes::run_command(kubernetes::KubernetesArgs::from_cli(
+                args.backend,
+                args.stack.as_deref(),
+                args.images.as_deref(),
+                &args.cluster,
+            ))
+        }
+        Command::Up(args) if args.backend.deploys_a_chart() => {
+            return kubernetes::up_command(kubernetes::KubernetesArgs::from_cli(
+                args.backend,
+                args.stack.as_deref(),
+                args.images.as_deref(),
+                &args.cluster,
+            ))
+        }
+        Command::Run(RunArgs { cluster, .. }) | Command::Up(UpArgs { cluster, .. })
+            if cluster.kubeconfig.is_some() || cluster.namespace.is_some() || cluster.plan =>
+        {
+            return usage_error(anyhow::anyhow!(
+                "--kubeconfig, --namespace and --plan are the kind and kubernetes backends' options (fix: add --backend kind or --backend kubernetes)"
+            ))
+        }
         Command::Reap { run } => return docker::reap_command(run),
         Command::Down { run } => return docker::down_command(run),
         Command::Images {
@@ -392,6 +477,21 @@ fn doctor_command() -> ExitCode {
             ),
         }
     }
+    println!("\nKubernetes backends (optional: --backend kind|kubernetes)");
+    for c in doctor::check_kubernetes() {
+        match &c.problem {
+            None => println!(
+                "ok       {:<40} {}",
+                c.name,
+                c.found.as_deref().unwrap_or("")
+            ),
+            Some(problem) => println!(
+                "absent   {:<40} {problem}\n         needed for {}; install: {}",
+                c.name, c.needed_for, c.fix
+            ),
+        }
+    }
+    println!();
     let cache = provision::cached()
         .map(|c| format!("provisioned at {}", c.root.display()))
         .unwrap_or_else(|| {

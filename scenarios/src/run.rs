@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cucumber::World as _;
-use hubtrust_harness::backend::docker::image_list::{ImageList, ImageLock};
+use hubtrust_harness::images::list::{ImageList, ImageLock};
 use hubtrust_harness::report::RunReport;
 use hubtrust_harness::spec::StackSpec;
 
@@ -354,11 +354,7 @@ fn is_deployment_defect(e: &anyhow::Error) -> bool {
 }
 
 fn backend_name(backend: BackendChoice) -> String {
-    match backend {
-        BackendChoice::Local => "local",
-        BackendChoice::Docker => "docker",
-    }
-    .into()
+    backend.name().into()
 }
 
 async fn up(args: UpArgs, interrupts: &mut Interrupts) -> ExitCode {

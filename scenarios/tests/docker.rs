@@ -566,7 +566,7 @@ fn images_pinned_from_a_registry_are_pulled_by_digest_and_pass_core_and_enterpri
     let dir = scratch("pinned");
     let registry = runtime
         .block_on(
-            hubtrust_harness::backend::docker::registry::loopback::LoopbackRegistry::start(
+            hubtrust_harness::images::registry::loopback::LoopbackRegistry::start(
                 dir.join("registry"),
                 false,
             ),

@@ -12,6 +12,7 @@
 
 pub mod docker;
 mod host;
+pub mod kubernetes;
 pub mod local;
 
 use std::collections::BTreeMap;

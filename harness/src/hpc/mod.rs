@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::backend::{Host, HostFilesystem, HostPlan, Link, StackNetwork};
 use crate::error::{HarnessError, Result};
-use crate::pki::{write_with_mode, CertificateAuthority, OrgPki, Usage, Validity};
+use crate::pki::{set_mode, write_with_mode, CertificateAuthority, OrgPki, Usage, Validity};
 use crate::process::{LaunchSpec, ManagedProcess};
 use crate::provision::Components;
 use crate::ready::{wait_ready, ReadyCheck, ReadyContext};
@@ -271,7 +271,7 @@ impl HpcSite {
                 Some(tarball) => unpack_ca_certs(tarball, &internal).await,
                 None => {
                     generate_internal_cas(
-                        &spec.topology.public_name,
+                        &[format!("DNS:{}", spec.topology.public_name)],
                         components,
                         &internal,
                         Some(hub_host),
@@ -1412,12 +1412,6 @@ fn append_known_host(known_hosts: &Path, node: &str, key: &Path) -> Result<()> {
         .map_err(|e| HarnessError::io(format!("pin {node}'s host key"), e))
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| HarnessError::io(format!("chmod {}", path.display()), e))
-}
-
 fn load_internal_ca(internal: &Path, name: &str) -> Result<CertificateAuthority> {
     let read = |ext: &str| {
         let path = internal.join(name).join(format!("{name}.{ext}"));
@@ -1437,7 +1431,7 @@ pub async fn make_ca_certs(components: &Components, public_name: &str, out: &Pat
     set_mode(&scratch, 0o700)?;
     let internal = scratch.join("internal-ssl");
     let made = async {
-        generate_internal_cas(public_name, components, &internal, None).await?;
+        generate_internal_cas(&[format!("DNS:{public_name}")], components, &internal, None).await?;
         pack_ca_certs(&internal, out).await
     }
     .await;
@@ -1447,8 +1441,18 @@ pub async fn make_ca_certs(components: &Components, public_name: &str, out: &Pat
 
 /// Runs it where the hub runs on `host` (its image holds the components
 /// on docker), else here.
+/// The internal CAs and certificates, with `trusted_alt_names` (each
+/// `DNS:…`) besides JupyterHub's defaults, into `internal` on this machine.
+pub async fn make_internal_store(
+    components: &Components,
+    trusted_alt_names: &[String],
+    internal: &Path,
+) -> Result<()> {
+    generate_internal_cas(trusted_alt_names, components, internal, None).await
+}
+
 async fn generate_internal_cas(
-    public_name: &str,
+    trusted_alt_names: &[String],
     components: &Components,
     internal: &Path,
     host: Option<&Host>,
@@ -1457,10 +1461,11 @@ async fn generate_internal_cas(
     std::fs::create_dir_all(&workdir)
         .map_err(|e| HarnessError::io(format!("create {}", workdir.display()), e))?;
     let config = workdir.join("generate_certs_config.py");
+    let names: Vec<String> = trusted_alt_names.iter().map(|n| format!("{n:?}")).collect();
     let text = format!(
-        "c = get_config()  # noqa: F821\nc.JupyterHub.internal_ssl = True\nc.JupyterHub.internal_certs_location = {:?}\nc.JupyterHub.trusted_alt_names = [{:?}]\n",
+        "c = get_config()  # noqa: F821\nc.JupyterHub.internal_ssl = True\nc.JupyterHub.internal_certs_location = {:?}\nc.JupyterHub.trusted_alt_names = [{}]\n",
         internal.display().to_string(),
-        format!("DNS:{public_name}")
+        names.join(", ")
     );
     write_with_mode(&config, text.as_bytes(), 0o644)?;
     let jupyterhub = components

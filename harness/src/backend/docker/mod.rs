@@ -30,10 +30,8 @@ use nix::sys::signal::Signal;
 use crate::error::{HarnessError, Result};
 use crate::process::LaunchSpec;
 
-pub mod image_list;
 pub mod images;
 mod network;
-pub mod registry;
 pub use network::{DockerBackend, DockerRun};
 
 /// The label every container, network and volume of a run carries.
@@ -150,7 +148,7 @@ impl DockerEngine {
             Err(HarnessError::MissingPrerequisite { .. })
                 if image
                     .rsplit_once('@')
-                    .is_some_and(|(_, d)| registry::is_digest(d)) =>
+                    .is_some_and(|(_, d)| crate::images::registry::is_digest(d)) =>
             {
                 progress(&format!("pulling {image} (pinned by digest)"));
                 let options = bollard::query_parameters::CreateImageOptionsBuilder::default()

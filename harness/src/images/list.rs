@@ -60,7 +60,12 @@ impl ImageList {
             message: e.to_string(),
             fix: "check the path given to --images or `images pin`".into(),
         })?;
-        let list: Self = toml::from_str(&text).map_err(|e| {
+        Self::parse(&text, path)
+    }
+
+    /// A list's text, `path` naming it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let list: Self = toml::from_str(text).map_err(|e| {
             invalid(
                 path,
                 format!("{} (an image list has [hub], [proxy], [lab] or [mitmproxy] tables with `image` and optional `command`)", e.message()),
@@ -119,21 +124,8 @@ impl ImageList {
             });
         }
         let mut applied = Applied::new();
-        for (role, listed) in &self.components {
-            let digest = lock.digests.get(&listed.image).ok_or_else(|| {
-                let registry = ImageReference::parse(&listed.image)
-                    .map(|r| r.registry)
-                    .unwrap_or_default();
-                HarnessError::ImageList {
-                    path: ImageList::lock_path(list),
-                    message: format!("it does not pin {}", listed.image),
-                    fix: format!(
-                        "run `hubtrust images pin {}` on a machine that reaches {registry}; a run never pulls a tag",
-                        list.display()
-                    ),
-                }
-            })?;
-            let pinned = ImageReference::parse(&listed.image)?.at_digest(digest);
+        for (role, pinned) in self.pinned(lock, list)? {
+            let command = self.components.get(&role).and_then(|l| l.command.clone());
             let uses_role = match role {
                 ContainerRole::Mitmproxy => spec
                     .enterprise
@@ -141,11 +133,10 @@ impl ImageList {
                     .is_some_and(|e| e.egress_host.is_some()),
                 _ => true,
             };
-            if !uses_role || spec.docker.components.contains_key(role) {
+            if !uses_role || spec.docker.components.contains_key(&role) {
                 continue;
             }
-            spec.docker.components.insert(*role, pinned.clone());
-            let command = listed.command.clone();
+            spec.docker.components.insert(role, pinned.clone());
             match role {
                 ContainerRole::Hub => spec.hub.command = spec.hub.command.take().or(command),
                 ContainerRole::Proxy => spec.proxy.command = spec.proxy.command.take().or(command),
@@ -159,9 +150,33 @@ impl ImageList {
                     }
                 }
             }
-            applied.insert(*role, pinned);
+            applied.insert(role, pinned);
         }
         Ok(applied)
+    }
+
+    /// Each listed image at the lock's digest. Fails closed: a listed image
+    /// the lock does not pin is an error, never a pull by tag.
+    pub fn pinned(&self, lock: &ImageLock, list: &Path) -> Result<Applied> {
+        self.components
+            .iter()
+            .map(|(role, listed)| {
+                let digest = lock.digests.get(&listed.image).ok_or_else(|| {
+                    let registry = ImageReference::parse(&listed.image)
+                        .map(|r| r.registry)
+                        .unwrap_or_default();
+                    HarnessError::ImageList {
+                        path: ImageList::lock_path(list),
+                        message: format!("it does not pin {}", listed.image),
+                        fix: format!(
+                            "run `hubtrust images pin {}` on a machine that reaches {registry}; a run never pulls a tag",
+                            list.display()
+                        ),
+                    }
+                })?;
+                Ok((*role, ImageReference::parse(&listed.image)?.at_digest(digest)))
+            })
+            .collect()
     }
 }
 
@@ -174,7 +189,13 @@ impl ImageLock {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(cause) => return Err(HarnessError::io(format!("read {}", path.display()), cause)),
         };
-        let lock: Self = toml::from_str(&text).map_err(|e| invalid(&path, e.message()))?;
+        Self::parse(&text, &path)
+    }
+
+    /// A lock's text, `path` naming it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        let lock: Self = toml::from_str(text).map_err(|e| invalid(&path, e.message()))?;
         if let Some((image, digest)) = lock.digests.iter().find(|(_, d)| !registry::is_digest(d)) {
             return Err(invalid(
                 &path,

@@ -1,0 +1,267 @@
+//! The Kubernetes backends: a kind cluster hubtrust makes and deletes
+//! (`--backend kind`), or a fresh namespace of a cluster the user already
+//! has (`--backend kubernetes`). On both, the Zero to JupyterHub chart starts
+//! hub, proxy and labs; hubtrust renders its values, makes the certificates
+//! and the org trust bundle before install, and removes what it made.
+//!
+//! Everything here is plain data first: a [`Deployment`] renders to a
+//! [`plan::KubernetesPlan`] (kind config, chart values, manifests, the
+//! commands in order), which `--plan` prints and a run executes. The plan
+//! is what the tests here pin; a cluster only ever sees a plan.
+
+pub mod chart;
+pub mod command;
+pub mod kind;
+pub mod names;
+pub mod plan;
+pub mod preflight;
+pub mod run;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{HarnessError, Result};
+use crate::spec::ContainerRole;
+
+/// Where the deployment runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum ClusterTarget {
+    /// A kind cluster of this name, made for the run and deleted after it.
+    Kind { cluster: String },
+    /// A cluster that already runs: the kubeconfig given, else kubectl's
+    /// default (KUBECONFIG or ~/.kube/config) and its current context.
+    Existing { kubeconfig: Option<PathBuf> },
+}
+
+impl ClusterTarget {
+    /// kubectl's and helm's flags that select this cluster.
+    pub fn client_flags(&self) -> Vec<String> {
+        match self {
+            ClusterTarget::Kind { cluster } => vec!["--context".into(), format!("kind-{cluster}")],
+            ClusterTarget::Existing {
+                kubeconfig: Some(path),
+            } => vec!["--kubeconfig".into(), path.display().to_string()],
+            ClusterTarget::Existing { kubeconfig: None } => Vec::new(),
+        }
+    }
+
+    /// `kind` or `kubernetes`, as `--backend` names it.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            ClusterTarget::Kind { .. } => "kind",
+            ClusterTarget::Existing { .. } => "kubernetes",
+        }
+    }
+}
+
+/// The chart a run installs and the kind node it runs on
+/// (fixtures/kubernetes/z2jh.toml).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChartPins {
+    pub chart: ChartSource,
+    pub kind: KindPins,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChartSource {
+    pub repository: String,
+    pub name: String,
+    /// An exact version: `4.4.0`, never a range or `latest`.
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KindPins {
+    pub node_image: String,
+}
+
+/// The pins shipped with hubtrust.
+pub const BUILTIN_PINS: &str = include_str!("../../../../fixtures/kubernetes/z2jh.toml");
+
+/// The chart images' list and its lock (`hubtrust images pin
+/// fixtures/kubernetes/images.toml`), built in; `--images` names another.
+pub const DEFAULT_IMAGE_LIST: &str = "fixtures/kubernetes/images.toml";
+pub const BUILTIN_IMAGE_LIST: &str = include_str!("../../../../fixtures/kubernetes/images.toml");
+pub const BUILTIN_IMAGE_LOCK: &str = include_str!("../../../../fixtures/kubernetes/images.lock");
+
+impl ChartPins {
+    pub fn builtin() -> Result<Self> {
+        Self::parse(BUILTIN_PINS, Path::new("fixtures/kubernetes/z2jh.toml"))
+    }
+
+    pub fn parse(text: &str, source: &Path) -> Result<Self> {
+        let pins: Self = toml::from_str(text).map_err(|e| HarnessError::StackFileInvalid {
+            path: source.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        pins.chart.require_pinned(source)?;
+        Ok(pins)
+    }
+}
+
+impl ChartSource {
+    /// A version helm would resolve differently tomorrow is refused.
+    pub fn require_pinned(&self, source: &Path) -> Result<()> {
+        if is_exact_version(&self.version) {
+            return Ok(());
+        }
+        Err(HarnessError::StackFileInvalid {
+            path: source.to_path_buf(),
+            message: format!(
+                "chart version `{}` is not pinned: helm would pick whichever release matches on the day (fix: name one exact release, e.g. `4.4.0`)",
+                self.version
+            ),
+        })
+    }
+}
+
+/// `MAJOR.MINOR.PATCH` with an optional pre-release, as helm's releases are
+/// named; constraints (`^4`, `~4.4`, `>=4`, `4.x`) and `latest` are not.
+fn is_exact_version(version: &str) -> bool {
+    let (core, pre) = match version.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (version, None),
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && pre.is_none_or(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        })
+}
+
+/// What the org trust bundle reaches on Kubernetes, as Nebari wires it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrgTrust {
+    /// Whether the ConfigMap exists at all: a spawn without it still
+    /// succeeds, with the system bundle alone.
+    pub configmap_present: bool,
+    /// The gate (`merge_org_bundle`, off by default): without it labs keep
+    /// exactly the environment they have without the org bundle.
+    pub merge_into_labs: bool,
+    /// The hub gets the merged bundle too (its own init container), only
+    /// when the stack file says so (`merge_into_hub`).
+    pub hub_included: bool,
+}
+
+impl OrgTrust {
+    pub fn merges_anywhere(&self) -> bool {
+        self.merge_into_labs || self.hub_included
+    }
+}
+
+/// A chart image as the image list names it, and the lock's digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChartImage {
+    /// `repository:tag`, as listed.
+    pub tagged: String,
+    /// `sha256:…`; none only in a plan shown before the list is pinned.
+    pub digest: Option<String>,
+}
+
+impl ChartImage {
+    /// `repository@digest`, the form `docker image inspect` lists under
+    /// RepoDigests.
+    pub fn by_digest(&self) -> Option<String> {
+        let digest = self.digest.as_ref()?;
+        let slash = self.tagged.rfind('/').map_or(0, |i| i + 1);
+        let repository = match self.tagged[slash..].rfind(':') {
+            Some(colon) => &self.tagged[..slash + colon],
+            None => self.tagged.as_str(),
+        };
+        Some(format!("{repository}@{digest}"))
+    }
+
+    /// What pods name. kind loads the tagged image from this machine's
+    /// daemon, its digest checked first (an archive loaded by digest
+    /// carries no name containerd matches); a cluster of the user's own
+    /// pulls by digest.
+    pub fn reference_for(&self, target: &ClusterTarget) -> String {
+        match (target, &self.digest) {
+            (ClusterTarget::Existing { .. }, Some(digest)) => format!("{}@{digest}", self.tagged),
+            _ => self.tagged.clone(),
+        }
+    }
+}
+
+/// One deployment, as data: everything the plan is rendered from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployment {
+    pub target: ClusterTarget,
+    pub namespace: String,
+    /// The helm release.
+    pub release: String,
+    pub chart: ChartSource,
+    pub node_image: String,
+    /// Each chart image and its pinned digest.
+    pub images: BTreeMap<ContainerRole, ChartImage>,
+    /// proxy-public's nodePort, mapped to loopback on kind.
+    pub public_node_port: u16,
+    /// The loopback port the operator reaches proxy-public at (kind only).
+    pub public_host_port: u16,
+    /// Set when the stack has an `[enterprise]` section: the org trust
+    /// bundle as a ConfigMap, merged into each lab's bundle.
+    pub org_trust: Option<OrgTrust>,
+    /// The run's directory on this machine: values, manifests, certificates.
+    pub run_dir: PathBuf,
+}
+
+/// The release name every deployment gets; the chart names its Services
+/// `hub`, `proxy-api` and `proxy-public` after no release (no
+/// fullnameOverride), which is what KubeSpawner and the certificates use.
+pub const RELEASE: &str = "hubtrust";
+
+/// A namespace name hubtrust makes for one run.
+pub fn run_namespace(run_id: &str) -> String {
+    format!("hubtrust-{}", run_id.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_chart_versions_count_as_pinned() {
+        for pinned in ["4.4.0", "4.0.0-beta.1", "10.20.30"] {
+            assert!(is_exact_version(pinned), "{pinned}");
+        }
+        for loose in [
+            "latest", "4", "4.4", "^4.4.0", "~4.4", ">=4.0.0", "4.x", "4.4.*", "", "4.4.0-",
+        ] {
+            assert!(!is_exact_version(loose), "{loose}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_pins_load() {
+        let pins = ChartPins::builtin().expect("fixtures/kubernetes/z2jh.toml");
+        assert_eq!(pins.chart.name, "jupyterhub");
+    }
+
+    #[test]
+    fn an_unpinned_chart_version_names_the_fix() {
+        let chart = ChartSource {
+            repository: "https://hub.jupyter.org/helm-chart/".into(),
+            name: "jupyterhub".into(),
+            version: "^4".into(),
+        };
+        let err = chart
+            .require_pinned(Path::new("stack.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`^4` is not pinned") && err.contains("fix:"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,680 @@
+//! A deployment's plan: the files it writes (kind config, chart values,
+//! manifests) and every command in order, then the teardown. `--plan`
+//! prints it; a run executes exactly it. No file in a plan holds a private
+//! key or a token: Secrets are made from files on this machine by path
+//! (`kubectl create secret --from-file`), so printing a plan leaks nothing.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::chart::{
+    self, CA_CERTS_SECRET, MERGE_STEP_CONFIGMAP, ORG_TRUST_CONFIGMAP, PROXY_TLS_KEYS,
+    PROXY_TLS_SECRET,
+};
+use super::kind::KindConfig;
+use super::names::{public_names, trusted_alt_names};
+use super::{ClusterTarget, Deployment, RELEASE};
+
+/// hubtrust's merge step, mounted into the merge-ca-bundle init container.
+const MERGE_SCRIPT: &str = include_str!("../../../../fixtures/enterprise/merge-ca-bundle.sh");
+
+/// One command of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedCommand {
+    /// Why it runs, in the operator's words.
+    pub purpose: String,
+    pub program: String,
+    pub args: Vec<String>,
+    /// Past this the run stops, saying which command did not finish.
+    #[serde(with = "seconds")]
+    pub timeout: Duration,
+}
+
+mod seconds {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}
+
+impl PlannedCommand {
+    fn new(
+        purpose: impl Into<String>,
+        program: &str,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Self {
+        PlannedCommand {
+            purpose: purpose.into(),
+            program: program.into(),
+            args,
+            timeout,
+        }
+    }
+
+    /// The command as a shell would take it.
+    pub fn shell_line(&self) -> String {
+        std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .map(shell_quote)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+%".contains(&b))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// A file the plan writes before its commands read it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedFile {
+    pub path: PathBuf,
+    pub contents: Value,
+}
+
+/// What is made on this machine before install, from the trust graph.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedCertificates {
+    /// `ca_certs.tar.gz`: JupyterHub's own `--generate-certs` store.
+    pub ca_certs: PathBuf,
+    pub trusted_alt_names: Vec<String>,
+    /// The public leaf (and its key, 0600) CHP serves on proxy-public.
+    pub public_cert: PathBuf,
+    pub public_key: PathBuf,
+    pub public_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KubernetesPlan {
+    pub backend: &'static str,
+    pub namespace: String,
+    pub certificates: PlannedCertificates,
+    pub files: Vec<PlannedFile>,
+    pub steps: Vec<PlannedCommand>,
+    /// Runs on every path out: success, failure, Ctrl-C, and from the
+    /// reaper when hubtrust itself is killed.
+    pub teardown: Vec<PlannedCommand>,
+}
+
+const KIND_CREATE: Duration = Duration::from_secs(300);
+const LOAD: Duration = Duration::from_secs(300);
+const QUICK: Duration = Duration::from_secs(60);
+const INSTALL: Duration = Duration::from_secs(600);
+
+fn kubectl(target: &ClusterTarget, namespace: Option<&str>, args: &[&str]) -> Vec<String> {
+    let mut all = target.client_flags();
+    if let Some(ns) = namespace {
+        all.extend(["--namespace".to_string(), ns.to_string()]);
+    }
+    all.extend(args.iter().map(|a| a.to_string()));
+    all
+}
+
+fn config_map(name: &str, namespace: &str, key: &str, contents: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": { "app.kubernetes.io/managed-by": "hubtrust" },
+        },
+        "data": { key: contents },
+    })
+}
+
+/// Renders the plan. `org_bundle_pem` is the org CA bundle the ConfigMap
+/// carries (trust-manager's projection), when there is one.
+pub fn plan(
+    deployment: &Deployment,
+    org_bundle_pem: Option<&str>,
+    merge_command: Option<&[String]>,
+) -> KubernetesPlan {
+    let run = &deployment.run_dir;
+    let ns = deployment.namespace.as_str();
+    let target = &deployment.target;
+    let file = |name: &str| run.join(name);
+    let certificates = PlannedCertificates {
+        ca_certs: file("ca_certs.tar.gz"),
+        trusted_alt_names: trusted_alt_names(ns),
+        public_cert: file("public/proxy-public.crt"),
+        public_key: file("public/proxy-public.key"),
+        public_names: public_names(ns),
+    };
+
+    let mut files = Vec::new();
+    let mut steps = Vec::new();
+    let mut teardown = Vec::new();
+
+    match target {
+        ClusterTarget::Kind { cluster } => {
+            let config = KindConfig::new(
+                cluster,
+                &deployment.node_image,
+                deployment.public_node_port,
+                deployment.public_host_port,
+            );
+            files.push(PlannedFile {
+                path: file("kind-config.json"),
+                contents: serde_json::to_value(&config).unwrap_or(Value::Null),
+            });
+            steps.push(PlannedCommand::new(
+                format!("create the kind cluster `{cluster}` (one control-plane, one worker)"),
+                "kind",
+                vec![
+                    "create".into(),
+                    "cluster".into(),
+                    "--name".into(),
+                    cluster.clone(),
+                    "--config".into(),
+                    file("kind-config.json").display().to_string(),
+                    "--wait".into(),
+                    "120s".into(),
+                ],
+                KIND_CREATE,
+            ));
+            for (role, image) in &deployment.images {
+                let reference = &image.tagged;
+                let archive = file(&format!("images/{}.tar", role.as_str()));
+                steps.push(PlannedCommand::new(
+                    format!(
+                        "save the {} image for containerd's image store",
+                        role.as_str()
+                    ),
+                    "docker",
+                    vec![
+                        "save".into(),
+                        "--platform".into(),
+                        "linux/amd64".into(),
+                        "--output".into(),
+                        archive.display().to_string(),
+                        reference.clone(),
+                    ],
+                    LOAD,
+                ));
+                steps.push(PlannedCommand::new(
+                    format!("load the {} image into the cluster's nodes", role.as_str()),
+                    "kind",
+                    vec![
+                        "load".into(),
+                        "image-archive".into(),
+                        archive.display().to_string(),
+                        "--name".into(),
+                        cluster.clone(),
+                    ],
+                    LOAD,
+                ));
+            }
+            teardown.push(PlannedCommand::new(
+                format!("delete the kind cluster `{cluster}`"),
+                "kind",
+                vec![
+                    "delete".into(),
+                    "cluster".into(),
+                    "--name".into(),
+                    cluster.clone(),
+                ],
+                Duration::from_secs(120),
+            ));
+        }
+        ClusterTarget::Existing { .. } => {
+            teardown.push(PlannedCommand::new(
+                format!("delete the namespace `{ns}` and everything in it"),
+                "kubectl",
+                kubectl(
+                    target,
+                    None,
+                    &["delete", "namespace", ns, "--wait=true", "--timeout=180s"],
+                ),
+                Duration::from_secs(200),
+            ));
+        }
+    }
+
+    steps.push(PlannedCommand::new(
+        format!("create the namespace `{ns}` (refused if it exists)"),
+        "kubectl",
+        kubectl(target, None, &["create", "namespace", ns]),
+        QUICK,
+    ));
+    let ca_certs = format!(
+        "--from-file=ca_certs.tar.gz={}",
+        certificates.ca_certs.display()
+    );
+    steps.push(PlannedCommand::new(
+        "keep the internal CAs in a Secret (ca_certs.tar.gz, made before install)",
+        "kubectl",
+        kubectl(
+            target,
+            Some(ns),
+            &["create", "secret", "generic", CA_CERTS_SECRET, &ca_certs],
+        ),
+        QUICK,
+    ));
+    let internal = file("internal-ssl");
+    let proxy_tls: Vec<String> = PROXY_TLS_KEYS
+        .iter()
+        .map(|(key, source)| {
+            let path = match *key {
+                "tls.crt" => certificates.public_cert.clone(),
+                "tls.key" => certificates.public_key.clone(),
+                _ => internal.join(source),
+            };
+            format!("--from-file={key}={}", path.display())
+        })
+        .collect();
+    let mut secret_args = vec!["create", "secret", "generic", PROXY_TLS_SECRET];
+    secret_args.extend(proxy_tls.iter().map(String::as_str));
+    steps.push(PlannedCommand::new(
+        "give CHP its public leaf and internal certificates (mounted at /etc/chp/tls)",
+        "kubectl",
+        kubectl(target, Some(ns), &secret_args),
+        QUICK,
+    ));
+
+    if let Some(trust) = &deployment.org_trust {
+        let mut manifests = Vec::new();
+        if trust.configmap_present {
+            manifests.push(config_map(
+                ORG_TRUST_CONFIGMAP,
+                ns,
+                "ca-certificates.crt",
+                org_bundle_pem.unwrap_or_default(),
+            ));
+        }
+        if merge_command.is_none() && trust.merges_anywhere() {
+            manifests.push(config_map(
+                MERGE_STEP_CONFIGMAP,
+                ns,
+                "merge-ca-bundle.sh",
+                MERGE_SCRIPT,
+            ));
+        }
+        if !manifests.is_empty() {
+            let path = file("manifests/org-trust.json");
+            files.push(PlannedFile {
+                path: path.clone(),
+                contents: json!({ "apiVersion": "v1", "kind": "List", "items": manifests }),
+            });
+            steps.push(PlannedCommand::new(
+                "project the org CA bundle as trust-manager would, and the merge step",
+                "kubectl",
+                kubectl(
+                    target,
+                    Some(ns),
+                    &[
+                        "apply",
+                        "--server-side",
+                        "--field-manager=hubtrust",
+                        "-f",
+                        &path.display().to_string(),
+                    ],
+                ),
+                QUICK,
+            ));
+        }
+    }
+
+    files.push(PlannedFile {
+        path: file("values.json"),
+        contents: chart::values(deployment, merge_command),
+    });
+    let mut helm = vec![
+        "install".to_string(),
+        RELEASE.into(),
+        deployment.chart.name.clone(),
+        "--repo".into(),
+        deployment.chart.repository.clone(),
+        "--version".into(),
+        deployment.chart.version.clone(),
+        "--namespace".into(),
+        ns.into(),
+        "--values".into(),
+        file("values.json").display().to_string(),
+        "--wait".into(),
+        "--timeout".into(),
+        "10m".into(),
+    ];
+    // helm takes the kubeconfig and context under its own flag names.
+    helm.extend(match target {
+        ClusterTarget::Kind { cluster } => vec!["--kube-context".into(), format!("kind-{cluster}")],
+        ClusterTarget::Existing {
+            kubeconfig: Some(path),
+        } => vec!["--kubeconfig".into(), path.display().to_string()],
+        ClusterTarget::Existing { kubeconfig: None } => Vec::new(),
+    });
+    steps.push(PlannedCommand::new(
+        format!(
+            "install the Zero to JupyterHub chart {} (pinned)",
+            deployment.chart.version
+        ),
+        "helm",
+        helm,
+        INSTALL,
+    ));
+    for deployment_name in ["hub", "proxy"] {
+        steps.push(PlannedCommand::new(
+            format!("wait until the {deployment_name} Deployment is available"),
+            "kubectl",
+            kubectl(
+                target,
+                Some(ns),
+                &[
+                    "rollout",
+                    "status",
+                    &format!("deployment/{deployment_name}"),
+                    "--timeout=300s",
+                ],
+            ),
+            Duration::from_secs(310),
+        ));
+    }
+
+    KubernetesPlan {
+        backend: target.backend_name(),
+        namespace: ns.to_string(),
+        certificates,
+        files,
+        steps,
+        teardown,
+    }
+}
+
+impl KubernetesPlan {
+    /// The plan as `--plan` prints it: what is made here, each file, each
+    /// command, the teardown.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# hubtrust plan: --backend {}, namespace {}",
+            self.backend, self.namespace
+        );
+        let _ = writeln!(out, "\n## made on this machine before install");
+        let c = &self.certificates;
+        let _ = writeln!(
+            out,
+            "- the internal CAs and certificates (jupyterhub --generate-certs), packed as {}\n  trusted_alt_names: {}",
+            c.ca_certs.display(),
+            c.trusted_alt_names.join(", ")
+        );
+        let _ = writeln!(
+            out,
+            "- the public leaf {} (key {}, 0600)\n  names: {}",
+            c.public_cert.display(),
+            c.public_key.display(),
+            c.public_names.join(", ")
+        );
+        let _ = writeln!(
+            out,
+            "- every Service name checked against the certificate answering on it"
+        );
+        for planned in &self.files {
+            let _ = writeln!(out, "\n## file {}", planned.path.display());
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&planned.contents).unwrap_or_default()
+            );
+        }
+        let _ = writeln!(out, "\n## commands, in order");
+        for (i, step) in self.steps.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{:>2}. {} (at most {} s)\n    {}",
+                i + 1,
+                step.purpose,
+                step.timeout.as_secs(),
+                step.shell_line()
+            );
+        }
+        let _ = writeln!(out, "\n## teardown, on every path out");
+        for step in &self.teardown {
+            let _ = writeln!(out, "- {}\n    {}", step.purpose, step.shell_line());
+        }
+        out
+    }
+
+    /// The files' paths relative to the run directory, for output that
+    /// does not depend on where a run lives.
+    pub fn relative_to(mut self, run_dir: &Path) -> Self {
+        let strip = |p: &mut PathBuf| {
+            if let Ok(rest) = p.strip_prefix(run_dir) {
+                *p = Path::new("$RUN").join(rest);
+            }
+        };
+        strip(&mut self.certificates.ca_certs);
+        strip(&mut self.certificates.public_cert);
+        strip(&mut self.certificates.public_key);
+        for planned in &mut self.files {
+            strip(&mut planned.path);
+        }
+        let prefix = run_dir.display().to_string();
+        for step in self.steps.iter_mut().chain(self.teardown.iter_mut()) {
+            for arg in &mut step.args {
+                *arg = arg.replace(&prefix, "$RUN");
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::kubernetes::{ChartImage, ChartPins, OrgTrust};
+    use crate::spec::ContainerRole;
+
+    fn deployment(target: ClusterTarget, org_trust: Option<OrgTrust>) -> Deployment {
+        let pins = ChartPins::builtin().expect("pins");
+        Deployment {
+            target,
+            namespace: "hubtrust-run1".into(),
+            release: RELEASE.into(),
+            chart: pins.chart,
+            node_image: pins.kind.node_image,
+            images: [
+                (
+                    ContainerRole::Hub,
+                    "quay.io/jupyterhub/k8s-hub:4.4.0",
+                    "sha256:1111",
+                ),
+                (
+                    ContainerRole::Proxy,
+                    "quay.io/jupyterhub/configurable-http-proxy:5.2.0",
+                    "sha256:2222",
+                ),
+                (
+                    ContainerRole::Lab,
+                    "quay.io/jupyterhub/k8s-singleuser-sample:4.4.0",
+                    "sha256:3333",
+                ),
+            ]
+            .map(|(role, tagged, digest)| {
+                (
+                    role,
+                    ChartImage {
+                        tagged: tagged.into(),
+                        digest: Some(digest.into()),
+                    },
+                )
+            })
+            .into(),
+            public_node_port: 30443,
+            public_host_port: 18443,
+            org_trust,
+            run_dir: PathBuf::from("/run/hubtrust/run1"),
+        }
+    }
+
+    fn kind() -> ClusterTarget {
+        ClusterTarget::Kind {
+            cluster: "hubtrust-run1".into(),
+        }
+    }
+
+    fn nebari() -> Option<OrgTrust> {
+        Some(OrgTrust {
+            configmap_present: true,
+            merge_into_labs: true,
+            hub_included: false,
+        })
+    }
+
+    const ORG_PEM: &str = "-----BEGIN CERTIFICATE-----\n(org root)\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn a_kind_plan_for_the_core_profile() {
+        let plan = plan(&deployment(kind(), None), None, None)
+            .relative_to(Path::new("/run/hubtrust/run1"));
+        insta::assert_snapshot!("kind_core_plan", plan.render());
+    }
+
+    #[test]
+    fn the_values_with_the_org_bundle_for_labs_and_hub() {
+        let trust = Some(OrgTrust {
+            configmap_present: true,
+            merge_into_labs: true,
+            hub_included: true,
+        });
+        let values = chart::values(&deployment(kind(), trust), None);
+        insta::assert_json_snapshot!("values_org_trust_hub_too", values);
+    }
+
+    #[test]
+    fn an_existing_cluster_gets_a_namespace_and_loses_only_that() {
+        let target = ClusterTarget::Existing {
+            kubeconfig: Some(PathBuf::from("/home/op/.kube/ci")),
+        };
+        let plan = plan(&deployment(target, nebari()), Some(ORG_PEM), None);
+        assert!(plan
+            .files
+            .iter()
+            .all(|f| !f.path.ends_with("kind-config.json")));
+        assert!(!plan
+            .steps
+            .iter()
+            .any(|s| s.program == "kind" || s.program == "docker"));
+        let teardown: Vec<String> = plan
+            .teardown
+            .iter()
+            .map(PlannedCommand::shell_line)
+            .collect();
+        assert_eq!(
+            teardown,
+            ["kubectl --kubeconfig /home/op/.kube/ci delete namespace hubtrust-run1 --wait=true --timeout=180s"]
+        );
+        let helm = plan
+            .steps
+            .iter()
+            .find(|s| s.program == "helm")
+            .expect("helm install");
+        assert!(
+            helm.shell_line().contains("--kubeconfig /home/op/.kube/ci"),
+            "{}",
+            helm.shell_line()
+        );
+    }
+
+    #[test]
+    fn the_org_bundle_configmap_is_the_one_trust_manager_projects() {
+        let plan = plan(&deployment(kind(), nebari()), Some(ORG_PEM), None);
+        let manifests = plan
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("manifests/org-trust.json"))
+            .expect("org trust manifests");
+        insta::assert_json_snapshot!("org_trust_manifests", manifests.contents);
+    }
+
+    #[test]
+    fn a_missing_configmap_still_mounts_optionally_and_merges() {
+        let trust = Some(OrgTrust {
+            configmap_present: false,
+            merge_into_labs: true,
+            hub_included: false,
+        });
+        let d = deployment(kind(), trust);
+        let plan = plan(&d, None, None);
+        let manifests = plan
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("manifests/org-trust.json"))
+            .expect("the merge step's ConfigMap");
+        let kinds: Vec<&str> = manifests.contents["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|m| m["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(kinds, [MERGE_STEP_CONFIGMAP]);
+        let values = chart::values(&d, None);
+        let volumes = values["singleuser"]["storage"]["extraVolumes"]
+            .as_array()
+            .expect("volumes");
+        assert_eq!(volumes[0]["configMap"]["optional"], true);
+    }
+
+    #[test]
+    fn a_vendor_merge_step_replaces_the_script_and_takes_the_three_paths() {
+        let vendor = vec![
+            "sh".to_string(),
+            "-c".into(),
+            "cat \"$0\" \"$1\" > \"$2\"".into(),
+        ];
+        let values = chart::values(&deployment(kind(), nebari()), Some(&vendor));
+        let init = &values["singleuser"]["initContainers"][0];
+        assert_eq!(
+            init["command"],
+            json!([
+                "sh",
+                "-c",
+                "cat \"$0\" \"$1\" > \"$2\"",
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/org-ca/ca-certificates.crt",
+                "/merged/ca-certificates.crt"
+            ])
+        );
+        let plan = plan(&deployment(kind(), nebari()), Some(ORG_PEM), Some(&vendor));
+        let text = plan.render();
+        assert!(
+            !text.contains("merge-ca-bundle.sh"),
+            "hubtrust's script is not shipped with a vendor's step"
+        );
+    }
+
+    #[test]
+    fn the_gate_is_off_by_default_labs_keep_their_environment() {
+        let trust = Some(OrgTrust {
+            configmap_present: true,
+            merge_into_labs: false,
+            hub_included: false,
+        });
+        let values = chart::values(&deployment(kind(), trust), None);
+        assert!(values["singleuser"].get("initContainers").is_none());
+        assert!(values["singleuser"].get("extraEnv").is_none());
+    }
+
+    #[test]
+    fn no_plan_file_or_command_carries_key_material() {
+        let plan = plan(&deployment(kind(), nebari()), Some(ORG_PEM), None);
+        let text = plan.render();
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        assert!(text.contains("--from-file=tls.key="));
+    }
+}

@@ -1,0 +1,235 @@
+//! What a Kubernetes run needs before it makes anything: its CLIs on PATH,
+//! a cluster that answers, a namespace of its own, the chart's images in
+//! the docker daemon (kind). Each failure names the fix; nothing has been
+//! created when one is found.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::command::{self, CommandFailure};
+use super::plan::PlannedCommand;
+use super::{ChartImage, ClusterTarget, Deployment};
+use crate::error::{HarnessError, Result};
+use crate::spec::ContainerRole;
+
+/// A CLI a Kubernetes backend drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tool {
+    pub program: &'static str,
+    pub needed_for: &'static str,
+    pub install: &'static str,
+}
+
+pub const KIND: Tool = Tool {
+    program: "kind",
+    needed_for: "--backend kind (the cluster)",
+    install: "download https://kind.sigs.k8s.io/dl/v0.29.0/kind-linux-amd64 to /usr/local/bin/kind (in GitHub Actions: helm/kind-action with install_only: true)",
+};
+pub const HELM: Tool = Tool {
+    program: "helm",
+    needed_for: "--backend kind|kubernetes (installing the Zero to JupyterHub chart)",
+    install: "see https://helm.sh/docs/intro/install/ (a release tarball's `helm` on PATH)",
+};
+pub const KUBECTL: Tool = Tool {
+    program: "kubectl",
+    needed_for: "--backend kind|kubernetes (namespace, Secrets, ConfigMaps, rollout)",
+    install: "apt-get install -y kubectl from pkgs.k8s.io, or see https://kubernetes.io/docs/tasks/tools/",
+};
+pub const DOCKER: Tool = Tool {
+    program: "docker",
+    needed_for: "--backend kind (kind's nodes are containers; images are saved from the daemon)",
+    install: "apt-get install -y docker.io",
+};
+
+/// The CLIs a target needs, in the order they are used.
+pub fn tools_for(target: &ClusterTarget) -> Vec<Tool> {
+    match target {
+        ClusterTarget::Kind { .. } => vec![KIND, DOCKER, KUBECTL, HELM],
+        ClusterTarget::Existing { .. } => vec![KUBECTL, HELM],
+    }
+}
+
+/// The program's path on PATH.
+pub fn find(tool: Tool) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool.program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn missing(tool: Tool) -> HarnessError {
+    HarnessError::MissingPrerequisite {
+        what: tool.program.into(),
+        why: format!("not found on PATH; needed for {}", tool.needed_for),
+        fix: tool.install.into(),
+    }
+}
+
+fn probe(program: &str, args: Vec<String>, seconds: u64) -> PlannedCommand {
+    PlannedCommand {
+        purpose: "preflight".into(),
+        program: program.into(),
+        args,
+        timeout: Duration::from_secs(seconds),
+    }
+}
+
+/// Whether the cluster's API server answers `/readyz`, and what it said.
+pub fn cluster_answers(target: &ClusterTarget) -> std::result::Result<String, CommandFailure> {
+    let mut args = target.client_flags();
+    args.extend(["--request-timeout=5s", "get", "--raw", "/readyz"].map(String::from));
+    command::run(&probe("kubectl", args, 15)).map(|out| out.stdout.trim().to_string())
+}
+
+fn cluster_error(what: &str, message: String, fix: &str) -> HarnessError {
+    HarnessError::Cluster {
+        what: what.into(),
+        message,
+        fix: fix.into(),
+    }
+}
+
+/// The target's CLIs are on PATH: checked first, before anything else is
+/// read or made.
+pub fn require_tools(target: &ClusterTarget) -> Result<()> {
+    match tools_for(target)
+        .into_iter()
+        .find(|tool| find(*tool).is_none())
+    {
+        Some(tool) => Err(missing(tool)),
+        None => Ok(()),
+    }
+}
+
+/// kind loads images from this machine's daemon: each must be there under
+/// its listed tag, and be the pinned digest.
+fn check_loaded(role: ContainerRole, image: &ChartImage) -> Result<()> {
+    let what = format!("the {} image {}", role.as_str(), image.tagged);
+    let Some(by_digest) = image.by_digest() else {
+        return Err(cluster_error(
+            &what,
+            "is not pinned by digest".into(),
+            "run `hubtrust images pin fixtures/kubernetes/images.toml` (or the list given to --images)",
+        ));
+    };
+    let fix = format!(
+        "docker pull {by_digest} && docker tag {by_digest} {}",
+        image.tagged
+    );
+    let inspect = probe(
+        "docker",
+        [
+            "image",
+            "inspect",
+            "--format",
+            "{{join .RepoDigests \" \"}}",
+            &image.tagged,
+        ]
+        .map(String::from)
+        .to_vec(),
+        30,
+    );
+    match command::run(&inspect) {
+        Err(e) => Err(cluster_error(
+            &what,
+            format!(
+                "is not loaded in the docker daemon, so kind cannot load it into the cluster ({e})"
+            ),
+            &fix,
+        )),
+        Ok(out) if !out.stdout.split_whitespace().any(|d| d == by_digest) => {
+            Err(cluster_error(
+                &what,
+                format!(
+                "in the docker daemon is not the pinned one: it has {}, the lock pins {by_digest}",
+                if out.stdout.trim().is_empty() { "no registry digest" } else { out.stdout.trim() }
+            ),
+                &fix,
+            ))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Everything a run checks before it creates anything.
+pub fn check(deployment: &Deployment) -> Result<()> {
+    require_tools(&deployment.target)?;
+    match &deployment.target {
+        ClusterTarget::Kind { .. } => {
+            for (role, image) in &deployment.images {
+                check_loaded(*role, image)?;
+            }
+        }
+        ClusterTarget::Existing { .. } => {
+            if let Err(e) = cluster_answers(&deployment.target) {
+                return Err(cluster_error(
+                    "the cluster",
+                    format!("its API server does not answer ({e})"),
+                    "check `kubectl cluster-info`, or name the cluster with --kubeconfig",
+                ));
+            }
+            let mut args = deployment.target.client_flags();
+            args.extend(
+                [
+                    "get",
+                    "namespace",
+                    &deployment.namespace,
+                    "--ignore-not-found",
+                    "-o",
+                    "name",
+                ]
+                .map(String::from),
+            );
+            let found = command::run(&probe("kubectl", args, 30)).map_err(|e| {
+                cluster_error(
+                    "the cluster",
+                    format!("cannot list namespaces ({e})"),
+                    "give the kubeconfig's user permission to get namespaces",
+                )
+            })?;
+            if !found.stdout.trim().is_empty() {
+                return Err(cluster_error(
+                    &format!("the namespace `{}`", deployment.namespace),
+                    "already exists; hubtrust runs only in a namespace it creates, and removes only that".into(),
+                    "pick another with --namespace, or delete it if it is a leftover: kubectl delete namespace",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_backend_needs_all_four_clis_an_existing_cluster_two() {
+        let kind = tools_for(&ClusterTarget::Kind {
+            cluster: "c".into(),
+        });
+        assert_eq!(
+            kind.iter().map(|t| t.program).collect::<Vec<_>>(),
+            ["kind", "docker", "kubectl", "helm"]
+        );
+        let existing = tools_for(&ClusterTarget::Existing { kubeconfig: None });
+        assert_eq!(
+            existing.iter().map(|t| t.program).collect::<Vec<_>>(),
+            ["kubectl", "helm"]
+        );
+    }
+
+    #[test]
+    fn a_missing_tool_names_its_install() {
+        let err = missing(KIND).to_string();
+        assert!(
+            err.contains("`kind`") && err.contains("kind-action"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! `--backend kind` and `--backend kubernetes`: the deployment described as
+//! data, its plan printed (`--plan`) or executed, and everything it made
+//! removed on every path out, by the reaper when hubtrust is killed.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, ExitCode, Stdio};
+
+use anyhow::Context;
+use hubtrust_harness::backend::kubernetes::{
+    self, plan::KubernetesPlan, preflight, run::KubernetesRun, ChartImage, ChartPins,
+    ClusterTarget, Deployment, OrgTrust, BUILTIN_IMAGE_LIST, BUILTIN_IMAGE_LOCK,
+    DEFAULT_IMAGE_LIST, RELEASE,
+};
+use hubtrust_harness::error::HarnessError;
+use hubtrust_harness::images::list::{ImageList, ImageLock};
+use hubtrust_harness::pki::OrgPki;
+use hubtrust_harness::spec::{ContainerRole, StackSpec};
+use hubtrust_harness::{hpc, provision};
+
+use crate::{usage_error, BackendChoice, ClusterArgs};
+
+/// proxy-public's nodePort; kind maps it to a free loopback port.
+const PUBLIC_NODE_PORT: u16 = 30443;
+
+/// What the Kubernetes backends take from the command line.
+pub struct KubernetesArgs<'a> {
+    pub backend: BackendChoice,
+    pub stack: Option<&'a Path>,
+    pub images: Option<&'a Path>,
+    pub kubeconfig: Option<&'a Path>,
+    pub namespace: Option<&'a str>,
+    pub plan: bool,
+}
+
+impl<'a> KubernetesArgs<'a> {
+    pub fn from_cli(
+        backend: BackendChoice,
+        stack: Option<&'a Path>,
+        images: Option<&'a Path>,
+        cluster: &'a ClusterArgs,
+    ) -> Self {
+        KubernetesArgs {
+            backend,
+            stack,
+            images,
+            kubeconfig: cluster.kubeconfig.as_deref(),
+            namespace: cluster.namespace.as_deref(),
+            plan: cluster.plan,
+        }
+    }
+}
+
+/// `hubtrust run --backend kind|kubernetes`.
+pub fn run_command(args: KubernetesArgs<'_>) -> ExitCode {
+    let outcome = prepare(&args).and_then(|(deployment, plan)| {
+        if args.plan {
+            print!("{}", plan.render());
+            return Ok(());
+        }
+        preflight::check(&deployment)?;
+        Err(HarnessError::NotSupported {
+            backend: deployment.target.backend_name(),
+            what: "running the scenarios: they need the in-cluster prober, which is not built yet".into(),
+            fix: format!(
+                "`hubtrust up --backend {}` brings the deployment up for inspection; `--plan` shows what it applies; the local and docker backends run the scenarios",
+                deployment.target.backend_name()
+            ),
+        }
+        .into())
+    });
+    finish(outcome)
+}
+
+/// `hubtrust up --backend kind|kubernetes`: the deployment, until Ctrl-C.
+pub fn up_command(args: KubernetesArgs<'_>) -> ExitCode {
+    let outcome = prepare(&args).and_then(|(deployment, plan)| {
+        if args.plan {
+            print!("{}", plan.render());
+            return Ok(());
+        }
+        preflight::check(&deployment)?;
+        bring_up(&deployment, &plan)
+    });
+    finish(outcome)
+}
+
+fn finish(outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => usage_error(e),
+    }
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:08x}",
+        (nanos as u64 ^ u64::from(std::process::id())) & 0xffff_ffff
+    )
+}
+
+fn free_loopback_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("find a free loopback port for proxy-public")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The deployment and its plan, from the stack file and the pins; nothing
+/// is made yet. The org bundle (when the stack has `[enterprise]`) is the
+/// stack's own file or, as on the other backends, a fresh org PKI's root.
+fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<(Deployment, KubernetesPlan)> {
+    let spec = match args.stack {
+        Some(path) => StackSpec::load(path)?,
+        None => StackSpec::default(),
+    };
+    let stack_file = args
+        .stack
+        .map_or_else(|| PathBuf::from("the default stack"), Path::to_path_buf);
+    let pins = ChartPins::builtin()?;
+    let mut chart = pins.chart;
+    if let Some(version) = &spec.kubernetes.chart_version {
+        chart.version = version.clone();
+        chart.require_pinned(&stack_file)?;
+    }
+    anyhow::ensure!(
+        spec.topology.hpc.is_none(),
+        "{}: an HPC topology's login and compute nodes are not built on Kubernetes yet (fix: run HPC stacks on --backend local or docker)",
+        stack_file.display()
+    );
+    let id = run_id();
+    let target = match args.backend {
+        BackendChoice::Kind => {
+            anyhow::ensure!(
+                args.kubeconfig.is_none(),
+                "--kubeconfig names an existing cluster; --backend kind makes its own (fix: use --backend kubernetes)"
+            );
+            ClusterTarget::Kind {
+                cluster: format!("hubtrust-{id}"),
+            }
+        }
+        _ => ClusterTarget::Existing {
+            kubeconfig: args.kubeconfig.map(Path::to_path_buf),
+        },
+    };
+    let namespace = args
+        .namespace
+        .map(str::to_string)
+        .unwrap_or_else(|| kubernetes::run_namespace(&id));
+    if !args.plan {
+        preflight::require_tools(&target)?;
+    }
+    let images = pinned_images(args.images, args.plan)?;
+    let org_trust = spec.enterprise.as_ref().map(|e| OrgTrust {
+        configmap_present: spec.kubernetes.org_trust_configmap,
+        merge_into_labs: e.merge_org_bundle,
+        hub_included: e.merge_into_hub,
+    });
+    let org_pem = match spec.enterprise.as_ref() {
+        None => None,
+        Some(e) => Some(match &e.org_bundle {
+            Some(path) => {
+                let here = args.stack.and_then(Path::parent).unwrap_or(Path::new("."));
+                let path = here.join(path);
+                std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "read the org bundle {} (enterprise.org_bundle)",
+                        path.display()
+                    )
+                })?
+            }
+            None => OrgPki::generate()?.root.cert_pem(),
+        }),
+    };
+    let run_dir = std::env::temp_dir().join(format!("hubtrust-{}-{id}", target.backend_name()));
+    let deployment = Deployment {
+        target,
+        namespace,
+        release: RELEASE.into(),
+        chart,
+        node_image: pins.kind.node_image,
+        images,
+        public_node_port: PUBLIC_NODE_PORT,
+        public_host_port: free_loopback_port()?,
+        org_trust,
+        run_dir,
+    };
+    let merge_command = spec
+        .enterprise
+        .as_ref()
+        .and_then(|e| e.merge_command.clone());
+    let plan = kubernetes::plan::plan(&deployment, org_pem.as_deref(), merge_command.as_deref());
+    Ok((deployment, plan))
+}
+
+/// The chart images with their locked digests. A plan may show an image
+/// the lock lacks, marked; a run refuses it.
+fn pinned_images(
+    list_path: Option<&Path>,
+    for_plan: bool,
+) -> anyhow::Result<BTreeMap<ContainerRole, ChartImage>> {
+    let (list, lock, list_path) = match list_path {
+        Some(path) => (
+            ImageList::load(path)?,
+            ImageLock::load_for(path)?,
+            path.to_path_buf(),
+        ),
+        None => {
+            let path = PathBuf::from(DEFAULT_IMAGE_LIST);
+            (
+                ImageList::parse(BUILTIN_IMAGE_LIST, &path)?,
+                ImageLock::parse(BUILTIN_IMAGE_LOCK, &ImageList::lock_path(&path))?,
+                path,
+            )
+        }
+    };
+    if let Err(e) = list.pinned(&lock, &list_path) {
+        if !for_plan {
+            return Err(e.into());
+        }
+        eprintln!("warning: {e}; the plan shows those images by tag alone, and a run refuses them");
+    }
+    Ok(list
+        .components
+        .iter()
+        .map(|(role, listed)| {
+            let image = ChartImage {
+                tagged: listed.image.clone(),
+                digest: lock.digests.get(&listed.image).cloned(),
+            };
+            (*role, image)
+        })
+        .collect())
+}
+
+/// Makes the certificates, starts the reaper, applies the plan, and holds
+/// the deployment until Ctrl-C or SIGTERM.
+fn bring_up(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::Result<()> {
+    let run_dir = &deployment.run_dir;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("create {}", run_dir.display()))?;
+    hubtrust_harness::pki::set_mode(run_dir, 0o700)?;
+    let _run_dir_removed = RemoveOnDrop(run_dir.clone());
+
+    eprintln!("· making the internal CAs (jupyterhub --generate-certs) and the public leaf");
+    let components = provision::ensure(&mut std::io::stderr())?;
+    let internal = run_dir.join("internal-ssl");
+    tokio::runtime::Runtime::new()?.block_on(hpc::make_internal_store(
+        &components,
+        &plan.certificates.trusted_alt_names,
+        &internal,
+    ))?;
+    kubernetes::run::retarget_store(&internal, &plan.certificates.ca_certs)?;
+    kubernetes::run::issue_public_leaf(plan)?;
+    kubernetes::run::check_sans(plan, &internal)?;
+    kubernetes::run::write_files(plan)?;
+
+    let mut reaper = Reaper::start(plan)?;
+    let mut progress = |step: &str| eprintln!("· {step}");
+    let mut run = KubernetesRun::apply(plan, &deployment.target, &mut progress)?;
+    let public = match &deployment.target {
+        ClusterTarget::Kind { .. } => format!("https://127.0.0.1:{}/", deployment.public_host_port),
+        ClusterTarget::Existing { .. } => format!(
+            "proxy-public.{}.svc (nodePort {})",
+            deployment.namespace, deployment.public_node_port
+        ),
+    };
+    println!(
+        "ready: {public} (CA {}); Ctrl-C tears it down",
+        run_dir.join("public/public-ca.crt").display()
+    );
+    let _ = std::io::stdout().flush();
+    wait_for_stop_signal()?;
+    eprintln!("· tearing down");
+    let failures = run.tear_down();
+    reaper.stand_down();
+    anyhow::ensure!(
+        failures.is_empty(),
+        "teardown left something behind: {}",
+        failures
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    Ok(())
+}
+
+/// `hubtrust ca-certs OUT --kubernetes-namespace NS`: the store a z2jh
+/// deployment keeps in a Secret, made and checked as a run makes it.
+pub fn ca_certs_command(out: &Path, namespace: &str) -> ExitCode {
+    let made = || -> anyhow::Result<Vec<String>> {
+        let components = provision::ensure(&mut std::io::stderr())?;
+        let scratch = std::env::temp_dir().join(format!("hubtrust-ca-certs-{}", run_id()));
+        std::fs::create_dir_all(&scratch)?;
+        hubtrust_harness::pki::set_mode(&scratch, 0o700)?;
+        let _scratch_removed = RemoveOnDrop(scratch.clone());
+        let internal = scratch.join("internal-ssl");
+        let names = kubernetes::names::trusted_alt_names(namespace);
+        tokio::runtime::Runtime::new()?.block_on(hpc::make_internal_store(
+            &components,
+            &names,
+            &internal,
+        ))?;
+        let missing = kubernetes::names::missing_sans(&internal, None, namespace)?;
+        anyhow::ensure!(
+            missing.is_empty(),
+            "the certificates JupyterHub made miss Service names: {}",
+            missing
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        kubernetes::run::retarget_store(&internal, out)?;
+        Ok(names)
+    };
+    match made() {
+        Ok(names) => {
+            println!(
+                "wrote {} (mode 0600) for namespace {namespace}; the hub and proxy-api certificates list {}",
+                out.display(),
+                names.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(e),
+    }
+}
+
+fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        Ok(())
+    })
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A shell in its own process group that runs the plan's teardown when its
+/// stdin closes, which happens when hubtrust ends by any path, SIGKILL
+/// included; it stands down once hubtrust has torn down itself.
+struct Reaper {
+    stdin: Option<ChildStdin>,
+}
+
+const STAND_DOWN: &str = "torn-down";
+
+impl Reaper {
+    fn start(plan: &KubernetesPlan) -> anyhow::Result<Self> {
+        let teardown: Vec<String> = plan.teardown.iter().map(|c| c.shell_line()).collect();
+        let script = format!(
+            "read -r said; [ \"$said\" = {STAND_DOWN} ] || {{ {}; }}",
+            teardown.join("; ")
+        );
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .context("start the Kubernetes reaper")?;
+        Ok(Reaper {
+            stdin: child.stdin.take(),
+        })
+    }
+
+    fn stand_down(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "{STAND_DOWN}");
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The kind and kubernetes backends, as far as this machine reaches: no
+//! cluster can run here (no node image can be pulled), so these tests pin
+//! what hubtrust would apply (`--plan`), the certificates it makes for the
+//! chart's Services, and every refusal before anything is created. The
+//! cluster itself is exercised by the `kind` job of the GitHub workflow.
+//!
+//! Where a test needs kubectl, docker or helm to answer a certain way it
+//! puts a small script of that name first on PATH, which records every
+//! call: hubtrust's handling of the answer is what is under test.
+
+// Test helpers: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::{hubtrust, scratch, text};
+
+/// A directory holding scripts named after `programs`, each logging its
+/// arguments to `calls.log` and then running `behaviour` (shell).
+fn fake_tools(dir: &Path, programs: &[(&str, &str)]) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = dir.join("calls.log");
+    for (program, behaviour) in programs {
+        let path = bin.join(program);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"{program} $*\" >> '{}'\n{behaviour}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+fn calls(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("calls.log")).unwrap_or_default()
+}
+
+/// The run directories hubtrust makes for Kubernetes runs.
+fn kubernetes_run_dirs() -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.starts_with("hubtrust-kind-") || name.starts_with("hubtrust-kubernetes-")
+        })
+        .collect()
+}
+
+/// An image list of the chart's hub image and a lock pinning it.
+fn pinned_list(dir: &Path) -> (PathBuf, String) {
+    let list = dir.join("images.toml");
+    std::fs::write(
+        &list,
+        "[hub]\nimage = \"quay.io/jupyterhub/k8s-hub:4.4.0\"\n",
+    )
+    .unwrap();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    std::fs::write(
+        dir.join("images.lock"),
+        format!("[digests]\n\"quay.io/jupyterhub/k8s-hub:4.4.0\" = \"{digest}\"\n"),
+    )
+    .unwrap();
+    (list, digest)
+}
+
+fn path_with(bin: &Path) -> String {
+    format!("{}:/usr/bin:/bin", bin.display())
+}
+
+#[test]
+fn kind_without_kind_on_path_is_exit_2_naming_it_and_nothing_is_made() {
+    let dir = scratch("k8s-no-kind");
+    let empty = dir.join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    let before = kubernetes_run_dirs();
+    let out = hubtrust()
+        .args(["run", "--backend", "kind", "--tags", "@core"])
+        .env("PATH", empty.display().to_string())
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("prerequisite `kind`") && said.contains("kind-action"),
+        "{said}"
+    );
+    assert_eq!(
+        kubernetes_run_dirs(),
+        before,
+        "a refused run made a run directory"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_plan_prints_every_command_and_manifest_and_runs_none_of_them() {
+    let dir = scratch("k8s-plan");
+    let bin = fake_tools(
+        &dir,
+        &[
+            ("kind", "exit 0"),
+            ("helm", "exit 0"),
+            ("kubectl", "exit 0"),
+            ("docker", "exit 0"),
+        ],
+    );
+    let before = kubernetes_run_dirs();
+    let out = hubtrust()
+        .args([
+            "run",
+            "--backend",
+            "kind",
+            "--plan",
+            "--stack",
+            "fixtures/stacks/enterprise.toml",
+        ])
+        .env("PATH", path_with(&bin))
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(calls(&dir), "", "--plan ran a command");
+    assert_eq!(kubernetes_run_dirs(), before, "--plan made a run directory");
+    for expected in [
+        "kind create cluster --name hubtrust-",
+        "kind load image-archive",
+        "docker save --platform linux/amd64",
+        "create secret generic hubtrust-ca-certs",
+        "create secret generic hubtrust-proxy-tls",
+        "apply --server-side --field-manager=hubtrust",
+        "helm install hubtrust jupyterhub --repo https://hub.jupyter.org/helm-chart/ --version 4.4.0",
+        "rollout status deployment/hub",
+        "\"internal_ssl\": true",
+        "\"ca-certificates.crt\": \"-----BEGIN CERTIFICATE-----",
+        "\"optional\": true",
+        "## teardown, on every path out",
+        "kind delete cluster --name hubtrust-",
+    ] {
+        assert!(said.contains(expected), "the plan lacks {expected:?}:\n{said}");
+    }
+    assert!(
+        !said.contains("PRIVATE KEY"),
+        "the plan printed key material"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_cluster_that_does_not_answer_is_exit_2_naming_the_fix() {
+    let dir = scratch("k8s-no-answer");
+    let bin = fake_tools(
+        &dir,
+        &[
+            ("helm", "exit 0"),
+            ("kubectl", "echo 'The connection to the server 127.0.0.1:1 was refused - did you specify the right host or port?' >&2; exit 1"),
+        ],
+    );
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").unwrap();
+    let (list, _) = pinned_list(&dir);
+    let out = hubtrust()
+        .args(["up", "--backend", "kubernetes", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .arg("--images")
+        .arg(&list)
+        .env("PATH", path_with(&bin))
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("the cluster: its API server does not answer")
+            && said.contains("was refused"),
+        "{said}"
+    );
+    assert!(said.contains("kubectl cluster-info"), "{said}");
+    let log = calls(&dir);
+    assert!(
+        !log.contains("create") && !log.contains("helm"),
+        "a refused run changed the cluster: {log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_namespace_that_already_exists_is_refused_and_left_alone() {
+    let dir = scratch("k8s-namespace");
+    let bin = fake_tools(
+        &dir,
+        &[
+            ("helm", "exit 0"),
+            (
+                "kubectl",
+                "case \"$*\" in *readyz*) echo ok ;; *'get namespace'*) echo namespace/jhub ;; esac; exit 0",
+            ),
+        ],
+    );
+    let (list, _) = pinned_list(&dir);
+    let out = hubtrust()
+        .args([
+            "up",
+            "--backend",
+            "kubernetes",
+            "--namespace",
+            "jhub",
+            "--images",
+        ])
+        .arg(&list)
+        .env("PATH", path_with(&bin))
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("the namespace `jhub`: already exists"),
+        "{said}"
+    );
+    let log = calls(&dir);
+    assert!(
+        !log.contains("delete") && !log.contains("create"),
+        "hubtrust touched a namespace it did not make: {log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_image_the_daemon_does_not_hold_is_refused_before_the_cluster_is_made() {
+    let dir = scratch("k8s-image");
+    let bin = fake_tools(
+        &dir,
+        &[
+            ("kind", "exit 0"),
+            ("helm", "exit 0"),
+            ("kubectl", "exit 0"),
+            ("docker", "echo 'Error: No such image' >&2; exit 1"),
+        ],
+    );
+    let (list, digest) = pinned_list(&dir);
+    let out = hubtrust()
+        .args(["up", "--backend", "kind", "--images"])
+        .arg(&list)
+        .env("PATH", path_with(&bin))
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("is not loaded in the docker daemon"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "docker pull quay.io/jupyterhub/k8s-hub@{digest} && docker tag"
+        )),
+        "{said}"
+    );
+    assert!(
+        !calls(&dir).contains("kind create"),
+        "the cluster was made anyway"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_image_under_its_tag_but_of_another_digest_is_refused() {
+    let dir = scratch("k8s-image-moved");
+    let bin = fake_tools(
+        &dir,
+        &[
+            ("kind", "exit 0"),
+            ("helm", "exit 0"),
+            ("kubectl", "exit 0"),
+            (
+                "docker",
+                &format!("echo quay.io/jupyterhub/k8s-hub@sha256:{}", "cd".repeat(32)),
+            ),
+        ],
+    );
+    let (list, digest) = pinned_list(&dir);
+    let out = hubtrust()
+        .args(["up", "--backend", "kind", "--images"])
+        .arg(&list)
+        .env("PATH", path_with(&bin))
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("is not the pinned one") && said.contains(&digest),
+        "{said}"
+    );
+    assert!(
+        !calls(&dir).contains("kind create"),
+        "the cluster was made anyway"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unpinned_chart_version_is_exit_2_naming_the_stack_file() {
+    let dir = scratch("k8s-chart");
+    let stack = dir.join("stack.toml");
+    std::fs::write(&stack, "[kubernetes]\nchart_version = \"^4.4\"\n").unwrap();
+    let out = hubtrust()
+        .args(["run", "--backend", "kind", "--plan", "--stack"])
+        .arg(&stack)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("stack.toml") && said.contains("chart version `^4.4` is not pinned"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kubernetes_options_without_a_kubernetes_backend_are_refused() {
+    let out = hubtrust().args(["run", "--plan"]).output().unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("fix: add --backend kind or --backend kubernetes"),
+        "{said}"
+    );
+}
+
+/// Real JupyterHub makes the store, as a run does before install.
+#[test]
+fn the_internal_cas_for_the_chart_name_every_service_and_the_hub_pods_paths() {
+    let dir = scratch("k8s-ca-certs");
+    let tarball = dir.join("ca_certs.tar.gz");
+    let out = hubtrust()
+        .args(["ca-certs", "--kubernetes-namespace", "jhub"])
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let mode = std::fs::metadata(&tarball).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "ca_certs.tar.gz holds the CA keys");
+    let unpacked = dir.join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let missing =
+        hubtrust_harness::backend::kubernetes::names::missing_sans(&unpacked, None, "jhub")
+            .unwrap();
+    assert!(missing.is_empty(), "{missing:?}");
+    let store = std::fs::read_to_string(unpacked.join("certipy.json")).unwrap();
+    assert!(
+        store.contains("\"/srv/jupyterhub/internal-ssl/hub-ca/hub-ca.key\""),
+        "{store}"
+    );
+    assert!(
+        !store.contains(&std::env::temp_dir().display().to_string()),
+        "the store names this machine's paths: {store}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
