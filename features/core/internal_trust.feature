@@ -15,6 +15,9 @@ Feature: Internal TLS of a JupyterHub deployment
   Scenario: A user's lab answers through the proxy after it is spawned
     Then every user's lab answers through the proxy
 
+  Scenario: The deployment works for a client that knows only its public side
+    Then a client with only the public URL, the public CA and the service token runs a cell in every user's lab
+
   Scenario: Every endpoint accepts exactly the identities the trust graph allows
     When I probe every endpoint with every client identity
     Then every verdict matches JupyterHub's trust graph

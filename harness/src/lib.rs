@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod enterprise;
 pub mod error;
 pub mod hpc;
+pub mod hub_api;
 pub mod images;
 pub mod inventory;
 pub mod known_defects;

@@ -83,7 +83,7 @@ struct Profile {
 const CORE: Profile = Profile {
     tags: "@core",
     stack: None,
-    passed: 9,
+    passed: 10,
     evidence: core_evidence,
 };
 

@@ -148,7 +148,7 @@ fn core_profile_passes_with_docker_host_on_tcp() {
         &[("DOCKER_HOST", &docker_host)],
     );
     assert_eq!(run.code, Some(0), "{}", run.output);
-    assert!(run.output.contains("9 passed, 0 failed"), "{}", run.output);
+    assert!(run.output.contains("10 passed, 0 failed"), "{}", run.output);
     // hubtrust (and its reaper) went through TCP, not the socket.
     assert!(connections.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
@@ -201,7 +201,7 @@ fn labs_on_their_own_host_put_internal_tls_on_the_wire() {
         None,
     );
     assert_eq!(run.code, Some(0), "{}", run.output);
-    assert!(run.output.contains("12 passed, 0 failed"), "{}", run.output);
+    assert!(run.output.contains("13 passed, 0 failed"), "{}", run.output);
     // The lab calls the hub API, and the hub and proxy call the lab, across
     // the hub--labs link, each in TLS 1.2 or newer.
     let report = run.report.unwrap();

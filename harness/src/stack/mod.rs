@@ -355,53 +355,26 @@ impl Stack {
         values: &BTreeMap<&str, String>,
     ) -> Result<()> {
         let started = std::time::Instant::now();
-        let base = format!(
-            "https://{}:{}/hub/api",
-            self.spec.topology.public_name, self.spec.ports.public
-        );
-        let create = self.http.post(format!("{base}/users/{user}")).send().await;
-        match create {
-            Ok(r) if r.status().is_success() || r.status().as_u16() == 409 => {}
-            Ok(r) => return Err(hub_api_error(&format!("POST /users/{user}"), r).await),
-            Err(e) => {
-                return Err(HarnessError::HubApi {
-                    call: format!("POST /users/{user}"),
-                    message: e.to_string(),
-                })
-            }
-        }
-        match self
-            .http
-            .post(format!("{base}/users/{user}/server"))
-            .send()
-            .await
+        let base = self.public_base();
+        let api = crate::hub_api::HubApi {
+            http: &self.http,
+            base,
+        };
+        api.create_user(user).await?;
+        // The hub tried and the lab failed: a defect of the deployment, as
+        // when the lab dies after a slow spawn (see with_lab_log).
+        if let crate::hub_api::ServerStart::SpawnerFailed { message } =
+            api.start_server(user).await?
         {
-            Ok(r) if r.status().is_success() || r.status().as_u16() == 400 => {}
-            // The hub tried and the lab failed: a defect of the deployment,
-            // as when the lab dies after a slow spawn (see with_lab_log).
-            Ok(r) if r.status().is_server_error() => {
-                let call = format!("POST /users/{user}/server");
-                let message = match hub_api_error(&call, r).await {
-                    HarnessError::HubApi { message, .. } => message,
-                    other => other.to_string(),
-                };
-                return Err(self.with_lab_log(
-                    user,
-                    HarnessError::DeploymentDefect {
-                        component: format!("the lab of {user}"),
-                        check: call,
-                        finding: format!("the hub could not start it: {message}"),
-                        last_lines: crate::process::last_lines(&self.hub_log, 15),
-                    },
-                ));
-            }
-            Ok(r) => return Err(hub_api_error(&format!("POST /users/{user}/server"), r).await),
-            Err(e) => {
-                return Err(HarnessError::HubApi {
-                    call: format!("POST /users/{user}/server"),
-                    message: e.to_string(),
-                })
-            }
+            return Err(self.with_lab_log(
+                user,
+                HarnessError::DeploymentDefect {
+                    component: format!("the lab of {user}"),
+                    check: format!("POST /users/{user}/server"),
+                    finding: format!("the hub could not start it: {message}"),
+                    last_lines: crate::process::last_lines(&self.hub_log, 15),
+                },
+            ));
         }
         let mut values = values.clone();
         values.insert("user", user.to_string());
@@ -1366,41 +1339,44 @@ impl Stack {
         .await
     }
 
+    /// What an outsider can do knowing only the public URL, the public CA
+    /// and the service token: the checks a chart-started deployment gets.
+    pub async fn check_from_outside(
+        &self,
+        user: &str,
+        code: &str,
+    ) -> Result<crate::hub_api::PublicSideReport> {
+        use crate::backend::HostNetwork as _;
+        let connect =
+            || -> futures::future::BoxFuture<'_, std::io::Result<tokio::net::TcpStream>> {
+                Box::pin(self.network.connect_from("operator", self.public_addr))
+            };
+        let side = crate::hub_api::PublicSide {
+            http: &self.http,
+            base: self.public_base(),
+            public_name: self.spec.topology.public_name.clone(),
+            roots_pem: self.org_bundle(),
+            connect: &connect,
+        };
+        let (report, _) = crate::hub_api::check_public_side(
+            &side,
+            user,
+            code,
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        )
+        .await?;
+        Ok(report)
+    }
+
     /// A short-lived API token of `user`'s own.
     async fn user_token(&self, user: &str) -> Result<Secret> {
-        let call = format!("POST /users/{user}/tokens");
-        let response = self
-            .http
-            .post(format!(
-                "{}/hub/api/users/{user}/tokens",
-                self.public_base()
-            ))
-            // Only what a browser session needs: access to this user's servers.
-            .json(&serde_json::json!({
-                "expires_in": 3600,
-                "note": "hubtrust lab session",
-                "scopes": [format!("access:servers!user={user}")],
-            }))
-            .send()
-            .await
-            .map_err(|e| HarnessError::HubApi {
-                call: call.clone(),
-                message: e.to_string(),
-            })?;
-        if !response.status().is_success() {
-            return Err(hub_api_error(&call, response).await);
+        crate::hub_api::HubApi {
+            http: &self.http,
+            base: self.public_base(),
         }
-        let body: serde_json::Value = response.json().await.map_err(|e| HarnessError::HubApi {
-            call: call.clone(),
-            message: e.to_string(),
-        })?;
-        body["token"]
-            .as_str()
-            .map(Secret::new)
-            .ok_or_else(|| HarnessError::HubApi {
-                call,
-                message: "the reply carries no token".into(),
-            })
+        .user_token(user)
+        .await
     }
 
     /// Logs `user` in through the login form, as a browser does, then opens
@@ -1703,52 +1679,6 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
         }
     }
     None
-}
-
-async fn hub_api_error(call: &str, response: reqwest::Response) -> HarnessError {
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    HarnessError::HubApi {
-        call: call.into(),
-        message: format!(
-            "HTTP {status}: {}",
-            body.chars().take(300).collect::<String>()
-        ),
-    }
-}
-
-fn operator_client(
-    org: &OrgPki,
-    extra_root: Option<&str>,
-    public_name: &str,
-    public_addr: SocketAddr,
-    token: &Secret,
-) -> Result<reqwest::Client> {
-    let root = reqwest::Certificate::from_pem(org.root.cert_pem().as_bytes())
-        .map_err(|e| HarnessError::Pki(format!("load org root into the HTTP client: {e}")))?;
-    let mut auth = reqwest::header::HeaderValue::from_str(&format!("token {}", token.expose()))
-        .map_err(|e| HarnessError::Pki(format!("token header: {e}")))?;
-    auth.set_sensitive(true);
-    let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, auth)]);
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(root);
-    if let Some(pem) = extra_root {
-        let extra = reqwest::Certificate::from_pem(pem.as_bytes())
-            .map_err(|e| HarnessError::Pki(format!("load a root into the HTTP client: {e}")))?;
-        builder = builder.add_root_certificate(extra);
-    }
-    builder
-        .resolve(public_name, public_addr)
-        .default_headers(headers)
-        // A fresh connection per request: every handshake then happens
-        // while a wire capture can see it.
-        .pool_max_idle_per_host(0)
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| HarnessError::Pki(format!("build the operator HTTP client: {e}")))
 }
 
 fn template_values(

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use super::sites::Site;
 use super::{
     capture_links, check_deployment_config_files, component_version, deployment_config_copies,
-    external_proxy_args, hub_config_for, io, manifest_with_overrides, operator_client,
-    overridden_settings, place_kernels_on, start_outbound, template_values, Stack, WireCapture,
-    OVERRIDDEN_MARKER, STACK_MARKER_ENV,
+    external_proxy_args, hub_config_for, io, manifest_with_overrides, overridden_settings,
+    place_kernels_on, start_outbound, template_values, Stack, WireCapture, OVERRIDDEN_MARKER,
+    STACK_MARKER_ENV,
 };
 use crate::backend::{Backend, LabPlacement, NetworkRequest, StackNetwork};
 use crate::component::{builtin, ComponentManifest};
@@ -106,9 +106,12 @@ impl Stack {
             proxy_token: Secret::generate(),
             user_password: Secret::generate(),
         };
-        let http = operator_client(
-            &org,
-            public.extra_root.as_deref(),
+        let org_root = org.root.cert_pem();
+        let roots: Vec<&str> = std::iter::once(org_root.as_str())
+            .chain(public.extra_root.as_deref())
+            .collect();
+        let http = crate::hub_api::operator_client(
+            &roots,
             &spec.topology.public_name,
             public.addr,
             &secrets.service_token,

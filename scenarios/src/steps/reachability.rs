@@ -20,6 +20,22 @@ fn the_answer_is(world: &mut Operator, status: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[then("a client with only the public URL, the public CA and the service token runs a cell in every user's lab")]
+async fn outsider_runs_a_cell(world: &mut Operator) -> anyhow::Result<()> {
+    let stack = world.stack()?;
+    for user in stack.users() {
+        let report = stack
+            .check_from_outside(&user, "print('hubtrust-' + 'outside')")
+            .await?;
+        anyhow::ensure!(
+            report.cell == "hubtrust-outside",
+            "the cell in {user}'s lab printed {:?}, not \"hubtrust-outside\"",
+            report.cell
+        );
+    }
+    Ok(())
+}
+
 #[then("every user's lab answers through the proxy")]
 async fn every_lab_answers(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;

@@ -287,6 +287,17 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
             "extraVolumes": hub_volumes,
             "extraVolumeMounts": hub_mounts,
             "extraEnv": hub_env,
+            // hubtrust drives the hub through the REST API as this
+            // service, with the scopes it has on the other backends.
+            "services": {
+                "hubtrust": { "api_token": deployment.service_token.expose() },
+            },
+            "loadRoles": {
+                "hubtrust-operator": {
+                    "scopes": ["admin:users", "admin:servers", "access:servers", "read:hub", "tokens"],
+                    "services": ["hubtrust"],
+                },
+            },
         },
         "proxy": {
             "service": {

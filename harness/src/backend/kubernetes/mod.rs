@@ -12,6 +12,7 @@
 pub mod chart;
 pub mod command;
 pub mod kind;
+pub mod lab_trust;
 pub mod names;
 pub mod plan;
 pub mod preflight;
@@ -214,6 +215,10 @@ pub struct Deployment {
     pub org_trust: Option<OrgTrust>,
     /// The run's directory on this machine: values, manifests, certificates.
     pub run_dir: PathBuf,
+    /// hubtrust's service token on the hub, in the values only: masked
+    /// wherever a plan is shown.
+    #[serde(skip)]
+    pub service_token: crate::secret::Secret,
 }
 
 /// The release name every deployment gets; the chart names its Services

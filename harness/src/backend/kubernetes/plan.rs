@@ -18,6 +18,7 @@ use super::chart::{
 use super::kind::KindConfig;
 use super::names::{public_names, trusted_alt_names};
 use super::{ClusterTarget, Deployment, RELEASE};
+use crate::secret::{mask_all, Secret};
 
 /// hubtrust's merge step, mounted into the merge-ca-bundle init container.
 const MERGE_SCRIPT: &str = include_str!("../../../../fixtures/enterprise/merge-ca-bundle.sh");
@@ -109,6 +110,9 @@ pub struct KubernetesPlan {
     /// Runs on every path out: success, failure, Ctrl-C, and from the
     /// reaper when hubtrust itself is killed.
     pub teardown: Vec<PlannedCommand>,
+    /// Values the files carry that a shown plan masks.
+    #[serde(skip)]
+    pub secrets: Vec<Secret>,
 }
 
 const KIND_CREATE: Duration = Duration::from_secs(300);
@@ -392,6 +396,7 @@ pub fn plan(
         files,
         steps,
         teardown,
+        secrets: vec![deployment.service_token.clone()],
     }
 }
 
@@ -447,7 +452,7 @@ impl KubernetesPlan {
         for step in &self.teardown {
             let _ = writeln!(out, "- {}\n    {}", step.purpose, step.shell_line());
         }
-        out
+        mask_all(&out, &self.secrets.iter().collect::<Vec<_>>())
     }
 
     /// The files' paths relative to the run directory, for output that
@@ -519,6 +524,7 @@ mod tests {
             public_host_port: 18443,
             org_trust,
             run_dir: PathBuf::from("/run/hubtrust/run1"),
+            service_token: Secret::new("0123456789abcdef0123456789abcdef"),
         }
     }
 
@@ -676,5 +682,22 @@ mod tests {
         let text = plan.render();
         assert!(!text.contains("PRIVATE KEY"), "{text}");
         assert!(text.contains("--from-file=tls.key="));
+    }
+
+    #[test]
+    fn a_shown_plan_masks_the_service_token_the_values_carry() {
+        let plan = plan(&deployment(kind(), None), None, None);
+        let values = plan
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("values.json"))
+            .expect("values");
+        assert_eq!(
+            values.contents["hub"]["services"]["hubtrust"]["api_token"],
+            "0123456789abcdef0123456789abcdef"
+        );
+        let text = plan.render();
+        assert!(!text.contains("0123456789abcdef0123456789abcdef"), "{text}");
+        assert!(text.contains("0123…(32 chars)"), "{text}");
     }
 }

@@ -214,7 +214,7 @@ impl KubernetesRun {
     }
 
     /// The namespace's pods and the hub's last log lines, for a diagnosis.
-    fn pods_state(&self) -> String {
+    pub fn pods_state(&self) -> String {
         let mut args = self.target.client_flags();
         args.extend(["--namespace".into(), self.namespace.clone()]);
         let ask = |extra: &[&str]| {
