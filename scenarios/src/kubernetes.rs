@@ -139,6 +139,13 @@ fn prepare(
         "{}: an HPC topology's login and compute nodes are not built on Kubernetes yet (fix: run HPC stacks on --backend local or docker)",
         stack_file.display()
     );
+    for note in kubernetes::keys_not_applied(&spec) {
+        eprintln!(
+            "note: {}: not applied on --backend {}: {note}",
+            stack_file.display(),
+            args.backend.name()
+        );
+    }
     let id = run_id();
     let target = match args.backend {
         BackendChoice::Kind => {
@@ -196,6 +203,11 @@ fn prepare(
         org_trust,
         run_dir,
         service_token: Secret::generate(),
+        user: spec
+            .users
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "alice".into()),
     };
     let merge_command = spec
         .enterprise

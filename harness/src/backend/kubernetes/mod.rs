@@ -219,6 +219,64 @@ pub struct Deployment {
     /// wherever a plan is shown.
     #[serde(skip)]
     pub service_token: crate::secret::Secret,
+    /// The user whose lab the public-side check spawns.
+    pub user: String,
+}
+
+/// The stack file's settings a Kubernetes run does not apply (yet), each
+/// with why, so that none is ignored silently.
+pub fn keys_not_applied(spec: &crate::spec::StackSpec) -> Vec<String> {
+    let default = crate::spec::StackSpec::default();
+    let mut not_applied = Vec::new();
+    let mut note = |differs: bool, key: &str, why: &str| {
+        if differs {
+            not_applied.push(format!("{key} ({why})"));
+        }
+    };
+    note(
+        spec.topology != default.topology || spec.topology_file.is_some(),
+        "[topology]",
+        "the chart places hub, proxy and labs in pods",
+    );
+    note(
+        spec.ports != default.ports,
+        "[ports]",
+        "the chart's Services fix them",
+    );
+    for (key, set, defaults) in [
+        ("[hub]", &spec.hub, &default.hub),
+        ("[proxy]", &spec.proxy, &default.proxy),
+        ("[lab]", &spec.lab, &default.lab),
+    ] {
+        note(
+            set != defaults,
+            key,
+            "component overrides are the other backends'; chart values are rendered by hubtrust",
+        );
+    }
+    note(
+        spec.docker != default.docker,
+        "[docker]",
+        "the docker backend's images",
+    );
+    note(
+        spec.tls_policy != default.tls_policy,
+        "[tls_policy]",
+        "the TLS scan does not run on Kubernetes yet",
+    );
+    note(
+        spec.pki != default.pki,
+        "[pki]",
+        "a deployment's own certificates are not taken on Kubernetes yet",
+    );
+    if let Some(e) = &spec.enterprise {
+        note(
+            e.egress_host.is_some() || e.proxy_command.is_some() || !e.proxy_args.is_empty() || e.mitmdump.is_some(),
+            "[enterprise] egress_host and the inspecting proxy",
+            "the inspecting proxy and the outbound test servers do not run in the cluster yet; the org bundle and the merge step do",
+        );
+    }
+    not_applied
 }
 
 /// The release name every deployment gets; the chart names its Services
@@ -251,6 +309,16 @@ mod tests {
     fn the_shipped_pins_load() {
         let pins = ChartPins::builtin().expect("fixtures/kubernetes/z2jh.toml");
         assert_eq!(pins.chart.name, "jupyterhub");
+    }
+
+    #[test]
+    fn the_default_stack_is_applied_whole_and_a_topology_is_named() {
+        let mut spec = crate::spec::StackSpec::default();
+        assert_eq!(keys_not_applied(&spec), Vec::<String>::new());
+        spec.topology.lab_host = "labs".into();
+        let notes = keys_not_applied(&spec);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].starts_with("[topology]"), "{notes:?}");
     }
 
     #[test]

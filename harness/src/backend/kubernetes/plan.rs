@@ -525,6 +525,7 @@ mod tests {
             org_trust,
             run_dir: PathBuf::from("/run/hubtrust/run1"),
             service_token: Secret::new("0123456789abcdef0123456789abcdef"),
+            user: "alice".into(),
         }
     }
 
