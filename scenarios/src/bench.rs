@@ -210,7 +210,7 @@ async fn discriminator_table(rounds: u32) -> anyhow::Result<()> {
     let stack = bring_up(spec, &work).await?;
     let measured = async {
         let outbound = stack
-            .outbound()
+            .site::<enterprise::Outbound>()
             .ok_or_else(|| anyhow::anyhow!("the enterprise stack has no outbound side"))?;
         let code = enterprise::driver_code(&outbound.targets, &outbound.system_bundle);
         let user = stack

@@ -255,6 +255,11 @@ pub struct LastHop {
 }
 
 impl HpcChecks<'_> {
+    /// A client of the tunnel broker's REST contract.
+    pub fn broker(&self) -> Option<&crate::hpc::BrokerClient> {
+        self.site.broker_client.as_ref()
+    }
+
     /// Sorts every census flow between a login node and a compute node.
     pub fn last_hop(&self, census: &crate::capture::WireCensus) -> Result<LastHop> {
         let site = self.site;
@@ -413,12 +418,15 @@ impl std::ops::Deref for HpcChecks<'_> {
 impl crate::Stack {
     /// The HPC site's checks, on a stack that has one.
     pub fn hpc(&self) -> Result<HpcChecks<'_>> {
-        let site = self.hpc.as_ref().ok_or_else(|| HarnessError::Network {
+        let site =
+            self.site::<HpcSite>().ok_or_else(|| {
+                HarnessError::Network {
             host: self.spec.topology.lab_host.clone(),
             message:
                 "this stack has no HPC site (fix: run @hpc with --stack fixtures/stacks/hpc.toml)"
                     .into(),
-        })?;
+        }
+            })?;
         Ok(HpcChecks { stack: self, site })
     }
 }
@@ -662,9 +670,7 @@ impl HpcChecks<'_> {
     /// standard proxy certificate served, whatever the scenario did or
     /// where it failed. A no-op on stacks without an HPC site.
     pub async fn restore_site(&self) -> Result<()> {
-        let Some(site) = self.hpc.as_ref() else {
-            return Ok(());
-        };
+        let site = self.site;
         site.restore_sshds(&self.network, &self.http).await?;
         if site
             .proxy_cert_disturbed

@@ -3,6 +3,7 @@
 //! prepared before the hub starts so the proxy's certificate can list every
 //! login node (REFERENCE.md flows 8 and 9).
 
+pub mod add_on;
 pub mod broker;
 pub mod checks;
 
@@ -27,33 +28,6 @@ pub const COMPONENTS_ON_NODES: &str = "/opt/hubtrust";
 const TUNNEL_ACTION: &str = include_str!("../../../fixtures/hpc/tunnel-action.sh");
 const COMPUTE_BATCH: &str = include_str!("../../../fixtures/hpc/compute-batch.py");
 const SPAWNER: &str = include_str!("../../../fixtures/hpc/hubtrust_hpc_spawner.py");
-
-/// How each host of `topology` is made: each gets `system_store` as its
-/// own system CA store; HPC nodes also get their own filesystem view and
-/// no link to the operator.
-pub fn host_plans(
-    topology: &Topology,
-    components: &Components,
-    system_store: &Path,
-) -> Vec<HostPlan> {
-    topology
-        .all_hosts()
-        .iter()
-        .map(|name| {
-            if topology.is_hpc_node(name) {
-                node_plan(name, components, system_store)
-            } else {
-                HostPlan {
-                    filesystem: Some(HostFilesystem {
-                        system_store: Some(system_store.to_path_buf()),
-                        ..Default::default()
-                    }),
-                    ..HostPlan::plain(name)
-                }
-            }
-        })
-        .collect()
-}
 
 fn node_plan(name: &str, components: &Components, system_store: &Path) -> HostPlan {
     HostPlan {
@@ -178,6 +152,8 @@ pub struct HpcSite {
     pub spawner_key: PathBuf,
     pub lab_uids: BTreeMap<String, u32>,
     pub login_port: u16,
+    /// A client of the broker's REST contract, once it runs.
+    pub broker_client: Option<BrokerClient>,
 }
 
 impl HpcSite {
@@ -260,6 +236,7 @@ impl HpcSite {
             spawner_key: ssh.spawner_key.clone(),
             lab_uids,
             login_port: spec.hpc.login_port,
+            broker_client: None,
         };
         site.write_spawner_ssh_config()?;
         // The internal CAs take JupyterHub a few seconds to make; the nodes'

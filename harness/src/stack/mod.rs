@@ -4,12 +4,12 @@
 //! `StackSpec` is the data; `Stack` owns the running hosts and processes and
 //! tears them down on drop. Scenarios only ever talk to `Stack`.
 
-mod sites;
+pub mod sites;
 mod up;
 
 pub use sites::Site;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,7 +40,7 @@ pub const STACK_MARKER_ENV: &str = "HUBTRUST_STACK";
 pub const RUN_MARKER_ENV: &str = "HUBTRUST_RUN_ID";
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Something a client connects to.
 #[derive(Debug, Clone, Serialize)]
@@ -109,16 +109,14 @@ pub struct Stack {
     public_addr: SocketAddr,
     pub(crate) http: reqwest::Client,
     labs: BTreeMap<String, Lab>,
-    /// Outbound endpoints and bundles of an enterprise stack.
-    outbound: Option<crate::enterprise::Outbound>,
-    /// Login and compute nodes, sshd and the tunnel broker of an HPC stack.
-    pub(crate) hpc: Option<crate::hpc::HpcSite>,
+    /// The add-ons the stack holds (an HPC site, an enterprise outbound
+    /// side), in the order they were brought up.
+    sites: Vec<Box<dyn Site>>,
     /// Each stock component's version (see [`crate::known_defects`]).
     pub component_versions: BTreeMap<String, String>,
     /// Settings of the deployment's own config files that ended up with
     /// another value (`[hub] config_files`).
     pub deployment_overridden: Vec<OverriddenSetting>,
-    broker: Option<crate::hpc::BrokerClient>,
     /// A CA browsers trust beside the org root (HPC: proxy-client-ca).
     browser_extra_root: Option<String>,
     /// The capture running since the links were made (HPC stacks), until
@@ -264,30 +262,11 @@ impl Stack {
         }
     }
 
-    /// On an HPC site each lab logs on its compute node (`~/lab.log`, which
-    /// the batch script opens), outside the run directory: its content so
-    /// far is copied to `logs/lab-<user>.log`, beside the hub's log, so
-    /// errors and artifacts carry it as they carry a docker lab's.
+    /// Copies labs' logs kept outside the run directory (an HPC site's
+    /// compute nodes) beside the hub's log, for errors and artifacts.
     pub fn gather_lab_logs(&self) {
-        let (Some(site), Some(logs)) = (&self.hpc, self.hub_log.parent()) else {
-            return;
-        };
-        for node in &site.compute_nodes {
-            let Some(pid) = self.network.host(node).ok().and_then(|h| h.anchor_pid()) else {
-                continue;
-            };
-            for user in &self.spec.users {
-                // The node's own view of its files, through its mount
-                // namespace, as the staged-files check reads them.
-                let on_node = format!("/proc/{pid}/root/home/{user}/lab.log");
-                if let Ok(bytes) = std::fs::read(&on_node) {
-                    let _ = crate::pki::write_with_mode(
-                        &logs.join(format!("lab-{user}.log")),
-                        &bytes,
-                        0o600,
-                    );
-                }
-            }
+        for site in &self.sites {
+            site.gather_lab_logs(self);
         }
     }
 
@@ -524,10 +503,16 @@ impl Stack {
     /// Where the hub and proxy reach labs from: the lab's host, or on an
     /// HPC site the hub's host, where the broker's tunnels end.
     fn lab_reached_from(&self) -> String {
-        match &self.hpc {
-            Some(_) => self.spec.topology.hub_host.clone(),
-            None => self.spec.topology.lab_host.clone(),
+        match self.site_places_labs() {
+            true => self.spec.topology.hub_host.clone(),
+            false => self.spec.topology.lab_host.clone(),
         }
+    }
+
+    /// Whether an add-on places the labs (an HPC site's batch spawner)
+    /// rather than the backend.
+    pub(crate) fn site_places_labs(&self) -> bool {
+        self.sites.iter().any(|s| s.places_labs())
     }
 
     /// How long `user`'s lab took from the spawn request to answering
@@ -549,9 +534,14 @@ impl Stack {
 
     /// The site add-ons this stack holds.
     pub fn sites(&self) -> Vec<&dyn Site> {
-        let hpc = self.hpc.iter().map(|s| s as &dyn Site);
-        let outbound = self.outbound.iter().map(|s| s as &dyn Site);
-        hpc.chain(outbound).collect()
+        self.sites.iter().map(|s| s.as_ref()).collect()
+    }
+
+    /// The add-on of type `S`, for its own steps.
+    pub fn site<S: Site + 'static>(&self) -> Option<&S> {
+        self.sites
+            .iter()
+            .find_map(|s| s.as_any().downcast_ref::<S>())
     }
 
     /// What each site says explains a failure that crossed it, each on
@@ -591,11 +581,6 @@ impl Stack {
                 let _ = std::fs::remove_file(pcap);
             }
         }
-    }
-
-    /// A client of the tunnel broker's REST contract (HPC stacks).
-    pub fn broker(&self) -> Option<&crate::hpc::BrokerClient> {
-        self.broker.as_ref()
     }
 
     /// Tries `port` on every address `to` has, from `from`, as a process on
@@ -686,17 +671,8 @@ impl Stack {
                 client,
             });
         }
-        if let Some(site) = &self.hpc {
-            targets.push(crate::tls_scan::ScanTarget {
-                endpoint: "tunnel broker".into(),
-                from_host: self.spec.topology.hub_host.clone(),
-                addr: SocketAddr::from((site.broker_ip, site.broker_port)),
-                server_name: site.broker_ip.to_string(),
-                client: None,
-            });
-        }
-        if let Some(outbound) = &self.outbound {
-            targets.extend(outbound.tls_servers.iter().cloned());
+        for site in &self.sites {
+            targets.extend(site.tls_targets(&self.spec));
         }
         Ok(targets)
     }
@@ -737,7 +713,7 @@ impl Stack {
         let topology = &self.spec.topology;
         let hub = topology.hub_host.clone();
         let only_hub: std::collections::BTreeSet<String> = [hub.clone()].into();
-        let labs_apart = topology.hpc.is_none() && topology.lab_host != hub;
+        let labs_apart = !self.site_places_labs() && topology.lab_host != hub;
         let mut endpoints = vec![
             InternalEndpoint {
                 name: "hub API".into(),
@@ -759,16 +735,7 @@ impl Stack {
                 why: "the hub is its only client".into(),
             },
         ];
-        if let Some(site) = &self.hpc {
-            endpoints.push(InternalEndpoint {
-                name: "tunnel broker".into(),
-                host: hub.clone(),
-                port: site.broker_port,
-                answers_from: [hub.clone(), "operator".to_string()].into(),
-                why: "the hub's spawner and the operator (hubtrust's REST checks, an admin) are its clients, no login or compute node".into(),
-            });
-        }
-        if topology.hpc.is_none() {
+        if !self.site_places_labs() {
             let lab_host = &topology.lab_host;
             for (user, lab) in &self.labs {
                 endpoints.push(InternalEndpoint {
@@ -780,31 +747,8 @@ impl Stack {
                 });
             }
         }
-        if let Some(site) = &self.hpc {
-            let login: BTreeSet<String> =
-                site.all_login_nodes().into_iter().map(|l| l.name).collect();
-            for node in &login {
-                let mut clients: BTreeSet<String> = site.compute_nodes.iter().cloned().collect();
-                clients.extend([hub.clone(), node.clone()]);
-                endpoints.push(InternalEndpoint {
-                    name: format!("sshd on {node}"),
-                    host: node.clone(),
-                    port: 22,
-                    answers_from: clients,
-                    why: "the broker and the spawner on the hub's host, and the compute nodes' users, log in there".into(),
-                });
-            }
-            for node in &site.compute_nodes {
-                let mut clients = login.clone();
-                clients.insert(node.clone());
-                endpoints.push(InternalEndpoint {
-                    name: format!("sshd on {node}"),
-                    host: node.clone(),
-                    port: 22,
-                    answers_from: clients,
-                    why: "the spawner reaches it only by jumping through a login node".into(),
-                });
-            }
+        for site in &self.sites {
+            endpoints.extend(site.internal_endpoints(&self.spec));
         }
         endpoints
     }
@@ -837,7 +781,7 @@ impl Stack {
         let mut endpoints = self.internal_endpoints();
         // A kernel's connection file lies on the lab's host; HPC compute
         // nodes keep it in their own /home, out of reach here.
-        if self.hpc.is_none() {
+        if !self.site_places_labs() {
             if let Some(user) = self.labs.keys().next() {
                 endpoints.extend(self.kernel_endpoints(user).await?);
             }
@@ -1158,8 +1102,8 @@ impl Stack {
         if let Some(proxy) = self.proxy.take() {
             proxy.stop(STOP_GRACE).await;
         }
-        if let Some(outbound) = self.outbound.as_mut() {
-            outbound.stop(STOP_GRACE).await;
+        for site in &mut self.sites {
+            site.stop().await;
         }
         sweep_marked(STACK_MARKER_ENV, &self.marker);
     }
@@ -1256,11 +1200,6 @@ impl Stack {
                 Some((k.to_string(), v.to_string()))
             })
             .collect())
-    }
-
-    /// The enterprise stack's outbound endpoints and bundles, if any.
-    pub fn outbound(&self) -> Option<&crate::enterprise::Outbound> {
-        self.outbound.as_ref()
     }
 
     /// Every address of the topology, named by host.
@@ -1837,72 +1776,6 @@ fn hub_config_for(
             .filter(|(name, _)| !spec.lab.env.contains_key(name)),
     );
     render_hub_config(spec, values, proxy, &lab, marker)
-}
-
-/// Starts an enterprise stack's outbound side on its internet host (none
-/// without an `[enterprise]` section); the merge step, when asked for, runs
-/// on the lab's host.
-async fn start_outbound(
-    spec: &StackSpec,
-    org: &OrgPki,
-    network: &StackNetwork,
-    http: &reqwest::Client,
-    components: &Components,
-    run_dir: &Path,
-    marker: &str,
-) -> Result<Option<crate::enterprise::Outbound>> {
-    let Some(enterprise) = &spec.enterprise else {
-        return Ok(None);
-    };
-    let lab_host = &spec.topology.lab_host;
-    let internet = &enterprise.internet_host;
-    // The address of `far` on its link with `near`.
-    let address = |near: &str, far: &str| -> Result<Ipv4Addr> {
-        let link = network
-            .link_between(near, far)
-            .ok_or_else(|| HarnessError::Network {
-                host: far.into(),
-                message: format!("no link to `{near}`"),
-            })?;
-        Ok(if link.a.0 == far { link.a.1 } else { link.b.1 })
-    };
-    let dir = run_dir.join("enterprise");
-    std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-    // The init step is the script in fixtures/, written out and run as is.
-    let script = dir.join("merge-ca-bundle.sh");
-    crate::pki::write_with_mode(&script, builtin::MERGE_CA_BUNDLE.as_bytes(), 0o755)?;
-    let egress = match &enterprise.egress_host {
-        Some(egress) => Some(crate::enterprise::EgressPlacement {
-            host: network.host(egress)?,
-            listen_ip: address(lab_host, egress)?,
-            internet_far_ip: address(egress, internet)?,
-            mitmdump: enterprise.mitmdump.as_ref().map_or_else(
-                || components.mitmproxy_venv.join("bin/mitmdump"),
-                PathBuf::from,
-            ),
-            network,
-            http,
-            command: enterprise.proxy_command.clone(),
-            extra_args: enterprise.proxy_args.clone(),
-            log: run_dir.join("logs").join("mitmproxy.log"),
-            env: BTreeMap::from([(STACK_MARKER_ENV.to_string(), marker.to_string())]),
-        }),
-        None => None,
-    };
-    let placement = crate::enterprise::Placement {
-        internet: network.host(internet)?,
-        internet_ip: address(lab_host, internet)?,
-        lab_host: network.host(lab_host)?,
-        local_names: vec![
-            "127.0.0.1".into(),
-            "localhost".into(),
-            spec.topology.public_name.clone(),
-        ],
-        egress,
-    };
-    crate::enterprise::Outbound::start(enterprise, org, placement, &dir, &script)
-        .await
-        .map(Some)
 }
 
 /// Where the deployment's own hub config files are copied for the run

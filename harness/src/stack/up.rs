@@ -8,14 +8,15 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use super::sites::Site;
+use super::sites::{Site, SiteContext, SitePlan};
 use super::{
     capture_links, check_deployment_config_files, component_version, deployment_config_copies,
     external_proxy_args, hub_config_for, io, manifest_with_overrides, overridden_settings,
-    place_kernels_on, start_outbound, template_values, Stack, WireCapture, OVERRIDDEN_MARKER,
-    STACK_MARKER_ENV,
+    place_kernels_on, template_values, Stack, WireCapture, OVERRIDDEN_MARKER, STACK_MARKER_ENV,
 };
-use crate::backend::{Backend, LabPlacement, NetworkRequest, StackNetwork};
+use crate::backend::{
+    Backend, HostFilesystem, HostPlan, LabPlacement, NetworkRequest, StackNetwork,
+};
 use crate::component::{builtin, ComponentManifest};
 use crate::error::{HarnessError, Result};
 use crate::pki::{OrgPki, Usage, Validity, Zoo};
@@ -28,10 +29,21 @@ use crate::trust::InternalCa;
 
 type Progress<'a> = &'a (dyn Fn(&str) + Sync);
 
-/// The public side: the proxy's certificate and key, the HPC site that
-/// issued them (if any), and the extra root browsers trust.
+/// The add-ons `spec` asks for, in the order they are brought up.
+fn plans_for(spec: &StackSpec) -> Vec<Box<dyn SitePlan>> {
+    let mut plans: Vec<Box<dyn SitePlan>> = Vec::new();
+    if spec.topology.hpc.is_some() {
+        plans.push(Box::new(crate::hpc::add_on::HpcPlan::new(&spec.topology)));
+    }
+    if spec.enterprise.is_some() {
+        plans.push(Box::new(crate::enterprise::add_on::OutboundPlan));
+    }
+    plans
+}
+
+/// The public side: the proxy's certificate and key, and the extra root
+/// browsers trust.
 struct PublicSide {
-    hpc: Option<crate::hpc::HpcSite>,
     cert: PathBuf,
     key: PathBuf,
     extra_root: Option<String>,
@@ -56,9 +68,8 @@ struct Manifests {
 
 /// What the hub's config phase decided and started beside it.
 struct HubPlan {
-    outbound: Option<crate::enterprise::Outbound>,
-    hpc: Option<crate::hpc::HpcSite>,
-    broker: Option<crate::hpc::BrokerClient>,
+    /// The add-ons, running.
+    sites: Vec<Box<dyn Site>>,
     /// Whether hubtrust starts the proxy (components run apart).
     proxy_apart: bool,
 }
@@ -91,16 +102,28 @@ impl Stack {
         let system_store = crate::pki::system_store_file(&run_dir);
         crate::pki::write_with_mode(&system_store, org.public.cert_pem().as_bytes(), 0o644)?;
 
+        let mut plans = plans_for(&spec);
         let (network, life_capture) = build_network(
             &spec,
             components,
             backend,
             &run_dir,
             &system_store,
+            &plans,
             progress,
         )
         .await?;
-        let public = public_side(&spec, &network, components, &org, &run_dir, progress).await?;
+        let marker_env = BTreeMap::from([(STACK_MARKER_ENV.to_string(), marker.clone())]);
+        let ctx = SiteContext {
+            spec: &spec,
+            network: &network,
+            components,
+            org: &org,
+            run_dir: &run_dir,
+            marker_env,
+            progress,
+        };
+        let public = public_side(&ctx, &mut plans).await?;
         let secrets = RunSecrets {
             service_token: Secret::generate(),
             proxy_token: Secret::generate(),
@@ -121,37 +144,19 @@ impl Stack {
         let mut manifests = manifests(&spec, components, &run_dir, &public, &marker)?;
         let component_versions = component_versions(&spec, &network, &manifests).await?;
         let PublicSide {
-            hpc,
             cert: public_cert,
             key: public_key,
             extra_root,
             addr: public_addr,
         } = public;
-        let plan = write_hub_config(
-            &spec,
-            components,
-            &network,
-            &org,
-            &http,
-            &run_dir,
-            &marker,
-            &system_store,
-            hpc,
-            &mut manifests,
-            progress,
-        )
-        .await?;
+        let plan =
+            write_hub_config(&ctx, &http, &marker, &system_store, plans, &mut manifests).await?;
         let hub = start_hub(
             &spec, &network, &run_dir, &marker, &secrets, &manifests, &plan, progress,
         )
         .await?;
 
-        let HubPlan {
-            outbound,
-            hpc,
-            broker,
-            proxy_apart,
-        } = plan;
+        let HubPlan { sites, proxy_apart } = plan;
         let hub_log = run_dir.join("logs").join("jupyterhub.log");
         let mut stack = Stack {
             spec,
@@ -171,9 +176,7 @@ impl Stack {
             public_addr,
             http,
             labs: BTreeMap::new(),
-            outbound,
-            hpc,
-            broker,
+            sites,
             browser_extra_root: extra_root,
             life_capture: std::sync::Mutex::new(life_capture),
             component_versions,
@@ -310,9 +313,32 @@ async fn build_network(
     backend: Box<dyn Backend>,
     run_dir: &Path,
     system_store: &Path,
+    sites: &[Box<dyn SitePlan>],
     progress: Progress<'_>,
 ) -> Result<(StackNetwork, Option<WireCapture>)> {
-    let plans = crate::hpc::host_plans(&spec.topology, components, system_store);
+    // Each host gets the run's system store as its own system CA store; an
+    // add-on plans the hosts it owns.
+    let plans = spec
+        .topology
+        .all_hosts()
+        .iter()
+        .map(|name| {
+            sites
+                .iter()
+                .find_map(|site| site.plan_host(name, components, system_store))
+                .unwrap_or_else(|| HostPlan {
+                    filesystem: Some(HostFilesystem {
+                        system_store: Some(system_store.to_path_buf()),
+                        ..Default::default()
+                    }),
+                    ..HostPlan::plain(name)
+                })
+        })
+        .collect();
+    let mut operator_files = Vec::new();
+    for site in sites {
+        operator_files.extend(site.operator_files(spec)?);
+    }
     progress(&format!(
         "making the hosts and links ({} backend)",
         backend.name()
@@ -321,28 +347,11 @@ async fn build_network(
         plans,
         links: spec.topology.all_links(),
         run_dir: run_dir.to_path_buf(),
-        // The merge step leaves the merged bundle where the lab's host
-        // reads it, as an init container leaves it in an emptyDir.
-        shared_dirs: spec
-            .enterprise
+        shared_dirs: sites
             .iter()
-            .filter(|e| e.merge_org_bundle)
-            .map(|_| {
-                (
-                    spec.topology.lab_host.clone(),
-                    run_dir.join("enterprise").join("certs-extra"),
-                )
-            })
+            .flat_map(|site| site.shared_dirs(spec, run_dir))
             .collect(),
-        // An HPC site's tunnel broker is hubtrust's own executable, run on
-        // the hub's host.
-        operator_files: match spec.topology.hpc.is_some() && spec.hpc.broker_command.is_none() {
-            true => vec![(
-                spec.topology.hub_host.clone(),
-                std::env::current_exe().map_err(io("find hubtrust's own executable".into()))?,
-            )],
-            false => Vec::new(),
-        },
+        operator_files,
         logs_dir: run_dir.join("logs"),
     };
     let network = backend.build(&request).await?;
@@ -353,27 +362,19 @@ async fn build_network(
                 .await?;
         }
     }
-    // An HPC stack's tunnels are long-lived SSH connections opened during
-    // start-up: capture every link from the start, so the wire checks see
-    // them begin.
-    let life_capture = match spec.topology.hpc {
-        Some(_) => Some(capture_links(&network, &run_dir.join("capture")).await?),
-        None => None,
+    let life_capture = match sites.iter().any(|site| site.captures_from_start()) {
+        true => Some(capture_links(&network, &run_dir.join("capture")).await?),
+        false => None,
     };
     Ok((network, life_capture))
 }
 
-/// The public side's certificate: on an HPC site from the internal
-/// proxy-client-ca (labs trust it through their client CA bundle); the
-/// deployment's own when the stack file names one; else from the org CA.
-async fn public_side(
-    spec: &StackSpec,
-    network: &StackNetwork,
-    components: &Components,
-    org: &OrgPki,
-    run_dir: &Path,
-    progress: Progress<'_>,
-) -> Result<PublicSide> {
+/// The public side's certificate: an add-on's when one issues it (an HPC
+/// site's, from its internal proxy-client-ca, which labs trust through
+/// their client CA bundle); the deployment's own when the stack file names
+/// one; else from the org CA. Every add-on prepares first.
+async fn public_side(ctx: &SiteContext<'_>, sites: &mut [Box<dyn SitePlan>]) -> Result<PublicSide> {
+    let (spec, network, org, run_dir) = (ctx.spec, ctx.network, ctx.org, ctx.run_dir);
     let hub_host = &spec.topology.hub_host;
     let hub_ip = network.operator_reaches(hub_host)?;
     let pki = run_dir.join("pki");
@@ -382,18 +383,21 @@ async fn public_side(
         org.root.cert_pem().as_bytes(),
         0o644,
     )?;
-    let (hpc, cert, key) = if spec.topology.hpc.is_some() {
-        let site = crate::hpc::HpcSite::prepare(
-            spec,
-            network,
-            components,
-            &reqwest::Client::new(),
-            run_dir,
-            progress,
-        )
-        .await?;
-        let (cert, key) = (site.proxy_cert.clone(), site.proxy_key.clone());
-        (Some(site), cert, key)
+    let mut issued = None;
+    for site in sites.iter_mut() {
+        site.prepare(ctx).await?;
+        if issued.is_none() {
+            issued = site.public_side()?;
+        }
+    }
+    let supplied_root = match &spec.pki.public_ca {
+        Some(ca) => {
+            Some(std::fs::read_to_string(ca).map_err(io(format!("read {}", ca.display())))?)
+        }
+        None => None,
+    };
+    let (cert, key, extra_root) = if let Some(side) = issued {
+        (side.cert, side.key, Some(side.browser_root))
     } else if let (Some(cert), Some(key)) = (&spec.pki.public_cert, &spec.pki.public_key) {
         // The deployment's own, copied into the run (modes kept) so a
         // proxy on a host of its own reads it too.
@@ -403,7 +407,7 @@ async fn public_side(
         let read = |p: &Path| std::fs::read(p).map_err(io(format!("read {}", p.display())));
         crate::pki::write_with_mode(&copy_cert, &read(cert)?, 0o644)?;
         crate::pki::write_with_mode(&copy_key, &read(key)?, 0o600)?;
-        (None, copy_cert, copy_key)
+        (copy_cert, copy_key, supplied_root)
     } else {
         let hub_ip_text = hub_ip.to_string();
         let public_identity = org.issuing.issue(
@@ -418,22 +422,9 @@ async fn public_side(
             Validity::fresh(30),
         )?;
         let (cert, key) = public_identity.write_to(&pki.join("public"))?;
-        (None, cert, key)
-    };
-    let extra_root = match (&hpc, &spec.pki.public_ca) {
-        (Some(_), _) => Some(
-            std::fs::read_to_string(
-                run_dir.join("hub/internal-ssl/proxy-client-ca/proxy-client-ca.crt"),
-            )
-            .map_err(io("read proxy-client-ca".into()))?,
-        ),
-        (None, Some(ca)) => {
-            Some(std::fs::read_to_string(ca).map_err(io(format!("read {}", ca.display())))?)
-        }
-        (None, None) => None,
+        (cert, key, supplied_root)
     };
     Ok(PublicSide {
-        hpc,
         cert,
         key,
         extra_root,
@@ -510,23 +501,18 @@ async fn component_versions(
 }
 
 /// Renders the hub's config with what each part of the stack contributes
-/// (kernels on a host of their own, the enterprise outbound side, the HPC
-/// site and its broker, the backend's lab placement) and writes it, with
-/// the deployment's own config files, into the run.
-#[allow(clippy::too_many_arguments)]
+/// (kernels on a host of their own, each add-on, the backend's lab
+/// placement) and writes it, with the deployment's own config files, into
+/// the run. The add-ons start here, once the operator's client exists.
 async fn write_hub_config(
-    spec: &StackSpec,
-    components: &Components,
-    network: &StackNetwork,
-    org: &OrgPki,
+    ctx: &SiteContext<'_>,
     http: &reqwest::Client,
-    run_dir: &Path,
     marker: &str,
     system_store: &Path,
-    mut hpc: Option<crate::hpc::HpcSite>,
+    plans: Vec<Box<dyn SitePlan>>,
     manifests: &mut Manifests,
-    progress: Progress<'_>,
 ) -> Result<HubPlan> {
+    let (spec, network, components, run_dir) = (ctx.spec, ctx.network, ctx.components, ctx.run_dir);
     let kernel_netns = match spec
         .topology
         .kernel_host
@@ -543,38 +529,26 @@ async fn write_hub_config(
         )?),
         None => None,
     };
-    if spec.enterprise.is_some() {
-        progress("starting the outbound endpoints and the org-bundle merge step");
+    let mut sites = Vec::new();
+    for plan in plans {
+        sites.push(plan.start(ctx, http, &mut manifests.lab).await?);
     }
-    let outbound = start_outbound(spec, org, network, http, components, run_dir, marker).await?;
     let mut render_spec = spec.clone();
-    let mut broker = None;
-    if let Some(site) = hpc.as_mut() {
-        // Labs run on compute nodes as their own users, from the
-        // components' read-only mount there.
-        manifests.lab.command =
-            crate::hpc::lab_command_on_nodes(&manifests.lab.command, components);
-        manifests.lab.args.retain(|a| a != "--allow-root");
-        let env = BTreeMap::from([(STACK_MARKER_ENV.to_string(), marker.to_string())]);
-        broker = Some(
-            site.start_broker(spec, network, org, http, env, progress)
-                .await?,
-        );
-        let mut lines = site.hub_config_lines(components);
-        lines.append(&mut render_spec.hub.extra_config);
-        render_spec.hub.extra_config = lines;
-    }
-    // An HPC site's hub starts the proxy itself: its fault scenarios
-    // restart the proxy through the hub.
-    let proxy_apart = network.run.components_apart() && hpc.is_none();
+    let mut lines: Vec<String> = sites
+        .iter()
+        .flat_map(|s| s.hub_config_lines(components))
+        .collect();
+    lines.append(&mut render_spec.hub.extra_config);
+    render_spec.hub.extra_config = lines;
+    let sites_place_labs = sites.iter().any(|s| s.places_labs());
+    let proxy_apart = network.run.components_apart() && !sites_place_labs;
     if proxy_apart {
         render_spec
             .hub
             .extra_config
             .insert(0, "c.ConfigurableHTTPProxy.should_start = False".into());
     }
-    // On an HPC site the batch spawner starts labs on compute nodes.
-    if hpc.is_none() {
+    if !sites_place_labs {
         let labs = LabPlacement {
             lab_host: spec.topology.lab_host.clone(),
             hub_host: spec.topology.hub_host.clone(),
@@ -587,11 +561,8 @@ async fn write_hub_config(
         let lines = network.run.hub_config_for_labs(network, &labs)?;
         render_spec.hub.extra_config.splice(0..0, lines);
     }
-    let sites = hpc
-        .iter()
-        .map(|s| s as &dyn Site)
-        .chain(outbound.iter().map(|s| s as &dyn Site));
-    let lab_extra_env: Vec<(String, String)> = sites.flat_map(|s| s.lab_environment()).collect();
+    let lab_extra_env: Vec<(String, String)> =
+        sites.iter().flat_map(|s| s.lab_environment()).collect();
     let config = hub_config_for(
         &render_spec,
         &manifests.values,
@@ -611,12 +582,7 @@ async fn write_hub_config(
             source.display()
         )))?;
     }
-    Ok(HubPlan {
-        outbound,
-        hpc,
-        broker,
-        proxy_apart,
-    })
+    Ok(HubPlan { sites, proxy_apart })
 }
 
 /// Starts the hub on its host, the run directory made the host's first.
@@ -633,9 +599,8 @@ async fn start_hub(
 ) -> Result<ManagedProcess> {
     let hub = &manifests.hub;
     let mut env = hub.env.clone();
-    if spec.enterprise.as_ref().is_some_and(|e| e.merge_into_hub) {
-        let merge = plan.outbound.as_ref().and_then(|o| o.merge.as_ref());
-        env.extend(crate::enterprise::lab_environment(merge));
+    for site in &plan.sites {
+        env.extend(site.hub_environment(spec));
     }
     env.insert(
         "CONFIGPROXY_AUTH_TOKEN".into(),
@@ -650,16 +615,6 @@ async fn start_hub(
         secrets.user_password.expose().into(),
     );
     env.insert(STACK_MARKER_ENV.into(), marker.to_string());
-    if let Some(site) = &plan.hpc {
-        env.insert(
-            "PYTHONPATH".into(),
-            site.dir.join("bin").display().to_string(),
-        );
-        env.insert(
-            "HUBTRUST_BROKER_TOKEN".into(),
-            site.broker_token.expose().into(),
-        );
-    }
     let launch = LaunchSpec {
         name: "jupyterhub".into(),
         program: hub.command[0].clone(),

@@ -5,7 +5,7 @@ use hubtrust_harness::report::EnterpriseSection;
 use crate::world::{report, Operator};
 
 fn outbound(world: &Operator) -> anyhow::Result<&enterprise::Outbound> {
-    world.stack()?.outbound().ok_or_else(|| {
+    world.stack()?.site::<enterprise::Outbound>().ok_or_else(|| {
         anyhow::anyhow!(
             "this stack has no [enterprise] section, so there is nothing to check (fix: --stack fixtures/stacks/enterprise.toml, or add [enterprise] to your stack file)"
         )

@@ -42,11 +42,15 @@ async fn hub_reaches_only_login(world: &mut Operator) -> anyhow::Result<()> {
 }
 
 fn broker(world: &Operator) -> anyhow::Result<&hubtrust_harness::hpc::BrokerClient> {
-    world.stack()?.broker().ok_or_else(|| {
-        anyhow::anyhow!(
-            "this stack has no tunnel broker (run @hpc with --stack fixtures/stacks/hpc.toml)"
-        )
-    })
+    world
+        .stack()?
+        .site::<hubtrust_harness::hpc::HpcSite>()
+        .and_then(|site| site.broker_client.as_ref())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "this stack has no tunnel broker (run @hpc with --stack fixtures/stacks/hpc.toml)"
+            )
+        })
 }
 
 #[then("the broker reports every lab's tunnel as running")]

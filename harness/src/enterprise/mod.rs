@@ -3,6 +3,8 @@
 //! byte-level checks of the merged bundle, and the in-lab discriminator that
 //! runs each user tool against each target with and without the org CA.
 
+pub mod add_on;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
