@@ -619,7 +619,7 @@ fn a_component_that_exits_during_start_up_is_named() {
     // with the reason and the start-up logs kept beside it.
     let report = report.expect("a stack that did not come up still gets a report");
     let scenarios = report["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 9, "{report}");
+    assert_eq!(scenarios.len(), 10, "{report}");
     for scenario in scenarios {
         assert_eq!(scenario["status"], "failed", "{scenario}");
         let failure = scenario["failure"].as_str().unwrap();

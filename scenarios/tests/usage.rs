@@ -31,7 +31,7 @@ fn list_shows_every_core_scenario_with_its_tag() {
     let out = hubtrust().arg("list").output().unwrap();
     assert!(out.status.success());
     let t = text(&out);
-    assert_eq!(t.matches("[@core]").count(), 7, "{t}");
+    assert_eq!(t.matches("[@core]").count(), 8, "{t}");
     assert_eq!(t.matches("[@wire]").count(), 3, "{t}");
 }
 

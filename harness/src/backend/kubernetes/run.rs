@@ -63,16 +63,27 @@ pub fn retarget_store(internal_dir: &Path, tarball: &Path) -> Result<()> {
         message: e.to_string(),
     })?;
     write_with_mode(&staged.join("certipy.json"), &text, 0o600)?;
+    // The store's entries, not `.`: the hub pod unpacks as a non-root user
+    // into a directory it does not own, where tar may not set the mode of
+    // an archived `./` and fails.
+    let mut entries: Vec<String> = std::fs::read_dir(&staged)
+        .map_err(io(format!("list {}", staged.display())))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    let mut args = vec![
+        "-czf".to_string(),
+        tarball.display().to_string(),
+        "-C".into(),
+        staged.display().to_string(),
+        "--".into(),
+    ];
+    args.extend(entries);
     let pack = PlannedCommand {
         purpose: "pack ca_certs.tar.gz".into(),
         program: "tar".into(),
-        args: vec![
-            "-czf".into(),
-            tarball.display().to_string(),
-            "-C".into(),
-            staged.display().to_string(),
-            ".".into(),
-        ],
+        args,
         timeout: std::time::Duration::from_secs(60),
     };
     let packed = command::run(&pack);
@@ -311,6 +322,15 @@ mod tests {
             .status()
             .expect("tar");
         assert!(status.success());
+        let listing = std::process::Command::new("tar")
+            .args(["-tzf", &tarball.display().to_string()])
+            .output()
+            .expect("tar -t");
+        let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+        assert!(
+            !names.lines().any(|l| l == "./" || l == "."),
+            "a non-root unpack fails on `./`: {names}"
+        );
         let packed: Value =
             serde_json::from_slice(&std::fs::read(out.join("certipy.json")).expect("read"))
                 .expect("json");
