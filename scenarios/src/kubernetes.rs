@@ -4,20 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ExitCode, Stdio};
-use std::time::Duration;
 
 use anyhow::Context;
 use hubtrust_harness::backend::kubernetes::{
-    self, lab_trust, plan::KubernetesPlan, preflight, run::KubernetesRun, ChartImage, ChartPins,
+    self, plan::KubernetesPlan, preflight, run::KubernetesRun, ChartImage, ChartPins,
     ClusterTarget, Deployment, OrgTrust, BUILTIN_IMAGE_LIST, BUILTIN_IMAGE_LOCK,
-    DEFAULT_IMAGE_LIST, RELEASE,
+    DEFAULT_IMAGE_LIST,
 };
 use hubtrust_harness::error::HarnessError;
-use hubtrust_harness::hub_api::{check_public_side, operator_client, PublicSide};
 use hubtrust_harness::images::list::{ImageList, ImageLock};
 use hubtrust_harness::pki::OrgPki;
 use hubtrust_harness::secret::Secret;
@@ -194,7 +191,6 @@ fn prepare(
     let deployment = Deployment {
         target,
         namespace,
-        release: RELEASE.into(),
         chart,
         node_image: pins.kind.node_image,
         images,
@@ -285,7 +281,18 @@ fn bring_up(
     let mut reaper = Reaper::start(plan)?;
     let mut progress = |step: &str| eprintln!("· {step}");
     let mut run = KubernetesRun::apply(plan, &deployment.target, &mut progress)?;
-    let checked = check_through_public_side(deployment, org_pem);
+    let progress_line = |line: &str| eprintln!("· {line}");
+    let checked = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime
+                .block_on(kubernetes::public_check::check(
+                    deployment,
+                    org_pem,
+                    &progress_line,
+                ))
+                .map_err(anyhow::Error::from)
+        });
     let outcome = match checked {
         Ok(public) => {
             println!(
@@ -315,137 +322,6 @@ fn bring_up(
             .join("; ")
     );
     Ok(())
-}
-
-/// Through the public side only, as an outsider: the hub answers over
-/// verified TLS, alice's lab spawns (KubeSpawner with internal_ssl: its
-/// Secret, its Service, the hub and proxy reaching it over mTLS), a kernel
-/// cell runs, and the lab shows the org trust bundle as the stack file
-/// says. Returns the public URL.
-fn check_through_public_side(
-    deployment: &Deployment,
-    org_pem: Option<&str>,
-) -> anyhow::Result<String> {
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let forward;
-        let addr = match &deployment.target {
-            ClusterTarget::Kind { .. } => {
-                SocketAddr::from((Ipv4Addr::LOCALHOST, deployment.public_host_port))
-            }
-            ClusterTarget::Existing { .. } => {
-                forward = PortForward::start(deployment).await?;
-                forward.addr
-            }
-        };
-        let ca = std::fs::read_to_string(deployment.run_dir.join("public/public-ca.crt"))?;
-        let http = operator_client(&[&ca], "localhost", addr, &deployment.service_token)?;
-        let connect =
-            || -> futures::future::BoxFuture<'_, std::io::Result<tokio::net::TcpStream>> {
-                Box::pin(tokio::net::TcpStream::connect(addr))
-            };
-        let side = PublicSide {
-            http: &http,
-            base: format!("https://localhost:{}", addr.port()),
-            public_name: "localhost".into(),
-            roots_pem: ca.clone(),
-            connect: &connect,
-        };
-        let cell = match org_pem {
-            Some(pem) => lab_trust::cell(&lab_trust::marker(pem)),
-            None => "print('hubtrust-' + 'outside')".to_string(),
-        };
-        let (report, _) = check_public_side(
-            &side,
-            "alice",
-            &cell,
-            Duration::from_secs(120),
-            Duration::from_secs(300),
-        )
-        .await?;
-        eprintln!(
-            "· the hub (JupyterHub {}) answers through the proxy over verified TLS",
-            report.hub_version
-        );
-        eprintln!(
-            "· alice's lab was ready after {:.1} s and ran a cell through the proxy",
-            report.lab_ready_after_seconds
-        );
-        match &deployment.org_trust {
-            Some(trust) => {
-                let said = lab_trust::judge(trust, &report.cell).map_err(anyhow::Error::msg)?;
-                eprintln!("· {said}");
-            }
-            None => anyhow::ensure!(
-                report.cell == "hubtrust-outside",
-                "the cell printed {:?}, not \"hubtrust-outside\"",
-                report.cell
-            ),
-        }
-        Ok(format!("https://localhost:{}/", addr.port()))
-    })
-}
-
-/// `kubectl port-forward` to proxy-public, for a cluster whose nodePort
-/// this machine may not reach; stopped on drop.
-struct PortForward {
-    child: tokio::process::Child,
-    addr: SocketAddr,
-}
-
-impl PortForward {
-    async fn start(deployment: &Deployment) -> anyhow::Result<Self> {
-        use tokio::io::AsyncBufReadExt;
-        let port = free_loopback_port()?;
-        let mut args = deployment.target.client_flags();
-        args.extend(
-            [
-                "--namespace",
-                &deployment.namespace,
-                "port-forward",
-                "--address",
-                "127.0.0.1",
-                "svc/proxy-public",
-                &format!("{port}:443"),
-            ]
-            .map(String::from),
-        );
-        let mut child = tokio::process::Command::new("kubectl")
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("start kubectl port-forward to proxy-public")?;
-        let stdout = child
-            .stdout
-            .take()
-            .context("kubectl port-forward has no stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let forwarding = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if line.starts_with("Forwarding from") {
-                    return Ok::<_, std::io::Error>(true);
-                }
-            }
-            Ok(false)
-        })
-        .await;
-        anyhow::ensure!(
-            matches!(forwarding, Ok(Ok(true))),
-            "kubectl port-forward to svc/proxy-public did not start forwarding within 30 s"
-        );
-        Ok(PortForward {
-            child,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        })
-    }
-}
-
-impl Drop for PortForward {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
 }
 
 /// `hubtrust ca-certs OUT --kubernetes-namespace NS`: the store a z2jh

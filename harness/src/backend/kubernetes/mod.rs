@@ -16,6 +16,7 @@ pub mod lab_trust;
 pub mod names;
 pub mod plan;
 pub mod preflight;
+pub mod public_check;
 pub mod run;
 
 use std::collections::BTreeMap;
@@ -200,8 +201,6 @@ impl ChartImage {
 pub struct Deployment {
     pub target: ClusterTarget,
     pub namespace: String,
-    /// The helm release.
-    pub release: String,
     pub chart: ChartSource,
     pub node_image: String,
     /// Each chart image and its pinned digest.

@@ -490,7 +490,6 @@ mod tests {
         Deployment {
             target,
             namespace: "hubtrust-run1".into(),
-            release: RELEASE.into(),
             chart: pins.chart,
             node_image: pins.kind.node_image,
             images: [

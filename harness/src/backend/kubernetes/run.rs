@@ -144,8 +144,7 @@ pub fn check_sans(plan: &KubernetesPlan, internal_dir: &Path) -> Result<()> {
     })
 }
 
-/// Writes the plan's files: values and manifests 0600 (they may one day
-/// carry a token), the kind config 0644.
+/// Writes the plan's files, each 0600: the values carry the service token.
 pub fn write_files(plan: &KubernetesPlan) -> Result<()> {
     for planned in &plan.files {
         if let Some(dir) = planned.path.parent() {
