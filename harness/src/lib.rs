@@ -17,6 +17,7 @@ pub mod lab;
 pub mod matrix;
 pub mod pki;
 pub mod probe;
+pub mod probe_deployment;
 pub mod process;
 pub mod provision;
 pub mod reachability;

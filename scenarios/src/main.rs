@@ -14,6 +14,7 @@ mod docker;
 mod features;
 mod kubernetes;
 mod measure;
+mod probe;
 mod progress;
 mod repeat;
 mod run;
@@ -52,6 +53,11 @@ enum Command {
     Doctor,
     /// Bring a stack up, print its endpoints, and keep it until Ctrl-C.
     Up(UpArgs),
+    /// Read-only checks of a running deployment hubtrust did not start:
+    /// the TLS scan, chains, the identities each endpoint accepts, the hub
+    /// API's tokens, endpoints closed to this place, and with a user token
+    /// the view from inside their lab. Contacts only the addresses given.
+    Probe(probe::ProbeArgs),
     /// Measure start-up against a plain baseline, the core profile, and the
     /// cost of wire capture.
     Bench(BenchArgs),
@@ -265,6 +271,9 @@ fn main() -> ExitCode {
     if let Command::Broker { config } = &cli.command {
         return broker_command(config);
     }
+    if let Command::Probe(args) = &cli.command {
+        return probe::probe_command(args);
+    }
     if let Command::CaCerts {
         out,
         public_name,
@@ -384,6 +393,7 @@ fn main() -> ExitCode {
             Err(e) => usage_error(e),
         },
         Command::Broker { .. }
+        | Command::Probe(_)
         | Command::CaCerts { .. }
         | Command::Images { .. }
         | Command::Down { .. }
@@ -401,6 +411,7 @@ fn cli_command_inside(command: Command) -> run::Inside {
         Command::Doctor
         | Command::List { .. }
         | Command::Broker { .. }
+        | Command::Probe(_)
         | Command::CaCerts { .. }
         | Command::Images { .. }
         | Command::Down { .. }

@@ -1,0 +1,459 @@
+//! `hubtrust probe` against a deployment it did not start: a stack that
+//! `hubtrust up` brought up, reached from the operator's place and from
+//! the hub's host, as an operator would. Its verdicts must agree with
+//! `hubtrust run` on the same stack file, and a broken view of the
+//! deployment (a wrong CA, an endpoint that answers where it must not)
+//! must fail, naming the cause.
+
+// Test helpers: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+mod common;
+use common::{
+    assert_no_process_left, hubtrust, processes_of_run, real_root, run_id, scratch, text,
+};
+
+/// What `hubtrust up` printed, by the label of each line.
+struct UpStack {
+    child: Child,
+    lines: BTreeMap<String, String>,
+}
+
+impl UpStack {
+    fn start(run: &str) -> Self {
+        let mut child = hubtrust()
+            .args(["up", "--show-secrets"])
+            .env("HUBTRUST_RUN_ID", run)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = BTreeMap::new();
+        while !lines.contains_key("hub log") {
+            let line = match reader.next() {
+                Some(Ok(line)) => line,
+                _ => panic!("`hubtrust up` ended before the stack was up: {lines:?}"),
+            };
+            // "  <label, padded to 14>  <value>"
+            if let Some(rest) = line.strip_prefix("  ") {
+                let (label, value) = rest.split_at(rest.len().min(14));
+                lines.insert(label.trim().to_string(), value.trim().to_string());
+            }
+        }
+        std::thread::spawn(move || for _ in reader {});
+        Self { child, lines }
+    }
+
+    fn value(&self, label: &str) -> &str {
+        self.lines
+            .get(label)
+            .unwrap_or_else(|| panic!("`hubtrust up` printed no {label}: {:?}", self.lines))
+    }
+
+    /// The first word of a line's value: an address or a path.
+    fn first(&self, label: &str) -> &str {
+        self.value(label).split_whitespace().next().unwrap()
+    }
+
+    fn stop(mut self, run: &str) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        assert_eq!(self.child.wait().unwrap().code(), Some(0));
+        assert_no_process_left(run);
+    }
+}
+
+/// The network namespace of the run's process whose command line holds
+/// `needle` and which is not in ours: a host of the stack.
+fn netns_of(run: &str, needle: &str) -> PathBuf {
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    processes_of_run(run)
+        .into_iter()
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let netns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+            String::from_utf8_lossy(&cmdline).contains(needle) && netns.as_ref() != Some(&ours)
+        })
+        .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
+        .unwrap_or_else(|| panic!("no process of {run} runs `{needle}` in a namespace of its own"))
+}
+
+/// `command` inside the network namespace `netns`.
+fn inside(netns: &Path, program: &str) -> Command {
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(program)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .stdin(Stdio::null());
+    command
+}
+
+fn probe_inside(netns: &Path, args: &[String]) -> Output {
+    inside(netns, env!("CARGO_BIN_EXE_hubtrust"))
+        .arg("probe")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn write_secret(path: &Path, value: &str) {
+    std::fs::write(path, value).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn report(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+}
+
+/// Per endpoint: its versions and its sorted TLS 1.2 suites.
+fn scans(report: &serde_json::Value) -> BTreeMap<String, (serde_json::Value, Vec<String>)> {
+    report["tls_scan"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let mut suites: Vec<String> =
+                serde_json::from_value(e["tls12_suites"].clone()).unwrap();
+            suites.sort();
+            (
+                e["endpoint"].as_str().unwrap().to_string(),
+                (e["versions"].clone(), suites),
+            )
+        })
+        .collect()
+}
+
+/// Per (endpoint, identity): (expected, observed, matches).
+fn cells(report: &serde_json::Value) -> BTreeMap<(String, String), (String, String, bool)> {
+    report["trust_matrix"]["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                (
+                    c["endpoint"].as_str().unwrap().to_string(),
+                    c["identity"].as_str().unwrap().to_string(),
+                ),
+                (
+                    c["expected"].as_str().unwrap().to_string(),
+                    c["observed"].as_str().unwrap().to_string(),
+                    c["matches"].as_bool().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn probe_of_a_running_stack_agrees_with_run() {
+    if !real_root() {
+        // nsenter into the stack's hosts needs root; CI runs as root.
+        eprintln!("skipped: entering the stack's namespaces needs root");
+        return;
+    }
+    let dir = scratch("probe");
+    let run = run_id("probe");
+    let up = UpStack::start(&run);
+    // The inner `hubtrust up` runs in the operator's namespace; the hub
+    // in its host's.
+    let operator = netns_of(&run, env!("CARGO_BIN_EXE_hubtrust"));
+    let hub_host = netns_of(&run, "jupyterhub_config.py");
+
+    let url = up.first("public proxy").trim_end_matches('/').to_string();
+    let authority = url.trim_start_matches("https://").to_string();
+    let public_addr = up
+        .value("public proxy")
+        .rsplit_once("(at ")
+        .map(|(_, a)| a.trim_end_matches(')').to_string())
+        .unwrap();
+    let org_root = up.first("org root CA").to_string();
+    let ssl = PathBuf::from(up.first("internal-ssl"));
+    let token_file = dir.join("service.token");
+    write_secret(&token_file, up.first("service token"));
+
+    // A user token for alice, asked of the hub as her browser session
+    // would have one.
+    let minted = inside(&operator, "curl")
+        .args(["-sS", "-f", "--cacert", &org_root])
+        .args([
+            "--resolve",
+            &format!("{authority}:{}", public_addr.split(':').next().unwrap()),
+        ])
+        .args([
+            "-H",
+            &format!("Authorization: token {}", up.first("service token")),
+        ])
+        .args(["-X", "POST", "-d", "{}"])
+        .arg(format!("{url}/hub/api/users/alice/tokens"))
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{}", text(&minted));
+    let body: serde_json::Value = serde_json::from_slice(&minted.stdout).unwrap();
+    let user_token_file = dir.join("alice.token");
+    write_secret(&user_token_file, body["token"].as_str().unwrap());
+
+    let public = [
+        "--url".to_string(),
+        url.clone(),
+        "--connect".into(),
+        public_addr.clone(),
+    ];
+    let hub_ip = public_addr.split(':').next().unwrap();
+
+    // From the operator's place: the public side, tokens, the lab's own
+    // view, and the internal ports that must stay closed from here.
+    let from_operator = dir.join("from-operator");
+    let out = probe_inside(
+        &operator,
+        &[
+            &public[..],
+            &[
+                "--ca".into(),
+                org_root.clone(),
+                "--closed".into(),
+                format!("hub API={hub_ip}:8081"),
+                "--closed".into(),
+                format!("proxy API={hub_ip}:8001"),
+                "--token-file".into(),
+                token_file.display().to_string(),
+                "--user-token-file".into(),
+                user_token_file.display().to_string(),
+                "--report".into(),
+                from_operator.display().to_string(),
+            ],
+        ]
+        .concat(),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("6 passed, 0 failed, 0 skipped"), "{said}");
+    // Tokens never reach the terminal or the reports.
+    let service_token = up.first("service token");
+    assert!(!said.contains(service_token), "{said}");
+    assert!(!std::fs::read_to_string(from_operator.join("report.json"))
+        .unwrap()
+        .contains(service_token));
+
+    // From the hub's host: the internal endpoints with the stack's own
+    // identities, and a foreign one.
+    let lab_addr = up.first("lab of alice").to_string();
+    let foreign_ca = hubtrust_harness::pki::CertificateAuthority::root("probe-foreign").unwrap();
+    let foreign = foreign_ca
+        .issue(
+            "foreign",
+            &["foreign"],
+            hubtrust_harness::pki::Usage::Client,
+            hubtrust_harness::pki::Validity::fresh(1),
+        )
+        .unwrap();
+    let (foreign_cert, foreign_key) = foreign.write_to(&dir).unwrap();
+    let identity = |label: &str, dir: &str, accepted_by: &str| {
+        let base = ssl.join(dir).join(dir);
+        let mut spec = format!("{label}={}.crt,{}.key", base.display(), base.display());
+        if !accepted_by.is_empty() {
+            spec.push_str(&format!(",accepted-by={accepted_by}"));
+        }
+        ["--identity".to_string(), spec]
+    };
+    let from_hub = dir.join("from-hub");
+    let out = probe_inside(
+        &hub_host,
+        &[
+            &public[..],
+            &[
+                "--ca".into(),
+                org_root.clone(),
+                "--internal-ca".into(),
+                ssl.join("hub-ca_trust.crt").display().to_string(),
+                "--endpoint".into(),
+                "hub API=127.0.0.1:8081".into(),
+                "--endpoint".into(),
+                "proxy API=127.0.0.1:8001".into(),
+                "--endpoint".into(),
+                format!("lab of alice={lab_addr}"),
+                "--report".into(),
+                from_hub.display().to_string(),
+            ],
+            &identity(
+                "hub-internal",
+                "hub-internal",
+                "hub API+proxy API+lab of alice",
+            ),
+            &identity("proxy-client", "proxy-client", "hub API+lab of alice"),
+            &identity("lab cert (alice)", "user-alice", "hub API+proxy API"),
+            &[
+                "--identity".into(),
+                format!(
+                    "foreign-CA cert={},{}",
+                    foreign_cert.display(),
+                    foreign_key.display()
+                ),
+            ],
+        ]
+        .concat(),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("4 passed, 0 failed, 2 skipped"), "{said}");
+    assert!(
+        said.contains("known defect jupyterhub-internal-tls12-suites"),
+        "{said}"
+    );
+
+    // A wrong CA for the public side, and an endpoint declared closed that
+    // answers: both fail, named.
+    let out = probe_inside(
+        &operator,
+        &[
+            &public[..],
+            &[
+                "--ca".into(),
+                foreign_cert.display().to_string(),
+                "--closed".into(),
+                format!("proxy public={public_addr}"),
+                "--report".into(),
+                dir.join("broken").display().to_string(),
+            ],
+        ]
+        .concat(),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("unknown-issuer"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "proxy public answers at {public_addr} from where hubtrust probe runs"
+        )),
+        "{said}"
+    );
+    up.stop(&run);
+
+    // `hubtrust run` on the same stack file: the same verdicts.
+    let run_report = dir.join("run");
+    let out = hubtrust()
+        .args(["run", "--tags", "@core", "--report"])
+        .arg(&run_report)
+        .env("HUBTRUST_RUN_ID", run_id("probe-run"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ran = report(&run_report);
+    let probed_scans = scans(&report(&from_hub));
+    let run_scans = scans(&ran);
+    for endpoint in ["proxy public", "hub API", "lab of alice"] {
+        assert_eq!(
+            probed_scans.get(endpoint),
+            run_scans.get(endpoint),
+            "the TLS scan of {endpoint}"
+        );
+    }
+    let probed = cells(&report(&from_hub));
+    let run_cells = cells(&ran);
+    let mut compared = 0;
+    for (key, (expected, observed, matches)) in &probed {
+        let Some((run_expected, run_observed, run_matches)) = run_cells.get(key) else {
+            continue;
+        };
+        compared += 1;
+        assert_eq!(expected, run_expected, "expected verdict of {key:?}");
+        assert_eq!(
+            matches, run_matches,
+            "{key:?}: probe saw {observed}, run saw {run_observed}"
+        );
+    }
+    // public side, hub API, proxy API, lab × none and four identities
+    assert_eq!(compared, 20, "{probed:?}");
+}
+
+#[test]
+fn probe_refuses_bad_input_before_contacting_anything() {
+    let dir = scratch("probe-bad-input");
+    let ca = dir.join("ca.pem");
+    let root = hubtrust_harness::pki::CertificateAuthority::root("probe-bad-input").unwrap();
+    std::fs::write(&ca, root.cert_pem()).unwrap();
+    let probe = |args: &[&str]| {
+        hubtrust()
+            .arg("probe")
+            .args(["--ca", ca.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let usage = |out: Output, needle: &str| {
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        assert!(said.contains(needle), "wanted {needle:?} in: {said}");
+    };
+    usage(
+        probe(&["--url", "http://hub.example.test"]),
+        "must be https://",
+    );
+    // Nothing listens on this loopback port: the target does not answer.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let free = closed.local_addr().unwrap();
+    drop(closed);
+    usage(
+        probe(&[
+            "--url",
+            "https://hub.example.test",
+            "--connect",
+            &free.to_string(),
+        ]),
+        &format!("at {free}"),
+    );
+    let identity = root
+        .issue(
+            "client",
+            &["client"],
+            hubtrust_harness::pki::Usage::Client,
+            hubtrust_harness::pki::Validity::fresh(1),
+        )
+        .unwrap();
+    let (cert, key) = identity.write_to(&dir).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    usage(
+        probe(&[
+            "--url",
+            "https://hub.example.test",
+            "--connect",
+            &free.to_string(),
+            "--identity",
+            &format!("me={},{}", cert.display(), key.display()),
+        ]),
+        "chmod 600",
+    );
+    usage(
+        probe(&[
+            "--url",
+            "https://hub.example.test",
+            "--connect",
+            &free.to_string(),
+            "--endpoint",
+            "hub API=127.0.0.1:8081",
+        ]),
+        "--endpoint needs --internal-ca",
+    );
+    let not_a_cert = dir.join("not-a-cert.pem");
+    std::fs::write(&not_a_cert, "hello").unwrap();
+    let out = hubtrust()
+        .args(["probe", "--url", "https://hub.example.test", "--connect"])
+        .arg(free.to_string())
+        .arg("--ca")
+        .arg(&not_a_cert)
+        .output()
+        .unwrap();
+    usage(out, "holds no PEM certificate");
+}
