@@ -35,7 +35,7 @@ pub struct LinkCapture {
     stop_at: Arc<AtomicU64>,
     /// Written once to wake the capture thread for its final drain.
     wake: std::os::fd::OwnedFd,
-    thread: std::thread::JoinHandle<std::io::Result<u64>>,
+    thread: std::thread::JoinHandle<std::io::Result<packet::Captured>>,
 }
 
 /// What one link's capture saw, and whether it can be trusted.
@@ -60,6 +60,8 @@ pub struct Flow {
     pub server_port: u16,
     pub bytes_to_server: usize,
     pub bytes_to_client: usize,
+    /// The capture saw the connection open (its SYN).
+    pub saw_handshake: bool,
     pub class: FlowClass,
     pub label: String,
     /// The link's capture; the streams are byte ranges of it, read back
@@ -175,7 +177,12 @@ impl LinkCapture {
             .ok()
             .and_then(|joined| joined.ok())
             .and_then(|r| r.ok());
+        let socket_drops = captured.map_or(0, |c| c.socket_drops);
+        let captured = captured.map(|c| c.frames);
         let inconclusive = match (captured, on_interface) {
+            _ if socket_drops > 0 => Some(format!(
+                "the capture's socket dropped {socket_drops} frames it could not queue (the machine was too busy for the capture to keep up)"
+            )),
             (Some(c), Some(expected)) if c >= expected => None,
             (Some(c), Some(expected)) => Some(format!(
                 "captured {c} packets but {expected} crossed the interface"
@@ -262,6 +269,7 @@ impl WireCensus {
                             server_port: flow.server.1,
                             bytes_to_server: flow.to_server.len(),
                             bytes_to_client: flow.to_client.len(),
+                            saw_handshake: flow.saw_handshake,
                             label: class.label(),
                             class,
                             capture: capture.clone(),

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{
-    recvfrom, setsockopt, socket, sockopt, AddressFamily, LinkAddr, SockFlag, SockProtocol,
-    SockType,
+    recvmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned, LinkAddr, MsgFlags,
+    SockFlag, SockProtocol, SockType,
 };
 
 const SNAPLEN: usize = 262_144;
@@ -28,10 +28,21 @@ const QUIET: Duration = Duration::from_millis(50);
 /// Still capturing: no stop target has been set.
 pub const RUNNING: u64 = u64::MAX;
 
+/// What a capture thread wrote, and what its socket could not keep.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Captured {
+    /// Frames of the interface written to the pcap.
+    pub frames: u64,
+    /// Frames the kernel dropped because the socket's queue was full (of
+    /// any interface of the namespace: the socket sees them all). Any drop
+    /// makes the evidence inconclusive: the interface counters alone can
+    /// be met by frames that arrived after the stop, hiding a loss.
+    pub socket_drops: u32,
+}
+
 /// Runs on a dedicated thread until `stop_at` holds a frame count and
 /// `wake` is readable, then drains the queue until it has written at least
-/// that many frames (or the drain limit passes). Returns the number of
-/// frames written.
+/// that many frames (or the drain limit passes).
 pub fn capture(
     netns: File,
     interface: &str,
@@ -39,7 +50,7 @@ pub fn capture(
     stop_at: &AtomicU64,
     wake: OwnedFd,
     ready: tokio::sync::oneshot::Sender<std::io::Result<()>>,
-) -> std::io::Result<u64> {
+) -> std::io::Result<Captured> {
     let opened = (|| -> std::io::Result<_> {
         setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)?;
         let index = nix::net::if_::if_nametoindex(interface)? as usize;
@@ -54,6 +65,8 @@ pub fn capture(
         if setsockopt(&fd, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
             let _ = setsockopt(&fd, sockopt::RcvBuf, &RECEIVE_BUFFER);
         }
+        // Each frame then carries the socket's drop count so far.
+        setsockopt(&fd, sockopt::RxqOvfl, &1)?;
         let mut out = BufWriter::with_capacity(1 << 20, File::create(pcap)?);
         out.write_all(&pcap_header())?;
         Ok((index, fd, out))
@@ -71,7 +84,9 @@ pub fn capture(
         }
     };
     let mut frames = 0u64;
+    let mut socket_drops = 0u32;
     let mut buf = vec![0u8; SNAPLEN];
+    let mut control = nix::cmsg_space!(u32);
     // Interface counters can run ahead of packet delivery (the receive side
     // taps frames in softirq context), so a stopped capture drains until it
     // holds as many frames as the counters say crossed, not just until the
@@ -90,15 +105,30 @@ pub fn capture(
     loop {
         // Everything queued, until the socket would block.
         loop {
-            match recvfrom::<LinkAddr>(fd.as_raw_fd(), &mut buf) {
-                Ok((len, Some(addr))) if addr.ifindex() == index => {
-                    write_record(&mut out, &buf[..len.min(SNAPLEN)], len)?;
-                    frames += 1;
-                    last_frame = std::time::Instant::now();
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let received = recvmsg::<LinkAddr>(
+                fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut control),
+                MsgFlags::MSG_TRUNC,
+            );
+            let (len, ifindex) = match received {
+                Ok(message) => {
+                    for cmsg in message.cmsgs().into_iter().flatten() {
+                        if let ControlMessageOwned::RxqOvfl(dropped) = cmsg {
+                            socket_drops = socket_drops.max(dropped);
+                        }
+                    }
+                    (message.bytes, message.address.map(|a| a.ifindex()))
                 }
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => break,
                 Err(e) => return Err(e.into()),
+            };
+            if ifindex == Some(index) {
+                write_record(&mut out, &buf[..len.min(SNAPLEN)], len)?;
+                frames += 1;
+                last_frame = std::time::Instant::now();
             }
         }
         let target = stop_at.load(Ordering::SeqCst);
@@ -140,7 +170,10 @@ pub fn capture(
         }
     }
     out.flush()?;
-    Ok(frames)
+    Ok(Captured {
+        frames,
+        socket_drops,
+    })
 }
 
 fn pcap_header() -> Vec<u8> {

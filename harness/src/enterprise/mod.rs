@@ -1052,7 +1052,7 @@ pub fn judge_proxy_paths(
             inconclusive.join("; ")
         ));
     }
-    let tunnels: Vec<(String, Option<String>)> = census
+    let to_proxy: Vec<&crate::capture::Flow> = census
         .flows
         .iter()
         .filter(|f| {
@@ -1060,13 +1060,29 @@ pub fn judge_proxy_paths(
                 && f.server_port == route.proxy_addr.port()
                 && f.client_host != route.proxy_host
         })
-        .map(|f| {
-            let head = f
-                .request_head(4096)
-                .map_err(|e| format!("inconclusive: cannot read the capture: {e}"))?;
-            Ok(connect_request(&head).unwrap_or_default())
-        })
-        .collect::<std::result::Result<_, String>>()?;
+        .collect();
+    let mut tunnels: Vec<(String, Option<String>)> = Vec::new();
+    let mut headless = Vec::new();
+    for flow in &to_proxy {
+        let head = flow
+            .request_head(4096)
+            .map_err(|e| format!("inconclusive: cannot read the capture: {e}"))?;
+        match connect_request(&head) {
+            Some(request) => tunnels.push(request),
+            None if flow.bytes_to_server > 0 => headless.push(flow.describe()),
+            None => {}
+        }
+    }
+    // Every run started after the capture did: a connection to the proxy
+    // whose first bytes are not a CONNECT lost its start on the wire, and
+    // a run's tunnel may be the one that lost it.
+    if !headless.is_empty() {
+        return Err(format!(
+            "inconclusive: the capture holds {} connections to the proxy whose CONNECT is missing: {}",
+            headless.len(),
+            headless.join("; ")
+        ));
+    }
     let shown = |name: &str| {
         let value = lab_env.get(name).map(|v| mask_userinfo(v));
         format!("{name}={}", value.as_deref().unwrap_or("(unset)"))
@@ -1104,14 +1120,19 @@ pub fn judge_proxy_paths(
             .map(|(asked, _)| asked)
             .collect();
         if own.is_empty() {
+            let untagged = tunnels
+                .iter()
+                .filter(|(asked, auth)| asked == authority && auth.is_none())
+                .count();
             paths.problems.push(format!(
-                "{} → {} with the {}: bypassed the inspecting proxy: no CONNECT of this run reached the proxy at {} ({}), and the tool answered {}; {lab_proxy_env}",
+                "{} → {} with the {}: bypassed the inspecting proxy: no CONNECT of this run reached the proxy at {} ({}), and the tool answered {}; {lab_proxy_env} (the proxy saw {} CONNECTs in all, {untagged} of them for {authority} without a run's tag)",
                 run.tool,
                 run.target,
                 run.bundle.label(),
                 route.proxy_host,
                 route.proxy_addr,
                 run.code(),
+                tunnels.len(),
             ));
             continue;
         }
