@@ -16,19 +16,21 @@ use std::process::{Child, Command, Output, Stdio};
 
 mod common;
 use common::{
-    assert_no_process_left, hubtrust, processes_of_run, real_root, run_id, scratch, text,
+    assert_no_process_left, assert_nothing_labelled, docker_ready, hubtrust, processes_of_run,
+    real_root, run_id, scratch, text,
 };
 
 /// What `hubtrust up` printed, by the label of each line.
 struct UpStack {
+    backend: &'static str,
     child: Child,
     lines: BTreeMap<String, String>,
 }
 
 impl UpStack {
-    fn start(run: &str) -> Self {
+    fn start(run: &str, backend: &'static str) -> Self {
         let mut child = hubtrust()
-            .args(["up", "--show-secrets"])
+            .args(["up", "--show-secrets", "--backend", backend])
             .env("HUBTRUST_RUN_ID", run)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -48,7 +50,11 @@ impl UpStack {
             }
         }
         std::thread::spawn(move || for _ in reader {});
-        Self { child, lines }
+        Self {
+            backend,
+            child,
+            lines,
+        }
     }
 
     fn value(&self, label: &str) -> &str {
@@ -70,6 +76,20 @@ impl UpStack {
         .unwrap();
         assert_eq!(self.child.wait().unwrap().code(), Some(0));
         assert_no_process_left(run);
+        if self.backend == "docker" {
+            assert_nothing_labelled(run);
+        }
+    }
+
+    /// The public URL and the address it is reached at.
+    fn public(&self) -> (String, String) {
+        let url = self.first("public proxy").trim_end_matches('/').to_string();
+        let addr = self
+            .value("public proxy")
+            .rsplit_once("(at ")
+            .map(|(_, a)| a.trim_end_matches(')').to_string())
+            .unwrap();
+        (url, addr)
     }
 }
 
@@ -157,45 +177,23 @@ fn cells(report: &serde_json::Value) -> BTreeMap<(String, String), (String, Stri
         .collect()
 }
 
-#[test]
-fn probe_of_a_running_stack_agrees_with_run() {
-    if !real_root() {
-        // nsenter into the stack's hosts needs root; CI runs as root.
-        eprintln!("skipped: entering the stack's namespaces needs root");
-        return;
-    }
-    let dir = scratch("probe");
-    let run = run_id("probe");
-    let up = UpStack::start(&run);
-    // The inner `hubtrust up` runs in the operator's namespace; the hub
-    // in its host's.
-    let operator = netns_of(&run, env!("CARGO_BIN_EXE_hubtrust"));
-    let hub_host = netns_of(&run, "jupyterhub_config.py");
-
-    let url = up.first("public proxy").trim_end_matches('/').to_string();
-    let authority = url.trim_start_matches("https://").to_string();
-    let public_addr = up
-        .value("public proxy")
-        .rsplit_once("(at ")
-        .map(|(_, a)| a.trim_end_matches(')').to_string())
-        .unwrap();
-    let org_root = up.first("org root CA").to_string();
-    let ssl = PathBuf::from(up.first("internal-ssl"));
+/// From outside the hub's host: the public side, tokens, the lab's own
+/// view with a user token minted through the hub API as her browser
+/// session would have one, and the internal ports, which must stay closed
+/// from there. `command` runs a program where the operator is. Returns
+/// the report's directory.
+fn probe_from_outside(up: &UpStack, dir: &Path, command: impl Fn(&str) -> Command) -> PathBuf {
+    let (url, public_addr) = up.public();
+    let authority = url.trim_start_matches("https://");
+    let hub_ip = public_addr.split(':').next().unwrap();
+    let org_root = up.first("org root CA");
+    let service_token = up.first("service token");
     let token_file = dir.join("service.token");
-    write_secret(&token_file, up.first("service token"));
-
-    // A user token for alice, asked of the hub as her browser session
-    // would have one.
-    let minted = inside(&operator, "curl")
-        .args(["-sS", "-f", "--cacert", &org_root])
-        .args([
-            "--resolve",
-            &format!("{authority}:{}", public_addr.split(':').next().unwrap()),
-        ])
-        .args([
-            "-H",
-            &format!("Authorization: token {}", up.first("service token")),
-        ])
+    write_secret(&token_file, service_token);
+    let minted = command("curl")
+        .args(["-sS", "-f", "--cacert", org_root])
+        .args(["--resolve", &format!("{authority}:{hub_ip}")])
+        .args(["-H", &format!("Authorization: token {service_token}")])
         .args(["-X", "POST", "-d", "{}"])
         .arg(format!("{url}/hub/api/users/alice/tokens"))
         .output()
@@ -205,48 +203,122 @@ fn probe_of_a_running_stack_agrees_with_run() {
     let user_token_file = dir.join("alice.token");
     write_secret(&user_token_file, body["token"].as_str().unwrap());
 
+    let report = dir.join("from-operator");
+    let out = command(env!("CARGO_BIN_EXE_hubtrust"))
+        .arg("probe")
+        .args(["--url", &url, "--connect", &public_addr, "--ca", org_root])
+        .args(["--closed", &format!("hub API={hub_ip}:8081")])
+        .args(["--closed", &format!("proxy API={hub_ip}:8001")])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--user-token-file")
+        .arg(&user_token_file)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("6 passed, 0 failed, 0 skipped"), "{said}");
+    // Tokens never reach the terminal or the reports.
+    for file in ["report.json", "report.md", "report.xml"] {
+        let written = std::fs::read_to_string(report.join(file)).unwrap();
+        assert!(!written.contains(service_token), "{file}");
+    }
+    assert!(!said.contains(service_token), "{said}");
+    report
+}
+
+/// `hubtrust run --tags @core` on the default stack, on `backend`: its
+/// report.
+fn run_core(dir: &Path, backend: &str) -> serde_json::Value {
+    let run_report = dir.join("run");
+    let out = hubtrust()
+        .args(["run", "--tags", "@core", "--backend", backend, "--report"])
+        .arg(&run_report)
+        .env("HUBTRUST_RUN_ID", run_id(&format!("probe-run-{backend}")))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    report(&run_report)
+}
+
+/// The probe and the run agree on `endpoints`' scans and on every trust
+/// cell both have; returns how many cells were compared.
+fn assert_agree(probed: &serde_json::Value, ran: &serde_json::Value, endpoints: &[&str]) -> usize {
+    let (probed_scans, run_scans) = (scans(probed), scans(ran));
+    for endpoint in endpoints {
+        assert!(
+            probed_scans.contains_key(*endpoint),
+            "the probe scanned no {endpoint}"
+        );
+        assert_eq!(
+            probed_scans.get(*endpoint),
+            run_scans.get(*endpoint),
+            "the TLS scan of {endpoint}"
+        );
+    }
+    let run_cells = cells(ran);
+    let mut compared = 0;
+    for (key, (expected, observed, matches)) in cells(probed) {
+        let Some((run_expected, run_observed, run_matches)) = run_cells.get(&key) else {
+            continue;
+        };
+        compared += 1;
+        assert_eq!(&expected, run_expected, "expected verdict of {key:?}");
+        assert_eq!(
+            &matches, run_matches,
+            "{key:?}: probe saw {observed}, run saw {run_observed}"
+        );
+    }
+    compared
+}
+
+#[test]
+fn probe_of_a_docker_stack_agrees_with_run() {
+    if !docker_ready() {
+        return;
+    }
+    let dir = scratch("probe-docker");
+    let run = run_id("probe-docker");
+    let up = UpStack::start(&run, "docker");
+    // The public side is the hub container's address, reached from here.
+    let from_operator = probe_from_outside(&up, &dir, |program| {
+        let mut command = Command::new(program);
+        command.stdin(Stdio::null());
+        command
+    });
+    up.stop(&run);
+    let ran = run_core(&dir, "docker");
+    let compared = assert_agree(&report(&from_operator), &ran, &["proxy public"]);
+    assert_eq!(compared, 1, "the public side × no certificate");
+}
+
+#[test]
+fn probe_of_a_running_stack_agrees_with_run() {
+    if !real_root() {
+        // nsenter into the stack's hosts needs root; CI runs as root.
+        eprintln!("skipped: entering the stack's namespaces needs root");
+        return;
+    }
+    let dir = scratch("probe");
+    let run = run_id("probe");
+    let up = UpStack::start(&run, "local");
+    // The inner `hubtrust up` runs in the operator's namespace; the hub
+    // in its host's.
+    let operator = netns_of(&run, env!("CARGO_BIN_EXE_hubtrust"));
+    let hub_host = netns_of(&run, "jupyterhub_config.py");
+
+    let (url, public_addr) = up.public();
+    let org_root = up.first("org root CA").to_string();
+    let ssl = PathBuf::from(up.first("internal-ssl"));
     let public = [
         "--url".to_string(),
         url.clone(),
         "--connect".into(),
         public_addr.clone(),
     ];
-    let hub_ip = public_addr.split(':').next().unwrap();
-
-    // From the operator's place: the public side, tokens, the lab's own
-    // view, and the internal ports that must stay closed from here.
-    let from_operator = dir.join("from-operator");
-    let out = probe_inside(
-        &operator,
-        &[
-            &public[..],
-            &[
-                "--ca".into(),
-                org_root.clone(),
-                "--closed".into(),
-                format!("hub API={hub_ip}:8081"),
-                "--closed".into(),
-                format!("proxy API={hub_ip}:8001"),
-                "--token-file".into(),
-                token_file.display().to_string(),
-                "--user-token-file".into(),
-                user_token_file.display().to_string(),
-                "--report".into(),
-                from_operator.display().to_string(),
-            ],
-        ]
-        .concat(),
-    );
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains("6 passed, 0 failed, 0 skipped"), "{said}");
-    // Tokens never reach the terminal or the reports.
-    let service_token = up.first("service token");
-    assert!(!said.contains(service_token), "{said}");
-    assert!(!std::fs::read_to_string(from_operator.join("report.json"))
-        .unwrap()
-        .contains(service_token));
-
+    let from_operator = probe_from_outside(&up, &dir, |program| inside(&operator, program));
     // From the hub's host: the internal endpoints with the stack's own
     // identities, and a foreign one.
     let lab_addr = up.first("lab of alice").to_string();
@@ -342,40 +414,15 @@ fn probe_of_a_running_stack_agrees_with_run() {
     up.stop(&run);
 
     // `hubtrust run` on the same stack file: the same verdicts.
-    let run_report = dir.join("run");
-    let out = hubtrust()
-        .args(["run", "--tags", "@core", "--report"])
-        .arg(&run_report)
-        .env("HUBTRUST_RUN_ID", run_id("probe-run"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let ran = report(&run_report);
-    let probed_scans = scans(&report(&from_hub));
-    let run_scans = scans(&ran);
-    for endpoint in ["proxy public", "hub API", "lab of alice"] {
-        assert_eq!(
-            probed_scans.get(endpoint),
-            run_scans.get(endpoint),
-            "the TLS scan of {endpoint}"
-        );
-    }
-    let probed = cells(&report(&from_hub));
-    let run_cells = cells(&ran);
-    let mut compared = 0;
-    for (key, (expected, observed, matches)) in &probed {
-        let Some((run_expected, run_observed, run_matches)) = run_cells.get(key) else {
-            continue;
-        };
-        compared += 1;
-        assert_eq!(expected, run_expected, "expected verdict of {key:?}");
-        assert_eq!(
-            matches, run_matches,
-            "{key:?}: probe saw {observed}, run saw {run_observed}"
-        );
-    }
+    let ran = run_core(&dir, "local");
+    let compared = assert_agree(
+        &report(&from_hub),
+        &ran,
+        &["proxy public", "hub API", "lab of alice"],
+    );
     // public side, hub API, proxy API, lab × none and four identities
-    assert_eq!(compared, 20, "{probed:?}");
+    assert_eq!(compared, 20);
+    assert_agree(&report(&from_operator), &ran, &["proxy public"]);
 }
 
 #[test]
