@@ -141,6 +141,25 @@ impl Identity {
     }
 }
 
+/// Refuses a private key that anyone but its owner can read; `what` names
+/// where it was given.
+pub fn check_key_mode(what: &str, key: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(key)
+        .map_err(|e| format!("{what}: cannot read {}: {e}", key.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{what}: {} has mode {mode:04o}; a private key must be readable by its owner only (fix: chmod 600 {})",
+            key.display(),
+            key.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the deployment's own public certificate before anything starts:
 /// both halves given, the key 0600, the key matching the leaf, the chain in
 /// order (each certificate issued by the next). Messages name the file.
@@ -151,7 +170,6 @@ pub fn check_supplied_public(
     hpc: bool,
 ) -> std::result::Result<(), String> {
     use openssl::x509::{X509VerifyResult, X509};
-    use std::os::unix::fs::PermissionsExt;
     let (cert, key) = match (public_cert, public_key) {
         (None, None) if public_ca.is_none() => return Ok(()),
         (Some(cert), Some(key)) => (cert, key),
@@ -165,18 +183,7 @@ pub fn check_supplied_public(
     let read = |path: &Path| {
         fs::read(path).map_err(|e| format!("[pki]: cannot read {}: {e}", path.display()))
     };
-    let mode = fs::metadata(key)
-        .map_err(|e| format!("[pki] public_key: cannot read {}: {e}", key.display()))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "[pki] public_key: {} has mode {mode:04o}; a private key must be readable by its owner only (fix: chmod 600 {})",
-            key.display(),
-            key.display()
-        ));
-    }
+    check_key_mode("[pki] public_key", key)?;
     let chain = X509::stack_from_pem(&read(cert)?)
         .ok()
         .filter(|c| !c.is_empty())

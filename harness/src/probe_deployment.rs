@@ -159,7 +159,6 @@ pub fn parse_closed(value: &str) -> std::result::Result<ClosedEndpoint, String> 
 
 /// `LABEL=CERT,KEY[,accepted-by=NAME+NAME]`; the key must be 0600.
 pub fn parse_identity(value: &str) -> std::result::Result<GivenIdentity, String> {
-    use std::os::unix::fs::PermissionsExt;
     let (label, rest) = split_named("--identity", value)?;
     let parts: Vec<&str> = rest.split(',').collect();
     let (cert, key) = match parts.as_slice() {
@@ -183,18 +182,7 @@ pub fn parse_identity(value: &str) -> std::result::Result<GivenIdentity, String>
             }
         }
     }
-    let mode = std::fs::metadata(key)
-        .map_err(|e| format!("--identity {label}: cannot read {}: {e}", key.display()))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "--identity {label}: {} has mode {mode:04o}; a private key must be readable by its owner only (fix: chmod 600 {})",
-            key.display(),
-            key.display()
-        ));
-    }
+    crate::pki::check_key_mode(&format!("--identity {label}"), key)?;
     let identity = Identity::load(label.trim(), cert, key).map_err(|e| e.to_string())?;
     crate::probe::parse_identity(&identity).map_err(|e| {
         format!("--identity {label}: {e} (fix: a PEM certificate chain and its PEM private key)")
