@@ -96,8 +96,21 @@ fn chp_tls_flags() -> Vec<String> {
         "--client-ssl-request-cert".to_string(),
         "--client-ssl-reject-unauthorized".to_string(),
     ];
+    // The public side narrowed to the TLS policy's suites, with the same
+    // `--ssl-ciphers` hubtrust's own proxy manifest gives CHP (its default
+    // list keeps CBC suites).
+    flags.extend(proxy_manifest_args());
     flags.push("--log-level=info".into());
     flags
+}
+
+/// The `args` of the built-in proxy manifest, which carry no placeholders.
+fn proxy_manifest_args() -> Vec<String> {
+    toml::from_str::<toml::Value>(crate::component::builtin::PROXY)
+        .ok()
+        .and_then(|manifest| manifest.get("args").cloned())
+        .and_then(|args| args.try_into().ok())
+        .unwrap_or_default()
 }
 
 /// The hub's init container that unpacks the kept CAs into the store. z2jh
