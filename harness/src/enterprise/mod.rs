@@ -1385,4 +1385,99 @@ mod tests {
         );
         assert_eq!(mask_userinfo("*"), "*");
     }
+
+    /// A census of the lab→proxy link holding `frames`, each a TCP frame.
+    fn proxy_census(frames: Vec<Vec<u8>>) -> crate::capture::WireCensus {
+        let dir = tempfile::tempdir().unwrap();
+        let pcap = dir.path().join("hub--egress.pcap");
+        std::fs::write(&pcap, crate::capture::pcap::write(&frames)).unwrap();
+        let evidence = crate::capture::LinkEvidence {
+            link: "hub--egress".into(),
+            pcap,
+            packets_captured: Some(frames.len() as u64),
+            packets_on_interface: Some(frames.len() as u64),
+            inconclusive: None,
+        };
+        let hosts = std::collections::BTreeMap::from([
+            (Ipv4Addr::new(10, 77, 5, 1), "hub".to_string()),
+            (Ipv4Addr::new(10, 77, 5, 2), "egress".to_string()),
+        ]);
+        crate::capture::WireCensus::build(vec![evidence], &hosts)
+    }
+
+    #[test]
+    fn a_tagged_connect_proves_the_path_and_a_tunnel_seen_without_its_connect_is_inconclusive() {
+        use crate::capture::pcap::tcp_frame;
+        use base64::Engine as _;
+        let target = Target {
+            name: "expired server via the inspecting proxy".into(),
+            url: "https://10.77.6.2:8446".into(),
+            signer: Signer::BadUpstreamViaProxy,
+            proxy: Some("http://10.77.5.2:8080".into()),
+        };
+        let run = ToolRun {
+            tool: "git".into(),
+            target: target.name.clone(),
+            bundle: Bundle::System,
+            outcome: "failed".into(),
+            detail: "server certificate verification failed".into(),
+            tag: Some("hubtrust-run-69".into()),
+        };
+        let route = ProxyRoute {
+            proxy_host: "egress".into(),
+            proxy_addr: "10.77.5.2:8080".parse().unwrap(),
+            internet_host: "internet".into(),
+            internet_far_ip: Ipv4Addr::new(10, 77, 6, 2),
+        };
+        let lab = (Ipv4Addr::new(10, 77, 5, 1), 40000);
+        let proxy = (Ipv4Addr::new(10, 77, 5, 2), 8080);
+        let token = base64::engine::general_purpose::STANDARD.encode("hubtrust-run-69:x");
+        let connect = format!(
+            "CONNECT 10.77.6.2:8446 HTTP/1.1\r\nHost: 10.77.6.2:8446\r\nProxy-Authorization: Basic {token}\r\n\r\n"
+        );
+        let tunnel = vec![
+            tcp_frame(lab, proxy, 1000, 0x02, b""),
+            tcp_frame(proxy, lab, 5000, 0x12, b""),
+            tcp_frame(lab, proxy, 1001, 0x18, connect.as_bytes()),
+        ];
+        let env = std::collections::BTreeMap::new();
+        let judge = |census: &crate::capture::WireCensus| {
+            judge_proxy_paths(&[target.clone()], &[run.clone()], census, &route, &env)
+        };
+        let paths = judge(&proxy_census(tunnel.clone())).unwrap();
+        assert_eq!(paths.tunnelled_runs, 1);
+        assert!(
+            paths.problems.iter().all(|p| !p.contains("bypassed")),
+            "{:?}",
+            paths.problems
+        );
+
+        // The same run's tunnel captured from its TLS bytes on: its CONNECT
+        // is lost, so the capture, not the tool, is what failed.
+        let headless = vec![tcp_frame(
+            (lab.0, 40002),
+            proxy,
+            7000,
+            0x18,
+            b"\x16\x03\x01\x02\x00\x01",
+        )];
+        let said = judge(&proxy_census(headless)).unwrap_err();
+        assert!(
+            said.starts_with("inconclusive:") && said.contains("CONNECT is missing"),
+            "{said}"
+        );
+
+        // No connection to the proxy at all: bypassed, with the count.
+        let paths = judge(&proxy_census(Vec::new())).unwrap();
+        assert!(
+            paths.problems[0].contains("bypassed the inspecting proxy"),
+            "{:?}",
+            paths.problems
+        );
+        assert!(
+            paths.problems[0].contains("the proxy saw 0 CONNECTs in all"),
+            "{:?}",
+            paths.problems
+        );
+    }
 }
