@@ -1442,7 +1442,13 @@ mod tests {
         ];
         let env = std::collections::BTreeMap::new();
         let judge = |census: &crate::capture::WireCensus| {
-            judge_proxy_paths(&[target.clone()], &[run.clone()], census, &route, &env)
+            judge_proxy_paths(
+                std::slice::from_ref(&target),
+                std::slice::from_ref(&run),
+                census,
+                &route,
+                &env,
+            )
         };
         let paths = judge(&proxy_census(tunnel.clone())).unwrap();
         assert_eq!(paths.tunnelled_runs, 1);
