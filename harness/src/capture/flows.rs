@@ -193,30 +193,49 @@ impl Direction {
     }
 }
 
-#[derive(Default)]
 struct Connection {
-    first: Option<Endpoint>,
+    key: (Endpoint, Endpoint),
     client: Option<Endpoint>,
+    /// The client's initial sequence number, from its SYN.
+    isn: Option<u32>,
     directions: BTreeMap<Endpoint, Direction>,
 }
 
 /// Groups segments into connections and reassembles each direction.
+///
+/// A 4-tuple can carry more than one connection in a capture: once the
+/// server closed first (its side keeps TIME_WAIT), the client's kernel may
+/// pick the same source port for the same server again. A SYN with
+/// another initial sequence number therefore starts a new connection;
+/// merging the two would overlay the second stream on the first (a tunnel's
+/// CONNECT lost under an earlier one's, or bytes counted missing).
 pub fn reassemble(segments: &[Segment]) -> Vec<TcpFlow> {
-    let mut connections: BTreeMap<(Endpoint, Endpoint), Connection> = BTreeMap::new();
-    let mut order: Vec<(Endpoint, Endpoint)> = Vec::new();
+    let mut connections: Vec<Connection> = Vec::new();
+    let mut current: BTreeMap<(Endpoint, Endpoint), usize> = BTreeMap::new();
     for segment in segments {
         let key = if segment.src <= segment.dst {
             (segment.src, segment.dst)
         } else {
             (segment.dst, segment.src)
         };
-        let connection = connections.entry(key).or_insert_with(|| {
-            order.push(key);
-            Connection::default()
-        });
-        connection.first.get_or_insert(segment.src);
-        if segment.syn && !segment.ack {
+        let opens = segment.syn && !segment.ack;
+        let index = match current.get(&key) {
+            Some(&i) if !(opens && connections[i].isn.is_some_and(|isn| isn != segment.seq)) => i,
+            _ => {
+                connections.push(Connection {
+                    key,
+                    client: None,
+                    isn: None,
+                    directions: BTreeMap::new(),
+                });
+                current.insert(key, connections.len() - 1);
+                connections.len() - 1
+            }
+        };
+        let connection = &mut connections[index];
+        if opens {
             connection.client = Some(segment.src);
+            connection.isn = Some(segment.seq);
         }
         connection
             .directions
@@ -227,15 +246,15 @@ pub fn reassemble(segments: &[Segment]) -> Vec<TcpFlow> {
     // Endpoints seen accepting a connection (SYN to them) are listeners.
     let listeners: std::collections::BTreeSet<Endpoint> = connections
         .iter()
-        .filter_map(|(key, c)| {
+        .filter_map(|c| {
             let client = c.client?;
-            Some(if client == key.0 { key.1 } else { key.0 })
+            Some(if client == c.key.0 { c.key.1 } else { c.key.0 })
         })
         .collect();
-    order
+    connections
         .into_iter()
-        .filter_map(|key| {
-            let connection = connections.remove(&key)?;
+        .map(|connection| {
+            let key = connection.key;
             let saw_handshake = connection.client.is_some();
             // Without a SYN (a connection older than the capture), guess:
             // the end seen listening elsewhere in the capture is the
@@ -259,14 +278,14 @@ pub fn reassemble(segments: &[Segment]) -> Vec<TcpFlow> {
                 .get(&server)
                 .map(Direction::stream)
                 .unwrap_or_default();
-            Some(TcpFlow {
+            TcpFlow {
                 client,
                 server,
                 to_server,
                 to_client,
                 saw_handshake,
                 gaps: gaps_a + gaps_b,
-            })
+            }
         })
         .collect()
 }
@@ -325,6 +344,35 @@ mod tests {
         wire.seg(S, C, 900, false, true, b"x");
         let (flows, _) = wire.done();
         assert_eq!((flows[0].client, flows[0].server), (C, S));
+    }
+
+    #[test]
+    fn a_source_port_used_again_for_the_same_server_is_a_second_connection() {
+        // As a capture of the enterprise lab showed: the server closed
+        // first, and 2.4 s later the client's kernel picked the same port
+        // for the same server. A retransmitted SYN is still the first.
+        let mut wire = Wire::default();
+        wire.seg(C, S, 1000, true, false, b"");
+        wire.seg(C, S, 1000, true, false, b"");
+        wire.seg(S, C, 5000, true, true, b"");
+        wire.seg(C, S, 1001, false, true, b"CONNECT a:1 HTTP/1.1\r\n\r\n");
+        wire.seg(S, C, 5001, false, true, b"HTTP/1.1 200 OK\r\n\r\n");
+        wire.seg(C, S, 777_000, true, false, b"");
+        wire.seg(S, C, 9000, true, true, b"");
+        wire.seg(C, S, 777_001, false, true, b"CONNECT b:2 HTTP/1.1\r\n\r\n");
+        wire.seg(S, C, 9001, false, true, b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+        let (flows, capture) = wire.done();
+        assert_eq!(flows.len(), 2);
+        let heads: Vec<Vec<u8>> = flows
+            .iter()
+            .map(|f| f.to_server.prefix(&capture, 64).unwrap())
+            .collect();
+        assert_eq!(heads[0], b"CONNECT a:1 HTTP/1.1\r\n\r\n");
+        assert_eq!(heads[1], b"CONNECT b:2 HTTP/1.1\r\n\r\n");
+        for flow in &flows {
+            assert_eq!((flow.client, flow.server, flow.gaps), (C, S, 0));
+            assert!(flow.saw_handshake);
+        }
     }
 
     #[test]
