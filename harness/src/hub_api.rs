@@ -262,6 +262,7 @@ pub async fn check_public_side(
         token,
         user: user.to_string(),
         stream,
+        kernel_id: None,
     }
     .run_cell(code)
     .await?;

@@ -41,23 +41,28 @@ pub struct LabSession<'a> {
     pub token: Secret,
     pub user: String,
     pub stream: tokio::net::TcpStream,
+    /// A kernel of this user's to run the cell in, as a notebook runs its
+    /// cells one after another in one kernel; `None` starts one.
+    pub kernel_id: Option<String>,
 }
 
 impl LabSession<'_> {
-    /// Starts a kernel, runs `code` over the websocket channels API and
-    /// returns its stdout. The kernel stays running (its ports are checked
-    /// afterwards); the lab stops it on teardown.
+    /// Runs `code` over the websocket channels API in the session's kernel
+    /// (a new one when it has none) and returns its stdout. The kernel
+    /// stays running (its ports are checked afterwards, and later cells
+    /// may use it); the lab stops it on teardown.
     pub async fn run_cell(self, code: &str) -> Result<CellRun> {
         self.run_cell_within(code, Duration::from_secs(60)).await
     }
 
-    /// [`LabSession::run_cell`] with a deadline for the cell to finish. On
-    /// timeout the error shows the cell's start and whatever it printed.
-    pub async fn run_cell_within(self, code: &str, deadline: Duration) -> Result<CellRun> {
-        let kernels = format!("{}/user/{}/api/kernels", self.base_url, self.user);
+    fn kernels_url(&self) -> String {
+        format!("{}/user/{}/api/kernels", self.base_url, self.user)
+    }
+
+    async fn start_kernel(&self) -> Result<String> {
         let response = self
             .http
-            .post(&kernels)
+            .post(self.kernels_url())
             // No name: the lab's default kernel, wherever the stack puts it.
             .json(&json!({}))
             .send()
@@ -68,10 +73,38 @@ impl LabSession<'_> {
             .json()
             .await
             .map_err(|e| lab_err("POST kernels", e))?;
-        let kernel_id = body["id"]
+        body["id"]
             .as_str()
-            .ok_or_else(|| lab_err("POST kernels", format!("HTTP {status}: {body}")))?
-            .to_string();
+            .map(str::to_string)
+            .ok_or_else(|| lab_err("POST kernels", format!("HTTP {status}: {body}")))
+    }
+
+    /// Whether the lab still has kernel `id`, alive: a kernel that died or
+    /// was shut down is replaced by a new one, never reported as a failure
+    /// of the cell.
+    pub async fn kernel_alive(&self, id: &str) -> bool {
+        let Ok(response) = self
+            .http
+            .get(format!("{}/{id}", self.kernels_url()))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        if !response.status().is_success() {
+            return false;
+        }
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        body["execution_state"] != "dead"
+    }
+
+    /// [`LabSession::run_cell`] with a deadline for the cell to finish. On
+    /// timeout the error shows the cell's start and whatever it printed.
+    pub async fn run_cell_within(self, code: &str, deadline: Duration) -> Result<CellRun> {
+        let kernel_id = match self.kernel_id.clone() {
+            Some(id) => id,
+            None => self.start_kernel().await?,
+        };
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();

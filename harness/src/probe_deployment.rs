@@ -823,6 +823,7 @@ async fn lab_environment(target: &ProbeTarget, token: &Secret) -> Result<LabLook
         token: token.clone(),
         user: user.clone(),
         stream,
+        kernel_id: None,
     }
     .run_cell(LAB_VIEW_CODE)
     .await?;

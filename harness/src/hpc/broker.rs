@@ -95,8 +95,9 @@ struct Running {
     wanted: Persisted,
     masters: BTreeMap<String, Child>,
     remotes: BTreeMap<String, Child>,
-    /// Pieces the monitor found dead and has not yet brought back.
-    down: BTreeSet<String>,
+    /// Pieces the monitor found dead and has not yet brought back, with
+    /// when it may next try.
+    down: BTreeMap<String, tokio::time::Instant>,
 }
 
 struct Broker {
@@ -155,7 +156,7 @@ pub async fn serve(
             wanted,
             masters: BTreeMap::new(),
             remotes: BTreeMap::new(),
-            down: BTreeSet::new(),
+            down: BTreeMap::new(),
         }),
     });
     eprintln!("broker: listening on https://{}", broker.config.listen);
@@ -305,7 +306,7 @@ impl Broker {
         if running.down.is_empty() && self.missing(&running).is_empty() {
             return Ok((StatusCode::OK, serde_json::Value::Null));
         }
-        let mut down: Vec<String> = running.down.iter().cloned().collect();
+        let mut down: Vec<String> = running.down.keys().cloned().collect();
         down.extend(self.missing(&running));
         Ok((
             StatusCode::SERVICE_UNAVAILABLE,
@@ -776,22 +777,38 @@ impl Broker {
     }
 }
 
-/// Every second: `ssh` processes found dead are reported (on
-/// `/api/health/`, and in the log) and re-created on the next tick, so the
-/// outage is visible for at least a second rather than healed unseen.
+/// How often the monitor looks for dead `ssh` processes.
+const MONITOR_TICK: Duration = Duration::from_millis(100);
+
+/// How long an outage stays on `/api/health/` before the monitor heals it:
+/// long enough for a client polling health to see it, rather than healed
+/// unseen.
+const OUTAGE_SHOWN_FOR: Duration = Duration::from_millis(500);
+
+/// How long the monitor waits after a failed attempt to re-create a piece.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// `ssh` processes found dead are reported (on `/api/health/`, and in the
+/// log) at once and re-created once they have shown for
+/// [`OUTAGE_SHOWN_FOR`].
 async fn monitor(broker: Arc<Broker>) {
     loop {
         // Bounded poll interval of the liveness monitor.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(MONITOR_TICK).await;
         let mut running = broker.running.lock().await;
         broker.recover(&mut running).await;
+        let heal_at = tokio::time::Instant::now() + OUTAGE_SHOWN_FOR;
         for name in take_dead(&mut running.masters) {
             eprintln!("broker: ssh master to {name} died; its tunnels are down");
-            running.down.insert(format!("ssh master to {name}"));
+            running
+                .down
+                .insert(format!("ssh master to {name}"), heal_at);
         }
         for name in take_dead(&mut running.remotes) {
             eprintln!("broker: remote tunnel on {name} died");
-            running.down.insert(format!("remote tunnel on {name}"));
+            running
+                .down
+                .insert(format!("remote tunnel on {name}"), heal_at);
         }
     }
 }
@@ -809,10 +826,16 @@ fn take_dead(children: &mut BTreeMap<String, Child>) -> Vec<String> {
 }
 
 impl Broker {
-    /// Re-creates what the monitor found dead on an earlier tick.
+    /// Re-creates what the monitor found dead and is due for a try.
     async fn recover(&self, running: &mut Running) {
-        let down: Vec<String> = running.down.iter().cloned().collect();
-        for what in down {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = running
+            .down
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(what, _)| what.clone())
+            .collect();
+        for what in due {
             let result = if let Some(name) = what.strip_prefix("ssh master to ") {
                 self.recover_master(running, name).await
             } else if let Some(name) = what.strip_prefix("remote tunnel on ") {
@@ -830,7 +853,12 @@ impl Broker {
                     running.down.remove(&what);
                     eprintln!("broker: {what} recovered");
                 }
-                Err(ApiError(_, e)) => eprintln!("broker: cannot re-create the {what}: {e}"),
+                Err(ApiError(_, e)) => {
+                    eprintln!("broker: cannot re-create the {what}: {e}");
+                    running
+                        .down
+                        .insert(what, tokio::time::Instant::now() + RETRY_AFTER);
+                }
             }
         }
     }

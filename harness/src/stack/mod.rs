@@ -122,6 +122,8 @@ pub struct Stack {
     /// The capture running since the links were made (HPC stacks), until
     /// a wire scenario takes it.
     life_capture: std::sync::Mutex<Option<WireCapture>>,
+    /// Each user's kernel, which later cells run in, as a notebook's do.
+    kernels: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// `<program> --version`, run where the component runs: the version it
@@ -1084,17 +1086,17 @@ impl Stack {
         files
     }
 
-    /// Stops the hub gracefully (it stops its proxy and labs), then removes
-    /// whatever of the stack is still alive, then the hosts.
+    /// Kills every process of the stack, then removes the hosts.
     pub async fn shutdown(mut self) {
-        // Labs, kernels and the proxy get SIGTERM together first: the hub's
-        // own cleanup stops labs one by one, waiting on each (1.5 s a lab).
-        let hub_pid = self.hub.as_ref().and_then(ManagedProcess::pid);
+        // Killed at once, the hub included: the run's findings are in hand by
+        // now and none of its files is kept, while a graceful stop costs about
+        // a second a run (the hub waits on each lab with a jittered
+        // back-off, and on its own exit).
         crate::process::signal_marked(
             STACK_MARKER_ENV,
             &self.marker,
-            nix::sys::signal::Signal::SIGTERM,
-            hub_pid,
+            nix::sys::signal::Signal::SIGKILL,
+            None,
         );
         if let Some(hub) = self.hub.take() {
             hub.stop(STOP_GRACE).await;
@@ -1244,7 +1246,8 @@ impl Stack {
         )
     }
 
-    /// Runs `code` in a fresh kernel of `user`'s lab, through the proxy.
+    /// Runs `code` in `user`'s kernel (started by the first cell), through
+    /// the proxy.
     pub async fn run_cell(&self, user: &str, code: &str) -> Result<crate::lab::CellRun> {
         self.run_cell_within(user, code, Duration::from_secs(60))
             .await
@@ -1265,7 +1268,8 @@ impl Stack {
             .connect_from("operator", self.public_addr)
             .await
             .map_err(|e| HarnessError::io("connect to the public proxy", e))?;
-        crate::lab::LabSession {
+        let known = self.kernels.lock().ok().and_then(|k| k.get(user).cloned());
+        let mut session = crate::lab::LabSession {
             http: &self.http,
             base_url: self.public_base(),
             public_name: self.spec.topology.public_name.clone(),
@@ -1273,9 +1277,18 @@ impl Stack {
             token,
             user: user.to_string(),
             stream,
+            kernel_id: None,
+        };
+        if let Some(id) = known {
+            if session.kernel_alive(&id).await {
+                session.kernel_id = Some(id);
+            }
         }
-        .run_cell_within(code, deadline)
-        .await
+        let run = session.run_cell_within(code, deadline).await?;
+        if let Ok(mut kernels) = self.kernels.lock() {
+            kernels.insert(user.to_string(), run.kernel_id.clone());
+        }
+        Ok(run)
     }
 
     /// What an outsider can do knowing only the public URL, the public CA

@@ -179,6 +179,7 @@ impl Stack {
             sites,
             browser_extra_root: extra_root,
             life_capture: std::sync::Mutex::new(life_capture),
+            kernels: Default::default(),
             component_versions,
             deployment_overridden: Vec::new(),
         };
