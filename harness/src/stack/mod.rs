@@ -1253,6 +1253,17 @@ impl Stack {
             .await
     }
 
+    /// Runs `code` in a kernel started for it, which later cells then use:
+    /// the wire checks see the kernel start and its channels connect.
+    pub async fn run_cell_in_new_kernel(
+        &self,
+        user: &str,
+        code: &str,
+    ) -> Result<crate::lab::CellRun> {
+        self.run_cell_in(user, code, Duration::from_secs(60), true)
+            .await
+    }
+
     /// [`Stack::run_cell`] with a deadline for the cell. The session uses a
     /// token of the user's own, minted through the hub API, as the user's
     /// browser session would.
@@ -1262,13 +1273,25 @@ impl Stack {
         code: &str,
         deadline: Duration,
     ) -> Result<crate::lab::CellRun> {
+        self.run_cell_in(user, code, deadline, false).await
+    }
+
+    async fn run_cell_in(
+        &self,
+        user: &str,
+        code: &str,
+        deadline: Duration,
+        new_kernel: bool,
+    ) -> Result<crate::lab::CellRun> {
         let token = self.user_token(user).await?;
         let stream = self
             .network
             .connect_from("operator", self.public_addr)
             .await
             .map_err(|e| HarnessError::io("connect to the public proxy", e))?;
-        let known = self.kernels.lock().ok().and_then(|k| k.get(user).cloned());
+        let known = (!new_kernel)
+            .then(|| self.kernels.lock().ok().and_then(|k| k.get(user).cloned()))
+            .flatten();
         let mut session = crate::lab::LabSession {
             http: &self.http,
             base_url: self.public_base(),

@@ -52,7 +52,7 @@ async fn run_a_cell(world: &mut Operator, user: &str) -> anyhow::Result<()> {
     // The output is assembled at run time, so it never appears in the code.
     let (head, tail) = output.split_at(8);
     let code = format!("cell_text = {cell_text:?}\nprint({head:?} + {tail:?})");
-    let run = world.stack()?.run_cell(user, &code).await?;
+    let run = world.stack()?.run_cell_in_new_kernel(user, &code).await?;
     anyhow::ensure!(
         run.status == "ok",
         "the cell ended with status {:?}: {}",
