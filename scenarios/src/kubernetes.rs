@@ -293,6 +293,10 @@ fn bring_up(
                 ))
                 .map_err(anyhow::Error::from)
         });
+    let checked = checked.and_then(|public| {
+        probe_from_inside(deployment, plan)?;
+        Ok(public)
+    });
     let outcome = match checked {
         Ok(public) => {
             println!(
@@ -320,6 +324,106 @@ fn bring_up(
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ")
+    );
+    Ok(())
+}
+
+/// Where each in-cluster probe's reports go, per namespace and pod.
+const IN_CLUSTER_REPORTS: &str = "hubtrust-in-cluster";
+
+/// `hubtrust probe` from each prober pod's network namespace, as root
+/// (through `sudo -n` when hubtrust is not): the labelled pod's trust
+/// matrix and TLS scan against the Services, the bare pod's closed
+/// endpoints. Any finding, or a probe that could not run, fails the
+/// bring-up, naming the report.
+fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::Result<()> {
+    use hubtrust_harness::backend::kubernetes::{command, in_cluster};
+    if plan.probes.is_empty() {
+        return Ok(());
+    }
+    let run_dir = &deployment.run_dir;
+    let ns = &deployment.namespace;
+    let probe_dir = run_dir.join("probe");
+    std::fs::create_dir_all(&probe_dir)?;
+    hubtrust_harness::pki::set_mode(&probe_dir, 0o700)?;
+    let token_file = probe_dir.join("service-token");
+    hubtrust_harness::pki::write_with_mode(
+        &token_file,
+        deployment.service_token.expose().as_bytes(),
+        0o600,
+    )?;
+    let foreign_ca = hubtrust_harness::pki::CertificateAuthority::root("hubtrust-foreign")?;
+    let foreign = foreign_ca
+        .issue(
+            "foreign",
+            &["foreign"],
+            hubtrust_harness::pki::Usage::Client,
+            hubtrust_harness::pki::Validity::fresh(1),
+        )?
+        .write_to(&probe_dir)?;
+    let ips = command::run(&in_cluster::cluster_ips_command(&deployment.target, ns))
+        .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
+    let ips = in_cluster::parse_cluster_ips(&ips.stdout);
+    let exe = std::env::current_exe().context("find hubtrust's own executable")?;
+    let as_root = nix::unistd::geteuid().is_root();
+    let mut failed = Vec::new();
+    for probe in &plan.probes {
+        let uid = command::run(&in_cluster::pod_uid_command(
+            &deployment.target,
+            ns,
+            &probe.pod,
+        ))
+        .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
+        let pid = in_cluster::pod_process(Path::new("/proc"), uid.stdout.trim()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the in-cluster probe: no process of pod {} (UID {}) is on this machine: it enters a pod's network namespace from the machine that runs the kind node",
+                probe.pod,
+                uid.stdout.trim()
+            )
+        })?;
+        let report = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join(&probe.pod);
+        let files = in_cluster::ProbeFiles {
+            public_ca: &run_dir.join("public/public-ca.crt"),
+            internal: &run_dir.join("internal-ssl"),
+            foreign: (&foreign.0, &foreign.1),
+            token_file: &token_file,
+            report: report.clone(),
+        };
+        let args = in_cluster::probe_args(probe, ns, pid, &ips, &files)
+            .map_err(|e| anyhow::anyhow!("the in-cluster probe from {}: {e}", probe.pod))?;
+        eprintln!(
+            "· probing from inside the cluster: pod {} (pid {pid})",
+            probe.pod
+        );
+        let mut command = if as_root {
+            std::process::Command::new(&exe)
+        } else {
+            let mut sudo = std::process::Command::new("sudo");
+            sudo.arg("-n").arg(&exe);
+            sudo
+        };
+        let status = command
+            .args(&args)
+            .stdin(Stdio::null())
+            .status()
+            .context("run hubtrust probe")?;
+        if !status.success() {
+            failed.push(format!(
+                "from pod {} ({}): {status}, report in {}",
+                probe.pod,
+                if probe.labelled {
+                    "with the network-access labels"
+                } else {
+                    "without labels"
+                },
+                report.display()
+            ));
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "the in-cluster probe failed {}",
+        failed.join("; ")
     );
     Ok(())
 }

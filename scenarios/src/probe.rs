@@ -55,6 +55,11 @@ pub struct ProbeArgs {
     /// Where report.md, report.json and report.xml go.
     #[arg(long, default_value = "hubtrust-report")]
     pub report: PathBuf,
+    /// Probe from the network namespace of process PID on this machine
+    /// (a pod on a kind node, a container), as that process's peers see
+    /// it; needs root.
+    #[arg(long, value_name = "PID")]
+    pub from_netns_of: Option<u32>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -66,6 +71,12 @@ pub enum PolicyChoice {
 /// Exit 0 every check passed, 1 one failed, 2 bad input or a target that
 /// does not answer at all.
 pub fn probe_command(args: &ProbeArgs) -> ExitCode {
+    if let Some(pid) = args.from_netns_of {
+        if let Err(e) = enter_network_namespace_of(pid) {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     let target = match target(args) {
         Ok(t) => t,
         Err(e) => {
@@ -130,6 +141,21 @@ pub fn probe_command(args: &ProbeArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Moves this process into `pid`'s network namespace. It runs before the
+/// async runtime starts any thread, so every thread the probe uses is
+/// made inside it; files are still read from this machine.
+fn enter_network_namespace_of(pid: u32) -> anyhow::Result<()> {
+    let path = format!("/proc/{pid}/ns/net");
+    let namespace = std::fs::File::open(&path).map_err(|e| {
+        anyhow::anyhow!("--from-netns-of {pid}: cannot open {path}: {e} (fix: the pid of a running process, as root)")
+    })?;
+    nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+        anyhow::anyhow!(
+            "--from-netns-of {pid}: cannot enter its network namespace: {e} (fix: run as root)"
+        )
+    })
 }
 
 fn token(file: Option<&PathBuf>, variable: &str) -> anyhow::Result<Option<Secret>> {

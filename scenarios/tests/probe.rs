@@ -386,22 +386,35 @@ fn probe_of_a_running_stack_agrees_with_run() {
     );
 
     // A wrong CA for the public side, and an endpoint declared closed that
-    // answers: both fail, named.
-    let out = probe_inside(
-        &operator,
-        &[
-            &public[..],
-            &[
-                "--ca".into(),
-                foreign_cert.display().to_string(),
-                "--closed".into(),
-                format!("proxy public={public_addr}"),
-                "--report".into(),
-                dir.join("broken").display().to_string(),
-            ],
-        ]
-        .concat(),
-    );
+    // answers: both fail, named. This probe enters the operator's
+    // namespace itself (`--from-netns-of`, as the in-cluster probe enters
+    // a pod's): from the test's own namespace the stack does not answer.
+    let operator_pid = operator
+        .components()
+        .nth(2)
+        .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok())
+        .expect("a /proc/PID/ns/net path");
+    let out = Command::new(env!("CARGO_BIN_EXE_hubtrust"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .stdin(Stdio::null())
+        .arg("probe")
+        .args(["--from-netns-of".to_string(), operator_pid.to_string()])
+        .args(
+            [
+                &public[..],
+                &[
+                    "--ca".into(),
+                    foreign_cert.display().to_string(),
+                    "--closed".into(),
+                    format!("proxy public={public_addr}"),
+                    "--report".into(),
+                    dir.join("broken").display().to_string(),
+                ],
+            ]
+            .concat(),
+        )
+        .output()
+        .unwrap();
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("unknown-issuer"), "{said}");
@@ -503,4 +516,14 @@ fn probe_refuses_bad_input_before_contacting_anything() {
         .output()
         .unwrap();
     usage(out, "holds no PEM certificate");
+    // A process that does not exist has no network namespace to enter.
+    usage(
+        probe(&[
+            "--url",
+            "https://hub.example.test",
+            "--from-netns-of",
+            "999999999",
+        ]),
+        "--from-netns-of 999999999: cannot open /proc/999999999/ns/net",
+    );
 }

@@ -11,6 +11,7 @@
 
 pub mod chart;
 pub mod command;
+pub mod in_cluster;
 pub mod kind;
 pub mod lab_trust;
 pub mod names;

@@ -15,6 +15,7 @@ use super::chart::{
     self, CA_CERTS_SECRET, MERGE_STEP_CONFIGMAP, ORG_TRUST_CONFIGMAP, PROXY_TLS_KEYS,
     PROXY_TLS_SECRET,
 };
+use super::in_cluster::{self, PlannedProbe};
 use super::kind::KindConfig;
 use super::names::{public_names, trusted_alt_names};
 use super::{ClusterTarget, Deployment, RELEASE};
@@ -45,7 +46,7 @@ mod seconds {
 }
 
 impl PlannedCommand {
-    fn new(
+    pub(crate) fn new(
         purpose: impl Into<String>,
         program: &str,
         args: Vec<String>,
@@ -107,6 +108,9 @@ pub struct KubernetesPlan {
     pub certificates: PlannedCertificates,
     pub files: Vec<PlannedFile>,
     pub steps: Vec<PlannedCommand>,
+    /// Run once the public side works, from the prober pods' network
+    /// namespaces (`docs/kubernetes.md`).
+    pub probes: Vec<PlannedProbe>,
     /// Runs on every path out: success, failure, Ctrl-C, and from the
     /// reaper when hubtrust itself is killed.
     pub teardown: Vec<PlannedCommand>,
@@ -120,7 +124,11 @@ const LOAD: Duration = Duration::from_secs(300);
 const QUICK: Duration = Duration::from_secs(60);
 const INSTALL: Duration = Duration::from_secs(600);
 
-fn kubectl(target: &ClusterTarget, namespace: Option<&str>, args: &[&str]) -> Vec<String> {
+pub(super) fn kubectl(
+    target: &ClusterTarget,
+    namespace: Option<&str>,
+    args: &[&str],
+) -> Vec<String> {
     let mut all = target.client_flags();
     if let Some(ns) = namespace {
         all.extend(["--namespace".to_string(), ns.to_string()]);
@@ -389,12 +397,57 @@ pub fn plan(
         ));
     }
 
+    // The probe enters the pods' network namespaces from this machine,
+    // which holds a kind cluster's nodes and not another cluster's.
+    let probes = match target {
+        ClusterTarget::Kind { .. } => in_cluster::planned_probes(),
+        ClusterTarget::Existing { .. } => Vec::new(),
+    };
+    let probers = file("manifests/probers.json");
+    let hub_image = deployment
+        .images
+        .get(&crate::spec::ContainerRole::Hub)
+        .map(|image| image.reference_for(target))
+        .unwrap_or_default();
+    if !probes.is_empty() {
+        files.push(PlannedFile {
+            path: probers.clone(),
+            contents: in_cluster::prober_pods(ns, &hub_image, &probes),
+        });
+        steps.push(PlannedCommand::new(
+            "start the prober pods, one with the chart's network-access labels and one without",
+            "kubectl",
+            kubectl(
+                target,
+                Some(ns),
+                &[
+                    "apply",
+                    "--server-side",
+                    "--field-manager=hubtrust",
+                    "-f",
+                    &probers.display().to_string(),
+                ],
+            ),
+            QUICK,
+        ));
+        let mut wait = vec!["wait", "--for=condition=Ready", "--timeout=120s"];
+        let pods: Vec<String> = probes.iter().map(|p| format!("pod/{}", p.pod)).collect();
+        wait.extend(pods.iter().map(String::as_str));
+        steps.push(PlannedCommand::new(
+            "wait until the prober pods run",
+            "kubectl",
+            kubectl(target, Some(ns), &wait),
+            Duration::from_secs(130),
+        ));
+    }
+
     KubernetesPlan {
         backend: target.backend_name(),
         namespace: ns.to_string(),
         certificates,
         files,
         steps,
+        probes,
         teardown,
         secrets: vec![deployment.service_token.clone()],
     }
@@ -447,6 +500,48 @@ impl KubernetesPlan {
                 step.timeout.as_secs(),
                 step.shell_line()
             );
+        }
+        let _ = writeln!(
+            out,
+            "\n## probes from inside the cluster, once the public side works"
+        );
+        for probe in &self.probes {
+            let _ = writeln!(
+                out,
+                "- from pod {} ({}):",
+                probe.pod,
+                if probe.labelled {
+                    "with the network-access labels"
+                } else {
+                    "without labels"
+                }
+            );
+            for endpoint in &probe.endpoints {
+                let _ = writeln!(
+                    out,
+                    "    scan and trust matrix: {} (Service {} port {})",
+                    endpoint.name, endpoint.service, endpoint.port
+                );
+            }
+            for identity in &probe.identities {
+                let _ = writeln!(
+                    out,
+                    "    identity {}: accepted by {}",
+                    identity.label,
+                    if identity.accepted_by.is_empty() {
+                        "none".to_string()
+                    } else {
+                        identity.accepted_by.join(", ")
+                    }
+                );
+            }
+            for closed in &probe.closed {
+                let _ = writeln!(
+                    out,
+                    "    must not answer: {} (Service {} port {})",
+                    closed.name, closed.service, closed.port
+                );
+            }
         }
         let _ = writeln!(out, "\n## teardown, on every path out");
         for step in &self.teardown {

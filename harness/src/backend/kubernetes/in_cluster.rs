@@ -1,0 +1,396 @@
+//! The in-cluster prober: two idle pods in the deployment's namespace, one
+//! carrying the chart's network-access labels and one without, and a
+//! `hubtrust probe` run from each pod's network namespace. The labelled pod
+//! is a client the chart's NetworkPolicies let in: the trust matrix and the
+//! TLS scan run against the Services from there. The bare pod is any other
+//! pod: the hub API and the proxy API must not answer it, so the chart's
+//! NetworkPolicies become cells of what is checked.
+//!
+//! The probe enters the pod's network namespace from this machine (kind's
+//! nodes are containers on its docker), so it needs no image of its own and
+//! no cluster API beyond kubectl; it cannot reach a cluster elsewhere.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::names::{dns_names, SERVICES};
+use super::plan::{kubectl, PlannedCommand};
+use super::ClusterTarget;
+use std::time::Duration;
+
+/// The label the chart's hub NetworkPolicy admits on port 8081, and the
+/// proxy's on its API port; labs admit the hub's label on 8888.
+pub const NETWORK_ACCESS_LABELS: [&str; 3] = [
+    "hub.jupyter.org/network-access-hub",
+    "hub.jupyter.org/network-access-proxy-api",
+    "hub.jupyter.org/network-access-singleuser",
+];
+
+/// An endpoint reached through its Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceTarget {
+    /// What the report calls it.
+    pub name: String,
+    pub service: String,
+    pub port: u16,
+}
+
+/// A client certificate from the internal store (or made for the run) and
+/// the endpoints the trust graph says accept it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeIdentity {
+    pub label: String,
+    /// `<store>/<dir>/<dir>.crt` and `.key`, or the run's foreign identity.
+    pub store_dir: Option<String>,
+    pub accepted_by: Vec<String>,
+}
+
+/// One probe from one prober pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedProbe {
+    pub pod: String,
+    pub labelled: bool,
+    /// Endpoints scanned and presented every identity.
+    pub endpoints: Vec<ServiceTarget>,
+    /// Endpoints that must not answer this pod.
+    pub closed: Vec<ServiceTarget>,
+    pub identities: Vec<ProbeIdentity>,
+}
+
+/// What the report calls the hub's and CHP's internal APIs.
+const HUB_API: &str = "hub API";
+const PROXY_API: &str = "proxy API";
+
+fn internal_services() -> Vec<ServiceTarget> {
+    [("hub", HUB_API), ("proxy-api", PROXY_API)]
+        .into_iter()
+        .map(|(service, name)| ServiceTarget {
+            name: name.into(),
+            service: service.into(),
+            port: SERVICES
+                .iter()
+                .find(|s| s.service == service)
+                .map(|s| s.port)
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The two probes. Who accepts which identity is JupyterHub's internal
+/// trust graph, the same one the local and docker backends check: the hub
+/// API takes any internal client certificate, the proxy API only the hub's.
+pub fn planned_probes() -> Vec<PlannedProbe> {
+    let identity = |label: &str, store_dir: Option<&str>, accepted_by: &[&str]| ProbeIdentity {
+        label: label.into(),
+        store_dir: store_dir.map(str::to_string),
+        accepted_by: accepted_by.iter().map(|s| s.to_string()).collect(),
+    };
+    vec![
+        PlannedProbe {
+            pod: "hubtrust-prober-labelled".into(),
+            labelled: true,
+            endpoints: internal_services(),
+            closed: Vec::new(),
+            identities: vec![
+                identity("hub-internal", Some("hub-internal"), &[HUB_API, PROXY_API]),
+                identity("proxy-client", Some("proxy-client"), &[HUB_API]),
+                identity("foreign-CA cert", None, &[]),
+            ],
+        },
+        PlannedProbe {
+            pod: "hubtrust-prober-bare".into(),
+            labelled: false,
+            endpoints: Vec::new(),
+            closed: internal_services(),
+            identities: Vec::new(),
+        },
+    ]
+}
+
+/// The prober pods: idle, unprivileged, from an image the cluster already
+/// holds (the hub's), so nothing is pulled.
+pub fn prober_pods(namespace: &str, image: &str, probes: &[PlannedProbe]) -> Value {
+    let items: Vec<Value> = probes
+        .iter()
+        .map(|probe| {
+            let mut labels = serde_json::Map::new();
+            labels.insert("app.kubernetes.io/managed-by".into(), json!("hubtrust"));
+            if probe.labelled {
+                for label in NETWORK_ACCESS_LABELS {
+                    labels.insert(label.into(), json!("true"));
+                }
+            }
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": { "name": probe.pod, "namespace": namespace, "labels": labels },
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{
+                        "name": "idle",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["sleep", "infinity"],
+                        "securityContext": {
+                            "runAsUser": 1000,
+                            "runAsNonRoot": true,
+                            "allowPrivilegeEscalation": false,
+                            "capabilities": { "drop": ["ALL"] },
+                        },
+                    }],
+                },
+            })
+        })
+        .collect();
+    json!({ "apiVersion": "v1", "kind": "List", "items": items })
+}
+
+/// The pid, as this machine sees it, of a process in the pod with `uid`:
+/// the kubelet puts each pod's containers in a cgroup named after the pod's
+/// UID (dashes become underscores under the systemd cgroup driver).
+pub fn pod_process(proc_root: &Path, uid: &str) -> Option<u32> {
+    if uid.is_empty() {
+        return None;
+    }
+    let needles = [format!("pod{uid}"), format!("pod{}", uid.replace('-', "_"))];
+    let mut pids: Vec<u32> = std::fs::read_dir(proc_root)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.into_iter().find(|pid| {
+        std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup"))
+            .map(|text| needles.iter().any(|n| text.contains(n.as_str())))
+            .unwrap_or(false)
+    })
+}
+
+/// Files the probe reads.
+pub struct ProbeFiles<'a> {
+    pub public_ca: &'a Path,
+    /// The internal store (`internal-ssl`).
+    pub internal: &'a Path,
+    /// The run's foreign-CA client certificate and key.
+    pub foreign: (&'a Path, &'a Path),
+    pub token_file: &'a Path,
+    pub report: PathBuf,
+}
+
+/// `hubtrust probe`'s arguments for `probe`, with each Service at its
+/// ClusterIP and verified under its in-cluster name.
+pub fn probe_args(
+    probe: &PlannedProbe,
+    namespace: &str,
+    pid: u32,
+    cluster_ips: &BTreeMap<String, IpAddr>,
+    files: &ProbeFiles<'_>,
+) -> Result<Vec<String>, String> {
+    let at = |service: &str, port: u16| -> Result<SocketAddr, String> {
+        cluster_ips
+            .get(service)
+            .map(|ip| SocketAddr::new(*ip, port))
+            .ok_or_else(|| format!("the Service `{service}` has no ClusterIP"))
+    };
+    let full_name = |service: &str| dns_names(service, namespace)[3].clone();
+    let public = SERVICES
+        .iter()
+        .find(|s| s.service == "proxy-public")
+        .map(|s| s.port)
+        .unwrap_or(443);
+    let mut args: Vec<String> = vec![
+        "probe".into(),
+        "--from-netns-of".into(),
+        pid.to_string(),
+        "--url".into(),
+        format!("https://{}", full_name("proxy-public")),
+        "--connect".into(),
+        at("proxy-public", public)?.to_string(),
+        "--ca".into(),
+        files.public_ca.display().to_string(),
+        "--token-file".into(),
+        files.token_file.display().to_string(),
+        "--report".into(),
+        files.report.display().to_string(),
+    ];
+    if !probe.endpoints.is_empty() {
+        args.extend([
+            "--internal-ca".into(),
+            files
+                .internal
+                .join("hub-ca_trust.crt")
+                .display()
+                .to_string(),
+        ]);
+    }
+    for endpoint in &probe.endpoints {
+        args.push("--endpoint".into());
+        args.push(format!(
+            "{}={},name={}",
+            endpoint.name,
+            at(&endpoint.service, endpoint.port)?,
+            full_name(&endpoint.service)
+        ));
+    }
+    for identity in &probe.identities {
+        let (cert, key) = match &identity.store_dir {
+            Some(dir) => {
+                let base = files.internal.join(dir).join(dir);
+                (
+                    base.with_extension("crt").display().to_string(),
+                    base.with_extension("key").display().to_string(),
+                )
+            }
+            None => (
+                files.foreign.0.display().to_string(),
+                files.foreign.1.display().to_string(),
+            ),
+        };
+        let mut spec = format!("{}={cert},{key}", identity.label);
+        if !identity.accepted_by.is_empty() {
+            spec.push_str(&format!(",accepted-by={}", identity.accepted_by.join("+")));
+        }
+        args.push("--identity".into());
+        args.push(spec);
+    }
+    for closed in &probe.closed {
+        args.push("--closed".into());
+        args.push(format!(
+            "{}={}",
+            closed.name,
+            at(&closed.service, closed.port)?
+        ));
+    }
+    Ok(args)
+}
+
+/// The pod's UID, which names its cgroup.
+pub fn pod_uid_command(target: &ClusterTarget, namespace: &str, pod: &str) -> PlannedCommand {
+    PlannedCommand::new(
+        format!("read the UID of the prober pod {pod}"),
+        "kubectl",
+        kubectl(
+            target,
+            Some(namespace),
+            &["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"],
+        ),
+        Duration::from_secs(60),
+    )
+}
+
+/// Every Service's ClusterIP, one `name=IP` a line.
+pub fn cluster_ips_command(target: &ClusterTarget, namespace: &str) -> PlannedCommand {
+    PlannedCommand::new(
+        "read the Services' cluster addresses",
+        "kubectl",
+        kubectl(
+            target,
+            Some(namespace),
+            &[
+                "get",
+                "services",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}={.spec.clusterIP}{\"\\n\"}{end}",
+            ],
+        ),
+        Duration::from_secs(60),
+    )
+}
+
+/// `name=clusterIP` lines, as `kubectl get services -o jsonpath` prints
+/// them (headless Services, `None`, are left out).
+pub fn parse_cluster_ips(text: &str) -> BTreeMap<String, IpAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, ip) = line.trim().split_once('=')?;
+            Some((name.to_string(), ip.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_labelled_pod_carries_the_network_access_labels() {
+        let pods = prober_pods("hubtrust-x", "hub:1", &planned_probes());
+        let items = pods["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2);
+        for label in NETWORK_ACCESS_LABELS {
+            assert_eq!(items[0]["metadata"]["labels"][label], "true");
+            assert!(items[1]["metadata"]["labels"].get(label).is_none());
+        }
+        assert_eq!(items[1]["spec"]["automountServiceAccountToken"], false);
+    }
+
+    #[test]
+    fn the_bare_pod_must_find_the_internal_apis_closed() {
+        let probes = planned_probes();
+        let bare = probes.iter().find(|p| !p.labelled).unwrap();
+        let closed: Vec<&str> = bare.closed.iter().map(|c| c.service.as_str()).collect();
+        assert_eq!(closed, ["hub", "proxy-api"]);
+        assert!(bare.endpoints.is_empty() && bare.identities.is_empty());
+    }
+
+    #[test]
+    fn a_pod_is_found_by_its_uid_in_either_cgroup_driver_layout() {
+        let root = std::env::temp_dir().join(format!("hubtrust-proc-{}", std::process::id()));
+        let cgroup = |pid: u32, text: &str| {
+            let dir = root.join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("cgroup"), text).unwrap();
+        };
+        cgroup(10, "0::/system.slice/docker-abc.scope/init.scope\n");
+        cgroup(
+            20,
+            "0::/system.slice/docker-abc.scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod1b2c_33d4.slice/cri-containerd-f00.scope\n",
+        );
+        cgroup(30, "0::/kubepods/besteffort/pod9e8d-7c6b/f00\n");
+        std::fs::create_dir_all(root.join("self")).unwrap();
+        assert_eq!(pod_process(&root, "1b2c-33d4"), Some(20));
+        assert_eq!(pod_process(&root, "9e8d-7c6b"), Some(30));
+        assert_eq!(pod_process(&root, "0000-1111"), None);
+        assert_eq!(pod_process(&root, ""), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_labelled_probe_verifies_each_service_under_its_in_cluster_name() {
+        let ips = parse_cluster_ips(
+            "hub=10.96.0.11\nproxy-api=10.96.0.12\nproxy-public=10.96.0.13\nheadless=None\n",
+        );
+        assert!(!ips.contains_key("headless"));
+        let files = ProbeFiles {
+            public_ca: Path::new("/run/public-ca.crt"),
+            internal: Path::new("/run/internal-ssl"),
+            foreign: (Path::new("/run/foreign.crt"), Path::new("/run/foreign.key")),
+            token_file: Path::new("/run/token"),
+            report: PathBuf::from("/out/labelled"),
+        };
+        let probes = planned_probes();
+        let args = probe_args(&probes[0], "ns", 4242, &ips, &files).unwrap();
+        let line = args.join(" ");
+        assert!(line.starts_with("probe --from-netns-of 4242 --url https://proxy-public.ns.svc.cluster.local --connect 10.96.0.13:443"), "{line}");
+        assert!(
+            line.contains("--endpoint hub API=10.96.0.11:8081,name=hub.ns.svc.cluster.local"),
+            "{line}"
+        );
+        assert!(line.contains("--identity hub-internal=/run/internal-ssl/hub-internal/hub-internal.crt,/run/internal-ssl/hub-internal/hub-internal.key,accepted-by=hub API+proxy API"), "{line}");
+        assert!(
+            line.contains("--identity foreign-CA cert=/run/foreign.crt,/run/foreign.key"),
+            "{line}"
+        );
+        let bare = probe_args(&probes[1], "ns", 4243, &ips, &files).unwrap();
+        assert!(bare
+            .join(" ")
+            .contains("--closed proxy API=10.96.0.12:8001"));
+        let missing = probe_args(&probes[1], "ns", 1, &BTreeMap::new(), &files).unwrap_err();
+        assert!(missing.contains("proxy-public"), "{missing}");
+    }
+}
