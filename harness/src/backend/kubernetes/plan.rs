@@ -137,6 +137,31 @@ pub(super) fn kubectl(
     all
 }
 
+/// `kubectl apply --server-side` of a planned manifest file.
+fn apply(
+    purpose: &str,
+    target: &ClusterTarget,
+    namespace: &str,
+    manifest: &Path,
+) -> PlannedCommand {
+    PlannedCommand::new(
+        purpose,
+        "kubectl",
+        kubectl(
+            target,
+            Some(namespace),
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=hubtrust",
+                "-f",
+                &manifest.display().to_string(),
+            ],
+        ),
+        QUICK,
+    )
+}
+
 fn config_map(name: &str, namespace: &str, key: &str, contents: &str) -> Value {
     json!({
         "apiVersion": "v1",
@@ -323,21 +348,11 @@ pub fn plan(
                 path: path.clone(),
                 contents: json!({ "apiVersion": "v1", "kind": "List", "items": manifests }),
             });
-            steps.push(PlannedCommand::new(
+            steps.push(apply(
                 "project the org CA bundle as trust-manager would, and the merge step",
-                "kubectl",
-                kubectl(
-                    target,
-                    Some(ns),
-                    &[
-                        "apply",
-                        "--server-side",
-                        "--field-manager=hubtrust",
-                        "-f",
-                        &path.display().to_string(),
-                    ],
-                ),
-                QUICK,
+                target,
+                ns,
+                &path,
             ));
         }
     }
@@ -414,21 +429,11 @@ pub fn plan(
             path: probers.clone(),
             contents: in_cluster::prober_pods(ns, &hub_image, &probes),
         });
-        steps.push(PlannedCommand::new(
+        steps.push(apply(
             "start the prober pods, one with the chart's network-access labels and one without",
-            "kubectl",
-            kubectl(
-                target,
-                Some(ns),
-                &[
-                    "apply",
-                    "--server-side",
-                    "--field-manager=hubtrust",
-                    "-f",
-                    &probers.display().to_string(),
-                ],
-            ),
-            QUICK,
+            target,
+            ns,
+            &probers,
         ));
         let mut wait = vec!["wait", "--for=condition=Ready", "--timeout=120s"];
         let pods: Vec<String> = probes.iter().map(|p| format!("pod/{}", p.pod)).collect();
