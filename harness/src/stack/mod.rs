@@ -1307,11 +1307,16 @@ impl Stack {
                 session.kernel_id = Some(id);
             }
         }
-        let run = session.run_cell_within(code, deadline).await?;
+        let run = session.run_cell_within(code, deadline).await;
+        // A cell that failed or timed out may hold its kernel busy: the
+        // next cell gets a kernel of its own rather than waiting behind it.
         if let Ok(mut kernels) = self.kernels.lock() {
-            kernels.insert(user.to_string(), run.kernel_id.clone());
+            match &run {
+                Ok(run) => kernels.insert(user.to_string(), run.kernel_id.clone()),
+                Err(_) => kernels.remove(user),
+            };
         }
-        Ok(run)
+        run
     }
 
     /// What an outsider can do knowing only the public URL, the public CA
