@@ -1,7 +1,11 @@
 //! `hubtrust bench --only profiles`: the four local profiles one after
 //! another, as CI runs them, each a real `hubtrust run`; and in the same
 //! rounds `@core` without its TLS scan, so the scan's cost is a ratio
-//! taken on the same machine state.
+//! taken on the same machine state. The stack's start-up swings by a
+//! second or two from run to run (JupyterHub polls a spawning lab with a
+//! jittered back-off), far more than the scan costs, so the ratio compares
+//! the time after the stack is ready: what the scan adds, over the wall
+//! time of `@core` without it.
 
 use crate::bench_docker::{timed_run, Profile};
 use crate::measure::median;
@@ -38,13 +42,13 @@ pub fn four_profiles(rounds: u32) -> anyhow::Result<()> {
     let mut scan_ratios = Vec::new();
     for round in 1..=rounds.max(1) {
         let mut total = 0.0;
-        let mut core_with_scan = 0.0;
+        let mut core_with_scan = None;
         for (i, profile) in PROFILES.iter().enumerate() {
             let t = timed_run(profile, "local", &scratch.join(format!("{i}-{round}")))?;
             total += t.wall;
             per_profile[i].push(t.wall);
             if i == 0 {
-                core_with_scan = t.whole_run;
+                core_with_scan = Some(t);
             }
         }
         let without = timed_run(
@@ -52,9 +56,14 @@ pub fn four_profiles(rounds: u32) -> anyhow::Result<()> {
             "local",
             &scratch.join(format!("core-without-scan-{round}")),
         )?;
-        let ratio = core_with_scan / without.whole_run;
+        let with = core_with_scan.ok_or_else(|| anyhow::anyhow!("no @core run"))?;
+        let after_ready = |t: &crate::bench_docker::Timing| t.whole_run - t.stack_ready;
+        let added = after_ready(&with) - after_ready(&without);
+        let ratio = 1.0 + added / without.whole_run;
         eprintln!(
-            "round {round}: four profiles {total:.1} s; @core {core_with_scan:.2} s with the TLS scan, {:.2} s without ({ratio:.2})",
+            "round {round}: four profiles {total:.1} s; @core after the stack was ready: {:.2} s with the TLS scan, {:.2} s without; {added:+.2} s on a {:.2} s run ({ratio:.2})",
+            after_ready(&with),
+            after_ready(&without),
             without.whole_run
         );
         totals.push(total);
@@ -70,7 +79,7 @@ pub fn four_profiles(rounds: u32) -> anyhow::Result<()> {
         median(totals)
     );
     println!(
-        "@core with / without the TLS scan   {:.2} (median of per-round ratios; target ≤ 1.20)",
+        "@core with / without the TLS scan   {:.2} (what the scan adds after the stack is ready, over @core's wall time; median of rounds; target ≤ 1.20)",
         median(scan_ratios)
     );
     Ok(())

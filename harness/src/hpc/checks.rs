@@ -789,7 +789,7 @@ impl HpcChecks<'_> {
                 });
             }
             // Bounded readiness-poll interval while the hub restarts the proxy.
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 

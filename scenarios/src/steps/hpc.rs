@@ -285,11 +285,15 @@ fn every_login_verifies(world: &mut Operator) -> anyhow::Result<()> {
 #[then("the broker's key can ask each login node for its tunnel's status")]
 async fn broker_key_status(world: &mut Operator) -> anyhow::Result<()> {
     let stack = world.stack()?;
-    for login in stack.hpc()?.login_nodes()? {
-        let outcome = stack
-            .hpc()?
-            .ssh(SshRole::Broker, &login, Some("status"))
-            .await?;
+    let hpc = stack.hpc()?;
+    let logins = hpc.login_nodes()?;
+    let outcomes = futures::future::try_join_all(
+        logins
+            .iter()
+            .map(|login| hpc.ssh(SshRole::Broker, login, Some("status"))),
+    )
+    .await?;
+    for (login, outcome) in logins.iter().zip(outcomes) {
         anyhow::ensure!(
             outcome.exit == Some(0) && outcome.stdout.trim() == "running",
             "`status` on {login}: {}",
