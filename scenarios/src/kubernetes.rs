@@ -337,7 +337,7 @@ const IN_CLUSTER_REPORTS: &str = "hubtrust-in-cluster";
 /// endpoints. Any finding, or a probe that could not run, fails the
 /// bring-up, naming the report.
 fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::Result<()> {
-    use hubtrust_harness::backend::kubernetes::{command, in_cluster};
+    use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan};
     if plan.probes.is_empty() {
         return Ok(());
     }
@@ -361,19 +361,15 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
             hubtrust_harness::pki::Validity::fresh(1),
         )?
         .write_to(&probe_dir)?;
-    let ips = command::run(&in_cluster::cluster_ips_command(&deployment.target, ns))
+    let ips = command::run(&plan::cluster_ips_command(&deployment.target, ns))
         .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
     let ips = in_cluster::parse_cluster_ips(&ips.stdout);
     let exe = std::env::current_exe().context("find hubtrust's own executable")?;
     let as_root = nix::unistd::geteuid().is_root();
     let mut failed = Vec::new();
     for probe in &plan.probes {
-        let uid = command::run(&in_cluster::pod_uid_command(
-            &deployment.target,
-            ns,
-            &probe.pod,
-        ))
-        .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
+        let uid = command::run(&plan::pod_uid_command(&deployment.target, ns, &probe.pod))
+            .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
         let pid = in_cluster::pod_process(Path::new("/proc"), uid.stdout.trim()).ok_or_else(|| {
             anyhow::anyhow!(
                 "the in-cluster probe: no process of pod {} (UID {}) is on this machine: it enters a pod's network namespace from the machine that runs the kind node",

@@ -18,9 +18,6 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::names::{dns_names, SERVICES};
-use super::plan::{kubectl, PlannedCommand};
-use super::ClusterTarget;
-use std::time::Duration;
 
 /// The label the chart's hub NetworkPolicy admits on port 8081, and the
 /// proxy's on its API port; labs admit the hub's label on 8888.
@@ -267,39 +264,6 @@ pub fn probe_args(
         ));
     }
     Ok(args)
-}
-
-/// The pod's UID, which names its cgroup.
-pub fn pod_uid_command(target: &ClusterTarget, namespace: &str, pod: &str) -> PlannedCommand {
-    PlannedCommand::new(
-        format!("read the UID of the prober pod {pod}"),
-        "kubectl",
-        kubectl(
-            target,
-            Some(namespace),
-            &["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"],
-        ),
-        Duration::from_secs(60),
-    )
-}
-
-/// Every Service's ClusterIP, one `name=IP` a line.
-pub fn cluster_ips_command(target: &ClusterTarget, namespace: &str) -> PlannedCommand {
-    PlannedCommand::new(
-        "read the Services' cluster addresses",
-        "kubectl",
-        kubectl(
-            target,
-            Some(namespace),
-            &[
-                "get",
-                "services",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name}={.spec.clusterIP}{\"\\n\"}{end}",
-            ],
-        ),
-        Duration::from_secs(60),
-    )
 }
 
 /// `name=clusterIP` lines, as `kubectl get services -o jsonpath` prints

@@ -124,17 +124,46 @@ const LOAD: Duration = Duration::from_secs(300);
 const QUICK: Duration = Duration::from_secs(60);
 const INSTALL: Duration = Duration::from_secs(600);
 
-pub(super) fn kubectl(
-    target: &ClusterTarget,
-    namespace: Option<&str>,
-    args: &[&str],
-) -> Vec<String> {
+fn kubectl(target: &ClusterTarget, namespace: Option<&str>, args: &[&str]) -> Vec<String> {
     let mut all = target.client_flags();
     if let Some(ns) = namespace {
         all.extend(["--namespace".to_string(), ns.to_string()]);
     }
     all.extend(args.iter().map(|a| a.to_string()));
     all
+}
+
+/// The pod's UID, which names its cgroup.
+pub fn pod_uid_command(target: &ClusterTarget, namespace: &str, pod: &str) -> PlannedCommand {
+    PlannedCommand::new(
+        format!("read the UID of the prober pod {pod}"),
+        "kubectl",
+        kubectl(
+            target,
+            Some(namespace),
+            &["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"],
+        ),
+        Duration::from_secs(60),
+    )
+}
+
+/// Every Service's ClusterIP, one `name=IP` a line.
+pub fn cluster_ips_command(target: &ClusterTarget, namespace: &str) -> PlannedCommand {
+    PlannedCommand::new(
+        "read the Services' cluster addresses",
+        "kubectl",
+        kubectl(
+            target,
+            Some(namespace),
+            &[
+                "get",
+                "services",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}={.spec.clusterIP}{\"\\n\"}{end}",
+            ],
+        ),
+        Duration::from_secs(60),
+    )
 }
 
 /// `kubectl apply --server-side` of a planned manifest file.
