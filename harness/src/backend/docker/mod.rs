@@ -51,6 +51,26 @@ pub struct DockerEngine {
     pub keep_if_start_fails: bool,
 }
 
+/// Moves every entry of `from` into `to`, replacing files by rename (which
+/// is atomic) and making directories that are missing, with `from`'s modes.
+fn move_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            let mode = entry.metadata()?.permissions().mode();
+            std::fs::create_dir_all(&target)?;
+            move_into_place(&entry.path(), &target)?;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+        } else {
+            std::fs::rename(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
 fn docker_error(what: impl Into<String>, e: impl std::fmt::Display) -> HarnessError {
     HarnessError::Docker {
         what: what.into(),
@@ -592,12 +612,22 @@ impl DockerEngine {
             })?);
         }
         let parent = dir.parent().unwrap_or(Path::new("/"));
+        // Unpacked beside the target, then each file renamed into place:
+        // an unpack over existing files removes each before writing it
+        // anew, and a reader of the run's files (a certificate, a token)
+        // must never find one missing in between.
+        let staging = parent.join(format!(
+            ".hubtrust-copy-out-{}",
+            hex::encode(rand::random::<[u8; 6]>())
+        ));
         let mut archive = tar::Archive::new(tar.as_slice());
         archive.set_preserve_permissions(true);
-        archive.set_overwrite(true);
-        archive
-            .unpack(parent)
-            .map_err(|e| HarnessError::io(format!("unpack {} from {container}", dir.display()), e))
+        let moved = archive
+            .unpack(&staging)
+            .and_then(|()| move_into_place(&staging, parent))
+            .map_err(|e| HarnessError::io(format!("unpack {} from {container}", dir.display()), e));
+        let _ = std::fs::remove_dir_all(&staging);
+        moved
     }
 
     async fn mkdir(&self, container: &str, dir: &Path) -> Result<()> {
