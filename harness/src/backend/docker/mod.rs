@@ -51,6 +51,13 @@ pub struct DockerEngine {
     pub keep_if_start_fails: bool,
 }
 
+/// Whether a tar stream ends as a whole archive does: in two zero blocks.
+fn archive_is_whole(tar: &[u8]) -> bool {
+    tar.len() >= 1024
+        && tar.len().is_multiple_of(512)
+        && tar[tar.len() - 1024..].iter().all(|b| *b == 0)
+}
+
 /// Moves every entry of `from` into `to`, replacing files by rename (which
 /// is atomic) and making directories that are missing, with `from`'s modes.
 fn move_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -599,18 +606,27 @@ impl DockerEngine {
     /// Copies `dir` of the container back to the same path here, replacing
     /// files of the same names, modes as they are in the container.
     pub async fn copy_out(&self, container: &str, dir: &Path) -> Result<()> {
-        let options = DownloadFromContainerOptionsBuilder::default()
-            .path(&dir.display().to_string())
-            .build();
-        let mut stream = self
-            .docker
-            .download_from_container(container, Some(options));
-        let mut tar = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            tar.extend_from_slice(&chunk.map_err(|e| {
-                docker_error(format!("copy {} out of {container}", dir.display()), e)
-            })?);
-        }
+        // The daemon can end a download early without an error, between
+        // two entries; the tar crate then stops at the end of the stream,
+        // and the files after it would be silently missing here. A whole
+        // archive ends in two zero blocks: anything else is fetched again.
+        let mut tries = 0;
+        let tar = loop {
+            tries += 1;
+            let tar = self.download(container, dir).await?;
+            if archive_is_whole(&tar) {
+                break tar;
+            }
+            if tries == 5 {
+                return Err(HarnessError::Docker {
+                    what: format!("copy {} out of {container}", dir.display()),
+                    message: format!(
+                        "the daemon cut the archive short {tries} times in a row ({} bytes, no end-of-archive blocks)",
+                        tar.len()
+                    ),
+                });
+            }
+        };
         let parent = dir.parent().unwrap_or(Path::new("/"));
         // Unpacked beside the target, then each file renamed into place:
         // an unpack over existing files removes each before writing it
@@ -628,6 +644,22 @@ impl DockerEngine {
             .map_err(|e| HarnessError::io(format!("unpack {} from {container}", dir.display()), e));
         let _ = std::fs::remove_dir_all(&staging);
         moved
+    }
+
+    async fn download(&self, container: &str, dir: &Path) -> Result<Vec<u8>> {
+        let options = DownloadFromContainerOptionsBuilder::default()
+            .path(&dir.display().to_string())
+            .build();
+        let mut stream = self
+            .docker
+            .download_from_container(container, Some(options));
+        let mut tar = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            tar.extend_from_slice(&chunk.map_err(|e| {
+                docker_error(format!("copy {} out of {container}", dir.display()), e)
+            })?);
+        }
+        Ok(tar)
     }
 
     async fn mkdir(&self, container: &str, dir: &Path) -> Result<()> {
@@ -1085,4 +1117,30 @@ pub async fn runs_with_objects(docker: &Docker) -> Result<Vec<String>> {
     runs.sort();
     runs.dedup();
     Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::archive_is_whole;
+
+    #[test]
+    fn an_archive_cut_between_two_entries_is_not_whole() {
+        let mut builder = tar::Builder::new(Vec::new());
+        for name in ["hub-ca_trust.crt", "hub-internal/hub-internal.crt"] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(3);
+            header.set_mode(0o600);
+            header.set_cksum();
+            builder.append_data(&mut header, name, &b"pem"[..]).unwrap();
+        }
+        let whole = builder.into_inner().unwrap();
+        assert!(archive_is_whole(&whole));
+        // The first entry alone, header and padded data, as a stream that
+        // stopped before the second entry's header: the tar crate reads it
+        // to the end without an error.
+        let cut = &whole[..1024];
+        assert_eq!(tar::Archive::new(cut).entries().unwrap().count(), 1);
+        assert!(!archive_is_whole(cut));
+        assert!(!archive_is_whole(&[]));
+    }
 }
