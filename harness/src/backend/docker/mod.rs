@@ -49,7 +49,14 @@ pub struct DockerEngine {
     /// Leave the run's objects for inspection when its stack fails to
     /// come up (`--keep`); the caller then tells the reaper to stand down.
     pub keep_if_start_fails: bool,
+    /// How many copies out of a container came back cut short and were
+    /// fetched again: shared by every clone of this engine.
+    copies_refetched: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
+
+/// How long a copy out of a container is fetched again while the daemon
+/// keeps sending it cut short.
+const COPY_OUT_RETRIES_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Whether a tar stream ends as a whole archive does: in two zero blocks.
 fn archive_is_whole(tar: &[u8]) -> bool {
@@ -132,7 +139,15 @@ impl DockerEngine {
             docker,
             run: run.into(),
             keep_if_start_fails: false,
+            copies_refetched: Default::default(),
         })
+    }
+
+    /// How many copies out of a container came back cut short and were
+    /// fetched again, over this engine's life.
+    pub fn copies_refetched(&self) -> u32 {
+        self.copies_refetched
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn client(&self) -> &Docker {
@@ -606,26 +621,35 @@ impl DockerEngine {
     /// Copies `dir` of the container back to the same path here, replacing
     /// files of the same names, modes as they are in the container.
     pub async fn copy_out(&self, container: &str, dir: &Path) -> Result<()> {
-        // The daemon can end a download early without an error, between
-        // two entries; the tar crate then stops at the end of the stream,
-        // and the files after it would be silently missing here. A whole
-        // archive ends in two zero blocks: anything else is fetched again.
-        let mut tries = 0;
+        // The daemon ends a download early, without an error, when a file
+        // changes size while it reads it (shown in `copy_out_refetches_an_
+        // archive_cut_short` against a real daemon): the stream stops after
+        // that file, and the tar crate, reading to the end, would leave the
+        // files after it silently missing here. A whole archive ends in two
+        // zero blocks; anything else is fetched again, for a bounded time.
+        let deadline = std::time::Instant::now() + COPY_OUT_RETRIES_FOR;
         let tar = loop {
-            tries += 1;
             let tar = self.download(container, dir).await?;
             if archive_is_whole(&tar) {
                 break tar;
             }
-            if tries == 5 {
+            self.copies_refetched
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if std::time::Instant::now() > deadline {
                 return Err(HarnessError::Docker {
                     what: format!("copy {} out of {container}", dir.display()),
                     message: format!(
-                        "the daemon cut the archive short {tries} times in a row ({} bytes, no end-of-archive blocks)",
+                        "for {} s every archive the daemon sent was cut short (the last: {} bytes, no end-of-archive blocks): something in the container rewrites a file there without pause",
+                        COPY_OUT_RETRIES_FOR.as_secs(),
                         tar.len()
                     ),
                 });
             }
+            eprintln!(
+                "hubtrust: docker: the copy of {} out of {container} was cut short after {} bytes (a file changed size while the daemon read it); fetching it again",
+                dir.display(),
+                tar.len()
+            );
         };
         let parent = dir.parent().unwrap_or(Path::new("/"));
         // Unpacked beside the target, then each file renamed into place:
