@@ -2,8 +2,9 @@
 //! carrying the chart's network-access labels and one without, and a
 //! `hubtrust probe` run from each pod's network namespace. The labelled pod
 //! is a client the chart's NetworkPolicies let in: the trust matrix and the
-//! TLS scan run against the Services from there. The bare pod is any other
-//! pod: the hub API and the proxy API must not answer it, so the chart's
+//! TLS scan run against the Services from there: the hub API, the proxy API
+//! and the first user's lab (KubeSpawner's Service for it). The bare pod is
+//! any other pod: none of the three may answer it, so the chart's
 //! NetworkPolicies become cells of what is checked.
 //!
 //! The probe enters the pod's network namespace from this machine (kind's
@@ -62,8 +63,19 @@ pub struct PlannedProbe {
 const HUB_API: &str = "hub API";
 const PROXY_API: &str = "proxy API";
 
-fn internal_services() -> Vec<ServiceTarget> {
-    [("hub", HUB_API), ("proxy-api", PROXY_API)]
+/// KubeSpawner's default port for a lab, which its Service exposes.
+const LAB_PORT: u16 = 8888;
+
+/// The Service KubeSpawner makes for `user`'s lab under internal SSL: its
+/// pod's name, from the default `pod_name_template` (`jupyter-{user_server}`)
+/// and a user name that needs no escaping, as hubtrust's users do.
+pub fn lab_service(user: &str) -> String {
+    format!("jupyter-{user}")
+}
+
+/// The hub API, the proxy API and `user`'s lab, each behind its Service.
+fn internal_services(user: &str) -> Vec<ServiceTarget> {
+    let chart = [("hub", HUB_API), ("proxy-api", PROXY_API)]
         .into_iter()
         .map(|(service, name)| ServiceTarget {
             name: name.into(),
@@ -73,28 +85,45 @@ fn internal_services() -> Vec<ServiceTarget> {
                 .find(|s| s.service == service)
                 .map(|s| s.port)
                 .unwrap_or_default(),
-        })
+        });
+    chart
+        .chain([ServiceTarget {
+            name: lab_name(user),
+            service: lab_service(user),
+            port: LAB_PORT,
+        }])
         .collect()
 }
 
-/// The two probes. Who accepts which identity is JupyterHub's internal
-/// trust graph, the same one the local and docker backends check: the hub
-/// API takes any internal client certificate, the proxy API only the hub's.
-pub fn planned_probes() -> Vec<PlannedProbe> {
+fn lab_name(user: &str) -> String {
+    format!("lab of {user}")
+}
+
+/// The two probes, with `user`'s lab already running. Who accepts which
+/// identity is JupyterHub's internal trust graph, the same one the local
+/// and docker backends check: the hub API takes any internal client
+/// certificate, the proxy API only the hub's, a lab the hub's and the
+/// proxy's (`notebooks-ca_trust` holds hub-ca and proxy-client-ca).
+pub fn planned_probes(user: &str) -> Vec<PlannedProbe> {
     let identity = |label: &str, store_dir: Option<&str>, accepted_by: &[&str]| ProbeIdentity {
         label: label.into(),
         store_dir: store_dir.map(str::to_string),
         accepted_by: accepted_by.iter().map(|s| s.to_string()).collect(),
     };
+    let lab = lab_name(user);
     vec![
         PlannedProbe {
             pod: "hubtrust-prober-labelled".into(),
             labelled: true,
-            endpoints: internal_services(),
+            endpoints: internal_services(user),
             closed: Vec::new(),
             identities: vec![
-                identity("hub-internal", Some("hub-internal"), &[HUB_API, PROXY_API]),
-                identity("proxy-client", Some("proxy-client"), &[HUB_API]),
+                identity(
+                    "hub-internal",
+                    Some("hub-internal"),
+                    &[HUB_API, PROXY_API, &lab],
+                ),
+                identity("proxy-client", Some("proxy-client"), &[HUB_API, &lab]),
                 identity("foreign-CA cert", None, &[]),
             ],
         },
@@ -102,7 +131,7 @@ pub fn planned_probes() -> Vec<PlannedProbe> {
             pod: "hubtrust-prober-bare".into(),
             labelled: false,
             endpoints: Vec::new(),
-            closed: internal_services(),
+            closed: internal_services(user),
             identities: Vec::new(),
         },
     ]
@@ -283,7 +312,7 @@ mod tests {
 
     #[test]
     fn only_the_labelled_pod_carries_the_network_access_labels() {
-        let pods = prober_pods("hubtrust-x", "hub:1", &planned_probes());
+        let pods = prober_pods("hubtrust-x", "hub:1", &planned_probes("alice"));
         let items = pods["items"].as_array().unwrap();
         assert_eq!(items.len(), 2);
         for label in NETWORK_ACCESS_LABELS {
@@ -295,10 +324,10 @@ mod tests {
 
     #[test]
     fn the_bare_pod_must_find_the_internal_apis_closed() {
-        let probes = planned_probes();
+        let probes = planned_probes("alice");
         let bare = probes.iter().find(|p| !p.labelled).unwrap();
         let closed: Vec<&str> = bare.closed.iter().map(|c| c.service.as_str()).collect();
-        assert_eq!(closed, ["hub", "proxy-api"]);
+        assert_eq!(closed, ["hub", "proxy-api", "jupyter-alice"]);
         assert!(bare.endpoints.is_empty() && bare.identities.is_empty());
     }
 
@@ -327,7 +356,7 @@ mod tests {
     #[test]
     fn the_labelled_probe_verifies_each_service_under_its_in_cluster_name() {
         let ips = parse_cluster_ips(
-            "hub=10.96.0.11\nproxy-api=10.96.0.12\nproxy-public=10.96.0.13\nheadless=None\n",
+            "hub=10.96.0.11\nproxy-api=10.96.0.12\nproxy-public=10.96.0.13\njupyter-alice=10.96.0.14\nheadless=None\n",
         );
         assert!(!ips.contains_key("headless"));
         let files = ProbeFiles {
@@ -337,7 +366,7 @@ mod tests {
             token_file: Path::new("/run/token"),
             report: PathBuf::from("/out/labelled"),
         };
-        let probes = planned_probes();
+        let probes = planned_probes("alice");
         let args = probe_args(&probes[0], "ns", 4242, &ips, &files).unwrap();
         let line = args.join(" ");
         assert!(line.starts_with("probe --from-netns-of 4242 --url https://proxy-public.ns.svc.cluster.local --connect 10.96.0.13:443"), "{line}");
@@ -345,7 +374,14 @@ mod tests {
             line.contains("--endpoint hub API=10.96.0.11:8081,name=hub.ns.svc.cluster.local"),
             "{line}"
         );
-        assert!(line.contains("--identity hub-internal=/run/internal-ssl/hub-internal/hub-internal.crt,/run/internal-ssl/hub-internal/hub-internal.key,accepted-by=hub API+proxy API"), "{line}");
+        assert!(
+            line.contains(
+                "--endpoint lab of alice=10.96.0.14:8888,name=jupyter-alice.ns.svc.cluster.local"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("--identity hub-internal=/run/internal-ssl/hub-internal/hub-internal.crt,/run/internal-ssl/hub-internal/hub-internal.key,accepted-by=hub API+proxy API+lab of alice"), "{line}");
+        assert!(line.contains("--identity proxy-client=/run/internal-ssl/proxy-client/proxy-client.crt,/run/internal-ssl/proxy-client/proxy-client.key,accepted-by=hub API+lab of alice"), "{line}");
         assert!(
             line.contains("--identity foreign-CA cert=/run/foreign.crt,/run/foreign.key"),
             "{line}"

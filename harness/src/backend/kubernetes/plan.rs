@@ -444,7 +444,7 @@ pub fn plan(
     // The probe enters the pods' network namespaces from this machine,
     // which holds a kind cluster's nodes and not another cluster's.
     let probes = match target {
-        ClusterTarget::Kind { .. } => in_cluster::planned_probes(),
+        ClusterTarget::Kind { .. } => in_cluster::planned_probes(&deployment.user),
         ClusterTarget::Existing { .. } => Vec::new(),
     };
     let probers = file("manifests/probers.json");
