@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ExitCode, Stdio};
@@ -364,19 +365,12 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
     let ips = command::run(&plan::cluster_ips_command(&deployment.target, ns))
         .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
     let ips = in_cluster::parse_cluster_ips(&ips.stdout);
+    let lab_ports = lab_ports_closed(deployment)?;
     let exe = std::env::current_exe().context("find hubtrust's own executable")?;
     let as_root = nix::unistd::geteuid().is_root();
     let mut failed = Vec::new();
     for probe in &plan.probes {
-        let uid = command::run(&plan::pod_uid_command(&deployment.target, ns, &probe.pod))
-            .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
-        let pid = in_cluster::pod_process(Path::new("/proc"), uid.stdout.trim()).ok_or_else(|| {
-            anyhow::anyhow!(
-                "the in-cluster probe: no process of pod {} (UID {}) is on this machine: it enters a pod's network namespace from the machine that runs the kind node",
-                probe.pod,
-                uid.stdout.trim()
-            )
-        })?;
+        let pid = pod_process(deployment, &probe.pod)?;
         let report = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join(&probe.pod);
         let files = in_cluster::ProbeFiles {
             public_ca: &run_dir.join("public/public-ca.crt"),
@@ -385,7 +379,7 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
             token_file: &token_file,
             report: report.clone(),
         };
-        let args = in_cluster::probe_args(probe, ns, pid, &ips, &files)
+        let args = in_cluster::probe_args(probe, ns, pid, &ips, &files, &lab_ports)
             .map_err(|e| anyhow::anyhow!("the in-cluster probe from {}: {e}", probe.pod))?;
         eprintln!(
             "· probing from inside the cluster: pod {} (pid {pid})",
@@ -422,6 +416,57 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
         failed.join("; ")
     );
     Ok(())
+}
+
+/// The pid, on this machine, of a process of `pod`.
+fn pod_process(deployment: &Deployment, pod: &str) -> anyhow::Result<u32> {
+    use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan};
+    let uid = command::run(&plan::pod_uid_command(
+        &deployment.target,
+        &deployment.namespace,
+        pod,
+    ))
+    .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
+    let uid = uid.stdout.trim();
+    in_cluster::pod_process(Path::new("/proc"), uid).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the in-cluster probe: no process of pod {pod} (UID {uid}) is on this machine: it enters a pod's network namespace from the machine that runs the kind node"
+        )
+    })
+}
+
+/// Every port the first user's lab pod listens on besides the lab's own
+/// (its kernel's among them), at the pod's address: no prober may reach
+/// them. Read from the pod's own `/proc/<pid>/net/tcp`, as the kernel
+/// opened them, so a port the kernel binds wide is caught too.
+fn lab_ports_closed(deployment: &Deployment) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+    use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan};
+    let user = &deployment.user;
+    let pod = in_cluster::lab_service(user);
+    let pid = pod_process(deployment, &pod)?;
+    let tables: Vec<String> = ["tcp", "tcp6"]
+        .iter()
+        .map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).unwrap_or_default())
+        .collect();
+    let listening =
+        in_cluster::listening_ports(&tables.iter().map(String::as_str).collect::<Vec<_>>());
+    anyhow::ensure!(
+        !listening.is_empty(),
+        "the in-cluster probe: {user}'s lab pod {pod} (pid {pid}) shows no listening port, not even the lab's: its sockets could not be read"
+    );
+    let ip = command::run(&plan::pod_ip_command(
+        &deployment.target,
+        &deployment.namespace,
+        &pod,
+    ))
+    .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
+    let ip: std::net::IpAddr = ip.stdout.trim().parse().map_err(|e| {
+        anyhow::anyhow!(
+            "the in-cluster probe: the lab pod {pod} has no address ({:?}: {e})",
+            ip.stdout.trim()
+        )
+    })?;
+    Ok(in_cluster::lab_ports_closed(user, ip, &listening))
 }
 
 /// `hubtrust ca-certs OUT --kubernetes-namespace NS`: the store a z2jh

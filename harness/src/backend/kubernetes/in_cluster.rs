@@ -209,13 +209,15 @@ pub struct ProbeFiles<'a> {
 }
 
 /// `hubtrust probe`'s arguments for `probe`, with each Service at its
-/// ClusterIP and verified under its in-cluster name.
+/// ClusterIP and verified under its in-cluster name, and `also_closed`
+/// (named addresses found at run time) added to what must not answer.
 pub fn probe_args(
     probe: &PlannedProbe,
     namespace: &str,
     pid: u32,
     cluster_ips: &BTreeMap<String, IpAddr>,
     files: &ProbeFiles<'_>,
+    also_closed: &[(String, SocketAddr)],
 ) -> Result<Vec<String>, String> {
     let at = |service: &str, port: u16| -> Result<SocketAddr, String> {
         cluster_ips
@@ -292,7 +294,55 @@ pub fn probe_args(
             at(&closed.service, closed.port)?
         ));
     }
+    for (name, addr) in also_closed {
+        args.push("--closed".into());
+        args.push(format!("{name}={addr}"));
+    }
     Ok(args)
+}
+
+/// The TCP ports a pod listens on, from its `/proc/<pid>/net/tcp` and
+/// `tcp6` (any process in the pod shares its network namespace): the
+/// kernel's ZMQ ports among them, which no other pod may reach.
+pub fn listening_ports(proc_net_tcp: &[&str]) -> Vec<u16> {
+    const LISTEN: &str = "0A";
+    let mut ports: Vec<u16> = proc_net_tcp
+        .iter()
+        .flat_map(|table| table.lines().skip(1))
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state) = (fields.get(1)?, fields.get(3)?);
+            if *state != LISTEN {
+                return None;
+            }
+            let (_, port) = local.rsplit_once(':')?;
+            u16::from_str_radix(port, 16).ok()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Every port `user`'s lab pod listens on besides the lab's own, at the
+/// pod's address: what the chart's singleuser NetworkPolicy (which admits
+/// the lab port alone) and the kernel's loopback binding keep from every
+/// other pod, the labelled prober included.
+pub fn lab_ports_closed(
+    user: &str,
+    pod_ip: IpAddr,
+    listening: &[u16],
+) -> Vec<(String, SocketAddr)> {
+    listening
+        .iter()
+        .filter(|port| **port != LAB_PORT)
+        .map(|port| {
+            (
+                format!("port {port} of {user}'s lab pod"),
+                SocketAddr::new(pod_ip, *port),
+            )
+        })
+        .collect()
 }
 
 /// `name=clusterIP` lines, as `kubectl get services -o jsonpath` prints
@@ -367,7 +417,7 @@ mod tests {
             report: PathBuf::from("/out/labelled"),
         };
         let probes = planned_probes("alice");
-        let args = probe_args(&probes[0], "ns", 4242, &ips, &files).unwrap();
+        let args = probe_args(&probes[0], "ns", 4242, &ips, &files, &[]).unwrap();
         let line = args.join(" ");
         assert!(line.starts_with("probe --from-netns-of 4242 --url https://proxy-public.ns.svc.cluster.local --connect 10.96.0.13:443"), "{line}");
         assert!(
@@ -386,11 +436,32 @@ mod tests {
             line.contains("--identity foreign-CA cert=/run/foreign.crt,/run/foreign.key"),
             "{line}"
         );
-        let bare = probe_args(&probes[1], "ns", 4243, &ips, &files).unwrap();
-        assert!(bare
-            .join(" ")
-            .contains("--closed proxy API=10.96.0.12:8001"));
-        let missing = probe_args(&probes[1], "ns", 1, &BTreeMap::new(), &files).unwrap_err();
+        let kernel = lab_ports_closed("alice", "10.244.1.7".parse().unwrap(), &[8888, 35001]);
+        let bare = probe_args(&probes[1], "ns", 4243, &ips, &files, &kernel).unwrap();
+        let bare = bare.join(" ");
+        assert!(
+            bare.contains("--closed proxy API=10.96.0.12:8001"),
+            "{bare}"
+        );
+        assert!(
+            bare.contains("--closed port 35001 of alice's lab pod=10.244.1.7:35001"),
+            "{bare}"
+        );
+        assert!(!bare.contains("10.244.1.7:8888"), "{bare}");
+        let missing = probe_args(&probes[1], "ns", 1, &BTreeMap::new(), &files, &[]).unwrap_err();
         assert!(missing.contains("proxy-public"), "{missing}");
+    }
+
+    #[test]
+    fn the_ports_a_process_listens_on_are_read_from_its_proc_net_tcp() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tcp = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+        let tcp6 = std::fs::read_to_string("/proc/self/net/tcp6").unwrap_or_default();
+        assert!(listening_ports(&[&tcp, &tcp6]).contains(&port));
+        drop(listener);
+        // An established connection (state 01) is not a listener.
+        let table = "  sl  local_address rem_address   st\n   0: 0100007F:22B8 00000000:0000 0A\n   1: 0100007F:9C41 0100007F:22B8 01\n";
+        assert_eq!(listening_ports(&[table]), [8888]);
     }
 }

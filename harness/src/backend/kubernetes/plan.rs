@@ -135,13 +135,28 @@ fn kubectl(target: &ClusterTarget, namespace: Option<&str>, args: &[&str]) -> Ve
 
 /// The pod's UID, which names its cgroup.
 pub fn pod_uid_command(target: &ClusterTarget, namespace: &str, pod: &str) -> PlannedCommand {
+    pod_field_command(target, namespace, pod, "UID", "{.metadata.uid}")
+}
+
+/// The pod's own address.
+pub fn pod_ip_command(target: &ClusterTarget, namespace: &str, pod: &str) -> PlannedCommand {
+    pod_field_command(target, namespace, pod, "address", "{.status.podIP}")
+}
+
+fn pod_field_command(
+    target: &ClusterTarget,
+    namespace: &str,
+    pod: &str,
+    what: &str,
+    path: &str,
+) -> PlannedCommand {
     PlannedCommand::new(
-        format!("read the UID of the prober pod {pod}"),
+        format!("read the {what} of the pod {pod}"),
         "kubectl",
         kubectl(
             target,
             Some(namespace),
-            &["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"],
+            &["get", "pod", pod, "-o", &format!("jsonpath={path}")],
         ),
         Duration::from_secs(60),
     )
