@@ -164,6 +164,9 @@ pub struct RunReport {
     pub deployment_overridden: Vec<crate::stack::OverriddenSetting>,
     /// Peak resident memory of the hubtrust process that ran the scenarios.
     pub peak_rss_kb: u64,
+    /// What the backend had to work around during the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_notes: Vec<String>,
 }
 
 impl RunReport {
@@ -352,6 +355,12 @@ impl RunReport {
                 );
             }
         }
+        if !self.backend_notes.is_empty() {
+            md += "\n## What the backend worked around\n\n";
+            for note in &self.backend_notes {
+                md += &format!("- {note}\n");
+            }
+        }
         if !self.deployment_overridden.is_empty() {
             md += "\n## The deployment's settings that run otherwise\n\nSet by the deployment's own config files, then given another value by hubtrust's required settings or the stack file's `extra_config`.\n\n| setting | the deployment's value | the value the hub ran with |\n|---|---|---|\n";
             for o in &self.deployment_overridden {
@@ -534,5 +543,21 @@ mod tests {
         let md = sample().to_markdown();
         assert!(md.contains("1 passed, 1 failed"));
         assert!(md.contains("key.pem is 0644"));
+        assert!(!md.contains("worked around"));
+    }
+
+    #[test]
+    fn what_the_backend_worked_around_is_reported() {
+        let mut report = sample();
+        report.backend_notes = vec!["a copy was fetched again".into()];
+        assert!(report
+            .to_markdown()
+            .contains("## What the backend worked around\n\n- a copy was fetched again\n"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["backend_notes"][0], "a copy was fetched again");
+        assert!(serde_json::to_value(sample())
+            .unwrap()
+            .get("backend_notes")
+            .is_none());
     }
 }

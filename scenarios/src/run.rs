@@ -285,6 +285,10 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
         })
         .unwrap_or(true);
     let stack = STACK.lock().ok().and_then(|mut s| s.take());
+    let backend_notes = stack
+        .as_ref()
+        .map(|s| s.backend_notes())
+        .unwrap_or_default();
     if let Some(stack) = stack {
         let kept = (args.keep && any_failed)
             .then(|| stack.keep_backend_objects())
@@ -318,6 +322,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
     report.stack_ready_seconds = Some(stack_ready_seconds);
     report.images = images_used;
     report.deployment_overridden = deployment_overridden;
+    report.backend_notes = backend_notes;
     report.peak_rss_kb = peak_rss_kb();
     if let Err(e) = report.write_all(&args.report) {
         eprintln!("error: failed to write the reports: {e}");

@@ -117,6 +117,12 @@ pub trait BackendRun: Send + Sync {
     /// was tested. Empty where nothing runs from an image.
     fn images_used(&self) -> BTreeMap<String, String>;
 
+    /// What the backend had to work around so far (a copy out of a
+    /// container fetched again), for the report. Nothing, by default.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The stack is up: from now on only [`BackendRun::keep`] keeps what
     /// the backend made.
     fn mark_started(&self);

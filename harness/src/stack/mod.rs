@@ -173,6 +173,11 @@ impl Stack {
         self.network.run.images_used()
     }
 
+    /// What the backend had to work around so far, for the report.
+    pub fn backend_notes(&self) -> Vec<String> {
+        self.network.run.notes()
+    }
+
     /// Leaves what the backend made in place after this stack is gone;
     /// the run id `hubtrust down` takes, if anything outlives the process.
     pub fn keep_backend_objects(&self) -> Option<String> {

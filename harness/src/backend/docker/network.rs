@@ -382,6 +382,16 @@ impl BackendRun for DockerRun {
         self.images.table()
     }
 
+    fn notes(&self) -> Vec<String> {
+        match self.engine.copies_refetched() {
+            0 => Vec::new(),
+            n => vec![format!(
+                "the docker daemon sent {n} cut-short cop{} of a directory out of a container (a file changed size while it read it); each was fetched again until whole",
+                if n == 1 { "y" } else { "ies" }
+            )],
+        }
+    }
+
     fn mark_started(&self) {
         self.started.store(true, SeqCst);
     }
