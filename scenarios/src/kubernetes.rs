@@ -296,6 +296,7 @@ fn bring_up(
         });
     let checked = checked.and_then(|public| {
         probe_from_inside(deployment, plan)?;
+        wire_from_inside(deployment, plan)?;
         Ok(public)
     });
     let outcome = match checked {
@@ -366,8 +367,6 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
         .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
     let ips = in_cluster::parse_cluster_ips(&ips.stdout);
     let lab_ports = lab_ports_closed(deployment)?;
-    let exe = std::env::current_exe().context("find hubtrust's own executable")?;
-    let as_root = nix::unistd::geteuid().is_root();
     let mut failed = Vec::new();
     for probe in &plan.probes {
         let pid = pod_process(deployment, &probe.pod)?;
@@ -385,13 +384,7 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
             "· probing from inside the cluster: pod {} (pid {pid})",
             probe.pod
         );
-        let mut command = if as_root {
-            std::process::Command::new(&exe)
-        } else {
-            let mut sudo = std::process::Command::new("sudo");
-            sudo.arg("-n").arg(&exe);
-            sudo
-        };
+        let mut command = hubtrust_as_root()?;
         let status = command
             .args(&args)
             .stdin(Stdio::null())
@@ -416,6 +409,120 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
         failed.join("; ")
     );
     Ok(())
+}
+
+/// Wire evidence from inside the cluster: the first user's lab pod's own
+/// interface captured (`hubtrust capture` in its network namespace, as
+/// root) while the proxy reaches the lab. A plaintext flow fails the
+/// bring-up; evidence that cannot be trusted, or that shows no connection
+/// into the lab, is said to be inconclusive, with why: never a pass. The
+/// pcap, its evidence and the verdict go to `hubtrust-in-cluster/<ns>/wire/`.
+fn wire_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::Result<()> {
+    use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan, public_check};
+    use hubtrust_harness::capture::{LinkEvidence, WireCensus};
+    use std::io::BufRead as _;
+    if plan.probes.is_empty() {
+        return Ok(());
+    }
+    let ns = &deployment.namespace;
+    let pod = in_cluster::lab_service(&deployment.user);
+    let pid = pod_process(deployment, &pod)?;
+    let dir = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join("wire");
+    std::fs::create_dir_all(&dir)?;
+    let name = format!("{pod}-eth0");
+    eprintln!("· capturing on the interface of pod {pod} (pid {pid}) while the proxy reaches it");
+    let mut capture = hubtrust_as_root()?
+        .args([
+            "capture",
+            "--netns-of",
+            &pid.to_string(),
+            "--interface",
+            "eth0",
+        ])
+        .args(["--name", &name, "--out"])
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start hubtrust capture")?;
+    let stdout = capture
+        .stdout
+        .take()
+        .context("hubtrust capture has no stdout")?;
+    let (said, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = said.send(line);
+    });
+    let started = heard.recv_timeout(std::time::Duration::from_secs(30));
+    if !matches!(&started, Ok(line) if line.trim() == crate::capture::CAPTURING) {
+        let _ = capture.kill();
+        let _ = capture.wait();
+        anyhow::bail!(
+            "the capture in pod {pod}'s network namespace did not start within 30 s (it said {started:?})"
+        );
+    }
+    let reached =
+        tokio::runtime::Runtime::new()?.block_on(public_check::reach_lab_through_proxy(deployment));
+    // Its stdin closed, the capture drains what crossed the interface
+    // (bounded by its own drain limit), writes the evidence and exits.
+    drop(capture.stdin.take());
+    let status = capture.wait().context("wait for hubtrust capture")?;
+    reached?;
+    anyhow::ensure!(
+        status.success(),
+        "the capture in pod {pod}'s network namespace failed: {status}"
+    );
+    let evidence_file = dir.join(crate::capture::EVIDENCE_FILE);
+    let evidence: LinkEvidence = serde_json::from_slice(
+        &std::fs::read(&evidence_file)
+            .with_context(|| format!("read {}", evidence_file.display()))?,
+    )?;
+    let pods = command::run(&plan::pod_ips_command(&deployment.target, ns))
+        .map_err(|e| anyhow::anyhow!("the wire evidence: {e}"))?;
+    let names = in_cluster::parse_cluster_ips(&pods.stdout)
+        .into_iter()
+        .filter_map(|(name, ip)| match ip {
+            std::net::IpAddr::V4(v4) => Some((v4, name)),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
+    let census = WireCensus::build(vec![evidence], &names);
+    let verdict = in_cluster::judge_lab_wire(&census, &pod);
+    let said = match &verdict {
+        in_cluster::LabWire::Encrypted(flows) => {
+            format!("every connection into {pod} was TLS on its own interface: {flows}")
+        }
+        in_cluster::LabWire::Inconclusive(why) => {
+            format!("the wire evidence in {pod} is inconclusive: {why}")
+        }
+        in_cluster::LabWire::Plaintext(flows) => format!(
+            "plaintext on the wire inside the cluster, on {pod}'s interface:\n  {}",
+            flows.join("\n  ")
+        ),
+    };
+    std::fs::write(dir.join("verdict.txt"), format!("{said}\n"))?;
+    eprintln!("· {said}");
+    anyhow::ensure!(
+        !matches!(verdict, in_cluster::LabWire::Plaintext(_)),
+        "{said} (pcap in {})",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// hubtrust itself, as root: through `sudo -n` when it is not root (the
+/// GitHub runner's passwordless sudo), to enter a pod's namespaces.
+fn hubtrust_as_root() -> anyhow::Result<std::process::Command> {
+    let exe = std::env::current_exe().context("find hubtrust's own executable")?;
+    Ok(if nix::unistd::geteuid().is_root() {
+        std::process::Command::new(exe)
+    } else {
+        let mut sudo = std::process::Command::new("sudo");
+        sudo.arg("-n").arg(exe);
+        sudo
+    })
 }
 
 /// The pid, on this machine, of a process of `pod`.

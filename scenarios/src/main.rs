@@ -10,6 +10,7 @@ mod bench_hpc;
 mod bench_profiles;
 mod bench_wire;
 mod bring_up;
+mod capture;
 mod docker;
 mod features;
 mod kubernetes;
@@ -104,6 +105,10 @@ enum Command {
     /// to close, then removes everything labelled with RUN.
     #[command(hide = true)]
     Reap { run: String },
+    /// Started by hubtrust itself: captures an interface of another
+    /// process's network namespace until its stdin closes.
+    #[command(hide = true)]
+    Capture(capture::CaptureArgs),
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -274,6 +279,9 @@ fn main() -> ExitCode {
     if let Command::Probe(args) = &cli.command {
         return probe::probe_command(args);
     }
+    if let Command::Capture(args) = &cli.command {
+        return capture::capture_command(args);
+    }
     if let Command::CaCerts {
         out,
         public_name,
@@ -394,6 +402,7 @@ fn main() -> ExitCode {
         },
         Command::Broker { .. }
         | Command::Probe(_)
+        | Command::Capture(_)
         | Command::CaCerts { .. }
         | Command::Images { .. }
         | Command::Down { .. }
@@ -412,6 +421,7 @@ fn cli_command_inside(command: Command) -> run::Inside {
         | Command::List { .. }
         | Command::Broker { .. }
         | Command::Probe(_)
+        | Command::Capture(_)
         | Command::CaCerts { .. }
         | Command::Images { .. }
         | Command::Down { .. }

@@ -374,3 +374,183 @@ fn the_internal_cas_for_the_chart_name_every_service_and_the_hub_pods_paths() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A process in a network namespace of its own serving HTTP on
+/// 127.0.0.1:8888 (python `server`, a program), as a lab pod's namespace
+/// holds a lab; killed on drop.
+struct NamespacedServer(std::process::Child);
+
+/// Python's HTTP server over TLS with CERT and KEY (argv 1 and 2).
+const TLS_SERVER: &str = "import http.server, ssl, sys
+s = http.server.HTTPServer(('127.0.0.1', 8888), http.server.SimpleHTTPRequestHandler)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+c.load_cert_chain(sys.argv[1], sys.argv[2])
+s.socket = c.wrap_socket(s.socket, server_side=True)
+s.serve_forever()";
+
+impl NamespacedServer {
+    fn start(server: &[&str]) -> Self {
+        let child = std::process::Command::new("unshare")
+            .args([
+                "--net",
+                "sh",
+                "-c",
+                "ip link set lo up && exec \"$@\"",
+                "sh",
+            ])
+            .args(server)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Self(child);
+        let pid = server.0.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+            if hubtrust_harness::backend::kubernetes::in_cluster::listening_ports(&[&tcp])
+                .contains(&8888)
+            {
+                return server;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the namespaced server never listened"
+            );
+            // Bounded poll interval while python starts.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for NamespacedServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `hubtrust capture` on `lo` of `pid`'s namespace while `traffic` runs,
+/// judged as the kind bring-up judges a lab pod's interface, with
+/// 127.0.0.1 named `jupyter-alice`.
+fn capture_and_judge(
+    pid: u32,
+    dir: &Path,
+    traffic: impl FnOnce(),
+) -> hubtrust_harness::backend::kubernetes::in_cluster::LabWire {
+    use std::io::BufRead as _;
+    let mut capture = hubtrust()
+        .args([
+            "capture",
+            "--netns-of",
+            &pid.to_string(),
+            "--interface",
+            "lo",
+        ])
+        .args(["--name", "jupyter-alice-lo", "--out"])
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(capture.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), "capturing");
+    traffic();
+    drop(capture.stdin.take());
+    assert!(capture.wait().unwrap().success());
+    let evidence: hubtrust_harness::capture::LinkEvidence =
+        serde_json::from_slice(&std::fs::read(dir.join("evidence.json")).unwrap()).unwrap();
+    let names = [(std::net::Ipv4Addr::LOCALHOST, "jupyter-alice".to_string())].into();
+    let census = hubtrust_harness::capture::WireCensus::build(vec![evidence], &names);
+    hubtrust_harness::backend::kubernetes::in_cluster::judge_lab_wire(&census, "jupyter-alice")
+}
+
+/// Fetches `url` from inside `pid`'s network namespace, not verifying a
+/// server certificate: the wire is under test, not the trust.
+fn fetch_inside(pid: u32, url: &str) {
+    let fetched = std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args([
+            "python3",
+            "-c",
+            "import ssl, sys, urllib.request; urllib.request.urlopen(sys.argv[1], context=ssl._create_unverified_context()).read()",
+            url,
+        ])
+        .status()
+        .unwrap();
+    assert!(fetched.success());
+}
+
+#[test]
+fn a_capture_in_a_pods_namespace_names_plaintext_and_never_passes_an_empty_wire() {
+    use hubtrust_harness::backend::kubernetes::in_cluster::LabWire;
+    if !common::real_root() {
+        eprintln!("not root: the capture in another namespace did not run");
+        return;
+    }
+    let dir = scratch("capture-in-netns");
+    let server = NamespacedServer::start(&[
+        "python3",
+        "-m",
+        "http.server",
+        "8888",
+        "--bind",
+        "127.0.0.1",
+    ]);
+    let pid = server.0.id();
+    let plain = capture_and_judge(pid, &dir.join("plain"), || {
+        fetch_inside(pid, "http://127.0.0.1:8888/")
+    });
+    match plain {
+        LabWire::Plaintext(flows) => assert!(
+            flows
+                .iter()
+                .any(|f| f.contains("→ jupyter-alice:8888") && f.contains("plaintext HTTP GET /")),
+            "{flows:?}"
+        ),
+        other => panic!("plain HTTP into the lab was judged {other:?}"),
+    }
+    let quiet = capture_and_judge(pid, &dir.join("quiet"), || {});
+    assert_eq!(
+        quiet,
+        LabWire::Inconclusive(
+            "no connection into jupyter-alice:8888 that carried data was seen on its interface"
+                .into()
+        )
+    );
+    drop(server);
+
+    let ca = hubtrust_harness::pki::CertificateAuthority::root("hubtrust-test").unwrap();
+    let (cert, key) = ca
+        .issue(
+            "jupyter-alice",
+            &["127.0.0.1"],
+            hubtrust_harness::pki::Usage::Server,
+            hubtrust_harness::pki::Validity::fresh(1),
+        )
+        .unwrap()
+        .write_to(&dir)
+        .unwrap();
+    let server = NamespacedServer::start(&[
+        "python3",
+        "-c",
+        TLS_SERVER,
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    ]);
+    let pid = server.0.id();
+    let tls = capture_and_judge(pid, &dir.join("tls"), || {
+        fetch_inside(pid, "https://127.0.0.1:8888/")
+    });
+    match tls {
+        LabWire::Encrypted(flows) => {
+            assert!(flows.contains("→ jupyter-alice:8888 TLS 1.3"), "{flows}")
+        }
+        other => panic!("TLS into the lab was judged {other:?}"),
+    }
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -38,8 +38,17 @@ pub struct LinkCapture {
     thread: std::thread::JoinHandle<std::io::Result<packet::Captured>>,
 }
 
+/// A network namespace to capture in: what to call it, a handle to enter
+/// it, and its `/proc/…/net/dev` (the interface counters the capture is
+/// checked against).
+pub struct Namespace<'a> {
+    pub name: &'a str,
+    pub netns: std::fs::File,
+    pub net_dev: String,
+}
+
 /// What one link's capture saw, and whether it can be trusted.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LinkEvidence {
     pub link: String,
     pub pcap: PathBuf,
@@ -119,12 +128,38 @@ impl LinkCapture {
     /// Starts capturing `interface` inside `host` and returns once the
     /// socket is open, so nothing sent afterwards can be missed unseen.
     pub async fn start(host: &Host, link: &Link, interface: &str, dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
-        let pcap = dir.join(format!("{}.pcap", link.name));
         let netns = host
             .netns()
             .map_err(|e| HarnessError::io("open the host's namespace", e))?;
+        Self::start_in(
+            Namespace {
+                name: &host.name,
+                netns,
+                net_dev: host.net_dev_path(),
+            },
+            link,
+            interface,
+            dir,
+        )
+        .await
+    }
+
+    /// Starts capturing `interface` of a network namespace hubtrust did
+    /// not make (a pod's, entered through one of its processes).
+    pub async fn start_in(
+        namespace: Namespace<'_>,
+        link: &Link,
+        interface: &str,
+        dir: &Path,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
+        let pcap = dir.join(format!("{}.pcap", link.name));
+        let Namespace {
+            name,
+            netns,
+            net_dev,
+        } = namespace;
         let stop_at = Arc::new(AtomicU64::new(packet::RUNNING));
         let (wake_rx, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| HarnessError::io("create the capture's wake pipe", e.into()))?;
@@ -141,10 +176,9 @@ impl LinkCapture {
             .await
             .unwrap_or_else(|_| Err(std::io::Error::other("the capture thread died")));
         ready.map_err(|e| HarnessError::Network {
-            host: host.name.clone(),
+            host: name.to_string(),
             message: format!("cannot capture {interface}: {e}"),
         })?;
-        let net_dev = host.net_dev_path();
         let counters_before = interface_counters(&net_dev, interface)?;
         Ok(Self {
             link: link.clone(),

@@ -345,8 +345,60 @@ pub fn lab_ports_closed(
         .collect()
 }
 
-/// `name=clusterIP` lines, as `kubectl get services -o jsonpath` prints
-/// them (headless Services, `None`, are left out).
+/// What a capture on the lab pod's own interface says of the connections
+/// into the lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabWire {
+    /// Connections into the lab were seen, all of them TLS 1.2 or newer.
+    Encrypted(String),
+    /// The evidence cannot be trusted, or shows nothing to judge: why.
+    Inconclusive(String),
+    /// Flows that crossed the lab pod's interface unprotected.
+    Plaintext(Vec<String>),
+}
+
+/// The verdict on what a capture on `lab_pod`'s interface saw. A
+/// plaintext flow is a finding even when the capture missed packets; a
+/// capture that missed packets, or saw no connection into the lab that
+/// carried data, is never a pass.
+pub fn judge_lab_wire(census: &crate::capture::WireCensus, lab_pod: &str) -> LabWire {
+    let plaintext: Vec<String> = census
+        .unprotected(&[])
+        .iter()
+        .map(|flow| flow.describe())
+        .collect();
+    if !plaintext.is_empty() {
+        return LabWire::Plaintext(plaintext);
+    }
+    let inconclusive = census.inconclusive();
+    if !inconclusive.is_empty() {
+        return LabWire::Inconclusive(inconclusive.join("; "));
+    }
+    let into_lab: Vec<String> = census
+        .flows
+        .iter()
+        .filter(|f| {
+            f.server_host == lab_pod
+                && f.server_port == LAB_PORT
+                && f.class != crate::capture::FlowClass::Empty
+        })
+        .map(|f| {
+            format!(
+                "{} → {}:{} {}",
+                f.client_host, f.server_host, f.server_port, f.label
+            )
+        })
+        .collect();
+    if into_lab.is_empty() {
+        return LabWire::Inconclusive(format!(
+            "no connection into {lab_pod}:{LAB_PORT} that carried data was seen on its interface"
+        ));
+    }
+    LabWire::Encrypted(into_lab.join(", "))
+}
+
+/// `name=IP` lines, as `kubectl get services|pods -o jsonpath` prints
+/// them (a headless Service's `None`, a pod with no address yet, left out).
 pub fn parse_cluster_ips(text: &str) -> BTreeMap<String, IpAddr> {
     text.lines()
         .filter_map(|line| {

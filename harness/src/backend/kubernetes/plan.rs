@@ -162,6 +162,25 @@ fn pod_field_command(
     )
 }
 
+/// Every pod's address, one `name=IP` a line.
+pub fn pod_ips_command(target: &ClusterTarget, namespace: &str) -> PlannedCommand {
+    PlannedCommand::new(
+        "read the pods' addresses",
+        "kubectl",
+        kubectl(
+            target,
+            Some(namespace),
+            &[
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}={.status.podIP}{\"\\n\"}{end}",
+            ],
+        ),
+        Duration::from_secs(60),
+    )
+}
+
 /// Every Service's ClusterIP, one `name=IP` a line.
 pub fn cluster_ips_command(target: &ClusterTarget, namespace: &str) -> PlannedCommand {
     PlannedCommand::new(
