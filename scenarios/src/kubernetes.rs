@@ -421,11 +421,10 @@ fn wire_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::R
     use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan, public_check};
     use hubtrust_harness::capture::{LinkEvidence, WireCensus};
     use std::io::BufRead as _;
-    if plan.probes.is_empty() {
+    let Some(pod) = plan.wire_capture_pod.clone() else {
         return Ok(());
-    }
+    };
     let ns = &deployment.namespace;
-    let pod = in_cluster::lab_service(&deployment.user);
     let pid = pod_process(deployment, &pod)?;
     let dir = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join("wire");
     std::fs::create_dir_all(&dir)?;

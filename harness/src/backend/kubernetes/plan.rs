@@ -111,6 +111,9 @@ pub struct KubernetesPlan {
     /// Run once the public side works, from the prober pods' network
     /// namespaces (`docs/kubernetes.md`).
     pub probes: Vec<PlannedProbe>,
+    /// The lab pod whose own interface is captured for wire evidence, once
+    /// the probes passed (kind only: the pod's namespace is on this machine).
+    pub wire_capture_pod: Option<String>,
     /// Runs on every path out: success, failure, Ctrl-C, and from the
     /// reaper when hubtrust itself is killed.
     pub teardown: Vec<PlannedCommand>,
@@ -515,6 +518,7 @@ pub fn plan(
         certificates,
         files,
         steps,
+        wire_capture_pod: (!probes.is_empty()).then(|| in_cluster::lab_service(&deployment.user)),
         probes,
         teardown,
         secrets: vec![deployment.service_token.clone()],
@@ -610,6 +614,18 @@ impl KubernetesPlan {
                     closed.name, closed.service, closed.port
                 );
             }
+            if let Some(pod) = &self.wire_capture_pod {
+                let _ = writeln!(
+                    out,
+                    "    must not answer: every other port pod {pod} listens on (its kernel's), at the pod's address, read from its /proc/<pid>/net/tcp"
+                );
+            }
+        }
+        if let Some(pod) = &self.wire_capture_pod {
+            let _ = writeln!(
+                out,
+                "\n## wire evidence, once the probes pass\n- capture eth0 of pod {pod} (its network namespace, as root) while the proxy reaches the lab: every flow TLS 1.2 or newer, else fail; evidence that cannot be trusted, or no connection into the lab, is inconclusive"
+            );
         }
         let _ = writeln!(out, "\n## teardown, on every path out");
         for step in &self.teardown {
