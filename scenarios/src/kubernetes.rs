@@ -411,25 +411,93 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
     Ok(())
 }
 
-/// Wire evidence from inside the cluster: the first user's lab pod's own
-/// interface captured (`hubtrust capture` in its network namespace, as
-/// root) while the proxy reaches the lab. A plaintext flow fails the
-/// bring-up; evidence that cannot be trusted, or that shows no connection
-/// into the lab, is said to be inconclusive, with why: never a pass. The
-/// pcap, its evidence and the verdict go to `hubtrust-in-cluster/<ns>/wire/`.
+/// Wire evidence from inside the cluster: the hub's and the first user's
+/// lab's pods' own interfaces captured (`hubtrust capture` in each pod's
+/// network namespace, as root) while the hub API and the lab are asked
+/// through the proxy. A plaintext flow fails the bring-up; evidence that
+/// cannot be trusted, or that shows no connection into a pod, is said to
+/// be inconclusive, with why: never a pass. The pcaps, their evidence and
+/// the verdict go to `hubtrust-in-cluster/<ns>/wire/`.
 fn wire_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::Result<()> {
     use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan, public_check};
-    use hubtrust_harness::capture::{LinkEvidence, WireCensus};
-    use std::io::BufRead as _;
-    let Some(pod) = plan.wire_capture_pod.clone() else {
+    use hubtrust_harness::capture::WireCensus;
+    if plan.wire.is_empty() {
         return Ok(());
-    };
+    }
     let ns = &deployment.namespace;
-    let pid = pod_process(deployment, &pod)?;
     let dir = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join("wire");
     std::fs::create_dir_all(&dir)?;
-    let name = format!("{pod}-eth0");
-    eprintln!("· capturing on the interface of pod {pod} (pid {pid}) while the proxy reaches it");
+    let mut running = Vec::new();
+    let mut serving = Vec::new();
+    for capture in &plan.wire {
+        let pod = command::run(&plan::pod_named_by_command(
+            &deployment.target,
+            ns,
+            &capture.selector,
+        ))
+        .map_err(|e| anyhow::anyhow!("the wire evidence: {e}"))?
+        .stdout
+        .trim()
+        .to_string();
+        anyhow::ensure!(
+            !pod.is_empty(),
+            "the wire evidence: no pod of {} (-l {}) is running",
+            capture.what,
+            capture.selector
+        );
+        let pid = pod_process(deployment, &pod)?;
+        eprintln!(
+            "· capturing on the interface of {}'s pod {pod} (pid {pid})",
+            capture.what
+        );
+        let out = dir.join(&pod);
+        running.push((pod.clone(), start_capture(pid, &pod, &out)?, out));
+        serving.push((pod, capture.serving_port));
+    }
+    let reached = tokio::runtime::Runtime::new()?
+        .block_on(public_check::reach_hub_and_lab_through_proxy(deployment));
+    let mut evidence = Vec::new();
+    for (pod, capture, out) in running {
+        evidence.push(stop_capture(&pod, capture, &out)?);
+    }
+    reached?;
+    let pods = command::run(&plan::pod_ips_command(&deployment.target, ns))
+        .map_err(|e| anyhow::anyhow!("the wire evidence: {e}"))?;
+    let names = in_cluster::parse_cluster_ips(&pods.stdout)
+        .into_iter()
+        .filter_map(|(name, ip)| match ip {
+            std::net::IpAddr::V4(v4) => Some((v4, name)),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
+    let census = WireCensus::build(evidence, &names);
+    let verdict = in_cluster::judge_wire(&census, &serving);
+    let said = match &verdict {
+        in_cluster::PodWire::Encrypted(flows) => {
+            format!("every connection captured on the hub's and the lab's pods was TLS: {flows}")
+        }
+        in_cluster::PodWire::Inconclusive(why) => {
+            format!("the wire evidence inside the cluster is inconclusive: {why}")
+        }
+        in_cluster::PodWire::Plaintext(flows) => format!(
+            "plaintext on the wire inside the cluster:\n  {}",
+            flows.join("\n  ")
+        ),
+    };
+    std::fs::write(dir.join("verdict.txt"), format!("{said}\n"))?;
+    eprintln!("· {said}");
+    anyhow::ensure!(
+        !matches!(verdict, in_cluster::PodWire::Plaintext(_)),
+        "{said} (pcaps in {})",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `hubtrust capture` on `eth0` of `pid`'s network namespace, as root,
+/// returned once it says its socket is open.
+fn start_capture(pid: u32, pod: &str, out: &Path) -> anyhow::Result<std::process::Child> {
+    use std::io::BufRead as _;
     let mut capture = hubtrust_as_root()?
         .args([
             "capture",
@@ -438,8 +506,8 @@ fn wire_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::R
             "--interface",
             "eth0",
         ])
-        .args(["--name", &name, "--out"])
-        .arg(&dir)
+        .args(["--name", &format!("{pod}-eth0"), "--out"])
+        .arg(out)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -462,53 +530,26 @@ fn wire_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::R
             "the capture in pod {pod}'s network namespace did not start within 30 s (it said {started:?})"
         );
     }
-    let reached =
-        tokio::runtime::Runtime::new()?.block_on(public_check::reach_lab_through_proxy(deployment));
-    // Its stdin closed, the capture drains what crossed the interface
-    // (bounded by its own drain limit), writes the evidence and exits.
+    Ok(capture)
+}
+
+/// Closes the capture's stdin, so it drains what crossed the interface
+/// (bounded by its own drain limit), writes its evidence and exits.
+fn stop_capture(
+    pod: &str,
+    mut capture: std::process::Child,
+    out: &Path,
+) -> anyhow::Result<hubtrust_harness::capture::LinkEvidence> {
     drop(capture.stdin.take());
     let status = capture.wait().context("wait for hubtrust capture")?;
-    reached?;
     anyhow::ensure!(
         status.success(),
         "the capture in pod {pod}'s network namespace failed: {status}"
     );
-    let evidence_file = dir.join(crate::capture::EVIDENCE_FILE);
-    let evidence: LinkEvidence = serde_json::from_slice(
-        &std::fs::read(&evidence_file)
-            .with_context(|| format!("read {}", evidence_file.display()))?,
-    )?;
-    let pods = command::run(&plan::pod_ips_command(&deployment.target, ns))
-        .map_err(|e| anyhow::anyhow!("the wire evidence: {e}"))?;
-    let names = in_cluster::parse_cluster_ips(&pods.stdout)
-        .into_iter()
-        .filter_map(|(name, ip)| match ip {
-            std::net::IpAddr::V4(v4) => Some((v4, name)),
-            std::net::IpAddr::V6(_) => None,
-        })
-        .collect();
-    let census = WireCensus::build(vec![evidence], &names);
-    let verdict = in_cluster::judge_lab_wire(&census, &pod);
-    let said = match &verdict {
-        in_cluster::LabWire::Encrypted(flows) => {
-            format!("every connection into {pod} was TLS on its own interface: {flows}")
-        }
-        in_cluster::LabWire::Inconclusive(why) => {
-            format!("the wire evidence in {pod} is inconclusive: {why}")
-        }
-        in_cluster::LabWire::Plaintext(flows) => format!(
-            "plaintext on the wire inside the cluster, on {pod}'s interface:\n  {}",
-            flows.join("\n  ")
-        ),
-    };
-    std::fs::write(dir.join("verdict.txt"), format!("{said}\n"))?;
-    eprintln!("· {said}");
-    anyhow::ensure!(
-        !matches!(verdict, in_cluster::LabWire::Plaintext(_)),
-        "{said} (pcap in {})",
-        dir.display()
-    );
-    Ok(())
+    let file = out.join(crate::capture::EVIDENCE_FILE);
+    Ok(serde_json::from_slice(
+        &std::fs::read(&file).with_context(|| format!("read {}", file.display()))?,
+    )?)
 }
 
 /// hubtrust itself, as root: through `sudo -n` when it is not root (the

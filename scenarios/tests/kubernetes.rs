@@ -437,7 +437,7 @@ fn capture_and_judge(
     pid: u32,
     dir: &Path,
     traffic: impl FnOnce(),
-) -> hubtrust_harness::backend::kubernetes::in_cluster::LabWire {
+) -> hubtrust_harness::backend::kubernetes::in_cluster::PodWire {
     use std::io::BufRead as _;
     let mut capture = hubtrust()
         .args([
@@ -465,7 +465,10 @@ fn capture_and_judge(
         serde_json::from_slice(&std::fs::read(dir.join("evidence.json")).unwrap()).unwrap();
     let names = [(std::net::Ipv4Addr::LOCALHOST, "jupyter-alice".to_string())].into();
     let census = hubtrust_harness::capture::WireCensus::build(vec![evidence], &names);
-    hubtrust_harness::backend::kubernetes::in_cluster::judge_lab_wire(&census, "jupyter-alice")
+    hubtrust_harness::backend::kubernetes::in_cluster::judge_wire(
+        &census,
+        &[("jupyter-alice".to_string(), 8888)],
+    )
 }
 
 /// Fetches `url` from inside `pid`'s network namespace, not verifying a
@@ -486,7 +489,7 @@ fn fetch_inside(pid: u32, url: &str) {
 
 #[test]
 fn a_capture_in_a_pods_namespace_names_plaintext_and_never_passes_an_empty_wire() {
-    use hubtrust_harness::backend::kubernetes::in_cluster::LabWire;
+    use hubtrust_harness::backend::kubernetes::in_cluster::PodWire;
     if !common::real_root() {
         eprintln!("not root: the capture in another namespace did not run");
         return;
@@ -505,7 +508,7 @@ fn a_capture_in_a_pods_namespace_names_plaintext_and_never_passes_an_empty_wire(
         fetch_inside(pid, "http://127.0.0.1:8888/")
     });
     match plain {
-        LabWire::Plaintext(flows) => assert!(
+        PodWire::Plaintext(flows) => assert!(
             flows
                 .iter()
                 .any(|f| f.contains("→ jupyter-alice:8888") && f.contains("plaintext HTTP GET /")),
@@ -516,7 +519,7 @@ fn a_capture_in_a_pods_namespace_names_plaintext_and_never_passes_an_empty_wire(
     let quiet = capture_and_judge(pid, &dir.join("quiet"), || {});
     assert_eq!(
         quiet,
-        LabWire::Inconclusive(
+        PodWire::Inconclusive(
             "no connection into jupyter-alice:8888 that carried data was seen on its interface"
                 .into()
         )
@@ -546,7 +549,7 @@ fn a_capture_in_a_pods_namespace_names_plaintext_and_never_passes_an_empty_wire(
         fetch_inside(pid, "https://127.0.0.1:8888/")
     });
     match tls {
-        LabWire::Encrypted(flows) => {
+        PodWire::Encrypted(flows) => {
             assert!(flows.contains("→ jupyter-alice:8888 TLS 1.3"), "{flows}")
         }
         other => panic!("TLS into the lab was judged {other:?}"),

@@ -345,56 +345,95 @@ pub fn lab_ports_closed(
         .collect()
 }
 
-/// What a capture on the lab pod's own interface says of the connections
-/// into the lab.
+/// A pod whose own interface is captured for wire evidence, and the port
+/// a connection into it must be seen on for the evidence to count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WireCapture {
+    /// What the report calls it.
+    pub what: String,
+    /// The `kubectl get pods -l` selector that finds it.
+    pub selector: String,
+    pub serving_port: u16,
+}
+
+/// The hub's pod and `user`'s lab pod: between them they see every
+/// connection into the hub API and the lab (from the proxy, each other
+/// and KubeSpawner's Services), pod to pod, before any node rewrites it.
+/// The selectors are the chart's legacy `component` label and
+/// KubeSpawner's labels for a lab.
+pub fn planned_wire(user: &str) -> Vec<WireCapture> {
+    vec![
+        WireCapture {
+            what: "the hub".into(),
+            selector: "component=hub".into(),
+            serving_port: SERVICES
+                .iter()
+                .find(|s| s.service == "hub")
+                .map(|s| s.port)
+                .unwrap_or_default(),
+        },
+        WireCapture {
+            what: format!("{user}'s lab"),
+            selector: format!("component=singleuser-server,hub.jupyter.org/username={user}"),
+            serving_port: LAB_PORT,
+        },
+    ]
+}
+
+/// What the captures on pods' own interfaces say.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LabWire {
-    /// Connections into the lab were seen, all of them TLS 1.2 or newer.
+pub enum PodWire {
+    /// Connections into every captured pod were seen, all of them TLS 1.2
+    /// or newer.
     Encrypted(String),
     /// The evidence cannot be trusted, or shows nothing to judge: why.
     Inconclusive(String),
-    /// Flows that crossed the lab pod's interface unprotected.
+    /// Flows that crossed a pod's interface unprotected.
     Plaintext(Vec<String>),
 }
 
-/// The verdict on what a capture on `lab_pod`'s interface saw. A
-/// plaintext flow is a finding even when the capture missed packets; a
-/// capture that missed packets, or saw no connection into the lab that
-/// carried data, is never a pass.
-pub fn judge_lab_wire(census: &crate::capture::WireCensus, lab_pod: &str) -> LabWire {
+/// The verdict on what captures saw, each `(pod, port)` of `serving`
+/// needing a connection into it that carried data. A plaintext flow is a
+/// finding even when a capture missed packets; a capture that missed
+/// packets, or a pod no connection was seen into, is never a pass.
+pub fn judge_wire(census: &crate::capture::WireCensus, serving: &[(String, u16)]) -> PodWire {
     let plaintext: Vec<String> = census
         .unprotected(&[])
         .iter()
         .map(|flow| flow.describe())
         .collect();
     if !plaintext.is_empty() {
-        return LabWire::Plaintext(plaintext);
+        return PodWire::Plaintext(plaintext);
     }
     let inconclusive = census.inconclusive();
     if !inconclusive.is_empty() {
-        return LabWire::Inconclusive(inconclusive.join("; "));
+        return PodWire::Inconclusive(inconclusive.join("; "));
     }
-    let into_lab: Vec<String> = census
-        .flows
-        .iter()
-        .filter(|f| {
-            f.server_host == lab_pod
-                && f.server_port == LAB_PORT
-                && f.class != crate::capture::FlowClass::Empty
-        })
-        .map(|f| {
-            format!(
-                "{} → {}:{} {}",
-                f.client_host, f.server_host, f.server_port, f.label
-            )
-        })
-        .collect();
-    if into_lab.is_empty() {
-        return LabWire::Inconclusive(format!(
-            "no connection into {lab_pod}:{LAB_PORT} that carried data was seen on its interface"
-        ));
+    let mut seen = Vec::new();
+    for (pod, port) in serving {
+        let into: Vec<String> = census
+            .flows
+            .iter()
+            .filter(|f| {
+                &f.server_host == pod
+                    && f.server_port == *port
+                    && f.class != crate::capture::FlowClass::Empty
+            })
+            .map(|f| {
+                format!(
+                    "{} → {}:{} {}",
+                    f.client_host, f.server_host, f.server_port, f.label
+                )
+            })
+            .collect();
+        if into.is_empty() {
+            return PodWire::Inconclusive(format!(
+                "no connection into {pod}:{port} that carried data was seen on its interface"
+            ));
+        }
+        seen.extend(into);
     }
-    LabWire::Encrypted(into_lab.join(", "))
+    PodWire::Encrypted(seen.join(", "))
 }
 
 /// `name=IP` lines, as `kubectl get services|pods -o jsonpath` prints
@@ -515,5 +554,25 @@ mod tests {
         // An established connection (state 01) is not a listener.
         let table = "  sl  local_address rem_address   st\n   0: 0100007F:22B8 00000000:0000 0A\n   1: 0100007F:9C41 0100007F:22B8 01\n";
         assert_eq!(listening_ports(&[table]), [8888]);
+    }
+
+    #[test]
+    fn the_wire_is_captured_on_the_hub_pod_and_the_lab_pod_at_their_serving_ports() {
+        let wire = planned_wire("alice");
+        let seen: Vec<(&str, &str, u16)> = wire
+            .iter()
+            .map(|w| (w.what.as_str(), w.selector.as_str(), w.serving_port))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("the hub", "component=hub", 8081),
+                (
+                    "alice's lab",
+                    "component=singleuser-server,hub.jupyter.org/username=alice",
+                    8888
+                ),
+            ]
+        );
     }
 }

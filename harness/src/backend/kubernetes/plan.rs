@@ -15,7 +15,7 @@ use super::chart::{
     self, CA_CERTS_SECRET, MERGE_STEP_CONFIGMAP, ORG_TRUST_CONFIGMAP, PROXY_TLS_KEYS,
     PROXY_TLS_SECRET,
 };
-use super::in_cluster::{self, PlannedProbe};
+use super::in_cluster::{self, PlannedProbe, WireCapture};
 use super::kind::KindConfig;
 use super::names::{public_names, trusted_alt_names};
 use super::{ClusterTarget, Deployment, RELEASE};
@@ -111,9 +111,9 @@ pub struct KubernetesPlan {
     /// Run once the public side works, from the prober pods' network
     /// namespaces (`docs/kubernetes.md`).
     pub probes: Vec<PlannedProbe>,
-    /// The lab pod whose own interface is captured for wire evidence, once
-    /// the probes passed (kind only: the pod's namespace is on this machine).
-    pub wire_capture_pod: Option<String>,
+    /// The pods whose own interfaces are captured for wire evidence, once
+    /// the probes passed (kind only: their namespaces are on this machine).
+    pub wire: Vec<WireCapture>,
     /// Runs on every path out: success, failure, Ctrl-C, and from the
     /// reaper when hubtrust itself is killed.
     pub teardown: Vec<PlannedCommand>,
@@ -160,6 +160,31 @@ fn pod_field_command(
             target,
             Some(namespace),
             &["get", "pod", pod, "-o", &format!("jsonpath={path}")],
+        ),
+        Duration::from_secs(60),
+    )
+}
+
+/// The name of the first pod `selector` finds.
+pub fn pod_named_by_command(
+    target: &ClusterTarget,
+    namespace: &str,
+    selector: &str,
+) -> PlannedCommand {
+    PlannedCommand::new(
+        format!("find the pod -l {selector}"),
+        "kubectl",
+        kubectl(
+            target,
+            Some(namespace),
+            &[
+                "get",
+                "pods",
+                "-l",
+                selector,
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
         ),
         Duration::from_secs(60),
     )
@@ -518,7 +543,11 @@ pub fn plan(
         certificates,
         files,
         steps,
-        wire_capture_pod: (!probes.is_empty()).then(|| in_cluster::lab_service(&deployment.user)),
+        wire: if probes.is_empty() {
+            Vec::new()
+        } else {
+            in_cluster::planned_wire(&deployment.user)
+        },
         probes,
         teardown,
         secrets: vec![deployment.service_token.clone()],
@@ -614,17 +643,25 @@ impl KubernetesPlan {
                     closed.name, closed.service, closed.port
                 );
             }
-            if let Some(pod) = &self.wire_capture_pod {
+            if !self.probes.is_empty() {
                 let _ = writeln!(
                     out,
-                    "    must not answer: every other port pod {pod} listens on (its kernel's), at the pod's address, read from its /proc/<pid>/net/tcp"
+                    "    must not answer: every other port the first user's lab pod listens on (its kernel's), at the pod's address, read from its /proc/<pid>/net/tcp"
                 );
             }
         }
-        if let Some(pod) = &self.wire_capture_pod {
+        if !self.wire.is_empty() {
+            let _ = writeln!(out, "\n## wire evidence, once the probes pass");
+            for capture in &self.wire {
+                let _ = writeln!(
+                    out,
+                    "- capture eth0 of {}'s pod (-l {}), as root in its network namespace: a connection into port {} must be seen",
+                    capture.what, capture.selector, capture.serving_port
+                );
+            }
             let _ = writeln!(
                 out,
-                "\n## wire evidence, once the probes pass\n- capture eth0 of pod {pod} (its network namespace, as root) while the proxy reaches the lab: every flow TLS 1.2 or newer, else fail; evidence that cannot be trusted, or no connection into the lab, is inconclusive"
+                "- meanwhile the hub API and the lab are asked through the proxy; every flow TLS 1.2 or newer, else fail; evidence that cannot be trusted, or no connection seen, is inconclusive"
             );
         }
         let _ = writeln!(out, "\n## teardown, on every path out");

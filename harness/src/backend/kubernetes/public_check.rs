@@ -90,19 +90,24 @@ pub async fn check(
     Ok(format!("https://localhost:{}/", addr.port()))
 }
 
-/// Asks `deployment.user`'s lab for its status and its kernels through the
-/// proxy, on kind's loopback nodePort: connections from the proxy pod to
-/// the lab pod, for a capture on the lab pod's own interface to see.
-pub async fn reach_lab_through_proxy(deployment: &Deployment) -> Result<()> {
+/// Asks the hub API for `deployment.user`, and that user's lab for its
+/// status and its kernels, through the proxy on kind's loopback nodePort:
+/// connections from the proxy pod to the hub's and the lab's pods, for
+/// captures on their own interfaces to see.
+pub async fn reach_hub_and_lab_through_proxy(deployment: &Deployment) -> Result<()> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, deployment.public_host_port));
     let ca_path = deployment.run_dir.join("public/public-ca.crt");
     let ca = std::fs::read_to_string(&ca_path)
         .map_err(|e| HarnessError::io(format!("read {}", ca_path.display()), e))?;
     let http = operator_client(&[&ca], "localhost", addr, &deployment.service_token)?;
     let user = &deployment.user;
-    for path in ["api/status", "api/kernels"] {
-        let url = format!("https://localhost:{}/user/{user}/{path}", addr.port());
-        let what = format!("GET /user/{user}/{path} through the proxy");
+    for path in [
+        format!("hub/api/users/{user}"),
+        format!("user/{user}/api/status"),
+        format!("user/{user}/api/kernels"),
+    ] {
+        let url = format!("https://localhost:{}/{path}", addr.port());
+        let what = format!("GET /{path} through the proxy");
         let status = http
             .get(&url)
             .send()
