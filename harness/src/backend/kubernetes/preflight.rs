@@ -156,11 +156,33 @@ fn check_loaded(role: ContainerRole, image: &ChartImage) -> Result<()> {
     }
 }
 
+/// On kind, the checks from inside the cluster enter pods' network
+/// namespaces from this machine, which takes root: hubtrust is root, or
+/// `sudo` (the program given) lets it in without a password. Found out
+/// here, before a cluster is made, not after its bring-up.
+fn may_enter_pods(is_root: bool, sudo: &str) -> Result<()> {
+    if is_root {
+        return Ok(());
+    }
+    match command::run(&probe(sudo, vec!["-n".into(), "true".into()], 10)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(HarnessError::MissingPrerequisite {
+            what: "root, or passwordless sudo".into(),
+            why: format!(
+                "the probes and captures from inside a kind cluster enter its pods' network namespaces, and hubtrust is not root while `{sudo} -n true` failed ({e})"
+            ),
+            fix: "run hubtrust as root, or give this user passwordless sudo (GitHub's runners have it)"
+                .into(),
+        }),
+    }
+}
+
 /// Everything a run checks before it creates anything.
 pub fn check(deployment: &Deployment) -> Result<()> {
     require_tools(&deployment.target)?;
     match &deployment.target {
         ClusterTarget::Kind { .. } => {
+            may_enter_pods(nix::unistd::geteuid().is_root(), "sudo")?;
             for (role, image) in &deployment.images {
                 check_loaded(*role, image)?;
             }
@@ -230,6 +252,17 @@ mod tests {
         assert!(
             err.contains("`kind`") && err.contains("kind-action"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn kind_needs_root_or_sudo_without_a_password_to_look_inside() {
+        assert!(may_enter_pods(true, "/bin/false").is_ok());
+        assert!(may_enter_pods(false, "/bin/true").is_ok());
+        let refused = may_enter_pods(false, "/bin/false").unwrap_err().to_string();
+        assert!(
+            refused.contains("passwordless sudo") && refused.contains("network namespaces"),
+            "{refused}"
         );
     }
 }
