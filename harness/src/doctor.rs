@@ -188,6 +188,14 @@ pub fn check_kubernetes() -> Vec<Prerequisite> {
             check(tool.program, tool.needed_for, tool.install, found)
         })
         .collect();
+    checks.push(check(
+        "root, or passwordless sudo",
+        "--backend kind's probes and wire captures inside its pods",
+        "run hubtrust as root, or give this user passwordless sudo",
+        preflight::how_pods_are_entered()
+            .map(|how| format!("pods' namespaces are entered {how}"))
+            .map_err(|e| e.to_string()),
+    ));
     if checks.iter().any(|c| c.name == "kubectl" && c.ok()) {
         let answered = preflight::cluster_answers(&ClusterTarget::Existing { kubeconfig: None })
             .map(|said| format!("kubectl's current context answers /readyz: {said}"))

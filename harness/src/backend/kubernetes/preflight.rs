@@ -177,12 +177,25 @@ fn may_enter_pods(is_root: bool, sudo: &str) -> Result<()> {
     }
 }
 
+/// Whether this process may enter a kind cluster's pods' namespaces, and
+/// how: as root, or through passwordless sudo.
+pub fn how_pods_are_entered() -> Result<&'static str> {
+    let is_root = nix::unistd::geteuid().is_root();
+    may_enter_pods(is_root, "sudo").map(|()| {
+        if is_root {
+            "as root"
+        } else {
+            "through passwordless sudo"
+        }
+    })
+}
+
 /// Everything a run checks before it creates anything.
 pub fn check(deployment: &Deployment) -> Result<()> {
     require_tools(&deployment.target)?;
     match &deployment.target {
         ClusterTarget::Kind { .. } => {
-            may_enter_pods(nix::unistd::geteuid().is_root(), "sudo")?;
+            how_pods_are_entered()?;
             for (role, image) in &deployment.images {
                 check_loaded(*role, image)?;
             }
