@@ -314,6 +314,12 @@ fn bring_up(
             run.pods_state()
         ))),
     };
+    if let Some(dir) = run.keep_logs() {
+        eprintln!(
+            "· every pod's log and the namespace's events kept in {}",
+            dir.display()
+        );
+    }
     eprintln!("· tearing down");
     let failures = run.tear_down();
     reaper.stand_down();
@@ -331,7 +337,7 @@ fn bring_up(
 }
 
 /// Where each in-cluster probe's reports go, per namespace and pod.
-const IN_CLUSTER_REPORTS: &str = "hubtrust-in-cluster";
+const IN_CLUSTER_REPORTS: &str = kubernetes::in_cluster::REPORTS_DIR;
 
 /// `hubtrust probe` from each prober pod's network namespace, as root
 /// (through `sudo -n` when hubtrust is not): the labelled pod's trust

@@ -557,3 +557,70 @@ fn a_capture_in_a_pods_namespace_names_plaintext_and_never_passes_an_empty_wire(
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_bring_up_that_fails_on_the_cluster_keeps_every_pods_log_and_tears_down() {
+    let dir = scratch("k8s-logs");
+    let (list, digest) = pinned_list(&dir);
+    let bin = fake_tools(
+        &dir,
+        &[
+            ("kind", "exit 0"),
+            ("helm", "exit 0"),
+            (
+                "docker",
+                &format!(
+                    "case \"$1\" in image) echo quay.io/jupyterhub/k8s-hub@{digest};; esac; exit 0"
+                ),
+            ),
+            (
+                "kubectl",
+                "case \"$*\" in
+                   *rollout*) echo 'error: timed out waiting for the condition' >&2; exit 1;;
+                   *'get pods -o jsonpath'*) echo hub-5d8f; echo proxy-7c9a;;
+                   *'get pods -o wide'*) echo 'hub-5d8f 0/1 CrashLoopBackOff';;
+                   *'get events'*) echo 'Back-off restarting failed container hub';;
+                   *logs*) echo \"the log of $*\";;
+                 esac; exit 0",
+            ),
+        ],
+    );
+    let out = hubtrust()
+        .current_dir(&dir)
+        .args(["up", "--backend", "kind", "--images"])
+        .arg(&list)
+        .env("PATH", path_with(&bin))
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("timed out waiting for the condition"),
+        "{said}"
+    );
+    let namespaces: Vec<PathBuf> = std::fs::read_dir(dir.join("hubtrust-in-cluster"))
+        .unwrap_or_else(|e| panic!("no hubtrust-in-cluster/ ({e}): {said}"))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(namespaces.len(), 1, "{namespaces:?}");
+    let logs = namespaces[0].join("logs");
+    assert!(
+        said.contains("every pod's log and the namespace's events: hubtrust-in-cluster/"),
+        "{said}"
+    );
+    let read = |file: &str| std::fs::read_to_string(logs.join(file)).unwrap();
+    assert!(read("pods.txt").contains("CrashLoopBackOff"));
+    assert!(read("events.txt").contains("Back-off restarting"));
+    for pod in ["hub-5d8f", "proxy-7c9a"] {
+        let log = read(&format!("{pod}.log"));
+        assert!(
+            log.contains(&format!(
+                "logs {pod} --all-containers --prefix --timestamps"
+            )),
+            "{log}"
+        );
+    }
+    assert!(calls(&dir).contains("kind delete cluster"), "not torn down");
+    let _ = std::fs::remove_dir_all(&dir);
+}

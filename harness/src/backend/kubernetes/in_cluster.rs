@@ -20,6 +20,10 @@ use serde_json::{json, Value};
 
 use super::names::{dns_names, SERVICES};
 
+/// Where the checks from inside a cluster, and the pods' logs, are kept,
+/// under the working directory: `<this>/<namespace>/…`.
+pub const REPORTS_DIR: &str = "hubtrust-in-cluster";
+
 /// The label the chart's hub NetworkPolicy admits on port 8081, and the
 /// proxy's on its API port; labs admit the hub's label on 8888.
 pub const NETWORK_ACCESS_LABELS: [&str; 3] = [

@@ -4,7 +4,7 @@
 //! the reaper (started by the CLI) runs the same teardown when hubtrust is
 //! killed outright.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -166,6 +166,8 @@ pub struct KubernetesRun {
     namespace: String,
     teardown: Vec<PlannedCommand>,
     keep: bool,
+    /// Masked in every log kept.
+    secrets: Vec<crate::secret::Secret>,
 }
 
 impl KubernetesRun {
@@ -182,6 +184,7 @@ impl KubernetesRun {
             namespace: plan.namespace.clone(),
             teardown: plan.teardown.clone(),
             keep: false,
+            secrets: plan.secrets.clone(),
         };
         for step in &plan.steps {
             progress(&step.purpose);
@@ -216,29 +219,77 @@ impl KubernetesRun {
             }
             _ => "read the command's output above".into(),
         };
+        let kept = self
+            .keep_logs()
+            .map(|dir| {
+                format!(
+                    "\n  every pod's log and the namespace's events: {}",
+                    dir.display()
+                )
+            })
+            .unwrap_or_default();
         HarnessError::Cluster {
             what: step.purpose.clone(),
-            message: format!("{failure}{}", self.pods_state()),
+            message: format!("{failure}{}{kept}", self.pods_state()),
             fix,
         }
     }
 
-    /// The namespace's pods and the hub's last log lines, for a diagnosis.
-    pub fn pods_state(&self) -> String {
+    /// `kubectl --namespace NS ARGS`'s output, for a diagnosis.
+    fn ask(&self, extra: &[&str]) -> std::result::Result<String, CommandFailure> {
         let mut args = self.target.client_flags();
         args.extend(["--namespace".into(), self.namespace.clone()]);
-        let ask = |extra: &[&str]| {
-            let mut all = args.clone();
-            all.extend(extra.iter().map(|a| a.to_string()));
-            command::run(&PlannedCommand {
-                purpose: "diagnosis".into(),
-                program: "kubectl".into(),
-                args: all,
-                timeout: std::time::Duration::from_secs(20),
-            })
-            .map(|out| out.stdout)
-            .unwrap_or_default()
+        args.extend(extra.iter().map(|a| a.to_string()));
+        command::run(&PlannedCommand {
+            purpose: "diagnosis".into(),
+            program: "kubectl".into(),
+            args,
+            timeout: std::time::Duration::from_secs(20),
+        })
+        .map(|out| out.stdout)
+    }
+
+    /// Keeps every pod's log (all containers, init containers included),
+    /// the pods' state and the namespace's events in
+    /// `hubtrust-in-cluster/<ns>/logs/`, the known secrets masked: what a
+    /// failed CI run uploads, since the namespace is gone after it. Each
+    /// command that fails leaves its error in the file instead. `None`
+    /// when nothing could be written.
+    pub fn keep_logs(&self) -> Option<PathBuf> {
+        let dir = PathBuf::from(super::in_cluster::REPORTS_DIR)
+            .join(&self.namespace)
+            .join("logs");
+        std::fs::create_dir_all(&dir).ok()?;
+        let secrets: Vec<&crate::secret::Secret> = self.secrets.iter().collect();
+        let keep = |file: &str, said: std::result::Result<String, CommandFailure>| {
+            let text = said.unwrap_or_else(|e| format!("(not read: {e})\n"));
+            let _ = std::fs::write(dir.join(file), crate::secret::mask_all(&text, &secrets));
         };
+        keep("pods.txt", self.ask(&["get", "pods", "-o", "wide"]));
+        keep(
+            "events.txt",
+            self.ask(&["get", "events", "--sort-by=.lastTimestamp"]),
+        );
+        let pods = self
+            .ask(&[
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
+            ])
+            .unwrap_or_default();
+        for pod in pods.lines().map(str::trim).filter(|p| !p.is_empty()) {
+            keep(
+                &format!("{pod}.log"),
+                self.ask(&["logs", pod, "--all-containers", "--prefix", "--timestamps"]),
+            );
+        }
+        Some(dir)
+    }
+
+    /// The namespace's pods and the hub's last log lines, for a diagnosis.
+    pub fn pods_state(&self) -> String {
+        let ask = |extra: &[&str]| self.ask(extra).unwrap_or_default();
         let pods = ask(&["get", "pods", "-o", "wide"]);
         let hub = ask(&["logs", "deployment/hub", "--all-containers", "--tail=15"]);
         if pods.trim().is_empty() && hub.trim().is_empty() {
