@@ -299,6 +299,7 @@ fn bring_up(
         wire_from_inside(deployment, plan)?;
         Ok(public)
     });
+    let failed = checked.is_err();
     let outcome = match checked {
         Ok(public) => {
             println!(
@@ -314,7 +315,7 @@ fn bring_up(
             run.pods_state()
         ))),
     };
-    if let Some(dir) = run.keep_logs() {
+    if let Some(dir) = run.keep_logs(failed) {
         eprintln!(
             "· every pod's log and the namespace's events kept in {}",
             dir.display()

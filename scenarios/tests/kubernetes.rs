@@ -621,6 +621,8 @@ fn a_bring_up_that_fails_on_the_cluster_keeps_every_pods_log_and_tears_down() {
             "{log}"
         );
     }
+    // The nodes' own logs, for pods that never started.
+    assert!(calls(&dir).contains("kind export logs hubtrust-in-cluster/"));
     assert!(calls(&dir).contains("kind delete cluster"), "not torn down");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -220,7 +220,7 @@ impl KubernetesRun {
             _ => "read the command's output above".into(),
         };
         let kept = self
-            .keep_logs()
+            .keep_logs(true)
             .map(|dir| {
                 format!(
                     "\n  every pod's log and the namespace's events: {}",
@@ -253,9 +253,11 @@ impl KubernetesRun {
     /// the pods' state and the namespace's events in
     /// `hubtrust-in-cluster/<ns>/logs/`, the known secrets masked: what a
     /// failed CI run uploads, since the namespace is gone after it. Each
-    /// command that fails leaves its error in the file instead. `None`
-    /// when nothing could be written.
-    pub fn keep_logs(&self) -> Option<PathBuf> {
+    /// command that fails leaves its error in the file instead. With
+    /// `nodes`, on kind, the nodes' own logs too (`kind export logs`:
+    /// kubelet, containerd), for pods that never started. `None` when
+    /// nothing could be written.
+    pub fn keep_logs(&self, nodes: bool) -> Option<PathBuf> {
         let dir = PathBuf::from(super::in_cluster::REPORTS_DIR)
             .join(&self.namespace)
             .join("logs");
@@ -283,6 +285,23 @@ impl KubernetesRun {
                 &format!("{pod}.log"),
                 self.ask(&["logs", pod, "--all-containers", "--prefix", "--timestamps"]),
             );
+        }
+        if let (true, ClusterTarget::Kind { cluster }) = (nodes, &self.target) {
+            let exported = command::run(&PlannedCommand {
+                purpose: "diagnosis".into(),
+                program: "kind".into(),
+                args: vec![
+                    "export".into(),
+                    "logs".into(),
+                    dir.join("kind").display().to_string(),
+                    "--name".into(),
+                    cluster.clone(),
+                ],
+                timeout: std::time::Duration::from_secs(120),
+            });
+            if let Err(e) = exported {
+                keep("kind-export-logs.txt", Err(e));
+            }
         }
         Some(dir)
     }
