@@ -626,3 +626,23 @@ fn a_bring_up_that_fails_on_the_cluster_keeps_every_pods_log_and_tears_down() {
     assert!(calls(&dir).contains("kind delete cluster"), "not torn down");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn without_the_org_configmap_the_labs_mount_it_optional_and_nothing_creates_it() {
+    let out = hubtrust()
+        .args(["run", "--backend", "kind", "--plan", "--stack"])
+        .arg("fixtures/stacks/enterprise-without-configmap.toml")
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    // The labs' merge step still mounts it, optional, so the spawn goes on
+    // with the system bundle alone ...
+    assert!(
+        said.contains("\"name\": \"hubtrust-org-trust\",\n            \"optional\": true"),
+        "{said}"
+    );
+    // ... and no manifest creates it.
+    assert!(!said.contains("\"ca-certificates.crt\":"), "{said}");
+    assert!(said.contains("\"name\": \"hubtrust-merge-step\""), "{said}");
+}
