@@ -283,22 +283,19 @@ fn bring_up(
     let mut progress = |step: &str| eprintln!("· {step}");
     let mut run = KubernetesRun::apply(plan, &deployment.target, &mut progress)?;
     let progress_line = |line: &str| eprintln!("· {line}");
-    let checked = tokio::runtime::Runtime::new()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| {
-            runtime
-                .block_on(kubernetes::public_check::check(
-                    deployment,
-                    org_pem,
-                    &progress_line,
-                ))
-                .map_err(anyhow::Error::from)
+    // The hub's pod is captured from before the spawn, so the spawn's own
+    // connections are seen; the probes come after every capture stopped,
+    // so their TLS scan's old-version handshakes are never judged as the
+    // deployment's traffic.
+    let checked =
+        wire_before_spawn(deployment, plan).and_then(|early| {
+            let public = tokio::runtime::Runtime::new()?.block_on(
+                kubernetes::public_check::check(deployment, org_pem, &progress_line),
+            )?;
+            wire_from_inside(deployment, plan, early)?;
+            probe_from_inside(deployment, plan)?;
+            Ok(public)
         });
-    let checked = checked.and_then(|public| {
-        probe_from_inside(deployment, plan)?;
-        wire_from_inside(deployment, plan)?;
-        Ok(public)
-    });
     let failed = checked.is_err();
     let outcome = match checked {
         Ok(public) => {
@@ -418,28 +415,27 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
     Ok(())
 }
 
-/// Wire evidence from inside the cluster: the hub's and the first user's
-/// lab's pods' own interfaces captured (`hubtrust capture` in each pod's
-/// network namespace, as root) while the hub API and the lab are asked
-/// through the proxy. A plaintext flow fails the bring-up; evidence that
-/// cannot be trusted, or that shows no connection into a pod, is said to
-/// be inconclusive, with why: never a pass. The pcaps, their evidence and
-/// the verdict go to `hubtrust-in-cluster/<ns>/wire/`.
-fn wire_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::Result<()> {
-    use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan, public_check};
-    use hubtrust_harness::capture::WireCensus;
-    if plan.wire.is_empty() {
-        return Ok(());
-    }
-    let ns = &deployment.namespace;
-    let dir = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join("wire");
-    std::fs::create_dir_all(&dir)?;
-    let mut running = Vec::new();
-    let mut serving = Vec::new();
-    for capture in &plan.wire {
+/// A `hubtrust capture` running in a pod's network namespace; stopped
+/// (its stdin closed, so it drains and exits) however the bring-up goes.
+struct PodCapture {
+    pod: String,
+    out: PathBuf,
+    expected: Vec<kubernetes::in_cluster::ExpectedFlow>,
+    child: Option<std::process::Child>,
+}
+
+impl PodCapture {
+    /// Starts capturing `eth0` of the pod `capture` selects, as root, and
+    /// returns once the capture says its socket is open.
+    fn start(
+        deployment: &Deployment,
+        capture: &kubernetes::in_cluster::WireCapture,
+    ) -> anyhow::Result<Self> {
+        use hubtrust_harness::backend::kubernetes::{command, plan};
+        use std::io::BufRead as _;
         let pod = command::run(&plan::pod_named_by_command(
             &deployment.target,
-            ns,
+            &deployment.namespace,
             &capture.selector,
         ))
         .map_err(|e| anyhow::anyhow!("the wire evidence: {e}"))?
@@ -457,28 +453,145 @@ fn wire_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::R
             "· capturing on the interface of {}'s pod {pod} (pid {pid})",
             capture.what
         );
-        let out = dir.join(&pod);
-        running.push((pod.clone(), start_capture(pid, &pod, &out)?, out));
-        serving.push((pod, capture.serving_port));
+        let out = PathBuf::from(IN_CLUSTER_REPORTS)
+            .join(&deployment.namespace)
+            .join("wire")
+            .join(&pod);
+        let mut child = hubtrust_as_root()?
+            .args([
+                "capture",
+                "--netns-of",
+                &pid.to_string(),
+                "--interface",
+                "eth0",
+            ])
+            .args(["--name", &format!("{pod}-eth0"), "--out"])
+            .arg(&out)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("start hubtrust capture")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("hubtrust capture has no stdout")?;
+        let running = PodCapture {
+            pod,
+            out,
+            expected: capture.expected.clone(),
+            child: Some(child),
+        };
+        let (said, heard) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = said.send(line);
+        });
+        let started = heard.recv_timeout(std::time::Duration::from_secs(30));
+        anyhow::ensure!(
+            matches!(&started, Ok(line) if line.trim() == crate::capture::CAPTURING),
+            "the capture in pod {}'s network namespace did not start within 30 s (it said {started:?})",
+            running.pod
+        );
+        Ok(running)
+    }
+
+    /// Stops the capture and reads what it saw.
+    fn finish(mut self) -> anyhow::Result<hubtrust_harness::capture::LinkEvidence> {
+        let status = self.stop().context("wait for hubtrust capture")?;
+        anyhow::ensure!(
+            status.success(),
+            "the capture in pod {}'s network namespace failed: {status}",
+            self.pod
+        );
+        let file = self.out.join(crate::capture::EVIDENCE_FILE);
+        Ok(serde_json::from_slice(
+            &std::fs::read(&file).with_context(|| format!("read {}", file.display()))?,
+        )?)
+    }
+
+    /// Its stdin closed, the capture drains what crossed the interface
+    /// (bounded by its own drain limit), writes its evidence and exits.
+    fn stop(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| std::io::Error::other("already stopped"))?;
+        drop(child.stdin.take());
+        child.wait()
+    }
+}
+
+impl Drop for PodCapture {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Starts the captures that span the first lab's spawn (the hub's pod).
+fn wire_before_spawn(
+    deployment: &Deployment,
+    plan: &KubernetesPlan,
+) -> anyhow::Result<Vec<PodCapture>> {
+    plan.wire
+        .iter()
+        .filter(|capture| capture.across_spawn)
+        .map(|capture| PodCapture::start(deployment, capture))
+        .collect()
+}
+
+/// Wire evidence from inside the cluster: the hub's pod captured since
+/// before the spawn (`early`), the first user's lab pod from now, while
+/// the hub API and the lab are asked through the proxy; each capture is
+/// `hubtrust capture` in the pod's network namespace, as root. A
+/// plaintext flow fails the bring-up; evidence that cannot be trusted, or
+/// that misses an expected connection, is said to be inconclusive, with
+/// why: never a pass. The pcaps, their evidence and the verdict go to
+/// `hubtrust-in-cluster/<ns>/wire/`.
+fn wire_from_inside(
+    deployment: &Deployment,
+    plan: &KubernetesPlan,
+    early: Vec<PodCapture>,
+) -> anyhow::Result<()> {
+    use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan, public_check};
+    use hubtrust_harness::capture::WireCensus;
+    if plan.wire.is_empty() {
+        return Ok(());
+    }
+    let ns = &deployment.namespace;
+    let mut running = early;
+    for capture in plan.wire.iter().filter(|c| !c.across_spawn) {
+        running.push(PodCapture::start(deployment, capture)?);
     }
     let reached = tokio::runtime::Runtime::new()?
         .block_on(public_check::reach_hub_and_lab_through_proxy(deployment));
     let mut evidence = Vec::new();
-    for (pod, capture, out) in running {
-        evidence.push(stop_capture(&pod, capture, &out)?);
+    let mut expected = Vec::new();
+    for capture in running {
+        expected.push((capture.pod.clone(), capture.expected.clone()));
+        evidence.push(capture.finish()?);
     }
     reached?;
-    let pods = command::run(&plan::pod_ips_command(&deployment.target, ns))
-        .map_err(|e| anyhow::anyhow!("the wire evidence: {e}"))?;
-    let names = in_cluster::parse_cluster_ips(&pods.stdout)
+    // Pods by their addresses, Services by their ClusterIPs (as a pod's
+    // own interface sees a connection to a Service, before any node
+    // rewrites it).
+    let read = |command: plan::PlannedCommand| {
+        command::run(&command)
+            .map(|out| in_cluster::parse_cluster_ips(&out.stdout))
+            .map_err(|e| anyhow::anyhow!("the wire evidence: {e}"))
+    };
+    let mut names = std::collections::BTreeMap::new();
+    for (name, ip) in read(plan::cluster_ips_command(&deployment.target, ns))?
         .into_iter()
-        .filter_map(|(name, ip)| match ip {
-            std::net::IpAddr::V4(v4) => Some((v4, name)),
-            std::net::IpAddr::V6(_) => None,
-        })
-        .collect();
+        .chain(read(plan::pod_ips_command(&deployment.target, ns))?)
+    {
+        if let std::net::IpAddr::V4(v4) = ip {
+            names.insert(v4, name);
+        }
+    }
     let census = WireCensus::build(evidence, &names);
-    let verdict = in_cluster::judge_wire(&census, &serving);
+    let verdict = in_cluster::judge_wire(&census, &expected);
+    let dir = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join("wire");
     let said = match &verdict {
         in_cluster::PodWire::Encrypted(flows) => {
             format!("every connection captured on the hub's and the lab's pods was TLS: {flows}")
@@ -491,6 +604,7 @@ fn wire_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::R
             flows.join("\n  ")
         ),
     };
+    std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("verdict.txt"), format!("{said}\n"))?;
     eprintln!("· {said}");
     anyhow::ensure!(
@@ -499,64 +613,6 @@ fn wire_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::R
         dir.display()
     );
     Ok(())
-}
-
-/// `hubtrust capture` on `eth0` of `pid`'s network namespace, as root,
-/// returned once it says its socket is open.
-fn start_capture(pid: u32, pod: &str, out: &Path) -> anyhow::Result<std::process::Child> {
-    use std::io::BufRead as _;
-    let mut capture = hubtrust_as_root()?
-        .args([
-            "capture",
-            "--netns-of",
-            &pid.to_string(),
-            "--interface",
-            "eth0",
-        ])
-        .args(["--name", &format!("{pod}-eth0"), "--out"])
-        .arg(out)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start hubtrust capture")?;
-    let stdout = capture
-        .stdout
-        .take()
-        .context("hubtrust capture has no stdout")?;
-    let (said, heard) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = said.send(line);
-    });
-    let started = heard.recv_timeout(std::time::Duration::from_secs(30));
-    if !matches!(&started, Ok(line) if line.trim() == crate::capture::CAPTURING) {
-        let _ = capture.kill();
-        let _ = capture.wait();
-        anyhow::bail!(
-            "the capture in pod {pod}'s network namespace did not start within 30 s (it said {started:?})"
-        );
-    }
-    Ok(capture)
-}
-
-/// Closes the capture's stdin, so it drains what crossed the interface
-/// (bounded by its own drain limit), writes its evidence and exits.
-fn stop_capture(
-    pod: &str,
-    mut capture: std::process::Child,
-    out: &Path,
-) -> anyhow::Result<hubtrust_harness::capture::LinkEvidence> {
-    drop(capture.stdin.take());
-    let status = capture.wait().context("wait for hubtrust capture")?;
-    anyhow::ensure!(
-        status.success(),
-        "the capture in pod {pod}'s network namespace failed: {status}"
-    );
-    let file = out.join(crate::capture::EVIDENCE_FILE);
-    Ok(serde_json::from_slice(
-        &std::fs::read(&file).with_context(|| format!("read {}", file.display()))?,
-    )?)
 }
 
 /// hubtrust itself, as root: through `sudo -n` when it is not root (the

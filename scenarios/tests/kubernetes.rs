@@ -437,7 +437,10 @@ fn capture_and_judge(
     pid: u32,
     dir: &Path,
     traffic: impl FnOnce(),
-) -> hubtrust_harness::backend::kubernetes::in_cluster::PodWire {
+) -> (
+    hubtrust_harness::capture::WireCensus,
+    hubtrust_harness::backend::kubernetes::in_cluster::PodWire,
+) {
     use std::io::BufRead as _;
     let mut capture = hubtrust()
         .args([
@@ -465,10 +468,18 @@ fn capture_and_judge(
         serde_json::from_slice(&std::fs::read(dir.join("evidence.json")).unwrap()).unwrap();
     let names = [(std::net::Ipv4Addr::LOCALHOST, "jupyter-alice".to_string())].into();
     let census = hubtrust_harness::capture::WireCensus::build(vec![evidence], &names);
-    hubtrust_harness::backend::kubernetes::in_cluster::judge_wire(
+    let verdict = hubtrust_harness::backend::kubernetes::in_cluster::judge_wire(
         &census,
-        &[("jupyter-alice".to_string(), 8888)],
-    )
+        &[(
+            "jupyter-alice".to_string(),
+            vec![
+                hubtrust_harness::backend::kubernetes::in_cluster::ExpectedFlow::Into {
+                    port: 8888,
+                },
+            ],
+        )],
+    );
+    (census, verdict)
 }
 
 /// Fetches `url` from inside `pid`'s network namespace, not verifying a
@@ -504,7 +515,7 @@ fn a_capture_in_a_pods_namespace_names_plaintext_and_never_passes_an_empty_wire(
         "127.0.0.1",
     ]);
     let pid = server.0.id();
-    let plain = capture_and_judge(pid, &dir.join("plain"), || {
+    let (_, plain) = capture_and_judge(pid, &dir.join("plain"), || {
         fetch_inside(pid, "http://127.0.0.1:8888/")
     });
     match plain {
@@ -516,7 +527,7 @@ fn a_capture_in_a_pods_namespace_names_plaintext_and_never_passes_an_empty_wire(
         ),
         other => panic!("plain HTTP into the lab was judged {other:?}"),
     }
-    let quiet = capture_and_judge(pid, &dir.join("quiet"), || {});
+    let (_, quiet) = capture_and_judge(pid, &dir.join("quiet"), || {});
     assert_eq!(
         quiet,
         PodWire::Inconclusive(
@@ -545,7 +556,7 @@ fn a_capture_in_a_pods_namespace_names_plaintext_and_never_passes_an_empty_wire(
         key.to_str().unwrap(),
     ]);
     let pid = server.0.id();
-    let tls = capture_and_judge(pid, &dir.join("tls"), || {
+    let (census, tls) = capture_and_judge(pid, &dir.join("tls"), || {
         fetch_inside(pid, "https://127.0.0.1:8888/")
     });
     match tls {
@@ -554,6 +565,27 @@ fn a_capture_in_a_pods_namespace_names_plaintext_and_never_passes_an_empty_wire(
         }
         other => panic!("TLS into the lab was judged {other:?}"),
     }
+    // A connection the captured pod should have made and did not: never a
+    // pass, even with every flow seen encrypted.
+    let missing = hubtrust_harness::backend::kubernetes::in_cluster::judge_wire(
+        &census,
+        &[(
+            "jupyter-alice".to_string(),
+            vec![
+                hubtrust_harness::backend::kubernetes::in_cluster::ExpectedFlow::To {
+                    service: "proxy-api".into(),
+                    port: 8001,
+                },
+            ],
+        )],
+    );
+    assert_eq!(
+        missing,
+        PodWire::Inconclusive(
+            "no connection from jupyter-alice to proxy-api:8001 that carried data was seen on its interface"
+                .into()
+        )
+    );
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -349,37 +349,68 @@ pub fn lab_ports_closed(
         .collect()
 }
 
-/// A pod whose own interface is captured for wire evidence, and the port
-/// a connection into it must be seen on for the evidence to count.
+/// A connection a capture must see, carrying data, for its evidence to
+/// count: into the captured pod, or from it to a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ExpectedFlow {
+    /// A client connected to the captured pod on this port.
+    Into { port: u16 },
+    /// The captured pod connected to this Service (named as the census
+    /// names its ClusterIP) on this port.
+    To { service: String, port: u16 },
+}
+
+/// A pod whose own interface is captured for wire evidence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WireCapture {
     /// What the report calls it.
     pub what: String,
     /// The `kubectl get pods -l` selector that finds it.
     pub selector: String,
-    pub serving_port: u16,
+    /// Captured from before the first lab's spawn (the pod exists then),
+    /// so the spawn's own connections are seen.
+    pub across_spawn: bool,
+    pub expected: Vec<ExpectedFlow>,
 }
 
-/// The hub's pod and `user`'s lab pod: between them they see every
-/// connection into the hub API and the lab (from the proxy, each other
-/// and KubeSpawner's Services), pod to pod, before any node rewrites it.
+/// The hub's pod, from before the spawn: the proxy's requests into the
+/// hub API, the hub's calls to the proxy API (the lab's route) and to the
+/// new lab (waiting for it to answer). `user`'s lab pod, once it runs: the
+/// proxy's requests into it. Pod to pod, before any node rewrites them.
 /// The selectors are the chart's legacy `component` label and
 /// KubeSpawner's labels for a lab.
 pub fn planned_wire(user: &str) -> Vec<WireCapture> {
+    let port_of = |service: &str| {
+        SERVICES
+            .iter()
+            .find(|s| s.service == service)
+            .map(|s| s.port)
+            .unwrap_or_default()
+    };
     vec![
         WireCapture {
             what: "the hub".into(),
             selector: "component=hub".into(),
-            serving_port: SERVICES
-                .iter()
-                .find(|s| s.service == "hub")
-                .map(|s| s.port)
-                .unwrap_or_default(),
+            across_spawn: true,
+            expected: vec![
+                ExpectedFlow::Into {
+                    port: port_of("hub"),
+                },
+                ExpectedFlow::To {
+                    service: "proxy-api".into(),
+                    port: port_of("proxy-api"),
+                },
+                ExpectedFlow::To {
+                    service: lab_service(user),
+                    port: LAB_PORT,
+                },
+            ],
         },
         WireCapture {
             what: format!("{user}'s lab"),
             selector: format!("component=singleuser-server,hub.jupyter.org/username={user}"),
-            serving_port: LAB_PORT,
+            across_spawn: false,
+            expected: vec![ExpectedFlow::Into { port: LAB_PORT }],
         },
     ]
 }
@@ -387,20 +418,23 @@ pub fn planned_wire(user: &str) -> Vec<WireCapture> {
 /// What the captures on pods' own interfaces say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodWire {
-    /// Connections into every captured pod were seen, all of them TLS 1.2
-    /// or newer.
+    /// Every expected connection was seen, and every flow was TLS 1.2 or
+    /// newer.
     Encrypted(String),
-    /// The evidence cannot be trusted, or shows nothing to judge: why.
+    /// The evidence cannot be trusted, or misses a connection: why.
     Inconclusive(String),
     /// Flows that crossed a pod's interface unprotected.
     Plaintext(Vec<String>),
 }
 
-/// The verdict on what captures saw, each `(pod, port)` of `serving`
-/// needing a connection into it that carried data. A plaintext flow is a
-/// finding even when a capture missed packets; a capture that missed
-/// packets, or a pod no connection was seen into, is never a pass.
-pub fn judge_wire(census: &crate::capture::WireCensus, serving: &[(String, u16)]) -> PodWire {
+/// The verdict on what captures saw, with each `(pod, expected flows)`.
+/// A plaintext flow is a finding even when a capture missed packets; a
+/// capture that missed packets, or an expected connection not seen, is
+/// never a pass.
+pub fn judge_wire(
+    census: &crate::capture::WireCensus,
+    expected: &[(String, Vec<ExpectedFlow>)],
+) -> PodWire {
     let plaintext: Vec<String> = census
         .unprotected(&[])
         .iter()
@@ -414,29 +448,45 @@ pub fn judge_wire(census: &crate::capture::WireCensus, serving: &[(String, u16)]
         return PodWire::Inconclusive(inconclusive.join("; "));
     }
     let mut seen = Vec::new();
-    for (pod, port) in serving {
-        let into: Vec<String> = census
-            .flows
-            .iter()
-            .filter(|f| {
-                &f.server_host == pod
-                    && f.server_port == *port
-                    && f.class != crate::capture::FlowClass::Empty
-            })
-            .map(|f| {
-                format!(
-                    "{} → {}:{} {}",
-                    f.client_host, f.server_host, f.server_port, f.label
-                )
-            })
-            .collect();
-        if into.is_empty() {
-            return PodWire::Inconclusive(format!(
-                "no connection into {pod}:{port} that carried data was seen on its interface"
-            ));
+    for (pod, flows) in expected {
+        for flow in flows {
+            let (client, server, port, said) = match flow {
+                ExpectedFlow::Into { port } => {
+                    (None, pod.as_str(), *port, format!("into {pod}:{port}"))
+                }
+                ExpectedFlow::To { service, port } => (
+                    Some(pod.as_str()),
+                    service.as_str(),
+                    *port,
+                    format!("from {pod} to {service}:{port}"),
+                ),
+            };
+            let matching: Vec<String> = census
+                .flows
+                .iter()
+                .filter(|f| {
+                    f.server_host == server
+                        && f.server_port == port
+                        && client.is_none_or(|c| f.client_host == c)
+                        && f.class != crate::capture::FlowClass::Empty
+                })
+                .map(|f| {
+                    format!(
+                        "{} → {}:{} {}",
+                        f.client_host, f.server_host, f.server_port, f.label
+                    )
+                })
+                .collect();
+            if matching.is_empty() {
+                return PodWire::Inconclusive(format!(
+                    "no connection {said} that carried data was seen on its interface"
+                ));
+            }
+            seen.extend(matching);
         }
-        seen.extend(into);
     }
+    seen.sort();
+    seen.dedup();
     PodWire::Encrypted(seen.join(", "))
 }
 
@@ -561,22 +611,29 @@ mod tests {
     }
 
     #[test]
-    fn the_wire_is_captured_on_the_hub_pod_and_the_lab_pod_at_their_serving_ports() {
+    fn the_hub_pod_is_captured_across_the_spawn_and_the_lab_pod_after_it() {
         let wire = planned_wire("alice");
-        let seen: Vec<(&str, &str, u16)> = wire
-            .iter()
-            .map(|w| (w.what.as_str(), w.selector.as_str(), w.serving_port))
-            .collect();
+        assert_eq!(wire[0].selector, "component=hub");
+        assert!(wire[0].across_spawn);
         assert_eq!(
-            seen,
+            wire[0].expected,
             [
-                ("the hub", "component=hub", 8081),
-                (
-                    "alice's lab",
-                    "component=singleuser-server,hub.jupyter.org/username=alice",
-                    8888
-                ),
+                ExpectedFlow::Into { port: 8081 },
+                ExpectedFlow::To {
+                    service: "proxy-api".into(),
+                    port: 8001
+                },
+                ExpectedFlow::To {
+                    service: "jupyter-alice".into(),
+                    port: 8888
+                },
             ]
         );
+        assert_eq!(
+            wire[1].selector,
+            "component=singleuser-server,hub.jupyter.org/username=alice"
+        );
+        assert!(!wire[1].across_spawn);
+        assert_eq!(wire[1].expected, [ExpectedFlow::Into { port: 8888 }]);
     }
 }

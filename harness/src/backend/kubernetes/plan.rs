@@ -15,7 +15,7 @@ use super::chart::{
     self, CA_CERTS_SECRET, MERGE_STEP_CONFIGMAP, ORG_TRUST_CONFIGMAP, PROXY_TLS_KEYS,
     PROXY_TLS_SECRET,
 };
-use super::in_cluster::{self, PlannedProbe, WireCapture};
+use super::in_cluster::{self, ExpectedFlow, PlannedProbe, WireCapture};
 use super::kind::KindConfig;
 use super::names::{public_names, trusted_alt_names};
 use super::{ClusterTarget, Deployment, RELEASE};
@@ -602,6 +602,38 @@ impl KubernetesPlan {
                 step.shell_line()
             );
         }
+        if !self.wire.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n## wire evidence, from the first spawn until before the probes"
+            );
+            for capture in &self.wire {
+                let expected: Vec<String> = capture
+                    .expected
+                    .iter()
+                    .map(|flow| match flow {
+                        ExpectedFlow::Into { port } => format!("a connection into port {port}"),
+                        ExpectedFlow::To { service, port } => format!("one to {service}:{port}"),
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "- capture eth0 of {}'s pod (-l {}) {}, as root in its network namespace; must see {}",
+                    capture.what,
+                    capture.selector,
+                    if capture.across_spawn {
+                        "from before the first lab's spawn"
+                    } else {
+                        "once it runs"
+                    },
+                    expected.join(", ")
+                );
+            }
+            let _ = writeln!(
+                out,
+                "- then the hub API and the lab are asked through the proxy; every flow TLS 1.2 or newer, else fail; evidence that cannot be trusted, or an expected connection not seen, is inconclusive"
+            );
+        }
         let _ = writeln!(
             out,
             "\n## probes from inside the cluster, once the public side works"
@@ -649,20 +681,6 @@ impl KubernetesPlan {
                     "    must not answer: every other port the first user's lab pod listens on (its kernel's), at the pod's address, read from its /proc/<pid>/net/tcp"
                 );
             }
-        }
-        if !self.wire.is_empty() {
-            let _ = writeln!(out, "\n## wire evidence, once the probes pass");
-            for capture in &self.wire {
-                let _ = writeln!(
-                    out,
-                    "- capture eth0 of {}'s pod (-l {}), as root in its network namespace: a connection into port {} must be seen",
-                    capture.what, capture.selector, capture.serving_port
-                );
-            }
-            let _ = writeln!(
-                out,
-                "- meanwhile the hub API and the lab are asked through the proxy; every flow TLS 1.2 or newer, else fail; evidence that cannot be trusted, or no connection seen, is inconclusive"
-            );
         }
         let _ = writeln!(out, "\n## teardown, on every path out");
         for step in &self.teardown {
