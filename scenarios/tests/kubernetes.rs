@@ -76,6 +76,15 @@ fn path_with(bin: &Path) -> String {
     format!("{}:/usr/bin:/bin", bin.display())
 }
 
+/// `hubtrust up --backend kind --images LIST` with the tools of `bin`.
+fn up_on_kind(bin: &Path, list: &Path) -> std::process::Command {
+    let mut up = hubtrust();
+    up.args(["up", "--backend", "kind", "--images"])
+        .arg(list)
+        .env("PATH", path_with(bin));
+    up
+}
+
 #[test]
 fn kind_without_kind_on_path_is_exit_2_naming_it_and_nothing_is_made() {
     let dir = scratch("k8s-no-kind");
@@ -245,12 +254,7 @@ fn an_image_the_daemon_does_not_hold_is_refused_before_the_cluster_is_made() {
         ],
     );
     let (list, digest) = pinned_list(&dir);
-    let out = hubtrust()
-        .args(["up", "--backend", "kind", "--images"])
-        .arg(&list)
-        .env("PATH", path_with(&bin))
-        .output()
-        .unwrap();
+    let out = up_on_kind(&bin, &list).output().unwrap();
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
@@ -286,12 +290,7 @@ fn an_image_under_its_tag_but_of_another_digest_is_refused() {
         ],
     );
     let (list, digest) = pinned_list(&dir);
-    let out = hubtrust()
-        .args(["up", "--backend", "kind", "--images"])
-        .arg(&list)
-        .env("PATH", path_with(&bin))
-        .output()
-        .unwrap();
+    let out = up_on_kind(&bin, &list).output().unwrap();
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
@@ -617,13 +616,7 @@ fn a_bring_up_that_fails_on_the_cluster_keeps_every_pods_log_and_tears_down() {
             ),
         ],
     );
-    let out = hubtrust()
-        .current_dir(&dir)
-        .args(["up", "--backend", "kind", "--images"])
-        .arg(&list)
-        .env("PATH", path_with(&bin))
-        .output()
-        .unwrap();
+    let out = up_on_kind(&bin, &list).current_dir(&dir).output().unwrap();
     let said = text(&out);
     assert_ne!(out.status.code(), Some(0), "{said}");
     assert!(

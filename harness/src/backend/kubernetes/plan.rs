@@ -138,30 +138,21 @@ fn kubectl(target: &ClusterTarget, namespace: Option<&str>, args: &[&str]) -> Ve
 
 /// The pod's UID, which names its cgroup.
 pub fn pod_uid_command(target: &ClusterTarget, namespace: &str, pod: &str) -> PlannedCommand {
-    pod_field_command(target, namespace, pod, "UID", "{.metadata.uid}")
+    kubectl_get(
+        format!("read the UID of the pod {pod}"),
+        target,
+        namespace,
+        &["pod", pod, "-o", "jsonpath={.metadata.uid}"],
+    )
 }
 
 /// The pod's own address.
 pub fn pod_ip_command(target: &ClusterTarget, namespace: &str, pod: &str) -> PlannedCommand {
-    pod_field_command(target, namespace, pod, "address", "{.status.podIP}")
-}
-
-fn pod_field_command(
-    target: &ClusterTarget,
-    namespace: &str,
-    pod: &str,
-    what: &str,
-    path: &str,
-) -> PlannedCommand {
-    PlannedCommand::new(
-        format!("read the {what} of the pod {pod}"),
-        "kubectl",
-        kubectl(
-            target,
-            Some(namespace),
-            &["get", "pod", pod, "-o", &format!("jsonpath={path}")],
-        ),
-        Duration::from_secs(60),
+    kubectl_get(
+        format!("read the address of the pod {pod}"),
+        target,
+        namespace,
+        &["pod", pod, "-o", "jsonpath={.status.podIP}"],
     )
 }
 
@@ -171,59 +162,58 @@ pub fn pod_named_by_command(
     namespace: &str,
     selector: &str,
 ) -> PlannedCommand {
-    PlannedCommand::new(
+    kubectl_get(
         format!("find the pod -l {selector}"),
-        "kubectl",
-        kubectl(
-            target,
-            Some(namespace),
-            &[
-                "get",
-                "pods",
-                "-l",
-                selector,
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ],
-        ),
-        Duration::from_secs(60),
+        target,
+        namespace,
+        &[
+            "pods",
+            "-l",
+            selector,
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
     )
 }
 
 /// Every pod's address, one `name=IP` a line.
 pub fn pod_ips_command(target: &ClusterTarget, namespace: &str) -> PlannedCommand {
-    PlannedCommand::new(
-        "read the pods' addresses",
-        "kubectl",
-        kubectl(
-            target,
-            Some(namespace),
-            &[
-                "get",
-                "pods",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name}={.status.podIP}{\"\\n\"}{end}",
-            ],
-        ),
-        Duration::from_secs(60),
+    kubectl_get(
+        "read the pods' addresses".into(),
+        target,
+        namespace,
+        &["pods", "-o", &name_equals("{.status.podIP}")],
     )
 }
 
 /// Every Service's ClusterIP, one `name=IP` a line.
 pub fn cluster_ips_command(target: &ClusterTarget, namespace: &str) -> PlannedCommand {
+    kubectl_get(
+        "read the Services' cluster addresses".into(),
+        target,
+        namespace,
+        &["services", "-o", &name_equals("{.spec.clusterIP}")],
+    )
+}
+
+/// A jsonpath printing `name=<field>` a line for every item.
+fn name_equals(field: &str) -> String {
+    format!("jsonpath={{range .items[*]}}{{.metadata.name}}={field}{{\"\\n\"}}{{end}}")
+}
+
+/// `kubectl get ARGS` in the namespace, read by hubtrust.
+fn kubectl_get(
+    purpose: String,
+    target: &ClusterTarget,
+    namespace: &str,
+    args: &[&str],
+) -> PlannedCommand {
+    let mut get = vec!["get"];
+    get.extend_from_slice(args);
     PlannedCommand::new(
-        "read the Services' cluster addresses",
+        purpose,
         "kubectl",
-        kubectl(
-            target,
-            Some(namespace),
-            &[
-                "get",
-                "services",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name}={.spec.clusterIP}{\"\\n\"}{end}",
-            ],
-        ),
+        kubectl(target, Some(namespace), &get),
         Duration::from_secs(60),
     )
 }
@@ -933,5 +923,43 @@ mod tests {
         let text = plan.render();
         assert!(!text.contains("0123456789abcdef0123456789abcdef"), "{text}");
         assert!(text.contains("0123…(32 chars)"), "{text}");
+    }
+
+    #[test]
+    fn the_lookups_at_run_time_read_one_name_and_address_a_line() {
+        let target = ClusterTarget::Kind {
+            cluster: "c".into(),
+        };
+        let services = cluster_ips_command(&target, "ns");
+        assert_eq!(
+            services.args,
+            [
+                "--context",
+                "kind-c",
+                "--namespace",
+                "ns",
+                "get",
+                "services",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}={.spec.clusterIP}{\"\\n\"}{end}"
+            ]
+        );
+        let pods = pod_ips_command(&target, "ns");
+        assert_eq!(
+            pods.args.last().unwrap(),
+            "jsonpath={range .items[*]}{.metadata.name}={.status.podIP}{\"\\n\"}{end}"
+        );
+        let hub = pod_named_by_command(&target, "ns", "component=hub");
+        assert_eq!(
+            hub.args[4..],
+            [
+                "get",
+                "pods",
+                "-l",
+                "component=hub",
+                "-o",
+                "jsonpath={.items[0].metadata.name}"
+            ]
+        );
     }
 }
