@@ -5,11 +5,16 @@
 //! TLS scan run against the Services from there: the hub API, the proxy API
 //! and the first user's lab (KubeSpawner's Service for it). The bare pod is
 //! any other pod: none of the three may answer it, so the chart's
-//! NetworkPolicies become cells of what is checked.
+//! NetworkPolicies become cells of what is checked. Neither may reach any
+//! other port the lab pod listens on (its kernel's).
 //!
-//! The probe enters the pod's network namespace from this machine (kind's
-//! nodes are containers on its docker), so it needs no image of its own and
-//! no cluster API beyond kubectl; it cannot reach a cluster elsewhere.
+//! The wire evidence comes from the same place: captures on the hub's and
+//! the lab's pods' own interfaces, judged by `judge_wire`.
+//!
+//! Probes and captures enter pods' network namespaces from this machine
+//! (kind's nodes are containers on its docker), so they need no image of
+//! their own and no cluster API beyond kubectl; they cannot reach a
+//! cluster elsewhere.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
