@@ -91,6 +91,7 @@ fn a_public_side_that_speaks_tls_1_0_fails_the_tls_scan_naming_endpoint_version_
         md.contains("| TLSv1.0 | accepted — forbidden by the policy |"),
         "{md}"
     );
+    let _ = std::fs::remove_dir_all(&report);
 }
 
 #[test]
@@ -137,6 +138,7 @@ fn stock_jupyterhubs_internal_suites_show_as_known_defects_and_fail_only_under_s
         .unwrap();
     assert_eq!(strict.status.code(), Some(1), "{}", text(&strict));
     assert!(text(&strict).contains("(--strict)"), "{}", text(&strict));
+    let _ = std::fs::remove_dir_all(&report);
 }
 
 #[test]
@@ -271,6 +273,7 @@ fn a_hub_api_listening_on_every_interface_is_named_with_the_host_that_reached_it
     );
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("| hub API | answers ✅ | answers ❌ |"), "{md}");
+    let _ = std::fs::remove_dir_all(&report);
 }
 
 #[test]
@@ -558,6 +561,7 @@ fn repeat_runs_each_round_on_a_fresh_stack_and_counts_passes() {
         serde_json::from_str(&std::fs::read_to_string(report.join("repeat.json")).unwrap())
             .unwrap();
     assert_eq!(json["rounds"], 2);
+    let _ = std::fs::remove_dir_all(&report);
 }
 
 fn stack_file_run(name: &str, body: &str) -> (Output, String) {
@@ -710,6 +714,7 @@ fn a_vendors_merge_step_runs_instead_of_hubtrusts_and_is_judged_by_what_it_write
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_no_process_left(&id);
     std::fs::remove_dir_all(&report).unwrap();
+    std::fs::remove_dir_all(good.parent().unwrap()).unwrap();
 
     // A step that forgets the org bundle: the checks catch what it wrote.
     let lossy = enterprise_stack_with(
@@ -725,6 +730,7 @@ fn a_vendors_merge_step_runs_instead_of_hubtrusts_and_is_judged_by_what_it_write
     );
     assert_no_process_left(&id);
     std::fs::remove_dir_all(&report).unwrap();
+    std::fs::remove_dir_all(lossy.parent().unwrap()).unwrap();
 }
 
 #[test]
@@ -755,6 +761,7 @@ fn a_merge_step_that_fails_or_writes_nothing_is_named_and_nothing_is_left() {
         );
         assert_no_process_left(&id);
         std::fs::remove_dir_all(&report).ok();
+        std::fs::remove_dir_all(stack.parent().unwrap()).unwrap();
     }
 }
 

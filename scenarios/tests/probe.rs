@@ -292,6 +292,7 @@ fn probe_of_a_docker_stack_agrees_with_run() {
     let ran = run_core(&dir, "docker");
     let compared = assert_agree(&report(&from_operator), &ran, &["proxy public"]);
     assert_eq!(compared, 1, "the public side × no certificate");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -436,6 +437,7 @@ fn probe_of_a_running_stack_agrees_with_run() {
     // public side, hub API, proxy API, lab × none and four identities
     assert_eq!(compared, 20);
     assert_agree(&report(&from_operator), &ran, &["proxy public"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -526,4 +528,5 @@ fn probe_refuses_bad_input_before_contacting_anything() {
         ]),
         "--from-netns-of 999999999: cannot open /proc/999999999/ns/net",
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
