@@ -194,9 +194,28 @@ pub fn parse_identity(value: &str) -> std::result::Result<GivenIdentity, String>
     })
 }
 
-/// Refusals that need no network: every name an identity lists must be an
-/// endpoint of the probe, and internal endpoints need roots to verify.
+/// Refusals that need no network: every name an identity or a policy
+/// exception lists must be an endpoint of the probe, and internal endpoints
+/// need roots to verify.
 pub fn check_target(target: &ProbeTarget) -> std::result::Result<(), String> {
+    // An exception for an endpoint this probe never meets would be kept
+    // as if it applied; a misspelt name must not pass unnoticed.
+    let known: Vec<&str> = std::iter::once(PUBLIC_SIDE)
+        .chain(target.internal.iter().map(|e| e.name.as_str()))
+        .chain(target.closed.iter().map(|e| e.name.as_str()))
+        .collect();
+    if let Some(stray) = target
+        .policy
+        .exceptions
+        .iter()
+        .find(|e| !known.contains(&e.endpoint.as_str()))
+    {
+        return Err(format!(
+            "the TLS policy's exception for `{}` names no endpoint this probe is given (known: {})",
+            stray.endpoint,
+            known.join(", ")
+        ));
+    }
     if !target.internal.is_empty() && target.internal_roots.is_none() {
         return Err("--endpoint needs --internal-ca: the roots internal certificates chain to (fix: the deployment's internal CA bundle, e.g. internal-ssl/hub-ca_trust.crt)".into());
     }

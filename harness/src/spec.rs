@@ -748,6 +748,7 @@ impl StackSpec {
                 bad.port
             ));
         }
+        self.tls_policy.validate()?;
         if let Some(e) = &self.enterprise {
             let host = &e.internet_host;
             let linked = t
@@ -893,6 +894,12 @@ mod tests {
             parse("[topology]\nhosts = [\"hub\"]\n[[topology.plaintext_exceptions]]\nport = 9000\nreason = \"tunnel last hop\"\n")
                 .unwrap();
         assert_eq!(ok.topology.plaintext_exceptions[0].port, 9000);
+    }
+
+    #[test]
+    fn a_tls_policy_exception_needs_a_reason() {
+        let err = parse("[tls_policy]\nexceptions = [{ endpoint = \"hub API\", allow = [\"TLSv1.1\"], reason = \"\" }]\n").unwrap_err();
+        assert!(err.contains("`hub API` gives no reason"), "{err}");
     }
 
     #[test]

@@ -154,6 +154,39 @@ impl PolicyName {
 }
 
 impl TlsPolicySpec {
+    /// A policy written on its own, as `hubtrust probe --policy-file` takes
+    /// it: the same keys as a stack file's `[tls_policy]` table.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let spec: Self = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The policy as [`TlsPolicySpec::from_toml`] reads it back.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a TLS policy is plain strings and lists")
+    }
+
+    /// An exception must say why and what it allows: one that allows
+    /// nothing, or gives no reason, is a policy nobody can review.
+    pub fn validate(&self) -> Result<(), String> {
+        for e in &self.exceptions {
+            if e.reason.trim().is_empty() {
+                return Err(format!(
+                    "the TLS policy exception for `{}` gives no reason (fix: reason = \"why this endpoint may\")",
+                    e.endpoint
+                ));
+            }
+            if e.allow.is_empty() {
+                return Err(format!(
+                    "the TLS policy exception for `{}` allows nothing (fix: allow = [\"TLSv1.1\"] or IANA suite names)",
+                    e.endpoint
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every rule `scan` breaks, less the stack's own exceptions. An
     /// endpoint that could not be scanned is a violation: nothing was shown.
     pub fn judge(&self, scan: &EndpointScan) -> Vec<PolicyViolation> {
@@ -195,5 +228,86 @@ impl TlsPolicySpec {
             }
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_file_takes_the_stack_files_keys() {
+        let spec = TlsPolicySpec::from_toml(
+            "name = \"modern\"\nexceptions = [{ endpoint = \"proxy public\", allow = [\"TLSv1.2\"], reason = \"an old kiosk browser\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(spec.name, PolicyName::Modern);
+        assert_eq!(spec.exceptions[0].allow, ["TLSv1.2"]);
+        assert_eq!(
+            TlsPolicySpec::from_toml("").unwrap(),
+            TlsPolicySpec::default()
+        );
+        assert_eq!(TlsPolicySpec::from_toml(&spec.to_toml()).unwrap(), spec);
+    }
+
+    #[test]
+    fn an_exception_without_a_reason_or_an_allowance_is_refused() {
+        let no_reason = TlsPolicySpec::from_toml(
+            "exceptions = [{ endpoint = \"hub API\", allow = [\"TLSv1.1\"], reason = \" \" }]",
+        )
+        .unwrap_err();
+        assert!(
+            no_reason.contains("`hub API` gives no reason"),
+            "{no_reason}"
+        );
+        let allows_nothing = TlsPolicySpec::from_toml(
+            "exceptions = [{ endpoint = \"hub API\", allow = [], reason = \"legacy\" }]",
+        )
+        .unwrap_err();
+        assert!(
+            allows_nothing.contains("allows nothing"),
+            "{allows_nothing}"
+        );
+        let unknown_key = TlsPolicySpec::from_toml("nmae = \"modern\"").unwrap_err();
+        assert!(unknown_key.contains("nmae"), "{unknown_key}");
+    }
+
+    #[test]
+    fn an_exception_lifts_exactly_what_it_allows_at_its_endpoint() {
+        let scan = EndpointScan {
+            endpoint: "proxy public".into(),
+            addr: "10.0.0.1:443".into(),
+            from_host: "operator".into(),
+            versions: [
+                (TlsVersion::Tls12, Offer::Accepted),
+                (TlsVersion::Tls13, Offer::Accepted),
+            ]
+            .into_iter()
+            .collect(),
+            tls12_suites: vec!["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into()],
+            error: None,
+        };
+        let modern = TlsPolicySpec {
+            name: PolicyName::Modern,
+            exceptions: Vec::new(),
+        };
+        assert_eq!(modern.judge(&scan)[0].offered, "TLSv1.2");
+        let excepted = TlsPolicySpec {
+            exceptions: vec![TlsException {
+                endpoint: "proxy public".into(),
+                allow: vec!["TLSv1.2".into()],
+                reason: "kiosk".into(),
+            }],
+            ..modern.clone()
+        };
+        assert!(excepted.judge(&scan).is_empty());
+        let elsewhere = TlsPolicySpec {
+            exceptions: vec![TlsException {
+                endpoint: "hub API".into(),
+                ..excepted.exceptions[0].clone()
+            }],
+            ..modern
+        };
+        assert_eq!(elsewhere.judge(&scan).len(), 1);
     }
 }

@@ -205,6 +205,7 @@ fn prepare(
             .first()
             .cloned()
             .unwrap_or_else(|| "alice".into()),
+        tls_policy: spec.tls_policy.clone(),
     };
     let merge_command = spec
         .enterprise
@@ -358,6 +359,8 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
         deployment.service_token.expose().as_bytes(),
         0o600,
     )?;
+    let policy_file = probe_dir.join("tls-policy.toml");
+    std::fs::write(&policy_file, plan.tls_policy.to_toml())?;
     let foreign_ca = hubtrust_harness::pki::CertificateAuthority::root("hubtrust-foreign")?;
     let foreign = foreign_ca
         .issue(
@@ -380,6 +383,7 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
             internal: &run_dir.join("internal-ssl"),
             foreign: (&foreign.0, &foreign.1),
             token_file: &token_file,
+            policy: &policy_file,
             report: report.clone(),
         };
         let args = in_cluster::probe_args(probe, ns, pid, &ips, &files, &lab_ports)

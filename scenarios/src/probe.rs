@@ -49,6 +49,10 @@ pub struct ProbeArgs {
     /// The TLS policy endpoints are judged by.
     #[arg(long, value_enum, default_value_t = PolicyChoice::Intermediate)]
     pub policy: PolicyChoice,
+    /// A TLS policy with per-endpoint exceptions: a TOML file with the keys
+    /// of a stack file's `[tls_policy]` (`name`, `exceptions`).
+    #[arg(long, value_name = "FILE", conflicts_with = "policy")]
+    pub policy_file: Option<PathBuf>,
     /// Known upstream defects fail too.
     #[arg(long)]
     pub strict: bool,
@@ -179,6 +183,22 @@ fn parse_all<T>(values: &[String], parse: fn(&str) -> Result<T, String>) -> anyh
         .collect()
 }
 
+fn policy(args: &ProbeArgs) -> anyhow::Result<TlsPolicySpec> {
+    let Some(path) = &args.policy_file else {
+        return Ok(TlsPolicySpec {
+            name: match args.policy {
+                PolicyChoice::Intermediate => PolicyName::Intermediate,
+                PolicyChoice::Modern => PolicyName::Modern,
+            },
+            exceptions: Vec::new(),
+        });
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--policy-file {}: {e}", path.display()))?;
+    TlsPolicySpec::from_toml(&text)
+        .map_err(|e| anyhow::anyhow!("--policy-file {}: {e}", path.display()))
+}
+
 fn target(args: &ProbeArgs) -> anyhow::Result<ProbeTarget> {
     let (public_name, port) =
         probe_deployment::parse_public_url(&args.url).map_err(anyhow::Error::msg)?;
@@ -226,13 +246,7 @@ fn target(args: &ProbeArgs) -> anyhow::Result<ProbeTarget> {
         identities: parse_all(&args.identities, probe_deployment::parse_identity)?,
         hub_token: token(args.token_file.as_ref(), "HUBTRUST_HUB_TOKEN")?,
         user_token: token(args.user_token_file.as_ref(), "HUBTRUST_USER_TOKEN")?,
-        policy: TlsPolicySpec {
-            name: match args.policy {
-                PolicyChoice::Intermediate => PolicyName::Intermediate,
-                PolicyChoice::Modern => PolicyName::Modern,
-            },
-            exceptions: Vec::new(),
-        },
+        policy: policy(args)?,
         strict: args.strict,
     };
     probe_deployment::check_target(&target).map_err(anyhow::Error::msg)?;

@@ -671,3 +671,31 @@ fn without_the_org_configmap_the_labs_mount_it_optional_and_nothing_creates_it()
     assert!(!said.contains("\"ca-certificates.crt\":"), "{said}");
     assert!(said.contains("\"name\": \"hubtrust-merge-step\""), "{said}");
 }
+
+#[test]
+fn the_stacks_tls_policy_and_its_exceptions_reach_the_in_cluster_probes() {
+    let dir = scratch("kind-tls-policy");
+    let stack = dir.join("stack.toml");
+    std::fs::write(
+        &stack,
+        "[tls_policy]\nname = \"modern\"\nexceptions = [{ endpoint = \"proxy public\", allow = [\"TLSv1.2\"], reason = \"an old kiosk browser\" }]\n",
+    )
+    .unwrap();
+    let out = hubtrust()
+        .args(["run", "--backend", "kind", "--plan", "--stack"])
+        .arg(&stack)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("TLS policy: Mozilla modern"), "{said}");
+    assert!(
+        said.contains("except at proxy public: TLSv1.2 (an old kiosk browser)"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("[tls_policy] ("),
+        "noted as not applied: {said}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -425,6 +425,42 @@ fn probe_of_a_running_stack_agrees_with_run() {
         )),
         "{said}"
     );
+
+    // A stack's own policy: Mozilla modern fails the public side's TLS 1.2,
+    // naming the rule, until an exception with its reason allows it there.
+    let modern = |exceptions: &str, report: &str| {
+        let policy = dir.join(format!("{report}.toml"));
+        std::fs::write(&policy, format!("name = \"modern\"\n{exceptions}")).unwrap();
+        let args = [
+            &public[..],
+            &["--ca".into(), org_root.clone(), "--policy-file".into()],
+            &[policy.display().to_string(), "--report".into()],
+            &[dir.join(report).display().to_string()],
+        ]
+        .concat();
+        probe_inside(&operator, &args)
+    };
+    let out = modern("", "modern");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("proxy public")
+            && said.contains(
+                "accepts TLSv1.2, which the policy forbids: Mozilla modern allows only TLS 1.3"
+            ),
+        "{said}"
+    );
+    let out = modern(
+        "exceptions = [{ endpoint = \"proxy public\", allow = [\"TLSv1.2\"], reason = \"an old kiosk browser\" }]\n",
+        "modern-excepted",
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let excepted = report(&dir.join("modern-excepted"));
+    assert!(
+        excepted.to_string().contains("an old kiosk browser"),
+        "the exception and its reason are not in report.json"
+    );
     up.stop(&run);
 
     // `hubtrust run` on the same stack file: the same verdicts.
@@ -466,6 +502,7 @@ fn probe_refuses_bad_input_before_contacting_anything() {
     // Nothing listens on this loopback port: the target does not answer.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let free = closed.local_addr().unwrap();
+    let free_addr = free.to_string();
     drop(closed);
     usage(
         probe(&[
@@ -507,6 +544,40 @@ fn probe_refuses_bad_input_before_contacting_anything() {
             "hub API=127.0.0.1:8081",
         ]),
         "--endpoint needs --internal-ca",
+    );
+    // A policy file is checked before anything is contacted: an exception
+    // needs a reason, and must name an endpoint the probe is given.
+    let policy = dir.join("policy.toml");
+    let with_policy = |text: &str, more: &[&str]| {
+        std::fs::write(&policy, text).unwrap();
+        let mut args = vec![
+            "--url",
+            "https://hub.example.test",
+            "--connect",
+            free_addr.as_str(),
+            "--policy-file",
+            policy.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        probe(&args)
+    };
+    usage(
+        with_policy(
+            "exceptions = [{ endpoint = \"proxy public\", allow = [\"TLSv1.1\"], reason = \"\" }]",
+            &[],
+        ),
+        "`proxy public` gives no reason",
+    );
+    usage(
+        with_policy(
+            "exceptions = [{ endpoint = \"hub APi\", allow = [\"TLSv1.1\"], reason = \"legacy\" }]",
+            &[],
+        ),
+        "exception for `hub APi` names no endpoint this probe is given (known: proxy public)",
+    );
+    usage(
+        with_policy("", &["--policy", "modern"]),
+        "cannot be used with",
     );
     let not_a_cert = dir.join("not-a-cert.pem");
     std::fs::write(&not_a_cert, "hello").unwrap();

@@ -214,6 +214,8 @@ pub struct ProbeFiles<'a> {
     /// The run's foreign-CA client certificate and key.
     pub foreign: (&'a Path, &'a Path),
     pub token_file: &'a Path,
+    /// The stack's TLS policy, as `--policy-file` takes it.
+    pub policy: &'a Path,
     pub report: PathBuf,
 }
 
@@ -252,6 +254,8 @@ pub fn probe_args(
         files.public_ca.display().to_string(),
         "--token-file".into(),
         files.token_file.display().to_string(),
+        "--policy-file".into(),
+        files.policy.display().to_string(),
         "--report".into(),
         files.report.display().to_string(),
     ];
@@ -564,6 +568,7 @@ mod tests {
             internal: Path::new("/run/internal-ssl"),
             foreign: (Path::new("/run/foreign.crt"), Path::new("/run/foreign.key")),
             token_file: Path::new("/run/token"),
+            policy: Path::new("/run/tls-policy.toml"),
             report: PathBuf::from("/out/labelled"),
         };
         let probes = planned_probes("alice");
@@ -598,6 +603,13 @@ mod tests {
             "{bare}"
         );
         assert!(!bare.contains("10.244.1.7:8888"), "{bare}");
+        // Both judge TLS by the stack's policy, exceptions included.
+        for args in [&line, &bare] {
+            assert!(
+                args.contains("--policy-file /run/tls-policy.toml"),
+                "{args}"
+            );
+        }
         let missing = probe_args(&probes[1], "ns", 1, &BTreeMap::new(), &files, &[]).unwrap_err();
         assert!(missing.contains("proxy-public"), "{missing}");
     }

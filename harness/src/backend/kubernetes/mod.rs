@@ -221,6 +221,8 @@ pub struct Deployment {
     pub service_token: crate::secret::Secret,
     /// The user whose lab the public-side check spawns.
     pub user: String,
+    /// The stack's `[tls_policy]`, which the in-cluster probes judge by.
+    pub tls_policy: crate::tls_policy::TlsPolicySpec,
 }
 
 /// The stack file's settings a Kubernetes run does not apply (yet), each
@@ -258,11 +260,6 @@ pub fn keys_not_applied(spec: &crate::spec::StackSpec) -> Vec<String> {
         spec.docker != default.docker,
         "[docker]",
         "the docker backend's images",
-    );
-    note(
-        spec.tls_policy != default.tls_policy,
-        "[tls_policy]",
-        "the TLS scan does not run on Kubernetes yet",
     );
     note(
         spec.pki != default.pki,

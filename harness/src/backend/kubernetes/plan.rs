@@ -114,6 +114,8 @@ pub struct KubernetesPlan {
     /// The pods whose own interfaces are captured for wire evidence, once
     /// the probes passed (kind only: their namespaces are on this machine).
     pub wire: Vec<WireCapture>,
+    /// What the probes judge each endpoint's TLS by: the stack's policy.
+    pub tls_policy: crate::tls_policy::TlsPolicySpec,
     /// Runs on every path out: success, failure, Ctrl-C, and from the
     /// reaper when hubtrust itself is killed.
     pub teardown: Vec<PlannedCommand>,
@@ -539,6 +541,7 @@ pub fn plan(
             in_cluster::planned_wire(&deployment.user)
         },
         probes,
+        tls_policy: deployment.tls_policy.clone(),
         teardown,
         secrets: vec![deployment.service_token.clone()],
     }
@@ -628,6 +631,18 @@ impl KubernetesPlan {
             out,
             "\n## probes from inside the cluster, once the public side works"
         );
+        if !self.probes.is_empty() {
+            let _ = writeln!(out, "TLS policy: Mozilla {}", self.tls_policy.name.label());
+            for exception in &self.tls_policy.exceptions {
+                let _ = writeln!(
+                    out,
+                    "    except at {}: {} ({})",
+                    exception.endpoint,
+                    exception.allow.join(", "),
+                    exception.reason
+                );
+            }
+        }
         for probe in &self.probes {
             let _ = writeln!(
                 out,
@@ -749,6 +764,7 @@ mod tests {
             run_dir: PathBuf::from("/run/hubtrust/run1"),
             service_token: Secret::new("0123456789abcdef0123456789abcdef"),
             user: "alice".into(),
+            tls_policy: Default::default(),
         }
     }
 
