@@ -78,13 +78,13 @@ pub fn run_command(args: KubernetesArgs<'_>) -> ExitCode {
 
 /// `hubtrust up --backend kind|kubernetes`: the deployment, until Ctrl-C.
 pub fn up_command(args: KubernetesArgs<'_>) -> ExitCode {
-    let outcome = prepare(&args).and_then(|(deployment, plan, org_pem)| {
+    let outcome = prepare(&args).and_then(|(deployment, plan, org)| {
         if args.plan {
             print!("{}", plan.render());
             return Ok(());
         }
         preflight::check(&deployment)?;
-        bring_up(&deployment, &plan, org_pem.as_deref())
+        bring_up(&deployment, &plan, org.as_ref())
     });
     finish(outcome)
 }
@@ -113,12 +113,19 @@ fn free_loopback_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// The org CA a run puts in the ConfigMap: the stack's own bundle, or a
+/// fresh org PKI's root, whose issuing CA then signs the org-CA test server.
+struct OrgCa {
+    pem: String,
+    pki: Option<OrgPki>,
+}
+
 /// The deployment and its plan, from the stack file and the pins; nothing
 /// is made yet. The org bundle (when the stack has `[enterprise]`) is the
 /// stack's own file or, as on the other backends, a fresh org PKI's root.
 fn prepare(
     args: &KubernetesArgs<'_>,
-) -> anyhow::Result<(Deployment, KubernetesPlan, Option<String>)> {
+) -> anyhow::Result<(Deployment, KubernetesPlan, Option<OrgCa>)> {
     let spec = match args.stack {
         Some(path) => StackSpec::load(path)?,
         None => StackSpec::default(),
@@ -172,20 +179,27 @@ fn prepare(
         merge_into_labs: e.merge_org_bundle,
         hub_included: e.merge_into_hub,
     });
-    let org_pem = match spec.enterprise.as_ref() {
+    let org = match spec.enterprise.as_ref() {
         None => None,
         Some(e) => Some(match &e.org_bundle {
             Some(path) => {
                 let here = args.stack.and_then(Path::parent).unwrap_or(Path::new("."));
                 let path = here.join(path);
-                std::fs::read_to_string(&path).with_context(|| {
+                let pem = std::fs::read_to_string(&path).with_context(|| {
                     format!(
                         "read the org bundle {} (enterprise.org_bundle)",
                         path.display()
                     )
-                })?
+                })?;
+                OrgCa { pem, pki: None }
             }
-            None => OrgPki::generate()?.root.cert_pem(),
+            None => {
+                let pki = OrgPki::generate()?;
+                OrgCa {
+                    pem: pki.root.cert_pem(),
+                    pki: Some(pki),
+                }
+            }
         }),
     };
     let run_dir = std::env::temp_dir().join(format!("hubtrust-{}-{id}", target.backend_name()));
@@ -206,13 +220,18 @@ fn prepare(
             .cloned()
             .unwrap_or_else(|| "alice".into()),
         tls_policy: spec.tls_policy.clone(),
+        outbound_servers: org.as_ref().is_some_and(|o| o.pki.is_some()),
     };
     let merge_command = spec
         .enterprise
         .as_ref()
         .and_then(|e| e.merge_command.clone());
-    let plan = kubernetes::plan::plan(&deployment, org_pem.as_deref(), merge_command.as_deref());
-    Ok((deployment, plan, org_pem))
+    let plan = kubernetes::plan::plan(
+        &deployment,
+        org.as_ref().map(|o| o.pem.as_str()),
+        merge_command.as_deref(),
+    );
+    Ok((deployment, plan, org))
 }
 
 /// The chart images with their locked digests. A plan may show an image
@@ -260,7 +279,7 @@ fn pinned_images(
 fn bring_up(
     deployment: &Deployment,
     plan: &KubernetesPlan,
-    org_pem: Option<&str>,
+    org: Option<&OrgCa>,
 ) -> anyhow::Result<()> {
     let run_dir = &deployment.run_dir;
     std::fs::create_dir_all(run_dir).with_context(|| format!("create {}", run_dir.display()))?;
@@ -278,6 +297,9 @@ fn bring_up(
     kubernetes::run::retarget_store(&internal, &plan.certificates.ca_certs)?;
     kubernetes::run::issue_public_leaf(plan)?;
     kubernetes::run::check_sans(plan, &internal)?;
+    if let Some(pki) = org.and_then(|o| o.pki.as_ref()) {
+        kubernetes::outbound::issue(pki, &deployment.namespace, run_dir)?;
+    }
     kubernetes::run::write_files(plan)?;
 
     let mut reaper = Reaper::start(plan)?;
@@ -288,15 +310,16 @@ fn bring_up(
     // connections are seen; the probes come after every capture stopped,
     // so their TLS scan's old-version handshakes are never judged as the
     // deployment's traffic.
-    let checked =
-        wire_before_spawn(deployment, plan).and_then(|early| {
-            let public = tokio::runtime::Runtime::new()?.block_on(
-                kubernetes::public_check::check(deployment, org_pem, &progress_line),
-            )?;
-            wire_from_inside(deployment, plan, early)?;
-            probe_from_inside(deployment, plan)?;
-            Ok(public)
-        });
+    let checked = wire_before_spawn(deployment, plan).and_then(|early| {
+        let public = tokio::runtime::Runtime::new()?.block_on(kubernetes::public_check::check(
+            deployment,
+            org.map(|o| o.pem.as_str()),
+            &progress_line,
+        ))?;
+        wire_from_inside(deployment, plan, early)?;
+        probe_from_inside(deployment, plan)?;
+        Ok(public)
+    });
     let failed = checked.is_err();
     let outcome = match checked {
         Ok(public) => {

@@ -403,22 +403,27 @@ impl NamespacedServer {
             .spawn()
             .unwrap();
         let server = Self(child);
-        let pid = server.0.id();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
-            if hubtrust_harness::backend::kubernetes::in_cluster::listening_ports(&[&tcp])
-                .contains(&8888)
-            {
-                return server;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the namespaced server never listened"
-            );
-            // Bounded poll interval while python starts.
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        wait_listening(server.0.id(), &[8888]);
+        server
+    }
+}
+
+/// Waits (at most 20 s) until process `pid`'s network namespace listens
+/// on every one of `ports`.
+fn wait_listening(pid: u32, ports: &[u16]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+        let listening = hubtrust_harness::backend::kubernetes::in_cluster::listening_ports(&[&tcp]);
+        if ports.iter().all(|p| listening.contains(p)) {
+            return;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listened on {ports:?} in pid {pid}'s namespace (listening: {listening:?})"
+        );
+        // Bounded poll interval while python starts.
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
@@ -697,5 +702,145 @@ fn the_stacks_tls_policy_and_its_exceptions_reach_the_in_cluster_probes() {
         !said.contains("[tls_policy] ("),
         "noted as not applied: {said}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The outbound servers the kind bring-up starts, with the certificates it
+/// issues, in a namespace of their own where the Service's in-cluster name
+/// resolves to them; the lab's cell run against them with the bundles a
+/// lab can have, each judged as the bring-up judges it.
+#[test]
+fn the_lab_tools_trust_the_org_server_with_the_merged_bundle_and_nothing_else() {
+    use hubtrust_harness::backend::kubernetes::{outbound, OrgTrust};
+    if !common::real_root() {
+        eprintln!("skipped: a network and mount namespace needs root");
+        return;
+    }
+    let dir = scratch("k8s-outbound");
+    let pki = hubtrust_harness::pki::OrgPki::generate().unwrap();
+    outbound::issue(&pki, "ns", &dir).unwrap();
+    for (_, _, key) in outbound::cert_files(&dir) {
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key.display());
+    }
+    let tls_dir = dir.join("outbound");
+    let script = dir.join("outbound-server.py");
+    std::fs::write(&script, outbound::SERVER_SCRIPT).unwrap();
+    let hosts = dir.join("hosts");
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost hubtrust-outbound.ns.svc.cluster.local\n",
+    )
+    .unwrap();
+    let components = hubtrust_harness::provision::ensure(&mut std::io::sink()).unwrap();
+    let python = components.venv.join("bin/python");
+    let child = std::process::Command::new("unshare")
+        .args([
+            "--net",
+            "--mount",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/hosts && ip link set lo up && exec \"$@\"",
+        ])
+        .arg(&hosts)
+        .arg(&python)
+        .arg(&script)
+        .args(outbound::server_args(&tls_dir))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = NamespacedServer(child);
+    let pid = server.0.id();
+    wait_listening(pid, &[8443, 9443]);
+
+    let targets = outbound::targets("ns");
+    let system = dir.join("system.crt");
+    std::fs::write(&system, pki.public.cert_pem()).unwrap();
+    let bundle = |name: &str, roots: &[String]| {
+        let path = dir.join(name);
+        std::fs::write(&path, roots.concat()).unwrap();
+        path
+    };
+    let merged = bundle("merged.crt", &[pki.public.cert_pem(), pki.root.cert_pem()]);
+    let too_wide = bundle(
+        "too-wide.crt",
+        &[pki.root.cert_pem(), pki.foreign.cert_pem()],
+    );
+    let cell = dir.join("cell.py");
+    std::fs::write(
+        &cell,
+        outbound::cell(&targets, &system.display().to_string()),
+    )
+    .unwrap();
+    // The cell inside the servers' namespaces (or, with `servers` false, a
+    // namespace of its own where the name resolves the same and nothing
+    // listens), the five variables naming `ca_bundle` (none: the gate is
+    // off and the lab keeps its defaults).
+    let run_cell = |ca_bundle: Option<&Path>, servers: bool| {
+        let mut command = if servers {
+            let mut c = std::process::Command::new("nsenter");
+            c.args(["--target", &pid.to_string(), "--net", "--mount", "--"]);
+            c
+        } else {
+            let mut c = std::process::Command::new("unshare");
+            c.args([
+                "--net",
+                "--mount",
+                "sh",
+                "-c",
+                "mount --bind \"$0\" /etc/hosts && ip link set lo up && exec \"$@\"",
+            ]);
+            c.arg(&hosts);
+            c
+        };
+        command
+            .arg(&python)
+            .arg(&cell)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        if let Some(path) = ca_bundle {
+            for variable in hubtrust_harness::pki::CA_VARIABLES {
+                command.env(variable, path);
+            }
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let trust = |merge: bool| OrgTrust {
+        configmap_present: true,
+        merge_into_labs: merge,
+        hub_included: false,
+    };
+
+    let said = outbound::judge(&trust(true), &targets, &run_cell(Some(&merged), true)).unwrap();
+    assert!(said[0].starts_with("with the merged bundle"), "{said:?}");
+    // Every tool ran: none is only "not checked".
+    assert_eq!(said.len(), 1, "{said:?}");
+    let said = outbound::judge(&trust(false), &targets, &run_cell(None, true)).unwrap();
+    assert!(
+        said[0].starts_with("without the org bundle merged"),
+        "{said:?}"
+    );
+
+    // A merge step that left the org CA out, and one that let a foreign CA
+    // in, fail naming the tool; a lab that cannot reach the servers shows
+    // nothing and fails too.
+    let err = outbound::judge(&trust(true), &targets, &run_cell(Some(&system), true)).unwrap_err();
+    for tool in ["python urllib", "requests", "curl"] {
+        assert!(
+            err.contains(&format!("{tool} fetching the org-CA server with the environment refused its certificate, which the merged bundle must verify")),
+            "{err}"
+        );
+    }
+    let err =
+        outbound::judge(&trust(true), &targets, &run_cell(Some(&too_wide), true)).unwrap_err();
+    assert!(err.contains("the lab trusts a foreign CA"), "{err}");
+    let err = outbound::judge(&trust(true), &targets, &run_cell(Some(&merged), false)).unwrap_err();
+    assert!(
+        err.contains("did not reach it, so it shows nothing about trust"),
+        "{err}"
+    );
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

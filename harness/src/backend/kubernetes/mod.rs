@@ -15,6 +15,7 @@ pub mod in_cluster;
 pub mod kind;
 pub mod lab_trust;
 pub mod names;
+pub mod outbound;
 pub mod plan;
 pub mod preflight;
 pub mod public_check;
@@ -223,6 +224,10 @@ pub struct Deployment {
     pub user: String,
     /// The stack's `[tls_policy]`, which the in-cluster probes judge by.
     pub tls_policy: crate::tls_policy::TlsPolicySpec,
+    /// The org-CA and foreign-CA test servers run in the namespace and the
+    /// first lab's tools fetch them: only when hubtrust made the org CA
+    /// (a stack's own `org_bundle` comes without its key).
+    pub outbound_servers: bool,
 }
 
 /// The stack file's settings a Kubernetes run does not apply (yet), each
@@ -270,7 +275,7 @@ pub fn keys_not_applied(spec: &crate::spec::StackSpec) -> Vec<String> {
         note(
             e.egress_host.is_some() || e.proxy_command.is_some() || !e.proxy_args.is_empty() || e.mitmdump.is_some(),
             "[enterprise] egress_host and the inspecting proxy",
-            "the inspecting proxy and the outbound test servers do not run in the cluster yet; the org bundle and the merge step do",
+            "the inspecting proxy does not run in the cluster yet; the org bundle, the merge step and the org-CA and foreign-CA test servers do",
         );
     }
     not_applied

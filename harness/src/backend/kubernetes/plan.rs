@@ -18,6 +18,7 @@ use super::chart::{
 use super::in_cluster::{self, ExpectedFlow, PlannedProbe, WireCapture};
 use super::kind::KindConfig;
 use super::names::{public_names, trusted_alt_names};
+use super::outbound;
 use super::{ClusterTarget, Deployment, RELEASE};
 use crate::secret::{mask_all, Secret};
 
@@ -440,6 +441,42 @@ pub fn plan(
         }
     }
 
+    if deployment.outbound_servers {
+        let mut secret = vec![
+            "create".to_string(),
+            "secret".into(),
+            "generic".into(),
+            outbound::TLS_SECRET.into(),
+        ];
+        secret.extend(outbound::secret_from_files(run));
+        steps.push(PlannedCommand::new(
+            "give the outbound test servers their certificates (org issuing CA, foreign CA)",
+            "kubectl",
+            kubectl(
+                target,
+                Some(ns),
+                &secret.iter().map(String::as_str).collect::<Vec<_>>(),
+            ),
+            QUICK,
+        ));
+        let path = file("manifests/outbound.json");
+        let hub_image = deployment
+            .images
+            .get(&crate::spec::ContainerRole::Hub)
+            .map(|image| image.reference_for(target))
+            .unwrap_or_default();
+        files.push(PlannedFile {
+            path: path.clone(),
+            contents: outbound::manifests(ns, &hub_image),
+        });
+        steps.push(apply(
+            "start the org-CA and foreign-CA test servers, and let labs reach them",
+            target,
+            ns,
+            &path,
+        ));
+    }
+
     files.push(PlannedFile {
         path: file("values.json"),
         contents: chart::values(deployment, merge_command),
@@ -492,6 +529,23 @@ pub fn plan(
                 ],
             ),
             Duration::from_secs(310),
+        ));
+    }
+    if deployment.outbound_servers {
+        steps.push(PlannedCommand::new(
+            "wait until the outbound test servers answer",
+            "kubectl",
+            kubectl(
+                target,
+                Some(ns),
+                &[
+                    "wait",
+                    "--for=condition=Ready",
+                    "--timeout=120s",
+                    &format!("pod/{}", outbound::SERVICE),
+                ],
+            ),
+            Duration::from_secs(130),
         ));
     }
 
@@ -760,11 +814,12 @@ mod tests {
             .into(),
             public_node_port: 30443,
             public_host_port: 18443,
-            org_trust,
             run_dir: PathBuf::from("/run/hubtrust/run1"),
             service_token: Secret::new("0123456789abcdef0123456789abcdef"),
             user: "alice".into(),
             tls_policy: Default::default(),
+            outbound_servers: org_trust.is_some(),
+            org_trust,
         }
     }
 
@@ -835,6 +890,35 @@ mod tests {
             "{}",
             helm.shell_line()
         );
+    }
+
+    #[test]
+    fn an_enterprise_plan_starts_the_outbound_servers_with_their_keys_passed_by_path() {
+        let plan = plan(&deployment(kind(), nebari()), Some(ORG_PEM), None);
+        let lines: Vec<String> = plan.steps.iter().map(PlannedCommand::shell_line).collect();
+        let secret = lines
+            .iter()
+            .find(|l| l.contains("create secret generic hubtrust-outbound-tls"))
+            .expect("the outbound servers' Secret");
+        assert!(
+            secret
+                .contains("--from-file=org-server.key=/run/hubtrust/run1/outbound/org-server.key"),
+            "{secret}"
+        );
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no step with {needle}: {lines:#?}"))
+        };
+        assert!(at("manifests/outbound.json") > at("hubtrust-outbound-tls"));
+        assert!(at("pod/hubtrust-outbound") > at("deployment/proxy"));
+        assert!(plan
+            .files
+            .iter()
+            .any(|f| f.path.ends_with("manifests/outbound.json")));
+        let core = super::plan(&deployment(kind(), None), None, None);
+        assert!(!core.render().contains("hubtrust-outbound"));
     }
 
     #[test]

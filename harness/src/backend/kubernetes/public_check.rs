@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::time::Duration;
 
-use super::{lab_trust, ClusterTarget, Deployment};
+use super::{lab_trust, outbound, ClusterTarget, Deployment};
 use crate::error::{HarnessError, Result};
 use crate::hub_api::{check_public_side, operator_client, PublicSide};
 
@@ -51,10 +51,19 @@ pub async fn check(
         roots_pem: ca.clone(),
         connect: &connect,
     };
-    let cell = match org_pem {
+    let outbound_targets = if deployment.outbound_servers {
+        outbound::targets(&deployment.namespace)
+    } else {
+        Vec::new()
+    };
+    let mut cell = match org_pem {
         Some(pem) => lab_trust::cell(&lab_trust::marker(pem)),
         None => "print('hubtrust-' + 'outside')".to_string(),
     };
+    if !outbound_targets.is_empty() {
+        cell.push('\n');
+        cell.push_str(&outbound::cell(&outbound_targets, outbound::SYSTEM_BUNDLE));
+    }
     let user = &deployment.user;
     let (report, _) = check_public_side(
         &side,
@@ -72,11 +81,30 @@ pub async fn check(
         "{user}'s lab was ready after {:.1} s and ran a cell through the proxy",
         report.lab_ready_after_seconds
     ));
+    // The bundle's report is the cell's first line, the fetches' the next.
+    let (bundle_line, fetch_lines) = report
+        .cell
+        .split_once('\n')
+        .unwrap_or((report.cell.as_str(), ""));
     match &deployment.org_trust {
         Some(trust) => {
-            let said = lab_trust::judge(trust, &report.cell)
+            let said = lab_trust::judge(trust, bundle_line)
                 .map_err(|message| failed(&format!("the org trust bundle in {user}'s lab"), message, "compare the lab's init container and environment with docs/kubernetes.md's recipe"))?;
             progress(&said);
+            if outbound_targets.is_empty() {
+                progress("the lab's tools were not tried against an org-CA server: the stack's own org_bundle comes without the key to sign one (only the bundle's contents were checked)");
+            } else {
+                let said = outbound::judge(trust, &outbound_targets, fetch_lines).map_err(|message| {
+                    failed(
+                        &format!("the user tools in {user}'s lab against the org-CA and foreign-CA servers"),
+                        message,
+                        "compare the lab's CA variables and merged bundle with docs/kubernetes.md's recipe",
+                    )
+                })?;
+                for line in said {
+                    progress(&line);
+                }
+            }
         }
         None if report.cell != "hubtrust-outside" => {
             return Err(failed(
