@@ -171,8 +171,24 @@ fn every_minted_certificate_names_both_key_identifiers_and_they_chain() {
     assert_eq!(direct_aki, root_ski);
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
+/// A scratch directory, removed when the test ends, however it ends.
+struct Scratch(std::path::PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("hubtrust-strict-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }

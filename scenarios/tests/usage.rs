@@ -132,11 +132,13 @@ fn a_site_profile_on_a_stack_without_its_site_is_refused_before_anything_starts(
         assert_no_process_left(&id);
     }
     // --repeat stops at the first round that cannot run.
+    let report = scratch("site-missing-repeat");
     let out = hubtrust()
         .args(["run", "--tags", "@hpc", "--repeat", "3", "--report"])
-        .arg(scratch("site-missing-repeat"))
+        .arg(&report)
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(&report);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("round 1 could not run"),
