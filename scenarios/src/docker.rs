@@ -158,17 +158,21 @@ fn remove(run: &str) -> anyhow::Result<hubtrust_harness::backend::docker::Remove
     })
 }
 
+/// The offline runtime image, built unless the daemon has it.
+pub fn ensure_runtime_image() -> anyhow::Result<String> {
+    runtime()?.block_on(async {
+        let engine = DockerEngine::connect("images").await?;
+        Ok(images::build_runtime(&engine, &mut std::io::stderr())
+            .await?
+            .image)
+    })
+}
+
 /// `hubtrust images build`: the offline runtime image, unless present.
 pub fn images_build_command() -> ExitCode {
-    let built = runtime().and_then(|rt| {
-        rt.block_on(async {
-            let engine = DockerEngine::connect("images").await?;
-            Ok(images::build_runtime(&engine, &mut std::io::stderr()).await?)
-        })
-    });
-    match built {
-        Ok(built) => {
-            println!("{}", built.image);
+    match ensure_runtime_image() {
+        Ok(image) => {
+            println!("{image}");
             ExitCode::SUCCESS
         }
         Err(e) => {

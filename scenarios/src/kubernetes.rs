@@ -12,7 +12,7 @@ use std::process::{ChildStdin, ExitCode, Stdio};
 use anyhow::Context;
 use hubtrust_harness::backend::kubernetes::{
     self, plan::KubernetesPlan, preflight, run::KubernetesRun, ChartImage, ChartPins,
-    ClusterTarget, Deployment, OrgTrust, BUILTIN_IMAGE_LIST, BUILTIN_IMAGE_LOCK,
+    ClusterTarget, Deployment, OrgTrust, RuntimeImage, BUILTIN_IMAGE_LIST, BUILTIN_IMAGE_LOCK,
     DEFAULT_IMAGE_LIST,
 };
 use hubtrust_harness::error::HarnessError;
@@ -203,6 +203,21 @@ fn prepare(
         }),
     };
     let run_dir = std::env::temp_dir().join(format!("hubtrust-{}-{id}", target.backend_name()));
+    let outbound_servers = org.as_ref().is_some_and(|o| o.pki.is_some());
+    // The inspecting proxy runs from hubtrust's own image, which only a
+    // kind cluster can be given (loaded from this machine's daemon).
+    let runtime_image =
+        (outbound_servers && matches!(target, ClusterTarget::Kind { .. })).then(|| {
+            use hubtrust_harness::backend::docker::images;
+            RuntimeImage {
+                reference: images::runtime_image(),
+                mitmdump: images::components_in_image()
+                    .mitmproxy_venv
+                    .join("bin/mitmdump")
+                    .display()
+                    .to_string(),
+            }
+        });
     let deployment = Deployment {
         target,
         namespace,
@@ -220,7 +235,8 @@ fn prepare(
             .cloned()
             .unwrap_or_else(|| "alice".into()),
         tls_policy: spec.tls_policy.clone(),
-        outbound_servers: org.as_ref().is_some_and(|o| o.pki.is_some()),
+        outbound_servers,
+        runtime_image,
     };
     let merge_command = spec
         .enterprise
@@ -298,7 +314,13 @@ fn bring_up(
     kubernetes::run::issue_public_leaf(plan)?;
     kubernetes::run::check_sans(plan, &internal)?;
     if let Some(pki) = org.and_then(|o| o.pki.as_ref()) {
-        kubernetes::outbound::issue(pki, &deployment.namespace, run_dir)?;
+        let with_proxy = deployment.runtime_image.is_some();
+        kubernetes::outbound::issue(pki, &deployment.namespace, run_dir, with_proxy)?;
+        if with_proxy {
+            kubernetes::inspecting_proxy::write_files(pki, run_dir)?;
+            eprintln!("· hubtrust's runtime image, for the inspecting proxy (built once, offline)");
+            crate::docker::ensure_runtime_image()?;
+        }
     }
     kubernetes::run::write_files(plan)?;
 

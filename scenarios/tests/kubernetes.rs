@@ -705,21 +705,28 @@ fn the_stacks_tls_policy_and_its_exceptions_reach_the_in_cluster_probes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The outbound servers the kind bring-up starts, with the certificates it
-/// issues, in a namespace of their own where the Service's in-cluster name
-/// resolves to them; the lab's cell run against them with the bundles a
-/// lab can have, each judged as the bring-up judges it.
+/// The outbound servers and the inspecting proxy the kind bring-up starts,
+/// with the certificates and arguments it gives them, in namespaces of
+/// their own where the Services' in-cluster names resolve to them; the
+/// lab's cell run against them with the bundles a lab can have and the
+/// lab's proxy variables, each judged as the bring-up judges it.
 #[test]
-fn the_lab_tools_trust_the_org_server_with_the_merged_bundle_and_nothing_else() {
-    use hubtrust_harness::backend::kubernetes::{outbound, OrgTrust};
+fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
+    use hubtrust_harness::backend::kubernetes::{inspecting_proxy, outbound, OrgTrust};
     if !common::real_root() {
         eprintln!("skipped: a network and mount namespace needs root");
         return;
     }
     let dir = scratch("k8s-outbound");
     let pki = hubtrust_harness::pki::OrgPki::generate().unwrap();
-    outbound::issue(&pki, "ns", &dir).unwrap();
-    for (_, _, key) in outbound::cert_files(&dir) {
+    outbound::issue(&pki, "ns", &dir, true).unwrap();
+    inspecting_proxy::write_files(&pki, &dir).unwrap();
+    let (signing, upstream) = inspecting_proxy::files(&dir);
+    for key in outbound::cert_files(&dir, true)
+        .into_iter()
+        .map(|(_, _, key)| key)
+        .chain([signing.clone()])
+    {
         let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", key.display());
     }
@@ -729,31 +736,56 @@ fn the_lab_tools_trust_the_org_server_with_the_merged_bundle_and_nothing_else() 
     let hosts = dir.join("hosts");
     std::fs::write(
         &hosts,
-        "127.0.0.1 localhost hubtrust-outbound.ns.svc.cluster.local\n",
+        "127.0.0.1 localhost hubtrust-outbound.ns.svc.cluster.local hubtrust-internet.ns.svc.cluster.local hubtrust-inspecting-proxy.ns.svc.cluster.local\n",
     )
     .unwrap();
     let components = hubtrust_harness::provision::ensure(&mut std::io::sink()).unwrap();
     let python = components.venv.join("bin/python");
-    let child = std::process::Command::new("unshare")
-        .args([
+    let mitmdump = components.mitmproxy_venv.join("bin/mitmdump");
+    // A fresh network and mount namespace with the Services' names in its
+    // /etc/hosts, running `program`.
+    let namespaced = |program: &Path| {
+        let mut c = std::process::Command::new("unshare");
+        c.args([
             "--net",
             "--mount",
             "sh",
             "-c",
             "mount --bind \"$0\" /etc/hosts && ip link set lo up && exec \"$@\"",
-        ])
-        .arg(&hosts)
-        .arg(&python)
+        ]);
+        c.arg(&hosts).arg(program);
+        c
+    };
+    let child = namespaced(&python)
         .arg(&script)
-        .args(outbound::server_args(&tls_dir))
+        .args(outbound::server_args(&tls_dir, true))
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let server = NamespacedServer(child);
-    let pid = server.0.id();
-    wait_listening(pid, &[8443, 9443]);
+    let servers = NamespacedServer(child);
+    let pid = servers.0.id();
+    wait_listening(pid, &[8443, 9443, 7443, 7444, 7445, 7446]);
+    // mitmproxy beside them, with the bring-up's arguments; `extra`
+    // breaks it on purpose.
+    let confdir = dir.join("mitmproxy");
+    std::fs::create_dir_all(&confdir).unwrap();
+    std::fs::copy(&signing, confdir.join("mitmproxy-ca.pem")).unwrap();
+    let start_proxy = |extra: &[&str]| {
+        let child = std::process::Command::new("nsenter")
+            .args(["--target", &pid.to_string(), "--net", "--mount", "--"])
+            .arg(&mitmdump)
+            .args(inspecting_proxy::mitmdump_args(&confdir, &upstream))
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let proxy = NamespacedServer(child);
+        wait_listening(pid, &[inspecting_proxy::PORT]);
+        proxy
+    };
+    let proxy = start_proxy(&[]);
 
-    let targets = outbound::targets("ns");
+    let targets = outbound::targets("ns", true);
     let system = dir.join("system.crt");
     std::fs::write(&system, pki.public.cert_pem()).unwrap();
     let bundle = |name: &str, roots: &[String]| {
@@ -773,31 +805,23 @@ fn the_lab_tools_trust_the_org_server_with_the_merged_bundle_and_nothing_else() 
     )
     .unwrap();
     // The cell inside the servers' namespaces (or, with `servers` false, a
-    // namespace of its own where the name resolves the same and nothing
-    // listens), the five variables naming `ca_bundle` (none: the gate is
-    // off and the lab keeps its defaults).
+    // namespace of its own where the names resolve the same and nothing
+    // listens), with the lab's proxy variables and the five CA variables
+    // naming `ca_bundle` (none: the gate is off, the lab keeps its defaults).
     let run_cell = |ca_bundle: Option<&Path>, servers: bool| {
         let mut command = if servers {
             let mut c = std::process::Command::new("nsenter");
             c.args(["--target", &pid.to_string(), "--net", "--mount", "--"]);
+            c.arg(&python);
             c
         } else {
-            let mut c = std::process::Command::new("unshare");
-            c.args([
-                "--net",
-                "--mount",
-                "sh",
-                "-c",
-                "mount --bind \"$0\" /etc/hosts && ip link set lo up && exec \"$@\"",
-            ]);
-            c.arg(&hosts);
-            c
+            namespaced(&python)
         };
         command
-            .arg(&python)
             .arg(&cell)
             .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(inspecting_proxy::lab_env("ns"));
         if let Some(path) = ca_bundle {
             for variable in hubtrust_harness::pki::CA_VARIABLES {
                 command.env(variable, path);
@@ -814,7 +838,10 @@ fn the_lab_tools_trust_the_org_server_with_the_merged_bundle_and_nothing_else() 
     };
 
     let said = outbound::judge(&trust(true), &targets, &run_cell(Some(&merged), true)).unwrap();
-    assert!(said[0].starts_with("with the merged bundle"), "{said:?}");
+    assert!(
+        said[0].starts_with("with the merged bundle each tool verified the org-CA server and the public server re-signed by the inspecting proxy"),
+        "{said:?}"
+    );
     // Every tool ran: none is only "not checked".
     assert_eq!(said.len(), 1, "{said:?}");
     let said = outbound::judge(&trust(false), &targets, &run_cell(None, true)).unwrap();
@@ -828,10 +855,12 @@ fn the_lab_tools_trust_the_org_server_with_the_merged_bundle_and_nothing_else() 
     // nothing and fails too.
     let err = outbound::judge(&trust(true), &targets, &run_cell(Some(&system), true)).unwrap_err();
     for tool in ["python urllib", "requests", "curl"] {
-        assert!(
-            err.contains(&format!("{tool} fetching the org-CA server with the environment refused its certificate, which the merged bundle must verify")),
-            "{err}"
-        );
+        for target in ["org-CA server", "public server via the inspecting proxy"] {
+            assert!(
+                err.contains(&format!("{tool} fetching the {target} with the environment refused its certificate, which the merged bundle must verify")),
+                "{err}"
+            );
+        }
     }
     let err =
         outbound::judge(&trust(true), &targets, &run_cell(Some(&too_wide), true)).unwrap_err();
@@ -841,6 +870,18 @@ fn the_lab_tools_trust_the_org_server_with_the_merged_bundle_and_nothing_else() 
         err.contains("did not reach it, so it shows nothing about trust"),
         "{err}"
     );
-    drop(server);
+
+    // An inspecting proxy that does not verify its upstreams re-signs the
+    // bad ones, and each tool's acceptance is named.
+    drop(proxy);
+    let _careless = start_proxy(&["--set", "ssl_insecure=true"]);
+    let err = outbound::judge(&trust(true), &targets, &run_cell(Some(&merged), true)).unwrap_err();
+    for target in ["expired server", "wrong-name server", "foreign-CA server"] {
+        assert!(
+            err.contains(&format!("python urllib fetching the {target} via the inspecting proxy with the environment: the inspecting proxy re-signed a bad upstream")),
+            "{err}"
+        );
+    }
+    drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@
 use serde_json::{json, Map, Value};
 
 use super::names::{trusted_alt_names, SERVICES};
-use super::Deployment;
+use super::{inspecting_proxy, Deployment};
 use crate::pki::CA_VARIABLES;
 use crate::spec::ContainerRole;
 
@@ -264,6 +264,20 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
                 "networkPolicy".into(),
                 json!({ "egressAllowRules": { "privateIPs": true } }),
             );
+        }
+        // The org's network: labs reach the internet through the inspecting
+        // proxy whether or not the bundle is merged (without it, they
+        // cannot verify what the proxy re-signs, which is the point).
+        if deployment.outbound_servers && deployment.runtime_image.is_some() {
+            let su = singleuser.as_object_mut().expect("an object");
+            let env = su
+                .entry("extraEnv")
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .expect("extraEnv is an object");
+            for (name, value) in inspecting_proxy::lab_env(&deployment.namespace) {
+                env.insert(name, Value::String(value));
+            }
         }
         if trust.hub_included {
             hub_init.push(merge_ca_bundle(hub_image, merge_command));

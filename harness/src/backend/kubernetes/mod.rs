@@ -12,6 +12,7 @@
 pub mod chart;
 pub mod command;
 pub mod in_cluster;
+pub mod inspecting_proxy;
 pub mod kind;
 pub mod lab_trust;
 pub mod names;
@@ -228,6 +229,19 @@ pub struct Deployment {
     /// first lab's tools fetch them: only when hubtrust made the org CA
     /// (a stack's own `org_bundle` comes without its key).
     pub outbound_servers: bool,
+    /// hubtrust's runtime image, loaded into kind: the inspecting proxy
+    /// (mitmproxy) runs from it, with the internet servers behind it. None
+    /// on a cluster of the user's own, which cannot pull a local image.
+    pub runtime_image: Option<RuntimeImage>,
+}
+
+/// hubtrust's own image, as a kind run loads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuntimeImage {
+    /// The local tag (`hubtrust/runtime:<inputs digest>`).
+    pub reference: String,
+    /// mitmproxy's `mitmdump` inside it.
+    pub mitmdump: String,
 }
 
 /// The stack file's settings a Kubernetes run does not apply (yet), each
@@ -274,8 +288,8 @@ pub fn keys_not_applied(spec: &crate::spec::StackSpec) -> Vec<String> {
     if let Some(e) = &spec.enterprise {
         note(
             e.egress_host.is_some() || e.proxy_command.is_some() || !e.proxy_args.is_empty() || e.mitmdump.is_some(),
-            "[enterprise] egress_host and the inspecting proxy",
-            "the inspecting proxy does not run in the cluster yet; the org bundle, the merge step and the org-CA and foreign-CA test servers do",
+            "[enterprise] egress_host, proxy_command, proxy_args, mitmdump",
+            "a proxy of your own is not swapped in on Kubernetes yet: on kind hubtrust runs mitmproxy from its runtime image with its own arguments",
         );
     }
     not_applied

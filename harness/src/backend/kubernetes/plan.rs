@@ -18,7 +18,7 @@ use super::chart::{
 use super::in_cluster::{self, ExpectedFlow, PlannedProbe, WireCapture};
 use super::kind::KindConfig;
 use super::names::{public_names, trusted_alt_names};
-use super::outbound;
+use super::{inspecting_proxy, outbound};
 use super::{ClusterTarget, Deployment, RELEASE};
 use crate::secret::{mask_all, Secret};
 
@@ -246,6 +246,41 @@ fn apply(
     )
 }
 
+/// `kubectl create secret generic NAME --from-file=…`: keys pass by path,
+/// never through a command line or a printed plan.
+fn secret_from_files(
+    purpose: &str,
+    target: &ClusterTarget,
+    namespace: &str,
+    name: &str,
+    from_files: Vec<String>,
+) -> PlannedCommand {
+    let mut args = vec!["create", "secret", "generic", name];
+    args.extend(from_files.iter().map(String::as_str));
+    PlannedCommand::new(
+        purpose,
+        "kubectl",
+        kubectl(target, Some(namespace), &args),
+        QUICK,
+    )
+}
+
+/// `kind load image-archive`: `what` into every node of `cluster`.
+fn kind_load(what: &str, archive: &Path, cluster: &str) -> PlannedCommand {
+    PlannedCommand::new(
+        format!("load {what} into the cluster's nodes"),
+        "kind",
+        vec![
+            "load".into(),
+            "image-archive".into(),
+            archive.display().to_string(),
+            "--name".into(),
+            cluster.into(),
+        ],
+        LOAD,
+    )
+}
+
 fn config_map(name: &str, namespace: &str, key: &str, contents: &str) -> Value {
     json!({
         "apiVersion": "v1",
@@ -328,17 +363,10 @@ pub fn plan(
                     ],
                     LOAD,
                 ));
-                steps.push(PlannedCommand::new(
-                    format!("load the {} image into the cluster's nodes", role.as_str()),
-                    "kind",
-                    vec![
-                        "load".into(),
-                        "image-archive".into(),
-                        archive.display().to_string(),
-                        "--name".into(),
-                        cluster.clone(),
-                    ],
-                    LOAD,
+                steps.push(kind_load(
+                    &format!("the {} image", role.as_str()),
+                    &archive,
+                    cluster,
                 ));
             }
             teardown.push(PlannedCommand::new(
@@ -441,23 +469,32 @@ pub fn plan(
         }
     }
 
-    if deployment.outbound_servers {
-        let mut secret = vec![
-            "create".to_string(),
-            "secret".into(),
-            "generic".into(),
-            outbound::TLS_SECRET.into(),
-        ];
-        secret.extend(outbound::secret_from_files(run));
+    let proxy_image = deployment
+        .runtime_image
+        .as_ref()
+        .filter(|_| deployment.outbound_servers);
+    if let (Some(image), ClusterTarget::Kind { cluster }) = (proxy_image, target) {
+        let archive = file("images/runtime.tar");
         steps.push(PlannedCommand::new(
-            "give the outbound test servers their certificates (org issuing CA, foreign CA)",
-            "kubectl",
-            kubectl(
-                target,
-                Some(ns),
-                &secret.iter().map(String::as_str).collect::<Vec<_>>(),
-            ),
-            QUICK,
+            "save hubtrust's runtime image (the inspecting proxy's) for containerd's image store",
+            "docker",
+            vec![
+                "save".into(),
+                "--output".into(),
+                archive.display().to_string(),
+                image.reference.clone(),
+            ],
+            LOAD,
+        ));
+        steps.push(kind_load("hubtrust's runtime image", &archive, cluster));
+    }
+    if deployment.outbound_servers {
+        steps.push(secret_from_files(
+            "give the outbound test servers their certificates",
+            target,
+            ns,
+            outbound::TLS_SECRET,
+            outbound::secret_from_files(run, proxy_image.is_some()),
         ));
         let path = file("manifests/outbound.json");
         let hub_image = deployment
@@ -465,12 +502,25 @@ pub fn plan(
             .get(&crate::spec::ContainerRole::Hub)
             .map(|image| image.reference_for(target))
             .unwrap_or_default();
+        if proxy_image.is_some() {
+            steps.push(secret_from_files(
+                "give the inspecting proxy the org's issuing CA and the public root it trusts upstream",
+                target,
+                ns,
+                inspecting_proxy::CA_SECRET,
+                inspecting_proxy::secret_from_files(run),
+            ));
+        }
         files.push(PlannedFile {
             path: path.clone(),
-            contents: outbound::manifests(ns, &hub_image),
+            contents: outbound::manifests(ns, &hub_image, proxy_image),
         });
         steps.push(apply(
-            "start the org-CA and foreign-CA test servers, and let labs reach them",
+            if proxy_image.is_some() {
+                "start the org-CA and foreign-CA test servers, the internet servers and the inspecting proxy (mitmproxy) in front of them, and let labs reach the servers and the proxy"
+            } else {
+                "start the org-CA and foreign-CA test servers, and let labs reach them"
+            },
             target,
             ns,
             &path,
@@ -532,18 +582,22 @@ pub fn plan(
         ));
     }
     if deployment.outbound_servers {
+        let mut wait = vec![
+            "wait".to_string(),
+            "--for=condition=Ready".into(),
+            "--timeout=120s".into(),
+            format!("pod/{}", outbound::SERVICE),
+        ];
+        if proxy_image.is_some() {
+            wait.push(format!("pod/{}", inspecting_proxy::SERVICE));
+        }
         steps.push(PlannedCommand::new(
             "wait until the outbound test servers answer",
             "kubectl",
             kubectl(
                 target,
                 Some(ns),
-                &[
-                    "wait",
-                    "--for=condition=Ready",
-                    "--timeout=120s",
-                    &format!("pod/{}", outbound::SERVICE),
-                ],
+                &wait.iter().map(String::as_str).collect::<Vec<_>>(),
             ),
             Duration::from_secs(130),
         ));
@@ -819,6 +873,10 @@ mod tests {
             user: "alice".into(),
             tls_policy: Default::default(),
             outbound_servers: org_trust.is_some(),
+            runtime_image: org_trust.as_ref().map(|_| super::super::RuntimeImage {
+                reference: "hubtrust/runtime:0123456789abcdef".into(),
+                mitmdump: "/opt/hubtrust/mitmproxy-venv/bin/mitmdump".into(),
+            }),
             org_trust,
         }
     }
@@ -912,6 +970,16 @@ mod tests {
                 .unwrap_or_else(|| panic!("no step with {needle}: {lines:#?}"))
         };
         assert!(at("manifests/outbound.json") > at("hubtrust-outbound-tls"));
+        // The inspecting proxy's image is loaded, its CA passed by path.
+        assert!(
+            at("kind load image-archive /run/hubtrust/run1/images/runtime.tar")
+                > at(
+                    "docker save --output /run/hubtrust/run1/images/runtime.tar hubtrust/runtime:"
+                )
+        );
+        assert!(lines[at("hubtrust-inspecting-proxy-ca")]
+            .contains("--from-file=mitmproxy-ca.pem=/run/hubtrust/run1/outbound/mitmproxy-ca.pem"));
+        assert!(lines[at("pod/hubtrust-outbound")].contains("pod/hubtrust-inspecting-proxy"));
         assert!(at("pod/hubtrust-outbound") > at("deployment/proxy"));
         assert!(plan
             .files
@@ -997,7 +1065,14 @@ mod tests {
         });
         let values = chart::values(&deployment(kind(), trust), None);
         assert!(values["singleuser"].get("initContainers").is_none());
-        assert!(values["singleuser"].get("extraEnv").is_none());
+        // The org's network stays (labs still go through the inspecting
+        // proxy); the org bundle's variables are not set at all.
+        let env = values["singleuser"]["extraEnv"].as_object().unwrap();
+        let names: Vec<&str> = env.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            ["HTTPS_PROXY", "NO_PROXY", "https_proxy", "no_proxy"]
+        );
     }
 
     #[test]

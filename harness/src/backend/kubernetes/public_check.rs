@@ -52,7 +52,7 @@ pub async fn check(
         connect: &connect,
     };
     let outbound_targets = if deployment.outbound_servers {
-        outbound::targets(&deployment.namespace)
+        outbound::targets(&deployment.namespace, deployment.runtime_image.is_some())
     } else {
         Vec::new()
     };

@@ -1,0 +1,198 @@
+//! The TLS-inspecting proxy in the cluster: real mitmproxy from hubtrust's
+//! runtime image, re-signing with the org's issuing CA and trusting only
+//! the run's public root upstream, as the enterprise site runs it on the
+//! other backends. Labs reach it through `HTTPS_PROXY`; their org services
+//! (the hub, the proxy API, the org-CA server) stay direct, in `NO_PROXY`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::names::dns_names;
+use super::outbound;
+use super::RuntimeImage;
+use crate::error::Result;
+use crate::pki::{write_with_mode, OrgPki};
+
+pub const SERVICE: &str = "hubtrust-inspecting-proxy";
+pub const CA_SECRET: &str = "hubtrust-inspecting-proxy-ca";
+pub const PORT: u16 = 8080;
+const CA_DIR: &str = "/etc/hubtrust-proxy-ca";
+const CONF_DIR: &str = "/conf";
+
+/// The proxy's signing file (the issuing CA's key and chain, then the
+/// root, as mitmproxy's `mitmproxy-ca.pem` takes them) and the roots it
+/// trusts upstream, on this machine.
+pub fn files(run_dir: &Path) -> (PathBuf, PathBuf) {
+    let dir = run_dir.join("outbound");
+    (dir.join("mitmproxy-ca.pem"), dir.join("upstream-trust.crt"))
+}
+
+/// Writes both; the signing file 0600.
+pub fn write_files(org: &OrgPki, run_dir: &Path) -> Result<()> {
+    let (signing, upstream) = files(run_dir);
+    if let Some(dir) = signing.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| crate::error::HarnessError::io(format!("create {}", dir.display()), e))?;
+    }
+    let pem = format!("{}{}", org.issuing.signing_pem(), org.root.cert_pem());
+    write_with_mode(&signing, pem.as_bytes(), 0o600)?;
+    write_with_mode(&upstream, org.public.cert_pem().as_bytes(), 0o644)
+}
+
+/// `--from-file` arguments for the proxy's Secret.
+pub fn secret_from_files(run_dir: &Path) -> Vec<String> {
+    let (signing, upstream) = files(run_dir);
+    vec![
+        format!("--from-file=mitmproxy-ca.pem={}", signing.display()),
+        format!("--from-file=upstream-trust.crt={}", upstream.display()),
+    ]
+}
+
+/// mitmdump's arguments: a regular proxy on [`PORT`], its CA in
+/// `confdir`, upstreams verified against `upstream_trust` alone.
+pub fn mitmdump_args(confdir: &Path, upstream_trust: &Path) -> Vec<String> {
+    vec![
+        "--mode".into(),
+        "regular".into(),
+        "--listen-port".into(),
+        PORT.to_string(),
+        "--set".into(),
+        format!("confdir={}", confdir.display()),
+        "--set".into(),
+        format!(
+            "ssl_verify_upstream_trusted_ca={}",
+            upstream_trust.display()
+        ),
+    ]
+}
+
+/// The proxy's pod and Service. mitmproxy writes beside its CA file, so
+/// the file is copied from the read-only Secret into an emptyDir first.
+pub fn manifests(namespace: &str, image: &RuntimeImage) -> Vec<Value> {
+    let labels =
+        json!({ "app.kubernetes.io/name": SERVICE, "app.kubernetes.io/managed-by": "hubtrust" });
+    let mut command = vec![
+        "sh".to_string(),
+        "-c".into(),
+        format!("cp {CA_DIR}/mitmproxy-ca.pem {CONF_DIR}/ && exec \"$0\" \"$@\""),
+        image.mitmdump.clone(),
+    ];
+    command.extend(mitmdump_args(
+        Path::new(CONF_DIR),
+        &Path::new(CA_DIR).join("upstream-trust.crt"),
+    ));
+    vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": SERVICE, "namespace": namespace, "labels": labels },
+            "spec": {
+                "securityContext": { "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "runAsNonRoot": true },
+                "containers": [{
+                    "name": "mitmproxy",
+                    "image": image.reference,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": command,
+                    "env": [{ "name": "HOME", "value": CONF_DIR }],
+                    "ports": [{ "containerPort": PORT }],
+                    "readinessProbe": { "tcpSocket": { "port": PORT }, "periodSeconds": 2 },
+                    "securityContext": {
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": { "drop": ["ALL"] },
+                    },
+                    "volumeMounts": [
+                        { "name": "ca", "mountPath": CA_DIR, "readOnly": true },
+                        { "name": "conf", "mountPath": CONF_DIR },
+                    ],
+                }],
+                "volumes": [
+                    { "name": "ca", "secret": { "secretName": CA_SECRET, "defaultMode": 0o440 } },
+                    { "name": "conf", "emptyDir": {} },
+                ],
+            },
+        }),
+        outbound::service(SERVICE, SERVICE, namespace, &[("proxy".into(), PORT)]),
+    ]
+}
+
+/// The egress rule that lets labs reach the proxy.
+pub fn lab_egress() -> Value {
+    json!({
+        "to": [{ "podSelector": { "matchLabels": { "app.kubernetes.io/name": SERVICE } } }],
+        "ports": [{ "protocol": "TCP", "port": PORT }],
+    })
+}
+
+/// The lab's proxy variables, both spellings as tools read either: the
+/// internet through the proxy; the hub, the proxy's API and public side,
+/// the org-CA server and loopback direct.
+pub fn lab_env(namespace: &str) -> Vec<(String, String)> {
+    let url = format!("http://{}:{PORT}", dns_names(SERVICE, namespace)[3]);
+    let direct: Vec<String> = ["hub", "proxy-api", "proxy-public", outbound::SERVICE]
+        .iter()
+        .flat_map(|service| dns_names(service, namespace))
+        .chain(["localhost".to_string(), "127.0.0.1".to_string()])
+        .collect();
+    let direct = direct.join(",");
+    vec![
+        ("HTTPS_PROXY".into(), url.clone()),
+        ("https_proxy".into(), url),
+        ("NO_PROXY".into(), direct.clone()),
+        ("no_proxy".into(), direct),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labs_reach_the_internet_through_the_proxy_and_org_services_directly() {
+        let env: std::collections::BTreeMap<_, _> = lab_env("ns").into_iter().collect();
+        assert_eq!(
+            env["HTTPS_PROXY"],
+            "http://hubtrust-inspecting-proxy.ns.svc.cluster.local:8080"
+        );
+        let direct: Vec<&str> = env["NO_PROXY"].split(',').collect();
+        for name in [
+            "hub",
+            "hub.ns.svc.cluster.local",
+            "proxy-api.ns.svc",
+            "hubtrust-outbound.ns.svc.cluster.local",
+            "127.0.0.1",
+        ] {
+            assert!(direct.contains(&name), "{name} not direct: {direct:?}");
+        }
+        assert!(
+            !env["NO_PROXY"].contains(outbound::INTERNET_SERVICE),
+            "the internet would bypass the proxy"
+        );
+        assert!(
+            !direct.iter().any(|d| d.starts_with('.')),
+            "a suffix would let the internet servers bypass it"
+        );
+    }
+
+    #[test]
+    fn the_proxy_copies_its_ca_into_a_writable_dir_and_trusts_only_the_public_root_upstream() {
+        let image = RuntimeImage {
+            reference: "hubtrust/runtime:abc".into(),
+            mitmdump: "/opt/hubtrust/mitmproxy-venv/bin/mitmdump".into(),
+        };
+        let items = manifests("ns", &image);
+        let command = items[0]["spec"]["containers"][0]["command"]
+            .as_array()
+            .unwrap();
+        let line: Vec<&str> = command.iter().filter_map(Value::as_str).collect();
+        assert_eq!(line[3], "/opt/hubtrust/mitmproxy-venv/bin/mitmdump");
+        assert!(line.contains(&"confdir=/conf"), "{line:?}");
+        assert!(
+            line.contains(
+                &"ssl_verify_upstream_trusted_ca=/etc/hubtrust-proxy-ca/upstream-trust.crt"
+            ),
+            "{line:?}"
+        );
+        assert_eq!(items[0]["spec"]["volumes"][1]["emptyDir"], json!({}));
+    }
+}
