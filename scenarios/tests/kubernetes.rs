@@ -821,7 +821,7 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
             .arg(&cell)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .envs(inspecting_proxy::lab_env("ns"));
+            .envs(inspecting_proxy::lab_env("ns", &outbound::REACHED_DIRECTLY));
         if let Some(path) = ca_bundle {
             for variable in hubtrust_harness::pki::CA_VARIABLES {
                 command.env(variable, path);

@@ -9,7 +9,7 @@
 use serde_json::{json, Map, Value};
 
 use super::names::{trusted_alt_names, SERVICES};
-use super::{inspecting_proxy, Deployment};
+use super::{inspecting_proxy, outbound, Deployment};
 use crate::pki::CA_VARIABLES;
 use crate::spec::ContainerRole;
 
@@ -275,7 +275,9 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
                 .or_insert_with(|| Value::Object(Map::new()))
                 .as_object_mut()
                 .expect("extraEnv is an object");
-            for (name, value) in inspecting_proxy::lab_env(&deployment.namespace) {
+            for (name, value) in
+                inspecting_proxy::lab_env(&deployment.namespace, &outbound::REACHED_DIRECTLY)
+            {
                 env.insert(name, Value::String(value));
             }
         }

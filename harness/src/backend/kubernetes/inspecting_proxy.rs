@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use super::names::dns_names;
-use super::outbound;
+use super::objects::{labels, service};
 use super::RuntimeImage;
 use crate::error::Result;
 use crate::pki::{write_with_mode, OrgPki};
@@ -70,8 +70,6 @@ pub fn mitmdump_args(confdir: &Path, upstream_trust: &Path) -> Vec<String> {
 /// The proxy's pod and Service. mitmproxy writes beside its CA file, so
 /// the file is copied from the read-only Secret into an emptyDir first.
 pub fn manifests(namespace: &str, image: &RuntimeImage) -> Vec<Value> {
-    let labels =
-        json!({ "app.kubernetes.io/name": SERVICE, "app.kubernetes.io/managed-by": "hubtrust" });
     let mut command = vec![
         "sh".to_string(),
         "-c".into(),
@@ -86,7 +84,7 @@ pub fn manifests(namespace: &str, image: &RuntimeImage) -> Vec<Value> {
         json!({
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": { "name": SERVICE, "namespace": namespace, "labels": labels },
+            "metadata": { "name": SERVICE, "namespace": namespace, "labels": labels(SERVICE) },
             "spec": {
                 "securityContext": { "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "runAsNonRoot": true },
                 "containers": [{
@@ -112,7 +110,7 @@ pub fn manifests(namespace: &str, image: &RuntimeImage) -> Vec<Value> {
                 ],
             },
         }),
-        outbound::service(SERVICE, SERVICE, namespace, &[("proxy".into(), PORT)]),
+        service(SERVICE, SERVICE, namespace, &[("proxy".into(), PORT)]),
     ]
 }
 
@@ -125,11 +123,11 @@ pub fn lab_egress() -> Value {
 }
 
 /// The lab's proxy variables, both spellings as tools read either: the
-/// internet through the proxy; the hub, the proxy's API and public side,
-/// the org-CA server and loopback direct.
-pub fn lab_env(namespace: &str) -> Vec<(String, String)> {
+/// internet through the proxy; every name of `direct_services`, and
+/// loopback, direct.
+pub fn lab_env(namespace: &str, direct_services: &[&str]) -> Vec<(String, String)> {
     let url = format!("http://{}:{PORT}", dns_names(SERVICE, namespace)[3]);
-    let direct: Vec<String> = ["hub", "proxy-api", "proxy-public", outbound::SERVICE]
+    let direct: Vec<String> = direct_services
         .iter()
         .flat_map(|service| dns_names(service, namespace))
         .chain(["localhost".to_string(), "127.0.0.1".to_string()])
@@ -149,7 +147,12 @@ mod tests {
 
     #[test]
     fn labs_reach_the_internet_through_the_proxy_and_org_services_directly() {
-        let env: std::collections::BTreeMap<_, _> = lab_env("ns").into_iter().collect();
+        let env: std::collections::BTreeMap<_, _> = lab_env(
+            "ns",
+            &crate::backend::kubernetes::outbound::REACHED_DIRECTLY,
+        )
+        .into_iter()
+        .collect();
         assert_eq!(
             env["HTTPS_PROXY"],
             "http://hubtrust-inspecting-proxy.ns.svc.cluster.local:8080"
@@ -165,7 +168,7 @@ mod tests {
             assert!(direct.contains(&name), "{name} not direct: {direct:?}");
         }
         assert!(
-            !env["NO_PROXY"].contains(outbound::INTERNET_SERVICE),
+            !env["NO_PROXY"].contains("hubtrust-internet"),
             "the internet would bypass the proxy"
         );
         assert!(

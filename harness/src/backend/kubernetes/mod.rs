@@ -16,6 +16,7 @@ pub mod inspecting_proxy;
 pub mod kind;
 pub mod lab_trust;
 pub mod names;
+mod objects;
 pub mod outbound;
 pub mod plan;
 pub mod preflight;

@@ -1,11 +1,14 @@
 //! hubtrust's outbound test servers in the cluster, and the discriminator
-//! a lab runs against them: one server presents a certificate from the
-//! org's issuing CA, one from a foreign CA. Each user tool in the lab
-//! fetches both with the bundle its environment names and with the system
-//! bundle alone. The org server must verify exactly when the stack merges
-//! the org bundle into labs (and the ConfigMap exists); the system bundle
-//! alone and the foreign server must always be refused, for the
-//! certificate, not for an unreachable server.
+//! a lab runs against them. Reached directly, as org services are: a
+//! server with a certificate from the org's issuing CA and one from a
+//! foreign CA. Reached through the inspecting proxy (kind only), standing
+//! for the internet: a server under the run's public root and three bad
+//! upstreams. Each user tool in the lab fetches every server with the
+//! bundle its environment names and with the system bundle alone. The org
+//! server and the re-signed public server must verify exactly when the
+//! stack merges the org bundle into labs (and the ConfigMap exists);
+//! everything else must be refused, for the certificate, not for an
+//! unreachable server; a bad upstream must never verify.
 
 use std::path::{Path, PathBuf};
 
@@ -13,11 +16,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::names::dns_names;
+use super::objects::{labels, service};
 use super::{inspecting_proxy, OrgTrust, RuntimeImage};
 use crate::error::{HarnessError, Result};
 use crate::pki::{write_with_mode, OrgPki, Usage, Validity};
 
 pub const SERVICE: &str = "hubtrust-outbound";
+/// What labs reach without the inspecting proxy: the deployment's own
+/// Services and the org-CA server.
+pub const REACHED_DIRECTLY: [&str; 4] = ["hub", "proxy-api", "proxy-public", SERVICE];
 /// The servers that stand for the internet, reached through the
 /// inspecting proxy.
 pub const INTERNET_SERVICE: &str = "hubtrust-internet";
@@ -220,26 +227,6 @@ pub fn server_args(tls_dir: &Path, with_proxy: bool) -> Vec<String> {
             ]
         })
         .collect()
-}
-
-fn labels(name: &str) -> Value {
-    json!({ "app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "hubtrust" })
-}
-
-/// A Service in front of the pod named `app`, on `ports`.
-pub(super) fn service(name: &str, app: &str, namespace: &str, ports: &[(String, u16)]) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": { "name": name, "namespace": namespace, "labels": labels(app) },
-        "spec": {
-            "selector": { "app.kubernetes.io/name": app },
-            "ports": ports
-                .iter()
-                .map(|(port_name, port)| json!({ "name": port_name, "port": port, "targetPort": port }))
-                .collect::<Vec<_>>(),
-        },
-    })
 }
 
 /// The server pod (the hub's image, for its Python), its script, its
