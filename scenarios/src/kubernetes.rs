@@ -323,6 +323,7 @@ fn bring_up(
         }
     }
     kubernetes::run::write_files(plan)?;
+    std::fs::write(run_dir.join(TLS_POLICY_FILE), plan.tls_policy.to_toml())?;
 
     let mut reaper = Reaper::start(plan)?;
     let mut progress = |step: &str| eprintln!("· {step}");
@@ -345,6 +346,9 @@ fn bring_up(
     let failed = checked.is_err();
     let outcome = match checked {
         Ok(public) => {
+            // For a probe from outside under the same policy (the kind
+            // job's scripts/kind-up-and-down reads it).
+            println!("TLS policy: {}", run_dir.join(TLS_POLICY_FILE).display());
             println!(
                 "ready: {public} (CA {}); Ctrl-C tears it down",
                 run_dir.join("public/public-ca.crt").display()
@@ -380,6 +384,10 @@ fn bring_up(
     Ok(())
 }
 
+/// The stack's `[tls_policy]` in the run directory, as `hubtrust probe
+/// --policy-file` takes it.
+const TLS_POLICY_FILE: &str = "tls-policy.toml";
+
 /// Where each in-cluster probe's reports go, per namespace and pod.
 const IN_CLUSTER_REPORTS: &str = kubernetes::in_cluster::REPORTS_DIR;
 
@@ -404,8 +412,7 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
         deployment.service_token.expose().as_bytes(),
         0o600,
     )?;
-    let policy_file = probe_dir.join("tls-policy.toml");
-    std::fs::write(&policy_file, plan.tls_policy.to_toml())?;
+    let policy_file = run_dir.join(TLS_POLICY_FILE);
     let foreign_ca = hubtrust_harness::pki::CertificateAuthority::root("hubtrust-foreign")?;
     let foreign = foreign_ca
         .issue(
