@@ -31,7 +31,7 @@ pub const INTERNET_SERVICE: &str = "hubtrust-internet";
 pub const TLS_SECRET: &str = "hubtrust-outbound-tls";
 const SCRIPT_CONFIGMAP: &str = "hubtrust-outbound-server";
 const TLS_DIR: &str = "/etc/hubtrust-outbound";
-const SCRIPT_DIR: &str = "/opt/hubtrust";
+const SCRIPT_DIR: &str = "/opt/hubtrust-outbound";
 
 /// The server the pod runs, and the cell the lab runs.
 pub const SERVER_SCRIPT: &str = include_str!("../../../../fixtures/kubernetes/outbound-server.py");
