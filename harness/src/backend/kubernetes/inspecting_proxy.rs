@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use super::names::dns_names;
-use super::objects::{labels, service};
+use super::objects::{pod, service};
 use super::RuntimeImage;
 use crate::error::Result;
 use crate::pki::{write_with_mode, OrgPki};
@@ -81,35 +81,26 @@ pub fn manifests(namespace: &str, image: &RuntimeImage) -> Vec<Value> {
         &Path::new(CA_DIR).join("upstream-trust.crt"),
     ));
     vec![
-        json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": { "name": SERVICE, "namespace": namespace, "labels": labels(SERVICE) },
-            "spec": {
-                "securityContext": { "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "runAsNonRoot": true },
-                "containers": [{
-                    "name": "mitmproxy",
-                    "image": image.reference,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": command,
-                    "env": [{ "name": "HOME", "value": CONF_DIR }],
-                    "ports": [{ "containerPort": PORT }],
-                    "readinessProbe": { "tcpSocket": { "port": PORT }, "periodSeconds": 2 },
-                    "securityContext": {
-                        "allowPrivilegeEscalation": false,
-                        "capabilities": { "drop": ["ALL"] },
-                    },
-                    "volumeMounts": [
-                        { "name": "ca", "mountPath": CA_DIR, "readOnly": true },
-                        { "name": "conf", "mountPath": CONF_DIR },
-                    ],
-                }],
-                "volumes": [
-                    { "name": "ca", "secret": { "secretName": CA_SECRET, "defaultMode": 0o440 } },
-                    { "name": "conf", "emptyDir": {} },
+        pod(
+            SERVICE,
+            namespace,
+            json!({
+                "name": "mitmproxy",
+                "image": image.reference,
+                "command": command,
+                "env": [{ "name": "HOME", "value": CONF_DIR }],
+                "ports": [{ "containerPort": PORT }],
+                "readinessProbe": { "tcpSocket": { "port": PORT }, "periodSeconds": 2 },
+                "volumeMounts": [
+                    { "name": "ca", "mountPath": CA_DIR, "readOnly": true },
+                    { "name": "conf", "mountPath": CONF_DIR },
                 ],
-            },
-        }),
+            }),
+            json!([
+                { "name": "ca", "secret": { "secretName": CA_SECRET, "defaultMode": 0o440 } },
+                { "name": "conf", "emptyDir": {} },
+            ]),
+        ),
         service(SERVICE, SERVICE, namespace, &[("proxy".into(), PORT)]),
     ]
 }

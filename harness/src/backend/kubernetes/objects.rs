@@ -23,3 +23,27 @@ pub fn service(name: &str, app: &str, namespace: &str, ports: &[(String, u16)]) 
         },
     })
 }
+
+/// A pod of hubtrust's own, run as the chart runs its pods: user and
+/// group 1000, no privilege escalation, no capabilities; its Secret
+/// volumes (mode 0440) belong to group 1000, so only the pod's user reads
+/// them. `container` names its image, command, ports, probe and mounts.
+pub fn pod(name: &str, namespace: &str, mut container: Value, volumes: Value) -> Value {
+    if let Some(c) = container.as_object_mut() {
+        c.insert("imagePullPolicy".into(), json!("IfNotPresent"));
+        c.insert(
+            "securityContext".into(),
+            json!({ "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }),
+        );
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": namespace, "labels": labels(name) },
+        "spec": {
+            "securityContext": { "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "runAsNonRoot": true },
+            "containers": [container],
+            "volumes": volumes,
+        },
+    })
+}

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::names::dns_names;
-use super::objects::{labels, service};
+use super::objects::{labels, pod, service};
 use super::{inspecting_proxy, OrgTrust, RuntimeImage};
 use crate::error::{HarnessError, Result};
 use crate::pki::{write_with_mode, OrgPki, Usage, Validity};
@@ -257,37 +257,28 @@ pub fn manifests(namespace: &str, image: &str, proxy_image: Option<&RuntimeImage
             "metadata": { "name": SCRIPT_CONFIGMAP, "namespace": namespace, "labels": labels(SERVICE) },
             "data": { "outbound-server.py": SERVER_SCRIPT },
         }),
-        json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": { "name": SERVICE, "namespace": namespace, "labels": labels(SERVICE) },
-            "spec": {
-                "securityContext": { "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "runAsNonRoot": true },
-                "containers": [{
-                    "name": "servers",
-                    "image": image,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": command,
-                    "ports": Server::of_run(with_proxy).map(|s| json!({ "containerPort": s.port() })).collect::<Vec<_>>(),
-                    "readinessProbe": {
-                        "tcpSocket": { "port": Server::Foreign.port() },
-                        "periodSeconds": 2,
-                    },
-                    "securityContext": {
-                        "allowPrivilegeEscalation": false,
-                        "capabilities": { "drop": ["ALL"] },
-                    },
-                    "volumeMounts": [
-                        { "name": "tls", "mountPath": TLS_DIR, "readOnly": true },
-                        { "name": "script", "mountPath": SCRIPT_DIR, "readOnly": true },
-                    ],
-                }],
-                "volumes": [
-                    { "name": "tls", "secret": { "secretName": TLS_SECRET, "defaultMode": 0o440 } },
-                    { "name": "script", "configMap": { "name": SCRIPT_CONFIGMAP } },
+        pod(
+            SERVICE,
+            namespace,
+            json!({
+                "name": "servers",
+                "image": image,
+                "command": command,
+                "ports": Server::of_run(with_proxy).map(|s| json!({ "containerPort": s.port() })).collect::<Vec<_>>(),
+                "readinessProbe": {
+                    "tcpSocket": { "port": Server::Foreign.port() },
+                    "periodSeconds": 2,
+                },
+                "volumeMounts": [
+                    { "name": "tls", "mountPath": TLS_DIR, "readOnly": true },
+                    { "name": "script", "mountPath": SCRIPT_DIR, "readOnly": true },
                 ],
-            },
-        }),
+            }),
+            json!([
+                { "name": "tls", "secret": { "secretName": TLS_SECRET, "defaultMode": 0o440 } },
+                { "name": "script", "configMap": { "name": SCRIPT_CONFIGMAP } },
+            ]),
+        ),
         service(SERVICE, SERVICE, namespace, &ports(false)),
     ];
     if let Some(proxy_image) = proxy_image {
