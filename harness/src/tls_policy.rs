@@ -187,6 +187,15 @@ impl TlsPolicySpec {
         Ok(())
     }
 
+    /// The exceptions naming none of `endpoints`: a misspelt or stale name
+    /// excuses nothing, and must not look as if it did.
+    pub fn exceptions_for_no_endpoint(&self, endpoints: &[&str]) -> Vec<&TlsException> {
+        self.exceptions
+            .iter()
+            .filter(|e| !endpoints.contains(&e.endpoint.as_str()))
+            .collect()
+    }
+
     /// Every rule `scan` breaks, less the stack's own exceptions. An
     /// endpoint that could not be scanned is a violation: nothing was shown.
     pub fn judge(&self, scan: &EndpointScan) -> Vec<PolicyViolation> {
@@ -309,5 +318,10 @@ mod tests {
             ..modern
         };
         assert_eq!(elsewhere.judge(&scan).len(), 1);
+        let stray = elsewhere.exceptions_for_no_endpoint(&["proxy public"]);
+        assert_eq!(stray.len(), 1);
+        assert!(excepted
+            .exceptions_for_no_endpoint(&["proxy public"])
+            .is_empty());
     }
 }

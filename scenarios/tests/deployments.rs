@@ -95,6 +95,26 @@ fn a_public_side_that_speaks_tls_1_0_fails_the_tls_scan_naming_endpoint_version_
 }
 
 #[test]
+fn a_tls_exception_that_names_no_endpoint_fails_naming_the_names_it_could_use() {
+    let report = scratch("tls-stray-exception");
+    let out = hubtrust()
+        .args(["run", "--tags", "@tls", "--stack"])
+        .arg("fixtures/stacks/broken/tls-exception-for-no-endpoint.toml")
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("the stack's exception for `proxy-public` (an old kiosk browser) names no endpoint the scan met, so it excuses nothing (fix: one of ")
+            && t.contains("proxy public, "),
+        "{t}"
+    );
+    let _ = std::fs::remove_dir_all(&report);
+}
+
+#[test]
 fn stock_jupyterhubs_internal_suites_show_as_known_defects_and_fail_only_under_strict() {
     let report = scratch("known-defects");
     let out = hubtrust()

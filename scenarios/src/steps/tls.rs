@@ -55,6 +55,16 @@ fn nothing_forbidden(world: &mut Operator) -> anyhow::Result<()> {
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no TLS scan ran in this scenario"))?;
     let mut problems: Vec<String> = scan.violations.iter().map(|v| v.describe()).collect();
+    let scanned: Vec<&str> = scan.endpoints.iter().map(|e| e.endpoint.as_str()).collect();
+    let stack = world.stack()?;
+    for stray in stack.spec.tls_policy.exceptions_for_no_endpoint(&scanned) {
+        problems.push(format!(
+            "the stack's exception for `{}` ({}) names no endpoint the scan met, so it excuses nothing (fix: one of {})",
+            stray.endpoint,
+            stray.reason,
+            scanned.join(", ")
+        ));
+    }
     problems.extend(known_defect_problems(world));
     anyhow::ensure!(
         problems.is_empty(),
