@@ -204,12 +204,7 @@ pub fn check_target(target: &ProbeTarget) -> std::result::Result<(), String> {
         .chain(target.internal.iter().map(|e| e.name.as_str()))
         .chain(target.closed.iter().map(|e| e.name.as_str()))
         .collect();
-    if let Some(stray) = target
-        .policy
-        .exceptions
-        .iter()
-        .find(|e| !known.contains(&e.endpoint.as_str()))
-    {
+    if let Some(stray) = target.policy.exceptions_for_no_endpoint(&known).first() {
         return Err(format!(
             "the TLS policy's exception for `{}` names no endpoint this probe is given (known: {})",
             stray.endpoint,

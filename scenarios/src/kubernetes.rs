@@ -314,7 +314,7 @@ fn bring_up(
     kubernetes::run::issue_public_leaf(plan)?;
     kubernetes::run::check_sans(plan, &internal)?;
     if let Some(pki) = org.and_then(|o| o.pki.as_ref()) {
-        let with_proxy = deployment.runtime_image.is_some();
+        let with_proxy = deployment.inspecting_proxy().is_some();
         kubernetes::outbound::issue(pki, &deployment.namespace, run_dir, with_proxy)?;
         if with_proxy {
             kubernetes::inspecting_proxy::write_files(pki, run_dir)?;

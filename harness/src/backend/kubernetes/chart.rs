@@ -268,7 +268,7 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
         // The org's network: labs reach the internet through the inspecting
         // proxy whether or not the bundle is merged (without it, they
         // cannot verify what the proxy re-signs, which is the point).
-        if deployment.outbound_servers && deployment.runtime_image.is_some() {
+        if deployment.inspecting_proxy().is_some() {
             let su = singleuser.as_object_mut().expect("an object");
             let env = su
                 .entry("extraEnv")

@@ -236,6 +236,16 @@ pub struct Deployment {
     pub runtime_image: Option<RuntimeImage>,
 }
 
+impl Deployment {
+    /// The image the inspecting proxy runs from, when it runs: only with
+    /// the outbound servers behind it.
+    pub fn inspecting_proxy(&self) -> Option<&RuntimeImage> {
+        self.runtime_image
+            .as_ref()
+            .filter(|_| self.outbound_servers)
+    }
+}
+
 /// hubtrust's own image, as a kind run loads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuntimeImage {

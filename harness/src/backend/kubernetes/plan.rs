@@ -469,10 +469,7 @@ pub fn plan(
         }
     }
 
-    let proxy_image = deployment
-        .runtime_image
-        .as_ref()
-        .filter(|_| deployment.outbound_servers);
+    let proxy_image = deployment.inspecting_proxy();
     if let (Some(image), ClusterTarget::Kind { cluster }) = (proxy_image, target) {
         let archive = file("images/runtime.tar");
         steps.push(PlannedCommand::new(

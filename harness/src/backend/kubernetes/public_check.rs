@@ -52,7 +52,10 @@ pub async fn check(
         connect: &connect,
     };
     let outbound_targets = if deployment.outbound_servers {
-        outbound::targets(&deployment.namespace, deployment.runtime_image.is_some())
+        outbound::targets(
+            &deployment.namespace,
+            deployment.inspecting_proxy().is_some(),
+        )
     } else {
         Vec::new()
     };
