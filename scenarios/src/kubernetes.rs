@@ -10,18 +10,20 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ExitCode, Stdio};
 
 use anyhow::Context;
+use hubtrust_harness::backend::kubernetes::public_check::{self, PublicAddress};
 use hubtrust_harness::backend::kubernetes::{
-    self, plan::KubernetesPlan, preflight, run::KubernetesRun, ChartImage, ChartPins,
-    ClusterTarget, Deployment, OrgTrust, RuntimeImage, BUILTIN_IMAGE_LIST, BUILTIN_IMAGE_LOCK,
-    DEFAULT_IMAGE_LIST,
+    self, command, in_cluster, plan::KubernetesPlan, preflight, run::KubernetesRun, ChartImage,
+    ChartPins, ClusterTarget, Deployment, OrgTrust, RuntimeImage, BUILTIN_IMAGE_LIST,
+    BUILTIN_IMAGE_LOCK, DEFAULT_IMAGE_LIST,
 };
-use hubtrust_harness::error::HarnessError;
 use hubtrust_harness::images::list::{ImageList, ImageLock};
 use hubtrust_harness::pki::OrgPki;
+use hubtrust_harness::report::{RunReport, ScenarioResult, Status};
 use hubtrust_harness::secret::Secret;
 use hubtrust_harness::spec::{ContainerRole, StackSpec};
 use hubtrust_harness::{hpc, provision};
 
+use crate::checklist::{Checklist, Outcome};
 use crate::{usage_error, BackendChoice, ClusterArgs};
 
 /// proxy-public's nodePort; kind maps it to a free loopback port.
@@ -55,36 +57,89 @@ impl<'a> KubernetesArgs<'a> {
     }
 }
 
-/// `hubtrust run --backend kind|kubernetes`.
-pub fn run_command(args: KubernetesArgs<'_>) -> ExitCode {
-    let outcome = prepare(&args).and_then(|(deployment, plan, _)| {
+/// `hubtrust run --backend kind|kubernetes`: the deployment brought up,
+/// every check of it run, the report written, everything torn down.
+/// Exit 0 when every check passed, 1 when one failed or none ran.
+pub fn run_command(args: KubernetesArgs<'_>, tags: Option<&str>, report_dir: &Path) -> ExitCode {
+    let started = std::time::Instant::now();
+    let outcome = (|| {
+        if let Some(tags) = tags {
+            anyhow::bail!(
+                "--tags {tags}: tags select the Gherkin scenarios, which do not run on --backend {} yet; a run there runs every check of the deployment (fix: drop --tags; docs/kubernetes.md lists the checks)",
+                args.backend.name()
+            );
+        }
+        let prepared = prepare(&args)?;
         if args.plan {
-            print!("{}", plan.render());
-            return Ok(());
+            print!("{}", prepared.plan.render());
+            return Ok(None);
         }
-        preflight::check(&deployment)?;
-        Err(HarnessError::NotSupported {
-            backend: deployment.target.backend_name(),
-            what: "running the scenarios: they need the in-cluster prober, which is not built yet".into(),
-            fix: format!(
-                "`hubtrust up --backend {}` brings the deployment up for inspection; `--plan` shows what it applies; the local and docker backends run the scenarios",
-                deployment.target.backend_name()
-            ),
+        preflight::check(&prepared.deployment)?;
+        let list = bring_up(&prepared, Purpose::Check)?;
+        Ok(Some((prepared, list)))
+    })();
+    let (prepared, list) = match outcome {
+        Ok(Some(checked)) => checked,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => return usage_error(e),
+    };
+    let deployment = &prepared.deployment;
+    let report = RunReport {
+        tool: format!("hubtrust {}", env!("CARGO_PKG_VERSION")),
+        tags: None,
+        stack: prepared.stack_name.clone(),
+        backend: deployment.target.backend_name().to_string(),
+        images: deployment
+            .images
+            .iter()
+            .map(|(role, image)| {
+                let pinned = match &image.digest {
+                    Some(digest) => format!("{}@{digest}", image.tagged),
+                    None => image.tagged.clone(),
+                };
+                (role.as_str().to_string(), pinned)
+            })
+            .collect(),
+        scenarios: list.results.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        stack_ready_seconds: list.ready_seconds,
+        peak_rss_kb: crate::measure::peak_rss_kb(),
+        ..RunReport::default()
+    };
+    if let Err(e) = report.write_all(report_dir) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let not_run = list
+        .results
+        .iter()
+        .filter(|r| r.status == Status::Skipped)
+        .count();
+    println!("reports written to {}", report_dir.display());
+    println!(
+        "checks: {} passed, {} failed, {not_run} not run or inconclusive",
+        report.passed(),
+        report.failed()
+    );
+    if list.passed() {
+        ExitCode::SUCCESS
+    } else {
+        for failure in list.failures() {
+            eprintln!("failed: {failure}");
         }
-        .into())
-    });
-    finish(outcome)
+        ExitCode::from(1)
+    }
 }
 
 /// `hubtrust up --backend kind|kubernetes`: the deployment, until Ctrl-C.
 pub fn up_command(args: KubernetesArgs<'_>) -> ExitCode {
-    let outcome = prepare(&args).and_then(|(deployment, plan, org)| {
+    let outcome = prepare(&args).and_then(|prepared| {
         if args.plan {
-            print!("{}", plan.render());
+            print!("{}", prepared.plan.render());
             return Ok(());
         }
-        preflight::check(&deployment)?;
-        bring_up(&deployment, &plan, org.as_ref())
+        preflight::check(&prepared.deployment)?;
+        bring_up(&prepared, Purpose::Hold).map(drop)
     });
     finish(outcome)
 }
@@ -120,12 +175,18 @@ struct OrgCa {
     pki: Option<OrgPki>,
 }
 
+/// A deployment ready to be brought up: nothing is made yet.
+struct Prepared {
+    stack_name: String,
+    deployment: Deployment,
+    plan: KubernetesPlan,
+    org: Option<OrgCa>,
+}
+
 /// The deployment and its plan, from the stack file and the pins; nothing
 /// is made yet. The org bundle (when the stack has `[enterprise]`) is the
 /// stack's own file or, as on the other backends, a fresh org PKI's root.
-fn prepare(
-    args: &KubernetesArgs<'_>,
-) -> anyhow::Result<(Deployment, KubernetesPlan, Option<OrgCa>)> {
+fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
     let spec = match args.stack {
         Some(path) => StackSpec::load(path)?,
         None => StackSpec::default(),
@@ -247,7 +308,12 @@ fn prepare(
         org.as_ref().map(|o| o.pem.as_str()),
         merge_command.as_deref(),
     );
-    Ok((deployment, plan, org))
+    Ok(Prepared {
+        stack_name: spec.name.clone(),
+        deployment,
+        plan,
+        org,
+    })
 }
 
 /// The chart images with their locked digests. A plan may show an image
@@ -290,13 +356,37 @@ fn pinned_images(
         .collect())
 }
 
-/// Makes the certificates, starts the reaper, applies the plan, and holds
-/// the deployment until Ctrl-C or SIGTERM.
-fn bring_up(
-    deployment: &Deployment,
-    plan: &KubernetesPlan,
-    org: Option<&OrgCa>,
-) -> anyhow::Result<()> {
+/// What a bring-up is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// `up`: once every check passed, hold the deployment until Ctrl-C or
+    /// SIGTERM.
+    Hold,
+    /// `run`: check it and tear it down.
+    Check,
+}
+
+/// The checks' names, as the report and the docs list them.
+const INSTALLED: &str = "The cluster is ready and the chart installs, with every pod ready";
+const PUBLIC_SIDE: &str =
+    "The hub answers through the proxy over verified TLS, and the first user's lab spawns and runs a cell";
+const ORG_BUNDLE: &str = "The lab holds the org trust bundle exactly as the stack file says";
+const LAB_TOOLS: &str = "The lab's tools trust the org CA with the merged bundle, and nothing else";
+const WIRE: &str =
+    "Every connection between the hub's, the proxy's and the lab's pods is TLS on the wire";
+const TORN_DOWN: &str = "Everything the run made is removed";
+
+/// Makes the certificates, starts the reaper, applies the plan and runs
+/// every check; for `up`, holds the deployment while every check passed.
+/// Everything is torn down on every path out, the reaper covering SIGKILL.
+fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> {
+    let Prepared {
+        deployment,
+        plan,
+        org,
+        ..
+    } = prepared;
+    let org = org.as_ref();
     let run_dir = &deployment.run_dir;
     std::fs::create_dir_all(run_dir).with_context(|| format!("create {}", run_dir.display()))?;
     hubtrust_harness::pki::set_mode(run_dir, 0o700)?;
@@ -305,7 +395,8 @@ fn bring_up(
     eprintln!("· making the internal CAs (jupyterhub --generate-certs) and the public leaf");
     let components = provision::ensure(&mut std::io::stderr())?;
     let internal = run_dir.join("internal-ssl");
-    tokio::runtime::Runtime::new()?.block_on(hpc::make_internal_store(
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(hpc::make_internal_store(
         &components,
         &plan.certificates.trusted_alt_names,
         &internal,
@@ -326,62 +417,215 @@ fn bring_up(
     std::fs::write(run_dir.join(TLS_POLICY_FILE), plan.tls_policy.to_toml())?;
 
     let mut reaper = Reaper::start(plan)?;
-    let mut progress = |step: &str| eprintln!("· {step}");
-    let mut run = KubernetesRun::apply(plan, &deployment.target, &mut progress)?;
-    let progress_line = |line: &str| eprintln!("· {line}");
-    // The hub's pod is captured from before the spawn, so the spawn's own
-    // connections are seen; the probes come after every capture stopped,
-    // so their TLS scan's old-version handshakes are never judged as the
-    // deployment's traffic.
-    let checked = wire_before_spawn(deployment, plan).and_then(|early| {
-        let public = tokio::runtime::Runtime::new()?.block_on(kubernetes::public_check::check(
-            deployment,
-            org.map(|o| o.pem.as_str()),
-            &progress_line,
-        ))?;
-        wire_from_inside(deployment, plan, early)?;
-        probe_from_inside(deployment, plan)?;
-        Ok(public)
+    let mut list = Checklist::new(format!(
+        "Zero to JupyterHub on {} (namespace {})",
+        deployment.target.backend_name(),
+        deployment.namespace
+    ));
+    let mut run = None;
+    list.check(INSTALLED, None, || {
+        let mut progress = |step: &str| eprintln!("· {step}");
+        run = Some(KubernetesRun::apply(
+            plan,
+            &deployment.target,
+            &mut progress,
+        )?);
+        Ok(Outcome::Passed)
     });
-    let failed = checked.is_err();
-    let outcome = match checked {
-        Ok(public) => {
-            // For a probe from outside under the same policy (the kind
-            // job's scripts/kind-up-and-down reads it).
+    let public = check_deployment(&mut list, &runtime, prepared, run.is_some());
+    let held = match (purpose, &public) {
+        (Purpose::Hold, Some(public)) if list.passed() => {
+            // For a probe from outside under the same policy.
             println!("TLS policy: {}", run_dir.join(TLS_POLICY_FILE).display());
             println!(
-                "ready: {public} (CA {}); Ctrl-C tears it down",
+                "ready: {} (CA {}); Ctrl-C tears it down",
+                public.url(),
                 run_dir.join("public/public-ca.crt").display()
             );
             let _ = std::io::stdout().flush();
             wait_for_stop_signal()
         }
-        Err(e) => Err(e.context(format!(
-            "{}{}",
-            "the deployment came up but does not work through its public side",
-            run.pods_state()
-        ))),
+        _ => Ok(()),
     };
-    if let Some(dir) = run.keep_logs(failed) {
-        eprintln!(
-            "· every pod's log and the namespace's events kept in {}",
-            dir.display()
+    drop(public);
+    if let Some(run) = run.as_mut() {
+        if let Some(dir) = run.keep_logs(!list.passed()) {
+            eprintln!(
+                "· every pod's log and the namespace's events kept in {}",
+                dir.display()
+            );
+        }
+    }
+    let pods = match (&run, list.passed()) {
+        (Some(run), false) => run.pods_state(),
+        _ => String::new(),
+    };
+    eprintln!("· tearing down");
+    // A failed install tore itself down already; either way the cluster
+    // is asked afterwards, not trusted.
+    list.check(TORN_DOWN, None, || {
+        let failures = match run.as_mut() {
+            Some(run) => run.tear_down(),
+            None => Vec::new(),
+        };
+        anyhow::ensure!(
+            failures.is_empty(),
+            "the teardown failed: {}",
+            failures
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let ns = &deployment.namespace;
+        let answer = command::run(&kubernetes::plan::leftovers_command(&deployment.target, ns))
+            .map_err(|e| anyhow::anyhow!("could not ask what is left: {e}"))?;
+        if let Some(left) = kubernetes::plan::left_behind(&deployment.target, ns, &answer.stdout) {
+            anyhow::bail!("the run left {left}");
+        }
+        Ok(Outcome::Passed)
+    });
+    reaper.stand_down();
+    held?;
+    if purpose == Purpose::Hold && !list.passed() {
+        anyhow::bail!(
+            "the deployment does not pass its checks:\n  {}{pods}",
+            list.failures().join("\n  ")
         );
     }
-    eprintln!("· tearing down");
-    let failures = run.tear_down();
-    reaper.stand_down();
-    outcome?;
-    anyhow::ensure!(
-        failures.is_empty(),
-        "teardown left something behind: {}",
-        failures
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
+    Ok(list)
+}
+
+/// Every check after the install, in order; a check whose ground an
+/// earlier one did not lay is said as not run. Returns the public address
+/// while it is held (a port-forward, on `--backend kubernetes`).
+fn check_deployment(
+    list: &mut Checklist,
+    runtime: &tokio::runtime::Runtime,
+    prepared: &Prepared,
+    installed: bool,
+) -> Option<PublicAddress> {
+    let deployment = &prepared.deployment;
+    let plan = &prepared.plan;
+    let not_installed = (!installed).then_some("the chart did not install (see the check above)");
+    // The hub's pod is captured from before the spawn, so the spawn's own
+    // connections are seen; the probes come after every capture stopped,
+    // so their TLS scan's old-version handshakes are never judged as the
+    // deployment's traffic.
+    let early = installed.then(|| wire_before_spawn(deployment, plan));
+    let mut public = None;
+    let mut seen = None;
+    let spawned = list.check(PUBLIC_SIDE, not_installed, || {
+        let address = runtime.block_on(PublicAddress::open(deployment))?;
+        let said = runtime.block_on(public_check::check(
+            deployment,
+            &address,
+            prepared.org.as_ref().map(|o| o.pem.as_str()),
+        ))?;
+        eprintln!(
+            "· the hub (JupyterHub {}) answers through the proxy; {}'s lab was ready after {:.1} s and ran a cell",
+            said.hub_version, deployment.user, said.lab_ready_after_seconds
+        );
+        public = Some(address);
+        seen = Some(said);
+        Ok(Outcome::Passed)
+    });
+    if spawned {
+        list.mark_ready();
+    }
+    let no_lab = (!spawned).then_some(
+        "the first user's lab did not spawn through the public side (see the check above)",
     );
-    Ok(())
+    if deployment.org_trust.is_some() {
+        let bundle = seen.as_mut().and_then(|s| s.org_bundle.take());
+        list.check(ORG_BUNDLE, no_lab, || {
+            let said = bundle.context("the lab's cell said nothing of its bundle")??;
+            eprintln!("· {said}");
+            Ok(Outcome::Passed)
+        });
+        match seen.as_mut().and_then(|s| s.tools.take()) {
+            Some(Err(why)) => list.not_run(LAB_TOOLS, format!("not run: {why}")),
+            tools => {
+                list.check(LAB_TOOLS, no_lab, || {
+                    let said = match tools {
+                        Some(Ok(verdict)) => verdict?,
+                        _ => anyhow::bail!("the lab's cell said nothing of its tools' fetches"),
+                    };
+                    for line in said {
+                        eprintln!("· {line}");
+                    }
+                    Ok(Outcome::Passed)
+                });
+            }
+        }
+    }
+    if !plan.wire.is_empty() {
+        list.check(WIRE, no_lab, || {
+            let early = early.context("the captures were not started")??;
+            wire_from_inside(runtime, deployment, plan, early)
+        });
+    }
+    probe_from_inside(list, deployment, plan, no_lab);
+    if let Some(address) = &public {
+        probe_from_outside(list, runtime, deployment, address);
+    }
+    public
+}
+
+/// `hubtrust probe`'s checks from this machine, through the public URL,
+/// under the stack's TLS policy: what a user's browser meets. Its report
+/// goes to `hubtrust-in-cluster/<ns>/outside/`.
+fn probe_from_outside(
+    list: &mut Checklist,
+    runtime: &tokio::runtime::Runtime,
+    deployment: &Deployment,
+    address: &PublicAddress,
+) {
+    use hubtrust_harness::probe_deployment::{probe_deployment, ProbeTarget};
+    const FEATURE: &str = "Probe from outside, through the public URL";
+    let found = (|| -> anyhow::Result<_> {
+        let ca_path = deployment.run_dir.join("public/public-ca.crt");
+        let target = ProbeTarget {
+            public_name: "localhost".into(),
+            public_port: address.addr.port(),
+            public_addr: address.addr,
+            public_roots: std::fs::read_to_string(&ca_path)
+                .with_context(|| format!("read {}", ca_path.display()))?,
+            internal: Vec::new(),
+            internal_roots: None,
+            closed: Vec::new(),
+            identities: Vec::new(),
+            hub_token: Some(deployment.service_token.clone()),
+            user_token: None,
+            policy: deployment.tls_policy.clone(),
+            strict: false,
+        };
+        let findings = runtime.block_on(probe_deployment(&target))?;
+        let dir = PathBuf::from(IN_CLUSTER_REPORTS)
+            .join(&deployment.namespace)
+            .join("outside");
+        findings.report.write_all(&dir)?;
+        Ok(findings.report.scenarios)
+    })();
+    match found {
+        Ok(results) => {
+            for r in &results {
+                eprintln!("· {} {}", status_mark(r.status), r.scenario);
+            }
+            list.lift(FEATURE, results)
+        }
+        Err(e) => {
+            list.check(FEATURE, None, || Err(e));
+        }
+    }
+}
+
+fn status_mark(status: Status) -> &'static str {
+    match status {
+        Status::Passed => "✔",
+        Status::Failed => "✘",
+        Status::Skipped => "–",
+    }
 }
 
 /// The stack's `[tls_policy]` in the run directory, as `hubtrust probe
@@ -394,16 +638,92 @@ const IN_CLUSTER_REPORTS: &str = kubernetes::in_cluster::REPORTS_DIR;
 /// `hubtrust probe` from each prober pod's network namespace, as root
 /// (through `sudo -n` when hubtrust is not): the labelled pod's trust
 /// matrix and TLS scan against the Services, the bare pod's closed
-/// endpoints. Any finding, or a probe that could not run, fails the
-/// bring-up, naming the report.
-fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::Result<()> {
-    use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan};
+/// endpoints. Each probe is a check, and its own checks are lifted into
+/// the list; its report stays in `hubtrust-in-cluster/<ns>/<pod>/`.
+fn probe_from_inside(
+    list: &mut Checklist,
+    deployment: &Deployment,
+    plan: &KubernetesPlan,
+    blocked: Option<&str>,
+) {
     if plan.probes.is_empty() {
-        return Ok(());
+        return;
     }
-    let run_dir = &deployment.run_dir;
     let ns = &deployment.namespace;
-    let probe_dir = run_dir.join("probe");
+    let prepared = match blocked {
+        Some(why) => Err(why.to_string()),
+        None => prepare_probes(deployment).map_err(|e| format!("{e:#}")),
+    };
+    for probe in &plan.probes {
+        let labels = if probe.labelled {
+            "with the network-access labels"
+        } else {
+            "without labels"
+        };
+        let scenario = format!(
+            "The in-cluster probe from pod {} ({labels}) passes",
+            probe.pod
+        );
+        let report = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join(&probe.pod);
+        let mut lifted = Vec::new();
+        let ready = match (&prepared, blocked) {
+            (_, Some(why)) => {
+                list.not_run(&scenario, format!("not run: {why}"));
+                continue;
+            }
+            (Ok(ready), None) => Ok(ready),
+            (Err(why), None) => Err(anyhow::anyhow!("{why}")),
+        };
+        list.check(&scenario, None, || {
+            let ready = ready?;
+            let pid = pod_process(deployment, &probe.pod)?;
+            let files = in_cluster::ProbeFiles {
+                public_ca: &deployment.run_dir.join("public/public-ca.crt"),
+                internal: &deployment.run_dir.join("internal-ssl"),
+                foreign: (&ready.foreign.0, &ready.foreign.1),
+                token_file: &ready.token_file,
+                policy: &deployment.run_dir.join(TLS_POLICY_FILE),
+                report: report.clone(),
+            };
+            let args = in_cluster::probe_args(probe, ns, pid, &ready.ips, &files, &ready.lab_ports)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!(
+                "· probing from inside the cluster: pod {} (pid {pid})",
+                probe.pod
+            );
+            let status = hubtrust_as_root()?
+                .args(&args)
+                .stdin(Stdio::null())
+                .status()
+                .context("run hubtrust probe")?;
+            let file = report.join("report.json");
+            lifted = read_scenarios(&file).with_context(|| {
+                format!("the probe ended with {status} and left no readable report")
+            })?;
+            anyhow::ensure!(
+                status.success(),
+                "{status}: its report is in {}",
+                report.display()
+            );
+            Ok(Outcome::Passed)
+        });
+        list.lift(
+            &format!("In-cluster probe from pod {} ({labels})", probe.pod),
+            lifted,
+        );
+    }
+}
+
+/// What every in-cluster probe is given.
+struct ProbeInputs {
+    token_file: PathBuf,
+    foreign: (PathBuf, PathBuf),
+    ips: BTreeMap<String, std::net::IpAddr>,
+    lab_ports: Vec<(String, SocketAddr)>,
+}
+
+fn prepare_probes(deployment: &Deployment) -> anyhow::Result<ProbeInputs> {
+    let probe_dir = deployment.run_dir.join("probe");
     std::fs::create_dir_all(&probe_dir)?;
     hubtrust_harness::pki::set_mode(&probe_dir, 0o700)?;
     let token_file = probe_dir.join("service-token");
@@ -412,7 +732,6 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
         deployment.service_token.expose().as_bytes(),
         0o600,
     )?;
-    let policy_file = run_dir.join(TLS_POLICY_FILE);
     let foreign_ca = hubtrust_harness::pki::CertificateAuthority::root("hubtrust-foreign")?;
     let foreign = foreign_ca
         .issue(
@@ -422,53 +741,26 @@ fn probe_from_inside(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::
             hubtrust_harness::pki::Validity::fresh(1),
         )?
         .write_to(&probe_dir)?;
-    let ips = command::run(&plan::cluster_ips_command(&deployment.target, ns))
-        .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
-    let ips = in_cluster::parse_cluster_ips(&ips.stdout);
-    let lab_ports = lab_ports_closed(deployment)?;
-    let mut failed = Vec::new();
-    for probe in &plan.probes {
-        let pid = pod_process(deployment, &probe.pod)?;
-        let report = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join(&probe.pod);
-        let files = in_cluster::ProbeFiles {
-            public_ca: &run_dir.join("public/public-ca.crt"),
-            internal: &run_dir.join("internal-ssl"),
-            foreign: (&foreign.0, &foreign.1),
-            token_file: &token_file,
-            policy: &policy_file,
-            report: report.clone(),
-        };
-        let args = in_cluster::probe_args(probe, ns, pid, &ips, &files, &lab_ports)
-            .map_err(|e| anyhow::anyhow!("the in-cluster probe from {}: {e}", probe.pod))?;
-        eprintln!(
-            "· probing from inside the cluster: pod {} (pid {pid})",
-            probe.pod
-        );
-        let mut command = hubtrust_as_root()?;
-        let status = command
-            .args(&args)
-            .stdin(Stdio::null())
-            .status()
-            .context("run hubtrust probe")?;
-        if !status.success() {
-            failed.push(format!(
-                "from pod {} ({}): {status}, report in {}",
-                probe.pod,
-                if probe.labelled {
-                    "with the network-access labels"
-                } else {
-                    "without labels"
-                },
-                report.display()
-            ));
-        }
-    }
-    anyhow::ensure!(
-        failed.is_empty(),
-        "the in-cluster probe failed {}",
-        failed.join("; ")
-    );
-    Ok(())
+    let ips = command::run(&kubernetes::plan::cluster_ips_command(
+        &deployment.target,
+        &deployment.namespace,
+    ))
+    .map_err(|e| anyhow::anyhow!("the Services' addresses: {e}"))?;
+    Ok(ProbeInputs {
+        token_file,
+        foreign,
+        ips: in_cluster::parse_cluster_ips(&ips.stdout),
+        lab_ports: lab_ports_closed(deployment)?,
+    })
+}
+
+/// The scenarios of a report.json that `hubtrust probe` wrote.
+fn read_scenarios(file: &Path) -> anyhow::Result<Vec<ScenarioResult>> {
+    let text = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    let mut written: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("parse {}", file.display()))?;
+    serde_json::from_value(written["scenarios"].take())
+        .with_context(|| format!("read the scenarios of {}", file.display()))
 }
 
 /// A `hubtrust capture` running in a pod's network namespace; stopped
@@ -605,22 +897,19 @@ fn wire_before_spawn(
 /// why: never a pass. The pcaps, their evidence and the verdict go to
 /// `hubtrust-in-cluster/<ns>/wire/`.
 fn wire_from_inside(
+    runtime: &tokio::runtime::Runtime,
     deployment: &Deployment,
     plan: &KubernetesPlan,
     early: Vec<PodCapture>,
-) -> anyhow::Result<()> {
-    use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan, public_check};
+) -> anyhow::Result<Outcome> {
+    use hubtrust_harness::backend::kubernetes::plan;
     use hubtrust_harness::capture::WireCensus;
-    if plan.wire.is_empty() {
-        return Ok(());
-    }
     let ns = &deployment.namespace;
     let mut running = early;
     for capture in plan.wire.iter().filter(|c| !c.across_spawn) {
         running.push(PodCapture::start(deployment, capture)?);
     }
-    let reached = tokio::runtime::Runtime::new()?
-        .block_on(public_check::reach_hub_and_lab_through_proxy(deployment));
+    let reached = runtime.block_on(public_check::reach_hub_and_lab_through_proxy(deployment));
     let mut evidence = Vec::new();
     let mut expected = Vec::new();
     for capture in running {
@@ -662,13 +951,17 @@ fn wire_from_inside(
     };
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("verdict.txt"), format!("{said}\n"))?;
-    eprintln!("· {said}");
-    anyhow::ensure!(
-        !matches!(verdict, in_cluster::PodWire::Plaintext(_)),
-        "{said} (pcaps in {})",
-        dir.display()
-    );
-    Ok(())
+    match verdict {
+        in_cluster::PodWire::Encrypted(_) => {
+            eprintln!("· {said}");
+            Ok(Outcome::Passed)
+        }
+        in_cluster::PodWire::Inconclusive(why) => Ok(Outcome::Inconclusive(format!(
+            "{why} (pcaps in {})",
+            dir.display()
+        ))),
+        in_cluster::PodWire::Plaintext(_) => anyhow::bail!("{said} (pcaps in {})", dir.display()),
+    }
 }
 
 /// hubtrust itself, as root: through `sudo -n` when it is not root (the

@@ -11,6 +11,7 @@ mod bench_profiles;
 mod bench_wire;
 mod bring_up;
 mod capture;
+mod checklist;
 mod docker;
 mod features;
 mod kubernetes;
@@ -295,12 +296,16 @@ fn main() -> ExitCode {
     }
     match &cli.command {
         Command::Run(args) if args.backend.deploys_a_chart() => {
-            return kubernetes::run_command(kubernetes::KubernetesArgs::from_cli(
-                args.backend,
-                args.stack.as_deref(),
-                args.images.as_deref(),
-                &args.cluster,
-            ))
+            return kubernetes::run_command(
+                kubernetes::KubernetesArgs::from_cli(
+                    args.backend,
+                    args.stack.as_deref(),
+                    args.images.as_deref(),
+                    &args.cluster,
+                ),
+                args.tags.as_deref(),
+                &args.report,
+            )
         }
         Command::Up(args) if args.backend.deploys_a_chart() => {
             return kubernetes::up_command(kubernetes::KubernetesArgs::from_cli(

@@ -91,15 +91,24 @@ fn kind_without_kind_on_path_is_exit_2_naming_it_and_nothing_is_made() {
     let empty = dir.join("empty-bin");
     std::fs::create_dir_all(&empty).unwrap();
     let before = kubernetes_run_dirs();
-    let out = hubtrust()
-        .args(["run", "--backend", "kind", "--tags", "@core"])
-        .env("PATH", empty.display().to_string())
-        .output()
-        .unwrap();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let refused = |extra: &[&str]| {
+        let out = hubtrust()
+            .args(["run", "--backend", "kind"])
+            .args(extra)
+            .env("PATH", empty.display().to_string())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        text(&out)
+    };
+    let said = refused(&[]);
     assert!(
         said.contains("prerequisite `kind`") && said.contains("kind-action"),
+        "{said}"
+    );
+    let said = refused(&["--tags", "@core"]);
+    assert!(
+        said.contains("--tags @core") && said.contains("fix: drop --tags"),
         "{said}"
     );
     assert_eq!(
@@ -197,6 +206,94 @@ fn a_cluster_that_does_not_answer_is_exit_2_naming_the_fix() {
         !log.contains("create") && !log.contains("helm"),
         "a refused run changed the cluster: {log}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A run whose chart does not install still reports every check: the
+/// install failed with helm's own words, every later check not run (never
+/// passed), the namespace asked for afterwards; exit 1 and nothing left.
+#[test]
+fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
+    let dir = scratch("k8s-run-fails");
+    let bin = fake_tools(
+        &dir,
+        &[
+            (
+                "helm",
+                "case \"$*\" in *install*) echo 'Error: INSTALLATION FAILED: context deadline exceeded' >&2; exit 1 ;; esac; exit 0",
+            ),
+            (
+                "kubectl",
+                "case \"$*\" in *readyz*) echo ok ;; esac; exit 0",
+            ),
+        ],
+    );
+    let (list, _) = pinned_list(&dir);
+    let report = dir.join("report");
+    // Its run directory goes in a temporary directory of its own, out of
+    // the sight of the tests beside it that count theirs.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = hubtrust()
+        .args([
+            "run",
+            "--backend",
+            "kubernetes",
+            "--namespace",
+            "hubtrust-t1",
+            "--images",
+        ])
+        .arg(&list)
+        .arg("--report")
+        .arg(&report)
+        .env("PATH", path_with(&bin))
+        // Its kept logs (hubtrust-in-cluster/) go where it runs.
+        .current_dir(&dir)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        dir.join("hubtrust-in-cluster/hubtrust-t1/logs/pods.txt")
+            .exists(),
+        "the failed install kept no logs"
+    );
+    assert!(said.contains("checks: 1 passed, 1 failed"), "{said}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    let scenarios = json["scenarios"].as_array().unwrap();
+    let status = |name: &str| {
+        let found = scenarios
+            .iter()
+            .find(|s| s["scenario"].as_str().unwrap().starts_with(name))
+            .unwrap_or_else(|| panic!("no check {name:?} in {json:#}"));
+        (
+            found["status"].as_str().unwrap().to_string(),
+            found["failure"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let (installed, why) = status("The cluster is ready and the chart installs");
+    assert_eq!(installed, "failed");
+    assert!(why.contains("INSTALLATION FAILED"), "{why}");
+    let (public, why) = status("The hub answers through the proxy");
+    assert_eq!(public, "skipped");
+    assert!(
+        why.starts_with("not run: the chart did not install"),
+        "{why}"
+    );
+    // The fake kubectl deletes nothing and then says the namespace is gone.
+    let (torn_down, why) = status("Everything the run made is removed");
+    assert_eq!(torn_down, "passed", "{why}");
+    assert_eq!(json["backend"], "kubernetes");
+    let log = calls(&dir);
+    assert!(
+        log.contains("kubectl get namespace hubtrust-t1 --ignore-not-found -o name")
+            && log.contains("delete namespace hubtrust-t1"),
+        "{log}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "the run left {left:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -199,6 +199,49 @@ pub fn cluster_ips_command(target: &ClusterTarget, namespace: &str) -> PlannedCo
     )
 }
 
+/// Asks whether what the run made is still there: its kind cluster
+/// among kind's, or its namespace on the cluster it did not make.
+pub fn leftovers_command(target: &ClusterTarget, namespace: &str) -> PlannedCommand {
+    match target {
+        ClusterTarget::Kind { .. } => PlannedCommand::new(
+            "list the kind clusters",
+            "kind",
+            vec!["get".into(), "clusters".into()],
+            Duration::from_secs(30),
+        ),
+        ClusterTarget::Existing { .. } => PlannedCommand::new(
+            format!("look for the namespace `{namespace}`"),
+            "kubectl",
+            kubectl(
+                target,
+                None,
+                &[
+                    "get",
+                    "namespace",
+                    namespace,
+                    "--ignore-not-found",
+                    "-o",
+                    "name",
+                ],
+            ),
+            Duration::from_secs(30),
+        ),
+    }
+}
+
+/// What [`leftovers_command`]'s answer shows left behind, if anything.
+pub fn left_behind(target: &ClusterTarget, namespace: &str, answer: &str) -> Option<String> {
+    let mut lines = answer.lines().map(str::trim);
+    match target {
+        ClusterTarget::Kind { cluster } => lines.any(|line| line == cluster).then(|| {
+            format!("the kind cluster `{cluster}` (fix: `kind delete cluster --name {cluster}`)")
+        }),
+        ClusterTarget::Existing { .. } => lines.any(|line| !line.is_empty()).then(|| {
+            format!("the namespace `{namespace}` (fix: `kubectl delete namespace {namespace}`)")
+        }),
+    }
+}
+
 /// A jsonpath printing `name=<field>` a line for every item.
 fn name_equals(field: &str) -> String {
     format!("jsonpath={{range .items[*]}}{{.metadata.name}}={field}{{\"\\n\"}}{{end}}")
@@ -893,6 +936,31 @@ mod tests {
     }
 
     const ORG_PEM: &str = "-----BEGIN CERTIFICATE-----\n(org root)\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn what_a_run_left_behind_is_named_with_how_to_remove_it() {
+        let kind = ClusterTarget::Kind {
+            cluster: "hubtrust-ab12".into(),
+        };
+        assert_eq!(left_behind(&kind, "ns", "kind\nhubtrust-ab1\n"), None);
+        let left = left_behind(&kind, "ns", "hubtrust-ab12\nother\n").expect("left");
+        assert!(
+            left.contains("kind delete cluster --name hubtrust-ab12"),
+            "{left}"
+        );
+        let existing = ClusterTarget::Existing { kubeconfig: None };
+        assert_eq!(left_behind(&existing, "hubtrust-x", "\n"), None);
+        let left = left_behind(&existing, "hubtrust-x", "namespace/hubtrust-x\n").expect("left");
+        assert!(
+            left.contains("kubectl delete namespace hubtrust-x"),
+            "{left}"
+        );
+        let asks = leftovers_command(&existing, "hubtrust-x");
+        assert_eq!(
+            asks.shell_line(),
+            "kubectl get namespace hubtrust-x --ignore-not-found -o name"
+        );
+    }
 
     #[test]
     fn a_kind_plan_for_the_core_profile() {

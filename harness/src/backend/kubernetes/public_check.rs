@@ -1,5 +1,5 @@
-//! What `up` checks of a chart-started deployment before it says
-//! `ready:`, through its public side only, as an outsider: the hub
+//! What `run` and `up` check of a chart-started deployment
+//! through its public side only, as an outsider: the hub
 //! answers over verified TLS, the first user's lab spawns (KubeSpawner
 //! with internal_ssl: its Secret, its Service, the hub and proxy reaching
 //! it over mTLS), a kernel cell runs, and the lab shows the org trust
@@ -21,22 +21,58 @@ fn failed(what: &str, message: String, fix: &str) -> HarnessError {
     }
 }
 
-/// Runs the checks; returns the public URL.
+/// Where this machine reaches proxy-public: kind's loopback nodePort, or
+/// a `kubectl port-forward` to a cluster elsewhere, held while this lives.
+pub struct PublicAddress {
+    pub addr: SocketAddr,
+    _forward: Option<PortForward>,
+}
+
+impl PublicAddress {
+    pub async fn open(deployment: &Deployment) -> Result<Self> {
+        Ok(match &deployment.target {
+            ClusterTarget::Kind { .. } => PublicAddress {
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, deployment.public_host_port)),
+                _forward: None,
+            },
+            ClusterTarget::Existing { .. } => {
+                let forward = PortForward::start(deployment).await?;
+                PublicAddress {
+                    addr: forward.addr,
+                    _forward: Some(forward),
+                }
+            }
+        })
+    }
+
+    /// The URL users open, as this machine reaches it.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}/", self.addr.port())
+    }
+}
+
+/// What the public side showed: the hub and the first lab working, and
+/// the lab's trust judged apart, each as its own verdict.
+pub struct PublicSideSeen {
+    pub hub_version: String,
+    pub lab_ready_after_seconds: f64,
+    /// The org bundle in the lab as the stack file says it must be, when
+    /// the stack has `[enterprise]`.
+    pub org_bundle: Option<Result<String>>,
+    /// The lab's own tools against the org-CA and foreign-CA servers;
+    /// `Err` of a reason when they could not be tried.
+    pub tools: Option<std::result::Result<Result<Vec<String>>, String>>,
+}
+
+/// The hub answers over verified TLS, the first user's lab spawns and
+/// runs a cell, through `public`. An error here means the deployment does
+/// not work from outside; the trust verdicts come back apart.
 pub async fn check(
     deployment: &Deployment,
+    public: &PublicAddress,
     org_pem: Option<&str>,
-    progress: &(dyn Fn(&str) + Sync),
-) -> Result<String> {
-    let forward;
-    let addr = match &deployment.target {
-        ClusterTarget::Kind { .. } => {
-            SocketAddr::from((Ipv4Addr::LOCALHOST, deployment.public_host_port))
-        }
-        ClusterTarget::Existing { .. } => {
-            forward = PortForward::start(deployment).await?;
-            forward.addr
-        }
-    };
+) -> Result<PublicSideSeen> {
+    let addr = public.addr;
     let ca_path = deployment.run_dir.join("public/public-ca.crt");
     let ca = std::fs::read_to_string(&ca_path)
         .map_err(|e| HarnessError::io(format!("read {}", ca_path.display()), e))?;
@@ -76,38 +112,35 @@ pub async fn check(
         Duration::from_secs(300),
     )
     .await?;
-    progress(&format!(
-        "the hub (JupyterHub {}) answers through the proxy over verified TLS",
-        report.hub_version
-    ));
-    progress(&format!(
-        "{user}'s lab was ready after {:.1} s and ran a cell through the proxy",
-        report.lab_ready_after_seconds
-    ));
     // The bundle's report is the cell's first line, the fetches' the next.
     let (bundle_line, fetch_lines) = report
         .cell
         .split_once('\n')
         .unwrap_or((report.cell.as_str(), ""));
-    match &deployment.org_trust {
+    let fix = "compare the lab's init container and environment with docs/kubernetes.md's recipe";
+    let (org_bundle, tools) = match &deployment.org_trust {
         Some(trust) => {
-            let said = lab_trust::judge(trust, bundle_line)
-                .map_err(|message| failed(&format!("the org trust bundle in {user}'s lab"), message, "compare the lab's init container and environment with docs/kubernetes.md's recipe"))?;
-            progress(&said);
-            if outbound_targets.is_empty() {
-                progress("the lab's tools were not tried against an org-CA server: the stack's own org_bundle comes without the key to sign one (only the bundle's contents were checked)");
+            let bundle = lab_trust::judge(trust, bundle_line).map_err(|message| {
+                failed(
+                    &format!("the org trust bundle in {user}'s lab"),
+                    message,
+                    fix,
+                )
+            });
+            let tools = if outbound_targets.is_empty() {
+                Err("the stack's own org_bundle comes without the key to sign an org-CA server, so only the bundle's contents were checked".to_string())
             } else {
-                let said = outbound::judge(trust, &outbound_targets, fetch_lines).map_err(|message| {
-                    failed(
-                        &format!("the user tools in {user}'s lab against the org-CA and foreign-CA servers"),
-                        message,
-                        "compare the lab's CA variables and merged bundle with docs/kubernetes.md's recipe",
-                    )
-                })?;
-                for line in said {
-                    progress(&line);
-                }
-            }
+                Ok(
+                    outbound::judge(trust, &outbound_targets, fetch_lines).map_err(|message| {
+                        failed(
+                            &format!("the user tools in {user}'s lab against the org-CA and foreign-CA servers"),
+                            message,
+                            "compare the lab's CA variables and merged bundle with docs/kubernetes.md's recipe",
+                        )
+                    }),
+                )
+            };
+            (Some(bundle), Some(tools))
         }
         None if report.cell != "hubtrust-outside" => {
             return Err(failed(
@@ -116,9 +149,14 @@ pub async fn check(
                 "read the lab's log (`kubectl logs` of its pod)",
             ))
         }
-        None => {}
-    }
-    Ok(format!("https://localhost:{}/", addr.port()))
+        None => (None, None),
+    };
+    Ok(PublicSideSeen {
+        hub_version: report.hub_version,
+        lab_ready_after_seconds: report.lab_ready_after_seconds,
+        org_bundle,
+        tools,
+    })
 }
 
 /// Asks the hub API for `deployment.user`, and that user's lab for its
