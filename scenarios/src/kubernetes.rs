@@ -375,6 +375,7 @@ const LAB_TOOLS: &str = "The lab's tools trust the org CA with the merged bundle
 const WIRE: &str =
     "Every connection between the hub's, the proxy's and the lab's pods is TLS on the wire";
 const TORN_DOWN: &str = "Everything the run made is removed";
+const OUTSIDE: &str = "Probe from outside, through the public URL";
 
 /// Makes the certificates, starts the reaper, applies the plan and runs
 /// every check; for `up`, holds the deployment while every check passed.
@@ -566,8 +567,15 @@ fn check_deployment(
         });
     }
     probe_from_inside(list, deployment, plan, no_lab);
-    if let Some(address) = &public {
-        probe_from_outside(list, runtime, deployment, address);
+    match (&public, no_lab) {
+        (Some(address), None) => probe_from_outside(list, runtime, deployment, address),
+        (_, why) => list.not_run(
+            OUTSIDE,
+            format!(
+                "not run: {}",
+                why.unwrap_or("the public side was not reached")
+            ),
+        ),
     }
     public
 }
@@ -582,7 +590,6 @@ fn probe_from_outside(
     address: &PublicAddress,
 ) {
     use hubtrust_harness::probe_deployment::{probe_deployment, ProbeTarget};
-    const FEATURE: &str = "Probe from outside, through the public URL";
     let found = (|| -> anyhow::Result<_> {
         let ca_path = deployment.run_dir.join("public/public-ca.crt");
         let target = ProbeTarget {
@@ -612,10 +619,10 @@ fn probe_from_outside(
             for r in &results {
                 eprintln!("· {} {}", status_mark(r.status), r.scenario);
             }
-            list.lift(FEATURE, results)
+            list.lift(OUTSIDE, results)
         }
         Err(e) => {
-            list.check(FEATURE, None, || Err(e));
+            list.check(OUTSIDE, None, || Err(e));
         }
     }
 }
