@@ -79,6 +79,8 @@ pub struct ProbeTarget {
     pub identities: Vec<GivenIdentity>,
     pub hub_token: Option<Secret>,
     pub user_token: Option<Secret>,
+    /// The `--endpoint` that is CHP's REST API, and its auth token.
+    pub proxy_api: Option<(String, Secret)>,
     pub policy: TlsPolicySpec,
     pub strict: bool,
 }
@@ -214,6 +216,22 @@ pub fn check_target(target: &ProbeTarget) -> std::result::Result<(), String> {
     if !target.internal.is_empty() && target.internal_roots.is_none() {
         return Err("--endpoint needs --internal-ca: the roots internal certificates chain to (fix: the deployment's internal CA bundle, e.g. internal-ssl/hub-ca_trust.crt)".into());
     }
+    if let Some((name, _)) = &target.proxy_api {
+        if !target.internal.iter().any(|e| &e.name == name) {
+            return Err(format!(
+                "--proxy-api `{name}` names no --endpoint (fix: --endpoint '{name}=IP:PORT' for CHP's REST API)"
+            ));
+        }
+        if !target
+            .identities
+            .iter()
+            .any(|i| i.accepted_by.contains(name))
+        {
+            return Err(format!(
+                "--proxy-api `{name}`: no --identity is accepted by it, so the token cannot be told apart from the certificate (fix: --identity LABEL=CERT,KEY,accepted-by={name})"
+            ));
+        }
+    }
     for given in &target.identities {
         for name in &given.accepted_by {
             if !target.internal.iter().any(|e| &e.name == name) {
@@ -305,6 +323,9 @@ pub async fn probe_deployment(target: &ProbeTarget) -> Result<ProbeFindings> {
 
     let clock = Instant::now();
     checks.push(finish(hub_api_tokens(target).await, clock));
+
+    let clock = Instant::now();
+    checks.push(finish(proxy_api_token(target).await, clock));
 
     let clock = Instant::now();
     checks.push(finish(closed_endpoints(target).await, clock));
@@ -709,6 +730,75 @@ async fn hub_api_tokens(target: &ProbeTarget) -> Verdicts {
                 with_token.detail
             )),
         }
+    }
+    Verdicts::of(NAME, problems, Vec::new())
+}
+
+/// CHP's REST API must want its token even from a caller whose
+/// certificate it accepts: the certificate says which CA issued it, and
+/// every lab's certificate comes from one the proxy API may trust.
+async fn proxy_api_token(target: &ProbeTarget) -> Verdicts {
+    const NAME: &str =
+        "The proxy API refuses callers without its token, even with a certificate it accepts";
+    let Some((name, token)) = &target.proxy_api else {
+        return Verdicts::not_run(
+            NAME,
+            "no --proxy-api given (fix: --proxy-api NAME naming CHP's REST API among the --endpoint flags, with --proxy-token-file)".into(),
+        );
+    };
+    // check_target made sure both exist.
+    let endpoint = target.internal.iter().find(|e| &e.name == name);
+    let identity = target
+        .identities
+        .iter()
+        .find(|i| i.accepted_by.contains(name));
+    let (Some(endpoint), Some(identity), Some(roots)) =
+        (endpoint, identity, target.internal_roots.as_deref())
+    else {
+        return Verdicts::of(
+            NAME,
+            vec![format!(
+                "inconclusive: `{name}` lacks an endpoint, an accepted identity or roots"
+            )],
+            Vec::new(),
+        );
+    };
+    let ask = |request: HttpRequest| {
+        probe_at(
+            endpoint.addr,
+            &endpoint.server_name,
+            roots,
+            Some(identity.identity.clone()),
+            request,
+        )
+    };
+    let mut problems = Vec::new();
+    let without = ask(HttpRequest::get("/api/routes")).await;
+    match without.http.as_ref().map(|r| r.status) {
+        Some(401 | 403) => {}
+        Some(status) => problems.push(format!(
+            "GET /api/routes at {name} ({}) with {}'s certificate and no token answered HTTP {status}: anyone holding a certificate it accepts may rewrite the routes",
+            endpoint.addr, identity.label
+        )),
+        None => problems.push(format!(
+            "inconclusive: GET /api/routes at {name} without a token: {} ({})",
+            without.verdict.code(),
+            without.detail
+        )),
+    }
+    let with = ask(HttpRequest::get("/api/routes").with_token(token.clone())).await;
+    match with.http.as_ref().map(|r| r.status) {
+        Some(200) => {}
+        Some(status) => problems.push(format!(
+            "GET /api/routes at {name} with {}'s certificate and the given token ({}) answered HTTP {status}: the token is not the proxy's (fix: CONFIGPROXY_AUTH_TOKEN, in z2jh the hub Secret's hub.config.ConfigurableHTTPProxy.auth_token)",
+            identity.label,
+            token.masked()
+        )),
+        None => problems.push(format!(
+            "inconclusive: GET /api/routes at {name} with the token: {} ({})",
+            with.verdict.code(),
+            with.detail
+        )),
     }
     Verdicts::of(NAME, problems, Vec::new())
 }

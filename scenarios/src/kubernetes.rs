@@ -290,6 +290,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         org_trust,
         run_dir,
         service_token: Secret::generate(),
+        proxy_token: Secret::generate(),
         user: spec
             .users
             .first()
@@ -604,6 +605,7 @@ fn probe_from_outside(
             identities: Vec::new(),
             hub_token: Some(deployment.service_token.clone()),
             user_token: None,
+            proxy_api: None,
             policy: deployment.tls_policy.clone(),
             strict: false,
         };
@@ -689,6 +691,7 @@ fn probe_from_inside(
                 internal: &deployment.run_dir.join("internal-ssl"),
                 foreign: (&ready.foreign.0, &ready.foreign.1),
                 token_file: &ready.token_file,
+                proxy_token_file: &ready.proxy_token_file,
                 policy: &deployment.run_dir.join(TLS_POLICY_FILE),
                 report: report.clone(),
             };
@@ -724,6 +727,7 @@ fn probe_from_inside(
 /// What every in-cluster probe is given.
 struct ProbeInputs {
     token_file: PathBuf,
+    proxy_token_file: PathBuf,
     foreign: (PathBuf, PathBuf),
     ips: BTreeMap<String, std::net::IpAddr>,
     lab_ports: Vec<(String, SocketAddr)>,
@@ -737,6 +741,12 @@ fn prepare_probes(deployment: &Deployment) -> anyhow::Result<ProbeInputs> {
     hubtrust_harness::pki::write_with_mode(
         &token_file,
         deployment.service_token.expose().as_bytes(),
+        0o600,
+    )?;
+    let proxy_token_file = probe_dir.join("proxy-token");
+    hubtrust_harness::pki::write_with_mode(
+        &proxy_token_file,
+        deployment.proxy_token.expose().as_bytes(),
         0o600,
     )?;
     let foreign_ca = hubtrust_harness::pki::CertificateAuthority::root("hubtrust-foreign")?;
@@ -755,6 +765,7 @@ fn prepare_probes(deployment: &Deployment) -> anyhow::Result<ProbeInputs> {
     .map_err(|e| anyhow::anyhow!("the Services' addresses: {e}"))?;
     Ok(ProbeInputs {
         token_file,
+        proxy_token_file,
         foreign,
         ips: in_cluster::parse_cluster_ips(&ips.stdout),
         lab_ports: lab_ports_closed(deployment)?,

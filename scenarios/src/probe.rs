@@ -46,6 +46,14 @@ pub struct ProbeArgs {
     /// lab ($HUBTRUST_USER_TOKEN otherwise).
     #[arg(long)]
     pub user_token_file: Option<PathBuf>,
+    /// The --endpoint that is CHP's REST API: with an identity it accepts,
+    /// it must refuse a call without its token and accept one with it.
+    #[arg(long, value_name = "NAME")]
+    pub proxy_api: Option<String>,
+    /// A file holding the proxy API's auth token, for --proxy-api
+    /// ($HUBTRUST_PROXY_TOKEN otherwise).
+    #[arg(long)]
+    pub proxy_token_file: Option<PathBuf>,
     /// The TLS policy endpoints are judged by.
     #[arg(long, value_enum, default_value_t = PolicyChoice::Intermediate)]
     pub policy: PolicyChoice,
@@ -246,6 +254,17 @@ fn target(args: &ProbeArgs) -> anyhow::Result<ProbeTarget> {
         identities: parse_all(&args.identities, probe_deployment::parse_identity)?,
         hub_token: token(args.token_file.as_ref(), "HUBTRUST_HUB_TOKEN")?,
         user_token: token(args.user_token_file.as_ref(), "HUBTRUST_USER_TOKEN")?,
+        proxy_api: match &args.proxy_api {
+            None => None,
+            Some(name) => Some((
+                name.clone(),
+                token(args.proxy_token_file.as_ref(), "HUBTRUST_PROXY_TOKEN")?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--proxy-api {name} needs the proxy's auth token (fix: --proxy-token-file FILE, or $HUBTRUST_PROXY_TOKEN)"
+                    )
+                })?,
+            )),
+        },
         policy: policy(args)?,
         strict: args.strict,
     };

@@ -25,6 +25,20 @@ struct UpStack {
     backend: &'static str,
     child: Child,
     lines: BTreeMap<String, String>,
+    stopped: bool,
+}
+
+/// A test that panicked before `stop` still takes its stack down.
+impl Drop for UpStack {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl UpStack {
@@ -54,6 +68,7 @@ impl UpStack {
             backend,
             child,
             lines,
+            stopped: false,
         }
     }
 
@@ -75,6 +90,7 @@ impl UpStack {
         )
         .unwrap();
         assert_eq!(self.child.wait().unwrap().code(), Some(0));
+        self.stopped = true;
         assert_no_process_left(run);
         if self.backend == "docker" {
             assert_nothing_labelled(run);
@@ -219,7 +235,7 @@ fn probe_from_outside(up: &UpStack, dir: &Path, command: impl Fn(&str) -> Comman
         .unwrap();
     let said = text(&out);
     assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains("6 passed, 0 failed, 0 skipped"), "{said}");
+    assert!(said.contains("6 passed, 0 failed, 1 skipped"), "{said}");
     // Tokens never reach the terminal or the reports.
     for file in ["report.json", "report.md", "report.xml"] {
         let written = std::fs::read_to_string(report.join(file)).unwrap();
@@ -342,21 +358,33 @@ fn probe_of_a_running_stack_agrees_with_run() {
         ["--identity".to_string(), spec]
     };
     let from_hub = dir.join("from-hub");
+    let proxy_token = dir.join("proxy.token");
+    write_secret(&proxy_token, up.first("proxy token"));
+    let internal_roots = [
+        &public[..],
+        &[
+            "--ca".into(),
+            org_root.clone(),
+            "--internal-ca".into(),
+            ssl.join("hub-ca_trust.crt").display().to_string(),
+        ],
+    ]
+    .concat();
     let out = probe_inside(
         &hub_host,
         &[
-            &public[..],
+            &internal_roots[..],
             &[
-                "--ca".into(),
-                org_root.clone(),
-                "--internal-ca".into(),
-                ssl.join("hub-ca_trust.crt").display().to_string(),
                 "--endpoint".into(),
                 "hub API=127.0.0.1:8081".into(),
                 "--endpoint".into(),
                 "proxy API=127.0.0.1:8001".into(),
                 "--endpoint".into(),
                 format!("lab of alice={lab_addr}"),
+                "--proxy-api".into(),
+                "proxy API".into(),
+                "--proxy-token-file".into(),
+                proxy_token.display().to_string(),
                 "--report".into(),
                 from_hub.display().to_string(),
             ],
@@ -380,11 +408,43 @@ fn probe_of_a_running_stack_agrees_with_run() {
     );
     let said = text(&out);
     assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains("4 passed, 0 failed, 2 skipped"), "{said}");
+    assert!(said.contains("5 passed, 0 failed, 2 skipped"), "{said}");
+    assert!(
+        said.contains("✔ The proxy API refuses callers without its token"),
+        "{said}"
+    );
     assert!(
         said.contains("known defect jupyterhub-internal-tls12-suites"),
         "{said}"
     );
+
+    // A token that is not the proxy's is refused, and said so.
+    write_secret(&proxy_token, "not-the-proxy-token");
+    let out = probe_inside(
+        &hub_host,
+        &[
+            &internal_roots[..],
+            &[
+                "--endpoint".into(),
+                "proxy API=127.0.0.1:8001".into(),
+                "--proxy-api".into(),
+                "proxy API".into(),
+                "--proxy-token-file".into(),
+                proxy_token.display().to_string(),
+                "--report".into(),
+                dir.join("wrong-proxy-token").display().to_string(),
+            ],
+            &identity("hub-internal", "hub-internal", "proxy API"),
+        ]
+        .concat(),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("answered HTTP 403: the token is not the proxy's"),
+        "{said}"
+    );
+    assert!(!said.contains("not-the-proxy-token"), "{said}");
 
     // A wrong CA for the public side, and an endpoint declared closed that
     // answers: both fail, named. This probe enters the operator's
@@ -544,6 +604,49 @@ fn probe_refuses_bad_input_before_contacting_anything() {
             "hub API=127.0.0.1:8081",
         ]),
         "--endpoint needs --internal-ca",
+    );
+    // The proxy API's token check needs the token, an --endpoint of that
+    // name, and an identity it accepts.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token = dir.join("proxy.token");
+    std::fs::write(&token, "t0ken").unwrap();
+    let internal_ca = ca.to_str().unwrap();
+    let with_endpoint = [
+        "--url",
+        "https://hub.example.test",
+        "--connect",
+        free_addr.as_str(),
+        "--internal-ca",
+        internal_ca,
+        "--endpoint",
+        "proxy API=127.0.0.1:8001",
+    ];
+    usage(
+        probe(&[&with_endpoint[..], &["--proxy-api", "proxy API"]].concat()),
+        "--proxy-api proxy API needs the proxy's auth token",
+    );
+    let token_flag = ["--proxy-token-file", token.to_str().unwrap()];
+    usage(
+        probe(
+            &[
+                &with_endpoint[..],
+                &["--proxy-api", "proxy APi"],
+                &token_flag[..],
+            ]
+            .concat(),
+        ),
+        "--proxy-api `proxy APi` names no --endpoint",
+    );
+    usage(
+        probe(
+            &[
+                &with_endpoint[..],
+                &["--proxy-api", "proxy API"],
+                &token_flag[..],
+            ]
+            .concat(),
+        ),
+        "no --identity is accepted by it",
     );
     // A policy file is checked before anything is contacted: an exception
     // needs a reason, and must name an endpoint the probe is given.

@@ -305,6 +305,9 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
                 },
                 "ConfigurableHTTPProxy": {
                     "api_url": format!("https://proxy-api:{}", port_of("proxy-api")),
+                    // Read by the chart into its hub Secret, which both the
+                    // hub and CHP take it from (CONFIGPROXY_AUTH_TOKEN).
+                    "auth_token": deployment.proxy_token.expose(),
                 },
             },
             // kubelet's httpGet probes speak plain HTTP and carry no client

@@ -214,6 +214,8 @@ pub struct ProbeFiles<'a> {
     /// The run's foreign-CA client certificate and key.
     pub foreign: (&'a Path, &'a Path),
     pub token_file: &'a Path,
+    /// CHP's auth token, for the proxy API's token check.
+    pub proxy_token_file: &'a Path,
     /// The stack's TLS policy, as `--policy-file` takes it.
     pub policy: &'a Path,
     pub report: PathBuf,
@@ -298,6 +300,14 @@ pub fn probe_args(
         }
         args.push("--identity".into());
         args.push(spec);
+    }
+    if probe.endpoints.iter().any(|e| e.name == PROXY_API) {
+        args.extend([
+            "--proxy-api".into(),
+            PROXY_API.into(),
+            "--proxy-token-file".into(),
+            files.proxy_token_file.display().to_string(),
+        ]);
     }
     for closed in &probe.closed {
         args.push("--closed".into());
@@ -568,6 +578,7 @@ mod tests {
             internal: Path::new("/run/internal-ssl"),
             foreign: (Path::new("/run/foreign.crt"), Path::new("/run/foreign.key")),
             token_file: Path::new("/run/token"),
+            proxy_token_file: Path::new("/run/proxy-token"),
             policy: Path::new("/run/tls-policy.toml"),
             report: PathBuf::from("/out/labelled"),
         };
@@ -591,6 +602,10 @@ mod tests {
             line.contains("--identity foreign-CA cert=/run/foreign.crt,/run/foreign.key"),
             "{line}"
         );
+        assert!(
+            line.contains("--proxy-api proxy API --proxy-token-file /run/proxy-token"),
+            "{line}"
+        );
         let kernel = lab_ports_closed("alice", "10.244.1.7".parse().unwrap(), &[8888, 35001]);
         let bare = probe_args(&probes[1], "ns", 4243, &ips, &files, &kernel).unwrap();
         let bare = bare.join(" ");
@@ -603,6 +618,7 @@ mod tests {
             "{bare}"
         );
         assert!(!bare.contains("10.244.1.7:8888"), "{bare}");
+        assert!(!bare.contains("--proxy-api"), "{bare}");
         // Both judge TLS by the stack's policy, exceptions included.
         for args in [&line, &bare] {
             assert!(

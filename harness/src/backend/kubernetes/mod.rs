@@ -222,6 +222,11 @@ pub struct Deployment {
     /// wherever a plan is shown.
     #[serde(skip)]
     pub service_token: crate::secret::Secret,
+    /// CHP's auth token (`hub.config.ConfigurableHTTPProxy.auth_token`),
+    /// set by hubtrust so the in-cluster probe can show the proxy API
+    /// wants it; masked like the service token.
+    #[serde(skip)]
+    pub proxy_token: crate::secret::Secret,
     /// The user whose lab the public-side check spawns.
     pub user: String,
     /// The stack's `[tls_policy]`, which the in-cluster probes judge by.

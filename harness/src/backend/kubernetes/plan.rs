@@ -691,7 +691,10 @@ pub fn plan(
         probes,
         tls_policy: deployment.tls_policy.clone(),
         teardown,
-        secrets: vec![deployment.service_token.clone()],
+        secrets: vec![
+            deployment.service_token.clone(),
+            deployment.proxy_token.clone(),
+        ],
     }
 }
 
@@ -910,6 +913,7 @@ mod tests {
             public_host_port: 18443,
             run_dir: PathBuf::from("/run/hubtrust/run1"),
             service_token: Secret::new("0123456789abcdef0123456789abcdef"),
+            proxy_token: Secret::new("fedcba9876543210fedcba9876543210"),
             user: "alice".into(),
             tls_policy: Default::default(),
             outbound_servers: org_trust.is_some(),
@@ -1149,7 +1153,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shown_plan_masks_the_service_token_the_values_carry() {
+    fn a_shown_plan_masks_the_tokens_the_values_carry() {
         let plan = plan(&deployment(kind(), None), None, None);
         let values = plan
             .files
@@ -1160,9 +1164,18 @@ mod tests {
             values.contents["hub"]["services"]["hubtrust"]["api_token"],
             "0123456789abcdef0123456789abcdef"
         );
+        assert_eq!(
+            values.contents["hub"]["config"]["ConfigurableHTTPProxy"]["auth_token"],
+            "fedcba9876543210fedcba9876543210"
+        );
         let text = plan.render();
-        assert!(!text.contains("0123456789abcdef0123456789abcdef"), "{text}");
-        assert!(text.contains("0123…(32 chars)"), "{text}");
+        for (token, masked) in [
+            ("0123456789abcdef0123456789abcdef", "0123…(32 chars)"),
+            ("fedcba9876543210fedcba9876543210", "fedc…(32 chars)"),
+        ] {
+            assert!(!text.contains(token), "{text}");
+            assert!(text.contains(masked), "{text}");
+        }
     }
 
     #[test]
