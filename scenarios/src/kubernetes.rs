@@ -377,6 +377,8 @@ const WIRE: &str =
     "Every connection between the hub's, the proxy's and the lab's pods is TLS on the wire";
 const TORN_DOWN: &str = "Everything the run made is removed";
 const OUTSIDE: &str = "Probe from outside, through the public URL";
+const PROXY_WIRE: &str =
+    "Every fetch through the inspecting proxy crossed it on the wire: lab to proxy, then proxy to internet";
 
 /// Makes the certificates, starts the reaper, applies the plan and runs
 /// every check; for `up`, holds the deployment while every check passed.
@@ -515,6 +517,10 @@ fn check_deployment(
     // so their TLS scan's old-version handshakes are never judged as the
     // deployment's traffic.
     let early = installed.then(|| wire_before_spawn(deployment, plan));
+    let proxy_capture = match (&plan.proxy_wire, installed) {
+        (Some(capture), true) => Some(PodCapture::start(deployment, capture)),
+        _ => None,
+    };
     let mut public = None;
     let mut seen = None;
     let spawned = list.check(PUBLIC_SIDE, not_installed, || {
@@ -560,6 +566,13 @@ fn check_deployment(
                 });
             }
         }
+    }
+    if plan.proxy_wire.is_some() {
+        let printed = seen.as_mut().and_then(|s| s.fetches.take());
+        list.check(PROXY_WIRE, no_lab, || {
+            let capture = proxy_capture.context("the capture was not started")??;
+            judge_proxy_wire(deployment, capture, printed)
+        });
     }
     if !plan.wire.is_empty() {
         list.check(WIRE, no_lab, || {
@@ -920,7 +933,6 @@ fn wire_from_inside(
     plan: &KubernetesPlan,
     early: Vec<PodCapture>,
 ) -> anyhow::Result<Outcome> {
-    use hubtrust_harness::backend::kubernetes::plan;
     use hubtrust_harness::capture::WireCensus;
     let ns = &deployment.namespace;
     let mut running = early;
@@ -935,23 +947,7 @@ fn wire_from_inside(
         evidence.push(capture.finish()?);
     }
     reached?;
-    // Pods by their addresses, Services by their ClusterIPs (as a pod's
-    // own interface sees a connection to a Service, before any node
-    // rewrites it).
-    let read = |command: plan::PlannedCommand| {
-        command::run(&command)
-            .map(|out| in_cluster::parse_cluster_ips(&out.stdout))
-            .map_err(|e| anyhow::anyhow!("the wire evidence: {e}"))
-    };
-    let mut names = std::collections::BTreeMap::new();
-    for (name, ip) in read(plan::cluster_ips_command(&deployment.target, ns))?
-        .into_iter()
-        .chain(read(plan::pod_ips_command(&deployment.target, ns))?)
-    {
-        if let std::net::IpAddr::V4(v4) = ip {
-            names.insert(v4, name);
-        }
-    }
+    let names = census_names(deployment)?;
     let census = WireCensus::build(evidence, &names);
     let verdict = in_cluster::judge_wire(&census, &expected);
     let dir = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join("wire");
@@ -979,6 +975,78 @@ fn wire_from_inside(
             dir.display()
         ))),
         in_cluster::PodWire::Plaintext(_) => anyhow::bail!("{said} (pcaps in {})", dir.display()),
+    }
+}
+
+/// Pods by their addresses, Services by their ClusterIPs (as a pod's own
+/// interface sees a connection to a Service, before any node rewrites
+/// it): how a census of pod captures names the hosts.
+fn census_names(deployment: &Deployment) -> anyhow::Result<BTreeMap<std::net::Ipv4Addr, String>> {
+    use hubtrust_harness::backend::kubernetes::plan;
+    let ns = &deployment.namespace;
+    let read = |command: plan::PlannedCommand| {
+        command::run(&command)
+            .map(|out| in_cluster::parse_cluster_ips(&out.stdout))
+            .map_err(|e| anyhow::anyhow!("the wire evidence: {e}"))
+    };
+    let mut names = BTreeMap::new();
+    for (name, ip) in read(plan::cluster_ips_command(&deployment.target, ns))?
+        .into_iter()
+        .chain(read(plan::pod_ips_command(&deployment.target, ns))?)
+    {
+        if let std::net::IpAddr::V4(v4) = ip {
+            names.insert(v4, name);
+        }
+    }
+    Ok(names)
+}
+
+/// The capture on the inspecting proxy's pod, stopped once the lab's
+/// fetches ran, judged by [`proxy_wire::judge`].
+fn judge_proxy_wire(
+    deployment: &Deployment,
+    capture: PodCapture,
+    printed_fetches: Option<String>,
+) -> anyhow::Result<Outcome> {
+    use hubtrust_harness::backend::kubernetes::{inspecting_proxy, outbound, proxy_wire};
+    let proxy_pod = capture.pod.clone();
+    let evidence = capture.finish()?;
+    let printed = printed_fetches.context("the lab's cell printed no fetches")?;
+    let names = census_names(deployment)?;
+    let address_of = |name: &str| {
+        names
+            .iter()
+            .find(|(_, n)| n.as_str() == name)
+            .map(|(ip, _)| *ip)
+            .with_context(|| format!("`{name}` has no address in the namespace"))
+    };
+    let places = proxy_wire::ProxyPlaces {
+        proxy_ip: address_of(&proxy_pod)?,
+        proxy_pod,
+        internet_service: outbound::INTERNET_SERVICE.into(),
+        internet_ip: address_of(outbound::INTERNET_SERVICE)?,
+    };
+    let census = hubtrust_harness::capture::WireCensus::build(vec![evidence], &names);
+    let ns = &deployment.namespace;
+    let lab_env: BTreeMap<String, String> =
+        inspecting_proxy::lab_env(ns, &outbound::REACHED_DIRECTLY)
+            .into_iter()
+            .collect();
+    let targets = outbound::targets(ns, true);
+    match proxy_wire::judge(&printed, &targets, &census, &places, &lab_env) {
+        Ok(paths) => {
+            eprintln!(
+                "· {} fetches through the inspecting proxy were each seen arriving with their own CONNECT, and the proxy went on to {} on ports {:?}",
+                paths.tunnelled_runs,
+                outbound::INTERNET_SERVICE,
+                paths.legs.keys().collect::<Vec<_>>()
+            );
+            Ok(Outcome::Passed)
+        }
+        Err(why) => match why.strip_prefix("inconclusive: ") {
+            Some(why) => Ok(Outcome::Inconclusive(why.to_string())),
+            None => anyhow::bail!("{why}"),
+        },
     }
 }
 

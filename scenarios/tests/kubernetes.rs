@@ -162,6 +162,7 @@ fn the_plan_prints_every_command_and_manifest_and_runs_none_of_them() {
         "\"optional\": true",
         "## teardown, on every path out",
         "kind delete cluster --name hubtrust-",
+        "capture eth0 of the inspecting proxy's pod (-l app.kubernetes.io/name=hubtrust-inspecting-proxy) from before the first lab's spawn",
     ] {
         assert!(said.contains(expected), "the plan lacks {expected:?}:\n{said}");
     }
@@ -524,11 +525,66 @@ fn wait_listening(pid: u32, ports: &[u16]) {
     }
 }
 
+/// Waits until process `pid` is in a network namespace other than this
+/// process's.
+fn wait_own_namespace(pid: u32) {
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .as_ref()
+        == Some(&ours)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not enter a network namespace of its own"
+        );
+        // Bounded poll interval while unshare starts.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 impl Drop for NamespacedServer {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `hubtrust capture` on `interface` of `pid`'s namespace while `traffic`
+/// runs, as the kind bring-up captures a pod's interface: its evidence.
+fn capture_in<T>(
+    pid: u32,
+    interface: &str,
+    dir: &Path,
+    traffic: impl FnOnce() -> T,
+) -> (hubtrust_harness::capture::LinkEvidence, T) {
+    use std::io::BufRead as _;
+    let mut capture = hubtrust()
+        .args([
+            "capture",
+            "--netns-of",
+            &pid.to_string(),
+            "--interface",
+            interface,
+        ])
+        .args(["--name", &format!("{interface}-{pid}"), "--out"])
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(capture.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), "capturing");
+    let done = traffic();
+    drop(capture.stdin.take());
+    assert!(capture.wait().unwrap().success());
+    let evidence =
+        serde_json::from_slice(&std::fs::read(dir.join("evidence.json")).unwrap()).unwrap();
+    (evidence, done)
 }
 
 /// `hubtrust capture` on `lo` of `pid`'s namespace while `traffic` runs,
@@ -542,31 +598,7 @@ fn capture_and_judge(
     hubtrust_harness::capture::WireCensus,
     hubtrust_harness::backend::kubernetes::in_cluster::PodWire,
 ) {
-    use std::io::BufRead as _;
-    let mut capture = hubtrust()
-        .args([
-            "capture",
-            "--netns-of",
-            &pid.to_string(),
-            "--interface",
-            "lo",
-        ])
-        .args(["--name", "jupyter-alice-lo", "--out"])
-        .arg(dir)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(capture.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert_eq!(first.trim(), "capturing");
-    traffic();
-    drop(capture.stdin.take());
-    assert!(capture.wait().unwrap().success());
-    let evidence: hubtrust_harness::capture::LinkEvidence =
-        serde_json::from_slice(&std::fs::read(dir.join("evidence.json")).unwrap()).unwrap();
+    let (evidence, ()) = capture_in(pid, "lo", dir, traffic);
     let names = [(std::net::Ipv4Addr::LOCALHOST, "jupyter-alice".to_string())].into();
     let census = hubtrust_harness::capture::WireCensus::build(vec![evidence], &names);
     let verdict = hubtrust_harness::backend::kubernetes::in_cluster::judge_wire(
@@ -809,7 +841,7 @@ fn the_stacks_tls_policy_and_its_exceptions_reach_the_in_cluster_probes() {
 /// lab's proxy variables, each judged as the bring-up judges it.
 #[test]
 fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
-    use hubtrust_harness::backend::kubernetes::{inspecting_proxy, outbound, OrgTrust};
+    use hubtrust_harness::backend::kubernetes::{inspecting_proxy, outbound, proxy_wire, OrgTrust};
     if !common::real_root() {
         eprintln!("skipped: a network and mount namespace needs root");
         return;
@@ -830,18 +862,29 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
     let tls_dir = dir.join("outbound");
     let script = dir.join("outbound-server.py");
     std::fs::write(&script, outbound::SERVER_SCRIPT).unwrap();
-    let hosts = dir.join("hosts");
-    std::fs::write(
-        &hosts,
-        "127.0.0.1 localhost hubtrust-outbound.ns.svc.cluster.local hubtrust-internet.ns.svc.cluster.local hubtrust-inspecting-proxy.ns.svc.cluster.local\n",
-    )
-    .unwrap();
+    // Two pods' worth of namespaces, a veth between them as the cluster's
+    // network: the lab's (which also serves the org services on loopback
+    // and, at 10.99.0.3, the internet Service) and the inspecting proxy's
+    // at 10.99.0.1, whose interface is captured as the proxy pod's eth0.
+    let hosts = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let lab_hosts = hosts(
+        "lab-hosts",
+        "127.0.0.1 localhost hubtrust-outbound.ns.svc.cluster.local\n10.99.0.1 hubtrust-inspecting-proxy.ns.svc.cluster.local\n10.99.0.3 hubtrust-internet.ns.svc.cluster.local\n",
+    );
+    let proxy_hosts = hosts(
+        "proxy-hosts",
+        "127.0.0.1 localhost\n10.99.0.3 hubtrust-internet.ns.svc.cluster.local\n",
+    );
     let components = hubtrust_harness::provision::ensure(&mut std::io::sink()).unwrap();
     let python = components.venv.join("bin/python");
     let mitmdump = components.mitmproxy_venv.join("bin/mitmdump");
-    // A fresh network and mount namespace with the Services' names in its
-    // /etc/hosts, running `program`.
-    let namespaced = |program: &Path| {
+    // A fresh network and mount namespace with `hosts` as its /etc/hosts,
+    // running `program`.
+    let namespaced = |hosts: &Path, program: &Path| {
         let mut c = std::process::Command::new("unshare");
         c.args([
             "--net",
@@ -850,10 +893,18 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
             "-c",
             "mount --bind \"$0\" /etc/hosts && ip link set lo up && exec \"$@\"",
         ]);
-        c.arg(&hosts).arg(program);
+        c.arg(hosts).arg(program);
         c
     };
-    let child = namespaced(&python)
+    let ip_in = |pid: u32, args: &str| {
+        let status = std::process::Command::new("nsenter")
+            .args(["--target", &pid.to_string(), "--net", "--", "ip"])
+            .args(args.split_whitespace())
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args} in {pid}'s namespace");
+    };
+    let child = namespaced(&lab_hosts, &python)
         .arg(&script)
         .args(outbound::server_args(&tls_dir, true))
         .stdout(std::process::Stdio::null())
@@ -867,17 +918,37 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
     let confdir = dir.join("mitmproxy");
     std::fs::create_dir_all(&confdir).unwrap();
     std::fs::copy(&signing, confdir.join("mitmproxy-ca.pem")).unwrap();
+    // A proxy started before leaves its end of the veth until the kernel
+    // tears its namespace down; deleting this end deletes the pair now.
     let start_proxy = |extra: &[&str]| {
-        let child = std::process::Command::new("nsenter")
-            .args(["--target", &pid.to_string(), "--net", "--mount", "--"])
-            .arg(&mitmdump)
+        let _ = std::process::Command::new("nsenter")
+            .args(["--target", &pid.to_string(), "--net", "--"])
+            .args(["ip", "link", "del", "vlab"])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let child = namespaced(&proxy_hosts, &mitmdump)
             .args(inspecting_proxy::mitmdump_args(&confdir, &upstream))
             .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let proxy = NamespacedServer(child);
-        wait_listening(pid, &[inspecting_proxy::PORT]);
+        let proxy_pid = proxy.0.id();
+        // Until unshare has made its namespace, the pid is still in ours.
+        wait_own_namespace(proxy_pid);
+        let status = std::process::Command::new("ip")
+            .args(["link", "add", "vlab", "netns", &pid.to_string()])
+            .args(["type", "veth", "peer", "name", "vproxy", "netns"])
+            .arg(proxy_pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "the veth between the two namespaces");
+        ip_in(pid, "addr add 10.99.0.2/24 dev vlab");
+        ip_in(pid, "addr add 10.99.0.3/24 dev vlab");
+        ip_in(pid, "link set vlab up");
+        ip_in(proxy_pid, "addr add 10.99.0.1/24 dev vproxy");
+        ip_in(proxy_pid, "link set vproxy up");
+        wait_listening(proxy_pid, &[inspecting_proxy::PORT]);
         proxy
     };
     let proxy = start_proxy(&[]);
@@ -905,20 +976,23 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
     // namespace of its own where the names resolve the same and nothing
     // listens), with the lab's proxy variables and the five CA variables
     // naming `ca_bundle` (none: the gate is off, the lab keeps its defaults).
-    let run_cell = |ca_bundle: Option<&Path>, servers: bool| {
+    let run_cell_as = |ca_bundle: Option<&Path>, servers: bool, proxied: bool| {
         let mut command = if servers {
             let mut c = std::process::Command::new("nsenter");
             c.args(["--target", &pid.to_string(), "--net", "--mount", "--"]);
             c.arg(&python);
             c
         } else {
-            namespaced(&python)
+            namespaced(&lab_hosts, &python)
         };
         command
             .arg(&cell)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .envs(inspecting_proxy::lab_env("ns", &outbound::REACHED_DIRECTLY));
+        if !proxied {
+            command.env_remove("HTTPS_PROXY").env_remove("https_proxy");
+        }
         if let Some(path) = ca_bundle {
             for variable in hubtrust_harness::pki::CA_VARIABLES {
                 command.env(variable, path);
@@ -928,17 +1002,69 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8(out.stdout).unwrap()
     };
+    let run_cell = |ca_bundle: Option<&Path>, servers: bool| run_cell_as(ca_bundle, servers, true);
     let trust = |merge: bool| OrgTrust {
         configmap_present: true,
         merge_into_labs: merge,
         hub_included: false,
     };
 
-    let said = outbound::judge(&trust(true), &targets, &run_cell(Some(&merged), true)).unwrap();
+    // The proxy's interface captured while the lab's tools fetch, judged
+    // as the kind bring-up judges the proxy pod's eth0.
+    let proxy_pid = proxy.0.id();
+    let places = proxy_wire::ProxyPlaces {
+        proxy_pod: "hubtrust-inspecting-proxy".into(),
+        proxy_ip: [10, 99, 0, 1].into(),
+        internet_service: outbound::INTERNET_SERVICE.into(),
+        internet_ip: [10, 99, 0, 3].into(),
+    };
+    let names: std::collections::BTreeMap<std::net::Ipv4Addr, String> = [
+        (places.proxy_ip, places.proxy_pod.clone()),
+        ([10, 99, 0, 2].into(), "jupyter-alice".to_string()),
+        (places.internet_ip, places.internet_service.clone()),
+    ]
+    .into();
+    let lab_env: std::collections::BTreeMap<String, String> =
+        inspecting_proxy::lab_env("ns", &outbound::REACHED_DIRECTLY)
+            .into_iter()
+            .collect();
+    let wire_dir = dir.join("proxy-wire");
+    let through_proxy = |proxied: bool| {
+        let (evidence, printed) = capture_in(proxy_pid, "vproxy", &wire_dir, || {
+            run_cell_as(Some(&merged), true, proxied)
+        });
+        let census = hubtrust_harness::capture::WireCensus::build(vec![evidence], &names);
+        (
+            proxy_wire::judge(&printed, &targets, &census, &places, &lab_env),
+            printed,
+        )
+    };
+    let (paths, printed) = through_proxy(true);
+    let paths = paths.unwrap();
+    // Three tools, two bundles, four servers behind the proxy: each fetch
+    // seen arriving with its own CONNECT, and the proxy going on to each
+    // port of the internet Service.
+    assert_eq!(paths.tunnelled_runs, 24, "{paths:?}");
+    assert_eq!(
+        paths.legs.keys().copied().collect::<Vec<u16>>(),
+        [7443, 7444, 7445, 7446],
+        "{paths:?}"
+    );
+    let said = outbound::judge(&trust(true), &targets, &printed).unwrap();
     assert!(
         said[0].starts_with("with the merged bundle each tool verified the org-CA server and the public server re-signed by the inspecting proxy"),
         "{said:?}"
     );
+    // A lab whose tools skip the proxy reaches the internet directly: the
+    // proxy's interface sees none of those fetches, and each is named.
+    let (bypassed, _) = through_proxy(false);
+    let err = bypassed.unwrap_err();
+    for tool in ["python urllib", "requests", "curl"] {
+        assert!(
+            err.contains(&format!("{tool} → public server via the inspecting proxy with the merged bundle: bypassed the inspecting proxy")),
+            "{err}"
+        );
+    }
     // Every tool ran: none is only "not checked".
     assert_eq!(said.len(), 1, "{said:?}");
     let said = outbound::judge(&trust(false), &targets, &run_cell(None, true)).unwrap();

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use super::in_cluster::{ExpectedFlow, WireCapture};
 use super::names::dns_names;
 use super::objects::{pod, service};
 use super::RuntimeImage;
@@ -65,6 +66,19 @@ pub fn mitmdump_args(confdir: &Path, upstream_trust: &Path) -> Vec<String> {
             upstream_trust.display()
         ),
     ]
+}
+
+/// The proxy's pod, captured from before the first lab's spawn: the
+/// lab's fetches through it must show their CONNECTs arriving and the
+/// proxy's own connections going on to `hubtrust-internet`. Judged apart
+/// from the other captures, since a CONNECT is plain HTTP by design.
+pub fn wire_capture() -> WireCapture {
+    WireCapture {
+        what: "the inspecting proxy".into(),
+        selector: format!("app.kubernetes.io/name={SERVICE}"),
+        across_spawn: true,
+        expected: vec![ExpectedFlow::Into { port: PORT }],
+    }
 }
 
 /// The proxy's pod and Service. mitmproxy writes beside its CA file, so

@@ -20,6 +20,7 @@ mod objects;
 pub mod outbound;
 pub mod plan;
 pub mod preflight;
+pub mod proxy_wire;
 pub mod public_check;
 pub mod run;
 

@@ -304,11 +304,19 @@ pub fn cell(targets: &[Target], system_bundle: &str) -> String {
     let config = json!({
         "targets": targets
             .iter()
-            .map(|t| json!({ "name": t.name, "url": t.url, "marker": t.marker }))
+            .map(|t| json!({
+                "name": t.name,
+                "url": t.url,
+                "marker": t.marker,
+                "proxied": t.server.behind_proxy(),
+            }))
             .collect::<Vec<_>>(),
         "system_bundle": system_bundle,
     });
-    format!("CONFIG = {config}\n{FETCH_SCRIPT}")
+    // JSON inside a Python string literal (JSON's string escapes are
+    // Python's too): JSON's `true` is not Python.
+    let literal = serde_json::to_string(&config.to_string()).unwrap_or_default();
+    format!("import json\nCONFIG = json.loads({literal})\n{FETCH_SCRIPT}")
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,13 +324,27 @@ struct Printed {
     fetches: Vec<Fetch>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Fetch {
-    tool: String,
-    target: String,
-    bundle: String,
-    outcome: String,
-    detail: String,
+/// One tool's fetch of one target, as the cell printed it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Fetch {
+    pub tool: String,
+    pub target: String,
+    /// `environment` (the lab's own variables) or `system bundle alone`.
+    pub bundle: String,
+    /// `verified`, `refused-certificate`, `error` or `absent`.
+    pub outcome: String,
+    pub detail: String,
+    /// Through the inspecting proxy: the user name its proxy URL carried,
+    /// so its CONNECT can be found on the wire.
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+/// The fetches the cell printed.
+pub fn fetches(printed: &str) -> std::result::Result<Vec<Fetch>, String> {
+    let printed: Printed = serde_json::from_str(printed.trim())
+        .map_err(|e| format!("the lab's fetch report is not readable ({e}): {printed}"))?;
+    Ok(printed.fetches)
 }
 
 const ENVIRONMENT: &str = "environment";
@@ -336,13 +358,12 @@ pub fn judge(
     targets: &[Target],
     printed: &str,
 ) -> std::result::Result<Vec<String>, String> {
-    let printed: Printed = serde_json::from_str(printed.trim())
-        .map_err(|e| format!("the lab's fetch report is not readable ({e}): {printed}"))?;
+    let fetched = fetches(printed)?;
     let org_trusted = trust.merge_into_labs && trust.configmap_present;
     let mut problems = Vec::new();
     let mut said = Vec::new();
     let mut ran_python = false;
-    for fetch in &printed.fetches {
+    for fetch in &fetched {
         let server = targets
             .iter()
             .find(|t| t.name == fetch.target)

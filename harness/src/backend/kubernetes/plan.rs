@@ -115,6 +115,9 @@ pub struct KubernetesPlan {
     /// The pods whose own interfaces are captured for wire evidence, once
     /// the probes passed (kind only: their namespaces are on this machine).
     pub wire: Vec<WireCapture>,
+    /// The inspecting proxy's pod, captured across the first spawn, when
+    /// the run has one (kind with an org CA hubtrust made).
+    pub proxy_wire: Option<WireCapture>,
     /// What the probes judge each endpoint's TLS by: the stack's policy.
     pub tls_policy: crate::tls_policy::TlsPolicySpec,
     /// Runs on every path out: success, failure, Ctrl-C, and from the
@@ -688,6 +691,8 @@ pub fn plan(
         } else {
             in_cluster::planned_wire(&deployment.user)
         },
+        proxy_wire: (!probes.is_empty() && deployment.inspecting_proxy().is_some())
+            .then(super::inspecting_proxy::wire_capture),
         probes,
         tls_policy: deployment.tls_policy.clone(),
         teardown,
@@ -776,6 +781,13 @@ impl KubernetesPlan {
             let _ = writeln!(
                 out,
                 "- then the hub API and the lab are asked through the proxy; every flow TLS 1.2 or newer, else fail; evidence that cannot be trusted, or an expected connection not seen, is inconclusive"
+            );
+        }
+        if let Some(capture) = &self.proxy_wire {
+            let _ = writeln!(
+                out,
+                "- capture eth0 of {}'s pod (-l {}) from before the first lab's spawn; each lab fetch through it must show its own tagged CONNECT arriving and the proxy's connection on to hubtrust-internet; judged apart (a CONNECT is plain HTTP by design)",
+                capture.what, capture.selector
             );
         }
         let _ = writeln!(

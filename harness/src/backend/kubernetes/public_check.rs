@@ -62,6 +62,9 @@ pub struct PublicSideSeen {
     /// The lab's own tools against the org-CA and foreign-CA servers;
     /// `Err` of a reason when they could not be tried.
     pub tools: Option<std::result::Result<Result<Vec<String>>, String>>,
+    /// What the cell printed of its fetches (`outbound::fetches` reads
+    /// it), when the tools ran against hubtrust's servers.
+    pub fetches: Option<String>,
 }
 
 /// The hub answers over verified TLS, the first user's lab spawns and
@@ -156,6 +159,7 @@ pub async fn check(
         lab_ready_after_seconds: report.lab_ready_after_seconds,
         org_bundle,
         tools,
+        fetches: (!outbound_targets.is_empty()).then(|| fetch_lines.to_string()),
     })
 }
 
