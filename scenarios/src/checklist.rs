@@ -21,6 +21,8 @@ pub struct Checklist {
     /// Seconds from the list's start until the deployment and its first
     /// lab were ready; `None` while they are not.
     pub ready_seconds: Option<f64>,
+    /// Findings a listed upstream defect explains: shown, not failed.
+    pub known_defects: Vec<hubtrust_harness::known_defects::KnownDefectHit>,
 }
 
 impl Checklist {
@@ -30,6 +32,7 @@ impl Checklist {
             started: Instant::now(),
             results: Vec::new(),
             ready_seconds: None,
+            known_defects: Vec::new(),
         }
     }
 

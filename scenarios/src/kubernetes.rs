@@ -103,6 +103,7 @@ pub fn run_command(args: KubernetesArgs<'_>, tags: Option<&str>, report_dir: &Pa
         scenarios: list.results.clone(),
         seconds: started.elapsed().as_secs_f64(),
         stack_ready_seconds: list.ready_seconds,
+        known_defects: list.known_defects.clone(),
         peak_rss_kb: crate::measure::peak_rss_kb(),
         ..RunReport::default()
     };
@@ -377,6 +378,8 @@ const WIRE: &str =
     "Every connection between the hub's, the proxy's and the lab's pods is TLS on the wire";
 const TORN_DOWN: &str = "Everything the run made is removed";
 const OUTSIDE: &str = "Probe from outside, through the public URL";
+const SECRETS: &str =
+    "Private keys and the hub's secrets are readable only by their component's user and group";
 const PROXY_WIRE: &str =
     "Every fetch through the inspecting proxy crossed it on the wire: lab to proxy, then proxy to internet";
 
@@ -579,6 +582,13 @@ fn check_deployment(
             let early = early.context("the captures were not started")??;
             wire_from_inside(runtime, deployment, plan, early)
         });
+    }
+    if !plan.secret_files.is_empty() {
+        let mut known = Vec::new();
+        list.check(SECRETS, no_lab, || {
+            check_secret_files(deployment, plan, &mut known)
+        });
+        list.known_defects.extend(known);
     }
     probe_from_inside(list, deployment, plan, no_lab);
     match (&public, no_lab) {
@@ -1050,30 +1060,165 @@ fn judge_proxy_wire(
     }
 }
 
+/// Every secret file of the hub's, the proxy's and the first lab's pods,
+/// read as root through the component's own `/proc/<pid>/root` and judged
+/// against the component's own user and groups. Findings an upstream is
+/// known for (`fixtures/known-defects.toml`, `secret-modes`) are said, not
+/// failed; an entry that no longer reproduces fails.
+fn check_secret_files(
+    deployment: &Deployment,
+    plan: &KubernetesPlan,
+    known_hits: &mut Vec<hubtrust_harness::known_defects::KnownDefectHit>,
+) -> anyhow::Result<Outcome> {
+    use hubtrust_harness::backend::kubernetes::secret_modes;
+    use hubtrust_harness::known_defects::KnownDefects;
+    let known = KnownDefects::builtin()?;
+    let versions: BTreeMap<String, String> = [(
+        "zero-to-jupyterhub".to_string(),
+        deployment.chart.version.clone(),
+    )]
+    .into();
+    let mut findings: Vec<(String, String, String)> = Vec::new();
+    let mut looked = Vec::new();
+    for pod in &plan.secret_files {
+        let name = command::run(&kubernetes::plan::pod_named_by_command(
+            &deployment.target,
+            &deployment.namespace,
+            &pod.selector,
+        ))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", pod.what))?
+        .stdout
+        .trim()
+        .to_string();
+        anyhow::ensure!(
+            !name.is_empty(),
+            "no pod of {} (-l {}) is running",
+            pod.what,
+            pod.selector
+        );
+        let uid = pod_uid(deployment, &name)?;
+        let pid = in_cluster::pod_process_running(Path::new("/proc"), &uid, &pod.process)
+            .with_context(|| {
+                format!(
+                    "no process of {}'s pod {name} runs `{}` on this machine",
+                    pod.what, pod.process
+                )
+            })?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("read /proc/{pid}/status"))?;
+        let ids = secret_modes::parse_status(&status)
+            .with_context(|| format!("/proc/{pid}/status names no user and group"))?;
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let mut files = Vec::new();
+        for dir in &pod.dirs {
+            let out = as_root("find")
+                .args(secret_modes::find_args(&root, dir))
+                .stdin(Stdio::null())
+                .output()
+                .context("run find")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "listing {}'s {} failed: {}",
+                pod.what,
+                dir.path,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            files.extend(secret_modes::parse_find(
+                &String::from_utf8_lossy(&out.stdout),
+                &root,
+            ));
+        }
+        // Nothing found shows nothing: never a pass.
+        anyhow::ensure!(
+            !files.is_empty(),
+            "no secret file was found in {}'s {}: the check shows nothing",
+            pod.what,
+            pod.dirs
+                .iter()
+                .map(|d| d.path.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        eprintln!(
+            "· {} secret files of {} (uid {}, groups {:?}) read",
+            files.len(),
+            pod.what,
+            ids.uid,
+            ids.groups
+        );
+        looked.push(pod.what.clone());
+        for file in &files {
+            if let Some(why) = secret_modes::judge(file, &ids) {
+                let name = secret_modes::file_name(&file.path).to_string();
+                findings.push((pod.what.clone(), name, why));
+            }
+        }
+    }
+    let sorted = known.sort(
+        "secret-modes",
+        findings,
+        &versions,
+        &looked,
+        |(what, name, _)| (what.clone(), name.clone()),
+    );
+    for (defect, (what, _, why)) in &sorted.known {
+        eprintln!("· known defect {}: {what}: {why}", defect.id);
+        known_hits.push(hubtrust_harness::known_defects::KnownDefectHit {
+            scenario: SECRETS.into(),
+            id: defect.id.clone(),
+            finding: format!("{what}: {why}"),
+            reason: defect.reason.clone(),
+            upstream: defect.upstream.clone(),
+        });
+    }
+    let mut problems: Vec<String> = sorted
+        .unknown
+        .iter()
+        .map(|(what, _, why)| format!("{what}: {why}"))
+        .collect();
+    problems.extend(sorted.stale.iter().map(|d| {
+        format!(
+            "known defect `{}` no longer reproduces (fix: remove it from fixtures/known-defects.toml)",
+            d.id
+        )
+    }));
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(Outcome::Passed)
+}
+
 /// hubtrust itself, as root: through `sudo -n` when it is not root (the
 /// GitHub runner's passwordless sudo), to enter a pod's namespaces.
 fn hubtrust_as_root() -> anyhow::Result<std::process::Command> {
     let exe = std::env::current_exe().context("find hubtrust's own executable")?;
-    Ok(if nix::unistd::geteuid().is_root() {
-        std::process::Command::new(exe)
-    } else {
-        let mut sudo = std::process::Command::new("sudo");
-        sudo.arg("-n").arg(exe);
-        sudo
-    })
+    Ok(as_root(exe))
 }
 
-/// The pid, on this machine, of a process of `pod`.
-fn pod_process(deployment: &Deployment, pod: &str) -> anyhow::Result<u32> {
-    use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan};
-    let uid = command::run(&plan::pod_uid_command(
+/// `program`, as root: through `sudo -n` when hubtrust is not root.
+fn as_root(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    if nix::unistd::geteuid().is_root() {
+        std::process::Command::new(program)
+    } else {
+        let mut sudo = std::process::Command::new("sudo");
+        sudo.arg("-n").arg(program);
+        sudo
+    }
+}
+
+/// The pod's UID, which names its cgroup.
+fn pod_uid(deployment: &Deployment, pod: &str) -> anyhow::Result<String> {
+    let uid = command::run(&kubernetes::plan::pod_uid_command(
         &deployment.target,
         &deployment.namespace,
         pod,
     ))
     .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
-    let uid = uid.stdout.trim();
-    in_cluster::pod_process(Path::new("/proc"), uid).ok_or_else(|| {
+    Ok(uid.stdout.trim().to_string())
+}
+
+/// The pid, on this machine, of a process of `pod`.
+fn pod_process(deployment: &Deployment, pod: &str) -> anyhow::Result<u32> {
+    let uid = pod_uid(deployment, pod)?;
+    in_cluster::pod_process(Path::new("/proc"), &uid).ok_or_else(|| {
         anyhow::anyhow!(
             "the in-cluster probe: no process of pod {pod} (UID {uid}) is on this machine: it enters a pod's network namespace from the machine that runs the kind node"
         )

@@ -25,7 +25,7 @@ pub const CA_CERTS_SECRET: &str = "hubtrust-ca-certs";
 /// public leaf and CHP's internal certificates, since the proxy pod has no
 /// other volume to take them from.
 pub const PROXY_TLS_SECRET: &str = "hubtrust-proxy-tls";
-const CHP_TLS_DIR: &str = "/etc/chp/tls";
+pub const CHP_TLS_DIR: &str = "/etc/chp/tls";
 
 /// The ConfigMap trust-manager would project (key `ca-certificates.crt`).
 pub const ORG_TRUST_CONFIGMAP: &str = "hubtrust-org-trust";

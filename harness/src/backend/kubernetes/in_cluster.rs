@@ -189,21 +189,40 @@ pub fn prober_pods(namespace: &str, image: &str, probes: &[PlannedProbe]) -> Val
 /// the kubelet puts each pod's containers in a cgroup named after the pod's
 /// UID (dashes become underscores under the systemd cgroup driver).
 pub fn pod_process(proc_root: &Path, uid: &str) -> Option<u32> {
+    pod_processes(proc_root, uid).into_iter().next()
+}
+
+/// The pid of the pod's process whose command line holds `needle`: a
+/// container's own process, whose root is that container's filesystem
+/// (the first process of a pod is usually its pause container's).
+pub fn pod_process_running(proc_root: &Path, uid: &str, needle: &str) -> Option<u32> {
+    pod_processes(proc_root, uid).into_iter().find(|pid| {
+        std::fs::read(proc_root.join(pid.to_string()).join("cmdline"))
+            .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+            .unwrap_or(false)
+    })
+}
+
+/// Every process of the pod with `uid`, lowest pid first.
+fn pod_processes(proc_root: &Path, uid: &str) -> Vec<u32> {
     if uid.is_empty() {
-        return None;
+        return Vec::new();
     }
     let needles = [format!("pod{uid}"), format!("pod{}", uid.replace('-', "_"))];
-    let mut pids: Vec<u32> = std::fs::read_dir(proc_root)
-        .ok()?
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
-    pids.into_iter().find(|pid| {
+    pids.retain(|pid| {
         std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup"))
             .map(|text| needles.iter().any(|n| text.contains(n.as_str())))
             .unwrap_or(false)
-    })
+    });
+    pids
 }
 
 /// Files the probe reads.
@@ -564,6 +583,19 @@ mod tests {
         assert_eq!(pod_process(&root, "9e8d-7c6b"), Some(30));
         assert_eq!(pod_process(&root, "0000-1111"), None);
         assert_eq!(pod_process(&root, ""), None);
+        // The pod's pause process comes first; its lab, by command line.
+        cgroup(31, "0::/kubepods/besteffort/pod9e8d-7c6b/f01\n");
+        std::fs::write(root.join("30/cmdline"), "/pause\0").unwrap();
+        std::fs::write(
+            root.join("31/cmdline"),
+            "/opt/conda/bin/python3\0/opt/conda/bin/jupyterhub-singleuser\0",
+        )
+        .unwrap();
+        assert_eq!(
+            pod_process_running(&root, "9e8d-7c6b", "jupyterhub-singleuser"),
+            Some(31)
+        );
+        assert_eq!(pod_process_running(&root, "9e8d-7c6b", "jupyterhub "), None);
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -23,6 +23,7 @@ pub mod preflight;
 pub mod proxy_wire;
 pub mod public_check;
 pub mod run;
+pub mod secret_modes;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -118,6 +118,9 @@ pub struct KubernetesPlan {
     /// The inspecting proxy's pod, captured across the first spawn, when
     /// the run has one (kind with an org CA hubtrust made).
     pub proxy_wire: Option<WireCapture>,
+    /// Each pod's secret files, read through its `/proc/<pid>/root` (kind
+    /// only, like the captures).
+    pub secret_files: Vec<super::secret_modes::PodSecrets>,
     /// What the probes judge each endpoint's TLS by: the stack's policy.
     pub tls_policy: crate::tls_policy::TlsPolicySpec,
     /// Runs on every path out: success, failure, Ctrl-C, and from the
@@ -693,6 +696,11 @@ pub fn plan(
         },
         proxy_wire: (!probes.is_empty() && deployment.inspecting_proxy().is_some())
             .then(super::inspecting_proxy::wire_capture),
+        secret_files: if probes.is_empty() {
+            Vec::new()
+        } else {
+            super::secret_modes::planned(&deployment.user)
+        },
         probes,
         tls_policy: deployment.tls_policy.clone(),
         teardown,
@@ -782,6 +790,29 @@ impl KubernetesPlan {
                 out,
                 "- then the hub API and the lab are asked through the proxy; every flow TLS 1.2 or newer, else fail; evidence that cannot be trusted, or an expected connection not seen, is inconclusive"
             );
+        }
+        if !self.secret_files.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n## secrets, read through each pod's /proc/<pid>/root as root: no bit for other users, group bits only for a group the component runs in"
+            );
+            for pod in &self.secret_files {
+                let dirs: Vec<String> = pod
+                    .dirs
+                    .iter()
+                    .map(|d| match d.kind {
+                        super::secret_modes::Kind::PrivateKeys => format!("{}/*.key", d.path),
+                        super::secret_modes::Kind::Everything => format!("{}/*", d.path),
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "- {} (-l {}): {}",
+                    pod.what,
+                    pod.selector,
+                    dirs.join(", ")
+                );
+            }
         }
         if let Some(capture) = &self.proxy_wire {
             let _ = writeln!(
