@@ -54,6 +54,37 @@ impl Inventory {
         Ok(Self { certificates })
     }
 
+    /// Whether `internal-ssl/<ca>/<ca>.crt` is there and is a CA.
+    pub fn lists_internal_ca(&self, ca: &str) -> bool {
+        self.certificates
+            .iter()
+            .any(|c| c.source == "internal-ssl" && c.path == format!("{ca}/{ca}.crt") && c.is_ca)
+    }
+
+    /// Each internal leaf that is not RSA of at least `bits` bits with
+    /// both serverAuth and clientAuth, described; Err when there is no
+    /// internal leaf at all (nothing was shown).
+    pub fn weak_internal_leaves(&self, bits: usize) -> std::result::Result<Vec<String>, String> {
+        let leaves: Vec<_> = self
+            .certificates
+            .iter()
+            .filter(|c| c.source == "internal-ssl" && !c.is_ca && c.certificates_in_file == 1)
+            .collect();
+        if leaves.is_empty() {
+            return Err("no internal leaf certificate was found".into());
+        }
+        Ok(leaves
+            .iter()
+            .filter(|c| {
+                c.key_type != "RSA"
+                    || c.key_bits < bits
+                    || !c.eku.iter().any(|e| e == "serverAuth")
+                    || !c.eku.iter().any(|e| e == "clientAuth")
+            })
+            .map(|c| format!("{}: {} {} EKU {:?}", c.path, c.key_type, c.key_bits, c.eku))
+            .collect())
+    }
+
     /// Key files whose mode lets anyone but the owner read them.
     pub fn exposed_keys(&self) -> Vec<(String, String)> {
         self.certificates

@@ -23,6 +23,8 @@ pub struct Checklist {
     pub ready_seconds: Option<f64>,
     /// Findings a listed upstream defect explains: shown, not failed.
     pub known_defects: Vec<hubtrust_harness::known_defects::KnownDefectHit>,
+    /// The certificates the deployment holds, when they were read.
+    pub inventory: Option<hubtrust_harness::inventory::Inventory>,
 }
 
 impl Checklist {
@@ -33,6 +35,7 @@ impl Checklist {
             results: Vec::new(),
             ready_seconds: None,
             known_defects: Vec::new(),
+            inventory: None,
         }
     }
 

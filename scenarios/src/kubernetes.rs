@@ -104,6 +104,7 @@ pub fn run_command(args: KubernetesArgs<'_>, tags: Option<&str>, report_dir: &Pa
         seconds: started.elapsed().as_secs_f64(),
         stack_ready_seconds: list.ready_seconds,
         known_defects: list.known_defects.clone(),
+        inventory: list.inventory.clone(),
         peak_rss_kb: crate::measure::peak_rss_kb(),
         ..RunReport::default()
     };
@@ -378,6 +379,8 @@ const WIRE: &str =
     "Every connection between the hub's, the proxy's and the lab's pods is TLS on the wire";
 const TORN_DOWN: &str = "Everything the run made is removed";
 const OUTSIDE: &str = "Probe from outside, through the public URL";
+const INVENTORY: &str =
+    "Every certificate in the hub's store is inventoried: the five internal CAs, every leaf RSA of 2048 bits or more with serverAuth and clientAuth";
 const SECRETS: &str =
     "Private keys and the hub's secrets are readable only by their component's user and group";
 const PROXY_WIRE: &str =
@@ -584,6 +587,40 @@ fn check_deployment(
         });
     }
     if !plan.secret_files.is_empty() {
+        let mut inventory = None;
+        list.check(INVENTORY, no_lab, || {
+            let taken = inventory_of_hub_store(deployment)?;
+            let missing: Vec<&str> = hubtrust_harness::trust::InternalCa::ALL
+                .iter()
+                .map(|ca| ca.dir_name())
+                .filter(|ca| !taken.lists_internal_ca(ca))
+                .collect();
+            let weak = taken.weak_internal_leaves(2048).map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "· {} certificates in the hub's store, {}'s lab certificate among them",
+                taken.certificates.len(),
+                deployment.user
+            );
+            let user_cert = format!("user-{}/user-{}.crt", deployment.user, deployment.user);
+            let lab_listed = taken.certificates.iter().any(|c| c.path == user_cert);
+            inventory = Some(taken);
+            anyhow::ensure!(
+                missing.is_empty(),
+                "internal CAs missing from the hub's store: {}",
+                missing.join(", ")
+            );
+            anyhow::ensure!(
+                weak.is_empty(),
+                "internal leaves that fall short:\n  {}",
+                weak.join("\n  ")
+            );
+            anyhow::ensure!(
+                lab_listed,
+                "the hub's store holds no {user_cert}: the certificate JupyterHub makes for the lab at spawn"
+            );
+            Ok(Outcome::Passed)
+        });
+        list.inventory = inventory;
         let mut known = Vec::new();
         list.check(SECRETS, no_lab, || {
             check_secret_files(deployment, plan, &mut known)
@@ -1060,6 +1097,68 @@ fn judge_proxy_wire(
     }
 }
 
+/// The certificates of the hub's internal store as the running hub holds
+/// them (the lab's, made at spawn, among them), copied out of its pod as
+/// root without the keys, then inventoried as on the other backends.
+fn inventory_of_hub_store(
+    deployment: &Deployment,
+) -> anyhow::Result<hubtrust_harness::inventory::Inventory> {
+    use hubtrust_harness::backend::kubernetes::chart::INTERNAL_SSL_DIR;
+    let name = command::run(&kubernetes::plan::pod_named_by_command(
+        &deployment.target,
+        &deployment.namespace,
+        "component=hub",
+    ))
+    .map_err(|e| anyhow::anyhow!("the hub's pod: {e}"))?
+    .stdout
+    .trim()
+    .to_string();
+    anyhow::ensure!(!name.is_empty(), "no hub pod (-l component=hub) is running");
+    let uid = pod_uid(deployment, &name)?;
+    let pid = in_cluster::pod_process_running(Path::new("/proc"), &uid, "jupyterhub")
+        .with_context(|| {
+            format!("no process of the hub's pod {name} runs `jupyterhub` on this machine")
+        })?;
+    let store =
+        PathBuf::from(format!("/proc/{pid}/root")).join(INTERNAL_SSL_DIR.trim_start_matches('/'));
+    let copy = deployment.run_dir.join("hub-store");
+    copy_without_keys(&store, &copy)?;
+    Ok(hubtrust_harness::inventory::Inventory::scan(&[(
+        "internal-ssl",
+        copy.as_path(),
+    )])?)
+}
+
+/// `from` (read as root) copied to `to`, every `*.key` left behind.
+fn copy_without_keys(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    let mut packed = as_root("tar")
+        .arg("-C")
+        .arg(from)
+        .args(["--exclude=*.key", "-cf", "-", "."])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run tar")?;
+    let stream = packed.stdout.take().context("tar has no stdout")?;
+    let unpacked = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(to)
+        .args(["--no-same-owner", "-xf", "-"])
+        .stdin(stream)
+        .status()
+        .context("run tar to unpack")?;
+    let packed = packed.wait_with_output().context("wait for tar")?;
+    anyhow::ensure!(
+        packed.status.success() && unpacked.success(),
+        "copying {} failed: {}",
+        from.display(),
+        String::from_utf8_lossy(&packed.stderr).trim()
+    );
+    Ok(())
+}
+
 /// Every secret file of the hub's, the proxy's and the first lab's pods,
 /// read as root through the component's own `/proc/<pid>/root` and judged
 /// against the component's own user and groups. Findings an upstream is
@@ -1358,5 +1457,26 @@ impl Reaper {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = writeln!(stdin, "{STAND_DOWN}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_is_copied_out_without_its_keys() {
+        let dir = std::env::temp_dir().join(format!("hubtrust-copy-store-{}", std::process::id()));
+        let store = dir.join("store/hub-internal");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::write(store.join("hub-internal.crt"), "cert").unwrap();
+        std::fs::write(store.join("hub-internal.key"), "key").unwrap();
+        let copied = copy_without_keys(&dir.join("store"), &dir.join("copy"));
+        let crt = dir.join("copy/hub-internal/hub-internal.crt").exists();
+        let key = dir.join("copy/hub-internal/hub-internal.key").exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        copied.unwrap();
+        assert!(crt, "the certificate was not copied");
+        assert!(!key, "a private key was copied out");
     }
 }

@@ -46,10 +46,7 @@ fn lists_internal_ca(world: &mut Operator, ca: String) -> anyhow::Result<()> {
         .inventory
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no inventory was taken"))?;
-    let found = inventory
-        .certificates
-        .iter()
-        .any(|c| c.source == "internal-ssl" && c.path == format!("{ca}/{ca}.crt") && c.is_ca);
+    let found = inventory.lists_internal_ca(&ca);
     anyhow::ensure!(found, "internal-ssl/{ca}/{ca}.crt is missing or not a CA");
     Ok(())
 }
@@ -60,22 +57,9 @@ fn internal_leaves_are_strong(world: &mut Operator, bits: usize) -> anyhow::Resu
         .inventory
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no inventory was taken"))?;
-    let leaves: Vec<_> = inventory
-        .certificates
-        .iter()
-        .filter(|c| c.source == "internal-ssl" && !c.is_ca && c.certificates_in_file == 1)
-        .collect();
-    anyhow::ensure!(!leaves.is_empty(), "no internal leaf certificate was found");
-    let weak: Vec<String> = leaves
-        .iter()
-        .filter(|c| {
-            c.key_type != "RSA"
-                || c.key_bits < bits
-                || !c.eku.iter().any(|e| e == "serverAuth")
-                || !c.eku.iter().any(|e| e == "clientAuth")
-        })
-        .map(|c| format!("{}: {} {} EKU {:?}", c.path, c.key_type, c.key_bits, c.eku))
-        .collect();
+    let weak = inventory
+        .weak_internal_leaves(bits)
+        .map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         weak.is_empty(),
         "internal leaves that fall short:\n  {}",
