@@ -586,39 +586,12 @@ fn check_deployment(
             wire_from_inside(runtime, deployment, plan, early)
         });
     }
+    // Kind only, like the captures: the pods' filesystems are on this
+    // machine.
     if !plan.secret_files.is_empty() {
         let mut inventory = None;
         list.check(INVENTORY, no_lab, || {
-            let taken = inventory_of_hub_store(deployment)?;
-            let missing: Vec<&str> = hubtrust_harness::trust::InternalCa::ALL
-                .iter()
-                .map(|ca| ca.dir_name())
-                .filter(|ca| !taken.lists_internal_ca(ca))
-                .collect();
-            let weak = taken.weak_internal_leaves(2048).map_err(anyhow::Error::msg)?;
-            eprintln!(
-                "· {} certificates in the hub's store, {}'s lab certificate among them",
-                taken.certificates.len(),
-                deployment.user
-            );
-            let user_cert = format!("user-{}/user-{}.crt", deployment.user, deployment.user);
-            let lab_listed = taken.certificates.iter().any(|c| c.path == user_cert);
-            inventory = Some(taken);
-            anyhow::ensure!(
-                missing.is_empty(),
-                "internal CAs missing from the hub's store: {}",
-                missing.join(", ")
-            );
-            anyhow::ensure!(
-                weak.is_empty(),
-                "internal leaves that fall short:\n  {}",
-                weak.join("\n  ")
-            );
-            anyhow::ensure!(
-                lab_listed,
-                "the hub's store holds no {user_cert}: the certificate JupyterHub makes for the lab at spawn"
-            );
-            Ok(Outcome::Passed)
+            check_inventory(deployment, &mut inventory)
         });
         list.inventory = inventory;
         let mut known = Vec::new();
@@ -664,7 +637,7 @@ fn probe_from_outside(
             closed: Vec::new(),
             identities: Vec::new(),
             hub_token: Some(deployment.service_token.clone()),
-            user_token: None,
+            user_token: Some(runtime.block_on(public_check::user_token(deployment, address))?),
             proxy_api: None,
             policy: deployment.tls_policy.clone(),
             strict: false,
@@ -1095,6 +1068,46 @@ fn judge_proxy_wire(
             None => anyhow::bail!("{why}"),
         },
     }
+}
+
+/// The inventory of the running hub's store (kept in `taken` for the
+/// report, whatever the verdict): the five internal CAs, every leaf RSA of
+/// 2048 bits or more with serverAuth and clientAuth, and the lab's own
+/// certificate, made at spawn.
+fn check_inventory(
+    deployment: &Deployment,
+    taken: &mut Option<hubtrust_harness::inventory::Inventory>,
+) -> anyhow::Result<Outcome> {
+    let inventory = taken.insert(inventory_of_hub_store(deployment)?);
+    let missing: Vec<&str> = hubtrust_harness::trust::InternalCa::ALL
+        .iter()
+        .map(|ca| ca.dir_name())
+        .filter(|ca| !inventory.lists_internal_ca(ca))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "internal CAs missing from the hub's store: {}",
+        missing.join(", ")
+    );
+    let weak = inventory
+        .weak_internal_leaves(2048)
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        weak.is_empty(),
+        "internal leaves that fall short:\n  {}",
+        weak.join("\n  ")
+    );
+    let user = &deployment.user;
+    let lab_cert = format!("user-{user}/user-{user}.crt");
+    anyhow::ensure!(
+        inventory.certificates.iter().any(|c| c.path == lab_cert),
+        "the hub's store holds no {lab_cert}: the certificate JupyterHub makes for the lab at spawn"
+    );
+    eprintln!(
+        "· {} certificates in the hub's store, {user}'s lab certificate among them",
+        inventory.certificates.len()
+    );
+    Ok(Outcome::Passed)
 }
 
 /// The certificates of the hub's internal store as the running hub holds

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use super::{lab_trust, outbound, ClusterTarget, Deployment};
 use crate::error::{HarnessError, Result};
-use crate::hub_api::{check_public_side, operator_client, PublicSide};
+use crate::hub_api::{check_public_side, operator_client, HubApi, PublicSide};
+use crate::secret::Secret;
 
 fn failed(what: &str, message: String, fix: &str) -> HarnessError {
     HarnessError::Cluster {
@@ -161,6 +162,21 @@ pub async fn check(
         tools,
         fetches: (!outbound_targets.is_empty()).then(|| fetch_lines.to_string()),
     })
+}
+
+/// A short-lived token of the first user's own, minted through the hub
+/// API as hubtrust's service, for a probe of that user's running lab.
+pub async fn user_token(deployment: &Deployment, public: &PublicAddress) -> Result<Secret> {
+    let ca_path = deployment.run_dir.join("public/public-ca.crt");
+    let ca = std::fs::read_to_string(&ca_path)
+        .map_err(|e| HarnessError::io(format!("read {}", ca_path.display()), e))?;
+    let http = operator_client(&[&ca], "localhost", public.addr, &deployment.service_token)?;
+    HubApi {
+        http: &http,
+        base: format!("https://localhost:{}", public.addr.port()),
+    }
+    .user_token(&deployment.user)
+    .await
 }
 
 /// Asks the hub API for `deployment.user`, and that user's lab for its
