@@ -138,17 +138,20 @@ pub fn up_command(args: KubernetesArgs<'_>) -> ExitCode {
     let outcome = prepare(&args).and_then(|prepared| {
         if args.plan {
             print!("{}", prepared.plan.render());
-            return Ok(());
+            return Ok(None);
         }
         preflight::check(&prepared.deployment)?;
-        bring_up(&prepared, Purpose::Hold).map(drop)
+        bring_up(&prepared, Purpose::Hold).map(Some)
     });
-    finish(outcome)
-}
-
-fn finish(outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Some(list)) if !list.passed() => {
+            eprintln!("the deployment does not pass its checks, so it was not held:");
+            for failure in list.failures() {
+                eprintln!("failed: {failure}");
+            }
+            ExitCode::from(1)
+        }
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => usage_error(e),
     }
 }
@@ -466,10 +469,9 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
             );
         }
     }
-    let pods = match (&run, list.passed()) {
-        (Some(run), false) => run.pods_state(),
-        _ => String::new(),
-    };
+    if let (Some(run), false) = (&run, list.passed()) {
+        eprintln!("· the namespace as the checks left it:{}", run.pods_state());
+    }
     eprintln!("· tearing down");
     // A failed install tore itself down already; either way the cluster
     // is asked afterwards, not trusted.
@@ -497,12 +499,6 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
     });
     reaper.stand_down();
     held?;
-    if purpose == Purpose::Hold && !list.passed() {
-        anyhow::bail!(
-            "the deployment does not pass its checks:\n  {}{pods}",
-            list.failures().join("\n  ")
-        );
-    }
     Ok(list)
 }
 

@@ -752,7 +752,12 @@ fn a_bring_up_that_fails_on_the_cluster_keeps_every_pods_log_and_tears_down() {
     );
     let out = up_on_kind(&bin, &list).current_dir(&dir).output().unwrap();
     let said = text(&out);
-    assert_ne!(out.status.code(), Some(0), "{said}");
+    // A deployment that fails its checks is exit 1; bad input is 2.
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the deployment does not pass its checks, so it was not held"),
+        "{said}"
+    );
     assert!(
         said.contains("timed out waiting for the condition"),
         "{said}"
