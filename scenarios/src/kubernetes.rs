@@ -1475,6 +1475,10 @@ mod tests {
 
     #[test]
     fn a_store_is_copied_out_without_its_keys() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: the copy reads as root (sudo -n otherwise)");
+            return;
+        }
         let dir = std::env::temp_dir().join(format!("hubtrust-copy-store-{}", std::process::id()));
         let store = dir.join("store/hub-internal");
         std::fs::create_dir_all(&store).unwrap();
