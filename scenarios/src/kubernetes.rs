@@ -60,7 +60,12 @@ impl<'a> KubernetesArgs<'a> {
 /// `hubtrust run --backend kind|kubernetes`: the deployment brought up,
 /// every check of it run, the report written, everything torn down.
 /// Exit 0 when every check passed, 1 when one failed or none ran.
-pub fn run_command(args: KubernetesArgs<'_>, tags: Option<&str>, report_dir: &Path) -> ExitCode {
+pub fn run_command(
+    args: KubernetesArgs<'_>,
+    tags: Option<&str>,
+    report_dir: &Path,
+    keep_if_failed: bool,
+) -> ExitCode {
     let started = std::time::Instant::now();
     let outcome = (|| {
         if let Some(tags) = tags {
@@ -75,7 +80,7 @@ pub fn run_command(args: KubernetesArgs<'_>, tags: Option<&str>, report_dir: &Pa
             return Ok(None);
         }
         preflight::check(&prepared.deployment)?;
-        let list = bring_up(&prepared, Purpose::Check)?;
+        let list = bring_up(&prepared, Purpose::Check { keep_if_failed })?;
         Ok(Some((prepared, list)))
     })();
     let (prepared, list) = match outcome {
@@ -368,8 +373,9 @@ enum Purpose {
     /// `up`: once every check passed, hold the deployment until Ctrl-C or
     /// SIGTERM.
     Hold,
-    /// `run`: check it and tear it down.
-    Check,
+    /// `run`: check it and tear it down; with `keep_if_failed` (`--keep`),
+    /// a deployment that failed a check is left for inspection instead.
+    Check { keep_if_failed: bool },
 }
 
 /// The checks' names, as the report and the docs list them.
@@ -429,6 +435,12 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
     kubernetes::run::write_files(plan)?;
     std::fs::write(run_dir.join(TLS_POLICY_FILE), plan.tls_policy.to_toml())?;
 
+    let keep_if_failed = matches!(
+        purpose,
+        Purpose::Check {
+            keep_if_failed: true
+        }
+    );
     let mut reaper = Reaper::start(plan)?;
     let mut list = Checklist::new(format!(
         "Zero to JupyterHub on {} (namespace {})",
@@ -442,6 +454,7 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
             plan,
             &deployment.target,
             &mut progress,
+            keep_if_failed,
         )?);
         Ok(Outcome::Passed)
     });
@@ -471,6 +484,21 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
     }
     if let (Some(run), false) = (&run, list.passed()) {
         eprintln!("· the namespace as the checks left it:{}", run.pods_state());
+    }
+    if keep_if_failed && !list.passed() {
+        let removal = match run.as_mut() {
+            Some(run) => run.keep(),
+            None => plan.teardown.iter().map(|c| c.shell_line()).collect(),
+        };
+        reaper.stand_down();
+        let said = format!(
+            "kept for inspection (--keep), since a check failed; remove it with `{}`",
+            removal.join(" && ")
+        );
+        eprintln!("· {said}");
+        list.not_run(TORN_DOWN, said);
+        held?;
+        return Ok(list);
     }
     eprintln!("· tearing down");
     // A failed install tore itself down already; either way the cluster

@@ -193,7 +193,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "hubtrust-report")]
     pub report: PathBuf,
     /// Keep every scenario's artifacts, not only failed ones; on docker,
-    /// also keep a failed run's containers (`hubtrust down RUN` removes them).
+    /// also keep a failed run's containers (`hubtrust down RUN` removes
+    /// them); on kind or kubernetes, a failed run's cluster or namespace
+    /// (the run says how to remove it).
     #[arg(long)]
     pub keep: bool,
     /// Where the stack's hosts are made.
@@ -305,6 +307,7 @@ fn main() -> ExitCode {
                 ),
                 args.tags.as_deref(),
                 &args.report,
+                args.keep,
             )
         }
         Command::Up(args) if args.backend.deploys_a_chart() => {

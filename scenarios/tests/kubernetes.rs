@@ -210,92 +210,141 @@ fn a_cluster_that_does_not_answer_is_exit_2_naming_the_fix() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `hubtrust run --backend kubernetes --namespace NS EXTRA` where helm
+/// fails the install: what it said, its report.json, its tools' calls,
+/// and each check's (status, why) by the start of its name. The run
+/// directory goes in a temporary directory of its own, out of the sight
+/// of the tests beside it that count theirs; it must be gone after.
+struct FailedInstall {
+    said: String,
+    code: Option<i32>,
+    json: serde_json::Value,
+    calls: String,
+    dir: PathBuf,
+}
+
+impl FailedInstall {
+    fn run(name: &str, namespace: &str, extra: &[&str]) -> Self {
+        let dir = scratch(name);
+        let bin = fake_tools(
+            &dir,
+            &[
+                (
+                    "helm",
+                    "case \"$*\" in *install*) echo 'Error: INSTALLATION FAILED: context deadline exceeded' >&2; exit 1 ;; esac; exit 0",
+                ),
+                (
+                    "kubectl",
+                    "case \"$*\" in *readyz*) echo ok ;; esac; exit 0",
+                ),
+            ],
+        );
+        let (list, _) = pinned_list(&dir);
+        let report = dir.join("report");
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let out = hubtrust()
+            .args(["run", "--backend", "kubernetes", "--namespace", namespace])
+            .args(extra)
+            .arg("--images")
+            .arg(&list)
+            .arg("--report")
+            .arg(&report)
+            .env("PATH", path_with(&bin))
+            // Its kept logs (hubtrust-in-cluster/) go where it runs.
+            .current_dir(&dir)
+            .env("TMPDIR", &tmp)
+            .output()
+            .unwrap();
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+        assert!(left.is_empty(), "the run left {left:?}");
+        let json = serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap())
+            .unwrap_or_else(|e| panic!("no report.json ({e}): {}", text(&out)));
+        FailedInstall {
+            said: text(&out),
+            code: out.status.code(),
+            json,
+            calls: calls(&dir),
+            dir,
+        }
+    }
+
+    fn status(&self, name: &str) -> (String, String) {
+        let found = self.json["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["scenario"].as_str().unwrap().starts_with(name))
+            .unwrap_or_else(|| panic!("no check {name:?} in {:#}", self.json));
+        (
+            found["status"].as_str().unwrap().to_string(),
+            found["failure"].as_str().unwrap_or("").to_string(),
+        )
+    }
+}
+
+impl Drop for FailedInstall {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A run whose chart does not install still reports every check: the
 /// install failed with helm's own words, every later check not run (never
 /// passed), the namespace asked for afterwards; exit 1 and nothing left.
 #[test]
 fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
-    let dir = scratch("k8s-run-fails");
-    let bin = fake_tools(
-        &dir,
-        &[
-            (
-                "helm",
-                "case \"$*\" in *install*) echo 'Error: INSTALLATION FAILED: context deadline exceeded' >&2; exit 1 ;; esac; exit 0",
-            ),
-            (
-                "kubectl",
-                "case \"$*\" in *readyz*) echo ok ;; esac; exit 0",
-            ),
-        ],
-    );
-    let (list, _) = pinned_list(&dir);
-    let report = dir.join("report");
-    // Its run directory goes in a temporary directory of its own, out of
-    // the sight of the tests beside it that count theirs.
-    let tmp = dir.join("tmp");
-    std::fs::create_dir_all(&tmp).unwrap();
-    let out = hubtrust()
-        .args([
-            "run",
-            "--backend",
-            "kubernetes",
-            "--namespace",
-            "hubtrust-t1",
-            "--images",
-        ])
-        .arg(&list)
-        .arg("--report")
-        .arg(&report)
-        .env("PATH", path_with(&bin))
-        // Its kept logs (hubtrust-in-cluster/) go where it runs.
-        .current_dir(&dir)
-        .env("TMPDIR", &tmp)
-        .output()
-        .unwrap();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
+    let run = FailedInstall::run("k8s-run-fails", "hubtrust-t1", &[]);
+    let said = &run.said;
+    assert_eq!(run.code, Some(1), "{said}");
     assert!(
-        dir.join("hubtrust-in-cluster/hubtrust-t1/logs/pods.txt")
+        run.dir
+            .join("hubtrust-in-cluster/hubtrust-t1/logs/pods.txt")
             .exists(),
         "the failed install kept no logs"
     );
     assert!(said.contains("checks: 1 passed, 1 failed"), "{said}");
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
-    let scenarios = json["scenarios"].as_array().unwrap();
-    let status = |name: &str| {
-        let found = scenarios
-            .iter()
-            .find(|s| s["scenario"].as_str().unwrap().starts_with(name))
-            .unwrap_or_else(|| panic!("no check {name:?} in {json:#}"));
-        (
-            found["status"].as_str().unwrap().to_string(),
-            found["failure"].as_str().unwrap_or("").to_string(),
-        )
-    };
-    let (installed, why) = status("The cluster is ready and the chart installs");
+    let (installed, why) = run.status("The cluster is ready and the chart installs");
     assert_eq!(installed, "failed");
     assert!(why.contains("INSTALLATION FAILED"), "{why}");
-    let (public, why) = status("The hub answers through the proxy");
+    let (public, why) = run.status("The hub answers through the proxy");
     assert_eq!(public, "skipped");
     assert!(
         why.starts_with("not run: the chart did not install"),
         "{why}"
     );
     // The fake kubectl deletes nothing and then says the namespace is gone.
-    let (torn_down, why) = status("Everything the run made is removed");
+    let (torn_down, why) = run.status("Everything the run made is removed");
     assert_eq!(torn_down, "passed", "{why}");
-    assert_eq!(json["backend"], "kubernetes");
-    let log = calls(&dir);
+    assert_eq!(run.json["backend"], "kubernetes");
     assert!(
-        log.contains("kubectl get namespace hubtrust-t1 --ignore-not-found -o name")
-            && log.contains("delete namespace hubtrust-t1"),
-        "{log}"
+        run.calls
+            .contains("kubectl get namespace hubtrust-t1 --ignore-not-found -o name")
+            && run.calls.contains("delete namespace hubtrust-t1"),
+        "{}",
+        run.calls
     );
-    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
-    assert!(left.is_empty(), "the run left {left:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--keep` leaves a deployment that failed for `kubectl describe`, and
+/// says how to remove it; the report does not claim it was removed.
+#[test]
+fn a_failed_run_with_keep_leaves_the_namespace_and_says_how_to_remove_it() {
+    let run = FailedInstall::run("k8s-run-keep", "hubtrust-t2", &["--keep"]);
+    let said = &run.said;
+    assert_eq!(run.code, Some(1), "{said}");
+    assert!(
+        !run.calls.contains("delete namespace"),
+        "a kept namespace was deleted: {}",
+        run.calls
+    );
+    let (torn_down, why) = run.status("Everything the run made is removed");
+    assert_eq!(torn_down, "skipped", "{why}");
+    assert!(
+        why.contains("kept for inspection (--keep)")
+            && why.contains("kubectl delete namespace hubtrust-t2"),
+        "{why}"
+    );
 }
 
 #[test]

@@ -172,12 +172,13 @@ pub struct KubernetesRun {
 
 impl KubernetesRun {
     /// Runs the plan's steps in order; on the first failure the teardown
-    /// runs (by drop) and the error says which step, what it printed, and
-    /// what the namespace's pods show.
+    /// runs (by drop, unless `keep_if_it_fails`) and the error says which
+    /// step, what it printed, and what the namespace's pods show.
     pub fn apply(
         plan: &KubernetesPlan,
         target: &ClusterTarget,
         progress: &mut dyn FnMut(&str),
+        keep_if_it_fails: bool,
     ) -> Result<Self> {
         let run = KubernetesRun {
             target: target.clone(),
@@ -202,7 +203,10 @@ impl KubernetesRun {
                 outcome = command::run(step);
             }
             if let Err(failure) = outcome {
-                return Err(run.failed(step, failure));
+                let mut run = run;
+                let error = run.failed(step, failure);
+                run.keep = keep_if_it_fails;
+                return Err(error);
             }
         }
         Ok(run)
@@ -214,7 +218,7 @@ impl KubernetesRun {
                 format!("install `{program}`; `hubtrust doctor` names how")
             }
             _ if step.program == "helm" || step.program == "kubectl" => {
-                "read the pods' state below; `--keep` leaves the deployment for `kubectl describe`"
+                "read the pods' state below; `hubtrust run --keep` leaves a failed deployment for `kubectl describe`"
                     .into()
             }
             _ => "read the command's output above".into(),
