@@ -997,7 +997,7 @@ fn wire_from_inside(
     let dir = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join("wire");
     let said = match &verdict {
         in_cluster::PodWire::Encrypted(flows) => {
-            format!("every connection captured on the hub's and the lab's pods was TLS: {flows}")
+            format!("every connection captured on the hub's, the proxy's and the lab's pods was TLS: {flows}")
         }
         in_cluster::PodWire::Inconclusive(why) => {
             format!("the wire evidence inside the cluster is inconclusive: {why}")

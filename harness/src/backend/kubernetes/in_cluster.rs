@@ -75,6 +75,10 @@ const PROXY_API: &str = "proxy API";
 /// KubeSpawner's default port for a lab, which its Service exposes.
 const LAB_PORT: u16 = 8888;
 
+/// CHP's public port in its pod under `proxy.https` (proxy-public's
+/// target port `https`).
+const CHP_PUBLIC_PORT: u16 = 8443;
+
 /// The Service KubeSpawner makes for `user`'s lab under internal SSL: its
 /// pod's name, from the default `pod_name_template` (`jupyter-{user_server}`)
 /// and a user name that needs no escaping, as hubtrust's users do.
@@ -413,8 +417,10 @@ pub struct WireCapture {
 
 /// The hub's pod, from before the spawn: the proxy's requests into the
 /// hub API, the hub's calls to the proxy API (the lab's route) and to the
-/// new lab (waiting for it to answer). `user`'s lab pod, once it runs: the
-/// proxy's requests into it. Pod to pod, before any node rewrites them.
+/// new lab (waiting for it to answer). The proxy's pod, from before the
+/// spawn too: the same flows from its side, and users' requests. `user`'s
+/// lab pod, once it runs: the proxy's requests into it. Pod to pod, before
+/// any node rewrites them.
 /// The selectors are the chart's legacy `component` label and
 /// KubeSpawner's labels for a lab.
 pub fn planned_wire(user: &str) -> Vec<WireCapture> {
@@ -437,6 +443,31 @@ pub fn planned_wire(user: &str) -> Vec<WireCapture> {
                 ExpectedFlow::To {
                     service: "proxy-api".into(),
                     port: port_of("proxy-api"),
+                },
+                ExpectedFlow::To {
+                    service: lab_service(user),
+                    port: LAB_PORT,
+                },
+            ],
+        },
+        // CHP's pod: its public port (users through the nodePort, and
+        // kubelet's probes, which are HTTPS under `proxy.https.type:
+        // secret`), its API (the hub), and its own connections to the hub
+        // and the lab it routes to.
+        WireCapture {
+            what: "the proxy".into(),
+            selector: "component=proxy".into(),
+            across_spawn: true,
+            expected: vec![
+                ExpectedFlow::Into {
+                    port: CHP_PUBLIC_PORT,
+                },
+                ExpectedFlow::Into {
+                    port: port_of("proxy-api"),
+                },
+                ExpectedFlow::To {
+                    service: "hub".into(),
+                    port: port_of("hub"),
                 },
                 ExpectedFlow::To {
                     service: lab_service(user),
@@ -676,7 +707,7 @@ mod tests {
     }
 
     #[test]
-    fn the_hub_pod_is_captured_across_the_spawn_and_the_lab_pod_after_it() {
+    fn the_hub_and_proxy_pods_are_captured_across_the_spawn_and_the_lab_pod_after_it() {
         let wire = planned_wire("alice");
         assert_eq!(wire[0].selector, "component=hub");
         assert!(wire[0].across_spawn);
@@ -694,11 +725,28 @@ mod tests {
                 },
             ]
         );
+        assert_eq!(wire[1].selector, "component=proxy");
+        assert!(wire[1].across_spawn);
         assert_eq!(
-            wire[1].selector,
+            wire[1].expected,
+            [
+                ExpectedFlow::Into { port: 8443 },
+                ExpectedFlow::Into { port: 8001 },
+                ExpectedFlow::To {
+                    service: "hub".into(),
+                    port: 8081
+                },
+                ExpectedFlow::To {
+                    service: "jupyter-alice".into(),
+                    port: 8888
+                },
+            ]
+        );
+        assert_eq!(
+            wire[2].selector,
             "component=singleuser-server,hub.jupyter.org/username=alice"
         );
-        assert!(!wire[1].across_spawn);
-        assert_eq!(wire[1].expected, [ExpectedFlow::Into { port: 8888 }]);
+        assert!(!wire[2].across_spawn);
+        assert_eq!(wire[2].expected, [ExpectedFlow::Into { port: 8888 }]);
     }
 }
