@@ -92,7 +92,10 @@ pub fn run_command(
     let report = RunReport {
         tool: format!("hubtrust {}", env!("CARGO_PKG_VERSION")),
         tags: None,
-        stack: prepared.stack_name.clone(),
+        stack: format!(
+            "{}, namespace {}",
+            prepared.stack_name, deployment.namespace
+        ),
         backend: deployment.target.backend_name().to_string(),
         images: deployment
             .images
@@ -442,10 +445,11 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
         }
     );
     let mut reaper = Reaper::start(plan)?;
+    // The same name every run, so CI keeps each check's history; the
+    // namespace (a run id) is in the report's stack line.
     let mut list = Checklist::new(format!(
-        "Zero to JupyterHub on {} (namespace {})",
-        deployment.target.backend_name(),
-        deployment.namespace
+        "Zero to JupyterHub on {}",
+        deployment.target.backend_name()
     ));
     let mut run = None;
     list.check(INSTALLED, None, || {
