@@ -37,6 +37,9 @@ pub struct KubernetesArgs<'a> {
     pub kubeconfig: Option<&'a Path>,
     pub namespace: Option<&'a str>,
     pub plan: bool,
+    /// Where the run keeps what it saw; `hubtrust-in-cluster/<ns>` when
+    /// not given.
+    pub artifacts: Option<PathBuf>,
 }
 
 impl<'a> KubernetesArgs<'a> {
@@ -53,6 +56,7 @@ impl<'a> KubernetesArgs<'a> {
             kubeconfig: cluster.kubeconfig.as_deref(),
             namespace: cluster.namespace.as_deref(),
             plan: cluster.plan,
+            artifacts: None,
         }
     }
 }
@@ -61,7 +65,7 @@ impl<'a> KubernetesArgs<'a> {
 /// every check of it run, the report written, everything torn down.
 /// Exit 0 when every check passed, 1 when one failed or none ran.
 pub fn run_command(
-    args: KubernetesArgs<'_>,
+    mut args: KubernetesArgs<'_>,
     tags: Option<&str>,
     report_dir: &Path,
     keep_if_failed: bool,
@@ -74,6 +78,8 @@ pub fn run_command(
                 args.backend.name()
             );
         }
+        // Beside the report, so one directory holds everything a run saw.
+        args.artifacts = Some(report_dir.join("in-cluster"));
         let prepared = prepare(&args)?;
         if args.plan {
             print!("{}", prepared.plan.render());
@@ -277,6 +283,10 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         }),
     };
     let run_dir = std::env::temp_dir().join(format!("hubtrust-{}-{id}", target.backend_name()));
+    let artifacts_dir = args
+        .artifacts
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(kubernetes::in_cluster::REPORTS_DIR).join(&namespace));
     let outbound_servers = org.as_ref().is_some_and(|o| o.pki.is_some());
     // The inspecting proxy runs from hubtrust's own image, which only a
     // kind cluster can be given (loaded from this machine's daemon).
@@ -301,6 +311,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         public_node_port: PUBLIC_NODE_PORT,
         public_host_port: free_loopback_port()?,
         org_trust,
+        artifacts_dir,
         run_dir,
         service_token: Secret::generate(),
         proxy_token: Secret::generate(),
@@ -459,6 +470,7 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
             &deployment.target,
             &mut progress,
             keep_if_failed,
+            &deployment.artifacts_dir,
         )?);
         Ok(Outcome::Passed)
     });
@@ -644,7 +656,7 @@ fn check_deployment(
 
 /// `hubtrust probe`'s checks from this machine, through the public URL,
 /// under the stack's TLS policy: what a user's browser meets. Its report
-/// goes to `hubtrust-in-cluster/<ns>/outside/`.
+/// goes to `<artifacts>/outside/`.
 fn probe_from_outside(
     list: &mut Checklist,
     runtime: &tokio::runtime::Runtime,
@@ -671,9 +683,7 @@ fn probe_from_outside(
             strict: false,
         };
         let findings = runtime.block_on(probe_deployment(&target))?;
-        let dir = PathBuf::from(IN_CLUSTER_REPORTS)
-            .join(&deployment.namespace)
-            .join("outside");
+        let dir = deployment.artifacts_dir.join("outside");
         findings.report.write_all(&dir)?;
         Ok(findings.report.scenarios)
     })();
@@ -702,14 +712,11 @@ fn status_mark(status: Status) -> &'static str {
 /// --policy-file` takes it.
 const TLS_POLICY_FILE: &str = "tls-policy.toml";
 
-/// Where each in-cluster probe's reports go, per namespace and pod.
-const IN_CLUSTER_REPORTS: &str = kubernetes::in_cluster::REPORTS_DIR;
-
 /// `hubtrust probe` from each prober pod's network namespace, as root
 /// (through `sudo -n` when hubtrust is not): the labelled pod's trust
 /// matrix and TLS scan against the Services, the bare pod's closed
 /// endpoints. Each probe is a check, and its own checks are lifted into
-/// the list; its report stays in `hubtrust-in-cluster/<ns>/<pod>/`.
+/// the list; its report stays in `<artifacts>/<pod>/`.
 fn probe_from_inside(
     list: &mut Checklist,
     deployment: &Deployment,
@@ -734,7 +741,7 @@ fn probe_from_inside(
             "The in-cluster probe from pod {} ({labels}) passes",
             probe.pod
         );
-        let report = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join(&probe.pod);
+        let report = deployment.artifacts_dir.join(&probe.pod);
         let mut lifted = Vec::new();
         let ready = match (&prepared, blocked) {
             (_, Some(why)) => {
@@ -880,10 +887,7 @@ impl PodCapture {
             "· capturing on the interface of {}'s pod {pod} (pid {pid})",
             capture.what
         );
-        let out = PathBuf::from(IN_CLUSTER_REPORTS)
-            .join(&deployment.namespace)
-            .join("wire")
-            .join(&pod);
+        let out = deployment.artifacts_dir.join("wire").join(&pod);
         let mut child = hubtrust_as_root()?
             .args([
                 "capture",
@@ -974,7 +978,7 @@ fn wire_before_spawn(
 /// plaintext flow fails the bring-up; evidence that cannot be trusted, or
 /// that misses an expected connection, is said to be inconclusive, with
 /// why: never a pass. The pcaps, their evidence and the verdict go to
-/// `hubtrust-in-cluster/<ns>/wire/`.
+/// `<artifacts>/wire/`.
 fn wire_from_inside(
     runtime: &tokio::runtime::Runtime,
     deployment: &Deployment,
@@ -982,7 +986,6 @@ fn wire_from_inside(
     early: Vec<PodCapture>,
 ) -> anyhow::Result<Outcome> {
     use hubtrust_harness::capture::WireCensus;
-    let ns = &deployment.namespace;
     let mut running = early;
     for capture in plan.wire.iter().filter(|c| !c.across_spawn) {
         running.push(PodCapture::start(deployment, capture)?);
@@ -998,7 +1001,7 @@ fn wire_from_inside(
     let names = census_names(deployment)?;
     let census = WireCensus::build(evidence, &names);
     let verdict = in_cluster::judge_wire(&census, &expected);
-    let dir = PathBuf::from(IN_CLUSTER_REPORTS).join(ns).join("wire");
+    let dir = deployment.artifacts_dir.join("wire");
     let said = match &verdict {
         in_cluster::PodWire::Encrypted(flows) => {
             format!("every connection captured on the hub's, the proxy's and the lab's pods was TLS: {flows}")

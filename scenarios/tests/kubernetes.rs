@@ -297,11 +297,14 @@ fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
     let run = FailedInstall::run("k8s-run-fails", "hubtrust-t1", &[]);
     let said = &run.said;
     assert_eq!(run.code, Some(1), "{said}");
+    // Beside the report, so one directory holds everything the run saw.
     assert!(
-        run.dir
-            .join("hubtrust-in-cluster/hubtrust-t1/logs/pods.txt")
-            .exists(),
-        "the failed install kept no logs"
+        run.dir.join("report/in-cluster/logs/pods.txt").exists(),
+        "the failed install kept no logs beside the report"
+    );
+    assert!(
+        !run.dir.join("hubtrust-in-cluster").exists(),
+        "a run kept logs outside its report"
     );
     assert!(said.contains("checks: 1 passed, 1 failed"), "{said}");
     let (installed, why) = run.status("The cluster is ready and the chart installs");

@@ -220,6 +220,10 @@ pub struct Deployment {
     pub org_trust: Option<OrgTrust>,
     /// The run's directory on this machine: values, manifests, certificates.
     pub run_dir: PathBuf,
+    /// Where the run keeps what it saw, kept after it: every pod's log,
+    /// the probes' reports, the captures (`hubtrust-in-cluster/<ns>` for
+    /// `up`, `<report>/in-cluster` for `run`).
+    pub artifacts_dir: PathBuf,
     /// hubtrust's service token on the hub, in the values only: masked
     /// wherever a plan is shown.
     #[serde(skip)]

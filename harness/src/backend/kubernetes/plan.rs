@@ -955,6 +955,7 @@ mod tests {
             public_node_port: 30443,
             public_host_port: 18443,
             run_dir: PathBuf::from("/run/hubtrust/run1"),
+            artifacts_dir: PathBuf::from("hubtrust-in-cluster/hubtrust-run1"),
             service_token: Secret::new("0123456789abcdef0123456789abcdef"),
             proxy_token: Secret::new("fedcba9876543210fedcba9876543210"),
             user: "alice".into(),

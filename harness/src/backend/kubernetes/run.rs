@@ -164,6 +164,8 @@ pub fn write_files(plan: &KubernetesPlan) -> Result<()> {
 pub struct KubernetesRun {
     target: ClusterTarget,
     namespace: String,
+    /// Where the pods' logs are kept (`<artifacts>/logs`).
+    artifacts: PathBuf,
     teardown: Vec<PlannedCommand>,
     keep: bool,
     /// Masked in every log kept.
@@ -179,10 +181,12 @@ impl KubernetesRun {
         target: &ClusterTarget,
         progress: &mut dyn FnMut(&str),
         keep_if_it_fails: bool,
+        artifacts: &Path,
     ) -> Result<Self> {
         let run = KubernetesRun {
             target: target.clone(),
             namespace: plan.namespace.clone(),
+            artifacts: artifacts.to_path_buf(),
             teardown: plan.teardown.clone(),
             keep: false,
             secrets: plan.secrets.clone(),
@@ -255,16 +259,14 @@ impl KubernetesRun {
 
     /// Keeps every pod's log (all containers, init containers included),
     /// the pods' state and the namespace's events in
-    /// `hubtrust-in-cluster/<ns>/logs/`, the known secrets masked: what a
+    /// `<artifacts>/logs/`, the known secrets masked: what a
     /// failed CI run uploads, since the namespace is gone after it. Each
     /// command that fails leaves its error in the file instead. With
     /// `nodes`, on kind, the nodes' own logs too (`kind export logs`:
     /// kubelet, containerd), for pods that never started. `None` when
     /// nothing could be written.
     pub fn keep_logs(&self, nodes: bool) -> Option<PathBuf> {
-        let dir = PathBuf::from(super::in_cluster::REPORTS_DIR)
-            .join(&self.namespace)
-            .join("logs");
+        let dir = self.artifacts.join("logs");
         std::fs::create_dir_all(&dir).ok()?;
         let secrets: Vec<&crate::secret::Secret> = self.secrets.iter().collect();
         let keep = |file: &str, said: std::result::Result<String, CommandFailure>| {
