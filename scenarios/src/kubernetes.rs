@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ExitCode, Stdio};
 
 use anyhow::Context;
-use hubtrust_harness::backend::kubernetes::public_check::{self, PublicAddress};
+use hubtrust_harness::backend::kubernetes::public_check::{self, PublicAddress, ToolsVerdict};
 use hubtrust_harness::backend::kubernetes::{
     self, command, in_cluster, plan::KubernetesPlan, preflight, run::KubernetesRun, ChartImage,
     ChartPins, ClusterTarget, Deployment, OrgTrust, RuntimeImage, BUILTIN_IMAGE_LIST,
@@ -598,11 +598,11 @@ fn check_deployment(
             Ok(Outcome::Passed)
         });
         match seen.as_mut().and_then(|s| s.tools.take()) {
-            Some(Err(why)) => list.not_run(LAB_TOOLS, format!("not run: {why}")),
+            Some(ToolsVerdict::NotTried(why)) => list.not_run(LAB_TOOLS, format!("not run: {why}")),
             tools => {
                 list.check(LAB_TOOLS, no_lab, || {
                     let said = match tools {
-                        Some(Ok(verdict)) => verdict?,
+                        Some(ToolsVerdict::Judged(verdict)) => verdict?,
                         _ => anyhow::bail!("the lab's cell said nothing of its tools' fetches"),
                     };
                     for line in said {

@@ -1,6 +1,5 @@
-//! What `run` and `up` check of a chart-started deployment
-//! through its public side only, as an outsider: the hub
-//! answers over verified TLS, the first user's lab spawns (KubeSpawner
+//! What `run` and `up` check of a chart-started deployment through its
+//! public side only, as an outsider: the hub answers over verified TLS, the first user's lab spawns (KubeSpawner
 //! with internal_ssl: its Secret, its Service, the hub and proxy reaching
 //! it over mTLS), a kernel cell runs, and the lab shows the org trust
 //! bundle as the stack file says.
@@ -60,12 +59,20 @@ pub struct PublicSideSeen {
     /// The org bundle in the lab as the stack file says it must be, when
     /// the stack has `[enterprise]`.
     pub org_bundle: Option<Result<String>>,
-    /// The lab's own tools against the org-CA and foreign-CA servers;
-    /// `Err` of a reason when they could not be tried.
-    pub tools: Option<std::result::Result<Result<Vec<String>>, String>>,
+    /// The lab's own tools against the org-CA and foreign-CA servers,
+    /// when the stack has `[enterprise]`.
+    pub tools: Option<ToolsVerdict>,
     /// What the cell printed of its fetches (`outbound::fetches` reads
     /// it), when the tools ran against hubtrust's servers.
     pub fetches: Option<String>,
+}
+
+/// The lab's tools against hubtrust's servers.
+pub enum ToolsVerdict {
+    /// Not tried, and why.
+    NotTried(String),
+    /// Their verdict: one line per tool that ran, or what broke.
+    Judged(Result<Vec<String>>),
 }
 
 /// The hub answers over verified TLS, the first user's lab spawns and
@@ -132,9 +139,9 @@ pub async fn check(
                 )
             });
             let tools = if outbound_targets.is_empty() {
-                Err("the stack's own org_bundle comes without the key to sign an org-CA server, so only the bundle's contents were checked".to_string())
+                ToolsVerdict::NotTried("the stack's own org_bundle comes without the key to sign an org-CA server, so only the bundle's contents were checked".to_string())
             } else {
-                Ok(
+                ToolsVerdict::Judged(
                     outbound::judge(trust, &outbound_targets, fetch_lines).map_err(|message| {
                         failed(
                             &format!("the user tools in {user}'s lab against the org-CA and foreign-CA servers"),
