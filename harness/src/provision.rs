@@ -133,11 +133,18 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
         "provisioning components into {} (first use of these pins)",
         root.display()
     );
+    // The installers' own temporary files (ensurepip's wheels, pip's
+    // builds, npm's cache) stay inside the install: one killed half-way
+    // leaves them where the next install removes them, never in /tmp.
+    let tmp = root.join(".tmp");
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| HarnessError::io("create the installers' TMPDIR", e))?;
+    let installer = |program: &dyn AsRef<std::ffi::OsStr>| tied(program, &tmp);
     let venv = root.join("venv");
     step(progress, "1/4 python venv", || {
         run(
             "python venv",
-            tied(python()).arg("-m").arg("venv").arg(&venv),
+            installer(&python()).arg("-m").arg("venv").arg(&venv),
             "apt-get install -y python3-venv",
         )
     })?;
@@ -147,7 +154,7 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
     step(
         progress,
         "2/4 pip install jupyterhub, jupyterlab (pinned)",
-        || pip_install_lock(&venv, &lock),
+        || pip_install_lock(&venv, &lock, &tmp),
     )?;
     let npm = root.join("npm");
     std::fs::create_dir_all(&npm).map_err(|e| HarnessError::io("create npm dir", e))?;
@@ -161,7 +168,7 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
         || {
             run(
                 "npm ci",
-                tied("npm")
+                installer(&"npm")
                     .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
                     .current_dir(&npm),
                 "apt-get install -y nodejs npm",
@@ -175,11 +182,13 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
     step(progress, "4/4 mitmproxy in its own venv (pinned)", || {
         run(
             "python venv",
-            tied(python()).arg("-m").arg("venv").arg(&mitmproxy),
+            installer(&python()).arg("-m").arg("venv").arg(&mitmproxy),
             "apt-get install -y python3-venv",
         )?;
-        pip_install_lock(&mitmproxy, &mitmproxy_lock)
+        pip_install_lock(&mitmproxy, &mitmproxy_lock, &tmp)
     })?;
+    // What is left there is inside the install, harmless.
+    let _ = std::fs::remove_dir_all(&tmp);
     let _ = writeln!(
         progress,
         "provisioned in {:.1}s",
@@ -190,10 +199,10 @@ fn install(root: &Path, progress: &mut dyn Write) -> Result<()> {
 
 /// Installs exactly the pins of `lock` (every transitive dependency is
 /// pinned, so `--no-deps`) into `venv`.
-fn pip_install_lock(venv: &Path, lock: &Path) -> Result<()> {
+fn pip_install_lock(venv: &Path, lock: &Path, tmp: &Path) -> Result<()> {
     run(
         "pip install",
-        tied(venv.join("bin/pip"))
+        tied(venv.join("bin/pip"), tmp)
             .args([
                 "install",
                 "--no-deps",
@@ -226,8 +235,10 @@ fn step(progress: &mut dyn Write, what: &str, f: impl FnOnce() -> Result<()>) ->
 /// and the kernel kills whatever it started (ensurepip, pip's builds, npm's
 /// scripts). Without root, a user namespace that maps only the caller's own
 /// uid makes the PID namespace possible and changes no file's owner.
-fn tied(program: impl AsRef<std::ffi::OsStr>) -> Command {
+/// Its temporary files go to `tmp`.
+fn tied(program: impl AsRef<std::ffi::OsStr>, tmp: &Path) -> Command {
     let mut command = Command::new("setpriv");
+    command.env("TMPDIR", tmp);
     command.args(["--pdeathsig", "KILL", "--", "unshare"]);
     if !nix::unistd::geteuid().is_root() {
         command.args(["--user", "--map-current-user"]);

@@ -23,11 +23,15 @@ use common::{
 
 #[test]
 fn sigkill_during_provisioning_leaves_no_installer_running() {
-    // A cache of its own, so the components install from scratch.
+    // A cache of its own, so the components install from scratch, and a
+    // TMPDIR of its own, which the installers must not leave anything in.
     let cache = scratch("provision-kill");
+    let tmp = scratch("provision-kill-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let mut run = hubtrust()
         .args(["run", "--tags", "@core"])
         .env("HUBTRUST_CACHE", &cache)
+        .env("TMPDIR", &tmp)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -42,7 +46,20 @@ fn sigkill_during_provisioning_leaves_no_installer_running() {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains("ensurepip"))
         })
     };
-    while !ensurepip(processes_running(&installing)) {
+    // Killed once ensurepip has made its temporary directory, wherever
+    // that is: in the install (then nothing is left) or in TMPDIR.
+    let has_entries = |dir: &std::path::Path| {
+        std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+    };
+    let made_its_temporary_directory = || {
+        has_entries(&tmp)
+            || std::fs::read_dir(&cache).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| has_entries(&e.path().join(".tmp")))
+            })
+    };
+    while !(ensurepip(processes_running(&installing)) && made_its_temporary_directory()) {
         assert!(
             run.try_wait().unwrap().is_none(),
             "the run ended before installing"
@@ -63,7 +80,15 @@ fn sigkill_during_provisioning_leaves_no_installer_running() {
         // Bounded poll interval while the kernel ends the namespace.
         std::thread::sleep(Duration::from_millis(50));
     }
+    // ensurepip's own temporary directory (its wheels) died with it.
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "the killed install left {left:?}");
     std::fs::remove_dir_all(&cache).unwrap();
+    std::fs::remove_dir_all(&tmp).unwrap();
 }
 
 #[test]
