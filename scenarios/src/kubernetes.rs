@@ -865,23 +865,9 @@ impl PodCapture {
         deployment: &Deployment,
         capture: &kubernetes::in_cluster::WireCapture,
     ) -> anyhow::Result<Self> {
-        use hubtrust_harness::backend::kubernetes::{command, plan};
         use std::io::BufRead as _;
-        let pod = command::run(&plan::pod_named_by_command(
-            &deployment.target,
-            &deployment.namespace,
-            &capture.selector,
-        ))
-        .map_err(|e| anyhow::anyhow!("the wire evidence: {e}"))?
-        .stdout
-        .trim()
-        .to_string();
-        anyhow::ensure!(
-            !pod.is_empty(),
-            "the wire evidence: no pod of {} (-l {}) is running",
-            capture.what,
-            capture.selector
-        );
+        let pod = running_pod(deployment, &capture.selector, &capture.what)
+            .context("the wire evidence")?;
         let pid = pod_process(deployment, &pod)?;
         eprintln!(
             "· capturing on the interface of {}'s pod {pod} (pid {pid})",
@@ -1148,21 +1134,7 @@ fn inventory_of_hub_store(
     deployment: &Deployment,
 ) -> anyhow::Result<hubtrust_harness::inventory::Inventory> {
     use hubtrust_harness::backend::kubernetes::chart::INTERNAL_SSL_DIR;
-    let name = command::run(&kubernetes::plan::pod_named_by_command(
-        &deployment.target,
-        &deployment.namespace,
-        "component=hub",
-    ))
-    .map_err(|e| anyhow::anyhow!("the hub's pod: {e}"))?
-    .stdout
-    .trim()
-    .to_string();
-    anyhow::ensure!(!name.is_empty(), "no hub pod (-l component=hub) is running");
-    let uid = pod_uid(deployment, &name)?;
-    let pid = in_cluster::pod_process_running(Path::new("/proc"), &uid, "jupyterhub")
-        .with_context(|| {
-            format!("no process of the hub's pod {name} runs `jupyterhub` on this machine")
-        })?;
+    let pid = component_process(deployment, "component=hub", "the hub", "jupyterhub")?;
     let store =
         PathBuf::from(format!("/proc/{pid}/root")).join(INTERNAL_SSL_DIR.trim_start_matches('/'));
     let copy = deployment.run_dir.join("hub-store");
@@ -1224,29 +1196,7 @@ fn check_secret_files(
     let mut findings: Vec<(String, String, String)> = Vec::new();
     let mut looked = Vec::new();
     for pod in &plan.secret_files {
-        let name = command::run(&kubernetes::plan::pod_named_by_command(
-            &deployment.target,
-            &deployment.namespace,
-            &pod.selector,
-        ))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", pod.what))?
-        .stdout
-        .trim()
-        .to_string();
-        anyhow::ensure!(
-            !name.is_empty(),
-            "no pod of {} (-l {}) is running",
-            pod.what,
-            pod.selector
-        );
-        let uid = pod_uid(deployment, &name)?;
-        let pid = in_cluster::pod_process_running(Path::new("/proc"), &uid, &pod.process)
-            .with_context(|| {
-                format!(
-                    "no process of {}'s pod {name} runs `{}` on this machine",
-                    pod.what, pod.process
-                )
-            })?;
+        let pid = component_process(deployment, &pod.selector, &pod.what, &pod.process)?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .with_context(|| format!("read /proc/{pid}/status"))?;
         let ids = secret_modes::parse_status(&status)
@@ -1345,6 +1295,39 @@ fn as_root(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
         sudo.arg("-n").arg(program);
         sudo
     }
+}
+
+/// The name of the running pod `selector` finds (`what` in errors).
+fn running_pod(deployment: &Deployment, selector: &str, what: &str) -> anyhow::Result<String> {
+    let name = command::run(&kubernetes::plan::pod_named_by_command(
+        &deployment.target,
+        &deployment.namespace,
+        selector,
+    ))
+    .map_err(|e| anyhow::anyhow!("{what}'s pod: {e}"))?
+    .stdout
+    .trim()
+    .to_string();
+    anyhow::ensure!(
+        !name.is_empty(),
+        "no pod of {what} (-l {selector}) is running"
+    );
+    Ok(name)
+}
+
+/// The pid, on this machine, of the process in `what`'s pod whose command
+/// line holds `needle`: its root is that container's filesystem.
+fn component_process(
+    deployment: &Deployment,
+    selector: &str,
+    what: &str,
+    needle: &str,
+) -> anyhow::Result<u32> {
+    let name = running_pod(deployment, selector, what)?;
+    let uid = pod_uid(deployment, &name)?;
+    in_cluster::pod_process_running(Path::new("/proc"), &uid, needle).with_context(|| {
+        format!("no process of {what}'s pod {name} runs `{needle}` on this machine")
+    })
 }
 
 /// The pod's UID, which names its cgroup.
