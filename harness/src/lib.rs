@@ -30,6 +30,7 @@ pub mod stack;
 pub mod tls_policy;
 pub mod tls_scan;
 pub mod trust;
+pub mod under_test;
 pub mod workdir;
 
 pub use error::{HarnessError, Result};

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use hubtrust_harness::matrix::TrustMatrix;
 use hubtrust_harness::probe::ProbeOutcome;
 use hubtrust_harness::report::{ChainCheck, RunReport};
+use hubtrust_harness::under_test::DeploymentUnderTest;
 use hubtrust_harness::Stack;
 
 /// The run's stack, brought up once before the first scenario and taken
@@ -14,6 +15,19 @@ pub static STACK: Mutex<Option<Arc<Stack>>> = Mutex::new(None);
 
 pub fn shared_stack() -> Option<Arc<Stack>> {
     STACK.lock().ok().and_then(|s| s.clone())
+}
+
+/// A deployment hubtrust did not start host by host (a chart's pods), for
+/// the scenarios that need only what every deployment offers. Set instead
+/// of [`STACK`].
+pub static DEPLOYMENT: Mutex<Option<Arc<dyn DeploymentUnderTest>>> = Mutex::new(None);
+
+/// The run's deployment: its stack, else the deployment set instead.
+pub fn shared_deployment() -> Option<Arc<dyn DeploymentUnderTest>> {
+    match shared_stack() {
+        Some(stack) => Some(stack),
+        None => DEPLOYMENT.lock().ok().and_then(|d| d.clone()),
+    }
 }
 
 /// Why the shared stack is not as designed: a disturbing scenario's undo
@@ -47,7 +61,10 @@ pub struct Operator {
     pub canaries: Vec<(String, String)>,
     pub kernel_id: Option<String>,
     pub kernel_ports_answering: Option<Vec<String>>,
+    /// Set only when the deployment is a stack of hosts hubtrust started:
+    /// the steps that start, stop or capture on those hosts need it.
     pub stack: Option<Arc<Stack>>,
+    pub deployment: Option<Arc<dyn DeploymentUnderTest>>,
     pub http_status: Option<u16>,
     pub proxy_api: Option<ProbeOutcome>,
     pub matrix: Option<TrustMatrix>,
@@ -82,18 +99,31 @@ pub struct HpcNotes {
 impl Operator {
     /// The first user with a lab: who the single-user steps act as.
     pub fn first_user(&self) -> anyhow::Result<String> {
-        self.stack()?
+        self.deployment()?
             .users()
             .into_iter()
             .next()
             .ok_or_else(|| anyhow::anyhow!("the stack has no user with a lab"))
     }
 
-    /// The stack, or a failure that says the Background never ran.
-    pub fn stack(&self) -> anyhow::Result<&Stack> {
-        self.stack.as_deref().ok_or_else(|| {
-            anyhow::anyhow!("no stack: the Background step that brings it up did not run")
+    /// The deployment, or a failure that says the Background never ran.
+    pub fn deployment(&self) -> anyhow::Result<&dyn DeploymentUnderTest> {
+        self.deployment.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("no deployment: the Background step that brings it up did not run")
         })
+    }
+
+    /// The stack of hosts hubtrust started, or a failure that says why
+    /// there is none: the Background never ran, or the deployment is a
+    /// chart's pods, where this step is not built.
+    pub fn stack(&self) -> anyhow::Result<&Stack> {
+        if let Some(stack) = self.stack.as_deref() {
+            return Ok(stack);
+        }
+        match self.deployment {
+            Some(_) => anyhow::bail!("this step needs hosts hubtrust started itself, and this deployment's components were started by its chart; it runs on the local and docker backends only"),
+            None => anyhow::bail!("no stack: the Background step that brings it up did not run"),
+        }
     }
 }
 

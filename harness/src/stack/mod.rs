@@ -5,6 +5,7 @@
 //! tears them down on drop. Scenarios only ever talk to `Stack`.
 
 pub mod sites;
+mod under_test;
 mod up;
 
 pub use sites::Site;

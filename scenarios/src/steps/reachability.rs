@@ -4,7 +4,7 @@ use crate::world::Operator;
 
 #[when(expr = "I ask the proxy for {string}")]
 async fn ask_the_proxy(world: &mut Operator, path: String) -> anyhow::Result<()> {
-    world.http_status = Some(world.stack()?.get_via_proxy(&path).await?);
+    world.http_status = Some(world.deployment()?.get_via_proxy(&path).await?);
     Ok(())
 }
 
@@ -22,9 +22,11 @@ fn the_answer_is(world: &mut Operator, status: u16) -> anyhow::Result<()> {
 
 #[then("a client with only the public URL, the public CA and the service token runs a cell in every user's lab")]
 async fn outsider_runs_a_cell(world: &mut Operator) -> anyhow::Result<()> {
-    let stack = world.stack()?;
-    for user in stack.users() {
-        let report = stack
+    let deployment = world.deployment()?;
+    let users = deployment.users();
+    anyhow::ensure!(!users.is_empty(), "the deployment has no lab to check");
+    for user in users {
+        let report = deployment
             .check_from_outside(&user, "print('hubtrust-' + 'outside')")
             .await?;
         anyhow::ensure!(
@@ -38,15 +40,17 @@ async fn outsider_runs_a_cell(world: &mut Operator) -> anyhow::Result<()> {
 
 #[then("every user's lab answers through the proxy")]
 async fn every_lab_answers(world: &mut Operator) -> anyhow::Result<()> {
-    let stack = world.stack()?;
-    let users = stack.users();
-    anyhow::ensure!(!users.is_empty(), "the stack has no lab to check");
+    let deployment = world.deployment()?;
+    let users = deployment.users();
+    anyhow::ensure!(!users.is_empty(), "the deployment has no lab to check");
     for user in users {
-        let status = stack.get_via_proxy(&format!("/user/{user}/api")).await?;
+        let status = deployment
+            .get_via_proxy(&format!("/user/{user}/api"))
+            .await?;
         anyhow::ensure!(
             status == 200,
             "the lab of {user} answered HTTP {status} through the proxy{}",
-            stack.site_diagnoses()
+            deployment.diagnoses()
         );
     }
     Ok(())

@@ -4,7 +4,7 @@ use crate::world::{report, Operator};
 
 #[then(expr = "every private key and the cookie secret has mode {word}")]
 fn secrets_have_mode(world: &mut Operator, mode: String) -> anyhow::Result<()> {
-    let files = world.stack()?.secret_files();
+    let files = world.deployment()?.secret_files()?;
     anyhow::ensure!(
         files
             .iter()
@@ -32,7 +32,7 @@ fn secrets_have_mode(world: &mut Operator, mode: String) -> anyhow::Result<()> {
 
 #[when("I take the certificate inventory")]
 fn take_inventory(world: &mut Operator) -> anyhow::Result<()> {
-    let inventory = world.stack()?.inventory()?;
+    let inventory = world.deployment()?.inventory()?;
     if let Ok(mut r) = report().lock() {
         r.inventory = Some(inventory.clone());
     }

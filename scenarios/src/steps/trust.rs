@@ -1,7 +1,5 @@
 use cucumber::{then, when};
-use hubtrust_harness::matrix::TrustMatrix;
 use hubtrust_harness::probe::Verdict;
-use hubtrust_harness::report::ChainCheck;
 
 use hubtrust_harness::known_defects::{KnownDefectHit, KnownDefects};
 
@@ -9,12 +7,12 @@ use crate::world::{known_defect_problems, report, Operator};
 
 #[when("I probe every endpoint with every client identity")]
 async fn probe_the_matrix(world: &mut Operator) -> anyhow::Result<()> {
-    let stack = world.stack()?;
-    let mut matrix = TrustMatrix::observe(stack).await?;
+    let deployment = world.deployment()?;
+    let mut matrix = deployment.trust_matrix().await?;
     let sorted = KnownDefects::builtin()?.sort(
         "trust-matrix",
         matrix.mismatches().into_iter().cloned().collect(),
-        &stack.component_versions,
+        &deployment.component_versions(),
         &matrix.endpoints,
         |c| (c.endpoint.clone(), c.identity.clone()),
     );
@@ -77,26 +75,7 @@ fn every_verdict_matches(world: &mut Operator) -> anyhow::Result<()> {
 
 #[when("each real client connects with its own bundle, name and certificate")]
 async fn real_clients_connect(world: &mut Operator) -> anyhow::Result<()> {
-    let stack = world.stack()?;
-    let mut chains = Vec::new();
-    for path in stack.real_client_paths() {
-        let outcome = stack.probe_real_client(&path).await;
-        chains.push(ChainCheck {
-            server: path.server,
-            client: path.client,
-            bundle: path.bundle,
-            server_name: path.server_name,
-            verdict: outcome.verdict,
-            detail: outcome.detail,
-            protocol: outcome.protocol,
-            cipher: outcome.cipher,
-            chain: outcome
-                .peer_chain
-                .iter()
-                .map(|c| c.subject.clone())
-                .collect(),
-        });
-    }
+    let chains = world.deployment()?.real_client_chains().await?;
     if let Ok(mut r) = report().lock() {
         r.chains = chains.clone();
     }
@@ -131,13 +110,12 @@ fn every_connection_accepted(world: &mut Operator) -> anyhow::Result<()> {
 
 #[when(expr = "the hub's certificate calls the proxy API {word} the auth token")]
 async fn call_proxy_api(world: &mut Operator, with: String) -> anyhow::Result<()> {
-    let stack = world.stack()?;
-    let token = match with.as_str() {
-        "with" => Some(stack.proxy_token.clone()),
-        "without" => None,
+    let with_token = match with.as_str() {
+        "with" => true,
+        "without" => false,
         other => anyhow::bail!("say `with` or `without` the auth token, not {other:?}"),
     };
-    world.proxy_api = Some(stack.call_proxy_api(token).await);
+    world.proxy_api = Some(world.deployment()?.call_proxy_api(with_token).await?);
     Ok(())
 }
 

@@ -1,0 +1,75 @@
+//! A stack of hosts hubtrust started, as the `@core` scenarios see it.
+
+use std::collections::BTreeMap;
+
+use super::{SecretFile, Stack};
+use crate::error::Result;
+use crate::hub_api::PublicSideReport;
+use crate::inventory::Inventory;
+use crate::matrix::TrustMatrix;
+use crate::probe::ProbeOutcome;
+use crate::report::ChainCheck;
+use crate::under_test::DeploymentUnderTest;
+
+#[async_trait::async_trait]
+impl DeploymentUnderTest for Stack {
+    fn users(&self) -> Vec<String> {
+        Stack::users(self)
+    }
+
+    fn component_versions(&self) -> BTreeMap<String, String> {
+        self.component_versions.clone()
+    }
+
+    async fn get_via_proxy(&self, path: &str) -> Result<u16> {
+        Stack::get_via_proxy(self, path).await
+    }
+
+    async fn check_from_outside(&self, user: &str, code: &str) -> Result<PublicSideReport> {
+        Stack::check_from_outside(self, user, code).await
+    }
+
+    fn diagnoses(&self) -> String {
+        self.site_diagnoses()
+    }
+
+    async fn trust_matrix(&self) -> Result<TrustMatrix> {
+        TrustMatrix::observe(self).await
+    }
+
+    async fn real_client_chains(&self) -> Result<Vec<ChainCheck>> {
+        let mut chains = Vec::new();
+        for path in self.real_client_paths() {
+            let outcome = self.probe_real_client(&path).await;
+            chains.push(ChainCheck {
+                server: path.server,
+                client: path.client,
+                bundle: path.bundle,
+                server_name: path.server_name,
+                verdict: outcome.verdict,
+                detail: outcome.detail,
+                protocol: outcome.protocol,
+                cipher: outcome.cipher,
+                chain: outcome
+                    .peer_chain
+                    .iter()
+                    .map(|c| c.subject.clone())
+                    .collect(),
+            });
+        }
+        Ok(chains)
+    }
+
+    async fn call_proxy_api(&self, with_token: bool) -> Result<ProbeOutcome> {
+        let token = with_token.then(|| self.proxy_token.clone());
+        Ok(Stack::call_proxy_api(self, token).await)
+    }
+
+    fn secret_files(&self) -> Result<Vec<SecretFile>> {
+        Ok(Stack::secret_files(self))
+    }
+
+    fn inventory(&self) -> Result<Inventory> {
+        Stack::inventory(self)
+    }
+}

@@ -1,0 +1,60 @@
+//! What the `@core` scenarios ask of a deployment, whoever started it: a
+//! stack of hosts hubtrust started (the local and docker backends), or a
+//! chart's pods on a cluster. The steps judge; this only observes.
+
+use std::collections::BTreeMap;
+
+use crate::error::Result;
+use crate::hub_api::PublicSideReport;
+use crate::inventory::Inventory;
+use crate::matrix::TrustMatrix;
+use crate::probe::ProbeOutcome;
+use crate::report::ChainCheck;
+use crate::stack::SecretFile;
+
+#[async_trait::async_trait]
+pub trait DeploymentUnderTest: Send + Sync {
+    /// The users with a lab, in order; the first is who single-user steps
+    /// act as.
+    fn users(&self) -> Vec<String>;
+
+    /// The components' versions, which known defects are matched against.
+    fn component_versions(&self) -> BTreeMap<String, String>;
+
+    /// GET a path on the public proxy as the operator (service token
+    /// sent): the HTTP status.
+    async fn get_via_proxy(&self, path: &str) -> Result<u16>;
+
+    /// What a client knowing only the public URL, the public CA and the
+    /// service token sees when it runs `code` in `user`'s lab.
+    async fn check_from_outside(&self, user: &str, code: &str) -> Result<PublicSideReport>;
+
+    /// What the deployment's sites know of why a lab may not answer;
+    /// appended to such a failure. Empty when they know nothing.
+    fn diagnoses(&self) -> String {
+        String::new()
+    }
+
+    /// Every internal endpoint × every client identity, observed.
+    async fn trust_matrix(&self) -> Result<TrustMatrix>;
+
+    /// Each server as each of its real clients reaches it: with the
+    /// client's own bundle, server name and certificate.
+    async fn real_client_chains(&self) -> Result<Vec<ChainCheck>>;
+
+    /// The proxy's REST API called with the hub's certificate, with or
+    /// without the auth token.
+    async fn call_proxy_api(&self, with_token: bool) -> Result<ProbeOutcome>;
+
+    /// Private keys and the cookie secret, with their modes.
+    fn secret_files(&self) -> Result<Vec<SecretFile>>;
+
+    /// Every certificate the deployment holds.
+    fn inventory(&self) -> Result<Inventory>;
+}
+
+impl std::fmt::Debug for dyn DeploymentUnderTest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeploymentUnderTest")
+    }
+}
