@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+/// How a [`HarnessError::NotObserved`] begins, so a report shows its
+/// scenario as not run rather than failed.
+pub const NOT_OBSERVED: &str = "not observed on this deployment: ";
+
 /// Every way the engine can fail. The `hint` fields tell an operator what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
@@ -80,6 +84,10 @@ pub enum HarnessError {
         message: String,
         fix: String,
     },
+    /// A scenario asked what this deployment's run did not observe: said
+    /// as not run, never passed.
+    #[error("{NOT_OBSERVED}{what}: {why}")]
+    NotObserved { what: String, why: String },
     #[error("restore the {site} after a scenario: {message}")]
     SiteNotRestored { site: String, message: String },
     #[error("{what}: not supported by the {backend} backend (fix: {fix})")]

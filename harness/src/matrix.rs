@@ -1,19 +1,19 @@
 //! The internal trust matrix: every endpoint × every client identity,
 //! expected verdict (from the trust graph) against observed verdict.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::probe::Verdict;
 use crate::stack::Stack;
 use crate::trust::{expected_verdict, verdict_matches};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MatrixCell {
     pub endpoint: String,
     pub identity: String,
     pub expected: Verdict,
-    pub reason: &'static str,
+    pub reason: String,
     pub observed: Verdict,
     pub detail: String,
     pub protocol: Option<String>,
@@ -23,7 +23,7 @@ pub struct MatrixCell {
     pub known_defect: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TrustMatrix {
     pub endpoints: Vec<String>,
     pub identities: Vec<String>,
@@ -45,7 +45,7 @@ impl TrustMatrix {
                     endpoint: endpoint.name.clone(),
                     identity: identity.label.clone(),
                     expected,
-                    reason,
+                    reason: reason.into(),
                     observed: outcome.verdict,
                     matches: verdict_matches(expected, outcome.verdict),
                     detail: outcome.detail,

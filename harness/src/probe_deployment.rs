@@ -626,7 +626,7 @@ async fn trust_matrix(
                 endpoint: endpoint.name.clone(),
                 identity: given.map_or("none".into(), |g| g.label.clone()),
                 expected,
-                reason,
+                reason: reason.into(),
                 observed: outcome.verdict,
                 matches: verdict_matches(expected, outcome.verdict),
                 detail: outcome.detail,

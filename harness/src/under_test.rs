@@ -12,6 +12,8 @@ use crate::probe::ProbeOutcome;
 use crate::report::ChainCheck;
 use crate::stack::SecretFile;
 
+pub use crate::error::NOT_OBSERVED;
+
 #[async_trait::async_trait]
 pub trait DeploymentUnderTest: Send + Sync {
     /// The users with a lab, in order; the first is who single-user steps

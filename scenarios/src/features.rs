@@ -89,8 +89,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 /// Parses a tag expression and checks that every tag it names exists, so
 /// a typo is an error rather than a run of nothing.
 pub fn parse_tags(expr: &str, scenarios: &[ScenarioInfo]) -> anyhow::Result<TagOperation> {
-    let op: TagOperation = expr
-        .parse()
+    let op = crate::tag_expression::parse(expr)
         .map_err(|e| anyhow::anyhow!("invalid tag expression {expr:?}: {e} (fix: write tags like `@core` or `@core and not @wire`)"))?;
     let known: BTreeSet<&str> = scenarios
         .iter()

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ExitCode, Stdio};
 
 use anyhow::Context;
+use cucumber::gherkin::tagexpr::TagOperation;
 use hubtrust_harness::backend::kubernetes::public_check::{self, PublicAddress, ToolsVerdict};
 use hubtrust_harness::backend::kubernetes::{
     self, command, in_cluster, plan::KubernetesPlan, preflight, run::KubernetesRun, ChartImage,
@@ -40,6 +41,8 @@ pub struct KubernetesArgs<'a> {
     /// Where the run keeps what it saw; `hubtrust-in-cluster/<ns>` when
     /// not given.
     pub artifacts: Option<PathBuf>,
+    /// Where the feature files are (`--features`).
+    pub features: Option<&'a Path>,
 }
 
 impl<'a> KubernetesArgs<'a> {
@@ -57,6 +60,7 @@ impl<'a> KubernetesArgs<'a> {
             namespace: cluster.namespace.as_deref(),
             plan: cluster.plan,
             artifacts: None,
+            features: None,
         }
     }
 }
@@ -74,7 +78,7 @@ pub fn run_command(
     let outcome = (|| {
         if let Some(tags) = tags {
             anyhow::bail!(
-                "--tags {tags}: tags select the Gherkin scenarios, which do not run on --backend {} yet; a run there runs every check of the deployment (fix: drop --tags; docs/kubernetes.md lists the checks)",
+                "--tags {tags}: a run on --backend {} runs every check of the deployment and the scenarios of `{SCENARIO_TAGS}`, which need no hosts of hubtrust's; tags cannot choose among them (fix: drop --tags; docs/kubernetes.md lists the checks)",
                 args.backend.name()
             );
         }
@@ -95,6 +99,12 @@ pub fn run_command(
         Err(e) => return usage_error(e),
     };
     let deployment = &prepared.deployment;
+    // What the scenarios' steps added: the matrix they judged, and the
+    // known defects they met.
+    let scenarios_said = crate::world::report()
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
     let report = RunReport {
         tool: format!("hubtrust {}", env!("CARGO_PKG_VERSION")),
         tags: None,
@@ -117,8 +127,15 @@ pub fn run_command(
         scenarios: list.results.clone(),
         seconds: started.elapsed().as_secs_f64(),
         stack_ready_seconds: list.ready_seconds,
-        known_defects: list.known_defects.clone(),
+        known_defects: list
+            .known_defects
+            .iter()
+            .chain(&scenarios_said.known_defects)
+            .cloned()
+            .collect(),
         inventory: list.inventory.clone(),
+        trust_matrix: scenarios_said.trust_matrix,
+        chains: scenarios_said.chains,
         peak_rss_kb: crate::measure::peak_rss_kb(),
         ..RunReport::default()
     };
@@ -200,6 +217,10 @@ struct Prepared {
     deployment: Deployment,
     plan: KubernetesPlan,
     org: Option<OrgCa>,
+    /// The feature files, and the expression selecting the scenarios a
+    /// chart-started deployment answers: checked before anything starts.
+    features: PathBuf,
+    scenario_tags: TagOperation,
 }
 
 /// The deployment and its plan, from the stack file and the pins; nothing
@@ -333,11 +354,16 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         org.as_ref().map(|o| o.pem.as_str()),
         merge_command.as_deref(),
     );
+    let features = crate::features::locate(args.features);
+    let scenario_tags =
+        crate::features::parse_tags(SCENARIO_TAGS, &crate::features::scenarios(&features)?)?;
     Ok(Prepared {
         stack_name: spec.name.clone(),
         deployment,
         plan,
         org,
+        features,
+        scenario_tags,
     })
 }
 
@@ -642,6 +668,19 @@ fn check_deployment(
     }
     probe_from_inside(list, deployment, plan, no_lab);
     match (&public, no_lab) {
+        (Some(address), None) => {
+            let hub_version = seen.as_ref().map(|s| s.hub_version.clone());
+            run_scenarios(list, runtime, prepared, address, hub_version);
+        }
+        (_, why) => list.not_run(
+            SCENARIOS,
+            format!(
+                "not run: {}",
+                why.unwrap_or("the public side was not reached")
+            ),
+        ),
+    }
+    match (&public, no_lab) {
         (Some(address), None) => probe_from_outside(list, runtime, deployment, address),
         (_, why) => list.not_run(
             OUTSIDE,
@@ -652,6 +691,105 @@ fn check_deployment(
         ),
     }
     public
+}
+
+/// The Gherkin scenarios a chart-started deployment answers. The
+/// reachability and TLS features' scenarios are the in-cluster probers'
+/// own rows here: they need a prober inside the cluster's network.
+const SCENARIO_TAGS: &str = "@core and not @reachability and not @tls";
+const SCENARIOS: &str = "The @core scenarios, unchanged, against the chart's pods";
+
+/// The feature files' scenarios `SCENARIO_TAGS` selects, run against the
+/// deployment through `public` and what the checks above observed inside
+/// the cluster; each becomes a row of the report under its own feature.
+fn run_scenarios(
+    list: &mut Checklist,
+    runtime: &tokio::runtime::Runtime,
+    prepared: &Prepared,
+    public: &PublicAddress,
+    hub_version: Option<String>,
+) {
+    use hubtrust_harness::backend::kubernetes::under_test::{
+        ChartDeployment, InClusterObservations, Observation,
+    };
+    let deployment = &prepared.deployment;
+    let plan = &prepared.plan;
+    // Kind's pods are on this machine; a cluster elsewhere's are not.
+    let no_pod_entered = format!(
+        "hubtrust enters pods only on kind, whose nodes are on this machine; this is --backend {}",
+        deployment.target.backend_name()
+    );
+    let started = (|| -> anyhow::Result<_> {
+        let observed = InClusterObservations {
+            hub_version,
+            trust_matrix: match plan.probes.is_empty() {
+                true => Observation::NotMade(no_pod_entered.clone()),
+                false => labelled_trust_matrix(deployment, plan)
+                    .map_or_else(Observation::Failed, Observation::Seen),
+            },
+            inventory: match (plan.secret_files.is_empty(), list.inventory.clone()) {
+                (true, _) => Observation::NotMade(no_pod_entered.clone()),
+                (false, Some(inventory)) => Observation::Seen(inventory),
+                (false, None) => Observation::Failed(
+                    "the hub's certificate store was not read (see the inventory row)".into(),
+                ),
+            },
+        };
+        Ok(ChartDeployment::new(deployment, public, observed)?)
+    })();
+    let chart = match started {
+        Ok(ready) => ready,
+        Err(e) => {
+            list.check(SCENARIOS, None, || Err(e));
+            return;
+        }
+    };
+    if let Ok(mut shared) = crate::world::DEPLOYMENT.lock() {
+        *shared = Some(std::sync::Arc::new(chart));
+    }
+    let results = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    runtime.block_on(crate::run::run_scenarios(
+        prepared.features.clone(),
+        Some(prepared.scenario_tags.clone()),
+        results.clone(),
+        Box::new(|_, _| None),
+    ));
+    if let Ok(mut shared) = crate::world::DEPLOYMENT.lock() {
+        *shared = None;
+    }
+    let results = results.lock().map(|r| r.clone()).unwrap_or_default();
+    if results.is_empty() {
+        list.check(SCENARIOS, None, || {
+            anyhow::bail!("no scenario ran, so nothing was shown to work")
+        });
+    }
+    list.results.extend(results);
+}
+
+/// The trust matrix the labelled prober pod observed, from its report.
+fn labelled_trust_matrix(
+    deployment: &Deployment,
+    plan: &KubernetesPlan,
+) -> Result<hubtrust_harness::matrix::TrustMatrix, String> {
+    let probe = plan
+        .probes
+        .iter()
+        .find(|p| p.labelled)
+        .ok_or("this deployment has no labelled prober pod")?;
+    let file = deployment
+        .artifacts_dir
+        .join(&probe.pod)
+        .join("report.json");
+    let text = std::fs::read(&file).map_err(|e| {
+        format!(
+            "the labelled prober left no report at {} ({e}); see its row",
+            file.display()
+        )
+    })?;
+    let mut written: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("parse {}: {e}", file.display()))?;
+    serde_json::from_value(written["trust_matrix"].take())
+        .map_err(|e| format!("the trust matrix in {}: {e}", file.display()))
 }
 
 /// `hubtrust probe`'s checks from this machine, through the public URL,

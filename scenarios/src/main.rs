@@ -21,6 +21,7 @@ mod progress;
 mod repeat;
 mod run;
 mod steps;
+mod tag_expression;
 mod world;
 
 use std::path::PathBuf;
@@ -299,12 +300,15 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Run(args) if args.backend.deploys_a_chart() => {
             return kubernetes::run_command(
-                kubernetes::KubernetesArgs::from_cli(
-                    args.backend,
-                    args.stack.as_deref(),
-                    args.images.as_deref(),
-                    &args.cluster,
-                ),
+                kubernetes::KubernetesArgs {
+                    features: args.features.as_deref(),
+                    ..kubernetes::KubernetesArgs::from_cli(
+                        args.backend,
+                        args.stack.as_deref(),
+                        args.images.as_deref(),
+                        &args.cluster,
+                    )
+                },
                 args.tags.as_deref(),
                 &args.report,
                 args.keep,

@@ -8,6 +8,7 @@ use std::time::Instant;
 use cucumber::event::{self, Cucumber, Feature, Hook, Rule, Scenario, Step};
 use cucumber::{gherkin, parser, Event};
 use hubtrust_harness::report::{ScenarioResult, Status};
+use hubtrust_harness::under_test::NOT_OBSERVED;
 
 use crate::world::Operator;
 
@@ -24,6 +25,9 @@ struct Current {
     started: Instant,
     failure: Option<String>,
     skipped: bool,
+    /// A step asked what the deployment's run did not observe, and why:
+    /// the scenario is not run, never passed.
+    not_observed: Option<String>,
 }
 
 impl ProgressWriter {
@@ -47,6 +51,7 @@ impl ProgressWriter {
                     started: Instant::now(),
                     failure: None,
                     skipped: false,
+                    not_observed: None,
                 });
             }
             Scenario::Step(step, ev) | Scenario::Background(step, ev) => self.on_step(&step, ev),
@@ -80,6 +85,10 @@ impl ProgressWriter {
                         .unwrap_or_else(|| error.to_string()),
                     other => other.to_string(),
                 };
+                if let Some(said) = not_observed(&why) {
+                    current.not_observed.get_or_insert(said);
+                    return;
+                }
                 current.failure.get_or_insert(format!(
                     "step `{}{}` failed: {why}",
                     step.keyword, step.value
@@ -94,13 +103,14 @@ impl ProgressWriter {
         let Some(current) = self.current.take() else {
             return;
         };
-        let status = match (&current.failure, current.skipped) {
-            (Some(_), _) => Status::Failed,
+        let status = match (&current.failure, current.skipped, &current.not_observed) {
+            (Some(_), _, _) => Status::Failed,
             // fail_on_skipped turns undefined steps into failures; a skip
             // that still arrives here never counts as a pass.
-            (None, true) => Status::Skipped,
-            (None, false) => Status::Passed,
+            (None, true, _) | (None, false, Some(_)) => Status::Skipped,
+            (None, false, None) => Status::Passed,
         };
+        let failure = current.failure.or(current.not_observed);
         let seconds = current.started.elapsed().as_secs_f64();
         let artifacts = (self.keep_artifacts)(&scenario.name, status == Status::Failed);
         let mark = match status {
@@ -114,7 +124,7 @@ impl ProgressWriter {
             "{mark} {} / {} ({seconds:.1}s)",
             feature.name, scenario.name
         );
-        if let Some(failure) = &current.failure {
+        if let Some(failure) = &failure {
             for line in failure.lines() {
                 let _ = writeln!(err, "    {line}");
             }
@@ -129,7 +139,7 @@ impl ProgressWriter {
                 scenario: scenario.name.clone(),
                 tags,
                 status,
-                failure: current.failure,
+                failure,
                 seconds,
                 artifacts,
             });
@@ -155,6 +165,13 @@ impl ProgressWriter {
     }
 }
 
+/// A step's failure that says the deployment's run did not observe what
+/// it asks, as the report's "not run" reason.
+fn not_observed(why: &str) -> Option<String> {
+    let at = why.find(NOT_OBSERVED)?;
+    Some(format!("not run: {}", &why[at + NOT_OBSERVED.len()..]))
+}
+
 impl cucumber::Writer<Operator> for ProgressWriter {
     type Cli = cucumber::cli::Empty;
 
@@ -178,3 +195,26 @@ impl cucumber::Writer<Operator> for ProgressWriter {
 // Scenarios run one at a time (they share one stack), so events already
 // arrive in order.
 impl cucumber::writer::Normalized for ProgressWriter {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_step_that_was_not_observed_is_not_run() {
+        let said = hubtrust_harness::HarnessError::NotObserved {
+            what: "the proxy API from this machine".into(),
+            why: "it is reachable only inside the cluster".into(),
+        };
+        assert_eq!(
+            not_observed(&format!("{:#}", anyhow::Error::from(said))).as_deref(),
+            Some(
+                "not run: the proxy API from this machine: it is reachable only inside the cluster"
+            )
+        );
+        assert_eq!(
+            not_observed("the proxy API answered HTTP 200, expected 403"),
+            None
+        );
+    }
+}

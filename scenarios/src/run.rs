@@ -6,14 +6,15 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use cucumber::gherkin::tagexpr::TagOperation;
 use cucumber::World as _;
 use hubtrust_harness::images::list::{ImageList, ImageLock};
-use hubtrust_harness::report::RunReport;
+use hubtrust_harness::report::{RunReport, ScenarioResult};
 use hubtrust_harness::spec::StackSpec;
 
 use crate::bring_up::bring_up_on;
 use crate::measure::peak_rss_kb;
-use crate::progress::ProgressWriter;
+use crate::progress::{KeepArtifacts, ProgressWriter};
 use crate::world::{report, Operator, STACK};
 use crate::{artifacts, features, BackendChoice, BenchArgs, RunArgs, UpArgs};
 
@@ -234,42 +235,10 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
             .ok()
             .map(|p| p.display().to_string())
     });
-    let cli = cucumber::cli::Opts::<_, _, _, cucumber::cli::Empty> {
-        tags_filter: tags,
-        ..Default::default()
-    };
     crate::world::STRICT.store(args.strict, std::sync::atomic::Ordering::SeqCst);
     let _ = crate::world::REPORT_DIR
         .set(std::path::absolute(&args.report).unwrap_or(args.report.clone()));
-    let cucumber_run = Operator::cucumber()
-        .before(|_, _, scenario, world| {
-            // Only names the scenario's artifact directory; setup readers
-            // need to see stays in Background steps.
-            world.scenario = scenario.name.clone();
-            Box::pin(async {})
-        })
-        .after(|_, _, _, _, world| {
-            // Fault scenarios change the shared stack (a stopped sshd, a
-            // rotated proxy certificate); put it back whether they passed
-            // or not, so the next scenario starts from the designed site.
-            let stack = world.and_then(|w| w.stack.clone());
-            Box::pin(async move {
-                if let Some(stack) = stack {
-                    let outcome = stack.restore_sites().await;
-                    if let Err(e) = &outcome {
-                        eprintln!("error: {e}");
-                    }
-                    if let Ok(mut not_restored) = crate::world::NOT_RESTORED.lock() {
-                        *not_restored = outcome.err().map(|e| e.to_string());
-                    }
-                }
-            })
-        })
-        .with_writer(ProgressWriter::new(results.clone(), keep))
-        .fail_on_skipped()
-        .max_concurrent_scenarios(1)
-        .with_cli(cli)
-        .run(features_dir);
+    let cucumber_run = run_scenarios(features_dir, tags, results.clone(), keep);
     let interrupted = tokio::select! {
         _ = cucumber_run => false,
         _ = interrupts.recv() => true,
@@ -347,6 +316,51 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> ExitCode {
     }
 }
 
+/// Runs the scenarios `tags` selects, one at a time, against the run's
+/// shared deployment ([`STACK`], else [`crate::world::DEPLOYMENT`]),
+/// adding each one's result to `results` as it finishes.
+pub async fn run_scenarios(
+    features: PathBuf,
+    tags: Option<TagOperation>,
+    results: Arc<Mutex<Vec<ScenarioResult>>>,
+    keep: KeepArtifacts,
+) {
+    let cli = cucumber::cli::Opts::<_, _, _, cucumber::cli::Empty> {
+        tags_filter: tags,
+        ..Default::default()
+    };
+    Operator::cucumber()
+        .before(|_, _, scenario, world| {
+            // Only names the scenario's artifact directory; setup readers
+            // need to see stays in Background steps.
+            world.scenario = scenario.name.clone();
+            Box::pin(async {})
+        })
+        .after(|_, _, _, _, world| {
+            // Fault scenarios change the shared stack (a stopped sshd, a
+            // rotated proxy certificate); put it back whether they passed
+            // or not, so the next scenario starts from the designed site.
+            let stack = world.and_then(|w| w.stack.clone());
+            Box::pin(async move {
+                if let Some(stack) = stack {
+                    let outcome = stack.restore_sites().await;
+                    if let Err(e) = &outcome {
+                        eprintln!("error: {e}");
+                    }
+                    if let Ok(mut not_restored) = crate::world::NOT_RESTORED.lock() {
+                        *not_restored = outcome.err().map(|e| e.to_string());
+                    }
+                }
+            })
+        })
+        .with_writer(ProgressWriter::new(results, keep))
+        .fail_on_skipped()
+        .max_concurrent_scenarios(1)
+        .with_cli(cli)
+        .run(features)
+        .await;
+}
+
 /// A stack that was probed and found broken: a finding, not an environment
 /// problem.
 fn is_deployment_defect(e: &anyhow::Error) -> bool {
@@ -422,4 +436,173 @@ async fn up(args: UpArgs, interrupts: &mut Interrupts) -> ExitCode {
     eprintln!("tearing down");
     stack.shutdown().await;
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use hubtrust_harness::hub_api::PublicSideReport;
+    use hubtrust_harness::inventory::Inventory;
+    use hubtrust_harness::matrix::{MatrixCell, TrustMatrix};
+    use hubtrust_harness::probe::{ProbeOutcome, Verdict};
+    use hubtrust_harness::report::{ChainCheck, Status};
+    use hubtrust_harness::stack::SecretFile;
+    use hubtrust_harness::under_test::DeploymentUnderTest;
+    use hubtrust_harness::{HarnessError, Result};
+
+    use super::*;
+
+    /// A deployment whose answers the test sets: the runner and the steps
+    /// are what is under test here.
+    struct Answers {
+        lab_status: u16,
+        matrix_matches: bool,
+    }
+
+    fn not_observed(what: &str) -> HarnessError {
+        HarnessError::NotObserved {
+            what: what.into(),
+            why: "the test observed nothing".into(),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl DeploymentUnderTest for Answers {
+        fn users(&self) -> Vec<String> {
+            vec!["alice".into()]
+        }
+        fn component_versions(&self) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+        async fn get_via_proxy(&self, path: &str) -> Result<u16> {
+            Ok(if path.starts_with("/user/") {
+                self.lab_status
+            } else {
+                200
+            })
+        }
+        async fn check_from_outside(&self, _: &str, _: &str) -> Result<PublicSideReport> {
+            Ok(PublicSideReport {
+                hub_version: "5.3.0".into(),
+                lab_ready_after_seconds: 1.0,
+                cell: "hubtrust-outside".into(),
+            })
+        }
+        async fn trust_matrix(&self) -> Result<TrustMatrix> {
+            let observed = match self.matrix_matches {
+                true => Verdict::ClientCertRequired,
+                false => Verdict::Accepted,
+            };
+            Ok(TrustMatrix {
+                endpoints: vec!["proxy API".into()],
+                identities: vec!["none".into()],
+                cells: vec![MatrixCell {
+                    endpoint: "proxy API".into(),
+                    identity: "none".into(),
+                    expected: Verdict::ClientCertRequired,
+                    reason: "mutual TLS".into(),
+                    observed,
+                    detail: String::new(),
+                    protocol: None,
+                    matches: self.matrix_matches,
+                    known_defect: None,
+                }],
+            })
+        }
+        async fn real_client_chains(&self) -> Result<Vec<ChainCheck>> {
+            Err(not_observed("the chains"))
+        }
+        async fn call_proxy_api(&self, _: bool) -> Result<ProbeOutcome> {
+            Err(not_observed("the proxy API"))
+        }
+        fn secret_files(&self) -> Result<Vec<SecretFile>> {
+            Err(not_observed("the secret files"))
+        }
+        fn inventory(&self) -> Result<Inventory> {
+            Err(not_observed("the inventory"))
+        }
+    }
+
+    fn run_core(answers: Answers) -> BTreeMap<String, (Status, Option<String>)> {
+        let features = crate::features::locate(None);
+        let tags = crate::features::parse_tags(
+            "@core and not @reachability and not @tls",
+            &crate::features::scenarios(&features).unwrap(),
+        )
+        .unwrap();
+        *crate::world::DEPLOYMENT.lock().unwrap() = Some(Arc::new(answers));
+        let results = Arc::new(Mutex::new(Vec::new()));
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(run_scenarios(
+                features,
+                Some(tags),
+                results.clone(),
+                Box::new(|_, _| None),
+            ));
+        *crate::world::DEPLOYMENT.lock().unwrap() = None;
+        let results = results.lock().unwrap().clone();
+        results
+            .into_iter()
+            .map(|r| (r.scenario, (r.status, r.failure)))
+            .collect()
+    }
+
+    /// One test, since the deployment the steps see is the process's.
+    #[test]
+    fn a_deployment_hubtrust_did_not_start_answers_the_core_scenarios_and_what_it_did_not_observe_is_not_run(
+    ) {
+        let ran = run_core(Answers {
+            lab_status: 200,
+            matrix_matches: true,
+        });
+        assert_eq!(ran.len(), 8, "{ran:#?}");
+        let status = |name: &str| {
+            ran.iter()
+                .find(|(scenario, _)| scenario.starts_with(name))
+                .map(|(_, said)| said.clone())
+                .unwrap_or_else(|| panic!("no scenario {name:?} in {ran:#?}"))
+        };
+        for passed in [
+            "The hub answers its health check",
+            "A user's lab answers",
+            "The deployment works for a client that knows only its public side",
+            "Every endpoint accepts exactly the identities",
+        ] {
+            assert_eq!(status(passed).0, Status::Passed, "{passed}: {ran:#?}");
+        }
+        for not_run in [
+            "Every server's chain verifies",
+            "The proxy API is guarded",
+            "Private keys and the cookie secret",
+            "Every certificate in the stack is inventoried",
+        ] {
+            let (said, why) = status(not_run);
+            assert_eq!(said, Status::Skipped, "{not_run}: {ran:#?}");
+            assert!(
+                why.as_deref()
+                    .is_some_and(|w| w.starts_with("not run: ") && w.contains("observed nothing")),
+                "{not_run}: {why:?}"
+            );
+        }
+
+        let broken = run_core(Answers {
+            lab_status: 503,
+            matrix_matches: false,
+        });
+        let failed = |name: &str| {
+            broken
+                .iter()
+                .find(|(scenario, _)| scenario.starts_with(name))
+                .map(|(_, (status, why))| (*status, why.clone().unwrap_or_default()))
+                .unwrap()
+        };
+        let (status, why) = failed("A user's lab answers");
+        assert_eq!(status, Status::Failed);
+        assert!(why.contains("the lab of alice answered HTTP 503"), "{why}");
+        let (status, why) = failed("Every endpoint accepts exactly the identities");
+        assert_eq!(status, Status::Failed);
+        assert!(why.contains("proxy API × none: observed accepted"), "{why}");
+    }
 }

@@ -316,6 +316,12 @@ fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
         why.starts_with("not run: the chart did not install"),
         "{why}"
     );
+    let (scenarios, why) = run.status("The @core scenarios, unchanged");
+    assert_eq!(scenarios, "skipped");
+    assert!(
+        why.starts_with("not run: the first user's lab did not spawn"),
+        "{why}"
+    );
     // The fake kubectl deletes nothing and then says the namespace is gone.
     let (torn_down, why) = run.status("Everything the run made is removed");
     assert_eq!(torn_down, "passed", "{why}");

@@ -245,6 +245,58 @@ fn probe_from_outside(up: &UpStack, dir: &Path, command: impl Fn(&str) -> Comman
     report
 }
 
+/// What the `@core` scenarios ask of a chart-started deployment, asked of
+/// a running stack's public side instead: the live calls answer, the
+/// prober's matrix reads back from its report, and what the run did not
+/// observe is said so, never passed.
+fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
+    use hubtrust_harness::backend::kubernetes::under_test::{
+        ChartDeployment, InClusterObservations, Observation, PublicSideAt,
+    };
+    use hubtrust_harness::under_test::{DeploymentUnderTest, NOT_OBSERVED};
+    let (url, addr) = up.public();
+    let name = url
+        .trim_start_matches("https://")
+        .split(':')
+        .next()
+        .unwrap();
+    let public = PublicSideAt {
+        name: name.to_string(),
+        addr: addr.parse().unwrap(),
+        ca_pem: std::fs::read_to_string(up.first("org root CA")).unwrap(),
+        service_token: hubtrust_harness::secret::Secret::new(up.first("service token")),
+    };
+    let observed = InClusterObservations {
+        hub_version: None,
+        trust_matrix: Observation::Seen(
+            serde_json::from_value(probed["trust_matrix"].clone()).unwrap(),
+        ),
+        inventory: Observation::Failed("the store was not read in this test".into()),
+    };
+    let chart = ChartDeployment::at(public, "alice", observed).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let get = |path: &str| runtime.block_on(chart.get_via_proxy(path)).unwrap();
+    assert_eq!(get("/hub/health"), 200);
+    assert_eq!(get("/user/alice/api"), 200);
+    assert_eq!(get("/user/nobody/api"), 404, "a lab that does not exist");
+    let seen = runtime
+        .block_on(chart.check_from_outside("alice", "print('hubtrust-' + 'chart')"))
+        .unwrap();
+    assert_eq!(seen.cell, "hubtrust-chart");
+    let matrix = runtime.block_on(chart.trust_matrix()).unwrap();
+    assert!(
+        !matrix.cells.is_empty(),
+        "the probe's matrix read back empty"
+    );
+    let chains = runtime.block_on(chart.real_client_chains()).unwrap_err();
+    assert!(chains.to_string().starts_with(NOT_OBSERVED), "{chains}");
+    let unread = chart.inventory().unwrap_err().to_string();
+    assert!(
+        unread.contains("not read in this test") && !unread.starts_with(NOT_OBSERVED),
+        "an observation the run meant to make and could not is a failure: {unread}"
+    );
+}
+
 /// `hubtrust run --tags @core` on the default stack, on `backend`: its
 /// report.
 fn run_core(dir: &Path, backend: &str) -> serde_json::Value {
@@ -304,6 +356,7 @@ fn probe_of_a_docker_stack_agrees_with_run() {
         command.stdin(Stdio::null());
         command
     });
+    chart_view_answers(&up, &report(&from_operator));
     up.stop(&run);
     let ran = run_core(&dir, "docker");
     let compared = assert_agree(&report(&from_operator), &ran, &["proxy public"]);

@@ -24,6 +24,7 @@ pub mod proxy_wire;
 pub mod public_check;
 pub mod run;
 pub mod secret_modes;
+pub mod under_test;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
