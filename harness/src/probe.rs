@@ -76,7 +76,7 @@ impl std::fmt::Display for Verdict {
 }
 
 /// A certificate the peer presented.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerCertificate {
     pub subject: String,
     pub issuer: String,
@@ -107,14 +107,14 @@ impl HttpRequest {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HttpResponse {
     pub status: u16,
     pub body: String,
 }
 
 /// What a probe saw.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeOutcome {
     pub verdict: Verdict,
     pub detail: String,

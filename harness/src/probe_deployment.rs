@@ -24,7 +24,7 @@ use crate::known_defects::{KnownDefectHit, KnownDefects};
 use crate::matrix::{MatrixCell, TrustMatrix};
 use crate::pki::Identity;
 use crate::probe::{HttpRequest, ProbeOutcome, ProbeSpec, Verdict};
-use crate::report::{RunReport, ScenarioResult, Status, TlsScanSection};
+use crate::report::{ProxyApiCall, RunReport, ScenarioResult, Status, TlsScanSection};
 use crate::secret::Secret;
 use crate::tls_scan::{ScanTarget, TlsPolicySpec};
 use crate::trust::{expected_verdict, verdict_matches, ClientAuth, IdentityOrigin, InternalCa};
@@ -325,7 +325,8 @@ pub async fn probe_deployment(target: &ProbeTarget) -> Result<ProbeFindings> {
     checks.push(finish(hub_api_tokens(target).await, clock));
 
     let clock = Instant::now();
-    checks.push(finish(proxy_api_token(target).await, clock));
+    let (proxy_api_check, proxy_api_calls) = proxy_api_token(target).await;
+    checks.push(finish(proxy_api_check, clock));
 
     let clock = Instant::now();
     checks.push(finish(closed_endpoints(target).await, clock));
@@ -354,6 +355,7 @@ pub async fn probe_deployment(target: &ProbeTarget) -> Result<ProbeFindings> {
         tls_scan: Some(scan_section),
         known_defects: hits,
         seconds: started.elapsed().as_secs_f64(),
+        proxy_api_calls,
         ..RunReport::default()
     };
     Ok(ProbeFindings { checks, report })
@@ -737,14 +739,16 @@ async fn hub_api_tokens(target: &ProbeTarget) -> Verdicts {
 /// CHP's REST API must want its token even from a caller whose
 /// certificate it accepts: the certificate says which CA issued it, and
 /// every lab's certificate comes from one the proxy API may trust.
-async fn proxy_api_token(target: &ProbeTarget) -> Verdicts {
+/// The check's verdict, and both calls as made.
+async fn proxy_api_token(target: &ProbeTarget) -> (Verdicts, Vec<ProxyApiCall>) {
     const NAME: &str =
         "The proxy API refuses callers without its token, even with a certificate it accepts";
     let Some((name, token)) = &target.proxy_api else {
-        return Verdicts::not_run(
+        let not_run = Verdicts::not_run(
             NAME,
             "no --proxy-api given (fix: --proxy-api NAME naming CHP's REST API among the --endpoint flags, with --proxy-token-file)".into(),
         );
+        return (not_run, Vec::new());
     };
     // check_target made sure both exist.
     let endpoint = target.internal.iter().find(|e| &e.name == name);
@@ -755,13 +759,14 @@ async fn proxy_api_token(target: &ProbeTarget) -> Verdicts {
     let (Some(endpoint), Some(identity), Some(roots)) =
         (endpoint, identity, target.internal_roots.as_deref())
     else {
-        return Verdicts::of(
+        let inconclusive = Verdicts::of(
             NAME,
             vec![format!(
                 "inconclusive: `{name}` lacks an endpoint, an accepted identity or roots"
             )],
             Vec::new(),
         );
+        return (inconclusive, Vec::new());
     };
     let ask = |request: HttpRequest| {
         probe_at(
@@ -800,7 +805,16 @@ async fn proxy_api_token(target: &ProbeTarget) -> Verdicts {
             with.detail
         )),
     }
-    Verdicts::of(NAME, problems, Vec::new())
+    let call = |with_token: bool, outcome: ProbeOutcome| ProxyApiCall {
+        endpoint: name.clone(),
+        identity: identity.label.clone(),
+        with_token,
+        outcome,
+    };
+    (
+        Verdicts::of(NAME, problems, Vec::new()),
+        vec![call(false, without), call(true, with)],
+    )
 }
 
 /// Endpoints the design keeps from this place must not accept a

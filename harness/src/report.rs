@@ -167,6 +167,19 @@ pub struct RunReport {
     /// What the backend had to work around during the run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_notes: Vec<String>,
+    /// `hubtrust probe --proxy-api`: the proxy API called without and with
+    /// its token, for the `@core` scenario to judge on a chart deployment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_api_calls: Vec<ProxyApiCall>,
+}
+
+/// The proxy's REST API called with a certificate it accepts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProxyApiCall {
+    pub endpoint: String,
+    pub identity: String,
+    pub with_token: bool,
+    pub outcome: crate::probe::ProbeOutcome,
 }
 
 impl RunReport {

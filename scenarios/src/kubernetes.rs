@@ -724,7 +724,12 @@ fn run_scenarios(
             hub_version,
             trust_matrix: match plan.probes.is_empty() {
                 true => Observation::NotMade(no_pod_entered.clone()),
-                false => labelled_trust_matrix(deployment, plan)
+                false => labelled_probe_saw(deployment, plan, "trust_matrix")
+                    .map_or_else(Observation::Failed, Observation::Seen),
+            },
+            proxy_api: match plan.probes.is_empty() {
+                true => Observation::NotMade(no_pod_entered.clone()),
+                false => labelled_probe_saw(deployment, plan, "proxy_api_calls")
                     .map_or_else(Observation::Failed, Observation::Seen),
             },
             inventory: match (plan.secret_files.is_empty(), list.inventory.clone()) {
@@ -766,11 +771,12 @@ fn run_scenarios(
     list.results.extend(results);
 }
 
-/// The trust matrix the labelled prober pod observed, from its report.
-fn labelled_trust_matrix(
+/// A section of the labelled prober pod's report: what it observed.
+fn labelled_probe_saw<T: serde::de::DeserializeOwned>(
     deployment: &Deployment,
     plan: &KubernetesPlan,
-) -> Result<hubtrust_harness::matrix::TrustMatrix, String> {
+    section: &str,
+) -> Result<T, String> {
     let probe = plan
         .probes
         .iter()
@@ -788,8 +794,8 @@ fn labelled_trust_matrix(
     })?;
     let mut written: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| format!("parse {}: {e}", file.display()))?;
-    serde_json::from_value(written["trust_matrix"].take())
-        .map_err(|e| format!("the trust matrix in {}: {e}", file.display()))
+    serde_json::from_value(written[section].take())
+        .map_err(|e| format!("`{section}` in {}: {e}", file.display()))
 }
 
 /// `hubtrust probe`'s checks from this machine, through the public URL,

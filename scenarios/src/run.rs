@@ -445,7 +445,7 @@ mod tests {
     use hubtrust_harness::hub_api::PublicSideReport;
     use hubtrust_harness::inventory::Inventory;
     use hubtrust_harness::matrix::{MatrixCell, TrustMatrix};
-    use hubtrust_harness::probe::{ProbeOutcome, Verdict};
+    use hubtrust_harness::probe::{HttpResponse, ProbeOutcome, Verdict};
     use hubtrust_harness::report::{ChainCheck, Status};
     use hubtrust_harness::stack::SecretFile;
     use hubtrust_harness::under_test::DeploymentUnderTest;
@@ -458,6 +458,7 @@ mod tests {
     struct Answers {
         lab_status: u16,
         matrix_matches: bool,
+        proxy_api_guarded: bool,
     }
 
     fn not_observed(what: &str) -> HarnessError {
@@ -513,8 +514,16 @@ mod tests {
         async fn real_client_chains(&self) -> Result<Vec<ChainCheck>> {
             Err(not_observed("the chains"))
         }
-        async fn call_proxy_api(&self, _: bool) -> Result<ProbeOutcome> {
-            Err(not_observed("the proxy API"))
+        async fn call_proxy_api(&self, with_token: bool) -> Result<ProbeOutcome> {
+            let mut outcome = ProbeOutcome::failed(Verdict::Accepted, "");
+            outcome.http = Some(HttpResponse {
+                status: match (with_token, self.proxy_api_guarded) {
+                    (false, true) => 403,
+                    _ => 200,
+                },
+                body: String::new(),
+            });
+            Ok(outcome)
         }
         fn secret_files(&self) -> Result<Vec<SecretFile>> {
             Err(not_observed("the secret files"))
@@ -556,6 +565,7 @@ mod tests {
         let ran = run_core(Answers {
             lab_status: 200,
             matrix_matches: true,
+            proxy_api_guarded: true,
         });
         assert_eq!(ran.len(), 8, "{ran:#?}");
         let status = |name: &str| {
@@ -569,12 +579,12 @@ mod tests {
             "A user's lab answers",
             "The deployment works for a client that knows only its public side",
             "Every endpoint accepts exactly the identities",
+            "The proxy API is guarded",
         ] {
             assert_eq!(status(passed).0, Status::Passed, "{passed}: {ran:#?}");
         }
         for not_run in [
             "Every server's chain verifies",
-            "The proxy API is guarded",
             "Private keys and the cookie secret",
             "Every certificate in the stack is inventoried",
         ] {
@@ -590,6 +600,7 @@ mod tests {
         let broken = run_core(Answers {
             lab_status: 503,
             matrix_matches: false,
+            proxy_api_guarded: false,
         });
         let failed = |name: &str| {
             broken

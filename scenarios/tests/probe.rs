@@ -271,6 +271,7 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
         trust_matrix: Observation::Seen(
             serde_json::from_value(probed["trust_matrix"].clone()).unwrap(),
         ),
+        proxy_api: Observation::NotMade("no prober called it in this test".into()),
         inventory: Observation::Failed("the store was not read in this test".into()),
     };
     let chart = ChartDeployment::at(public, "alice", observed).unwrap();
@@ -290,11 +291,54 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
     );
     let chains = runtime.block_on(chart.real_client_chains()).unwrap_err();
     assert!(chains.to_string().starts_with(NOT_OBSERVED), "{chains}");
+    let proxy_api = runtime.block_on(chart.call_proxy_api(false)).unwrap_err();
+    assert!(
+        proxy_api.to_string().starts_with(NOT_OBSERVED),
+        "{proxy_api}"
+    );
     let unread = chart.inventory().unwrap_err().to_string();
     assert!(
         unread.contains("not read in this test") && !unread.starts_with(NOT_OBSERVED),
         "an observation the run meant to make and could not is a failure: {unread}"
     );
+}
+
+/// The proxy API's calls as a probe wrote them, read back as the kind run
+/// hands them to the `@core` scenario: 403 without the token, 200 with
+/// it, and the token itself nowhere in the report.
+fn proxy_api_calls_reach_the_scenario(probed: &serde_json::Value, ca: &str, token: &str) {
+    use hubtrust_harness::backend::kubernetes::under_test::{
+        ChartDeployment, InClusterObservations, Observation, PublicSideAt,
+    };
+    use hubtrust_harness::under_test::DeploymentUnderTest;
+    assert!(
+        !probed.to_string().contains(token),
+        "the proxy token is in the report"
+    );
+    let calls = serde_json::from_value(probed["proxy_api_calls"].clone()).unwrap();
+    let public = PublicSideAt {
+        name: "never-contacted".into(),
+        addr: "127.0.0.1:9".parse().unwrap(),
+        ca_pem: std::fs::read_to_string(ca).unwrap(),
+        service_token: hubtrust_harness::secret::Secret::new("unused"),
+    };
+    let observed = InClusterObservations {
+        hub_version: None,
+        trust_matrix: Observation::NotMade("not in this test".into()),
+        proxy_api: Observation::Seen(calls),
+        inventory: Observation::NotMade("not in this test".into()),
+    };
+    let chart = ChartDeployment::at(public, "alice", observed).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = |with_token| {
+        runtime
+            .block_on(chart.call_proxy_api(with_token))
+            .unwrap()
+            .http
+            .map(|h| h.status)
+    };
+    assert_eq!(status(false), Some(403));
+    assert_eq!(status(true), Some(200));
 }
 
 /// `hubtrust run --tags @core` on the default stack, on `backend`: its
@@ -470,6 +514,7 @@ fn probe_of_a_running_stack_agrees_with_run() {
         said.contains("known defect jupyterhub-internal-tls12-suites"),
         "{said}"
     );
+    proxy_api_calls_reach_the_scenario(&report(&from_hub), &org_root, up.first("proxy token"));
 
     // A token that is not the proxy's is refused, and said so.
     write_secret(&proxy_token, "not-the-proxy-token");

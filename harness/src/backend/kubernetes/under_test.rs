@@ -16,7 +16,7 @@ use crate::hub_api::{check_public_side, operator_client, PublicSide, PublicSideR
 use crate::inventory::Inventory;
 use crate::matrix::TrustMatrix;
 use crate::probe::ProbeOutcome;
-use crate::report::ChainCheck;
+use crate::report::{ChainCheck, ProxyApiCall};
 use crate::secret::Secret;
 use crate::stack::SecretFile;
 use crate::under_test::DeploymentUnderTest;
@@ -38,6 +38,9 @@ pub struct InClusterObservations {
     pub hub_version: Option<String>,
     /// The labelled prober's matrix against the Services.
     pub trust_matrix: Observation<TrustMatrix>,
+    /// The labelled prober's calls of the proxy API, without and with its
+    /// token.
+    pub proxy_api: Observation<Vec<ProxyApiCall>>,
     /// The running hub's certificate store.
     pub inventory: Observation<Inventory>,
 }
@@ -183,11 +186,20 @@ impl DeploymentUnderTest for ChartDeployment {
         ))
     }
 
-    async fn call_proxy_api(&self, _with_token: bool) -> Result<ProbeOutcome> {
-        Err(not_observed(
-            "the proxy API from this machine",
-            "it is reachable only inside the cluster; the labelled prober's row \"The proxy API refuses callers without its token\" checks it there",
-        ))
+    async fn call_proxy_api(&self, with_token: bool) -> Result<ProbeOutcome> {
+        let what = "the proxy API as the labelled prober pod called it";
+        observed(what, &self.observed.proxy_api)?
+            .into_iter()
+            .find(|call| call.with_token == with_token)
+            .map(|call| call.outcome)
+            .ok_or_else(|| HarnessError::Cluster {
+                what: what.into(),
+                message: format!(
+                    "the prober made no call {} the token",
+                    if with_token { "with" } else { "without" }
+                ),
+                fix: "see the labelled prober's row and its report".into(),
+            })
     }
 
     fn secret_files(&self) -> Result<Vec<SecretFile>> {
