@@ -24,7 +24,7 @@ use crate::known_defects::{KnownDefectHit, KnownDefects};
 use crate::matrix::{MatrixCell, TrustMatrix};
 use crate::pki::Identity;
 use crate::probe::{HttpRequest, ProbeOutcome, ProbeSpec, Verdict};
-use crate::report::{ProxyApiCall, RunReport, ScenarioResult, Status, TlsScanSection};
+use crate::report::{ChainCheck, ProxyApiCall, RunReport, ScenarioResult, Status, TlsScanSection};
 use crate::secret::Secret;
 use crate::tls_scan::{ScanTarget, TlsPolicySpec};
 use crate::trust::{expected_verdict, verdict_matches, ClientAuth, IdentityOrigin, InternalCa};
@@ -62,6 +62,19 @@ pub struct GivenIdentity {
     pub accepted_by: Vec<String>,
 }
 
+/// A real client of an internal endpoint, as it connects: its own
+/// certificate (a given identity), the bundle it verifies with and the
+/// name it asks for.
+#[derive(Debug, Clone)]
+pub struct RealClient {
+    pub endpoint: String,
+    pub client: String,
+    /// The bundle's file name, as the report shows it.
+    pub bundle: String,
+    pub bundle_pem: String,
+    pub server_name: String,
+}
+
 /// Everything the probe is told about the deployment.
 #[derive(Debug, Clone)]
 pub struct ProbeTarget {
@@ -81,6 +94,8 @@ pub struct ProbeTarget {
     pub user_token: Option<Secret>,
     /// The `--endpoint` that is CHP's REST API, and its auth token.
     pub proxy_api: Option<(String, Secret)>,
+    /// Each endpoint as its real clients reach it.
+    pub real_clients: Vec<RealClient>,
     pub policy: TlsPolicySpec,
     pub strict: bool,
 }
@@ -196,6 +211,42 @@ pub fn parse_identity(value: &str) -> std::result::Result<GivenIdentity, String>
     })
 }
 
+/// `ENDPOINT=CLIENT,bundle=FILE,name=SERVER_NAME`: CLIENT is an
+/// `--identity` label.
+pub fn parse_real_client(value: &str) -> std::result::Result<RealClient, String> {
+    let (endpoint, rest) = split_named("--real-client", value)?;
+    let mut parts = rest.split(',');
+    let client = parts.next().unwrap_or_default().trim().to_string();
+    let (mut bundle, mut server_name) = (None, None);
+    for option in parts {
+        match option.split_once('=') {
+            Some(("bundle", file)) if !file.is_empty() => bundle = Some(file),
+            Some(("name", name)) if !name.is_empty() => server_name = Some(name.to_string()),
+            _ => {
+                return Err(format!(
+                    "--real-client {value}: unknown option `{option}` (known: bundle=FILE, name=SERVER_NAME)"
+                ))
+            }
+        }
+    }
+    let (Some(bundle), Some(server_name)) = (bundle, server_name) else {
+        return Err(format!(
+            "--real-client {value}: expected ENDPOINT=CLIENT,bundle=FILE,name=SERVER_NAME"
+        ));
+    };
+    let bundle_pem = std::fs::read_to_string(bundle)
+        .map_err(|e| format!("--real-client {value}: read {bundle}: {e}"))?;
+    Ok(RealClient {
+        endpoint: endpoint.trim().to_string(),
+        client,
+        bundle: Path::new(bundle)
+            .file_name()
+            .map_or(bundle.to_string(), |n| n.to_string_lossy().into_owned()),
+        bundle_pem,
+        server_name,
+    })
+}
+
 /// Refusals that need no network: every name an identity or a policy
 /// exception lists must be an endpoint of the probe, and internal endpoints
 /// need roots to verify.
@@ -229,6 +280,20 @@ pub fn check_target(target: &ProbeTarget) -> std::result::Result<(), String> {
         {
             return Err(format!(
                 "--proxy-api `{name}`: no --identity is accepted by it, so the token cannot be told apart from the certificate (fix: --identity LABEL=CERT,KEY,accepted-by={name})"
+            ));
+        }
+    }
+    for real in &target.real_clients {
+        if !target.internal.iter().any(|e| e.name == real.endpoint) {
+            return Err(format!(
+                "--real-client `{}` names no --endpoint",
+                real.endpoint
+            ));
+        }
+        if !target.identities.iter().any(|i| i.label == real.client) {
+            return Err(format!(
+                "--real-client {}={}: `{}` is no --identity label",
+                real.endpoint, real.client, real.client
             ));
         }
     }
@@ -329,6 +394,10 @@ pub async fn probe_deployment(target: &ProbeTarget) -> Result<ProbeFindings> {
     checks.push(finish(proxy_api_check, clock));
 
     let clock = Instant::now();
+    let (chains_check, chains) = real_clients(target).await;
+    checks.push(finish(chains_check, clock));
+
+    let clock = Instant::now();
     checks.push(finish(closed_endpoints(target).await, clock));
 
     let clock = Instant::now();
@@ -356,6 +425,7 @@ pub async fn probe_deployment(target: &ProbeTarget) -> Result<ProbeFindings> {
         known_defects: hits,
         seconds: started.elapsed().as_secs_f64(),
         proxy_api_calls,
+        chains,
         ..RunReport::default()
     };
     Ok(ProbeFindings { checks, report })
@@ -815,6 +885,65 @@ async fn proxy_api_token(target: &ProbeTarget) -> (Verdicts, Vec<ProxyApiCall>) 
         Verdicts::of(NAME, problems, Vec::new()),
         vec![call(false, without), call(true, with)],
     )
+}
+
+/// Each endpoint as its real clients reach it: with the client's own
+/// certificate, bundle and server name, accepted over TLS 1.2 or newer.
+async fn real_clients(target: &ProbeTarget) -> (Verdicts, Vec<ChainCheck>) {
+    const NAME: &str = "Every server's chain verifies for the clients that really use it";
+    if target.real_clients.is_empty() {
+        let not_run = Verdicts::not_run(
+            NAME,
+            "no --real-client given (fix: --real-client 'ENDPOINT=IDENTITY,bundle=FILE,name=SERVER_NAME' for each client of an endpoint)".into(),
+        );
+        return (not_run, Vec::new());
+    }
+    let mut chains = Vec::new();
+    let mut problems = Vec::new();
+    for real in &target.real_clients {
+        // check_target made sure both exist.
+        let endpoint = target.internal.iter().find(|e| e.name == real.endpoint);
+        let identity = target.identities.iter().find(|i| i.label == real.client);
+        let (Some(endpoint), Some(identity)) = (endpoint, identity) else {
+            continue;
+        };
+        let outcome = probe_at(
+            endpoint.addr,
+            &real.server_name,
+            &real.bundle_pem,
+            Some(identity.identity.clone()),
+            HttpRequest::get("/"),
+        )
+        .await;
+        let modern = matches!(outcome.protocol.as_deref(), Some("TLSv1_2" | "TLSv1_3"));
+        if outcome.verdict != Verdict::Accepted || !modern {
+            problems.push(format!(
+                "{} as {} reaches it ({} for {}): {} {}",
+                real.endpoint,
+                real.client,
+                real.bundle,
+                real.server_name,
+                outcome.verdict,
+                outcome.detail
+            ));
+        }
+        chains.push(ChainCheck {
+            server: real.endpoint.clone(),
+            client: real.client.clone(),
+            bundle: real.bundle.clone(),
+            server_name: real.server_name.clone(),
+            verdict: outcome.verdict,
+            detail: outcome.detail,
+            protocol: outcome.protocol,
+            cipher: outcome.cipher,
+            chain: outcome
+                .peer_chain
+                .iter()
+                .map(|c| c.subject.clone())
+                .collect(),
+        });
+    }
+    (Verdicts::of(NAME, problems, Vec::new()), chains)
 }
 
 /// Endpoints the design keeps from this place must not accept a

@@ -34,7 +34,7 @@ pub struct ScenarioResult {
 }
 
 /// A server checked against one of its real clients.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChainCheck {
     pub server: String,
     pub client: String,

@@ -732,6 +732,11 @@ fn run_scenarios(
                 false => labelled_probe_saw(deployment, plan, "proxy_api_calls")
                     .map_or_else(Observation::Failed, Observation::Seen),
             },
+            chains: match plan.probes.is_empty() {
+                true => Observation::NotMade(no_pod_entered.clone()),
+                false => labelled_probe_saw(deployment, plan, "chains")
+                    .map_or_else(Observation::Failed, Observation::Seen),
+            },
             inventory: match (plan.secret_files.is_empty(), list.inventory.clone()) {
                 (true, _) => Observation::NotMade(no_pod_entered.clone()),
                 (false, Some(inventory)) => Observation::Seen(inventory),
@@ -823,6 +828,7 @@ fn probe_from_outside(
             hub_token: Some(deployment.service_token.clone()),
             user_token: Some(runtime.block_on(public_check::user_token(deployment, address))?),
             proxy_api: None,
+            real_clients: Vec::new(),
             policy: deployment.tls_policy.clone(),
             strict: false,
         };

@@ -50,6 +50,15 @@ pub struct ProbeArgs {
     /// it must refuse a call without its token and accept one with it.
     #[arg(long, value_name = "NAME")]
     pub proxy_api: Option<String>,
+    /// An internal endpoint as one of its real clients reaches it: the
+    /// client's `--identity`, the bundle it verifies with and the name it
+    /// asks for (`ENDPOINT=IDENTITY,bundle=FILE,name=SERVER_NAME`). Each
+    /// must be accepted over TLS 1.2 or newer. Repeatable.
+    #[arg(
+        long = "real-client",
+        value_name = "ENDPOINT=IDENTITY,bundle=FILE,name=NAME"
+    )]
+    pub real_clients: Vec<String>,
     /// A file holding the proxy API's auth token, for --proxy-api
     /// ($HUBTRUST_PROXY_TOKEN otherwise).
     #[arg(long)]
@@ -265,6 +274,7 @@ fn target(args: &ProbeArgs) -> anyhow::Result<ProbeTarget> {
                 })?,
             )),
         },
+        real_clients: parse_all(&args.real_clients, probe_deployment::parse_real_client)?,
         policy: policy(args)?,
         strict: args.strict,
     };

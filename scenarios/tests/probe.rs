@@ -235,7 +235,8 @@ fn probe_from_outside(up: &UpStack, dir: &Path, command: impl Fn(&str) -> Comman
         .unwrap();
     let said = text(&out);
     assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains("6 passed, 0 failed, 1 skipped"), "{said}");
+    // Not run from outside: the real clients' chains (inside only).
+    assert!(said.contains("6 passed, 0 failed, 2 skipped"), "{said}");
     // Tokens never reach the terminal or the reports.
     for file in ["report.json", "report.md", "report.xml"] {
         let written = std::fs::read_to_string(report.join(file)).unwrap();
@@ -272,6 +273,7 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
             serde_json::from_value(probed["trust_matrix"].clone()).unwrap(),
         ),
         proxy_api: Observation::NotMade("no prober called it in this test".into()),
+        chains: Observation::NotMade("no prober made them in this test".into()),
         inventory: Observation::Failed("the store was not read in this test".into()),
     };
     let chart = ChartDeployment::at(public, "alice", observed).unwrap();
@@ -303,10 +305,11 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
     );
 }
 
-/// The proxy API's calls as a probe wrote them, read back as the kind run
-/// hands them to the `@core` scenario: 403 without the token, 200 with
-/// it, and the token itself nowhere in the report.
-fn proxy_api_calls_reach_the_scenario(probed: &serde_json::Value, ca: &str, token: &str) {
+/// The proxy API's calls and the real clients' connections as a probe
+/// wrote them, read back as the kind run hands them to the `@core`
+/// scenarios: 403 without the token, 200 with it, every chain accepted,
+/// and the token itself nowhere in the report.
+fn probe_observations_reach_the_scenarios(probed: &serde_json::Value, ca: &str, token: &str) {
     use hubtrust_harness::backend::kubernetes::under_test::{
         ChartDeployment, InClusterObservations, Observation, PublicSideAt,
     };
@@ -326,6 +329,7 @@ fn proxy_api_calls_reach_the_scenario(probed: &serde_json::Value, ca: &str, toke
         hub_version: None,
         trust_matrix: Observation::NotMade("not in this test".into()),
         proxy_api: Observation::Seen(calls),
+        chains: Observation::Seen(serde_json::from_value(probed["chains"].clone()).unwrap()),
         inventory: Observation::NotMade("not in this test".into()),
     };
     let chart = ChartDeployment::at(public, "alice", observed).unwrap();
@@ -339,6 +343,11 @@ fn proxy_api_calls_reach_the_scenario(probed: &serde_json::Value, ca: &str, toke
     };
     assert_eq!(status(false), Some(403));
     assert_eq!(status(true), Some(200));
+    let chains = runtime.block_on(chart.real_client_chains()).unwrap();
+    assert_eq!(chains.len(), 5, "{chains:?}");
+    assert!(chains
+        .iter()
+        .all(|c| c.verdict == hubtrust_harness::probe::Verdict::Accepted));
 }
 
 /// `hubtrust run --tags @core` on the default stack, on `backend`: its
@@ -454,6 +463,15 @@ fn probe_of_a_running_stack_agrees_with_run() {
         }
         ["--identity".to_string(), spec]
     };
+    let real_client = |endpoint: &str, client: &str, bundle: &str| {
+        [
+            "--real-client".to_string(),
+            format!(
+                "{endpoint}={client},bundle={},name=127.0.0.1",
+                ssl.join(bundle).display()
+            ),
+        ]
+    };
     let from_hub = dir.join("from-hub");
     let proxy_token = dir.join("proxy.token");
     write_secret(&proxy_token, up.first("proxy token"));
@@ -485,6 +503,12 @@ fn probe_of_a_running_stack_agrees_with_run() {
                 "--report".into(),
                 from_hub.display().to_string(),
             ],
+            // As `hubtrust run` takes the real clients' paths.
+            &real_client("hub API", "proxy-client", "proxy-client-ca_trust.crt"),
+            &real_client("hub API", "lab cert (alice)", "notebooks-ca_trust.crt"),
+            &real_client("proxy API", "hub-internal", "hub-ca_trust.crt"),
+            &real_client("lab of alice", "hub-internal", "hub-ca_trust.crt"),
+            &real_client("lab of alice", "proxy-client", "proxy-client-ca_trust.crt"),
             &identity(
                 "hub-internal",
                 "hub-internal",
@@ -505,7 +529,12 @@ fn probe_of_a_running_stack_agrees_with_run() {
     );
     let said = text(&out);
     assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains("5 passed, 0 failed, 2 skipped"), "{said}");
+    assert!(said.contains("6 passed, 0 failed, 2 skipped"), "{said}");
+    assert!(
+        said.contains("✔ Every server's chain verifies for the clients that really use it"),
+        "{said}"
+    );
+    assert_eq!(report(&from_hub)["chains"].as_array().unwrap().len(), 5);
     assert!(
         said.contains("✔ The proxy API refuses callers without its token"),
         "{said}"
@@ -514,7 +543,7 @@ fn probe_of_a_running_stack_agrees_with_run() {
         said.contains("known defect jupyterhub-internal-tls12-suites"),
         "{said}"
     );
-    proxy_api_calls_reach_the_scenario(&report(&from_hub), &org_root, up.first("proxy token"));
+    probe_observations_reach_the_scenarios(&report(&from_hub), &org_root, up.first("proxy token"));
 
     // A token that is not the proxy's is refused, and said so.
     write_secret(&proxy_token, "not-the-proxy-token");
@@ -531,6 +560,12 @@ fn probe_of_a_running_stack_agrees_with_run() {
                 proxy_token.display().to_string(),
                 "--report".into(),
                 dir.join("wrong-proxy-token").display().to_string(),
+                // A name the proxy API's certificate does not list.
+                "--real-client".into(),
+                format!(
+                    "proxy API=hub-internal,bundle={},name=proxy-api.elsewhere.example",
+                    ssl.join("hub-ca_trust.crt").display()
+                ),
             ],
             &identity("hub-internal", "hub-internal", "proxy API"),
         ]
@@ -538,6 +573,10 @@ fn probe_of_a_running_stack_agrees_with_run() {
     );
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("proxy API as hub-internal reaches it (hub-ca_trust.crt for proxy-api.elsewhere.example): name-mismatch"),
+        "{said}"
+    );
     assert!(
         said.contains("answered HTTP 403: the token is not the proxy's"),
         "{said}"

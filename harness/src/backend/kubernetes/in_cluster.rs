@@ -56,11 +56,27 @@ pub struct ProbeIdentity {
     pub accepted_by: Vec<String>,
 }
 
+/// An endpoint as one of its real clients reaches it on the chart: the
+/// client's identity, its trust bundle in the internal store, and the
+/// Service name the chart's config gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RealClientPath {
+    pub endpoint: String,
+    pub client: String,
+    pub bundle: String,
+    pub service: String,
+    /// Asked for as `<service>.<ns>.svc.cluster.local` (KubeSpawner's lab
+    /// URL), not as the bare Service name (the chart's hub config).
+    pub qualified: bool,
+}
+
 /// One probe from one prober pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedProbe {
     pub pod: String,
     pub labelled: bool,
+    /// Each endpoint as its real clients reach it.
+    pub real_clients: Vec<RealClientPath>,
     /// Endpoints scanned and presented every identity.
     pub endpoints: Vec<ServiceTarget>,
     /// Endpoints that must not answer this pod.
@@ -124,10 +140,48 @@ pub fn planned_probes(user: &str) -> Vec<PlannedProbe> {
         accepted_by: accepted_by.iter().map(|s| s.to_string()).collect(),
     };
     let lab = lab_name(user);
+    let real =
+        |endpoint: &str, client: &str, bundle: &str, service: &str, qualified| RealClientPath {
+            endpoint: endpoint.into(),
+            client: client.into(),
+            bundle: bundle.into(),
+            service: service.into(),
+            qualified,
+        };
+    // The names the chart's hub config uses (`hub_connect_url`,
+    // `api_url`) and KubeSpawner's lab URL; each client's bundle is the
+    // one JupyterHub gives it. The lab's own client certificate stays in
+    // the hub's pod, so the lab's calls to the hub API are not among them.
+    let lab_service = lab_service(user);
+    let real_clients = vec![
+        real(
+            HUB_API,
+            "proxy-client",
+            "proxy-client-ca_trust.crt",
+            "hub",
+            false,
+        ),
+        real(
+            PROXY_API,
+            "hub-internal",
+            "hub-ca_trust.crt",
+            "proxy-api",
+            false,
+        ),
+        real(&lab, "hub-internal", "hub-ca_trust.crt", &lab_service, true),
+        real(
+            &lab,
+            "proxy-client",
+            "proxy-client-ca_trust.crt",
+            &lab_service,
+            true,
+        ),
+    ];
     vec![
         PlannedProbe {
             pod: "hubtrust-prober-labelled".into(),
             labelled: true,
+            real_clients,
             endpoints: internal_services(user),
             closed: Vec::new(),
             identities: vec![
@@ -143,6 +197,7 @@ pub fn planned_probes(user: &str) -> Vec<PlannedProbe> {
         PlannedProbe {
             pod: "hubtrust-prober-bare".into(),
             labelled: false,
+            real_clients: Vec::new(),
             endpoints: Vec::new(),
             closed: internal_services(user),
             identities: Vec::new(),
@@ -323,6 +378,19 @@ pub fn probe_args(
         }
         args.push("--identity".into());
         args.push(spec);
+    }
+    for real in &probe.real_clients {
+        let name = match real.qualified {
+            true => full_name(&real.service),
+            false => real.service.clone(),
+        };
+        args.push("--real-client".into());
+        args.push(format!(
+            "{}={},bundle={},name={name}",
+            real.endpoint,
+            real.client,
+            files.internal.join(&real.bundle).display()
+        ));
     }
     if probe.endpoints.iter().any(|e| e.name == PROXY_API) {
         args.extend([
@@ -669,6 +737,22 @@ mod tests {
             line.contains("--proxy-api proxy API --proxy-token-file /run/proxy-token"),
             "{line}"
         );
+        // Each client as the chart's config has it connect.
+        for real in [
+            "--real-client hub API=proxy-client,bundle=/run/internal-ssl/proxy-client-ca_trust.crt,name=hub ",
+            "--real-client proxy API=hub-internal,bundle=/run/internal-ssl/hub-ca_trust.crt,name=proxy-api ",
+            "--real-client lab of alice=hub-internal,bundle=/run/internal-ssl/hub-ca_trust.crt,name=jupyter-alice.ns.svc.cluster.local ",
+            "--real-client lab of alice=proxy-client,bundle=/run/internal-ssl/proxy-client-ca_trust.crt,name=jupyter-alice.ns.svc.cluster.local ",
+        ] {
+            assert!(line.contains(real), "{real} in {line}");
+        }
+        // The names the hub and CHP ask for are among the internal
+        // certificates' alternative names.
+        let alt_names = crate::backend::kubernetes::names::trusted_alt_names("ns");
+        for real in probes[0].real_clients.iter().filter(|r| !r.qualified) {
+            let name = format!("DNS:{}", real.service);
+            assert!(alt_names.contains(&name), "{name} not in {alt_names:?}");
+        }
         let kernel = lab_ports_closed("alice", "10.244.1.7".parse().unwrap(), &[8888, 35001]);
         let bare = probe_args(&probes[1], "ns", 4243, &ips, &files, &kernel).unwrap();
         let bare = bare.join(" ");
