@@ -78,6 +78,9 @@ pub enum HarnessError {
     HubApi { call: String, message: String },
     #[error("{what}: {message}")]
     Docker { what: String, message: String },
+    /// What this machine could not see of a kind node's pod.
+    #[error("{what}: {message}")]
+    Pod { what: String, message: String },
     #[error("{what}: {message} (fix: {fix})")]
     Cluster {
         what: String,

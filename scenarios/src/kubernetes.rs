@@ -13,8 +13,8 @@ use anyhow::Context;
 use cucumber::gherkin::tagexpr::TagOperation;
 use hubtrust_harness::backend::kubernetes::public_check::{self, PublicAddress, ToolsVerdict};
 use hubtrust_harness::backend::kubernetes::{
-    self, command, in_cluster, plan::KubernetesPlan, preflight, run::KubernetesRun, ChartImage,
-    ChartPins, ClusterTarget, Deployment, OrgTrust, RuntimeImage, BUILTIN_IMAGE_LIST,
+    self, command, in_cluster, plan::KubernetesPlan, pods, preflight, run::KubernetesRun,
+    ChartImage, ChartPins, ClusterTarget, Deployment, OrgTrust, RuntimeImage, BUILTIN_IMAGE_LIST,
     BUILTIN_IMAGE_LOCK, DEFAULT_IMAGE_LIST,
 };
 use hubtrust_harness::images::list::{ImageList, ImageLock};
@@ -903,7 +903,7 @@ fn probe_from_inside(
         };
         list.check(&scenario, None, || {
             let ready = ready?;
-            let pid = pod_process(deployment, &probe.pod)?;
+            let pid = pods::pod_process(deployment, &probe.pod)?;
             let files = in_cluster::ProbeFiles {
                 public_ca: &deployment.run_dir.join("public/public-ca.crt"),
                 internal: &deployment.run_dir.join("internal-ssl"),
@@ -986,7 +986,7 @@ fn prepare_probes(deployment: &Deployment) -> anyhow::Result<ProbeInputs> {
         proxy_token_file,
         foreign,
         ips: in_cluster::parse_cluster_ips(&ips.stdout),
-        lab_ports: lab_ports_closed(deployment)?,
+        lab_ports: pods::lab_ports_closed(deployment)?,
     })
 }
 
@@ -1016,9 +1016,9 @@ impl PodCapture {
         capture: &kubernetes::in_cluster::WireCapture,
     ) -> anyhow::Result<Self> {
         use std::io::BufRead as _;
-        let pod = running_pod(deployment, &capture.selector, &capture.what)
+        let pod = pods::running_pod(deployment, &capture.selector, &capture.what)
             .context("the wire evidence")?;
-        let pid = pod_process(deployment, &pod)?;
+        let pid = pods::pod_process(deployment, &pod)?;
         eprintln!(
             "· capturing on the interface of {}'s pod {pod} (pid {pid})",
             capture.what
@@ -1245,7 +1245,7 @@ fn check_inventory(
     deployment: &Deployment,
     taken: &mut Option<hubtrust_harness::inventory::Inventory>,
 ) -> anyhow::Result<Outcome> {
-    let inventory = taken.insert(inventory_of_hub_store(deployment)?);
+    let inventory = taken.insert(pods::hub_store_inventory(deployment)?);
     let missing: Vec<&str> = hubtrust_harness::trust::InternalCa::ALL
         .iter()
         .map(|ca| ca.dir_name())
@@ -1277,54 +1277,6 @@ fn check_inventory(
     Ok(Outcome::Passed)
 }
 
-/// The certificates of the hub's internal store as the running hub holds
-/// them (the lab's, made at spawn, among them), copied out of its pod as
-/// root without the keys, then inventoried as on the other backends.
-fn inventory_of_hub_store(
-    deployment: &Deployment,
-) -> anyhow::Result<hubtrust_harness::inventory::Inventory> {
-    use hubtrust_harness::backend::kubernetes::chart::INTERNAL_SSL_DIR;
-    let pid = component_process(deployment, "component=hub", "the hub", "jupyterhub")?;
-    let store =
-        PathBuf::from(format!("/proc/{pid}/root")).join(INTERNAL_SSL_DIR.trim_start_matches('/'));
-    let copy = deployment.run_dir.join("hub-store");
-    copy_without_keys(&store, &copy)?;
-    Ok(hubtrust_harness::inventory::Inventory::scan(&[(
-        "internal-ssl",
-        copy.as_path(),
-    )])?)
-}
-
-/// `from` (read as root) copied to `to`, every `*.key` left behind.
-fn copy_without_keys(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    let mut packed = as_root("tar")
-        .arg("-C")
-        .arg(from)
-        .args(["--exclude=*.key", "-cf", "-", "."])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run tar")?;
-    let stream = packed.stdout.take().context("tar has no stdout")?;
-    let unpacked = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(to)
-        .args(["--no-same-owner", "-xf", "-"])
-        .stdin(stream)
-        .status()
-        .context("run tar to unpack")?;
-    let packed = packed.wait_with_output().context("wait for tar")?;
-    anyhow::ensure!(
-        packed.status.success() && unpacked.success(),
-        "copying {} failed: {}",
-        from.display(),
-        String::from_utf8_lossy(&packed.stderr).trim()
-    );
-    Ok(())
-}
-
 /// Every secret file of the hub's, the proxy's and the first lab's pods,
 /// read as root through the component's own `/proc/<pid>/root` and judged
 /// against the component's own user and groups. Findings an upstream is
@@ -1335,97 +1287,15 @@ fn check_secret_files(
     plan: &KubernetesPlan,
     known_hits: &mut Vec<hubtrust_harness::known_defects::KnownDefectHit>,
 ) -> anyhow::Result<Outcome> {
-    use hubtrust_harness::backend::kubernetes::secret_modes;
-    use hubtrust_harness::known_defects::KnownDefects;
-    let known = KnownDefects::builtin()?;
-    let versions: BTreeMap<String, String> = [(
-        "zero-to-jupyterhub".to_string(),
-        deployment.chart.version.clone(),
-    )]
-    .into();
-    let mut findings: Vec<(String, String, String)> = Vec::new();
-    let mut looked = Vec::new();
-    for pod in &plan.secret_files {
-        let pid = component_process(deployment, &pod.selector, &pod.what, &pod.process)?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .with_context(|| format!("read /proc/{pid}/status"))?;
-        let ids = secret_modes::parse_status(&status)
-            .with_context(|| format!("/proc/{pid}/status names no user and group"))?;
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let mut files = Vec::new();
-        for dir in &pod.dirs {
-            let out = as_root("find")
-                .args(secret_modes::find_args(&root, dir))
-                .stdin(Stdio::null())
-                .output()
-                .context("run find")?;
-            anyhow::ensure!(
-                out.status.success(),
-                "listing {}'s {} failed: {}",
-                pod.what,
-                dir.path,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            files.extend(secret_modes::parse_find(
-                &String::from_utf8_lossy(&out.stdout),
-                &root,
-            ));
-        }
-        // Nothing found shows nothing: never a pass.
-        anyhow::ensure!(
-            !files.is_empty(),
-            "no secret file was found in {}'s {}: the check shows nothing",
-            pod.what,
-            pod.dirs
-                .iter()
-                .map(|d| d.path.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        eprintln!(
-            "· {} secret files of {} (uid {}, groups {:?}) read",
-            files.len(),
-            pod.what,
-            ids.uid,
-            ids.groups
-        );
-        looked.push(pod.what.clone());
-        for file in &files {
-            if let Some(why) = secret_modes::judge(file, &ids) {
-                let name = secret_modes::file_name(&file.path).to_string();
-                findings.push((pod.what.clone(), name, why));
-            }
-        }
+    let seen = pods::check_secrets(deployment, &plan.secret_files, SECRETS)?;
+    for line in &seen.read {
+        eprintln!("· {line}");
     }
-    let sorted = known.sort(
-        "secret-modes",
-        findings,
-        &versions,
-        &looked,
-        |(what, name, _)| (what.clone(), name.clone()),
-    );
-    for (defect, (what, _, why)) in &sorted.known {
-        eprintln!("· known defect {}: {what}: {why}", defect.id);
-        known_hits.push(hubtrust_harness::known_defects::KnownDefectHit {
-            scenario: SECRETS.into(),
-            id: defect.id.clone(),
-            finding: format!("{what}: {why}"),
-            reason: defect.reason.clone(),
-            upstream: defect.upstream.clone(),
-        });
+    for hit in &seen.known {
+        eprintln!("· known defect {}: {}", hit.id, hit.finding);
     }
-    let mut problems: Vec<String> = sorted
-        .unknown
-        .iter()
-        .map(|(what, _, why)| format!("{what}: {why}"))
-        .collect();
-    problems.extend(sorted.stale.iter().map(|d| {
-        format!(
-            "known defect `{}` no longer reproduces (fix: remove it from fixtures/known-defects.toml)",
-            d.id
-        )
-    }));
-    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    known_hits.extend(seen.known);
+    anyhow::ensure!(seen.problems.is_empty(), "{}", seen.problems.join("\n"));
     Ok(Outcome::Passed)
 }
 
@@ -1433,106 +1303,7 @@ fn check_secret_files(
 /// GitHub runner's passwordless sudo), to enter a pod's namespaces.
 fn hubtrust_as_root() -> anyhow::Result<std::process::Command> {
     let exe = std::env::current_exe().context("find hubtrust's own executable")?;
-    Ok(as_root(exe))
-}
-
-/// `program`, as root: through `sudo -n` when hubtrust is not root.
-fn as_root(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
-    if nix::unistd::geteuid().is_root() {
-        std::process::Command::new(program)
-    } else {
-        let mut sudo = std::process::Command::new("sudo");
-        sudo.arg("-n").arg(program);
-        sudo
-    }
-}
-
-/// The name of the running pod `selector` finds (`what` in errors).
-fn running_pod(deployment: &Deployment, selector: &str, what: &str) -> anyhow::Result<String> {
-    let name = command::run(&kubernetes::plan::pod_named_by_command(
-        &deployment.target,
-        &deployment.namespace,
-        selector,
-    ))
-    .map_err(|e| anyhow::anyhow!("{what}'s pod: {e}"))?
-    .stdout
-    .trim()
-    .to_string();
-    anyhow::ensure!(
-        !name.is_empty(),
-        "no pod of {what} (-l {selector}) is running"
-    );
-    Ok(name)
-}
-
-/// The pid, on this machine, of the process in `what`'s pod whose command
-/// line holds `needle`: its root is that container's filesystem.
-fn component_process(
-    deployment: &Deployment,
-    selector: &str,
-    what: &str,
-    needle: &str,
-) -> anyhow::Result<u32> {
-    let name = running_pod(deployment, selector, what)?;
-    let uid = pod_uid(deployment, &name)?;
-    in_cluster::pod_process_running(Path::new("/proc"), &uid, needle).with_context(|| {
-        format!("no process of {what}'s pod {name} runs `{needle}` on this machine")
-    })
-}
-
-/// The pod's UID, which names its cgroup.
-fn pod_uid(deployment: &Deployment, pod: &str) -> anyhow::Result<String> {
-    let uid = command::run(&kubernetes::plan::pod_uid_command(
-        &deployment.target,
-        &deployment.namespace,
-        pod,
-    ))
-    .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
-    Ok(uid.stdout.trim().to_string())
-}
-
-/// The pid, on this machine, of a process of `pod`.
-fn pod_process(deployment: &Deployment, pod: &str) -> anyhow::Result<u32> {
-    let uid = pod_uid(deployment, pod)?;
-    in_cluster::pod_process(Path::new("/proc"), &uid).ok_or_else(|| {
-        anyhow::anyhow!(
-            "the in-cluster probe: no process of pod {pod} (UID {uid}) is on this machine: it enters a pod's network namespace from the machine that runs the kind node"
-        )
-    })
-}
-
-/// Every port the first user's lab pod listens on besides the lab's own
-/// (its kernel's among them), at the pod's address: no prober may reach
-/// them. Read from the pod's own `/proc/<pid>/net/tcp`, as the kernel
-/// opened them, so a port the kernel binds wide is caught too.
-fn lab_ports_closed(deployment: &Deployment) -> anyhow::Result<Vec<(String, SocketAddr)>> {
-    use hubtrust_harness::backend::kubernetes::{command, in_cluster, plan};
-    let user = &deployment.user;
-    let pod = in_cluster::lab_service(user);
-    let pid = pod_process(deployment, &pod)?;
-    let tables: Vec<String> = ["tcp", "tcp6"]
-        .iter()
-        .map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).unwrap_or_default())
-        .collect();
-    let listening =
-        in_cluster::listening_ports(&tables.iter().map(String::as_str).collect::<Vec<_>>());
-    anyhow::ensure!(
-        !listening.is_empty(),
-        "the in-cluster probe: {user}'s lab pod {pod} (pid {pid}) shows no listening port, not even the lab's: its sockets could not be read"
-    );
-    let ip = command::run(&plan::pod_ip_command(
-        &deployment.target,
-        &deployment.namespace,
-        &pod,
-    ))
-    .map_err(|e| anyhow::anyhow!("the in-cluster probe: {e}"))?;
-    let ip: std::net::IpAddr = ip.stdout.trim().parse().map_err(|e| {
-        anyhow::anyhow!(
-            "the in-cluster probe: the lab pod {pod} has no address ({:?}: {e})",
-            ip.stdout.trim()
-        )
-    })?;
-    Ok(in_cluster::lab_ports_closed(user, ip, &listening))
+    Ok(pods::as_root(exe))
 }
 
 /// `hubtrust ca-certs OUT --kubernetes-namespace NS`: the store a z2jh
@@ -1634,30 +1405,5 @@ impl Reaper {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = writeln!(stdin, "{STAND_DOWN}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_store_is_copied_out_without_its_keys() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: the copy reads as root (sudo -n otherwise)");
-            return;
-        }
-        let dir = std::env::temp_dir().join(format!("hubtrust-copy-store-{}", std::process::id()));
-        let store = dir.join("store/hub-internal");
-        std::fs::create_dir_all(&store).unwrap();
-        std::fs::write(store.join("hub-internal.crt"), "cert").unwrap();
-        std::fs::write(store.join("hub-internal.key"), "key").unwrap();
-        let copied = copy_without_keys(&dir.join("store"), &dir.join("copy"));
-        let crt = dir.join("copy/hub-internal/hub-internal.crt").exists();
-        let key = dir.join("copy/hub-internal/hub-internal.key").exists();
-        let _ = std::fs::remove_dir_all(&dir);
-        copied.unwrap();
-        assert!(crt, "the certificate was not copied");
-        assert!(!key, "a private key was copied out");
     }
 }

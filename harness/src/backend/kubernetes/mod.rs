@@ -19,6 +19,7 @@ pub mod names;
 mod objects;
 pub mod outbound;
 pub mod plan;
+pub mod pods;
 pub mod preflight;
 pub mod proxy_wire;
 pub mod public_check;
