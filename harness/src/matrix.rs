@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::known_defects::KnownDefect;
 use crate::probe::Verdict;
 use crate::stack::Stack;
 use crate::trust::{expected_verdict, verdict_matches};
@@ -72,6 +73,17 @@ impl TrustMatrix {
         self.cells
             .iter()
             .filter(|c| !c.matches && c.known_defect.is_none())
+            .collect()
+    }
+
+    /// The known defects that apply and did not reproduce, among those
+    /// whose identity this matrix presented: an entry naming an identity
+    /// that was not presented (a prober without the public-CA certificate)
+    /// was not asked, so it is not stale.
+    pub fn presented<'a>(&self, stale: &'a [KnownDefect]) -> Vec<&'a KnownDefect> {
+        stale
+            .iter()
+            .filter(|d| d.offered.iter().any(|o| self.identities.contains(o)))
             .collect()
     }
 

@@ -735,10 +735,9 @@ async fn trust_matrix(
     // Identities are the operator's labels: an entry that names one the
     // operator did not give is not stale, it was not asked.
     problems.extend(
-        sorted
-            .stale
-            .iter()
-            .filter(|d| d.offered.iter().any(|o| matrix.identities.contains(o)))
+        matrix
+            .presented(&sorted.stale)
+            .into_iter()
             .map(|d| {
                 format!(
                     "known defect {} no longer reproduces (fix: remove it from fixtures/known-defects.toml)",

@@ -473,8 +473,11 @@ mod tests {
         fn users(&self) -> Vec<String> {
             vec!["alice".into()]
         }
+        /// A version the known defects list applies to: those that name
+        /// an identity this matrix did not present must not count as
+        /// stale.
         fn component_versions(&self) -> BTreeMap<String, String> {
-            BTreeMap::new()
+            [("jupyterhub".to_string(), "6.1.1".to_string())].into()
         }
         async fn get_via_proxy(&self, path: &str) -> Result<u16> {
             Ok(if path.starts_with("/user/") {
@@ -495,20 +498,24 @@ mod tests {
                 true => Verdict::ClientCertRequired,
                 false => Verdict::Accepted,
             };
+            let cell = |endpoint: &str, observed: Verdict| MatrixCell {
+                endpoint: endpoint.into(),
+                identity: "none".into(),
+                expected: Verdict::ClientCertRequired,
+                reason: "mutual TLS".into(),
+                observed,
+                detail: String::new(),
+                protocol: None,
+                matches: observed == Verdict::ClientCertRequired,
+                known_defect: None,
+            };
             Ok(TrustMatrix {
-                endpoints: vec!["proxy API".into()],
+                endpoints: vec!["hub API".into(), "proxy API".into()],
                 identities: vec!["none".into()],
-                cells: vec![MatrixCell {
-                    endpoint: "proxy API".into(),
-                    identity: "none".into(),
-                    expected: Verdict::ClientCertRequired,
-                    reason: "mutual TLS".into(),
-                    observed,
-                    detail: String::new(),
-                    protocol: None,
-                    matches: self.matrix_matches,
-                    known_defect: None,
-                }],
+                cells: vec![
+                    cell("hub API", Verdict::ClientCertRequired),
+                    cell("proxy API", observed),
+                ],
             })
         }
         async fn real_client_chains(&self) -> Result<Vec<ChainCheck>> {

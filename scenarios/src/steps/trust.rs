@@ -34,11 +34,14 @@ async fn probe_the_matrix(world: &mut Operator) -> anyhow::Result<()> {
         r.trust_matrix = Some(matrix.clone());
         r.known_defects.extend(hits.iter().cloned());
     }
+    let stale: Vec<String> = matrix
+        .presented(&sorted.stale)
+        .into_iter()
+        .map(|d| d.id.clone())
+        .collect();
     world.matrix = Some(matrix);
+    world.stale_defects.extend(stale);
     world.known_defects.extend(hits);
-    world
-        .stale_defects
-        .extend(sorted.stale.iter().map(|d| d.id.clone()));
     Ok(())
 }
 
