@@ -719,38 +719,23 @@ fn run_scenarios(
         "hubtrust enters pods only on kind, whose nodes are on this machine; this is --backend {}",
         deployment.target.backend_name()
     );
-    let started = (|| -> anyhow::Result<_> {
-        let observed = InClusterObservations {
-            hub_version,
-            trust_matrix: match plan.probes.is_empty() {
-                true => Observation::NotMade(no_pod_entered.clone()),
-                false => labelled_probe_saw(deployment, plan, "trust_matrix")
-                    .map_or_else(Observation::Failed, Observation::Seen),
-            },
-            proxy_api: match plan.probes.is_empty() {
-                true => Observation::NotMade(no_pod_entered.clone()),
-                false => labelled_probe_saw(deployment, plan, "proxy_api_calls")
-                    .map_or_else(Observation::Failed, Observation::Seen),
-            },
-            chains: match plan.probes.is_empty() {
-                true => Observation::NotMade(no_pod_entered.clone()),
-                false => labelled_probe_saw(deployment, plan, "chains")
-                    .map_or_else(Observation::Failed, Observation::Seen),
-            },
-            inventory: match (plan.secret_files.is_empty(), list.inventory.clone()) {
-                (true, _) => Observation::NotMade(no_pod_entered.clone()),
-                (false, Some(inventory)) => Observation::Seen(inventory),
-                (false, None) => Observation::Failed(
-                    "the hub's certificate store was not read (see the inventory row)".into(),
-                ),
-            },
-        };
-        Ok(ChartDeployment::new(deployment, public, observed)?)
-    })();
-    let chart = match started {
-        Ok(ready) => ready,
+    let observed = InClusterObservations {
+        hub_version,
+        trust_matrix: labelled_probe_saw(deployment, plan, "trust_matrix", &no_pod_entered),
+        proxy_api: labelled_probe_saw(deployment, plan, "proxy_api_calls", &no_pod_entered),
+        chains: labelled_probe_saw(deployment, plan, "chains", &no_pod_entered),
+        inventory: match (plan.secret_files.is_empty(), list.inventory.clone()) {
+            (true, _) => Observation::NotMade(no_pod_entered),
+            (false, Some(inventory)) => Observation::Seen(inventory),
+            (false, None) => Observation::Failed(
+                "the hub's certificate store was not read (see the inventory row)".into(),
+            ),
+        },
+    };
+    let chart = match ChartDeployment::new(deployment, public, observed) {
+        Ok(chart) => chart,
         Err(e) => {
-            list.check(SCENARIOS, None, || Err(e));
+            list.check(SCENARIOS, None, || Err(e.into()));
             return;
         }
     };
@@ -776,31 +761,38 @@ fn run_scenarios(
     list.results.extend(results);
 }
 
-/// A section of the labelled prober pod's report: what it observed.
+/// A section of the labelled prober pod's report: what it observed, or
+/// why it was not (no prober on this backend) or could not be.
 fn labelled_probe_saw<T: serde::de::DeserializeOwned>(
     deployment: &Deployment,
     plan: &KubernetesPlan,
     section: &str,
-) -> Result<T, String> {
-    let probe = plan
-        .probes
-        .iter()
-        .find(|p| p.labelled)
-        .ok_or("this deployment has no labelled prober pod")?;
+    no_pod_entered: &str,
+) -> hubtrust_harness::backend::kubernetes::under_test::Observation<T> {
+    use hubtrust_harness::backend::kubernetes::under_test::Observation;
+    let Some(probe) = plan.probes.iter().find(|p| p.labelled) else {
+        return Observation::NotMade(no_pod_entered.to_string());
+    };
     let file = deployment
         .artifacts_dir
         .join(&probe.pod)
         .join("report.json");
-    let text = std::fs::read(&file).map_err(|e| {
-        format!(
-            "the labelled prober left no report at {} ({e}); see its row",
-            file.display()
-        )
-    })?;
-    let mut written: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| format!("parse {}: {e}", file.display()))?;
-    serde_json::from_value(written[section].take())
-        .map_err(|e| format!("`{section}` in {}: {e}", file.display()))
+    let read = std::fs::read(&file)
+        .map_err(|e| {
+            format!(
+                "the labelled prober left no report at {} ({e}); see its row",
+                file.display()
+            )
+        })
+        .and_then(|text| {
+            serde_json::from_slice::<serde_json::Value>(&text)
+                .map_err(|e| format!("parse {}: {e}", file.display()))
+        })
+        .and_then(|mut written| {
+            serde_json::from_value(written[section].take())
+                .map_err(|e| format!("`{section}` in {}: {e}", file.display()))
+        });
+    read.map_or_else(Observation::Failed, Observation::Seen)
 }
 
 /// `hubtrust probe`'s checks from this machine, through the public URL,
