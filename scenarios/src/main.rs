@@ -47,10 +47,13 @@ struct Cli {
 enum Command {
     /// Run conformance scenarios against a stack brought up from real components.
     Run(RunArgs),
-    /// List features and scenarios with their tags.
+    /// List features and scenarios with their tags; with --tags, only
+    /// those the expression selects, as `run --tags` would run them.
     List {
         #[arg(long)]
         features: Option<PathBuf>,
+        #[arg(long)]
+        tags: Option<String>,
     },
     /// Check every prerequisite and say how to install what is missing.
     Doctor,
@@ -369,7 +372,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Doctor => doctor_command(),
-        Command::List { features } => list_command(features),
+        Command::List { features, tags } => list_command(features, tags.as_deref()),
         // Containers are reached through this machine's network, and their
         // reaper, not a private namespace, cleans up: docker runs stay out.
         Command::Run(args) if args.backend == BackendChoice::Docker => {
@@ -544,12 +547,18 @@ fn doctor_command() -> ExitCode {
     }
 }
 
-fn list_command(features: Option<PathBuf>) -> ExitCode {
+fn list_command(features: Option<PathBuf>, tags: Option<&str>) -> ExitCode {
     let dir = features::locate(features.as_deref());
-    match features::scenarios(&dir) {
-        Ok(scenarios) => {
+    let listed = features::scenarios(&dir).and_then(|scenarios| {
+        let op = tags
+            .map(|t| features::parse_tags(t, &scenarios))
+            .transpose()?;
+        Ok((scenarios, op))
+    });
+    match listed {
+        Ok((scenarios, op)) => {
             let mut last_feature = String::new();
-            for s in scenarios {
+            for s in features::selected(&scenarios, op.as_ref()) {
                 if s.feature != last_feature {
                     println!("{} ({})", s.feature, s.file.display());
                     last_feature = s.feature.clone();

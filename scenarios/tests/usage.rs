@@ -35,6 +35,30 @@ fn list_shows_every_core_scenario_with_its_tag() {
     assert_eq!(t.matches("[@wire]").count(), 3, "{t}");
 }
 
+/// `not` binds tighter than `and`, as Cucumber defines tag expressions:
+/// the gherkin crate's own parser read this as `not (@tls and @core)`.
+#[test]
+fn list_with_tags_shows_what_an_expression_selects() {
+    let out = hubtrust()
+        .args(["list", "--tags", "not @tls and @core"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("Internal TLS of a JupyterHub deployment"), "{t}");
+    assert!(
+        t.contains("Each internal endpoint answers only where"),
+        "{t}"
+    );
+    assert!(!t.contains("Every TLS endpoint"), "{t}");
+    assert!(!t.contains("Labs on an HPC compute node"), "{t}");
+    let out = hubtrust()
+        .args(["list", "--tags", "@cor"])
+        .output()
+        .unwrap();
+    expect_usage_error(&out, "unknown tag @cor");
+}
+
 #[test]
 fn repeat_needs_a_round_count_of_at_least_one() {
     for args in [&["run", "--repeat"][..], &["run", "--repeat", "0"]] {
