@@ -252,6 +252,18 @@ pub fn marked_processes(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// A `/proc/<pid>/environ`: NUL-separated `NAME=value` pairs.
+pub fn parse_environ(bytes: &[u8]) -> BTreeMap<String, String> {
+    bytes
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let text = String::from_utf8_lossy(kv);
+            let (k, v) = text.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

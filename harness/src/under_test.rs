@@ -14,6 +14,15 @@ use crate::stack::SecretFile;
 
 pub use crate::error::NOT_OBSERVED;
 
+/// The org bundle as a deployment merges it into the labs' trust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedOrgBundle {
+    /// Where the five CA variables point when they point at it.
+    pub path: String,
+    /// Whether the stack file gives it to the hub too.
+    pub into_hub: bool,
+}
+
 #[async_trait::async_trait]
 pub trait DeploymentUnderTest: Send + Sync {
     /// The users with a lab, in order; the first is who single-user steps
@@ -53,6 +62,14 @@ pub trait DeploymentUnderTest: Send + Sync {
 
     /// Every certificate the deployment holds.
     fn inventory(&self) -> Result<Inventory>;
+
+    /// The org bundle merged into the labs' trust, when the deployment
+    /// merges one.
+    fn merged_org_bundle(&self) -> Option<MergedOrgBundle>;
+
+    /// The hub process's environment. Its tokens are in it: callers look
+    /// only at what they need.
+    fn hub_environment(&self) -> Result<BTreeMap<String, String>>;
 }
 
 impl std::fmt::Debug for dyn DeploymentUnderTest {

@@ -78,7 +78,7 @@ pub fn run_command(
     let outcome = (|| {
         if let Some(tags) = tags {
             anyhow::bail!(
-                "--tags {tags}: a run on --backend {} runs every check of the deployment and the scenarios of `{SCENARIO_TAGS}`, which need no hosts of hubtrust's; tags cannot choose among them (fix: drop --tags; docs/kubernetes.md lists the checks)",
+                "--tags {tags}: a run on --backend {} runs every check of the deployment and the scenarios of `{SCENARIO_TAGS}` (with @enterprise's when the stack merges the org bundle); tags cannot choose among them (fix: drop --tags; docs/kubernetes.md lists the checks)",
                 args.backend.name()
             );
         }
@@ -355,8 +355,18 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         merge_command.as_deref(),
     );
     let features = crate::features::locate(args.features);
-    let scenario_tags =
-        crate::features::parse_tags(SCENARIO_TAGS, &crate::features::scenarios(&features)?)?;
+    let merges = deployment
+        .org_trust
+        .as_ref()
+        .is_some_and(|trust| trust.merge_into_labs);
+    let scenario_tags = crate::features::parse_tags(
+        if merges {
+            SCENARIO_TAGS_ENTERPRISE
+        } else {
+            SCENARIO_TAGS
+        },
+        &crate::features::scenarios(&features)?,
+    )?;
     Ok(Prepared {
         stack_name: spec.name.clone(),
         deployment,
@@ -693,13 +703,15 @@ fn check_deployment(
     public
 }
 
-/// The Gherkin scenarios a chart-started deployment answers. The
-/// reachability and TLS features' scenarios are the in-cluster probers'
-/// own rows here: they need a prober inside the cluster's network.
+/// The Gherkin scenarios a chart-started deployment answers, the
+/// enterprise feature's when it merges the org bundle. The reachability
+/// and TLS features' scenarios are the in-cluster probers' own rows here:
+/// they need a prober inside the cluster's network.
 const SCENARIO_TAGS: &str = "@core and not @reachability and not @tls";
-const SCENARIOS: &str = "The @core scenarios, unchanged, against the chart's pods";
+const SCENARIO_TAGS_ENTERPRISE: &str = "(@core or @enterprise) and not @reachability and not @tls";
+const SCENARIOS: &str = "The feature files' scenarios, unchanged, against the chart's pods";
 
-/// The feature files' scenarios `SCENARIO_TAGS` selects, run against the
+/// The feature files' scenarios `prepared.scenario_tags` selects, run against the
 /// deployment through `public` and what the checks above observed inside
 /// the cluster; each becomes a row of the report under its own feature.
 fn run_scenarios(
@@ -724,6 +736,11 @@ fn run_scenarios(
         trust_matrix: labelled_probe_saw(deployment, plan, "trust_matrix", &no_pod_entered),
         proxy_api: labelled_probe_saw(deployment, plan, "proxy_api_calls", &no_pod_entered),
         chains: labelled_probe_saw(deployment, plan, "chains", &no_pod_entered),
+        hub_environment: match plan.secret_files.is_empty() {
+            true => Observation::NotMade(no_pod_entered.clone()),
+            false => pods::hub_environment(deployment)
+                .map_or_else(|e| Observation::Failed(e.to_string()), Observation::Seen),
+        },
         inventory: match (plan.secret_files.is_empty(), list.inventory.clone()) {
             (true, _) => Observation::NotMade(no_pod_entered),
             (false, Some(inventory)) => Observation::Seen(inventory),

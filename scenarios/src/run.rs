@@ -448,7 +448,7 @@ mod tests {
     use hubtrust_harness::probe::{HttpResponse, ProbeOutcome, Verdict};
     use hubtrust_harness::report::{ChainCheck, Status};
     use hubtrust_harness::stack::SecretFile;
-    use hubtrust_harness::under_test::DeploymentUnderTest;
+    use hubtrust_harness::under_test::{DeploymentUnderTest, MergedOrgBundle};
     use hubtrust_harness::{HarnessError, Result};
 
     use super::*;
@@ -459,7 +459,12 @@ mod tests {
         lab_status: u16,
         matrix_matches: bool,
         proxy_api_guarded: bool,
+        /// The hub's CA variables point at the merged bundle (the stack
+        /// file here keeps it from the hub).
+        hub_has_merged: bool,
     }
+
+    const MERGED: &str = "/etc/ssl/certs-extra/ca-certificates.crt";
 
     fn not_observed(what: &str) -> HarnessError {
         HarnessError::NotObserved {
@@ -538,12 +543,25 @@ mod tests {
         fn inventory(&self) -> Result<Inventory> {
             Err(not_observed("the inventory"))
         }
+        fn merged_org_bundle(&self) -> Option<MergedOrgBundle> {
+            Some(MergedOrgBundle {
+                path: MERGED.into(),
+                into_hub: false,
+            })
+        }
+        fn hub_environment(&self) -> Result<BTreeMap<String, String>> {
+            let value = match self.hub_has_merged {
+                true => MERGED,
+                false => "/etc/ssl/certs/ca-certificates.crt",
+            };
+            Ok([("SSL_CERT_FILE".to_string(), value.to_string())].into())
+        }
     }
 
     fn run_core(answers: Answers) -> BTreeMap<String, (Status, Option<String>)> {
         let features = crate::features::locate(None);
         let tags = crate::features::parse_tags(
-            "@core and not @reachability and not @tls",
+            "(@core or @enterprise) and not @reachability and not @tls",
             &crate::features::scenarios(&features).unwrap(),
         )
         .unwrap();
@@ -567,14 +585,14 @@ mod tests {
 
     /// One test, since the deployment the steps see is the process's.
     #[test]
-    fn a_deployment_hubtrust_did_not_start_answers_the_core_scenarios_and_what_it_did_not_observe_is_not_run(
-    ) {
+    fn a_deployment_hubtrust_did_not_start_answers_the_scenarios_it_can_and_the_rest_are_not_run() {
         let ran = run_core(Answers {
             lab_status: 200,
             matrix_matches: true,
             proxy_api_guarded: true,
+            hub_has_merged: false,
         });
-        assert_eq!(ran.len(), 8, "{ran:#?}");
+        assert_eq!(ran.len(), 11, "{ran:#?}");
         let status = |name: &str| {
             ran.iter()
                 .find(|(scenario, _)| scenario.starts_with(name))
@@ -587,8 +605,22 @@ mod tests {
             "The deployment works for a client that knows only its public side",
             "Every endpoint accepts exactly the identities",
             "The proxy API is guarded",
+            "Trusting the org CA outbound grants no inbound access",
         ] {
             assert_eq!(status(passed).0, Status::Passed, "{passed}: {ran:#?}");
+        }
+        // Steps that act on hosts hubtrust started have none to act on.
+        for not_run in [
+            "The merged bundle is exactly the system bundle plus the org bundle",
+            "User tools trust the org CA with the merged bundle",
+        ] {
+            let (said, why) = status(not_run);
+            assert_eq!(said, Status::Skipped, "{not_run}: {ran:#?}");
+            assert!(
+                why.as_deref()
+                    .is_some_and(|w| w.contains("acts on hosts hubtrust started")),
+                "{not_run}: {why:?}"
+            );
         }
         for not_run in [
             "Every server's chain verifies",
@@ -608,6 +640,7 @@ mod tests {
             lab_status: 503,
             matrix_matches: false,
             proxy_api_guarded: false,
+            hub_has_merged: true,
         });
         let failed = |name: &str| {
             broken

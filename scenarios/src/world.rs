@@ -113,15 +113,21 @@ impl Operator {
         })
     }
 
-    /// The stack of hosts hubtrust started, or a failure that says why
-    /// there is none: the Background never ran, or the deployment is a
-    /// chart's pods, where this step is not built.
+    /// The stack of hosts hubtrust started, or why there is none: the
+    /// Background never ran (a failure), or the deployment is a chart's
+    /// pods (not observed: the scenario is not run).
     pub fn stack(&self) -> anyhow::Result<&Stack> {
         if let Some(stack) = self.stack.as_deref() {
             return Ok(stack);
         }
         match self.deployment {
-            Some(_) => anyhow::bail!("this step needs hosts hubtrust started itself, and this deployment's components were started by its chart; it runs on the local and docker backends only"),
+            // Not run, never failed: the deployment is not broken, the
+            // step has nothing to act on.
+            Some(_) => Err(hubtrust_harness::HarnessError::NotObserved {
+                what: "a step that acts on hosts hubtrust started".into(),
+                why: "the chart started this deployment's components; it runs on the local and docker backends".into(),
+            }
+            .into()),
             None => anyhow::bail!("no stack: the Background step that brings it up did not run"),
         }
     }

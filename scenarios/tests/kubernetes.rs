@@ -316,7 +316,7 @@ fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
         why.starts_with("not run: the chart did not install"),
         "{why}"
     );
-    let (scenarios, why) = run.status("The @core scenarios, unchanged");
+    let (scenarios, why) = run.status("The feature files' scenarios, unchanged");
     assert_eq!(scenarios, "skipped");
     assert!(
         why.starts_with("not run: the first user's lab did not spawn"),

@@ -275,6 +275,7 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
         proxy_api: Observation::NotMade("no prober called it in this test".into()),
         chains: Observation::NotMade("no prober made them in this test".into()),
         inventory: Observation::Failed("the store was not read in this test".into()),
+        hub_environment: Observation::NotMade("not in this test".into()),
     };
     let chart = ChartDeployment::at(public, "alice", observed).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -331,6 +332,7 @@ fn probe_observations_reach_the_scenarios(probed: &serde_json::Value, ca: &str, 
         proxy_api: Observation::Seen(calls),
         chains: Observation::Seen(serde_json::from_value(probed["chains"].clone()).unwrap()),
         inventory: Observation::NotMade("not in this test".into()),
+        hub_environment: Observation::NotMade("not in this test".into()),
     };
     let chart = ChartDeployment::at(public, "alice", observed).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -1200,14 +1200,7 @@ impl Stack {
             })?;
         let path = format!("/proc/{pid}/environ");
         let bytes = std::fs::read(&path).map_err(io(format!("read {path}")))?;
-        Ok(bytes
-            .split(|b| *b == 0)
-            .filter_map(|kv| {
-                let text = String::from_utf8_lossy(kv);
-                let (k, v) = text.split_once('=')?;
-                Some((k.to_string(), v.to_string()))
-            })
-            .collect())
+        Ok(crate::process::parse_environ(&bytes))
     }
 
     /// Every address of the topology, named by host.

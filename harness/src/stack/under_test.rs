@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 
 use super::{SecretFile, Stack};
+use crate::enterprise::Outbound;
 use crate::error::Result;
 use crate::hub_api::PublicSideReport;
 use crate::inventory::Inventory;
 use crate::matrix::TrustMatrix;
 use crate::probe::ProbeOutcome;
 use crate::report::ChainCheck;
-use crate::under_test::DeploymentUnderTest;
+use crate::under_test::{DeploymentUnderTest, MergedOrgBundle};
 
 #[async_trait::async_trait]
 impl DeploymentUnderTest for Stack {
@@ -71,5 +72,21 @@ impl DeploymentUnderTest for Stack {
 
     fn inventory(&self) -> Result<Inventory> {
         Stack::inventory(self)
+    }
+
+    fn merged_org_bundle(&self) -> Option<MergedOrgBundle> {
+        let merge = self.site::<Outbound>()?.merge.as_ref()?;
+        Some(MergedOrgBundle {
+            path: merge.merged.display().to_string(),
+            into_hub: self
+                .spec
+                .enterprise
+                .as_ref()
+                .is_some_and(|e| e.merge_into_hub),
+        })
+    }
+
+    fn hub_environment(&self) -> Result<BTreeMap<String, String>> {
+        Stack::hub_environment(self)
     }
 }

@@ -1,6 +1,7 @@
 use cucumber::{given, then, when};
 use hubtrust_harness::enterprise::{self, CA_VARIABLES};
 use hubtrust_harness::report::EnterpriseSection;
+use hubtrust_harness::under_test::MergedOrgBundle;
 
 use crate::world::{report, Operator};
 
@@ -28,7 +29,16 @@ fn record(update: impl FnOnce(&mut EnterpriseSection)) {
 
 #[given("the stack merges the organisation's CA bundle into the labs' trust")]
 fn merges_the_org_bundle(world: &mut Operator) -> anyhow::Result<()> {
-    merged_bundle(world).map(|_| ())
+    merged_org_bundle(world).map(|_| ())
+}
+
+/// The org bundle as the deployment merges it, whoever started it.
+fn merged_org_bundle(world: &Operator) -> anyhow::Result<MergedOrgBundle> {
+    world.deployment()?.merged_org_bundle().ok_or_else(|| {
+        anyhow::anyhow!(
+            "this deployment does not merge the org bundle into the labs' trust, so there is nothing to check (fix: an [enterprise] section with merge_org_bundle = true in the stack file; fixtures/stacks/enterprise.toml has one)"
+        )
+    })
 }
 
 #[then("the merged bundle holds every system certificate, then every org certificate, none lost at the seam")]
@@ -181,16 +191,12 @@ fn results_match_the_table(world: &mut Operator) -> anyhow::Result<()> {
 
 #[given("the hub carries the merged bundle exactly when the stack file puts it there")]
 fn hub_environment_matches_the_stack_file(world: &mut Operator) -> anyhow::Result<()> {
-    let stack = world.stack()?;
-    let wanted = stack
-        .spec
-        .enterprise
-        .as_ref()
-        .is_some_and(|e| e.merge_into_hub);
-    let merged = merged_bundle(world)?.merged.display().to_string();
+    let merged = merged_org_bundle(world)?;
+    let wanted = merged.into_hub;
+    let merged = merged.path;
     // Only the five variables are looked at: the hub's environment also
     // holds its tokens.
-    let env = stack.hub_environment()?;
+    let env = world.deployment()?.hub_environment()?;
     let wrong: Vec<String> = CA_VARIABLES
         .iter()
         .filter(|v| {

@@ -35,6 +35,12 @@ pub const MERGE_STEP_CONFIGMAP: &str = "hubtrust-merge-step";
 const ORG_CA_DIR: &str = "/org-ca";
 const MERGED_DIR: &str = "/merged";
 const MERGED_MOUNT: &str = "/etc/ssl/certs-extra";
+
+/// Where the labs (and the hub, when it has it) find the merged bundle,
+/// and where the five CA variables point.
+pub fn merged_bundle_path() -> String {
+    format!("{MERGED_MOUNT}/ca-certificates.crt")
+}
 const MERGE_STEP_DIR: &str = "/hubtrust-merge-step";
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -190,12 +196,7 @@ fn org_trust_volumes(merge_command: Option<&[String]>) -> Vec<Value> {
 fn ca_variables() -> Map<String, Value> {
     CA_VARIABLES
         .iter()
-        .map(|var| {
-            (
-                var.to_string(),
-                json!(format!("{MERGED_MOUNT}/ca-certificates.crt")),
-            )
-        })
+        .map(|var| (var.to_string(), json!(merged_bundle_path())))
         .collect()
 }
 

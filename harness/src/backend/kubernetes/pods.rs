@@ -126,6 +126,25 @@ pub fn lab_ports_closed(deployment: &Deployment) -> Result<Vec<(String, SocketAd
     Ok(in_cluster::lab_ports_closed(user, ip, &listening))
 }
 
+/// The hub process's environment, read as root from its
+/// `/proc/<pid>/environ`. Its tokens are in it: callers look only at what
+/// they need, and nothing here prints it.
+pub fn hub_environment(deployment: &Deployment) -> Result<BTreeMap<String, String>> {
+    let pid = component_process(deployment, "component=hub", "the hub", "jupyterhub")?;
+    let out = as_root("cat")
+        .arg(format!("/proc/{pid}/environ"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| HarnessError::io("run cat", e))?;
+    if !out.status.success() {
+        return Err(failed(
+            "the hub's environment",
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(crate::process::parse_environ(&out.stdout))
+}
+
 /// The certificates of the hub's internal store as the running hub holds
 /// them (the lab's, made at spawn, among them), copied out of its pod as
 /// root without the keys, then inventoried as on the other backends.

@@ -19,7 +19,7 @@ use crate::probe::ProbeOutcome;
 use crate::report::{ChainCheck, ProxyApiCall};
 use crate::secret::Secret;
 use crate::stack::SecretFile;
-use crate::under_test::DeploymentUnderTest;
+use crate::under_test::{DeploymentUnderTest, MergedOrgBundle};
 
 /// What the run observed inside the cluster for a scenario to judge.
 #[derive(Debug, Clone)]
@@ -46,6 +46,8 @@ pub struct InClusterObservations {
     pub chains: Observation<Vec<ChainCheck>>,
     /// The running hub's certificate store.
     pub inventory: Observation<Inventory>,
+    /// The hub process's environment, read from its `/proc/<pid>/environ`.
+    pub hub_environment: Observation<BTreeMap<String, String>>,
 }
 
 /// Where and as whom this machine reaches the deployment's public side.
@@ -62,6 +64,7 @@ pub struct ChartDeployment {
     http: reqwest::Client,
     public: PublicSideAt,
     observed: InClusterObservations,
+    merged: Option<MergedOrgBundle>,
 }
 
 impl ChartDeployment {
@@ -81,10 +84,22 @@ impl ChartDeployment {
             ca_pem,
             service_token: deployment.service_token.clone(),
         };
-        Self::at(at, &deployment.user, observed)
+        let merged = deployment
+            .org_trust
+            .as_ref()
+            .filter(|trust| trust.merge_into_labs)
+            .map(|trust| MergedOrgBundle {
+                path: super::chart::merged_bundle_path(),
+                into_hub: trust.hub_included,
+            });
+        Ok(Self {
+            merged,
+            ..Self::at(at, &deployment.user, observed)?
+        })
     }
 
-    /// The deployment of `user`'s lab, reached through `public`.
+    /// The deployment of `user`'s lab, reached through `public`, merging
+    /// no org bundle.
     pub fn at(public: PublicSideAt, user: &str, observed: InClusterObservations) -> Result<Self> {
         let http = operator_client(
             &[&public.ca_pem],
@@ -97,6 +112,7 @@ impl ChartDeployment {
             http,
             public,
             observed,
+            merged: None,
         })
     }
 
@@ -217,5 +233,13 @@ impl DeploymentUnderTest for ChartDeployment {
             "the running hub's certificate store",
             &self.observed.inventory,
         )
+    }
+
+    fn merged_org_bundle(&self) -> Option<MergedOrgBundle> {
+        self.merged.clone()
+    }
+
+    fn hub_environment(&self) -> Result<BTreeMap<String, String>> {
+        observed("the hub's environment", &self.observed.hub_environment)
     }
 }
