@@ -1399,3 +1399,64 @@ impl Reaper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hubtrust_harness::backend::kubernetes::under_test::Observation;
+    use hubtrust_harness::matrix::TrustMatrix;
+    use hubtrust_harness::report::ProxyApiCall;
+
+    use super::*;
+
+    #[test]
+    fn the_labelled_probers_observations_are_read_from_its_report_or_said_missing() {
+        let dir = std::env::temp_dir().join(format!("hubtrust-saw-{}", std::process::id()));
+        let args = KubernetesArgs {
+            backend: BackendChoice::Kind,
+            stack: None,
+            images: None,
+            kubeconfig: None,
+            namespace: None,
+            plan: true,
+            artifacts: Some(dir.clone()),
+            features: None,
+        };
+        let prepared = prepare(&args).unwrap();
+        let (deployment, plan) = (&prepared.deployment, &prepared.plan);
+        let failed = |seen: Observation<TrustMatrix>| match seen {
+            Observation::Failed(why) => why,
+            other => panic!("expected a failure, got {other:?}"),
+        };
+        let why = failed(labelled_probe_saw(deployment, plan, "trust_matrix", "-"));
+        assert!(why.contains("left no report"), "{why}");
+
+        let pod = &plan.probes.iter().find(|p| p.labelled).unwrap().pod;
+        std::fs::create_dir_all(dir.join(pod)).unwrap();
+        std::fs::write(
+            dir.join(pod).join("report.json"),
+            r#"{"trust_matrix": {"endpoints": ["hub API"], "identities": ["none"], "cells": [
+                {"endpoint": "hub API", "identity": "none", "expected": "client-cert-required",
+                 "reason": "mutual TLS", "observed": "client-cert-required", "detail": "",
+                 "protocol": "TLSv1_3", "matches": true}]}}"#,
+        )
+        .unwrap();
+        match labelled_probe_saw::<TrustMatrix>(deployment, plan, "trust_matrix", "-") {
+            Observation::Seen(matrix) => assert_eq!(matrix.cells.len(), 1),
+            other => panic!("the matrix was not read: {other:?}"),
+        }
+        // A section the prober did not write is a failure, never an empty
+        // list that a step could pass.
+        match labelled_probe_saw::<Vec<ProxyApiCall>>(deployment, plan, "proxy_api_calls", "-") {
+            Observation::Failed(why) => assert!(why.contains("`proxy_api_calls`"), "{why}"),
+            other => panic!("a missing section was read as {other:?}"),
+        }
+
+        let mut without_probers = plan.clone();
+        without_probers.probes.clear();
+        assert!(matches!(
+            labelled_probe_saw::<TrustMatrix>(deployment, &without_probers, "trust_matrix", "no pod here"),
+            Observation::NotMade(why) if why == "no pod here"
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
