@@ -914,33 +914,25 @@ async fn real_clients(target: &ProbeTarget) -> (Verdicts, Vec<ChainCheck>) {
             HttpRequest::get("/"),
         )
         .await;
-        let modern = matches!(outcome.protocol.as_deref(), Some("TLSv1_2" | "TLSv1_3"));
-        if outcome.verdict != Verdict::Accepted || !modern {
+        let check = ChainCheck::of(
+            real.endpoint.clone(),
+            real.client.clone(),
+            real.bundle.clone(),
+            real.server_name.clone(),
+            outcome,
+        );
+        if !check.accepted() {
             problems.push(format!(
                 "{} as {} reaches it ({} for {}): {} {}",
                 real.endpoint,
                 real.client,
                 real.bundle,
                 real.server_name,
-                outcome.verdict,
-                outcome.detail
+                check.verdict,
+                check.detail
             ));
         }
-        chains.push(ChainCheck {
-            server: real.endpoint.clone(),
-            client: real.client.clone(),
-            bundle: real.bundle.clone(),
-            server_name: real.server_name.clone(),
-            verdict: outcome.verdict,
-            detail: outcome.detail,
-            protocol: outcome.protocol,
-            cipher: outcome.cipher,
-            chain: outcome
-                .peer_chain
-                .iter()
-                .map(|c| c.subject.clone())
-                .collect(),
-        });
+        chains.push(check);
     }
     (Verdicts::of(NAME, problems, Vec::new()), chains)
 }

@@ -47,6 +47,40 @@ pub struct ChainCheck {
     pub chain: Vec<String>,
 }
 
+impl ChainCheck {
+    /// `server` as `client` reached it, verifying with `bundle` for
+    /// `server_name`: what the probe saw.
+    pub fn of(
+        server: String,
+        client: String,
+        bundle: String,
+        server_name: String,
+        outcome: crate::probe::ProbeOutcome,
+    ) -> Self {
+        ChainCheck {
+            server,
+            client,
+            bundle,
+            server_name,
+            verdict: outcome.verdict,
+            detail: outcome.detail,
+            protocol: outcome.protocol,
+            cipher: outcome.cipher,
+            chain: outcome
+                .peer_chain
+                .iter()
+                .map(|c| c.subject.clone())
+                .collect(),
+        }
+    }
+
+    /// Accepted over TLS 1.2 or newer: what every real client needs.
+    pub fn accepted(&self) -> bool {
+        self.verdict == Verdict::Accepted
+            && matches!(self.protocol.as_deref(), Some("TLSv1_2" | "TLSv1_3"))
+    }
+}
+
 /// The enterprise-trust results: the merged bundle's check and the
 /// discriminator table.
 #[derive(Debug, Clone, Serialize, Default)]

@@ -42,21 +42,13 @@ impl DeploymentUnderTest for Stack {
         let mut chains = Vec::new();
         for path in self.real_client_paths() {
             let outcome = self.probe_real_client(&path).await;
-            chains.push(ChainCheck {
-                server: path.server,
-                client: path.client,
-                bundle: path.bundle,
-                server_name: path.server_name,
-                verdict: outcome.verdict,
-                detail: outcome.detail,
-                protocol: outcome.protocol,
-                cipher: outcome.cipher,
-                chain: outcome
-                    .peer_chain
-                    .iter()
-                    .map(|c| c.subject.clone())
-                    .collect(),
-            });
+            chains.push(ChainCheck::of(
+                path.server,
+                path.client,
+                path.bundle,
+                path.server_name,
+                outcome,
+            ));
         }
         Ok(chains)
     }

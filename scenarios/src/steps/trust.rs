@@ -1,5 +1,4 @@
 use cucumber::{then, when};
-use hubtrust_harness::probe::Verdict;
 
 use hubtrust_harness::known_defects::{KnownDefectHit, KnownDefects};
 
@@ -92,10 +91,7 @@ fn every_connection_accepted(world: &mut Operator) -> anyhow::Result<()> {
     let bad: Vec<String> = world
         .chains
         .iter()
-        .filter(|c| {
-            c.verdict != Verdict::Accepted
-                || !matches!(c.protocol.as_deref(), Some("TLSv1_2" | "TLSv1_3"))
-        })
+        .filter(|c| !c.accepted())
         .map(|c| {
             format!(
                 "{} as seen by {} ({} for {}): {} {}",
