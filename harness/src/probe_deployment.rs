@@ -24,6 +24,7 @@ use crate::known_defects::{KnownDefectHit, KnownDefects};
 use crate::matrix::{MatrixCell, TrustMatrix};
 use crate::pki::Identity;
 use crate::probe::{HttpRequest, ProbeOutcome, ProbeSpec, Verdict};
+use crate::reachability::{Reach, ReachCell};
 use crate::report::{ChainCheck, ProxyApiCall, RunReport, ScenarioResult, Status, TlsScanSection};
 use crate::secret::Secret;
 use crate::tls_scan::{ScanTarget, TlsPolicySpec};
@@ -398,7 +399,8 @@ pub async fn probe_deployment(target: &ProbeTarget) -> Result<ProbeFindings> {
     checks.push(finish(chains_check, clock));
 
     let clock = Instant::now();
-    checks.push(finish(closed_endpoints(target).await, clock));
+    let (reach_check, reach_cells) = reachability(target).await;
+    checks.push(finish(reach_check, clock));
 
     let clock = Instant::now();
     checks.push(finish(lab_view(target).await, clock));
@@ -426,6 +428,7 @@ pub async fn probe_deployment(target: &ProbeTarget) -> Result<ProbeFindings> {
         seconds: started.elapsed().as_secs_f64(),
         proxy_api_calls,
         chains,
+        reachability: reach_cells,
         ..RunReport::default()
     };
     Ok(ProbeFindings { checks, report })
@@ -937,30 +940,57 @@ async fn real_clients(target: &ProbeTarget) -> (Verdicts, Vec<ChainCheck>) {
     (Verdicts::of(NAME, problems, Vec::new()), chains)
 }
 
+/// Where the probe's reachability cells are tried from.
+pub const PROBE_PLACE: &str = "where hubtrust probe runs";
+
 /// Endpoints the design keeps from this place must not accept a
-/// connection here.
-async fn closed_endpoints(target: &ProbeTarget) -> Verdicts {
+/// connection here. Every endpoint the probe was told of is tried, and is
+/// a cell of the report's reachability: the internal ones must answer
+/// here (the trust matrix judges them), the closed ones must not.
+async fn reachability(target: &ProbeTarget) -> (Verdicts, Vec<ReachCell>) {
     const NAME: &str = "Endpoints closed to this place do not answer here";
-    if target.closed.is_empty() {
-        return Verdicts::not_run(
-            NAME,
-            "no --closed endpoint given: nothing was tried (fix: --closed 'proxy API=IP:PORT' for each endpoint that must not answer from here)".into(),
-        );
-    }
-    let tries = futures::future::join_all(target.closed.iter().map(|c| connect(c.addr))).await;
-    let problems = target
-        .closed
+    let places: Vec<(&str, SocketAddr, bool)> = target
+        .internal
+        .iter()
+        .map(|e| (e.name.as_str(), e.addr, true))
+        .chain(
+            target
+                .closed
+                .iter()
+                .map(|c| (c.name.as_str(), c.addr, false)),
+        )
+        .collect();
+    let tries = futures::future::join_all(places.iter().map(|(_, addr, _)| connect(*addr))).await;
+    let cells: Vec<ReachCell> = places
         .iter()
         .zip(tries)
-        .filter(|(_, result)| result.is_ok())
-        .map(|(c, _)| {
-            format!(
-                "{} answers at {} from where hubtrust probe runs, where the design allows no client",
-                c.name, c.addr
+        .map(|((name, addr, expected), tried)| {
+            let host = addr.ip().to_string();
+            ReachCell::at(
+                name,
+                &host,
+                PROBE_PLACE,
+                *addr,
+                &Reach::of(&tried),
+                *expected,
             )
         })
         .collect();
-    Verdicts::of(NAME, problems, Vec::new())
+    if target.closed.is_empty() {
+        let why = "no --closed endpoint given: nothing was tried (fix: --closed 'proxy API=IP:PORT' for each endpoint that must not answer from here)";
+        return (Verdicts::not_run(NAME, why.into()), cells);
+    }
+    let problems = cells
+        .iter()
+        .filter(|c| !c.expected && c.answered)
+        .map(|c| {
+            format!(
+                "{} answers at {} from where hubtrust probe runs, where the design allows no client",
+                c.endpoint, c.addr
+            )
+        })
+        .collect();
+    (Verdicts::of(NAME, problems, Vec::new()), cells)
 }
 
 /// What the lab itself uses to reach the hub: its API URL and the internal

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Host;
 
@@ -24,12 +24,19 @@ pub enum Reach {
     NoRoute(String),
 }
 
-pub async fn probe_reach(source: &Host, target: SocketAddr) -> Reach {
-    match source.connect(target, Duration::from_secs(2)).await {
-        Ok(_) => Reach::Connected,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
-        Err(e) => Reach::NoRoute(e.to_string()),
+impl Reach {
+    /// What a TCP connect's result proves.
+    pub fn of<T>(connected: &std::io::Result<T>) -> Self {
+        match connected {
+            Ok(_) => Reach::Connected,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
+            Err(e) => Reach::NoRoute(e.to_string()),
+        }
     }
+}
+
+pub async fn probe_reach(source: &Host, target: SocketAddr) -> Reach {
+    Reach::of(&source.connect(target, Duration::from_secs(2)).await)
 }
 
 /// An internal endpoint and where the design lets it answer.
@@ -46,7 +53,7 @@ pub struct InternalEndpoint {
 }
 
 /// One cell: the endpoint probed from one host at one address.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReachCell {
     pub endpoint: String,
     pub endpoint_host: String,
@@ -66,11 +73,31 @@ impl ReachCell {
         reach: &Reach,
         expected: bool,
     ) -> Self {
+        Self::at(
+            &endpoint.name,
+            &endpoint.host,
+            from,
+            SocketAddr::from((addr, endpoint.port)),
+            reach,
+            expected,
+        )
+    }
+
+    /// The cell of `endpoint`, on `endpoint_host` at `addr`, tried from
+    /// `from`.
+    pub fn at(
+        endpoint: &str,
+        endpoint_host: &str,
+        from: &str,
+        addr: SocketAddr,
+        reach: &Reach,
+        expected: bool,
+    ) -> Self {
         Self {
-            endpoint: endpoint.name.clone(),
-            endpoint_host: endpoint.host.clone(),
+            endpoint: endpoint.to_string(),
+            endpoint_host: endpoint_host.to_string(),
             from: from.to_string(),
-            addr: format!("{addr}:{}", endpoint.port),
+            addr: addr.to_string(),
             expected,
             answered: matches!(reach, Reach::Connected),
             seen: match reach {

@@ -41,7 +41,7 @@ impl TlsVersion {
 }
 
 /// What one offer found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Offer {
     Accepted,
@@ -52,7 +52,7 @@ pub enum Offer {
 }
 
 /// What the scan found at one endpoint.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EndpointScan {
     pub endpoint: String,
     pub addr: String,

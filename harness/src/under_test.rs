@@ -1,4 +1,4 @@
-//! What the `@core` scenarios ask of a deployment, whoever started it: a
+//! What the scenarios ask of a deployment, whoever started it: a
 //! stack of hosts hubtrust started (the local and docker backends), or a
 //! chart's pods on a cluster. The steps judge; this only observes.
 
@@ -9,8 +9,10 @@ use crate::hub_api::PublicSideReport;
 use crate::inventory::Inventory;
 use crate::matrix::TrustMatrix;
 use crate::probe::ProbeOutcome;
+use crate::reachability::ReachCell;
 use crate::report::ChainCheck;
 use crate::stack::SecretFile;
+use crate::tls_scan::{EndpointScan, TlsPolicySpec};
 
 pub use crate::error::NOT_OBSERVED;
 
@@ -70,6 +72,18 @@ pub trait DeploymentUnderTest: Send + Sync {
     /// The hub process's environment. Its tokens are in it: callers look
     /// only at what they need.
     fn hub_environment(&self) -> Result<BTreeMap<String, String>>;
+
+    /// The TLS policy the deployment is judged against, with its
+    /// exceptions.
+    fn tls_policy(&self) -> TlsPolicySpec;
+
+    /// Every TLS endpoint, scanned for the versions and TLS 1.2 suites it
+    /// accepts, as its clients reach it.
+    async fn tls_scan(&self) -> Result<Vec<EndpointScan>>;
+
+    /// Every internal endpoint tried from every place of the topology,
+    /// each cell saying whether the design expects it to answer there.
+    async fn reachability_matrix(&self) -> Result<Vec<ReachCell>>;
 }
 
 impl std::fmt::Debug for dyn DeploymentUnderTest {

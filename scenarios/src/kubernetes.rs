@@ -706,11 +706,9 @@ fn check_deployment(
 }
 
 /// The Gherkin scenarios a chart-started deployment answers, the
-/// enterprise feature's when it merges the org bundle. The reachability
-/// and TLS features' scenarios are the in-cluster probers' own rows here:
-/// they need a prober inside the cluster's network.
-const SCENARIO_TAGS: &str = "@core and not @reachability and not @tls";
-const SCENARIO_TAGS_ENTERPRISE: &str = "(@core or @enterprise) and not @reachability and not @tls";
+/// enterprise feature's when it merges the org bundle.
+const SCENARIO_TAGS: &str = "@core";
+const SCENARIO_TAGS_ENTERPRISE: &str = "@core or @enterprise";
 const SCENARIOS: &str = "The feature files' scenarios, unchanged, against the chart's pods";
 
 /// The feature files' scenarios `prepared.scenario_tags` selects, run against the
@@ -735,9 +733,11 @@ fn run_scenarios(
     );
     let observed = InClusterObservations {
         hub_version,
-        trust_matrix: labelled_probe_saw(deployment, plan, "trust_matrix", &no_pod_entered),
-        proxy_api: labelled_probe_saw(deployment, plan, "proxy_api_calls", &no_pod_entered),
-        chains: labelled_probe_saw(deployment, plan, "chains", &no_pod_entered),
+        trust_matrix: labelled_probe_saw(deployment, plan, "/trust_matrix", &no_pod_entered),
+        proxy_api: labelled_probe_saw(deployment, plan, "/proxy_api_calls", &no_pod_entered),
+        chains: labelled_probe_saw(deployment, plan, "/chains", &no_pod_entered),
+        tls_scan: labelled_probe_saw(deployment, plan, "/tls_scan/endpoints", &no_pod_entered),
+        reachability: probers_reached(deployment, plan, &no_pod_entered),
         hub_environment: match plan.secret_files.is_empty() {
             true => Observation::NotMade(no_pod_entered.clone()),
             false => pods::hub_environment(deployment)
@@ -789,9 +789,52 @@ fn labelled_probe_saw<T: serde::de::DeserializeOwned>(
     no_pod_entered: &str,
 ) -> hubtrust_harness::backend::kubernetes::under_test::Observation<T> {
     use hubtrust_harness::backend::kubernetes::under_test::Observation;
-    let Some(probe) = plan.probes.iter().find(|p| p.labelled) else {
+    match plan.probes.iter().find(|p| p.labelled) {
+        Some(probe) => probe_saw(deployment, probe, section),
+        None => Observation::NotMade(no_pod_entered.to_string()),
+    }
+}
+
+/// Every prober pod's tries of the Services, each cell said to come from
+/// the kind of pod its prober stands for.
+fn probers_reached(
+    deployment: &Deployment,
+    plan: &KubernetesPlan,
+    no_pod_entered: &str,
+) -> hubtrust_harness::backend::kubernetes::under_test::Observation<
+    Vec<hubtrust_harness::reachability::ReachCell>,
+> {
+    use hubtrust_harness::backend::kubernetes::under_test::Observation;
+    if plan.probes.is_empty() {
         return Observation::NotMade(no_pod_entered.to_string());
-    };
+    }
+    let mut cells = Vec::new();
+    for probe in &plan.probes {
+        match probe_saw::<Vec<hubtrust_harness::reachability::ReachCell>>(
+            deployment,
+            probe,
+            "/reachability",
+        ) {
+            Observation::Seen(seen) => cells.extend(seen.into_iter().map(|mut cell| {
+                cell.from = probe.place();
+                cell
+            })),
+            Observation::Failed(why) => return Observation::Failed(why),
+            Observation::NotMade(why) => return Observation::NotMade(why),
+        }
+    }
+    Observation::Seen(cells)
+}
+
+/// What `probe`'s pod observed under `section` (a JSON pointer into its
+/// report), or why it could not be read. A section the prober did not
+/// write is a failure, never an empty list a step could pass.
+fn probe_saw<T: serde::de::DeserializeOwned>(
+    deployment: &Deployment,
+    probe: &in_cluster::PlannedProbe,
+    section: &str,
+) -> hubtrust_harness::backend::kubernetes::under_test::Observation<T> {
+    use hubtrust_harness::backend::kubernetes::under_test::Observation;
     let file = deployment
         .artifacts_dir
         .join(&probe.pod)
@@ -799,7 +842,8 @@ fn labelled_probe_saw<T: serde::de::DeserializeOwned>(
     let read = std::fs::read(&file)
         .map_err(|e| {
             format!(
-                "the labelled prober left no report at {} ({e}); see its row",
+                "the prober pod {} left no report at {} ({e}); see its row",
+                probe.pod,
                 file.display()
             )
         })
@@ -808,7 +852,11 @@ fn labelled_probe_saw<T: serde::de::DeserializeOwned>(
                 .map_err(|e| format!("parse {}: {e}", file.display()))
         })
         .and_then(|mut written| {
-            serde_json::from_value(written[section].take())
+            let found = written
+                .pointer_mut(section)
+                .map(serde_json::Value::take)
+                .unwrap_or_default();
+            serde_json::from_value(found)
                 .map_err(|e| format!("`{section}` in {}: {e}", file.display()))
         });
     read.map_or_else(Observation::Failed, Observation::Seen)
@@ -1405,11 +1453,12 @@ mod tests {
     use hubtrust_harness::backend::kubernetes::under_test::Observation;
     use hubtrust_harness::matrix::TrustMatrix;
     use hubtrust_harness::report::ProxyApiCall;
+    use hubtrust_harness::tls_scan::EndpointScan;
 
     use super::*;
 
     #[test]
-    fn the_labelled_probers_observations_are_read_from_its_report_or_said_missing() {
+    fn the_probers_observations_are_read_from_their_reports_or_said_missing() {
         let dir = std::env::temp_dir().join(format!("hubtrust-saw-{}", std::process::id()));
         let args = KubernetesArgs {
             backend: BackendChoice::Kind,
@@ -1427,7 +1476,7 @@ mod tests {
             Observation::Failed(why) => why,
             other => panic!("expected a failure, got {other:?}"),
         };
-        let why = failed(labelled_probe_saw(deployment, plan, "trust_matrix", "-"));
+        let why = failed(labelled_probe_saw(deployment, plan, "/trust_matrix", "-"));
         assert!(why.contains("left no report"), "{why}");
 
         let pod = &plan.probes.iter().find(|p| p.labelled).unwrap().pod;
@@ -1440,21 +1489,68 @@ mod tests {
                  "protocol": "TLSv1_3", "matches": true}]}}"#,
         )
         .unwrap();
-        match labelled_probe_saw::<TrustMatrix>(deployment, plan, "trust_matrix", "-") {
+        match labelled_probe_saw::<TrustMatrix>(deployment, plan, "/trust_matrix", "-") {
             Observation::Seen(matrix) => assert_eq!(matrix.cells.len(), 1),
             other => panic!("the matrix was not read: {other:?}"),
         }
         // A section the prober did not write is a failure, never an empty
         // list that a step could pass.
-        match labelled_probe_saw::<Vec<ProxyApiCall>>(deployment, plan, "proxy_api_calls", "-") {
-            Observation::Failed(why) => assert!(why.contains("`proxy_api_calls`"), "{why}"),
+        match labelled_probe_saw::<Vec<ProxyApiCall>>(deployment, plan, "/proxy_api_calls", "-") {
+            Observation::Failed(why) => assert!(why.contains("`/proxy_api_calls`"), "{why}"),
             other => panic!("a missing section was read as {other:?}"),
+        }
+        match labelled_probe_saw::<Vec<EndpointScan>>(deployment, plan, "/tls_scan/endpoints", "-")
+        {
+            Observation::Failed(why) => assert!(why.contains("`/tls_scan/endpoints`"), "{why}"),
+            other => panic!("a missing scan was read as {other:?}"),
+        }
+
+        // The reachability cells are both probers', each from its place;
+        // one prober's missing report fails them all.
+        let cell = |endpoint: &str, expected: bool| {
+            format!(
+                r#"{{"reachability": [{{"endpoint": "{endpoint}", "endpoint_host": "10.96.0.9",
+                   "from": "where hubtrust probe runs", "addr": "10.96.0.9:8081",
+                   "expected": {expected}, "answered": {expected}, "seen": "connected"}}]}}"#
+            )
+        };
+        let bare = &plan.probes.iter().find(|p| !p.labelled).unwrap().pod;
+        match probers_reached(deployment, plan, "-") {
+            Observation::Failed(why) => assert!(why.contains("`/reachability`"), "{why}"),
+            other => panic!("a missing section was read as {other:?}"),
+        }
+        std::fs::write(dir.join(pod).join("report.json"), cell("hub API", true)).unwrap();
+        match probers_reached(deployment, plan, "-") {
+            Observation::Failed(why) => assert!(why.contains(bare.as_str()), "{why}"),
+            other => panic!("a prober's missing report was read as {other:?}"),
+        }
+        std::fs::create_dir_all(dir.join(bare)).unwrap();
+        std::fs::write(dir.join(bare).join("report.json"), cell("hub API", false)).unwrap();
+        match probers_reached(deployment, plan, "-") {
+            Observation::Seen(cells) => {
+                let from: Vec<(&str, bool)> = cells
+                    .iter()
+                    .map(|c| (c.from.as_str(), c.expected))
+                    .collect();
+                assert_eq!(
+                    from,
+                    [
+                        ("a pod the chart's network-access labels admit (hubtrust-prober-labelled)", true),
+                        ("a pod without those labels (hubtrust-prober-bare)", false),
+                    ]
+                );
+            }
+            other => panic!("the cells were not read: {other:?}"),
         }
 
         let mut without_probers = plan.clone();
         without_probers.probes.clear();
         assert!(matches!(
-            labelled_probe_saw::<TrustMatrix>(deployment, &without_probers, "trust_matrix", "no pod here"),
+            labelled_probe_saw::<TrustMatrix>(deployment, &without_probers, "/trust_matrix", "no pod here"),
+            Observation::NotMade(why) if why == "no pod here"
+        ));
+        assert!(matches!(
+            probers_reached(deployment, &without_probers, "no pod here"),
             Observation::NotMade(why) if why == "no pod here"
         ));
         let _ = std::fs::remove_dir_all(&dir);

@@ -446,8 +446,10 @@ mod tests {
     use hubtrust_harness::inventory::Inventory;
     use hubtrust_harness::matrix::{MatrixCell, TrustMatrix};
     use hubtrust_harness::probe::{HttpResponse, ProbeOutcome, Verdict};
+    use hubtrust_harness::reachability::{Reach, ReachCell};
     use hubtrust_harness::report::{ChainCheck, Status};
     use hubtrust_harness::stack::SecretFile;
+    use hubtrust_harness::tls_scan::{EndpointScan, Offer, TlsPolicySpec, TlsVersion};
     use hubtrust_harness::under_test::{DeploymentUnderTest, MergedOrgBundle};
     use hubtrust_harness::{HarnessError, Result};
 
@@ -462,6 +464,10 @@ mod tests {
         /// The hub's CA variables point at the merged bundle (the stack
         /// file here keeps it from the hub).
         hub_has_merged: bool,
+        /// The proxy API still accepts TLS 1.0.
+        accepts_tls10: bool,
+        /// The proxy API answers a pod the design keeps out.
+        open_to_any_pod: bool,
     }
 
     const MERGED: &str = "/etc/ssl/certs-extra/ca-certificates.crt";
@@ -556,12 +562,48 @@ mod tests {
             };
             Ok([("SSL_CERT_FILE".to_string(), value.to_string())].into())
         }
+        fn tls_policy(&self) -> TlsPolicySpec {
+            TlsPolicySpec::default()
+        }
+        async fn tls_scan(&self) -> Result<Vec<EndpointScan>> {
+            let tls10 = match self.accepts_tls10 {
+                true => Offer::Accepted,
+                false => Offer::Refused,
+            };
+            Ok(vec![EndpointScan {
+                endpoint: "proxy API".into(),
+                addr: "10.96.0.9:8001".into(),
+                from_host: "a prober".into(),
+                versions: [
+                    (TlsVersion::Tls10, tls10),
+                    (TlsVersion::Tls12, Offer::Accepted),
+                    (TlsVersion::Tls13, Offer::Accepted),
+                ]
+                .into(),
+                tls12_suites: vec!["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into()],
+                error: None,
+            }])
+        }
+        async fn reachability_matrix(&self) -> Result<Vec<ReachCell>> {
+            let addr = "10.96.0.9:8001".parse().unwrap();
+            let cell = |from: &str, expected: bool, reach: Reach| {
+                ReachCell::at("proxy API", "proxy-api", from, addr, &reach, expected)
+            };
+            let stranger = match self.open_to_any_pod {
+                true => Reach::Connected,
+                false => Reach::NoRoute("timed out".into()),
+            };
+            Ok(vec![
+                cell("a client's pod", true, Reach::Connected),
+                cell("any other pod", false, stranger),
+            ])
+        }
     }
 
     fn run_core(answers: Answers) -> BTreeMap<String, (Status, Option<String>)> {
         let features = crate::features::locate(None);
         let tags = crate::features::parse_tags(
-            "(@core or @enterprise) and not @reachability and not @tls",
+            "@core or @enterprise",
             &crate::features::scenarios(&features).unwrap(),
         )
         .unwrap();
@@ -591,8 +633,10 @@ mod tests {
             matrix_matches: true,
             proxy_api_guarded: true,
             hub_has_merged: false,
+            accepts_tls10: false,
+            open_to_any_pod: false,
         });
-        assert_eq!(ran.len(), 11, "{ran:#?}");
+        assert_eq!(ran.len(), 13, "{ran:#?}");
         let status = |name: &str| {
             ran.iter()
                 .find(|(scenario, _)| scenario.starts_with(name))
@@ -606,6 +650,8 @@ mod tests {
             "Every endpoint accepts exactly the identities",
             "The proxy API is guarded",
             "Trusting the org CA outbound grants no inbound access",
+            "Every TLS endpoint accepts only the versions and suites the policy allows",
+            "Every internal endpoint answers from its clients' hosts and from no other",
         ] {
             assert_eq!(status(passed).0, Status::Passed, "{passed}: {ran:#?}");
         }
@@ -641,6 +687,8 @@ mod tests {
             matrix_matches: false,
             proxy_api_guarded: false,
             hub_has_merged: true,
+            accepts_tls10: true,
+            open_to_any_pod: true,
         });
         let failed = |name: &str| {
             broken
@@ -655,5 +703,11 @@ mod tests {
         let (status, why) = failed("Every endpoint accepts exactly the identities");
         assert_eq!(status, Status::Failed);
         assert!(why.contains("proxy API × none: observed accepted"), "{why}");
+        let (status, why) = failed("Every TLS endpoint accepts only");
+        assert_eq!(status, Status::Failed);
+        assert!(why.contains("TLSv1.0"), "{why}");
+        let (status, why) = failed("Every internal endpoint answers from its clients' hosts");
+        assert_eq!(status, Status::Failed);
+        assert!(why.contains("from host `any other pod`"), "{why}");
     }
 }

@@ -276,6 +276,12 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
         chains: Observation::NotMade("no prober made them in this test".into()),
         inventory: Observation::Failed("the store was not read in this test".into()),
         hub_environment: Observation::NotMade("not in this test".into()),
+        tls_scan: Observation::Seen(
+            serde_json::from_value(probed["tls_scan"]["endpoints"].clone()).unwrap(),
+        ),
+        reachability: Observation::Seen(
+            serde_json::from_value(probed["reachability"].clone()).unwrap(),
+        ),
     };
     let chart = ChartDeployment::at(public, "alice", observed).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -298,6 +304,26 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
     assert!(
         proxy_api.to_string().starts_with(NOT_OBSERVED),
         "{proxy_api}"
+    );
+    // The scan of the public side, judged by the policy the scenario
+    // judges it by, and the two internal ports that must stay closed to
+    // the operator's machine, tried and found closed.
+    let scans = runtime.block_on(chart.tls_scan()).unwrap();
+    let public = scans
+        .iter()
+        .find(|s| s.endpoint == "proxy public")
+        .unwrap_or_else(|| panic!("no scan of the public side: {scans:?}"));
+    assert!(public.error.is_none(), "{public:?}");
+    assert_eq!(chart.tls_policy().judge(public), Vec::new());
+    let cells = runtime.block_on(chart.reachability_matrix()).unwrap();
+    assert_eq!(cells.len(), 2, "{cells:?}");
+    assert!(
+        cells.iter().all(|c| !c.expected && !c.answered),
+        "{cells:?}"
+    );
+    assert_eq!(
+        hubtrust_harness::reachability::judge(&cells),
+        Vec::<String>::new()
     );
     let unread = chart.inventory().unwrap_err().to_string();
     assert!(
@@ -333,6 +359,10 @@ fn probe_observations_reach_the_scenarios(probed: &serde_json::Value, ca: &str, 
         chains: Observation::Seen(serde_json::from_value(probed["chains"].clone()).unwrap()),
         inventory: Observation::NotMade("not in this test".into()),
         hub_environment: Observation::NotMade("not in this test".into()),
+        tls_scan: Observation::NotMade("not in this test".into()),
+        reachability: Observation::Seen(
+            serde_json::from_value(probed["reachability"].clone()).unwrap(),
+        ),
     };
     let chart = ChartDeployment::at(public, "alice", observed).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -350,6 +380,10 @@ fn probe_observations_reach_the_scenarios(probed: &serde_json::Value, ca: &str, 
     assert!(chains
         .iter()
         .all(|c| c.verdict == hubtrust_harness::probe::Verdict::Accepted));
+    // From the hub's host, every internal endpoint it was told of answers.
+    let cells = runtime.block_on(chart.reachability_matrix()).unwrap();
+    assert_eq!(cells.len(), 3, "{cells:?}");
+    assert!(cells.iter().all(|c| c.expected && c.answered), "{cells:?}");
 }
 
 /// `hubtrust run --tags @core` on the default stack, on `backend`: its

@@ -685,33 +685,18 @@ impl Stack {
         Ok(targets)
     }
 
-    /// Scans every TLS endpoint (all at once) and judges each against the
-    /// stack's policy.
-    pub async fn tls_scan(
-        &self,
-    ) -> Result<
-        Vec<(
-            crate::tls_scan::EndpointScan,
-            Vec<crate::tls_scan::PolicyViolation>,
-        )>,
-    > {
+    /// Scans every TLS endpoint, all at once.
+    pub async fn tls_scan(&self) -> Result<Vec<crate::tls_scan::EndpointScan>> {
         let targets = self.tls_scan_targets()?;
         for target in &targets {
             self.network.host(&target.from_host)?;
         }
-        let scans = futures::future::join_all(
+        Ok(futures::future::join_all(
             targets
                 .iter()
                 .map(|target| crate::tls_scan::scan(&self.network, target)),
         )
-        .await;
-        Ok(scans
-            .into_iter()
-            .map(|scan| {
-                let violations = self.spec.tls_policy.judge(&scan);
-                (scan, violations)
-            })
-            .collect())
+        .await)
     }
 
     /// The internal endpoints and the hosts their clients run on, from the

@@ -1,4 +1,4 @@
-//! A stack of hosts hubtrust started, as the `@core` scenarios see it.
+//! A stack of hosts hubtrust started, as the scenarios see it.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +9,9 @@ use crate::hub_api::PublicSideReport;
 use crate::inventory::Inventory;
 use crate::matrix::TrustMatrix;
 use crate::probe::ProbeOutcome;
+use crate::reachability::ReachCell;
 use crate::report::ChainCheck;
+use crate::tls_scan::{EndpointScan, TlsPolicySpec};
 use crate::under_test::{DeploymentUnderTest, MergedOrgBundle};
 
 #[async_trait::async_trait]
@@ -80,5 +82,17 @@ impl DeploymentUnderTest for Stack {
 
     fn hub_environment(&self) -> Result<BTreeMap<String, String>> {
         Stack::hub_environment(self)
+    }
+
+    fn tls_policy(&self) -> TlsPolicySpec {
+        self.spec.tls_policy.clone()
+    }
+
+    async fn tls_scan(&self) -> Result<Vec<EndpointScan>> {
+        Stack::tls_scan(self).await
+    }
+
+    async fn reachability_matrix(&self) -> Result<Vec<ReachCell>> {
+        Stack::reachability_matrix(self).await
     }
 }

@@ -4,10 +4,10 @@ use crate::world::{report, Operator};
 
 #[when("every internal endpoint is probed from every host of the topology")]
 async fn probe_matrix(world: &mut Operator) -> anyhow::Result<()> {
-    let cells = world.stack()?.reachability_matrix().await?;
+    let cells = world.deployment()?.reachability_matrix().await?;
     anyhow::ensure!(
         !cells.is_empty(),
-        "the stack has no internal endpoint to probe"
+        "the deployment has no internal endpoint to probe"
     );
     if let Ok(mut r) = report().lock() {
         r.reachability = cells.clone();

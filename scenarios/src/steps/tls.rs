@@ -6,16 +6,17 @@ use crate::world::{known_defect_problems, report, Operator};
 
 #[when("every TLS endpoint of the stack is scanned")]
 async fn scan_every_endpoint(world: &mut Operator) -> anyhow::Result<()> {
-    let stack = world.stack()?;
-    let scans = stack.tls_scan().await?;
+    let deployment = world.deployment()?;
+    let policy = deployment.tls_policy();
+    let scans = deployment.tls_scan().await?;
     anyhow::ensure!(
         !scans.is_empty(),
-        "the stack exposes no TLS endpoint to scan"
+        "the deployment exposes no TLS endpoint to scan"
     );
-    let scanned: Vec<String> = scans.iter().map(|(s, _)| s.endpoint.clone()).collect();
+    let scanned: Vec<String> = scans.iter().map(|s| s.endpoint.clone()).collect();
     let sorted = KnownDefects::builtin()?.sort_tls_scan(
-        scans.iter().flat_map(|(_, v)| v.clone()).collect(),
-        &stack.component_versions,
+        scans.iter().flat_map(|scan| policy.judge(scan)).collect(),
+        &deployment.component_versions(),
         &scanned,
     );
     let hits: Vec<KnownDefectHit> = sorted
@@ -30,11 +31,11 @@ async fn scan_every_endpoint(world: &mut Operator) -> anyhow::Result<()> {
         })
         .collect();
     let section = hubtrust_harness::report::TlsScanSection {
-        policy: stack.spec.tls_policy.name.label().into(),
-        exceptions: stack.spec.tls_policy.exceptions.clone(),
+        policy: policy.name.label().into(),
+        exceptions: policy.exceptions.clone(),
         violations: sorted.unknown.clone(),
         known: sorted.known.iter().map(|(_, f)| f.clone()).collect(),
-        endpoints: scans.into_iter().map(|(scan, _)| scan).collect(),
+        endpoints: scans,
     };
     if let Ok(mut r) = report().lock() {
         r.tls_scan = Some(section.clone());
@@ -56,8 +57,8 @@ fn nothing_forbidden(world: &mut Operator) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no TLS scan ran in this scenario"))?;
     let mut problems: Vec<String> = scan.violations.iter().map(|v| v.describe()).collect();
     let scanned: Vec<&str> = scan.endpoints.iter().map(|e| e.endpoint.as_str()).collect();
-    let stack = world.stack()?;
-    for stray in stack.spec.tls_policy.exceptions_for_no_endpoint(&scanned) {
+    let policy = world.deployment()?.tls_policy();
+    for stray in policy.exceptions_for_no_endpoint(&scanned) {
         problems.push(format!(
             "the stack's exception for `{}` ({}) names no endpoint the scan met, so it excuses nothing (fix: one of {})",
             stray.endpoint,

@@ -84,6 +84,20 @@ pub struct PlannedProbe {
     pub identities: Vec<ProbeIdentity>,
 }
 
+impl PlannedProbe {
+    /// The kind of pod this prober stands for, as a reachability cell's
+    /// place.
+    pub fn place(&self) -> String {
+        match self.labelled {
+            true => format!(
+                "a pod the chart's network-access labels admit ({})",
+                self.pod
+            ),
+            false => format!("a pod without those labels ({})", self.pod),
+        }
+    }
+}
+
 /// What the report calls the hub's and CHP's internal APIs.
 const HUB_API: &str = "hub API";
 const PROXY_API: &str = "proxy API";

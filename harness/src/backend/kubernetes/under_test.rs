@@ -1,4 +1,4 @@
-//! A chart-started deployment as the `@core` scenarios see it. What this
+//! A chart-started deployment as the scenarios see it. What this
 //! machine can ask through the public side it asks when the step runs.
 //! What only a pod sees (the trust matrix, from the labelled prober) or
 //! only root on the node (the hub's certificate store) is what the run
@@ -16,9 +16,11 @@ use crate::hub_api::{check_public_side, operator_client, PublicSide, PublicSideR
 use crate::inventory::Inventory;
 use crate::matrix::TrustMatrix;
 use crate::probe::ProbeOutcome;
+use crate::reachability::ReachCell;
 use crate::report::{ChainCheck, ProxyApiCall};
 use crate::secret::Secret;
 use crate::stack::SecretFile;
+use crate::tls_scan::{EndpointScan, TlsPolicySpec};
 use crate::under_test::{DeploymentUnderTest, MergedOrgBundle};
 
 /// What the run observed inside the cluster for a scenario to judge.
@@ -48,6 +50,13 @@ pub struct InClusterObservations {
     pub inventory: Observation<Inventory>,
     /// The hub process's environment, read from its `/proc/<pid>/environ`.
     pub hub_environment: Observation<BTreeMap<String, String>>,
+    /// The labelled prober's scan of the public side and the internal
+    /// Services.
+    pub tls_scan: Observation<Vec<EndpointScan>>,
+    /// Both probers' tries of every internal Service: the labelled one is
+    /// where the chart's NetworkPolicies admit clients, the bare one any
+    /// other pod.
+    pub reachability: Observation<Vec<ReachCell>>,
 }
 
 /// Where and as whom this machine reaches the deployment's public side.
@@ -65,6 +74,7 @@ pub struct ChartDeployment {
     public: PublicSideAt,
     observed: InClusterObservations,
     merged: Option<MergedOrgBundle>,
+    tls_policy: TlsPolicySpec,
 }
 
 impl ChartDeployment {
@@ -94,12 +104,13 @@ impl ChartDeployment {
             });
         Ok(Self {
             merged,
+            tls_policy: deployment.tls_policy.clone(),
             ..Self::at(at, &deployment.user, observed)?
         })
     }
 
     /// The deployment of `user`'s lab, reached through `public`, merging
-    /// no org bundle.
+    /// no org bundle, judged by the default TLS policy.
     pub fn at(public: PublicSideAt, user: &str, observed: InClusterObservations) -> Result<Self> {
         let http = operator_client(
             &[&public.ca_pem],
@@ -113,6 +124,7 @@ impl ChartDeployment {
             public,
             observed,
             merged: None,
+            tls_policy: TlsPolicySpec::default(),
         })
     }
 
@@ -241,5 +253,23 @@ impl DeploymentUnderTest for ChartDeployment {
 
     fn hub_environment(&self) -> Result<BTreeMap<String, String>> {
         observed("the hub's environment", &self.observed.hub_environment)
+    }
+
+    fn tls_policy(&self) -> TlsPolicySpec {
+        self.tls_policy.clone()
+    }
+
+    async fn tls_scan(&self) -> Result<Vec<EndpointScan>> {
+        observed(
+            "the TLS scan from the labelled prober pod",
+            &self.observed.tls_scan,
+        )
+    }
+
+    async fn reachability_matrix(&self) -> Result<Vec<ReachCell>> {
+        observed(
+            "the Services as the prober pods reached them",
+            &self.observed.reachability,
+        )
     }
 }
