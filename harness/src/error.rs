@@ -91,6 +91,11 @@ pub enum HarnessError {
     /// as not run, never passed.
     #[error("{NOT_OBSERVED}{what}: {why}")]
     NotObserved { what: String, why: String },
+    /// The deployment lacks what a check needs: a failure, not "not run".
+    #[error("{what} (fix: {fix})")]
+    NotConfigured { what: String, fix: String },
+    #[error("read what {what} printed: {message}")]
+    CellOutput { what: String, message: String },
     #[error("restore the {site} after a scenario: {message}")]
     SiteNotRestored { site: String, message: String },
     #[error("{what}: not supported by the {backend} backend (fix: {fix})")]

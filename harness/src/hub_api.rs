@@ -250,11 +250,35 @@ pub async fn check_public_side(
     })
     .await?;
     let lab_ready_after_seconds = started.elapsed().as_secs_f64();
+    let cell = run_cell_through_public_side(side, user, code, Duration::from_secs(60)).await?;
+    Ok((
+        PublicSideReport {
+            hub_version,
+            lab_ready_after_seconds,
+            cell: cell.stdout.trim().to_string(),
+        },
+        cell,
+    ))
+}
+
+/// Runs `code` in a new kernel of `user`'s running lab, as the user (a
+/// token of theirs minted through the hub API), through the public side;
+/// the cell gets `deadline`.
+pub async fn run_cell_through_public_side(
+    side: &PublicSide<'_>,
+    user: &str,
+    code: &str,
+    deadline: Duration,
+) -> Result<CellRun> {
+    let api = HubApi {
+        http: side.http,
+        base: side.base.clone(),
+    };
     let token = api.user_token(user).await?;
     let stream = (side.connect)()
         .await
         .map_err(|e| HarnessError::io("connect to the public proxy", e))?;
-    let cell = LabSession {
+    LabSession {
         http: side.http,
         base_url: side.base.clone(),
         public_name: side.public_name.clone(),
@@ -264,16 +288,8 @@ pub async fn check_public_side(
         stream,
         kernel_id: None,
     }
-    .run_cell(code)
-    .await?;
-    Ok((
-        PublicSideReport {
-            hub_version,
-            lab_ready_after_seconds,
-            cell: cell.stdout.trim().to_string(),
-        },
-        cell,
-    ))
+    .run_cell_within(code, deadline)
+    .await
 }
 
 /// Asks `attempt` until it yields a value or `deadline` passes; a timeout

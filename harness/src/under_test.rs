@@ -3,10 +3,14 @@
 //! chart's pods on a cluster. The steps judge; this only observes.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
 
+use crate::enterprise::{MergedBundleTexts, OutboundRuns, Target};
 use crate::error::Result;
 use crate::hub_api::PublicSideReport;
 use crate::inventory::Inventory;
+use crate::lab::CellRun;
 use crate::matrix::TrustMatrix;
 use crate::probe::ProbeOutcome;
 use crate::reachability::ReachCell;
@@ -84,6 +88,23 @@ pub trait DeploymentUnderTest: Send + Sync {
     /// Every internal endpoint tried from every place of the topology,
     /// each cell saying whether the design expects it to answer there.
     async fn reachability_matrix(&self) -> Result<Vec<ReachCell>>;
+
+    /// Runs `code` in a kernel of `user`'s running lab, as that user,
+    /// within `deadline`.
+    async fn run_cell(&self, user: &str, code: &str, deadline: Duration) -> Result<CellRun>;
+
+    /// The org bundle's merge into the labs' trust, as text: the system
+    /// bundle and the org bundle it started from, and what it wrote.
+    async fn merged_bundle_texts(&self) -> Result<MergedBundleTexts>;
+
+    /// The outbound endpoints the labs' tools fetch, and who signed each.
+    fn outbound_targets(&self) -> Result<Vec<Target>>;
+
+    /// Every tool in `user`'s lab fetching every outbound target, with the
+    /// merged bundle and with the system bundle alone; with an inspecting
+    /// proxy, its egress captured meanwhile (evidence kept in
+    /// `evidence_dir`).
+    async fn run_outbound_tools(&self, user: &str, evidence_dir: &Path) -> Result<OutboundRuns>;
 }
 
 impl std::fmt::Debug for dyn DeploymentUnderTest {

@@ -751,7 +751,8 @@ fn run_scenarios(
             ),
         },
     };
-    let chart = match ChartDeployment::new(deployment, public, observed) {
+    let org_bundle = prepared.org.as_ref().map(|org| org.pem.as_str());
+    let chart = match ChartDeployment::new(deployment, public, observed, org_bundle) {
         Ok(chart) => chart,
         Err(e) => {
             list.check(SCENARIOS, None, || Err(e.into()));

@@ -443,8 +443,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     use hubtrust_harness::hub_api::PublicSideReport;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use hubtrust_harness::enterprise::{self, MergedBundleTexts, OutboundRuns};
     use hubtrust_harness::inventory::Inventory;
+    use hubtrust_harness::lab::CellRun;
     use hubtrust_harness::matrix::{MatrixCell, TrustMatrix};
+    use hubtrust_harness::pki::CertificateAuthority;
     use hubtrust_harness::probe::{HttpResponse, ProbeOutcome, Verdict};
     use hubtrust_harness::reachability::{Reach, ReachCell};
     use hubtrust_harness::report::{ChainCheck, Status};
@@ -468,6 +474,8 @@ mod tests {
         accepts_tls10: bool,
         /// The proxy API answers a pod the design keeps out.
         open_to_any_pod: bool,
+        /// The merged bundle holds the system bundle alone.
+        merge_drops_the_org_bundle: bool,
     }
 
     const MERGED: &str = "/etc/ssl/certs-extra/ca-certificates.crt";
@@ -598,6 +606,63 @@ mod tests {
                 cell("any other pod", false, stranger),
             ])
         }
+        /// A lab that answers the enterprise steps' cells: the five
+        /// variables at the merged bundle, and python refusing both direct
+        /// servers with its own store.
+        async fn run_cell(&self, _: &str, code: &str, _: Duration) -> Result<CellRun> {
+            let stdout = if code.contains("HUBTRUST-ENV") {
+                let env: BTreeMap<&str, &str> = enterprise::CA_VARIABLES
+                    .iter()
+                    .map(|v| (*v, MERGED))
+                    .collect();
+                format!("HUBTRUST-ENV {}", serde_json::to_string(&env).unwrap())
+            } else if code.contains(enterprise::STORE_MARKER) {
+                let refused = "ssl.SSLCertVerificationError: certificate verify failed: unable to get local issuer certificate";
+                let outcomes: BTreeMap<&str, &str> =
+                    [("org-CA server", refused), ("foreign-CA server", refused)].into();
+                format!(
+                    "{}{}",
+                    enterprise::STORE_MARKER,
+                    serde_json::to_string(&outcomes).unwrap()
+                )
+            } else {
+                String::new()
+            };
+            Ok(CellRun {
+                kernel_id: "k".into(),
+                stdout,
+                status: "ok".into(),
+                token: hubtrust_harness::secret::Secret::new("unused"),
+            })
+        }
+        async fn merged_bundle_texts(&self) -> Result<MergedBundleTexts> {
+            let system = CertificateAuthority::root("a system root")?.cert_pem();
+            let org = CertificateAuthority::root("the org root")?.cert_pem();
+            let merged = match self.merge_drops_the_org_bundle {
+                true => system.clone(),
+                false => format!("{system}{org}"),
+            };
+            Ok(MergedBundleTexts {
+                system,
+                org: Some(org),
+                merged,
+            })
+        }
+        fn outbound_targets(&self) -> Result<Vec<enterprise::Target>> {
+            let target = |name: &str, signer| enterprise::Target {
+                name: name.into(),
+                url: format!("https://{name}.example/"),
+                signer,
+                proxy: None,
+            };
+            Ok(vec![
+                target("org-CA server", enterprise::Signer::Org),
+                target("foreign-CA server", enterprise::Signer::Foreign),
+            ])
+        }
+        async fn run_outbound_tools(&self, _: &str, _: &Path) -> Result<OutboundRuns> {
+            Err(not_observed("the tools"))
+        }
     }
 
     fn run_core(answers: Answers) -> BTreeMap<String, (Status, Option<String>)> {
@@ -635,6 +700,7 @@ mod tests {
             hub_has_merged: false,
             accepts_tls10: false,
             open_to_any_pod: false,
+            merge_drops_the_org_bundle: false,
         });
         assert_eq!(ran.len(), 13, "{ran:#?}");
         let status = |name: &str| {
@@ -652,23 +718,12 @@ mod tests {
             "Trusting the org CA outbound grants no inbound access",
             "Every TLS endpoint accepts only the versions and suites the policy allows",
             "Every internal endpoint answers from its clients' hosts and from no other",
+            "The merged bundle is exactly the system bundle plus the org bundle",
         ] {
             assert_eq!(status(passed).0, Status::Passed, "{passed}: {ran:#?}");
         }
-        // Steps that act on hosts hubtrust started have none to act on.
         for not_run in [
-            "The merged bundle is exactly the system bundle plus the org bundle",
             "User tools trust the org CA with the merged bundle",
-        ] {
-            let (said, why) = status(not_run);
-            assert_eq!(said, Status::Skipped, "{not_run}: {ran:#?}");
-            assert!(
-                why.as_deref()
-                    .is_some_and(|w| w.contains("acts on hosts hubtrust started")),
-                "{not_run}: {why:?}"
-            );
-        }
-        for not_run in [
             "Every server's chain verifies",
             "Private keys and the cookie secret",
             "Every certificate in the stack is inventoried",
@@ -689,6 +744,7 @@ mod tests {
             hub_has_merged: true,
             accepts_tls10: true,
             open_to_any_pod: true,
+            merge_drops_the_org_bundle: true,
         });
         let failed = |name: &str| {
             broken
@@ -709,5 +765,11 @@ mod tests {
         let (status, why) = failed("Every internal endpoint answers from its clients' hosts");
         assert_eq!(status, Status::Failed);
         assert!(why.contains("from host `any other pod`"), "{why}");
+        let (status, why) = failed("The merged bundle is exactly");
+        assert_eq!(status, Status::Failed);
+        assert!(
+            why.contains("expected 2 certificates (1 system + 1 org) in order, found 1"),
+            "{why}"
+        );
     }
 }

@@ -626,20 +626,48 @@ pub struct BundleCheck {
     pub problem: Option<String>,
 }
 
+/// A merge's three bundles as text: the system bundle and the org bundle
+/// it started from (none when there was none to merge) and what it wrote.
+#[derive(Debug, Clone)]
+pub struct MergedBundleTexts {
+    pub system: String,
+    pub org: Option<String>,
+    pub merged: String,
+}
+
 /// Whether `merged` parses into exactly the system bundle's certificates
 /// followed by the org bundle's (none if it is missing), in order.
 pub fn check_merged(system: &Path, org: &Path, merged: &Path) -> BundleCheck {
-    let read = |p: &Path| -> std::result::Result<Vec<Vec<u8>>, String> {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        Ok(parse_certs(&text)?.iter().map(|c| c.to_vec()).collect())
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let org = match org.exists() {
+        true => read(org).map(Some),
+        false => Ok(None),
     };
-    let system_certs = read(system);
-    let org_certs = if org.exists() {
-        read(org)
-    } else {
-        Ok(Vec::new())
+    check_bundles(read(system), org, read(merged))
+}
+
+/// [`check_merged`] of bundles already read.
+pub fn check_merged_texts(texts: &MergedBundleTexts) -> BundleCheck {
+    check_bundles(
+        Ok(texts.system.clone()),
+        Ok(texts.org.clone()),
+        Ok(texts.merged.clone()),
+    )
+}
+
+type BundleText = std::result::Result<String, String>;
+
+fn check_bundles(
+    system: BundleText,
+    org: std::result::Result<Option<String>, String>,
+    merged: BundleText,
+) -> BundleCheck {
+    let parse = |text: BundleText| -> std::result::Result<Vec<Vec<u8>>, String> {
+        Ok(parse_certs(&text?)?.iter().map(|c| c.to_vec()).collect())
     };
-    let merged_certs = read(merged);
+    let system_certs = parse(system);
+    let org_certs = org.and_then(|org| org.map_or(Ok(Vec::new()), |text| parse(Ok(text))));
+    let merged_certs = parse(merged);
     let counts = |r: &std::result::Result<Vec<Vec<u8>>, String>| r.as_ref().map_or(0, Vec::len);
     let problem = match (&system_certs, &org_certs, &merged_certs) {
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Some(e.clone()),
@@ -836,6 +864,17 @@ pub fn judge_default_store(
         }
     }
     Ok(differences)
+}
+
+/// Every tool in a lab fetching every outbound target, with the merged
+/// bundle and with the system bundle alone.
+#[derive(Debug, Clone)]
+pub struct OutboundRuns {
+    pub targets: Vec<Target>,
+    pub runs: Vec<ToolRun>,
+    /// With an inspecting proxy: whether each proxied run crossed it on
+    /// the wire (Err says why the capture could not tell).
+    pub proxy_paths: Option<std::result::Result<ProxyPaths, String>>,
 }
 
 /// The marker before the lab's proxy variables, as the driver saw them.

@@ -1,12 +1,15 @@
 //! A stack of hosts hubtrust started, as the scenarios see it.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
 
 use super::{SecretFile, Stack};
-use crate::enterprise::Outbound;
-use crate::error::Result;
+use crate::enterprise::{self, MergedBundleTexts, Outbound, OutboundRuns, Target};
+use crate::error::{HarnessError, Result};
 use crate::hub_api::PublicSideReport;
 use crate::inventory::Inventory;
+use crate::lab::CellRun;
 use crate::matrix::TrustMatrix;
 use crate::probe::ProbeOutcome;
 use crate::reachability::ReachCell;
@@ -94,5 +97,90 @@ impl DeploymentUnderTest for Stack {
 
     async fn reachability_matrix(&self) -> Result<Vec<ReachCell>> {
         Stack::reachability_matrix(self).await
+    }
+
+    async fn run_cell(&self, user: &str, code: &str, deadline: Duration) -> Result<CellRun> {
+        self.run_cell_within(user, code, deadline).await
+    }
+
+    async fn merged_bundle_texts(&self) -> Result<MergedBundleTexts> {
+        let outbound = self.outbound()?;
+        let merge = outbound
+            .merge
+            .as_ref()
+            .ok_or_else(|| HarnessError::NotConfigured {
+                what: "the stack does not merge the org bundle".into(),
+                fix: "enterprise.merge_org_bundle = true".into(),
+            })?;
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| HarnessError::io(format!("read {}", path.display()), e))
+        };
+        Ok(MergedBundleTexts {
+            system: read(&outbound.system_bundle)?,
+            org: match outbound.org_bundle.exists() {
+                true => Some(read(&outbound.org_bundle)?),
+                false => None,
+            },
+            merged: read(&merge.merged)?,
+        })
+    }
+
+    fn outbound_targets(&self) -> Result<Vec<Target>> {
+        Ok(self.outbound()?.targets.clone())
+    }
+
+    async fn run_outbound_tools(&self, user: &str, evidence_dir: &Path) -> Result<OutboundRuns> {
+        let outbound = self.outbound()?;
+        // "System bundle alone" is the lab's own default store.
+        let code = enterprise::driver_code(&outbound.targets, Path::new(enterprise::SYSTEM_STORE));
+        let route = outbound.proxy_route.clone();
+        // With an inspecting proxy, the egress links are captured
+        // meanwhile: the evidence that proxied runs crossed it.
+        let capture = match &route {
+            Some(_) => Some(self.start_wire_capture(&evidence_dir.join("pcap")).await?),
+            None => None,
+        };
+        // Every tool bounds itself (40 s); the cell as a whole gets room
+        // for the slowest of them, then fails with what it printed so far.
+        let run = self
+            .run_cell_within(user, &code, Duration::from_secs(120))
+            .await;
+        let census = match capture {
+            Some(capture) => Some(capture.finish().await),
+            None => None,
+        };
+        let run = run?;
+        let unreadable = |message: String| HarnessError::CellOutput {
+            what: "the lab's tools".into(),
+            message,
+        };
+        let runs = enterprise::parse_results(&run.stdout).map_err(unreadable)?;
+        let lab_env = enterprise::parse_proxy_env(&run.stdout).map_err(unreadable)?;
+        let proxy_paths = match (&route, &census) {
+            (Some(route), Some(census)) => Some(enterprise::judge_proxy_paths(
+                &outbound.targets,
+                &runs,
+                census,
+                route,
+                &lab_env,
+            )),
+            _ => None,
+        };
+        Ok(OutboundRuns {
+            targets: outbound.targets.clone(),
+            runs,
+            proxy_paths,
+        })
+    }
+}
+
+impl Stack {
+    fn outbound(&self) -> Result<&Outbound> {
+        self.site::<Outbound>()
+            .ok_or_else(|| HarnessError::NotConfigured {
+                what: "this stack has no [enterprise] section, so there is nothing to check".into(),
+                fix: "--stack fixtures/stacks/enterprise.toml, or add [enterprise] to your stack file".into(),
+            })
     }
 }

@@ -1,25 +1,11 @@
+use std::time::Duration;
+
 use cucumber::{given, then, when};
 use hubtrust_harness::enterprise::{self, CA_VARIABLES};
 use hubtrust_harness::report::EnterpriseSection;
 use hubtrust_harness::under_test::MergedOrgBundle;
 
 use crate::world::{report, Operator};
-
-fn outbound(world: &Operator) -> anyhow::Result<&enterprise::Outbound> {
-    world.stack()?.site::<enterprise::Outbound>().ok_or_else(|| {
-        anyhow::anyhow!(
-            "this stack has no [enterprise] section, so there is nothing to check (fix: --stack fixtures/stacks/enterprise.toml, or add [enterprise] to your stack file)"
-        )
-    })
-}
-
-fn merged_bundle(world: &Operator) -> anyhow::Result<&enterprise::MergeOutcome> {
-    outbound(world)?.merge.as_ref().ok_or_else(|| {
-        anyhow::anyhow!(
-            "the stack does not merge the org bundle (fix: enterprise.merge_org_bundle = true)"
-        )
-    })
-}
 
 fn record(update: impl FnOnce(&mut EnterpriseSection)) {
     if let Ok(mut r) = report().lock() {
@@ -42,32 +28,39 @@ fn merged_org_bundle(world: &Operator) -> anyhow::Result<MergedOrgBundle> {
 }
 
 #[then("the merged bundle holds every system certificate, then every org certificate, none lost at the seam")]
-fn merged_bundle_is_exact(world: &mut Operator) -> anyhow::Result<()> {
-    let outbound = outbound(world)?;
-    let merge = merged_bundle(world)?;
-    let check =
-        enterprise::check_merged(&outbound.system_bundle, &outbound.org_bundle, &merge.merged);
+async fn merged_bundle_is_exact(world: &mut Operator) -> anyhow::Result<()> {
+    let merged = merged_org_bundle(world)?.path;
+    let texts = world.deployment()?.merged_bundle_texts().await?;
+    let check = enterprise::check_merged_texts(&texts);
     record(|e| e.bundle = Some(check.clone()));
     if let Some(problem) = &check.problem {
-        anyhow::bail!("{}: {problem}", merge.merged.display());
+        anyhow::bail!("{merged}: {problem}");
     }
     Ok(())
 }
 
+/// What `code` printed after `marker` in the first user's lab.
+async fn lab_says(world: &Operator, code: &str, marker: &str) -> anyhow::Result<String> {
+    let user = world.first_user()?;
+    let run = world
+        .deployment()?
+        .run_cell(&user, code, Duration::from_secs(60))
+        .await?;
+    run.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(marker))
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("the lab printed no result: {}", run.stdout))
+}
+
 #[then("the lab's environment points all five CA variables at the merged bundle")]
 async fn lab_environment_points_at_the_bundle(world: &mut Operator) -> anyhow::Result<()> {
-    let merged = merged_bundle(world)?.merged.display().to_string();
-    let user = world.first_user()?;
+    let merged = merged_org_bundle(world)?.path;
     let code = format!(
         "import json, os\nprint('HUBTRUST-ENV ' + json.dumps({{v: os.environ.get(v) for v in {CA_VARIABLES:?}}}))"
     );
-    let run = world.stack()?.run_cell(&user, &code).await?;
-    let line = run
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("HUBTRUST-ENV "))
-        .ok_or_else(|| anyhow::anyhow!("the lab printed no environment: {}", run.stdout))?;
-    let env: std::collections::BTreeMap<String, Option<String>> = serde_json::from_str(line)?;
+    let line = lab_says(world, &code, "HUBTRUST-ENV ").await?;
+    let env: std::collections::BTreeMap<String, Option<String>> = serde_json::from_str(&line)?;
     let wrong: Vec<String> = CA_VARIABLES
         .iter()
         .filter(|v| env.get(**v).cloned().flatten().as_deref() != Some(merged.as_str()))
@@ -83,52 +76,22 @@ async fn lab_environment_points_at_the_bundle(world: &mut Operator) -> anyhow::R
 
 #[when("each tool in the lab fetches each outbound endpoint, with the merged bundle and with the system bundle alone")]
 async fn run_the_discriminator(world: &mut Operator) -> anyhow::Result<()> {
-    let outbound = outbound(world)?;
-    // "System bundle alone" is the lab's own default store.
-    let code = enterprise::driver_code(
-        &outbound.targets,
-        std::path::Path::new(enterprise::SYSTEM_STORE),
-    );
-    let targets = outbound.targets.clone();
-    let route = outbound.proxy_route.clone();
     let user = world.first_user()?;
-    // With an inspecting proxy, the egress links are captured meanwhile:
-    // the evidence that proxied runs crossed it.
-    let capture = match &route {
-        Some(_) => Some(
-            world
-                .stack()?
-                .start_wire_capture(&world.artifact_dir().join("pcap"))
-                .await?,
-        ),
-        None => None,
-    };
-    // Every tool bounds itself (40 s); the cell as a whole gets room for
-    // the slowest of them, then fails with what it printed so far.
-    let run = world
-        .stack()?
-        .run_cell_within(&user, &code, std::time::Duration::from_secs(120))
-        .await;
-    let census = match capture {
-        Some(capture) => Some(capture.finish().await),
-        None => None,
-    };
-    let run = run?;
-    let runs = enterprise::parse_results(&run.stdout).map_err(anyhow::Error::msg)?;
-    let lab_env = enterprise::parse_proxy_env(&run.stdout).map_err(anyhow::Error::msg)?;
-    let paths = match (&route, &census) {
-        (Some(route), Some(census)) => Some(enterprise::judge_proxy_paths(
-            &targets, &runs, census, route, &lab_env,
-        )),
-        _ => None,
-    };
+    let ran = world
+        .deployment()?
+        .run_outbound_tools(&user, &world.artifact_dir())
+        .await?;
     record(|e| {
-        e.targets = targets;
-        e.runs = runs.clone();
-        e.proxy_paths = paths.as_ref().and_then(|p| p.as_ref().ok()).cloned();
+        e.targets = ran.targets.clone();
+        e.runs = ran.runs.clone();
+        e.proxy_paths = ran
+            .proxy_paths
+            .as_ref()
+            .and_then(|p| p.as_ref().ok())
+            .cloned();
     });
-    world.tool_runs = Some(runs);
-    world.proxy_paths = paths;
+    world.tool_runs = Some(ran.runs);
+    world.proxy_paths = ran.proxy_paths;
     Ok(())
 }
 
@@ -156,13 +119,13 @@ fn proxied_runs_crossed_the_proxy(world: &mut Operator) -> anyhow::Result<()> {
 
 #[then("every result matches the enterprise trust table")]
 fn results_match_the_table(world: &mut Operator) -> anyhow::Result<()> {
-    let outbound = outbound(world)?;
+    let targets = world.deployment()?.outbound_targets()?;
     let runs = world
         .tool_runs
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("the tools were not run"))?;
-    let judgement = enterprise::judge(&outbound.targets, runs).map_err(anyhow::Error::msg)?;
-    let expected_runs = enterprise::full_table_runs(&outbound.targets);
+    let judgement = enterprise::judge(&targets, runs).map_err(anyhow::Error::msg)?;
+    let expected_runs = enterprise::full_table_runs(&targets);
     anyhow::ensure!(
         runs.len() == expected_runs,
         "inconclusive: {} of {expected_runs} tool runs reported",
@@ -220,17 +183,10 @@ fn hub_environment_matches_the_stack_file(world: &mut Operator) -> anyhow::Resul
 
 #[then("the lab's own system store trusts the public endpoint and not the org CA")]
 async fn lab_default_store(world: &mut Operator) -> anyhow::Result<()> {
-    let outbound = outbound(world)?;
-    let code = enterprise::default_store_probe_code(&outbound.targets);
-    let targets = outbound.targets.clone();
-    let user = world.first_user()?;
-    let run = world.stack()?.run_cell(&user, &code).await?;
-    let line = run
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(enterprise::STORE_MARKER))
-        .ok_or_else(|| anyhow::anyhow!("the lab printed no result: {}", run.stdout))?;
-    let outcomes: std::collections::BTreeMap<String, String> = serde_json::from_str(line)?;
+    let targets = world.deployment()?.outbound_targets()?;
+    let code = enterprise::default_store_probe_code(&targets);
+    let line = lab_says(world, &code, enterprise::STORE_MARKER).await?;
+    let outcomes: std::collections::BTreeMap<String, String> = serde_json::from_str(&line)?;
     let wrong = enterprise::judge_default_store(&targets, &outcomes).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         wrong.is_empty(),

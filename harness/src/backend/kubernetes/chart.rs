@@ -42,7 +42,7 @@ pub fn merged_bundle_path() -> String {
     format!("{MERGED_MOUNT}/ca-certificates.crt")
 }
 const MERGE_STEP_DIR: &str = "/hubtrust-merge-step";
-const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+const SYSTEM_BUNDLE: &str = crate::pki::SYSTEM_STORE;
 
 /// The files CHP reads from the proxy TLS Secret, by key.
 pub const PROXY_TLS_KEYS: [(&str, &str); 8] = [

@@ -127,11 +127,16 @@ pub fn lab_egress() -> Value {
     })
 }
 
+/// The proxy as labs reach it.
+pub fn url(namespace: &str) -> String {
+    format!("http://{}:{PORT}", dns_names(SERVICE, namespace)[3])
+}
+
 /// The lab's proxy variables, both spellings as tools read either: the
 /// internet through the proxy; every name of `direct_services`, and
 /// loopback, direct.
 pub fn lab_env(namespace: &str, direct_services: &[&str]) -> Vec<(String, String)> {
-    let url = format!("http://{}:{PORT}", dns_names(SERVICE, namespace)[3]);
+    let url = url(namespace);
     let direct: Vec<String> = direct_services
         .iter()
         .flat_map(|service| dns_names(service, namespace))

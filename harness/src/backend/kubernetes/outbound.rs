@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use super::names::dns_names;
 use super::objects::{labels, pod, service};
 use super::{inspecting_proxy, OrgTrust, RuntimeImage};
+use crate::enterprise::{self, Signer};
 use crate::error::{HarnessError, Result};
 use crate::pki::{write_with_mode, OrgPki, Usage, Validity};
 
@@ -39,7 +40,7 @@ const FETCH_SCRIPT: &str = include_str!("../../../../fixtures/kubernetes/outboun
 
 /// Where the lab's image keeps its system bundle (Debian and Ubuntu
 /// images, the chart's among them).
-pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub const SYSTEM_BUNDLE: &str = crate::pki::SYSTEM_STORE;
 
 /// One test server: who signed its certificate and how a lab reaches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +152,30 @@ pub fn targets(namespace: &str, with_proxy: bool) -> Vec<Target> {
             ),
             server,
             marker: format!("hubtrust-{}", server.file_stem()),
+        })
+        .collect()
+}
+
+/// `targets` as the enterprise feature's steps judge them: who signed
+/// what a lab meets at each, and the inspecting proxy for those behind it.
+pub fn as_enterprise_targets(targets: &[Target], namespace: &str) -> Vec<enterprise::Target> {
+    targets
+        .iter()
+        .map(|t| enterprise::Target {
+            name: t.name.clone(),
+            url: t.url.clone(),
+            signer: match t.server {
+                Server::Org => Signer::Org,
+                Server::Foreign => Signer::Foreign,
+                Server::Public => Signer::InspectingProxy,
+                Server::Expired | Server::WrongName | Server::ForeignUpstream => {
+                    Signer::BadUpstreamViaProxy
+                }
+            },
+            proxy: t
+                .server
+                .behind_proxy()
+                .then(|| inspecting_proxy::url(namespace)),
         })
         .collect()
 }

@@ -7,14 +7,24 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use tokio::net::TcpStream;
+
+use super::outbound;
 use super::public_check::PublicAddress;
 use super::Deployment;
+use crate::enterprise::{MergedBundleTexts, OutboundRuns, Target};
 use crate::error::{HarnessError, Result};
-use crate::hub_api::{check_public_side, operator_client, PublicSide, PublicSideReport};
+use crate::hub_api::{
+    check_public_side, operator_client, run_cell_through_public_side, PublicSide, PublicSideReport,
+};
 use crate::inventory::Inventory;
+use crate::lab::CellRun;
 use crate::matrix::TrustMatrix;
+use crate::pki::SYSTEM_STORE;
 use crate::probe::ProbeOutcome;
 use crate::reachability::ReachCell;
 use crate::report::{ChainCheck, ProxyApiCall};
@@ -74,16 +84,23 @@ pub struct ChartDeployment {
     public: PublicSideAt,
     observed: InClusterObservations,
     merged: Option<MergedOrgBundle>,
+    /// What the org trust ConfigMap holds; None when there is none.
+    org_bundle_pem: Option<String>,
+    /// The outbound servers hubtrust runs in the namespace, as the
+    /// enterprise steps judge them.
+    outbound: Observation<Vec<Target>>,
     tls_policy: TlsPolicySpec,
 }
 
 impl ChartDeployment {
     /// The deployment as reached through `public`, which must stay open
-    /// while the scenarios run.
+    /// while the scenarios run; `org_bundle_pem` is what the run put in
+    /// the org trust ConfigMap (when the stack file has one).
     pub fn new(
         deployment: &Deployment,
         public: &PublicAddress,
         observed: InClusterObservations,
+        org_bundle_pem: Option<&str>,
     ) -> Result<Self> {
         let ca_path = deployment.run_dir.join("public/public-ca.crt");
         let ca_pem = std::fs::read_to_string(&ca_path)
@@ -102,8 +119,24 @@ impl ChartDeployment {
                 path: super::chart::merged_bundle_path(),
                 into_hub: trust.hub_included,
             });
+        let ns = &deployment.namespace;
+        let outbound = match deployment.outbound_servers {
+            true => Observation::Seen(outbound::as_enterprise_targets(
+                &outbound::targets(ns, deployment.inspecting_proxy().is_some()),
+                ns,
+            )),
+            false => Observation::NotMade(
+                "the run starts no outbound test servers: the stack's own org_bundle comes without the key to sign an org-CA server".into(),
+            ),
+        };
+        let configmap = deployment
+            .org_trust
+            .as_ref()
+            .is_some_and(|trust| trust.configmap_present);
         Ok(Self {
             merged,
+            org_bundle_pem: org_bundle_pem.filter(|_| configmap).map(str::to_string),
+            outbound,
             tls_policy: deployment.tls_policy.clone(),
             ..Self::at(at, &deployment.user, observed)?
         })
@@ -124,6 +157,8 @@ impl ChartDeployment {
             public,
             observed,
             merged: None,
+            org_bundle_pem: None,
+            outbound: Observation::NotMade("no outbound servers in this deployment".into()),
             tls_policy: TlsPolicySpec::default(),
         })
     }
@@ -131,6 +166,34 @@ impl ChartDeployment {
     fn base(&self) -> String {
         format!("https://{}:{}", self.public.name, self.public.addr.port())
     }
+
+    /// The public side as a client that knows only it sees it, reached
+    /// through `connect`.
+    fn public_side<'a>(&'a self, connect: &'a ConnectPublic<'a>) -> PublicSide<'a> {
+        PublicSide {
+            http: &self.http,
+            base: self.base(),
+            public_name: self.public.name.clone(),
+            roots_pem: self.public.ca_pem.clone(),
+            connect,
+        }
+    }
+}
+
+type ConnectPublic<'a> = dyn Fn() -> BoxFuture<'a, std::io::Result<TcpStream>> + Sync + 'a;
+
+/// What the bundles cell prints before its JSON.
+const BUNDLES_MARKER: &str = "HUBTRUST-BUNDLES ";
+
+/// The lab's system bundle and merged bundle, printed as JSON.
+fn bundles_cell(system: &str, merged: &str) -> String {
+    let literal = |path: &str| serde_json::to_string(path).unwrap_or_default();
+    format!(
+        "import json\nprint({marker} + json.dumps({{'system': open({system}).read(), 'merged': open({merged}).read()}}))",
+        marker = literal(BUNDLES_MARKER),
+        system = literal(system),
+        merged = literal(merged),
+    )
 }
 
 fn not_observed(what: &str, why: &str) -> HarnessError {
@@ -182,18 +245,9 @@ impl DeploymentUnderTest for ChartDeployment {
     async fn check_from_outside(&self, user: &str, code: &str) -> Result<PublicSideReport> {
         let addr = self.public.addr;
         let connect =
-            || -> futures::future::BoxFuture<'_, std::io::Result<tokio::net::TcpStream>> {
-                Box::pin(tokio::net::TcpStream::connect(addr))
-            };
-        let side = PublicSide {
-            http: &self.http,
-            base: self.base(),
-            public_name: self.public.name.clone(),
-            roots_pem: self.public.ca_pem.clone(),
-            connect: &connect,
-        };
+            || -> BoxFuture<'_, std::io::Result<TcpStream>> { Box::pin(TcpStream::connect(addr)) };
         let (report, _) = check_public_side(
-            &side,
+            &self.public_side(&connect),
             user,
             code,
             Duration::from_secs(120),
@@ -271,5 +325,59 @@ impl DeploymentUnderTest for ChartDeployment {
             "the Services as the prober pods reached them",
             &self.observed.reachability,
         )
+    }
+
+    async fn run_cell(&self, user: &str, code: &str, deadline: Duration) -> Result<CellRun> {
+        let addr = self.public.addr;
+        let connect =
+            || -> BoxFuture<'_, std::io::Result<TcpStream>> { Box::pin(TcpStream::connect(addr)) };
+        run_cell_through_public_side(&self.public_side(&connect), user, code, deadline).await
+    }
+
+    async fn merged_bundle_texts(&self) -> Result<MergedBundleTexts> {
+        let merged = self
+            .merged
+            .as_ref()
+            .ok_or_else(|| HarnessError::NotConfigured {
+                what: "the stack does not merge the org bundle into labs".into(),
+                fix: "enterprise.merge_org_bundle = true".into(),
+            })?;
+        let code = bundles_cell(SYSTEM_STORE, &merged.path);
+        let run = self
+            .run_cell(&self.user, &code, Duration::from_secs(60))
+            .await?;
+        let line = run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(BUNDLES_MARKER))
+            .ok_or_else(|| HarnessError::CellOutput {
+                what: format!("the lab of {} (its bundles)", self.user),
+                message: format!("no bundles in: {}", run.stdout.trim()),
+            })?;
+        #[derive(serde::Deserialize)]
+        struct Bundles {
+            system: String,
+            merged: String,
+        }
+        let read: Bundles = serde_json::from_str(line).map_err(|e| HarnessError::CellOutput {
+            what: format!("the lab of {} (its bundles)", self.user),
+            message: e.to_string(),
+        })?;
+        Ok(MergedBundleTexts {
+            system: read.system,
+            org: self.org_bundle_pem.clone(),
+            merged: read.merged,
+        })
+    }
+
+    fn outbound_targets(&self) -> Result<Vec<Target>> {
+        observed("the outbound test servers", &self.outbound)
+    }
+
+    async fn run_outbound_tools(&self, _: &str, _: &Path) -> Result<OutboundRuns> {
+        Err(not_observed(
+            "every tool of the table (python urllib, requests, curl, git, node, pip) with the egress captured",
+            "on the chart the lab's cell runs python urllib, requests and curl against hubtrust's outbound servers, and the capture on the inspecting proxy's pod is taken at the command's edge; the rows \"The lab's tools trust the org CA with the merged bundle, and nothing else\" and the proxy-wire row judge them",
+        ))
     }
 }
