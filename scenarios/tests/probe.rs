@@ -330,6 +330,38 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
         unread.contains("not read in this test") && !unread.starts_with(NOT_OBSERVED),
         "an observation the run meant to make and could not is a failure: {unread}"
     );
+    merged_bundle_read_through_the_lab(chart, &runtime);
+}
+
+/// The merged-bundle scenario's reading, through cells in the lab: a
+/// "merge" that is the lab's own system bundle passes with no org bundle
+/// and fails, counting, when an org bundle should be in it.
+fn merged_bundle_read_through_the_lab(
+    chart: hubtrust_harness::backend::kubernetes::under_test::ChartDeployment,
+    runtime: &tokio::runtime::Runtime,
+) {
+    use hubtrust_harness::enterprise::check_merged_texts;
+    use hubtrust_harness::under_test::{DeploymentUnderTest, MergedOrgBundle};
+    let system = hubtrust_harness::pki::SYSTEM_STORE.to_string();
+    let merged = MergedOrgBundle {
+        path: system,
+        into_hub: false,
+    };
+    let chart = chart.merging(merged.clone(), None);
+    let texts = runtime.block_on(chart.merged_bundle_texts()).unwrap();
+    let check = check_merged_texts(&texts);
+    assert!(check.system_certs > 0, "{check:?}");
+    assert_eq!(check.problem, None, "{check:?}");
+    let org = hubtrust_harness::pki::CertificateAuthority::root("an org root")
+        .unwrap()
+        .cert_pem();
+    let chart = chart.merging(merged, Some(org));
+    let check = check_merged_texts(&runtime.block_on(chart.merged_bundle_texts()).unwrap());
+    let problem = check.problem.clone().unwrap_or_default();
+    assert!(
+        problem.contains(&format!("+ 1 org) in order, found {}", check.system_certs)),
+        "{check:?}"
+    );
 }
 
 /// The proxy API's calls and the real clients' connections as a probe

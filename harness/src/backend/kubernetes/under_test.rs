@@ -163,6 +163,16 @@ impl ChartDeployment {
         })
     }
 
+    /// The same deployment, its labs merging an org bundle at `merged`
+    /// from what `org_bundle_pem` holds.
+    pub fn merging(self, merged: MergedOrgBundle, org_bundle_pem: Option<String>) -> Self {
+        Self {
+            merged: Some(merged),
+            org_bundle_pem,
+            ..self
+        }
+    }
+
     fn base(&self) -> String {
         format!("https://{}:{}", self.public.name, self.public.addr.port())
     }
