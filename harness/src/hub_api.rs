@@ -250,7 +250,9 @@ pub async fn check_public_side(
     })
     .await?;
     let lab_ready_after_seconds = started.elapsed().as_secs_f64();
-    let cell = run_cell_through_public_side(side, user, code, Duration::from_secs(60)).await?;
+    // Room for the slowest cell it carries: the tools' table on the chart,
+    // each tool bounded by itself (40 s).
+    let cell = run_cell_through_public_side(side, user, code, Duration::from_secs(120)).await?;
     Ok((
         PublicSideReport {
             hub_version,

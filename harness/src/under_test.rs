@@ -27,6 +27,9 @@ pub struct MergedOrgBundle {
     pub path: String,
     /// Whether the stack file gives it to the hub too.
     pub into_hub: bool,
+    /// Whether there was an org bundle to merge: without one (a missing
+    /// ConfigMap) the merge is the system bundle alone.
+    pub holds_org: bool,
 }
 
 #[async_trait::async_trait]

@@ -12,11 +12,13 @@ use std::process::{ChildStdin, ExitCode, Stdio};
 use anyhow::Context;
 use cucumber::gherkin::tagexpr::TagOperation;
 use hubtrust_harness::backend::kubernetes::public_check::{self, PublicAddress, ToolsVerdict};
+use hubtrust_harness::backend::kubernetes::under_test::Observation;
 use hubtrust_harness::backend::kubernetes::{
     self, command, in_cluster, plan::KubernetesPlan, pods, preflight, run::KubernetesRun,
     ChartImage, ChartPins, ClusterTarget, Deployment, OrgTrust, RuntimeImage, BUILTIN_IMAGE_LIST,
     BUILTIN_IMAGE_LOCK, DEFAULT_IMAGE_LIST,
 };
+use hubtrust_harness::enterprise::{OutboundRuns, ProxyPaths, ToolRun};
 use hubtrust_harness::images::list::{ImageList, ImageLock};
 use hubtrust_harness::pki::OrgPki;
 use hubtrust_harness::report::{RunReport, ScenarioResult, Status};
@@ -651,13 +653,15 @@ fn check_deployment(
             }
         }
     }
+    let runs = seen.as_mut().and_then(|s| s.runs.take());
+    let mut proxy_paths = None;
     if plan.proxy_wire.is_some() {
-        let printed = seen.as_mut().and_then(|s| s.fetches.take());
         list.check(PROXY_WIRE, no_lab, || {
             let capture = proxy_capture.context("the capture was not started")??;
-            judge_proxy_wire(deployment, capture, printed)
+            judge_proxy_wire(deployment, capture, runs.as_ref(), &mut proxy_paths)
         });
     }
+    let tools = tools_observed(deployment, plan, runs, proxy_paths);
     if !plan.wire.is_empty() {
         list.check(WIRE, no_lab, || {
             let early = early.context("the captures were not started")??;
@@ -682,7 +686,7 @@ fn check_deployment(
     match (&public, no_lab) {
         (Some(address), None) => {
             let hub_version = seen.as_ref().map(|s| s.hub_version.clone());
-            run_scenarios(list, runtime, prepared, address, hub_version);
+            run_scenarios(list, runtime, prepared, address, hub_version, tools);
         }
         (_, why) => list.not_run(
             SCENARIOS,
@@ -720,9 +724,10 @@ fn run_scenarios(
     prepared: &Prepared,
     public: &PublicAddress,
     hub_version: Option<String>,
+    outbound_tools: Observation<OutboundRuns>,
 ) {
     use hubtrust_harness::backend::kubernetes::under_test::{
-        ChartDeployment, InClusterObservations, Observation,
+        ChartDeployment, InClusterObservations,
     };
     let deployment = &prepared.deployment;
     let plan = &prepared.plan;
@@ -738,6 +743,7 @@ fn run_scenarios(
         chains: labelled_probe_saw(deployment, plan, "/chains", &no_pod_entered),
         tls_scan: labelled_probe_saw(deployment, plan, "/tls_scan/endpoints", &no_pod_entered),
         reachability: probers_reached(deployment, plan, &no_pod_entered),
+        outbound_tools,
         hub_environment: match plan.secret_files.is_empty() {
             true => Observation::NotMade(no_pod_entered.clone()),
             false => pods::hub_environment(deployment)
@@ -779,6 +785,45 @@ fn run_scenarios(
         });
     }
     list.results.extend(results);
+}
+
+/// The lab's tool runs and what the wire showed of those through the
+/// inspecting proxy, as the rows above observed them, for the enterprise
+/// scenario's table.
+fn tools_observed(
+    deployment: &Deployment,
+    plan: &KubernetesPlan,
+    runs: Option<Result<Vec<ToolRun>, String>>,
+    proxy_paths: Option<Result<ProxyPaths, String>>,
+) -> Observation<OutboundRuns> {
+    use hubtrust_harness::backend::kubernetes::outbound;
+    if !deployment.outbound_servers {
+        return Observation::NotMade(
+            "the run starts no outbound test servers: the stack's own org_bundle comes without the key to sign an org-CA server".into(),
+        );
+    }
+    let ns = &deployment.namespace;
+    match runs {
+        None => Observation::Failed(
+            "the lab's cell reported no tool runs (see the public side's row)".into(),
+        ),
+        Some(Err(why)) => Observation::Failed(why),
+        Some(Ok(runs)) => Observation::Seen(OutboundRuns {
+            targets: outbound::as_enterprise_targets(
+                &outbound::targets(ns, deployment.inspecting_proxy().is_some()),
+                ns,
+            ),
+            runs,
+            proxy_paths: plan.proxy_wire.is_some().then(|| {
+                proxy_paths.unwrap_or_else(|| {
+                    Err(
+                        "inconclusive: the inspecting proxy's capture was not judged (see its row)"
+                            .into(),
+                    )
+                })
+            }),
+        }),
+    }
 }
 
 /// A section of the labelled prober pod's report: what it observed, or
@@ -1253,12 +1298,16 @@ fn census_names(deployment: &Deployment) -> anyhow::Result<BTreeMap<std::net::Ip
 fn judge_proxy_wire(
     deployment: &Deployment,
     capture: PodCapture,
-    printed_fetches: Option<String>,
+    runs: Option<&Result<Vec<ToolRun>, String>>,
+    found: &mut Option<Result<ProxyPaths, String>>,
 ) -> anyhow::Result<Outcome> {
     use hubtrust_harness::backend::kubernetes::{inspecting_proxy, outbound, proxy_wire};
     let proxy_pod = capture.pod.clone();
     let evidence = capture.finish()?;
-    let printed = printed_fetches.context("the lab's cell printed no fetches")?;
+    let runs = match runs.context("the lab's cell reported no tool runs")? {
+        Ok(runs) => runs,
+        Err(why) => anyhow::bail!("{why}"),
+    };
     let names = census_names(deployment)?;
     let address_of = |name: &str| {
         names
@@ -1280,7 +1329,9 @@ fn judge_proxy_wire(
             .into_iter()
             .collect();
     let targets = outbound::targets(ns, true);
-    match proxy_wire::judge(&printed, &targets, &census, &places, &lab_env) {
+    let judged = proxy_wire::judge(runs, &targets, &census, &places, &lab_env);
+    *found = Some(judged.clone());
+    match judged {
         Ok(paths) => {
             eprintln!(
                 "· {} fetches through the inspecting proxy were each seen arriving with their own CONNECT, and the proxy went on to {} on ports {:?}",

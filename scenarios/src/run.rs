@@ -559,6 +559,7 @@ mod tests {
         }
         fn merged_org_bundle(&self) -> Option<MergedOrgBundle> {
             Some(MergedOrgBundle {
+                holds_org: true,
                 path: MERGED.into(),
                 into_hub: false,
             })
@@ -660,8 +661,41 @@ mod tests {
                 target("foreign-CA server", enterprise::Signer::Foreign),
             ])
         }
+        /// Every tool refusing every direct server with either bundle,
+        /// but verifying the org's with the merged one; the proxy's
+        /// capture sees each proxied run cross it, or one bypass.
         async fn run_outbound_tools(&self, _: &str, _: &Path) -> Result<OutboundRuns> {
-            Err(not_observed("the tools"))
+            let targets = self.outbound_targets()?;
+            let mut runs = Vec::new();
+            for tool in enterprise::TOOLS {
+                for target in &targets {
+                    for bundle in [enterprise::Bundle::Merged, enterprise::Bundle::System] {
+                        let verified = target.signer == enterprise::Signer::Org
+                            && bundle == enterprise::Bundle::Merged;
+                        runs.push(enterprise::ToolRun {
+                            tool: tool.into(),
+                            target: target.name.clone(),
+                            bundle,
+                            outcome: if verified { "ok" } else { "failed" }.into(),
+                            detail: "certificate verify failed".into(),
+                            tag: None,
+                        });
+                    }
+                }
+            }
+            let problems = match self.merge_drops_the_org_bundle {
+                true => vec!["curl → public server via the inspecting proxy with the merged bundle: bypassed the inspecting proxy".to_string()],
+                false => Vec::new(),
+            };
+            Ok(OutboundRuns {
+                targets,
+                runs,
+                proxy_paths: Some(Ok(enterprise::ProxyPaths {
+                    tunnelled_runs: 12,
+                    legs: Default::default(),
+                    problems,
+                })),
+            })
         }
     }
 
@@ -719,11 +753,11 @@ mod tests {
             "Every TLS endpoint accepts only the versions and suites the policy allows",
             "Every internal endpoint answers from its clients' hosts and from no other",
             "The merged bundle is exactly the system bundle plus the org bundle",
+            "User tools trust the org CA with the merged bundle",
         ] {
             assert_eq!(status(passed).0, Status::Passed, "{passed}: {ran:#?}");
         }
         for not_run in [
-            "User tools trust the org CA with the merged bundle",
             "Every server's chain verifies",
             "Private keys and the cookie secret",
             "Every certificate in the stack is inventoried",
@@ -769,6 +803,14 @@ mod tests {
         assert_eq!(status, Status::Failed);
         assert!(
             why.contains("expected 2 certificates (1 system + 1 org) in order, found 1"),
+            "{why}"
+        );
+        let (status, why) = failed("User tools trust the org CA");
+        assert_eq!(status, Status::Failed);
+        assert!(
+            why.contains(
+                "curl → public server via the inspecting proxy with the merged bundle: bypassed"
+            ),
             "{why}"
         );
     }

@@ -1017,6 +1017,8 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
     let proxy = start_proxy(&[]);
 
     let targets = outbound::targets("ns", true);
+    let table = outbound::as_enterprise_targets(&targets, "ns");
+    // A merge that lost the org CA: the public root alone.
     let system = dir.join("system.crt");
     std::fs::write(&system, pki.public.cert_pem()).unwrap();
     let bundle = |name: &str, roots: &[String]| {
@@ -1030,11 +1032,7 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
         &[pki.root.cert_pem(), pki.foreign.cert_pem()],
     );
     let cell = dir.join("cell.py");
-    std::fs::write(
-        &cell,
-        outbound::cell(&targets, &system.display().to_string()),
-    )
-    .unwrap();
+    std::fs::write(&cell, outbound::cell(&targets, "ns")).unwrap();
     // The cell inside the servers' namespaces (or, with `servers` false, a
     // namespace of its own where the names resolve the same and nothing
     // listens), with the lab's proxy variables and the five CA variables
@@ -1051,7 +1049,8 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
         command
             .arg(&cell)
             .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PATH", "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", &dir)
             .envs(inspecting_proxy::lab_env("ns", &outbound::REACHED_DIRECTLY));
         if !proxied {
             command.env_remove("HTTPS_PROXY").env_remove("https_proxy");
@@ -1063,7 +1062,9 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
         }
         let out = command.output().unwrap();
         assert!(out.status.success(), "{}", text(&out));
-        String::from_utf8(out.stdout).unwrap()
+        let printed = String::from_utf8(out.stdout).unwrap();
+        hubtrust_harness::enterprise::parse_results(&printed)
+            .unwrap_or_else(|e| panic!("{e}: {printed}"))
     };
     let run_cell = |ca_bundle: Option<&Path>, servers: bool| run_cell_as(ca_bundle, servers, true);
     let trust = |merge: bool| OrgTrust {
@@ -1093,27 +1094,37 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
             .collect();
     let wire_dir = dir.join("proxy-wire");
     let through_proxy = |proxied: bool| {
-        let (evidence, printed) = capture_in(proxy_pid, "vproxy", &wire_dir, || {
+        let (evidence, runs) = capture_in(proxy_pid, "vproxy", &wire_dir, || {
             run_cell_as(Some(&merged), true, proxied)
         });
         let census = hubtrust_harness::capture::WireCensus::build(vec![evidence], &names);
         (
-            proxy_wire::judge(&printed, &targets, &census, &places, &lab_env),
-            printed,
+            proxy_wire::judge(&runs, &targets, &census, &places, &lab_env),
+            runs,
         )
     };
-    let (paths, printed) = through_proxy(true);
+    let (paths, runs) = through_proxy(true);
     let paths = paths.unwrap();
-    // Three tools, two bundles, four servers behind the proxy: each fetch
-    // seen arriving with its own CONNECT, and the proxy going on to each
-    // port of the internet Service.
-    assert_eq!(paths.tunnelled_runs, 24, "{paths:?}");
+    // Every tool here, two bundles, four servers behind the proxy: each
+    // run seen arriving with its own CONNECT, and the proxy going on to
+    // each port of the internet Service.
+    let proxied_runs = runs
+        .iter()
+        .filter(|r| r.outcome != "absent")
+        .filter(|r| {
+            table
+                .iter()
+                .any(|t| t.name == r.target && t.proxy.is_some())
+        })
+        .count();
+    assert!(proxied_runs >= 4 * 2 * 4, "{runs:?}");
+    assert_eq!(paths.tunnelled_runs, proxied_runs, "{paths:?}");
     assert_eq!(
         paths.legs.keys().copied().collect::<Vec<u16>>(),
         [7443, 7444, 7445, 7446],
         "{paths:?}"
     );
-    let said = outbound::judge(&trust(true), &targets, &printed).unwrap();
+    let said = outbound::judge(&trust(true), &table, &runs).unwrap();
     assert!(
         said[0].starts_with("with the merged bundle each tool verified the org-CA server and the public server re-signed by the inspecting proxy"),
         "{said:?}"
@@ -1128,9 +1139,14 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
             "{err}"
         );
     }
-    // Every tool ran: none is only "not checked".
-    assert_eq!(said.len(), 1, "{said:?}");
-    let said = outbound::judge(&trust(false), &targets, &run_cell(None, true)).unwrap();
+    // A tool this machine lacks is only "not checked".
+    assert!(
+        said[1..]
+            .iter()
+            .all(|l| l.ends_with("not checked: it is not in the lab")),
+        "{said:?}"
+    );
+    let said = outbound::judge(&trust(false), &table, &run_cell(None, true)).unwrap();
     assert!(
         said[0].starts_with("without the org bundle merged"),
         "{said:?}"
@@ -1139,21 +1155,28 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
     // A merge step that left the org CA out, and one that let a foreign CA
     // in, fail naming the tool; a lab that cannot reach the servers shows
     // nothing and fails too.
-    let err = outbound::judge(&trust(true), &targets, &run_cell(Some(&system), true)).unwrap_err();
+    let err = outbound::judge(&trust(true), &table, &run_cell(Some(&system), true)).unwrap_err();
     for tool in ["python urllib", "requests", "curl"] {
         for target in ["org-CA server", "public server via the inspecting proxy"] {
             assert!(
-                err.contains(&format!("{tool} fetching the {target} with the environment refused its certificate, which the merged bundle must verify")),
+                err.contains(&format!(
+                    "{tool} → {target} with the merged bundle: expected ok, got unknown-issuer"
+                )),
                 "{err}"
             );
         }
     }
-    let err =
-        outbound::judge(&trust(true), &targets, &run_cell(Some(&too_wide), true)).unwrap_err();
-    assert!(err.contains("the lab trusts a foreign CA"), "{err}");
-    let err = outbound::judge(&trust(true), &targets, &run_cell(Some(&merged), false)).unwrap_err();
+    let err = outbound::judge(&trust(true), &table, &run_cell(Some(&too_wide), true)).unwrap_err();
     assert!(
-        err.contains("did not reach it, so it shows nothing about trust"),
+        err.contains(
+            "curl → foreign-CA server with the merged bundle: expected unknown-issuer, got ok"
+        ),
+        "{err}"
+    );
+    let err = outbound::judge(&trust(true), &table, &run_cell(Some(&merged), false)).unwrap_err();
+    assert!(
+        err.contains("python urllib → org-CA server with the merged bundle: expected ok, got connect-refused")
+            && err.contains("shows nothing about trust"),
         "{err}"
     );
 
@@ -1161,10 +1184,10 @@ fn the_lab_tools_trust_the_org_ca_with_the_merged_bundle_and_nothing_else() {
     // bad ones, and each tool's acceptance is named.
     drop(proxy);
     let _careless = start_proxy(&["--set", "ssl_insecure=true"]);
-    let err = outbound::judge(&trust(true), &targets, &run_cell(Some(&merged), true)).unwrap_err();
+    let err = outbound::judge(&trust(true), &table, &run_cell(Some(&merged), true)).unwrap_err();
     for target in ["expired server", "wrong-name server", "foreign-CA server"] {
         assert!(
-            err.contains(&format!("python urllib fetching the {target} via the inspecting proxy with the environment: the inspecting proxy re-signed a bad upstream")),
+            err.contains(&format!("python urllib → {target} via the inspecting proxy with the merged bundle: the inspecting proxy re-signed a bad upstream")),
             "{err}"
         );
     }

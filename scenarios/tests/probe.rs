@@ -282,6 +282,7 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
         reachability: Observation::Seen(
             serde_json::from_value(probed["reachability"].clone()).unwrap(),
         ),
+        outbound_tools: Observation::NotMade("not in this test".into()),
     };
     let chart = ChartDeployment::at(public, "alice", observed).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -344,6 +345,7 @@ fn merged_bundle_read_through_the_lab(
     use hubtrust_harness::under_test::{DeploymentUnderTest, MergedOrgBundle};
     let system = hubtrust_harness::pki::SYSTEM_STORE.to_string();
     let merged = MergedOrgBundle {
+        holds_org: false,
         path: system,
         into_hub: false,
     };
@@ -395,6 +397,7 @@ fn probe_observations_reach_the_scenarios(probed: &serde_json::Value, ca: &str, 
         reachability: Observation::Seen(
             serde_json::from_value(probed["reachability"].clone()).unwrap(),
         ),
+        outbound_tools: Observation::NotMade("not in this test".into()),
     };
     let chart = ChartDeployment::at(public, "alice", observed).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();

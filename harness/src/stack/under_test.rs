@@ -72,9 +72,11 @@ impl DeploymentUnderTest for Stack {
     }
 
     fn merged_org_bundle(&self) -> Option<MergedOrgBundle> {
-        let merge = self.site::<Outbound>()?.merge.as_ref()?;
+        let outbound = self.site::<Outbound>()?;
+        let merge = outbound.merge.as_ref()?;
         Some(MergedOrgBundle {
             path: merge.merged.display().to_string(),
+            holds_org: outbound.org_bundle.exists(),
             into_hub: self
                 .spec
                 .enterprise

@@ -119,12 +119,14 @@ fn proxied_runs_crossed_the_proxy(world: &mut Operator) -> anyhow::Result<()> {
 
 #[then("every result matches the enterprise trust table")]
 fn results_match_the_table(world: &mut Operator) -> anyhow::Result<()> {
+    let holds_org = merged_org_bundle(world)?.holds_org;
     let targets = world.deployment()?.outbound_targets()?;
     let runs = world
         .tool_runs
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("the tools were not run"))?;
-    let judgement = enterprise::judge(&targets, runs).map_err(anyhow::Error::msg)?;
+    let judgement =
+        enterprise::judge_with(&targets, runs, holds_org).map_err(anyhow::Error::msg)?;
     let expected_runs = enterprise::full_table_runs(&targets);
     anyhow::ensure!(
         runs.len() == expected_runs,

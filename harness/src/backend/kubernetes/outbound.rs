@@ -12,13 +12,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::names::dns_names;
 use super::objects::{labels, pod, service};
 use super::{inspecting_proxy, OrgTrust, RuntimeImage};
-use crate::enterprise::{self, Signer};
+use crate::enterprise::{self, Signer, ToolRun};
 use crate::error::{HarnessError, Result};
 use crate::pki::{write_with_mode, OrgPki, Usage, Validity};
 
@@ -36,7 +35,6 @@ const SCRIPT_DIR: &str = "/opt/hubtrust-outbound";
 
 /// The server the pod runs, and the cell the lab runs.
 pub const SERVER_SCRIPT: &str = include_str!("../../../../fixtures/kubernetes/outbound-server.py");
-const FETCH_SCRIPT: &str = include_str!("../../../../fixtures/kubernetes/outbound-fetch.py");
 
 /// Where the lab's image keeps its system bundle (Debian and Ubuntu
 /// images, the chart's among them).
@@ -106,14 +104,6 @@ impl Server {
         !matches!(self, Server::Org | Server::Foreign)
     }
 
-    /// A bad upstream: any outcome but a verified fetch is right.
-    fn bad_upstream(self) -> bool {
-        matches!(
-            self,
-            Server::Expired | Server::WrongName | Server::ForeignUpstream
-        )
-    }
-
     fn service(self) -> &'static str {
         if self.behind_proxy() {
             INTERNET_SERVICE
@@ -136,8 +126,6 @@ pub struct Target {
     pub name: String,
     pub url: String,
     pub server: Server,
-    /// What the server answers, so a verified fetch shows it reached it.
-    pub marker: String,
 }
 
 /// The targets, at their Services' in-cluster names.
@@ -151,7 +139,6 @@ pub fn targets(namespace: &str, with_proxy: bool) -> Vec<Target> {
                 server.port()
             ),
             server,
-            marker: format!("hubtrust-{}", server.file_stem()),
         })
         .collect()
 }
@@ -324,152 +311,69 @@ pub fn manifests(namespace: &str, image: &str, proxy_image: Option<&RuntimeImage
     json!({ "apiVersion": "v1", "kind": "List", "items": items })
 }
 
-/// The kernel cell: the fetch script with its targets in front.
-pub fn cell(targets: &[Target], system_bundle: &str) -> String {
-    let config = json!({
-        "targets": targets
-            .iter()
-            .map(|t| json!({
-                "name": t.name,
-                "url": t.url,
-                "marker": t.marker,
-                "proxied": t.server.behind_proxy(),
-            }))
-            .collect::<Vec<_>>(),
-        "system_bundle": system_bundle,
-    });
-    // JSON inside a Python string literal (JSON's string escapes are
-    // Python's too): JSON's `true` is not Python.
-    let literal = serde_json::to_string(&config.to_string()).unwrap_or_default();
-    format!("import json\nCONFIG = json.loads({literal})\n{FETCH_SCRIPT}")
+/// The kernel cell: the enterprise site's discriminator, every tool of its
+/// table against every target, with the lab's own bundle (its
+/// environment) and with the system bundle alone.
+pub fn cell(targets: &[Target], namespace: &str) -> String {
+    enterprise::driver_code(
+        &as_enterprise_targets(targets, namespace),
+        Path::new(SYSTEM_BUNDLE),
+    )
 }
 
-#[derive(Debug, Deserialize)]
-struct Printed {
-    fetches: Vec<Fetch>,
-}
-
-/// One tool's fetch of one target, as the cell printed it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Fetch {
-    pub tool: String,
-    pub target: String,
-    /// `environment` (the lab's own variables) or `system bundle alone`.
-    pub bundle: String,
-    /// `verified`, `refused-certificate`, `error` or `absent`.
-    pub outcome: String,
-    pub detail: String,
-    /// Through the inspecting proxy: the user name its proxy URL carried,
-    /// so its CONNECT can be found on the wire.
-    #[serde(default)]
-    pub tag: Option<String>,
-}
-
-/// The fetches the cell printed.
-pub fn fetches(printed: &str) -> std::result::Result<Vec<Fetch>, String> {
-    let printed: Printed = serde_json::from_str(printed.trim())
-        .map_err(|e| format!("the lab's fetch report is not readable ({e}): {printed}"))?;
-    Ok(printed.fetches)
-}
-
-const ENVIRONMENT: &str = "environment";
-
-/// The verdict on what the cell printed: Ok with one line per tool that
-/// ran, or Err naming every fetch that broke the expectation. A fetch that
-/// could not reach its server shows nothing about trust: it fails, named,
-/// never passes. Tools the image lacks are said, and python's own must run.
+/// The verdict on the lab's tool runs, by the enterprise trust table as on
+/// the other backends: Ok with what was shown, or Err naming every run
+/// that broke it. Without the org bundle in the lab (the gate off, or the
+/// ConfigMap absent) the lab's own bundle must do what the system bundle
+/// does. A run that did not reach its server shows nothing about trust:
+/// it fails, named, never passes. Tools the image lacks are said; python's
+/// own always runs.
 pub fn judge(
     trust: &OrgTrust,
-    targets: &[Target],
-    printed: &str,
+    targets: &[enterprise::Target],
+    runs: &[ToolRun],
 ) -> std::result::Result<Vec<String>, String> {
-    let fetched = fetches(printed)?;
     let org_trusted = trust.merge_into_labs && trust.configmap_present;
-    let mut problems = Vec::new();
-    let mut said = Vec::new();
-    let mut ran_python = false;
-    for fetch in &fetched {
-        let server = targets
-            .iter()
-            .find(|t| t.name == fetch.target)
-            .map(|t| t.server)
-            .ok_or_else(|| {
-                format!(
-                    "the lab fetched `{}`, which hubtrust did not ask for",
-                    fetch.target
-                )
-            })?;
-        if fetch.outcome == "absent" {
-            let line = format!("{} not checked: {}", fetch.tool, fetch.detail);
-            if !said.contains(&line) {
-                said.push(line);
-            }
-            continue;
-        }
-        ran_python |= fetch.tool == "python urllib";
-        let with_merged = fetch.bundle == ENVIRONMENT && org_trusted;
-        let what = format!(
-            "{} fetching the {} with the {}",
-            fetch.tool, fetch.target, fetch.bundle
+    let judgement = enterprise::judge_with(targets, runs, org_trusted)?;
+    let expected_runs = enterprise::full_table_runs(targets);
+    if runs.len() != expected_runs {
+        return Err(format!(
+            "inconclusive: {} of {expected_runs} tool runs reported",
+            runs.len()
+        ));
+    }
+    if judgement.absent.contains("python urllib") {
+        return Err(
+            "python urllib did not run in the lab: the discriminator showed nothing".into(),
         );
-        if server.bad_upstream() {
-            if fetch.outcome == "verified" {
-                problems.push(if with_merged {
-                    format!("{what}: the inspecting proxy re-signed a bad upstream instead of refusing it, and the tool accepted it")
-                } else {
-                    format!("{what} verified it, though nothing the lab trusts should vouch for it")
-                });
-            }
-            continue;
-        }
-        let should_verify = with_merged && matches!(server, Server::Org | Server::Public);
-        match (fetch.outcome.as_str(), should_verify) {
-            ("verified", true) | ("refused-certificate", false) => {}
-            ("verified", false) => problems.push(format!(
-                "{what} verified it, which it must refuse{}",
-                match server {
-                    Server::Foreign => ": the lab trusts a foreign CA",
-                    Server::Public => ": either it bypassed the inspecting proxy (check the lab's HTTPS_PROXY and NO_PROXY) or the bundle holds the org CA",
-                    _ if fetch.bundle != ENVIRONMENT => ": the system bundle holds the org CA",
-                    _ => " with the org bundle not merged into labs (the gate is off or the ConfigMap absent)",
-                }
-            )),
-            ("refused-certificate", true) => problems.push(format!(
-                "{what} refused its certificate, which the merged bundle must verify: {}",
-                fetch.detail
-            )),
-            _ => problems.push(format!(
-                "{what} did not reach it, so it shows nothing about trust: {} (fix: {})",
-                fetch.detail,
-                if server.behind_proxy() {
-                    "the inspecting proxy's pod, the lab's HTTPS_PROXY and the NetworkPolicy hubtrust-labs-to-outbound"
-                } else {
-                    "the outbound server's pod and the NetworkPolicy hubtrust-labs-to-outbound"
-                }
-            )),
-        }
     }
-    if !ran_python {
-        problems
-            .push("python urllib did not run in the lab: the discriminator showed nothing".into());
+    if !judgement.differences.is_empty() {
+        return Err(format!(
+            "{} (fix: a run that did not reach its server shows nothing about trust: check the outbound servers' and the inspecting proxy's pods, the lab's HTTPS_PROXY and NO_PROXY, and the NetworkPolicy hubtrust-labs-to-outbound; a verdict on a certificate: the lab's CA variables and merged bundle against docs/kubernetes.md's recipe)",
+            judgement.differences.join("; ")
+        ));
     }
-    if !problems.is_empty() {
-        return Err(problems.join("; "));
-    }
-    let proxied = targets.iter().any(|t| t.server.behind_proxy());
+    let proxied = targets.iter().any(|t| t.proxy.is_some());
     let verdict = match (org_trusted, proxied) {
         (true, true) => "with the merged bundle each tool verified the org-CA server and the public server re-signed by the inspecting proxy; with the system bundle alone, the foreign-CA server, and every bad upstream through the proxy, each refused",
         (true, false) => "with the merged bundle each tool verified the org-CA server; with the system bundle alone, and the foreign-CA server always, each refused the certificate",
         (false, true) => "without the org bundle merged, each tool refused the org-CA server and the inspecting proxy's re-signed certificates, and the foreign-CA server's",
         (false, false) => "without the org bundle merged, each tool refused the org-CA server's certificate, and the foreign-CA server's",
     };
-    said.insert(0, verdict.to_string());
+    let mut said = vec![verdict.to_string()];
+    said.extend(
+        judgement
+            .absent
+            .iter()
+            .map(|tool| format!("{tool} not checked: it is not in the lab")),
+    );
     Ok(said)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enterprise::Bundle;
 
     fn trust(merge: bool, configmap: bool) -> OrgTrust {
         OrgTrust {
@@ -479,36 +383,47 @@ mod tests {
         }
     }
 
-    fn printed(rows: &[(&str, &str, &str, &str)]) -> String {
-        let fetches: Vec<Value> = rows
-            .iter()
-            .map(|(tool, target, bundle, outcome)| {
-                json!({ "tool": tool, "target": target, "bundle": bundle, "outcome": outcome, "detail": "d" })
-            })
-            .collect();
-        json!({ "fetches": fetches }).to_string()
+    const REFUSED: &str = "certificate verify failed: unable to get local issuer certificate";
+
+    /// Every tool × target × bundle, each answering as `answer` says: `ok`,
+    /// or a failure whose detail is the given text.
+    fn table(
+        targets: &[enterprise::Target],
+        answer: impl Fn(&str, &enterprise::Target, Bundle) -> &'static str,
+    ) -> Vec<ToolRun> {
+        let mut runs = Vec::new();
+        for tool in enterprise::TOOLS {
+            for target in targets {
+                for bundle in [Bundle::Merged, Bundle::System] {
+                    let said = answer(tool, target, bundle);
+                    runs.push(ToolRun {
+                        tool: tool.into(),
+                        target: target.name.clone(),
+                        bundle,
+                        outcome: match said {
+                            "ok" | "absent" => said.into(),
+                            _ => "failed".into(),
+                        },
+                        detail: said.into(),
+                        tag: None,
+                    });
+                }
+            }
+        }
+        runs
     }
 
-    const ENV: &str = "environment";
-    const SYS: &str = "system bundle alone";
-    const ORG: &str = "org-CA server";
-    const FOREIGN: &str = "foreign-CA server";
-    const PUBLIC: &str = "public server via the inspecting proxy";
-    const EXPIRED: &str = "expired server via the inspecting proxy";
+    /// What a healthy lab's tools answer, with the org bundle merged or
+    /// not.
+    fn healthy(org_merged: bool) -> impl Fn(&str, &enterprise::Target, Bundle) -> &'static str {
+        move |_, target, bundle| match target.signer {
+            Signer::Org | Signer::InspectingProxy if org_merged && bundle == Bundle::Merged => "ok",
+            _ => REFUSED,
+        }
+    }
 
-    fn healthy(org_env: &str) -> String {
-        printed(&[
-            ("python urllib", ORG, ENV, org_env),
-            ("python urllib", ORG, SYS, "refused-certificate"),
-            ("python urllib", FOREIGN, ENV, "refused-certificate"),
-            ("python urllib", FOREIGN, SYS, "refused-certificate"),
-            ("python urllib", PUBLIC, ENV, org_env),
-            ("python urllib", PUBLIC, SYS, "refused-certificate"),
-            ("python urllib", EXPIRED, ENV, "error"),
-            ("python urllib", EXPIRED, SYS, "refused-certificate"),
-            ("curl", ORG, ENV, "absent"),
-            ("curl", FOREIGN, ENV, "absent"),
-        ])
+    fn all(ns: &str) -> Vec<enterprise::Target> {
+        as_enterprise_targets(&targets(ns, true), ns)
     }
 
     #[test]
@@ -529,64 +444,120 @@ mod tests {
     }
 
     #[test]
-    fn merged_labs_verify_the_org_server_and_the_proxy_and_nothing_else() {
-        let t = targets("ns", true);
-        let said = judge(&trust(true, true), &t, &healthy("verified")).unwrap();
-        assert!(said[0].starts_with("with the merged bundle"), "{said:?}");
+    fn as_the_enterprise_table_sees_them_only_the_internet_is_behind_the_proxy() {
+        let signers: Vec<(Signer, bool)> = all("ns")
+            .iter()
+            .map(|t| (t.signer, t.proxy.is_some()))
+            .collect();
         assert_eq!(
-            said.iter()
-                .filter(|s| s.starts_with("curl not checked"))
-                .count(),
-            1,
-            "{said:?}"
+            signers,
+            [
+                (Signer::Org, false),
+                (Signer::Foreign, false),
+                (Signer::InspectingProxy, true),
+                (Signer::BadUpstreamViaProxy, true),
+                (Signer::BadUpstreamViaProxy, true),
+                (Signer::BadUpstreamViaProxy, true),
+            ]
         );
-        let err = judge(&trust(true, true), &t, &healthy("refused-certificate")).unwrap_err();
-        assert!(err.contains("python urllib fetching the org-CA server with the environment refused its certificate"), "{err}");
-        assert!(err.contains("python urllib fetching the public server via the inspecting proxy with the environment refused its certificate"), "{err}");
+        assert_eq!(
+            all("ns")[2].proxy.as_deref(),
+            Some("http://hubtrust-inspecting-proxy.ns.svc.cluster.local:8080")
+        );
+    }
+
+    #[test]
+    fn merged_labs_verify_the_org_server_and_the_proxy_and_nothing_else() {
+        let t = all("ns");
+        let said = judge(&trust(true, true), &t, &table(&t, healthy(true))).unwrap();
+        assert!(said[0].starts_with("with the merged bundle"), "{said:?}");
+        let err = judge(&trust(true, true), &t, &table(&t, healthy(false))).unwrap_err();
+        assert!(
+            err.contains("python urllib → org-CA server with the merged bundle: expected ok, got unknown-issuer"),
+            "{err}"
+        );
+        assert!(
+            err.contains("curl → public server via the inspecting proxy with the merged bundle: expected ok, got unknown-issuer"),
+            "{err}"
+        );
     }
 
     #[test]
     fn without_the_gate_or_the_configmap_the_org_ca_must_be_refused() {
-        let t = targets("ns", true);
+        let t = all("ns");
         for trust in [trust(false, true), trust(true, false)] {
-            assert!(judge(&trust, &t, &healthy("refused-certificate")).is_ok());
-            let err = judge(&trust, &t, &healthy("verified")).unwrap_err();
-            assert!(err.contains("verified it, which it must refuse"), "{err}");
+            let said = judge(&trust, &t, &table(&t, healthy(false))).unwrap();
+            assert!(
+                said[0].starts_with("without the org bundle merged"),
+                "{said:?}"
+            );
+            let err = judge(&trust, &t, &table(&t, healthy(true))).unwrap_err();
+            assert!(
+                err.contains(
+                    "node → org-CA server with the merged bundle: expected unknown-issuer, got ok"
+                ),
+                "{err}"
+            );
         }
     }
 
     #[test]
     fn a_proxy_that_re_signs_a_bad_upstream_fails_naming_the_tool_and_target() {
-        let t = targets("ns", true);
-        let resigned = printed(&[
-            ("python urllib", ORG, ENV, "verified"),
-            ("requests", EXPIRED, ENV, "verified"),
-        ]);
+        let t = all("ns");
+        let resigned = table(&t, |tool, target, bundle| match (tool, target.signer) {
+            ("requests", Signer::BadUpstreamViaProxy) if bundle == Bundle::Merged => "ok",
+            _ => healthy(true)(tool, target, bundle),
+        });
         let err = judge(&trust(true, true), &t, &resigned).unwrap_err();
-        assert!(err.contains("requests fetching the expired server via the inspecting proxy with the environment: the inspecting proxy re-signed a bad upstream"), "{err}");
+        assert!(
+            err.contains("requests → expired server via the inspecting proxy with the merged bundle: the inspecting proxy re-signed a bad upstream instead of refusing it"),
+            "{err}"
+        );
     }
 
     #[test]
-    fn a_foreign_ca_verified_or_a_server_not_reached_fails_naming_it() {
-        let t = targets("ns", false);
-        let foreign = printed(&[
-            ("python urllib", ORG, ENV, "verified"),
-            ("python urllib", FOREIGN, ENV, "verified"),
-        ]);
+    fn a_foreign_ca_verified_a_server_not_reached_or_a_short_table_fails_naming_it() {
+        let t = as_enterprise_targets(&targets("ns", false), "ns");
+        let foreign = table(&t, |tool, target, bundle| match target.signer {
+            Signer::Foreign => "ok",
+            _ => healthy(true)(tool, target, bundle),
+        });
         let err = judge(&trust(true, true), &t, &foreign).unwrap_err();
-        assert!(err.contains("the lab trusts a foreign CA"), "{err}");
-        let unreachable = printed(&[("python urllib", ORG, SYS, "error")]);
-        let err = judge(&trust(true, true), &t, &unreachable).unwrap_err();
         assert!(
-            err.contains("did not reach it, so it shows nothing about trust"),
+            err.contains(
+                "git → foreign-CA server with the merged bundle: expected unknown-issuer, got ok"
+            ),
             "{err}"
         );
-        let nothing_ran = printed(&[("curl", ORG, ENV, "absent")]);
-        let err = judge(&trust(true, true), &t, &nothing_ran).unwrap_err();
+        let unreachable = table(&t, |tool, target, bundle| match target.signer {
+            Signer::Org => "connect: Network is unreachable",
+            _ => healthy(true)(tool, target, bundle),
+        });
+        let err = judge(&trust(true, true), &t, &unreachable).unwrap_err();
+        assert!(err.contains("got network-unreachable"), "{err}");
+        assert!(err.contains("shows nothing about trust"), "{err}");
+        let mut short = table(&t, healthy(true));
+        short.pop();
+        let err = judge(&trust(true, true), &t, &short).unwrap_err();
+        assert!(err.starts_with("inconclusive: 23 of 24"), "{err}");
+        let no_python = table(&t, |tool, target, bundle| match tool {
+            "python urllib" => "absent",
+            _ => healthy(true)(tool, target, bundle),
+        });
+        let err = judge(&trust(true, true), &t, &no_python).unwrap_err();
         assert!(err.contains("python urllib did not run"), "{err}");
-        assert!(judge(&trust(true, true), &t, "Traceback").is_err());
-        // A target the proxy was not asked for is not judged silently.
-        let stray = printed(&[("python urllib", PUBLIC, ENV, "verified")]);
+        let no_node = table(&t, |tool, target, bundle| match tool {
+            "node" => "absent",
+            _ => healthy(true)(tool, target, bundle),
+        });
+        let said = judge(&trust(true, true), &t, &no_node).unwrap();
+        assert!(
+            said.contains(&"node not checked: it is not in the lab".to_string()),
+            "{said:?}"
+        );
+        // A run of a target hubtrust did not ask for is not judged silently.
+        let mut stray = table(&t, healthy(true));
+        stray[0].target = "elsewhere".into();
         assert!(judge(&trust(true, true), &t, &stray).is_err());
     }
 

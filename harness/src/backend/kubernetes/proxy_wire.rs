@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use super::{inspecting_proxy, outbound};
 use crate::capture::WireCensus;
 // The verdict is the enterprise site's own, so both judge alike.
-use crate::enterprise::{self, Bundle, ProxyPaths, ProxyRoute, Signer, ToolRun};
+use crate::enterprise::{self, ProxyPaths, ProxyRoute, Signer, ToolRun};
 
 /// Where the proxy and the internet are, as the census names them.
 pub struct ProxyPlaces {
@@ -26,7 +26,7 @@ pub struct ProxyPlaces {
 
 /// Err starts with "inconclusive:" when the capture cannot decide.
 pub fn judge(
-    printed_fetches: &str,
+    runs: &[ToolRun],
     targets: &[outbound::Target],
     census: &WireCensus,
     places: &ProxyPlaces,
@@ -44,26 +44,10 @@ pub fn judge(
             proxy: Some(proxy_addr.to_string()),
         })
         .collect();
-    let runs: Vec<ToolRun> = outbound::fetches(printed_fetches)?
-        .into_iter()
-        .filter(|f| proxied.iter().any(|t| t.name == f.target))
-        .map(|f| ToolRun {
-            tool: f.tool,
-            target: f.target,
-            bundle: if f.bundle == "environment" {
-                Bundle::Merged
-            } else {
-                Bundle::System
-            },
-            outcome: match f.outcome.as_str() {
-                "verified" => "ok",
-                "absent" => "absent",
-                _ => "failed",
-            }
-            .into(),
-            detail: f.detail,
-            tag: f.tag,
-        })
+    let runs: Vec<ToolRun> = runs
+        .iter()
+        .filter(|r| proxied.iter().any(|t| t.name == r.target))
+        .cloned()
         .collect();
     if !runs.iter().any(|r| r.outcome != "absent") {
         return Err(

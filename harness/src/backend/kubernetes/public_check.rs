@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::{lab_trust, outbound, ClusterTarget, Deployment};
+use crate::enterprise::{self, ToolRun};
 use crate::error::{HarnessError, Result};
 use crate::hub_api::{check_public_side, operator_client, HubApi, PublicSide};
 use crate::secret::Secret;
@@ -62,9 +63,9 @@ pub struct PublicSideSeen {
     /// The lab's own tools against the org-CA and foreign-CA servers,
     /// when the stack has `[enterprise]`.
     pub tools: Option<ToolsVerdict>,
-    /// What the cell printed of its fetches (`outbound::fetches` reads
-    /// it), when the tools ran against hubtrust's servers.
-    pub fetches: Option<String>,
+    /// Every tool run of the cell, when the tools ran against hubtrust's
+    /// servers, or why they could not be read.
+    pub runs: Option<std::result::Result<Vec<ToolRun>, String>>,
 }
 
 /// The lab's tools against hubtrust's servers.
@@ -112,7 +113,7 @@ pub async fn check(
     };
     if !outbound_targets.is_empty() {
         cell.push('\n');
-        cell.push_str(&outbound::cell(&outbound_targets, outbound::SYSTEM_BUNDLE));
+        cell.push_str(&outbound::cell(&outbound_targets, &deployment.namespace));
     }
     let user = &deployment.user;
     let (report, _) = check_public_side(
@@ -123,11 +124,14 @@ pub async fn check(
         Duration::from_secs(300),
     )
     .await?;
-    // The bundle's report is the cell's first line, the fetches' the next.
-    let (bundle_line, fetch_lines) = report
+    // The bundle's report is the cell's first line, the tools' after it.
+    let (bundle_line, tool_lines) = report
         .cell
         .split_once('\n')
         .unwrap_or((report.cell.as_str(), ""));
+    let runs = (!outbound_targets.is_empty()).then(|| enterprise::parse_results(tool_lines));
+    let enterprise_targets =
+        outbound::as_enterprise_targets(&outbound_targets, &deployment.namespace);
     let fix = "compare the lab's init container and environment with docs/kubernetes.md's recipe";
     let (org_bundle, tools) = match &deployment.org_trust {
         Some(trust) => {
@@ -142,7 +146,7 @@ pub async fn check(
                 ToolsVerdict::NotTried("the stack's own org_bundle comes without the key to sign an org-CA server, so only the bundle's contents were checked".to_string())
             } else {
                 ToolsVerdict::Judged(
-                    outbound::judge(trust, &outbound_targets, fetch_lines).map_err(|message| {
+                    runs.clone().unwrap_or_else(|| Ok(Vec::new())).and_then(|runs: Vec<ToolRun>| outbound::judge(trust, &enterprise_targets, &runs)).map_err(|message| {
                         failed(
                             &format!("the user tools in {user}'s lab against the org-CA and foreign-CA servers"),
                             message,
@@ -167,7 +171,7 @@ pub async fn check(
         lab_ready_after_seconds: report.lab_ready_after_seconds,
         org_bundle,
         tools,
-        fetches: (!outbound_targets.is_empty()).then(|| fetch_lines.to_string()),
+        runs,
     })
 }
 

@@ -67,6 +67,9 @@ pub struct InClusterObservations {
     /// where the chart's NetworkPolicies admit clients, the bare one any
     /// other pod.
     pub reachability: Observation<Vec<ReachCell>>,
+    /// Every tool in the first lab fetching every outbound server, and
+    /// what the capture on the inspecting proxy's pod showed of them.
+    pub outbound_tools: Observation<OutboundRuns>,
 }
 
 /// Where and as whom this machine reaches the deployment's public side.
@@ -118,6 +121,7 @@ impl ChartDeployment {
             .map(|trust| MergedOrgBundle {
                 path: super::chart::merged_bundle_path(),
                 into_hub: trust.hub_included,
+                holds_org: trust.configmap_present,
             });
         let ns = &deployment.namespace;
         let outbound = match deployment.outbound_servers {
@@ -385,9 +389,9 @@ impl DeploymentUnderTest for ChartDeployment {
     }
 
     async fn run_outbound_tools(&self, _: &str, _: &Path) -> Result<OutboundRuns> {
-        Err(not_observed(
-            "every tool of the table (python urllib, requests, curl, git, node, pip) with the egress captured",
-            "on the chart the lab's cell runs python urllib, requests and curl against hubtrust's outbound servers, and the capture on the inspecting proxy's pod is taken at the command's edge; the rows \"The lab's tools trust the org CA with the merged bundle, and nothing else\" and the proxy-wire row judge them",
-        ))
+        observed(
+            "every tool in the first lab against the outbound servers, as the run's cell ran them",
+            &self.observed.outbound_tools,
+        )
     }
 }
