@@ -14,7 +14,10 @@ use cucumber::gherkin::tagexpr::TagOperation;
 use hubtrust_harness::backend::kubernetes::public_check::{self, PublicAddress, ToolsVerdict};
 use hubtrust_harness::backend::kubernetes::under_test::Observation;
 use hubtrust_harness::backend::kubernetes::{
-    self, command, in_cluster, plan::KubernetesPlan, pods, preflight, run::KubernetesRun,
+    self, command, in_cluster,
+    plan::{KubernetesPlan, ProbesRun},
+    pods, preflight,
+    run::KubernetesRun,
     ChartImage, ChartPins, ClusterTarget, Deployment, OrgTrust, RuntimeImage, BUILTIN_IMAGE_LIST,
     BUILTIN_IMAGE_LOCK, DEFAULT_IMAGE_LIST,
 };
@@ -733,7 +736,7 @@ fn run_scenarios(
     let plan = &prepared.plan;
     // Kind's pods are on this machine; a cluster elsewhere's are not.
     let no_pod_entered = format!(
-        "hubtrust enters pods only on kind, whose nodes are on this machine; this is --backend {}",
+        "hubtrust reads pods' processes and files only on kind, whose nodes are on this machine; this is --backend {}",
         deployment.target.backend_name()
     );
     let observed = InClusterObservations {
@@ -981,10 +984,9 @@ fn probe_from_inside(
     if plan.probes.is_empty() {
         return;
     }
-    let ns = &deployment.namespace;
     let prepared = match blocked {
         Some(why) => Err(why.to_string()),
-        None => prepare_probes(deployment).map_err(|e| format!("{e:#}")),
+        None => prepare_probes(deployment, plan).map_err(|e| format!("{e:#}")),
     };
     for probe in &plan.probes {
         let labels = if probe.labelled {
@@ -1008,34 +1010,21 @@ fn probe_from_inside(
         };
         list.check(&scenario, None, || {
             let ready = ready?;
-            let pid = pods::pod_process(deployment, &probe.pod)?;
-            let files = in_cluster::ProbeFiles {
-                public_ca: &deployment.run_dir.join("public/public-ca.crt"),
-                internal: &deployment.run_dir.join("internal-ssl"),
-                foreign: (&ready.foreign.0, &ready.foreign.1),
-                token_file: &ready.token_file,
-                proxy_token_file: &ready.proxy_token_file,
-                policy: &deployment.run_dir.join(TLS_POLICY_FILE),
-                report: report.clone(),
+            let ended = match plan.probes_run {
+                ProbesRun::FromThisMachine => {
+                    probe_from_this_machine(deployment, probe, ready, &report)?
+                }
+                ProbesRun::CopiedIntoThePod => {
+                    probe_copied_into_its_pod(deployment, probe, ready, &report)?
+                }
             };
-            let args = in_cluster::probe_args(probe, ns, pid, &ready.ips, &files, &ready.lab_ports)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            eprintln!(
-                "· probing from inside the cluster: pod {} (pid {pid})",
-                probe.pod
-            );
-            let status = hubtrust_as_root()?
-                .args(&args)
-                .stdin(Stdio::null())
-                .status()
-                .context("run hubtrust probe")?;
             let file = report.join("report.json");
             lifted = read_scenarios(&file).with_context(|| {
-                format!("the probe ended with {status} and left no readable report")
+                format!("the probe ended with {ended} and left no readable report")
             })?;
             anyhow::ensure!(
-                status.success(),
-                "{status}: its report is in {}",
+                ended.success,
+                "{ended}: its report is in {}",
                 report.display()
             );
             Ok(Outcome::Passed)
@@ -1047,6 +1036,159 @@ fn probe_from_inside(
     }
 }
 
+/// How a probe ended.
+struct ProbeEnded {
+    success: bool,
+    said: String,
+}
+
+impl std::fmt::Display for ProbeEnded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.said)
+    }
+}
+
+/// `hubtrust probe` in `probe`'s pod's network namespace, as root, its
+/// report written straight to `report`.
+fn probe_from_this_machine(
+    deployment: &Deployment,
+    probe: &in_cluster::PlannedProbe,
+    ready: &ProbeInputs,
+    report: &Path,
+) -> anyhow::Result<ProbeEnded> {
+    let pid = pods::pod_process(deployment, &probe.pod)?;
+    let files = in_cluster::ProbeFiles {
+        public_ca: &deployment.run_dir.join("public/public-ca.crt"),
+        internal: &deployment.run_dir.join("internal-ssl"),
+        foreign: (&ready.foreign.0, &ready.foreign.1),
+        token_file: &ready.token_file,
+        proxy_token_file: &ready.proxy_token_file,
+        policy: &deployment.run_dir.join(TLS_POLICY_FILE),
+        report: report.to_path_buf(),
+    };
+    let ns = &deployment.namespace;
+    let args = in_cluster::probe_args(probe, ns, Some(pid), &ready.ips, &files, &ready.lab_ports)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "· probing from inside the cluster: pod {} (pid {pid})",
+        probe.pod
+    );
+    let status = hubtrust_as_root()?
+        .args(&args)
+        .stdin(Stdio::null())
+        .status()
+        .context("run hubtrust probe")?;
+    Ok(ProbeEnded {
+        success: status.success(),
+        said: status.to_string(),
+    })
+}
+
+/// `hubtrust probe` copied into `probe`'s pod with the files it reads (of
+/// the internal store, only those its arguments name) and run there; its
+/// report copied back to `report`. What is copied is staged 0700 in the
+/// run directory, which goes with the run.
+fn probe_copied_into_its_pod(
+    deployment: &Deployment,
+    probe: &in_cluster::PlannedProbe,
+    ready: &ProbeInputs,
+    report: &Path,
+) -> anyhow::Result<ProbeEnded> {
+    use hubtrust_harness::backend::kubernetes::plan::{
+        copy_from_pod_command, copy_into_pod_command, exec_in_pod_command, PROBE_DIR_IN_POD,
+    };
+    let staged = deployment.run_dir.join("probe-copy").join(&probe.pod);
+    let _ = std::fs::remove_dir_all(&staged);
+    std::fs::create_dir_all(&staged)?;
+    hubtrust_harness::pki::set_mode(&staged, 0o700)?;
+    let stage = |from: &Path, to: &str| -> anyhow::Result<()> {
+        let into = staged.join(to);
+        if let Some(parent) = into.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(from, &into)
+            .with_context(|| format!("stage {} for the pod {}", from.display(), probe.pod))?;
+        Ok(())
+    };
+    let exe = std::env::current_exe().context("find hubtrust's own executable")?;
+    stage(&exe, "hubtrust")?;
+    stage(
+        &deployment.run_dir.join("public/public-ca.crt"),
+        "public-ca.crt",
+    )?;
+    let store = deployment.run_dir.join("internal-ssl");
+    for file in in_cluster::store_files_used(probe) {
+        stage(
+            &store.join(&file),
+            &format!("internal-ssl/{}", file.display()),
+        )?;
+    }
+    stage(&ready.foreign.0, "foreign.crt")?;
+    stage(&ready.foreign.1, "foreign.key")?;
+    stage(&ready.token_file, "service-token")?;
+    stage(&ready.proxy_token_file, "proxy-token")?;
+    stage(&deployment.run_dir.join(TLS_POLICY_FILE), TLS_POLICY_FILE)?;
+    let in_pod = |name: &str| Path::new(PROBE_DIR_IN_POD).join(name);
+    let files = in_cluster::ProbeFiles {
+        public_ca: &in_pod("public-ca.crt"),
+        internal: &in_pod("internal-ssl"),
+        foreign: (&in_pod("foreign.crt"), &in_pod("foreign.key")),
+        token_file: &in_pod("service-token"),
+        proxy_token_file: &in_pod("proxy-token"),
+        policy: &in_pod(TLS_POLICY_FILE),
+        report: in_pod("report"),
+    };
+    let ns = &deployment.namespace;
+    let mut argv = vec![in_pod("hubtrust").display().to_string()];
+    argv.extend(
+        in_cluster::probe_args(probe, ns, None, &ready.ips, &files, &ready.lab_ports)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let target = &deployment.target;
+    eprintln!(
+        "· probing from inside the cluster: hubtrust copied into pod {}",
+        probe.pod
+    );
+    command::run(&copy_into_pod_command(
+        target,
+        ns,
+        &probe.pod,
+        &staged,
+        PROBE_DIR_IN_POD,
+    ))
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (fix: the prober pods run the hub's image, whose `tar` kubectl cp needs)"
+        )
+    })?;
+    let _ = std::fs::remove_dir_all(&staged);
+    // A probe that found failures exits 1 and still wrote its report.
+    let ended = match command::run(&exec_in_pod_command(target, ns, &probe.pod, &argv)) {
+        Ok(_) => ProbeEnded {
+            success: true,
+            said: "exit status: 0".into(),
+        },
+        Err(command::CommandFailure::Failed { status, output, .. }) => ProbeEnded {
+            success: false,
+            said: format!(
+                "{status} ({})",
+                output.lines().last().unwrap_or("no output")
+            ),
+        },
+        Err(other) => anyhow::bail!("{other}"),
+    };
+    std::fs::create_dir_all(report)?;
+    command::run(&copy_from_pod_command(
+        target,
+        ns,
+        &probe.pod,
+        &in_pod("report").display().to_string(),
+        report,
+    ))
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(ended)
+}
+
 /// What every in-cluster probe is given.
 struct ProbeInputs {
     token_file: PathBuf,
@@ -1056,7 +1198,7 @@ struct ProbeInputs {
     lab_ports: Vec<(String, SocketAddr)>,
 }
 
-fn prepare_probes(deployment: &Deployment) -> anyhow::Result<ProbeInputs> {
+fn prepare_probes(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::Result<ProbeInputs> {
     let probe_dir = deployment.run_dir.join("probe");
     std::fs::create_dir_all(&probe_dir)?;
     hubtrust_harness::pki::set_mode(&probe_dir, 0o700)?;
@@ -1091,7 +1233,11 @@ fn prepare_probes(deployment: &Deployment) -> anyhow::Result<ProbeInputs> {
         proxy_token_file,
         foreign,
         ips: in_cluster::parse_cluster_ips(&ips.stdout),
-        lab_ports: pods::lab_ports_closed(deployment)?,
+        // The lab pod's own sockets are read on this machine: kind only.
+        lab_ports: match plan.probes_run {
+            ProbesRun::FromThisMachine => pods::lab_ports_closed(deployment)?,
+            ProbesRun::CopiedIntoThePod => Vec::new(),
+        },
     })
 }
 

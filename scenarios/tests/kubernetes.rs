@@ -170,6 +170,34 @@ fn the_plan_prints_every_command_and_manifest_and_runs_none_of_them() {
         !said.contains("PRIVATE KEY"),
         "the plan printed key material"
     );
+    // On a cluster elsewhere the probers run too, copied into their pods;
+    // nothing that needs the nodes on this machine is planned.
+    let out = hubtrust()
+        .args(["run", "--backend", "kubernetes", "--plan"])
+        .env("PATH", path_with(&bin))
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(calls(&dir), "", "--plan ran a command");
+    assert!(
+        said.contains("each probe is copied into its pod with its inputs (kubectl cp, under /tmp/hubtrust), runs there (kubectl exec)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("- from pod hubtrust-prober-bare (without labels):"),
+        "{said}"
+    );
+    for absent in [
+        "capture eth0",
+        "its /proc/<pid>/net/tcp",
+        "/etc/jupyterhub/ssl/*.key",
+    ] {
+        assert!(
+            !said.contains(absent),
+            "planned {absent:?} on a cluster elsewhere:\n{said}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

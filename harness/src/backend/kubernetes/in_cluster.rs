@@ -316,10 +316,12 @@ pub struct ProbeFiles<'a> {
 /// `hubtrust probe`'s arguments for `probe`, with each Service at its
 /// ClusterIP and verified under its in-cluster name, and `also_closed`
 /// (named addresses found at run time) added to what must not answer.
+/// With `pid`, the probe enters that process's network namespace; without,
+/// it runs where it is (copied into the pod).
 pub fn probe_args(
     probe: &PlannedProbe,
     namespace: &str,
-    pid: u32,
+    pid: Option<u32>,
     cluster_ips: &BTreeMap<String, IpAddr>,
     files: &ProbeFiles<'_>,
     also_closed: &[(String, SocketAddr)],
@@ -336,10 +338,11 @@ pub fn probe_args(
         .find(|s| s.service == "proxy-public")
         .map(|s| s.port)
         .unwrap_or(443);
-    let mut args: Vec<String> = vec![
-        "probe".into(),
-        "--from-netns-of".into(),
-        pid.to_string(),
+    let mut args: Vec<String> = vec!["probe".into()];
+    if let Some(pid) = pid {
+        args.extend(["--from-netns-of".into(), pid.to_string()]);
+    }
+    args.extend([
         "--url".into(),
         format!("https://{}", full_name("proxy-public")),
         "--connect".into(),
@@ -352,7 +355,7 @@ pub fn probe_args(
         files.policy.display().to_string(),
         "--report".into(),
         files.report.display().to_string(),
-    ];
+    ]);
     if !probe.endpoints.is_empty() {
         args.extend([
             "--internal-ca".into(),
@@ -427,6 +430,25 @@ pub fn probe_args(
         args.push(format!("{name}={addr}"));
     }
     Ok(args)
+}
+
+/// The files of the internal store `probe_args` names for `probe`,
+/// relative to the store: what a probe copied into its pod needs of it,
+/// and no other key.
+pub fn store_files_used(probe: &PlannedProbe) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if !probe.endpoints.is_empty() {
+        files.push(PathBuf::from("hub-ca_trust.crt"));
+    }
+    for dir in probe.identities.iter().filter_map(|i| i.store_dir.as_ref()) {
+        let base = Path::new(dir).join(dir);
+        files.push(base.with_extension("crt"));
+        files.push(base.with_extension("key"));
+    }
+    files.extend(probe.real_clients.iter().map(|r| PathBuf::from(&r.bundle)));
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// The TCP ports a pod listens on, from its `/proc/<pid>/net/tcp` and
@@ -713,6 +735,43 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_copied_into_its_pod_gets_exactly_the_store_files_its_arguments_name() {
+        let ips = parse_cluster_ips(
+            "hub=10.96.0.11\nproxy-api=10.96.0.12\nproxy-public=10.96.0.13\njupyter-alice=10.96.0.14\n",
+        );
+        let files = ProbeFiles {
+            public_ca: Path::new("/tmp/hubtrust/public-ca.crt"),
+            internal: Path::new("/tmp/hubtrust/internal-ssl"),
+            foreign: (
+                Path::new("/tmp/hubtrust/foreign.crt"),
+                Path::new("/tmp/hubtrust/foreign.key"),
+            ),
+            token_file: Path::new("/tmp/hubtrust/token"),
+            proxy_token_file: Path::new("/tmp/hubtrust/proxy-token"),
+            policy: Path::new("/tmp/hubtrust/tls-policy.toml"),
+            report: PathBuf::from("/tmp/hubtrust/report"),
+        };
+        let probes = planned_probes("alice");
+        let args = probe_args(&probes[0], "ns", None, &ips, &files, &[]).unwrap();
+        assert!(args.join(" ").starts_with("probe --url "), "{args:?}");
+        let named: std::collections::BTreeSet<PathBuf> = args
+            .iter()
+            .flat_map(|a| a.split([',', '=']))
+            .filter_map(|piece| piece.strip_prefix("/tmp/hubtrust/internal-ssl/"))
+            .map(PathBuf::from)
+            .collect();
+        let copied: std::collections::BTreeSet<PathBuf> =
+            store_files_used(&probes[0]).into_iter().collect();
+        assert_eq!(named, copied);
+        assert_eq!(copied.len(), 6, "{copied:?}");
+        // The CAs' own keys never leave this machine.
+        assert!(copied
+            .iter()
+            .all(|f| !f.display().to_string().contains("-ca/")));
+        assert!(store_files_used(&probes[1]).is_empty());
+    }
+
+    #[test]
     fn the_labelled_probe_verifies_each_service_under_its_in_cluster_name() {
         let ips = parse_cluster_ips(
             "hub=10.96.0.11\nproxy-api=10.96.0.12\nproxy-public=10.96.0.13\njupyter-alice=10.96.0.14\nheadless=None\n",
@@ -728,7 +787,7 @@ mod tests {
             report: PathBuf::from("/out/labelled"),
         };
         let probes = planned_probes("alice");
-        let args = probe_args(&probes[0], "ns", 4242, &ips, &files, &[]).unwrap();
+        let args = probe_args(&probes[0], "ns", Some(4242), &ips, &files, &[]).unwrap();
         let line = args.join(" ");
         assert!(line.starts_with("probe --from-netns-of 4242 --url https://proxy-public.ns.svc.cluster.local --connect 10.96.0.13:443"), "{line}");
         assert!(
@@ -768,7 +827,7 @@ mod tests {
             assert!(alt_names.contains(&name), "{name} not in {alt_names:?}");
         }
         let kernel = lab_ports_closed("alice", "10.244.1.7".parse().unwrap(), &[8888, 35001]);
-        let bare = probe_args(&probes[1], "ns", 4243, &ips, &files, &kernel).unwrap();
+        let bare = probe_args(&probes[1], "ns", Some(4243), &ips, &files, &kernel).unwrap();
         let bare = bare.join(" ");
         assert!(
             bare.contains("--closed proxy API=10.96.0.12:8001"),
@@ -787,7 +846,8 @@ mod tests {
                 "{args}"
             );
         }
-        let missing = probe_args(&probes[1], "ns", 1, &BTreeMap::new(), &files, &[]).unwrap_err();
+        let missing =
+            probe_args(&probes[1], "ns", Some(1), &BTreeMap::new(), &files, &[]).unwrap_err();
         assert!(missing.contains("proxy-public"), "{missing}");
     }
 

@@ -109,9 +109,11 @@ pub struct KubernetesPlan {
     pub certificates: PlannedCertificates,
     pub files: Vec<PlannedFile>,
     pub steps: Vec<PlannedCommand>,
-    /// Run once the public side works, from the prober pods' network
-    /// namespaces (`docs/kubernetes.md`).
+    /// Run once the public side works, from the prober pods
+    /// (`docs/kubernetes.md`).
     pub probes: Vec<PlannedProbe>,
+    /// How each probe runs in its pod.
+    pub probes_run: ProbesRun,
     /// The pods whose own interfaces are captured for wire evidence, once
     /// the probes passed (kind only: their namespaces are on this machine).
     pub wire: Vec<WireCapture>,
@@ -129,6 +131,76 @@ pub struct KubernetesPlan {
     /// Values the files carry that a shown plan masks.
     #[serde(skip)]
     pub secrets: Vec<Secret>,
+}
+
+/// How `hubtrust probe` runs in a prober pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbesRun {
+    /// Entering the pod's network namespace from this machine, which runs
+    /// kind's nodes.
+    FromThisMachine,
+    /// Copied into the pod (`kubectl cp`) and run there (`kubectl exec`):
+    /// a cluster elsewhere.
+    CopiedIntoThePod,
+}
+
+/// Where a copied probe keeps itself, its inputs and its report in the
+/// prober pod.
+pub const PROBE_DIR_IN_POD: &str = "/tmp/hubtrust";
+
+/// Copies `from` on this machine to `to` in `pod` (kubectl cp needs `tar`
+/// in the pod's image; the hub's has it).
+pub fn copy_into_pod_command(
+    target: &ClusterTarget,
+    namespace: &str,
+    pod: &str,
+    from: &Path,
+    to: &str,
+) -> PlannedCommand {
+    let from = from.display().to_string();
+    let to = format!("{pod}:{to}");
+    PlannedCommand::new(
+        format!("copy hubtrust and the probe's inputs into the pod {pod}"),
+        "kubectl",
+        kubectl(target, Some(namespace), &["cp", &from, &to]),
+        LOAD,
+    )
+}
+
+/// Copies `from` in `pod` to `to` on this machine.
+pub fn copy_from_pod_command(
+    target: &ClusterTarget,
+    namespace: &str,
+    pod: &str,
+    from: &str,
+    to: &Path,
+) -> PlannedCommand {
+    let from = format!("{pod}:{from}");
+    let to = to.display().to_string();
+    PlannedCommand::new(
+        format!("copy the probe's report out of the pod {pod}"),
+        "kubectl",
+        kubectl(target, Some(namespace), &["cp", &from, &to]),
+        QUICK,
+    )
+}
+
+/// Runs `argv` in `pod`'s first container.
+pub fn exec_in_pod_command(
+    target: &ClusterTarget,
+    namespace: &str,
+    pod: &str,
+    argv: &[String],
+) -> PlannedCommand {
+    let mut args = vec!["exec", pod, "--"];
+    args.extend(argv.iter().map(String::as_str));
+    PlannedCommand::new(
+        format!("run hubtrust probe in the pod {pod}"),
+        "kubectl",
+        kubectl(target, Some(namespace), &args),
+        LOAD,
+    )
 }
 
 const KIND_CREATE: Duration = Duration::from_secs(300);
@@ -649,11 +721,13 @@ pub fn plan(
         ));
     }
 
-    // The probe enters the pods' network namespaces from this machine,
-    // which holds a kind cluster's nodes and not another cluster's.
-    let probes = match target {
-        ClusterTarget::Kind { .. } => in_cluster::planned_probes(&deployment.user),
-        ClusterTarget::Existing { .. } => Vec::new(),
+    // A kind cluster's nodes run on this machine, so the probes, captures
+    // and file checks enter its pods from here; on another cluster the
+    // probes are copied into their pods, and the rest is not made.
+    let probes = in_cluster::planned_probes(&deployment.user);
+    let (probes_run, pods_here) = match target {
+        ClusterTarget::Kind { .. } => (ProbesRun::FromThisMachine, true),
+        ClusterTarget::Existing { .. } => (ProbesRun::CopiedIntoThePod, false),
     };
     let probers = file("manifests/probers.json");
     let hub_image = deployment
@@ -689,19 +763,18 @@ pub fn plan(
         certificates,
         files,
         steps,
-        wire: if probes.is_empty() {
-            Vec::new()
-        } else {
-            in_cluster::planned_wire(&deployment.user)
+        wire: match pods_here {
+            true => in_cluster::planned_wire(&deployment.user),
+            false => Vec::new(),
         },
-        proxy_wire: (!probes.is_empty() && deployment.inspecting_proxy().is_some())
+        proxy_wire: (pods_here && deployment.inspecting_proxy().is_some())
             .then(super::inspecting_proxy::wire_capture),
-        secret_files: if probes.is_empty() {
-            Vec::new()
-        } else {
-            super::secret_modes::planned(&deployment.user)
+        secret_files: match pods_here {
+            true => super::secret_modes::planned(&deployment.user),
+            false => Vec::new(),
         },
         probes,
+        probes_run,
         tls_policy: deployment.tls_policy.clone(),
         teardown,
         secrets: vec![
@@ -826,6 +899,16 @@ impl KubernetesPlan {
             "\n## probes from inside the cluster, once the public side works"
         );
         if !self.probes.is_empty() {
+            let _ = writeln!(
+                out,
+                "{}",
+                match self.probes_run {
+                    ProbesRun::FromThisMachine =>
+                        "each probe runs here, as root, in its pod's network namespace",
+                    ProbesRun::CopiedIntoThePod =>
+                        "each probe is copied into its pod with its inputs (kubectl cp, under /tmp/hubtrust), runs there (kubectl exec), and its report is copied back",
+                }
+            );
             let _ = writeln!(out, "TLS policy: Mozilla {}", self.tls_policy.name.label());
             for exception in &self.tls_policy.exceptions {
                 let _ = writeln!(
@@ -874,7 +957,7 @@ impl KubernetesPlan {
                     closed.name, closed.service, closed.port
                 );
             }
-            if !self.probes.is_empty() {
+            if self.probes_run == ProbesRun::FromThisMachine {
                 let _ = writeln!(
                     out,
                     "    must not answer: every other port the first user's lab pod listens on (its kernel's), at the pod's address, read from its /proc/<pid>/net/tcp"
