@@ -1177,7 +1177,11 @@ fn probe_copied_into_its_pod(
         },
         Err(other) => anyhow::bail!("{other}"),
     };
-    std::fs::create_dir_all(report)?;
+    // kubectl cp makes `report` itself, as a copy of the pod's directory.
+    let _ = std::fs::remove_dir_all(report);
+    if let Some(parent) = report.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
     command::run(&copy_from_pod_command(
         target,
         ns,
