@@ -106,7 +106,8 @@ pub trait DeploymentUnderTest: Send + Sync {
     /// Every tool in `user`'s lab fetching every outbound target, with the
     /// merged bundle and with the system bundle alone; with an inspecting
     /// proxy, its egress captured meanwhile (evidence kept in
-    /// `evidence_dir`).
+    /// `evidence_dir`) and each proxied run's path read from it. A chart's
+    /// deployment hands in the runs its bring-up made and captured.
     async fn run_outbound_tools(&self, user: &str, evidence_dir: &Path) -> Result<OutboundRuns>;
 }
 
