@@ -476,6 +476,9 @@ mod tests {
         open_to_any_pod: bool,
         /// The merged bundle holds the system bundle alone.
         merge_drops_the_org_bundle: bool,
+        /// No outbound server under a root of the lab's own store is
+        /// reached directly (a chart's lab image).
+        no_direct_public_endpoint: bool,
     }
 
     const MERGED: &str = "/etc/ssl/certs-extra/ca-certificates.crt";
@@ -619,8 +622,12 @@ mod tests {
                 format!("HUBTRUST-ENV {}", serde_json::to_string(&env).unwrap())
             } else if code.contains(enterprise::STORE_MARKER) {
                 let refused = "ssl.SSLCertVerificationError: certificate verify failed: unable to get local issuer certificate";
-                let outcomes: BTreeMap<&str, &str> =
-                    [("org-CA server", refused), ("foreign-CA server", refused)].into();
+                let outcomes: BTreeMap<&str, &str> = [
+                    ("org-CA server", refused),
+                    ("public endpoint", "ok"),
+                    ("foreign-CA server", refused),
+                ]
+                .into();
                 format!(
                     "{}{}",
                     enterprise::STORE_MARKER,
@@ -656,10 +663,15 @@ mod tests {
                 signer,
                 proxy: None,
             };
-            Ok(vec![
+            let mut targets = vec![
                 target("org-CA server", enterprise::Signer::Org),
+                target("public endpoint", enterprise::Signer::Public),
                 target("foreign-CA server", enterprise::Signer::Foreign),
-            ])
+            ];
+            if self.no_direct_public_endpoint {
+                targets.retain(|t| t.signer != enterprise::Signer::Public);
+            }
+            Ok(targets)
         }
         /// Every tool refusing every direct server with either bundle,
         /// but verifying the org's with the merged one; the proxy's
@@ -670,8 +682,9 @@ mod tests {
             for tool in enterprise::TOOLS {
                 for target in &targets {
                     for bundle in [enterprise::Bundle::Merged, enterprise::Bundle::System] {
-                        let verified = target.signer == enterprise::Signer::Org
-                            && bundle == enterprise::Bundle::Merged;
+                        let verified = target.signer == enterprise::Signer::Public
+                            || (target.signer == enterprise::Signer::Org
+                                && bundle == enterprise::Bundle::Merged);
                         runs.push(enterprise::ToolRun {
                             tool: tool.into(),
                             target: target.name.clone(),
@@ -735,6 +748,7 @@ mod tests {
             accepts_tls10: false,
             open_to_any_pod: false,
             merge_drops_the_org_bundle: false,
+            no_direct_public_endpoint: false,
         });
         assert_eq!(ran.len(), 13, "{ran:#?}");
         let status = |name: &str| {
@@ -779,6 +793,7 @@ mod tests {
             accepts_tls10: true,
             open_to_any_pod: true,
             merge_drops_the_org_bundle: true,
+            no_direct_public_endpoint: false,
         });
         let failed = |name: &str| {
             broken
@@ -804,6 +819,28 @@ mod tests {
         assert!(
             why.contains("expected 2 certificates (1 system + 1 org) in order, found 1"),
             "{why}"
+        );
+        // The lab's own store trusting a public endpoint was never tried:
+        // the scenario is not run, though its first steps passed.
+        let untried = run_core(Answers {
+            lab_status: 200,
+            matrix_matches: true,
+            proxy_api_guarded: true,
+            hub_has_merged: false,
+            accepts_tls10: false,
+            open_to_any_pod: false,
+            merge_drops_the_org_bundle: false,
+            no_direct_public_endpoint: true,
+        });
+        let (said, why) = untried
+            .get("The merged bundle is exactly the system bundle plus the org bundle")
+            .cloned()
+            .unwrap();
+        assert_eq!(said, Status::Skipped, "{why:?}");
+        assert!(
+            why.as_deref().is_some_and(|w| w.starts_with("not run: ")
+                && w.contains("an endpoint under a root of the lab's own system store")),
+            "{why:?}"
         );
         let (status, why) = failed("User tools trust the org CA");
         assert_eq!(status, Status::Failed);

@@ -186,6 +186,27 @@ fn hub_environment_matches_the_stack_file(world: &mut Operator) -> anyhow::Resul
 #[then("the lab's own system store trusts the public endpoint and not the org CA")]
 async fn lab_default_store(world: &mut Operator) -> anyhow::Result<()> {
     let targets = world.deployment()?.outbound_targets()?;
+    // Both halves need a server reached directly: one under a root the
+    // lab's own store holds, one under the org CA. Without one, that half
+    // was never tried: not run, never passed.
+    for (signer, half) in [
+        (
+            enterprise::Signer::Public,
+            "an endpoint under a root of the lab's own system store",
+        ),
+        (enterprise::Signer::Org, "the org-CA server"),
+    ] {
+        if !targets
+            .iter()
+            .any(|t| t.signer == signer && t.proxy.is_none())
+        {
+            return Err(hubtrust_harness::HarnessError::NotObserved {
+                what: format!("python in the lab with its own system store against {half}"),
+                why: format!("the deployment's outbound servers reach the lab directly with none such (a lab image's own system bundle holds only real public roots, which no server of hubtrust's can present): {}", targets.iter().filter(|t| t.proxy.is_none()).map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")),
+            }
+            .into());
+        }
+    }
     let code = enterprise::default_store_probe_code(&targets);
     let line = lab_says(world, &code, enterprise::STORE_MARKER).await?;
     let outcomes: std::collections::BTreeMap<String, String> = serde_json::from_str(&line)?;
