@@ -27,8 +27,10 @@ pub struct MergedOrgBundle {
     pub path: String,
     /// Whether the stack file gives it to the hub too.
     pub into_hub: bool,
-    /// Whether there was an org bundle to merge: without one (a missing
-    /// ConfigMap) the merge is the system bundle alone.
+    /// Whether the design puts an org bundle in it. A chart deployment
+    /// whose stack file makes no ConfigMap merges the system bundle alone;
+    /// an org bundle that went missing where the design has one is a
+    /// broken deployment.
     pub holds_org: bool,
 }
 
