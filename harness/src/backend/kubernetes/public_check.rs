@@ -60,8 +60,9 @@ pub struct PublicSideSeen {
     /// The org bundle in the lab as the stack file says it must be, when
     /// the stack has `[enterprise]`.
     pub org_bundle: Option<Result<String>>,
-    /// The lab's own tools against the org-CA and foreign-CA servers,
-    /// when the stack has `[enterprise]`.
+    /// The lab's own tools against hubtrust's outbound servers (direct,
+    /// and through the inspecting proxy on kind), when the stack has
+    /// `[enterprise]`.
     pub tools: Option<ToolsVerdict>,
     /// Every tool run of the cell, when the tools ran against hubtrust's
     /// servers, or why they could not be read.
@@ -142,18 +143,21 @@ pub async fn check(
                     fix,
                 )
             });
-            let tools = if outbound_targets.is_empty() {
-                ToolsVerdict::NotTried("the stack's own org_bundle comes without the key to sign an org-CA server, so only the bundle's contents were checked".to_string())
-            } else {
-                ToolsVerdict::Judged(
-                    runs.clone().unwrap_or_else(|| Ok(Vec::new())).and_then(|runs: Vec<ToolRun>| outbound::judge(trust, &enterprise_targets, &runs)).map_err(|message| {
+            let tools = match &runs {
+                None => ToolsVerdict::NotTried("the stack's own org_bundle comes without the key to sign an org-CA server, so only the bundle's contents were checked".to_string()),
+                Some(read) => {
+                    let judged = read
+                        .as_ref()
+                        .map_err(Clone::clone)
+                        .and_then(|runs| outbound::judge(trust, &enterprise_targets, runs));
+                    ToolsVerdict::Judged(judged.map_err(|message| {
                         failed(
-                            &format!("the user tools in {user}'s lab against the org-CA and foreign-CA servers"),
+                            &format!("the user tools in {user}'s lab against the outbound servers"),
                             message,
                             "compare the lab's CA variables and merged bundle with docs/kubernetes.md's recipe",
                         )
-                    }),
-                )
+                    }))
+                }
             };
             (Some(bundle), Some(tools))
         }
