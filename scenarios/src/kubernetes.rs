@@ -805,6 +805,11 @@ fn tools_observed(
             "the run starts no outbound test servers: the stack's own org_bundle comes without the key to sign an org-CA server".into(),
         );
     }
+    if plan.proxy_wire.is_none() {
+        return Observation::NotMade(
+            "no inspecting proxy runs: it comes from hubtrust's runtime image, which only kind loads; the lab-tools row judges the direct servers".into(),
+        );
+    }
     let ns = &deployment.namespace;
     match runs {
         None => Observation::Failed(
@@ -817,14 +822,12 @@ fn tools_observed(
                 ns,
             ),
             runs,
-            proxy_paths: plan.proxy_wire.is_some().then(|| {
-                proxy_paths.unwrap_or_else(|| {
-                    Err(
-                        "inconclusive: the inspecting proxy's capture was not judged (see its row)"
-                            .into(),
-                    )
-                })
-            }),
+            proxy_paths: Some(proxy_paths.unwrap_or_else(|| {
+                Err(
+                    "inconclusive: the inspecting proxy's capture was not judged (see its row)"
+                        .into(),
+                )
+            })),
         }),
     }
 }
@@ -1658,6 +1661,49 @@ mod tests {
     use hubtrust_harness::tls_scan::EndpointScan;
 
     use super::*;
+
+    #[test]
+    fn the_tools_scenario_gets_the_runs_and_their_wire_or_says_why_not() {
+        use hubtrust_harness::backend::kubernetes::inspecting_proxy;
+        let args = KubernetesArgs {
+            backend: BackendChoice::Kind,
+            stack: None,
+            images: None,
+            kubeconfig: None,
+            namespace: None,
+            plan: true,
+            artifacts: None,
+            features: None,
+        };
+        let prepared = prepare(&args).unwrap();
+        let mut deployment = prepared.deployment.clone();
+        let mut plan = prepared.plan.clone();
+        let runs = || Some(Ok(Vec::new()));
+        deployment.outbound_servers = false;
+        assert!(matches!(
+            tools_observed(&deployment, &plan, runs(), None),
+            Observation::NotMade(why) if why.contains("no outbound test servers")
+        ));
+        deployment.outbound_servers = true;
+        plan.proxy_wire = None;
+        assert!(matches!(
+            tools_observed(&deployment, &plan, runs(), None),
+            Observation::NotMade(why) if why.contains("only kind loads")
+        ));
+        plan.proxy_wire = Some(inspecting_proxy::wire_capture());
+        assert!(matches!(
+            tools_observed(&deployment, &plan, None, None),
+            Observation::Failed(why) if why.contains("no tool runs")
+        ));
+        // A capture that was never judged is inconclusive, never a path.
+        match tools_observed(&deployment, &plan, runs(), None) {
+            Observation::Seen(seen) => {
+                let why = seen.proxy_paths.unwrap().unwrap_err();
+                assert!(why.starts_with("inconclusive: "), "{why}");
+            }
+            _ => panic!("the runs were not handed on"),
+        }
+    }
 
     #[test]
     fn the_probers_observations_are_read_from_their_reports_or_said_missing() {
