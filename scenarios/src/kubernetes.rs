@@ -1662,20 +1662,24 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn the_tools_scenario_gets_the_runs_and_their_wire_or_says_why_not() {
-        use hubtrust_harness::backend::kubernetes::inspecting_proxy;
-        let args = KubernetesArgs {
+    /// The default stack on kind, prepared as `--plan` prepares it.
+    fn kind_plan<'a>(artifacts: Option<PathBuf>) -> KubernetesArgs<'a> {
+        KubernetesArgs {
             backend: BackendChoice::Kind,
             stack: None,
             images: None,
             kubeconfig: None,
             namespace: None,
             plan: true,
-            artifacts: None,
+            artifacts,
             features: None,
-        };
-        let prepared = prepare(&args).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_tools_scenario_gets_the_runs_and_their_wire_or_says_why_not() {
+        use hubtrust_harness::backend::kubernetes::inspecting_proxy;
+        let prepared = prepare(&kind_plan(None)).unwrap();
         let mut deployment = prepared.deployment.clone();
         let mut plan = prepared.plan.clone();
         let runs = || Some(Ok(Vec::new()));
@@ -1708,17 +1712,7 @@ mod tests {
     #[test]
     fn the_probers_observations_are_read_from_their_reports_or_said_missing() {
         let dir = std::env::temp_dir().join(format!("hubtrust-saw-{}", std::process::id()));
-        let args = KubernetesArgs {
-            backend: BackendChoice::Kind,
-            stack: None,
-            images: None,
-            kubeconfig: None,
-            namespace: None,
-            plan: true,
-            artifacts: Some(dir.clone()),
-            features: None,
-        };
-        let prepared = prepare(&args).unwrap();
+        let prepared = prepare(&kind_plan(Some(dir.clone()))).unwrap();
         let (deployment, plan) = (&prepared.deployment, &prepared.plan);
         let failed = |seen: Observation<TrustMatrix>| match seen {
             Observation::Failed(why) => why,

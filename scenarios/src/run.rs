@@ -481,6 +481,22 @@ mod tests {
         no_direct_public_endpoint: bool,
     }
 
+    impl Answers {
+        /// A deployment that answers every scenario as a healthy one does.
+        fn healthy() -> Self {
+            Self {
+                lab_status: 200,
+                matrix_matches: true,
+                proxy_api_guarded: true,
+                hub_has_merged: false,
+                accepts_tls10: false,
+                open_to_any_pod: false,
+                merge_drops_the_org_bundle: false,
+                no_direct_public_endpoint: false,
+            }
+        }
+    }
+
     const MERGED: &str = "/etc/ssl/certs-extra/ca-certificates.crt";
 
     fn not_observed(what: &str) -> HarnessError {
@@ -740,16 +756,7 @@ mod tests {
     /// One test, since the deployment the steps see is the process's.
     #[test]
     fn a_deployment_hubtrust_did_not_start_answers_the_scenarios_it_can_and_the_rest_are_not_run() {
-        let ran = run_core(Answers {
-            lab_status: 200,
-            matrix_matches: true,
-            proxy_api_guarded: true,
-            hub_has_merged: false,
-            accepts_tls10: false,
-            open_to_any_pod: false,
-            merge_drops_the_org_bundle: false,
-            no_direct_public_endpoint: false,
-        });
+        let ran = run_core(Answers::healthy());
         assert_eq!(ran.len(), 13, "{ran:#?}");
         let status = |name: &str| {
             ran.iter()
@@ -793,7 +800,7 @@ mod tests {
             accepts_tls10: true,
             open_to_any_pod: true,
             merge_drops_the_org_bundle: true,
-            no_direct_public_endpoint: false,
+            ..Answers::healthy()
         });
         let failed = |name: &str| {
             broken
@@ -823,14 +830,8 @@ mod tests {
         // The lab's own store trusting a public endpoint was never tried:
         // the scenario is not run, though its first steps passed.
         let untried = run_core(Answers {
-            lab_status: 200,
-            matrix_matches: true,
-            proxy_api_guarded: true,
-            hub_has_merged: false,
-            accepts_tls10: false,
-            open_to_any_pod: false,
-            merge_drops_the_org_bundle: false,
             no_direct_public_endpoint: true,
+            ..Answers::healthy()
         });
         let (said, why) = untried
             .get("The merged bundle is exactly the system bundle plus the org bundle")
