@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::capture::WireCensus;
 use crate::enterprise::{MergedBundleTexts, OutboundRuns, Target};
 use crate::error::Result;
 use crate::hub_api::PublicSideReport;
@@ -15,6 +16,7 @@ use crate::matrix::TrustMatrix;
 use crate::probe::ProbeOutcome;
 use crate::reachability::ReachCell;
 use crate::report::ChainCheck;
+use crate::secret::Secret;
 use crate::stack::SecretFile;
 use crate::tls_scan::{EndpointScan, TlsPolicySpec};
 
@@ -32,6 +34,14 @@ pub struct MergedOrgBundle {
     /// an org bundle that went missing where the design has one is a
     /// broken deployment.
     pub holds_org: bool,
+}
+
+/// Captures of every link between a deployment's hosts, running.
+#[async_trait::async_trait]
+pub trait RunningCapture: Send {
+    /// Stops every capture and builds the census of what crossed. A
+    /// capture that could not be read is in the census as inconclusive.
+    async fn finish(self: Box<Self>) -> WireCensus;
 }
 
 #[async_trait::async_trait]
@@ -111,6 +121,32 @@ pub trait DeploymentUnderTest: Send + Sync {
     /// `evidence_dir`) and each proxied run's path read from it. A chart's
     /// deployment hands in the runs its bring-up made and captured.
     async fn run_outbound_tools(&self, user: &str, evidence_dir: &Path) -> Result<OutboundRuns>;
+
+    /// Starts capturing every link between the deployment's hosts, the
+    /// pcaps going into `dir`; returns once every capture listens.
+    async fn start_wire_capture(&self, dir: &Path) -> Result<Box<dyn RunningCapture>>;
+
+    /// Flows the design lets cross a link in plaintext, by server port,
+    /// with the reason.
+    fn plaintext_exceptions(&self) -> Vec<(u16, String)>;
+
+    /// Logs `user` in through the hub's login form, as a browser does,
+    /// and opens the hub's home page. Returns, by name, what the log-in
+    /// sent that must never be readable on the wire.
+    async fn log_in(&self, user: &str) -> Result<Vec<(String, Secret)>>;
+
+    /// Runs `code` in a kernel started for it, through the public proxy:
+    /// the wire sees the kernel start and its channels connect.
+    async fn run_cell_in_new_kernel(&self, user: &str, code: &str) -> Result<CellRun>;
+
+    /// Tries every ZeroMQ port of `user`'s kernel `kernel_id` from another
+    /// host, greeting each that answers as an attacker would. Returns
+    /// those that answered, each with where it was tried from.
+    async fn kernel_ports_answering(&self, user: &str, kernel_id: &str) -> Result<Vec<String>>;
+
+    /// The wire detector's self-test: a plain HTTP request carrying
+    /// `canary` across a captured link between two hosts.
+    async fn send_plaintext_canary(&self, canary: &str) -> Result<()>;
 }
 
 impl std::fmt::Debug for dyn DeploymentUnderTest {

@@ -12,7 +12,7 @@ use std::process::{ChildStdin, ExitCode, Stdio};
 use anyhow::Context;
 use cucumber::gherkin::tagexpr::TagOperation;
 use hubtrust_harness::backend::kubernetes::public_check::{self, PublicAddress, ToolsVerdict};
-use hubtrust_harness::backend::kubernetes::under_test::Observation;
+use hubtrust_harness::backend::kubernetes::under_test::{CapturePods, Observation};
 use hubtrust_harness::backend::kubernetes::{
     self, command, in_cluster,
     plan::{KubernetesPlan, ProbesRun},
@@ -21,12 +21,14 @@ use hubtrust_harness::backend::kubernetes::{
     ChartImage, ChartPins, ClusterTarget, Deployment, OrgTrust, RuntimeImage, BUILTIN_IMAGE_LIST,
     BUILTIN_IMAGE_LOCK, DEFAULT_IMAGE_LIST,
 };
+use hubtrust_harness::capture::{LinkEvidence, WireCensus};
 use hubtrust_harness::enterprise::{OutboundRuns, ProxyPaths, ToolRun};
 use hubtrust_harness::images::list::{ImageList, ImageLock};
 use hubtrust_harness::pki::OrgPki;
 use hubtrust_harness::report::{RunReport, ScenarioResult, Status};
 use hubtrust_harness::secret::Secret;
 use hubtrust_harness::spec::{ContainerRole, StackSpec};
+use hubtrust_harness::under_test::RunningCapture;
 use hubtrust_harness::{hpc, provision};
 
 use crate::checklist::{Checklist, Outcome};
@@ -607,7 +609,11 @@ fn check_deployment(
     // deployment's traffic.
     let early = installed.then(|| wire_before_spawn(deployment, plan));
     let proxy_capture = match (&plan.proxy_wire, installed) {
-        (Some(capture), true) => Some(PodCapture::start(deployment, capture)),
+        (Some(capture), true) => Some(PodCapture::start(
+            deployment,
+            capture,
+            &wire_dir(deployment),
+        )),
         _ => None,
     };
     let mut public = None;
@@ -714,8 +720,8 @@ fn check_deployment(
 
 /// The Gherkin scenarios a chart-started deployment answers, the
 /// enterprise feature's when it merges the org bundle.
-const SCENARIO_TAGS: &str = "@core";
-const SCENARIO_TAGS_ENTERPRISE: &str = "@core or @enterprise";
+const SCENARIO_TAGS: &str = "@core or @wire";
+const SCENARIO_TAGS_ENTERPRISE: &str = "@core or @enterprise or @wire";
 const SCENARIOS: &str = "The feature files' scenarios, unchanged, against the chart's pods";
 
 /// The feature files' scenarios `prepared.scenario_tags` selects, run against the
@@ -751,6 +757,13 @@ fn run_scenarios(
             true => Observation::NotMade(no_pod_entered.clone()),
             false => pods::hub_environment(deployment)
                 .map_or_else(|e| Observation::Failed(e.to_string()), Observation::Seen),
+        },
+        captures: match plan.wire.is_empty() {
+            true => Observation::NotMade(no_pod_entered.clone()),
+            false => Observation::Seen(std::sync::Arc::new(ScenarioPodCaptures {
+                deployment: deployment.clone(),
+                pods: plan.wire.clone(),
+            })),
         },
         inventory: match (plan.secret_files.is_empty(), list.inventory.clone()) {
             (true, _) => Observation::NotMade(no_pod_entered),
@@ -1166,7 +1179,13 @@ fn probe_copied_into_its_pod(
     })?;
     let _ = std::fs::remove_dir_all(&staged);
     // A probe that found failures exits 1 and still wrote its report.
-    let ended = match command::run(&exec_in_pod_command(target, ns, &probe.pod, &argv)) {
+    let ended = match command::run(&exec_in_pod_command(
+        "run hubtrust probe",
+        target,
+        ns,
+        &probe.pod,
+        &argv,
+    )) {
         Ok(_) => ProbeEnded {
             success: true,
             said: "exit status: 0".into(),
@@ -1267,11 +1286,12 @@ struct PodCapture {
 }
 
 impl PodCapture {
-    /// Starts capturing `eth0` of the pod `capture` selects, as root, and
-    /// returns once the capture says its socket is open.
+    /// Starts capturing `eth0` of the pod `capture` selects, as root, into
+    /// `dir/<pod>/`, and returns once the capture says its socket is open.
     fn start(
         deployment: &Deployment,
         capture: &kubernetes::in_cluster::WireCapture,
+        dir: &Path,
     ) -> anyhow::Result<Self> {
         use std::io::BufRead as _;
         let pod = pods::running_pod(deployment, &capture.selector, &capture.what)
@@ -1281,7 +1301,7 @@ impl PodCapture {
             "· capturing on the interface of {}'s pod {pod} (pid {pid})",
             capture.what
         );
-        let out = deployment.artifacts_dir.join("wire").join(&pod);
+        let out = dir.join(&pod);
         let mut child = hubtrust_as_root()?
             .args([
                 "capture",
@@ -1353,6 +1373,91 @@ impl Drop for PodCapture {
     }
 }
 
+/// Where the bring-up's own captures go.
+fn wire_dir(deployment: &Deployment) -> PathBuf {
+    deployment.artifacts_dir.join("wire")
+}
+
+/// The `@wire` scenarios' captures: the hub's, the proxy's and the first
+/// lab's pods, each as the wire row captures them.
+struct ScenarioPodCaptures {
+    deployment: Deployment,
+    pods: Vec<kubernetes::in_cluster::WireCapture>,
+}
+
+#[async_trait::async_trait]
+impl CapturePods for ScenarioPodCaptures {
+    async fn start(&self, dir: &Path) -> hubtrust_harness::Result<Box<dyn RunningCapture>> {
+        let (deployment, pods, dir) = (
+            self.deployment.clone(),
+            self.pods.clone(),
+            dir.to_path_buf(),
+        );
+        let started = tokio::task::spawn_blocking(move || {
+            let names = census_names(&deployment)?;
+            let captures = pods
+                .iter()
+                .map(|pod| PodCapture::start(&deployment, pod, &dir))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::Ok(RunningPodCaptures { captures, names })
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|started| started);
+        match started {
+            Ok(running) => Ok(Box::new(running)),
+            Err(e) => Err(hubtrust_harness::HarnessError::Cluster {
+                what: "the captures on the hub's, the proxy's and the lab's pods".into(),
+                message: format!("{e:#}"),
+                fix: "see the pods' logs kept beside the report".into(),
+            }),
+        }
+    }
+}
+
+struct RunningPodCaptures {
+    captures: Vec<PodCapture>,
+    names: BTreeMap<std::net::Ipv4Addr, String>,
+}
+
+#[async_trait::async_trait]
+impl RunningCapture for RunningPodCaptures {
+    async fn finish(self: Box<Self>) -> WireCensus {
+        let RunningPodCaptures { captures, names } = *self;
+        let unread = |link: String, pcap: PathBuf, why: String| LinkEvidence {
+            link,
+            pcap,
+            packets_captured: None,
+            packets_on_interface: None,
+            inconclusive: Some(why),
+        };
+        let evidence = tokio::task::spawn_blocking(move || {
+            captures
+                .into_iter()
+                .map(|capture| {
+                    let (pod, out) = (capture.pod.clone(), capture.out.clone());
+                    capture.finish().unwrap_or_else(|e| {
+                        unread(
+                            format!("{pod}-eth0"),
+                            out,
+                            format!("the capture in pod {pod}'s network namespace: {e:#}"),
+                        )
+                    })
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            vec![unread(
+                "the pods' captures".into(),
+                PathBuf::new(),
+                format!("stopping them failed: {e}"),
+            )]
+        });
+        WireCensus::build(evidence, &names)
+    }
+}
+
 /// Starts the captures that span the first lab's spawn (the hub's pod).
 fn wire_before_spawn(
     deployment: &Deployment,
@@ -1361,7 +1466,7 @@ fn wire_before_spawn(
     plan.wire
         .iter()
         .filter(|capture| capture.across_spawn)
-        .map(|capture| PodCapture::start(deployment, capture))
+        .map(|capture| PodCapture::start(deployment, capture, &wire_dir(deployment)))
         .collect()
 }
 
@@ -1379,10 +1484,13 @@ fn wire_from_inside(
     plan: &KubernetesPlan,
     early: Vec<PodCapture>,
 ) -> anyhow::Result<Outcome> {
-    use hubtrust_harness::capture::WireCensus;
     let mut running = early;
     for capture in plan.wire.iter().filter(|c| !c.across_spawn) {
-        running.push(PodCapture::start(deployment, capture)?);
+        running.push(PodCapture::start(
+            deployment,
+            capture,
+            &wire_dir(deployment),
+        )?);
     }
     let reached = runtime.block_on(public_check::reach_hub_and_lab_through_proxy(deployment));
     let mut evidence = Vec::new();

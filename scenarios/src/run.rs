@@ -446,6 +446,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
+    use hubtrust_harness::capture::WireCensus;
     use hubtrust_harness::enterprise::{self, MergedBundleTexts, OutboundRuns};
     use hubtrust_harness::inventory::Inventory;
     use hubtrust_harness::lab::CellRun;
@@ -454,10 +455,12 @@ mod tests {
     use hubtrust_harness::probe::{HttpResponse, ProbeOutcome, Verdict};
     use hubtrust_harness::reachability::{Reach, ReachCell};
     use hubtrust_harness::report::{ChainCheck, Status};
+    use hubtrust_harness::secret::Secret;
     use hubtrust_harness::stack::SecretFile;
     use hubtrust_harness::tls_scan::{EndpointScan, Offer, TlsPolicySpec, TlsVersion};
-    use hubtrust_harness::under_test::{DeploymentUnderTest, MergedOrgBundle};
+    use hubtrust_harness::under_test::{DeploymentUnderTest, MergedOrgBundle, RunningCapture};
     use hubtrust_harness::{HarnessError, Result};
+    use std::path::PathBuf;
 
     use super::*;
 
@@ -479,6 +482,14 @@ mod tests {
         /// No outbound server under a root of the lab's own store is
         /// reached directly (a chart's lab image).
         no_direct_public_endpoint: bool,
+        /// The cell's output crosses a link in plaintext.
+        leaks_the_cell_output: bool,
+        /// The kernel's ports answer from another host.
+        kernel_ports_open: bool,
+        /// The self-test's plaintext request never crosses a captured link.
+        self_test_goes_uncaptured: bool,
+        /// What crossed the wire in plaintext since the capture started.
+        plaintext_sent: Arc<Mutex<Vec<String>>>,
     }
 
     impl Answers {
@@ -493,7 +504,57 @@ mod tests {
                 open_to_any_pod: false,
                 merge_drops_the_org_bundle: false,
                 no_direct_public_endpoint: false,
+                leaks_the_cell_output: false,
+                kernel_ports_open: false,
+                self_test_goes_uncaptured: false,
+                plaintext_sent: Arc::default(),
             }
+        }
+    }
+
+    /// A capture of one link, operator to hub: a TLS flow, and a plain
+    /// HTTP POST for each text sent in plaintext meanwhile. The pcap is
+    /// written, and the census built from it, by the harness's own code.
+    struct FakeCapture {
+        dir: PathBuf,
+        plaintext_sent: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl RunningCapture for FakeCapture {
+        async fn finish(self: Box<Self>) -> WireCensus {
+            use hubtrust_harness::capture::{pcap, LinkEvidence};
+            let operator = (std::net::Ipv4Addr::new(10, 9, 0, 1), 40000);
+            let hub = (std::net::Ipv4Addr::new(10, 9, 0, 2), 443);
+            let record = [0x17, 3, 3, 0, 4, 1, 2, 3, 4];
+            let mut frames = vec![
+                pcap::tcp_frame(operator, hub, 1000, 0x02, b""),
+                pcap::tcp_frame(hub, operator, 5000, 0x12, b""),
+                pcap::tcp_frame(operator, hub, 1001, 0x18, &record),
+                pcap::tcp_frame(hub, operator, 5001, 0x18, &record),
+            ];
+            for (i, text) in self.plaintext_sent.lock().unwrap().iter().enumerate() {
+                let client = (operator.0, 41000 + i as u16);
+                let server = (hub.0, 8081);
+                let request = format!("POST /x HTTP/1.1\r\n\r\n{text}");
+                frames.extend([
+                    pcap::tcp_frame(client, server, 1000, 0x02, b""),
+                    pcap::tcp_frame(server, client, 5000, 0x12, b""),
+                    pcap::tcp_frame(client, server, 1001, 0x18, request.as_bytes()),
+                ]);
+            }
+            std::fs::create_dir_all(&self.dir).unwrap();
+            let file = self.dir.join("operator--hub.pcap");
+            std::fs::write(&file, pcap::write(&frames)).unwrap();
+            let evidence = LinkEvidence {
+                link: "operator--hub".into(),
+                pcap: file,
+                packets_captured: Some(frames.len() as u64),
+                packets_on_interface: Some(frames.len() as u64),
+                inconclusive: None,
+            };
+            let hosts = [(operator.0, "operator".into()), (hub.0, "hub".into())].into();
+            WireCensus::build(vec![evidence], &hosts)
         }
     }
 
@@ -656,7 +717,7 @@ mod tests {
                 kernel_id: "k".into(),
                 stdout,
                 status: "ok".into(),
-                token: hubtrust_harness::secret::Secret::new("unused"),
+                token: Secret::new("unused"),
             })
         }
         async fn merged_bundle_texts(&self) -> Result<MergedBundleTexts> {
@@ -726,15 +787,69 @@ mod tests {
                 })),
             })
         }
+        async fn start_wire_capture(&self, dir: &Path) -> Result<Box<dyn RunningCapture>> {
+            self.plaintext_sent.lock().unwrap().clear();
+            Ok(Box::new(FakeCapture {
+                dir: dir.to_path_buf(),
+                plaintext_sent: self.plaintext_sent.clone(),
+            }))
+        }
+        fn plaintext_exceptions(&self) -> Vec<(u16, String)> {
+            Vec::new()
+        }
+        async fn log_in(&self, _: &str) -> Result<Vec<(String, Secret)>> {
+            Ok(vec![(
+                "the user's login cookie".into(),
+                Secret::new("cookie-1"),
+            )])
+        }
+        async fn run_cell_in_new_kernel(&self, _: &str, code: &str) -> Result<CellRun> {
+            let stdout = printed(code).unwrap_or_default();
+            if self.leaks_the_cell_output {
+                self.plaintext_sent.lock().unwrap().push(stdout.clone());
+            }
+            Ok(CellRun {
+                kernel_id: "k1".into(),
+                stdout,
+                status: "ok".into(),
+                token: Secret::new("user-token-1"),
+            })
+        }
+        async fn kernel_ports_answering(&self, _: &str, kernel_id: &str) -> Result<Vec<String>> {
+            assert_eq!(kernel_id, "k1");
+            Ok(match self.kernel_ports_open {
+                true => vec!["shell port 50001 at 10.9.0.3, from the hub's pod".into()],
+                false => Vec::new(),
+            })
+        }
+        async fn send_plaintext_canary(&self, canary: &str) -> Result<()> {
+            if !self.self_test_goes_uncaptured {
+                self.plaintext_sent.lock().unwrap().push(canary.into());
+            }
+            Ok(())
+        }
+    }
+
+    /// The output a wire step's cell prints: `print("head" + "tail")`.
+    fn printed(code: &str) -> Option<String> {
+        let call = code.lines().find_map(|l| l.strip_prefix("print("))?;
+        let (head, tail) = call.trim_end_matches(')').split_once(" + ")?;
+        let text = |quoted: &str| serde_json::from_str::<String>(quoted).ok();
+        Some(text(head)? + &text(tail)?)
     }
 
     fn run_core(answers: Answers) -> BTreeMap<String, (Status, Option<String>)> {
         let features = crate::features::locate(None);
         let tags = crate::features::parse_tags(
-            "@core or @enterprise",
+            "@core or @enterprise or @wire",
             &crate::features::scenarios(&features).unwrap(),
         )
         .unwrap();
+        // The wire scenarios keep their pcaps under the report: here, a
+        // directory of the test's own, removed after each run.
+        let report = crate::world::REPORT_DIR.get_or_init(|| {
+            std::env::temp_dir().join(format!("hubtrust-runner-test-{}", std::process::id()))
+        });
         *crate::world::DEPLOYMENT.lock().unwrap() = Some(Arc::new(answers));
         let results = Arc::new(Mutex::new(Vec::new()));
         tokio::runtime::Runtime::new()
@@ -746,6 +861,7 @@ mod tests {
                 Box::new(|_, _| None),
             ));
         *crate::world::DEPLOYMENT.lock().unwrap() = None;
+        let _ = std::fs::remove_dir_all(report);
         let results = results.lock().unwrap().clone();
         results
             .into_iter()
@@ -757,7 +873,7 @@ mod tests {
     #[test]
     fn a_deployment_hubtrust_did_not_start_answers_the_scenarios_it_can_and_the_rest_are_not_run() {
         let ran = run_core(Answers::healthy());
-        assert_eq!(ran.len(), 13, "{ran:#?}");
+        assert_eq!(ran.len(), 16, "{ran:#?}");
         let status = |name: &str| {
             ran.iter()
                 .find(|(scenario, _)| scenario.starts_with(name))
@@ -775,6 +891,9 @@ mod tests {
             "Every internal endpoint answers from its clients' hosts and from no other",
             "The merged bundle is exactly the system bundle plus the org bundle",
             "User tools trust the org CA with the merged bundle",
+            "Only protected flows cross hosts, and no secret is readable",
+            "Kernel channels never leave the lab host",
+            "The detector catches a plaintext canary (self-test)",
         ] {
             assert_eq!(status(passed).0, Status::Passed, "{passed}: {ran:#?}");
         }
@@ -800,6 +919,9 @@ mod tests {
             accepts_tls10: true,
             open_to_any_pod: true,
             merge_drops_the_org_bundle: true,
+            leaks_the_cell_output: true,
+            kernel_ports_open: true,
+            self_test_goes_uncaptured: true,
             ..Answers::healthy()
         });
         let failed = |name: &str| {
@@ -827,6 +949,18 @@ mod tests {
             why.contains("expected 2 certificates (1 system + 1 org) in order, found 1"),
             "{why}"
         );
+        let (status, why) = failed("Only protected flows cross hosts");
+        assert_eq!(status, Status::Failed);
+        assert!(
+            why.contains("unprotected flows cross hosts") && why.contains("plaintext HTTP POST"),
+            "{why}"
+        );
+        let (status, why) = failed("Kernel channels never leave the lab host");
+        assert_eq!(status, Status::Failed);
+        assert!(why.contains("shell port 50001 at 10.9.0.3"), "{why}");
+        let (status, why) = failed("The detector catches a plaintext canary");
+        assert_eq!(status, Status::Failed);
+        assert!(why.contains("the detector missed a canary"), "{why}");
         // The lab's own store trusting a public endpoint was never tried:
         // the scenario is not run, though its first steps passed.
         let untried = run_core(Answers {

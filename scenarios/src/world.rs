@@ -134,7 +134,7 @@ impl Operator {
 }
 
 /// A running capture; opaque in debug output.
-pub struct WireCaptureHandle(pub hubtrust_harness::stack::WireCapture);
+pub struct WireCaptureHandle(pub Box<dyn hubtrust_harness::under_test::RunningCapture>);
 
 impl std::fmt::Debug for WireCaptureHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

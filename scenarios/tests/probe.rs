@@ -283,6 +283,7 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
             serde_json::from_value(probed["reachability"].clone()).unwrap(),
         ),
         outbound_tools: Observation::NotMade("not in this test".into()),
+        captures: Observation::NotMade("not in this test".into()),
     };
     let chart = ChartDeployment::at(public, "alice", observed).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -331,7 +332,49 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
         unread.contains("not read in this test") && !unread.starts_with(NOT_OBSERVED),
         "an observation the run meant to make and could not is a failure: {unread}"
     );
+    kernel_ports_read_through_the_lab(&chart, &runtime);
     merged_bundle_read_through_the_lab(chart, &runtime);
+}
+
+/// The wire scenarios' kernel: a cell in a new kernel, whose ports a
+/// second cell reads from its connection file in the lab, with the lab's
+/// own address. Trying them from another pod needs a cluster: without
+/// one, that and the captures are not observed, never passed.
+fn kernel_ports_read_through_the_lab(
+    chart: &hubtrust_harness::backend::kubernetes::under_test::ChartDeployment,
+    runtime: &tokio::runtime::Runtime,
+) {
+    use hubtrust_harness::under_test::{DeploymentUnderTest, NOT_OBSERVED};
+    let run = runtime
+        .block_on(chart.run_cell_in_new_kernel("alice", "print('hubtrust-' + 'wire')"))
+        .unwrap();
+    assert_eq!(run.stdout.trim(), "hubtrust-wire");
+    let kernel = runtime
+        .block_on(chart.kernel_ports("alice", &run.kernel_id))
+        .unwrap();
+    assert_eq!(
+        kernel.ports.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["control", "hb", "iopub", "shell", "stdin"]
+    );
+    assert!(kernel.ports.values().all(|port| *port > 0), "{kernel:?}");
+    let lab: std::net::Ipv4Addr = kernel.pod_ip.parse().unwrap();
+    assert!(!lab.is_loopback(), "{kernel:?}");
+    let gone = runtime
+        .block_on(chart.kernel_ports("alice", "no-such-kernel"))
+        .unwrap_err()
+        .to_string();
+    assert!(gone.contains("no-such-kernel"), "{gone}");
+    for untried in [
+        runtime
+            .block_on(chart.kernel_ports_answering("alice", &run.kernel_id))
+            .unwrap_err(),
+        runtime
+            .block_on(chart.start_wire_capture(std::path::Path::new("/nonexistent")))
+            .map(drop)
+            .unwrap_err(),
+    ] {
+        assert!(untried.to_string().starts_with(NOT_OBSERVED), "{untried}");
+    }
 }
 
 /// The merged-bundle scenario's reading, through cells in the lab: a
@@ -398,6 +441,7 @@ fn probe_observations_reach_the_scenarios(probed: &serde_json::Value, ca: &str, 
             serde_json::from_value(probed["reachability"].clone()).unwrap(),
         ),
         outbound_tools: Observation::NotMade("not in this test".into()),
+        captures: Observation::NotMade("not in this test".into()),
     };
     let chart = ChartDeployment::at(public, "alice", observed).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();

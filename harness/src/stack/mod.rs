@@ -1346,68 +1346,17 @@ impl Stack {
     /// Logs `user` in through the login form, as a browser does, then opens
     /// the hub's home page with the session. Returns the login cookie.
     pub async fn log_in(&self, user: &str) -> Result<Secret> {
-        let err = |call: &str, e: &dyn std::fmt::Display| HarnessError::HubApi {
-            call: call.into(),
-            message: e.to_string(),
-        };
-        let root = reqwest::Certificate::from_pem(self.org_bundle().as_bytes())
-            .map_err(|e| err("login client", &e))?;
-        let browser = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(root)
-            .resolve(&self.spec.topology.public_name, self.public_addr)
-            .cookie_store(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| err("login client", &e))?;
-        let base = self.public_base();
-        let page = browser
-            .get(format!("{base}/hub/login"))
-            .send()
-            .await
-            .map_err(|e| err("GET /hub/login", &e))?
-            .text()
-            .await
-            .map_err(|e| err("GET /hub/login", &e))?;
-        let xsrf = regex::Regex::new(r#"name="_xsrf"\s+value="([^"]+)""#)
-            .ok()
-            .and_then(|re| re.captures(&page).map(|c| c[1].to_string()))
-            .ok_or_else(|| err("GET /hub/login", &"the login form carries no _xsrf value"))?;
-        let response = browser
-            .post(format!("{base}/hub/login"))
-            .form(&[
-                ("username", user),
-                ("password", self.user_password.expose()),
-                ("_xsrf", &xsrf),
-            ])
-            .send()
-            .await
-            .map_err(|e| err("POST /hub/login", &e))?;
-        let cookie = response
-            .cookies()
-            .find(|c| c.name() == "jupyterhub-hub-login")
-            .map(|c| Secret::new(c.value()))
-            .ok_or_else(|| {
-                err(
-                    "POST /hub/login",
-                    &format!("HTTP {}: no login cookie was set", response.status()),
-                )
-            })?;
-        let home = browser
-            .get(format!("{base}/hub/home"))
-            .send()
-            .await
-            .map_err(|e| err("GET /hub/home", &e))?;
-        if !home.status().is_success() {
-            return Err(err(
-                "GET /hub/home",
-                &format!("HTTP {} with the login cookie", home.status()),
-            ));
-        }
-        Ok(cookie)
+        crate::hub_api::log_in_through_form(
+            &crate::hub_api::PublicEntry {
+                base: self.public_base(),
+                name: self.spec.topology.public_name.clone(),
+                addr: self.public_addr,
+                roots_pem: self.org_bundle(),
+            },
+            user,
+            &self.user_password,
+        )
+        .await
     }
 
     /// The self-test: a plain HTTP request carrying `canary` from the

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{SecretFile, Stack};
+use super::{SecretFile, Stack, WireCapture};
+use crate::capture::WireCensus;
 use crate::enterprise::{self, MergedBundleTexts, Outbound, OutboundRuns, Target};
 use crate::error::{HarnessError, Result};
 use crate::hub_api::PublicSideReport;
@@ -14,8 +15,9 @@ use crate::matrix::TrustMatrix;
 use crate::probe::ProbeOutcome;
 use crate::reachability::ReachCell;
 use crate::report::ChainCheck;
+use crate::secret::Secret;
 use crate::tls_scan::{EndpointScan, TlsPolicySpec};
-use crate::under_test::{DeploymentUnderTest, MergedOrgBundle};
+use crate::under_test::{DeploymentUnderTest, MergedOrgBundle, RunningCapture};
 
 #[async_trait::async_trait]
 impl DeploymentUnderTest for Stack {
@@ -176,6 +178,42 @@ impl DeploymentUnderTest for Stack {
             runs,
             proxy_paths,
         })
+    }
+
+    async fn start_wire_capture(&self, dir: &Path) -> Result<Box<dyn RunningCapture>> {
+        Ok(Box::new(Stack::start_wire_capture(self, dir).await?))
+    }
+
+    fn plaintext_exceptions(&self) -> Vec<(u16, String)> {
+        Stack::plaintext_exceptions(self)
+    }
+
+    async fn log_in(&self, user: &str) -> Result<Vec<(String, Secret)>> {
+        let cookie = Stack::log_in(self, user).await?;
+        Ok(vec![
+            ("the hub API token".into(), self.service_token.clone()),
+            ("the user's password".into(), self.user_password.clone()),
+            ("the user's login cookie".into(), cookie),
+        ])
+    }
+
+    async fn run_cell_in_new_kernel(&self, user: &str, code: &str) -> Result<CellRun> {
+        Stack::run_cell_in_new_kernel(self, user, code).await
+    }
+
+    async fn kernel_ports_answering(&self, _user: &str, kernel_id: &str) -> Result<Vec<String>> {
+        self.kernel_ports_reachable(kernel_id, "operator").await
+    }
+
+    async fn send_plaintext_canary(&self, canary: &str) -> Result<()> {
+        Stack::send_plaintext_canary(self, canary).await.map(drop)
+    }
+}
+
+#[async_trait::async_trait]
+impl RunningCapture for WireCapture {
+    async fn finish(self: Box<Self>) -> WireCensus {
+        WireCapture::finish(*self).await
     }
 }
 

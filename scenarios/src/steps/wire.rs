@@ -17,26 +17,19 @@ fn canary(what: &str) -> String {
 #[given("every link between hosts is being captured")]
 async fn capture_every_link(world: &mut Operator) -> anyhow::Result<()> {
     let dir = world.artifact_dir().join("pcap");
-    let capture = world.stack()?.start_wire_capture(&dir).await?;
+    let capture = world.deployment()?.start_wire_capture(&dir).await?;
     world.capture = Some(WireCaptureHandle(capture));
     Ok(())
 }
 
 #[when("a user logs in, opens their lab and runs a notebook cell")]
 async fn log_in_and_run_a_cell(world: &mut Operator) -> anyhow::Result<()> {
-    let stack = world
-        .stack
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no stack"))?;
     let user = world.first_user()?;
-    let cookie = stack.log_in(&user).await?;
-    world.canaries.push((
-        "the hub API token".into(),
-        stack.service_token.expose().into(),
-    ));
-    world
-        .canaries
-        .push(("the user's login cookie".into(), cookie.expose().into()));
+    let sent = world.deployment()?.log_in(&user).await?;
+    world.canaries.extend(
+        sent.into_iter()
+            .map(|(name, secret)| (name, secret.expose().to_string())),
+    );
     run_a_cell(world, &user).await
 }
 
@@ -52,7 +45,10 @@ async fn run_a_cell(world: &mut Operator, user: &str) -> anyhow::Result<()> {
     // The output is assembled at run time, so it never appears in the code.
     let (head, tail) = output.split_at(8);
     let code = format!("cell_text = {cell_text:?}\nprint({head:?} + {tail:?})");
-    let run = world.stack()?.run_cell_in_new_kernel(user, &code).await?;
+    let run = world
+        .deployment()?
+        .run_cell_in_new_kernel(user, &code)
+        .await?;
     anyhow::ensure!(
         run.status == "ok",
         "the cell ended with status {:?}: {}",
@@ -83,10 +79,11 @@ async fn try_kernel_ports(world: &mut Operator) -> anyhow::Result<()> {
         .kernel_id
         .clone()
         .ok_or_else(|| anyhow::anyhow!("no kernel was started"))?;
+    let user = world.first_user()?;
     world.kernel_ports_answering = Some(
         world
-            .stack()?
-            .kernel_ports_reachable(&kernel, "operator")
+            .deployment()?
+            .kernel_ports_answering(&user, &kernel)
             .await?,
     );
     Ok(())
@@ -95,7 +92,7 @@ async fn try_kernel_ports(world: &mut Operator) -> anyhow::Result<()> {
 #[when("a test helper sends a canary in plaintext HTTP across a link")]
 async fn send_plaintext_canary(world: &mut Operator) -> anyhow::Result<()> {
     let value = canary("SELFTEST");
-    world.stack()?.send_plaintext_canary(&value).await?;
+    world.deployment()?.send_plaintext_canary(&value).await?;
     world.canaries.push(("the self-test canary".into(), value));
     Ok(())
 }
@@ -105,7 +102,7 @@ pub async fn census(
     world: &mut Operator,
 ) -> anyhow::Result<&hubtrust_harness::capture::WireCensus> {
     if world.census.is_none() {
-        let exceptions = world.stack()?.plaintext_exceptions();
+        let exceptions = world.deployment()?.plaintext_exceptions();
         let capture = world
             .capture
             .take()
@@ -139,7 +136,7 @@ fn conclusive(census: &hubtrust_harness::capture::WireCensus) -> anyhow::Result<
 
 #[then("every flow that crosses hosts is TLS 1.2 or newer, or SSH")]
 async fn only_protected_flows(world: &mut Operator) -> anyhow::Result<()> {
-    let exceptions = world.stack()?.plaintext_exceptions();
+    let exceptions = world.deployment()?.plaintext_exceptions();
     let census = census(world).await?;
     conclusive(census)?;
     anyhow::ensure!(

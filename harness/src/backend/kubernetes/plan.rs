@@ -188,6 +188,7 @@ pub fn copy_from_pod_command(
 
 /// Runs `argv` in `pod`'s first container.
 pub fn exec_in_pod_command(
+    purpose: &str,
     target: &ClusterTarget,
     namespace: &str,
     pod: &str,
@@ -196,7 +197,7 @@ pub fn exec_in_pod_command(
     let mut args = vec!["exec", pod, "--"];
     args.extend(argv.iter().map(String::as_str));
     PlannedCommand::new(
-        format!("run hubtrust probe in the pod {pod}"),
+        format!("{purpose} in the pod {pod}"),
         "kubectl",
         kubectl(target, Some(namespace), &args),
         LOAD,

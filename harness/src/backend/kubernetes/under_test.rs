@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -19,7 +20,8 @@ use super::Deployment;
 use crate::enterprise::{MergedBundleTexts, OutboundRuns, Target};
 use crate::error::{HarnessError, Result};
 use crate::hub_api::{
-    check_public_side, operator_client, run_cell_through_public_side, PublicSide, PublicSideReport,
+    check_public_side, log_in_through_form, operator_client, run_cell_through_public_side,
+    PublicEntry, PublicSide, PublicSideReport,
 };
 use crate::inventory::Inventory;
 use crate::lab::CellRun;
@@ -31,7 +33,7 @@ use crate::report::{ChainCheck, ProxyApiCall};
 use crate::secret::Secret;
 use crate::stack::SecretFile;
 use crate::tls_scan::{EndpointScan, TlsPolicySpec};
-use crate::under_test::{DeploymentUnderTest, MergedOrgBundle};
+use crate::under_test::{DeploymentUnderTest, MergedOrgBundle, RunningCapture};
 
 /// What the run observed inside the cluster for a scenario to judge.
 #[derive(Debug, Clone)]
@@ -70,6 +72,17 @@ pub struct InClusterObservations {
     /// Every tool in the first lab fetching every outbound server, and
     /// what the capture on the inspecting proxy's pod showed of them.
     pub outbound_tools: Observation<OutboundRuns>,
+    /// The captures of the pods' own interfaces, which only hubtrust's
+    /// command makes (entering the pods' network namespaces as root).
+    pub captures: Observation<Arc<dyn CapturePods>>,
+}
+
+/// Captures of the pods' own interfaces, made by hubtrust's command.
+#[async_trait::async_trait]
+pub trait CapturePods: Send + Sync {
+    /// Starts capturing the hub's, the proxy's and the first lab's pods,
+    /// the pcaps going into `dir`; returns once every capture listens.
+    async fn start(&self, dir: &Path) -> Result<Box<dyn RunningCapture>>;
 }
 
 /// Where and as whom this machine reaches the deployment's public side.
@@ -93,6 +106,9 @@ pub struct ChartDeployment {
     /// enterprise steps judge them.
     outbound: Observation<Vec<Target>>,
     tls_policy: TlsPolicySpec,
+    /// The cluster and namespace the pods run in, for what is asked of
+    /// them with kubectl; None when the deployment was handed no cluster.
+    cluster: Option<Deployment>,
 }
 
 impl ChartDeployment {
@@ -142,6 +158,7 @@ impl ChartDeployment {
             org_bundle_pem: org_bundle_pem.filter(|_| configmap).map(str::to_string),
             outbound,
             tls_policy: deployment.tls_policy.clone(),
+            cluster: Some(deployment.clone()),
             ..Self::at(at, &deployment.user, observed)?
         })
     }
@@ -164,6 +181,7 @@ impl ChartDeployment {
             org_bundle_pem: None,
             outbound: Observation::NotMade("no outbound servers in this deployment".into()),
             tls_policy: TlsPolicySpec::default(),
+            cluster: None,
         })
     }
 
@@ -175,6 +193,23 @@ impl ChartDeployment {
             org_bundle_pem,
             ..self
         }
+    }
+
+    /// Kernel `kernel_id`'s ZeroMQ ports and its pod's address, as a cell
+    /// in `user`'s lab reads them from the kernel's connection file.
+    pub async fn kernel_ports(&self, user: &str, kernel_id: &str) -> Result<KernelPorts> {
+        let run = self
+            .run_cell(user, &kernel_ports_cell(kernel_id), Duration::from_secs(60))
+            .await?;
+        run.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(KERNEL_PORTS_MARKER))
+            .and_then(|json| serde_json::from_str(json).ok())
+            .filter(|_| run.status == "ok")
+            .ok_or_else(|| HarnessError::CellOutput {
+                what: format!("the lab of {user} (kernel {kernel_id}'s connection file)"),
+                message: format!("status {}: {}", run.status, run.stdout.trim()),
+            })
     }
 
     fn base(&self) -> String {
@@ -393,5 +428,323 @@ impl DeploymentUnderTest for ChartDeployment {
             "every tool in the first lab against the outbound servers, as the run's cell ran them",
             &self.observed.outbound_tools,
         )
+    }
+
+    async fn start_wire_capture(&self, dir: &Path) -> Result<Box<dyn RunningCapture>> {
+        observed(
+            "the captures on the hub's, the proxy's and the lab's pods",
+            &self.observed.captures,
+        )?
+        .start(dir)
+        .await
+    }
+
+    /// The values hubtrust renders make every connection between pods
+    /// TLS: none may cross in plaintext.
+    fn plaintext_exceptions(&self) -> Vec<(u16, String)> {
+        Vec::new()
+    }
+
+    async fn log_in(&self, user: &str) -> Result<Vec<(String, Secret)>> {
+        // The chart's DummyAuthenticator, with no password set, takes any
+        // password: a fresh one, so what shows on the wire is this log-in's.
+        let password = Secret::generate();
+        let entry = PublicEntry {
+            base: self.base(),
+            name: self.public.name.clone(),
+            addr: self.public.addr,
+            roots_pem: self.public.ca_pem.clone(),
+        };
+        let cookie = log_in_through_form(&entry, user, &password).await?;
+        Ok(vec![
+            (
+                "the hub API token".into(),
+                self.public.service_token.clone(),
+            ),
+            ("the user's password".into(), password),
+            ("the user's login cookie".into(), cookie),
+        ])
+    }
+
+    /// Every cell through the public side starts a kernel of its own.
+    async fn run_cell_in_new_kernel(&self, user: &str, code: &str) -> Result<CellRun> {
+        self.run_cell(user, code, Duration::from_secs(60)).await
+    }
+
+    /// The kernel's ports and its pod's address, read by a cell in the
+    /// lab; each port then tried from the hub's pod, which the chart's
+    /// NetworkPolicies admit to labs.
+    async fn kernel_ports_answering(&self, user: &str, kernel_id: &str) -> Result<Vec<String>> {
+        let what = "the kernel's ZeroMQ ports tried from the hub's pod";
+        let deployment = self.cluster.clone().ok_or_else(|| {
+            not_observed(
+                what,
+                "this deployment was handed no cluster to reach its pods with kubectl",
+            )
+        })?;
+        let kernel = self.kernel_ports(user, kernel_id).await?;
+        let tried =
+            tokio::task::spawn_blocking(move || try_ports_from_the_hub(&deployment, &kernel))
+                .await
+                .map_err(|e| HarnessError::Cluster {
+                    what: what.into(),
+                    message: e.to_string(),
+                    fix: "see the hub pod's log".into(),
+                })??;
+        Ok(tried)
+    }
+
+    /// A cell in the lab's pod sends a plain HTTP request carrying
+    /// `canary` to the hub's Service, across the captured link between the
+    /// lab's pod and the hub's.
+    async fn send_plaintext_canary(&self, canary: &str) -> Result<()> {
+        let hub = &super::names::SERVICES[0];
+        let run = self
+            .run_cell(
+                &self.user,
+                &plaintext_canary_cell(canary, hub.service, hub.port),
+                Duration::from_secs(60),
+            )
+            .await?;
+        if run.status == "ok" && run.stdout.contains(PLAINTEXT_SENT) {
+            return Ok(());
+        }
+        Err(HarnessError::CellOutput {
+            what: format!(
+                "the lab of {} (the self-test's plain HTTP request)",
+                self.user
+            ),
+            message: format!("status {}: {}", run.status, run.stdout.trim()),
+        })
+    }
+}
+
+/// What the kernel-ports cell prints before its JSON.
+const KERNEL_PORTS_MARKER: &str = "HUBTRUST-KERNEL-PORTS ";
+
+/// A kernel's ZeroMQ ports by channel, and its pod's address.
+#[derive(Debug, serde::Deserialize)]
+pub struct KernelPorts {
+    pub pod_ip: String,
+    pub ports: BTreeMap<String, u16>,
+}
+
+/// Reads kernel `kernel_id`'s ports from its connection file, where the
+/// lab keeps it, and the pod's own address; prints them, never the key.
+fn kernel_ports_cell(kernel_id: &str) -> String {
+    let file = serde_json::to_string(&format!("kernel-{kernel_id}.json")).unwrap_or_default();
+    let marker = serde_json::to_string(KERNEL_PORTS_MARKER).unwrap_or_default();
+    format!(
+        "import json, os, socket\n\
+         from jupyter_core.paths import jupyter_runtime_dir\n\
+         info = json.load(open(os.path.join(jupyter_runtime_dir(), {file})))\n\
+         ports = {{c: info[c + '_port'] for c in ('shell', 'iopub', 'stdin', 'control', 'hb')}}\n\
+         print({marker} + json.dumps({{'pod_ip': socket.gethostbyname(socket.gethostname()), 'ports': ports}}))\n"
+    )
+}
+
+/// Run in the hub's pod with the lab pod's address and the ports as JSON:
+/// each port that accepts a connection gets a ZMTP greeting, as an
+/// attacker's would, and is printed; the last line says how many were
+/// tried, so a script that did not run is never "nothing answered".
+const TRY_PORTS: &str = r#"import json, socket, sys
+ip, ports = sys.argv[1], json.loads(sys.argv[2])
+greeting = bytes([0xFF, 0, 0, 0, 0, 0, 0, 0, 1, 0x7F, 3, 1]) + b"NULL"
+greeting += bytes(64 - len(greeting))
+for channel, port in sorted(ports.items()):
+    try:
+        s = socket.create_connection((ip, port), timeout=3)
+    except OSError:
+        continue
+    try:
+        s.sendall(greeting)
+        s.settimeout(2)
+        s.recv(64)
+    except OSError:
+        pass
+    s.close()
+    print("ANSWERED", channel, port)
+print("TRIED", len(ports))
+"#;
+
+fn try_ports_from_the_hub(deployment: &Deployment, kernel: &KernelPorts) -> Result<Vec<String>> {
+    let hub = super::pods::running_pod(deployment, "component=hub", "the hub")?;
+    let ports = serde_json::to_string(&kernel.ports).unwrap_or_default();
+    let argv = [
+        "python3".to_string(),
+        "-c".into(),
+        TRY_PORTS.into(),
+        kernel.pod_ip.clone(),
+        ports,
+    ];
+    let command = super::plan::exec_in_pod_command(
+        "try the kernel's ZeroMQ ports",
+        &deployment.target,
+        &deployment.namespace,
+        &hub,
+        &argv,
+    );
+    let out = super::command::run(&command).map_err(|e| HarnessError::Cluster {
+        what: "the kernel's ZeroMQ ports tried from the hub's pod".into(),
+        message: e.to_string(),
+        fix: "the hub's image must have python3; see the hub pod's log".into(),
+    })?;
+    answered_ports(&out.stdout, kernel, &hub)
+}
+
+/// The ports the script says answered, or why its output cannot be read.
+fn answered_ports(stdout: &str, kernel: &KernelPorts, hub_pod: &str) -> Result<Vec<String>> {
+    let tried = format!("TRIED {}", kernel.ports.len());
+    if !stdout.lines().any(|l| l.trim() == tried) {
+        return Err(HarnessError::Cluster {
+            what: "the kernel's ZeroMQ ports tried from the hub's pod".into(),
+            message: format!("the script did not finish: {}", stdout.trim()),
+            fix: "see the hub pod's log".into(),
+        });
+    }
+    Ok(stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("ANSWERED "))
+        .map(|rest| {
+            let (channel, port) = rest.split_once(' ').unwrap_or((rest, "?"));
+            format!(
+                "{channel} port {port} at {}, from the hub's pod {hub_pod}",
+                kernel.pod_ip
+            )
+        })
+        .collect())
+}
+
+/// What the self-test cell prints once its request went out.
+const PLAINTEXT_SENT: &str = "HUBTRUST-PLAINTEXT-SENT";
+
+/// A plain HTTP request carrying `canary` to `host:port`. The canary is
+/// joined at run time, so the cell's own text (in TLS, through the proxy)
+/// never holds it whole.
+fn plaintext_canary_cell(canary: &str, host: &str, port: u16) -> String {
+    let (head, tail) = canary.split_at(canary.len() / 2);
+    let literal = |text: &str| serde_json::to_string(text).unwrap_or_default();
+    format!(
+        "import socket\n\
+         body = ({head} + {tail}).encode()\n\
+         s = socket.create_connection(({service}, {port}), timeout=10)\n\
+         s.sendall(b'POST /hubtrust-self-test HTTP/1.1\\r\\nHost: ' + {service}.encode() + b'\\r\\nContent-Length: ' + str(len(body)).encode() + b'\\r\\n\\r\\n' + body)\n\
+         s.settimeout(5)\n\
+         try:\n    s.recv(4096)\nexcept OSError:\n    pass\n\
+         s.close()\n\
+         print({sent})\n",
+        head = literal(head),
+        tail = literal(tail),
+        service = literal(host),
+        sent = literal(PLAINTEXT_SENT),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    fn python(code: &str, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .output()
+            .expect("python3 runs")
+    }
+
+    /// The self-test's cell, run by python3 against a listener here: the
+    /// request arrives as plain HTTP carrying the whole canary, which the
+    /// cell's own text never holds.
+    #[test]
+    fn the_self_test_cell_sends_its_canary_as_plain_http() {
+        const CANARY: &str = "HUBTRUST-SELFTEST-0123456789abcdef";
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let code = plaintext_canary_cell(CANARY, "127.0.0.1", port);
+        assert!(!code.contains(CANARY), "{code}");
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains(CANARY) {
+                let n = socket.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        let out = python(&code, &[]);
+        let request = server.join().unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(PLAINTEXT_SENT),
+            "{out:?}"
+        );
+        assert!(
+            request.starts_with("POST /hubtrust-self-test HTTP/1.1\r\n"),
+            "{request:?}"
+        );
+        assert!(
+            request.ends_with(&format!("\r\n\r\n{CANARY}")),
+            "{request:?}"
+        );
+    }
+
+    /// The script the hub's pod runs: a port that accepts gets a ZMTP
+    /// greeting and is named; a closed one is not; output cut short is an
+    /// error, never "nothing answered".
+    #[test]
+    fn the_port_script_names_the_ports_that_answer_and_only_those() {
+        let open = TcpListener::bind("127.0.0.1:0").unwrap();
+        let open_port = open.local_addr().unwrap().port();
+        let greeted = std::thread::spawn(move || {
+            let (mut socket, _) = open.accept().unwrap();
+            let mut greeting = [0u8; 64];
+            socket.read_exact(&mut greeting).unwrap();
+            socket.write_all(&greeting).unwrap();
+            greeting
+        });
+        // Nothing here listens on port 1 (tcpmux, long unused).
+        let kernel = KernelPorts {
+            pod_ip: "127.0.0.1".into(),
+            ports: [("shell".to_string(), open_port), ("hb".to_string(), 1)].into(),
+        };
+        let ports = serde_json::to_string(&kernel.ports).unwrap();
+        let out = python(TRY_PORTS, &["127.0.0.1", &ports]);
+        let greeting = greeted.join().unwrap();
+        assert_eq!(&greeting[..2], &[0xFF, 0]);
+        assert_eq!(&greeting[12..16], b"NULL");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            answered_ports(&stdout, &kernel, "hub-0").unwrap(),
+            [format!(
+                "shell port {open_port} at 127.0.0.1, from the hub's pod hub-0"
+            )]
+        );
+        assert!(answered_ports("", &kernel, "hub-0").is_err());
+        assert!(answered_ports("TRIED 1\n", &kernel, "hub-0").is_err());
+    }
+
+    /// The kernel-ports cell is valid Python that names the connection
+    /// file and prints no key (a real lab runs it in
+    /// `scenarios/tests/probe.rs`).
+    #[test]
+    fn the_kernel_ports_cell_reads_the_connection_file_and_prints_no_key() {
+        let code = kernel_ports_cell("abc-123");
+        assert!(code.contains("\"kernel-abc-123.json\""), "{code}");
+        assert!(!code.contains("'key'"), "{code}");
+        let compiled = python("import sys; compile(sys.argv[1], 'cell', 'exec')", &[&code]);
+        assert!(compiled.status.success(), "{compiled:?}");
     }
 }
