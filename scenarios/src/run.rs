@@ -488,6 +488,9 @@ mod tests {
         kernel_ports_open: bool,
         /// The self-test's plaintext request never crosses a captured link.
         self_test_goes_uncaptured: bool,
+        /// No capture of the links can be made (a cluster whose pods this
+        /// machine cannot enter).
+        no_capture: bool,
         /// What crossed the wire in plaintext since the capture started.
         plaintext_sent: Arc<Mutex<Vec<String>>>,
     }
@@ -507,6 +510,7 @@ mod tests {
                 leaks_the_cell_output: false,
                 kernel_ports_open: false,
                 self_test_goes_uncaptured: false,
+                no_capture: false,
                 plaintext_sent: Arc::default(),
             }
         }
@@ -788,6 +792,9 @@ mod tests {
             })
         }
         async fn start_wire_capture(&self, dir: &Path) -> Result<Box<dyn RunningCapture>> {
+            if self.no_capture {
+                return Err(not_observed("the captures"));
+            }
             self.plaintext_sent.lock().unwrap().clear();
             Ok(Box::new(FakeCapture {
                 dir: dir.to_path_buf(),
@@ -977,6 +984,25 @@ mod tests {
                 && w.contains("an endpoint under a root of the lab's own system store")),
             "{why:?}"
         );
+        // Without captures the whole wire feature is not run, its
+        // Background unable to start them: never passed.
+        let uncaptured = run_core(Answers {
+            no_capture: true,
+            ..Answers::healthy()
+        });
+        for scenario in [
+            "Only protected flows cross hosts, and no secret is readable",
+            "Kernel channels never leave the lab host",
+            "The detector catches a plaintext canary (self-test)",
+        ] {
+            let (said, why) = uncaptured.get(scenario).cloned().unwrap();
+            assert_eq!(said, Status::Skipped, "{scenario}: {why:?}");
+            assert!(
+                why.as_deref()
+                    .is_some_and(|w| w.starts_with("not run: ") && w.contains("the captures")),
+                "{scenario}: {why:?}"
+            );
+        }
         let (status, why) = failed("User tools trust the org CA");
         assert_eq!(status, Status::Failed);
         assert!(
