@@ -59,9 +59,13 @@ impl FlowClass {
     /// TLS 1.2 or newer, or SSH.
     pub fn is_protected(&self) -> bool {
         match self {
-            FlowClass::Tls { version, .. } => {
-                ["TLS 1.2", "TLS 1.3", MID_STREAM_TLS12_OR_NEWER].contains(&version.as_str())
-            }
+            FlowClass::Tls { version, .. } => [
+                "TLS 1.2",
+                "TLS 1.3",
+                MID_STREAM_TLS12_OR_NEWER,
+                MID_RECORD_TLS12_OR_NEWER,
+            ]
+            .contains(&version.as_str()),
             FlowClass::Ssh { .. } => true,
             FlowClass::Empty => true,
             _ => false,
@@ -72,15 +76,30 @@ impl FlowClass {
 /// A TLS flow seen from the middle: every record says TLS 1.2 or 1.3.
 const MID_STREAM_TLS12_OR_NEWER: &str = "TLS 1.2+ (handshake before the capture)";
 
+/// A TLS flow whose capture began inside a record: past its tail, every
+/// record says TLS 1.2 or 1.3.
+const MID_RECORD_TLS12_OR_NEWER: &str = "TLS 1.2+ (capture began mid-record)";
+
 /// The largest TLS record body (TLS 1.2's ciphertext bound, 2^14 + 2048).
 const MAX_RECORD: usize = (1 << 14) + 2048;
 
-/// The record-layer version `stream` carries, if it is TLS records back to
-/// back, each of a known content type and the same version. The last record
-/// may be cut short where the read prefix ends.
-fn record_layer_version(stream: &[u8]) -> Option<u16> {
+/// TLS records back to back, as [`record_chain`] reads them.
+struct RecordChain {
+    /// The one record-layer version every record carries.
+    version: u16,
+    headers: usize,
+    /// The last record ends exactly where the stream does.
+    ends_whole: bool,
+}
+
+/// `stream` read as TLS records back to back, each of a known content type
+/// and the same version; the last record may be cut short where the read
+/// prefix ends.
+fn record_chain(stream: &[u8]) -> Option<RecordChain> {
     let mut version = None;
+    let mut headers = 0;
     let mut rest = stream;
+    let mut ends_whole = true;
     while !rest.is_empty() {
         let [kind, major, minor, high, low, ..] = *rest else {
             return None;
@@ -93,9 +112,36 @@ fn record_layer_version(stream: &[u8]) -> Option<u16> {
         if *version.get_or_insert(this) != this {
             return None;
         }
+        headers += 1;
+        ends_whole = rest.len() >= 5 + length;
         rest = rest.get(5 + length..).unwrap_or_default();
     }
-    version
+    Some(RecordChain {
+        version: version?,
+        headers,
+        ends_whole,
+    })
+}
+
+/// The record-layer version `stream` carries, if it is TLS records back to
+/// back from its first byte.
+fn record_layer_version(stream: &[u8]) -> Option<u16> {
+    record_chain(stream).map(|chain| chain.version)
+}
+
+/// The record-layer version of a stream a capture may have joined inside
+/// a record: records from its first byte, else from the first offset,
+/// within one record's length, past which the rest is records back to
+/// back, at least two of them or one that ends with the stream. Random
+/// bytes pass that by chance about once in 2^25 streams, and say TLS 1.2
+/// once in 2^33; text never does, its bytes are never 0x14 to 0x17.
+fn version_past_a_partial_record(stream: &[u8]) -> Option<u16> {
+    record_layer_version(stream).or_else(|| {
+        (1..stream.len().min(5 + MAX_RECORD))
+            .filter_map(|at| record_chain(&stream[at..]))
+            .find(|chain| chain.headers >= 2 || chain.ends_whole)
+            .map(|chain| chain.version)
+    })
 }
 
 const HTTP_METHODS: [&str; 9] = [
@@ -105,7 +151,38 @@ const HTTP_METHODS: [&str; 9] = [
 pub fn classify(flow: &TcpFlow, capture: &Capture) -> std::io::Result<FlowClass> {
     let c = flow.to_server.prefix(capture, PREFIX)?;
     let s = flow.to_client.prefix(capture, PREFIX)?;
-    Ok(classify_streams(&c, &s))
+    Ok(match flow.saw_handshake {
+        true => classify_streams(&c, &s),
+        false => classify_joined_midway(&c, &s),
+    })
+}
+
+/// A connection older than the capture: as [`classify_streams`], and when
+/// that knows nothing, each direction that carried bytes read past a
+/// partial first record. A connection the capture saw open is never read
+/// that way: a plaintext preamble before TLS would pass for a partial
+/// record.
+fn classify_joined_midway(c: &[u8], s: &[u8]) -> FlowClass {
+    let class = classify_streams(c, s);
+    if !matches!(class, FlowClass::Unknown { .. }) {
+        return class;
+    }
+    let versions = [c, s]
+        .iter()
+        .filter(|stream| !stream.is_empty())
+        .map(|stream| version_past_a_partial_record(stream))
+        .collect::<Option<std::collections::BTreeSet<_>>>();
+    let version = match versions.as_ref().map(|v| v.iter().collect::<Vec<_>>()) {
+        Some(v) if v == [&0x0303] => MID_RECORD_TLS12_OR_NEWER,
+        Some(v) if v == [&0x0301] => "TLS 1.0 (capture began mid-record)",
+        Some(v) if v == [&0x0302] => "TLS 1.1 (capture began mid-record)",
+        _ => return class,
+    };
+    FlowClass::Tls {
+        version: version.into(),
+        sni: None,
+        client_certificate: None,
+    }
 }
 
 /// Classifies from each direction's first bytes.
@@ -117,11 +194,16 @@ pub fn classify_streams(c: &[u8], s: &[u8]) -> FlowClass {
         return tls(c, s);
     }
     // TLS records, but the handshake happened before the capture started (a
-    // pooled connection). The record layer still names the version: 3.3 on
-    // every record of TLS 1.2 and of TLS 1.3 (RFC 5246 6.2.1, RFC 8446
-    // 5.1), 3.1 or 3.2 under older ones. Only streams that parse as records
-    // end to end, each way, all saying 3.3, count as protected.
-    if c.len() >= 3 && (0x14..=0x17).contains(&c[0]) && c[1] == 0x03 {
+    // pooled connection, or one the server streams on while the client says
+    // nothing, as a watch of the Kubernetes API). The record layer still
+    // names the version: 3.3 on every record of TLS 1.2 and of TLS 1.3
+    // (RFC 5246 6.2.1, RFC 8446 5.1), 3.1 or 3.2 under older ones. Only
+    // streams that parse as records end to end, each way, all saying 3.3,
+    // count as protected.
+    let starts_with_a_record = |stream: &[u8]| {
+        stream.len() >= 3 && (0x14..=0x17).contains(&stream[0]) && stream[1] == 0x03
+    };
+    if starts_with_a_record(c) || (c.is_empty() && starts_with_a_record(s)) {
         let versions = [c, s]
             .iter()
             .filter(|stream| !stream.is_empty())
@@ -450,6 +532,46 @@ mod tests {
         let mut broken = records([3, 3], &[10]);
         broken.extend(b"GET / HTTP/1.1\r\n");
         assert!(!classify(&flow(&broken, b"")).is_protected());
+    }
+
+    /// A capture that joined a connection inside a record (a watch the
+    /// server streams on, the client silent) reads the records past it;
+    /// text, a connection the capture saw open, or records of an older
+    /// version after the partial one never pass.
+    #[test]
+    fn a_capture_that_began_inside_a_record_reads_the_records_after_it() {
+        let tail: Vec<u8> = (0..700u32).map(|i| (i * 37 % 251) as u8).collect();
+        let joined = |records: Vec<u8>| [tail.clone(), records].concat();
+        let watch = classify_joined_midway(b"", &joined(records([3, 3], &[900, 40, 3000])));
+        assert_eq!(watch.label(), MID_RECORD_TLS12_OR_NEWER);
+        assert!(watch.is_protected());
+        // The server's records, the client silent, from a record's start.
+        let silent_client = classify_streams(b"", &records([3, 3], &[200, 20]));
+        assert_eq!(silent_client.label(), MID_STREAM_TLS12_OR_NEWER);
+        // One record after the tail, ending with the capture.
+        assert!(classify_joined_midway(&joined(records([3, 3], &[64])), b"").is_protected());
+        // Both ways, each joined inside a record.
+        assert!(classify_joined_midway(
+            &joined(records([3, 3], &[10, 10])),
+            &joined(records([3, 3], &[50, 5]))
+        )
+        .is_protected());
+        let old = classify_joined_midway(b"", &joined(records([3, 1], &[100, 100])));
+        assert_eq!(old.label(), "TLS 1.0 (capture began mid-record)");
+        assert!(!old.is_protected());
+        // A tail and nothing after it, text, or one way unreadable: unknown.
+        assert!(!classify_joined_midway(b"", &tail).is_protected());
+        let text =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"items\": []}".repeat(40);
+        assert!(!classify_joined_midway(b"", &text).is_protected());
+        assert!(!classify_joined_midway(&tail, &joined(records([3, 3], &[10, 10]))).is_protected());
+        // A connection seen opening is never read past a preamble.
+        let preamble = [
+            b"HELLO plain preamble\n".to_vec(),
+            records([3, 3], &[10, 10]),
+        ]
+        .concat();
+        assert!(!classify_streams(&preamble, b"").is_protected());
     }
 
     #[test]
