@@ -1127,11 +1127,15 @@ pub struct WireCapture {
 }
 
 impl WireCapture {
-    /// Stops every capture and builds the census.
+    /// Stops every capture and builds the census. The captures stop
+    /// together: each waits for its link to fall quiet, and those waits
+    /// overlap rather than add up.
     pub async fn finish(self) -> crate::capture::WireCensus {
         let mut evidence = Vec::new();
-        for capture in self.captures {
-            let mut link = capture.finish().await;
+        let stopped =
+            futures::future::join_all(self.captures.into_iter().map(|capture| capture.finish()))
+                .await;
+        for mut link in stopped {
             if let Some(dir) = &self.deliver_to {
                 let target = dir.join(link.pcap.file_name().unwrap_or_default());
                 let moved =
