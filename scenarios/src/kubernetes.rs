@@ -1058,6 +1058,17 @@ struct ProbeEnded {
     said: String,
 }
 
+/// Why a probe copied into `pod` left no report, with the fix when its
+/// own words name one: a hubtrust built against a newer C library than the
+/// hub image's cannot start there.
+fn no_report_from(pod: &str, ended: &ProbeEnded) -> String {
+    let fix = match ended.said.contains("GLIBC_") {
+        true => " (fix: the copy runs on the hub image's C library, older than the one this hubtrust was built against; build hubtrust on a system no newer than the hub image's Debian 12, for example in a debian:bookworm container)",
+        false => "",
+    };
+    format!("hubtrust probe in pod {pod} ended {ended} and left no report{fix}")
+}
+
 impl std::fmt::Display for ProbeEnded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.said)
@@ -1204,15 +1215,20 @@ fn probe_copied_into_its_pod(
     if let Some(parent) = report.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    command::run(&copy_from_pod_command(
+    let copied = command::run(&copy_from_pod_command(
         target,
         ns,
         &probe.pod,
         &in_pod("report").display().to_string(),
         report,
-    ))
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(ended)
+    ));
+    match copied {
+        Ok(_) => Ok(ended),
+        // A probe that never ran leaves no report: its own words say why,
+        // not kubectl cp's.
+        Err(_) if !ended.success => anyhow::bail!("{}", no_report_from(&probe.pod, &ended)),
+        Err(e) => anyhow::bail!("{e}"),
+    }
 }
 
 /// What every in-cluster probe is given.
@@ -1763,6 +1779,28 @@ impl Reaper {
 
 #[cfg(test)]
 mod tests {
+    /// A probe that could not start in its pod is reported in its own
+    /// words, with the fix for a C library older than hubtrust's.
+    #[test]
+    fn a_probe_that_left_no_report_is_named_with_its_own_words() {
+        let ended = super::ProbeEnded {
+            success: false,
+            said: "exit status: 1 (/tmp/hubtrust/hubtrust: /lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.39' not found (required by /tmp/hubtrust/hubtrust))".into(),
+        };
+        let said = super::no_report_from("hubtrust-prober-bare", &ended);
+        assert!(
+            said.starts_with("hubtrust probe in pod hubtrust-prober-bare ended exit status: 1"),
+            "{said}"
+        );
+        assert!(said.contains("GLIBC_2.39' not found"), "{said}");
+        assert!(said.contains("debian:bookworm"), "{said}");
+        let other = super::ProbeEnded {
+            success: false,
+            said: "exit status: 2 (error: no such file)".into(),
+        };
+        assert!(!super::no_report_from("p", &other).contains("fix:"));
+    }
+
     use hubtrust_harness::backend::kubernetes::under_test::Observation;
     use hubtrust_harness::matrix::TrustMatrix;
     use hubtrust_harness::report::ProxyApiCall;
