@@ -1371,6 +1371,14 @@ impl PodCapture {
         )?)
     }
 
+    /// Closes the capture's stdin, which asks it to stop; [`Self::finish`]
+    /// then waits for it. Captures asked together drain together.
+    fn ask_to_stop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            drop(child.stdin.take());
+        }
+    }
+
     /// Its stdin closed, the capture drains what crossed the interface
     /// (bounded by its own drain limit), writes its evidence and exits.
     fn stop(&mut self) -> std::io::Result<std::process::ExitStatus> {
@@ -1448,6 +1456,8 @@ impl RunningCapture for RunningPodCaptures {
             inconclusive: Some(why),
         };
         let evidence = tokio::task::spawn_blocking(move || {
+            let mut captures = captures;
+            captures.iter_mut().for_each(PodCapture::ask_to_stop);
             captures
                 .into_iter()
                 .map(|capture| {
@@ -1511,6 +1521,7 @@ fn wire_from_inside(
     let reached = runtime.block_on(public_check::reach_hub_and_lab_through_proxy(deployment));
     let mut evidence = Vec::new();
     let mut expected = Vec::new();
+    running.iter_mut().for_each(PodCapture::ask_to_stop);
     for capture in running {
         expected.push((capture.pod.clone(), capture.expected.clone()));
         evidence.push(capture.finish()?);
