@@ -167,21 +167,30 @@ fn classify_joined_midway(c: &[u8], s: &[u8]) -> FlowClass {
     if !matches!(class, FlowClass::Unknown { .. }) {
         return class;
     }
+    match one_record_version(c, s, version_past_a_partial_record) {
+        Some(version) => FlowClass::Tls {
+            version: format!("{version} (capture began mid-record)"),
+            sni: None,
+            client_certificate: None,
+        },
+        None => class,
+    }
+}
+
+/// The one record-layer version every stream that carried bytes says, as
+/// `read` finds it, named; None when a stream is not records or they
+/// disagree.
+fn one_record_version(c: &[u8], s: &[u8], read: fn(&[u8]) -> Option<u16>) -> Option<&'static str> {
     let versions = [c, s]
-        .iter()
+        .into_iter()
         .filter(|stream| !stream.is_empty())
-        .map(|stream| version_past_a_partial_record(stream))
-        .collect::<Option<std::collections::BTreeSet<_>>>();
-    let version = match versions.as_ref().map(|v| v.iter().collect::<Vec<_>>()) {
-        Some(v) if v == [&0x0303] => MID_RECORD_TLS12_OR_NEWER,
-        Some(v) if v == [&0x0301] => "TLS 1.0 (capture began mid-record)",
-        Some(v) if v == [&0x0302] => "TLS 1.1 (capture began mid-record)",
-        _ => return class,
-    };
-    FlowClass::Tls {
-        version: version.into(),
-        sni: None,
-        client_certificate: None,
+        .map(read)
+        .collect::<Option<std::collections::BTreeSet<_>>>()?;
+    match versions.into_iter().collect::<Vec<_>>()[..] {
+        [0x0303] => Some("TLS 1.2+"),
+        [0x0301] => Some("TLS 1.0"),
+        [0x0302] => Some("TLS 1.1"),
+        _ => None,
     }
 }
 
@@ -204,19 +213,12 @@ pub fn classify_streams(c: &[u8], s: &[u8]) -> FlowClass {
         stream.len() >= 3 && (0x14..=0x17).contains(&stream[0]) && stream[1] == 0x03
     };
     if starts_with_a_record(c) || (c.is_empty() && starts_with_a_record(s)) {
-        let versions = [c, s]
-            .iter()
-            .filter(|stream| !stream.is_empty())
-            .map(|stream| record_layer_version(stream))
-            .collect::<Option<std::collections::BTreeSet<_>>>();
-        let version = match versions.as_ref().map(|v| v.iter().collect::<Vec<_>>()) {
-            Some(v) if v == [&0x0303] => MID_STREAM_TLS12_OR_NEWER,
-            Some(v) if v == [&0x0301] => "TLS 1.0 (handshake before the capture)",
-            Some(v) if v == [&0x0302] => "TLS 1.1 (handshake before the capture)",
-            _ => "TLS (handshake before the capture; malformed records)",
+        let version = match one_record_version(c, s, record_layer_version) {
+            Some(version) => format!("{version} (handshake before the capture)"),
+            None => "TLS (handshake before the capture; malformed records)".into(),
         };
         return FlowClass::Tls {
-            version: version.into(),
+            version,
             sni: None,
             client_certificate: None,
         };
