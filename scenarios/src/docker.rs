@@ -206,6 +206,9 @@ pub fn images_pin_command(list_path: &std::path::Path, check: bool) -> ExitCode 
     let moved = locked.moved(&now);
     for (image, was, is) in &moved {
         match was {
+            Some(was) if was == is => {
+                eprintln!("{image}: {is}, its platforms' images changed or newly recorded")
+            }
             Some(was) => eprintln!("{image}: {was} -> {is}"),
             None => eprintln!("{image}: not pinned, now {is}"),
         }

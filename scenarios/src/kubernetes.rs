@@ -418,6 +418,11 @@ fn pinned_images(
             let image = ChartImage {
                 tagged: listed.image.clone(),
                 digest: lock.digests.get(&listed.image).cloned(),
+                platforms: lock
+                    .platforms
+                    .get(&listed.image)
+                    .cloned()
+                    .unwrap_or_default(),
             };
             (*role, image)
         })

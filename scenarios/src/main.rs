@@ -14,6 +14,7 @@ mod capture;
 mod checklist;
 mod docker;
 mod features;
+mod image_pull;
 mod kubernetes;
 mod measure;
 mod probe;
@@ -132,6 +133,17 @@ enum ImagesAction {
         /// serves another digest than the lock's, and write nothing.
         #[arg(long)]
         check: bool,
+    },
+    /// Put each image of a list into the docker daemon at the lock's
+    /// digest, tagged as listed, as a kind run needs them; exit 1 naming
+    /// any that is not the pinned image afterwards.
+    Pull {
+        /// The image list (e.g. fixtures/kubernetes/images.toml).
+        list: PathBuf,
+        /// Load each image from DIR/<component>.tar when that is the pinned
+        /// image, and save it there after a pull: a cache for CI.
+        #[arg(long, value_name = "DIR")]
+        archives: Option<PathBuf>,
     },
 }
 
@@ -340,6 +352,9 @@ fn main() -> ExitCode {
         Command::Images {
             action: ImagesAction::Pin { list, check },
         } => return docker::images_pin_command(list, *check),
+        Command::Images {
+            action: ImagesAction::Pull { list, archives },
+        } => return image_pull::images_pull_command(list, archives.as_ref()),
         Command::Run(RunArgs {
             images: Some(_),
             backend: BackendChoice::Local,

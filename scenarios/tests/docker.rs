@@ -815,3 +815,171 @@ while True:
     );
     eprintln!("{refetched} of the copies were cut short and fetched again");
 }
+
+/// A one-file image made without any registry, tagged `tag`; its id.
+fn tiny_image(tag: &str, marker: &str) -> String {
+    let made = Command::new("sh")
+        .args([
+            "-c",
+            r#"d=$(mktemp -d) && printf %s "$1" > "$d/marker" && tar -C "$d" -cf - marker | docker import - "$2"; s=$?; rm -rf "$d"; exit $s"#,
+            "sh",
+            marker,
+            tag,
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    docker(&["image", "inspect", "--format", "{{.Id}}", tag])
+}
+
+/// Removes every image under `prefix` when dropped, the test passed or not.
+struct ImagesUnder(String);
+
+impl Drop for ImagesUnder {
+    fn drop(&mut self) {
+        let listed = Command::new("docker")
+            .args(["images", "--quiet", "--filter"])
+            .arg(format!("reference={}/*", self.0))
+            .output();
+        if let Ok(listed) = listed {
+            let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            remove_images(&ids);
+        }
+    }
+}
+
+fn remove_images(ids: &[String]) {
+    for id in ids {
+        let _ = Command::new("docker")
+            .args(["image", "rm", "--force", id])
+            .output();
+    }
+}
+
+fn pull_images(list: &std::path::Path, archives: &std::path::Path) -> std::process::Output {
+    hubtrust()
+        .args(["images", "pull"])
+        .arg(list)
+        .arg("--archives")
+        .arg(archives)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn chart_images_come_back_from_archives_only_when_they_are_the_pinned_images() {
+    if !docker_ready() {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = scratch("archives");
+    let registry = runtime
+        .block_on(
+            hubtrust_harness::images::registry::loopback::LoopbackRegistry::start(
+                dir.join("registry"),
+                false,
+            ),
+        )
+        .unwrap();
+    let host = registry.host();
+    let _cleanup = ImagesUnder(format!("{host}/chart-like"));
+    let tag = |role: &str| format!("{host}/chart-like/{role}:1");
+    let mut made = Vec::new();
+    let mut list_text = String::new();
+    for role in ["hub", "proxy", "lab"] {
+        made.push(tiny_image(&tag(role), role));
+        docker(&["push", "-q", &tag(role)]);
+        list_text.push_str(&format!("[{role}]\nimage = \"{}\"\n", tag(role)));
+    }
+    remove_images(&made);
+    let list = dir.join("images.toml");
+    std::fs::write(&list, list_text).unwrap();
+    let pinned = hubtrust()
+        .args(["images", "pin"])
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(pinned.status.success(), "{}", text(&pinned));
+    let lock = std::fs::read_to_string(dir.join("images.lock")).unwrap();
+    assert!(lock.contains("\"linux/amd64\""), "{lock}");
+
+    // First: pulled by digest, tagged, and saved.
+    let archives = dir.join("archives");
+    let first = pull_images(&list, &archives);
+    let said = text(&first);
+    assert!(first.status.success(), "{said}");
+    assert_eq!(said.matches("pulled at sha256:").count(), 3, "{said}");
+    assert_eq!(said.matches("saved to").count(), 3, "{said}");
+    for role in ["hub", "proxy", "lab"] {
+        assert!(archives.join(format!("{role}.tar")).is_file(), "{role}");
+    }
+
+    // Gone from the daemon: loaded back without asking the registry, and
+    // known as the pinned images with no registry digest to go by.
+    remove_images(&made);
+    let asked = registry.manifest_requests();
+    let second = pull_images(&list, &archives);
+    let said = text(&second);
+    assert!(second.status.success(), "{said}");
+    assert_eq!(said.matches("loaded from").count(), 3, "{said}");
+    assert_eq!(registry.manifest_requests(), asked);
+    assert_eq!(
+        docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{len .RepoDigests}}",
+            &tag("hub")
+        ]),
+        "0"
+    );
+
+    // An archive that holds another image under the hub's tag is refused
+    // and replaced from the registry.
+    remove_images(&made);
+    made.push(tiny_image(&tag("hub"), "not the hub"));
+    docker(&[
+        "save",
+        "--output",
+        &archives.join("hub.tar").to_string_lossy(),
+        &tag("hub"),
+    ]);
+    remove_images(&made);
+    let third = pull_images(&list, &archives);
+    let said = text(&third);
+    assert!(third.status.success(), "{said}");
+    assert!(
+        said.contains("hub.tar is not the pinned image") && said.contains("pulling it instead"),
+        "{said}"
+    );
+    assert_eq!(said.matches("loaded from").count(), 2, "{said}");
+
+    // The same with the registry gone: fails closed, naming the image.
+    remove_images(&made);
+    made.push(tiny_image(&tag("hub"), "still not the hub"));
+    docker(&[
+        "save",
+        "--output",
+        &archives.join("hub.tar").to_string_lossy(),
+        &tag("hub"),
+    ]);
+    remove_images(&made);
+    drop(registry);
+    let fourth = pull_images(&list, &archives);
+    let said = text(&fourth);
+    assert_eq!(fourth.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("the hub image {}", tag("hub")))
+            && said.contains("hubtrust images pull"),
+        "{said}"
+    );
+    remove_images(&made);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -434,10 +434,13 @@ fn an_image_the_daemon_does_not_hold_is_refused_before_the_cluster_is_made() {
             ("kind", "exit 0"),
             ("helm", "exit 0"),
             ("kubectl", "exit 0"),
-            ("docker", "echo 'Error: No such image' >&2; exit 1"),
+            (
+                "docker",
+                "case \"$*\" in version*) echo 1.48 ;; *) echo 'Error: No such image' >&2; exit 1 ;; esac",
+            ),
         ],
     );
-    let (list, digest) = pinned_list(&dir);
+    let (list, _) = pinned_list(&dir);
     let out = up_on_kind(&bin, &list).output().unwrap();
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
@@ -446,9 +449,7 @@ fn an_image_the_daemon_does_not_hold_is_refused_before_the_cluster_is_made() {
         "{said}"
     );
     assert!(
-        said.contains(&format!(
-            "docker pull quay.io/jupyterhub/k8s-hub@{digest} && docker tag"
-        )),
+        said.contains("hubtrust images pull fixtures/kubernetes/images.toml"),
         "{said}"
     );
     assert!(
@@ -469,7 +470,11 @@ fn an_image_under_its_tag_but_of_another_digest_is_refused() {
             ("kubectl", "exit 0"),
             (
                 "docker",
-                &format!("echo quay.io/jupyterhub/k8s-hub@sha256:{}", "cd".repeat(32)),
+                &format!(
+                    "case \"$*\" in version*) echo 1.48 ;; *) echo sha256:{} linux/amd64 quay.io/jupyterhub/k8s-hub@sha256:{} ;; esac",
+                    "ef".repeat(32),
+                    "cd".repeat(32)
+                ),
             ),
         ],
     );
@@ -478,7 +483,37 @@ fn an_image_under_its_tag_but_of_another_digest_is_refused() {
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
-        said.contains("is not the pinned one") && said.contains(&digest),
+        said.contains("which is not the pinned image") && said.contains(&digest),
+        "{said}"
+    );
+    assert!(
+        !calls(&dir).contains("kind create"),
+        "the cluster was made anyway"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_docker_daemon_too_old_to_save_one_platform_is_refused_before_the_cluster_is_made() {
+    let dir = scratch("k8s-old-docker");
+    let bin = fake_tools(
+        &dir,
+        &[
+            ("kind", "exit 0"),
+            ("helm", "exit 0"),
+            ("kubectl", "exit 0"),
+            (
+                "docker",
+                "case \"$*\" in version*) echo 1.41 ;; esac; exit 0",
+            ),
+        ],
+    );
+    let (list, _) = pinned_list(&dir);
+    let out = up_on_kind(&bin, &list).output().unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("API 1.41") && said.contains("Docker 28 or newer"),
         "{said}"
     );
     assert!(
@@ -821,7 +856,8 @@ fn a_bring_up_that_fails_on_the_cluster_keeps_every_pods_log_and_tears_down() {
             (
                 "docker",
                 &format!(
-                    "case \"$1\" in image) echo quay.io/jupyterhub/k8s-hub@{digest};; esac; exit 0"
+                    "case \"$1\" in image) echo sha256:{} linux/amd64 quay.io/jupyterhub/k8s-hub@{digest};; version) echo 1.48;; esac; exit 0",
+                    "ef".repeat(32)
                 ),
             ),
             (

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::registry::{self, ImageReference};
+use super::registry::{self, ImageReference, PlatformImage};
 use crate::error::{HarnessError, Result};
 use crate::spec::{ContainerRole, StackSpec};
 
@@ -38,6 +38,11 @@ pub struct ImageList {
 #[serde(deny_unknown_fields)]
 pub struct ImageLock {
     pub digests: BTreeMap<String, String>,
+    /// Per image, each platform's image behind its digest: how an image
+    /// loaded from an archive, which has lost its registry digest, is
+    /// still known to be the pinned one. Locks written before it have none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub platforms: BTreeMap<String, BTreeMap<String, PlatformImage>>,
 }
 
 /// What a list changed about a stack: each component's pinned image.
@@ -102,13 +107,15 @@ impl ImageList {
 
     /// Each listed image's digest as its registry serves it now.
     pub async fn resolve(&self, http: &reqwest::Client) -> Result<ImageLock> {
-        let mut digests = BTreeMap::new();
+        let mut lock = ImageLock::default();
         for listed in self.components.values() {
             let reference = ImageReference::parse(&listed.image)?;
-            let digest = registry::resolve_digest(http, &reference).await?;
-            digests.insert(listed.image.clone(), digest);
+            let resolved = registry::resolve(http, &reference).await?;
+            lock.digests.insert(listed.image.clone(), resolved.digest);
+            lock.platforms
+                .insert(listed.image.clone(), resolved.platforms);
         }
-        Ok(ImageLock { digests })
+        Ok(lock)
     }
 
     /// Puts the listed images, at their locked digests, into `spec`'s
@@ -196,7 +203,17 @@ impl ImageLock {
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let path = path.to_path_buf();
         let lock: Self = toml::from_str(text).map_err(|e| invalid(&path, e.message()))?;
-        if let Some((image, digest)) = lock.digests.iter().find(|(_, d)| !registry::is_digest(d)) {
+        let platform_digests = lock.platforms.iter().flat_map(|(image, platforms)| {
+            platforms
+                .values()
+                .flat_map(move |p| [(image, &p.manifest), (image, &p.config)])
+        });
+        if let Some((image, digest)) = lock
+            .digests
+            .iter()
+            .chain(platform_digests)
+            .find(|(_, d)| !registry::is_digest(d))
+        {
             return Err(invalid(
                 &path,
                 format!("the digest of {image} is not `sha256:` and 64 hex digits: {digest}"),
@@ -214,11 +231,15 @@ impl ImageLock {
         )
     }
 
-    /// The images whose digest differs between `self` and `now`, with both.
+    /// The images whose digest, or whose platforms' images, differ between
+    /// `self` and `now`, with both digests.
     pub fn moved(&self, now: &ImageLock) -> Vec<(String, Option<String>, String)> {
         now.digests
             .iter()
-            .filter(|(image, digest)| self.digests.get(*image) != Some(digest))
+            .filter(|(image, digest)| {
+                self.digests.get(*image) != Some(digest)
+                    || self.platforms.get(*image) != now.platforms.get(*image)
+            })
             .map(|(image, digest)| {
                 (
                     image.clone(),
@@ -227,6 +248,80 @@ impl ImageLock {
                 )
             })
             .collect()
+    }
+}
+
+/// `repository` of `repository:tag`, as docker lists it in RepoDigests.
+pub fn untagged(image: &str) -> &str {
+    let slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[slash..].rfind(':') {
+        Some(colon) => &image[..slash + colon],
+        None => image,
+    }
+}
+
+/// An image as this machine's docker daemon holds it under a tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldImage {
+    pub id: String,
+    /// `os/architecture[/variant]`, as the image's own config states it.
+    pub platform: String,
+    pub repo_digests: Vec<String>,
+}
+
+impl HeldImage {
+    /// `docker image inspect --format` for what `parse` reads.
+    pub const INSPECT_FORMAT: &'static str =
+        "{{.ID}} {{.Os}}/{{.Architecture}}{{with .Variant}}/{{.}}{{end}} {{join .RepoDigests \" \"}}";
+
+    pub fn parse(inspected: &str) -> Option<Self> {
+        let mut words = inspected.split_whitespace();
+        let id = words.next()?.to_string();
+        let platform = words.next()?.to_string();
+        Some(HeldImage {
+            id,
+            platform,
+            repo_digests: words.map(str::to_string).collect(),
+        })
+    }
+
+    /// Whether this is the image `image` (`repository:tag`) pinned at
+    /// `digest`, with `platforms` its platforms' images. Pulled by digest,
+    /// docker lists the digest among RepoDigests (or, with the containerd
+    /// image store, as its id). Loaded from an archive, it has no registry
+    /// digest, and its id must be the pinned image's for its own platform:
+    /// its config's digest (or its manifest's), which covers every layer.
+    pub fn is_pinned(
+        &self,
+        image: &str,
+        digest: &str,
+        platforms: Option<&BTreeMap<String, PlatformImage>>,
+    ) -> std::result::Result<(), String> {
+        let by_digest = format!("{}@{digest}", untagged(image));
+        let pinned_platform = platforms.and_then(|p| p.get(&self.platform));
+        if self.repo_digests.contains(&by_digest)
+            || self.id == digest
+            || pinned_platform.is_some_and(|p| self.id == p.config || self.id == p.manifest)
+        {
+            return Ok(());
+        }
+        let held = match self.repo_digests.as_slice() {
+            [] => "no registry digest".to_string(),
+            digests => digests.join(" "),
+        };
+        let platform = match (platforms, pinned_platform) {
+            (None, _) => " and records no platform's image for it (the lock was written before hubtrust recorded them: pin it again)".to_string(),
+            (Some(_), Some(pinned)) => format!(", whose {} image is {}", self.platform, pinned.config),
+            (Some(pinned), None) => format!(
+                ", for {} only, not {}",
+                pinned.keys().cloned().collect::<Vec<_>>().join(" and "),
+                self.platform
+            ),
+        };
+        Err(format!(
+            "the docker daemon holds {} ({}, {held}), which is not the pinned image: the lock pins {by_digest}{platform}",
+            self.id, self.platform
+        ))
     }
 }
 
@@ -265,6 +360,7 @@ mod tests {
                 ),
                 ("mitmproxy/mitmproxy:11.0.2".into(), digest('c')),
             ]),
+            platforms: BTreeMap::new(),
         }
     }
 
@@ -334,6 +430,102 @@ mod tests {
         assert!(text.starts_with("# Written by `hubtrust images pin upstream.toml`"));
         let back: ImageLock = toml::from_str(&text).unwrap();
         assert_eq!(back, now);
+    }
+
+    fn pinned_platforms() -> BTreeMap<String, PlatformImage> {
+        BTreeMap::from([(
+            "linux/amd64".to_string(),
+            PlatformImage {
+                manifest: digest('f'),
+                config: digest('e'),
+            },
+        )])
+    }
+
+    fn held(id: String, platform: &str, repo_digests: &[String]) -> HeldImage {
+        HeldImage {
+            id,
+            platform: platform.into(),
+            repo_digests: repo_digests.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_held_image_is_the_pinned_one_by_registry_digest_or_by_its_platforms_id() {
+        let image = "quay.io/jupyterhub/k8s-hub:4.4.0";
+        let pin = digest('a');
+        let platforms = pinned_platforms();
+        // Pulled by digest: docker lists it.
+        let pulled = held(
+            digest('9'),
+            "linux/amd64",
+            &[format!("quay.io/jupyterhub/k8s-hub@{pin}")],
+        );
+        assert_eq!(pulled.is_pinned(image, &pin, None), Ok(()));
+        // Loaded from an archive: no registry digest, the config's id.
+        let loaded = held(digest('e'), "linux/amd64", &[]);
+        assert_eq!(loaded.is_pinned(image, &pin, Some(&platforms)), Ok(()));
+        // The containerd image store names an image by its index.
+        assert_eq!(
+            held(pin.clone(), "linux/amd64", &[]).is_pinned(image, &pin, None),
+            Ok(())
+        );
+
+        // Another image under the tag, another repository's digest, the
+        // right id for another platform, or a lock without platforms: each
+        // refused, naming what is held and what is pinned.
+        let other = held(digest('7'), "linux/amd64", &[]);
+        let why = other.is_pinned(image, &pin, Some(&platforms)).unwrap_err();
+        assert!(
+            why.contains(&digest('7'))
+                && why.contains("no registry digest")
+                && why.contains(&format!("quay.io/jupyterhub/k8s-hub@{pin}"))
+                && why.contains(&format!("linux/amd64 image is {}", digest('e'))),
+            "{why}"
+        );
+        let elsewhere = held(
+            digest('9'),
+            "linux/amd64",
+            &[format!("quay.io/someone/k8s-hub@{pin}")],
+        );
+        assert!(elsewhere.is_pinned(image, &pin, Some(&platforms)).is_err());
+        let arm = held(digest('e'), "linux/arm64", &[]);
+        let why = arm.is_pinned(image, &pin, Some(&platforms)).unwrap_err();
+        assert!(
+            why.contains("for linux/amd64 only, not linux/arm64"),
+            "{why}"
+        );
+        let why = loaded.is_pinned(image, &pin, None).unwrap_err();
+        assert!(why.contains("pin it again"), "{why}");
+    }
+
+    #[test]
+    fn inspect_output_is_read_and_a_lock_keeps_platforms_and_refuses_a_bad_one() {
+        let line = format!(
+            "{} linux/arm64/v8 quay.io/a/b@{} quay.io/a/c@{}\n",
+            digest('1'),
+            digest('2'),
+            digest('3')
+        );
+        let read = HeldImage::parse(&line).unwrap();
+        assert_eq!(read.platform, "linux/arm64/v8");
+        assert_eq!(read.repo_digests.len(), 2);
+        assert_eq!(HeldImage::parse(""), None);
+
+        let mut with_platforms = lock();
+        with_platforms
+            .platforms
+            .insert("mitmproxy/mitmproxy:11.0.2".into(), pinned_platforms());
+        let text = with_platforms.render(Path::new("upstream.toml"));
+        let back = ImageLock::parse(&text, Path::new("upstream.lock")).unwrap();
+        assert_eq!(back, with_platforms);
+        // The same digests with platforms newly recorded count as moved.
+        assert_eq!(lock().moved(&with_platforms).len(), 1);
+        let bad = text.replace(&digest('e'), "sha256:short");
+        let err = ImageLock::parse(&bad, Path::new("upstream.lock"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sha256:short"), "{err}");
     }
 
     #[test]

@@ -7,10 +7,13 @@
 #[cfg(any(test, feature = "loopback-registry"))]
 pub mod loopback;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hyper::body::Bytes;
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{HarnessError, Result};
@@ -178,95 +181,247 @@ pub fn client() -> Result<reqwest::Client> {
     })
 }
 
+/// One platform's image behind a pinned digest: its manifest's digest and
+/// its config's. The config digest is the image id docker's own store
+/// gives the image, and it survives `docker save` and `docker load`, which
+/// drop the registry digest: it is how an image loaded from an archive is
+/// known to be the pinned one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformImage {
+    pub manifest: String,
+    pub config: String,
+}
+
+/// What a tag resolves to now: the digest its registry serves, and each
+/// platform's image behind it, keyed `os/architecture[/variant]` as
+/// `docker image inspect` names a platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    pub digest: String,
+    pub platforms: BTreeMap<String, PlatformImage>,
+}
+
+/// The parts of an image index or manifest a pin reads.
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(default)]
+    manifests: Option<Vec<IndexEntry>>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct IndexEntry {
+    digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+}
+
+/// A platform as an index entry or an image config states it.
+#[derive(Deserialize)]
+struct Platform {
+    os: String,
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+impl Platform {
+    fn key(&self) -> String {
+        match &self.variant {
+            Some(variant) if !variant.is_empty() => {
+                format!("{}/{}/{variant}", self.os, self.architecture)
+            }
+            _ => format!("{}/{}", self.os, self.architecture),
+        }
+    }
+}
+
+/// Anonymous reads from one repository of a registry, with the bearer
+/// token it asks for once it has asked.
+struct Session<'a> {
+    http: &'a reqwest::Client,
+    reference: &'a ImageReference,
+    token: Option<String>,
+}
+
+impl Session<'_> {
+    fn error(&self, message: String) -> HarnessError {
+        HarnessError::Registry {
+            reference: self.reference.to_string(),
+            message,
+        }
+    }
+
+    /// `GET <api base>/<path>`: its bytes, which must hash to `digest`
+    /// when the caller knows it, or `None` when the registry has no such
+    /// thing.
+    async fn get(&mut self, path: &str, expected: Option<&str>) -> Result<Option<Bytes>> {
+        let (http, reference) = (self.http, self.reference);
+        let url = format!("{}/{path}", reference.api_base());
+        let unreachable = |e: reqwest::Error| {
+            HarnessError::Registry {
+            reference: reference.to_string(),
+            message: format!(
+                "{} does not answer: {e} (fix: pin on a machine that reaches it; a proxy is taken from HTTPS_PROXY, a private CA from HUBTRUST_BUILD_CA)",
+                reference.registry
+            ),
+        }
+        };
+        let send = |token: Option<&String>| {
+            let mut request = http.get(&url).header(ACCEPT, MANIFEST_KINDS);
+            if let Some(token) = token {
+                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+            }
+            request.send()
+        };
+        let mut answer = send(self.token.as_ref()).await.map_err(unreachable)?;
+        if answer.status() == StatusCode::UNAUTHORIZED && self.token.is_none() {
+            let challenge = bearer_challenge(answer.headers()).ok_or_else(|| {
+                self.error("the registry wants credentials other than an anonymous bearer token (hubtrust pins public images only)".into())
+            })?;
+            let token = anonymous_token(http, &challenge, reference)
+                .await
+                .map_err(|e| self.error(e))?;
+            answer = send(Some(&token)).await.map_err(unreachable)?;
+            self.token = Some(token);
+        }
+        match answer.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(self.error(format!(
+                    "{} refuses an anonymous pull ({})",
+                    self.reference.registry,
+                    answer.status()
+                )))
+            }
+            status => {
+                return Err(self.error(format!(
+                    "{} answered {status} for {path}",
+                    self.reference.registry
+                )))
+            }
+        }
+        let named = header(answer.headers(), "docker-content-digest");
+        let body = answer.bytes().await.map_err(unreachable)?;
+        let hashed = digest_of(&body);
+        // A registry's word for what it sent, and the caller's, are both
+        // checked against the bytes themselves.
+        for claimed in [named.as_deref(), expected].into_iter().flatten() {
+            if claimed != hashed {
+                return Err(self.error(format!(
+                    "{path} was sent as {claimed}, but its bytes hash to {hashed}"
+                )));
+            }
+        }
+        Ok(Some(body))
+    }
+
+    /// A manifest, read for the config it names.
+    async fn config_of(&mut self, digest: &str) -> Result<String> {
+        let body = self
+            .get(&format!("manifests/{digest}"), Some(digest))
+            .await?
+            .ok_or_else(|| {
+                self.error(format!("its index names {digest}, which it does not serve"))
+            })?;
+        let manifest: Manifest = serde_json::from_slice(&body)
+            .map_err(|e| self.error(format!("the manifest {digest} is not JSON: {e}")))?;
+        manifest
+            .config
+            .map(|c| c.digest)
+            .filter(|c| is_digest(c))
+            .ok_or_else(|| self.error(format!("the manifest {digest} names no config")))
+    }
+}
+
+fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
 /// The digest the registry serves for `reference`'s tag now (or confirms
-/// its digest). Anonymous pulls are what public images need; a registry
-/// that asks for a bearer token gets one from the realm it names.
-pub async fn resolve_digest(http: &reqwest::Client, reference: &ImageReference) -> Result<String> {
+/// its digest), with each platform's image behind it. Anonymous pulls are
+/// what public images need; a registry that asks for a bearer token gets
+/// one from the realm it names.
+pub async fn resolve(http: &reqwest::Client, reference: &ImageReference) -> Result<ResolvedImage> {
     let wanted = reference
         .tag
         .as_deref()
         .or(reference.digest.as_deref())
         .unwrap_or_default();
-    let url = format!("{}/manifests/{wanted}", reference.api_base());
-    let named = reference.to_string();
-    let error = |message: String| HarnessError::Registry {
-        reference: named.clone(),
-        message,
+    let mut session = Session {
+        http,
+        reference,
+        token: None,
     };
-    let unreachable = |e: reqwest::Error| {
-        error(format!(
-            "{} does not answer: {e} (fix: pin on a machine that reaches it; a proxy is taken from HTTPS_PROXY, a private CA from HUBTRUST_BUILD_CA)",
-            reference.registry
-        ))
-    };
-    // A manifest request, with the bearer token once there is one.
-    let manifest = |method: reqwest::Method, token: Option<&String>| {
-        let mut request = http.request(method, &url).header(ACCEPT, MANIFEST_KINDS);
-        if let Some(token) = token {
-            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
-        request.send()
-    };
-    let mut answer = manifest(reqwest::Method::HEAD, None)
-        .await
-        .map_err(unreachable)?;
-    let mut token = None;
-    if answer.status() == StatusCode::UNAUTHORIZED {
-        let challenge = bearer_challenge(answer.headers()).ok_or_else(|| {
-            error("the registry wants credentials other than an anonymous bearer token (hubtrust pins public images only)".into())
-        })?;
-        token = Some(
-            anonymous_token(http, &challenge, reference)
-                .await
-                .map_err(error)?,
-        );
-        answer = manifest(reqwest::Method::HEAD, token.as_ref())
-            .await
-            .map_err(unreachable)?;
-    }
-    match answer.status() {
-        StatusCode::OK => {}
-        StatusCode::NOT_FOUND => {
-            return Err(error(format!(
+    let body = session
+        .get(&format!("manifests/{wanted}"), None)
+        .await?
+        .ok_or_else(|| {
+            session.error(format!(
                 "{} has no such manifest (fix: check the tag in the image list)",
                 reference.registry
-            )))
-        }
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            return Err(error(format!(
-                "{} refuses an anonymous pull ({})",
-                reference.registry,
-                answer.status()
-            )))
-        }
-        status => return Err(error(format!("{} answered {status}", reference.registry))),
-    }
-    let digest = match header(answer.headers(), "docker-content-digest") {
-        Some(digest) => digest,
-        // Registries need not send the digest; it is then the hash of the
-        // manifest's bytes, exactly as served.
-        None => {
-            let body = manifest(reqwest::Method::GET, token.as_ref())
-                .await
-                .and_then(|a| a.error_for_status())
-                .map_err(unreachable)?
-                .bytes()
-                .await
-                .map_err(unreachable)?;
-            format!("sha256:{}", hex::encode(Sha256::digest(&body)))
-        }
-    };
-    if !is_digest(&digest) {
-        return Err(error(format!(
-            "the registry named a digest hubtrust does not accept: {digest}"
-        )));
-    }
+            ))
+        })?;
+    let digest = digest_of(&body);
     if let Some(expected) = &reference.digest {
         if reference.tag.is_none() && expected != &digest {
-            return Err(error(format!("the registry serves {digest} for it")));
+            return Err(session.error(format!("the registry serves {digest} for it")));
         }
     }
-    Ok(digest)
+    let manifest: Manifest = serde_json::from_slice(&body)
+        .map_err(|e| session.error(format!("its manifest is not JSON: {e}")))?;
+    let mut platforms = BTreeMap::new();
+    match (manifest.manifests, manifest.config) {
+        (Some(entries), _) => {
+            // Attestations sit in indexes as `unknown/unknown` entries.
+            for entry in entries {
+                let Some(platform) = entry.platform.filter(|p| p.os != "unknown") else {
+                    continue;
+                };
+                let config = session.config_of(&entry.digest).await?;
+                platforms.insert(
+                    platform.key(),
+                    PlatformImage {
+                        manifest: entry.digest,
+                        config,
+                    },
+                );
+            }
+        }
+        (None, Some(config)) => {
+            // A single image: its platform is in its config.
+            let blob = session
+                .get(&format!("blobs/{}", config.digest), Some(&config.digest))
+                .await?
+                .ok_or_else(|| {
+                    session.error(format!("it does not serve its config {}", config.digest))
+                })?;
+            let platform: Platform = serde_json::from_slice(&blob)
+                .map_err(|e| session.error(format!("its config names no platform: {e}")))?;
+            platforms.insert(
+                platform.key(),
+                PlatformImage {
+                    manifest: digest.clone(),
+                    config: config.digest,
+                },
+            );
+        }
+        (None, None) => {}
+    }
+    if platforms.is_empty() {
+        return Err(session.error(format!(
+            "{digest} is neither an image index with a platform's image nor an image manifest"
+        )));
+    }
+    Ok(ResolvedImage { digest, platforms })
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -422,28 +577,120 @@ mod resolving {
         dir
     }
 
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+    /// An image manifest naming `config`, stored under its digest.
+    fn put_image(registry: &LoopbackRegistry, repository: &str, config: &str) -> String {
+        let body = format!(r#"{{"config":{{"digest":"{config}"}},"layers":[]}}"#);
+        let digest = digest_of(body.as_bytes());
+        registry.put_manifest(repository, &digest, MANIFEST, body.as_bytes())
+    }
+
+    fn config(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
     #[tokio::test]
-    async fn a_tag_resolves_to_the_digest_served_behind_a_bearer_challenge() {
+    async fn a_tag_resolves_to_its_index_and_each_platforms_image_behind_a_bearer_challenge() {
         let dir = scratch("token");
         let registry = LoopbackRegistry::start(dir.clone(), true).await.unwrap();
-        let served = registry.put_manifest("vendor/hub", "5.0", INDEX, br#"{"manifests":[]}"#);
+        let amd64 = put_image(&registry, "vendor/hub", &config('a'));
+        let arm64 = put_image(&registry, "vendor/hub", &config('b'));
+        let attestation = put_image(&registry, "vendor/hub", &config('c'));
+        let index = format!(
+            r#"{{"manifests":[
+            {{"digest":"{amd64}","platform":{{"os":"linux","architecture":"amd64"}}}},
+            {{"digest":"{arm64}","platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},
+            {{"digest":"{attestation}","platform":{{"os":"unknown","architecture":"unknown"}}}}]}}"#
+        );
+        let served = registry.put_manifest("vendor/hub", "5.0", INDEX, index.as_bytes());
         let http = client().unwrap();
         let reference =
             ImageReference::parse(&format!("{}/vendor/hub:5.0", registry.host())).unwrap();
-        let digest = resolve_digest(&http, &reference).await.unwrap();
-        assert_eq!(digest, served);
+        let resolved = resolve(&http, &reference).await.unwrap();
+        assert_eq!(resolved.digest, served);
+        assert_eq!(resolved.digest, digest_of(index.as_bytes()));
         assert_eq!(
-            digest,
-            format!(
-                "sha256:{}",
-                hex::encode(Sha256::digest(br#"{"manifests":[]}"#))
-            )
+            resolved.platforms,
+            BTreeMap::from([
+                (
+                    "linux/amd64".to_string(),
+                    PlatformImage {
+                        manifest: amd64,
+                        config: config('a')
+                    }
+                ),
+                (
+                    "linux/arm64/v8".to_string(),
+                    PlatformImage {
+                        manifest: arm64,
+                        config: config('b')
+                    }
+                ),
+            ])
         );
         // The tag moves: the next resolution follows it.
-        let moved = registry.put_manifest("vendor/hub", "5.0", INDEX, br#"{"manifests":[1]}"#);
+        let moved_index = index.replace("arm64", "s390x");
+        let moved = registry.put_manifest("vendor/hub", "5.0", INDEX, moved_index.as_bytes());
         assert_ne!(moved, served);
-        assert_eq!(resolve_digest(&http, &reference).await.unwrap(), moved);
-        assert!(registry.manifest_requests() >= 2);
+        let again = resolve(&http, &reference).await.unwrap();
+        assert_eq!(again.digest, moved);
+        assert!(again.platforms.contains_key("linux/s390x/v8"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_single_image_is_pinned_for_the_platform_its_config_states() {
+        let dir = scratch("single");
+        let registry = LoopbackRegistry::start(dir.clone(), false).await.unwrap();
+        let config = registry
+            .put_blob(br#"{"architecture":"amd64","os":"linux","rootfs":{}}"#)
+            .unwrap();
+        let body = format!(r#"{{"config":{{"digest":"{config}"}},"layers":[]}}"#);
+        let served = registry.put_manifest("vendor/lab", "1", MANIFEST, body.as_bytes());
+        let http = client().unwrap();
+        let reference =
+            ImageReference::parse(&format!("{}/vendor/lab:1", registry.host())).unwrap();
+        let resolved = resolve(&http, &reference).await.unwrap();
+        assert_eq!(
+            resolved.platforms,
+            BTreeMap::from([(
+                "linux/amd64".to_string(),
+                PlatformImage {
+                    manifest: served,
+                    config
+                }
+            )])
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_index_entry_whose_bytes_are_not_its_digest_is_refused() {
+        let dir = scratch("tampered");
+        let registry = LoopbackRegistry::start(dir.clone(), false).await.unwrap();
+        let honest = format!(r#"{{"config":{{"digest":"{}"}}}}"#, config('a'));
+        let claimed = digest_of(honest.as_bytes());
+        // The registry serves other bytes under the digest the index names.
+        let other = format!(r#"{{"config":{{"digest":"{}"}}}}"#, config('d'));
+        registry.put_manifest("vendor/proxy", &claimed, MANIFEST, other.as_bytes());
+        let index = format!(
+            r#"{{"manifests":[{{"digest":"{claimed}","platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#
+        );
+        registry.put_manifest("vendor/proxy", "2", INDEX, index.as_bytes());
+        let http = client().unwrap();
+        let reference =
+            ImageReference::parse(&format!("{}/vendor/proxy:2", registry.host())).unwrap();
+        let err = resolve(&http, &reference).await.unwrap_err().to_string();
+        assert!(
+            err.contains(&claimed) && err.contains("its bytes hash to"),
+            "{err}"
+        );
+        // An index with no platform's image pins nothing.
+        registry.put_manifest("vendor/proxy", "3", INDEX, br#"{"manifests":[]}"#);
+        let empty = ImageReference::parse(&format!("{}/vendor/proxy:3", registry.host())).unwrap();
+        let err = resolve(&http, &empty).await.unwrap_err().to_string();
+        assert!(err.contains("neither an image index"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -454,10 +701,7 @@ mod resolving {
         let http = client().unwrap();
         let missing =
             ImageReference::parse(&format!("{}/vendor/hub:9.9", registry.host())).unwrap();
-        let err = resolve_digest(&http, &missing)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = resolve(&http, &missing).await.unwrap_err().to_string();
         assert!(
             err.contains("vendor/hub:9.9") && err.contains("no such manifest"),
             "{err}"
@@ -470,10 +714,7 @@ mod resolving {
             .unwrap()
             .port();
         let silent = ImageReference::parse(&format!("127.0.0.1:{port}/vendor/hub:5.0")).unwrap();
-        let err = resolve_digest(&http, &silent)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = resolve(&http, &silent).await.unwrap_err().to_string();
         assert!(
             err.contains("does not answer") && err.contains("fix:"),
             "{err}"

@@ -33,6 +33,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{HarnessError, Result};
+use crate::images::list::untagged;
+use crate::images::registry::PlatformImage;
 use crate::spec::ContainerRole;
 
 /// Where the deployment runs.
@@ -177,6 +179,10 @@ pub struct ChartImage {
     pub tagged: String,
     /// `sha256:…`; none only in a plan shown before the list is pinned.
     pub digest: Option<String>,
+    /// The lock's platforms' images behind the digest: kind's preflight
+    /// knows an image loaded from an archive by them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub platforms: BTreeMap<String, PlatformImage>,
 }
 
 impl ChartImage {
@@ -184,12 +190,7 @@ impl ChartImage {
     /// RepoDigests.
     pub fn by_digest(&self) -> Option<String> {
         let digest = self.digest.as_ref()?;
-        let slash = self.tagged.rfind('/').map_or(0, |i| i + 1);
-        let repository = match self.tagged[slash..].rfind(':') {
-            Some(colon) => &self.tagged[..slash + colon],
-            None => self.tagged.as_str(),
-        };
-        Some(format!("{repository}@{digest}"))
+        Some(format!("{}@{digest}", untagged(&self.tagged)))
     }
 
     /// What pods name. kind loads the tagged image from this machine's

@@ -1032,6 +1032,7 @@ mod tests {
                     ChartImage {
                         tagged: tagged.into(),
                         digest: Some(digest.into()),
+                        platforms: std::collections::BTreeMap::new(),
                     },
                 )
             })

@@ -10,6 +10,7 @@ use super::command::{self, CommandFailure};
 use super::plan::PlannedCommand;
 use super::{ChartImage, ClusterTarget, Deployment};
 use crate::error::{HarnessError, Result};
+use crate::images::list::HeldImage;
 use crate::spec::ContainerRole;
 
 /// A CLI a Kubernetes backend drives.
@@ -107,52 +108,90 @@ pub fn require_tools(target: &ClusterTarget) -> Result<()> {
 }
 
 /// kind loads images from this machine's daemon: each must be there under
-/// its listed tag, and be the pinned digest.
+/// its listed tag, and be the pinned image (pulled by digest, or loaded from
+/// an archive of it).
 fn check_loaded(role: ContainerRole, image: &ChartImage) -> Result<()> {
     let what = format!("the {} image {}", role.as_str(), image.tagged);
-    let Some(by_digest) = image.by_digest() else {
+    let Some(digest) = &image.digest else {
         return Err(cluster_error(
             &what,
             "is not pinned by digest".into(),
             "run `hubtrust images pin fixtures/kubernetes/images.toml` (or the list given to --images)",
         ));
     };
-    let fix = format!(
-        "docker pull {by_digest} && docker tag {by_digest} {}",
-        image.tagged
-    );
+    let fix = "run `hubtrust images pull fixtures/kubernetes/images.toml` (or the list given to --images): it pulls each image by the lock's digest";
     let inspect = probe(
         "docker",
         [
             "image",
             "inspect",
             "--format",
-            "{{join .RepoDigests \" \"}}",
+            HeldImage::INSPECT_FORMAT,
             &image.tagged,
         ]
         .map(String::from)
         .to_vec(),
         30,
     );
-    match command::run(&inspect) {
-        Err(e) => Err(cluster_error(
+    let inspected = command::run(&inspect).map_err(|e| {
+        cluster_error(
             &what,
             format!(
                 "is not loaded in the docker daemon, so kind cannot load it into the cluster ({e})"
             ),
-            &fix,
-        )),
-        Ok(out) if !out.stdout.split_whitespace().any(|d| d == by_digest) => {
-            Err(cluster_error(
-                &what,
-                format!(
-                "in the docker daemon is not the pinned one: it has {}, the lock pins {by_digest}",
-                if out.stdout.trim().is_empty() { "no registry digest" } else { out.stdout.trim() }
+            fix,
+        )
+    })?;
+    let held = HeldImage::parse(&inspected.stdout).ok_or_else(|| {
+        cluster_error(
+            &what,
+            format!(
+                "could not be read from `docker image inspect`: it printed {:?}",
+                inspected.stdout.trim()
             ),
-                &fix,
-            ))
-        }
-        Ok(_) => Ok(()),
+            "check that `docker image inspect` works for this user",
+        )
+    })?;
+    held.is_pinned(
+        &image.tagged,
+        digest,
+        Some(&image.platforms).filter(|p| !p.is_empty()),
+    )
+    .map_err(|why| cluster_error(&what, why, fix))
+}
+
+/// The docker daemon's API version, `(major, minor)`, when it answers.
+pub fn docker_api_version() -> Option<(u32, u32)> {
+    let asked = probe(
+        "docker",
+        ["version", "--format", "{{.Server.APIVersion}}"]
+            .map(String::from)
+            .to_vec(),
+        30,
+    );
+    let out = command::run(&asked).ok()?;
+    let (major, minor) = out.stdout.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// kind's images are saved for the node's platform alone (`docker save
+/// --platform`), which a daemon older than API 1.48 (Docker 28) refuses:
+/// found here, before a cluster is made.
+fn saves_one_platform(api: Option<(u32, u32)>) -> Result<()> {
+    match api {
+        Some(version) if version >= (1, 48) => Ok(()),
+        Some((major, minor)) => Err(HarnessError::MissingPrerequisite {
+            what: "a docker daemon of Docker 28 or newer (API 1.48)".into(),
+            why: format!(
+                "kind's images are saved for one platform (`docker save --platform`), which this daemon (API {major}.{minor}) refuses"
+            ),
+            fix: "upgrade the docker daemon to Docker 28 or newer".into(),
+        }),
+        None => Err(HarnessError::MissingPrerequisite {
+            what: "a docker daemon that answers".into(),
+            why: "kind makes its nodes and loads the chart's images through this machine's docker daemon, and `docker version` got no answer from it".into(),
+            fix: "start the docker daemon (e.g. `sudo systemctl start docker`) and check that `docker version` shows a Server".into(),
+        }),
     }
 }
 
@@ -196,6 +235,7 @@ pub fn check(deployment: &Deployment) -> Result<()> {
     match &deployment.target {
         ClusterTarget::Kind { .. } => {
             how_pods_are_entered()?;
+            saves_one_platform(docker_api_version())?;
             for (role, image) in &deployment.images {
                 check_loaded(*role, image)?;
             }
@@ -266,6 +306,19 @@ mod tests {
             err.contains("`kind`") && err.contains("kind-action"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn kind_needs_a_daemon_that_saves_one_platform() {
+        assert!(saves_one_platform(Some((1, 48))).is_ok());
+        assert!(saves_one_platform(Some((1, 51))).is_ok());
+        let old = saves_one_platform(Some((1, 41))).unwrap_err().to_string();
+        assert!(
+            old.contains("API 1.41") && old.contains("Docker 28"),
+            "{old}"
+        );
+        let silent = saves_one_platform(None).unwrap_err().to_string();
+        assert!(silent.contains("docker version"), "{silent}");
     }
 
     #[test]

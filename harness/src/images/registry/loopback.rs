@@ -89,6 +89,15 @@ impl LoopbackRegistry {
             .store_manifest(repository, tag, media_type, Bytes::copy_from_slice(body))
     }
 
+    /// Stores a blob, as a push would; returns its digest.
+    pub fn put_blob(&self, body: &[u8]) -> std::io::Result<String> {
+        let digest = digest_of(body);
+        if let Some(path) = self.state.blob_path(&digest) {
+            std::fs::write(path, body)?;
+        }
+        Ok(digest)
+    }
+
     /// How many manifest requests (HEAD or GET) it has answered.
     pub fn manifest_requests(&self) -> usize {
         self.state.manifest_requests.load(Ordering::SeqCst)
