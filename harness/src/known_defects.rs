@@ -284,4 +284,46 @@ mod tests {
             "a replaced component has no version to match"
         );
     }
+
+    #[test]
+    fn a_lab_that_takes_another_labs_certificate_is_known_only_on_the_chart() {
+        let list = KnownDefects::builtin().unwrap();
+        let scanned = ["hub API".to_string(), "lab of alice".to_string()];
+        let cells = || {
+            vec![
+                ("lab of alice", "lab cert (another user)"),
+                ("lab of alice", "proxy-api"),
+                ("hub API", "proxy-api"),
+            ]
+        };
+        let key = |c: &(&str, &str)| (c.0.to_string(), c.1.to_string());
+        let mut chart = versions("5.5.0");
+        chart.insert("zero-to-jupyterhub".into(), "4.4.0".into());
+        let on_chart = list.sort("trust-matrix", cells(), &chart, &scanned, key);
+        assert_eq!(
+            on_chart
+                .known
+                .iter()
+                .map(|(d, c)| (d.id.as_str(), c.1))
+                .collect::<Vec<_>>(),
+            [
+                (
+                    "kubespawner-lab-trusts-every-internal-ca",
+                    "lab cert (another user)"
+                ),
+                ("kubespawner-lab-trusts-every-internal-ca", "proxy-api"),
+            ]
+        );
+        assert_eq!(on_chart.unknown, [("hub API", "proxy-api")]);
+        // A lab that refuses them on the chart leaves the entry stale.
+        let refused = list.sort("trust-matrix", Vec::new(), &chart, &scanned, key);
+        assert!(refused
+            .stale
+            .iter()
+            .any(|d| d.id == "kubespawner-lab-trusts-every-internal-ca"));
+        // Without the chart (LocalProcessSpawner), the same finding fails.
+        let local = list.sort("trust-matrix", cells(), &versions("5.5.0"), &scanned, key);
+        assert!(local.known.is_empty());
+        assert_eq!(local.unknown.len(), 3);
+    }
 }

@@ -99,6 +99,9 @@ pub struct ProbeTarget {
     pub real_clients: Vec<RealClient>,
     pub policy: TlsPolicySpec,
     pub strict: bool,
+    /// Versions of components the public side does not report (the
+    /// chart's, say), for fixtures/known-defects.toml.
+    pub components: BTreeMap<String, String>,
 }
 
 impl ProbeTarget {
@@ -164,6 +167,12 @@ pub fn parse_internal(value: &str) -> std::result::Result<InternalEndpoint, Stri
         addr,
         server_name,
     })
+}
+
+/// `NAME=VERSION`
+pub fn parse_component(value: &str) -> std::result::Result<(String, String), String> {
+    let (name, version) = split_named("--component", value)?;
+    Ok((name.trim().to_string(), version.trim().to_string()))
 }
 
 /// `NAME=IP:PORT`
@@ -372,7 +381,7 @@ pub async fn probe_deployment(target: &ProbeTarget) -> Result<ProbeFindings> {
     let (public_check, hub_version) = public_side(target).await;
     checks.push(finish(public_check, clock));
 
-    let mut versions = BTreeMap::new();
+    let mut versions = target.components.clone();
     if let Some(version) = &hub_version {
         versions.insert("jupyterhub".to_string(), version.clone());
     }
@@ -1128,6 +1137,18 @@ mod tests {
         assert!(refused.contains("must be https://"), "{refused}");
         assert!(parse_public_url("https://:8443").is_err());
         assert!(parse_public_url("https://hub:port").is_err());
+    }
+
+    #[test]
+    fn a_component_version_is_a_name_and_a_version() {
+        assert_eq!(
+            parse_component("zero-to-jupyterhub=4.4.0"),
+            Ok(("zero-to-jupyterhub".to_string(), "4.4.0".to_string()))
+        );
+        for bad in ["zero-to-jupyterhub", "=4.4.0", "zero-to-jupyterhub="] {
+            let err = parse_component(bad).unwrap_err();
+            assert!(err.contains("--component") && err.contains(bad), "{err}");
+        }
     }
 
     #[test]

@@ -960,6 +960,7 @@ fn probe_from_outside(
             real_clients: Vec::new(),
             policy: deployment.tls_policy.clone(),
             strict: false,
+            components: deployment.chart.component_versions(),
         };
         let findings = runtime.block_on(probe_deployment(&target))?;
         let dir = deployment.artifacts_dir.join("outside");
@@ -1261,6 +1262,7 @@ fn prepare_probes(deployment: &Deployment, plan: &KubernetesPlan) -> anyhow::Res
         deployment.proxy_token.expose().as_bytes(),
         0o600,
     )?;
+    in_cluster::issue_another_labs_certificate(&deployment.run_dir.join("internal-ssl"))?;
     let foreign_ca = hubtrust_harness::pki::CertificateAuthority::root("hubtrust-foreign")?;
     let foreign = foreign_ca
         .issue(

@@ -73,6 +73,11 @@ pub struct ProbeArgs {
     /// Known upstream defects fail too.
     #[arg(long)]
     pub strict: bool,
+    /// The version of a component the public side does not report, for
+    /// the known-defects list: `NAME=VERSION` (e.g.
+    /// `zero-to-jupyterhub=4.4.0`). Repeatable.
+    #[arg(long = "component", value_name = "NAME=VERSION")]
+    pub components: Vec<String>,
     /// Where report.md, report.json and report.xml go.
     #[arg(long, default_value = "hubtrust-report")]
     pub report: PathBuf,
@@ -277,6 +282,9 @@ fn target(args: &ProbeArgs) -> anyhow::Result<ProbeTarget> {
         real_clients: parse_all(&args.real_clients, probe_deployment::parse_real_client)?,
         policy: policy(args)?,
         strict: args.strict,
+        components: parse_all(&args.components, probe_deployment::parse_component)?
+            .into_iter()
+            .collect(),
     };
     probe_deployment::check_target(&target).map_err(anyhow::Error::msg)?;
     Ok(target)

@@ -24,6 +24,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::names::{dns_names, SERVICES};
+use crate::error::HarnessError;
+use crate::pki::{CertificateAuthority, Usage, Validity};
 
 /// Where the checks from inside a cluster, and the pods' logs, are kept,
 /// under the working directory: `<this>/<namespace>/…`.
@@ -75,6 +77,9 @@ pub struct RealClientPath {
 pub struct PlannedProbe {
     pub pod: String,
     pub labelled: bool,
+    /// Versions the probe cannot read from the public side (the chart's),
+    /// for the known-defects list.
+    pub components: BTreeMap<String, String>,
     /// Each endpoint as its real clients reach it.
     pub real_clients: Vec<RealClientPath>,
     /// Endpoints scanned and presented every identity.
@@ -142,12 +147,42 @@ fn lab_name(user: &str) -> String {
     format!("lab of {user}")
 }
 
+/// The store directory of a lab certificate hubtrust issues under the
+/// store's notebooks-ca, as the hub issues one for any user's lab: what
+/// another user's lab presents.
+pub const ANOTHER_LAB: &str = "user-hubtrust-another";
+
+/// Issues [`ANOTHER_LAB`]'s certificate into the internal store at
+/// `internal` (its key 0600), after the chart is installed so the hub's
+/// Secret never holds it.
+pub fn issue_another_labs_certificate(internal: &Path) -> Result<(), HarnessError> {
+    let ca = |ext: &str| {
+        let path = internal
+            .join("notebooks-ca")
+            .join(format!("notebooks-ca.{ext}"));
+        std::fs::read_to_string(&path)
+            .map_err(|e| HarnessError::io(format!("read {}", path.display()), e))
+    };
+    let notebooks_ca = CertificateAuthority::adopt("notebooks-ca", &ca("crt")?, &ca("key")?)?;
+    notebooks_ca
+        .issue(
+            ANOTHER_LAB,
+            &[ANOTHER_LAB],
+            Usage::ServerAndClient,
+            Validity::fresh(1),
+        )?
+        .write_to(&internal.join(ANOTHER_LAB))?;
+    Ok(())
+}
+
 /// The two probes, with `user`'s lab already running. Who accepts which
 /// identity is JupyterHub's internal trust graph, the same one the local
 /// and docker backends check: the hub API takes any internal client
-/// certificate, the proxy API only the hub's, a lab the hub's and the
+/// certificate, the proxy API the hub's and a lab's (`proxy-api-ca_trust`
+/// holds hub-ca, services-ca and notebooks-ca), a lab the hub's and the
 /// proxy's (`notebooks-ca_trust` holds hub-ca and proxy-client-ca).
-pub fn planned_probes(user: &str) -> Vec<PlannedProbe> {
+/// `components` reaches the probes' known-defects list.
+pub fn planned_probes(user: &str, components: &BTreeMap<String, String>) -> Vec<PlannedProbe> {
     let identity = |label: &str, store_dir: Option<&str>, accepted_by: &[&str]| ProbeIdentity {
         label: label.into(),
         store_dir: store_dir.map(str::to_string),
@@ -205,8 +240,15 @@ pub fn planned_probes(user: &str) -> Vec<PlannedProbe> {
                     &[HUB_API, PROXY_API, &lab],
                 ),
                 identity("proxy-client", Some("proxy-client"), &[HUB_API, &lab]),
+                identity("proxy-api", Some("proxy-api"), &[HUB_API]),
+                identity(
+                    "lab cert (another user)",
+                    Some(ANOTHER_LAB),
+                    &[HUB_API, PROXY_API],
+                ),
                 identity("foreign-CA cert", None, &[]),
             ],
+            components: components.clone(),
         },
         PlannedProbe {
             pod: "hubtrust-prober-bare".into(),
@@ -215,6 +257,7 @@ pub fn planned_probes(user: &str) -> Vec<PlannedProbe> {
             endpoints: Vec::new(),
             closed: internal_services(user),
             identities: Vec::new(),
+            components: components.clone(),
         },
     ]
 }
@@ -428,6 +471,10 @@ pub fn probe_args(
     for (name, addr) in also_closed {
         args.push("--closed".into());
         args.push(format!("{name}={addr}"));
+    }
+    for (component, version) in &probe.components {
+        args.push("--component".into());
+        args.push(format!("{component}={version}"));
     }
     Ok(args)
 }
@@ -680,7 +727,11 @@ mod tests {
 
     #[test]
     fn only_the_labelled_pod_carries_the_network_access_labels() {
-        let pods = prober_pods("hubtrust-x", "hub:1", &planned_probes("alice"));
+        let pods = prober_pods(
+            "hubtrust-x",
+            "hub:1",
+            &planned_probes("alice", &BTreeMap::new()),
+        );
         let items = pods["items"].as_array().unwrap();
         assert_eq!(items.len(), 2);
         for label in NETWORK_ACCESS_LABELS {
@@ -692,7 +743,7 @@ mod tests {
 
     #[test]
     fn the_bare_pod_must_find_the_internal_apis_closed() {
-        let probes = planned_probes("alice");
+        let probes = planned_probes("alice", &BTreeMap::new());
         let bare = probes.iter().find(|p| !p.labelled).unwrap();
         let closed: Vec<&str> = bare.closed.iter().map(|c| c.service.as_str()).collect();
         assert_eq!(closed, ["hub", "proxy-api", "jupyter-alice"]);
@@ -751,9 +802,28 @@ mod tests {
             policy: Path::new("/tmp/hubtrust/tls-policy.toml"),
             report: PathBuf::from("/tmp/hubtrust/report"),
         };
-        let probes = planned_probes("alice");
+        let chart = BTreeMap::from([("zero-to-jupyterhub".to_string(), "4.4.0".to_string())]);
+        let probes = planned_probes("alice", &chart);
         let args = probe_args(&probes[0], "ns", None, &ips, &files, &[]).unwrap();
-        assert!(args.join(" ").starts_with("probe --url "), "{args:?}");
+        let line = args.join(" ");
+        assert!(line.starts_with("probe --url "), "{args:?}");
+        // The chart's version reaches the probe's known-defects list, and
+        // the trust graph's expectations for a lab's and the proxy API's
+        // certificates go with them.
+        assert!(
+            line.contains("--component zero-to-jupyterhub=4.4.0"),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!(
+                "--identity lab cert (another user)=/tmp/hubtrust/internal-ssl/{ANOTHER_LAB}/{ANOTHER_LAB}.crt,/tmp/hubtrust/internal-ssl/{ANOTHER_LAB}/{ANOTHER_LAB}.key,accepted-by=hub API+proxy API"
+            )),
+            "{line}"
+        );
+        assert!(
+            line.contains("proxy-api.key,accepted-by=hub API --identity"),
+            "{line}"
+        );
         let named: std::collections::BTreeSet<PathBuf> = args
             .iter()
             .flat_map(|a| a.split([',', '=']))
@@ -763,12 +833,47 @@ mod tests {
         let copied: std::collections::BTreeSet<PathBuf> =
             store_files_used(&probes[0]).into_iter().collect();
         assert_eq!(named, copied);
-        assert_eq!(copied.len(), 6, "{copied:?}");
+        assert_eq!(copied.len(), 10, "{copied:?}");
         // The CAs' own keys never leave this machine.
         assert!(copied
             .iter()
             .all(|f| !f.display().to_string().contains("-ca/")));
         assert!(store_files_used(&probes[1]).is_empty());
+    }
+
+    #[test]
+    fn another_labs_certificate_is_issued_by_the_stores_notebooks_ca_its_key_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let store =
+            std::env::temp_dir().join(format!("hubtrust-another-lab-{}", std::process::id()));
+        let notebooks_ca = CertificateAuthority::root("notebooks-ca").unwrap();
+        let ca_dir = store.join("notebooks-ca");
+        std::fs::create_dir_all(&ca_dir).unwrap();
+        std::fs::write(ca_dir.join("notebooks-ca.crt"), notebooks_ca.cert_pem()).unwrap();
+        std::fs::write(ca_dir.join("notebooks-ca.key"), notebooks_ca.signing_pem()).unwrap();
+        issue_another_labs_certificate(&store).unwrap();
+        let base = store.join(ANOTHER_LAB).join(ANOTHER_LAB);
+        let key = base.with_extension("key");
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let leaf =
+            openssl::x509::X509::from_pem(&std::fs::read(base.with_extension("crt")).unwrap())
+                .unwrap();
+        let ca = openssl::x509::X509::from_pem(notebooks_ca.cert_pem().as_bytes()).unwrap();
+        assert!(leaf.verify(&ca.public_key().unwrap()).unwrap());
+        assert_eq!(
+            leaf.issuer_name().to_der().unwrap(),
+            ca.subject_name().to_der().unwrap()
+        );
+        // Without the store's notebooks-ca, nothing is issued.
+        let empty = store.join("empty");
+        let err = issue_another_labs_certificate(&empty)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("notebooks-ca.crt"), "{err}");
+        let _ = std::fs::remove_dir_all(&store);
     }
 
     #[test]
@@ -786,7 +891,7 @@ mod tests {
             policy: Path::new("/run/tls-policy.toml"),
             report: PathBuf::from("/out/labelled"),
         };
-        let probes = planned_probes("alice");
+        let probes = planned_probes("alice", &BTreeMap::new());
         let args = probe_args(&probes[0], "ns", Some(4242), &ips, &files, &[]).unwrap();
         let line = args.join(" ");
         assert!(line.starts_with("probe --from-netns-of 4242 --url https://proxy-public.ns.svc.cluster.local --connect 10.96.0.13:443"), "{line}");

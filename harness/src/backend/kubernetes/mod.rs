@@ -117,7 +117,16 @@ impl ChartPins {
     }
 }
 
+/// The name fixtures/known-defects.toml gives the chart (and the
+/// KubeSpawner it ships) as a component.
+pub const CHART_COMPONENT: &str = "zero-to-jupyterhub";
+
 impl ChartSource {
+    /// The chart's version as the known-defects list matches components.
+    pub fn component_versions(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(CHART_COMPONENT.to_string(), self.version.clone())])
+    }
+
     /// A version helm would resolve differently tomorrow is refused.
     pub fn require_pinned(&self, source: &Path) -> Result<()> {
         if is_exact_version(&self.version) {

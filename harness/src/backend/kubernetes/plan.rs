@@ -725,7 +725,8 @@ pub fn plan(
     // A kind cluster's nodes run on this machine, so the probes, captures
     // and file checks enter its pods from here; on another cluster the
     // probes are copied into their pods, and the rest is not made.
-    let probes = in_cluster::planned_probes(&deployment.user);
+    let probes =
+        in_cluster::planned_probes(&deployment.user, &deployment.chart.component_versions());
     let (probes_run, pods_here) = match target {
         ClusterTarget::Kind { .. } => (ProbesRun::FromThisMachine, true),
         ClusterTarget::Existing { .. } => (ProbesRun::CopiedIntoThePod, false),

@@ -217,11 +217,7 @@ pub fn check_secrets(
     scenario: &str,
 ) -> Result<SecretsSeen> {
     let known = KnownDefects::builtin()?;
-    let versions: BTreeMap<String, String> = [(
-        "zero-to-jupyterhub".to_string(),
-        deployment.chart.version.clone(),
-    )]
-    .into();
+    let versions = deployment.chart.component_versions();
     let mut seen = SecretsSeen::default();
     let mut findings: Vec<(String, String, String)> = Vec::new();
     let mut looked = Vec::new();

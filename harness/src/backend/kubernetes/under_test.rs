@@ -270,12 +270,19 @@ impl DeploymentUnderTest for ChartDeployment {
         vec![self.user.clone()]
     }
 
+    /// JupyterHub's as its API said, and the chart's, which names the
+    /// KubeSpawner it ships.
     fn component_versions(&self) -> BTreeMap<String, String> {
-        self.observed
+        let chart = self
+            .cluster
+            .iter()
+            .flat_map(|deployment| deployment.chart.component_versions());
+        let hub = self
+            .observed
             .hub_version
             .iter()
-            .map(|v| ("jupyterhub".to_string(), v.clone()))
-            .collect()
+            .map(|v| ("jupyterhub".to_string(), v.clone()));
+        chart.chain(hub).collect()
     }
 
     async fn get_via_proxy(&self, path: &str) -> Result<u16> {
