@@ -189,6 +189,14 @@ pub fn check_kubernetes() -> Vec<Prerequisite> {
         })
         .collect();
     checks.push(check(
+        "a docker daemon of Docker 28 or newer",
+        "--backend kind (its images are saved for one platform)",
+        "start the docker daemon, or upgrade it to Docker 28 or newer",
+        preflight::docker_daemon_for_kind()
+            .map(|(major, minor)| format!("the daemon speaks API {major}.{minor}"))
+            .map_err(|e| e.to_string()),
+    ));
+    checks.push(check(
         "root, or passwordless sudo",
         "--backend kind's probes and wire captures inside its pods",
         "run hubtrust as root, or give this user passwordless sudo",

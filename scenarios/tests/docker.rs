@@ -702,12 +702,18 @@ fn images_pinned_from_a_registry_are_pulled_by_digest_and_pass_core_and_enterpri
         "{mitmproxy}"
     );
 
-    // The hub's tag moves upstream: --check names it and leaves the lock.
+    // The hub's tag moves upstream, to an index of the same image:
+    // --check names it and leaves the lock.
+    let pinned = hubtrust_harness::images::list::ImageLock::parse(&lock, &list).unwrap();
+    let hub_image = pinned.digests[&format!("{host}/upstream-like/hub:1")].clone();
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"digest":"{hub_image}","platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#
+    );
     registry.put_manifest(
         "upstream-like/hub",
         "1",
         "application/vnd.oci.image.index.v1+json",
-        br#"{"schemaVersion":2,"manifests":[]}"#,
+        index.as_bytes(),
     );
     let check = hubtrust()
         .args(["images", "pin", "--check"])

@@ -152,6 +152,9 @@ fn lab_name(user: &str) -> String {
 /// another user's lab presents.
 pub const ANOTHER_LAB: &str = "user-hubtrust-another";
 
+/// What the trust matrix calls [`ANOTHER_LAB`]'s certificate.
+pub const ANOTHER_LAB_LABEL: &str = "lab cert (another user)";
+
 /// Issues [`ANOTHER_LAB`]'s certificate into the internal store at
 /// `internal` (its key 0600), after the chart is installed so the hub's
 /// Secret never holds it.
@@ -199,14 +202,23 @@ pub fn planned_probes(user: &str, components: &BTreeMap<String, String>) -> Vec<
         };
     // The names the chart's hub config uses (`hub_connect_url`,
     // `api_url`) and KubeSpawner's lab URL; each client's bundle is the
-    // one JupyterHub gives it. The lab's own client certificate stays in
-    // the hub's pod, so the lab's calls to the hub API are not among them.
+    // one JupyterHub gives it. A lab calls the hub API with a certificate
+    // the hub issued under notebooks-ca, as hubtrust's for another user
+    // is; its bundle here is JupyterHub's `notebooks-ca_trust.crt`, which
+    // KubeSpawner's lab bundle holds and extends.
     let lab_service = lab_service(user);
     let real_clients = vec![
         real(
             HUB_API,
             "proxy-client",
             "proxy-client-ca_trust.crt",
+            "hub",
+            false,
+        ),
+        real(
+            HUB_API,
+            ANOTHER_LAB_LABEL,
+            "notebooks-ca_trust.crt",
             "hub",
             false,
         ),
@@ -241,11 +253,7 @@ pub fn planned_probes(user: &str, components: &BTreeMap<String, String>) -> Vec<
                 ),
                 identity("proxy-client", Some("proxy-client"), &[HUB_API, &lab]),
                 identity("proxy-api", Some("proxy-api"), &[HUB_API]),
-                identity(
-                    "lab cert (another user)",
-                    Some(ANOTHER_LAB),
-                    &[HUB_API, PROXY_API],
-                ),
+                identity(ANOTHER_LAB_LABEL, Some(ANOTHER_LAB), &[HUB_API, PROXY_API]),
                 identity("foreign-CA cert", None, &[]),
             ],
             components: components.clone(),
@@ -833,7 +841,7 @@ mod tests {
         let copied: std::collections::BTreeSet<PathBuf> =
             store_files_used(&probes[0]).into_iter().collect();
         assert_eq!(named, copied);
-        assert_eq!(copied.len(), 10, "{copied:?}");
+        assert_eq!(copied.len(), 11, "{copied:?}");
         // The CAs' own keys never leave this machine.
         assert!(copied
             .iter()
@@ -918,6 +926,7 @@ mod tests {
         // Each client as the chart's config has it connect.
         for real in [
             "--real-client hub API=proxy-client,bundle=/run/internal-ssl/proxy-client-ca_trust.crt,name=hub ",
+            "--real-client hub API=lab cert (another user),bundle=/run/internal-ssl/notebooks-ca_trust.crt,name=hub ",
             "--real-client proxy API=hub-internal,bundle=/run/internal-ssl/hub-ca_trust.crt,name=proxy-api ",
             "--real-client lab of alice=hub-internal,bundle=/run/internal-ssl/hub-ca_trust.crt,name=jupyter-alice.ns.svc.cluster.local ",
             "--real-client lab of alice=proxy-client,bundle=/run/internal-ssl/proxy-client-ca_trust.crt,name=jupyter-alice.ns.svc.cluster.local ",

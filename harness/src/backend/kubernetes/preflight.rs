@@ -174,12 +174,17 @@ pub fn docker_api_version() -> Option<(u32, u32)> {
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
+/// The docker daemon kind needs, and its API version.
+pub fn docker_daemon_for_kind() -> Result<(u32, u32)> {
+    saves_one_platform(docker_api_version())
+}
+
 /// kind's images are saved for the node's platform alone (`docker save
 /// --platform`), which a daemon older than API 1.48 (Docker 28) refuses:
 /// found here, before a cluster is made.
-fn saves_one_platform(api: Option<(u32, u32)>) -> Result<()> {
+fn saves_one_platform(api: Option<(u32, u32)>) -> Result<(u32, u32)> {
     match api {
-        Some(version) if version >= (1, 48) => Ok(()),
+        Some(version) if version >= (1, 48) => Ok(version),
         Some((major, minor)) => Err(HarnessError::MissingPrerequisite {
             what: "a docker daemon of Docker 28 or newer (API 1.48)".into(),
             why: format!(
@@ -235,7 +240,7 @@ pub fn check(deployment: &Deployment) -> Result<()> {
     match &deployment.target {
         ClusterTarget::Kind { .. } => {
             how_pods_are_entered()?;
-            saves_one_platform(docker_api_version())?;
+            docker_daemon_for_kind()?;
             for (role, image) in &deployment.images {
                 check_loaded(*role, image)?;
             }
