@@ -145,7 +145,7 @@ impl KnownDefects {
 }
 
 /// `*` matches any run of characters; everything else itself.
-fn glob(pattern: &str, text: &str) -> bool {
+pub fn glob(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == text,
         Some((head, rest)) => {

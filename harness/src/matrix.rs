@@ -83,7 +83,13 @@ impl TrustMatrix {
     pub fn presented<'a>(&self, stale: &'a [KnownDefect]) -> Vec<&'a KnownDefect> {
         stale
             .iter()
-            .filter(|d| d.offered.iter().any(|o| self.identities.contains(o)))
+            .filter(|d| {
+                d.offered.iter().any(|offered| {
+                    self.identities
+                        .iter()
+                        .any(|identity| crate::known_defects::glob(offered, identity))
+                })
+            })
             .collect()
     }
 

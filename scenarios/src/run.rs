@@ -491,6 +491,10 @@ mod tests {
         /// No capture of the links can be made (a cluster whose pods this
         /// machine cannot enter).
         no_capture: bool,
+        /// The chart's deployment: its version among the components.
+        on_the_chart: bool,
+        /// The lab takes another user's lab certificate.
+        lab_takes_another_lab: bool,
         /// What crossed the wire in plaintext since the capture started.
         plaintext_sent: Arc<Mutex<Vec<String>>>,
     }
@@ -511,6 +515,8 @@ mod tests {
                 kernel_ports_open: false,
                 self_test_goes_uncaptured: false,
                 no_capture: false,
+                on_the_chart: false,
+                lab_takes_another_lab: false,
                 plaintext_sent: Arc::default(),
             }
         }
@@ -580,7 +586,11 @@ mod tests {
         /// an identity this matrix did not present must not count as
         /// stale.
         fn component_versions(&self) -> BTreeMap<String, String> {
-            [("jupyterhub".to_string(), "6.1.1".to_string())].into()
+            let mut versions = BTreeMap::from([("jupyterhub".to_string(), "6.1.1".to_string())]);
+            if self.on_the_chart {
+                versions.insert("zero-to-jupyterhub".into(), "4.4.0".into());
+            }
+            versions
         }
         async fn get_via_proxy(&self, path: &str) -> Result<u16> {
             Ok(if path.starts_with("/user/") {
@@ -601,23 +611,39 @@ mod tests {
                 true => Verdict::ClientCertRequired,
                 false => Verdict::Accepted,
             };
-            let cell = |endpoint: &str, observed: Verdict| MatrixCell {
-                endpoint: endpoint.into(),
-                identity: "none".into(),
-                expected: Verdict::ClientCertRequired,
-                reason: "mutual TLS".into(),
-                observed,
-                detail: String::new(),
-                protocol: None,
-                matches: observed == Verdict::ClientCertRequired,
-                known_defect: None,
+            let cell =
+                |endpoint: &str, identity: &str, expected: Verdict, observed: Verdict| MatrixCell {
+                    endpoint: endpoint.into(),
+                    identity: identity.into(),
+                    expected,
+                    reason: "mutual TLS".into(),
+                    observed,
+                    detail: String::new(),
+                    protocol: None,
+                    matches: observed == expected,
+                    known_defect: None,
+                };
+            let another_lab = match self.lab_takes_another_lab {
+                true => Verdict::Accepted,
+                false => Verdict::ClientCertRejected,
             };
+            let required = Verdict::ClientCertRequired;
+            let another = "lab cert (another user)";
             Ok(TrustMatrix {
-                endpoints: vec!["hub API".into(), "proxy API".into()],
-                identities: vec!["none".into()],
+                endpoints: vec!["hub API".into(), "proxy API".into(), "lab of alice".into()],
+                identities: vec!["none".into(), another.into()],
                 cells: vec![
-                    cell("hub API", Verdict::ClientCertRequired),
-                    cell("proxy API", observed),
+                    cell("hub API", "none", required, required),
+                    cell("proxy API", "none", required, observed),
+                    cell("lab of alice", "none", required, required),
+                    cell("hub API", another, Verdict::Accepted, Verdict::Accepted),
+                    cell("proxy API", another, Verdict::Accepted, Verdict::Accepted),
+                    cell(
+                        "lab of alice",
+                        another,
+                        Verdict::ClientCertRejected,
+                        another_lab,
+                    ),
                 ],
             })
         }
@@ -1010,6 +1036,44 @@ mod tests {
                 "curl → public server via the inspecting proxy with the merged bundle: bypassed"
             ),
             "{why}"
+        );
+
+        // A lab that takes another user's lab certificate: KubeSpawner's
+        // known defect on the chart, a failure anywhere else, and on the
+        // chart a lab that refuses it leaves the entry stale, which fails.
+        let matrix_of = |answers: Answers| {
+            run_core(answers)
+                .get("Every endpoint accepts exactly the identities the trust graph allows")
+                .cloned()
+                .unwrap()
+        };
+        let (said, why) = matrix_of(Answers {
+            on_the_chart: true,
+            lab_takes_another_lab: true,
+            ..Answers::healthy()
+        });
+        assert_eq!(said, Status::Passed, "{why:?}");
+        let (said, why) = matrix_of(Answers {
+            lab_takes_another_lab: true,
+            ..Answers::healthy()
+        });
+        assert_eq!(said, Status::Failed);
+        assert!(
+            why.as_deref().is_some_and(
+                |w| w.contains("lab of alice × lab cert (another user): observed accepted")
+            ),
+            "{why:?}"
+        );
+        let (said, why) = matrix_of(Answers {
+            on_the_chart: true,
+            ..Answers::healthy()
+        });
+        assert_eq!(said, Status::Failed);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains(
+                "known defect `kubespawner-lab-trusts-every-internal-ca` no longer reproduces"
+            )),
+            "{why:?}"
         );
     }
 }
