@@ -139,6 +139,10 @@ pub fn images_pull_command(list_path: &Path, archives: Option<&PathBuf>) -> Exit
         let list = ImageList::load(list_path)?;
         let lock = ImageLock::load_for(list_path)?;
         list.pinned(&lock, list_path)?;
+        anyhow::ensure!(
+            preflight::docker_api_version().is_some(),
+            "no docker daemon answers `docker version` (fix: start it, e.g. `sudo systemctl start docker`)"
+        );
         if let Some(dir) = archives {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;

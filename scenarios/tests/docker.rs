@@ -379,6 +379,34 @@ fn no_docker_daemon_is_named_with_the_fix() {
     assert!(t.contains("a docker daemon"), "{t}");
     assert!(t.contains("unix:///nonexistent/docker.sock"), "{t}");
     assert!(t.contains("DOCKER_HOST"), "{t}");
+
+    // `images pull` says so too, before it tries any image.
+    let dir = scratch("nodaemon-pull");
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("images.toml");
+    std::fs::write(
+        &list,
+        "[hub]\nimage = \"quay.io/jupyterhub/k8s-hub:4.4.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("images.lock"),
+        format!(
+            "[digests]\n\"quay.io/jupyterhub/k8s-hub:4.4.0\" = \"sha256:{}\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let pull = hubtrust()
+        .args(["images", "pull"])
+        .arg(&list)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    let t = text(&pull);
+    assert_eq!(pull.status.code(), Some(2), "{t}");
+    assert!(t.contains("no docker daemon answers"), "{t}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

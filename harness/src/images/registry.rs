@@ -265,14 +265,13 @@ impl Session<'_> {
     async fn get(&mut self, path: &str, expected: Option<&str>) -> Result<Option<Bytes>> {
         let (http, reference) = (self.http, self.reference);
         let url = format!("{}/{path}", reference.api_base());
-        let unreachable = |e: reqwest::Error| {
-            HarnessError::Registry {
+        let unreachable = |e: reqwest::Error| HarnessError::Registry {
             reference: reference.to_string(),
             message: format!(
-                "{} does not answer: {e} (fix: pin on a machine that reaches it; a proxy is taken from HTTPS_PROXY, a private CA from HUBTRUST_BUILD_CA)",
-                reference.registry
+                "{} does not answer: {e} (fix: pin on a machine that reaches it; {})",
+                reference.registry,
+                "a proxy is taken from HTTPS_PROXY, a private CA from HUBTRUST_BUILD_CA"
             ),
-        }
         };
         let send = |token: Option<&String>| {
             let mut request = http.get(&url).header(ACCEPT, MANIFEST_KINDS);

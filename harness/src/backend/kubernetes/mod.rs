@@ -33,7 +33,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{HarnessError, Result};
-use crate::images::list::untagged;
 use crate::images::registry::PlatformImage;
 use crate::spec::ContainerRole;
 
@@ -195,13 +194,6 @@ pub struct ChartImage {
 }
 
 impl ChartImage {
-    /// `repository@digest`, the form `docker image inspect` lists under
-    /// RepoDigests.
-    pub fn by_digest(&self) -> Option<String> {
-        let digest = self.digest.as_ref()?;
-        Some(format!("{}@{digest}", untagged(&self.tagged)))
-    }
-
     /// What pods name. kind loads the tagged image from this machine's
     /// daemon, its digest checked first (an archive loaded by digest
     /// carries no name containerd matches); a cluster of the user's own
