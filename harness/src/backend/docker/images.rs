@@ -20,17 +20,22 @@ const BUILD_ROOTFS: &str = include_str!("../../../../fixtures/images/build-rootf
 /// Where the components live inside the image.
 pub const COMPONENTS_IN_IMAGE: &str = "/opt/hubtrust";
 
+/// What the runtime image is made from, by path in the repository: its
+/// tag is their hash, and the `kind` job caches its archive under the
+/// same files' hash.
+pub const RUNTIME_IMAGE_INPUTS: [(&str, &str); 5] = [
+    ("fixtures/images/build-rootfs.sh", BUILD_ROOTFS),
+    ("fixtures/python/requirements.lock", provision::PYTHON_LOCK),
+    ("fixtures/python/mitmproxy.lock", provision::MITMPROXY_LOCK),
+    ("fixtures/npm/package.json", provision::NPM_PACKAGE),
+    ("fixtures/npm/package-lock.json", provision::NPM_LOCK),
+];
+
 /// The runtime image's reference: one image carries hub, proxy, lab and
 /// mitmproxy, as the local backend's one component cache does.
 pub fn runtime_image() -> String {
     let mut hasher = Sha256::new();
-    for part in [
-        BUILD_ROOTFS,
-        provision::PYTHON_LOCK,
-        provision::MITMPROXY_LOCK,
-        provision::NPM_PACKAGE,
-        provision::NPM_LOCK,
-    ] {
+    for (_, part) in RUNTIME_IMAGE_INPUTS {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
@@ -255,6 +260,25 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kind_jobs_cache_key_hashes_the_runtime_images_inputs() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let workflow = std::fs::read_to_string(root.join(".github/workflows/ci.yml")).unwrap();
+        let key = workflow
+            .lines()
+            .find(|l| l.contains("key: runtime-image-"))
+            .expect("the kind job caches the runtime image");
+        for (path, text) in RUNTIME_IMAGE_INPUTS {
+            assert!(key.contains(&format!("'{path}'")), "{path} not in {key}");
+            assert_eq!(std::fs::read_to_string(root.join(path)).unwrap(), text);
+        }
+        assert_eq!(
+            key.matches("'fixtures/").count(),
+            RUNTIME_IMAGE_INPUTS.len(),
+            "{key}"
+        );
+    }
 
     #[test]
     fn the_image_tag_follows_its_inputs() {
