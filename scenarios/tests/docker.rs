@@ -590,17 +590,19 @@ fn upstream_list_at(registry: &str, repository_prefix: &str) -> String {
         .join("\n")
 }
 
-#[test]
-fn images_pinned_from_a_registry_are_pulled_by_digest_and_pass_core_and_enterprise() {
-    if !docker_ready() {
-        return;
-    }
+/// A registry on loopback keeping its blobs under `dir`, and the runtime
+/// that serves it (kept alive as long as the registry is used).
+fn loopback_registry(
+    dir: &std::path::Path,
+) -> (
+    tokio::runtime::Runtime,
+    hubtrust_harness::images::registry::loopback::LoopbackRegistry,
+) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let dir = scratch("pinned");
     let registry = runtime
         .block_on(
             hubtrust_harness::images::registry::loopback::LoopbackRegistry::start(
@@ -609,6 +611,16 @@ fn images_pinned_from_a_registry_are_pulled_by_digest_and_pass_core_and_enterpri
             ),
         )
         .unwrap();
+    (runtime, registry)
+}
+
+#[test]
+fn images_pinned_from_a_registry_are_pulled_by_digest_and_pass_core_and_enterprise() {
+    if !docker_ready() {
+        return;
+    }
+    let dir = scratch("pinned");
+    let (_runtime, registry) = loopback_registry(&dir);
     let host = registry.host();
     // Images laid out as upstream's are: each component's program on PATH
     // (hubtrust's own image has none there), so the stack only comes up if
@@ -908,20 +920,8 @@ fn chart_images_come_back_from_archives_only_when_they_are_the_pinned_images() {
     if !docker_ready() {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
     let dir = scratch("archives");
-    let registry = runtime
-        .block_on(
-            hubtrust_harness::images::registry::loopback::LoopbackRegistry::start(
-                dir.join("registry"),
-                false,
-            ),
-        )
-        .unwrap();
+    let (_runtime, registry) = loopback_registry(&dir);
     let host = registry.host();
     let _cleanup = ImagesUnder(format!("{host}/chart-like"));
     let tag = |role: &str| format!("{host}/chart-like/{role}:1");
