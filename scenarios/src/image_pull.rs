@@ -134,6 +134,21 @@ fn bring_in(pinned: &Pinned, archive: Option<&Path>) -> Result<String, String> {
     Ok(said)
 }
 
+/// A save cut short (the runner stopped, SIGKILL) leaves a `.tar.partial`
+/// that no load reads: removed, so a cache of the folder never keeps it.
+fn remove_interrupted_saves(dir: &Path) -> anyhow::Result<()> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("read {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.to_string_lossy().ends_with(".tar.partial") {
+            std::fs::remove_file(&path)
+                .map_err(|e| anyhow::anyhow!("remove {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn images_pull_command(list_path: &Path, archives: Option<&PathBuf>) -> ExitCode {
     let read = (|| -> anyhow::Result<_> {
         let list = ImageList::load(list_path)?;
@@ -146,6 +161,7 @@ pub fn images_pull_command(list_path: &Path, archives: Option<&PathBuf>) -> Exit
         if let Some(dir) = archives {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
+            remove_interrupted_saves(dir)?;
         }
         Ok((list, lock))
     })();

@@ -335,6 +335,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         namespace,
         chart,
         node_image: pins.kind.node_image,
+        node_platform: hubtrust_harness::backend::kubernetes::kind::host_node_platform(),
         images,
         public_node_port: PUBLIC_NODE_PORT,
         public_host_port: free_loopback_port()?,

@@ -956,13 +956,17 @@ fn chart_images_come_back_from_archives_only_when_they_are_the_pinned_images() {
     }
 
     // Gone from the daemon: loaded back without asking the registry, and
-    // known as the pinned images with no registry digest to go by.
+    // known as the pinned images with no registry digest to go by. A save
+    // cut short before is removed, not cached.
     remove_images(&made);
+    let interrupted = archives.join("proxy.tar.partial");
+    std::fs::write(&interrupted, b"cut short").unwrap();
     let asked = registry.manifest_requests();
     let second = pull_images(&list, &archives);
     let said = text(&second);
     assert!(second.status.success(), "{said}");
     assert_eq!(said.matches("loaded from").count(), 3, "{said}");
+    assert!(!interrupted.exists(), "{said}");
     assert_eq!(registry.manifest_requests(), asked);
     assert_eq!(
         docker(&[

@@ -53,6 +53,28 @@ pub struct PortMapping {
     pub protocol: &'static str,
 }
 
+/// The platform kind's nodes run, `linux/<arch>` in the registry's names:
+/// the docker daemon's, which is this machine's (Docker Desktop's VM
+/// included). Each image archive holds that platform alone.
+pub fn host_node_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+/// Whether an image of `platform` (`os/arch[/variant]`) runs on nodes of
+/// `node_platform` (`os/arch`): the variant is the image's detail.
+pub fn runs_on(platform: &str, node_platform: &str) -> bool {
+    platform.split('/').take(2).eq(node_platform.split('/').take(2))
+}
+
 impl KindConfig {
     /// kind accepts JSON as well as YAML: the config is written as JSON.
     pub fn new(cluster: &str, node_image: &str, node_port: u16, host_port: u16) -> Self {
@@ -82,5 +104,20 @@ impl KindConfig {
                 },
             ],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nodes_platform_is_named_as_registries_name_it() {
+        let platform = host_node_platform();
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(platform, "linux/amd64");
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(platform, "linux/arm64");
+        assert!(runs_on(&platform, &platform));
     }
 }

@@ -213,6 +213,9 @@ pub struct Deployment {
     pub namespace: String,
     pub chart: ChartSource,
     pub node_image: String,
+    /// The platform of kind's nodes (`linux/amd64`): the one each image
+    /// archive is saved for.
+    pub node_platform: String,
     /// Each chart image and its pinned digest.
     pub images: BTreeMap<ContainerRole, ChartImage>,
     /// proxy-public's nodePort, mapped to loopback on kind.

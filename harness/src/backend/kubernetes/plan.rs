@@ -478,7 +478,7 @@ pub fn plan(
                     vec![
                         "save".into(),
                         "--platform".into(),
-                        "linux/amd64".into(),
+                        deployment.node_platform.clone(),
                         "--output".into(),
                         archive.display().to_string(),
                         reference.clone(),
@@ -1010,6 +1010,7 @@ mod tests {
             namespace: "hubtrust-run1".into(),
             chart: pins.chart,
             node_image: pins.kind.node_image,
+            node_platform: "linux/amd64".into(),
             images: [
                 (
                     ContainerRole::Hub,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::command::{self, CommandFailure};
 use super::plan::PlannedCommand;
-use super::{ChartImage, ClusterTarget, Deployment};
+use super::{kind, ChartImage, ClusterTarget, Deployment};
 use crate::error::{HarnessError, Result};
 use crate::images::list::HeldImage;
 use crate::spec::ContainerRole;
@@ -110,7 +110,7 @@ pub fn require_tools(target: &ClusterTarget) -> Result<()> {
 /// kind loads images from this machine's daemon: each must be there under
 /// its listed tag, and be the pinned image (pulled by digest, or loaded from
 /// an archive of it).
-fn check_loaded(role: ContainerRole, image: &ChartImage) -> Result<()> {
+fn check_loaded(role: ContainerRole, image: &ChartImage, node_platform: &str) -> Result<()> {
     let what = format!("the {} image {}", role.as_str(), image.tagged);
     let Some(digest) = &image.digest else {
         return Err(cluster_error(
@@ -157,7 +157,21 @@ fn check_loaded(role: ContainerRole, image: &ChartImage) -> Result<()> {
         digest,
         Some(&image.platforms).filter(|p| !p.is_empty()),
     )
-    .map_err(|why| cluster_error(&what, why, fix))
+    .map_err(|why| cluster_error(&what, why, fix))?;
+    node_runs(&held, node_platform).map_err(|why| cluster_error(&what, why, fix))
+}
+
+/// The held image must be the nodes' platform: `docker save --platform`
+/// would otherwise find nothing to save, after the cluster is made.
+fn node_runs(held: &HeldImage, node_platform: &str) -> std::result::Result<(), String> {
+    if kind::runs_on(&held.platform, node_platform) {
+        Ok(())
+    } else {
+        Err(format!(
+            "is held for {}, and kind's nodes here run {node_platform}",
+            held.platform
+        ))
+    }
 }
 
 /// The docker daemon's API version, `(major, minor)`, when it answers.
@@ -242,7 +256,7 @@ pub fn check(deployment: &Deployment) -> Result<()> {
             how_pods_are_entered()?;
             docker_daemon_for_kind()?;
             for (role, image) in &deployment.images {
-                check_loaded(*role, image)?;
+                check_loaded(*role, image, &deployment.node_platform)?;
             }
         }
         ClusterTarget::Existing { .. } => {
@@ -311,6 +325,23 @@ mod tests {
             err.contains("`kind`") && err.contains("kind-action"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_image_of_another_platform_than_the_nodes_is_refused_by_name() {
+        let held = |platform: &str| HeldImage {
+            id: "sha256:1".into(),
+            platform: platform.into(),
+            repo_digests: vec![],
+        };
+        assert!(node_runs(&held("linux/amd64"), "linux/amd64").is_ok());
+        assert!(node_runs(&held("linux/arm64/v8"), "linux/arm64").is_ok());
+        let why = node_runs(&held("linux/arm64/v8"), "linux/amd64").unwrap_err();
+        assert!(
+            why.contains("linux/arm64/v8") && why.contains("run linux/amd64"),
+            "{why}"
+        );
+        assert!(node_runs(&held("windows/amd64"), "linux/amd64").is_err());
     }
 
     #[test]
