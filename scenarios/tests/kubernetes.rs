@@ -148,10 +148,14 @@ fn the_plan_prints_every_command_and_manifest_and_runs_none_of_them() {
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert_eq!(calls(&dir), "", "--plan ran a command");
     assert_eq!(kubernetes_run_dirs(), before, "--plan made a run directory");
+    let save = format!(
+        "docker save --platform {}",
+        hubtrust_harness::backend::kubernetes::kind::host_node_platform()
+    );
     for expected in [
         "kind create cluster --name hubtrust-",
         "kind load image-archive",
-        "docker save --platform linux/amd64",
+        &save,
         "create secret generic hubtrust-ca-certs",
         "create secret generic hubtrust-proxy-tls",
         "apply --server-side --field-manager=hubtrust",
@@ -163,6 +167,16 @@ fn the_plan_prints_every_command_and_manifest_and_runs_none_of_them() {
         "## teardown, on every path out",
         "kind delete cluster --name hubtrust-",
         "capture eth0 of the inspecting proxy's pod (-l app.kubernetes.io/name=hubtrust-inspecting-proxy) from before the first lab's spawn",
+        // What scripts/render-chart reads: the values, hubtrust's
+        // manifests, and the probe's cells.
+        "/values.json\n{\n",
+        "/manifests/probers.json\n{\n",
+        "/manifests/outbound.json\n{\n",
+        "\n## probes from inside the cluster",
+        "\n- from pod hubtrust-prober-labelled (",
+        "\n    scan and trust matrix: hub API (Service hub port 8081)\n",
+        "\n    must not answer: proxy API (Service proxy-api port 8001)\n",
+        "\n    must not answer: every other port the first user's lab pod listens on",
     ] {
         assert!(said.contains(expected), "the plan lacks {expected:?}:\n{said}");
     }

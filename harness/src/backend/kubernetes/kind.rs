@@ -72,7 +72,10 @@ pub fn host_node_platform() -> String {
 /// Whether an image of `platform` (`os/arch[/variant]`) runs on nodes of
 /// `node_platform` (`os/arch`): the variant is the image's detail.
 pub fn runs_on(platform: &str, node_platform: &str) -> bool {
-    platform.split('/').take(2).eq(node_platform.split('/').take(2))
+    platform
+        .split('/')
+        .take(2)
+        .eq(node_platform.split('/').take(2))
 }
 
 impl KindConfig {
