@@ -24,8 +24,12 @@ pub struct Tool {
 pub const KIND: Tool = Tool {
     program: "kind",
     needed_for: "--backend kind (the cluster)",
-    install: "download https://kind.sigs.k8s.io/dl/v0.29.0/kind-linux-amd64 to /usr/local/bin/kind (in GitHub Actions: helm/kind-action with install_only: true)",
+    install: KIND_INSTALL,
 };
+#[cfg(target_arch = "aarch64")]
+const KIND_INSTALL: &str = "download https://kind.sigs.k8s.io/dl/v0.29.0/kind-linux-arm64 to /usr/local/bin/kind (in GitHub Actions: helm/kind-action with install_only: true)";
+#[cfg(not(target_arch = "aarch64"))]
+const KIND_INSTALL: &str = "download https://kind.sigs.k8s.io/dl/v0.29.0/kind-linux-amd64 to /usr/local/bin/kind (in GitHub Actions: helm/kind-action with install_only: true)";
 pub const HELM: Tool = Tool {
     program: "helm",
     needed_for: "--backend kind|kubernetes (installing the Zero to JupyterHub chart)",
