@@ -18,7 +18,7 @@ use hubtrust_harness::backend::kubernetes::{
     plan::{KubernetesPlan, ProbesRun},
     pods, preflight,
     run::KubernetesRun,
-    ChartImage, ChartPins, ClusterTarget, Deployment, OrgTrust, RuntimeImage, BUILTIN_IMAGE_LIST,
+    ChartImage, ChartPins, ClusterTarget, Deployment, OrgTrust, ProxyImage, BUILTIN_IMAGE_LIST,
     BUILTIN_IMAGE_LOCK, DEFAULT_IMAGE_LIST,
 };
 use hubtrust_harness::capture::{LinkEvidence, WireCensus};
@@ -281,7 +281,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
     if !args.plan {
         preflight::require_tools(&target)?;
     }
-    let images = pinned_images(args.images, args.plan)?;
+    let (mut images, mitmproxy_command) = pinned_images(args.images, args.plan)?;
     let org_trust = spec.enterprise.as_ref().map(|e| OrgTrust {
         configmap_present: spec.kubernetes.org_trust_configmap,
         merge_into_labs: e.merge_org_bundle,
@@ -316,20 +316,55 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(kubernetes::in_cluster::REPORTS_DIR).join(&namespace));
     let outbound_servers = org.as_ref().is_some_and(|o| o.pki.is_some());
-    // The inspecting proxy runs from hubtrust's own image, which only a
-    // kind cluster can be given (loaded from this machine's daemon).
-    let runtime_image =
-        (outbound_servers && matches!(target, ClusterTarget::Kind { .. })).then(|| {
+    // The inspecting proxy runs only with the internet servers behind it,
+    // which run from hubtrust's own image: only a kind cluster can be
+    // given that (loaded from this machine's daemon).
+    let proxy_runs = outbound_servers && matches!(target, ClusterTarget::Kind { .. });
+    let extra_args = spec
+        .enterprise
+        .as_ref()
+        .map(|e| e.proxy_args.clone())
+        .unwrap_or_default();
+    let proxy_image = match images.get(&ContainerRole::Mitmproxy) {
+        Some(listed) if proxy_runs => Some(ProxyImage {
+            reference: listed.reference_for(&target),
+            // The list allows one program here; `mitmdump` on the
+            // image's PATH when it names none.
+            mitmdump: mitmproxy_command
+                .as_ref()
+                .and_then(|command| command.first().cloned())
+                .unwrap_or_else(|| "mitmdump".into()),
+            extra_args,
+            listed: true,
+        }),
+        Some(listed) => {
+            eprintln!(
+                "note: the images list's [mitmproxy] ({}) is not used: no inspecting proxy runs on --backend {}{}",
+                listed.tagged,
+                args.backend.name(),
+                if matches!(target, ClusterTarget::Kind { .. }) {
+                    " without a stack whose [enterprise] section has hubtrust make the org CA"
+                } else {
+                    ""
+                }
+            );
+            images.remove(&ContainerRole::Mitmproxy);
+            None
+        }
+        None => proxy_runs.then(|| {
             use hubtrust_harness::backend::docker::images;
-            RuntimeImage {
+            ProxyImage {
                 reference: images::runtime_image(),
                 mitmdump: images::components_in_image()
                     .mitmproxy_venv
                     .join("bin/mitmdump")
                     .display()
                     .to_string(),
+                extra_args,
+                listed: false,
             }
-        });
+        }),
+    };
     let deployment = Deployment {
         target,
         namespace,
@@ -351,7 +386,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
             .unwrap_or_else(|| "alice".into()),
         tls_policy: spec.tls_policy.clone(),
         outbound_servers,
-        runtime_image,
+        proxy_image,
     };
     let merge_command = spec
         .enterprise
@@ -387,10 +422,11 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
 
 /// The chart images with their locked digests. A plan may show an image
 /// the lock lacks, marked; a run refuses it.
-fn pinned_images(
-    list_path: Option<&Path>,
-    for_plan: bool,
-) -> anyhow::Result<BTreeMap<ContainerRole, ChartImage>> {
+/// The listed images by role, each with its pinned digest, and the
+/// `[mitmproxy]` entry's command.
+type PinnedImages = (BTreeMap<ContainerRole, ChartImage>, Option<Vec<String>>);
+
+fn pinned_images(list_path: Option<&Path>, for_plan: bool) -> anyhow::Result<PinnedImages> {
     let (list, lock, list_path) = match list_path {
         Some(path) => (
             ImageList::load(path)?,
@@ -412,7 +448,11 @@ fn pinned_images(
         }
         eprintln!("warning: {e}; the plan shows those images by tag alone, and a run refuses them");
     }
-    Ok(list
+    let mitmproxy_command = list
+        .components
+        .get(&ContainerRole::Mitmproxy)
+        .and_then(|listed| listed.command.clone());
+    let images = list
         .components
         .iter()
         .map(|(role, listed)| {
@@ -427,7 +467,8 @@ fn pinned_images(
             };
             (*role, image)
         })
-        .collect())
+        .collect();
+    Ok((images, mitmproxy_command))
 }
 
 /// What a bring-up is for.
@@ -493,6 +534,11 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
         kubernetes::outbound::issue(pki, &deployment.namespace, run_dir, with_proxy)?;
         if with_proxy {
             kubernetes::inspecting_proxy::write_files(pki, run_dir)?;
+        }
+        if deployment
+            .inspecting_proxy()
+            .is_some_and(|proxy| !proxy.listed)
+        {
             eprintln!("· hubtrust's runtime image, for the inspecting proxy (built once, offline)");
             crate::docker::ensure_runtime_image()?;
         }

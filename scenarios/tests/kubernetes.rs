@@ -927,6 +927,88 @@ fn a_bring_up_that_fails_on_the_cluster_keeps_every_pods_log_and_tears_down() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An images list with the chart's three images and a `[mitmproxy]` of
+/// the operator's own, with `command`.
+fn list_with_mitmproxy(dir: &Path, command: &str) -> PathBuf {
+    let list = dir.join("images.toml");
+    let chart_list =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/kubernetes/images.toml");
+    let mut text = std::fs::read_to_string(chart_list).unwrap();
+    text.push_str(&format!(
+        "\n[mitmproxy]\nimage = \"docker.io/mitmproxy/mitmproxy:11.0.2\"\ncommand = {command}\n"
+    ));
+    std::fs::write(&list, text).unwrap();
+    list
+}
+
+#[test]
+fn a_listed_mitmproxy_image_is_the_inspecting_proxy_on_kind_and_never_loaded_unused() {
+    let dir = scratch("k8s-listed-mitmproxy");
+    let list = list_with_mitmproxy(&dir, "[\"/usr/local/bin/mitmdump\"]");
+    let plan = |args: &[&str]| {
+        let out = hubtrust()
+            .args(["run", "--plan", "--images"])
+            .arg(&list)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+
+    let (code, said) = plan(&[
+        "--backend",
+        "kind",
+        "--stack",
+        "fixtures/stacks/enterprise.toml",
+    ]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("\"image\": \"docker.io/mitmproxy/mitmproxy:11.0.2\""),
+        "{said}"
+    );
+    assert!(said.contains("\"/usr/local/bin/mitmdump\""), "{said}");
+    assert!(said.contains("images/mitmproxy.tar docker.io/mitmproxy/mitmproxy:11.0.2"));
+    assert!(!said.contains("runtime.tar"), "{said}");
+
+    // Where no inspecting proxy runs, the image is named as unused and
+    // neither loaded nor required.
+    for args in [
+        &["--backend", "kind"][..],
+        &[
+            "--backend",
+            "kubernetes",
+            "--stack",
+            "fixtures/stacks/enterprise.toml",
+        ][..],
+    ] {
+        let (code, said) = plan(args);
+        assert_eq!(code, Some(0), "{said}");
+        assert!(
+            said.contains("[mitmproxy] (docker.io/mitmproxy/mitmproxy:11.0.2) is not used"),
+            "{said}"
+        );
+        assert!(!said.contains("mitmproxy.tar"), "{said}");
+    }
+
+    // Its command names one program, which hubtrust gives its arguments
+    // (the list refuses more, as on docker).
+    let list = list_with_mitmproxy(&dir, "[\"mitmdump\", \"--mode\", \"transparent\"]");
+    let out = hubtrust()
+        .args(["run", "--plan", "--backend", "kind", "--stack"])
+        .arg("fixtures/stacks/enterprise.toml")
+        .arg("--images")
+        .arg(&list)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("[mitmproxy] command is the one program that stands for mitmdump"),
+        "{said}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn without_the_org_configmap_the_labs_mount_it_optional_and_nothing_creates_it() {
     let out = hubtrust()

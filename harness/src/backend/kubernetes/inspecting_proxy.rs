@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::in_cluster::{ExpectedFlow, WireCapture};
 use super::names::dns_names;
 use super::objects::{pod, service};
-use super::RuntimeImage;
+use super::ProxyImage;
 use crate::error::Result;
 use crate::pki::{write_with_mode, OrgPki};
 
@@ -83,7 +83,7 @@ pub fn wire_capture() -> WireCapture {
 
 /// The proxy's pod and Service. mitmproxy writes beside its CA file, so
 /// the file is copied from the read-only Secret into an emptyDir first.
-pub fn manifests(namespace: &str, image: &RuntimeImage) -> Vec<Value> {
+pub fn manifests(namespace: &str, image: &ProxyImage) -> Vec<Value> {
     let mut command = vec![
         "sh".to_string(),
         "-c".into(),
@@ -94,6 +94,7 @@ pub fn manifests(namespace: &str, image: &RuntimeImage) -> Vec<Value> {
         Path::new(CONF_DIR),
         &Path::new(CA_DIR).join("upstream-trust.crt"),
     ));
+    command.extend(image.extra_args.iter().cloned());
     vec![
         pod(
             SERVICE,
@@ -189,9 +190,11 @@ mod tests {
 
     #[test]
     fn the_proxy_copies_its_ca_into_a_writable_dir_and_trusts_only_the_public_root_upstream() {
-        let image = RuntimeImage {
+        let image = ProxyImage {
             reference: "hubtrust/runtime:abc".into(),
             mitmdump: "/opt/hubtrust/mitmproxy-venv/bin/mitmdump".into(),
+            extra_args: vec![],
+            listed: false,
         };
         let items = manifests("ns", &image);
         let command = items[0]["spec"]["containers"][0]["command"]

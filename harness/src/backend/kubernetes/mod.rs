@@ -248,29 +248,35 @@ pub struct Deployment {
     /// first lab's tools fetch them: only when hubtrust made the org CA
     /// (a stack's own `org_bundle` comes without its key).
     pub outbound_servers: bool,
-    /// hubtrust's runtime image, loaded into kind: the inspecting proxy
-    /// (mitmproxy) runs from it, with the internet servers behind it. None
-    /// on a cluster of the user's own, which cannot pull a local image.
-    pub runtime_image: Option<RuntimeImage>,
+    /// The image the inspecting proxy (mitmproxy) runs from on kind, with
+    /// the internet servers behind it: the images list's `[mitmproxy]`, or
+    /// hubtrust's runtime image. None on a cluster of the user's own, which
+    /// cannot pull the servers' local image.
+    pub proxy_image: Option<ProxyImage>,
 }
 
 impl Deployment {
     /// The image the inspecting proxy runs from, when it runs: only with
     /// the outbound servers behind it.
-    pub fn inspecting_proxy(&self) -> Option<&RuntimeImage> {
-        self.runtime_image
-            .as_ref()
-            .filter(|_| self.outbound_servers)
+    pub fn inspecting_proxy(&self) -> Option<&ProxyImage> {
+        self.proxy_image.as_ref().filter(|_| self.outbound_servers)
     }
 }
 
-/// hubtrust's own image, as a kind run loads it.
+/// The inspecting proxy's image, as a kind run loads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RuntimeImage {
-    /// The local tag (`hubtrust/runtime:<inputs digest>`).
+pub struct ProxyImage {
+    /// hubtrust's local tag (`hubtrust/runtime:<inputs digest>`), or the
+    /// images list's `[mitmproxy]` tag.
     pub reference: String,
-    /// mitmproxy's `mitmdump` inside it.
+    /// mitmproxy's `mitmdump` inside it: the list's command, or hubtrust's
+    /// own install.
     pub mitmdump: String,
+    /// `[enterprise] proxy_args`, after hubtrust's own arguments.
+    pub extra_args: Vec<String>,
+    /// Listed in the images list: pinned, saved and loaded with the
+    /// chart's images rather than built here.
+    pub listed: bool,
 }
 
 /// The stack file's settings a Kubernetes run does not apply (yet), each
@@ -316,9 +322,14 @@ pub fn keys_not_applied(spec: &crate::spec::StackSpec) -> Vec<String> {
     );
     if let Some(e) = &spec.enterprise {
         note(
-            e.egress_host.is_some() || e.proxy_command.is_some() || !e.proxy_args.is_empty() || e.mitmdump.is_some(),
-            "[enterprise] egress_host, proxy_command, proxy_args, mitmdump",
-            "a proxy of your own is not swapped in on Kubernetes yet: on kind hubtrust runs mitmproxy from its runtime image with its own arguments",
+            e.egress_host.is_some(),
+            "[enterprise] egress_host",
+            "the inspecting proxy runs in its own pod",
+        );
+        note(
+            e.proxy_command.is_some() || e.mitmdump.is_some(),
+            "[enterprise] proxy_command, mitmdump",
+            "a proxy other than mitmproxy is not swapped in on Kubernetes yet; on kind, list a mitmproxy image of your own as `[mitmproxy]` in the --images list",
         );
     }
     not_applied

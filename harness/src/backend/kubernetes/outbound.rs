@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::names::dns_names;
 use super::objects::{labels, pod, service};
-use super::{inspecting_proxy, OrgTrust, RuntimeImage};
+use super::{inspecting_proxy, OrgTrust, ProxyImage};
 use crate::enterprise::{self, Signer, ToolRun};
 use crate::error::{HarnessError, Result};
 use crate::pki::{write_with_mode, OrgPki, Usage, Validity};
@@ -245,7 +245,7 @@ pub fn server_args(tls_dir: &Path, with_proxy: bool) -> Vec<String> {
 /// Services, and a NetworkPolicy that lets labs reach it and the
 /// inspecting proxy: policies add up, so the chart's own singleuser policy
 /// stays exactly as rendered.
-pub fn manifests(namespace: &str, image: &str, proxy_image: Option<&RuntimeImage>) -> Value {
+pub fn manifests(namespace: &str, image: &str, proxy_image: Option<&ProxyImage>) -> Value {
     let with_proxy = proxy_image.is_some();
     let mut command = vec![
         "python3".to_string(),
@@ -563,9 +563,11 @@ mod tests {
 
     #[test]
     fn the_pod_mounts_the_keys_for_its_own_user_only_and_labs_may_reach_it() {
-        let runtime = RuntimeImage {
+        let runtime = ProxyImage {
             reference: "hubtrust/runtime:abc".into(),
             mitmdump: "/opt/hubtrust/mitmproxy-venv/bin/mitmdump".into(),
+            extra_args: vec![],
+            listed: false,
         };
         let list = manifests("ns", "quay.io/jupyterhub/k8s-hub:4.4.0", Some(&runtime));
         let items = list["items"].as_array().unwrap();

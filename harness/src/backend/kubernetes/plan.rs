@@ -592,7 +592,9 @@ pub fn plan(
     }
 
     let proxy_image = deployment.inspecting_proxy();
-    if let (Some(image), ClusterTarget::Kind { cluster }) = (proxy_image, target) {
+    if let (Some(image), ClusterTarget::Kind { cluster }) =
+        (proxy_image.filter(|image| !image.listed), target)
+    {
         let archive = file("images/runtime.tar");
         steps.push(PlannedCommand::new(
             "save hubtrust's runtime image (the inspecting proxy's) for containerd's image store",
@@ -1048,9 +1050,11 @@ mod tests {
             user: "alice".into(),
             tls_policy: Default::default(),
             outbound_servers: org_trust.is_some(),
-            runtime_image: org_trust.as_ref().map(|_| super::super::RuntimeImage {
+            proxy_image: org_trust.as_ref().map(|_| super::super::ProxyImage {
                 reference: "hubtrust/runtime:0123456789abcdef".into(),
                 mitmdump: "/opt/hubtrust/mitmproxy-venv/bin/mitmdump".into(),
+                extra_args: vec![],
+                listed: false,
             }),
             org_trust,
         }
@@ -1187,6 +1191,55 @@ mod tests {
             .any(|f| f.path.ends_with("manifests/outbound.json")));
         let core = super::plan(&deployment(kind(), None), None, None);
         assert!(!core.render().contains("hubtrust-outbound"));
+    }
+
+    #[test]
+    fn a_listed_mitmproxy_image_runs_the_inspecting_proxy_with_the_stacks_extra_arguments() {
+        let mut d = deployment(kind(), nebari());
+        d.images.insert(
+            ContainerRole::Mitmproxy,
+            ChartImage {
+                tagged: "docker.io/mitmproxy/mitmproxy:11.0.2".into(),
+                digest: Some("sha256:4444".into()),
+                platforms: Default::default(),
+            },
+        );
+        d.proxy_image = Some(super::super::ProxyImage {
+            reference: "docker.io/mitmproxy/mitmproxy:11.0.2".into(),
+            mitmdump: "mitmdump".into(),
+            extra_args: vec!["--set".into(), "connection_strategy=lazy".into()],
+            listed: true,
+        });
+        let plan = plan(&d, Some(ORG_PEM), None);
+        let rendered = plan.render();
+        // Loaded with the chart's images; hubtrust's runtime image is
+        // neither saved nor loaded.
+        assert!(rendered.contains("images/mitmproxy.tar docker.io/mitmproxy/mitmproxy:11.0.2"));
+        assert!(!rendered.contains("runtime.tar"), "{rendered}");
+        let outbound = plan
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("manifests/outbound.json"))
+            .expect("outbound manifests");
+        let proxy = outbound.contents["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["kind"] == "Pod" && o["metadata"]["name"] == "hubtrust-inspecting-proxy")
+            .expect("the proxy's pod");
+        let container = &proxy["spec"]["containers"][0];
+        assert_eq!(container["image"], "docker.io/mitmproxy/mitmproxy:11.0.2");
+        let command: Vec<&str> = container["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(command[3], "mitmdump");
+        assert_eq!(
+            command[command.len() - 2..],
+            ["--set", "connection_strategy=lazy"]
+        );
     }
 
     #[test]
