@@ -325,6 +325,14 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         .as_ref()
         .map(|e| e.proxy_args.clone())
         .unwrap_or_default();
+    let replacement = spec
+        .enterprise
+        .as_ref()
+        .and_then(|e| e.proxy_command.clone());
+    anyhow::ensure!(
+        !(proxy_runs && replacement.is_some() && !images.contains_key(&ContainerRole::Mitmproxy)),
+        "[enterprise] proxy_command names a proxy other than mitmproxy, and on kind it runs in an image of its own, which the images list does not name (fix: list the proxy's image as [mitmproxy] in the --images list, pinned like the chart's)"
+    );
     let proxy_image = match images.get(&ContainerRole::Mitmproxy) {
         Some(listed) if proxy_runs => Some(ProxyImage {
             reference: listed.reference_for(&target),
@@ -336,6 +344,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
                 .unwrap_or_else(|| "mitmdump".into()),
             extra_args,
             listed: true,
+            replacement,
         }),
         Some(listed) => {
             eprintln!(
@@ -362,6 +371,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
                     .to_string(),
                 extra_args,
                 listed: false,
+                replacement,
             }
         }),
     };

@@ -990,6 +990,34 @@ fn a_listed_mitmproxy_image_is_the_inspecting_proxy_on_kind_and_never_loaded_unu
         assert!(!said.contains("mitmproxy.tar"), "{said}");
     }
 
+    // A vendor's proxy other than mitmproxy runs in the listed image as
+    // given, under the contract; without a listed image it is refused.
+    let stack = dir.join("vendor-proxy.toml");
+    let mut vendor = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/stacks/enterprise.toml"),
+    )
+    .unwrap();
+    vendor.push_str("proxy_command = [\"/opt/vendor/proxy\", \"--serve\"]\n");
+    std::fs::write(&stack, vendor).unwrap();
+    let stack = stack.display().to_string();
+    let (code, said) = plan(&["--backend", "kind", "--stack", &stack]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("\"/opt/vendor/proxy\",\n              \"--serve\""),
+        "{said}"
+    );
+    assert!(said.contains("\"HUBTRUST_PROXY_CA\""), "{said}");
+    let out = hubtrust()
+        .args(["run", "--plan", "--backend", "kind", "--stack", &stack])
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("list the proxy's image as [mitmproxy] in the --images list"),
+        "{said}"
+    );
+
     // Its command names one program, which hubtrust gives its arguments
     // (the list refuses more, as on docker).
     let list = list_with_mitmproxy(&dir, "[\"mitmdump\", \"--mode\", \"transparent\"]");

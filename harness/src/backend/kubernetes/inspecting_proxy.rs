@@ -1,5 +1,5 @@
 //! The TLS-inspecting proxy in the cluster: real mitmproxy from hubtrust's
-//! runtime image, re-signing with the org's issuing CA and trusting only
+//! runtime image (or a listed image, or a vendor's replacement), re-signing with the org's issuing CA and trusting only
 //! the run's public root upstream, as the enterprise site runs it on the
 //! other backends. Labs reach it through `HTTPS_PROXY`; their org services
 //! (the hub, the proxy API, the org-CA server) stay direct, in `NO_PROXY`.
@@ -82,19 +82,39 @@ pub fn wire_capture() -> WireCapture {
 }
 
 /// The proxy's pod and Service. mitmproxy writes beside its CA file, so
-/// the file is copied from the read-only Secret into an emptyDir first.
+/// the file is copied from the read-only Secret into an emptyDir first. A
+/// replacement proxy (`[enterprise] proxy_command`) is run as it is, with
+/// the three variables the other backends give it.
 pub fn manifests(namespace: &str, image: &ProxyImage) -> Vec<Value> {
-    let mut command = vec![
-        "sh".to_string(),
-        "-c".into(),
-        format!("cp {CA_DIR}/mitmproxy-ca.pem {CONF_DIR}/ && exec \"$0\" \"$@\""),
-        image.mitmdump.clone(),
-    ];
-    command.extend(mitmdump_args(
-        Path::new(CONF_DIR),
-        &Path::new(CA_DIR).join("upstream-trust.crt"),
-    ));
-    command.extend(image.extra_args.iter().cloned());
+    let upstream_trust = Path::new(CA_DIR).join("upstream-trust.crt");
+    let mut env = vec![json!({ "name": "HOME", "value": CONF_DIR })];
+    let command = match &image.replacement {
+        Some(replacement) => {
+            env.extend(
+                [
+                    ("HUBTRUST_PROXY_LISTEN", format!("0.0.0.0:{PORT}")),
+                    ("HUBTRUST_PROXY_CA", format!("{CA_DIR}/mitmproxy-ca.pem")),
+                    (
+                        "HUBTRUST_PROXY_UPSTREAM_TRUST",
+                        upstream_trust.display().to_string(),
+                    ),
+                ]
+                .map(|(name, value)| json!({ "name": name, "value": value })),
+            );
+            replacement.clone()
+        }
+        None => {
+            let mut command = vec![
+                "sh".to_string(),
+                "-c".into(),
+                format!("cp {CA_DIR}/mitmproxy-ca.pem {CONF_DIR}/ && exec \"$0\" \"$@\""),
+                image.mitmdump.clone(),
+            ];
+            command.extend(mitmdump_args(Path::new(CONF_DIR), &upstream_trust));
+            command.extend(image.extra_args.iter().cloned());
+            command
+        }
+    };
     vec![
         pod(
             SERVICE,
@@ -103,7 +123,7 @@ pub fn manifests(namespace: &str, image: &ProxyImage) -> Vec<Value> {
                 "name": "mitmproxy",
                 "image": image.reference,
                 "command": command,
-                "env": [{ "name": "HOME", "value": CONF_DIR }],
+                "env": env,
                 "ports": [{ "containerPort": PORT }],
                 "readinessProbe": { "tcpSocket": { "port": PORT }, "periodSeconds": 2 },
                 "volumeMounts": [
@@ -195,6 +215,7 @@ mod tests {
             mitmdump: "/opt/hubtrust/mitmproxy-venv/bin/mitmdump".into(),
             extra_args: vec![],
             listed: false,
+            replacement: None,
         };
         let items = manifests("ns", &image);
         let command = items[0]["spec"]["containers"][0]["command"]
@@ -210,5 +231,37 @@ mod tests {
             "{line:?}"
         );
         assert_eq!(items[0]["spec"]["volumes"][1]["emptyDir"], json!({}));
+    }
+
+    #[test]
+    fn a_replacement_proxy_runs_as_given_with_the_three_variables_of_the_contract() {
+        let image = ProxyImage {
+            reference: "vendor/proxy:1.0".into(),
+            mitmdump: "mitmdump".into(),
+            extra_args: vec!["--ignored".into()],
+            listed: true,
+            replacement: Some(vec!["/opt/vendor/proxy".into(), "--serve".into()]),
+        };
+        let items = manifests("ns", &image);
+        let container = &items[0]["spec"]["containers"][0];
+        assert_eq!(
+            container["command"],
+            json!(["/opt/vendor/proxy", "--serve"])
+        );
+        let env: std::collections::BTreeMap<&str, &str> = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(env["HUBTRUST_PROXY_LISTEN"], "0.0.0.0:8080");
+        assert_eq!(
+            env["HUBTRUST_PROXY_CA"],
+            "/etc/hubtrust-proxy-ca/mitmproxy-ca.pem"
+        );
+        assert_eq!(
+            env["HUBTRUST_PROXY_UPSTREAM_TRUST"],
+            "/etc/hubtrust-proxy-ca/upstream-trust.crt"
+        );
     }
 }

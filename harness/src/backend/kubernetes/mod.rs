@@ -277,6 +277,10 @@ pub struct ProxyImage {
     /// Listed in the images list: pinned, saved and loaded with the
     /// chart's images rather than built here.
     pub listed: bool,
+    /// `[enterprise] proxy_command`: a proxy other than mitmproxy, run in
+    /// this image instead of `mitmdump`, under the contract the other
+    /// backends give it (`HUBTRUST_PROXY_LISTEN`, `_CA`, `_UPSTREAM_TRUST`).
+    pub replacement: Option<Vec<String>>,
 }
 
 /// The stack file's settings a Kubernetes run does not apply (yet), each
@@ -327,9 +331,9 @@ pub fn keys_not_applied(spec: &crate::spec::StackSpec) -> Vec<String> {
             "the inspecting proxy runs in its own pod",
         );
         note(
-            e.proxy_command.is_some() || e.mitmdump.is_some(),
-            "[enterprise] proxy_command, mitmdump",
-            "a proxy other than mitmproxy is not swapped in on Kubernetes yet; on kind, list a mitmproxy image of your own as `[mitmproxy]` in the --images list",
+            e.mitmdump.is_some(),
+            "[enterprise] mitmdump",
+            "a path on this machine; on kind, list a mitmproxy image of your own as `[mitmproxy]` in the --images list, with mitmdump's path in it as its command",
         );
     }
     not_applied

@@ -568,6 +568,7 @@ mod tests {
             mitmdump: "/opt/hubtrust/mitmproxy-venv/bin/mitmdump".into(),
             extra_args: vec![],
             listed: false,
+            replacement: None,
         };
         let list = manifests("ns", "quay.io/jupyterhub/k8s-hub:4.4.0", Some(&runtime));
         let items = list["items"].as_array().unwrap();

@@ -1055,6 +1055,7 @@ mod tests {
                 mitmdump: "/opt/hubtrust/mitmproxy-venv/bin/mitmdump".into(),
                 extra_args: vec![],
                 listed: false,
+                replacement: None,
             }),
             org_trust,
         }
@@ -1209,6 +1210,7 @@ mod tests {
             mitmdump: "mitmdump".into(),
             extra_args: vec!["--set".into(), "connection_strategy=lazy".into()],
             listed: true,
+            replacement: None,
         });
         let plan = plan(&d, Some(ORG_PEM), None);
         let rendered = plan.render();
