@@ -316,65 +316,14 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(kubernetes::in_cluster::REPORTS_DIR).join(&namespace));
     let outbound_servers = org.as_ref().is_some_and(|o| o.pki.is_some());
-    // The inspecting proxy runs only with the internet servers behind it,
-    // which run from hubtrust's own image: only a kind cluster can be
-    // given that (loaded from this machine's daemon).
-    let proxy_runs = outbound_servers && matches!(target, ClusterTarget::Kind { .. });
-    let extra_args = spec
-        .enterprise
-        .as_ref()
-        .map(|e| e.proxy_args.clone())
-        .unwrap_or_default();
-    let replacement = spec
-        .enterprise
-        .as_ref()
-        .and_then(|e| e.proxy_command.clone());
-    anyhow::ensure!(
-        !(proxy_runs && replacement.is_some() && !images.contains_key(&ContainerRole::Mitmproxy)),
-        "[enterprise] proxy_command names a proxy other than mitmproxy, and on kind it runs in an image of its own, which the images list does not name (fix: list the proxy's image as [mitmproxy] in the --images list, pinned like the chart's)"
-    );
-    let proxy_image = match images.get(&ContainerRole::Mitmproxy) {
-        Some(listed) if proxy_runs => Some(ProxyImage {
-            reference: listed.reference_for(&target),
-            // The list allows one program here; `mitmdump` on the
-            // image's PATH when it names none.
-            mitmdump: mitmproxy_command
-                .as_ref()
-                .and_then(|command| command.first().cloned())
-                .unwrap_or_else(|| "mitmdump".into()),
-            extra_args,
-            listed: true,
-            replacement,
-        }),
-        Some(listed) => {
-            eprintln!(
-                "note: the images list's [mitmproxy] ({}) is not used: no inspecting proxy runs on --backend {}{}",
-                listed.tagged,
-                args.backend.name(),
-                if matches!(target, ClusterTarget::Kind { .. }) {
-                    " without a stack whose [enterprise] section has hubtrust make the org CA"
-                } else {
-                    ""
-                }
-            );
-            images.remove(&ContainerRole::Mitmproxy);
-            None
-        }
-        None => proxy_runs.then(|| {
-            use hubtrust_harness::backend::docker::images;
-            ProxyImage {
-                reference: images::runtime_image(),
-                mitmdump: images::components_in_image()
-                    .mitmproxy_venv
-                    .join("bin/mitmdump")
-                    .display()
-                    .to_string(),
-                extra_args,
-                listed: false,
-                replacement,
-            }
-        }),
-    };
+    let proxy_image = inspecting_proxy_image(
+        &spec,
+        &target,
+        &mut images,
+        mitmproxy_command,
+        outbound_servers,
+        args.backend.name(),
+    )?;
     let deployment = Deployment {
         target,
         namespace,
@@ -430,12 +379,83 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
     })
 }
 
-/// The chart images with their locked digests. A plan may show an image
-/// the lock lacks, marked; a run refuses it.
+/// The image the inspecting proxy runs from, when it runs: only with the
+/// internet servers behind it (hubtrust made the org CA), and only on kind,
+/// since a cluster of the user's own cannot pull hubtrust's local image (a
+/// listed one is not used there yet). A listed `[mitmproxy]` that does not
+/// run is named and taken out of the images, so it is neither loaded nor
+/// required.
+fn inspecting_proxy_image(
+    spec: &StackSpec,
+    target: &ClusterTarget,
+    images: &mut BTreeMap<ContainerRole, ChartImage>,
+    mitmproxy_command: Option<Vec<String>>,
+    outbound_servers: bool,
+    backend: &str,
+) -> anyhow::Result<Option<ProxyImage>> {
+    let on_kind = matches!(target, ClusterTarget::Kind { .. });
+    let proxy_runs = outbound_servers && on_kind;
+    let extra_args = spec
+        .enterprise
+        .as_ref()
+        .map(|e| e.proxy_args.clone())
+        .unwrap_or_default();
+    let replacement = spec
+        .enterprise
+        .as_ref()
+        .and_then(|e| e.proxy_command.clone());
+    anyhow::ensure!(
+        !(proxy_runs && replacement.is_some() && !images.contains_key(&ContainerRole::Mitmproxy)),
+        "[enterprise] proxy_command names a proxy other than mitmproxy, and on kind it runs in an image of its own, which the images list does not name (fix: list the proxy's image as [mitmproxy] in the --images list, pinned like the chart's)"
+    );
+    Ok(match images.get(&ContainerRole::Mitmproxy) {
+        Some(listed) if proxy_runs => Some(ProxyImage {
+            reference: listed.reference_for(target),
+            // The list allows one program here; `mitmdump` on the
+            // image's PATH when it names none.
+            mitmdump: mitmproxy_command
+                .and_then(|command| command.first().cloned())
+                .unwrap_or_else(|| "mitmdump".into()),
+            extra_args,
+            listed: true,
+            replacement,
+        }),
+        Some(listed) => {
+            eprintln!(
+                "note: the images list's [mitmproxy] ({}) is not used: no inspecting proxy runs on --backend {backend}{}",
+                listed.tagged,
+                if on_kind {
+                    " without a stack whose [enterprise] section has hubtrust make the org CA"
+                } else {
+                    ""
+                }
+            );
+            images.remove(&ContainerRole::Mitmproxy);
+            None
+        }
+        None => proxy_runs.then(|| {
+            use hubtrust_harness::backend::docker::images;
+            ProxyImage {
+                reference: images::runtime_image(),
+                mitmdump: images::components_in_image()
+                    .mitmproxy_venv
+                    .join("bin/mitmdump")
+                    .display()
+                    .to_string(),
+                extra_args,
+                listed: false,
+                replacement,
+            }
+        }),
+    })
+}
+
 /// The listed images by role, each with its pinned digest, and the
 /// `[mitmproxy]` entry's command.
 type PinnedImages = (BTreeMap<ContainerRole, ChartImage>, Option<Vec<String>>);
 
+/// The chart images with their locked digests. A plan may show an image
+/// the lock lacks, marked; a run refuses it.
 fn pinned_images(list_path: Option<&Path>, for_plan: bool) -> anyhow::Result<PinnedImages> {
     let (list, lock, list_path) = match list_path {
         Some(path) => (

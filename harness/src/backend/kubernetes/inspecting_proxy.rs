@@ -1,7 +1,7 @@
 //! The TLS-inspecting proxy in the cluster: real mitmproxy from hubtrust's
-//! runtime image (or a listed image, or a vendor's replacement), re-signing with the org's issuing CA and trusting only
-//! the run's public root upstream, as the enterprise site runs it on the
-//! other backends. Labs reach it through `HTTPS_PROXY`; their org services
+//! runtime image or a listed image (or a vendor's replacement), re-signing
+//! with the org's issuing CA and trusting only the run's public root
+//! upstream, as the enterprise site runs it on the other backends. Labs reach it through `HTTPS_PROXY`; their org services
 //! (the hub, the proxy API, the org-CA server) stay direct, in `NO_PROXY`.
 
 use std::path::{Path, PathBuf};

@@ -248,10 +248,10 @@ pub struct Deployment {
     /// first lab's tools fetch them: only when hubtrust made the org CA
     /// (a stack's own `org_bundle` comes without its key).
     pub outbound_servers: bool,
-    /// The image the inspecting proxy (mitmproxy) runs from on kind, with
-    /// the internet servers behind it: the images list's `[mitmproxy]`, or
-    /// hubtrust's runtime image. None on a cluster of the user's own, which
-    /// cannot pull the servers' local image.
+    /// The image the inspecting proxy runs from on kind, with the internet
+    /// servers behind it: the images list's `[mitmproxy]`, or hubtrust's
+    /// runtime image. None on a cluster of the user's own, which cannot
+    /// pull hubtrust's local image (and does not use a listed one yet).
     pub proxy_image: Option<ProxyImage>,
 }
 
