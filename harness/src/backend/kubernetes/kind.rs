@@ -54,8 +54,8 @@ pub struct PortMapping {
 }
 
 /// The platform kind's nodes run, `linux/<arch>` in the registry's names:
-/// the docker daemon's, which is this machine's (Docker Desktop's VM
-/// included). Each image archive holds that platform alone.
+/// this machine's, whose docker daemon runs them. Each image archive holds
+/// that platform alone.
 pub fn host_node_platform() -> String {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
