@@ -217,9 +217,8 @@ mod tests {
 
     #[test]
     fn inventory_shape_is_stable() {
-        let dir =
-            std::env::temp_dir().join(format!("hubtrust-inventory-test-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let held = tempfile::tempdir().unwrap();
+        let dir = held.path().join("inventory");
         let ca = CertificateAuthority::root("inventory CA").unwrap();
         ca.issue(
             "server",
@@ -237,6 +236,5 @@ mod tests {
             ".certificates[].not_after" => "[not-after]",
         });
         assert!(inventory.exposed_keys().is_empty());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -656,7 +656,8 @@ mod tests {
     #[test]
     fn keys_are_written_0600_and_certs_0644() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("hubtrust-pki-test-{}", std::process::id()));
+        let held = tempfile::tempdir().unwrap();
+        let dir = held.path().join("keys");
         let ca = CertificateAuthority::root("test CA").unwrap();
         let id = ca
             .issue("leaf", &["localhost"], Usage::Server, Validity::fresh(1))
@@ -670,7 +671,6 @@ mod tests {
             fs::metadata(&crt).unwrap().permissions().mode() & 0o777,
             0o644
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

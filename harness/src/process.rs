@@ -305,12 +305,12 @@ mod tests {
 
     #[tokio::test]
     async fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
-        let dir = std::env::temp_dir().join(format!("hubtrust-proc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let held = tempfile::tempdir().unwrap();
+        let dir = held.path();
         // A shell that ignores SIGTERM, then execs `tail`: an ignored signal
         // stays ignored across exec, so `tail` inherits it.
         let p = ManagedProcess::start(
-            &spec(&dir, "sh", &["-c", "trap '' TERM; exec tail -f /dev/null"]),
+            &spec(dir, "sh", &["-c", "trap '' TERM; exec tail -f /dev/null"]),
             &[],
         )
         .unwrap();
@@ -329,16 +329,14 @@ mod tests {
             marked_processes(&needle).is_empty(),
             "process survived stop"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn last_lines_returns_the_tail() {
-        let dir = std::env::temp_dir().join(format!("hubtrust-tail-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let held = tempfile::tempdir().unwrap();
+        let dir = held.path();
         let log = dir.join("log");
         std::fs::write(&log, "a\nb\nc\nd\n").unwrap();
         assert_eq!(last_lines(&log, 2), vec!["c", "d"]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

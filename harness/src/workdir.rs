@@ -84,21 +84,19 @@ mod tests {
 
     #[test]
     fn a_dead_runs_directory_is_swept_and_a_live_ones_is_not() {
-        let parent =
-            std::env::temp_dir().join(format!("hubtrust-workdir-test-{}", std::process::id()));
-        std::fs::create_dir_all(&parent).unwrap();
-        let live = RunDir::create(&parent).unwrap();
+        let held = tempfile::tempdir().unwrap();
+        let parent = held.path();
+        let live = RunDir::create(parent).unwrap();
         // A run killed outright leaves its directory and an unheld lock.
         let dead = parent.join(format!("{PREFIX}dead"));
         std::fs::create_dir_all(&dead).unwrap();
         std::fs::write(dead.join(LOCK), "").unwrap();
         std::fs::write(dead.join("key.pem"), "secret").unwrap();
-        assert_eq!(sweep_dead_runs(&parent), 1);
+        assert_eq!(sweep_dead_runs(parent), 1);
         assert!(!dead.exists());
         assert!(live.path().exists());
         let path = live.path().to_path_buf();
         drop(live);
         assert!(!path.exists());
-        std::fs::remove_dir_all(&parent).unwrap();
     }
 }

@@ -713,7 +713,7 @@ fn a_kernel_on_another_host_is_caught_on_the_wire() {
 
 /// Runs the enterprise profile on `stack` (a path), returning the output
 /// and the report directory.
-fn enterprise_run(name: &str, stack: &std::path::Path) -> (Output, PathBuf, String) {
+fn enterprise_run(name: &str, stack: &std::path::Path) -> (Output, common::Scratch, String) {
     let report = scratch(&format!("{name}-report"));
     let id = run_id(name);
     let out = hubtrust()

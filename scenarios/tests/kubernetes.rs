@@ -16,7 +16,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{hubtrust, scratch, text};
+use common::{hubtrust, scratch, text, Scratch};
 
 /// A directory holding scripts named after `programs`, each logging its
 /// arguments to `calls.log` and then running `behaviour` (shell).
@@ -256,13 +256,13 @@ fn a_cluster_that_does_not_answer_is_exit_2_naming_the_fix() {
 /// fails the install: what it said, its report.json, its tools' calls,
 /// and each check's (status, why) by the start of its name. The run
 /// directory goes in a temporary directory of its own, out of the sight
-/// of the tests beside it that count theirs; it must be gone after.
+/// of the tests beside it that count theirs; it goes with the value.
 struct FailedInstall {
     said: String,
     code: Option<i32>,
     json: serde_json::Value,
     calls: String,
-    dir: PathBuf,
+    dir: Scratch,
 }
 
 impl FailedInstall {
@@ -322,12 +322,6 @@ impl FailedInstall {
             found["status"].as_str().unwrap().to_string(),
             found["failure"].as_str().unwrap_or("").to_string(),
         )
-    }
-}
-
-impl Drop for FailedInstall {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

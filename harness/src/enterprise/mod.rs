@@ -1318,15 +1318,10 @@ mod tests {
     }
 
     fn run_script(
+        dir: &Path,
         system: &str,
         org: Option<&str>,
     ) -> (std::process::Output, PathBuf, PathBuf, PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "hubtrust-merge-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
         let (s, o, m) = (
             dir.join("system.crt"),
             dir.join("org.crt"),
@@ -1353,7 +1348,8 @@ mod tests {
         let c = CertificateAuthority::root("c").unwrap().cert_pem();
         // The system bundle and the org bundle both lack their final newline.
         let system = format!("{a}{}", b.trim_end());
-        let (output, s, o, m) = run_script(&system, Some(c.trim_end()));
+        let held = tempfile::tempdir().unwrap();
+        let (output, s, o, m) = run_script(held.path(), &system, Some(c.trim_end()));
         assert!(output.status.success(), "{output:?}");
         let check = check_merged(&s, &o, &m);
         assert_eq!(
@@ -1361,42 +1357,41 @@ mod tests {
             (2, 1, 3)
         );
         assert!(check.problem.is_none(), "{check:?}");
-        std::fs::remove_dir_all(s.parent().unwrap()).unwrap();
     }
 
     #[test]
     fn a_missing_org_bundle_degrades_to_the_system_bundle() {
         let a = CertificateAuthority::root("a").unwrap().cert_pem();
-        let (output, s, o, m) = run_script(&a, None);
+        let held = tempfile::tempdir().unwrap();
+        let (output, s, o, m) = run_script(held.path(), &a, None);
         assert!(output.status.success(), "{output:?}");
         assert!(String::from_utf8_lossy(&output.stderr).contains("system bundle alone"));
         let check = check_merged(&s, &o, &m);
         assert_eq!(check.merged_certs, 1);
         assert!(check.problem.is_none());
-        std::fs::remove_dir_all(s.parent().unwrap()).unwrap();
     }
 
     #[test]
     fn a_malformed_org_bundle_is_refused_and_writes_nothing() {
         let a = CertificateAuthority::root("a").unwrap().cert_pem();
-        let (output, s, _, m) = run_script(&a, Some("this is not PEM\n"));
+        let held = tempfile::tempdir().unwrap();
+        let (output, _, _, m) = run_script(held.path(), &a, Some("this is not PEM\n"));
         assert!(!output.status.success());
         assert!(String::from_utf8_lossy(&output.stderr).contains("no PEM certificate"));
         assert!(!m.exists());
-        std::fs::remove_dir_all(s.parent().unwrap()).unwrap();
-        let (output, s, _, m) = run_script(&a, Some(""));
+        let held = tempfile::tempdir().unwrap();
+        let (output, _, _, m) = run_script(held.path(), &a, Some(""));
         assert!(
             !output.status.success(),
             "an empty org bundle is an error, not a silent degrade"
         );
         assert!(!m.exists());
-        std::fs::remove_dir_all(s.parent().unwrap()).unwrap();
     }
 
     #[test]
     fn a_check_catches_a_lost_certificate() {
-        let dir = std::env::temp_dir().join(format!("hubtrust-check-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let held = tempfile::tempdir().unwrap();
+        let dir = held.path();
         let a = CertificateAuthority::root("a").unwrap().cert_pem();
         let b = CertificateAuthority::root("b").unwrap().cert_pem();
         std::fs::write(dir.join("s"), &a).unwrap();
@@ -1405,7 +1400,6 @@ mod tests {
         std::fs::write(dir.join("m"), format!("{}{b}", a.trim_end())).unwrap();
         let check = check_merged(&dir.join("s"), &dir.join("o"), &dir.join("m"));
         assert!(check.problem.is_some(), "{check:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

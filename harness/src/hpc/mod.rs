@@ -1402,18 +1402,13 @@ fn load_internal_ca(internal: &Path, name: &str) -> Result<CertificateAuthority>
 /// operator keeps (and reuses) exist up front.
 /// `hubtrust ca-certs`: the internal CAs made once, packed for reuse.
 pub async fn make_ca_certs(components: &Components, public_name: &str, out: &Path) -> Result<()> {
-    let scratch = std::env::temp_dir().join(format!("hubtrust-ca-certs-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)
-        .map_err(|e| HarnessError::io(format!("create {}", scratch.display()), e))?;
-    set_mode(&scratch, 0o700)?;
-    let internal = scratch.join("internal-ssl");
-    let made = async {
-        generate_internal_cas(&[format!("DNS:{public_name}")], components, &internal, None).await?;
-        pack_ca_certs(&internal, out).await
-    }
-    .await;
-    let _ = std::fs::remove_dir_all(&scratch);
-    made
+    // A run directory, so the CAs' keys go with it even when this is killed
+    // outright: the next run sweeps it.
+    let scratch = crate::workdir::RunDir::create(&std::env::temp_dir())?;
+    set_mode(scratch.path(), 0o700)?;
+    let internal = scratch.path().join("internal-ssl");
+    generate_internal_cas(&[format!("DNS:{public_name}")], components, &internal, None).await?;
+    pack_ca_certs(&internal, out).await
 }
 
 /// Runs it where the hub runs on `host` (its image holds the components

@@ -569,11 +569,8 @@ mod resolving {
 
     const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("hubtrust-registry-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+    fn scratch() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -591,8 +588,10 @@ mod resolving {
 
     #[tokio::test]
     async fn a_tag_resolves_to_its_index_and_each_platforms_image_behind_a_bearer_challenge() {
-        let dir = scratch("token");
-        let registry = LoopbackRegistry::start(dir.clone(), true).await.unwrap();
+        let dir = scratch();
+        let registry = LoopbackRegistry::start(dir.path().to_path_buf(), true)
+            .await
+            .unwrap();
         let amd64 = put_image(&registry, "vendor/hub", &config('a'));
         let arm64 = put_image(&registry, "vendor/hub", &config('b'));
         let attestation = put_image(&registry, "vendor/hub", &config('c'));
@@ -635,13 +634,14 @@ mod resolving {
         let again = resolve(&http, &reference).await.unwrap();
         assert_eq!(again.digest, moved);
         assert!(again.platforms.contains_key("linux/s390x/v8"));
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
     async fn a_single_image_is_pinned_for_the_platform_its_config_states() {
-        let dir = scratch("single");
-        let registry = LoopbackRegistry::start(dir.clone(), false).await.unwrap();
+        let dir = scratch();
+        let registry = LoopbackRegistry::start(dir.path().to_path_buf(), false)
+            .await
+            .unwrap();
         let config = registry
             .put_blob(br#"{"architecture":"amd64","os":"linux","rootfs":{}}"#)
             .unwrap();
@@ -661,13 +661,14 @@ mod resolving {
                 }
             )])
         );
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
     async fn an_index_entry_whose_bytes_are_not_its_digest_is_refused() {
-        let dir = scratch("tampered");
-        let registry = LoopbackRegistry::start(dir.clone(), false).await.unwrap();
+        let dir = scratch();
+        let registry = LoopbackRegistry::start(dir.path().to_path_buf(), false)
+            .await
+            .unwrap();
         let honest = format!(r#"{{"config":{{"digest":"{}"}}}}"#, config('a'));
         let claimed = digest_of(honest.as_bytes());
         // The registry serves other bytes under the digest the index names.
@@ -690,13 +691,14 @@ mod resolving {
         let empty = ImageReference::parse(&format!("{}/vendor/proxy:3", registry.host())).unwrap();
         let err = resolve(&http, &empty).await.unwrap_err().to_string();
         assert!(err.contains("neither an image index"), "{err}");
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
     async fn an_unknown_tag_and_a_silent_registry_are_named() {
-        let dir = scratch("unknown");
-        let registry = LoopbackRegistry::start(dir.clone(), false).await.unwrap();
+        let dir = scratch();
+        let registry = LoopbackRegistry::start(dir.path().to_path_buf(), false)
+            .await
+            .unwrap();
         let http = client().unwrap();
         let missing =
             ImageReference::parse(&format!("{}/vendor/hub:9.9", registry.host())).unwrap();
@@ -718,6 +720,5 @@ mod resolving {
             err.contains("does not answer") && err.contains("fix:"),
             "{err}"
         );
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -13,11 +13,41 @@ pub fn hubtrust() -> Command {
     c
 }
 
-pub fn scratch(name: &str) -> PathBuf {
+/// A test's own directory under the system's temporary directory, removed
+/// when the test ends by any path: a failing assertion unwinds through its
+/// drop, so a red test leaves nothing in /tmp either.
+pub struct Scratch(PathBuf);
+
+pub fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("hubtrust-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub fn text(out: &Output) -> String {

@@ -760,7 +760,8 @@ mod tests {
 
     #[test]
     fn a_pod_is_found_by_its_uid_in_either_cgroup_driver_layout() {
-        let root = std::env::temp_dir().join(format!("hubtrust-proc-{}", std::process::id()));
+        let held = tempfile::tempdir().unwrap();
+        let root = held.path();
         let cgroup = |pid: u32, text: &str| {
             let dir = root.join(pid.to_string());
             std::fs::create_dir_all(&dir).unwrap();
@@ -773,10 +774,10 @@ mod tests {
         );
         cgroup(30, "0::/kubepods/besteffort/pod9e8d-7c6b/f00\n");
         std::fs::create_dir_all(root.join("self")).unwrap();
-        assert_eq!(pod_process(&root, "1b2c-33d4"), Some(20));
-        assert_eq!(pod_process(&root, "9e8d-7c6b"), Some(30));
-        assert_eq!(pod_process(&root, "0000-1111"), None);
-        assert_eq!(pod_process(&root, ""), None);
+        assert_eq!(pod_process(root, "1b2c-33d4"), Some(20));
+        assert_eq!(pod_process(root, "9e8d-7c6b"), Some(30));
+        assert_eq!(pod_process(root, "0000-1111"), None);
+        assert_eq!(pod_process(root, ""), None);
         // The pod's pause process comes first; its lab, by command line.
         cgroup(31, "0::/kubepods/besteffort/pod9e8d-7c6b/f01\n");
         std::fs::write(root.join("30/cmdline"), "/pause\0").unwrap();
@@ -786,11 +787,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            pod_process_running(&root, "9e8d-7c6b", "jupyterhub-singleuser"),
+            pod_process_running(root, "9e8d-7c6b", "jupyterhub-singleuser"),
             Some(31)
         );
-        assert_eq!(pod_process_running(&root, "9e8d-7c6b", "jupyterhub "), None);
-        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(pod_process_running(root, "9e8d-7c6b", "jupyterhub "), None);
     }
 
     #[test]
@@ -852,14 +852,14 @@ mod tests {
     #[test]
     fn another_labs_certificate_is_issued_by_the_stores_notebooks_ca_its_key_0600() {
         use std::os::unix::fs::PermissionsExt;
-        let store =
-            std::env::temp_dir().join(format!("hubtrust-another-lab-{}", std::process::id()));
+        let held = tempfile::tempdir().unwrap();
+        let store = held.path();
         let notebooks_ca = CertificateAuthority::root("notebooks-ca").unwrap();
         let ca_dir = store.join("notebooks-ca");
         std::fs::create_dir_all(&ca_dir).unwrap();
         std::fs::write(ca_dir.join("notebooks-ca.crt"), notebooks_ca.cert_pem()).unwrap();
         std::fs::write(ca_dir.join("notebooks-ca.key"), notebooks_ca.signing_pem()).unwrap();
-        issue_another_labs_certificate(&store).unwrap();
+        issue_another_labs_certificate(store).unwrap();
         let base = store.join(ANOTHER_LAB).join(ANOTHER_LAB);
         let key = base.with_extension("key");
         assert_eq!(
@@ -881,7 +881,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("notebooks-ca.crt"), "{err}");
-        let _ = std::fs::remove_dir_all(&store);
     }
 
     #[test]

@@ -324,7 +324,8 @@ mod tests {
             eprintln!("skipped: the copy reads as root (sudo -n otherwise)");
             return;
         }
-        let dir = std::env::temp_dir().join(format!("hubtrust-copy-store-{}", std::process::id()));
+        let held = tempfile::tempdir().unwrap();
+        let dir = held.path();
         let store = dir.join("store/hub-internal");
         std::fs::create_dir_all(&store).unwrap();
         std::fs::write(store.join("hub-internal.crt"), "cert").unwrap();
@@ -332,7 +333,6 @@ mod tests {
         let copied = copy_without_keys(&dir.join("store"), &dir.join("copy"));
         let crt = dir.join("copy/hub-internal/hub-internal.crt").exists();
         let key = dir.join("copy/hub-internal/hub-internal.key").exists();
-        let _ = std::fs::remove_dir_all(&dir);
         copied.unwrap();
         assert!(crt, "the certificate was not copied");
         assert!(!key, "a private key was copied out");

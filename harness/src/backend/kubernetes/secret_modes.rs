@@ -238,8 +238,8 @@ mod tests {
     #[test]
     fn a_secret_volume_is_listed_once_through_its_links() {
         use std::os::unix::fs::{symlink, PermissionsExt};
-        let root =
-            std::env::temp_dir().join(format!("hubtrust-secret-modes-{}", std::process::id()));
+        let held = tempfile::tempdir().unwrap();
+        let root = held.path();
         let volume = root.join("etc/jupyterhub/ssl");
         let data = volume.join("..2026_12_06_00_00_00.1");
         std::fs::create_dir_all(&data).unwrap();
@@ -252,16 +252,15 @@ mod tests {
         symlink("..2026_12_06_00_00_00.1", volume.join("..data")).unwrap();
         let dir = &planned("alice")[2].dirs[0];
         let out = std::process::Command::new("find")
-            .args(find_args(&root, dir))
+            .args(find_args(root, dir))
             .output()
             .unwrap();
-        let _ = std::fs::remove_dir_all(&root);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let listed = parse_find(&String::from_utf8_lossy(&out.stdout), &root);
+        let listed = parse_find(&String::from_utf8_lossy(&out.stdout), root);
         assert_eq!(listed.len(), 1, "{listed:?}");
         assert_eq!(listed[0].path, "/etc/jupyterhub/ssl/ssl.key");
         assert_eq!(listed[0].mode, 0o777);
