@@ -380,11 +380,12 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
 }
 
 /// The image the inspecting proxy runs from, when it runs: only with the
-/// internet servers behind it (hubtrust made the org CA), and only on kind,
-/// since a cluster of the user's own cannot pull hubtrust's local image (a
-/// listed one is not used there yet). A listed `[mitmproxy]` that does not
-/// run is named and taken out of the images, so it is neither loaded nor
-/// required.
+/// internet servers behind it (hubtrust made the org CA). A listed
+/// `[mitmproxy]` runs it on either backend, pulled or loaded by its digest;
+/// without one, kind loads hubtrust's runtime image, which a cluster of the
+/// user's own cannot pull, so there no proxy runs and the run says so. A
+/// listed `[mitmproxy]` that does not run is named and taken out of the
+/// images, so it is neither loaded nor required.
 fn inspecting_proxy_image(
     spec: &StackSpec,
     target: &ClusterTarget,
@@ -394,22 +395,16 @@ fn inspecting_proxy_image(
     backend: &str,
 ) -> anyhow::Result<Option<ProxyImage>> {
     let on_kind = matches!(target, ClusterTarget::Kind { .. });
-    let proxy_runs = outbound_servers && on_kind;
-    let extra_args = spec
-        .enterprise
-        .as_ref()
-        .map(|e| e.proxy_args.clone())
-        .unwrap_or_default();
-    let replacement = spec
-        .enterprise
-        .as_ref()
-        .and_then(|e| e.proxy_command.clone());
+    let enterprise = spec.enterprise.as_ref();
+    let extra_args = enterprise.map(|e| e.proxy_args.clone()).unwrap_or_default();
+    let replacement = enterprise.and_then(|e| e.proxy_command.clone());
+    let listed = images.get(&ContainerRole::Mitmproxy);
     anyhow::ensure!(
-        !(proxy_runs && replacement.is_some() && !images.contains_key(&ContainerRole::Mitmproxy)),
-        "[enterprise] proxy_command names a proxy other than mitmproxy, and on kind it runs in an image of its own, which the images list does not name (fix: list the proxy's image as [mitmproxy] in the --images list, pinned like the chart's)"
+        !(outbound_servers && on_kind && replacement.is_some() && listed.is_none()),
+        "[enterprise] proxy_command names a proxy other than mitmproxy, and in the cluster it runs in an image of its own, which the images list does not name (fix: list the proxy's image as [mitmproxy] in the --images list, pinned like the chart's)"
     );
-    Ok(match images.get(&ContainerRole::Mitmproxy) {
-        Some(listed) if proxy_runs => Some(ProxyImage {
+    Ok(match listed {
+        Some(listed) if outbound_servers => Some(ProxyImage {
             reference: listed.reference_for(target),
             // The list allows one program here; `mitmdump` on the
             // image's PATH when it names none.
@@ -422,18 +417,33 @@ fn inspecting_proxy_image(
         }),
         Some(listed) => {
             eprintln!(
-                "note: the images list's [mitmproxy] ({}) is not used: no inspecting proxy runs on --backend {backend}{}",
+                "note: the images list's [mitmproxy] ({}) is not used: no inspecting proxy runs on --backend {backend} without a stack whose [enterprise] section has hubtrust make the org CA",
                 listed.tagged,
-                if on_kind {
-                    " without a stack whose [enterprise] section has hubtrust make the org CA"
-                } else {
-                    ""
-                }
             );
             images.remove(&ContainerRole::Mitmproxy);
             None
         }
-        None => proxy_runs.then(|| {
+        None if outbound_servers && !on_kind => {
+            let unused: Vec<&str> = [
+                (!extra_args.is_empty()).then_some("[enterprise] proxy_args"),
+                replacement
+                    .is_some()
+                    .then_some("[enterprise] proxy_command"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            eprintln!(
+                "note: no inspecting proxy runs on --backend {backend}{}: a cluster of your own cannot pull hubtrust's local runtime image, so the labs' tools fetch the org-CA and foreign-CA servers only (fix: list a mitmproxy image as [mitmproxy] in the --images list, pinned like the chart's)",
+                if unused.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {} are not applied", unused.join(" and "))
+                }
+            );
+            None
+        }
+        None => outbound_servers.then(|| {
             use hubtrust_harness::backend::docker::images;
             ProxyImage {
                 reference: images::runtime_image(),
@@ -751,6 +761,14 @@ fn check_deployment(
             let capture = proxy_capture.context("the capture was not started")??;
             judge_proxy_wire(deployment, capture, runs.as_ref(), &mut proxy_paths)
         });
+    } else if deployment.inspecting_proxy().is_some() {
+        list.not_run(
+            PROXY_WIRE,
+            format!(
+                "not run: the inspecting proxy's pod is captured in its network namespace, which is on this machine only on kind; this is --backend {}",
+                deployment.target.backend_name()
+            ),
+        );
     }
     let tools = tools_observed(deployment, plan, runs, proxy_paths);
     if !plan.wire.is_empty() {
@@ -901,9 +919,11 @@ fn tools_observed(
         );
     }
     if plan.proxy_wire.is_none() {
-        return Observation::NotMade(
-            "no inspecting proxy runs: it comes from hubtrust's runtime image, which only kind loads; the lab-tools row judges the direct servers".into(),
-        );
+        return Observation::NotMade(if deployment.inspecting_proxy().is_some() {
+            "the inspecting proxy's capture is made in its pod's network namespace, which is on this machine only on kind; the lab-tools row judges every fetch, the proxied ones included".into()
+        } else {
+            "no inspecting proxy runs: on a cluster of your own it needs a [mitmproxy] in the --images list; the lab-tools row judges the direct servers".into()
+        });
     }
     let ns = &deployment.namespace;
     match runs {
@@ -1931,9 +1951,22 @@ mod tests {
         ));
         deployment.outbound_servers = true;
         plan.proxy_wire = None;
+        deployment.proxy_image = None;
         assert!(matches!(
             tools_observed(&deployment, &plan, runs(), None),
-            Observation::NotMade(why) if why.contains("only kind loads")
+            Observation::NotMade(why) if why.contains("no inspecting proxy runs")
+        ));
+        // A proxy on a cluster of the user's own: its wire is not seen.
+        deployment.proxy_image = Some(ProxyImage {
+            reference: "docker.io/mitmproxy/mitmproxy:11.0.2".into(),
+            mitmdump: "mitmdump".into(),
+            extra_args: Vec::new(),
+            listed: true,
+            replacement: None,
+        });
+        assert!(matches!(
+            tools_observed(&deployment, &plan, runs(), None),
+            Observation::NotMade(why) if why.contains("only on kind")
         ));
         plan.proxy_wire = Some(inspecting_proxy::wire_capture());
         assert!(matches!(

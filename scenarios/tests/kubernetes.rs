@@ -936,64 +936,94 @@ fn list_with_mitmproxy(dir: &Path, command: &str) -> PathBuf {
 }
 
 #[test]
-fn a_listed_mitmproxy_image_is_the_inspecting_proxy_on_kind_and_never_loaded_unused() {
+fn a_listed_mitmproxy_image_is_the_inspecting_proxy_on_either_backend_and_never_loaded_unused() {
     let dir = scratch("k8s-listed-mitmproxy");
     let list = list_with_mitmproxy(&dir, "[\"/usr/local/bin/mitmdump\"]");
-    let plan = |args: &[&str]| {
-        let out = hubtrust()
-            .args(["run", "--plan", "--images"])
-            .arg(&list)
-            .args(args)
-            .output()
-            .unwrap();
+    let plan_with = |list: Option<&Path>, args: &[&str]| {
+        let mut command = hubtrust();
+        command.args(["run", "--plan"]).args(args);
+        if let Some(list) = list {
+            command.arg("--images").arg(list);
+        }
+        let out = command.output().unwrap();
         (out.status.code(), text(&out))
     };
+    let plan = |args: &[&str]| plan_with(Some(&list), args);
+    let enterprise = |backend| {
+        [
+            "--backend",
+            backend,
+            "--stack",
+            "fixtures/stacks/enterprise.toml",
+        ]
+    };
 
-    let (code, said) = plan(&[
-        "--backend",
-        "kind",
-        "--stack",
-        "fixtures/stacks/enterprise.toml",
-    ]);
-    assert_eq!(code, Some(0), "{said}");
-    assert!(
-        said.contains("\"image\": \"docker.io/mitmproxy/mitmproxy:11.0.2\""),
-        "{said}"
-    );
-    assert!(said.contains("\"/usr/local/bin/mitmdump\""), "{said}");
-    assert!(said.contains("images/mitmproxy.tar docker.io/mitmproxy/mitmproxy:11.0.2"));
-    assert!(!said.contains("runtime.tar"), "{said}");
+    // On kind it is saved and loaded with the chart's images; a cluster of
+    // the user's own pulls it (by its digest, once pinned). Either way the
+    // labs go through it, and hubtrust's runtime image is not needed.
+    for backend in ["kind", "kubernetes"] {
+        let (code, said) = plan(&enterprise(backend));
+        assert_eq!(code, Some(0), "{said}");
+        assert!(
+            said.contains("\"image\": \"docker.io/mitmproxy/mitmproxy:11.0.2\""),
+            "{said}"
+        );
+        assert!(said.contains("\"/usr/local/bin/mitmdump\""), "{said}");
+        assert!(
+            said.contains("\"HTTPS_PROXY\": \"http://hubtrust-inspecting-proxy."),
+            "the labs are not sent through the proxy on {backend}: {said}"
+        );
+        assert_eq!(
+            said.contains("images/mitmproxy.tar docker.io/mitmproxy/mitmproxy:11.0.2"),
+            backend == "kind",
+            "{said}"
+        );
+        assert!(!said.contains("runtime.tar"), "{said}");
+        assert!(!said.contains("is not used"), "{said}");
+    }
 
     // Where no inspecting proxy runs, the image is named as unused and
     // neither loaded nor required.
-    for args in [
-        &["--backend", "kind"][..],
-        &[
-            "--backend",
-            "kubernetes",
-            "--stack",
-            "fixtures/stacks/enterprise.toml",
-        ][..],
-    ] {
-        let (code, said) = plan(args);
-        assert_eq!(code, Some(0), "{said}");
-        assert!(
-            said.contains("[mitmproxy] (docker.io/mitmproxy/mitmproxy:11.0.2) is not used"),
-            "{said}"
-        );
-        assert!(!said.contains("mitmproxy.tar"), "{said}");
-    }
+    let (code, said) = plan(&["--backend", "kind"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("[mitmproxy] (docker.io/mitmproxy/mitmproxy:11.0.2) is not used"),
+        "{said}"
+    );
+    assert!(!said.contains("mitmproxy.tar"), "{said}");
+
+    // Without a listed image a cluster of the user's own runs no proxy, and
+    // the run says so, with what that leaves unapplied.
+    // The enterprise stack with `line` added to its `[enterprise]` table.
+    let enterprise_with = |name: &str, line: &str| {
+        let stack = dir.join(name);
+        let mut text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/stacks/enterprise.toml"),
+        )
+        .unwrap();
+        text.push_str(line);
+        std::fs::write(&stack, text).unwrap();
+        stack.display().to_string()
+    };
+    let stack = enterprise_with(
+        "proxy-args.toml",
+        "proxy_args = [\"--set\", \"stream_large_bodies=1m\"]\n",
+    );
+    let (code, said) = plan_with(None, &["--backend", "kubernetes", "--stack", &stack]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("note: no inspecting proxy runs on --backend kubernetes and [enterprise] proxy_args are not applied")
+            && said.contains("fix: list a mitmproxy image as [mitmproxy] in the --images list"),
+        "{said}"
+    );
+    assert!(!said.contains("hubtrust-inspecting-proxy"), "{said}");
 
     // A vendor's proxy other than mitmproxy runs in the listed image as
     // given, under the contract; without a listed image it is refused.
-    let stack = dir.join("vendor-proxy.toml");
-    let mut vendor = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/stacks/enterprise.toml"),
-    )
-    .unwrap();
-    vendor.push_str("proxy_command = [\"/opt/vendor/proxy\", \"--serve\"]\n");
-    std::fs::write(&stack, vendor).unwrap();
-    let stack = stack.display().to_string();
+    let stack = enterprise_with(
+        "vendor-proxy.toml",
+        "proxy_command = [\"/opt/vendor/proxy\", \"--serve\"]\n",
+    );
     let (code, said) = plan(&["--backend", "kind", "--stack", &stack]);
     assert_eq!(code, Some(0), "{said}");
     assert!(

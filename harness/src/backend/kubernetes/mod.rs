@@ -248,10 +248,10 @@ pub struct Deployment {
     /// first lab's tools fetch them: only when hubtrust made the org CA
     /// (a stack's own `org_bundle` comes without its key).
     pub outbound_servers: bool,
-    /// The image the inspecting proxy runs from on kind, with the internet
-    /// servers behind it: the images list's `[mitmproxy]`, or hubtrust's
-    /// runtime image. None on a cluster of the user's own, which cannot
-    /// pull hubtrust's local image (and does not use a listed one yet).
+    /// The image the inspecting proxy runs from, with the internet servers
+    /// behind it: the images list's `[mitmproxy]`, or on kind hubtrust's
+    /// runtime image. None on a cluster of the user's own without a listed
+    /// one, since it cannot pull hubtrust's local image.
     pub proxy_image: Option<ProxyImage>,
 }
 
@@ -263,11 +263,12 @@ impl Deployment {
     }
 }
 
-/// The inspecting proxy's image, as a kind run loads it.
+/// The inspecting proxy's image, as kind loads it or a cluster pulls it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProxyImage {
     /// hubtrust's local tag (`hubtrust/runtime:<inputs digest>`), or the
-    /// images list's `[mitmproxy]` tag.
+    /// images list's `[mitmproxy]` as the cluster takes it (by digest on
+    /// one of the user's own).
     pub reference: String,
     /// mitmproxy's `mitmdump` inside it: the list's command, or hubtrust's
     /// own install.
@@ -333,7 +334,7 @@ pub fn keys_not_applied(spec: &crate::spec::StackSpec) -> Vec<String> {
         note(
             e.mitmdump.is_some(),
             "[enterprise] mitmdump",
-            "a path on this machine; on kind, list a mitmproxy image of your own as `[mitmproxy]` in the --images list, with mitmdump's path in it as its command",
+            "a path on this machine; list a mitmproxy image of your own as `[mitmproxy]` in the --images list, with mitmdump's path in it as its command",
         );
     }
     not_applied

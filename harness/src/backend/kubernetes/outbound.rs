@@ -1,7 +1,7 @@
 //! hubtrust's outbound test servers in the cluster, and the discriminator
 //! a lab runs against them. Reached directly, as org services are: a
 //! server with a certificate from the org's issuing CA and one from a
-//! foreign CA. Reached through the inspecting proxy (kind only), standing
+//! foreign CA. Reached through the inspecting proxy, when one runs, standing
 //! for the internet: a server under the run's public root and three bad
 //! upstreams. Each user tool in the lab fetches every server with the
 //! bundle its environment names and with the system bundle alone. The org
