@@ -727,20 +727,18 @@ fn enterprise_run(name: &str, stack: &std::path::Path) -> (Output, common::Scrat
     (out, report, id)
 }
 
-/// The enterprise stack file with `line` added to its `[enterprise]` table.
-fn enterprise_stack_with(name: &str, line: &str) -> PathBuf {
-    let dir = scratch(name);
+/// The enterprise stack file with `line` added to its `[enterprise]` table,
+/// in a scratch directory of its own that goes with it.
+fn enterprise_stack_with(name: &str, line: &str) -> common::ScratchFile {
     let base = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/stacks/enterprise.toml"),
     )
     .unwrap();
-    let file = dir.join("stack.toml");
-    std::fs::write(&file, format!("{base}{line}\n")).unwrap();
-    file
+    common::ScratchFile::new(name, "stack.toml", &format!("{base}{line}\n"))
 }
 
 /// The enterprise stack file with `org_bundle` pointing at `source`.
-fn enterprise_stack_with_org_bundle(name: &str, source: &std::path::Path) -> PathBuf {
+fn enterprise_stack_with_org_bundle(name: &str, source: &std::path::Path) -> common::ScratchFile {
     enterprise_stack_with(
         name,
         &format!("org_bundle = {:?}", source.display().to_string()),

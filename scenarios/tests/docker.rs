@@ -788,7 +788,8 @@ fn a_directory_copied_out_while_a_file_in_it_changes_size_arrives_whole() {
     let label = format!("hubtrust.run={run}");
     let built = hubtrust().args(["images", "build"]).output().unwrap();
     let image = String::from_utf8_lossy(&built.stdout).trim().to_string();
-    let dir = scratch(&run).join("hub");
+    let scratch_dir = scratch(&run);
+    let dir = scratch_dir.join("hub");
     let rewrite = format!(
         "mkdir -p {d}/a {d}/c && for i in $(seq 1 20); do echo a$i > {d}/a/f$i; echo c$i > {d}/c/f$i; done && exec python3 -c \"
 while True:

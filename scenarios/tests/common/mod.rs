@@ -50,6 +50,40 @@ impl Drop for Scratch {
     }
 }
 
+/// A file alone in a [`Scratch`] directory, which goes with it.
+pub struct ScratchFile {
+    path: PathBuf,
+    _dir: Scratch,
+}
+
+impl ScratchFile {
+    pub fn new(name: &str, file_name: &str, contents: &str) -> Self {
+        let dir = scratch(name);
+        let path = dir.join(file_name);
+        std::fs::write(&path, contents).unwrap();
+        ScratchFile { path, _dir: dir }
+    }
+}
+
+impl std::ops::Deref for ScratchFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for ScratchFile {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ScratchFile {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",
