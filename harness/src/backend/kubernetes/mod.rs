@@ -112,7 +112,25 @@ impl ChartPins {
             message: e.message().to_string(),
         })?;
         pins.chart.require_pinned(source)?;
+        pins.kind.require_pinned(source)?;
         Ok(pins)
+    }
+}
+
+impl KindPins {
+    /// A node image named by tag alone is whatever the tag points at on
+    /// the day, as a chart version range is.
+    pub fn require_pinned(&self, source: &Path) -> Result<()> {
+        match self.node_image.split_once('@') {
+            Some((_, digest)) if crate::images::registry::is_digest(digest) => Ok(()),
+            _ => Err(HarnessError::StackFileInvalid {
+                path: source.to_path_buf(),
+                message: format!(
+                    "kind node image `{}` is not pinned by digest (fix: name it as kind's release notes do, `kindest/node:vX.Y.Z@sha256:<digest>`)",
+                    self.node_image
+                ),
+            }),
+        }
     }
 }
 
@@ -370,6 +388,28 @@ mod tests {
     fn the_shipped_pins_load() {
         let pins = ChartPins::builtin().expect("fixtures/kubernetes/z2jh.toml");
         assert_eq!(pins.chart.name, "jupyterhub");
+    }
+
+    #[test]
+    fn a_kind_node_image_by_tag_alone_names_the_fix() {
+        let pinned = BUILTIN_PINS
+            .lines()
+            .find(|l| l.starts_with("node_image"))
+            .unwrap();
+        for node_image in [
+            "\"kindest/node:v1.33.1\"",
+            "\"kindest/node:v1.33.1@sha256:0500\"",
+            "\"kindest/node@latest\"",
+        ] {
+            let text = BUILTIN_PINS.replace(pinned, &format!("node_image = {node_image}"));
+            let err = ChartPins::parse(&text, Path::new("z2jh.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("is not pinned by digest") && err.contains("fix:"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
