@@ -777,14 +777,14 @@ fn check_deployment(
             wire_from_inside(runtime, deployment, plan, early)
         });
     }
-    // Kind only, like the captures: the pods' filesystems are on this
-    // machine.
+    let mut inventory = None;
+    list.check(INVENTORY, no_lab, || {
+        check_inventory(deployment, &mut inventory)
+    });
+    list.inventory = inventory;
+    // Kind only, like the captures: each component's files are read as
+    // root through its own process, which is on this machine.
     if !plan.secret_files.is_empty() {
-        let mut inventory = None;
-        list.check(INVENTORY, no_lab, || {
-            check_inventory(deployment, &mut inventory)
-        });
-        list.inventory = inventory;
         let mut known = Vec::new();
         list.check(SECRETS, no_lab, || {
             check_secret_files(deployment, plan, &mut known)
@@ -853,11 +853,8 @@ fn run_scenarios(
         tls_scan: labelled_probe_saw(deployment, plan, "/tls_scan/endpoints", &no_pod_entered),
         reachability: probers_reached(deployment, plan, &no_pod_entered),
         outbound_tools,
-        hub_environment: match plan.secret_files.is_empty() {
-            true => Observation::NotMade(no_pod_entered.clone()),
-            false => pods::hub_environment(deployment)
-                .map_or_else(|e| Observation::Failed(e.to_string()), Observation::Seen),
-        },
+        hub_environment: pods::hub_environment(deployment)
+            .map_or_else(|e| Observation::Failed(e.to_string()), Observation::Seen),
         captures: match plan.wire.is_empty() {
             true => Observation::NotMade(no_pod_entered.clone()),
             false => Observation::Seen(std::sync::Arc::new(ScenarioPodCaptures {
@@ -865,10 +862,9 @@ fn run_scenarios(
                 pods: plan.wire.clone(),
             })),
         },
-        inventory: match (plan.secret_files.is_empty(), list.inventory.clone()) {
-            (true, _) => Observation::NotMade(no_pod_entered),
-            (false, Some(inventory)) => Observation::Seen(inventory),
-            (false, None) => Observation::Failed(
+        inventory: match list.inventory.clone() {
+            Some(inventory) => Observation::Seen(inventory),
+            None => Observation::Failed(
                 "the hub's certificate store was not read (see the inventory row)".into(),
             ),
         },

@@ -1,13 +1,15 @@
 //! A running deployment's pods as this machine sees them on kind, whose
 //! nodes run here: each pod's processes in `/proc`, their filesystems
-//! under `/proc/<pid>/root` and their sockets, read as root.
+//! under `/proc/<pid>/root` and their sockets, read as root. On a cluster
+//! of the user's own the hub's environment and certificate store are read
+//! through `kubectl exec` instead, by a script in the hub's own Python.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{command, in_cluster, plan, secret_modes, Deployment};
+use super::{command, in_cluster, plan, secret_modes, ClusterTarget, Deployment};
 use crate::error::{HarnessError, Result};
 use crate::inventory::Inventory;
 use crate::known_defects::{KnownDefectHit, KnownDefects};
@@ -126,10 +128,74 @@ pub fn lab_ports_closed(deployment: &Deployment) -> Result<Vec<(String, SocketAd
     Ok(in_cluster::lab_ports_closed(user, ip, &listening))
 }
 
-/// The hub process's environment, read as root from its
-/// `/proc/<pid>/environ`. Its tokens are in it: callers look only at what
-/// they need, and nothing here prints it.
+/// Run in the hub's container with `/proc`: the environment of the
+/// process running `jupyterhub` (by its program's name, not tini's or this
+/// script's), as hex, so its NUL separators survive the trip.
+pub const HUB_ENVIRONMENT_SCRIPT: &str = r#"import os, sys
+proc = sys.argv[1]
+for pid in filter(str.isdigit, os.listdir(proc)):
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        continue
+    if any(os.path.basename(arg) == b"jupyterhub" for arg in argv[:2]):
+        with open(f"{proc}/{pid}/environ", "rb") as f:
+            sys.stdout.write(f.read().hex())
+        sys.exit(0)
+sys.exit("no process in the hub's container runs jupyterhub")
+"#;
+
+/// Run in the hub's container with the store's path: every file under it
+/// as JSON (its path below the store, its text), leaving behind every
+/// `*.key` and anything holding a private key, so no key leaves the pod.
+pub const HUB_STORE_SCRIPT: &str = r#"import json, os, sys
+root = sys.argv[1]
+files = {}
+for directory, _, names in os.walk(root):
+    for name in names:
+        path = os.path.join(directory, name)
+        with open(path, "rb") as f:
+            data = f.read()
+        if name.endswith(".key") or b"PRIVATE KEY" in data:
+            continue
+        files[os.path.relpath(path, root)] = data.decode("ascii", "replace")
+json.dump(files, sys.stdout)
+"#;
+
+/// `python3 -c SCRIPT ARGS` in the hub's pod.
+fn in_the_hubs_pod(
+    deployment: &Deployment,
+    purpose: &str,
+    script: &str,
+    args: &[&str],
+) -> Result<String> {
+    let pod = running_pod(deployment, "component=hub", "the hub")?;
+    let mut argv = vec!["python3".to_string(), "-c".into(), script.into()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let said = command::run(&plan::exec_in_pod_command(
+        purpose,
+        &deployment.target,
+        &deployment.namespace,
+        &pod,
+        &argv,
+    ))
+    .map_err(|e| failed(purpose, e.to_string()))?;
+    Ok(said.stdout)
+}
+
+/// The hub process's environment: on kind read as root from its
+/// `/proc/<pid>/environ`, elsewhere from inside its container. Its tokens
+/// are in it: callers look only at what they need, and nothing here
+/// prints it.
 pub fn hub_environment(deployment: &Deployment) -> Result<BTreeMap<String, String>> {
+    if let ClusterTarget::Existing { .. } = deployment.target {
+        let what = "the hub's environment";
+        let hex = in_the_hubs_pod(deployment, what, HUB_ENVIRONMENT_SCRIPT, &["/proc"])?;
+        let environ = hex::decode(hex.trim())
+            .map_err(|e| failed(what, format!("the pod's answer is not hex: {e}")))?;
+        return Ok(crate::process::parse_environ(&environ));
+    }
     let pid = component_process(deployment, "component=hub", "the hub", "jupyterhub")?;
     let out = as_root("cat")
         .arg(format!("/proc/{pid}/environ"))
@@ -146,16 +212,49 @@ pub fn hub_environment(deployment: &Deployment) -> Result<BTreeMap<String, Strin
 }
 
 /// The certificates of the hub's internal store as the running hub holds
-/// them (the lab's, made at spawn, among them), copied out of its pod as
-/// root without the keys, then inventoried as on the other backends.
+/// them (the lab's, made at spawn, among them), copied out of its pod
+/// without the keys (on kind as root, elsewhere by the hub's own user from
+/// inside its container), then inventoried as on the other backends.
 pub fn hub_store_inventory(deployment: &Deployment) -> Result<Inventory> {
     use super::chart::INTERNAL_SSL_DIR;
-    let pid = component_process(deployment, "component=hub", "the hub", "jupyterhub")?;
-    let store =
-        PathBuf::from(format!("/proc/{pid}/root")).join(INTERNAL_SSL_DIR.trim_start_matches('/'));
     let copy = deployment.run_dir.join("hub-store");
-    copy_without_keys(&store, &copy)?;
+    if let ClusterTarget::Existing { .. } = deployment.target {
+        let what = "the hub's certificate store";
+        let json = in_the_hubs_pod(deployment, what, HUB_STORE_SCRIPT, &[INTERNAL_SSL_DIR])?;
+        write_store_copy(&json, &copy).map_err(|e| failed(what, e))?;
+    } else {
+        let pid = component_process(deployment, "component=hub", "the hub", "jupyterhub")?;
+        let store = PathBuf::from(format!("/proc/{pid}/root"))
+            .join(INTERNAL_SSL_DIR.trim_start_matches('/'));
+        copy_without_keys(&store, &copy)?;
+    }
     Inventory::scan(&[("internal-ssl", copy.as_path())])
+}
+
+/// The files [`HUB_STORE_SCRIPT`] printed, written under `to`; a path
+/// that would leave `to` is refused, and so is a store with no file.
+fn write_store_copy(json: &str, to: &Path) -> std::result::Result<(), String> {
+    let files: BTreeMap<String, String> = serde_json::from_str(json)
+        .map_err(|e| format!("the pod's answer is not the store: {e}"))?;
+    if files.is_empty() {
+        return Err("the store in the hub's pod holds no certificate".into());
+    }
+    for (relative, text) in &files {
+        let inside = Path::new(relative)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            return Err(format!(
+                "the pod named a file outside the store: {relative:?}"
+            ));
+        }
+        let path = to.join(relative);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        }
+        crate::pki::write_with_mode(&path, text.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// `from` (read as root) copied to `to`, every `*.key` left behind.
@@ -317,6 +416,115 @@ pub fn check_secrets(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::{CertificateAuthority, Usage, Validity};
+
+    fn python(script: &str, arg: &Path) -> std::process::Output {
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(arg)
+            .output()
+            .unwrap()
+    }
+
+    /// A `/proc` with tini, this script's own python and the hub: the
+    /// hub's environment is the one read, whole.
+    #[test]
+    fn the_hubs_environment_is_read_from_its_own_process_in_the_pod() {
+        let held = tempfile::tempdir().unwrap();
+        let proc = held.path();
+        let process = |pid: u32, argv: &[&str], environ: &[u8]| {
+            let dir = proc.join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut cmdline = argv.join("\0").into_bytes();
+            cmdline.push(0);
+            std::fs::write(dir.join("cmdline"), cmdline).unwrap();
+            std::fs::write(dir.join("environ"), environ).unwrap();
+        };
+        process(
+            1,
+            &["tini", "--", "jupyterhub", "--config", "c.py"],
+            b"TINI=1\0",
+        );
+        process(20, &["python3", "-c", "... jupyterhub ..."], b"SELF=1\0");
+        process(
+            7,
+            &[
+                "/usr/local/bin/python3",
+                "/usr/local/bin/jupyterhub",
+                "--config",
+                "c.py",
+            ],
+            b"SSL_CERT_FILE=/etc/ssl/certs-extra/ca-certificates.crt\0TOKEN=a=b\0",
+        );
+        std::fs::create_dir_all(proc.join("self")).unwrap();
+        let out = python(HUB_ENVIRONMENT_SCRIPT, proc);
+        assert!(out.status.success(), "{out:?}");
+        let environ = hex::decode(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+        let env = crate::process::parse_environ(&environ);
+        assert_eq!(
+            env.get("SSL_CERT_FILE").map(String::as_str),
+            Some("/etc/ssl/certs-extra/ca-certificates.crt")
+        );
+        assert_eq!(env.get("TOKEN").map(String::as_str), Some("a=b"));
+        assert!(!env.contains_key("TINI") && !env.contains_key("SELF"));
+
+        // No hub process: an error naming it, nothing printed.
+        std::fs::remove_dir_all(proc.join("7")).unwrap();
+        let out = python(HUB_ENVIRONMENT_SCRIPT, proc);
+        assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("runs jupyterhub"));
+    }
+
+    /// The hub's store read from inside its pod: certificates come out and
+    /// are inventoried; no key does, by name or by content.
+    #[test]
+    fn the_hubs_store_leaves_its_pod_without_a_key() {
+        let held = tempfile::tempdir().unwrap();
+        let store = held.path().join("internal-ssl");
+        let ca = CertificateAuthority::root("notebooks-ca").unwrap();
+        ca.issue(
+            "user-alice",
+            &["jupyter-alice"],
+            Usage::Server,
+            Validity::fresh(1),
+        )
+        .unwrap()
+        .write_to(&store.join("user-alice"))
+        .unwrap();
+        std::fs::write(store.join("notebooks-ca_trust.crt"), ca.cert_pem()).unwrap();
+        std::fs::write(store.join("bundle.pem"), ca.signing_pem()).unwrap();
+        let out = python(HUB_STORE_SCRIPT, &store);
+        assert!(out.status.success(), "{out:?}");
+        let json = String::from_utf8(out.stdout).unwrap();
+        assert!(!json.contains("PRIVATE KEY"), "a key left the pod: {json}");
+        let files: BTreeMap<String, String> = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            ["notebooks-ca_trust.crt", "user-alice/user-alice.crt"]
+        );
+
+        let copy = held.path().join("copy");
+        write_store_copy(&json, &copy).unwrap();
+        let inventory = Inventory::scan(&[("internal-ssl", copy.as_path())]).unwrap();
+        assert!(
+            inventory
+                .certificates
+                .iter()
+                .any(|c| c.path == "user-alice/user-alice.crt"),
+            "{inventory:?}"
+        );
+
+        for (answer, why) in [
+            (r#"{"../outside.crt": "x"}"#, "outside the store"),
+            (r#"{"/etc/passwd": "x"}"#, "outside the store"),
+            ("{}", "holds no certificate"),
+            ("Error from server", "not the store"),
+        ] {
+            let err = write_store_copy(answer, &held.path().join("refused")).unwrap_err();
+            assert!(err.contains(why), "{answer}: {err}");
+        }
+        assert!(!held.path().join("outside.crt").exists());
+    }
 
     #[test]
     fn a_store_is_copied_out_without_its_keys() {
