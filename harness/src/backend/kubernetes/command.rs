@@ -42,7 +42,7 @@ fn last_lines(output: &str) -> String {
 
 /// Runs `command` to its end, or kills it at its timeout.
 pub fn run(command: &PlannedCommand) -> Result<CommandOutput, CommandFailure> {
-    let line = command.shell_line();
+    let line = command.short_line();
     let handle = duct::cmd(&command.program, &command.args)
         .stdin_null()
         .stdout_capture()
@@ -120,6 +120,26 @@ mod tests {
         .to_string();
         assert!(
             err.contains("exit status: 3") && err.contains("one | two"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_inline_script_is_named_by_its_first_line() {
+        let err = run(&planned(
+            "python3",
+            &[
+                "-c",
+                "import sys\nprint('x')\nsys.exit('no hub here')",
+                "/proc",
+            ],
+            Duration::from_secs(10),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("`python3 -c 'import sys …' (2 more lines) /proc` failed")
+                && err.contains("no hub here"),
             "{err}"
         );
     }

@@ -69,6 +69,24 @@ impl PlannedCommand {
             .collect::<Vec<_>>()
             .join(" ")
     }
+
+    /// The command as an error names it: a script given inline (a
+    /// `python3 -c` for a pod) stands as its first line and its length, so
+    /// the cause after it stays readable.
+    pub fn short_line(&self) -> String {
+        std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .map(|word| match word.split_once('\n') {
+                Some((first, rest)) => format!(
+                    "'{} …' ({} more lines)",
+                    first.replace('\'', r"'\''"),
+                    rest.lines().count()
+                ),
+                None => shell_quote(word),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 fn shell_quote(word: &str) -> String {
