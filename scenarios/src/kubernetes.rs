@@ -379,6 +379,15 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
     })
 }
 
+/// Why a check that needs the pods on this machine did not run: `how` it
+/// reads them, and the backend it ran on.
+fn not_on_this_machine(deployment: &Deployment, how: &str) -> String {
+    format!(
+        "not run: {how}, and a cluster's pods are on this machine only on kind, whose nodes run here; this is --backend {}",
+        deployment.target.backend_name()
+    )
+}
+
 /// The image the inspecting proxy runs from, when it runs: only with the
 /// internet servers behind it (hubtrust made the org CA). A listed
 /// `[mitmproxy]` runs it on either backend, pulled or loaded by its digest;
@@ -764,14 +773,22 @@ fn check_deployment(
     } else if deployment.inspecting_proxy().is_some() {
         list.not_run(
             PROXY_WIRE,
-            format!(
-                "not run: the inspecting proxy's pod is captured in its network namespace, which is on this machine only on kind; this is --backend {}",
-                deployment.target.backend_name()
+            not_on_this_machine(
+                deployment,
+                "the inspecting proxy's pod is captured in its own network namespace",
             ),
         );
     }
     let tools = tools_observed(deployment, plan, runs, proxy_paths);
-    if !plan.wire.is_empty() {
+    if plan.wire.is_empty() {
+        list.not_run(
+            WIRE,
+            not_on_this_machine(
+                deployment,
+                "the pods are captured in their own network namespaces",
+            ),
+        );
+    } else {
         list.check(WIRE, no_lab, || {
             let early = early.context("the captures were not started")??;
             wire_from_inside(runtime, deployment, plan, early)
@@ -782,9 +799,15 @@ fn check_deployment(
         check_inventory(deployment, &mut inventory)
     });
     list.inventory = inventory;
-    // Kind only, like the captures: each component's files are read as
-    // root through its own process, which is on this machine.
-    if !plan.secret_files.is_empty() {
+    if plan.secret_files.is_empty() {
+        list.not_run(
+            SECRETS,
+            not_on_this_machine(
+                deployment,
+                "each component's files are read as root through its own process",
+            ),
+        );
+    } else {
         let mut known = Vec::new();
         list.check(SECRETS, no_lab, || {
             check_secret_files(deployment, plan, &mut known)

@@ -358,6 +358,19 @@ fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
         why.starts_with("not run: the first user's lab did not spawn"),
         "{why}"
     );
+    // What needs the pods on this machine is listed, and why it is not
+    // made on a cluster of the user's own, never left out.
+    for check in [
+        "Every connection between the hub's, the proxy's and the lab's pods",
+        "Private keys and the hub's secrets are readable only",
+    ] {
+        let (status, why) = run.status(check);
+        assert_eq!(status, "skipped", "{check}");
+        assert!(
+            why.contains("on this machine only on kind") && why.ends_with("--backend kubernetes"),
+            "{check}: {why}"
+        );
+    }
     // The fake kubectl deletes nothing and then says the namespace is gone.
     let (torn_down, why) = run.status("Everything the run made is removed");
     assert_eq!(torn_down, "passed", "{why}");
