@@ -601,7 +601,7 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
             keep_if_failed: true
         }
     );
-    let mut reaper = Reaper::start(plan)?;
+    let mut reaper = Reaper::start(plan, run_dir)?;
     // The same name every run, so CI keeps each check's history; the
     // namespace (a run id) is in the report's stack line.
     let mut list = Checklist::new(format!(
@@ -1875,9 +1875,10 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A shell in its own process group that runs the plan's teardown when its
-/// stdin closes, which happens when hubtrust ends by any path, SIGKILL
-/// included; it stands down once hubtrust has torn down itself.
+/// A shell in its own process group that runs the plan's teardown, then
+/// removes the run's directory (its keys among it), when its stdin closes,
+/// which happens when hubtrust ends by any path, SIGKILL included; it
+/// stands down once hubtrust has torn down itself.
 struct Reaper {
     stdin: Option<ChildStdin>,
 }
@@ -1885,10 +1886,11 @@ struct Reaper {
 const STAND_DOWN: &str = "torn-down";
 
 impl Reaper {
-    fn start(plan: &KubernetesPlan) -> anyhow::Result<Self> {
+    fn start(plan: &KubernetesPlan, run_dir: &Path) -> anyhow::Result<Self> {
         let teardown: Vec<String> = plan.teardown.iter().map(|c| c.shell_line()).collect();
+        let run_dir = run_dir.display().to_string().replace('\'', r"'\''");
         let script = format!(
-            "read -r said; [ \"$said\" = {STAND_DOWN} ] || {{ {}; }}",
+            "read -r said; [ \"$said\" = {STAND_DOWN} ] || {{ {}; rm -rf -- '{run_dir}'; }}",
             teardown.join("; ")
         );
         let mut child = std::process::Command::new("sh")

@@ -934,6 +934,81 @@ fn a_bring_up_that_fails_on_the_cluster_keeps_every_pods_log_and_tears_down() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// hubtrust and every tool it runs killed outright, mid-install, as a CI
+/// runner kills a cancelled job's process group: the reaper, in a group of
+/// its own, deletes the cluster and removes the run's directory, whose
+/// keys would otherwise stay in the temporary directory.
+#[test]
+fn sigkill_mid_install_deletes_the_cluster_and_leaves_no_key_behind() {
+    use std::os::unix::process::CommandExt;
+    let dir = scratch("k8s-sigkill");
+    let (list, digest) = pinned_list(&dir);
+    let installing = dir.join("helm-installing");
+    let bin = fake_tools(
+        &dir,
+        &[
+            ("kind", "exit 0"),
+            (
+                "helm",
+                &format!(
+                    "case \"$*\" in *install*) touch '{}'; exec sleep 600;; esac; exit 0",
+                    installing.display()
+                ),
+            ),
+            (
+                "docker",
+                &format!(
+                    "case \"$1\" in image) echo sha256:{} linux/amd64 quay.io/jupyterhub/k8s-hub@{digest};; version) echo 1.48;; esac; exit 0",
+                    "ef".repeat(32)
+                ),
+            ),
+            ("kubectl", "exit 0"),
+        ],
+    );
+    let before = kubernetes_run_dirs();
+    let mut up = up_on_kind(&bin, &list)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = nix::unistd::Pid::from_raw(up.id() as i32);
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} within 60 s; calls: {}",
+                calls(&dir)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    until("helm install was not reached", &|| installing.exists());
+    let made: Vec<String> = kubernetes_run_dirs()
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    let run_dir = std::env::temp_dir().join(&made[0]);
+    assert!(
+        common::walk(&run_dir)
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "key")),
+        "the run held no key to leave behind: the test shows nothing"
+    );
+
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).unwrap();
+    up.wait().unwrap();
+    until("the reaper did not delete the cluster", &|| {
+        calls(&dir).contains("kind delete cluster")
+    });
+    until("the run's directory, keys and all, was left", &|| {
+        !run_dir.exists()
+    });
+}
+
 /// An images list with the chart's three images and a `[mitmproxy]` of
 /// the operator's own, with `command`.
 fn list_with_mitmproxy(dir: &Path, command: &str) -> PathBuf {
