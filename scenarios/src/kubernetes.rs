@@ -1814,11 +1814,11 @@ fn hubtrust_as_root() -> anyhow::Result<std::process::Command> {
 pub fn ca_certs_command(out: &Path, namespace: &str) -> ExitCode {
     let made = || -> anyhow::Result<Vec<String>> {
         let components = provision::ensure(&mut std::io::stderr())?;
-        let scratch = std::env::temp_dir().join(format!("hubtrust-ca-certs-{}", run_id()));
-        std::fs::create_dir_all(&scratch)?;
-        hubtrust_harness::pki::set_mode(&scratch, 0o700)?;
-        let _scratch_removed = RemoveOnDrop(scratch.clone());
-        let internal = scratch.join("internal-ssl");
+        // A run directory, so the CAs' keys go with it even when this is
+        // killed outright: the next run sweeps it.
+        let scratch = hubtrust_harness::workdir::RunDir::create(&std::env::temp_dir())?;
+        hubtrust_harness::pki::set_mode(scratch.path(), 0o700)?;
+        let internal = scratch.path().join("internal-ssl");
         let names = kubernetes::names::trusted_alt_names(namespace);
         tokio::runtime::Runtime::new()?.block_on(hpc::make_internal_store(
             &components,
