@@ -550,7 +550,7 @@ const SECRETS: &str =
 const PROXY_WIRE: &str =
     "Every fetch through the inspecting proxy crossed it on the wire: lab to proxy, then proxy to internet";
 
-/// Makes the certificates, starts the reaper, applies the plan and runs
+/// Starts the reaper, makes the certificates, applies the plan and runs
 /// every check; for `up`, holds the deployment while every check passed.
 /// Everything is torn down on every path out, the reaper covering SIGKILL.
 fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> {
@@ -562,6 +562,9 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
     } = prepared;
     let org = org.as_ref();
     let run_dir = &deployment.run_dir;
+    // The reaper first, so that no instant passes with the directory and
+    // nothing to remove it.
+    let mut reaper = Reaper::start(plan, run_dir)?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("create {}", run_dir.display()))?;
     hubtrust_harness::pki::set_mode(run_dir, 0o700)?;
     let _run_dir_removed = RemoveOnDrop(run_dir.clone());
@@ -601,7 +604,7 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
             keep_if_failed: true
         }
     );
-    let mut reaper = Reaper::start(plan, run_dir)?;
+    reaper.arm();
     // The same name every run, so CI keeps each check's history; the
     // namespace (a run id) is in the report's stack line.
     let mut list = Checklist::new(format!(
@@ -1875,14 +1878,17 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A shell in its own process group that runs the plan's teardown, then
-/// removes the run's directory (its keys among it), when its stdin closes,
-/// which happens when hubtrust ends by any path, SIGKILL included; it
-/// stands down once hubtrust has torn down itself.
+/// A shell in its own process group that, when its stdin closes, runs the
+/// plan's teardown if it was armed and not stood down, then removes the
+/// run's directory (its keys among it). Its stdin closes when hubtrust
+/// ends by any path, SIGKILL included. It starts with the run's directory,
+/// before the certificates are made, and is armed just before anything is
+/// made on a cluster; once hubtrust has torn down itself, it stands down.
 struct Reaper {
-    stdin: Option<ChildStdin>,
+    stdin: ChildStdin,
 }
 
+const ARMED: &str = "armed";
 const STAND_DOWN: &str = "torn-down";
 
 impl Reaper {
@@ -1890,7 +1896,8 @@ impl Reaper {
         let teardown: Vec<String> = plan.teardown.iter().map(|c| c.shell_line()).collect();
         let run_dir = run_dir.display().to_string().replace('\'', r"'\''");
         let script = format!(
-            "read -r said; [ \"$said\" = {STAND_DOWN} ] || {{ {}; rm -rf -- '{run_dir}'; }}",
+            "armed=; while read -r said; do case \"$said\" in {ARMED}) armed=1;; {STAND_DOWN}) armed=;; esac; done; \
+             [ -z \"$armed\" ] || {{ {}; }}; rm -rf -- '{run_dir}'",
             teardown.join("; ")
         );
         let mut child = std::process::Command::new("sh")
@@ -1901,15 +1908,16 @@ impl Reaper {
             .process_group(0)
             .spawn()
             .context("start the Kubernetes reaper")?;
-        Ok(Reaper {
-            stdin: child.stdin.take(),
-        })
+        let stdin = child.stdin.take().context("the reaper's stdin")?;
+        Ok(Reaper { stdin })
+    }
+
+    fn arm(&mut self) {
+        let _ = writeln!(self.stdin, "{ARMED}");
     }
 
     fn stand_down(&mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = writeln!(stdin, "{STAND_DOWN}");
-        }
+        let _ = writeln!(self.stdin, "{STAND_DOWN}");
     }
 }
 

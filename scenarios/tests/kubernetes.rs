@@ -934,79 +934,151 @@ fn a_bring_up_that_fails_on_the_cluster_keeps_every_pods_log_and_tears_down() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// hubtrust and every tool it runs killed outright, mid-install, as a CI
-/// runner kills a cancelled job's process group: the reaper, in a group of
-/// its own, deletes the cluster and removes the run's directory, whose
-/// keys would otherwise stay in the temporary directory.
-#[test]
-fn sigkill_mid_install_deletes_the_cluster_and_leaves_no_key_behind() {
-    use std::os::unix::process::CommandExt;
-    let dir = scratch("k8s-sigkill");
-    let (list, digest) = pinned_list(&dir);
-    let installing = dir.join("helm-installing");
-    let bin = fake_tools(
-        &dir,
-        &[
-            ("kind", "exit 0"),
-            (
-                "helm",
-                &format!(
-                    "case \"$*\" in *install*) touch '{}'; exec sleep 600;; esac; exit 0",
-                    installing.display()
+/// `hubtrust up --backend kind` with small scripts for kind, helm (whose
+/// install touches `installing` and then blocks), docker and kubectl, in
+/// a process group of its own, its temporary directory `tmp` its own, out
+/// of the sight of the tests beside it.
+struct KindUpToKill {
+    dir: Scratch,
+    up: std::process::Child,
+    installing: PathBuf,
+    tmp: PathBuf,
+}
+
+impl KindUpToKill {
+    fn start(name: &str) -> Self {
+        use std::os::unix::process::CommandExt;
+        let dir = scratch(name);
+        let (list, digest) = pinned_list(&dir);
+        let installing = dir.join("helm-installing");
+        let bin = fake_tools(
+            &dir,
+            &[
+                ("kind", "exit 0"),
+                (
+                    "helm",
+                    &format!(
+                        "case \"$*\" in *install*) touch '{}'; exec sleep 600;; esac; exit 0",
+                        installing.display()
+                    ),
                 ),
-            ),
-            (
-                "docker",
-                &format!(
-                    "case \"$1\" in image) echo sha256:{} linux/amd64 quay.io/jupyterhub/k8s-hub@{digest};; version) echo 1.48;; esac; exit 0",
-                    "ef".repeat(32)
+                (
+                    "docker",
+                    &format!(
+                        "case \"$1\" in image) echo sha256:{} linux/amd64 quay.io/jupyterhub/k8s-hub@{digest};; version) echo 1.48;; esac; exit 0",
+                        "ef".repeat(32)
+                    ),
                 ),
-            ),
-            ("kubectl", "exit 0"),
-        ],
-    );
-    let before = kubernetes_run_dirs();
-    let mut up = up_on_kind(&bin, &list)
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let group = nix::unistd::Pid::from_raw(up.id() as i32);
-    let until = |what: &str, done: &dyn Fn() -> bool| {
+                ("kubectl", "exit 0"),
+            ],
+        );
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let up = up_on_kind(&bin, &list)
+            .current_dir(&dir)
+            .env("TMPDIR", &tmp)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        KindUpToKill {
+            dir,
+            up,
+            installing,
+            tmp,
+        }
+    }
+
+    /// Waits, polling, until `done`, failing the test after 60 s.
+    fn until(&self, what: &str, done: &dyn Fn() -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !done() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{what} within 60 s; calls: {}",
-                calls(&dir)
+                calls(&self.dir)
             );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-    };
-    until("helm install was not reached", &|| installing.exists());
-    let made: Vec<String> = kubernetes_run_dirs()
-        .into_iter()
-        .filter(|d| !before.contains(d))
-        .collect();
-    assert_eq!(made.len(), 1, "{made:?}");
-    let run_dir = std::env::temp_dir().join(&made[0]);
+    }
+
+    /// The run directory hubtrust made, once it has.
+    fn run_dir(&self) -> Option<PathBuf> {
+        std::fs::read_dir(&self.tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("hubtrust-kind-"))
+            })
+    }
+
+    /// SIGKILL to hubtrust and every tool it runs, as a CI runner kills a
+    /// cancelled job's process group; the reaper is in a group of its own.
+    fn kill_the_group(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.up.id() as i32);
+        nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).unwrap();
+        self.up.wait().unwrap();
+    }
+}
+
+/// A test that fails before its kill still kills the group, so that the
+/// run's reaper cleans up after it.
+impl Drop for KindUpToKill {
+    fn drop(&mut self) {
+        if let Ok(None) = self.up.try_wait() {
+            let group = nix::unistd::Pid::from_raw(self.up.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.up.wait();
+        }
+    }
+}
+
+/// Killed outright mid-install: the reaper deletes the cluster and removes
+/// the run's directory, whose keys would otherwise stay behind.
+#[test]
+fn sigkill_mid_install_deletes_the_cluster_and_leaves_no_key_behind() {
+    let mut up = KindUpToKill::start("k8s-sigkill");
+    up.until("helm install was not reached", &|| up.installing.exists());
+    let run_dir = up.run_dir().expect("a run directory");
     assert!(
         common::walk(&run_dir)
             .iter()
             .any(|f| f.extension().is_some_and(|e| e == "key")),
         "the run held no key to leave behind: the test shows nothing"
     );
-
-    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).unwrap();
-    up.wait().unwrap();
-    until("the reaper did not delete the cluster", &|| {
-        calls(&dir).contains("kind delete cluster")
+    up.kill_the_group();
+    up.until("the reaper did not delete the cluster", &|| {
+        calls(&up.dir).contains("kind delete cluster")
     });
-    until("the run's directory, keys and all, was left", &|| {
+    up.until("the run's directory, keys and all, was left", &|| {
         !run_dir.exists()
     });
+}
+
+/// Killed outright while it makes the certificates, before any cluster:
+/// the run's directory goes, and nothing is torn down that was not made.
+#[test]
+fn sigkill_before_the_cluster_is_made_leaves_no_key_behind() {
+    let mut up = KindUpToKill::start("k8s-sigkill-early");
+    up.until("no run directory was made", &|| up.run_dir().is_some());
+    // Named before the kill: the reaper may remove it at once after.
+    let run_dir = up.run_dir().expect("a run directory");
+    up.kill_the_group();
+    let killed_early = !calls(&up.dir).contains("kind create cluster");
+    up.until("the run's directory was left", &|| !run_dir.exists());
+    // Killed before kind was asked for a cluster (the certificates take
+    // seconds; this is milliseconds after the directory): nothing of
+    // kind's is deleted either.
+    if killed_early {
+        assert!(
+            !calls(&up.dir).contains("kind delete cluster"),
+            "{}",
+            calls(&up.dir)
+        );
+    }
 }
 
 /// An images list with the chart's three images and a `[mitmproxy]` of
