@@ -1881,9 +1881,9 @@ impl Drop for RemoveOnDrop {
 /// A shell in its own process group that, when its stdin closes, runs the
 /// plan's teardown if it was armed and not stood down, then removes the
 /// run's directory (its keys among it). Its stdin closes when hubtrust
-/// ends by any path, SIGKILL included. It starts with the run's directory,
-/// before the certificates are made, and is armed just before anything is
-/// made on a cluster; once hubtrust has torn down itself, it stands down.
+/// ends by any path, SIGKILL included. It starts before the run's
+/// directory is made, and is armed just before anything is made on a
+/// cluster; once hubtrust has torn down itself, it stands down.
 struct Reaper {
     stdin: ChildStdin,
 }
