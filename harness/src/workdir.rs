@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -12,6 +13,9 @@ use crate::error::{HarnessError, Result};
 
 const PREFIX: &str = "hubtrust-run-";
 const LOCK: &str = ".alive";
+/// A directory without its lock is a run killed between the two, or one
+/// being born this instant: only one older than this is taken as dead.
+const NEWBORN: Duration = Duration::from_secs(60);
 
 /// A run's working directory, locked for as long as the run lives.
 pub struct RunDir {
@@ -23,12 +27,25 @@ impl RunDir {
     /// Sweeps directories left by dead runs under `parent`, then creates
     /// and locks a fresh one.
     pub fn create(parent: &Path) -> Result<Self> {
+        Self::create_at(&Self::path_for(
+            parent,
+            &hex::encode(rand::random::<[u8; 6]>()),
+        ))
+    }
+
+    /// Where [`RunDir::create_at`] puts the run labelled `label`, for a
+    /// plan that names the directory before it exists.
+    pub fn path_for(parent: &Path, label: &str) -> PathBuf {
+        parent.join(format!("{PREFIX}{label}"))
+    }
+
+    /// Sweeps as [`RunDir::create`] does, then creates and locks `path`,
+    /// which must not exist yet.
+    pub fn create_at(path: &Path) -> Result<Self> {
+        let parent = path.parent().unwrap_or(Path::new("."));
         sweep_dead_runs(parent);
-        let path = parent.join(format!(
-            "{PREFIX}{}",
-            hex::encode(rand::random::<[u8; 6]>())
-        ));
-        std::fs::create_dir_all(&path)
+        let path = path.to_path_buf();
+        std::fs::create_dir(&path)
             .map_err(|e| HarnessError::io(format!("create {}", path.display()), e))?;
         let file = File::create(path.join(LOCK))
             .map_err(|e| HarnessError::io(format!("create {}/{LOCK}", path.display()), e))?;
@@ -68,14 +85,23 @@ pub fn sweep_dead_runs(parent: &Path) -> usize {
             // Taking the lock proves its run is gone; it is dropped (and
             // released) right after, with the directory.
             Ok(file) => Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok(),
-            // Killed between creating the directory and its lock.
-            Err(_) => true,
+            // Killed between creating the directory and its lock, unless
+            // it is another run's, being made right now.
+            Err(_) => older_than(&dir, NEWBORN),
         };
         if dead && std::fs::remove_dir_all(&dir).is_ok() {
             removed += 1;
         }
     }
     removed
+}
+
+fn older_than(dir: &Path, age: Duration) -> bool {
+    std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|modified| modified.elapsed().ok())
+        .is_some_and(|elapsed| elapsed > age)
 }
 
 #[cfg(test)]
@@ -97,6 +123,37 @@ mod tests {
         assert!(live.path().exists());
         let path = live.path().to_path_buf();
         drop(live);
+        assert!(!path.exists());
+    }
+
+    /// Another run's directory, made an instant before its lock, is not
+    /// swept; an old one without a lock is.
+    #[test]
+    fn a_directory_without_its_lock_is_swept_only_once_it_is_old() {
+        let held = tempfile::tempdir().unwrap();
+        let parent = held.path();
+        let newborn = RunDir::path_for(parent, "newborn");
+        std::fs::create_dir(&newborn).unwrap();
+        assert_eq!(sweep_dead_runs(parent), 0);
+        assert!(newborn.exists());
+        let old = std::time::SystemTime::now() - 2 * NEWBORN;
+        File::open(&newborn).unwrap().set_modified(old).unwrap();
+        assert_eq!(sweep_dead_runs(parent), 1);
+        assert!(!newborn.exists());
+    }
+
+    /// A labelled directory is where the plan said, and is refused when it
+    /// exists: two runs never share one.
+    #[test]
+    fn a_labelled_run_directory_is_made_where_planned_and_only_once() {
+        let held = tempfile::tempdir().unwrap();
+        let path = RunDir::path_for(held.path(), "kind-ab12");
+        let run = RunDir::create_at(&path).unwrap();
+        assert_eq!(run.path(), path);
+        assert!(path.join(LOCK).exists());
+        let again = RunDir::create_at(&path).err().expect("refused");
+        assert!(again.to_string().contains("kind-ab12"), "{again}");
+        drop(run);
         assert!(!path.exists());
     }
 }

@@ -29,6 +29,7 @@ use hubtrust_harness::report::{RunReport, ScenarioResult, Status};
 use hubtrust_harness::secret::Secret;
 use hubtrust_harness::spec::{ContainerRole, StackSpec};
 use hubtrust_harness::under_test::RunningCapture;
+use hubtrust_harness::workdir::RunDir;
 use hubtrust_harness::{hpc, provision};
 
 use crate::checklist::{Checklist, Outcome};
@@ -310,7 +311,10 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
             }
         }),
     };
-    let run_dir = std::env::temp_dir().join(format!("hubtrust-{}-{id}", target.backend_name()));
+    let run_dir = RunDir::path_for(
+        &std::env::temp_dir(),
+        &format!("{}-{id}", target.backend_name()),
+    );
     let artifacts_dir = args
         .artifacts
         .clone()
@@ -563,11 +567,11 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
     let org = org.as_ref();
     let run_dir = &deployment.run_dir;
     // The reaper first, so that no instant passes with the directory and
-    // nothing to remove it.
+    // nothing to remove it. Should the reaper be killed too, the next run
+    // sweeps the directory, as it does a local run's.
     let mut reaper = Reaper::start(plan, run_dir)?;
-    std::fs::create_dir_all(run_dir).with_context(|| format!("create {}", run_dir.display()))?;
+    let _run_dir_held = RunDir::create_at(run_dir)?;
     hubtrust_harness::pki::set_mode(run_dir, 0o700)?;
-    let _run_dir_removed = RemoveOnDrop(run_dir.clone());
 
     eprintln!("· making the internal CAs (jupyterhub --generate-certs) and the public leaf");
     let components = provision::ensure(&mut std::io::stderr())?;
@@ -1819,7 +1823,7 @@ pub fn ca_certs_command(out: &Path, namespace: &str) -> ExitCode {
         let components = provision::ensure(&mut std::io::stderr())?;
         // A run directory, so the CAs' keys go with it even when this is
         // killed outright: the next run sweeps it.
-        let scratch = hubtrust_harness::workdir::RunDir::create(&std::env::temp_dir())?;
+        let scratch = RunDir::create(&std::env::temp_dir())?;
         hubtrust_harness::pki::set_mode(scratch.path(), 0o700)?;
         let internal = scratch.path().join("internal-ssl");
         let names = kubernetes::names::trusted_alt_names(namespace);
@@ -1868,14 +1872,6 @@ fn wait_for_stop_signal() -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A shell in its own process group that, when its stdin closes, runs the

@@ -50,7 +50,7 @@ fn kubernetes_run_dirs() -> Vec<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|name| {
-            name.starts_with("hubtrust-kind-") || name.starts_with("hubtrust-kubernetes-")
+            name.starts_with("hubtrust-run-kind-") || name.starts_with("hubtrust-run-kubernetes-")
         })
         .collect()
 }
@@ -947,6 +947,11 @@ struct KindUpToKill {
 
 impl KindUpToKill {
     fn start(name: &str) -> Self {
+        Self::start_with_tmp(name, None)
+    }
+
+    /// With `tmp` as its temporary directory, shared with an earlier run.
+    fn start_with_tmp(name: &str, tmp: Option<&Path>) -> Self {
         use std::os::unix::process::CommandExt;
         let dir = scratch(name);
         let (list, digest) = pinned_list(&dir);
@@ -972,7 +977,7 @@ impl KindUpToKill {
                 ("kubectl", "exit 0"),
             ],
         );
-        let tmp = dir.join("tmp");
+        let tmp = tmp.map_or_else(|| dir.join("tmp"), Path::to_path_buf);
         std::fs::create_dir_all(&tmp).unwrap();
         let up = up_on_kind(&bin, &list)
             .current_dir(&dir)
@@ -1011,7 +1016,7 @@ impl KindUpToKill {
             .map(|e| e.path())
             .find(|p| {
                 p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("hubtrust-kind-"))
+                    .is_some_and(|n| n.to_string_lossy().starts_with("hubtrust-run-kind-"))
             })
     }
 
@@ -1079,6 +1084,46 @@ fn sigkill_before_the_cluster_is_made_leaves_no_key_behind() {
             calls(&up.dir)
         );
     }
+}
+
+/// The reaper killed too (`kill -9 -1`, the OOM killer): nothing can
+/// remove the run's directory at once, so the next run sweeps it.
+#[test]
+fn a_run_directory_left_when_the_reaper_is_killed_too_is_swept_by_the_next_run() {
+    let mut first = KindUpToKill::start("k8s-sigkill-all");
+    first.until("helm install was not reached", &|| {
+        first.installing.exists()
+    });
+    let run_dir = first.run_dir().expect("a run directory");
+    let reaper = process_whose_command_line_holds(&run_dir.display().to_string())
+        .expect("the reaper is running");
+    nix::sys::signal::kill(reaper, nix::sys::signal::Signal::SIGKILL).unwrap();
+    first.kill_the_group();
+    assert!(
+        run_dir.exists(),
+        "nothing should have been left to remove the directory"
+    );
+    let tmp = first.tmp.clone();
+    let second = KindUpToKill::start_with_tmp("k8s-sigkill-next", Some(&tmp));
+    second.until("the next run did not reach helm install", &|| {
+        second.installing.exists()
+    });
+    assert!(!run_dir.exists(), "the next run did not sweep {run_dir:?}");
+}
+
+/// A live process whose command line holds `text`.
+fn process_whose_command_line_holds(text: &str) -> Option<nix::unistd::Pid> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(text)
+                .then(|| nix::unistd::Pid::from_raw(pid))
+        })
+        .next()
 }
 
 /// An images list with the chart's three images and a `[mitmproxy]` of
