@@ -138,8 +138,8 @@ pub struct KubernetesPlan {
     /// The inspecting proxy's pod, captured across the first spawn, when
     /// the run has one (kind with an org CA hubtrust made).
     pub proxy_wire: Option<WireCapture>,
-    /// Each pod's secret files, read through its `/proc/<pid>/root` (kind
-    /// only, like the captures).
+    /// Each pod's secret files: on kind read through its
+    /// `/proc/<pid>/root`, elsewhere from inside its own container.
     pub secret_files: Vec<super::secret_modes::PodSecrets>,
     /// What the probes judge each endpoint's TLS by: the stack's policy.
     pub tls_policy: crate::tls_policy::TlsPolicySpec,
@@ -744,7 +744,8 @@ pub fn plan(
 
     // A kind cluster's nodes run on this machine, so the probes, captures
     // and file checks enter its pods from here; on another cluster the
-    // probes are copied into their pods, and the rest is not made.
+    // probes are copied into their pods, the file checks run inside them,
+    // and the captures are not made.
     let probes =
         in_cluster::planned_probes(&deployment.user, &deployment.chart.component_versions());
     let (probes_run, pods_here) = match target {
@@ -791,10 +792,7 @@ pub fn plan(
         },
         proxy_wire: (pods_here && deployment.inspecting_proxy().is_some())
             .then(super::inspecting_proxy::wire_capture),
-        secret_files: match pods_here {
-            true => super::secret_modes::planned(&deployment.user),
-            false => Vec::new(),
-        },
+        secret_files: super::secret_modes::planned(&deployment.user),
         probes,
         probes_run,
         tls_policy: deployment.tls_policy.clone(),
@@ -887,9 +885,17 @@ impl KubernetesPlan {
             );
         }
         if !self.secret_files.is_empty() {
+            // Where the probes run from this machine, the pods' files are
+            // here too.
+            let how = match self.probes_run {
+                ProbesRun::FromThisMachine => "through each pod's /proc/<pid>/root as root",
+                ProbesRun::CopiedIntoThePod => {
+                    "from inside each component's container (kubectl exec, as the component's user)"
+                }
+            };
             let _ = writeln!(
                 out,
-                "\n## secrets, read through each pod's /proc/<pid>/root as root: no bit for other users, group bits only for a group the component runs in"
+                "\n## secrets, read {how}: no bit for other users, group bits only for a group the component runs in"
             );
             for pod in &self.secret_files {
                 let dirs: Vec<String> = pod

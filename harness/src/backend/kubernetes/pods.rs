@@ -1,8 +1,9 @@
 //! A running deployment's pods as this machine sees them on kind, whose
 //! nodes run here: each pod's processes in `/proc`, their filesystems
 //! under `/proc/<pid>/root` and their sockets, read as root. On a cluster
-//! of the user's own the hub's environment and certificate store are read
-//! through `kubectl exec` instead, by a script in the hub's own Python.
+//! of the user's own the hub's environment and certificate store, and each
+//! component's secret files, are read through `kubectl exec` instead, by
+//! scripts in the hub's own Python and in the container's own shell.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -294,6 +295,82 @@ pub fn copy_without_keys(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The component's user and groups and its secret files, read as root on
+/// this machine through its process's `/proc/<pid>/root`.
+fn component_files_as_root(
+    deployment: &Deployment,
+    pod: &secret_modes::PodSecrets,
+) -> Result<(secret_modes::ProcessIds, Vec<secret_modes::FileMode>)> {
+    let pid = component_process(deployment, &pod.selector, &pod.what, &pod.process)?;
+    let status_file = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&status_file)
+        .map_err(|e| HarnessError::io(format!("read {status_file}"), e))?;
+    let ids = secret_modes::parse_status(&status).ok_or_else(|| HarnessError::Pod {
+        what: pod.what.clone(),
+        message: format!("{status_file} names no user and group"),
+    })?;
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let mut files = Vec::new();
+    for dir in &pod.dirs {
+        let out = as_root("find")
+            .args(secret_modes::find_args(&root, dir))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| HarnessError::io("run find", e))?;
+        if !out.status.success() {
+            return Err(HarnessError::Pod {
+                what: pod.what.clone(),
+                message: format!(
+                    "listing {} failed: {}",
+                    dir.path,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        files.extend(secret_modes::parse_find(
+            &String::from_utf8_lossy(&out.stdout),
+            &root,
+        ));
+    }
+    Ok((ids, files))
+}
+
+/// The same, read from inside the component's own container by `kubectl
+/// exec`, as the component's own user: the pods are not on this machine.
+/// Listing a file needs only its directory, so every file is seen that
+/// root would see.
+fn component_files_from_inside(
+    deployment: &Deployment,
+    pod: &secret_modes::PodSecrets,
+) -> Result<(secret_modes::ProcessIds, Vec<secret_modes::FileMode>)> {
+    let name = running_pod(deployment, &pod.selector, &pod.what)?;
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        secret_modes::IN_CONTAINER_SCRIPT.into(),
+        "sh".into(),
+    ];
+    argv.extend(secret_modes::in_container_args("/proc", pod));
+    let purpose = format!("list the secret files of {}", pod.what);
+    let said = command::run(&plan::exec_in_pod_command(
+        &purpose,
+        &deployment.target,
+        &deployment.namespace,
+        &name,
+        &argv,
+    ))
+    .map_err(|e| failed(&purpose, e.to_string()))?;
+    secret_modes::parse_in_container(&said.stdout).ok_or_else(|| {
+        failed(
+            &purpose,
+            format!(
+                "the pod's answer names no user and group: {:?}",
+                said.stdout.lines().next().unwrap_or_default()
+            ),
+        )
+    })
+}
+
 /// What the secrets check found across the pods.
 #[derive(Debug, Default)]
 pub struct SecretsSeen {
@@ -307,7 +384,8 @@ pub struct SecretsSeen {
 }
 
 /// Every secret file of `pods`, read as root through each component's own
-/// `/proc/<pid>/root` and judged against its own user and groups, the
+/// `/proc/<pid>/root` on kind, from inside its container elsewhere, and
+/// judged against its own user and groups, the
 /// findings sorted by `fixtures/known-defects.toml` (`secret-modes`) for
 /// `scenario`. A pod where nothing is found is an error: it shows nothing.
 pub fn check_secrets(
@@ -321,37 +399,10 @@ pub fn check_secrets(
     let mut findings: Vec<(String, String, String)> = Vec::new();
     let mut looked = Vec::new();
     for pod in pods_to_check {
-        let pid = component_process(deployment, &pod.selector, &pod.what, &pod.process)?;
-        let status_file = format!("/proc/{pid}/status");
-        let status = std::fs::read_to_string(&status_file)
-            .map_err(|e| HarnessError::io(format!("read {status_file}"), e))?;
-        let ids = secret_modes::parse_status(&status).ok_or_else(|| HarnessError::Pod {
-            what: pod.what.clone(),
-            message: format!("{status_file} names no user and group"),
-        })?;
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let mut files = Vec::new();
-        for dir in &pod.dirs {
-            let out = as_root("find")
-                .args(secret_modes::find_args(&root, dir))
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| HarnessError::io("run find", e))?;
-            if !out.status.success() {
-                return Err(HarnessError::Pod {
-                    what: pod.what.clone(),
-                    message: format!(
-                        "listing {} failed: {}",
-                        dir.path,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ),
-                });
-            }
-            files.extend(secret_modes::parse_find(
-                &String::from_utf8_lossy(&out.stdout),
-                &root,
-            ));
-        }
+        let (ids, files) = match deployment.target {
+            ClusterTarget::Existing { .. } => component_files_from_inside(deployment, pod)?,
+            ClusterTarget::Kind { .. } => component_files_as_root(deployment, pod)?,
+        };
         if files.is_empty() {
             return Err(HarnessError::Pod {
                 what: pod.what.clone(),

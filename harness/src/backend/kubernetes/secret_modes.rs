@@ -102,6 +102,59 @@ pub fn find_args(root: &Path, dir: &SecretDir) -> Vec<String> {
     args
 }
 
+/// Run by `sh` inside a component's own container, as the component's
+/// own user, where the pods are not on this machine: `PROC NAME [DIR
+/// PATTERN]...`. Prints the `Uid:`, `Gid:` and `Groups:` lines of the
+/// process whose program (its first or second argument, so not tini's
+/// `--` nor this shell) is NAME, a `--` line, then `MODE UID GID PATH`
+/// for each file of each DIR matching PATTERN, links followed and the
+/// `..`-named directories not entered. Only POSIX sh, `find -L` and `stat
+/// -L -c`, which GNU and busybox share: the chart's hub and lab images are
+/// Debian's, its proxy's Alpine's.
+pub const IN_CONTAINER_SCRIPT: &str = r#"# hubtrust: the component's user and groups, and its secret files
+proc=$1 name=$2
+shift 2
+pid=
+for entry in "$proc"/[0-9]*; do
+    if tr '\0' '\n' < "$entry/cmdline" 2>/dev/null | head -n 2 | sed 's|.*/||' | grep -qxF -- "$name"; then
+        pid=${entry##*/}
+        break
+    fi
+done
+[ -n "$pid" ] || { echo "no process in this container runs $name" >&2; exit 3; }
+grep -E '^(Uid|Gid|Groups):' "$proc/$pid/status" || exit 3
+echo --
+while [ $# -ge 2 ]; do
+    [ -d "$1" ] || { echo "$1 is not a directory in this container" >&2; exit 4; }
+    files=$(find -L "$1" -name '..*' -prune -o -type f -name "$2" -print) || exit 4
+    if [ -n "$files" ]; then
+        printf '%s\n' "$files" | while IFS= read -r file; do
+            stat -L -c '%a %u %g %n' "$file" || exit 4
+        done || exit 4
+    fi
+    shift 2
+done
+"#;
+
+/// [`IN_CONTAINER_SCRIPT`]'s arguments after the script, for `pod`.
+pub fn in_container_args(proc_root: &str, pod: &PodSecrets) -> Vec<String> {
+    let mut args = vec![proc_root.to_string(), pod.process.clone()];
+    for dir in &pod.dirs {
+        let pattern = match dir.kind {
+            Kind::PrivateKeys => "*.key",
+            Kind::Everything => "*",
+        };
+        args.extend([dir.path.clone(), pattern.to_string()]);
+    }
+    args
+}
+
+/// What [`IN_CONTAINER_SCRIPT`] printed: the component's ids and files.
+pub fn parse_in_container(output: &str) -> Option<(ProcessIds, Vec<FileMode>)> {
+    let (status, files) = output.split_once("\n--\n")?;
+    Some((parse_status(status)?, parse_find(files, Path::new(""))))
+}
+
 /// One secret file as `find` listed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileMode {
@@ -232,24 +285,146 @@ mod tests {
         assert_eq!(parse_status("Name:\tx\n"), None);
     }
 
+    /// A `/proc` with tini (its command line naming the hub after `--`)
+    /// and the hub's Python, and the lab's Secret volume: what a
+    /// component's container holds.
+    fn container(root: &Path) -> (std::path::PathBuf, PodSecrets) {
+        let proc = root.join("proc");
+        for (pid, cmdline, uid) in [
+            ("1", "tini\0--\0jupyterhub\0", "0"),
+            (
+                "7",
+                "python3\0/usr/local/bin/jupyterhub\0--config\0x.py\0",
+                "1000",
+            ),
+        ] {
+            std::fs::create_dir_all(proc.join(pid)).unwrap();
+            std::fs::write(proc.join(pid).join("cmdline"), cmdline).unwrap();
+            std::fs::write(
+                proc.join(pid).join("status"),
+                format!("Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t1000\t1000\t1000\t1000\nGroups:\t100 1000 \n"),
+            )
+            .unwrap();
+        }
+        let volume = secret_volume(root);
+        let pod = PodSecrets {
+            what: "the hub".into(),
+            selector: "component=hub".into(),
+            process: "jupyterhub".into(),
+            dirs: vec![SecretDir {
+                path: volume.display().to_string(),
+                kind: Kind::PrivateKeys,
+            }],
+        };
+        (proc, pod)
+    }
+
+    /// `sh -c IN_CONTAINER_SCRIPT` with `path` as its PATH.
+    fn in_container(shell: &str, path: &str, args: &[String]) -> std::process::Output {
+        std::process::Command::new(shell)
+            .arg("-c")
+            .arg(IN_CONTAINER_SCRIPT)
+            .arg("sh")
+            .args(args)
+            .env("PATH", path)
+            .output()
+            .unwrap()
+    }
+
+    /// A directory of busybox's applets, as an Alpine image has them.
+    fn busybox_path(root: &Path) -> Option<std::path::PathBuf> {
+        let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        let bin = root.join("busybox-bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for applet in ["sh", "tr", "head", "sed", "grep", "find", "stat"] {
+            std::os::unix::fs::symlink(busybox, bin.join(applet)).unwrap();
+        }
+        Some(bin)
+    }
+
+    /// The script the pods run where they are not on this machine finds
+    /// the component's own process (not tini), reads its ids, and lists
+    /// the keys through the volume's links, with GNU's tools and with
+    /// busybox's alike.
+    #[test]
+    fn inside_a_container_the_components_ids_and_keys_are_read() {
+        let held = tempfile::tempdir().unwrap();
+        let (proc, pod) = container(held.path());
+        let args = in_container_args(&proc.display().to_string(), &pod);
+        let mut shells = vec![("sh", "/usr/bin:/bin".to_string())];
+        let busybox = busybox_path(held.path());
+        if let Some(bin) = &busybox {
+            shells.push(("busybox-sh", bin.display().to_string()));
+        } else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "busybox is missing: the proxy image's tools go untested"
+            );
+        }
+        for (shell, path) in shells {
+            let shell = match shell {
+                "sh" => "sh".to_string(),
+                _ => format!("{path}/sh"),
+            };
+            let out = in_container(&shell, &path, &args);
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{shell}: {said}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let (ids, files) = parse_in_container(&said).expect(&said);
+            assert_eq!(
+                ids,
+                ProcessIds {
+                    uid: 1000,
+                    groups: vec![100, 1000]
+                },
+                "{shell}: not the hub's process"
+            );
+            assert_eq!(files.len(), 1, "{shell}: {files:?}");
+            assert!(files[0].path.ends_with("/etc/jupyterhub/ssl/ssl.key"));
+            assert_eq!(files[0].mode, 0o777, "{shell}");
+        }
+    }
+
+    /// Where the component's process or a directory is not found, the
+    /// script fails, saying which: a listing of nothing is never clean.
+    #[test]
+    fn inside_a_container_a_missing_process_or_directory_fails() {
+        let held = tempfile::tempdir().unwrap();
+        let (proc, mut pod) = container(held.path());
+        pod.process = "configurable-http-proxy".into();
+        let out = in_container(
+            "sh",
+            "/usr/bin:/bin",
+            &in_container_args(&proc.display().to_string(), &pod),
+        );
+        assert_eq!(out.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&out.stderr)
+            .contains("no process in this container runs configurable-http-proxy"));
+        pod.process = "jupyterhub".into();
+        pod.dirs[0].path = "/nonexistent/ssl".into();
+        let out = in_container(
+            "sh",
+            "/usr/bin:/bin",
+            &in_container_args(&proc.display().to_string(), &pod),
+        );
+        assert_eq!(out.status.code(), Some(4));
+        assert!(String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/ssl is not a directory in this container"));
+    }
+
     /// A directory laid out as kubelet lays out a Secret volume (each file
     /// a link into `..data`, itself a link to a timestamped directory),
     /// listed by the real `find` with the arguments a run uses.
     #[test]
     fn a_secret_volume_is_listed_once_through_its_links() {
-        use std::os::unix::fs::{symlink, PermissionsExt};
         let held = tempfile::tempdir().unwrap();
         let root = held.path();
-        let volume = root.join("etc/jupyterhub/ssl");
-        let data = volume.join("..2026_12_06_00_00_00.1");
-        std::fs::create_dir_all(&data).unwrap();
-        for (name, mode) in [("ssl.key", 0o777), ("ssl.crt", 0o777)] {
-            std::fs::write(data.join(name), "x").unwrap();
-            std::fs::set_permissions(data.join(name), std::fs::Permissions::from_mode(mode))
-                .unwrap();
-            symlink(format!("..data/{name}"), volume.join(name)).unwrap();
-        }
-        symlink("..2026_12_06_00_00_00.1", volume.join("..data")).unwrap();
+        secret_volume(root);
         let dir = &planned("alice")[2].dirs[0];
         let out = std::process::Command::new("find")
             .args(find_args(root, dir))
@@ -265,5 +440,22 @@ mod tests {
         assert_eq!(listed[0].path, "/etc/jupyterhub/ssl/ssl.key");
         assert_eq!(listed[0].mode, 0o777);
         assert_eq!(file_name(&listed[0].path), "ssl.key");
+    }
+
+    /// `root/etc/jupyterhub/ssl` laid out as kubelet lays out the lab's
+    /// Secret volume under KubeSpawner's defaultMode 511.
+    fn secret_volume(root: &Path) -> std::path::PathBuf {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let volume = root.join("etc/jupyterhub/ssl");
+        let data = volume.join("..2026_12_06_00_00_00.1");
+        std::fs::create_dir_all(&data).unwrap();
+        for (name, mode) in [("ssl.key", 0o777), ("ssl.crt", 0o777)] {
+            std::fs::write(data.join(name), "x").unwrap();
+            std::fs::set_permissions(data.join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+            symlink(format!("..data/{name}"), volume.join(name)).unwrap();
+        }
+        symlink("..2026_12_06_00_00_00.1", volume.join("..data")).unwrap();
+        volume
     }
 }
