@@ -204,6 +204,14 @@ pub fn check_kubernetes() -> Vec<Prerequisite> {
             .map(|how| format!("pods' namespaces are entered {how}"))
             .map_err(|e| e.to_string()),
     ));
+    if checks.iter().any(|c| c.name == "kind" && c.ok()) {
+        checks.push(check(
+            "kind clusters of runs that are gone",
+            "a machine left as hubtrust found it",
+            "delete each with `kind delete cluster --name NAME`",
+            kind_clusters_left(),
+        ));
+    }
     if checks.iter().any(|c| c.name == "kubectl" && c.ok()) {
         let answered = preflight::cluster_answers(&ClusterTarget::Existing { kubeconfig: None })
             .map(|said| format!("kubectl's current context answers /readyz: {said}"))
@@ -216,6 +224,30 @@ pub fn check_kubernetes() -> Vec<Prerequisite> {
         ));
     }
     checks
+}
+
+/// The kind clusters hubtrust made for runs that are gone: their reaper
+/// was killed with them (`kill -9 -1`, the OOM killer).
+fn kind_clusters_left() -> Result<String, String> {
+    let out = Command::new("kind")
+        .args(["get", "clusters"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("`kind` not found ({e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`kind get clusters` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let listed = String::from_utf8_lossy(&out.stdout);
+    match crate::backend::kubernetes::kind_clusters_left(&listed, &std::env::temp_dir())[..] {
+        [] => Ok("none".into()),
+        ref left => Err(format!(
+            "left by hubtrust runs that are gone: {}",
+            left.join(", ")
+        )),
+    }
 }
 
 #[cfg(test)]

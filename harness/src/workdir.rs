@@ -68,6 +68,14 @@ impl Drop for RunDir {
     }
 }
 
+/// Whether a live run holds the run directory at `path`.
+pub fn is_held(path: &Path) -> bool {
+    match File::open(path.join(LOCK)) {
+        Ok(file) => Flock::lock(file, FlockArg::LockExclusiveNonblock).is_err(),
+        Err(_) => false,
+    }
+}
+
 /// Removes every run directory under `parent` whose lock nobody holds: its
 /// run died without cleaning up. Returns how many were removed.
 pub fn sweep_dead_runs(parent: &Path) -> usize {
@@ -118,6 +126,8 @@ mod tests {
         std::fs::create_dir_all(&dead).unwrap();
         std::fs::write(dead.join(LOCK), "").unwrap();
         std::fs::write(dead.join("key.pem"), "secret").unwrap();
+        assert!(is_held(live.path()));
+        assert!(!is_held(&dead));
         assert_eq!(sweep_dead_runs(parent), 1);
         assert!(!dead.exists());
         assert!(live.path().exists());

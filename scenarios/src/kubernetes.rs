@@ -268,7 +268,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
                 "--kubeconfig names an existing cluster; --backend kind makes its own (fix: use --backend kubernetes)"
             );
             ClusterTarget::Kind {
-                cluster: format!("hubtrust-{id}"),
+                cluster: kubernetes::kind_cluster_name(&id),
             }
         }
         _ => ClusterTarget::Existing {
@@ -311,10 +311,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
             }
         }),
     };
-    let run_dir = RunDir::path_for(
-        &std::env::temp_dir(),
-        &format!("{}-{id}", target.backend_name()),
-    );
+    let run_dir = kubernetes::run_dir(&std::env::temp_dir(), &target, &id);
     let artifacts_dir = args
         .artifacts
         .clone()

@@ -537,7 +537,7 @@ fn doctor_command() -> ExitCode {
                 c.found.as_deref().unwrap_or("")
             ),
             Some(problem) => println!(
-                "absent   {:<40} {problem}\n         needed for {}; install: {}",
+                "warn     {:<40} {problem}\n         needed for {}; fix: {}",
                 c.name, c.needed_for, c.fix
             ),
         }

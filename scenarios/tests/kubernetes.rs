@@ -1091,6 +1091,47 @@ fn sigkill_before_the_cluster_is_made_leaves_no_key_behind() {
     }
 }
 
+/// A kind cluster hubtrust made for a run that is gone (its reaper killed
+/// with it) is named by `doctor`, with the command that deletes it; a
+/// live run's cluster and the user's own are not.
+#[test]
+fn doctor_names_a_kind_cluster_left_by_a_run_that_is_gone() {
+    let dir = scratch("k8s-doctor-left");
+    let bin = fake_tools(
+        &dir,
+        &[(
+            "kind",
+            "case \"$*\" in \"get clusters\") printf 'hubtrust-0badc0de\\nhubtrust-11ve0000\\nusers-own\\n';; *) echo kind v0.29.0;; esac",
+        )],
+    );
+    let tmp = dir.join("tmp");
+    let live = tmp.join("hubtrust-run-kind-11ve0000");
+    std::fs::create_dir_all(&live).unwrap();
+    let lock = std::fs::File::create(live.join(".alive")).unwrap();
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = hubtrust()
+        .arg("doctor")
+        .env("PATH", path)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    let line = said
+        .lines()
+        .find(|l| l.contains("kind clusters of runs that are gone"))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(
+        line.starts_with("warn ")
+            && line.ends_with("left by hubtrust runs that are gone: hubtrust-0badc0de"),
+        "{said}"
+    );
+    assert!(
+        said.contains("fix: delete each with `kind delete cluster --name NAME`"),
+        "{said}"
+    );
+}
+
 /// The reaper killed too (`kill -9 -1`, the OOM killer): nothing can
 /// remove the run's directory at once, so the next run sweeps it.
 #[test]

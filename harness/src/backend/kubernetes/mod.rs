@@ -368,6 +368,37 @@ pub fn run_namespace(run_id: &str) -> String {
     format!("hubtrust-{}", run_id.to_ascii_lowercase())
 }
 
+/// The kind cluster hubtrust makes for one run.
+pub fn kind_cluster_name(run_id: &str) -> String {
+    format!("hubtrust-{run_id}")
+}
+
+/// One run's directory on this machine (its keys among it), under
+/// `parent`: a [`crate::workdir::RunDir`], so that a run killed with its
+/// reaper leaves it for the next run to sweep.
+pub fn run_dir(parent: &Path, target: &ClusterTarget, run_id: &str) -> PathBuf {
+    crate::workdir::RunDir::path_for(parent, &format!("{}-{run_id}", target.backend_name()))
+}
+
+/// Of the kind clusters `kind get clusters` listed, those hubtrust made
+/// for a run that is gone: no live run holds its directory under
+/// `parent`. They are left when hubtrust and its reaper were both killed.
+pub fn kind_clusters_left(listed: &str, parent: &Path) -> Vec<String> {
+    listed
+        .lines()
+        .map(str::trim)
+        .filter(|name| {
+            name.strip_prefix("hubtrust-").is_some_and(|id| {
+                let target = ClusterTarget::Kind {
+                    cluster: name.to_string(),
+                };
+                !crate::workdir::is_held(&run_dir(parent, &target, id))
+            })
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +413,25 @@ mod tests {
         ] {
             assert!(!is_exact_version(loose), "{loose}");
         }
+    }
+
+    /// A cluster of a live run is not named, nor one hubtrust did not
+    /// make; one whose run is gone is.
+    #[test]
+    fn a_kind_cluster_is_left_only_when_its_run_is_gone() {
+        let held = tempfile::tempdir().unwrap();
+        let live_target = ClusterTarget::Kind {
+            cluster: kind_cluster_name("0000live"),
+        };
+        let _live =
+            crate::workdir::RunDir::create_at(&run_dir(held.path(), &live_target, "0000live"))
+                .unwrap();
+        let listed = "hubtrust-0000dead\nhubtrust-0000live\nkind\nusers-own\n";
+        assert_eq!(
+            kind_clusters_left(listed, held.path()),
+            ["hubtrust-0000dead"]
+        );
+        assert!(kind_clusters_left("", held.path()).is_empty());
     }
 
     #[test]
