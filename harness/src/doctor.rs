@@ -241,11 +241,13 @@ fn kind_clusters_left() -> Result<String, String> {
         ));
     }
     let listed = String::from_utf8_lossy(&out.stdout);
-    match crate::backend::kubernetes::kind_clusters_left(&listed, &std::env::temp_dir())[..] {
+    let runs_under = std::env::temp_dir();
+    match crate::backend::kubernetes::kind_clusters_left(&listed, &runs_under)[..] {
         [] => Ok("none".into()),
         ref left => Err(format!(
-            "left by hubtrust runs that are gone: {}",
-            left.join(", ")
+            "{}: made by hubtrust for runs that are gone (no live run under {} holds their directory)",
+            left.join(", "),
+            runs_under.display()
         )),
     }
 }
