@@ -216,31 +216,69 @@ pub fn check_kubernetes() -> Vec<Prerequisite> {
         let answered = preflight::cluster_answers(&ClusterTarget::Existing { kubeconfig: None })
             .map(|said| format!("kubectl's current context answers /readyz: {said}"))
             .map_err(|e| format!("no cluster answers on kubectl's current context ({e})"));
+        let answers = answered.is_ok();
         checks.push(check(
             "a cluster (kubectl's current context)",
             "--backend kubernetes without --kubeconfig",
             "point KUBECONFIG at a cluster, or pass --kubeconfig; --backend kind makes its own",
             answered,
         ));
+        if answers {
+            checks.push(check(
+                "namespaces of runs that are gone",
+                "a cluster (kubectl's current context) left as hubtrust found it, no run's keys in its Secrets",
+                "delete each with `kubectl delete namespace NAME`",
+                namespaces_left(),
+            ));
+        }
     }
     checks
+}
+
+/// What `program args` prints, or why it printed nothing to go on.
+fn listing(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("`{program}` not found ({e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The namespaces this machine's hubtrust runs made on kubectl's current
+/// context for runs that are gone: killed with their reaper, or kept.
+fn namespaces_left() -> Result<String, String> {
+    use crate::backend::kubernetes::{self, LIST_HUBTRUST_NAMESPACES};
+    let listed = listing("kubectl", &LIST_HUBTRUST_NAMESPACES)?;
+    let found = kubernetes::namespaces_left(&listed, kubernetes::this_machine().as_deref())?;
+    let elsewhere = match found.elsewhere.len() {
+        0 => String::new(),
+        n => format!(
+            "; {n} made from other machines ({}), not judged: whether their runs live cannot be told from here",
+            found.elsewhere.join(", ")
+        ),
+    };
+    if found.left.is_empty() {
+        Ok(format!("none of this machine's{elsewhere}"))
+    } else {
+        Err(format!(
+            "{}: made from this machine by hubtrust runs that are gone, killed with their reaper or kept with --keep (no live run holds the directory each names){elsewhere}",
+            found.left.join(", ")
+        ))
+    }
 }
 
 /// The kind clusters hubtrust made for runs that are gone: their reaper
 /// was killed with them (`kill -9 -1`, the OOM killer).
 fn kind_clusters_left() -> Result<String, String> {
-    let out = Command::new("kind")
-        .args(["get", "clusters"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("`kind` not found ({e})"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`kind get clusters` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let listed = String::from_utf8_lossy(&out.stdout);
+    let listed = listing("kind", &["get", "clusters"])?;
     let runs_under = std::env::temp_dir();
     match crate::backend::kubernetes::kind_clusters_left(&listed, &runs_under)[..] {
         [] => Ok("none".into()),

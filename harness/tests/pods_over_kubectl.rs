@@ -132,6 +132,7 @@ fn deployment(run_dir: &Path, kubeconfig: &Path) -> Deployment {
         public_host_port: 18443,
         org_trust: None,
         run_dir: run_dir.to_path_buf(),
+        made_on: "0123456789abcdef".into(),
         artifacts_dir: run_dir.join("artifacts"),
         service_token: Secret::generate(),
         proxy_token: Secret::generate(),

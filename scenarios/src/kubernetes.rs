@@ -337,6 +337,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         org_trust,
         artifacts_dir,
         run_dir,
+        made_on: kubernetes::this_machine().unwrap_or_else(|| "unknown".into()),
         service_token: Secret::generate(),
         proxy_token: Secret::generate(),
         user: spec

@@ -1134,6 +1134,76 @@ fn doctor_names_a_kind_cluster_left_by_a_run_that_is_gone() {
     );
 }
 
+/// On a cluster of your own, `doctor` names the namespaces this machine's
+/// runs left (the run's directory no longer held), with the command that
+/// deletes them; a live run's is not named, and another machine's is
+/// counted but never judged.
+#[test]
+fn doctor_names_a_namespace_left_by_a_run_that_is_gone() {
+    use hubtrust_harness::backend::kubernetes::{this_machine, MADE_ON_LABEL, RUN_DIR_ANNOTATION};
+    let dir = scratch("k8s-doctor-namespaces");
+    let tmp = dir.join("tmp");
+    let live = tmp.join("hubtrust-run-kubernetes-11ve0000");
+    std::fs::create_dir_all(&live).unwrap();
+    let lock = std::fs::File::create(live.join(".alive")).unwrap();
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let here = this_machine().expect("this machine's id");
+    let namespace = |name: &str, made_on: &str, run_dir: &Path| {
+        serde_json::json!({ "metadata": {
+            "name": name,
+            "labels": { "app.kubernetes.io/managed-by": "hubtrust", MADE_ON_LABEL: made_on },
+            "annotations": { RUN_DIR_ANNOTATION: run_dir.display().to_string() },
+        }})
+    };
+    let listed = dir.join("namespaces.json");
+    std::fs::write(
+        &listed,
+        serde_json::json!({ "items": [
+            namespace("hubtrust-0badc0de", &here, &tmp.join("hubtrust-run-kubernetes-0badc0de")),
+            namespace("hubtrust-11ve0000", &here, &live),
+            namespace("hubtrust-e15e0000", "0000000000000000", &tmp.join("hubtrust-run-kubernetes-e15e0000")),
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let bin = fake_tools(
+        &dir,
+        &[(
+            "kubectl",
+            &format!(
+                "case \"$*\" in *readyz*) echo ok;; \"get namespaces -l app.kubernetes.io/managed-by=hubtrust -o json\") cat '{}';; *) echo 'Client Version: v1.33.1';; esac",
+                listed.display()
+            ),
+        )],
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = hubtrust()
+        .arg("doctor")
+        .env("PATH", path)
+        .env("TMPDIR", &tmp)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let said = text(&out);
+    let line = said
+        .lines()
+        .find(|l| l.contains("namespaces of runs that are gone"))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(
+        line.starts_with("warn ")
+            && line.contains(
+                " hubtrust-0badc0de: made from this machine by hubtrust runs that are gone"
+            )
+            && line.contains("1 made from other machines (hubtrust-e15e0000), not judged")
+            && !line.contains("11ve0000"),
+        "{said}"
+    );
+    assert!(
+        said.contains("fix: delete each with `kubectl delete namespace NAME`"),
+        "{said}"
+    );
+}
+
 /// The reaper killed too (`kill -9 -1`, the OOM killer): nothing can
 /// remove the run's directory at once, so the next run sweeps it.
 #[test]

@@ -245,6 +245,9 @@ pub struct Deployment {
     pub org_trust: Option<OrgTrust>,
     /// The run's directory on this machine: values, manifests, certificates.
     pub run_dir: PathBuf,
+    /// This machine, as the namespace's [`MADE_ON_LABEL`] names it
+    /// ([`this_machine`]).
+    pub made_on: String,
     /// Where the run keeps what it saw, kept after it: every pod's log,
     /// the probes' reports, the captures (`hubtrust-in-cluster/<ns>` for
     /// `up`, `<report>/in-cluster` for `run`).
@@ -399,6 +402,78 @@ pub fn kind_clusters_left(listed: &str, parent: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The label on every namespace hubtrust creates naming the machine that
+/// created it, so that `doctor` judges only its own machine's runs.
+pub const MADE_ON_LABEL: &str = "hubtrust.io/made-on";
+/// The annotation naming the run's directory on that machine: while a live
+/// run holds it, the namespace is in use.
+pub const RUN_DIR_ANNOTATION: &str = "hubtrust.io/run-dir";
+const MANAGED_BY_HUBTRUST: &str = "app.kubernetes.io/managed-by=hubtrust";
+
+/// This machine, for [`MADE_ON_LABEL`]: a digest of its machine-id (or,
+/// without one, of this boot's id), not the id itself, which systemd asks
+/// applications not to publish. `None` when neither can be read: then no
+/// namespace is ever judged this machine's.
+pub fn this_machine() -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let id = ["/etc/machine-id", "/proc/sys/kernel/random/boot_id"]
+        .into_iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|id| id.trim().to_string())
+        .find(|id| !id.is_empty())?;
+    let digest = Sha256::digest(format!("hubtrust made-on {id}"));
+    Some(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// kubectl's arguments that list the namespaces hubtrust made, as JSON.
+pub const LIST_HUBTRUST_NAMESPACES: [&str; 6] =
+    ["get", "namespaces", "-l", MANAGED_BY_HUBTRUST, "-o", "json"];
+
+/// What [`namespaces_left`] found among hubtrust's namespaces.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NamespacesLeft {
+    /// Made on this machine for a run that is gone: none holds its directory.
+    pub left: Vec<String>,
+    /// Made on other machines (or on one without an id): whether their
+    /// runs live cannot be told from here.
+    pub elsewhere: Vec<String>,
+}
+
+/// Of the namespaces `kubectl get namespaces -l
+/// app.kubernetes.io/managed-by=hubtrust -o json` listed, those this
+/// machine made for runs that are gone (killed with their reaper, or kept
+/// with `--keep`).
+pub fn namespaces_left(
+    listed_json: &str,
+    this_machine: Option<&str>,
+) -> std::result::Result<NamespacesLeft, String> {
+    let listed: serde_json::Value = serde_json::from_str(listed_json)
+        .map_err(|e| format!("kubectl's namespace list is not JSON ({e})"))?;
+    let items = listed["items"]
+        .as_array()
+        .ok_or("kubectl's namespace list has no `items`")?;
+    let mut found = NamespacesLeft::default();
+    for item in items {
+        let metadata = &item["metadata"];
+        let Some(name) = metadata["name"].as_str() else {
+            continue;
+        };
+        let made_here =
+            this_machine.is_some() && metadata["labels"][MADE_ON_LABEL].as_str() == this_machine;
+        if !made_here {
+            found.elsewhere.push(name.to_string());
+            continue;
+        }
+        let held = metadata["annotations"][RUN_DIR_ANNOTATION]
+            .as_str()
+            .is_some_and(|dir| crate::workdir::is_held(Path::new(dir)));
+        if !held {
+            found.left.push(name.to_string());
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,6 +507,63 @@ mod tests {
             ["hubtrust-0000dead"]
         );
         assert!(kind_clusters_left("", held.path()).is_empty());
+    }
+
+    /// Only this machine's namespaces are judged; one without the run's
+    /// directory named, or of a list kubectl did not give, is not passed.
+    #[test]
+    fn namespaces_are_judged_only_when_this_machine_made_them() {
+        let listed = json_list(&[
+            ("made-here-no-annotation", Some("aaaa"), None),
+            (
+                "made-here-dir-gone",
+                Some("aaaa"),
+                Some("/nonexistent/hubtrust-run-x"),
+            ),
+            (
+                "made-elsewhere",
+                Some("bbbb"),
+                Some("/nonexistent/hubtrust-run-y"),
+            ),
+            ("made-before-labels", None, None),
+        ]);
+        let found = namespaces_left(&listed, Some("aaaa")).unwrap();
+        assert_eq!(
+            found.left,
+            ["made-here-no-annotation", "made-here-dir-gone"]
+        );
+        assert_eq!(found.elsewhere, ["made-elsewhere", "made-before-labels"]);
+        let unknown = namespaces_left(&listed, None).unwrap();
+        assert!(unknown.left.is_empty());
+        assert_eq!(unknown.elsewhere.len(), 4);
+        assert!(namespaces_left("No resources found", Some("aaaa")).is_err());
+        assert!(namespaces_left("{}", Some("aaaa")).is_err());
+    }
+
+    fn json_list(namespaces: &[(&str, Option<&str>, Option<&str>)]) -> String {
+        let items: Vec<serde_json::Value> = namespaces
+            .iter()
+            .map(|(name, made_on, run_dir)| {
+                let mut metadata =
+                    serde_json::json!({ "name": name, "labels": {}, "annotations": {} });
+                if let Some(made_on) = made_on {
+                    metadata["labels"][MADE_ON_LABEL] = (*made_on).into();
+                }
+                if let Some(dir) = run_dir {
+                    metadata["annotations"][RUN_DIR_ANNOTATION] = (*dir).into();
+                }
+                serde_json::json!({ "metadata": metadata })
+            })
+            .collect();
+        serde_json::json!({ "items": items }).to_string()
+    }
+
+    #[test]
+    fn this_machine_is_named_by_a_digest_that_stays_the_same() {
+        let named = this_machine().expect("a Linux machine has a boot id");
+        assert_eq!(named.len(), 16);
+        assert!(named.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(this_machine(), Some(named));
     }
 
     #[test]

@@ -361,6 +361,23 @@ fn kubectl_get(
     )
 }
 
+/// The run's namespace: hubtrust's, this machine's, and in use while a
+/// live run holds `run_dir`.
+fn namespace(name: &str, made_on: &str, run_dir: &Path) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "app.kubernetes.io/managed-by": "hubtrust",
+                super::MADE_ON_LABEL: made_on,
+            },
+            "annotations": { super::RUN_DIR_ANNOTATION: run_dir.display().to_string() },
+        },
+    })
+}
+
 /// `kubectl apply --server-side` of a planned manifest file.
 fn apply(
     purpose: &str,
@@ -535,10 +552,19 @@ pub fn plan(
         }
     }
 
+    let namespace_manifest = file("manifests/namespace.json");
+    files.push(PlannedFile {
+        path: namespace_manifest.clone(),
+        contents: namespace(ns, &deployment.made_on, run),
+    });
     steps.push(PlannedCommand::new(
-        format!("create the namespace `{ns}` (refused if it exists)"),
+        format!("create the namespace `{ns}` (refused if it exists), labelled with this machine and annotated with the run's directory, for `hubtrust doctor`"),
         "kubectl",
-        kubectl(target, None, &["create", "namespace", ns]),
+        kubectl(
+            target,
+            None,
+            &["create", "-f", &namespace_manifest.display().to_string()],
+        ),
         QUICK,
     ));
     let ca_certs = format!(
@@ -1068,6 +1094,7 @@ mod tests {
             public_node_port: 30443,
             public_host_port: 18443,
             run_dir: PathBuf::from("/run/hubtrust/run1"),
+            made_on: "0123456789abcdef".into(),
             artifacts_dir: PathBuf::from("hubtrust-in-cluster/hubtrust-run1"),
             service_token: Secret::new("0123456789abcdef0123456789abcdef"),
             proxy_token: Secret::new("fedcba9876543210fedcba9876543210"),
@@ -1124,6 +1151,36 @@ mod tests {
             asks.shell_line(),
             "kubectl get namespace hubtrust-x --ignore-not-found -o name"
         );
+    }
+
+    /// The namespace the plan creates is what `doctor` reads back: this
+    /// machine's, in use while its run holds the directory, left after.
+    #[test]
+    fn the_planned_namespace_is_judged_left_only_once_its_run_is_gone() {
+        let parent = tempfile::tempdir().unwrap();
+        let existing = ClusterTarget::Existing { kubeconfig: None };
+        let mut live = deployment(existing, None);
+        live.run_dir = super::super::run_dir(parent.path(), &live.target, "run1");
+        let held = crate::workdir::RunDir::create_at(&live.run_dir).unwrap();
+        let planned = plan(&live, None, None);
+        let namespace = planned
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("manifests/namespace.json"))
+            .expect("the namespace's manifest");
+        assert!(planned.steps.iter().any(|step| step
+            .shell_line()
+            .contains(&format!("create -f {}", namespace.path.display()))));
+        let listed = json!({ "items": [namespace.contents] }).to_string();
+        let judged = |machine| super::super::namespaces_left(&listed, machine).unwrap();
+        assert!(judged(Some("0123456789abcdef")).left.is_empty());
+        drop(held);
+        assert_eq!(judged(Some("0123456789abcdef")).left, ["hubtrust-run1"]);
+        assert_eq!(
+            judged(Some("fedcba9876543210")).elsewhere,
+            ["hubtrust-run1"]
+        );
+        assert_eq!(judged(None).elsewhere, ["hubtrust-run1"]);
     }
 
     #[test]
