@@ -169,8 +169,9 @@ pub fn check_docker() -> Vec<Prerequisite> {
 
 /// What the kind and kubernetes backends need: optional, since the local
 /// and docker backends run without them. Whether a cluster answers is
-/// asked of kubectl's current context, briefly.
-pub fn check_kubernetes() -> Vec<Prerequisite> {
+/// asked briefly, of `kubeconfig`'s cluster or else kubectl's current
+/// context.
+pub fn check_kubernetes(kubeconfig: Option<&std::path::Path>) -> Vec<Prerequisite> {
     use crate::backend::kubernetes::preflight::{self, HELM, KIND, KUBECTL};
     use crate::backend::kubernetes::ClusterTarget;
     let mut checks: Vec<Prerequisite> = [KIND, HELM, KUBECTL]
@@ -213,22 +214,29 @@ pub fn check_kubernetes() -> Vec<Prerequisite> {
         ));
     }
     if checks.iter().any(|c| c.name == "kubectl" && c.ok()) {
-        let answered = preflight::cluster_answers(&ClusterTarget::Existing { kubeconfig: None })
-            .map(|said| format!("kubectl's current context answers /readyz: {said}"))
-            .map_err(|e| format!("no cluster answers on kubectl's current context ({e})"));
+        let target = ClusterTarget::Existing {
+            kubeconfig: kubeconfig.map(std::path::Path::to_path_buf),
+        };
+        let cluster = match kubeconfig {
+            Some(path) => format!("the cluster of {}", path.display()),
+            None => "kubectl's current context".to_string(),
+        };
+        let answered = preflight::cluster_answers(&target)
+            .map(|said| format!("{cluster} answers /readyz: {said}"))
+            .map_err(|e| format!("no cluster answers on {cluster} ({e})"));
         let answers = answered.is_ok();
         checks.push(check(
-            "a cluster (kubectl's current context)",
-            "--backend kubernetes without --kubeconfig",
+            "a cluster",
+            "--backend kubernetes (doctor --kubeconfig FILE asks the cluster a run is given)",
             "point KUBECONFIG at a cluster, or pass --kubeconfig; --backend kind makes its own",
             answered,
         ));
         if answers {
             checks.push(check(
                 "namespaces of runs that are gone",
-                "a cluster (kubectl's current context) left as hubtrust found it, no run's keys in its Secrets",
-                "delete each with `kubectl delete namespace NAME`",
-                namespaces_left(),
+                "a cluster left as hubtrust found it, no run's keys in its Secrets",
+                "delete each with `kubectl delete namespace NAME` (and the same --kubeconfig)",
+                namespaces_left(&target).map_err(|e| format!("on {cluster}: {e}")),
             ));
         }
     }
@@ -254,9 +262,12 @@ fn listing(program: &str, args: &[&str]) -> Result<String, String> {
 
 /// The namespaces this machine's hubtrust runs made on kubectl's current
 /// context for runs that are gone: killed with their reaper, or kept.
-fn namespaces_left() -> Result<String, String> {
+fn namespaces_left(target: &crate::backend::kubernetes::ClusterTarget) -> Result<String, String> {
     use crate::backend::kubernetes::{self, LIST_HUBTRUST_NAMESPACES};
-    let listed = listing("kubectl", &LIST_HUBTRUST_NAMESPACES)?;
+    let mut args = target.client_flags();
+    args.extend(LIST_HUBTRUST_NAMESPACES.map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let listed = listing("kubectl", &args)?;
     let found = kubernetes::namespaces_left(&listed, kubernetes::this_machine().as_deref())?;
     let elsewhere = match found.elsewhere.len() {
         0 => String::new(),

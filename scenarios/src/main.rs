@@ -57,7 +57,13 @@ enum Command {
         tags: Option<String>,
     },
     /// Check every prerequisite and say how to install what is missing.
-    Doctor,
+    Doctor {
+        /// The cluster to ask (whether it answers, what runs left on it):
+        /// the kubeconfig `--backend kubernetes` is given. Without it,
+        /// kubectl's current context.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Bring a stack up, print its endpoints, and keep it until Ctrl-C.
     Up(UpArgs),
     /// Read-only checks of a running deployment hubtrust did not start:
@@ -386,7 +392,7 @@ fn main() -> ExitCode {
         return run::inside(cli_command_inside(cli.command));
     }
     match cli.command {
-        Command::Doctor => doctor_command(),
+        Command::Doctor { kubeconfig } => doctor_command(kubeconfig.as_deref()),
         Command::List { features, tags } => list_command(features, tags.as_deref()),
         // Containers are reached through this machine's network, and their
         // reaper, not a private namespace, cleans up: docker runs stay out.
@@ -447,7 +453,7 @@ fn cli_command_inside(command: Command) -> run::Inside {
         Command::Run(args) => run::Inside::Run(args),
         Command::Up(args) => run::Inside::Up(args),
         Command::Bench(args) => run::Inside::Bench(args),
-        Command::Doctor
+        Command::Doctor { .. }
         | Command::List { .. }
         | Command::Broker { .. }
         | Command::Probe(_)
@@ -509,7 +515,7 @@ fn broker_command(config: &std::path::Path) -> ExitCode {
     }
 }
 
-fn doctor_command() -> ExitCode {
+fn doctor_command(kubeconfig: Option<&std::path::Path>) -> ExitCode {
     let checks: Vec<_> = doctor::check_all()
         .into_iter()
         .chain(doctor::check_hpc())
@@ -529,7 +535,7 @@ fn doctor_command() -> ExitCode {
         }
     }
     println!("\nKubernetes backends (optional: --backend kind|kubernetes)");
-    for c in doctor::check_kubernetes() {
+    for c in doctor::check_kubernetes(kubeconfig) {
         match &c.problem {
             None => println!(
                 "ok       {:<40} {}",

@@ -1134,10 +1134,10 @@ fn doctor_names_a_kind_cluster_left_by_a_run_that_is_gone() {
     );
 }
 
-/// On a cluster of your own, `doctor` names the namespaces this machine's
-/// runs left (the run's directory no longer held), with the command that
-/// deletes them; a live run's is not named, and another machine's is
-/// counted but never judged.
+/// On a cluster of your own (`doctor --kubeconfig`, as a run is given
+/// it), `doctor` names the namespaces this machine's runs left (the run's
+/// directory no longer held), with the command that deletes them; a live
+/// run's is not named, and another machine's is counted but never judged.
 #[test]
 fn doctor_names_a_namespace_left_by_a_run_that_is_gone() {
     use hubtrust_harness::backend::kubernetes::{this_machine, MADE_ON_LABEL, RUN_DIR_ANNOTATION};
@@ -1171,14 +1171,16 @@ fn doctor_names_a_namespace_left_by_a_run_that_is_gone() {
         &[(
             "kubectl",
             &format!(
-                "case \"$*\" in *readyz*) echo ok;; \"get namespaces -l app.kubernetes.io/managed-by=hubtrust -o json\") cat '{}';; *) echo 'Client Version: v1.33.1';; esac",
-                listed.display()
+                "case \"$*\" in \"--kubeconfig {config} --request-timeout=5s get --raw /readyz\") echo ok;; \"--kubeconfig {config} get namespaces -l app.kubernetes.io/managed-by=hubtrust -o json\") cat '{}';; version*) echo 'Client Version: v1.33.1';; *) exit 1;; esac",
+                listed.display(),
+                config = dir.join("ci.kubeconfig").display(),
             ),
         )],
     );
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let out = hubtrust()
-        .arg("doctor")
+        .args(["doctor", "--kubeconfig"])
+        .arg(dir.join("ci.kubeconfig"))
         .env("PATH", path)
         .env("TMPDIR", &tmp)
         .env_remove("KUBECONFIG")
