@@ -939,24 +939,27 @@ fn a_bring_up_that_fails_on_the_cluster_keeps_every_pods_log_and_tears_down() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `hubtrust up --backend kind` with small scripts for kind, helm (whose
+/// `hubtrust up --backend kind` (or `kubernetes`, on the cluster of a
+/// kubeconfig of the test's) with small scripts for kind, helm (whose
 /// install touches `installing` and then blocks), docker and kubectl, in
 /// a process group of its own, its temporary directory `tmp` its own, out
 /// of the sight of the tests beside it.
-struct KindUpToKill {
+struct UpToKill {
     dir: Scratch,
     up: std::process::Child,
     installing: PathBuf,
     tmp: PathBuf,
+    backend: &'static str,
 }
 
-impl KindUpToKill {
+impl UpToKill {
     fn start(name: &str) -> Self {
-        Self::start_with_tmp(name, None)
+        Self::start_on(name, "kind", None)
     }
 
-    /// With `tmp` as its temporary directory, shared with an earlier run.
-    fn start_with_tmp(name: &str, tmp: Option<&Path>) -> Self {
+    /// On `backend`, with `tmp` as its temporary directory when given
+    /// (shared with an earlier run).
+    fn start_on(name: &str, backend: &'static str, tmp: Option<&Path>) -> Self {
         use std::os::unix::process::CommandExt;
         let dir = scratch(name);
         let (list, digest) = pinned_list(&dir);
@@ -984,7 +987,14 @@ impl KindUpToKill {
         );
         let tmp = tmp.map_or_else(|| dir.join("tmp"), Path::to_path_buf);
         std::fs::create_dir_all(&tmp).unwrap();
-        let up = up_on_kind(&bin, &list)
+        let mut up = hubtrust();
+        up.args(["up", "--backend", backend, "--images"])
+            .arg(&list)
+            .env("PATH", path_with(&bin));
+        if backend == "kubernetes" {
+            up.arg("--kubeconfig").arg(dir.join("user.kubeconfig"));
+        }
+        let up = up
             .current_dir(&dir)
             .env("TMPDIR", &tmp)
             .stdout(std::process::Stdio::null())
@@ -992,11 +1002,12 @@ impl KindUpToKill {
             .process_group(0)
             .spawn()
             .unwrap();
-        KindUpToKill {
+        UpToKill {
             dir,
             up,
             installing,
             tmp,
+            backend,
         }
     }
 
@@ -1020,8 +1031,10 @@ impl KindUpToKill {
             .flatten()
             .map(|e| e.path())
             .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("hubtrust-run-kind-"))
+                p.file_name().is_some_and(|n| {
+                    n.to_string_lossy()
+                        .starts_with(&format!("hubtrust-run-{}-", self.backend))
+                })
             })
     }
 
@@ -1036,7 +1049,7 @@ impl KindUpToKill {
 
 /// A test that fails before its kill still kills the group, so that the
 /// run's reaper cleans up after it.
-impl Drop for KindUpToKill {
+impl Drop for UpToKill {
     fn drop(&mut self) {
         if let Ok(None) = self.up.try_wait() {
             let group = nix::unistd::Pid::from_raw(self.up.id() as i32);
@@ -1050,7 +1063,7 @@ impl Drop for KindUpToKill {
 /// the run's directory, whose keys would otherwise stay behind.
 #[test]
 fn sigkill_mid_install_deletes_the_cluster_and_leaves_no_key_behind() {
-    let mut up = KindUpToKill::start("k8s-sigkill");
+    let mut up = UpToKill::start("k8s-sigkill");
     up.until("helm install was not reached", &|| up.installing.exists());
     let run_dir = up.run_dir().expect("a run directory");
     assert!(
@@ -1068,11 +1081,50 @@ fn sigkill_mid_install_deletes_the_cluster_and_leaves_no_key_behind() {
     });
 }
 
+/// On a cluster of the user's own, killed outright mid-install: the reaper
+/// deletes the run's namespace, on the user's cluster (their kubeconfig),
+/// and removes the run's directory.
+#[test]
+fn sigkill_mid_install_on_a_cluster_of_your_own_deletes_only_the_runs_namespace() {
+    let mut up = UpToKill::start_on("k8s-sigkill-existing", "kubernetes", None);
+    up.until("helm install was not reached", &|| up.installing.exists());
+    let run_dir = up.run_dir().expect("a run directory");
+    up.kill_the_group();
+    let kubeconfig = up.dir.join("user.kubeconfig");
+    let deleted = format!(
+        "kubectl --kubeconfig {} delete namespace hubtrust-",
+        kubeconfig.display()
+    );
+    up.until("the reaper did not delete the run's namespace", &|| {
+        calls(&up.dir).contains(&deleted)
+    });
+    up.until("the run's directory, keys and all, was left", &|| {
+        !run_dir.exists()
+    });
+    let called = calls(&up.dir);
+    let namespace = called
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "kubectl --kubeconfig {} create -f ",
+                kubeconfig.display()
+            ))
+        })
+        .expect("the namespace was created from its manifest");
+    assert!(namespace.ends_with("manifests/namespace.json"), "{called}");
+    assert_eq!(
+        called.lines().filter(|l| l.contains(" delete ")).count(),
+        1,
+        "only the run's namespace is deleted: {called}"
+    );
+    assert!(!called.contains("kind "), "{called}");
+}
+
 /// Killed outright while it makes the certificates, before any cluster:
 /// the run's directory goes, and nothing is torn down that was not made.
 #[test]
 fn sigkill_before_the_cluster_is_made_leaves_no_key_behind() {
-    let mut up = KindUpToKill::start("k8s-sigkill-early");
+    let mut up = UpToKill::start("k8s-sigkill-early");
     up.until("no run directory was made", &|| up.run_dir().is_some());
     // Named before the kill: the reaper may remove it at once after.
     let run_dir = up.run_dir().expect("a run directory");
@@ -1210,7 +1262,7 @@ fn doctor_names_a_namespace_left_by_a_run_that_is_gone() {
 /// remove the run's directory at once, so the next run sweeps it.
 #[test]
 fn a_run_directory_left_when_the_reaper_is_killed_too_is_swept_by_the_next_run() {
-    let mut first = KindUpToKill::start("k8s-sigkill-all");
+    let mut first = UpToKill::start("k8s-sigkill-all");
     first.until("helm install was not reached", &|| {
         first.installing.exists()
     });
@@ -1224,7 +1276,7 @@ fn a_run_directory_left_when_the_reaper_is_killed_too_is_swept_by_the_next_run()
         "nothing should have been left to remove the directory"
     );
     let tmp = first.tmp.clone();
-    let second = KindUpToKill::start_with_tmp("k8s-sigkill-next", Some(&tmp));
+    let second = UpToKill::start_on("k8s-sigkill-next", "kind", Some(&tmp));
     second.until("the next run did not reach helm install", &|| {
         second.installing.exists()
     });
