@@ -451,6 +451,63 @@ fn a_namespace_that_already_exists_is_refused_and_left_alone() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A namespace an earlier run from this machine left (its run gone) is
+/// refused all the same, saying whose it is and the command that deletes
+/// it; hubtrust still does not delete it itself.
+#[test]
+fn a_namespace_an_earlier_run_left_is_refused_naming_it_as_such() {
+    use hubtrust_harness::backend::kubernetes::{this_machine, MADE_ON_LABEL, RUN_DIR_ANNOTATION};
+    let dir = scratch("k8s-namespace-left");
+    let answer = dir.join("namespace.json");
+    std::fs::write(
+        &answer,
+        serde_json::json!({ "kind": "Namespace", "metadata": {
+            "name": "jhub",
+            "labels": { MADE_ON_LABEL: this_machine().expect("this machine's id") },
+            "annotations": { RUN_DIR_ANNOTATION: dir.join("hubtrust-run-kubernetes-gone").display().to_string() },
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let bin = fake_tools(
+        &dir,
+        &[
+            ("helm", "exit 0"),
+            (
+                "kubectl",
+                &format!(
+                    "case \"$*\" in *readyz*) echo ok ;; *'get namespace jhub'*) cat '{}' ;; esac; exit 0",
+                    answer.display()
+                ),
+            ),
+        ],
+    );
+    let (list, _) = pinned_list(&dir);
+    let out = hubtrust()
+        .args([
+            "up",
+            "--backend",
+            "kubernetes",
+            "--namespace",
+            "jhub",
+            "--images",
+        ])
+        .arg(&list)
+        .env("PATH", path_with(&bin))
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("the namespace `jhub`: already exists: an earlier hubtrust run from this machine made it")
+            && said.contains("kubectl delete namespace jhub"),
+        "{said}"
+    );
+    let log = calls(&dir);
+    assert!(!log.contains("delete") && !log.contains("create"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn an_image_the_daemon_does_not_hold_is_refused_before_the_cluster_is_made() {
     let dir = scratch("k8s-image");

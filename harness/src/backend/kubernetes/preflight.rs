@@ -91,6 +91,18 @@ pub fn cluster_answers(target: &ClusterTarget) -> std::result::Result<String, Co
     command::run(&probe("kubectl", args, 15)).map(|out| out.stdout.trim().to_string())
 }
 
+/// Whether `kubectl get namespace -o json`'s answer is a namespace this
+/// machine's hubtrust made for a run that is gone. Anything else, an
+/// answer that is not JSON included, is someone's namespace to leave be.
+fn left_by_a_run_from_here(namespace_json: &str) -> bool {
+    let Ok(namespace) = serde_json::from_str::<serde_json::Value>(namespace_json) else {
+        return false;
+    };
+    let listed = serde_json::json!({ "items": [namespace] }).to_string();
+    super::namespaces_left(&listed, super::this_machine().as_deref())
+        .is_ok_and(|found| !found.left.is_empty())
+}
+
 fn cluster_error(what: &str, message: String, fix: &str) -> HarnessError {
     HarnessError::Cluster {
         what: what.into(),
@@ -279,7 +291,7 @@ pub fn check(deployment: &Deployment) -> Result<()> {
                     &deployment.namespace,
                     "--ignore-not-found",
                     "-o",
-                    "name",
+                    "json",
                 ]
                 .map(String::from),
             );
@@ -290,12 +302,22 @@ pub fn check(deployment: &Deployment) -> Result<()> {
                     "give the kubeconfig's user permission to get namespaces",
                 )
             })?;
-            if !found.stdout.trim().is_empty() {
-                return Err(cluster_error(
-                    &format!("the namespace `{}`", deployment.namespace),
-                    "already exists; hubtrust runs only in a namespace it creates, and removes only that".into(),
-                    "pick another with --namespace, or delete it if it is a leftover: kubectl delete namespace",
-                ));
+            let existing = found.stdout.trim();
+            if !existing.is_empty() {
+                let what = format!("the namespace `{}`", deployment.namespace);
+                return Err(if left_by_a_run_from_here(existing) {
+                    cluster_error(
+                        &what,
+                        "already exists: an earlier hubtrust run from this machine made it, and that run is gone (killed, or kept with --keep)".into(),
+                        &format!("delete it: kubectl delete namespace {}, or pick another with --namespace", deployment.namespace),
+                    )
+                } else {
+                    cluster_error(
+                        &what,
+                        "already exists; hubtrust runs only in a namespace it creates, and removes only that".into(),
+                        "pick another with --namespace, or delete it if it is a leftover: kubectl delete namespace",
+                    )
+                });
             }
         }
     }
