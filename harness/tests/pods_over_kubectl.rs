@@ -133,6 +133,7 @@ fn deployment(run_dir: &Path, kubeconfig: &Path) -> Deployment {
         org_trust: None,
         run_dir: run_dir.to_path_buf(),
         made_on: "0123456789abcdef".into(),
+        user_values: Vec::new(),
         artifacts_dir: run_dir.join("artifacts"),
         service_token: Secret::generate(),
         proxy_token: Secret::generate(),

@@ -18,6 +18,7 @@ use hubtrust_harness::backend::kubernetes::{
     plan::{KubernetesPlan, ProbesRun},
     pods, preflight,
     run::KubernetesRun,
+    user_values::{self, UserValues},
     ChartImage, ChartPins, ClusterTarget, Deployment, OrgTrust, ProxyImage, BUILTIN_IMAGE_LIST,
     BUILTIN_IMAGE_LOCK, DEFAULT_IMAGE_LIST,
 };
@@ -45,6 +46,8 @@ pub struct KubernetesArgs<'a> {
     pub images: Option<&'a Path>,
     pub kubeconfig: Option<&'a Path>,
     pub namespace: Option<&'a str>,
+    /// The deployment's own chart values files (`--values`), in order.
+    pub values: &'a [PathBuf],
     pub plan: bool,
     /// Where the run keeps what it saw; `hubtrust-in-cluster/<ns>` when
     /// not given.
@@ -66,6 +69,7 @@ impl<'a> KubernetesArgs<'a> {
             images,
             kubeconfig: cluster.kubeconfig.as_deref(),
             namespace: cluster.namespace.as_deref(),
+            values: &cluster.values,
             plan: cluster.plan,
             artifacts: None,
             features: None,
@@ -116,10 +120,19 @@ pub fn run_command(
     let report = RunReport {
         tool: format!("hubtrust {}", env!("CARGO_PKG_VERSION")),
         tags: None,
-        stack: format!(
-            "{}, namespace {}",
-            prepared.stack_name, deployment.namespace
-        ),
+        stack: if prepared.values_said.is_empty() {
+            format!(
+                "{}, namespace {}",
+                prepared.stack_name, deployment.namespace
+            )
+        } else {
+            format!(
+                "{}, namespace {}, your chart values {}",
+                prepared.stack_name,
+                deployment.namespace,
+                prepared.values_said.join(", then ")
+            )
+        },
         backend: deployment.target.backend_name().to_string(),
         images: deployment
             .images
@@ -222,6 +235,9 @@ struct OrgCa {
 /// A deployment ready to be brought up: nothing is made yet.
 struct Prepared {
     stack_name: String,
+    /// Each of the deployment's own values files, and the keys of it
+    /// hubtrust's replace: said in the report beside the stack.
+    values_said: Vec<String>,
     deployment: Deployment,
     plan: KubernetesPlan,
     org: Option<OrgCa>,
@@ -282,6 +298,11 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
     if !args.plan {
         preflight::require_tools(&target)?;
     }
+    let user_values = args
+        .values
+        .iter()
+        .map(|path| UserValues::load(path))
+        .collect::<Result<Vec<_>, _>>()?;
     let (mut images, mitmproxy_command) = pinned_images(args.images, args.plan)?;
     let org_trust = spec.enterprise.as_ref().map(|e| OrgTrust {
         configmap_present: spec.kubernetes.org_trust_configmap,
@@ -338,6 +359,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         artifacts_dir,
         run_dir,
         made_on: kubernetes::this_machine().unwrap_or_else(|| "unknown".into()),
+        user_values,
         service_token: Secret::generate(),
         proxy_token: Secret::generate(),
         user: spec
@@ -358,6 +380,31 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         org.as_ref().map(|o| o.pem.as_str()),
         merge_command.as_deref(),
     );
+    let ours = plan
+        .files
+        .iter()
+        .find(|f| f.path.ends_with("values.json"))
+        .map(|f| &f.contents);
+    let mut values_said = Vec::new();
+    for theirs in &deployment.user_values {
+        let replaced = ours
+            .map(|ours| user_values::replaced_by(&theirs.values, ours))
+            .unwrap_or_default();
+        if replaced.is_empty() {
+            values_said.push(format!("{} (installed as written)", theirs.path.display()));
+        } else {
+            eprintln!(
+                "note: {}: hubtrust's values replace yours at {} (the checks need them: docs/kubernetes.md, \"Your own values\"); the rest of yours is installed as written",
+                theirs.path.display(),
+                replaced.join(", ")
+            );
+            values_said.push(format!(
+                "{} (hubtrust's replace yours at {})",
+                theirs.path.display(),
+                replaced.join(", ")
+            ));
+        }
+    }
     let features = crate::features::locate(args.features);
     let merges = deployment
         .org_trust
@@ -373,6 +420,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
     )?;
     Ok(Prepared {
         stack_name: spec.name.clone(),
+        values_said,
         deployment,
         plan,
         org,
@@ -1945,6 +1993,7 @@ mod tests {
             images: None,
             kubeconfig: None,
             namespace: None,
+            values: &[],
             plan: true,
             artifacts,
             features: None,

@@ -197,6 +197,11 @@ pub struct ClusterArgs {
     /// `hubtrust-<run id>` by default. One that exists is refused.
     #[arg(long)]
     pub namespace: Option<String>,
+    /// Your deployment's own chart values (YAML), installed before
+    /// hubtrust's, which replace yours where both set a key (each such key
+    /// is named). Repeatable, in helm's order.
+    #[arg(long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
     /// Print every file, command and manifest a kind or kubernetes run
     /// would apply, in order, and run none of them.
     #[arg(long)]
@@ -344,10 +349,13 @@ fn main() -> ExitCode {
             ))
         }
         Command::Run(RunArgs { cluster, .. }) | Command::Up(UpArgs { cluster, .. })
-            if cluster.kubeconfig.is_some() || cluster.namespace.is_some() || cluster.plan =>
+            if cluster.kubeconfig.is_some()
+                || cluster.namespace.is_some()
+                || !cluster.values.is_empty()
+                || cluster.plan =>
         {
             return usage_error(anyhow::anyhow!(
-                "--kubeconfig, --namespace and --plan are the kind and kubernetes backends' options (fix: add --backend kind or --backend kubernetes)"
+                "--kubeconfig, --namespace, --values and --plan are the kind and kubernetes backends' options (fix: add --backend kind or --backend kubernetes)"
             ))
         }
         Command::Reap { run } => return docker::reap_command(run),

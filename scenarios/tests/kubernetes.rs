@@ -331,9 +331,30 @@ impl FailedInstall {
 /// passed), the namespace asked for afterwards; exit 1 and nothing left.
 #[test]
 fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
-    let run = FailedInstall::run("k8s-run-fails", "hubtrust-t1", &[]);
+    let values = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("examples/z2jh/config.yaml");
+    let run = FailedInstall::run(
+        "k8s-run-fails",
+        "hubtrust-t1",
+        &["--values", &values.display().to_string()],
+    );
     let said = &run.said;
     assert_eq!(run.code, Some(1), "{said}");
+    // The report says which of the deployment's own values were not what
+    // ran.
+    let stack = run.json["stack"].as_str().unwrap_or_default();
+    assert!(
+        stack.contains("your chart values ")
+            && stack.contains("examples/z2jh/config.yaml (hubtrust's replace yours at hub.config.JupyterHub.authenticator_class, proxy.https.type)"),
+        "{stack}"
+    );
+    assert!(
+        run.calls.contains("examples/z2jh/config.yaml --values "),
+        "{}",
+        run.calls
+    );
     // Beside the report, so one directory holds everything the run saw.
     assert!(
         run.dir.join("report/in-cluster/logs/pods.txt").exists(),
@@ -627,13 +648,74 @@ fn an_unpinned_chart_version_is_exit_2_naming_the_stack_file() {
 
 #[test]
 fn kubernetes_options_without_a_kubernetes_backend_are_refused() {
-    let out = hubtrust().args(["run", "--plan"]).output().unwrap();
+    for args in [
+        &["run", "--plan"][..],
+        &["up", "--values", "examples/z2jh/config.yaml"],
+    ] {
+        let out = hubtrust().args(args).output().unwrap();
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+        assert!(
+            said.contains("fix: add --backend kind or --backend kubernetes"),
+            "{said}"
+        );
+    }
+}
+
+/// A deployment's own values go to helm before hubtrust's, and every key
+/// of theirs hubtrust's replace is named; the rest is installed as written.
+#[test]
+fn your_own_values_are_installed_under_hubtrusts_naming_each_key_replaced() {
+    let out = hubtrust()
+        .args(["run", "--backend", "kubernetes", "--plan", "--values"])
+        .arg("examples/z2jh/config.yaml")
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let theirs = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("examples/z2jh/config.yaml");
+    let install = said
+        .lines()
+        .find(|l| l.trim_start().starts_with("helm install"))
+        .unwrap_or_else(|| panic!("{said}"));
+    let their_position = install
+        .find(&format!("--values {}", theirs.display()))
+        .unwrap_or_else(|| panic!("their values are not given: {install}"));
+    let our_position = install.find("values.json").expect("hubtrust's values");
+    assert!(their_position < our_position, "{install}");
+    assert!(
+        said.contains(&format!(
+            "note: {}: hubtrust's values replace yours at hub.config.JupyterHub.authenticator_class, proxy.https.type (",
+            theirs.display()
+        )),
+        "{said}"
+    );
+}
+
+/// Values that are not a mapping helm could read are exit 2 naming the
+/// file, before anything is made.
+#[test]
+fn values_that_are_not_a_mapping_are_exit_2_naming_the_file() {
+    let dir = scratch("k8s-bad-values");
+    let values = dir.join("config.yaml");
+    std::fs::write(&values, "hub:\n\tconfig: {}\n").unwrap();
+    let before = kubernetes_run_dirs();
+    let out = hubtrust()
+        .args(["run", "--backend", "kind", "--plan", "--values"])
+        .arg(&values)
+        .output()
+        .unwrap();
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
-        said.contains("fix: add --backend kind or --backend kubernetes"),
+        said.contains(&values.display().to_string()) && said.contains("is not YAML helm can read"),
         "{said}"
     );
+    assert_eq!(kubernetes_run_dirs(), before);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Real JupyterHub makes the store, as a run does before install.

@@ -303,6 +303,11 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
                     "trusted_alt_names": trusted_alt_names(&deployment.namespace),
                     "hub_bind_url": format!("https://:{hub_port}"),
                     "hub_connect_url": hub_url,
+                    // The chart's default, said here so that a deployment's
+                    // own authenticator (`--values`) is named as replaced:
+                    // the `@wire` steps log in through the form with any
+                    // password, which only the dummy authenticator takes.
+                    "authenticator_class": "dummy",
                 },
                 "ConfigurableHTTPProxy": {
                     "api_url": format!("https://proxy-api:{}", port_of("proxy-api")),

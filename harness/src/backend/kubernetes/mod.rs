@@ -26,6 +26,7 @@ pub mod public_check;
 pub mod run;
 pub mod secret_modes;
 pub mod under_test;
+pub mod user_values;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -248,6 +249,10 @@ pub struct Deployment {
     /// This machine, as the namespace's [`MADE_ON_LABEL`] names it
     /// ([`this_machine`]).
     pub made_on: String,
+    /// The deployment's own chart values (`--values`), installed in order
+    /// before hubtrust's.
+    #[serde(skip)]
+    pub user_values: Vec<user_values::UserValues>,
     /// Where the run keeps what it saw, kept after it: every pod's log,
     /// the probes' reports, the captures (`hubtrust-in-cluster/<ns>` for
     /// `up`, `<report>/in-cluster` for `run`).

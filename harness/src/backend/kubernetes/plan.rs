@@ -706,12 +706,22 @@ pub fn plan(
         deployment.chart.version.clone(),
         "--namespace".into(),
         ns.into(),
-        "--values".into(),
-        file("values.json").display().to_string(),
-        "--wait".into(),
-        "--timeout".into(),
-        "10m".into(),
     ];
+    // helm merges values files in order: the deployment's own first, then
+    // hubtrust's, which the checks need, over them.
+    for theirs in &deployment.user_values {
+        helm.extend(["--values".into(), theirs.path.display().to_string()]);
+    }
+    helm.extend(
+        [
+            "--values",
+            &file("values.json").display().to_string(),
+            "--wait",
+            "--timeout",
+            "10m",
+        ]
+        .map(String::from),
+    );
     // helm takes the kubeconfig and context under its own flag names.
     helm.extend(match target {
         ClusterTarget::Kind { cluster } => vec!["--kube-context".into(), format!("kind-{cluster}")],
@@ -722,8 +732,13 @@ pub fn plan(
     });
     steps.push(PlannedCommand::new(
         format!(
-            "install the Zero to JupyterHub chart {} (pinned)",
-            deployment.chart.version
+            "install the Zero to JupyterHub chart {} (pinned){}",
+            deployment.chart.version,
+            if deployment.user_values.is_empty() {
+                ""
+            } else {
+                " with your values, hubtrust's over them"
+            }
         ),
         "helm",
         helm,
@@ -1095,6 +1110,7 @@ mod tests {
             public_host_port: 18443,
             run_dir: PathBuf::from("/run/hubtrust/run1"),
             made_on: "0123456789abcdef".into(),
+            user_values: Vec::new(),
             artifacts_dir: PathBuf::from("hubtrust-in-cluster/hubtrust-run1"),
             service_token: Secret::new("0123456789abcdef0123456789abcdef"),
             proxy_token: Secret::new("fedcba9876543210fedcba9876543210"),

@@ -1,0 +1,172 @@
+//! A deployment's own chart values (`--values FILE`): what a deployment
+//! repository installs on its cluster, installed here under hubtrust's.
+//!
+//! helm merges values files in order, maps key by key, anything else
+//! (a string, a list) replaced whole by the later file. hubtrust's values
+//! come last, because the checks need them (the TLS wiring, the images by
+//! digest, the test log-in), so at every key both set, the deployment's
+//! value is not what runs. [`replaced_by`] names each such key, so that a
+//! run never claims to have checked a setting it replaced.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{HarnessError, Result};
+
+/// One values file of the deployment's, read and checked to be a mapping.
+#[derive(Debug, Clone)]
+pub struct UserValues {
+    pub path: PathBuf,
+    pub values: Value,
+}
+
+impl UserValues {
+    pub fn load(path: &Path) -> Result<Self> {
+        let invalid = |message: String| HarnessError::DeploymentConfigInvalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(format!(
+                "{e} (fix: pass the chart values file your deployment installs)"
+            ))
+        })?;
+        let values: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
+            invalid(format!("it is not YAML helm can read: {e} (fix: `helm lint --values {}` names the problem too)", path.display()))
+        })?;
+        match values {
+            Value::Object(_) => Ok(UserValues {
+                path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+                values,
+            }),
+            // An empty file: helm installs nothing from it either.
+            Value::Null => Ok(UserValues {
+                path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+                values: Value::Object(Default::default()),
+            }),
+            other => Err(invalid(format!(
+                "chart values are a mapping of keys, and this file holds {} (fix: start it with the chart's top-level keys, `hub:`, `proxy:`, `singleuser:`)",
+                kind_of(&other)
+            ))),
+        }
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// The keys, dotted (`hub.config.JupyterHub.authenticator_class`), at which
+/// `ours`, installed after `theirs`, replaces what `theirs` sets: where
+/// both set a key and the two are not both mappings (helm merges those key
+/// by key). Keys only `theirs` sets are installed as written.
+pub fn replaced_by(theirs: &Value, ours: &Value) -> Vec<String> {
+    let mut replaced = Vec::new();
+    collect_replaced(theirs, ours, &mut String::new(), &mut replaced);
+    replaced
+}
+
+fn collect_replaced(theirs: &Value, ours: &Value, at: &mut String, replaced: &mut Vec<String>) {
+    let (Value::Object(theirs), Value::Object(ours)) = (theirs, ours) else {
+        return;
+    };
+    for (key, their_value) in theirs {
+        let Some(our_value) = ours.get(key) else {
+            continue;
+        };
+        let len = at.len();
+        if !at.is_empty() {
+            at.push('.');
+        }
+        at.push_str(key);
+        if their_value.is_object() && our_value.is_object() {
+            collect_replaced(their_value, our_value, at, replaced);
+        } else if their_value != our_value {
+            replaced.push(at.clone());
+        }
+        at.truncate(len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_keys_both_set_with_other_values_are_replaced() {
+        let theirs = json!({
+            "hub": {
+                "config": { "JupyterHub": { "authenticator_class": "github", "admin_access": true } },
+                "resources": { "requests": { "memory": "1Gi" } },
+            },
+            "proxy": { "https": { "enabled": true, "type": "letsencrypt" } },
+            "singleuser": { "image": { "name": "ours-too" }, "cpu": { "limit": 2 } },
+            "scheduling": { "userScheduler": { "enabled": false } },
+        });
+        let ours = json!({
+            "hub": { "config": { "JupyterHub": { "authenticator_class": "dummy" } } },
+            "proxy": { "https": { "enabled": true, "type": "secret" } },
+            "singleuser": { "image": "not a mapping here" },
+        });
+        assert_eq!(
+            replaced_by(&theirs, &ours),
+            [
+                "hub.config.JupyterHub.authenticator_class",
+                "proxy.https.type",
+                "singleuser.image",
+            ]
+        );
+        assert!(replaced_by(&json!({}), &ours).is_empty());
+    }
+
+    #[test]
+    fn a_values_file_must_be_yaml_and_a_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let good = UserValues::load(&write(
+            "config.yaml",
+            "hub:\n  config:\n    JupyterHub:\n      admin_access: true\nsingleuser:\n  cpu: {limit: 2}\n",
+        ))
+        .unwrap();
+        assert_eq!(good.values["singleuser"]["cpu"]["limit"], 2);
+        assert!(good.path.is_absolute());
+        let empty = UserValues::load(&write("empty.yaml", "")).unwrap();
+        assert_eq!(empty.values, json!({}));
+        for (name, text, says) in [
+            (
+                "tabs.yaml",
+                "hub:\n\tconfig: 1\n",
+                "is not YAML helm can read",
+            ),
+            ("list.yaml", "- hub\n- proxy\n", "holds a list"),
+        ] {
+            let err = UserValues::load(&write(name, text))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(name) && err.contains(says) && err.contains("fix:"),
+                "{err}"
+            );
+        }
+        let missing = UserValues::load(&dir.path().join("nope.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("nope.yaml") && missing.contains("fix:"),
+            "{missing}"
+        );
+    }
+}
