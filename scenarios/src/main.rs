@@ -335,9 +335,13 @@ fn main() -> ExitCode {
                         &args.cluster,
                     )
                 },
-                args.tags.as_deref(),
-                &args.report,
-                args.keep,
+                kubernetes::RunOptions {
+                    tags: args.tags.as_deref(),
+                    report_dir: &args.report,
+                    keep_if_failed: args.keep,
+                    strict: args.strict,
+                    repeat: args.repeat,
+                },
             )
         }
         Command::Up(args) if args.backend.deploys_a_chart() => {

@@ -662,6 +662,22 @@ fn kubernetes_options_without_a_kubernetes_backend_are_refused() {
     }
 }
 
+/// `--repeat` would make a cluster or namespace and install the chart
+/// each round: refused, not silently run once.
+#[test]
+fn repeat_on_a_kubernetes_backend_is_exit_2_naming_the_fix() {
+    let out = hubtrust()
+        .args(["run", "--backend", "kind", "--repeat", "2", "--plan"])
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("--repeat 2: not built for --backend kind") && said.contains("fix:"),
+        "{said}"
+    );
+}
+
 /// A deployment's own values go to helm before hubtrust's, and every key
 /// of theirs hubtrust's replace is named; the rest is installed as written.
 #[test]

@@ -383,6 +383,19 @@ pub struct SecretsSeen {
     pub problems: Vec<String>,
 }
 
+impl SecretsSeen {
+    /// What fails the check: the problems and, with `--strict`, every
+    /// known defect's finding too.
+    pub fn failures(&self, strict: bool) -> Vec<String> {
+        let known = self
+            .known
+            .iter()
+            .filter(|_| strict)
+            .map(|hit| format!("known defect {} (--strict): {}", hit.id, hit.finding));
+        self.problems.iter().cloned().chain(known).collect()
+    }
+}
+
 /// Every secret file of `pods`, read as root through each component's own
 /// `/proc/<pid>/root` on kind, from inside its container elsewhere, and
 /// judged against its own user and groups, the
@@ -595,5 +608,28 @@ mod tests {
         copied.unwrap();
         assert!(crt, "the certificate was not copied");
         assert!(!key, "a private key was copied out");
+    }
+
+    #[test]
+    fn strict_fails_the_known_defects_too() {
+        let seen = SecretsSeen {
+            read: vec![],
+            known: vec![crate::known_defects::KnownDefectHit {
+                scenario: "secrets".into(),
+                id: "secret-modes".into(),
+                finding: "the lab's key is 0777".into(),
+                reason: String::new(),
+                upstream: String::new(),
+            }],
+            problems: vec!["the hub's key is 0644".into()],
+        };
+        assert_eq!(seen.failures(false), ["the hub's key is 0644"]);
+        assert_eq!(
+            seen.failures(true),
+            [
+                "the hub's key is 0644",
+                "known defect secret-modes (--strict): the lab's key is 0777"
+            ]
+        );
     }
 }
