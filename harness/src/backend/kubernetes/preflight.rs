@@ -91,6 +91,13 @@ pub fn cluster_answers(target: &ClusterTarget) -> std::result::Result<String, Co
     command::run(&probe("kubectl", args, 15)).map(|out| out.stdout.trim().to_string())
 }
 
+/// Whether kubectl answered with a List of nothing: what some versions
+/// print for an object `--ignore-not-found` did not find, in `-o json`.
+fn is_an_empty_list(answer: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(answer)
+        .is_ok_and(|v| v["kind"] == "List" && v["items"].as_array().is_some_and(Vec::is_empty))
+}
+
 /// Whether `kubectl get namespace -o json`'s answer is a namespace this
 /// machine's hubtrust made for a run that is gone. Anything else, an
 /// answer that is not JSON included, is someone's namespace to leave be.
@@ -303,7 +310,7 @@ pub fn check(deployment: &Deployment) -> Result<()> {
                 )
             })?;
             let existing = found.stdout.trim();
-            if !existing.is_empty() {
+            if !existing.is_empty() && !is_an_empty_list(existing) {
                 let what = format!("the namespace `{}`", deployment.namespace);
                 return Err(if left_by_a_run_from_here(existing) {
                     cluster_error(
@@ -392,5 +399,24 @@ mod tests {
             refused.contains("passwordless sudo") && refused.contains("network namespaces"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn an_empty_list_is_no_namespace_and_anything_else_is_one() {
+        assert!(is_an_empty_list(
+            r#"{"apiVersion":"v1","items":[],"kind":"List","metadata":{"resourceVersion":""}}"#
+        ));
+        assert!(!is_an_empty_list(
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"jhub"}}"#
+        ));
+        assert!(!is_an_empty_list(
+            r#"{"kind":"List","items":[{"kind":"Namespace"}]}"#
+        ));
+        assert!(!is_an_empty_list("namespace/jhub"));
+        // Whose it is: someone's, unless this machine's labels say ours.
+        assert!(!left_by_a_run_from_here(
+            r#"{"kind":"Namespace","metadata":{"name":"jhub"}}"#
+        ));
+        assert!(!left_by_a_run_from_here("namespace/jhub"));
     }
 }
