@@ -309,6 +309,9 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
                     // password, which only the dummy authenticator takes.
                     "authenticator_class": "dummy",
                 },
+                // A deployment's own allow lists (`Authenticator.allowed_users`,
+                // from `--values`) would turn the test user away at log-in.
+                "Authenticator": { "allow_all": true },
                 "ConfigurableHTTPProxy": {
                     "api_url": format!("https://proxy-api:{}", port_of("proxy-api")),
                     // Read by the chart into its hub Secret, which both the
