@@ -404,6 +404,9 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         .iter()
         .find(|f| f.path.ends_with("values.json"))
         .map(|f| &f.contents);
+    for why in weakened_by_their_values(&deployment) {
+        eprintln!("warning: {why}; hubtrust's values turn it back on for the run, and the run fails on it");
+    }
     let mut values_said = Vec::new();
     for theirs in &deployment.user_values {
         let replaced = ours
@@ -446,6 +449,20 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         features,
         scenario_tags,
     })
+}
+
+/// Each setting of the deployment's own values files that weakens what
+/// the checks judge, naming the file.
+fn weakened_by_their_values(deployment: &Deployment) -> Vec<String> {
+    deployment
+        .user_values
+        .iter()
+        .flat_map(|theirs| {
+            user_values::weakened(&theirs.values)
+                .into_iter()
+                .map(|why| format!("{}: {why}", theirs.path.display()))
+        })
+        .collect()
 }
 
 /// Why a check that needs the pods on this machine did not run: `how` it
@@ -602,6 +619,8 @@ enum Purpose {
 
 /// The checks' names, as the report and the docs list them.
 const INSTALLED: &str = "The cluster is ready and the chart installs, with every pod ready";
+const YOUR_VALUES: &str =
+    "The deployment's own values keep internal TLS and the public TLS on, as the checks judge them";
 const PUBLIC_SIDE: &str =
     "The hub answers through the proxy over verified TLS, and the first user's lab spawns and runs a cell";
 const ORG_BUNDLE: &str = "The lab holds the org trust bundle exactly as the stack file says";
@@ -680,6 +699,17 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
         "Zero to JupyterHub on {}",
         deployment.target.backend_name()
     ));
+    if !deployment.user_values.is_empty() {
+        list.check(YOUR_VALUES, None, || {
+            let weakened = weakened_by_their_values(deployment);
+            anyhow::ensure!(
+                weakened.is_empty(),
+                "{}; hubtrust's values turn it back on for this run, so what passes here is not the deployment you install (fix: keep these on in your values, or drop them to the chart's)",
+                weakened.join("; ")
+            );
+            Ok(Outcome::Passed)
+        });
+    }
     let mut run = None;
     list.check(INSTALLED, None, || {
         let mut progress = |step: &str| eprintln!("· {step}");

@@ -364,7 +364,10 @@ fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
         !run.dir.join("hubtrust-in-cluster").exists(),
         "a run kept logs outside its report"
     );
-    assert!(said.contains("checks: 1 passed, 1 failed"), "{said}");
+    // The example's values keep TLS on; the teardown passed too.
+    assert!(said.contains("checks: 2 passed, 1 failed"), "{said}");
+    let (kept, why) = run.status("The deployment's own values keep internal TLS");
+    assert_eq!(kept, "passed", "{why}");
     let (installed, why) = run.status("The cluster is ready and the chart installs");
     assert_eq!(installed, "failed");
     assert!(why.contains("INSTALLATION FAILED"), "{why}");
@@ -408,6 +411,36 @@ fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
         "{}",
         run.calls
     );
+}
+
+/// A deployment whose own values turn internal TLS off fails, naming the
+/// setting and the file, though hubtrust's values turn it back on for the
+/// run: what would pass is not what the deployment installs.
+#[test]
+fn values_that_turn_internal_tls_off_fail_the_run_naming_the_setting() {
+    let values = scratch("k8s-weak-values");
+    let weak = values.join("config.yaml");
+    std::fs::write(
+        &weak,
+        "hub:\n  config:\n    JupyterHub:\n      internal_ssl: false\n",
+    )
+    .unwrap();
+    let run = FailedInstall::run(
+        "k8s-run-weak-values",
+        "hubtrust-t3",
+        &["--values", &weak.display().to_string()],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.said);
+    let (kept, why) = run.status("The deployment's own values keep internal TLS");
+    assert_eq!(kept, "failed");
+    assert!(
+        why.contains(&format!(
+            "{}: hub.config.JupyterHub.internal_ssl is false: internal TLS between hub, proxy and labs is off",
+            weak.display()
+        )) && why.contains("fix:"),
+        "{why}"
+    );
+    assert!(run.said.contains("warning: "), "{}", run.said);
 }
 
 /// `--keep` leaves a deployment that failed for `kubectl describe`, and

@@ -290,7 +290,7 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
         }
     }
 
-    json!({
+    let mut values = json!({
         "hub": {
             "image": image(hub_image),
             "db": { "type": "sqlite-memory" },
@@ -373,7 +373,11 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
             "hook": { "enabled": false },
             "continuous": { "enabled": false },
         },
-    })
+    });
+    for theirs in &deployment.user_values {
+        super::user_values::keep_their_lists(&mut values, &theirs.values);
+    }
+    values
 }
 
 #[cfg(test)]

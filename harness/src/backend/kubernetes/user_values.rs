@@ -6,7 +6,12 @@
 //! come last, because the checks need them (the TLS wiring, the images by
 //! digest, the test log-in), so at every key both set, the deployment's
 //! value is not what runs. [`replaced_by`] names each such key, so that a
-//! run never claims to have checked a setting it replaced.
+//! run never claims to have checked a setting it replaced, and
+//! [`weakened`] fails the run where the replaced setting is one the checks
+//! judge: a deployment that turns internal TLS off must not pass because
+//! hubtrust's values turned it back on. A list both set keeps the
+//! deployment's items before hubtrust's ([`keep_their_lists`]), so that
+//! its own volumes and flags still run.
 
 use std::path::{Path, PathBuf};
 
@@ -87,13 +92,86 @@ fn collect_replaced(theirs: &Value, ours: &Value, at: &mut String, replaced: &mu
             at.push('.');
         }
         at.push_str(key);
+        let kept = match (their_value, our_value) {
+            (Value::Array(theirs), Value::Array(ours)) => theirs.iter().all(|t| ours.contains(t)),
+            _ => their_value == our_value,
+        };
         if their_value.is_object() && our_value.is_object() {
             collect_replaced(their_value, our_value, at, replaced);
-        } else if their_value != our_value {
+        } else if !kept {
             replaced.push(at.clone());
         }
         at.truncate(len);
     }
+}
+
+/// Where `ours` and `theirs` both set a list, `ours` becomes theirs
+/// followed by each of ours they lack: helm would replace theirs whole.
+pub fn keep_their_lists(ours: &mut Value, theirs: &Value) {
+    let (Value::Object(ours), Value::Object(theirs)) = (ours, theirs) else {
+        return;
+    };
+    for (key, their_value) in theirs {
+        let Some(our_value) = ours.get_mut(key) else {
+            continue;
+        };
+        match (our_value, their_value) {
+            (Value::Array(our_items), Value::Array(their_items)) => {
+                let mut kept = their_items.clone();
+                kept.extend(
+                    our_items
+                        .drain(..)
+                        .filter(|item| !their_items.contains(item)),
+                );
+                *our_items = kept;
+            }
+            (our_value @ Value::Object(_), Value::Object(_)) => {
+                keep_their_lists(our_value, their_value)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The settings of `theirs` that weaken what the checks judge, each with
+/// why: hubtrust's values would turn them back on for the run, so the
+/// deployment as installed elsewhere would not be what passed.
+pub fn weakened(theirs: &Value) -> Vec<String> {
+    let at = |path: &str| {
+        path.split('.')
+            .try_fold(theirs, |value, key| value.get(key))
+            .filter(|value| !value.is_null())
+    };
+    let mut found = Vec::new();
+    for (path, what) in [
+        (
+            "hub.config.JupyterHub.internal_ssl",
+            "internal TLS between hub, proxy and labs is off",
+        ),
+        (
+            "proxy.https.enabled",
+            "the public side is served without TLS",
+        ),
+    ] {
+        if let Some(value) = at(path).filter(|v| **v != Value::Bool(true)) {
+            found.push(format!("{path} is {value}: {what}"));
+        }
+    }
+    for path in [
+        "hub.config.JupyterHub.hub_bind_url",
+        "hub.config.JupyterHub.hub_connect_url",
+        "hub.config.ConfigurableHTTPProxy.api_url",
+    ] {
+        if let Some(value) = at(path) {
+            if !value
+                .as_str()
+                .is_some_and(|url| url.starts_with("https://"))
+            {
+                found.push(format!("{path} is {value}, not an https:// URL"));
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -126,6 +204,59 @@ mod tests {
             ]
         );
         assert!(replaced_by(&json!({}), &ours).is_empty());
+    }
+
+    #[test]
+    fn a_list_both_set_keeps_their_items_first_and_is_not_named_replaced() {
+        let theirs = json!({
+            "hub": { "extraVolumes": [{ "name": "their-config" }] },
+            "proxy": { "chp": { "extraCommandLineFlags": ["--no-x-forward", "--api-ssl-request-cert"] } },
+        });
+        let mut ours = json!({
+            "hub": { "extraVolumes": [{ "name": "internal-ssl" }], "image": "hub" },
+            "proxy": { "chp": { "extraCommandLineFlags": ["--api-ssl-request-cert", "--client-ssl-request-cert"] } },
+        });
+        keep_their_lists(&mut ours, &theirs);
+        assert_eq!(
+            ours["hub"]["extraVolumes"],
+            json!([{ "name": "their-config" }, { "name": "internal-ssl" }])
+        );
+        assert_eq!(
+            ours["proxy"]["chp"]["extraCommandLineFlags"],
+            json!([
+                "--no-x-forward",
+                "--api-ssl-request-cert",
+                "--client-ssl-request-cert"
+            ])
+        );
+        assert_eq!(ours["hub"]["image"], "hub");
+        assert!(replaced_by(&theirs, &ours).is_empty());
+    }
+
+    #[test]
+    fn settings_that_weaken_what_the_checks_judge_are_named() {
+        let weak = json!({
+            "hub": { "config": {
+                "JupyterHub": { "internal_ssl": false, "hub_connect_url": "http://hub:8081", "hub_bind_url": "https://:8081" },
+                "ConfigurableHTTPProxy": { "api_url": "http://proxy-api:8001" },
+            }},
+            "proxy": { "https": { "enabled": false } },
+        });
+        let found = weakened(&weak);
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(found[0].starts_with("hub.config.JupyterHub.internal_ssl is false: internal TLS"));
+        assert!(found[1].starts_with("proxy.https.enabled is false"));
+        assert!(found
+            .iter()
+            .any(|f| f.contains("hub_connect_url is \"http://hub:8081\", not an https:// URL")));
+        assert!(!found.iter().any(|f| f.contains("hub_bind_url")));
+        let kept = json!({
+            "hub": { "config": { "JupyterHub": { "internal_ssl": true, "hub_connect_url": "https://hub.jhub.svc:8081" } } },
+            "proxy": { "https": { "enabled": true, "type": "letsencrypt" } },
+            "singleuser": { "cpu": { "limit": 2 } },
+        });
+        assert!(weakened(&kept).is_empty());
+        assert!(weakened(&json!({})).is_empty());
     }
 
     #[test]
