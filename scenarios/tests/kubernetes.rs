@@ -464,6 +464,25 @@ fn a_failed_run_with_keep_leaves_the_namespace_and_says_how_to_remove_it() {
     );
 }
 
+/// `hubtrust up --backend kubernetes --namespace jhub` with the tools of
+/// `bin`.
+fn up_into_namespace_jhub(dir: &Path, bin: &Path) -> std::process::Output {
+    let (list, _) = pinned_list(dir);
+    hubtrust()
+        .args([
+            "up",
+            "--backend",
+            "kubernetes",
+            "--namespace",
+            "jhub",
+            "--images",
+        ])
+        .arg(&list)
+        .env("PATH", path_with(bin))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_namespace_that_already_exists_is_refused_and_left_alone() {
     let dir = scratch("k8s-namespace");
@@ -477,20 +496,7 @@ fn a_namespace_that_already_exists_is_refused_and_left_alone() {
             ),
         ],
     );
-    let (list, _) = pinned_list(&dir);
-    let out = hubtrust()
-        .args([
-            "up",
-            "--backend",
-            "kubernetes",
-            "--namespace",
-            "jhub",
-            "--images",
-        ])
-        .arg(&list)
-        .env("PATH", path_with(&bin))
-        .output()
-        .unwrap();
+    let out = up_into_namespace_jhub(&dir, &bin);
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
@@ -536,20 +542,7 @@ fn a_namespace_an_earlier_run_left_is_refused_naming_it_as_such() {
             ),
         ],
     );
-    let (list, _) = pinned_list(&dir);
-    let out = hubtrust()
-        .args([
-            "up",
-            "--backend",
-            "kubernetes",
-            "--namespace",
-            "jhub",
-            "--images",
-        ])
-        .arg(&list)
-        .env("PATH", path_with(&bin))
-        .output()
-        .unwrap();
+    let out = up_into_namespace_jhub(&dir, &bin);
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
