@@ -137,6 +137,7 @@ fn deployment(run_dir: &Path, kubeconfig: &Path) -> Deployment {
         artifacts_dir: run_dir.join("artifacts"),
         service_token: Secret::generate(),
         proxy_token: Secret::generate(),
+        user_password: Secret::generate(),
         user: "alice".into(),
         tls_policy: Default::default(),
         outbound_servers: false,

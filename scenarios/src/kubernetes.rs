@@ -381,6 +381,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         user_values,
         service_token: Secret::generate(),
         proxy_token: Secret::generate(),
+        user_password: Secret::generate(),
         user: spec
             .users
             .first()

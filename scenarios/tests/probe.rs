@@ -266,6 +266,7 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
         addr: addr.parse().unwrap(),
         ca_pem: std::fs::read_to_string(up.first("org root CA")).unwrap(),
         service_token: hubtrust_harness::secret::Secret::new(up.first("service token")),
+        user_password: hubtrust_harness::secret::Secret::generate(),
     };
     let observed = InClusterObservations {
         hub_version: None,
@@ -428,6 +429,7 @@ fn probe_observations_reach_the_scenarios(probed: &serde_json::Value, ca: &str, 
         addr: "127.0.0.1:9".parse().unwrap(),
         ca_pem: std::fs::read_to_string(ca).unwrap(),
         service_token: hubtrust_harness::secret::Secret::new("unused"),
+        user_password: hubtrust_harness::secret::Secret::new("unused"),
     };
     let observed = InClusterObservations {
         hub_version: None,

@@ -305,10 +305,15 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
                     "hub_connect_url": hub_url,
                     // The chart's default, said here so that a deployment's
                     // own authenticator (`--values`) is named as replaced:
-                    // the `@wire` steps log in through the form with any
-                    // password, which only the dummy authenticator takes.
+                    // the `@wire` steps log in through the form with a
+                    // password, and only the dummy authenticator takes
+                    // one hubtrust chooses.
                     "authenticator_class": "dummy",
                 },
+                // The run's own, so that a deployment's (`--values`) is
+                // named as replaced rather than turning the log-in away,
+                // and so that no other password logs in as the test user.
+                "DummyAuthenticator": { "password": deployment.user_password.expose() },
                 // A deployment's own allow lists (`Authenticator.allowed_users`,
                 // from `--values`) would turn the test user away at log-in.
                 "Authenticator": { "allow_all": true },

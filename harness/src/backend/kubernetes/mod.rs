@@ -266,6 +266,11 @@ pub struct Deployment {
     /// wants it; masked like the service token.
     #[serde(skip)]
     pub proxy_token: crate::secret::Secret,
+    /// The password the dummy authenticator takes at the `@wire` log-in
+    /// (`hub.config.DummyAuthenticator.password`), fresh each run; masked
+    /// like the tokens.
+    #[serde(skip)]
+    pub user_password: crate::secret::Secret,
     /// The user whose lab the public-side check spawns.
     pub user: String,
     /// The stack's `[tls_policy]`, which the in-cluster probes judge by.

@@ -841,6 +841,7 @@ pub fn plan(
         secrets: vec![
             deployment.service_token.clone(),
             deployment.proxy_token.clone(),
+            deployment.user_password.clone(),
         ],
     }
 }
@@ -1114,6 +1115,7 @@ mod tests {
             artifacts_dir: PathBuf::from("hubtrust-in-cluster/hubtrust-run1"),
             service_token: Secret::new("0123456789abcdef0123456789abcdef"),
             proxy_token: Secret::new("fedcba9876543210fedcba9876543210"),
+            user_password: Secret::new("5ec2e75ec2e75ec2e75ec2e75ec2e75e"),
             user: "alice".into(),
             tls_policy: Default::default(),
             outbound_servers: org_trust.is_some(),
@@ -1451,10 +1453,15 @@ mod tests {
             values.contents["hub"]["config"]["ConfigurableHTTPProxy"]["auth_token"],
             "fedcba9876543210fedcba9876543210"
         );
+        assert_eq!(
+            values.contents["hub"]["config"]["DummyAuthenticator"]["password"],
+            "5ec2e75ec2e75ec2e75ec2e75ec2e75e"
+        );
         let text = plan.render();
         for (token, masked) in [
             ("0123456789abcdef0123456789abcdef", "0123…(32 chars)"),
             ("fedcba9876543210fedcba9876543210", "fedc…(32 chars)"),
+            ("5ec2e75ec2e75ec2e75ec2e75ec2e75e", "5ec2…(32 chars)"),
         ] {
             assert!(!text.contains(token), "{text}");
             assert!(text.contains(masked), "{text}");

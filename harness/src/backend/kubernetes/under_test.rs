@@ -92,6 +92,8 @@ pub struct PublicSideAt {
     pub addr: SocketAddr,
     pub ca_pem: String,
     pub service_token: Secret,
+    /// What the dummy authenticator takes at the log-in.
+    pub user_password: Secret,
 }
 
 pub struct ChartDeployment {
@@ -129,6 +131,7 @@ impl ChartDeployment {
             addr: public.addr,
             ca_pem,
             service_token: deployment.service_token.clone(),
+            user_password: deployment.user_password.clone(),
         };
         let merged = deployment
             .org_trust
@@ -453,9 +456,9 @@ impl DeploymentUnderTest for ChartDeployment {
     }
 
     async fn log_in(&self, user: &str) -> Result<Vec<(String, Secret)>> {
-        // The chart's DummyAuthenticator, with no password set, takes any
-        // password: a fresh one, so what shows on the wire is this log-in's.
-        let password = Secret::generate();
+        // The run's own password, fresh each run, so that what shows on
+        // the wire is this log-in's.
+        let password = self.public.user_password.clone();
         let entry = PublicEntry {
             base: self.base(),
             name: self.public.name.clone(),
