@@ -134,6 +134,7 @@ fn deployment(run_dir: &Path, kubeconfig: &Path) -> Deployment {
         run_dir: run_dir.to_path_buf(),
         made_on: "0123456789abcdef".into(),
         user_values: Vec::new(),
+        user_manifests: Vec::new(),
         artifacts_dir: run_dir.join("artifacts"),
         service_token: Secret::generate(),
         proxy_token: Secret::generate(),

@@ -18,6 +18,7 @@ use hubtrust_harness::backend::kubernetes::{
     plan::{KubernetesPlan, ProbesRun},
     pods, preflight,
     run::KubernetesRun,
+    user_manifests::{self, UserManifests},
     user_values::{self, UserValues},
     ChartImage, ChartPins, ClusterTarget, Deployment, OrgTrust, ProxyImage, BUILTIN_IMAGE_LIST,
     BUILTIN_IMAGE_LOCK, DEFAULT_IMAGE_LIST,
@@ -48,6 +49,8 @@ pub struct KubernetesArgs<'a> {
     pub namespace: Option<&'a str>,
     /// The deployment's own chart values files (`--values`), in order.
     pub values: &'a [PathBuf],
+    /// The deployment's own objects (`--manifests`), made before the chart.
+    pub manifests: &'a [PathBuf],
     pub plan: bool,
     /// Where the run keeps what it saw; `hubtrust-in-cluster/<ns>` when
     /// not given.
@@ -70,6 +73,7 @@ impl<'a> KubernetesArgs<'a> {
             kubeconfig: cluster.kubeconfig.as_deref(),
             namespace: cluster.namespace.as_deref(),
             values: &cluster.values,
+            manifests: &cluster.manifests,
             plan: cluster.plan,
             artifacts: None,
             features: None,
@@ -139,19 +143,7 @@ pub fn run_command(mut args: KubernetesArgs<'_>, options: RunOptions<'_>) -> Exi
     let report = RunReport {
         tool: format!("hubtrust {}", env!("CARGO_PKG_VERSION")),
         tags: None,
-        stack: if prepared.values_said.is_empty() {
-            format!(
-                "{}, namespace {}",
-                prepared.stack_name, deployment.namespace
-            )
-        } else {
-            format!(
-                "{}, namespace {}, your chart values {}",
-                prepared.stack_name,
-                deployment.namespace,
-                prepared.values_said.join(", then ")
-            )
-        },
+        stack: stack_line(&prepared),
         backend: deployment.target.backend_name().to_string(),
         images: deployment
             .images
@@ -251,6 +243,31 @@ struct OrgCa {
     pki: Option<OrgPki>,
 }
 
+/// The report's stack line: the stack, the namespace, and what of the
+/// deployment's own went in.
+fn stack_line(prepared: &Prepared) -> String {
+    let deployment = &prepared.deployment;
+    let mut line = format!(
+        "{}, namespace {}",
+        prepared.stack_name, deployment.namespace
+    );
+    if !prepared.values_said.is_empty() {
+        line += &format!(
+            ", your chart values {}",
+            prepared.values_said.join(", then ")
+        );
+    }
+    if !deployment.user_manifests.is_empty() {
+        let said: Vec<String> = deployment
+            .user_manifests
+            .iter()
+            .map(UserManifests::said)
+            .collect();
+        line += &format!(", your objects {}", said.join(", "));
+    }
+    line
+}
+
 /// A deployment ready to be brought up: nothing is made yet.
 struct Prepared {
     stack_name: String,
@@ -322,6 +339,11 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         .iter()
         .map(|path| UserValues::load(path))
         .collect::<Result<Vec<_>, _>>()?;
+    let user_manifests = args
+        .manifests
+        .iter()
+        .map(|path| UserManifests::load(path))
+        .collect::<Result<Vec<_>, _>>()?;
     let (mut images, mitmproxy_command) = pinned_images(args.images, args.plan)?;
     let org_trust = spec.enterprise.as_ref().map(|e| OrgTrust {
         configmap_present: spec.kubernetes.org_trust_configmap,
@@ -379,6 +401,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         run_dir,
         made_on: kubernetes::this_machine().unwrap_or_else(|| "unknown".into()),
         user_values,
+        user_manifests,
         service_token: Secret::generate(),
         proxy_token: Secret::generate(),
         user_password: Secret::generate(),
@@ -400,6 +423,7 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         org.as_ref().map(|o| o.pem.as_str()),
         merge_command.as_deref(),
     );
+    user_manifests::clashes(&deployment.user_manifests, &plan.objects_made())?;
     let ours = plan
         .files
         .iter()
@@ -2045,6 +2069,7 @@ mod tests {
             kubeconfig: None,
             namespace: None,
             values: &[],
+            manifests: &[],
             plan: true,
             artifacts,
             features: None,

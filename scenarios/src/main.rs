@@ -202,6 +202,11 @@ pub struct ClusterArgs {
     /// is named). Repeatable, in helm's order.
     #[arg(long = "values", value_name = "FILE")]
     pub values: Vec<PathBuf>,
+    /// Your deployment's own objects (Kubernetes manifests: the ConfigMaps
+    /// and Secrets your values name), applied into the run's namespace
+    /// before the chart. Only namespaced kinds; repeatable.
+    #[arg(long = "manifests", value_name = "FILE")]
+    pub manifests: Vec<PathBuf>,
     /// Print every file, command and manifest a kind or kubernetes run
     /// would apply, in order, and run none of them.
     #[arg(long)]
@@ -356,10 +361,11 @@ fn main() -> ExitCode {
             if cluster.kubeconfig.is_some()
                 || cluster.namespace.is_some()
                 || !cluster.values.is_empty()
+                || !cluster.manifests.is_empty()
                 || cluster.plan =>
         {
             return usage_error(anyhow::anyhow!(
-                "--kubeconfig, --namespace, --values and --plan are the kind and kubernetes backends' options (fix: add --backend kind or --backend kubernetes)"
+                "--kubeconfig, --namespace, --values, --manifests and --plan are the kind and kubernetes backends' options (fix: add --backend kind or --backend kubernetes)"
             ))
         }
         Command::Reap { run } => return docker::reap_command(run),

@@ -331,14 +331,21 @@ impl FailedInstall {
 /// passed), the namespace asked for afterwards; exit 1 and nothing left.
 #[test]
 fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
-    let values = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
-        .join("examples/z2jh/config.yaml");
+        .join("examples/z2jh");
+    let values = example.join("config.yaml");
+    let objects = example.join("objects.yaml");
     let run = FailedInstall::run(
         "k8s-run-fails",
         "hubtrust-t1",
-        &["--values", &values.display().to_string()],
+        &[
+            "--values",
+            &values.display().to_string(),
+            "--manifests",
+            &objects.display().to_string(),
+        ],
     );
     let said = &run.said;
     assert_eq!(run.code, Some(1), "{said}");
@@ -352,6 +359,26 @@ fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
     );
     assert!(
         run.calls.contains("examples/z2jh/config.yaml --values "),
+        "{}",
+        run.calls
+    );
+    // The deployment's own objects go in before the chart that names them.
+    assert!(
+        stack.ends_with(&format!(
+            "your objects {} (ConfigMap/hub-templates)",
+            objects.display()
+        )),
+        "{stack}"
+    );
+    let applied = run
+        .calls
+        .find(&format!(
+            "apply --server-side --field-manager=hubtrust -f {}",
+            objects.display()
+        ))
+        .unwrap_or_else(|| panic!("their objects were not applied: {}", run.calls));
+    assert!(
+        applied < run.calls.find("helm install").expect("install"),
         "{}",
         run.calls
     );
@@ -677,6 +704,7 @@ fn kubernetes_options_without_a_kubernetes_backend_are_refused() {
     for args in [
         &["run", "--plan"][..],
         &["up", "--values", "examples/z2jh/config.yaml"],
+        &["run", "--manifests", "examples/z2jh/objects.yaml"],
     ] {
         let out = hubtrust().args(args).output().unwrap();
         let said = text(&out);
@@ -756,6 +784,74 @@ fn values_that_are_not_a_mapping_are_exit_2_naming_the_file() {
         said.contains(&values.display().to_string()) && said.contains("is not YAML helm can read"),
         "{said}"
     );
+    assert_eq!(kubernetes_run_dirs(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The deployment's own objects are shown in the plan by kind and name,
+/// never by content (a Secret's data is theirs), and applied from their
+/// file.
+#[test]
+fn your_own_objects_are_named_in_the_plan_and_their_contents_are_not_shown() {
+    let dir = scratch("k8s-own-objects");
+    let objects = dir.join("objects.yaml");
+    std::fs::write(
+        &objects,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: oauth}\nstringData: {client-secret: s3cr3t-of-theirs}\n",
+    )
+    .unwrap();
+    let out = hubtrust()
+        .args(["run", "--backend", "kubernetes", "--plan", "--manifests"])
+        .arg(&objects)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("make your own objects the chart values name (Secret/oauth)")
+            && said.contains(&format!("-f {}", objects.display())),
+        "{said}"
+    );
+    assert!(!said.contains("s3cr3t-of-theirs"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An object that could outlive the run's namespace, land outside it, or
+/// replace one of hubtrust's own is exit 2 naming it, before anything is
+/// made.
+#[test]
+fn objects_the_run_could_not_remove_or_that_clash_are_exit_2_naming_them() {
+    let dir = scratch("k8s-bad-objects");
+    let before = kubernetes_run_dirs();
+    for (manifest, named) in [
+        (
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: wide}\n",
+            "ClusterRole/wide (rbac.authorization.k8s.io/v1) is not a kind hubtrust knows to live in a namespace",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: jhub}\n",
+            "ConfigMap/c names the namespace `jhub`",
+        ),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: hubtrust-proxy-tls}\n",
+            "Secret/hubtrust-proxy-tls is a name hubtrust's own objects take",
+        ),
+    ] {
+        let objects = dir.join("objects.yaml");
+        std::fs::write(&objects, manifest).unwrap();
+        let out = hubtrust()
+            .args(["up", "--backend", "kind", "--plan", "--manifests"])
+            .arg(&objects)
+            .output()
+            .unwrap();
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        assert!(
+            said.contains(&objects.display().to_string()) && said.contains(named) && said.contains("fix:"),
+            "{said}"
+        );
+        assert!(!said.contains("## commands"), "a plan was printed: {said}");
+    }
     assert_eq!(kubernetes_run_dirs(), before);
     let _ = std::fs::remove_dir_all(&dir);
 }

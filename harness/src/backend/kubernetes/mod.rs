@@ -26,6 +26,7 @@ pub mod public_check;
 pub mod run;
 pub mod secret_modes;
 pub mod under_test;
+pub mod user_manifests;
 pub mod user_values;
 
 use std::collections::BTreeMap;
@@ -253,6 +254,10 @@ pub struct Deployment {
     /// before hubtrust's.
     #[serde(skip)]
     pub user_values: Vec<user_values::UserValues>,
+    /// The deployment's own objects (`--manifests`), applied into the
+    /// namespace before the chart that names them.
+    #[serde(skip)]
+    pub user_manifests: Vec<user_manifests::UserManifests>,
     /// Where the run keeps what it saw, kept after it: every pod's log,
     /// the probes' reports, the captures (`hubtrust-in-cluster/<ns>` for
     /// `up`, `<report>/in-cluster` for `run`).

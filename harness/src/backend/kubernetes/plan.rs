@@ -18,6 +18,7 @@ use super::chart::{
 use super::in_cluster::{self, ExpectedFlow, PlannedProbe, WireCapture};
 use super::kind::KindConfig;
 use super::names::{public_names, trusted_alt_names};
+use super::user_manifests::ObjectName;
 use super::{inspecting_proxy, outbound};
 use super::{ClusterTarget, Deployment, RELEASE};
 use crate::secret::{mask_all, Secret};
@@ -692,6 +693,19 @@ pub fn plan(
         ));
     }
 
+    for theirs in &deployment.user_manifests {
+        let objects: Vec<String> = theirs.objects.iter().map(ToString::to_string).collect();
+        steps.push(apply(
+            &format!(
+                "make your own objects the chart values name ({})",
+                objects.join(", ")
+            ),
+            target,
+            ns,
+            &theirs.path,
+        ));
+    }
+
     files.push(PlannedFile {
         path: file("values.json"),
         contents: chart::values(deployment, merge_command),
@@ -847,6 +861,37 @@ pub fn plan(
 }
 
 impl KubernetesPlan {
+    /// The objects hubtrust itself makes in the run's namespace before
+    /// the chart: its manifests' and its Secrets'.
+    pub fn objects_made(&self) -> Vec<ObjectName> {
+        let mut made = Vec::new();
+        for planned in &self.files {
+            let items = match planned.contents.get("items").and_then(Value::as_array) {
+                Some(items) => items.clone(),
+                None => vec![planned.contents.clone()],
+            };
+            made.extend(items.iter().filter_map(|object| {
+                Some(ObjectName {
+                    kind: object.get("kind")?.as_str()?.to_string(),
+                    name: object.get("metadata")?.get("name")?.as_str()?.to_string(),
+                })
+            }));
+        }
+        for step in &self.steps {
+            if let Some(at) = step
+                .args
+                .windows(3)
+                .position(|w| w[0] == "secret" && w[1] == "generic")
+            {
+                made.push(ObjectName {
+                    kind: "Secret".into(),
+                    name: step.args[at + 2].clone(),
+                });
+            }
+        }
+        made
+    }
+
     /// The plan as `--plan` prints it: what is made here, each file, each
     /// command, the teardown.
     pub fn render(&self) -> String {
@@ -1112,6 +1157,7 @@ mod tests {
             run_dir: PathBuf::from("/run/hubtrust/run1"),
             made_on: "0123456789abcdef".into(),
             user_values: Vec::new(),
+            user_manifests: Vec::new(),
             artifacts_dir: PathBuf::from("hubtrust-in-cluster/hubtrust-run1"),
             service_token: Secret::new("0123456789abcdef0123456789abcdef"),
             proxy_token: Secret::new("fedcba9876543210fedcba9876543210"),
@@ -1435,6 +1481,45 @@ mod tests {
         let text = plan.render();
         assert!(!text.contains("PRIVATE KEY"), "{text}");
         assert!(text.contains("--from-file=tls.key="));
+    }
+
+    #[test]
+    fn your_own_objects_go_in_before_the_chart_and_hubtrusts_own_names_are_known() {
+        let mut d = deployment(kind(), nebari());
+        d.user_manifests = vec![crate::backend::kubernetes::user_manifests::UserManifests {
+            path: PathBuf::from("/repo/objects.yaml"),
+            objects: vec![ObjectName {
+                kind: "ConfigMap".into(),
+                name: "hub-templates".into(),
+            }],
+        }];
+        let plan = plan(&d, Some(ORG_PEM), None);
+        let at = |purpose: &str| {
+            plan.steps
+                .iter()
+                .position(|step| step.purpose.contains(purpose))
+                .unwrap_or_else(|| panic!("no step {purpose}"))
+        };
+        let theirs = at("make your own objects the chart values name (ConfigMap/hub-templates)");
+        assert!(at("create the namespace") < theirs);
+        assert!(theirs < at("install the Zero to JupyterHub chart"));
+        assert!(plan.steps[theirs]
+            .shell_line()
+            .contains("apply --server-side --field-manager=hubtrust -f /repo/objects.yaml"));
+        let made: Vec<String> = plan
+            .objects_made()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for ours in [
+            format!("Secret/{CA_CERTS_SECRET}"),
+            format!("Secret/{PROXY_TLS_SECRET}"),
+            format!("ConfigMap/{ORG_TRUST_CONFIGMAP}"),
+            format!("Secret/{}", outbound::TLS_SECRET),
+        ] {
+            assert!(made.contains(&ours), "{ours} not in {made:?}");
+        }
+        assert!(!made.iter().any(|name| name.contains("hub-templates")));
     }
 
     #[test]

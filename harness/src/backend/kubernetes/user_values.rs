@@ -26,17 +26,23 @@ pub struct UserValues {
     pub values: Value,
 }
 
+/// What is wrong with one of the deployment's own files, naming it.
+pub(super) fn invalid(path: &Path) -> impl Fn(String) -> HarnessError + '_ {
+    move |message| HarnessError::DeploymentConfigInvalid {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// One of the deployment's own files, read; `fix` says what to pass.
+pub(super) fn read_theirs(path: &Path, fix: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| invalid(path)(format!("{e} (fix: {fix})")))
+}
+
 impl UserValues {
     pub fn load(path: &Path) -> Result<Self> {
-        let invalid = |message: String| HarnessError::DeploymentConfigInvalid {
-            path: path.to_path_buf(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            invalid(format!(
-                "{e} (fix: pass the chart values file your deployment installs)"
-            ))
-        })?;
+        let invalid = invalid(path);
+        let text = read_theirs(path, "pass the chart values file your deployment installs")?;
         let values: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
             invalid(format!("it is not YAML helm can read: {e} (fix: `helm lint --values {}` names the problem too)", path.display()))
         })?;
