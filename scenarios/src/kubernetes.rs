@@ -197,14 +197,14 @@ pub fn run_command(mut args: KubernetesArgs<'_>, options: RunOptions<'_>) -> Exi
 }
 
 /// `hubtrust up --backend kind|kubernetes`: the deployment, until Ctrl-C.
-pub fn up_command(args: KubernetesArgs<'_>) -> ExitCode {
+pub fn up_command(args: KubernetesArgs<'_>, show_secrets: bool) -> ExitCode {
     let outcome = prepare(&args).and_then(|prepared| {
         if args.plan {
             print!("{}", prepared.plan.render());
             return Ok(None);
         }
         preflight::check(&prepared.deployment)?;
-        bring_up(&prepared, Purpose::Hold).map(Some)
+        bring_up(&prepared, Purpose::Hold { show_secrets }).map(Some)
     });
     match outcome {
         Ok(Some(list)) if !list.passed() => {
@@ -635,8 +635,8 @@ fn pinned_images(list_path: Option<&Path>, for_plan: bool) -> anyhow::Result<Pin
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Purpose {
     /// `up`: once every check passed, hold the deployment until Ctrl-C or
-    /// SIGTERM.
-    Hold,
+    /// SIGTERM, printing its secrets masked unless `show_secrets`.
+    Hold { show_secrets: bool },
     /// `run`: check it and tear it down; with `keep_if_failed` (`--keep`),
     /// a deployment that failed a check is left for inspection instead.
     Check { keep_if_failed: bool },
@@ -749,9 +749,18 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
     });
     let public = check_deployment(&mut list, &runtime, prepared, run.is_some());
     let held = match (purpose, &public) {
-        (Purpose::Hold, Some(public)) if list.passed() => {
+        (Purpose::Hold { show_secrets }, Some(public)) if list.passed() => {
+            let shown = |secret: &Secret| match show_secrets {
+                true => secret.expose().to_string(),
+                false => secret.masked(),
+            };
             // For a probe from outside under the same policy.
             println!("TLS policy: {}", run_dir.join(TLS_POLICY_FILE).display());
+            println!("  service token  {}", shown(&deployment.service_token));
+            println!(
+                "  user password  {} (any user name logs in with it)",
+                shown(&deployment.user_password)
+            );
             println!(
                 "ready: {} (CA {}); Ctrl-C tears it down",
                 public.url(),

@@ -350,12 +350,15 @@ fn main() -> ExitCode {
             )
         }
         Command::Up(args) if args.backend.deploys_a_chart() => {
-            return kubernetes::up_command(kubernetes::KubernetesArgs::from_cli(
-                args.backend,
-                args.stack.as_deref(),
-                args.images.as_deref(),
-                &args.cluster,
-            ))
+            return kubernetes::up_command(
+                kubernetes::KubernetesArgs::from_cli(
+                    args.backend,
+                    args.stack.as_deref(),
+                    args.images.as_deref(),
+                    &args.cluster,
+                ),
+                args.show_secrets,
+            )
         }
         Command::Run(RunArgs { cluster, .. }) | Command::Up(UpArgs { cluster, .. })
             if cluster.kubeconfig.is_some()

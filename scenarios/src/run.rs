@@ -427,6 +427,11 @@ async fn up(args: UpArgs, interrupts: &mut Interrupts) -> ExitCode {
     println!("  service token  {}", token(&stack.service_token));
     println!("  proxy token    {}", token(&stack.proxy_token));
     println!(
+        "  user password  {} (for {})",
+        token(&stack.user_password),
+        stack.users().join(", ")
+    );
+    println!(
         "  org root CA    {}",
         stack.run_dir.join("pki/org-root.crt").display()
     );

@@ -266,7 +266,7 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
         addr: addr.parse().unwrap(),
         ca_pem: std::fs::read_to_string(up.first("org root CA")).unwrap(),
         service_token: hubtrust_harness::secret::Secret::new(up.first("service token")),
-        user_password: hubtrust_harness::secret::Secret::generate(),
+        user_password: hubtrust_harness::secret::Secret::new(up.first("user password")),
     };
     let observed = InClusterObservations {
         hub_version: None,
@@ -296,6 +296,16 @@ fn chart_view_answers(up: &UpStack, probed: &serde_json::Value) {
         .block_on(chart.check_from_outside("alice", "print('hubtrust-' + 'chart')"))
         .unwrap();
     assert_eq!(seen.cell, "hubtrust-chart");
+    // The log-in through the form, with the password `up` printed: the
+    // hub turns any other away.
+    let canaries = runtime.block_on(chart.log_in("alice")).unwrap();
+    assert!(
+        canaries
+            .iter()
+            .any(|(what, _)| what == "the user's login cookie"),
+        "{:?}",
+        canaries.iter().map(|(what, _)| what).collect::<Vec<_>>()
+    );
     let matrix = runtime.block_on(chart.trust_matrix()).unwrap();
     assert!(
         !matrix.cells.is_empty(),
