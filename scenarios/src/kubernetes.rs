@@ -445,6 +445,12 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
                 theirs.path.display(),
                 replaced.join(", ")
             );
+            for (what, table) in user_values::images_replaced(&replaced) {
+                eprintln!(
+                    "note: {what} is not what runs: the images list's {table} is (fix: to check yours, copy {} with yours under {table}, pin it with `hubtrust images pin LIST`, and pass --images LIST)",
+                    args.images.map_or_else(|| "fixtures/kubernetes/images.toml".into(), |list| list.display().to_string()),
+                );
+            }
             values_said.push(format!(
                 "{} (hubtrust's replace yours at {})",
                 theirs.path.display(),

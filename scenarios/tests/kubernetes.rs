@@ -765,6 +765,32 @@ fn your_own_values_are_installed_under_hubtrusts_naming_each_key_replaced() {
     );
 }
 
+/// A deployment's own lab image, replaced by the images list's, is named
+/// with how to check it instead.
+#[test]
+fn your_own_lab_image_replaced_is_named_with_how_to_check_it() {
+    let dir = scratch("k8s-own-lab-image");
+    let values = dir.join("config.yaml");
+    std::fs::write(
+        &values,
+        "singleuser:\n  image:\n    name: ghcr.io/example/lab\n    tag: '2026.11'\n",
+    )
+    .unwrap();
+    let out = hubtrust()
+        .args(["run", "--backend", "kind", "--plan", "--values"])
+        .arg(&values)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("replace yours at singleuser.image.name, singleuser.image.tag")
+            && said.contains("note: your lab image is not what runs: the images list's [lab] is (fix: to check yours, copy fixtures/kubernetes/images.toml with yours under [lab], pin it with `hubtrust images pin LIST`, and pass --images LIST)"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Values that are not a mapping helm could read are exit 2 naming the
 /// file, before anything is made.
 #[test]

@@ -111,6 +111,22 @@ fn collect_replaced(theirs: &Value, ours: &Value, at: &mut String, replaced: &mu
     }
 }
 
+/// The chart's components whose image `replaced` (from [`replaced_by`])
+/// says hubtrust's values replaced, each with the images list's table
+/// that takes it instead: a deployment's own lab image is the one its
+/// users' tools run in, and the checks should judge it.
+pub fn images_replaced(replaced: &[String]) -> Vec<(&'static str, &'static str)> {
+    [
+        ("singleuser.image.", "your lab image", "[lab]"),
+        ("hub.image.", "your hub image", "[hub]"),
+        ("proxy.chp.image.", "your proxy image", "[proxy]"),
+    ]
+    .into_iter()
+    .filter(|(prefix, _, _)| replaced.iter().any(|key| key.starts_with(prefix)))
+    .map(|(_, what, table)| (what, table))
+    .collect()
+}
+
 /// Where `ours` and `theirs` both set a list, `ours` becomes theirs
 /// followed by each of ours they lack: helm would replace theirs whole.
 pub fn keep_their_lists(ours: &mut Value, theirs: &Value) {
@@ -183,6 +199,22 @@ pub fn weakened(theirs: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_image_is_named_with_the_table_that_takes_it() {
+        let theirs = serde_json::json!({
+            "singleuser": { "image": { "name": "ghcr.io/example/lab", "tag": "2026.11" } },
+            "hub": { "image": { "pullPolicy": "IfNotPresent" } },
+        });
+        let ours = serde_json::json!({
+            "singleuser": { "image": { "name": "quay.io/jupyterhub/k8s-singleuser-sample", "tag": "4.4.0" } },
+            "hub": { "image": { "name": "quay.io/jupyterhub/k8s-hub", "tag": "4.4.0" } },
+        });
+        let replaced = replaced_by(&theirs, &ours);
+        assert_eq!(replaced, ["singleuser.image.name", "singleuser.image.tag"]);
+        assert_eq!(images_replaced(&replaced), [("your lab image", "[lab]")]);
+        assert!(images_replaced(&["proxy.https.type".into()]).is_empty());
+    }
     use serde_json::json;
 
     #[test]
