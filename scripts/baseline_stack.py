@@ -6,7 +6,6 @@ Prints `ready_epoch=<seconds since the epoch>` once the hub answers
 stops the hub (which stops its proxy and labs).
 """
 
-import json
 import os
 import ssl
 import subprocess
