@@ -129,6 +129,10 @@ pub fn images_replaced(replaced: &[String]) -> Vec<(&'static str, &'static str)>
 
 /// Where `ours` and `theirs` both set a list, `ours` becomes theirs
 /// followed by each of ours they lack: helm would replace theirs whole.
+/// An item of theirs named (`name:`) as one of ours but set otherwise
+/// gives way to ours: two volumes, variables or init containers of one
+/// name are refused by the API server, and ours is the one the checks
+/// need. [`replaced_by`] then names the list.
 pub fn keep_their_lists(ours: &mut Value, theirs: &Value) {
     let (Value::Object(ours), Value::Object(theirs)) = (ours, theirs) else {
         return;
@@ -139,12 +143,22 @@ pub fn keep_their_lists(ours: &mut Value, theirs: &Value) {
         };
         match (our_value, their_value) {
             (Value::Array(our_items), Value::Array(their_items)) => {
-                let mut kept = their_items.clone();
-                kept.extend(
-                    our_items
-                        .drain(..)
-                        .filter(|item| !their_items.contains(item)),
-                );
+                let name =
+                    |item: &Value| item.get("name").and_then(Value::as_str).map(str::to_owned);
+                let our_names: Vec<String> = our_items.iter().filter_map(name).collect();
+                let mut kept: Vec<Value> = their_items
+                    .iter()
+                    .filter(|item| {
+                        our_items.contains(item)
+                            || !name(item).is_some_and(|n| our_names.contains(&n))
+                    })
+                    .cloned()
+                    .collect();
+                let ours_after: Vec<Value> = our_items
+                    .drain(..)
+                    .filter(|item| !kept.contains(item))
+                    .collect();
+                kept.extend(ours_after);
                 *our_items = kept;
             }
             (our_value @ Value::Object(_), Value::Object(_)) => {
@@ -269,6 +283,26 @@ mod tests {
         );
         assert_eq!(ours["hub"]["image"], "hub");
         assert!(replaced_by(&theirs, &ours).is_empty());
+    }
+
+    #[test]
+    fn an_item_of_theirs_under_one_of_our_names_gives_way_and_the_list_is_named() {
+        let theirs = json!({ "hub": { "extraVolumes": [
+            { "name": "hub-scratch", "emptyDir": {} },
+            { "name": "hubtrust-internal-ssl", "emptyDir": { "medium": "Memory" } },
+        ] } });
+        let mut ours = json!({ "hub": { "extraVolumes": [
+            { "name": "hubtrust-internal-ssl", "emptyDir": {} },
+        ] } });
+        keep_their_lists(&mut ours, &theirs);
+        assert_eq!(
+            ours["hub"]["extraVolumes"],
+            json!([
+                { "name": "hub-scratch", "emptyDir": {} },
+                { "name": "hubtrust-internal-ssl", "emptyDir": {} },
+            ])
+        );
+        assert_eq!(replaced_by(&theirs, &ours), ["hub.extraVolumes"]);
     }
 
     #[test]
