@@ -202,9 +202,10 @@ pub struct ClusterArgs {
     /// is named). Repeatable, in helm's order.
     #[arg(long = "values", value_name = "FILE")]
     pub values: Vec<PathBuf>,
-    /// Your deployment's own objects (Kubernetes manifests: the ConfigMaps
-    /// and Secrets your values name), applied into the run's namespace
-    /// before the chart. Only namespaced kinds; repeatable.
+    /// Your deployment's own objects (a file or directory of Kubernetes
+    /// manifests: the ConfigMaps and Secrets your values name), applied
+    /// into the run's namespace before the chart. Only namespaced kinds;
+    /// repeatable.
     #[arg(long = "manifests", value_name = "FILE")]
     pub manifests: Vec<PathBuf>,
     /// Print every file, command and manifest a kind or kubernetes run

@@ -63,32 +63,36 @@ pub struct UserManifests {
 }
 
 impl UserManifests {
-    /// Reads `path` (YAML documents, or a `List`), refusing what could
-    /// outlive the run or land outside its namespace.
+    /// Reads `path` (YAML documents, or a `List`; or a directory of such
+    /// `.yaml`, `.yml` and `.json` files, as `kubectl apply -f DIR` takes
+    /// them), refusing what could outlive the run or land outside its
+    /// namespace.
     pub fn load(path: &Path) -> Result<Self> {
         let invalid = invalid(path);
-        let text = read_theirs(
-            path,
-            "pass the manifests of the objects your chart values name",
-        )?;
-        let mut documents = Vec::new();
-        for document in serde_yaml_ng::Deserializer::from_str(&text) {
-            let value = Value::deserialize(document).map_err(|e| {
-                invalid(format!(
-                    "it is not YAML kubectl can read: {e} (fix: `kubectl apply --dry-run=client -f {}` names the problem too)",
-                    path.display()
-                ))
-            })?;
-            flatten_lists(value, &mut documents);
-        }
         let mut objects = Vec::new();
-        for document in &documents {
-            let object = checked(document).map_err(&invalid)?;
-            objects.push(object);
+        for file in files_of(path)? {
+            let invalid = super::user_values::invalid(&file);
+            let text = read_theirs(
+                &file,
+                "pass the manifests of the objects your chart values name",
+            )?;
+            let mut documents = Vec::new();
+            for document in serde_yaml_ng::Deserializer::from_str(&text) {
+                let value = Value::deserialize(document).map_err(|e| {
+                    invalid(format!(
+                        "it is not YAML kubectl can read: {e} (fix: `kubectl apply --dry-run=client -f {}` names the problem too)",
+                        file.display()
+                    ))
+                })?;
+                flatten_lists(value, &mut documents);
+            }
+            for document in &documents {
+                objects.push(checked(document).map_err(&invalid)?);
+            }
         }
         if objects.is_empty() {
             return Err(invalid(
-                "it holds no objects (fix: pass a file of Kubernetes manifests, or leave --manifests out)".into(),
+                "it holds no objects (fix: pass a file or directory of Kubernetes manifests, or leave --manifests out)".into(),
             ));
         }
         Ok(UserManifests {
@@ -102,6 +106,32 @@ impl UserManifests {
         let objects: Vec<String> = self.objects.iter().map(ToString::to_string).collect();
         format!("{} ({})", self.path.display(), objects.join(", "))
     }
+}
+
+/// `path` itself, or the manifests in it when it is a directory, in the
+/// order kubectl applies them (by name, not into subdirectories).
+fn files_of(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(path).map_err(|e| {
+        invalid(path)(format!(
+            "{e} (fix: pass a readable directory or file of manifests)"
+        ))
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|file| {
+            file.is_file()
+                && file
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| ["yaml", "yml", "json"].contains(&e))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 fn flatten_lists(value: Value, into: &mut Vec<Value>) {
@@ -249,6 +279,46 @@ mod tests {
             "{elsewhere}"
         );
         assert!(elsewhere.contains("drop metadata.namespace"), "{elsewhere}");
+    }
+
+    #[test]
+    fn a_directory_is_read_as_kubectl_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("b.yml"),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: second}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("a.json"),
+            r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "first"}}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("README.md"), "not a manifest").unwrap();
+        std::fs::create_dir(dir.path().join("nested")).unwrap();
+        std::fs::write(
+            dir.path().join("nested/c.yaml"),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: nested}\n",
+        )
+        .unwrap();
+        let read = UserManifests::load(dir.path()).unwrap();
+        let names: Vec<String> = read.objects.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["ConfigMap/first", "Secret/second"]);
+        std::fs::write(
+            dir.path().join("c.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: wide}\n",
+        )
+        .unwrap();
+        let refused = UserManifests::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            refused.contains("c.yaml") && refused.contains("Namespace/wide"),
+            "{refused}"
+        );
+        let empty = tempfile::tempdir().unwrap();
+        assert!(UserManifests::load(empty.path())
+            .unwrap_err()
+            .to_string()
+            .contains("holds no objects"));
     }
 
     #[test]
