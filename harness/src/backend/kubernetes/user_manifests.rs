@@ -1,4 +1,4 @@
-//! A deployment's own objects (`--manifests FILE`): what its chart values
+//! A deployment's own objects (`--manifests FILE|DIR`): what its chart values
 //! name but the chart does not make, such as a ConfigMap of page
 //! templates the hub mounts. The run's namespace is new, so without them
 //! the pods that mount them never start.
@@ -54,8 +54,8 @@ impl std::fmt::Display for ObjectName {
     }
 }
 
-/// One manifests file of the deployment's, read and checked: every
-/// object in it goes into the run's namespace and with it.
+/// One manifests file or directory of the deployment's, read and checked:
+/// every object in it goes into the run's namespace and with it.
 #[derive(Debug, Clone)]
 pub struct UserManifests {
     pub path: PathBuf,
@@ -68,10 +68,9 @@ impl UserManifests {
     /// them), refusing what could outlive the run or land outside its
     /// namespace.
     pub fn load(path: &Path) -> Result<Self> {
-        let invalid = invalid(path);
         let mut objects = Vec::new();
         for file in files_of(path)? {
-            let invalid = super::user_values::invalid(&file);
+            let invalid = invalid(&file);
             let text = read_theirs(
                 &file,
                 "pass the manifests of the objects your chart values name",
@@ -91,7 +90,7 @@ impl UserManifests {
             }
         }
         if objects.is_empty() {
-            return Err(invalid(
+            return Err(invalid(path)(
                 "it holds no objects (fix: pass a file or directory of Kubernetes manifests, or leave --manifests out)".into(),
             ));
         }
@@ -101,7 +100,8 @@ impl UserManifests {
         })
     }
 
-    /// The file and its objects, as a report's stack line says them.
+    /// The file or directory and its objects, as a report's stack line
+    /// says them.
     pub fn said(&self) -> String {
         let objects: Vec<String> = self.objects.iter().map(ToString::to_string).collect();
         format!("{} ({})", self.path.display(), objects.join(", "))
