@@ -680,18 +680,28 @@ fn a_docker_daemon_too_old_to_save_one_platform_is_refused_before_the_cluster_is
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `hubtrust run --backend BACKEND --plan FLAG FILE`: its exit code and
+/// what it said.
+fn plan_with(
+    backend: &str,
+    flag: &str,
+    file: impl AsRef<std::ffi::OsStr>,
+) -> (Option<i32>, String) {
+    let out = hubtrust()
+        .args(["run", "--backend", backend, "--plan", flag])
+        .arg(file)
+        .output()
+        .unwrap();
+    (out.status.code(), text(&out))
+}
+
 #[test]
 fn an_unpinned_chart_version_is_exit_2_naming_the_stack_file() {
     let dir = scratch("k8s-chart");
     let stack = dir.join("stack.toml");
     std::fs::write(&stack, "[kubernetes]\nchart_version = \"^4.4\"\n").unwrap();
-    let out = hubtrust()
-        .args(["run", "--backend", "kind", "--plan", "--stack"])
-        .arg(&stack)
-        .output()
-        .unwrap();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let (code, said) = plan_with("kind", "--stack", &stack);
+    assert_eq!(code, Some(2), "{said}");
     assert!(
         said.contains("stack.toml") && said.contains("chart version `^4.4` is not pinned"),
         "{said}"
@@ -736,13 +746,8 @@ fn repeat_on_a_kubernetes_backend_is_exit_2_naming_the_fix() {
 /// of theirs hubtrust's replace is named; the rest is installed as written.
 #[test]
 fn your_own_values_are_installed_under_hubtrusts_naming_each_key_replaced() {
-    let out = hubtrust()
-        .args(["run", "--backend", "kubernetes", "--plan", "--values"])
-        .arg("examples/z2jh/config.yaml")
-        .output()
-        .unwrap();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    let (code, said) = plan_with("kubernetes", "--values", "examples/z2jh/config.yaml");
+    assert_eq!(code, Some(0), "{said}");
     let theirs = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -776,13 +781,8 @@ fn your_own_lab_image_replaced_is_named_with_how_to_check_it() {
         "singleuser:\n  image:\n    name: ghcr.io/example/lab\n    tag: '2026.11'\n",
     )
     .unwrap();
-    let out = hubtrust()
-        .args(["run", "--backend", "kind", "--plan", "--values"])
-        .arg(&values)
-        .output()
-        .unwrap();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    let (code, said) = plan_with("kind", "--values", &values);
+    assert_eq!(code, Some(0), "{said}");
     assert!(
         said.contains("replace yours at singleuser.image.name, singleuser.image.tag")
             && said.contains("note: your lab image is not what runs: the images list's [lab] is (fix: to check yours, copy fixtures/kubernetes/images.toml with yours under [lab], pin it with `hubtrust images pin LIST`, and pass --images LIST)"),
@@ -799,13 +799,8 @@ fn values_that_are_not_a_mapping_are_exit_2_naming_the_file() {
     let values = dir.join("config.yaml");
     std::fs::write(&values, "hub:\n\tconfig: {}\n").unwrap();
     let before = kubernetes_run_dirs();
-    let out = hubtrust()
-        .args(["run", "--backend", "kind", "--plan", "--values"])
-        .arg(&values)
-        .output()
-        .unwrap();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let (code, said) = plan_with("kind", "--values", &values);
+    assert_eq!(code, Some(2), "{said}");
     assert!(
         said.contains(&values.display().to_string()) && said.contains("is not YAML helm can read"),
         "{said}"
@@ -826,13 +821,8 @@ fn your_own_objects_are_named_in_the_plan_and_their_contents_are_not_shown() {
         "apiVersion: v1\nkind: Secret\nmetadata: {name: oauth}\nstringData: {client-secret: s3cr3t-of-theirs}\n",
     )
     .unwrap();
-    let out = hubtrust()
-        .args(["run", "--backend", "kubernetes", "--plan", "--manifests"])
-        .arg(&objects)
-        .output()
-        .unwrap();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    let (code, said) = plan_with("kubernetes", "--manifests", &objects);
+    assert_eq!(code, Some(0), "{said}");
     assert!(
         said.contains("make your own objects the chart values name (Secret/oauth)")
             && said.contains(&format!("-f {}", objects.display())),
@@ -1619,7 +1609,7 @@ fn list_with_mitmproxy(dir: &Path, command: &str) -> PathBuf {
 fn a_listed_mitmproxy_image_is_the_inspecting_proxy_on_either_backend_and_never_loaded_unused() {
     let dir = scratch("k8s-listed-mitmproxy");
     let list = list_with_mitmproxy(&dir, "[\"/usr/local/bin/mitmdump\"]");
-    let plan_with = |list: Option<&Path>, args: &[&str]| {
+    let plan_listing = |list: Option<&Path>, args: &[&str]| {
         let mut command = hubtrust();
         command.args(["run", "--plan"]).args(args);
         if let Some(list) = list {
@@ -1628,7 +1618,7 @@ fn a_listed_mitmproxy_image_is_the_inspecting_proxy_on_either_backend_and_never_
         let out = command.output().unwrap();
         (out.status.code(), text(&out))
     };
-    let plan = |args: &[&str]| plan_with(Some(&list), args);
+    let plan = |args: &[&str]| plan_listing(Some(&list), args);
     let enterprise = |backend| {
         [
             "--backend",
@@ -1689,7 +1679,7 @@ fn a_listed_mitmproxy_image_is_the_inspecting_proxy_on_either_backend_and_never_
         "proxy-args.toml",
         "proxy_args = [\"--set\", \"stream_large_bodies=1m\"]\n",
     );
-    let (code, said) = plan_with(None, &["--backend", "kubernetes", "--stack", &stack]);
+    let (code, said) = plan_listing(None, &["--backend", "kubernetes", "--stack", &stack]);
     assert_eq!(code, Some(0), "{said}");
     assert!(
         said.contains("note: no inspecting proxy runs on --backend kubernetes and [enterprise] proxy_args are not applied")
@@ -1743,13 +1733,12 @@ fn a_listed_mitmproxy_image_is_the_inspecting_proxy_on_either_backend_and_never_
 
 #[test]
 fn without_the_org_configmap_the_labs_mount_it_optional_and_nothing_creates_it() {
-    let out = hubtrust()
-        .args(["run", "--backend", "kind", "--plan", "--stack"])
-        .arg("fixtures/stacks/enterprise-without-configmap.toml")
-        .output()
-        .unwrap();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    let (code, said) = plan_with(
+        "kind",
+        "--stack",
+        "fixtures/stacks/enterprise-without-configmap.toml",
+    );
+    assert_eq!(code, Some(0), "{said}");
     // The labs' merge step still mounts it, optional, so the spawn goes on
     // with the system bundle alone ...
     assert!(
@@ -1770,13 +1759,8 @@ fn the_stacks_tls_policy_and_its_exceptions_reach_the_in_cluster_probes() {
         "[tls_policy]\nname = \"modern\"\nexceptions = [{ endpoint = \"proxy public\", allow = [\"TLSv1.2\"], reason = \"an old kiosk browser\" }]\n",
     )
     .unwrap();
-    let out = hubtrust()
-        .args(["run", "--backend", "kind", "--plan", "--stack"])
-        .arg(&stack)
-        .output()
-        .unwrap();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    let (code, said) = plan_with("kind", "--stack", &stack);
+    assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("TLS policy: Mozilla modern"), "{said}");
     assert!(
         said.contains("except at proxy public: TLSv1.2 (an old kiosk browser)"),
