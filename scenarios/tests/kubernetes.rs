@@ -791,6 +791,32 @@ fn your_own_lab_image_replaced_is_named_with_how_to_check_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A deployment's own resource prefix, base URL or spawner namespace
+/// would move the Services off the names the certificates carry, the hub
+/// off the paths hubtrust asks, or the labs out of the run's namespace:
+/// each is named as replaced, and the run keeps the chart's defaults.
+#[test]
+fn your_own_names_and_paths_are_named_replaced() {
+    let (code, said) = plan_with(
+        "kubernetes",
+        "--values",
+        "fixtures/kubernetes/values-own-names.yaml",
+    );
+    assert_eq!(code, Some(0), "{said}");
+    let note = said
+        .lines()
+        .find(|l| l.starts_with("note:") && l.contains("hubtrust's values replace yours"))
+        .unwrap_or_else(|| panic!("no key named replaced: {said}"));
+    for key in [
+        "fullnameOverride",
+        "hub.baseUrl",
+        "hub.config.KubeSpawner.enable_user_namespaces",
+        "hub.config.KubeSpawner.namespace",
+    ] {
+        assert!(note.contains(key), "{key} not named: {note}");
+    }
+}
+
 /// Values that are not a mapping helm could read are exit 2 naming the
 /// file, before anything is made.
 #[test]

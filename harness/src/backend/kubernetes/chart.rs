@@ -290,10 +290,18 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
         }
     }
 
+    // The chart's defaults for the names and paths that the certificates'
+    // SANs and hubtrust's requests rely on, said outright so that a
+    // deployment's own (`--values`) is named as replaced rather than
+    // failing the run in words about a missing Service or a 404: the
+    // Services with no prefix, the hub at `/`, and the labs in the run's
+    // namespace, which goes with the run.
     let mut values = json!({
+        "fullnameOverride": "",
         "hub": {
             "image": image(hub_image),
             "db": { "type": "sqlite-memory" },
+            "baseUrl": "/",
             "config": {
                 // Applied after the chart's own hub config, which hardcodes
                 // http:// for these three URLs.
@@ -309,6 +317,11 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
                     // password, and only the dummy authenticator takes
                     // one hubtrust chooses.
                     "authenticator_class": "dummy",
+                    "base_url": "/",
+                },
+                "KubeSpawner": {
+                    "namespace": deployment.namespace,
+                    "enable_user_namespaces": false,
                 },
                 // The run's own, so that a deployment's (`--values`) is
                 // named as replaced rather than turning the log-in away,

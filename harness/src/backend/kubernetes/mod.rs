@@ -377,8 +377,9 @@ pub fn keys_not_applied(spec: &crate::spec::StackSpec) -> Vec<String> {
 }
 
 /// The release name every deployment gets; the chart names its Services
-/// `hub`, `proxy-api` and `proxy-public` after no release (no
-/// fullnameOverride), which is what KubeSpawner and the certificates use.
+/// `hub`, `proxy-api` and `proxy-public` after no release (hubtrust's
+/// values set `fullnameOverride: ""`), which is what KubeSpawner and the
+/// certificates use.
 pub const RELEASE: &str = "hubtrust";
 
 /// A namespace name hubtrust makes for one run.
