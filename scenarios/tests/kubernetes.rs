@@ -810,6 +810,7 @@ fn your_own_names_and_paths_are_named_replaced() {
     for key in [
         "fullnameOverride",
         "hub.baseUrl",
+        "hub.existingSecret",
         "hub.config.KubeSpawner.enable_user_namespaces",
         "hub.config.KubeSpawner.namespace",
     ] {

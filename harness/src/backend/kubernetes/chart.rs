@@ -295,13 +295,16 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
     // deployment's own (`--values`) is named as replaced rather than
     // failing the run in words about a missing Service or a 404: the
     // Services with no prefix, the hub at `/`, and the labs in the run's
-    // namespace, which goes with the run.
+    // namespace, which goes with the run. `hub.existingSecret` is off
+    // for the same reason: the hub merges that Secret's values over these
+    // and prefers its tokens, where hubtrust cannot see them.
     let mut values = json!({
         "fullnameOverride": "",
         "hub": {
             "image": image(hub_image),
             "db": { "type": "sqlite-memory" },
             "baseUrl": "/",
+            "existingSecret": "",
             "config": {
                 // Applied after the chart's own hub config, which hardcodes
                 // http:// for these three URLs.
