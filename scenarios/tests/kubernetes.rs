@@ -791,16 +791,17 @@ fn your_own_lab_image_replaced_is_named_with_how_to_check_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A deployment's own resource prefix, base URL or spawner namespace
-/// would move the Services off the names the certificates carry, the hub
-/// off the paths hubtrust asks, or the labs out of the run's namespace:
-/// each is named as replaced, and the run keeps the chart's defaults.
+/// A deployment's own resource prefix, base URL, spawner namespace, hub
+/// Secret or profiles would move the Services off the names the
+/// certificates carry, the hub off the paths hubtrust asks, the labs out
+/// of the run's namespace or into another image: each is named as
+/// replaced, and the run keeps the chart's defaults.
 #[test]
-fn your_own_names_and_paths_are_named_replaced() {
+fn your_own_names_paths_secret_and_profiles_are_named_replaced() {
     let (code, said) = plan_with(
         "kubernetes",
         "--values",
-        "fixtures/kubernetes/values-own-names.yaml",
+        "fixtures/kubernetes/values-hubtrust-replaces.yaml",
     );
     assert_eq!(code, Some(0), "{said}");
     let note = said
@@ -813,9 +814,14 @@ fn your_own_names_and_paths_are_named_replaced() {
         "hub.existingSecret",
         "hub.config.KubeSpawner.enable_user_namespaces",
         "hub.config.KubeSpawner.namespace",
+        "singleuser.profileList",
     ] {
         assert!(note.contains(key), "{key} not named: {note}");
     }
+    assert!(
+        said.contains("note: the lab image of your default profile is not what runs: the images list's [lab] is (fix:"),
+        "{said}"
+    );
 }
 
 /// Values that are not a mapping helm could read are exit 2 naming the

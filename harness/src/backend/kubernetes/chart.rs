@@ -234,6 +234,7 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
 
     let mut singleuser = json!({
         "image": image(lab_image),
+        "profileList": [],
         "storage": { "type": "none" },
         // The chart's iptables init container needs NET_ADMIN and an image
         // of its own; the metadata server it blocks does not exist on kind.
@@ -297,7 +298,10 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
     // Services with no prefix, the hub at `/`, and the labs in the run's
     // namespace, which goes with the run. `hub.existingSecret` is off
     // for the same reason: the hub merges that Secret's values over these
-    // and prefers its tokens, where hubtrust cannot see them.
+    // and prefers its tokens, where hubtrust cannot see them. Profiles
+    // are off too: a spawn through the API takes the default profile,
+    // whose overrides (an image of its own, above all) would replace the
+    // lab the images list names.
     let mut values = json!({
         "fullnameOverride": "",
         "hub": {
@@ -325,6 +329,7 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
                 "KubeSpawner": {
                     "namespace": deployment.namespace,
                     "enable_user_namespaces": false,
+                    "profile_list": [],
                 },
                 // The run's own, so that a deployment's (`--values`) is
                 // named as replaced rather than turning the log-in away,

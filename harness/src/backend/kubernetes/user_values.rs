@@ -118,6 +118,11 @@ fn collect_replaced(theirs: &Value, ours: &Value, at: &mut String, replaced: &mu
 pub fn images_replaced(replaced: &[String]) -> Vec<(&'static str, &'static str)> {
     [
         ("singleuser.image.", "your lab image", "[lab]"),
+        (
+            "singleuser.profileList",
+            "the lab image of your default profile",
+            "[lab]",
+        ),
         ("hub.image.", "your hub image", "[hub]"),
         ("proxy.chp.image.", "your proxy image", "[proxy]"),
     ]
@@ -132,7 +137,9 @@ pub fn images_replaced(replaced: &[String]) -> Vec<(&'static str, &'static str)>
 /// An item of theirs named (`name:`) as one of ours but set otherwise
 /// gives way to ours: two volumes, variables or init containers of one
 /// name are refused by the API server, and ours is the one the checks
-/// need. [`replaced_by`] then names the list.
+/// need. An empty list of ours stays empty, replacing theirs: hubtrust
+/// says `[]` only where the checks need none (the profiles). [`replaced_by`]
+/// then names the list.
 pub fn keep_their_lists(ours: &mut Value, theirs: &Value) {
     let (Value::Object(ours), Value::Object(theirs)) = (ours, theirs) else {
         return;
@@ -142,6 +149,7 @@ pub fn keep_their_lists(ours: &mut Value, theirs: &Value) {
             continue;
         };
         match (our_value, their_value) {
+            (Value::Array(our_items), Value::Array(_)) if our_items.is_empty() => {}
             (Value::Array(our_items), Value::Array(their_items)) => {
                 let name =
                     |item: &Value| item.get("name").and_then(Value::as_str).map(str::to_owned);
@@ -303,6 +311,22 @@ mod tests {
             ])
         );
         assert_eq!(replaced_by(&theirs, &ours), ["hub.extraVolumes"]);
+    }
+
+    #[test]
+    fn an_empty_list_of_ours_replaces_theirs_and_is_named_with_the_image_it_takes() {
+        let theirs = json!({ "singleuser": { "profileList": [
+            { "display_name": "R", "kubespawner_override": { "image": "ghcr.io/example/r:1" } },
+        ] } });
+        let mut ours = json!({ "singleuser": { "profileList": [] } });
+        keep_their_lists(&mut ours, &theirs);
+        assert_eq!(ours["singleuser"]["profileList"], json!([]));
+        let replaced = replaced_by(&theirs, &ours);
+        assert_eq!(replaced, ["singleuser.profileList"]);
+        assert_eq!(
+            images_replaced(&replaced),
+            [("the lab image of your default profile", "[lab]")]
+        );
     }
 
     #[test]
