@@ -353,7 +353,6 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
             "initContainers": hub_init,
             "extraVolumes": hub_volumes,
             "extraVolumeMounts": hub_mounts,
-            "extraEnv": hub_env,
             // hubtrust drives the hub through the REST API as this
             // service, with the scopes it has on the other backends.
             "services": {
@@ -400,7 +399,13 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
             "continuous": { "enabled": false },
         },
     });
+    // Only when there is some: an empty mapping would replace a
+    // deployment's own variables given as a list.
+    if !hub_env.is_empty() {
+        values["hub"]["extraEnv"] = Value::Object(hub_env);
+    }
     for theirs in &deployment.user_values {
+        super::user_values::env_in_their_form(&mut values, &theirs.values);
         super::user_values::keep_their_lists(&mut values, &theirs.values);
     }
     values

@@ -177,6 +177,35 @@ pub fn keep_their_lists(ours: &mut Value, theirs: &Value) {
     }
 }
 
+/// The chart takes a container's variables (`hub.extraEnv`,
+/// `singleuser.extraEnv`) as a mapping or as a list of `name:` items. Where
+/// `theirs` gives a list and `ours` a mapping, helm would replace their
+/// list whole with the mapping; `ours` takes the list form instead, so
+/// that [`keep_their_lists`] keeps their variables beside ours.
+pub fn env_in_their_form(ours: &mut Value, theirs: &Value) {
+    for component in ["hub", "singleuser"] {
+        if !theirs[component]["extraEnv"].is_array() {
+            continue;
+        }
+        let Some(Value::Object(variables)) =
+            ours.get_mut(component).and_then(|c| c.get_mut("extraEnv"))
+        else {
+            continue;
+        };
+        let items = std::mem::take(variables)
+            .into_iter()
+            .map(|(name, value)| match value {
+                Value::Object(mut item) => {
+                    item.insert("name".into(), Value::String(name));
+                    Value::Object(item)
+                }
+                value => serde_json::json!({ "name": name, "value": value }),
+            })
+            .collect();
+        ours[component]["extraEnv"] = Value::Array(items);
+    }
+}
+
 /// The settings of `theirs` that weaken what the checks judge, each with
 /// why: hubtrust's values would turn them back on for the run, so the
 /// deployment as installed elsewhere would not be what passed.
@@ -326,6 +355,32 @@ mod tests {
         assert_eq!(
             images_replaced(&replaced),
             [("the lab image of your default profile", "[lab]")]
+        );
+    }
+
+    #[test]
+    fn their_variables_as_a_list_stay_beside_ours() {
+        let theirs = json!({ "hub": { "extraEnv": [
+            { "name": "OAUTH_SECRET", "valueFrom": { "secretKeyRef": { "name": "oauth", "key": "secret" } } },
+            { "name": "SSL_CERT_FILE", "value": "/etc/theirs.pem" },
+        ] } });
+        let mut ours = json!({
+            "hub": { "extraEnv": { "SSL_CERT_FILE": "/etc/merged.pem" } },
+            "singleuser": { "extraEnv": { "HTTPS_PROXY": "http://proxy:8080" } },
+        });
+        env_in_their_form(&mut ours, &theirs);
+        keep_their_lists(&mut ours, &theirs);
+        assert_eq!(
+            ours["hub"]["extraEnv"],
+            json!([
+                theirs["hub"]["extraEnv"][0],
+                { "name": "SSL_CERT_FILE", "value": "/etc/merged.pem" },
+            ])
+        );
+        assert_eq!(replaced_by(&theirs, &ours), ["hub.extraEnv"]);
+        assert!(
+            ours["singleuser"]["extraEnv"].is_object(),
+            "a mapping of theirs, or none, keeps ours a mapping"
         );
     }
 
