@@ -405,7 +405,7 @@ pub fn values(deployment: &Deployment, merge_command: Option<&[String]>) -> Valu
         values["hub"]["extraEnv"] = Value::Object(hub_env);
     }
     for theirs in &deployment.user_values {
-        super::user_values::env_in_their_form(&mut values, &theirs.values);
+        super::user_values::collections_in_their_form(&mut values, &theirs.values);
         super::user_values::keep_their_lists(&mut values, &theirs.values);
     }
     values

@@ -177,22 +177,32 @@ pub fn keep_their_lists(ours: &mut Value, theirs: &Value) {
     }
 }
 
-/// The chart takes a container's variables (`hub.extraEnv`,
-/// `singleuser.extraEnv`) as a mapping or as a list of `name:` items. Where
-/// `theirs` gives a list and `ours` a mapping, helm would replace their
-/// list whole with the mapping; `ours` takes the list form instead, so
-/// that [`keep_their_lists`] keeps their variables beside ours.
-pub fn env_in_their_form(ours: &mut Value, theirs: &Value) {
-    for component in ["hub", "singleuser"] {
-        if !theirs[component]["extraEnv"].is_array() {
-            continue;
+/// Some of the chart's settings take a mapping or a list, and helm would
+/// replace a deployment's one form whole with hubtrust's other: `ours`
+/// takes the form of `theirs`, so that [`keep_their_lists`] (or helm's
+/// merge of mappings) keeps their items beside ours.
+/// - The hub's variables (`hub.extraEnv`): a mapping of name to value, or
+///   a list of `name:` items. (The labs' must be a mapping: KubeSpawner
+///   takes no other.)
+/// - The labs' volumes and mounts (`singleuser.storage.extraVolumes`,
+///   `extraVolumeMounts`): a list, or a mapping whose values are the
+///   items, keyed by name here.
+pub fn collections_in_their_form(ours: &mut Value, theirs: &Value) {
+    let at = |value: &Value, path: &[&str]| -> Value {
+        path.iter()
+            .try_fold(value, |v, key| v.get(key))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let set = |ours: &mut Value, path: &[&str], to: Value| {
+        if let Some(slot) = path.iter().try_fold(ours, |v, key| v.get_mut(key)) {
+            *slot = to;
         }
-        let Some(Value::Object(variables)) =
-            ours.get_mut(component).and_then(|c| c.get_mut("extraEnv"))
-        else {
-            continue;
-        };
-        let items = std::mem::take(variables)
+    };
+    let hub_env = ["hub", "extraEnv"];
+    if let (Value::Object(variables), true) = (at(ours, &hub_env), at(theirs, &hub_env).is_array())
+    {
+        let items = variables
             .into_iter()
             .map(|(name, value)| match value {
                 Value::Object(mut item) => {
@@ -202,7 +212,17 @@ pub fn env_in_their_form(ours: &mut Value, theirs: &Value) {
                 value => serde_json::json!({ "name": name, "value": value }),
             })
             .collect();
-        ours[component]["extraEnv"] = Value::Array(items);
+        set(ours, &hub_env, Value::Array(items));
+    }
+    for key in ["extraVolumes", "extraVolumeMounts"] {
+        let path = ["singleuser", "storage", key];
+        if let (Value::Array(items), true) = (at(ours, &path), at(theirs, &path).is_object()) {
+            let keyed = items
+                .into_iter()
+                .filter_map(|item| Some((item.get("name")?.as_str()?.to_string(), item)))
+                .collect();
+            set(ours, &path, Value::Object(keyed));
+        }
     }
 }
 
@@ -360,15 +380,18 @@ mod tests {
 
     #[test]
     fn their_variables_as_a_list_stay_beside_ours() {
-        let theirs = json!({ "hub": { "extraEnv": [
-            { "name": "OAUTH_SECRET", "valueFrom": { "secretKeyRef": { "name": "oauth", "key": "secret" } } },
-            { "name": "SSL_CERT_FILE", "value": "/etc/theirs.pem" },
-        ] } });
+        let theirs = json!({
+            "hub": { "extraEnv": [
+                { "name": "OAUTH_SECRET", "valueFrom": { "secretKeyRef": { "name": "oauth", "key": "secret" } } },
+                { "name": "SSL_CERT_FILE", "value": "/etc/theirs.pem" },
+            ] },
+            "singleuser": { "extraEnv": [{ "name": "TZ", "value": "UTC" }] },
+        });
         let mut ours = json!({
             "hub": { "extraEnv": { "SSL_CERT_FILE": "/etc/merged.pem" } },
             "singleuser": { "extraEnv": { "HTTPS_PROXY": "http://proxy:8080" } },
         });
-        env_in_their_form(&mut ours, &theirs);
+        collections_in_their_form(&mut ours, &theirs);
         keep_their_lists(&mut ours, &theirs);
         assert_eq!(
             ours["hub"]["extraEnv"],
@@ -377,10 +400,40 @@ mod tests {
                 { "name": "SSL_CERT_FILE", "value": "/etc/merged.pem" },
             ])
         );
-        assert_eq!(replaced_by(&theirs, &ours), ["hub.extraEnv"]);
         assert!(
             ours["singleuser"]["extraEnv"].is_object(),
-            "a mapping of theirs, or none, keeps ours a mapping"
+            "the labs' variables stay a mapping: KubeSpawner takes no other"
+        );
+        assert_eq!(
+            replaced_by(&theirs, &ours),
+            ["hub.extraEnv", "singleuser.extraEnv"]
+        );
+    }
+
+    #[test]
+    fn their_lab_volumes_as_a_mapping_stay_beside_ours() {
+        let theirs = json!({ "singleuser": { "storage": {
+            "extraVolumes": { "shared": { "name": "shared", "nfs": { "server": "nfs", "path": "/" } } },
+            "extraVolumeMounts": { "shared": { "name": "shared", "mountPath": "/shared" } },
+        } } });
+        let ours = json!({ "singleuser": { "storage": {
+            "extraVolumes": [{ "name": "hubtrust-merged-bundle", "emptyDir": {} }],
+            "extraVolumeMounts": [{ "name": "hubtrust-merged-bundle", "mountPath": "/etc/m" }],
+        } } });
+        let mut converted = ours.clone();
+        collections_in_their_form(&mut converted, &theirs);
+        assert_eq!(
+            converted["singleuser"]["storage"]["extraVolumes"],
+            json!({ "hubtrust-merged-bundle": { "name": "hubtrust-merged-bundle", "emptyDir": {} } })
+        );
+        assert!(replaced_by(&theirs, &converted).is_empty());
+        assert_eq!(
+            replaced_by(&theirs, &ours),
+            [
+                "singleuser.storage.extraVolumeMounts",
+                "singleuser.storage.extraVolumes"
+            ],
+            "without the form of theirs, hubtrust's list would replace their mapping"
         );
     }
 
