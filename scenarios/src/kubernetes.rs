@@ -423,7 +423,11 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         org.as_ref().map(|o| o.pem.as_str()),
         merge_command.as_deref(),
     );
-    user_manifests::clashes(&deployment.user_manifests, &plan.objects_made())?;
+    user_manifests::clashes(
+        &deployment.user_manifests,
+        &plan.objects_made(),
+        &deployment.chart.objects,
+    )?;
     let ours = plan
         .files
         .iter()

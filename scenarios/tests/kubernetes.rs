@@ -885,6 +885,10 @@ fn objects_the_run_could_not_remove_or_that_clash_are_exit_2_naming_them() {
             "apiVersion: v1\nkind: Secret\nmetadata: {name: hubtrust-proxy-tls}\n",
             "Secret/hubtrust-proxy-tls is a name hubtrust's own objects take",
         ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: hub}\n",
+            "ConfigMap/hub is a name the Zero to JupyterHub chart's own objects take",
+        ),
     ] {
         let objects = dir.join("objects.yaml");
         std::fs::write(&objects, manifest).unwrap();

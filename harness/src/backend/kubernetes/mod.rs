@@ -86,6 +86,10 @@ pub struct ChartSource {
     pub name: String,
     /// An exact version: `4.4.0`, never a range or `latest`.
     pub version: String,
+    /// What the chart makes in the run's namespace, as `Kind/name`: the
+    /// names a deployment's own objects may not take.
+    #[serde(default)]
+    pub objects: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -626,6 +630,7 @@ mod tests {
             repository: "https://hub.jupyter.org/helm-chart/".into(),
             name: "jupyterhub".into(),
             version: "^4".into(),
+            objects: Vec::new(),
         };
         let err = chart
             .require_pinned(Path::new("stack.toml"))

@@ -196,15 +196,23 @@ fn checked(document: &Value) -> std::result::Result<ObjectName, String> {
 }
 
 /// Refuses an object of the deployment's that takes the name of one of
-/// `ours`, the objects hubtrust makes in the run's namespace: one would
-/// replace the other.
-pub fn clashes(theirs: &[UserManifests], ours: &[ObjectName]) -> Result<()> {
+/// `ours`, the objects hubtrust makes in the run's namespace (one would
+/// replace the other), or of the chart's (`Kind/name`), which helm would
+/// refuse to install over.
+pub fn clashes(theirs: &[UserManifests], ours: &[ObjectName], chart: &[String]) -> Result<()> {
     for file in theirs {
-        if let Some(object) = file.objects.iter().find(|o| ours.contains(o)) {
+        for object in &file.objects {
+            let whose = if ours.contains(object) {
+                "hubtrust's own objects take"
+            } else if chart.contains(&object.to_string()) {
+                "the Zero to JupyterHub chart's own objects take, and helm would not install over it"
+            } else {
+                continue;
+            };
             return Err(HarnessError::DeploymentConfigInvalid {
                 path: file.path.clone(),
                 message: format!(
-                    "{object} is a name hubtrust's own objects take in the run's namespace (fix: rename yours, and where your values name it)"
+                    "{object} is a name {whose} in the run's namespace (fix: rename yours, and where your values name it)"
                 ),
             });
         }
@@ -331,21 +339,35 @@ mod tests {
     }
 
     #[test]
-    fn a_name_hubtrusts_own_objects_take_is_refused() {
+    fn a_name_hubtrusts_or_the_charts_own_objects_take_is_refused() {
         let taken = [ObjectName {
             kind: "Secret".into(),
             name: "hubtrust-proxy-tls".into(),
         }];
-        let theirs =
-            load("apiVersion: v1\nkind: Secret\nmetadata: {name: hubtrust-proxy-tls}\n").unwrap();
-        let refused = clashes(&[theirs], &taken).unwrap_err().to_string();
+        let chart = ["ConfigMap/hub".to_string()];
+        let refusal = |text: &str| {
+            clashes(&[load(text).unwrap()], &taken, &chart)
+                .unwrap_err()
+                .to_string()
+        };
+        let refused =
+            refusal("apiVersion: v1\nkind: Secret\nmetadata: {name: hubtrust-proxy-tls}\n");
         assert!(
             refused.contains("Secret/hubtrust-proxy-tls is a name hubtrust's own objects take"),
             "{refused}"
         );
-        let theirs =
-            load("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: hubtrust-proxy-tls}\n")
-                .unwrap();
-        assert!(clashes(&[theirs], &taken).is_ok());
+        let refused = refusal("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: hub}\n");
+        assert!(
+            refused.contains(
+                "ConfigMap/hub is a name the Zero to JupyterHub chart's own objects take"
+            ),
+            "{refused}"
+        );
+        for free in [
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: hubtrust-proxy-tls}\n",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: hub-templates}\n",
+        ] {
+            assert!(clashes(&[load(free).unwrap()], &taken, &chart).is_ok());
+        }
     }
 }
