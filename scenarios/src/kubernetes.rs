@@ -434,7 +434,9 @@ fn prepare(args: &KubernetesArgs<'_>) -> anyhow::Result<Prepared> {
         .find(|f| f.path.ends_with("values.json"))
         .map(|f| &f.contents);
     for why in weakened_by_their_values(&deployment) {
-        eprintln!("warning: {why}; hubtrust's values turn it back on for the run, and the run fails on it");
+        eprintln!(
+            "warning: {why}; hubtrust's values would hide it in the run, so the run fails on it"
+        );
     }
     let mut values_said = Vec::new();
     for theirs in &deployment.user_values {
@@ -655,7 +657,7 @@ enum Purpose {
 /// The checks' names, as the report and the docs list them.
 const INSTALLED: &str = "The cluster is ready and the chart installs, with every pod ready";
 const YOUR_VALUES: &str =
-    "The deployment's own values keep internal TLS and the public TLS on, as the checks judge them";
+    "The deployment's own values keep internal TLS and the public TLS on, and can spawn a lab, as the checks judge them";
 const PUBLIC_SIDE: &str =
     "The hub answers through the proxy over verified TLS, and the first user's lab spawns and runs a cell";
 const ORG_BUNDLE: &str = "The lab holds the org trust bundle exactly as the stack file says";
@@ -739,7 +741,7 @@ fn bring_up(prepared: &Prepared, purpose: Purpose) -> anyhow::Result<Checklist> 
             let weakened = weakened_by_their_values(deployment);
             anyhow::ensure!(
                 weakened.is_empty(),
-                "{}; hubtrust's values turn it back on for this run, so what passes here is not the deployment you install (fix: keep these on in your values, or drop them to the chart's)",
+                "{}; hubtrust's values would hide it in this run, so what passed here would not be the deployment you install (fix: keep TLS on and its URLs https:// in your values, or drop them to the chart's; give singleuser.extraEnv as a mapping of name to value)",
                 weakened.join("; ")
             );
             Ok(Outcome::Passed)

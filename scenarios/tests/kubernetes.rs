@@ -440,16 +440,17 @@ fn a_run_whose_chart_fails_to_install_reports_every_check_and_exits_1() {
     );
 }
 
-/// A deployment whose own values turn internal TLS off fails, naming the
-/// setting and the file, though hubtrust's values turn it back on for the
-/// run: what would pass is not what the deployment installs.
+/// A deployment whose own values turn internal TLS off, or give the labs'
+/// variables in a form KubeSpawner refuses, fails, naming the setting and
+/// the file, though hubtrust's values would hide it in the run: what would
+/// pass is not what the deployment installs.
 #[test]
 fn values_that_turn_internal_tls_off_fail_the_run_naming_the_setting() {
     let values = scratch("k8s-weak-values");
     let weak = values.join("config.yaml");
     std::fs::write(
         &weak,
-        "hub:\n  config:\n    JupyterHub:\n      internal_ssl: false\n",
+        "hub:\n  config:\n    JupyterHub:\n      internal_ssl: false\nsingleuser:\n  extraEnv:\n    - {name: TZ, value: UTC}\n",
     )
     .unwrap();
     let run = FailedInstall::run(
@@ -464,7 +465,8 @@ fn values_that_turn_internal_tls_off_fail_the_run_naming_the_setting() {
         why.contains(&format!(
             "{}: hub.config.JupyterHub.internal_ssl is false: internal TLS between hub, proxy and labs is off",
             weak.display()
-        )) && why.contains("fix:"),
+        )) && why.contains("singleuser.extraEnv is a list: KubeSpawner takes the labs' variables only as a mapping")
+            && why.contains("fix:"),
         "{why}"
     );
     assert!(run.said.contains("warning: "), "{}", run.said);

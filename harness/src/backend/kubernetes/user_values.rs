@@ -227,8 +227,9 @@ pub fn collections_in_their_form(ours: &mut Value, theirs: &Value) {
 }
 
 /// The settings of `theirs` that weaken what the checks judge, each with
-/// why: hubtrust's values would turn them back on for the run, so the
-/// deployment as installed elsewhere would not be what passed.
+/// why: hubtrust's values would turn them back on for the run (or, for
+/// the labs' variables, replace them), so the deployment as installed
+/// elsewhere would not be what passed.
 pub fn weakened(theirs: &Value) -> Vec<String> {
     let at = |path: &str| {
         path.split('.')
@@ -263,6 +264,15 @@ pub fn weakened(theirs: &Value) -> Vec<String> {
                 found.push(format!("{path} is {value}, not an https:// URL"));
             }
         }
+    }
+    // The chart's schema takes a list here, and KubeSpawner refuses one
+    // at every spawn; hubtrust's mapping of the labs' variables, where a
+    // stack sets some, would replace it and let the labs spawn.
+    if at("singleuser.extraEnv").is_some_and(Value::is_array) {
+        found.push(
+            "singleuser.extraEnv is a list: KubeSpawner takes the labs' variables only as a mapping, so no lab spawns"
+                .into(),
+        );
     }
     found
 }
@@ -445,9 +455,11 @@ mod tests {
                 "ConfigurableHTTPProxy": { "api_url": "http://proxy-api:8001" },
             }},
             "proxy": { "https": { "enabled": false } },
+            "singleuser": { "extraEnv": [{ "name": "TZ", "value": "UTC" }] },
         });
         let found = weakened(&weak);
-        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found.len(), 5, "{found:?}");
+        assert!(found[4].starts_with("singleuser.extraEnv is a list"));
         assert!(found[0].starts_with("hub.config.JupyterHub.internal_ssl is false: internal TLS"));
         assert!(found[1].starts_with("proxy.https.enabled is false"));
         assert!(found
@@ -457,7 +469,7 @@ mod tests {
         let kept = json!({
             "hub": { "config": { "JupyterHub": { "internal_ssl": true, "hub_connect_url": "https://hub.jhub.svc:8081" } } },
             "proxy": { "https": { "enabled": true, "type": "letsencrypt" } },
-            "singleuser": { "cpu": { "limit": 2 } },
+            "singleuser": { "cpu": { "limit": 2 }, "extraEnv": { "TZ": "UTC" } },
         });
         assert!(weakened(&kept).is_empty());
         assert!(weakened(&json!({})).is_empty());
